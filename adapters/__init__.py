@@ -1,0 +1,1 @@
+"""I/O adapters: W-API over HTTP, persistence, the W-API simulator."""

@@ -1,0 +1,288 @@
+"""Domain vocabulary shared by the rules, the adapters and the gRPC mapping."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+
+class InstanceState(StrEnum):
+    UNKNOWN = "UNKNOWN"
+    CONNECTED = "CONNECTED"
+    SESSION_INCOMPLETE = "SESSION_INCOMPLETE"
+    DEGRADED = "DEGRADED"
+    DISCONNECTED = "DISCONNECTED"
+
+
+class MessageState(StrEnum):
+    PENDING = "PENDING"
+    SENT = "SENT"
+    DELIVERED = "DELIVERED"
+    READ = "READ"
+    PLAYED = "PLAYED"
+    FAILED = "FAILED"
+
+
+class MessageKind(StrEnum):
+    TEXT = "TEXT"
+    IMAGE = "IMAGE"
+    AUDIO = "AUDIO"
+    VIDEO = "VIDEO"
+    DOCUMENT = "DOCUMENT"
+    LOCATION = "LOCATION"
+    CONTACT = "CONTACT"
+    STICKER = "STICKER"
+    REACTION = "REACTION"
+
+
+class Plan(StrEnum):
+    PRO = "PRO"
+    LITE = "LITE"
+
+
+class Reason(StrEnum):
+    """Machine-readable reasons: ErrorInfo.reason, failure_reason and instance reasons."""
+
+    # Instance health (why a send is blocked).
+    SESSION_INCOMPLETE = "SESSION_INCOMPLETE"
+    TIMEOUT_OR_GATEWAY = "TIMEOUT_OR_GATEWAY"
+    INSTANCE_DISCONNECTED = "INSTANCE_DISCONNECTED"
+    HEALTH_UNKNOWN = "HEALTH_UNKNOWN"
+    TOKEN_INVALID = "TOKEN_INVALID"
+    INSTANCE_NOT_FOUND = "INSTANCE_NOT_FOUND"
+    DELIVERY_STALLED = "DELIVERY_STALLED"
+    NOT_SUPPORTED_BY_PLAN = "NOT_SUPPORTED_BY_PLAN"
+    # Instance health (why it is fine).
+    PHONE_CONFIRMED = "PHONE_CONFIRMED"
+    REGISTERED = "REGISTERED"
+    # Provider outcome of a send.
+    PROVIDER_ERROR = "PROVIDER_ERROR"
+    PROVIDER_TIMEOUT = "PROVIDER_TIMEOUT"
+    PROVIDER_UNAVAILABLE = "PROVIDER_UNAVAILABLE"
+    PROVIDER_NO_MESSAGE_ID = "PROVIDER_NO_MESSAGE_ID"
+    PROVIDER_ACCEPTED = "PROVIDER_ACCEPTED"
+    OUTCOME_UNKNOWN = "OUTCOME_UNKNOWN"
+    # Webhook-driven message changes.
+    WEBHOOK_STATUS = "WEBHOOK_STATUS"
+    STALE_STATUS = "STALE_STATUS"
+    # Request problems.
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    IDEMPOTENCY_KEY_REUSED = "IDEMPOTENCY_KEY_REUSED"
+    MESSAGE_NOT_RETRYABLE = "MESSAGE_NOT_RETRYABLE"
+    MESSAGE_NOT_FOUND = "MESSAGE_NOT_FOUND"
+    CONCURRENT_UPDATE = "CONCURRENT_UPDATE"
+    CREATED = "CREATED"
+    RETRY_REQUESTED = "RETRY_REQUESTED"
+
+
+# Human text a UI can show as is (google.rpc.LocalizedMessage), pt-BR first.
+REASON_TEXT_PT_BR: dict[Reason, str] = {
+    Reason.SESSION_INCOMPLETE: (
+        "Instância conectada sem sessão válida. Reconecte por código de pareamento/telefone."
+    ),
+    Reason.TIMEOUT_OR_GATEWAY: (
+        "A W-API não respondeu (timeout ou erro de gateway). O envio foi bloqueado até a instância "
+        "responder novamente."
+    ),
+    Reason.INSTANCE_DISCONNECTED: "Instância desconectada. Leia o QR code ou use o código de pareamento.",
+    Reason.HEALTH_UNKNOWN: "Estado da instância ainda desconhecido. Aguarde a verificação e tente de novo.",
+    Reason.TOKEN_INVALID: "Token da instância inválido ou expirado. Atualize o token na W-API.",
+    Reason.INSTANCE_NOT_FOUND: "Instância não encontrada na W-API (excluída ou expirada).",
+    Reason.DELIVERY_STALLED: (
+        "Mensagens enviadas não estão sendo entregues. Envios pausados até uma entrega ou reconexão."
+    ),
+    Reason.NOT_SUPPORTED_BY_PLAN: "Este tipo de mensagem não é suportado pelo plano LITE da instância.",
+    Reason.PROVIDER_ERROR: "A W-API recusou a mensagem.",
+    Reason.PROVIDER_TIMEOUT: "A W-API não respondeu a tempo; a mensagem não foi confirmada.",
+    Reason.PROVIDER_UNAVAILABLE: "A W-API está indisponível no momento.",
+    Reason.PROVIDER_NO_MESSAGE_ID: "A W-API respondeu sem identificador da mensagem; o envio não foi confirmado.",
+    Reason.OUTCOME_UNKNOWN: "Não foi possível confirmar se a mensagem foi enviada.",
+    Reason.PHONE_CONFIRMED: "Conectada, com número confirmado.",
+    Reason.IDEMPOTENCY_KEY_REUSED: "Chave de idempotência já usada com outro conteúdo.",
+    Reason.MESSAGE_NOT_RETRYABLE: "Só mensagens com falha podem ser reenviadas.",
+    Reason.MESSAGE_NOT_FOUND: "Mensagem não encontrada.",
+}
+
+REASON_TEXT_EN: dict[Reason, str] = {
+    Reason.SESSION_INCOMPLETE: "Instance is connected without a valid session. Reconnect by pairing code/phone.",
+    Reason.TIMEOUT_OR_GATEWAY: "W-API did not answer (timeout or gateway error); sends are blocked meanwhile.",
+    Reason.INSTANCE_DISCONNECTED: "Instance is disconnected. Scan the QR code or use the pairing code.",
+    Reason.HEALTH_UNKNOWN: "Instance health is not known yet. Wait for the check and try again.",
+    Reason.TOKEN_INVALID: "Instance token is invalid or expired.",
+    Reason.INSTANCE_NOT_FOUND: "Instance does not exist at W-API (deleted or expired).",
+    Reason.DELIVERY_STALLED: "Sent messages are not being delivered; sends paused until a delivery or reconnect.",
+    Reason.NOT_SUPPORTED_BY_PLAN: "This message kind is not available on the instance's LITE plan.",
+    Reason.PROVIDER_ERROR: "W-API refused the message.",
+    Reason.PROVIDER_TIMEOUT: "W-API did not answer in time; the message was not confirmed.",
+    Reason.PROVIDER_UNAVAILABLE: "W-API is unavailable right now.",
+    Reason.PROVIDER_NO_MESSAGE_ID: "W-API answered without a message id; the send was not confirmed.",
+    Reason.OUTCOME_UNKNOWN: "Could not confirm whether the message was sent.",
+    Reason.PHONE_CONFIRMED: "Connected with a confirmed phone number.",
+}
+
+
+def reason_text(reason: str, locale: str = "pt-BR") -> str:
+    table = REASON_TEXT_EN if locale.lower().startswith("en") else REASON_TEXT_PT_BR
+    try:
+        return table.get(Reason(reason), reason)
+    except ValueError:
+        return reason
+
+
+# --- outbound content ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Text:
+    body: str
+
+
+@dataclass(frozen=True, slots=True)
+class Media:
+    """Image, audio, video or sticker, by URL."""
+
+    url: str
+    caption: str = ""
+    mimetype: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    url: str
+    file_name: str
+    caption: str = ""
+    mimetype: str = ""
+    extension: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    latitude: float
+    longitude: float
+    name: str = ""
+    address: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Contact:
+    name: str
+    phone: str
+    business_description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Reaction:
+    emoji: str
+    target_provider_message_id: str
+
+
+Content = Text | Media | Document | Location | Contact | Reaction
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundMessage:
+    """What the provider adapter needs to send one message."""
+
+    kind: MessageKind
+    to: str
+    content: Content
+    reply_to: str = ""
+    delay_seconds: int = 0
+
+
+# --- provider port values --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    instance_id: str
+    token: str = field(repr=False)
+
+    def __str__(self) -> str:  # never print the token, even by accident
+        return f"Credentials(instance_id={self.instance_id!r}, token=***)"
+
+
+@dataclass(frozen=True, slots=True)
+class SendOutcome:
+    """Provider's answer to a send. Exactly one of provider_message_id / failure is set."""
+
+    provider_message_id: str | None = None
+    failure: Reason | None = None
+    detail: str = ""
+    http_status: int | None = None
+
+    @property
+    def accepted(self) -> bool:
+        return self.failure is None and bool(self.provider_message_id)
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeOutcome:
+    """Provider's answer to a status probe, before any judgement.
+
+    `connected` is what the provider claims; `phone` is the identity it showed (phone, me.id, wid).
+    The instance machine, not the adapter, decides what "connected without phone" means.
+    `failure` is set when the provider could not be asked (TIMEOUT_OR_GATEWAY, TOKEN_INVALID,
+    INSTANCE_NOT_FOUND); then `connected` is None.
+    """
+
+    connected: bool | None
+    phone: str | None = None
+    lid: str | None = None
+    failure: Reason | None = None
+    detail: str = ""
+
+
+# --- persisted views -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StateChange:
+    from_state: str
+    to_state: str
+    reason: str
+    source: str
+    at: datetime
+    applied: bool = True
+
+
+@dataclass(slots=True)
+class InstanceRecord:
+    instance_id: str
+    name: str
+    plan: Plan
+    state: InstanceState
+    reason: str
+    phone_number: str | None
+    checked_at: datetime | None
+    last_event_at: datetime | None
+    state_changed_at: datetime | None
+    version: int
+    consecutive_stuck: int = 0
+    consecutive_gateway_failures: int = 0
+    stuck_messages: int = 0
+
+
+@dataclass(slots=True)
+class MessageRecord:
+    id: str
+    instance_id: str
+    to: str
+    kind: MessageKind
+    state: MessageState
+    failure_reason: str
+    failure_detail: str
+    provider_message_id: str | None
+    attempts: int
+    idempotency_key: str
+    request_hash: str
+    content: dict[str, object]
+    created_at: datetime
+    updated_at: datetime
+    sent_at: datetime | None
+    stuck_at: datetime | None
+    history: list[StateChange]
+    version: int
+    trace_id: str = ""
+    span_id: str = ""
