@@ -1,0 +1,1 @@
+"""Persistence: SQLAlchemy 2 async Core on SQLite (embedded default) or PostgreSQL (asyncpg)."""

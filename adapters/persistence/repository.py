@@ -1,0 +1,736 @@
+"""All SQL of the service. Short transactions; every state change is compare-and-set.
+
+Row locks: Postgres takes `SELECT … FOR UPDATE` on the row it is about to change; SQLite has no
+row locks, so its engine serializes writers with BEGIN IMMEDIATE (see db.py). The version
+column is checked on every UPDATE either way, so a lost race can never be silently overwritten.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Row, and_, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from adapters.persistence.schema import chat_statuses, events, instance_transitions, instances, messages
+from statemachine.domain import (
+    InstanceRecord,
+    InstanceState,
+    MessageKind,
+    MessageRecord,
+    MessageState,
+    Plan,
+    Reason,
+    StateChange,
+)
+from statemachine.events import EventReason, ProviderEvent, Route
+from statemachine.machines import MESSAGE_RANK, InstanceDecision, decide_instance, decide_status
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class ConcurrentUpdateError(RuntimeError):
+    """A compare-and-set lost its race; the caller may re-read and retry."""
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceChange:
+    instance: InstanceRecord
+    decision: InstanceDecision
+    source: str
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class MessageChange:
+    message_id: str
+    change: StateChange
+
+
+@dataclass(slots=True)
+class IngestResult:
+    event_id: str
+    route: Route
+    reason: str
+    instance_id: str | None
+    duplicate: bool = False
+    instance_changes: list[InstanceChange] = field(default_factory=list)
+    message_changes: list[MessageChange] = field(default_factory=list)
+
+
+# --- row mapping -----------------------------------------------------------------------------
+
+
+def _history_to_json(history: Sequence[StateChange]) -> str:
+    return json.dumps(
+        [
+            {
+                "from": c.from_state,
+                "to": c.to_state,
+                "reason": c.reason,
+                "source": c.source,
+                "at": c.at.isoformat(),
+                "applied": c.applied,
+            }
+            for c in history
+        ],
+        separators=(",", ":"),
+    )
+
+
+def _history_from_json(text: str) -> list[StateChange]:
+    return [
+        StateChange(
+            h["from"], h["to"], h["reason"], h["source"], datetime.fromisoformat(h["at"]), h["applied"]
+        )
+        for h in json.loads(text)
+    ]
+
+
+def _message(row: Row[Any]) -> MessageRecord:
+    m = row._mapping
+    return MessageRecord(
+        id=m["id"],
+        instance_id=m["instance_id"],
+        to=m["recipient"],
+        kind=MessageKind(m["kind"]),
+        state=MessageState(m["state"]),
+        failure_reason=m["failure_reason"],
+        failure_detail=m["failure_detail"],
+        provider_message_id=m["provider_message_id"],
+        attempts=m["attempts"],
+        idempotency_key=m["idempotency_key"],
+        request_hash=m["request_hash"],
+        content=json.loads(m["content"]),
+        created_at=m["created_at"],
+        updated_at=m["updated_at"],
+        sent_at=m["sent_at"],
+        stuck_at=m["stuck_at"],
+        history=_history_from_json(m["history"]),
+        version=m["version"],
+        trace_id=m["trace_id"],
+        span_id=m["span_id"],
+    )
+
+
+def _message_values(msg: MessageRecord) -> dict[str, Any]:
+    return {
+        "id": msg.id,
+        "instance_id": msg.instance_id,
+        "idempotency_key": msg.idempotency_key,
+        "request_hash": msg.request_hash,
+        "recipient": msg.to,
+        "kind": msg.kind.value,
+        "content": json.dumps(msg.content, separators=(",", ":"), ensure_ascii=False),
+        "state": msg.state.value,
+        "failure_reason": msg.failure_reason,
+        "failure_detail": msg.failure_detail,
+        "provider_message_id": msg.provider_message_id,
+        "attempts": msg.attempts,
+        "history": _history_to_json(msg.history),
+        "created_at": msg.created_at,
+        "updated_at": msg.updated_at,
+        "sent_at": msg.sent_at,
+        "stuck_at": msg.stuck_at,
+        "trace_id": msg.trace_id,
+        "span_id": msg.span_id,
+        "version": msg.version,
+    }
+
+
+def _instance(row: Row[Any]) -> InstanceRecord:
+    m = row._mapping
+    return InstanceRecord(
+        instance_id=m["id"],
+        name=m["name"],
+        plan=Plan(m["plan"]),
+        state=InstanceState(m["state"]),
+        reason=m["reason"],
+        phone_number=m["phone_number"],
+        checked_at=m["checked_at"],
+        last_event_at=m["last_event_at"],
+        state_changed_at=m["state_changed_at"],
+        version=m["version"],
+        consecutive_stuck=m["consecutive_stuck"],
+        consecutive_gateway_failures=m["consecutive_gateway_failures"],
+    )
+
+
+_INSTANCE_COLUMNS = [c for c in instances.c if c.name != "token"]
+
+
+def encode_page_token(created_at: datetime, message_id: str) -> str:
+    raw = f"{created_at.isoformat()}|{message_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def decode_page_token(token: str) -> tuple[datetime, str]:
+    """Raises ValueError on anything that is not a token we issued."""
+    raw = base64.urlsafe_b64decode(token.encode()).decode()
+    at, _, message_id = raw.partition("|")
+    if not message_id:
+        raise ValueError("bad page token")
+    parsed = datetime.fromisoformat(at)
+    if parsed.tzinfo is None:
+        raise ValueError("bad page token")
+    return parsed, message_id
+
+
+class Repository:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._dialect = engine.dialect.name
+
+    def _insert(self, table: Any) -> Any:
+        module = postgresql if self._dialect == "postgresql" else sqlite
+        return module.insert(table)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+        async with self.engine.begin() as conn:
+            yield conn
+
+    async def ping(self) -> None:
+        async with self.engine.connect() as conn:
+            await conn.execute(select(1))
+
+    # --- instances ---------------------------------------------------------------------------
+
+    async def upsert_instance(
+        self, instance_id: str, name: str, token: str | None, plan: Plan
+    ) -> tuple[InstanceRecord, bool]:
+        """Creates the instance (state UNKNOWN) or updates name/plan/token. Returns (row, created)."""
+        now = utcnow()
+        async with self.transaction() as conn:
+            row = (
+                await conn.execute(
+                    select(*_INSTANCE_COLUMNS).where(instances.c.id == instance_id).with_for_update()
+                )
+            ).first()
+            if row is None:
+                if not token:
+                    raise ValueError("token is required on first registration")
+                values = {
+                    "id": instance_id,
+                    "name": name or instance_id,
+                    "plan": plan.value,
+                    "token": token,
+                    "state": InstanceState.UNKNOWN.value,
+                    "reason": Reason.REGISTERED.value,
+                    "created_at": now,
+                    "updated_at": now,
+                    "state_changed_at": now,
+                    "version": 1,
+                }
+                result = await conn.execute(
+                    self._insert(instances).values(**values).on_conflict_do_nothing(index_elements=["id"])
+                )
+                if result.rowcount == 1:
+                    created_row = (
+                        await conn.execute(select(*_INSTANCE_COLUMNS).where(instances.c.id == instance_id))
+                    ).one()
+                    return _instance(created_row), True
+                row = (
+                    await conn.execute(select(*_INSTANCE_COLUMNS).where(instances.c.id == instance_id))
+                ).one()
+            changes: dict[str, Any] = {"plan": plan.value, "updated_at": now, "version": row.version + 1}
+            if name:
+                changes["name"] = name
+            if token:
+                changes["token"] = token
+            await conn.execute(update(instances).where(instances.c.id == instance_id).values(**changes))
+            updated = (
+                await conn.execute(select(*_INSTANCE_COLUMNS).where(instances.c.id == instance_id))
+            ).one()
+            return _instance(updated), False
+
+    async def get_instance(self, instance_id: str) -> tuple[InstanceRecord, str] | None:
+        """The instance and its token (for the provider call only: never returned to callers)."""
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(*_INSTANCE_COLUMNS, instances.c.token).where(instances.c.id == instance_id)
+                )
+            ).first()
+        return (_instance(row), row.token) if row else None
+
+    async def list_instances(self, states: Sequence[InstanceState] = ()) -> list[InstanceRecord]:
+        query = select(*_INSTANCE_COLUMNS).order_by(instances.c.id)
+        if states:
+            query = query.where(instances.c.state.in_([s.value for s in states]))
+        async with self.engine.connect() as conn:
+            return [_instance(r) for r in await conn.execute(query)]
+
+    async def list_credentials(self) -> list[tuple[str, str]]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(select(instances.c.id, instances.c.token).order_by(instances.c.id))
+            return [(r.id, r.token) for r in rows]
+
+    async def stuck_counts(self, instance_ids: Sequence[str] | None = None) -> dict[str, int]:
+        query = (
+            select(messages.c.instance_id, func.count())
+            .where(messages.c.state == MessageState.SENT.value, messages.c.stuck_at.is_not(None))
+            .group_by(messages.c.instance_id)
+        )
+        if instance_ids is not None:
+            query = query.where(messages.c.instance_id.in_(list(instance_ids)))
+        async with self.engine.connect() as conn:
+            return {r[0]: r[1] for r in await conn.execute(query)}
+
+    async def apply_instance_trigger(
+        self,
+        instance_id: str,
+        trigger: str,
+        *,
+        source: str,
+        new_phone: str | None = None,
+        checked_at: datetime | None = None,
+        event_at: datetime | None = None,
+        conn: AsyncConnection | None = None,
+    ) -> InstanceChange | None:
+        """Runs an instance trigger on the stored row. None when the instance does not exist."""
+        if conn is None:
+            async with self.transaction() as own:
+                return await self._apply_instance_trigger(
+                    own, instance_id, trigger, source, new_phone, checked_at, event_at
+                )
+        return await self._apply_instance_trigger(
+            conn, instance_id, trigger, source, new_phone, checked_at, event_at
+        )
+
+    async def _apply_instance_trigger(
+        self,
+        conn: AsyncConnection,
+        instance_id: str,
+        trigger: str,
+        source: str,
+        new_phone: str | None,
+        checked_at: datetime | None,
+        event_at: datetime | None,
+    ) -> InstanceChange | None:
+        row = (
+            await conn.execute(
+                select(*_INSTANCE_COLUMNS).where(instances.c.id == instance_id).with_for_update()
+            )
+        ).first()
+        if row is None:
+            return None
+        record = _instance(row)
+        decision = decide_instance(
+            record.state, record.reason, record.phone_number, trigger, new_phone=new_phone
+        )
+        now = utcnow()
+        values: dict[str, Any] = {"updated_at": now, "version": record.version + 1}
+        if checked_at is not None:
+            values["checked_at"] = checked_at
+        if event_at is not None:
+            values["last_event_at"] = event_at
+        if decision.applied:
+            values.update(state=decision.to_state.value, reason=decision.reason, phone_number=decision.phone)
+            if decision.to_state is InstanceState.CONNECTED:
+                values.update(consecutive_gateway_failures=0)
+            if trigger == "report_delivery_resumed" or decision.to_state is not InstanceState.DEGRADED:
+                values.update(consecutive_stuck=0)
+        if decision.changed:
+            values["state_changed_at"] = now
+        result = await conn.execute(
+            update(instances)
+            .where(instances.c.id == instance_id, instances.c.version == record.version)
+            .values(**values)
+        )
+        if result.rowcount != 1:
+            raise ConcurrentUpdateError(instance_id)
+        if decision.changed:
+            await conn.execute(
+                instance_transitions.insert().values(
+                    instance_id=instance_id,
+                    from_state=decision.from_state.value,
+                    to_state=decision.to_state.value,
+                    reason=decision.reason,
+                    source=source,
+                    at=now,
+                )
+            )
+        updated = replace(
+            record,
+            state=decision.to_state,
+            reason=decision.reason,
+            phone_number=decision.phone,
+            checked_at=values.get("checked_at", record.checked_at),
+            last_event_at=values.get("last_event_at", record.last_event_at),
+            state_changed_at=values.get("state_changed_at", record.state_changed_at),
+            version=record.version + 1,
+            consecutive_gateway_failures=values.get(
+                "consecutive_gateway_failures", record.consecutive_gateway_failures
+            ),
+            consecutive_stuck=values.get("consecutive_stuck", record.consecutive_stuck),
+        )
+        return InstanceChange(updated, decision, source, now)
+
+    async def count_gateway_failure(self, instance_id: str, *, failed: bool) -> int:
+        """Counts consecutive provider gateway failures of sends; a success resets it."""
+        async with self.transaction() as conn:
+            if failed:
+                stmt = (
+                    update(instances)
+                    .where(instances.c.id == instance_id)
+                    .values(consecutive_gateway_failures=instances.c.consecutive_gateway_failures + 1)
+                    .returning(instances.c.consecutive_gateway_failures)
+                )
+                return int((await conn.execute(stmt)).scalar_one_or_none() or 0)
+            await conn.execute(
+                update(instances)
+                .where(instances.c.id == instance_id, instances.c.consecutive_gateway_failures > 0)
+                .values(consecutive_gateway_failures=0)
+            )
+            return 0
+
+    async def touch_instances(self, last_event: dict[str, datetime]) -> None:
+        """Coalesced last_event_at updates (one UPDATE per instance per flush, never backwards)."""
+        if not last_event:
+            return
+        async with self.transaction() as conn:
+            for instance_id, at in sorted(last_event.items()):
+                await conn.execute(
+                    update(instances)
+                    .where(
+                        instances.c.id == instance_id,
+                        or_(instances.c.last_event_at.is_(None), instances.c.last_event_at < at),
+                    )
+                    .values(last_event_at=at)
+                )
+
+    async def instance_changes_since(
+        self, after_id: int, limit: int = 500
+    ) -> list[tuple[int, str, StateChange]]:
+        query = (
+            select(instance_transitions)
+            .where(instance_transitions.c.id > after_id)
+            .order_by(instance_transitions.c.id)
+            .limit(limit)
+        )
+        async with self.engine.connect() as conn:
+            return [
+                (r.id, r.instance_id, StateChange(r.from_state, r.to_state, r.reason, r.source, r.at))
+                for r in await conn.execute(query)
+            ]
+
+    async def last_instance_change_id(self) -> int:
+        async with self.engine.connect() as conn:
+            return int((await conn.execute(select(func.max(instance_transitions.c.id)))).scalar() or 0)
+
+    async def instance_history(self, instance_id: str, limit: int = 50) -> list[StateChange]:
+        query = (
+            select(instance_transitions)
+            .where(instance_transitions.c.instance_id == instance_id)
+            .order_by(instance_transitions.c.id.desc())
+            .limit(limit)
+        )
+        async with self.engine.connect() as conn:
+            return [
+                StateChange(r.from_state, r.to_state, r.reason, r.source, r.at)
+                for r in await conn.execute(query)
+            ]
+
+    # --- messages ----------------------------------------------------------------------------
+
+    async def insert_message(self, msg: MessageRecord) -> tuple[MessageRecord, bool]:
+        """Inserts unless (instance_id, idempotency_key) exists; then returns the stored one."""
+        stmt = (
+            self._insert(messages)
+            .values(**_message_values(msg))
+            .on_conflict_do_nothing(index_elements=["instance_id", "idempotency_key"])
+        )
+        async with self.transaction() as conn:
+            result = await conn.execute(stmt)
+            if result.rowcount == 1:
+                return msg, True
+            row = (
+                await conn.execute(
+                    select(messages).where(
+                        messages.c.instance_id == msg.instance_id,
+                        messages.c.idempotency_key == msg.idempotency_key,
+                    )
+                )
+            ).one()
+            return _message(row), False
+
+    async def get_message(self, message_id: str) -> MessageRecord | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(messages).where(messages.c.id == message_id))).first()
+        return _message(row) if row else None
+
+    async def _locked_message(self, conn: AsyncConnection, message_id: str) -> MessageRecord | None:
+        row = (
+            await conn.execute(select(messages).where(messages.c.id == message_id).with_for_update())
+        ).first()
+        return _message(row) if row else None
+
+    async def _save_message(self, conn: AsyncConnection, before: MessageRecord, after: MessageRecord) -> None:
+        values = _message_values(after)
+        values["version"] = before.version + 1
+        result = await conn.execute(
+            update(messages)
+            .where(messages.c.id == before.id, messages.c.version == before.version)
+            .values(**values)
+        )
+        if result.rowcount != 1:
+            raise ConcurrentUpdateError(before.id)
+        after.version = before.version + 1
+
+    async def record_send_outcome(
+        self,
+        message_id: str,
+        *,
+        provider_message_id: str | None,
+        failure: Reason | None,
+        detail: str,
+        source: str,
+    ) -> tuple[MessageRecord, list[MessageChange]]:
+        """PENDING → SENT (with the provider's id) or → FAILED (with the reason).
+
+        A status webhook can beat this commit (the provider is fast): such events were parked
+        and are applied here, in the same transaction.
+        """
+        async with self.transaction() as conn:
+            msg = await self._locked_message(conn, message_id)
+            if msg is None:
+                raise LookupError(message_id)
+            if msg.state is not MessageState.PENDING:
+                return msg, []  # a reconciler got there first; its verdict stands
+            now = utcnow()
+            before = replace(msg, history=list(msg.history))
+            if failure is None and provider_message_id:
+                msg.state = MessageState.SENT
+                msg.provider_message_id = provider_message_id
+                msg.sent_at = now
+                change = StateChange(
+                    MessageState.PENDING, MessageState.SENT, Reason.PROVIDER_ACCEPTED, source, now
+                )
+            else:
+                reason = failure or Reason.PROVIDER_NO_MESSAGE_ID
+                msg.state = MessageState.FAILED
+                msg.failure_reason = reason.value
+                msg.failure_detail = detail[:1000]
+                change = StateChange(MessageState.PENDING, MessageState.FAILED, reason, source, now)
+            msg.history.append(change)
+            msg.updated_at = now
+            changes = [MessageChange(msg.id, change)]
+            if msg.state is MessageState.SENT:
+                changes += await self._apply_parked(conn, msg)
+            await self._save_message(conn, before, msg)
+            return msg, changes
+
+    async def _apply_parked(self, conn: AsyncConnection, msg: MessageRecord) -> list[MessageChange]:
+        rows = (
+            await conn.execute(
+                select(events.c.id, events.c.status, events.c.received_at).where(
+                    events.c.provider_message_id == msg.provider_message_id, events.c.parked.is_(True)
+                )
+            )
+        ).all()
+        if not rows:
+            return []
+        out: list[MessageChange] = []
+        for row in sorted(rows, key=lambda r: (MESSAGE_RANK.get(MessageState(r.status), 9), r.received_at)):
+            change = self._apply_status(msg, MessageState(row.status), "webhook", row.received_at)
+            out.append(MessageChange(msg.id, change))
+        await conn.execute(
+            update(events)
+            .where(events.c.id.in_([r.id for r in rows]))
+            .values(parked=False, reason=EventReason.APPLIED.value + ":LATE")
+        )
+        return out
+
+    @staticmethod
+    def _apply_status(msg: MessageRecord, status: MessageState, source: str, at: datetime) -> StateChange:
+        decision = decide_status(msg.state, status)
+        if decision.applied and decision.to_state is not decision.from_state:
+            change = StateChange(decision.from_state, decision.to_state, Reason.WEBHOOK_STATUS, source, at)
+            msg.state = decision.to_state
+            if decision.to_state is MessageState.FAILED:
+                msg.failure_reason = Reason.PROVIDER_ERROR.value
+                msg.failure_detail = "provider reported status failed"
+        else:
+            change = StateChange(msg.state, status, Reason.STALE_STATUS, source, at, applied=False)
+        msg.history.append(change)
+        msg.updated_at = utcnow()
+        return change
+
+    async def reset_for_retry(self, message_id: str, *, source: str) -> MessageRecord:
+        """FAILED → PENDING, attempts + 1. Raises LookupError / ValueError (not retryable)."""
+        from statemachine.machines import decide_message
+
+        async with self.transaction() as conn:
+            msg = await self._locked_message(conn, message_id)
+            if msg is None:
+                raise LookupError(message_id)
+            decision = decide_message(msg.state, "retry")
+            if not decision.applied:
+                raise ValueError(msg.state.value)
+            before = replace(msg, history=list(msg.history))
+            now = utcnow()
+            msg.history.append(
+                StateChange(msg.state, MessageState.PENDING, Reason.RETRY_REQUESTED, source, now)
+            )
+            msg.state = MessageState.PENDING
+            msg.attempts += 1
+            msg.failure_reason = ""
+            msg.failure_detail = ""
+            msg.provider_message_id = None
+            msg.updated_at = now
+            await self._save_message(conn, before, msg)
+            return msg
+
+    async def list_messages(
+        self,
+        *,
+        instance_id: str = "",
+        states: Sequence[MessageState] = (),
+        stuck_only: bool = False,
+        page_size: int = 50,
+        page_token: str = "",
+    ) -> tuple[list[MessageRecord], str]:
+        query = select(messages)
+        if instance_id:
+            query = query.where(messages.c.instance_id == instance_id)
+        if states:
+            query = query.where(messages.c.state.in_([s.value for s in states]))
+        if stuck_only:
+            query = query.where(messages.c.state == MessageState.SENT.value, messages.c.stuck_at.is_not(None))
+        if page_token:
+            at, last_id = decode_page_token(page_token)
+            query = query.where(
+                or_(messages.c.created_at < at, and_(messages.c.created_at == at, messages.c.id < last_id))
+            )
+        query = query.order_by(messages.c.created_at.desc(), messages.c.id.desc()).limit(page_size + 1)
+        async with self.engine.connect() as conn:
+            rows = [_message(r) for r in await conn.execute(query)]
+        next_token = ""
+        if len(rows) > page_size:
+            rows = rows[:page_size]
+            next_token = encode_page_token(rows[-1].created_at, rows[-1].id)
+        return rows, next_token
+
+    # --- webhook events ----------------------------------------------------------------------
+
+    async def ingest(
+        self, event: ProviderEvent, payload: bytes, headers: dict[str, str], received_at: datetime
+    ) -> IngestResult:
+        """Applies one provider event and stores it raw, in one transaction.
+
+        The event row is inserted last, with its final reason; when its dedupe key already
+        exists the whole transaction rolls back and the event is reported as a duplicate. On
+        Postgres a concurrent twin waits on the row lock / unique index, so it is applied once.
+        """
+        event_id = str(uuid.uuid4())
+        result = IngestResult(event_id, event.route, event.reason, event.instance_id)
+        parked = False
+        try:
+            async with self.transaction() as conn:
+                parked = await self._route(conn, event, received_at, result)
+                if event.route is Route.CHAT_STATUS and event.instance_id:
+                    await conn.execute(
+                        chat_statuses.insert().values(
+                            event_id=event_id,
+                            instance_id=event.instance_id,
+                            chat_id=event.chat_id,
+                            status=event.raw_status,
+                            connected_phone=event.phone,
+                            connected_lid=event.lid,
+                            moment=event.moment,
+                            received_at=received_at,
+                        )
+                    )
+                inserted = await conn.execute(
+                    self._insert(events)
+                    .values(
+                        id=event_id,
+                        dedupe_key=event.dedupe_key,
+                        received_at=received_at,
+                        route=event.route.value,
+                        reason=str(result.reason)[:96],
+                        instance_id=event.instance_id,
+                        provider_message_id=event.provider_message_id,
+                        status=event.status.value if event.status else None,
+                        parked=parked,
+                        payload=payload,
+                        headers=json.dumps(headers, sort_keys=True),
+                    )
+                    .on_conflict_do_nothing(index_elements=["dedupe_key"])
+                )
+                if inserted.rowcount != 1:
+                    raise _Duplicate
+        except _Duplicate:
+            async with self.transaction() as conn:
+                row = (
+                    await conn.execute(
+                        update(events)
+                        .where(events.c.dedupe_key == event.dedupe_key)
+                        .values(duplicates=events.c.duplicates + 1)
+                        .returning(events.c.id, events.c.reason)
+                    )
+                ).first()
+            return IngestResult(
+                row.id if row else event_id,
+                event.route,
+                row.reason if row else event.reason,
+                event.instance_id,
+                duplicate=True,
+            )
+        return result
+
+    async def _route(
+        self, conn: AsyncConnection, event: ProviderEvent, received_at: datetime, result: IngestResult
+    ) -> bool:
+        """Applies the event; returns True when it must be parked for a message not stored yet."""
+        if event.instance_id is None or event.route is Route.UNROUTABLE:
+            return False
+        if event.route in (Route.CONNECTION, Route.DISCONNECTION):
+            trigger = "report_reconnected" if event.connected else "report_disconnected"
+            change = await self._apply_instance_trigger(
+                conn, event.instance_id, trigger, "webhook", event.phone, None, received_at
+            )
+            if change is None:
+                result.reason = EventReason.UNKNOWN_INSTANCE
+            else:
+                result.reason = EventReason.APPLIED if change.decision.changed else EventReason.RECORDED
+                if change.decision.changed:
+                    result.instance_changes.append(change)
+            return False
+        if event.status is None or event.provider_message_id is None:
+            return False
+        row = (
+            await conn.execute(
+                select(messages)
+                .where(
+                    messages.c.provider_message_id == event.provider_message_id,
+                    messages.c.instance_id == event.instance_id,
+                )
+                .with_for_update()
+            )
+        ).first()
+        if row is None:
+            result.reason = EventReason.UNKNOWN_MESSAGE
+            return True
+        msg = _message(row)
+        before = replace(msg, history=list(msg.history))
+        change = self._apply_status(msg, event.status, "webhook", event.moment or received_at)
+        await self._save_message(conn, before, msg)
+        result.message_changes.append(MessageChange(msg.id, change))
+        result.reason = EventReason.APPLIED if change.applied else EventReason.STALE_STATUS
+        return False
+
+
+class _Duplicate(Exception):
+    pass

@@ -1,0 +1,160 @@
+"""Tables. Alembic migrations under migrations/ create exactly this schema (a test checks it)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Dialect,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.types import DateTime, TypeDecorator
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes on every dialect (SQLite keeps no time zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# SQLite autoincrement needs INTEGER PRIMARY KEY; Postgres gets BIGINT identity.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+instances = Table(
+    "instances",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("plan", String(8), nullable=False),
+    Column("token", Text, nullable=False),
+    Column("state", String(24), nullable=False),
+    Column("reason", String(64), nullable=False),
+    Column("phone_number", String(32)),
+    Column("lid", String(64)),
+    Column("checked_at", UTCDateTime()),
+    Column("last_event_at", UTCDateTime()),
+    Column("state_changed_at", UTCDateTime()),
+    Column("consecutive_stuck", Integer, nullable=False, server_default="0"),
+    Column("consecutive_gateway_failures", Integer, nullable=False, server_default="0"),
+    Column("version", Integer, nullable=False, server_default="1"),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+instance_transitions = Table(
+    "instance_transitions",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("instance_id", String(64), nullable=False),
+    Column("from_state", String(24), nullable=False),
+    Column("to_state", String(24), nullable=False),
+    Column("reason", String(64), nullable=False),
+    Column("source", String(24), nullable=False),
+    Column("at", UTCDateTime(), nullable=False),
+    Index(None, "instance_id", "id"),
+)
+
+messages = Table(
+    "messages",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("instance_id", String(64), nullable=False),
+    Column("idempotency_key", String(128), nullable=False),
+    Column("request_hash", String(64), nullable=False),
+    Column("recipient", String(80), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("content", Text, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("failure_reason", String(64), nullable=False, server_default=""),
+    Column("failure_detail", Text, nullable=False, server_default=""),
+    Column("provider_message_id", String(128)),
+    Column("attempts", Integer, nullable=False),
+    # JSON list of state changes: the row carries its own history (one write per transition).
+    Column("history", Text, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("sent_at", UTCDateTime()),
+    Column("stuck_at", UTCDateTime()),
+    Column("trace_id", String(32), nullable=False, server_default=""),
+    Column("span_id", String(16), nullable=False, server_default=""),
+    Column("version", Integer, nullable=False, server_default="1"),
+    UniqueConstraint("instance_id", "idempotency_key"),
+    Index(None, "provider_message_id"),
+    Index(None, "state", "sent_at"),
+    Index(None, "instance_id", "created_at"),
+    Index(None, "created_at", "id"),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    # Re-deliveries share a key: (instance, message, status) for statuses, a body hash otherwise.
+    Column("dedupe_key", String(200), nullable=False, unique=True),
+    Column("received_at", UTCDateTime(), nullable=False),
+    Column("route", String(24), nullable=False),
+    Column("reason", String(96), nullable=False),
+    Column("instance_id", String(64)),
+    Column("provider_message_id", String(128)),
+    Column("status", String(16)),
+    # A status for a message not stored (yet): applied when that message turns SENT.
+    Column("parked", Boolean, nullable=False, server_default="0"),
+    Column("payload", LargeBinary, nullable=False),
+    Column("headers", Text, nullable=False, server_default="{}"),
+    Column("duplicates", Integer, nullable=False, server_default="0"),
+    Index(None, "provider_message_id", "parked"),
+    Index(None, "instance_id", "received_at"),
+    Index(None, "route", "received_at"),
+)
+
+chat_statuses = Table(
+    "chat_statuses",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("event_id", String(36), nullable=False),
+    Column("instance_id", String(64), nullable=False),
+    Column("chat_id", String(128)),
+    Column("status", String(32)),
+    Column("connected_phone", String(32)),
+    Column("connected_lid", String(64)),
+    Column("moment", UTCDateTime()),
+    Column("received_at", UTCDateTime(), nullable=False),
+    Index(None, "instance_id", "chat_id", "id"),
+)

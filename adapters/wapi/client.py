@@ -1,0 +1,388 @@
+"""W-API over HTTP: the production implementation of statemachine.ports.Provider.
+
+Rules (wapi.md, "What the system being replaced gets wrong"):
+- a send is exactly ONE HTTP request: never retried, never re-sent with another body shape;
+- a 2xx without a message id is not a send: no id is ever invented;
+- a probe asks one endpoint (``/instance/status-instance``) and only retries gateway trouble;
+- provider trouble is always a value (SendOutcome / ProbeOutcome), never an exception;
+- the instance token is only ever written into the Authorization header: not into details, logs,
+  exception texts or reprs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any, Final
+
+import httpx
+
+from adapters.wapi.contract import (
+    DEFAULT_BASE_URL,
+    INSTANCE_QUERY_PARAM,
+    STATUS_ENDPOINT,
+    ContentMismatchError,
+    build_send_body,
+    error_message,
+    extract_message_id,
+    is_error_body,
+    parse_status,
+    truncate,
+)
+from statemachine.domain import Credentials, OutboundMessage, ProbeOutcome, Reason, SendOutcome
+
+logger = logging.getLogger("wapi_guard.wapi")
+
+MAX_ANSWER_BYTES: Final = 1_000_000  # larger answers are cut (and are not JSON W-API would send)
+PROBE_BACKOFF_BASE: Final = 0.05  # seconds; doubled per attempt, capped below
+PROBE_BACKOFF_CAP: Final = 0.5
+MIN_ATTEMPT_BUDGET: Final = 0.05  # do not start a probe attempt with less time than this
+_USER_AGENT: Final = "wapi-guard/0.1"
+_HEADER_SAFE = re.compile(r"^[\x21-\x7e]+$")
+_BEARER = re.compile(r"(?i)(bearer\s+)\S+")
+_HTML_TITLE = re.compile(rb"(?is)<(title|h1)[^>]*>(.*?)</\1>")
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """One HTTP answer, read (bounded) and classified."""
+
+    status: int
+    is_html: bool
+    is_json: bool
+    payload: Any  # parsed JSON when is_json
+    raw: bytes
+
+    @property
+    def html_title(self) -> str:
+        match = _HTML_TITLE.search(self.raw)
+        if match is None:
+            return ""
+        return re.sub(r"<[^>]+>", " ", match.group(2).decode("utf-8", "replace"))
+
+
+def _classify(status: int, content_type: str, raw: bytes) -> _Answer:
+    head = raw.lstrip()[:1]
+    is_html = "html" in content_type.lower() or head == b"<"
+    payload: Any = None
+    is_json = False
+    if not is_html and raw.strip():
+        try:
+            payload = json.loads(raw)
+            is_json = True
+        except ValueError:  # includes UnicodeDecodeError
+            payload = None
+    return _Answer(status=status, is_html=is_html, is_json=is_json, payload=payload, raw=raw)
+
+
+class _Scrubber:
+    """Removes the token (and any bearer credential) from text that may leave this module."""
+
+    __slots__ = ("_token",)
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    def __repr__(self) -> str:
+        return "_Scrubber(***)"
+
+    def __call__(self, text: str) -> str:
+        if self._token:
+            text = text.replace(self._token, "***")
+        return truncate(_BEARER.sub(r"\1***", text))
+
+
+class WapiProvider:
+    """W-API client. One shared httpx.AsyncClient (pooled connections) for every instance."""
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_BASE_URL,
+        *,
+        probe_attempts: int = 2,
+        max_connections: int = 100,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        if probe_attempts < 1:
+            raise ValueError("probe_attempts must be >= 1")
+        if max_connections < 1:
+            raise ValueError("max_connections must be >= 1")
+        self._base_url = base_url.rstrip("/")
+        self._probe_attempts = probe_attempts
+        self._client = httpx.AsyncClient(
+            base_url=self._base_url + "/",
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            transport=transport,
+            follow_redirects=False,
+            headers={"Accept": "application/json", "User-Agent": _USER_AGENT},
+        )
+
+    def __repr__(self) -> str:
+        return f"WapiProvider(base_url={self._base_url!r}, probe_attempts={self._probe_attempts})"
+
+    @property
+    def base_url(self) -> str:
+        return self._base_url
+
+    async def __aenter__(self) -> WapiProvider:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    # --- send ------------------------------------------------------------------------------------
+
+    # `timeout` (ASYNC109) is the Provider port's signature.
+    async def send(
+        self,
+        credentials: Credentials,
+        message: OutboundMessage,
+        *,
+        timeout: float,  # noqa: ASYNC109
+    ) -> SendOutcome:
+        """Exactly one POST. Every outcome is a value; nothing is retried."""
+        scrub = _Scrubber(credentials.token)
+        instance = credentials.instance_id
+        try:
+            endpoint, body = build_send_body(message)
+        except ContentMismatchError as exc:
+            return SendOutcome(failure=Reason.INVALID_ARGUMENT, detail=scrub(str(exc)))
+        if not instance:
+            return SendOutcome(failure=Reason.INVALID_ARGUMENT, detail="instance id is empty")
+        if not _HEADER_SAFE.match(credentials.token):
+            return SendOutcome(
+                failure=Reason.TOKEN_INVALID, detail="token is empty or not a valid header value"
+            )
+        if timeout <= 0:
+            return SendOutcome(failure=Reason.PROVIDER_TIMEOUT, detail="no time budget left; not sent")
+
+        try:
+            answer = await self._exchange("POST", endpoint, credentials, json_body=body, budget=timeout)
+        except httpx.TimeoutException as exc:
+            outcome = SendOutcome(failure=Reason.PROVIDER_TIMEOUT, detail=_timeout_detail(exc, timeout))
+        except TimeoutError:
+            outcome = SendOutcome(failure=Reason.PROVIDER_TIMEOUT, detail=f"no answer within {timeout:.2f}s")
+        except (httpx.HTTPError, OSError) as exc:
+            outcome = SendOutcome(failure=Reason.PROVIDER_UNAVAILABLE, detail=scrub(_exc_detail(exc)))
+        except Exception as exc:  # a bug below us must still end as a value the core can persist
+            logger.warning("send %s instance=%s: unexpected %s", endpoint, instance, type(exc).__name__)
+            outcome = SendOutcome(failure=Reason.OUTCOME_UNKNOWN, detail=scrub(_exc_detail(exc)))
+        else:
+            outcome = _send_outcome(answer, scrub)
+        logger.debug(
+            "send %s instance=%s -> http=%s id=%s failure=%s",
+            endpoint,
+            instance,
+            outcome.http_status,
+            outcome.provider_message_id,
+            outcome.failure,
+        )
+        return outcome
+
+    # --- probe -----------------------------------------------------------------------------------
+
+    async def probe(
+        self,
+        credentials: Credentials,
+        *,
+        timeout: float,  # noqa: ASYNC109
+    ) -> ProbeOutcome:
+        """GET /instance/status-instance; retries gateway trouble only, all within `timeout`."""
+        instance = credentials.instance_id
+        if not instance:
+            return ProbeOutcome(
+                connected=None, failure=Reason.INSTANCE_NOT_FOUND, detail="instance id is empty"
+            )
+        if not _HEADER_SAFE.match(credentials.token):
+            return ProbeOutcome(
+                connected=None,
+                failure=Reason.TOKEN_INVALID,
+                detail="token is empty or not a valid header value",
+            )
+        scrub = _Scrubber(credentials.token)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        outcome = ProbeOutcome(connected=None, failure=Reason.TIMEOUT_OR_GATEWAY, detail="no time budget")
+        for attempt in range(1, self._probe_attempts + 1):
+            remaining = deadline - loop.time()
+            if remaining < MIN_ATTEMPT_BUDGET and attempt > 1:
+                break
+            outcome, retryable = await self._probe_once(credentials, max(remaining, 0.01), scrub)
+            logger.debug(
+                "probe instance=%s attempt=%d -> connected=%s failure=%s",
+                instance,
+                attempt,
+                outcome.connected,
+                outcome.failure,
+            )
+            if not retryable:
+                return outcome
+            if attempt > 1:
+                outcome = _with_detail(outcome, f"{outcome.detail} (attempt {attempt})")
+            backoff = min(PROBE_BACKOFF_BASE * 2 ** (attempt - 1), PROBE_BACKOFF_CAP)
+            if attempt == self._probe_attempts or deadline - loop.time() < backoff + MIN_ATTEMPT_BUDGET:
+                break
+            await asyncio.sleep(backoff)
+        return outcome
+
+    async def _probe_once(
+        self, credentials: Credentials, budget: float, scrub: _Scrubber
+    ) -> tuple[ProbeOutcome, bool]:
+        """(outcome, retryable). Only gateway trouble is retryable."""
+
+        def gateway(detail: str) -> ProbeOutcome:
+            return ProbeOutcome(connected=None, failure=Reason.TIMEOUT_OR_GATEWAY, detail=detail)
+
+        try:
+            answer = await self._exchange("GET", STATUS_ENDPOINT, credentials, json_body=None, budget=budget)
+        except httpx.TimeoutException as exc:
+            return gateway(_timeout_detail(exc, budget)), True
+        except TimeoutError:
+            return gateway(f"no answer within {budget:.2f}s"), True
+        except (httpx.HTTPError, OSError) as exc:
+            return gateway(scrub(_exc_detail(exc))), True
+        except Exception as exc:  # never raise: the core keeps the last known state
+            logger.warning("probe instance=%s: unexpected %s", credentials.instance_id, type(exc).__name__)
+            return gateway(scrub(_exc_detail(exc))), False
+
+        status = answer.status
+        detail = _http_detail(answer, scrub)
+        if answer.is_html:
+            return gateway(_html_detail(answer, scrub)), True
+        if status in (401, 403):
+            return ProbeOutcome(connected=None, failure=Reason.TOKEN_INVALID, detail=detail), False
+        if status == 404:
+            return ProbeOutcome(connected=None, failure=Reason.INSTANCE_NOT_FOUND, detail=detail), False
+        if status == 429 or status >= 500:
+            return gateway(detail), True
+        if 200 <= status < 300:
+            if not answer.is_json:
+                return gateway(f"HTTP {status} without a JSON body"), True
+            parsed = parse_status(answer.payload)
+            return _with_detail(parsed, scrub(parsed.detail)), False
+        # Other 4xx / 3xx: take a clear connected claim if there is one, else report gateway trouble.
+        if answer.is_json:
+            parsed = parse_status(answer.payload)
+            if parsed.connected is not None:
+                return _with_detail(parsed, detail), False
+        return gateway(detail), False
+
+    # --- HTTP ------------------------------------------------------------------------------------
+
+    async def _exchange(
+        self,
+        method: str,
+        endpoint: str,
+        credentials: Credentials,
+        *,
+        json_body: dict[str, Any] | None,
+        budget: float,
+    ) -> _Answer:
+        """One request; the whole exchange (connect, write, read) fits in `budget` seconds."""
+        headers = {"Authorization": f"Bearer {credentials.token}"}
+        params = {INSTANCE_QUERY_PARAM: credentials.instance_id}
+        async with (
+            asyncio.timeout(budget),
+            self._client.stream(
+                method,
+                endpoint.lstrip("/"),
+                params=params,
+                json=json_body,
+                headers=headers,
+                timeout=httpx.Timeout(budget),
+            ) as response,
+        ):
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in response.aiter_bytes():
+                chunks.append(chunk)
+                size += len(chunk)
+                if size >= MAX_ANSWER_BYTES:
+                    break
+            raw = b"".join(chunks)[:MAX_ANSWER_BYTES]
+            return _classify(response.status_code, response.headers.get("content-type", ""), raw)
+
+
+def _send_outcome(answer: _Answer, scrub: _Scrubber) -> SendOutcome:
+    status = answer.status
+    if answer.is_html:
+        return SendOutcome(
+            failure=Reason.PROVIDER_UNAVAILABLE, detail=_html_detail(answer, scrub), http_status=status
+        )
+    if status in (401, 403):
+        return SendOutcome(
+            failure=Reason.TOKEN_INVALID, detail=_http_detail(answer, scrub), http_status=status
+        )
+    if status == 404:
+        return SendOutcome(
+            failure=Reason.INSTANCE_NOT_FOUND, detail=_http_detail(answer, scrub), http_status=status
+        )
+    if status == 429 or status >= 500 or status < 200 or 300 <= status < 400:
+        return SendOutcome(
+            failure=Reason.PROVIDER_UNAVAILABLE, detail=_http_detail(answer, scrub), http_status=status
+        )
+    if status >= 400:
+        return SendOutcome(
+            failure=Reason.PROVIDER_ERROR, detail=_http_detail(answer, scrub), http_status=status
+        )
+    # 2xx
+    if not answer.is_json:
+        return SendOutcome(
+            failure=Reason.PROVIDER_UNAVAILABLE,
+            detail=f"HTTP {status} without a JSON body",
+            http_status=status,
+        )
+    if is_error_body(answer.payload):
+        # An error flag wins over an id: reporting "sent" for an errored answer is the fake "sent".
+        message = error_message(answer.payload) or "W-API flagged an error"
+        return SendOutcome(failure=Reason.PROVIDER_ERROR, detail=scrub(message), http_status=status)
+    message_id = extract_message_id(answer.payload)
+    if message_id is None:
+        return SendOutcome(
+            failure=Reason.PROVIDER_NO_MESSAGE_ID,
+            detail=f"HTTP {status} accepted without a message id",
+            http_status=status,
+        )
+    return SendOutcome(provider_message_id=message_id, http_status=status)
+
+
+def _http_detail(answer: _Answer, scrub: _Scrubber) -> str:
+    message = error_message(answer.payload) if answer.is_json else ""
+    if not message and not answer.is_json and answer.raw.strip():
+        message = answer.raw[:200].decode("utf-8", "replace")
+    return scrub(f"HTTP {answer.status}: {message}" if message else f"HTTP {answer.status}")
+
+
+def _html_detail(answer: _Answer, scrub: _Scrubber) -> str:
+    title = answer.html_title.strip()
+    suffix = f": {title}" if title else ""
+    return scrub(f"HTTP {answer.status} with an HTML page (gateway){suffix}")
+
+
+def _with_detail(outcome: ProbeOutcome, detail: str) -> ProbeOutcome:
+    return ProbeOutcome(
+        connected=outcome.connected,
+        phone=outcome.phone,
+        lid=outcome.lid,
+        failure=outcome.failure,
+        detail=detail,
+    )
+
+
+def _timeout_detail(exc: httpx.TimeoutException, timeout: float) -> str:
+    if isinstance(exc, httpx.ConnectTimeout):
+        return f"connect timeout after {timeout:.2f}s (request not sent)"
+    if isinstance(exc, httpx.PoolTimeout):
+        return f"no free connection within {timeout:.2f}s (request not sent)"
+    return f"{type(exc).__name__} after {timeout:.2f}s"
+
+
+def _exc_detail(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

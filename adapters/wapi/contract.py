@@ -1,0 +1,371 @@
+"""W-API's wire contract: endpoints, request bodies and answer parsers. Pure: no I/O.
+
+Everything here follows /work/shared/research/wapi.md. Facts that come from client code rather than
+W-API's own reference are marked **(inferred)**; they live in the small tables below so they are easy
+to correct when W-API's real answer is known.
+
+The parsers report what the provider *claims*. They never judge it: "connected without a phone" is
+returned as ``ProbeOutcome(connected=True, phone=None)`` and the instance machine decides what it means.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Final
+
+from statemachine.domain import (
+    Contact,
+    Document,
+    Location,
+    Media,
+    MessageKind,
+    OutboundMessage,
+    ProbeOutcome,
+    Reaction,
+    Reason,
+    Text,
+)
+
+# --- endpoints -----------------------------------------------------------------------------------
+
+DEFAULT_BASE_URL: Final = "https://api.w-api.app/v1"
+STATUS_ENDPOINT: Final = "/instance/status-instance"
+INSTANCE_QUERY_PARAM: Final = "instanceId"
+
+
+@dataclass(frozen=True, slots=True)
+class SendSpec:
+    """One row of the send table: W-API endpoint and our field -> W-API body key."""
+
+    endpoint: str
+    fields: Mapping[str, str]
+
+
+# Keys every send body may carry (wapi.md, "Send endpoints").
+PHONE_FIELD: Final = "phone"
+REPLY_TO_FIELD: Final = "messageId"  # reply to a message (S1: text, image; sent on every kind)
+DELAY_FIELD: Final = "delayMessage"  # seconds
+
+# THE table: one row per kind, body keys exactly as W-API spells them. Correct W-API facts here.
+SEND_TABLE: Final[Mapping[MessageKind, SendSpec]] = {
+    MessageKind.TEXT: SendSpec("/message/send-text", {"body": "message"}),
+    MessageKind.IMAGE: SendSpec("/message/send-image", {"url": "image", "caption": "caption"}),
+    MessageKind.AUDIO: SendSpec("/message/send-audio", {"url": "audio"}),
+    MessageKind.VIDEO: SendSpec("/message/send-video", {"url": "video", "caption": "caption"}),
+    MessageKind.DOCUMENT: SendSpec(
+        "/message/send-document",
+        {
+            "url": "document",
+            "file_name": "fileName",
+            "extension": "extension",  # (inferred) no leading dot; derived from file_name when empty
+            "caption": "caption",  # (inferred)
+        },
+    ),
+    MessageKind.LOCATION: SendSpec(
+        "/message/send-location",
+        # latitude / longitude are sent as decimal strings (S1)
+        {"name": "name", "address": "address", "latitude": "latitude", "longitude": "longitude"},
+    ),
+    MessageKind.CONTACT: SendSpec(
+        "/message/send-contact",
+        {
+            "name": "contactName",
+            "phone": "contactPhone",
+            "business_description": "contactBusinessDescription",
+        },
+    ),
+    MessageKind.STICKER: SendSpec("/message/send-sticker", {"url": "sticker"}),
+    MessageKind.REACTION: SendSpec(
+        "/message/send-reaction", {"emoji": "reaction", "target_provider_message_id": "messageId"}
+    ),
+}
+
+# Keys of a send answer that may carry the provider's message id, in the order they are trusted
+# (inferred, S2/S3). ("data", "x") means body["data"]["x"].
+MESSAGE_ID_PATHS: Final[tuple[tuple[str, ...], ...]] = (
+    ("messageId",),
+    ("id",),
+    ("data", "messageId"),
+    ("data", "id"),
+    ("insertedId",),  # queued by W-API (S1 queue); still W-API's own handle for the message
+)
+
+# Status-answer spellings (all inferred from client code, wapi.md "Instance endpoints").
+PHONE_KEYS: Final = ("phone", "phoneNumber", "connectedPhone")
+LID_KEYS: Final = ("lid", "connectedLid")
+QR_KEYS: Final = ("qrcode", "qrCode", "qr", "base64")
+STATE_KEYS: Final = ("state", "status", "connectionState")
+STATE_CONNECTED: Final = frozenset({"open", "connected"})
+STATE_DISCONNECTED: Final = frozenset({"close", "closed", "disconnected"})
+
+DETAIL_MAX: Final = 200
+
+
+# --- request bodies ------------------------------------------------------------------------------
+
+
+class ContentMismatchError(ValueError):
+    """The message's content does not fit its kind (a caller bug, never provider trouble)."""
+
+
+def build_send_body(message: OutboundMessage) -> tuple[str, dict[str, Any]]:
+    """(endpoint, JSON body) for one send. Raises ContentMismatchError for an inconsistent message.
+
+    Optional fields (caption, contactBusinessDescription, reply-to, delay) are left out when empty.
+    """
+    spec = SEND_TABLE.get(message.kind)
+    if spec is None:
+        raise ContentMismatchError(f"no W-API endpoint for kind {message.kind!r}")
+    if not message.to.strip():
+        raise ContentMismatchError("recipient ('to') is empty")
+    values: dict[str, Any] = {}  # our field name -> value; None / "" means "leave out"
+    content = message.content
+    kind = message.kind
+
+    if kind is MessageKind.TEXT and isinstance(content, Text):
+        values["body"] = content.body
+    elif isinstance(content, Media) and "url" in spec.fields and kind is not MessageKind.DOCUMENT:
+        values["url"] = content.url
+        values["caption"] = content.caption  # dropped below for kinds without a caption field
+    elif kind is MessageKind.DOCUMENT and isinstance(content, Document):
+        values["url"] = content.url
+        values["file_name"] = content.file_name
+        values["extension"] = content.extension.strip().lstrip(".").lower() or extension_from_file_name(
+            content.file_name
+        )
+        values["caption"] = content.caption
+    elif kind is MessageKind.LOCATION and isinstance(content, Location):
+        # name and address are always sent (S1 lists them with the coordinates, none optional)
+        values["name"] = content.name
+        values["address"] = content.address
+        values["latitude"] = coordinate_text(content.latitude, limit=90.0)
+        values["longitude"] = coordinate_text(content.longitude, limit=180.0)
+    elif kind is MessageKind.CONTACT and isinstance(content, Contact):
+        values["name"] = content.name
+        values["phone"] = content.phone
+        values["business_description"] = content.business_description
+    elif kind is MessageKind.REACTION and isinstance(content, Reaction):
+        if not content.target_provider_message_id:
+            raise ContentMismatchError("reaction needs the target provider message id")
+        values["emoji"] = content.emoji
+        values["target_provider_message_id"] = content.target_provider_message_id
+    else:
+        raise ContentMismatchError(f"{type(content).__name__} content does not fit kind {kind.value}")
+
+    always = {"body", "url", "file_name", "name", "address", "latitude", "longitude", "phone"}
+    always |= {"emoji", "target_provider_message_id"}
+    body: dict[str, Any] = {PHONE_FIELD: message.to}
+    for ours, theirs in spec.fields.items():
+        if ours not in values:
+            continue
+        value = values[ours]
+        if ours in always or value:
+            body[theirs] = value
+
+    # Reply-to shares the `messageId` key; a reaction's messageId is its target, so no reply there.
+    if message.reply_to and kind is not MessageKind.REACTION:
+        body[REPLY_TO_FIELD] = message.reply_to
+    if message.delay_seconds > 0:
+        body[DELAY_FIELD] = int(message.delay_seconds)
+    return spec.endpoint, body
+
+
+def extension_from_file_name(file_name: str) -> str:
+    """'Relatório.final.PDF' -> 'pdf'; '' when the name has no usable extension."""
+    base = file_name.rsplit("/", 1)[-1]
+    if "." not in base.strip("."):
+        return ""
+    ext = base.rsplit(".", 1)[-1].strip().lower()
+    return ext if ext.isalnum() and len(ext) <= 10 else ""
+
+
+def coordinate_text(value: float, *, limit: float) -> str:
+    """A coordinate as W-API wants it: a decimal string, never exponent notation."""
+    number = float(value)
+    if not math.isfinite(number) or abs(number) > limit:
+        raise ContentMismatchError(f"coordinate {value!r} is out of range")
+    return format(Decimal(repr(number)), "f")
+
+
+# --- answer parsers ------------------------------------------------------------------------------
+
+
+def extract_message_id(body: Any) -> str | None:
+    """The provider's message id from a send answer, or None. Never invents one."""
+    if not isinstance(body, Mapping):
+        return None
+    for path in MESSAGE_ID_PATHS:
+        node: Any = body
+        for key in path:
+            node = node.get(key) if isinstance(node, Mapping) else None
+        text = _id_text(node)
+        if text:
+            return text
+    return None
+
+
+def _id_text(value: Any) -> str | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    return None
+
+
+def is_error_body(body: Any) -> bool:
+    """W-API's in-band error: ``error: true`` or a non-empty ``error`` string (also under ``data``)."""
+    for node in _nodes(body):
+        flag = node.get("error")
+        if flag is True or (isinstance(flag, str) and flag.strip() and flag.strip().lower() != "false"):
+            return True
+    return False
+
+
+def error_message(body: Any) -> str:
+    """Best human text of an error answer: ``message``, then an ``error`` string."""
+    for node in _nodes(body):
+        for key in ("message", "error", "msg", "detail"):
+            value = node.get(key)
+            if isinstance(value, str) and value.strip():
+                return value.strip()
+    return ""
+
+
+def parse_status(body: Any) -> ProbeOutcome:
+    """Turn a 2xx JSON status answer into what W-API claims about the session.
+
+    Precedence: a non-empty QR field (waiting for a scan) > explicit ``connected`` > ``state`` /
+    ``status`` / ``connectionState`` > an identity (``me.id``, ``wid``) alone. Keys are read at top
+    level first, then under ``data``. An answer matching no spelling is reported as gateway trouble
+    (``connected=None``), so an unknown shape never flips an instance to disconnected.
+    """
+    nodes = _nodes(body)
+    if not nodes:
+        return ProbeOutcome(
+            connected=None, failure=Reason.TIMEOUT_OR_GATEWAY, detail="status answer is not an object"
+        )
+
+    phone = _find_phone(nodes)
+    lid = _find_lid(nodes)
+
+    if any(_non_empty_str(node.get(key)) for node in nodes for key in QR_KEYS):
+        return ProbeOutcome(connected=False, phone=phone, lid=lid, detail="waiting for QR scan")
+
+    connected = _first(_bool_value(node.get("connected")) for node in nodes)
+    if connected is None:
+        connected = _first(_state_value(node.get(key)) for node in nodes for key in STATE_KEYS)
+    if connected is None and _identity_phone(nodes) is not None:
+        connected = True  # `me: {id}` / `wid: {user}` is only present on a paired session
+    if connected is None:
+        if is_error_body(body):
+            detail = truncate(error_message(body) or "status answer flagged an error")
+        else:
+            detail = "unrecognised status answer"
+        return ProbeOutcome(connected=None, failure=Reason.TIMEOUT_OR_GATEWAY, detail=detail)
+    return ProbeOutcome(connected=connected, phone=phone, lid=lid)
+
+
+def _nodes(body: Any) -> list[Mapping[str, Any]]:
+    if not isinstance(body, Mapping):
+        return []
+    nodes: list[Mapping[str, Any]] = [body]
+    data = body.get("data")
+    if isinstance(data, Mapping):
+        nodes.append(data)
+    return nodes
+
+
+def _first(values: Any) -> bool | None:
+    for value in values:
+        if value is not None:
+            return bool(value)
+    return None
+
+
+def _bool_value(value: Any) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in {"true", "false"}:
+        return value.strip().lower() == "true"
+    return None
+
+
+def _state_value(value: Any) -> bool | None:
+    if not isinstance(value, str):
+        return None
+    word = value.strip().lower()
+    if word in STATE_CONNECTED:
+        return True
+    if word in STATE_DISCONNECTED:
+        return False
+    return None
+
+
+def _non_empty_str(value: Any) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+_JID_SUFFIX = re.compile(r"[:@].*$")
+_NON_DIGITS = re.compile(r"\D")
+
+
+def jid_to_phone(value: Any) -> str | None:
+    """'5511999990000:12@s.whatsapp.net' -> '5511999990000'; None when no digits remain."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return None
+    text = str(value).strip()
+    if text.endswith("@lid"):
+        return None  # a LID is not a phone number
+    digits = _NON_DIGITS.sub("", _JID_SUFFIX.sub("", text))
+    return digits or None
+
+
+def _identity_phone(nodes: list[Mapping[str, Any]]) -> str | None:
+    for node in nodes:
+        me = node.get("me")
+        if isinstance(me, Mapping):
+            phone = jid_to_phone(me.get("id")) or jid_to_phone(me.get("user"))
+        else:
+            phone = jid_to_phone(me)
+        if phone:
+            return phone
+        wid = node.get("wid")
+        if isinstance(wid, Mapping):
+            phone = jid_to_phone(wid.get("user")) or jid_to_phone(wid.get("_serialized"))
+        else:
+            phone = jid_to_phone(wid)
+        if phone:
+            return phone
+    return None
+
+
+def _find_phone(nodes: list[Mapping[str, Any]]) -> str | None:
+    for node in nodes:
+        for key in PHONE_KEYS:
+            phone = jid_to_phone(node.get(key))
+            if phone:
+                return phone
+    return _identity_phone(nodes)
+
+
+def _find_lid(nodes: list[Mapping[str, Any]]) -> str | None:
+    for node in nodes:
+        for key in LID_KEYS:
+            value = node.get(key)
+            if _non_empty_str(value):
+                return str(value).strip()
+        me = node.get("me")
+        if isinstance(me, Mapping) and _non_empty_str(me.get("lid")):
+            return str(me["lid"]).strip()
+    return None
+
+
+def truncate(text: str, limit: int = DETAIL_MAX) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,259 @@
+"""W-API webhook bodies → ProviderEvent. Pure; shared by the service and the simulator's tests.
+
+Shapes and names come from wapi.md (S1, S2). Facts marked inferred there are in the tables
+below, so a correction is one line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+from statemachine.domain import MessageState
+from statemachine.events import EventReason, ProviderEvent, Route
+
+# `event` value (lower-cased) → route. message-status names from S2 (inferred).
+EVENT_ROUTES: dict[str, Route] = {
+    "webhookconnected": Route.CONNECTION,
+    "connection": Route.CONNECTION,
+    "connected": Route.CONNECTION,
+    "webhookdisconnected": Route.DISCONNECTION,
+    "disconnection": Route.DISCONNECTION,
+    "disconnected": Route.DISCONNECTION,
+    "webhookstatus": Route.MESSAGE_STATUS,
+    "message-status": Route.MESSAGE_STATUS,
+    "message_status": Route.MESSAGE_STATUS,
+    "message_ack": Route.MESSAGE_STATUS,
+    "messagestatus": Route.MESSAGE_STATUS,
+    "webhookdelivery": Route.DELIVERY,
+    "delivery": Route.DELIVERY,
+    "webhookreceived": Route.RECEIVED,
+    "received": Route.RECEIVED,
+    "webhookpresence": Route.PRESENCE,
+    "webhookchatpresence": Route.PRESENCE,
+    "chat-presence": Route.PRESENCE,
+    "presence": Route.PRESENCE,
+}
+
+# Status words → message state. Upper-case Baileys names too.
+STATUS_WORDS: dict[str, MessageState] = {
+    "sent": MessageState.SENT,
+    "server_ack": MessageState.SENT,
+    "delivered": MessageState.DELIVERED,
+    "delivery_ack": MessageState.DELIVERED,
+    "received": MessageState.DELIVERED,
+    "read": MessageState.READ,
+    "seen": MessageState.READ,
+    "played": MessageState.PLAYED,
+    "failed": MessageState.FAILED,
+    "error": MessageState.FAILED,
+}
+# `ack` numbers (inferred: Baileys' WebMessageInfo.Status, which W-API runs on).
+ACK_NUMBERS: dict[int, MessageState] = {
+    0: MessageState.FAILED,
+    2: MessageState.SENT,
+    3: MessageState.DELIVERED,
+    4: MessageState.READ,
+    5: MessageState.PLAYED,
+}
+PRESENCE_WORDS = frozenset({"composing", "recording", "paused", "available", "unavailable", "typing"})
+# The event-less body of the brief: exactly these keys, once dropped as "Unroutable".
+CHAT_STATUS_KEYS = frozenset({"instanceId", "connectedPhone", "connectedLid", "chat", "status", "moment"})
+
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_MAX_FIELD = 256
+
+
+def _digest(raw: bytes) -> str:
+    return "sha256:" + hashlib.sha256(raw).hexdigest()
+
+
+def _field(body: dict[str, Any], *names: str) -> Any:
+    """First present key, in the body or nested under `data` (S2 reads both)."""
+    data = body.get("data")
+    for name in names:
+        if name in body and body[name] not in (None, ""):
+            return body[name]
+        if isinstance(data, dict) and name in data and data[name] not in (None, ""):
+            return data[name]
+    return None
+
+
+def _text(value: Any) -> str | None:
+    if isinstance(value, (str, int)) and not isinstance(value, bool):
+        text = str(value).strip()
+        return text[:_MAX_FIELD] if text else None
+    return None
+
+
+def phone_digits(value: Any) -> str | None:
+    """'5511999@s.whatsapp.net' or '5511999:12@s.whatsapp.net' → '5511999'; junk → None."""
+    text = _text(value)
+    if not text:
+        return None
+    user = text.split("@", 1)[0].split(":", 1)[0]
+    digits = "".join(ch for ch in user if ch.isdigit())
+    return digits if 8 <= len(digits) <= 15 and digits == user.lstrip("+") else None
+
+
+def _phone(body: dict[str, Any]) -> str | None:
+    for value in (
+        _field(body, "connectedPhone", "phone", "phoneNumber"),
+        (_field(body, "me") or {}).get("id") if isinstance(_field(body, "me"), dict) else None,
+        (_field(body, "wid") or {}).get("user") if isinstance(_field(body, "wid"), dict) else None,
+    ):
+        phone = phone_digits(value)
+        if phone:
+            return phone
+    return None
+
+
+def _moment(value: Any) -> datetime | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    seconds = value / 1000 if value > 1e12 else value
+    try:
+        return datetime.fromtimestamp(seconds, tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def _status(value: Any) -> tuple[MessageState | None, str | None]:
+    if isinstance(value, bool):
+        return None, None
+    if isinstance(value, int):
+        return ACK_NUMBERS.get(value), str(value)
+    text = _text(value)
+    if text is None:
+        return None, None
+    return STATUS_WORDS.get(text.lower()), text.lower()
+
+
+def _chat_id(body: dict[str, Any]) -> str | None:
+    chat = _field(body, "chat")
+    if isinstance(chat, dict):
+        return _text(chat.get("id"))
+    return _text(chat) or _text(_field(body, "chatId", "phone"))
+
+
+def _message_id(body: dict[str, Any]) -> str | None:
+    mid = _text(_field(body, "messageId", "id", "msgId"))
+    if mid is None:
+        chat = _field(body, "chat")
+        if isinstance(chat, dict):
+            mid = _text(chat.get("messageId"))
+    return mid
+
+
+def parse_webhook(raw: bytes) -> ProviderEvent:
+    """Never raises: anything it cannot use becomes an UNROUTABLE event with a reason."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
+        return ProviderEvent(Route.UNROUTABLE, EventReason.MALFORMED_JSON, _digest(raw))
+    if not isinstance(body, dict):
+        return ProviderEvent(Route.UNROUTABLE, EventReason.NOT_AN_OBJECT, _digest(raw))
+
+    instance_text = _text(_field(body, "instanceId", "instance_id"))
+    instance_id = instance_text if instance_text and _ID_RE.match(instance_text) else None
+    moment = _moment(_field(body, "moment", "timestamp"))
+    event_name = _text(body.get("event") or body.get("type"))
+
+    if event_name is None:
+        if CHAT_STATUS_KEYS <= body.keys() or {"instanceId", "chat", "status"} <= body.keys():
+            return _chat_status(raw, body, instance_id, moment)
+        return ProviderEvent(Route.UNROUTABLE, EventReason.NO_EVENT_KEY, _digest(raw), instance_id)
+
+    route = EVENT_ROUTES.get(event_name.lower())
+    if route is None:
+        return ProviderEvent(
+            Route.UNROUTABLE, f"{EventReason.UNKNOWN_EVENT}:{event_name[:64]}", _digest(raw), instance_id
+        )
+    if instance_id is None:
+        return ProviderEvent(route, EventReason.MISSING_INSTANCE_ID, _digest(raw), None, moment=moment)
+
+    if route is Route.CONNECTION:
+        connected = _field(body, "connected")
+        return ProviderEvent(
+            route,
+            EventReason.RECORDED,
+            _digest(raw),
+            instance_id,
+            connected=connected is not False,
+            phone=_phone(body),
+            lid=_text(_field(body, "connectedLid", "lid")),
+            moment=moment,
+        )
+    if route is Route.DISCONNECTION:
+        return ProviderEvent(
+            route, EventReason.RECORDED, _digest(raw), instance_id, connected=False, moment=moment
+        )
+    if route is Route.MESSAGE_STATUS:
+        mid = _message_id(body)
+        status, raw_status = _status(_field(body, "status", "ack"))
+        if mid is None:
+            return ProviderEvent(
+                route, EventReason.MISSING_MESSAGE_ID, _digest(raw), instance_id, moment=moment
+            )
+        if status is None:
+            return ProviderEvent(
+                route,
+                EventReason.UNKNOWN_STATUS,
+                _digest(raw),
+                instance_id,
+                provider_message_id=mid,
+                raw_status=raw_status,
+                moment=moment,
+            )
+        return ProviderEvent(
+            route,
+            EventReason.RECORDED,
+            f"status:{instance_id}:{mid}:{status}",
+            instance_id,
+            provider_message_id=mid,
+            status=status,
+            raw_status=raw_status,
+            chat_id=_chat_id(body),
+            moment=moment,
+        )
+    mid = _message_id(body)
+    from_api = body.get("fromMe") is True and body.get("fromApi") is True
+    return ProviderEvent(
+        route,
+        EventReason.RECORDED,
+        _digest(raw),
+        instance_id,
+        provider_message_id=mid,
+        phone=_phone(body),
+        chat_id=_chat_id(body),
+        moment=moment,
+        from_api=from_api,
+        raw_status=_status(_field(body, "status"))[1],
+    )
+
+
+def _chat_status(
+    raw: bytes, body: dict[str, Any], instance_id: str | None, moment: datetime | None
+) -> ProviderEvent:
+    """The event-less {instanceId, connectedPhone, connectedLid, chat, status, moment} body."""
+    status, raw_status = _status(body.get("status"))
+    mid = _message_id(body)
+    if instance_id is None:
+        return ProviderEvent(Route.CHAT_STATUS, EventReason.MISSING_INSTANCE_ID, _digest(raw))
+    applies = status is not None and mid is not None
+    return ProviderEvent(
+        Route.CHAT_STATUS,
+        EventReason.RECORDED if applies else EventReason.CHAT_TELEMETRY,
+        f"status:{instance_id}:{mid}:{status}" if applies else _digest(raw),
+        instance_id,
+        provider_message_id=mid,
+        status=status if applies else None,
+        raw_status=raw_status,
+        phone=phone_digits(body.get("connectedPhone")),
+        lid=_text(body.get("connectedLid")),
+        chat_id=_chat_id(body),
+        moment=moment,
+    )

@@ -1,0 +1,1 @@
+"""wapi-guard services: the gRPC edge, the application core, the CLI."""

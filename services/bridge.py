@@ -1,0 +1,92 @@
+"""HTTP webhook bridge: W-API posts here; the raw body goes to the Webhook service's core.
+
+Runs in the serve process, on the same event loop as gRPC. Answers 2xx once the event is
+stored (W-API then has no reason to retry) and 503 when it could not be stored (it should).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from services.config import Settings
+from services.core import Gateway
+from services.errors import status_for
+from statemachine.errors import InvalidPayload
+
+log = logging.getLogger("wapi_guard.bridge")
+MAX_BODY = 256 * 1024
+GATEWAY_KEY = web.AppKey("gateway", Gateway)
+SECRET_KEY = web.AppKey("secret", str)
+
+
+def _authorized(request: web.Request) -> bool:
+    expected = request.app[SECRET_KEY]
+    if not expected:
+        return True
+    given = request.match_info.get("secret") or request.headers.get("X-Webhook-Secret", "")
+    return hmac.compare_digest(given.encode(), expected.encode())
+
+
+async def receive(request: web.Request) -> web.Response:
+    if not _authorized(request):
+        return web.json_response({"error": "not found"}, status=404)
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        return web.json_response({"error": "payload too large", "reason": "PAYLOAD_TOO_LARGE"}, status=413)
+    ctype = request.content_type
+    if ctype not in ("application/json", "text/plain", "application/octet-stream", ""):
+        return web.json_response({"error": f"unsupported content type {ctype}", "reason": "UNSUPPORTED_MEDIA_TYPE"},
+                                 status=415)
+    try:
+        body = await request.content.read(MAX_BODY + 1)
+    except Exception:
+        return web.json_response({"error": "could not read body"}, status=400)
+    if len(body) > MAX_BODY:
+        return web.json_response({"error": "payload too large", "reason": "PAYLOAD_TOO_LARGE"}, status=413)
+    headers = {k: v for k, v in request.headers.items()}
+    try:
+        result = await request.app[GATEWAY_KEY].ingest(body, headers)
+    except InvalidPayload as bad:
+        # Stored with its reason; a retry of the same bytes cannot help.
+        return web.json_response(
+            {"stored": True, "event_id": bad.event_id, "route": "UNROUTABLE", "reason": bad.event_reason},
+            status=202,
+        )
+    except Exception as error:
+        if status_for(error) is None:
+            log.exception("webhook ingest failed")
+        else:
+            log.warning("webhook not stored: %s", type(error).__name__)
+        return web.json_response({"error": "not stored, retry later", "reason": "STORAGE_UNAVAILABLE"}, status=503)
+    return web.json_response(
+        {"stored": True, "event_id": result.event_id, "route": result.route.value, "duplicate": result.duplicate,
+         "reason": str(result.reason)},
+        status=200,
+    )
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+def build_app(settings: Settings, gateway: Gateway) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY)
+    app[GATEWAY_KEY] = gateway
+    app[SECRET_KEY] = settings.webhook_secret.get_secret_value() if settings.webhook_secret else ""
+    app.router.add_post("/webhooks/wapi/{secret}", receive)
+    app.router.add_post("/webhooks/wapi", receive)
+    app.router.add_get("/healthz", healthz)
+    return app
+
+
+async def start_bridge(settings: Settings, gateway: Gateway) -> tuple[web.AppRunner, int]:
+    runner = web.AppRunner(build_app(settings, gateway), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.http_port or 0)
+    await site.start()
+    server: Any = site._server
+    port = int(server.sockets[0].getsockname()[1])
+    return runner, port

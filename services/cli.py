@@ -1,0 +1,111 @@
+"""`wapi-guard` command line: serve, migrate, simulator, demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import ValidationError
+
+from services.config import Settings
+
+# CLI flag → Settings field. Every flag also reads WAPIGUARD_<FIELD> (flags win).
+SERVE_FLAGS: dict[str, tuple[str, type[Any]]] = {
+    "--host": ("host", str),
+    "--grpc-port": ("grpc_port", int),
+    "--http-port": ("http_port", int),
+    "--database-url": ("database_url", str),
+    "--wapi-base-url": ("wapi_base_url", str),
+    "--webhook-secret": ("webhook_secret", str),
+    "--send-timeout": ("send_timeout", float),
+    "--probe-timeout": ("probe_timeout", float),
+    "--probe-interval": ("probe_interval", float),
+    "--probe-concurrency": ("probe_concurrency", int),
+    "--health-cache-ttl": ("health_cache_ttl", float),
+    "--gateway-failure-threshold": ("gateway_failure_threshold", int),
+    "--shutdown-grace": ("shutdown_grace", float),
+    "--log-level": ("log_level", str),
+    "--log-format": ("log_format", str),
+}
+
+
+def _add_flags(parser: argparse.ArgumentParser, flags: dict[str, tuple[str, type[Any]]]) -> None:
+    for flag, (name, kind) in flags.items():
+        field = Settings.model_fields[name]
+        env = f"WAPIGUARD_{name.upper()}"
+        parser.add_argument(flag, dest=name, type=kind, default=None,
+                            help=f"{field.description} [env {env}; default {field.default!r}]")
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    overrides = {k: v for k, v in vars(args).items() if k in Settings.model_fields and v is not None}
+    return Settings(**overrides)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wapi-guard", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the gRPC server (and the webhook bridge)")
+    _add_flags(serve, SERVE_FLAGS)
+    serve.add_argument("--no-migrate", dest="migrate_on_start", action="store_const", const=False, default=None,
+                       help="do not apply migrations at start")
+    migrate = sub.add_parser("migrate", help="apply database migrations and exit")
+    _add_flags(migrate, {"--database-url": SERVE_FLAGS["--database-url"]})
+    sub.add_parser("simulator", help="run the W-API simulator on loopback", add_help=False)
+    demo = sub.add_parser("demo", help="end-to-end scenario on SQLite + the simulator (the main job)")
+    demo.add_argument("--keep", action="store_true", help="keep the temporary database and print its path")
+    demo.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["simulator"]:
+        from adapters.simulator.cli import main as simulator_main
+
+        return simulator_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    try:
+        settings = settings_from(args)
+    except ValidationError as error:
+        print(f"wapi-guard: invalid configuration:\n{error}", file=sys.stderr)
+        return 2
+    from services.logs import setup_logging
+
+    setup_logging(settings.log_level, settings.log_format)
+    if args.command == "serve":
+        from services.server import serve
+
+        try:
+            asyncio.run(serve(settings))
+        except OSError as error:
+            print(f"wapi-guard: {error}", file=sys.stderr)
+            return 1
+        return 0
+    if args.command == "migrate":
+        return asyncio.run(_migrate(settings.database_url))
+    if args.command == "demo":
+        from services.demo import run_demo
+
+        return asyncio.run(run_demo(keep=args.keep, as_json=args.json))
+    return 2
+
+
+async def _migrate(url: str) -> int:
+    from adapters.persistence.db import create_engine
+    from adapters.persistence.migrate import upgrade_to_head
+
+    engine = create_engine(url)
+    try:
+        await upgrade_to_head(engine)
+    finally:
+        await engine.dispose()
+    print("database is at the latest schema")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

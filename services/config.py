@@ -1,0 +1,35 @@
+"""Configuration: every setting is a CLI flag and a WAPIGUARD_* environment variable."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from adapters.persistence.db import DEFAULT_URL
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="WAPIGUARD_", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="Listen address of the gRPC and HTTP servers.")
+    grpc_port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one (printed).")
+    http_port: int = Field(
+        8080, ge=-1, le=65535, description="Webhook bridge HTTP port; 0 picks a free one, -1 disables it."
+    )
+    database_url: str = Field(DEFAULT_URL, description="SQLAlchemy async URL (sqlite+aiosqlite or postgresql+asyncpg).")
+    wapi_base_url: str = Field("https://api.w-api.app/v1", description="W-API REST base URL.")
+    webhook_secret: SecretStr | None = Field(
+        None, description="Secret W-API must put in the webhook URL path (/webhooks/wapi/<secret>)."
+    )
+    send_timeout: float = Field(15.0, gt=0, description="Seconds for one provider send call.")
+    probe_timeout: float = Field(10.0, gt=0, description="Seconds for one status probe.")
+    probe_interval: float = Field(60.0, ge=0, description="Seconds between background probes (0 disables).")
+    probe_concurrency: int = Field(16, ge=1, description="Probes in flight at once.")
+    health_cache_ttl: float = Field(2.0, ge=0, description="Max staleness of the preflight's health cache.")
+    gateway_failure_threshold: int = Field(
+        3, ge=1, description="Consecutive provider gateway failures on sends before DEGRADED."
+    )
+    shutdown_grace: float = Field(10.0, ge=0, description="Seconds in-flight RPCs get on SIGTERM.")
+    log_level: str = Field("INFO", description="Python log level.")
+    log_format: str = Field("json", pattern="^(json|text)$", description="json (one object per line) or text.")
+    migrate_on_start: bool = Field(True, description="Apply migrations at serve start.")

@@ -1,0 +1,53 @@
+"""Outbound content ⇄ the JSON stored with each message (so RetryMessage can resend it)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict
+from typing import Any
+
+from statemachine.domain import (
+    Contact,
+    Content,
+    Document,
+    Location,
+    Media,
+    MessageKind,
+    OutboundMessage,
+    Reaction,
+    Text,
+)
+
+_CLASS_BY_KIND: dict[MessageKind, type[Any]] = {
+    MessageKind.TEXT: Text,
+    MessageKind.IMAGE: Media,
+    MessageKind.AUDIO: Media,
+    MessageKind.VIDEO: Media,
+    MessageKind.STICKER: Media,
+    MessageKind.DOCUMENT: Document,
+    MessageKind.LOCATION: Location,
+    MessageKind.CONTACT: Contact,
+    MessageKind.REACTION: Reaction,
+}
+
+
+def content_to_dict(message: OutboundMessage) -> dict[str, Any]:
+    return {
+        "content": asdict(message.content),
+        "reply_to": message.reply_to,
+        "delay_seconds": message.delay_seconds,
+    }
+
+
+def outbound_from_stored(kind: MessageKind, to: str, stored: dict[str, Any]) -> OutboundMessage:
+    content: Content = _CLASS_BY_KIND[kind](**stored["content"])
+    return OutboundMessage(kind, to, content, stored.get("reply_to", ""), stored.get("delay_seconds", 0))
+
+
+def request_hash(message: OutboundMessage) -> str:
+    """Same key + different request must not silently return the first message."""
+    blob = json.dumps(
+        [message.kind.value, message.to, content_to_dict(message)], sort_keys=True, separators=(",", ":")
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()

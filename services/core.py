@@ -1,0 +1,504 @@
+"""The application core: one place where the delivery-truth rules meet the adapters.
+
+Servicers call this; it calls the pure rules (statemachine) and the ports (provider,
+repository). The send preflight reads stored health through a small cache: no provider
+round-trip on the send path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+
+from adapters.persistence.repository import (
+    IngestResult,
+    InstanceChange,
+    MessageChange,
+    Repository,
+    utcnow,
+)
+from adapters.wapi.webhooks import parse_webhook
+from services.content import content_to_dict, outbound_from_stored, request_hash
+from statemachine.domain import (
+    Credentials,
+    InstanceRecord,
+    InstanceState,
+    MessageRecord,
+    MessageState,
+    OutboundMessage,
+    Plan,
+    Reason,
+    StateChange,
+)
+from statemachine.errors import (
+    IdempotencyConflict,
+    InstanceNotFound,
+    InvalidPayload,
+    InvalidRequest,
+    MessageNotFound,
+    NotRetryable,
+    ProviderFailed,
+    SendBlocked,
+)
+from statemachine.events import EventReason, Route
+from statemachine.machines import probe_trigger
+from statemachine.ports import Provider
+from statemachine.preflight import block_reason
+from statemachine.validation import SendRequest, Violation, normalize_recipient, validate_instance_id, validate_send
+
+log = logging.getLogger("wapi_guard.core")
+
+# Provider outcomes that say "the provider/gateway is in trouble", not "this message is bad".
+GATEWAY_FAILURES = frozenset({Reason.PROVIDER_UNAVAILABLE, Reason.PROVIDER_TIMEOUT})
+PREFLIGHT_REASONS = frozenset(
+    {
+        Reason.SESSION_INCOMPLETE, Reason.TIMEOUT_OR_GATEWAY, Reason.INSTANCE_DISCONNECTED,
+        Reason.HEALTH_UNKNOWN, Reason.TOKEN_INVALID, Reason.INSTANCE_NOT_FOUND, Reason.DELIVERY_STALLED,
+        Reason.NOT_SUPPORTED_BY_PLAN,
+    }
+)
+# Headers never stored with a raw event.
+SECRET_HEADERS = ("authorization", "cookie", "x-webhook-secret", "x-api-key", "proxy-authorization")
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    send_timeout: float = 15.0
+    probe_timeout: float = 10.0
+    # Upper bound on how stale another replica's view of an instance can be in the preflight.
+    health_cache_ttl: float = 2.0
+    # Change-feed poll: also how fast a change made by another replica reaches watchers/caches.
+    change_poll_interval: float = 0.5
+    gateway_failure_threshold: int = 3
+    probe_interval: float = 60.0
+    probe_concurrency: int = 16
+    touch_flush_interval: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceEvent:
+    """One item of WatchInstances: current health plus the change (None for the snapshot)."""
+
+    instance: InstanceRecord
+    change: StateChange | None
+
+
+@dataclass(slots=True)
+class _Cached:
+    record: InstanceRecord
+    token: str = field(repr=False)
+    expires: float
+
+
+class Gateway:
+    def __init__(self, repo: Repository, provider: Provider, config: GatewayConfig | None = None) -> None:
+        self.repo = repo
+        self.provider = provider
+        self.config = config or GatewayConfig()
+        self._cache: dict[str, _Cached] = {}
+        self._subscribers: set[asyncio.Queue[InstanceEvent]] = set()
+        self._feed_nudge = asyncio.Event()
+        self._last_change_id = 0
+        self._touched: dict[str, datetime] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._inflight: set[asyncio.Task[object]] = set()
+        self._probe_gate = asyncio.Semaphore(self.config.probe_concurrency)
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self, *, background_probes: bool = True) -> None:
+        self._last_change_id = await self.repo.last_instance_change_id()
+        self._tasks.append(asyncio.create_task(self._tail_changes(), name="change-feed"))
+        self._tasks.append(asyncio.create_task(self._flush_touches(), name="touch-flusher"))
+        if background_probes and self.config.probe_interval > 0:
+            self._tasks.append(asyncio.create_task(self._probe_forever(), name="prober"))
+
+    async def aclose(self) -> None:
+        if self._inflight:
+            await asyncio.wait(self._inflight, timeout=self.config.send_timeout)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        with contextlib.suppress(Exception):
+            await self.repo.touch_instances(self._touched)
+
+    # --- instance health ---------------------------------------------------------------------
+
+    async def _instance(self, instance_id: str) -> _Cached | None:
+        cached = self._cache.get(instance_id)
+        now = time.monotonic()
+        if cached is not None and cached.expires > now:
+            return cached
+        found = await self.repo.get_instance(instance_id)
+        if found is None:
+            self._cache.pop(instance_id, None)
+            return None
+        cached = _Cached(found[0], found[1], now + self.config.health_cache_ttl)
+        self._cache[instance_id] = cached
+        return cached
+
+    def _remember(self, record: InstanceRecord) -> None:
+        cached = self._cache.get(record.instance_id)
+        if cached is not None:
+            cached.record = record
+            cached.expires = time.monotonic() + self.config.health_cache_ttl
+
+    def _after_instance_change(self, change: InstanceChange | None) -> None:
+        if change is None:
+            return
+        self._remember(change.instance)
+        if change.decision.changed:
+            log.info(
+                "instance state changed",
+                extra={
+                    "instance_id": change.instance.instance_id, "from": change.decision.from_state.value,
+                    "to": change.decision.to_state.value, "reason": change.decision.reason,
+                    "source": change.source,
+                },
+            )
+            self._feed_nudge.set()
+
+    async def register(
+        self, instance_id: str, name: str, token: str, plan: Plan, *, probe: bool = True
+    ) -> InstanceRecord:
+        violations = validate_instance_id(instance_id)
+        if len(name) > 200:
+            violations.append(Violation("name", "longer than 200 characters"))
+        if len(token) > 512:
+            violations.append(Violation("token", "longer than 512 characters"))
+        if violations:
+            raise InvalidRequest(violations)
+        try:
+            record, _created = await self.repo.upsert_instance(instance_id, name, token or None, plan)
+        except ValueError:
+            raise InvalidRequest([Violation("token", "required on first registration")]) from None
+        self._cache.pop(instance_id, None)
+        if probe:
+            return await self.probe(instance_id, source="registration")
+        return await self._with_stuck(record)
+
+    async def probe(self, instance_id: str, *, source: str = "probe") -> InstanceRecord:
+        """Asks the provider now and runs the answer through the instance machine."""
+        found = await self.repo.get_instance(instance_id)
+        if found is None:
+            raise InstanceNotFound(instance_id)
+        record, token = found
+        async with self._probe_gate:
+            outcome = await self.provider.probe(
+                Credentials(instance_id, token), timeout=self.config.probe_timeout
+            )
+        change = await self.repo.apply_instance_trigger(
+            instance_id, probe_trigger(outcome), source=source, new_phone=outcome.phone, checked_at=utcnow()
+        )
+        if change is None:
+            raise InstanceNotFound(instance_id)
+        self._after_instance_change(change)
+        return await self._with_stuck(change.instance)
+
+    async def health(self, instance_id: str, *, refresh: bool = False) -> InstanceRecord:
+        violations = validate_instance_id(instance_id)
+        if violations:
+            raise InvalidRequest(violations)
+        if refresh:
+            return await self.probe(instance_id, source="probe")
+        found = await self.repo.get_instance(instance_id)
+        if found is None:
+            raise InstanceNotFound(instance_id)
+        return await self._with_stuck(found[0])
+
+    async def _with_stuck(self, record: InstanceRecord) -> InstanceRecord:
+        counts = await self.repo.stuck_counts([record.instance_id])
+        return replace(record, stuck_messages=counts.get(record.instance_id, 0))
+
+    async def list_instances(
+        self, *, refresh: bool = False, states: Sequence[InstanceState] = ()
+    ) -> list[InstanceRecord]:
+        if refresh:
+            await self.probe_all()
+        records = await self.repo.list_instances(states)
+        counts = await self.repo.stuck_counts()
+        return [replace(r, stuck_messages=counts.get(r.instance_id, 0)) for r in records]
+
+    async def probe_all(self) -> dict[str, InstanceState]:
+        """Probes every instance concurrently, bounded by the probe gate, each with its own timeout."""
+        ids = [instance_id for instance_id, _ in await self.repo.list_credentials()]
+
+        async def one(instance_id: str) -> tuple[str, InstanceState]:
+            try:
+                return instance_id, (await self.probe(instance_id)).state
+            except InstanceNotFound:
+                return instance_id, InstanceState.UNKNOWN
+
+        results = await asyncio.gather(*(one(i) for i in ids), return_exceptions=True)
+        out: dict[str, InstanceState] = {}
+        for item in results:
+            if isinstance(item, BaseException):
+                log.warning("probe failed: %s", type(item).__name__)
+            else:
+                out[item[0]] = item[1]
+        return out
+
+    async def _probe_forever(self) -> None:
+        interval = self.config.probe_interval
+        while True:
+            # Jitter so N replicas (and N instances) do not probe W-API in lock-step.
+            await asyncio.sleep(interval * random.uniform(0.8, 1.2))
+            try:
+                await self.probe_all()
+            except Exception:
+                log.exception("background probe round failed")
+
+    async def subscribe(
+        self, instance_ids: Sequence[str] = (), *, include_current: bool = False
+    ) -> AsyncIterator[InstanceEvent]:
+        queue: asyncio.Queue[InstanceEvent] = asyncio.Queue(maxsize=1000)
+        self._subscribers.add(queue)
+        wanted = set(instance_ids)
+        try:
+            if include_current:
+                for record in await self.list_instances():
+                    if not wanted or record.instance_id in wanted:
+                        yield InstanceEvent(record, None)
+            while True:
+                item = await queue.get()
+                if not wanted or item.instance.instance_id in wanted:
+                    yield item
+        finally:
+            self._subscribers.discard(queue)
+
+    async def _tail_changes(self) -> None:
+        """Publishes every instance change committed by any replica, in commit-id order."""
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._feed_nudge.wait(), self.config.change_poll_interval)
+            self._feed_nudge.clear()
+            try:
+                changes = await self.repo.instance_changes_since(self._last_change_id)
+            except Exception:
+                log.warning("change feed poll failed", exc_info=True)
+                continue
+            for change_id, instance_id, change in changes:
+                self._last_change_id = change_id
+                self._cache.pop(instance_id, None)  # another replica may have made it
+                if not self._subscribers:
+                    continue
+                found = await self.repo.get_instance(instance_id)
+                if found is None:
+                    continue
+                record = await self._with_stuck(found[0])
+                for queue in list(self._subscribers):
+                    if queue.full():
+                        queue.get_nowait()  # a slow watcher loses the oldest, never blocks the feed
+                    queue.put_nowait(InstanceEvent(record, change))
+
+    # --- sends -------------------------------------------------------------------------------
+
+    async def send(self, req: SendRequest) -> MessageRecord:
+        req = replace(req, to=normalize_recipient(req.to))
+        violations = validate_send(req)
+        if violations:
+            raise InvalidRequest(violations)
+        assert req.kind is not None and req.content is not None
+        cached = await self._instance(req.instance_id)
+        if cached is None:
+            raise InstanceNotFound(req.instance_id)
+        outbound = OutboundMessage(req.kind, req.to, req.content, req.reply_to, req.delay_seconds)
+        health = cached.record
+        blocked = block_reason(health.state, health.reason, health.plan, req.kind)
+        now = utcnow()
+        initial = MessageState.FAILED if blocked else MessageState.PENDING
+        msg = MessageRecord(
+            id=str(uuid.uuid4()),
+            instance_id=req.instance_id,
+            to=req.to,
+            kind=req.kind,
+            state=initial,
+            failure_reason=blocked.value if blocked else "",
+            failure_detail=f"instance {health.state.value}" if blocked else "",
+            provider_message_id=None,
+            attempts=1,
+            idempotency_key=req.idempotency_key or f"auto:{uuid.uuid4()}",
+            request_hash=request_hash(outbound),
+            content=content_to_dict(outbound),
+            created_at=now,
+            updated_at=now,
+            sent_at=None,
+            stuck_at=None,
+            history=[
+                StateChange("", initial, blocked or Reason.CREATED, "preflight" if blocked else "send", now)
+            ],
+            version=1,
+        )
+        stored, created = await self.repo.insert_message(msg)
+        if not created:
+            return self._replay(stored, msg.request_hash)
+        if blocked:
+            log.info("send blocked", extra={"instance_id": req.instance_id, "message_id": stored.id,
+                                            "blocked_reason": blocked.value})
+            raise SendBlocked(blocked, stored, health.state)
+        return await self._attempt_shielded(stored, outbound, cached)
+
+    def _replay(self, stored: MessageRecord, wanted_hash: str) -> MessageRecord:
+        """Same key again: the first request's outcome, never a second provider call."""
+        if stored.request_hash != wanted_hash:
+            raise IdempotencyConflict(stored)
+        if stored.state is MessageState.FAILED:
+            raise self._failure_error(stored)
+        return stored
+
+    def _failure_error(self, msg: MessageRecord) -> SendBlocked | ProviderFailed:
+        reason = Reason(msg.failure_reason) if msg.failure_reason in Reason.__members__ else Reason.PROVIDER_ERROR
+        if reason in PREFLIGHT_REASONS:
+            cached = self._cache.get(msg.instance_id)
+            state = cached.record.state if cached else InstanceState.UNKNOWN
+            return SendBlocked(reason, msg, state)
+        return ProviderFailed(reason, msg, msg.failure_detail)
+
+    async def _attempt_shielded(self, msg: MessageRecord, outbound: OutboundMessage, cached: _Cached) -> MessageRecord:
+        """Runs the provider call and records its outcome even if the caller goes away.
+
+        A cancelled RPC must not leave a message PENDING after the provider accepted it.
+        """
+        task: asyncio.Task[MessageRecord] = asyncio.create_task(self._attempt(msg, outbound, cached))
+        self._inflight.add(task)  # type: ignore[arg-type]
+        task.add_done_callback(self._inflight.discard)  # type: ignore[arg-type]
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        return await asyncio.shield(task)
+
+    async def _attempt(self, msg: MessageRecord, outbound: OutboundMessage, cached: _Cached) -> MessageRecord:
+        outcome = await self.provider.send(
+            Credentials(msg.instance_id, cached.token), outbound, timeout=self.config.send_timeout
+        )
+        failure = None if outcome.accepted else (outcome.failure or Reason.PROVIDER_NO_MESSAGE_ID)
+        stored, _changes = await self.repo.record_send_outcome(
+            msg.id,
+            provider_message_id=outcome.provider_message_id if failure is None else None,
+            failure=failure,
+            detail=outcome.detail,
+            source="send",
+        )
+        await self._feed_health(msg.instance_id, failure, cached)
+        log.info(
+            "send attempt",
+            extra={"instance_id": msg.instance_id, "message_id": msg.id, "attempt": stored.attempts,
+                   "outcome": stored.state.value, "failure_reason": stored.failure_reason,
+                   "provider_message_id": stored.provider_message_id or ""},
+        )
+        if stored.state is MessageState.FAILED:
+            raise self._failure_error(stored)
+        return stored
+
+    async def _feed_health(self, instance_id: str, failure: Reason | None, cached: _Cached) -> None:
+        """Send outcomes are health signals too: a 401 means the token is dead, now."""
+        change: InstanceChange | None = None
+        if failure is Reason.TOKEN_INVALID:
+            change = await self.repo.apply_instance_trigger(instance_id, "report_token_invalid", source="send")
+        elif failure is Reason.INSTANCE_NOT_FOUND:
+            change = await self.repo.apply_instance_trigger(instance_id, "report_not_found", source="send")
+        elif failure in GATEWAY_FAILURES:
+            count = await self.repo.count_gateway_failure(instance_id, failed=True)
+            cached.record.consecutive_gateway_failures = count
+            if count >= self.config.gateway_failure_threshold:
+                change = await self.repo.apply_instance_trigger(
+                    instance_id, "report_gateway_failure", source="send"
+                )
+        elif failure is None and cached.record.consecutive_gateway_failures:
+            await self.repo.count_gateway_failure(instance_id, failed=False)
+            cached.record.consecutive_gateway_failures = 0
+        self._after_instance_change(change)
+
+    async def retry(self, message_id: str) -> MessageRecord:
+        msg = await self.repo.get_message(message_id)
+        if msg is None:
+            raise MessageNotFound(message_id)
+        if msg.state is not MessageState.FAILED:
+            raise NotRetryable(msg)
+        cached = await self._instance(msg.instance_id)
+        if cached is None:
+            raise InstanceNotFound(msg.instance_id)
+        try:
+            msg = await self.repo.reset_for_retry(message_id, source="retry")
+        except ValueError:
+            current = await self.repo.get_message(message_id)
+            raise NotRetryable(current or msg) from None
+        outbound = outbound_from_stored(msg.kind, msg.to, msg.content)
+        health = cached.record
+        blocked = block_reason(health.state, health.reason, health.plan, msg.kind)
+        if blocked:
+            stored, _ = await self.repo.record_send_outcome(
+                msg.id, provider_message_id=None, failure=blocked,
+                detail=f"instance {health.state.value}", source="preflight",
+            )
+            raise SendBlocked(blocked, stored, health.state)
+        return await self._attempt_shielded(msg, outbound, cached)
+
+    async def get_message(self, message_id: str) -> MessageRecord:
+        msg = await self.repo.get_message(message_id) if message_id else None
+        if msg is None:
+            raise MessageNotFound(message_id)
+        return msg
+
+    async def list_messages(
+        self,
+        *,
+        instance_id: str = "",
+        states: Sequence[MessageState] = (),
+        stuck_only: bool = False,
+        page_size: int = 50,
+        page_token: str = "",
+    ) -> tuple[list[MessageRecord], str]:
+        if page_size < 0 or page_size > 500:
+            raise InvalidRequest([Violation("page_size", "must be between 0 and 500")])
+        try:
+            return await self.repo.list_messages(
+                instance_id=instance_id, states=states, stuck_only=stuck_only,
+                page_size=page_size or 50, page_token=page_token,
+            )
+        except ValueError:
+            raise InvalidRequest([Violation("page_token", "not a token returned by ListMessages")]) from None
+
+    # --- webhooks ----------------------------------------------------------------------------
+
+    async def ingest(
+        self, payload: bytes, headers: dict[str, str], received_at: datetime | None = None
+    ) -> IngestResult:
+        """Stores and applies one provider event. A body we cannot use is stored, then refused."""
+        received_at = received_at or utcnow()
+        event = parse_webhook(payload)
+        clean = {k.lower(): v[:512] for k, v in list(headers.items())[:64] if k.lower() not in SECRET_HEADERS}
+        result = await self.repo.ingest(event, payload, clean, received_at)
+        for change in result.instance_changes:
+            self._after_instance_change(change)
+        if event.instance_id and not result.duplicate and event.route is not Route.UNROUTABLE:
+            previous = self._touched.get(event.instance_id)
+            if previous is None or previous < received_at:
+                self._touched[event.instance_id] = received_at
+        if event.route is Route.UNROUTABLE and event.reason in (EventReason.MALFORMED_JSON, EventReason.NOT_AN_OBJECT):
+            raise InvalidPayload(str(event.reason), result.event_id)
+        return result
+
+    async def _flush_touches(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.touch_flush_interval)
+            if not self._touched:
+                continue
+            batch, self._touched = self._touched, {}
+            try:
+                await self.repo.touch_instances(batch)
+            except Exception:
+                log.warning("last_event_at flush failed; will retry", exc_info=True)
+                for key, value in batch.items():
+                    self._touched[key] = max(value, self._touched.get(key, value))
+
+
+__all__ = ["Gateway", "GatewayConfig", "InstanceEvent", "MessageChange"]

@@ -1,0 +1,134 @@
+"""Domain errors → gRPC status with google.rpc details (ErrorInfo, LocalizedMessage, BadRequest).
+
+`context.abort(code, details, trailing_metadata)` is used instead of `abort_with_status`: the
+OpenTelemetry aio server wrapper only sees `abort` (anchors-engineering §3.3.4), and the bytes on
+the wire are the same `grpc-status-details-bin` trailer.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+from adapters.persistence.repository import ConcurrentUpdateError
+from statemachine.domain import Reason, reason_text
+from statemachine.errors import (
+    GuardError,
+    IdempotencyConflict,
+    InstanceNotFound,
+    InvalidPayload,
+    InvalidRequest,
+    MessageNotFound,
+    NotRetryable,
+    ProviderFailed,
+    SendBlocked,
+)
+
+DOMAIN = "wapiguard.v1"
+log = logging.getLogger("wapi_guard.grpc")
+
+T = TypeVar("T")
+
+
+def _code_for(error: GuardError) -> grpc.StatusCode:
+    if isinstance(error, (InvalidRequest, InvalidPayload)):
+        return grpc.StatusCode.INVALID_ARGUMENT
+    if isinstance(error, (InstanceNotFound, MessageNotFound)):
+        return grpc.StatusCode.NOT_FOUND
+    if isinstance(error, (SendBlocked, NotRetryable)):
+        return grpc.StatusCode.FAILED_PRECONDITION
+    if isinstance(error, IdempotencyConflict):
+        return grpc.StatusCode.ALREADY_EXISTS
+    if isinstance(error, ProviderFailed):
+        if error.reason is Reason.PROVIDER_TIMEOUT:
+            return grpc.StatusCode.DEADLINE_EXCEEDED
+        if error.reason in (Reason.TOKEN_INVALID, Reason.INSTANCE_NOT_FOUND):
+            return grpc.StatusCode.FAILED_PRECONDITION
+        return grpc.StatusCode.UNAVAILABLE
+    return grpc.StatusCode.INTERNAL
+
+
+def _pack(message: Any) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+def build_status(
+    code: grpc.StatusCode, message: str, reason: str, metadata: dict[str, str], locale: str = "pt-BR",
+    violations: list[tuple[str, str]] | None = None,
+) -> grpc.Status:
+    details = [_pack(error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=metadata))]
+    text = reason_text(reason, locale)
+    if text != reason:
+        details.append(_pack(error_details_pb2.LocalizedMessage(locale=locale, message=text)))
+    if violations:
+        details.append(
+            _pack(
+                error_details_pb2.BadRequest(
+                    field_violations=[
+                        error_details_pb2.BadRequest.FieldViolation(field=f, description=d) for f, d in violations
+                    ]
+                )
+            )
+        )
+    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=message, details=details)
+    return rpc_status.to_status(status)
+
+
+def locale_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == "accept-language" and isinstance(value, str) and value.lower().startswith("en"):
+            return "en"
+    return "pt-BR"
+
+
+def status_for(error: BaseException, locale: str = "pt-BR") -> grpc.Status | None:
+    """The status to answer for an exception, or None when it is a bug (re-raised as INTERNAL)."""
+    if isinstance(error, GuardError):
+        violations = (
+            [(v.field, v.description) for v in error.violations] if isinstance(error, InvalidRequest) else None
+        )
+        return build_status(_code_for(error), str(error), error.reason.value, error.metadata, locale, violations)
+    if isinstance(error, ConcurrentUpdateError):
+        return build_status(grpc.StatusCode.ABORTED, "concurrent update, retry", Reason.CONCURRENT_UPDATE.value, {})
+    if isinstance(error, (DBAPIError, SQLAlchemyError, OSError, TimeoutError)):
+        # Never a fake success: the caller is told the store is unavailable and may retry.
+        return build_status(grpc.StatusCode.UNAVAILABLE, "storage unavailable", "STORAGE_UNAVAILABLE", {})
+    return None
+
+
+async def abort(context: grpc.aio.ServicerContext[Any, Any], status: grpc.Status) -> NoReturn:
+    await context.abort(status.code, status.details, status.trailing_metadata)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def grpc_errors(
+    handler: Callable[[Any, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[T]],
+) -> Callable[[Any, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[T]]:
+    """Maps domain and storage errors of a unary handler to rich gRPC statuses, in one place."""
+
+    @functools.wraps(handler)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> T:
+        try:
+            return await handler(self, request, context)
+        except Exception as error:
+            if isinstance(error, grpc.aio.AbortError):
+                raise
+            status = status_for(error, locale_of(context))
+            if status is None:
+                log.exception("unhandled error in %s", handler.__name__)
+                raise
+            if status.code is grpc.StatusCode.UNAVAILABLE and not isinstance(error, GuardError):
+                log.warning("storage error in %s: %s", handler.__name__, type(error).__name__)
+            await abort(context, status)
+
+    return wrapper

@@ -1,0 +1,178 @@
+"""proto ⇄ domain. Nothing else: no rules, no I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from adapters.persistence.repository import IngestResult, InstanceChange, MessageChange
+from services.api.wapiguard.v1 import common_pb2, send_pb2, webhook_pb2
+from statemachine.domain import (
+    Contact,
+    Content,
+    Document,
+    InstanceRecord,
+    InstanceState,
+    Location,
+    Media,
+    MessageKind,
+    MessageRecord,
+    MessageState,
+    Plan,
+    Reaction,
+    StateChange,
+    Text,
+    reason_text,
+)
+from statemachine.validation import SendRequest
+
+INSTANCE_STATE_TO_PB = {s: common_pb2.InstanceState.Value(f"INSTANCE_STATE_{s.value}") for s in InstanceState}
+INSTANCE_STATE_FROM_PB = {v: k for k, v in INSTANCE_STATE_TO_PB.items()}
+MESSAGE_STATE_TO_PB = {s: common_pb2.MessageState.Value(f"MESSAGE_STATE_{s.value}") for s in MessageState}
+MESSAGE_STATE_FROM_PB = {v: k for k, v in MESSAGE_STATE_TO_PB.items()}
+KIND_TO_PB = {k: common_pb2.MessageKind.Value(f"MESSAGE_KIND_{k.value}") for k in MessageKind}
+PLAN_TO_PB = {p: common_pb2.Plan.Value(f"PLAN_{p.value}") for p in Plan}
+PLAN_FROM_PB = {v: k for k, v in PLAN_TO_PB.items()}
+ROUTE_TO_PB = {
+    name: webhook_pb2.EventRoute.Value(f"EVENT_ROUTE_{name}")
+    for name in ("CONNECTION", "DISCONNECTION", "MESSAGE_STATUS", "CHAT_STATUS", "DELIVERY", "RECEIVED",
+                 "PRESENCE", "UNROUTABLE")
+}
+
+
+def ts(value: datetime | None) -> Timestamp | None:
+    if value is None:
+        return None
+    out = Timestamp()
+    out.FromDatetime(value)
+    return out
+
+
+def _state_pb(value: str, table: dict[MessageState, int]) -> int:
+    try:
+        return table[MessageState(value)]
+    except ValueError:
+        return 0
+
+
+def state_change_pb(change: StateChange) -> common_pb2.MessageStateChange:
+    return common_pb2.MessageStateChange(
+        from_state=_state_pb(change.from_state, MESSAGE_STATE_TO_PB),
+        to_state=_state_pb(change.to_state, MESSAGE_STATE_TO_PB),
+        reason=change.reason,
+        source=change.source,
+        at=ts(change.at),
+        applied=change.applied,
+    )
+
+
+def message_pb(msg: MessageRecord) -> common_pb2.Message:
+    return common_pb2.Message(
+        id=msg.id,
+        instance_id=msg.instance_id,
+        to=msg.to,
+        kind=KIND_TO_PB[msg.kind],
+        state=MESSAGE_STATE_TO_PB[msg.state],
+        failure_reason=msg.failure_reason,
+        provider_message_id=msg.provider_message_id or "",
+        attempts=msg.attempts,
+        created_at=ts(msg.created_at),
+        updated_at=ts(msg.updated_at),
+        history=[state_change_pb(c) for c in msg.history],
+        idempotency_key="" if msg.idempotency_key.startswith("auto:") else msg.idempotency_key,
+        failure_detail=msg.failure_detail,
+        stuck=msg.stuck_at is not None and msg.state is MessageState.SENT,
+        sent_at=ts(msg.sent_at),
+    )
+
+
+def instance_pb(record: InstanceRecord, locale: str = "pt-BR") -> common_pb2.InstanceHealth:
+    return common_pb2.InstanceHealth(
+        instance_id=record.instance_id,
+        name=record.name,
+        state=INSTANCE_STATE_TO_PB[record.state],
+        reason=record.reason,
+        phone_number=record.phone_number or "",
+        checked_at=ts(record.checked_at),
+        last_event_at=ts(record.last_event_at),
+        stuck_messages=record.stuck_messages,
+        plan=PLAN_TO_PB[record.plan],
+        state_changed_at=ts(record.state_changed_at),
+        can_send=record.state is InstanceState.CONNECTED,
+        reason_message=reason_text(record.reason, locale),
+    )
+
+
+def instance_change_pb(instance_id: str, change: StateChange) -> common_pb2.InstanceStateChange:
+    return common_pb2.InstanceStateChange(
+        instance_id=instance_id,
+        from_state=INSTANCE_STATE_TO_PB.get(InstanceState(change.from_state), 0) if change.from_state else 0,
+        to_state=INSTANCE_STATE_TO_PB[InstanceState(change.to_state)],
+        reason=change.reason,
+        source=change.source,
+        at=ts(change.at),
+    )
+
+
+def _instance_changes(changes: Iterable[InstanceChange]) -> list[common_pb2.InstanceStateChange]:
+    return [
+        instance_change_pb(
+            c.instance.instance_id,
+            StateChange(c.decision.from_state, c.decision.to_state, c.decision.reason, c.source, c.at),
+        )
+        for c in changes
+    ]
+
+
+def _message_changes(changes: Iterable[MessageChange]) -> list[webhook_pb2.MessageTransition]:
+    return [webhook_pb2.MessageTransition(message_id=c.message_id, change=state_change_pb(c.change)) for c in changes]
+
+
+def ingest_pb(result: IngestResult) -> webhook_pb2.IngestEventResponse:
+    return webhook_pb2.IngestEventResponse(
+        event_id=result.event_id,
+        route=ROUTE_TO_PB[result.route.value],
+        duplicate=result.duplicate,
+        reason=str(result.reason),
+        instance_id=result.instance_id or "",
+        instance_transitions=_instance_changes(result.instance_changes),
+        message_transitions=_message_changes(result.message_changes),
+    )
+
+
+def _media(pb: send_pb2.MediaContent) -> Media:
+    return Media(url=pb.url.strip(), caption=pb.caption, mimetype=pb.mimetype)
+
+
+def send_request(pb: send_pb2.SendMessageRequest) -> SendRequest:
+    which = pb.WhichOneof("content")
+    kind: MessageKind | None = None
+    content: Content | None = None
+    if which == "text":
+        kind, content = MessageKind.TEXT, Text(pb.text.body)
+    elif which in ("image", "audio", "video", "sticker"):
+        kind, content = MessageKind(which.upper()), _media(getattr(pb, which))
+    elif which == "document":
+        d = pb.document
+        kind = MessageKind.DOCUMENT
+        content = Document(d.url.strip(), d.file_name, d.caption, d.mimetype, d.extension.lstrip("."))
+    elif which == "location":
+        loc = pb.location
+        kind, content = MessageKind.LOCATION, Location(loc.latitude, loc.longitude, loc.name, loc.address)
+    elif which == "contact":
+        c = pb.contact
+        kind, content = MessageKind.CONTACT, Contact(c.name, c.phone, c.business_description)
+    elif which == "reaction":
+        r = pb.reaction
+        kind, content = MessageKind.REACTION, Reaction(r.emoji, r.target_provider_message_id)
+    return SendRequest(
+        instance_id=pb.instance_id.strip(),
+        to=pb.to,
+        idempotency_key=pb.idempotency_key,
+        kind=kind,
+        content=content,
+        reply_to=pb.reply_to_provider_message_id,
+        delay_seconds=pb.delay_seconds,
+    )

@@ -1,0 +1,130 @@
+"""Composition root: builds engine, adapters, core and the grpc.aio server inside the running loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from adapters.persistence.db import create_engine
+from adapters.persistence.migrate import upgrade_to_head
+from adapters.persistence.repository import Repository
+from services.api.wapiguard.v1 import (
+    instance_health_pb2,
+    instance_health_pb2_grpc,
+    send_pb2,
+    send_pb2_grpc,
+    webhook_pb2,
+    webhook_pb2_grpc,
+)
+from services.config import Settings
+from services.core import Gateway, GatewayConfig
+from services.logs import register_secret
+from services.servicers import InstanceHealthServicer, SendServicer, WebhookServicer
+from statemachine.ports import Provider
+
+log = logging.getLogger("wapi_guard.server")
+
+SERVICE_NAMES = (
+    send_pb2.DESCRIPTOR.services_by_name["SendService"].full_name,
+    webhook_pb2.DESCRIPTOR.services_by_name["WebhookService"].full_name,
+    instance_health_pb2.DESCRIPTOR.services_by_name["InstanceHealthService"].full_name,
+)
+
+
+def gateway_config(settings: Settings) -> GatewayConfig:
+    return GatewayConfig(
+        send_timeout=settings.send_timeout,
+        probe_timeout=settings.probe_timeout,
+        health_cache_ttl=settings.health_cache_ttl,
+        gateway_failure_threshold=settings.gateway_failure_threshold,
+        probe_interval=settings.probe_interval,
+        probe_concurrency=settings.probe_concurrency,
+    )
+
+
+def default_provider(settings: Settings) -> Provider:
+    from adapters.wapi.client import WapiProvider
+
+    return WapiProvider(settings.wapi_base_url)
+
+
+@dataclass
+class App:
+    """A running wapi-guard: gRPC server, HTTP bridge (optional) and the core's background tasks."""
+
+    settings: Settings
+    gateway: Gateway
+    server: grpc.aio.Server
+    health: health.aio.HealthServicer
+    grpc_port: int
+    http_port: int | None = None
+    _cleanup: list[Any] = field(default_factory=list)
+
+    @classmethod
+    async def start(cls, settings: Settings, *, provider: Provider | None = None) -> App:
+        if settings.webhook_secret:
+            register_secret(settings.webhook_secret.get_secret_value())
+        engine = create_engine(settings.database_url)
+        if settings.migrate_on_start:
+            await upgrade_to_head(engine)
+        repo = Repository(engine)
+        provider = provider or default_provider(settings)
+        gateway = Gateway(repo, provider, gateway_config(settings))
+        await gateway.start(background_probes=settings.probe_interval > 0)
+
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        send_pb2_grpc.add_SendServiceServicer_to_server(SendServicer(gateway), server)
+        webhook_servicer = WebhookServicer(gateway)
+        webhook_pb2_grpc.add_WebhookServiceServicer_to_server(webhook_servicer, server)
+        instance_health_pb2_grpc.add_InstanceHealthServiceServicer_to_server(InstanceHealthServicer(gateway), server)
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        port = server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
+        if port == 0:
+            raise OSError(f"cannot bind gRPC on {settings.host}:{settings.grpc_port}")
+        await server.start()
+        app = cls(settings, gateway, server, health_servicer, port)
+        app._cleanup += [gateway.aclose, provider.aclose, engine.dispose]
+        if settings.http_port >= 0:
+            from services.bridge import start_bridge
+
+            runner, http_port = await start_bridge(settings, gateway)
+            app.http_port = http_port
+            app._cleanup.insert(0, runner.cleanup)
+        # Serving only once the database is migrated and reachable.
+        await repo.ping()
+        for name in (*SERVICE_NAMES, health.OVERALL_HEALTH):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        return app
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Probes fail first (load balancers drain), then in-flight RPCs finish within the grace."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.settings.shutdown_grace if grace is None else grace)
+        for close in self._cleanup:
+            try:
+                await close()
+            except Exception:
+                log.warning("cleanup step failed", exc_info=True)
+
+
+async def serve(settings: Settings, *, provider: Provider | None = None) -> None:
+    app = await App.start(settings, provider=provider)
+    bridge = f", webhook bridge on http://{settings.host}:{app.http_port}" if app.http_port is not None else ""
+    print(f"wapi-guard serving gRPC on {settings.host}:{app.grpc_port}{bridge}", flush=True)
+    log.info("serving", extra={"grpc_port": app.grpc_port, "http_port": app.http_port})
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down", extra={"grace_seconds": settings.shutdown_grace})
+    await app.stop()

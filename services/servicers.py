@@ -1,0 +1,137 @@
+"""Thin gRPC servicers: proto → domain, call the core, domain → proto."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from services import mapping
+from services.api.wapiguard.v1 import (
+    common_pb2,
+    instance_health_pb2,
+    instance_health_pb2_grpc,
+    send_pb2,
+    send_pb2_grpc,
+    webhook_pb2,
+    webhook_pb2_grpc,
+)
+from services.core import Gateway
+from services.errors import abort, grpc_errors, locale_of, status_for
+from statemachine.domain import Plan
+from statemachine.errors import InvalidPayload
+
+Ctx = grpc.aio.ServicerContext[Any, Any]
+MAX_BATCH = 500
+
+
+class SendServicer(send_pb2_grpc.SendServiceServicer):
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    @grpc_errors
+    async def SendMessage(self, request: send_pb2.SendMessageRequest, context: Ctx) -> common_pb2.Message:
+        return mapping.message_pb(await self.gateway.send(mapping.send_request(request)))
+
+    @grpc_errors
+    async def GetMessage(self, request: send_pb2.GetMessageRequest, context: Ctx) -> common_pb2.Message:
+        return mapping.message_pb(await self.gateway.get_message(request.message_id))
+
+    @grpc_errors
+    async def ListMessages(
+        self, request: send_pb2.ListMessagesRequest, context: Ctx
+    ) -> send_pb2.ListMessagesResponse:
+        states = [mapping.MESSAGE_STATE_FROM_PB[s] for s in request.states if s in mapping.MESSAGE_STATE_FROM_PB]
+        rows, token = await self.gateway.list_messages(
+            instance_id=request.instance_id, states=states, stuck_only=request.stuck_only,
+            page_size=request.page_size, page_token=request.page_token,
+        )
+        return send_pb2.ListMessagesResponse(messages=[mapping.message_pb(m) for m in rows], next_page_token=token)
+
+    @grpc_errors
+    async def RetryMessage(self, request: send_pb2.RetryMessageRequest, context: Ctx) -> common_pb2.Message:
+        return mapping.message_pb(await self.gateway.retry(request.message_id))
+
+
+class WebhookServicer(webhook_pb2_grpc.WebhookServiceServicer):
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    @grpc_errors
+    async def IngestEvent(
+        self, request: webhook_pb2.IngestEventRequest, context: Ctx
+    ) -> webhook_pb2.IngestEventResponse:
+        received = request.received_at.ToDatetime(tzinfo=mapping.UTC) if request.HasField("received_at") else None
+        return mapping.ingest_pb(await self.gateway.ingest(request.payload, dict(request.headers), received))
+
+    @grpc_errors
+    async def IngestEvents(
+        self, request: webhook_pb2.IngestEventsRequest, context: Ctx
+    ) -> webhook_pb2.IngestEventsResponse:
+        if len(request.events) > MAX_BATCH:
+            from statemachine.errors import InvalidRequest
+            from statemachine.validation import Violation
+
+            raise InvalidRequest([Violation("events", f"at most {MAX_BATCH} events per batch")])
+        results = []
+        for item in request.events:
+            received = item.received_at.ToDatetime(tzinfo=mapping.UTC) if item.HasField("received_at") else None
+            try:
+                results.append(mapping.ingest_pb(await self.gateway.ingest(item.payload, dict(item.headers), received)))
+            except InvalidPayload as bad:
+                results.append(
+                    webhook_pb2.IngestEventResponse(
+                        event_id=bad.event_id, route=mapping.ROUTE_TO_PB["UNROUTABLE"], reason=bad.event_reason
+                    )
+                )
+        return webhook_pb2.IngestEventsResponse(results=results)
+
+
+class InstanceHealthServicer(instance_health_pb2_grpc.InstanceHealthServiceServicer):
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    @grpc_errors
+    async def RegisterInstance(
+        self, request: instance_health_pb2.RegisterInstanceRequest, context: Ctx
+    ) -> common_pb2.InstanceHealth:
+        plan = mapping.PLAN_FROM_PB.get(request.plan, Plan.PRO)
+        record = await self.gateway.register(
+            request.instance_id.strip(), request.name, request.token, plan, probe=not request.skip_probe
+        )
+        return mapping.instance_pb(record, locale_of(context))
+
+    @grpc_errors
+    async def GetInstanceHealth(
+        self, request: instance_health_pb2.GetInstanceHealthRequest, context: Ctx
+    ) -> common_pb2.InstanceHealth:
+        record = await self.gateway.health(request.instance_id.strip(), refresh=request.refresh)
+        return mapping.instance_pb(record, locale_of(context))
+
+    @grpc_errors
+    async def ListInstances(
+        self, request: instance_health_pb2.ListInstancesRequest, context: Ctx
+    ) -> instance_health_pb2.ListInstancesResponse:
+        states = [mapping.INSTANCE_STATE_FROM_PB[s] for s in request.states if s in mapping.INSTANCE_STATE_FROM_PB]
+        records = await self.gateway.list_instances(refresh=request.refresh, states=states)
+        locale = locale_of(context)
+        return instance_health_pb2.ListInstancesResponse(instances=[mapping.instance_pb(r, locale) for r in records])
+
+    async def WatchInstances(
+        self, request: instance_health_pb2.WatchInstancesRequest, context: Ctx
+    ) -> AsyncIterator[instance_health_pb2.InstanceHealthEvent]:
+        locale = locale_of(context)
+        try:
+            async for item in self.gateway.subscribe(
+                list(request.instance_ids), include_current=request.include_current
+            ):
+                event = instance_health_pb2.InstanceHealthEvent(health=mapping.instance_pb(item.instance, locale))
+                if item.change is not None:
+                    event.change.CopyFrom(mapping.instance_change_pb(item.instance.instance_id, item.change))
+                yield event
+        except Exception as error:
+            status = status_for(error, locale)
+            if status is None:
+                raise
+            await abort(context, status)

@@ -1,0 +1,85 @@
+"""Domain errors. The gRPC edge maps each to a status code plus google.rpc details."""
+
+from __future__ import annotations
+
+from statemachine.domain import InstanceState, MessageRecord, Reason
+from statemachine.validation import Violation
+
+
+class GuardError(Exception):
+    """Base: carries a machine-readable reason and string metadata for ErrorInfo."""
+
+    def __init__(self, reason: Reason, message: str, metadata: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.metadata = metadata or {}
+
+
+class InvalidRequest(GuardError):
+    def __init__(self, violations: list[Violation]) -> None:
+        summary = "; ".join(f"{v.field}: {v.description}" for v in violations)
+        super().__init__(Reason.INVALID_ARGUMENT, f"invalid request: {summary}")
+        self.violations = violations
+
+
+class InstanceNotFound(GuardError):
+    def __init__(self, instance_id: str) -> None:
+        super().__init__(Reason.INSTANCE_NOT_FOUND, f"instance {instance_id!r} is not registered",
+                         {"instance_id": instance_id})
+
+
+class MessageNotFound(GuardError):
+    def __init__(self, message_id: str) -> None:
+        super().__init__(Reason.MESSAGE_NOT_FOUND, f"message {message_id!r} not found", {"message_id": message_id})
+
+
+class SendBlocked(GuardError):
+    """Preflight refused the send; the message is stored as FAILED with this reason."""
+
+    def __init__(self, reason: Reason, message: MessageRecord, instance_state: InstanceState) -> None:
+        super().__init__(
+            reason,
+            f"send blocked: instance {message.instance_id} is {instance_state.value} ({reason.value})",
+            {"instance_id": message.instance_id, "message_id": message.id, "instance_state": instance_state.value},
+        )
+        self.message = message
+
+
+class ProviderFailed(GuardError):
+    """The provider refused, timed out or answered without an id; the message is FAILED."""
+
+    def __init__(self, reason: Reason, message: MessageRecord, detail: str) -> None:
+        super().__init__(
+            reason,
+            f"provider did not accept message {message.id}: {reason.value}",
+            {"instance_id": message.instance_id, "message_id": message.id, "detail": detail[:200]},
+        )
+        self.message = message
+
+
+class IdempotencyConflict(GuardError):
+    def __init__(self, message: MessageRecord) -> None:
+        super().__init__(
+            Reason.IDEMPOTENCY_KEY_REUSED,
+            "idempotency_key was already used for a different message on this instance",
+            {"instance_id": message.instance_id, "message_id": message.id},
+        )
+
+
+class NotRetryable(GuardError):
+    def __init__(self, message: MessageRecord) -> None:
+        super().__init__(
+            Reason.MESSAGE_NOT_RETRYABLE,
+            f"message {message.id} is {message.state.value}; only FAILED messages can be retried",
+            {"message_id": message.id, "message_state": message.state.value},
+        )
+
+
+class InvalidPayload(GuardError):
+    """A webhook body that could not be used; it is stored anyway, with this reason."""
+
+    def __init__(self, reason: str, event_id: str) -> None:
+        super().__init__(Reason.INVALID_ARGUMENT, f"webhook payload not usable: {reason}",
+                         {"event_id": event_id, "event_reason": reason})
+        self.event_reason = reason
+        self.event_id = event_id

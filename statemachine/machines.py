@@ -1,0 +1,220 @@
+"""The two state machines, each defined once per process.
+
+`transitions` is used the "static" way (its FAQ's memory-footprint recipe): one Machine with
+model=None, triggered on lightweight slot objects through `machine.events[name].trigger(model)`.
+No Machine and no add_model per message: that costs ~200 µs and memory per object
+(pytransitions/transitions#146, #379, #434).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from transitions import EventData, Machine, MachineError
+
+from statemachine.domain import InstanceState, MessageState, ProbeOutcome, Reason
+
+# --- message ---------------------------------------------------------------------------------
+
+MESSAGE_RANK: dict[MessageState, int] = {
+    MessageState.PENDING: 0,
+    MessageState.SENT: 1,
+    MessageState.DELIVERED: 2,
+    MessageState.READ: 3,
+    MessageState.PLAYED: 4,
+}
+
+# Provider status words (and WhatsApp ack numbers) → the message trigger they fire.
+STATUS_TRIGGER: dict[MessageState, str] = {
+    MessageState.SENT: "confirm_sent",
+    MessageState.DELIVERED: "deliver",
+    MessageState.READ: "read",
+    MessageState.PLAYED: "play",
+    MessageState.FAILED: "fail",
+}
+
+S = MessageState
+MESSAGE_TRANSITIONS: list[dict[str, object]] = [
+    # The provider accepted the message and gave its id.
+    {"trigger": "accept", "source": S.PENDING, "dest": S.SENT},
+    # Blocked by preflight, refused or timed out at the provider; or a provider "failed" status.
+    {"trigger": "fail", "source": [S.PENDING, S.SENT], "dest": S.FAILED},
+    # A provider "sent" (server ack) status on a message already SENT: nothing to move.
+    {"trigger": "confirm_sent", "source": S.SENT, "dest": None},
+    {"trigger": "deliver", "source": S.SENT, "dest": S.DELIVERED},
+    # READ may arrive without DELIVERED.
+    {"trigger": "read", "source": [S.SENT, S.DELIVERED], "dest": S.READ},
+    {"trigger": "play", "source": [S.SENT, S.DELIVERED, S.READ], "dest": S.PLAYED},
+    # Only through RetryMessage.
+    {"trigger": "retry", "source": S.FAILED, "dest": S.PENDING},
+]
+
+MESSAGE_MACHINE = Machine(
+    model=None,
+    states=list(MessageState),
+    transitions=MESSAGE_TRANSITIONS,
+    initial=None,
+    auto_transitions=False,
+    send_event=True,
+)
+
+
+class _MessageModel:
+    __slots__ = ("state",)
+
+    def __init__(self, state: MessageState) -> None:
+        self.state: MessageState | str = state
+
+
+@dataclass(frozen=True, slots=True)
+class MessageDecision:
+    """Outcome of one message event: where the message ends and whether it moved."""
+
+    from_state: MessageState
+    to_state: MessageState
+    applied: bool
+
+
+def decide_message(state: MessageState, trigger: str) -> MessageDecision:
+    """Runs `trigger` on a message in `state`. Refused moves are recorded, never applied.
+
+    Forward-only falls out of the table: a DELIVERED after READ has no transition, so the
+    message stays READ and the caller records the event as not applied (STALE_STATUS).
+    """
+    model = _MessageModel(state)
+    try:
+        MESSAGE_MACHINE.events[trigger].trigger(model)
+    except MachineError:
+        return MessageDecision(state, state, applied=False)
+    new_state = MessageState(model.state)
+    return MessageDecision(state, new_state, applied=True)
+
+
+def decide_status(state: MessageState, status: MessageState) -> MessageDecision:
+    """A provider status report for a message in `state`."""
+    return decide_message(state, STATUS_TRIGGER[status])
+
+
+def can_message(state: MessageState, trigger: str) -> bool:
+    return bool(MESSAGE_MACHINE.get_transitions(trigger, source=state))
+
+
+# --- instance --------------------------------------------------------------------------------
+
+
+class _InstanceModel:
+    __slots__ = ("phone", "reason", "state")
+
+    def __init__(self, state: InstanceState, reason: str, phone: str | None) -> None:
+        self.state: InstanceState | str = state
+        self.reason = reason
+        self.phone = phone
+
+
+def _has_phone(event: EventData) -> bool:
+    return bool(event.kwargs.get("phone"))
+
+
+def _is_stalled(event: EventData) -> bool:
+    model: _InstanceModel = event.model
+    return model.state == InstanceState.DEGRADED and model.reason == Reason.DELIVERY_STALLED
+
+
+def _set(reason: Reason, phone: str = "keep") -> Callable[[EventData], None]:
+    """An `after` callback that records the reason (and what happens to the phone)."""
+
+    def apply(event: EventData) -> None:
+        model: _InstanceModel = event.model
+        model.reason = reason
+        if phone == "take":
+            model.phone = event.kwargs["phone"]
+        elif phone == "clear":
+            model.phone = None
+
+    return apply
+
+
+I = InstanceState
+ANY = list(InstanceState)
+INSTANCE_TRANSITIONS: list[dict[str, object]] = [
+    # "Connected" counts only with a strong signal: a phone number / me.id. The same trigger
+    # serves webhook, probe and registration, so no path can report CONNECTED without a phone.
+    {"trigger": "report_connected", "source": ANY, "dest": I.CONNECTED,
+     "conditions": _has_phone, "unless": _is_stalled, "after": _set(Reason.PHONE_CONFIRMED, phone="take")},
+    {"trigger": "report_connected", "source": ANY, "dest": I.SESSION_INCOMPLETE,
+     "unless": _has_phone, "after": _set(Reason.SESSION_INCOMPLETE, phone="clear")},
+    # A connection *event* (the session was re-established) also clears a delivery stall; a
+    # routine probe saying "connected" does not: a silently stalled session probes healthy.
+    {"trigger": "report_reconnected", "source": ANY, "dest": I.CONNECTED,
+     "conditions": _has_phone, "after": _set(Reason.PHONE_CONFIRMED, phone="take")},
+    {"trigger": "report_reconnected", "source": ANY, "dest": I.SESSION_INCOMPLETE,
+     "unless": _has_phone, "after": _set(Reason.SESSION_INCOMPLETE, phone="clear")},
+    {"trigger": "report_disconnected", "source": ANY, "dest": I.DISCONNECTED,
+     "after": _set(Reason.INSTANCE_DISCONNECTED)},
+    # Gateway trouble says nothing about the session: keep the last known phone, never flip to
+    # DISCONNECTED, but stop trusting it.
+    {"trigger": "report_gateway_failure", "source": ANY, "dest": I.DEGRADED,
+     "after": _set(Reason.TIMEOUT_OR_GATEWAY)},
+    {"trigger": "report_token_invalid", "source": ANY, "dest": I.DISCONNECTED,
+     "after": _set(Reason.TOKEN_INVALID)},
+    {"trigger": "report_not_found", "source": ANY, "dest": I.DISCONNECTED,
+     "after": _set(Reason.INSTANCE_NOT_FOUND)},
+    # N messages stuck in SENT with no delivery between them: the "Aguardando mensagem" failure
+    # the provider never reports.
+    {"trigger": "report_delivery_stalled", "source": I.CONNECTED, "dest": I.DEGRADED,
+     "after": _set(Reason.DELIVERY_STALLED)},
+    {"trigger": "report_delivery_resumed", "source": I.DEGRADED, "dest": I.CONNECTED,
+     "conditions": _is_stalled, "after": _set(Reason.PHONE_CONFIRMED)},
+]
+
+INSTANCE_MACHINE = Machine(
+    model=None,
+    states=list(InstanceState),
+    transitions=INSTANCE_TRANSITIONS,
+    initial=None,
+    auto_transitions=False,
+    send_event=True,
+)
+
+INSTANCE_TRIGGERS = frozenset(str(t["trigger"]) for t in INSTANCE_TRANSITIONS)
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceDecision:
+    from_state: InstanceState
+    from_reason: str
+    to_state: InstanceState
+    reason: str
+    phone: str | None
+    applied: bool
+
+    @property
+    def changed(self) -> bool:
+        """A change worth recording: a new state, or the same state for a new reason."""
+        return self.applied and (self.from_state != self.to_state or self.reason != self.from_reason)
+
+
+def decide_instance(
+    state: InstanceState, reason: str, phone: str | None, trigger: str, *, new_phone: str | None = None
+) -> InstanceDecision:
+    """Runs an instance trigger. A refused trigger leaves everything as it was."""
+    model = _InstanceModel(state, reason, phone)
+    try:
+        ok = INSTANCE_MACHINE.events[trigger].trigger(model, phone=new_phone)
+    except MachineError:
+        ok = False
+    if not ok:
+        return InstanceDecision(state, reason, state, reason, phone, applied=False)
+    return InstanceDecision(state, reason, InstanceState(model.state), str(model.reason), model.phone, True)
+
+
+def probe_trigger(outcome: ProbeOutcome) -> str:
+    """The one mapping from a status probe to the instance machine, for every caller."""
+    if outcome.failure is Reason.TOKEN_INVALID:
+        return "report_token_invalid"
+    if outcome.failure is Reason.INSTANCE_NOT_FOUND:
+        return "report_not_found"
+    if outcome.failure is not None or outcome.connected is None:
+        return "report_gateway_failure"
+    return "report_connected" if outcome.connected else "report_disconnected"

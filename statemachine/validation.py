@@ -1,0 +1,149 @@
+"""Request validation: every problem found at once, as (field, description) pairs.
+
+Bad input is refused before anything is stored (google.rpc.BadRequest at the gRPC edge).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from statemachine.domain import (
+    Contact,
+    Content,
+    Document,
+    Location,
+    Media,
+    MessageKind,
+    Reaction,
+    Text,
+)
+
+MAX_TEXT = 4096  # WhatsApp's practical text limit (Cloud API caps text bodies at 4096).
+MAX_CAPTION = 1024
+MAX_URL = 2048
+MAX_FILE_NAME = 255
+MAX_ID = 64
+MAX_IDEMPOTENCY_KEY = 128
+MAX_PROVIDER_ID = 128
+MAX_DELAY_SECONDS = 15
+
+_PHONE_RE = re.compile(r"^\d{8,15}$")
+_CHAT_RE = re.compile(r"^[0-9A-Za-z._:-]{3,64}@(g\.us|lid|s\.whatsapp\.net|c\.us|newsletter)$")
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_PRINTABLE_RE = re.compile(r"^[\x21-\x7e]+$")
+_PHONE_PUNCTUATION = re.compile(r"[\s()+.-]")
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    field: str
+    description: str
+
+
+@dataclass(frozen=True, slots=True)
+class SendRequest:
+    instance_id: str
+    to: str
+    idempotency_key: str
+    kind: MessageKind | None
+    content: Content | None
+    reply_to: str = ""
+    delay_seconds: int = 0
+
+
+def normalize_recipient(to: str) -> str:
+    """'+55 (15) 98112-1710' → '5515981121710'; chat ids (…@g.us, …@lid) are kept as they are."""
+    to = to.strip()
+    if "@" in to:
+        return to
+    return _PHONE_PUNCTUATION.sub("", to)
+
+
+def _check_url(field: str, url: str, out: list[Violation]) -> None:
+    if not url:
+        out.append(Violation(field, "required"))
+        return
+    if len(url) > MAX_URL:
+        out.append(Violation(field, f"longer than {MAX_URL} characters"))
+        return
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        out.append(Violation(field, "not a valid URL"))
+        return
+    if parts.scheme not in ("http", "https") or not parts.netloc or any(c.isspace() for c in url):
+        out.append(Violation(field, "must be an absolute http(s) URL"))
+
+
+def _check_len(field: str, value: str, limit: int, out: list[Violation]) -> None:
+    if len(value) > limit:
+        out.append(Violation(field, f"longer than {limit} characters"))
+
+
+def validate_instance_id(instance_id: str, field: str = "instance_id") -> list[Violation]:
+    if not instance_id:
+        return [Violation(field, "required")]
+    if len(instance_id) > MAX_ID or not _ID_RE.match(instance_id):
+        return [Violation(field, f"must be 1-{MAX_ID} letters, digits, '.', '_' or '-'")]
+    return []
+
+
+def validate_send(req: SendRequest) -> list[Violation]:
+    out = validate_instance_id(req.instance_id)
+    if not req.to:
+        out.append(Violation("to", "required"))
+    elif not (_PHONE_RE.match(req.to) or _CHAT_RE.match(req.to)):
+        out.append(Violation("to", "must be 8-15 digits with country code, or a chat id like 1203…@g.us"))
+    if req.idempotency_key and (
+        len(req.idempotency_key) > MAX_IDEMPOTENCY_KEY or not _PRINTABLE_RE.match(req.idempotency_key)
+    ):
+        out.append(Violation("idempotency_key", f"must be 1-{MAX_IDEMPOTENCY_KEY} printable ASCII characters"))
+    _check_len("reply_to_provider_message_id", req.reply_to, MAX_PROVIDER_ID, out)
+    if not 0 <= req.delay_seconds <= MAX_DELAY_SECONDS:
+        out.append(Violation("delay_seconds", f"must be between 0 and {MAX_DELAY_SECONDS}"))
+    content, kind = req.content, req.kind
+    if content is None or kind is None:
+        out.append(Violation("content", "one of text, image, audio, video, document, location, contact, "
+                                        "sticker or reaction is required"))
+        return out
+    field = kind.lower()
+    match content:
+        case Text(body=body):
+            if not body.strip():
+                out.append(Violation("text.body", "must not be empty"))
+            _check_len("text.body", body, MAX_TEXT, out)
+        case Media(url=url, caption=caption, mimetype=mimetype):
+            _check_url(f"{field}.url", url, out)
+            _check_len(f"{field}.caption", caption, MAX_CAPTION, out)
+            _check_len(f"{field}.mimetype", mimetype, 127, out)
+        case Document(url=url, file_name=file_name, caption=caption, extension=extension):
+            _check_url("document.url", url, out)
+            if not file_name.strip():
+                out.append(Violation("document.file_name", "required"))
+            _check_len("document.file_name", file_name, MAX_FILE_NAME, out)
+            _check_len("document.caption", caption, MAX_CAPTION, out)
+            _check_len("document.extension", extension, 16, out)
+        case Location(latitude=lat, longitude=lon, name=name, address=address):
+            if not (math.isfinite(lat) and -90 <= lat <= 90):
+                out.append(Violation("location.latitude", "must be between -90 and 90"))
+            if not (math.isfinite(lon) and -180 <= lon <= 180):
+                out.append(Violation("location.longitude", "must be between -180 and 180"))
+            _check_len("location.name", name, 256, out)
+            _check_len("location.address", address, 512, out)
+        case Contact(name=name, phone=phone, business_description=desc):
+            if not name.strip():
+                out.append(Violation("contact.name", "required"))
+            _check_len("contact.name", name, 256, out)
+            if not _PHONE_RE.match(normalize_recipient(phone)):
+                out.append(Violation("contact.phone", "must be 8-15 digits with country code"))
+            _check_len("contact.business_description", desc, 512, out)
+        case Reaction(emoji=emoji, target_provider_message_id=target):
+            if not emoji or len(emoji) > 16:
+                out.append(Violation("reaction.emoji", "must be one emoji"))
+            if not target:
+                out.append(Violation("reaction.target_provider_message_id", "required"))
+            _check_len("reaction.target_provider_message_id", target, MAX_PROVIDER_ID, out)
+    return out
