@@ -27,7 +27,7 @@ def _authorized(request: web.Request) -> bool:
     expected = request.app[SECRET_KEY]
     if not expected:
         return True
-    given = request.match_info.get("secret") or request.headers.get("X-Webhook-Secret", "")
+    given = request.match_info.get("secret") or request.headers.get("X-Webhook-Secret") or ""
     return hmac.compare_digest(given.encode(), expected.encode())
 
 
@@ -38,8 +38,9 @@ async def receive(request: web.Request) -> web.Response:
         return web.json_response({"error": "payload too large", "reason": "PAYLOAD_TOO_LARGE"}, status=413)
     ctype = request.content_type
     if ctype not in ("application/json", "text/plain", "application/octet-stream", ""):
-        return web.json_response({"error": f"unsupported content type {ctype}", "reason": "UNSUPPORTED_MEDIA_TYPE"},
-                                 status=415)
+        return web.json_response(
+            {"error": f"unsupported content type {ctype}", "reason": "UNSUPPORTED_MEDIA_TYPE"}, status=415
+        )
     try:
         body = await request.content.read(MAX_BODY + 1)
     except Exception:
@@ -62,8 +63,13 @@ async def receive(request: web.Request) -> web.Response:
             log.warning("webhook not stored: %s", type(error).__name__)
         return web.json_response({"error": "not stored, retry later", "reason": "STORAGE_UNAVAILABLE"}, status=503)
     return web.json_response(
-        {"stored": True, "event_id": result.event_id, "route": result.route.value, "duplicate": result.duplicate,
-         "reason": str(result.reason)},
+        {
+            "stored": True,
+            "event_id": result.event_id,
+            "route": result.route.value,
+            "duplicate": result.duplicate,
+            "reason": str(result.reason),
+        },
         status=200,
     )
 

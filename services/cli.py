@@ -36,8 +36,13 @@ def _add_flags(parser: argparse.ArgumentParser, flags: dict[str, tuple[str, type
     for flag, (name, kind) in flags.items():
         field = Settings.model_fields[name]
         env = f"WAPIGUARD_{name.upper()}"
-        parser.add_argument(flag, dest=name, type=kind, default=None,
-                            help=f"{field.description} [env {env}; default {field.default!r}]")
+        parser.add_argument(
+            flag,
+            dest=name,
+            type=kind,
+            default=None,
+            help=f"{field.description} [env {env}; default {field.default!r}]",
+        )
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -50,8 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the gRPC server (and the webhook bridge)")
     _add_flags(serve, SERVE_FLAGS)
-    serve.add_argument("--no-migrate", dest="migrate_on_start", action="store_const", const=False, default=None,
-                       help="do not apply migrations at start")
+    serve.add_argument(
+        "--no-migrate",
+        dest="migrate_on_start",
+        action="store_const",
+        const=False,
+        default=None,
+        help="do not apply migrations at start",
+    )
     migrate = sub.add_parser("migrate", help="apply database migrations and exit")
     _add_flags(migrate, {"--database-url": SERVE_FLAGS["--database-url"]})
     sub.add_parser("simulator", help="run the W-API simulator on loopback", add_help=False)
@@ -90,7 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         from services.demo import run_demo
 
-        return asyncio.run(run_demo(keep=args.keep, as_json=args.json))
+        code: int = asyncio.run(run_demo(keep=args.keep, as_json=args.json))
+        return code
     return 2
 
 

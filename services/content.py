@@ -47,7 +47,5 @@ def outbound_from_stored(kind: MessageKind, to: str, stored: dict[str, Any]) -> 
 
 def request_hash(message: OutboundMessage) -> str:
     """Same key + different request must not silently return the first message."""
-    blob = json.dumps(
-        [message.kind.value, message.to, content_to_dict(message)], sort_keys=True, separators=(",", ":")
-    )
+    blob = json.dumps([message.kind.value, message.to, content_to_dict(message)], sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()

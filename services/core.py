@@ -51,7 +51,13 @@ from statemachine.events import EventReason, Route
 from statemachine.machines import probe_trigger
 from statemachine.ports import Provider
 from statemachine.preflight import block_reason
-from statemachine.validation import SendRequest, Violation, normalize_recipient, validate_instance_id, validate_send
+from statemachine.validation import (
+    SendRequest,
+    Violation,
+    normalize_recipient,
+    validate_instance_id,
+    validate_send,
+)
 
 log = logging.getLogger("wapi_guard.core")
 
@@ -59,8 +65,13 @@ log = logging.getLogger("wapi_guard.core")
 GATEWAY_FAILURES = frozenset({Reason.PROVIDER_UNAVAILABLE, Reason.PROVIDER_TIMEOUT})
 PREFLIGHT_REASONS = frozenset(
     {
-        Reason.SESSION_INCOMPLETE, Reason.TIMEOUT_OR_GATEWAY, Reason.INSTANCE_DISCONNECTED,
-        Reason.HEALTH_UNKNOWN, Reason.TOKEN_INVALID, Reason.INSTANCE_NOT_FOUND, Reason.DELIVERY_STALLED,
+        Reason.SESSION_INCOMPLETE,
+        Reason.TIMEOUT_OR_GATEWAY,
+        Reason.INSTANCE_DISCONNECTED,
+        Reason.HEALTH_UNKNOWN,
+        Reason.TOKEN_INVALID,
+        Reason.INSTANCE_NOT_FOUND,
+        Reason.DELIVERY_STALLED,
         Reason.NOT_SUPPORTED_BY_PLAN,
     }
 )
@@ -108,7 +119,7 @@ class Gateway:
         self._last_change_id = 0
         self._touched: dict[str, datetime] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        self._inflight: set[asyncio.Task[object]] = set()
+        self._inflight: set[asyncio.Task[MessageRecord]] = set()
         self._probe_gate = asyncio.Semaphore(self.config.probe_concurrency)
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -161,8 +172,10 @@ class Gateway:
             log.info(
                 "instance state changed",
                 extra={
-                    "instance_id": change.instance.instance_id, "from": change.decision.from_state.value,
-                    "to": change.decision.to_state.value, "reason": change.decision.reason,
+                    "instance_id": change.instance.instance_id,
+                    "from": change.decision.from_state.value,
+                    "to": change.decision.to_state.value,
+                    "reason": change.decision.reason,
                     "source": change.source,
                 },
             )
@@ -192,11 +205,9 @@ class Gateway:
         found = await self.repo.get_instance(instance_id)
         if found is None:
             raise InstanceNotFound(instance_id)
-        record, token = found
+        _record, token = found
         async with self._probe_gate:
-            outcome = await self.provider.probe(
-                Credentials(instance_id, token), timeout=self.config.probe_timeout
-            )
+            outcome = await self.provider.probe(Credentials(instance_id, token), timeout=self.config.probe_timeout)
         change = await self.repo.apply_instance_trigger(
             instance_id, probe_trigger(outcome), source=source, new_phone=outcome.phone, checked_at=utcnow()
         )
@@ -308,7 +319,8 @@ class Gateway:
         violations = validate_send(req)
         if violations:
             raise InvalidRequest(violations)
-        assert req.kind is not None and req.content is not None
+        assert req.kind is not None
+        assert req.content is not None
         cached = await self._instance(req.instance_id)
         if cached is None:
             raise InstanceNotFound(req.instance_id)
@@ -334,17 +346,21 @@ class Gateway:
             updated_at=now,
             sent_at=None,
             stuck_at=None,
-            history=[
-                StateChange("", initial, blocked or Reason.CREATED, "preflight" if blocked else "send", now)
-            ],
+            history=[StateChange("", initial, blocked or Reason.CREATED, "preflight" if blocked else "send", now)],
             version=1,
         )
         stored, created = await self.repo.insert_message(msg)
         if not created:
             return self._replay(stored, msg.request_hash)
         if blocked:
-            log.info("send blocked", extra={"instance_id": req.instance_id, "message_id": stored.id,
-                                            "blocked_reason": blocked.value})
+            log.info(
+                "send blocked",
+                extra={
+                    "instance_id": req.instance_id,
+                    "message_id": stored.id,
+                    "blocked_reason": blocked.value,
+                },
+            )
             raise SendBlocked(blocked, stored, health.state)
         return await self._attempt_shielded(stored, outbound, cached)
 
@@ -370,8 +386,8 @@ class Gateway:
         A cancelled RPC must not leave a message PENDING after the provider accepted it.
         """
         task: asyncio.Task[MessageRecord] = asyncio.create_task(self._attempt(msg, outbound, cached))
-        self._inflight.add(task)  # type: ignore[arg-type]
-        task.add_done_callback(self._inflight.discard)  # type: ignore[arg-type]
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
         return await asyncio.shield(task)
 
@@ -390,9 +406,14 @@ class Gateway:
         await self._feed_health(msg.instance_id, failure, cached)
         log.info(
             "send attempt",
-            extra={"instance_id": msg.instance_id, "message_id": msg.id, "attempt": stored.attempts,
-                   "outcome": stored.state.value, "failure_reason": stored.failure_reason,
-                   "provider_message_id": stored.provider_message_id or ""},
+            extra={
+                "instance_id": msg.instance_id,
+                "message_id": msg.id,
+                "attempt": stored.attempts,
+                "outcome": stored.state.value,
+                "failure_reason": stored.failure_reason,
+                "provider_message_id": stored.provider_message_id or "",
+            },
         )
         if stored.state is MessageState.FAILED:
             raise self._failure_error(stored)
@@ -409,9 +430,7 @@ class Gateway:
             count = await self.repo.count_gateway_failure(instance_id, failed=True)
             cached.record.consecutive_gateway_failures = count
             if count >= self.config.gateway_failure_threshold:
-                change = await self.repo.apply_instance_trigger(
-                    instance_id, "report_gateway_failure", source="send"
-                )
+                change = await self.repo.apply_instance_trigger(instance_id, "report_gateway_failure", source="send")
         elif failure is None and cached.record.consecutive_gateway_failures:
             await self.repo.count_gateway_failure(instance_id, failed=False)
             cached.record.consecutive_gateway_failures = 0
@@ -436,8 +455,11 @@ class Gateway:
         blocked = block_reason(health.state, health.reason, health.plan, msg.kind)
         if blocked:
             stored, _ = await self.repo.record_send_outcome(
-                msg.id, provider_message_id=None, failure=blocked,
-                detail=f"instance {health.state.value}", source="preflight",
+                msg.id,
+                provider_message_id=None,
+                failure=blocked,
+                detail=f"instance {health.state.value}",
+                source="preflight",
             )
             raise SendBlocked(blocked, stored, health.state)
         return await self._attempt_shielded(msg, outbound, cached)
@@ -461,8 +483,11 @@ class Gateway:
             raise InvalidRequest([Violation("page_size", "must be between 0 and 500")])
         try:
             return await self.repo.list_messages(
-                instance_id=instance_id, states=states, stuck_only=stuck_only,
-                page_size=page_size or 50, page_token=page_token,
+                instance_id=instance_id,
+                states=states,
+                stuck_only=stuck_only,
+                page_size=page_size or 50,
+                page_token=page_token,
             )
         except ValueError:
             raise InvalidRequest([Violation("page_token", "not a token returned by ListMessages")]) from None
@@ -483,7 +508,10 @@ class Gateway:
             previous = self._touched.get(event.instance_id)
             if previous is None or previous < received_at:
                 self._touched[event.instance_id] = received_at
-        if event.route is Route.UNROUTABLE and event.reason in (EventReason.MALFORMED_JSON, EventReason.NOT_AN_OBJECT):
+        if event.route is Route.UNROUTABLE and event.reason in (
+            EventReason.MALFORMED_JSON,
+            EventReason.NOT_AN_OBJECT,
+        ):
             raise InvalidPayload(str(event.reason), result.event_id)
         return result
 

@@ -63,7 +63,11 @@ def _pack(message: Any) -> any_pb2.Any:
 
 
 def build_status(
-    code: grpc.StatusCode, message: str, reason: str, metadata: dict[str, str], locale: str = "pt-BR",
+    code: grpc.StatusCode,
+    message: str,
+    reason: str,
+    metadata: dict[str, str],
+    locale: str = "pt-BR",
     violations: list[tuple[str, str]] | None = None,
 ) -> grpc.Status:
     details = [_pack(error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=metadata))]
@@ -81,7 +85,8 @@ def build_status(
             )
         )
     status = status_pb2.Status(code=getattr(code_pb2, code.name), message=message, details=details)
-    return rpc_status.to_status(status)
+    converted: grpc.Status = rpc_status.to_status(status)
+    return converted
 
 
 def locale_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:
@@ -94,9 +99,7 @@ def locale_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:
 def status_for(error: BaseException, locale: str = "pt-BR") -> grpc.Status | None:
     """The status to answer for an exception, or None when it is a bug (re-raised as INTERNAL)."""
     if isinstance(error, GuardError):
-        violations = (
-            [(v.field, v.description) for v in error.violations] if isinstance(error, InvalidRequest) else None
-        )
+        violations = [(v.field, v.description) for v in error.violations] if isinstance(error, InvalidRequest) else None
         return build_status(_code_for(error), str(error), error.reason.value, error.metadata, locale, violations)
     if isinstance(error, ConcurrentUpdateError):
         return build_status(grpc.StatusCode.ABORTED, "concurrent update, retry", Reason.CONCURRENT_UPDATE.value, {})

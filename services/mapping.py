@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from typing import Any
+from datetime import datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -37,8 +38,16 @@ PLAN_TO_PB = {p: common_pb2.Plan.Value(f"PLAN_{p.value}") for p in Plan}
 PLAN_FROM_PB = {v: k for k, v in PLAN_TO_PB.items()}
 ROUTE_TO_PB = {
     name: webhook_pb2.EventRoute.Value(f"EVENT_ROUTE_{name}")
-    for name in ("CONNECTION", "DISCONNECTION", "MESSAGE_STATUS", "CHAT_STATUS", "DELIVERY", "RECEIVED",
-                 "PRESENCE", "UNROUTABLE")
+    for name in (
+        "CONNECTION",
+        "DISCONNECTION",
+        "MESSAGE_STATUS",
+        "CHAT_STATUS",
+        "DELIVERY",
+        "RECEIVED",
+        "PRESENCE",
+        "UNROUTABLE",
+    )
 }
 
 
@@ -50,7 +59,7 @@ def ts(value: datetime | None) -> Timestamp | None:
     return out
 
 
-def _state_pb(value: str, table: dict[MessageState, int]) -> int:
+def _state_pb(value: str, table: dict[MessageState, Any]) -> Any:
     try:
         return table[MessageState(value)]
     except ValueError:
@@ -106,9 +115,10 @@ def instance_pb(record: InstanceRecord, locale: str = "pt-BR") -> common_pb2.Ins
 
 
 def instance_change_pb(instance_id: str, change: StateChange) -> common_pb2.InstanceStateChange:
+    from_state = INSTANCE_STATE_TO_PB[InstanceState(change.from_state)] if change.from_state else None
     return common_pb2.InstanceStateChange(
         instance_id=instance_id,
-        from_state=INSTANCE_STATE_TO_PB.get(InstanceState(change.from_state), 0) if change.from_state else 0,
+        from_state=from_state,  # type: ignore[arg-type]  # None = unset
         to_state=INSTANCE_STATE_TO_PB[InstanceState(change.to_state)],
         reason=change.reason,
         source=change.source,

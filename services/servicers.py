@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from datetime import UTC
+from typing import Any, TypeAlias
 
 import grpc
 
@@ -22,7 +23,7 @@ from services.errors import abort, grpc_errors, locale_of, status_for
 from statemachine.domain import Plan
 from statemachine.errors import InvalidPayload
 
-Ctx = grpc.aio.ServicerContext[Any, Any]
+Ctx: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 MAX_BATCH = 500
 
 
@@ -39,13 +40,14 @@ class SendServicer(send_pb2_grpc.SendServiceServicer):
         return mapping.message_pb(await self.gateway.get_message(request.message_id))
 
     @grpc_errors
-    async def ListMessages(
-        self, request: send_pb2.ListMessagesRequest, context: Ctx
-    ) -> send_pb2.ListMessagesResponse:
+    async def ListMessages(self, request: send_pb2.ListMessagesRequest, context: Ctx) -> send_pb2.ListMessagesResponse:
         states = [mapping.MESSAGE_STATE_FROM_PB[s] for s in request.states if s in mapping.MESSAGE_STATE_FROM_PB]
         rows, token = await self.gateway.list_messages(
-            instance_id=request.instance_id, states=states, stuck_only=request.stuck_only,
-            page_size=request.page_size, page_token=request.page_token,
+            instance_id=request.instance_id,
+            states=states,
+            stuck_only=request.stuck_only,
+            page_size=request.page_size,
+            page_token=request.page_token,
         )
         return send_pb2.ListMessagesResponse(messages=[mapping.message_pb(m) for m in rows], next_page_token=token)
 
@@ -62,7 +64,7 @@ class WebhookServicer(webhook_pb2_grpc.WebhookServiceServicer):
     async def IngestEvent(
         self, request: webhook_pb2.IngestEventRequest, context: Ctx
     ) -> webhook_pb2.IngestEventResponse:
-        received = request.received_at.ToDatetime(tzinfo=mapping.UTC) if request.HasField("received_at") else None
+        received = request.received_at.ToDatetime(tzinfo=UTC) if request.HasField("received_at") else None
         return mapping.ingest_pb(await self.gateway.ingest(request.payload, dict(request.headers), received))
 
     @grpc_errors
@@ -76,13 +78,15 @@ class WebhookServicer(webhook_pb2_grpc.WebhookServiceServicer):
             raise InvalidRequest([Violation("events", f"at most {MAX_BATCH} events per batch")])
         results = []
         for item in request.events:
-            received = item.received_at.ToDatetime(tzinfo=mapping.UTC) if item.HasField("received_at") else None
+            received = item.received_at.ToDatetime(tzinfo=UTC) if item.HasField("received_at") else None
             try:
                 results.append(mapping.ingest_pb(await self.gateway.ingest(item.payload, dict(item.headers), received)))
             except InvalidPayload as bad:
                 results.append(
                     webhook_pb2.IngestEventResponse(
-                        event_id=bad.event_id, route=mapping.ROUTE_TO_PB["UNROUTABLE"], reason=bad.event_reason
+                        event_id=bad.event_id,
+                        route=mapping.ROUTE_TO_PB["UNROUTABLE"],
+                        reason=bad.event_reason,
                     )
                 )
         return webhook_pb2.IngestEventsResponse(results=results)

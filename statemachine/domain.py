@@ -49,7 +49,7 @@ class Reason(StrEnum):
     TIMEOUT_OR_GATEWAY = "TIMEOUT_OR_GATEWAY"
     INSTANCE_DISCONNECTED = "INSTANCE_DISCONNECTED"
     HEALTH_UNKNOWN = "HEALTH_UNKNOWN"
-    TOKEN_INVALID = "TOKEN_INVALID"
+    TOKEN_INVALID = "TOKEN_INVALID"  # noqa: S105 - a reason code, not a secret
     INSTANCE_NOT_FOUND = "INSTANCE_NOT_FOUND"
     DELIVERY_STALLED = "DELIVERY_STALLED"
     NOT_SUPPORTED_BY_PLAN = "NOT_SUPPORTED_BY_PLAN"
@@ -78,12 +78,9 @@ class Reason(StrEnum):
 
 # Human text a UI can show as is (google.rpc.LocalizedMessage), pt-BR first.
 REASON_TEXT_PT_BR: dict[Reason, str] = {
-    Reason.SESSION_INCOMPLETE: (
-        "Instância conectada sem sessão válida. Reconecte por código de pareamento/telefone."
-    ),
+    Reason.SESSION_INCOMPLETE: ("Instância conectada sem sessão válida. Reconecte por código de pareamento/telefone."),
     Reason.TIMEOUT_OR_GATEWAY: (
-        "A W-API não respondeu (timeout ou erro de gateway). O envio foi bloqueado até a instância "
-        "responder novamente."
+        "A W-API não respondeu (timeout ou erro de gateway). O envio foi bloqueado até a instância responder novamente."
     ),
     Reason.INSTANCE_DISCONNECTED: "Instância desconectada. Leia o QR code ou use o código de pareamento.",
     Reason.HEALTH_UNKNOWN: "Estado da instância ainda desconhecido. Aguarde a verificação e tente de novo.",

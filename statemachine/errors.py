@@ -24,8 +24,11 @@ class InvalidRequest(GuardError):
 
 class InstanceNotFound(GuardError):
     def __init__(self, instance_id: str) -> None:
-        super().__init__(Reason.INSTANCE_NOT_FOUND, f"instance {instance_id!r} is not registered",
-                         {"instance_id": instance_id})
+        super().__init__(
+            Reason.INSTANCE_NOT_FOUND,
+            f"instance {instance_id!r} is not registered",
+            {"instance_id": instance_id},
+        )
 
 
 class MessageNotFound(GuardError):
@@ -40,7 +43,11 @@ class SendBlocked(GuardError):
         super().__init__(
             reason,
             f"send blocked: instance {message.instance_id} is {instance_state.value} ({reason.value})",
-            {"instance_id": message.instance_id, "message_id": message.id, "instance_state": instance_state.value},
+            {
+                "instance_id": message.instance_id,
+                "message_id": message.id,
+                "instance_state": instance_state.value,
+            },
         )
         self.message = message
 
@@ -79,7 +86,10 @@ class InvalidPayload(GuardError):
     """A webhook body that could not be used; it is stored anyway, with this reason."""
 
     def __init__(self, reason: str, event_id: str) -> None:
-        super().__init__(Reason.INVALID_ARGUMENT, f"webhook payload not usable: {reason}",
-                         {"event_id": event_id, "event_reason": reason})
+        super().__init__(
+            Reason.INVALID_ARGUMENT,
+            f"webhook payload not usable: {reason}",
+            {"event_id": event_id, "event_reason": reason},
+        )
         self.event_reason = reason
         self.event_id = event_id

@@ -117,7 +117,8 @@ def _has_phone(event: EventData) -> bool:
 
 
 def _is_stalled(event: EventData) -> bool:
-    model: _InstanceModel = event.model
+    model = event.model
+    assert isinstance(model, _InstanceModel)
     return model.state == InstanceState.DEGRADED and model.reason == Reason.DELIVERY_STALLED
 
 
@@ -125,7 +126,8 @@ def _set(reason: Reason, phone: str = "keep") -> Callable[[EventData], None]:
     """An `after` callback that records the reason (and what happens to the phone)."""
 
     def apply(event: EventData) -> None:
-        model: _InstanceModel = event.model
+        model = event.model
+        assert isinstance(model, _InstanceModel)
         model.reason = reason
         if phone == "take":
             model.phone = event.kwargs["phone"]
@@ -135,37 +137,83 @@ def _set(reason: Reason, phone: str = "keep") -> Callable[[EventData], None]:
     return apply
 
 
-I = InstanceState
+IS = InstanceState
 ANY = list(InstanceState)
 INSTANCE_TRANSITIONS: list[dict[str, object]] = [
     # "Connected" counts only with a strong signal: a phone number / me.id. The same trigger
     # serves webhook, probe and registration, so no path can report CONNECTED without a phone.
-    {"trigger": "report_connected", "source": ANY, "dest": I.CONNECTED,
-     "conditions": _has_phone, "unless": _is_stalled, "after": _set(Reason.PHONE_CONFIRMED, phone="take")},
-    {"trigger": "report_connected", "source": ANY, "dest": I.SESSION_INCOMPLETE,
-     "unless": _has_phone, "after": _set(Reason.SESSION_INCOMPLETE, phone="clear")},
+    {
+        "trigger": "report_connected",
+        "source": ANY,
+        "dest": IS.CONNECTED,
+        "conditions": _has_phone,
+        "unless": _is_stalled,
+        "after": _set(Reason.PHONE_CONFIRMED, phone="take"),
+    },
+    {
+        "trigger": "report_connected",
+        "source": ANY,
+        "dest": IS.SESSION_INCOMPLETE,
+        "unless": _has_phone,
+        "after": _set(Reason.SESSION_INCOMPLETE, phone="clear"),
+    },
     # A connection *event* (the session was re-established) also clears a delivery stall; a
     # routine probe saying "connected" does not: a silently stalled session probes healthy.
-    {"trigger": "report_reconnected", "source": ANY, "dest": I.CONNECTED,
-     "conditions": _has_phone, "after": _set(Reason.PHONE_CONFIRMED, phone="take")},
-    {"trigger": "report_reconnected", "source": ANY, "dest": I.SESSION_INCOMPLETE,
-     "unless": _has_phone, "after": _set(Reason.SESSION_INCOMPLETE, phone="clear")},
-    {"trigger": "report_disconnected", "source": ANY, "dest": I.DISCONNECTED,
-     "after": _set(Reason.INSTANCE_DISCONNECTED)},
+    {
+        "trigger": "report_reconnected",
+        "source": ANY,
+        "dest": IS.CONNECTED,
+        "conditions": _has_phone,
+        "after": _set(Reason.PHONE_CONFIRMED, phone="take"),
+    },
+    {
+        "trigger": "report_reconnected",
+        "source": ANY,
+        "dest": IS.SESSION_INCOMPLETE,
+        "unless": _has_phone,
+        "after": _set(Reason.SESSION_INCOMPLETE, phone="clear"),
+    },
+    {
+        "trigger": "report_disconnected",
+        "source": ANY,
+        "dest": IS.DISCONNECTED,
+        "after": _set(Reason.INSTANCE_DISCONNECTED),
+    },
     # Gateway trouble says nothing about the session: keep the last known phone, never flip to
     # DISCONNECTED, but stop trusting it.
-    {"trigger": "report_gateway_failure", "source": ANY, "dest": I.DEGRADED,
-     "after": _set(Reason.TIMEOUT_OR_GATEWAY)},
-    {"trigger": "report_token_invalid", "source": ANY, "dest": I.DISCONNECTED,
-     "after": _set(Reason.TOKEN_INVALID)},
-    {"trigger": "report_not_found", "source": ANY, "dest": I.DISCONNECTED,
-     "after": _set(Reason.INSTANCE_NOT_FOUND)},
+    {
+        "trigger": "report_gateway_failure",
+        "source": ANY,
+        "dest": IS.DEGRADED,
+        "after": _set(Reason.TIMEOUT_OR_GATEWAY),
+    },
+    {
+        "trigger": "report_token_invalid",
+        "source": ANY,
+        "dest": IS.DISCONNECTED,
+        "after": _set(Reason.TOKEN_INVALID),
+    },
+    {
+        "trigger": "report_not_found",
+        "source": ANY,
+        "dest": IS.DISCONNECTED,
+        "after": _set(Reason.INSTANCE_NOT_FOUND),
+    },
     # N messages stuck in SENT with no delivery between them: the "Aguardando mensagem" failure
     # the provider never reports.
-    {"trigger": "report_delivery_stalled", "source": I.CONNECTED, "dest": I.DEGRADED,
-     "after": _set(Reason.DELIVERY_STALLED)},
-    {"trigger": "report_delivery_resumed", "source": I.DEGRADED, "dest": I.CONNECTED,
-     "conditions": _is_stalled, "after": _set(Reason.PHONE_CONFIRMED)},
+    {
+        "trigger": "report_delivery_stalled",
+        "source": IS.CONNECTED,
+        "dest": IS.DEGRADED,
+        "after": _set(Reason.DELIVERY_STALLED),
+    },
+    {
+        "trigger": "report_delivery_resumed",
+        "source": IS.DEGRADED,
+        "dest": IS.CONNECTED,
+        "conditions": _is_stalled,
+        "after": _set(Reason.PHONE_CONFIRMED),
+    },
 ]
 
 INSTANCE_MACHINE = Machine(

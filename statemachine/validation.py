@@ -106,8 +106,12 @@ def validate_send(req: SendRequest) -> list[Violation]:
         out.append(Violation("delay_seconds", f"must be between 0 and {MAX_DELAY_SECONDS}"))
     content, kind = req.content, req.kind
     if content is None or kind is None:
-        out.append(Violation("content", "one of text, image, audio, video, document, location, contact, "
-                                        "sticker or reaction is required"))
+        out.append(
+            Violation(
+                "content",
+                "one of text, image, audio, video, document, location, contact, sticker or reaction is required",
+            )
+        )
         return out
     field = kind.lower()
     match content:

@@ -90,9 +90,7 @@ def _history_to_json(history: Sequence[StateChange]) -> str:
 
 def _history_from_json(text: str) -> list[StateChange]:
     return [
-        StateChange(
-            h["from"], h["to"], h["reason"], h["source"], datetime.fromisoformat(h["at"]), h["applied"]
-        )
+        StateChange(h["from"], h["to"], h["reason"], h["source"], datetime.fromisoformat(h["at"]), h["applied"])
         for h in json.loads(text)
     ]
 
@@ -148,7 +146,7 @@ def _message_values(msg: MessageRecord) -> dict[str, Any]:
     }
 
 
-def _instance(row: Row[Any]) -> InstanceRecord:
+def _instance(row: Row[Any] | Any) -> InstanceRecord:
     m = row._mapping
     return InstanceRecord(
         instance_id=m["id"],
@@ -213,9 +211,7 @@ class Repository:
         now = utcnow()
         async with self.transaction() as conn:
             row = (
-                await conn.execute(
-                    select(*_INSTANCE_COLUMNS).where(instances.c.id == instance_id).with_for_update()
-                )
+                await conn.execute(select(*_INSTANCE_COLUMNS).where(instances.c.id == instance_id).with_for_update())
             ).first()
             if row is None:
                 if not token:
@@ -240,27 +236,21 @@ class Repository:
                         await conn.execute(select(*_INSTANCE_COLUMNS).where(instances.c.id == instance_id))
                     ).one()
                     return _instance(created_row), True
-                row = (
-                    await conn.execute(select(*_INSTANCE_COLUMNS).where(instances.c.id == instance_id))
-                ).one()
+                row = (await conn.execute(select(*_INSTANCE_COLUMNS).where(instances.c.id == instance_id))).one()
             changes: dict[str, Any] = {"plan": plan.value, "updated_at": now, "version": row.version + 1}
             if name:
                 changes["name"] = name
             if token:
                 changes["token"] = token
             await conn.execute(update(instances).where(instances.c.id == instance_id).values(**changes))
-            updated = (
-                await conn.execute(select(*_INSTANCE_COLUMNS).where(instances.c.id == instance_id))
-            ).one()
+            updated = (await conn.execute(select(*_INSTANCE_COLUMNS).where(instances.c.id == instance_id))).one()
             return _instance(updated), False
 
     async def get_instance(self, instance_id: str) -> tuple[InstanceRecord, str] | None:
         """The instance and its token (for the provider call only: never returned to callers)."""
         async with self.engine.connect() as conn:
             row = (
-                await conn.execute(
-                    select(*_INSTANCE_COLUMNS, instances.c.token).where(instances.c.id == instance_id)
-                )
+                await conn.execute(select(*_INSTANCE_COLUMNS, instances.c.token).where(instances.c.id == instance_id))
             ).first()
         return (_instance(row), row.token) if row else None
 
@@ -304,9 +294,7 @@ class Repository:
                 return await self._apply_instance_trigger(
                     own, instance_id, trigger, source, new_phone, checked_at, event_at
                 )
-        return await self._apply_instance_trigger(
-            conn, instance_id, trigger, source, new_phone, checked_at, event_at
-        )
+        return await self._apply_instance_trigger(conn, instance_id, trigger, source, new_phone, checked_at, event_at)
 
     async def _apply_instance_trigger(
         self,
@@ -319,16 +307,12 @@ class Repository:
         event_at: datetime | None,
     ) -> InstanceChange | None:
         row = (
-            await conn.execute(
-                select(*_INSTANCE_COLUMNS).where(instances.c.id == instance_id).with_for_update()
-            )
+            await conn.execute(select(*_INSTANCE_COLUMNS).where(instances.c.id == instance_id).with_for_update())
         ).first()
         if row is None:
             return None
         record = _instance(row)
-        decision = decide_instance(
-            record.state, record.reason, record.phone_number, trigger, new_phone=new_phone
-        )
+        decision = decide_instance(record.state, record.reason, record.phone_number, trigger, new_phone=new_phone)
         now = utcnow()
         values: dict[str, Any] = {"updated_at": now, "version": record.version + 1}
         if checked_at is not None:
@@ -410,9 +394,7 @@ class Repository:
                     .values(last_event_at=at)
                 )
 
-    async def instance_changes_since(
-        self, after_id: int, limit: int = 500
-    ) -> list[tuple[int, str, StateChange]]:
+    async def instance_changes_since(self, after_id: int, limit: int = 500) -> list[tuple[int, str, StateChange]]:
         query = (
             select(instance_transitions)
             .where(instance_transitions.c.id > after_id)
@@ -437,10 +419,7 @@ class Repository:
             .limit(limit)
         )
         async with self.engine.connect() as conn:
-            return [
-                StateChange(r.from_state, r.to_state, r.reason, r.source, r.at)
-                for r in await conn.execute(query)
-            ]
+            return [StateChange(r.from_state, r.to_state, r.reason, r.source, r.at) for r in await conn.execute(query)]
 
     # --- messages ----------------------------------------------------------------------------
 
@@ -471,18 +450,14 @@ class Repository:
         return _message(row) if row else None
 
     async def _locked_message(self, conn: AsyncConnection, message_id: str) -> MessageRecord | None:
-        row = (
-            await conn.execute(select(messages).where(messages.c.id == message_id).with_for_update())
-        ).first()
+        row = (await conn.execute(select(messages).where(messages.c.id == message_id).with_for_update())).first()
         return _message(row) if row else None
 
     async def _save_message(self, conn: AsyncConnection, before: MessageRecord, after: MessageRecord) -> None:
         values = _message_values(after)
         values["version"] = before.version + 1
         result = await conn.execute(
-            update(messages)
-            .where(messages.c.id == before.id, messages.c.version == before.version)
-            .values(**values)
+            update(messages).where(messages.c.id == before.id, messages.c.version == before.version).values(**values)
         )
         if result.rowcount != 1:
             raise ConcurrentUpdateError(before.id)
@@ -514,9 +489,7 @@ class Repository:
                 msg.state = MessageState.SENT
                 msg.provider_message_id = provider_message_id
                 msg.sent_at = now
-                change = StateChange(
-                    MessageState.PENDING, MessageState.SENT, Reason.PROVIDER_ACCEPTED, source, now
-                )
+                change = StateChange(MessageState.PENDING, MessageState.SENT, Reason.PROVIDER_ACCEPTED, source, now)
             else:
                 reason = failure or Reason.PROVIDER_NO_MESSAGE_ID
                 msg.state = MessageState.FAILED
@@ -580,9 +553,7 @@ class Repository:
                 raise ValueError(msg.state.value)
             before = replace(msg, history=list(msg.history))
             now = utcnow()
-            msg.history.append(
-                StateChange(msg.state, MessageState.PENDING, Reason.RETRY_REQUESTED, source, now)
-            )
+            msg.history.append(StateChange(msg.state, MessageState.PENDING, Reason.RETRY_REQUESTED, source, now))
             msg.state = MessageState.PENDING
             msg.attempts += 1
             msg.failure_reason = ""
@@ -698,15 +669,16 @@ class Repository:
             return False
         if event.route in (Route.CONNECTION, Route.DISCONNECTION):
             trigger = "report_reconnected" if event.connected else "report_disconnected"
-            change = await self._apply_instance_trigger(
+            instance_change = await self._apply_instance_trigger(
                 conn, event.instance_id, trigger, "webhook", event.phone, None, received_at
             )
-            if change is None:
+            if instance_change is None:
                 result.reason = EventReason.UNKNOWN_INSTANCE
             else:
-                result.reason = EventReason.APPLIED if change.decision.changed else EventReason.RECORDED
-                if change.decision.changed:
-                    result.instance_changes.append(change)
+                changed = instance_change.decision.changed
+                result.reason = EventReason.APPLIED if changed else EventReason.RECORDED
+                if changed:
+                    result.instance_changes.append(instance_change)
             return False
         if event.status is None or event.provider_message_id is None:
             return False

@@ -163,7 +163,7 @@ def parse_webhook(raw: bytes) -> ProviderEvent:
     event_name = _text(body.get("event") or body.get("type"))
 
     if event_name is None:
-        if CHAT_STATUS_KEYS <= body.keys() or {"instanceId", "chat", "status"} <= body.keys():
+        if body.keys() >= CHAT_STATUS_KEYS or {"instanceId", "chat", "status"} <= body.keys():
             return _chat_status(raw, body, instance_id, moment)
         return ProviderEvent(Route.UNROUTABLE, EventReason.NO_EVENT_KEY, _digest(raw), instance_id)
 
@@ -188,16 +188,12 @@ def parse_webhook(raw: bytes) -> ProviderEvent:
             moment=moment,
         )
     if route is Route.DISCONNECTION:
-        return ProviderEvent(
-            route, EventReason.RECORDED, _digest(raw), instance_id, connected=False, moment=moment
-        )
+        return ProviderEvent(route, EventReason.RECORDED, _digest(raw), instance_id, connected=False, moment=moment)
     if route is Route.MESSAGE_STATUS:
         mid = _message_id(body)
         status, raw_status = _status(_field(body, "status", "ack"))
         if mid is None:
-            return ProviderEvent(
-                route, EventReason.MISSING_MESSAGE_ID, _digest(raw), instance_id, moment=moment
-            )
+            return ProviderEvent(route, EventReason.MISSING_MESSAGE_ID, _digest(raw), instance_id, moment=moment)
         if status is None:
             return ProviderEvent(
                 route,
@@ -235,9 +231,7 @@ def parse_webhook(raw: bytes) -> ProviderEvent:
     )
 
 
-def _chat_status(
-    raw: bytes, body: dict[str, Any], instance_id: str | None, moment: datetime | None
-) -> ProviderEvent:
+def _chat_status(raw: bytes, body: dict[str, Any], instance_id: str | None, moment: datetime | None) -> ProviderEvent:
     """The event-less {instanceId, connectedPhone, connectedLid, chat, status, moment} body."""
     status, raw_status = _status(body.get("status"))
     mid = _message_id(body)

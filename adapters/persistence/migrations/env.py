@@ -43,9 +43,7 @@ def run() -> None:
 
 
 if context.is_offline_mode():
-    context.configure(
-        url=config.get_main_option("sqlalchemy.url"), target_metadata=metadata, render_as_batch=True
-    )
+    context.configure(url=config.get_main_option("sqlalchemy.url"), target_metadata=metadata, render_as_batch=True)
     with context.begin_transaction():
         context.run_migrations()
 else:

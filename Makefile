@@ -1,0 +1,40 @@
+# The two commands of the README: `make demo` (main job, embedded SQLite) and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PG_URL ?= postgresql+asyncpg://postgres@127.0.0.1:5432/test
+
+.PHONY: demo test test-postgres lint proto proto-check bench serve
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/wapi-guard demo
+
+serve: $(STAMP)
+	$(BIN)/wapi-guard serve
+
+test: $(STAMP)
+	$(BIN)/pytest -q
+
+test-postgres: $(STAMP)
+	WAPIGUARD_TEST_DATABASE_URL=$(PG_URL) $(BIN)/pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy .
+
+proto: $(STAMP)
+	$(BIN)/python proto/generate.py
+
+proto-check: $(STAMP)
+	$(BIN)/python proto/generate.py --check
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
