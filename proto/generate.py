@@ -39,12 +39,17 @@ def generate(into: Path) -> None:
     include = Path(grpc_tools.__file__).parent / "_proto"
     bindir = Path(sys.executable).parent
     cmd = [
-        sys.executable, "-m", "grpc_tools.protoc",
-        f"-I{PROTO_DIR}", f"-I{include}",
-        f"--python_out={into}", f"--grpc_python_out={into}",
+        sys.executable,
+        "-m",
+        "grpc_tools.protoc",
+        f"-I{PROTO_DIR}",
+        f"-I{include}",
+        f"--python_out={into}",
+        f"--grpc_python_out={into}",
         f"--plugin=protoc-gen-mypy={bindir / 'protoc-gen-mypy'}",
         f"--plugin=protoc-gen-mypy_grpc={bindir / 'protoc-gen-mypy_grpc'}",
-        f"--mypy_out={into}", f"--mypy_grpc_out={into}",
+        f"--mypy_out={into}",
+        f"--mypy_grpc_out={into}",
         *protos,
     ]
     subprocess.run(cmd, check=True, cwd=PROTO_DIR)
