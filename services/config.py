@@ -29,6 +29,11 @@ class Settings(BaseSettings):
     gateway_failure_threshold: int = Field(
         3, ge=1, description="Consecutive provider gateway failures on sends before DEGRADED."
     )
+    stuck_after: float = Field(300.0, gt=0, description="Seconds in SENT without delivery before a message is stuck.")
+    stall_threshold: int = Field(
+        3, ge=1, description="Stuck messages in a row (no delivery between) that stall an instance."
+    )
+    sweep_interval: float = Field(15.0, ge=0, description="Seconds between stuck-message sweeps (0 disables).")
     shutdown_grace: float = Field(10.0, ge=0, description="Seconds in-flight RPCs get on SIGTERM.")
     log_level: str = Field("INFO", description="Python log level.")
     log_format: str = Field("json", pattern="^(json|text)$", description="json (one object per line) or text.")

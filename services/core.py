@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from adapters.persistence.repository import (
     IngestResult,
@@ -91,6 +91,11 @@ class GatewayConfig:
     probe_interval: float = 60.0
     probe_concurrency: int = 16
     touch_flush_interval: float = 1.0
+    # A message SENT for longer than this without DELIVERED/READ is stuck (operational alert).
+    stuck_after: float = 300.0
+    # This many stuck messages in a row, with no delivery between them: DEGRADED/DELIVERY_STALLED.
+    stall_threshold: int = 3
+    sweep_interval: float = 15.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +135,8 @@ class Gateway:
         self._tasks.append(asyncio.create_task(self._flush_touches(), name="touch-flusher"))
         if background_probes and self.config.probe_interval > 0:
             self._tasks.append(asyncio.create_task(self._probe_forever(), name="prober"))
+        if self.config.sweep_interval > 0:
+            self._tasks.append(asyncio.create_task(self._sweep_forever(), name="stuck-sweeper"))
 
     async def aclose(self) -> None:
         if self._inflight:
@@ -492,6 +499,40 @@ class Gateway:
         except ValueError:
             raise InvalidRequest([Violation("page_token", "not a token returned by ListMessages")]) from None
 
+    # --- stuck messages ----------------------------------------------------------------------
+
+    async def sweep_once(self) -> list[MessageRecord]:
+        """Marks messages stuck in SENT, alerts once for each, and stalls instances that stopped
+        delivering. Safe with several replicas: each message is returned to one sweeper only."""
+        cutoff = utcnow() - timedelta(seconds=self.config.stuck_after)
+        stuck = await self.repo.mark_stuck(cutoff)
+        per_instance: dict[str, int] = {}
+        for msg in stuck:
+            per_instance[msg.instance_id] = per_instance.get(msg.instance_id, 0) + 1
+            age = (utcnow() - msg.sent_at).total_seconds() if msg.sent_at else 0.0
+            log.warning(
+                "ALERT message stuck in SENT",
+                extra={"alert": "MESSAGE_STUCK", "instance_id": msg.instance_id, "message_id": msg.id,
+                       "provider_message_id": msg.provider_message_id or "", "sent_seconds_ago": round(age, 1)},
+            )
+        for instance_id, count in sorted(per_instance.items()):
+            change = await self.repo.add_stuck(instance_id, count, self.config.stall_threshold)
+            if change is not None:
+                log.warning(
+                    "ALERT instance delivery stalled: sends blocked",
+                    extra={"alert": "DELIVERY_STALLED", "instance_id": instance_id},
+                )
+            self._after_instance_change(change)
+        return stuck
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.sweep_interval)
+            try:
+                await self.sweep_once()
+            except Exception:
+                log.warning("stuck sweep failed", exc_info=True)
+
     # --- webhooks ----------------------------------------------------------------------------
 
     async def ingest(
@@ -504,6 +545,8 @@ class Gateway:
         result = await self.repo.ingest(event, payload, clean, received_at)
         for change in result.instance_changes:
             self._after_instance_change(change)
+        if result.message_changes and event.instance_id:
+            self._cache.pop(event.instance_id, None)  # a delivery may have lifted a stall
         if event.instance_id and not result.duplicate and event.route is not Route.UNROUTABLE:
             previous = self._touched.get(event.instance_id)
             if previous is None or previous < received_at:

@@ -46,6 +46,9 @@ def gateway_config(settings: Settings) -> GatewayConfig:
         gateway_failure_threshold=settings.gateway_failure_threshold,
         probe_interval=settings.probe_interval,
         probe_concurrency=settings.probe_concurrency,
+        stuck_after=settings.stuck_after,
+        stall_threshold=settings.stall_threshold,
+        sweep_interval=settings.sweep_interval,
     )
 
 

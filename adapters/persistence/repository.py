@@ -35,6 +35,9 @@ from statemachine.events import EventReason, ProviderEvent, Route
 from statemachine.machines import MESSAGE_RANK, InstanceDecision, decide_instance, decide_status
 
 
+DELIVERED_OR_LATER = frozenset({MessageState.DELIVERED, MessageState.READ, MessageState.PLAYED})
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -502,6 +505,8 @@ class Repository:
             if msg.state is MessageState.SENT:
                 changes += await self._apply_parked(conn, msg)
             await self._save_message(conn, before, msg)
+            if msg.state in DELIVERED_OR_LATER:
+                await self._delivery_seen(conn, msg.instance_id)
             return msg, changes
 
     async def _apply_parked(self, conn: AsyncConnection, msg: MessageRecord) -> list[MessageChange]:
@@ -701,7 +706,75 @@ class Repository:
         await self._save_message(conn, before, msg)
         result.message_changes.append(MessageChange(msg.id, change))
         result.reason = EventReason.APPLIED if change.applied else EventReason.STALE_STATUS
+        if change.applied and msg.state in DELIVERED_OR_LATER:
+            resumed = await self._delivery_seen(conn, msg.instance_id)
+            if resumed is not None:
+                result.instance_changes.append(resumed)
         return False
+
+    async def _delivery_seen(self, conn: AsyncConnection, instance_id: str) -> InstanceChange | None:
+        """A delivery breaks a run of stuck messages, and lifts a DELIVERY_STALLED block."""
+        row = (
+            await conn.execute(
+                update(instances)
+                .where(instances.c.id == instance_id, instances.c.consecutive_stuck > 0)
+                .values(consecutive_stuck=0)
+                .returning(instances.c.state, instances.c.reason)
+            )
+        ).first()
+        if row is None or row.reason != Reason.DELIVERY_STALLED.value:
+            return None
+        change = await self._apply_instance_trigger(
+            conn, instance_id, "report_delivery_resumed", "webhook", None, None, None
+        )
+        return change if change is not None and change.decision.changed else None
+
+    # --- stuck messages ----------------------------------------------------------------------
+
+    async def mark_stuck(self, cutoff: datetime, *, limit: int = 500) -> list[MessageRecord]:
+        """SENT messages older than `cutoff` become stuck, each exactly once across replicas.
+
+        The UPDATE's own `stuck_at IS NULL` re-check (and SKIP LOCKED on Postgres) makes two
+        sweepers racing on one row return it to only one of them.
+        """
+        now = utcnow()
+        candidates = (
+            select(messages.c.id)
+            .where(
+                messages.c.state == MessageState.SENT.value,
+                messages.c.stuck_at.is_(None),
+                messages.c.sent_at < cutoff,
+            )
+            .order_by(messages.c.sent_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        stmt = (
+            update(messages)
+            .where(messages.c.id.in_(candidates.scalar_subquery()), messages.c.stuck_at.is_(None))
+            .values(stuck_at=now)
+            .returning(*messages.c)
+        )
+        async with self.transaction() as conn:
+            return [_message(r) for r in await conn.execute(stmt)]
+
+    async def add_stuck(self, instance_id: str, count: int, threshold: int) -> InstanceChange | None:
+        """Counts newly stuck messages; at `threshold` in a row a CONNECTED instance is stalled."""
+        async with self.transaction() as conn:
+            row = (
+                await conn.execute(
+                    update(instances)
+                    .where(instances.c.id == instance_id)
+                    .values(consecutive_stuck=instances.c.consecutive_stuck + count)
+                    .returning(instances.c.consecutive_stuck, instances.c.state)
+                )
+            ).first()
+            if row is None or row.consecutive_stuck < threshold or row.state != InstanceState.CONNECTED.value:
+                return None
+            change = await self._apply_instance_trigger(
+                conn, instance_id, "report_delivery_stalled", "sweeper", None, None, None
+            )
+            return change if change is not None and change.decision.changed else None
 
 
 class _Duplicate(Exception):

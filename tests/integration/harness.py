@@ -92,11 +92,12 @@ class Harness:
         return await self.webhooks.IngestEvent(webhook_pb2.IngestEventRequest(payload=payload))
 
     async def connect(self, instance_id: str, phone: str | None = "5511999990000") -> None:
+        # A new moment per call: a real reconnection is a new event, an identical body is a re-delivery.
         body: dict[str, Any] = {
             "event": "webhookConnected",
             "instanceId": instance_id,
             "connected": True,
-            "moment": 1_749_132_337,
+            "moment": 1_749_132_337 + next(_ids),
         }
         if phone is not None:
             body["connectedPhone"] = phone

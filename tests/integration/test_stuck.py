@@ -1,0 +1,113 @@
+"""Messages stuck in SENT raise an alert once, and a run of them stalls the instance."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+
+from services.api.wapiguard.v1 import common_pb2, instance_health_pb2, send_pb2
+from statemachine.domain import ProbeOutcome
+from tests.integration.harness import Harness, rich_error, start_harness, stop_harness
+
+
+@pytest.fixture
+async def guard(database_url: str) -> AsyncIterator[Harness]:
+    harness = await start_harness(database_url, stuck_after=0.05, stall_threshold=3, sweep_interval=0)
+    try:
+        yield harness
+    finally:
+        await stop_harness(harness)
+
+
+async def send(guard: Harness, instance_id: str, key: str) -> common_pb2.Message:
+    return await guard.send.SendMessage(
+        send_pb2.SendMessageRequest(
+            instance_id=instance_id, to="5515981121710", idempotency_key=key, text=send_pb2.TextContent(body=key)
+        )
+    )
+
+
+async def health(guard: Harness, instance_id: str) -> common_pb2.InstanceHealth:
+    return await guard.health.GetInstanceHealth(instance_health_pb2.GetInstanceHealthRequest(instance_id=instance_id))
+
+
+def alerts(caplog: pytest.LogCaptureFixture, kind: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if getattr(r, "alert", None) == kind]
+
+
+async def test_stuck_messages_alert_once_and_stall_the_instance(
+    guard: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="wapi_guard.core")
+    await guard.register("st-1")
+    await guard.connect("st-1")
+    sent = [await send(guard, "st-1", f"m{i}") for i in range(3)]
+    await asyncio.sleep(0.1)
+
+    stuck = await guard.app.gateway.sweep_once()
+    assert sorted(m.id for m in stuck) == sorted(m.id for m in sent)
+    assert await guard.app.gateway.sweep_once() == []  # alert once per message
+    assert len(alerts(caplog, "MESSAGE_STUCK")) == 3
+    assert len(alerts(caplog, "DELIVERY_STALLED")) == 1
+
+    listed = await guard.send.ListMessages(send_pb2.ListMessagesRequest(stuck_only=True))
+    assert {m.id for m in listed.messages} == {m.id for m in sent}
+    assert all(m.stuck and m.state == common_pb2.MESSAGE_STATE_SENT for m in listed.messages)
+    h = await health(guard, "st-1")
+    assert (h.state, h.reason, h.stuck_messages) == (common_pb2.INSTANCE_STATE_DEGRADED, "DELIVERY_STALLED", 3)
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await send(guard, "st-1", "blocked")
+    error = rich_error(caught.value)
+    assert (error.code, error.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "DELIVERY_STALLED")
+
+    # A routine probe that says "connected, with phone" does not clear it: a silent stall probes healthy.
+    guard.provider.probe_result = lambda _i: ProbeOutcome(connected=True, phone="5511999990000")
+    probed = await guard.health.GetInstanceHealth(
+        instance_health_pb2.GetInstanceHealthRequest(instance_id="st-1", refresh=True)
+    )
+    assert probed.reason == "DELIVERY_STALLED"
+
+    # A late delivery of one of them lifts the block.
+    reply = await guard.webhook(
+        {"event": "webhookStatus", "instanceId": "st-1", "messageId": sent[0].provider_message_id,
+         "status": "delivered"}
+    )
+    assert [t.to_state for t in reply.instance_transitions] == [common_pb2.INSTANCE_STATE_CONNECTED]
+    h = await health(guard, "st-1")
+    assert (h.state, h.stuck_messages) == (common_pb2.INSTANCE_STATE_CONNECTED, 2)
+    assert (await send(guard, "st-1", "after")).state == common_pb2.MESSAGE_STATE_SENT
+
+
+async def test_a_delivery_between_stuck_messages_resets_the_run(guard: Harness) -> None:
+    await guard.register("st-2")
+    await guard.connect("st-2")
+    first = [await send(guard, "st-2", f"a{i}") for i in range(2)]
+    await asyncio.sleep(0.1)
+    await guard.app.gateway.sweep_once()
+    await guard.webhook(
+        {"event": "webhookStatus", "instanceId": "st-2", "messageId": first[0].provider_message_id, "status": "read"}
+    )
+    [await send(guard, "st-2", f"b{i}") for i in range(2)]
+    await asyncio.sleep(0.1)
+    await guard.app.gateway.sweep_once()
+    h = await health(guard, "st-2")
+    assert h.state == common_pb2.INSTANCE_STATE_CONNECTED  # 2 stuck, a read, 2 stuck: never 3 in a row
+    assert h.stuck_messages == 3
+
+
+async def test_reconnection_event_clears_a_stall(guard: Harness) -> None:
+    await guard.register("st-3")
+    await guard.connect("st-3")
+    for i in range(3):
+        await send(guard, "st-3", f"c{i}")
+    await asyncio.sleep(0.1)
+    await guard.app.gateway.sweep_once()
+    assert (await health(guard, "st-3")).reason == "DELIVERY_STALLED"
+    await guard.connect("st-3", phone="5511999990000")
+    h = await health(guard, "st-3")
+    assert (h.state, h.reason) == (common_pb2.INSTANCE_STATE_CONNECTED, "PHONE_CONFIRMED")
