@@ -9,6 +9,7 @@ await sim.stop()
 
 from adapters.simulator.app import SimInstance, SimRequest, Simulator, build_app
 from adapters.simulator.payloads import BEHAVIOURS, EMIT_KINDS, GATEWAY_VARIANTS, STATUS_STYLES
+from adapters.simulator.receiver import WebhookReceiver
 
 __all__ = [
     "BEHAVIOURS",
@@ -18,5 +19,6 @@ __all__ = [
     "SimInstance",
     "SimRequest",
     "Simulator",
+    "WebhookReceiver",
     "build_app",
 ]

@@ -29,6 +29,7 @@ API_PREFIX: Final = "/v1"
 HANG_SECONDS: Final = 30.0  # the `timeout` behaviour: longer than any client timeout, still bounded
 WEBHOOK_POST_TIMEOUT: Final = 5.0
 SHUTDOWN_TIMEOUT: Final = 1.0
+MAX_BODY_BYTES: Final = 64 * 1024 * 1024
 _REDACTED_QUERY_KEYS: Final = frozenset({"token", "access_token", "apikey", "api_key", "authorization"})
 
 # Which `update-webhook-<kind>` URL (if set for the instance) receives each posted body.
@@ -90,9 +91,7 @@ def _bearer(header: str) -> str | None:
 class Simulator:
     """A W-API stand-in on loopback. See the module docstring and payloads.BEHAVIOURS."""
 
-    def __init__(
-        self, webhook_url: str | None = None, delivered_after: float = 0.05, read_after: float = 0.1
-    ) -> None:
+    def __init__(self, webhook_url: str | None = None, delivered_after: float = 0.05, read_after: float = 0.1) -> None:
         self.webhook_url = webhook_url
         self.delivered_after = delivered_after
         self.read_after = read_after
@@ -110,9 +109,7 @@ class Simulator:
         self._port: int | None = None
 
     def __repr__(self) -> str:
-        return (
-            f"Simulator(base_url={self.base_url if self._port else None!r}, instances={len(self._instances)})"
-        )
+        return f"Simulator(base_url={self.base_url if self._port else None!r}, instances={len(self._instances)})"
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -246,9 +243,7 @@ class Simulator:
         for body in bodies:
             url = self._webhook_target(instance, body)
             if url is None:
-                raise RuntimeError(
-                    "no webhook URL configured (Simulator(webhook_url=...) or set_webhook_url)"
-                )
+                raise RuntimeError("no webhook URL configured (Simulator(webhook_url=...) or set_webhook_url)")
             await self._post(url, body)
         return bodies
 
@@ -285,9 +280,7 @@ class Simulator:
         body = self._emit_status(instance, message_id, status, to)[0]
         return [body, dict(body)]
 
-    def _emit_out_of_order(
-        self, instance: SimInstance, message_id: str, to: str | None = None
-    ) -> list[JSONDict]:
+    def _emit_out_of_order(self, instance: SimInstance, message_id: str, to: str | None = None) -> list[JSONDict]:
         to = to or self._recipient_of(instance, message_id)
         read = payloads.webhook_status(instance.instance_id, instance.phone, message_id, "read", to)
         delivered = payloads.webhook_status(instance.instance_id, instance.phone, message_id, "delivered", to)
@@ -313,9 +306,7 @@ class Simulator:
         message_id = message_id or payloads.new_message_id()
         to = to or self._recipient_of(instance, message_id)
         return [
-            payloads.webhook_delivery(
-                instance.instance_id, instance.phone, message_id, to, text=text, lid=instance.lid
-            )
+            payloads.webhook_delivery(instance.instance_id, instance.phone, message_id, to, text=text, lid=instance.lid)
         ]
 
     def _emit_received(
@@ -391,9 +382,7 @@ class Simulator:
         instance = self._instances.get(instance_id)
         token = _bearer(request.headers.get("Authorization", ""))
         valid = (
-            instance is not None
-            and token is not None
-            and hmac.compare_digest(token.encode(), instance.token.encode())
+            instance is not None and token is not None and hmac.compare_digest(token.encode(), instance.token.encode())
         )
         query = {k: ("***" if k.lower() in _REDACTED_QUERY_KEYS else v) for k, v in request.query.items()}
         self.requests.append(SimRequest(request.method, f"/{tail}", query, valid))
@@ -483,9 +472,7 @@ class Simulator:
         # session_incomplete and silent_stall: accepted with an id, never delivered.
         return _json(payloads.send_accepted(message_id))
 
-    def _answer_instance(
-        self, instance: SimInstance, name: str, query: Mapping[str, str]
-    ) -> web.StreamResponse:
+    def _answer_instance(self, instance: SimInstance, name: str, query: Mapping[str, str]) -> web.StreamResponse:
         behaviour = instance.behaviour
         connected = self._connected(instance)
         phone = None if behaviour == "session_incomplete" else instance.phone
@@ -507,9 +494,7 @@ class Simulator:
             self._spawn(self._post_later(0.0, instance, body))
             return _json({"error": False, "message": "instance disconnected"})
         if name == "fetch-instance":
-            return _json(
-                payloads.fetch_instance_answer(instance.instance_id, phone, connected, instance.plan)
-            )
+            return _json(payloads.fetch_instance_answer(instance.instance_id, phone, connected, instance.plan))
         return _json(payloads.error_body(f"rota não encontrada: /instance/{name}"), 404)
 
     def _answer_update_webhook(self, instance: SimInstance, kind: str, body: Any) -> web.Response:
@@ -575,7 +560,7 @@ class Simulator:
 
 
 def build_app(sim: Simulator) -> web.Application:
-    app = web.Application()
+    app = web.Application(client_max_size=MAX_BODY_BYTES)  # base64 media bodies are large
     app.router.add_route("*", API_PREFIX + "/{tail:.*}", sim.handle_api)
     app.router.add_route("*", "/_sim/{tail:.*}", sim.handle_control)
     return app

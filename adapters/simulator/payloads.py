@@ -64,8 +64,7 @@ PNG_1X1: Final = bytes.fromhex(
     "0000000b49444154789c6360000200000500017a5eab3f0000000049454e44ae426082"
 )
 QR_DATA_URL: Final = (
-    "data:image/png;base64,"
-    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAAC0lEQVR4nGNgAAIAAAUAAXpeqz8AAAAASUVORK5CYII="
+    "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAAC0lEQVR4nGNgAAIAAAUAAXpeqz8AAAAASUVORK5CYII="
 )
 
 # --- send requests -------------------------------------------------------------------------------
@@ -96,9 +95,7 @@ def validate_send(endpoint: str, body: Any, plan: str) -> str | None:
     if required is None:
         return f"unknown endpoint {endpoint}"
     may_be_empty = MAY_BE_EMPTY.get(endpoint, ())
-    missing = [
-        key for key in required if body.get(key) is None or (body.get(key) == "" and key not in may_be_empty)
-    ]
+    missing = [key for key in required if body.get(key) is None or (body.get(key) == "" and key not in may_be_empty)]
     if missing:
         return f"missing required field(s): {', '.join(missing)}"
     wrong = [key for key in STRING_FIELDS.get(endpoint, ()) if not isinstance(body.get(key), str)]

@@ -96,7 +96,12 @@ class _Scrubber:
 
 
 class WapiProvider:
-    """W-API client. One shared httpx.AsyncClient (pooled connections) for every instance."""
+    """W-API client. One shared httpx.AsyncClient (pooled connections) for every instance.
+
+    `max_connections` bounds the pool of the default transport; an injected `transport` brings its
+    own pool (httpx ignores the limits then). `probe_attempts` bounds probe retries (gateway trouble
+    only); sends are never retried.
+    """
 
     def __init__(
         self,
@@ -138,27 +143,18 @@ class WapiProvider:
 
     # --- send ------------------------------------------------------------------------------------
 
-    # `timeout` (ASYNC109) is the Provider port's signature.
-    async def send(
-        self,
-        credentials: Credentials,
-        message: OutboundMessage,
-        *,
-        timeout: float,  # noqa: ASYNC109
-    ) -> SendOutcome:
+    async def send(self, credentials: Credentials, message: OutboundMessage, *, timeout: float) -> SendOutcome:
         """Exactly one POST. Every outcome is a value; nothing is retried."""
         scrub = _Scrubber(credentials.token)
         instance = credentials.instance_id
         try:
             endpoint, body = build_send_body(message)
-        except ContentMismatchError as exc:
+        except (ContentMismatchError, ValueError, TypeError) as exc:  # a caller bug: nothing is sent
             return SendOutcome(failure=Reason.INVALID_ARGUMENT, detail=scrub(str(exc)))
         if not instance:
             return SendOutcome(failure=Reason.INVALID_ARGUMENT, detail="instance id is empty")
         if not _HEADER_SAFE.match(credentials.token):
-            return SendOutcome(
-                failure=Reason.TOKEN_INVALID, detail="token is empty or not a valid header value"
-            )
+            return SendOutcome(failure=Reason.TOKEN_INVALID, detail="token is empty or not a valid header value")
         if timeout <= 0:
             return SendOutcome(failure=Reason.PROVIDER_TIMEOUT, detail="no time budget left; not sent")
 
@@ -187,18 +183,11 @@ class WapiProvider:
 
     # --- probe -----------------------------------------------------------------------------------
 
-    async def probe(
-        self,
-        credentials: Credentials,
-        *,
-        timeout: float,  # noqa: ASYNC109
-    ) -> ProbeOutcome:
+    async def probe(self, credentials: Credentials, *, timeout: float) -> ProbeOutcome:
         """GET /instance/status-instance; retries gateway trouble only, all within `timeout`."""
         instance = credentials.instance_id
         if not instance:
-            return ProbeOutcome(
-                connected=None, failure=Reason.INSTANCE_NOT_FOUND, detail="instance id is empty"
-            )
+            return ProbeOutcome(connected=None, failure=Reason.INSTANCE_NOT_FOUND, detail="instance id is empty")
         if not _HEADER_SAFE.match(credentials.token):
             return ProbeOutcome(
                 connected=None,
@@ -231,9 +220,7 @@ class WapiProvider:
             await asyncio.sleep(backoff)
         return outcome
 
-    async def _probe_once(
-        self, credentials: Credentials, budget: float, scrub: _Scrubber
-    ) -> tuple[ProbeOutcome, bool]:
+    async def _probe_once(self, credentials: Credentials, budget: float, scrub: _Scrubber) -> tuple[ProbeOutcome, bool]:
         """(outcome, retryable). Only gateway trouble is retryable."""
 
         def gateway(detail: str) -> ProbeOutcome:
@@ -312,25 +299,15 @@ class WapiProvider:
 def _send_outcome(answer: _Answer, scrub: _Scrubber) -> SendOutcome:
     status = answer.status
     if answer.is_html:
-        return SendOutcome(
-            failure=Reason.PROVIDER_UNAVAILABLE, detail=_html_detail(answer, scrub), http_status=status
-        )
+        return SendOutcome(failure=Reason.PROVIDER_UNAVAILABLE, detail=_html_detail(answer, scrub), http_status=status)
     if status in (401, 403):
-        return SendOutcome(
-            failure=Reason.TOKEN_INVALID, detail=_http_detail(answer, scrub), http_status=status
-        )
+        return SendOutcome(failure=Reason.TOKEN_INVALID, detail=_http_detail(answer, scrub), http_status=status)
     if status == 404:
-        return SendOutcome(
-            failure=Reason.INSTANCE_NOT_FOUND, detail=_http_detail(answer, scrub), http_status=status
-        )
+        return SendOutcome(failure=Reason.INSTANCE_NOT_FOUND, detail=_http_detail(answer, scrub), http_status=status)
     if status == 429 or status >= 500 or status < 200 or 300 <= status < 400:
-        return SendOutcome(
-            failure=Reason.PROVIDER_UNAVAILABLE, detail=_http_detail(answer, scrub), http_status=status
-        )
+        return SendOutcome(failure=Reason.PROVIDER_UNAVAILABLE, detail=_http_detail(answer, scrub), http_status=status)
     if status >= 400:
-        return SendOutcome(
-            failure=Reason.PROVIDER_ERROR, detail=_http_detail(answer, scrub), http_status=status
-        )
+        return SendOutcome(failure=Reason.PROVIDER_ERROR, detail=_http_detail(answer, scrub), http_status=status)
     # 2xx
     if not answer.is_json:
         return SendOutcome(

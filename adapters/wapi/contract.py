@@ -185,7 +185,10 @@ def extension_from_file_name(file_name: str) -> str:
 
 def coordinate_text(value: float, *, limit: float) -> str:
     """A coordinate as W-API wants it: a decimal string, never exponent notation."""
-    number = float(value)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ContentMismatchError(f"coordinate {value!r} is not a number") from None
     if not math.isfinite(number) or abs(number) > limit:
         raise ContentMismatchError(f"coordinate {value!r} is out of range")
     return format(Decimal(repr(number)), "f")
@@ -247,9 +250,7 @@ def parse_status(body: Any) -> ProbeOutcome:
     """
     nodes = _nodes(body)
     if not nodes:
-        return ProbeOutcome(
-            connected=None, failure=Reason.TIMEOUT_OR_GATEWAY, detail="status answer is not an object"
-        )
+        return ProbeOutcome(connected=None, failure=Reason.TIMEOUT_OR_GATEWAY, detail="status answer is not an object")
 
     phone = _find_phone(nodes)
     lid = _find_lid(nodes)
