@@ -78,6 +78,11 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[GATEWAY_KEY].telemetry.prometheus_text()
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
 def build_app(settings: Settings, gateway: Gateway) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY)
     app[GATEWAY_KEY] = gateway
@@ -85,6 +90,7 @@ def build_app(settings: Settings, gateway: Gateway) -> web.Application:
     app.router.add_post("/webhooks/wapi/{secret}", receive)
     app.router.add_post("/webhooks/wapi", receive)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
     return app
 
 

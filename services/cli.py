@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="end-to-end scenario on SQLite + the simulator (the main job)")
     demo.add_argument("--keep", action="store_true", help="keep the temporary database and print its path")
     demo.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    demo.add_argument("--verbose", action="store_true", help="also show the service's JSON log lines (stderr)")
     return parser
 
 
@@ -89,7 +90,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     from services.logs import setup_logging
 
-    setup_logging(settings.log_level, settings.log_format)
+    if args.command == "demo" and not args.verbose:
+        setup_logging("ERROR", "text")
+    else:
+        setup_logging(settings.log_level, settings.log_format)
     if args.command == "serve":
         from services.server import serve
 

@@ -17,6 +17,9 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+
 from adapters.persistence.repository import (
     IngestResult,
     InstanceChange,
@@ -26,6 +29,7 @@ from adapters.persistence.repository import (
 )
 from adapters.wapi.webhooks import parse_webhook
 from services.content import content_to_dict, outbound_from_stored, request_hash
+from services.telemetry import Telemetry, current_trace_ids
 from statemachine.domain import (
     Credentials,
     InstanceRecord,
@@ -114,10 +118,23 @@ class _Cached:
 
 
 class Gateway:
-    def __init__(self, repo: Repository, provider: Provider, config: GatewayConfig | None = None) -> None:
+    def __init__(
+        self,
+        repo: Repository,
+        provider: Provider,
+        config: GatewayConfig | None = None,
+        telemetry: Telemetry | None = None,
+    ) -> None:
         self.repo = repo
         self.provider = provider
         self.config = config or GatewayConfig()
+        self.telemetry = telemetry or Telemetry({})
+        self.tracer = self.telemetry.tracer
+        self.metrics = self.telemetry.metrics
+        self._gauge_stuck: dict[str, int] = {}
+        self._gauge_states: dict[str, int] = {}
+        self.metrics.gauges["stuck"] = lambda: [(v, {"instance_id": k}) for k, v in self._gauge_stuck.items()]
+        self.metrics.gauges["instances"] = lambda: [(v, {"state": k}) for k, v in self._gauge_states.items()]
         self._cache: dict[str, _Cached] = {}
         self._subscribers: set[asyncio.Queue[InstanceEvent]] = set()
         self._feed_nudge = asyncio.Event()
@@ -176,6 +193,17 @@ class Gateway:
             return
         self._remember(change.instance)
         if change.decision.changed:
+            attributes = {
+                "wapi.instance_id": change.instance.instance_id,
+                "from": change.decision.from_state.value,
+                "to": change.decision.to_state.value,
+                "reason": change.decision.reason,
+                "source": change.source,
+            }
+            trace.get_current_span().add_event("instance.state_change", attributes)
+            self.metrics.state_changes.add(
+                1, {"to": change.decision.to_state.value, "reason": change.decision.reason, "source": change.source}
+            )
             log.info(
                 "instance state changed",
                 extra={
@@ -328,19 +356,51 @@ class Gateway:
             raise InvalidRequest(violations)
         assert req.kind is not None
         assert req.content is not None
-        cached = await self._instance(req.instance_id)
-        if cached is None:
-            raise InstanceNotFound(req.instance_id)
-        outbound = OutboundMessage(req.kind, req.to, req.content, req.reply_to, req.delay_seconds)
-        health = cached.record
-        blocked = block_reason(health.state, health.reason, health.plan, req.kind)
+        span = self.tracer.start_span(
+            "wapi.send_attempt",
+            attributes={"wapi.instance_id": req.instance_id, "wapi.attempt": 1, "wapi.kind": req.kind.value},
+        )
+        with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
+            try:
+                with self.tracer.start_as_current_span("wapi.preflight") as preflight:
+                    cached = await self._instance(req.instance_id)
+                    if cached is None:
+                        raise InstanceNotFound(req.instance_id)
+                    health = cached.record
+                    blocked = block_reason(health.state, health.reason, health.plan, req.kind)
+                    preflight.set_attribute("wapi.session_health", health.state.value)
+                span.set_attribute("wapi.session_health", health.state.value)
+                outbound = OutboundMessage(req.kind, req.to, req.content, req.reply_to, req.delay_seconds)
+                msg = self._new_message(req, outbound, blocked, health)
+                span.set_attribute("wapi.message_id", msg.id)
+                with self.tracer.start_as_current_span("wapi.persist", attributes={"db.operation": "insert"}):
+                    stored, created = await self.repo.insert_message(msg)
+                if not created:
+                    span.set_attribute("wapi.idempotent_replay", True)
+                    span.set_attribute("wapi.message_id", stored.id)
+                    self.metrics.sends.add(1, {"outcome": "replayed", "reason": stored.failure_reason})
+                    return self._replay(stored, msg.request_hash)
+                if blocked:
+                    self._log_attempt(stored, health.state, blocked.value, "blocked")
+                    self.metrics.sends.add(1, {"outcome": "blocked", "reason": blocked.value})
+                    self.metrics.blocked.add(1, {"reason": blocked.value})
+                    raise SendBlocked(blocked, stored, health.state)
+            except BaseException as error:
+                _end_with_error(span, error)
+                raise
+        return await self._attempt_shielded(stored, outbound, cached, span)
+
+    def _new_message(
+        self, req: SendRequest, outbound: OutboundMessage, blocked: Reason | None, health: InstanceRecord
+    ) -> MessageRecord:
         now = utcnow()
         initial = MessageState.FAILED if blocked else MessageState.PENDING
-        msg = MessageRecord(
+        trace_id, span_id = current_trace_ids()
+        return MessageRecord(
             id=str(uuid.uuid4()),
             instance_id=req.instance_id,
             to=req.to,
-            kind=req.kind,
+            kind=outbound.kind,
             state=initial,
             failure_reason=blocked.value if blocked else "",
             failure_detail=f"instance {health.state.value}" if blocked else "",
@@ -355,21 +415,24 @@ class Gateway:
             stuck_at=None,
             history=[StateChange("", initial, blocked or Reason.CREATED, "preflight" if blocked else "send", now)],
             version=1,
+            trace_id=trace_id,
+            span_id=span_id,
         )
-        stored, created = await self.repo.insert_message(msg)
-        if not created:
-            return self._replay(stored, msg.request_hash)
-        if blocked:
-            log.info(
-                "send blocked",
-                extra={
-                    "instance_id": req.instance_id,
-                    "message_id": stored.id,
-                    "blocked_reason": blocked.value,
-                },
-            )
-            raise SendBlocked(blocked, stored, health.state)
-        return await self._attempt_shielded(stored, outbound, cached)
+
+    def _log_attempt(self, msg: MessageRecord, health: InstanceState, blocked_reason: str, outcome: str) -> None:
+        log.info(
+            "send attempt",
+            extra={
+                "instance_id": msg.instance_id,
+                "attempt": msg.attempts,
+                "message_id": msg.id,
+                "session_health": health.value,
+                "blocked_reason": blocked_reason,
+                "outcome": outcome,
+                "failure_reason": msg.failure_reason,
+                "provider_message_id": msg.provider_message_id or "",
+            },
+        )
 
     def _replay(self, stored: MessageRecord, wanted_hash: str) -> MessageRecord:
         """Same key again: the first request's outcome, never a second provider call."""
@@ -387,44 +450,57 @@ class Gateway:
             return SendBlocked(reason, msg, state)
         return ProviderFailed(reason, msg, msg.failure_detail)
 
-    async def _attempt_shielded(self, msg: MessageRecord, outbound: OutboundMessage, cached: _Cached) -> MessageRecord:
+    async def _attempt_shielded(
+        self, msg: MessageRecord, outbound: OutboundMessage, cached: _Cached, span: Span
+    ) -> MessageRecord:
         """Runs the provider call and records its outcome even if the caller goes away.
 
         A cancelled RPC must not leave a message PENDING after the provider accepted it.
         """
-        task: asyncio.Task[MessageRecord] = asyncio.create_task(self._attempt(msg, outbound, cached))
+        task: asyncio.Task[MessageRecord] = asyncio.create_task(self._attempt(msg, outbound, cached, span))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
         return await asyncio.shield(task)
 
-    async def _attempt(self, msg: MessageRecord, outbound: OutboundMessage, cached: _Cached) -> MessageRecord:
-        outcome = await self.provider.send(
-            Credentials(msg.instance_id, cached.token), outbound, timeout=self.config.send_timeout
-        )
-        failure = None if outcome.accepted else (outcome.failure or Reason.PROVIDER_NO_MESSAGE_ID)
-        stored, _changes = await self.repo.record_send_outcome(
-            msg.id,
-            provider_message_id=outcome.provider_message_id if failure is None else None,
-            failure=failure,
-            detail=outcome.detail,
-            source="send",
-        )
-        await self._feed_health(msg.instance_id, failure, cached)
-        log.info(
-            "send attempt",
-            extra={
-                "instance_id": msg.instance_id,
-                "message_id": msg.id,
-                "attempt": stored.attempts,
-                "outcome": stored.state.value,
-                "failure_reason": stored.failure_reason,
-                "provider_message_id": stored.provider_message_id or "",
-            },
-        )
-        if stored.state is MessageState.FAILED:
-            raise self._failure_error(stored)
-        return stored
+    async def _attempt(
+        self, msg: MessageRecord, outbound: OutboundMessage, cached: _Cached, span: Span
+    ) -> MessageRecord:
+        with trace.use_span(span, end_on_exit=True, record_exception=False, set_status_on_exception=False):
+            try:
+                with self.tracer.start_as_current_span("wapi.provider.send", kind=SpanKind.CLIENT) as call:
+                    started = time.perf_counter()
+                    outcome = await self.provider.send(
+                        Credentials(msg.instance_id, cached.token), outbound, timeout=self.config.send_timeout
+                    )
+                    failure = None if outcome.accepted else (outcome.failure or Reason.PROVIDER_NO_MESSAGE_ID)
+                    self.metrics.provider_latency.record(
+                        time.perf_counter() - started,
+                        {"operation": "send", "outcome": failure.value if failure else "ACCEPTED"},
+                    )
+                    if outcome.http_status is not None:
+                        call.set_attribute("http.response.status_code", outcome.http_status)
+                    if failure is not None:
+                        call.set_status(Status(StatusCode.ERROR, failure.value))
+                with self.tracer.start_as_current_span("wapi.persist", attributes={"db.operation": "update"}):
+                    stored, _changes = await self.repo.record_send_outcome(
+                        msg.id,
+                        provider_message_id=outcome.provider_message_id if failure is None else None,
+                        failure=failure,
+                        detail=outcome.detail,
+                        source="send",
+                    )
+                await self._feed_health(msg.instance_id, failure, cached)
+                span.set_attribute("wapi.provider_message_id", stored.provider_message_id or "")
+                span.set_attribute("wapi.attempt", stored.attempts)
+                self._log_attempt(stored, cached.record.state, "", stored.state.value.lower())
+                self.metrics.sends.add(1, {"outcome": stored.state.value.lower(), "reason": stored.failure_reason})
+                if stored.state is MessageState.FAILED:
+                    raise self._failure_error(stored)
+                return stored
+            except BaseException as error:
+                _end_with_error(span, error, end=False)
+                raise
 
     async def _feed_health(self, instance_id: str, failure: Reason | None, cached: _Cached) -> None:
         """Send outcomes are health signals too: a 401 means the token is dead, now."""
@@ -449,27 +525,46 @@ class Gateway:
             raise MessageNotFound(message_id)
         if msg.state is not MessageState.FAILED:
             raise NotRetryable(msg)
-        cached = await self._instance(msg.instance_id)
-        if cached is None:
-            raise InstanceNotFound(msg.instance_id)
-        try:
-            msg = await self.repo.reset_for_retry(message_id, source="retry")
-        except ValueError:
-            current = await self.repo.get_message(message_id)
-            raise NotRetryable(current or msg) from None
-        outbound = outbound_from_stored(msg.kind, msg.to, msg.content)
-        health = cached.record
-        blocked = block_reason(health.state, health.reason, health.plan, msg.kind)
-        if blocked:
-            stored, _ = await self.repo.record_send_outcome(
-                msg.id,
-                provider_message_id=None,
-                failure=blocked,
-                detail=f"instance {health.state.value}",
-                source="preflight",
-            )
-            raise SendBlocked(blocked, stored, health.state)
-        return await self._attempt_shielded(msg, outbound, cached)
+        span = self.tracer.start_span(
+            "wapi.send_attempt",
+            attributes={
+                "wapi.instance_id": msg.instance_id,
+                "wapi.message_id": msg.id,
+                "wapi.attempt": msg.attempts + 1,
+                "wapi.kind": msg.kind.value,
+                "wapi.retry": True,
+            },
+        )
+        with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
+            try:
+                cached = await self._instance(msg.instance_id)
+                if cached is None:
+                    raise InstanceNotFound(msg.instance_id)
+                try:
+                    msg = await self.repo.reset_for_retry(message_id, source="retry", trace_ids=current_trace_ids())
+                except ValueError:
+                    current = await self.repo.get_message(message_id)
+                    raise NotRetryable(current or msg) from None
+                outbound = outbound_from_stored(msg.kind, msg.to, msg.content)
+                health = cached.record
+                span.set_attribute("wapi.session_health", health.state.value)
+                blocked = block_reason(health.state, health.reason, health.plan, msg.kind)
+                if blocked:
+                    stored, _ = await self.repo.record_send_outcome(
+                        msg.id,
+                        provider_message_id=None,
+                        failure=blocked,
+                        detail=f"instance {health.state.value}",
+                        source="preflight",
+                    )
+                    self._log_attempt(stored, health.state, blocked.value, "blocked")
+                    self.metrics.sends.add(1, {"outcome": "blocked", "reason": blocked.value})
+                    self.metrics.blocked.add(1, {"reason": blocked.value})
+                    raise SendBlocked(blocked, stored, health.state)
+            except BaseException as error:
+                _end_with_error(span, error)
+                raise
+        return await self._attempt_shielded(msg, outbound, cached, span)
 
     async def get_message(self, message_id: str) -> MessageRecord:
         msg = await self.repo.get_message(message_id) if message_id else None
@@ -509,11 +604,17 @@ class Gateway:
         per_instance: dict[str, int] = {}
         for msg in stuck:
             per_instance[msg.instance_id] = per_instance.get(msg.instance_id, 0) + 1
+            self.metrics.stuck_alerts.add(1, {"instance_id": msg.instance_id})
             age = (utcnow() - msg.sent_at).total_seconds() if msg.sent_at else 0.0
             log.warning(
                 "ALERT message stuck in SENT",
-                extra={"alert": "MESSAGE_STUCK", "instance_id": msg.instance_id, "message_id": msg.id,
-                       "provider_message_id": msg.provider_message_id or "", "sent_seconds_ago": round(age, 1)},
+                extra={
+                    "alert": "MESSAGE_STUCK",
+                    "instance_id": msg.instance_id,
+                    "message_id": msg.id,
+                    "provider_message_id": msg.provider_message_id or "",
+                    "sent_seconds_ago": round(age, 1),
+                },
             )
         for instance_id, count in sorted(per_instance.items()):
             change = await self.repo.add_stuck(instance_id, count, self.config.stall_threshold)
@@ -523,7 +624,16 @@ class Gateway:
                     extra={"alert": "DELIVERY_STALLED", "instance_id": instance_id},
                 )
             self._after_instance_change(change)
+        await self.refresh_gauges()
         return stuck
+
+    async def refresh_gauges(self) -> None:
+        """Gauges read these snapshots: a scrape never queries the database."""
+        self._gauge_stuck = await self.repo.stuck_counts()
+        states: dict[str, int] = dict.fromkeys((s.value for s in InstanceState), 0)
+        for record in await self.repo.list_instances():
+            states[record.state.value] += 1
+        self._gauge_states = states
 
     async def _sweep_forever(self) -> None:
         while True:
@@ -542,21 +652,50 @@ class Gateway:
         received_at = received_at or utcnow()
         event = parse_webhook(payload)
         clean = {k.lower(): v[:512] for k, v in list(headers.items())[:64] if k.lower() not in SECRET_HEADERS}
-        result = await self.repo.ingest(event, payload, clean, received_at)
-        for change in result.instance_changes:
-            self._after_instance_change(change)
+        with self.tracer.start_as_current_span(
+            "wapi.webhook", attributes={"wapi.route": event.route.value, "wapi.instance_id": event.instance_id or ""}
+        ) as span:
+            result = await self.repo.ingest(event, payload, clean, received_at)
+            span.set_attribute("wapi.duplicate", result.duplicate)
+            span.set_attribute("wapi.event_reason", str(result.reason))
+            for change in result.instance_changes:
+                self._after_instance_change(change)
+            for message_change in result.message_changes:
+                self._observe_message_change(span, message_change, received_at)
+            self.metrics.webhook_events.add(
+                1, {"route": event.route.value, "outcome": "duplicate" if result.duplicate else str(result.reason)}
+            )
         if result.message_changes and event.instance_id:
             self._cache.pop(event.instance_id, None)  # a delivery may have lifted a stall
         if event.instance_id and not result.duplicate and event.route is not Route.UNROUTABLE:
             previous = self._touched.get(event.instance_id)
             if previous is None or previous < received_at:
                 self._touched[event.instance_id] = received_at
-        if event.route is Route.UNROUTABLE and event.reason in (
-            EventReason.MALFORMED_JSON,
-            EventReason.NOT_AN_OBJECT,
-        ):
+        if event.route is Route.UNROUTABLE and event.reason in (EventReason.MALFORMED_JSON, EventReason.NOT_AN_OBJECT):
             raise InvalidPayload(str(event.reason), result.event_id)
         return result
+
+    def _observe_message_change(self, span: Span, change: MessageChange, received_at: datetime) -> None:
+        """Links the webhook span to the send attempt's span: Jaeger shows send → delivered → read."""
+        span.set_attribute("wapi.message_id", change.message_id)
+        if change.trace_id and change.span_id:
+            span.add_link(
+                SpanContext(
+                    int(change.trace_id, 16),
+                    int(change.span_id, 16),
+                    is_remote=True,
+                    trace_flags=TraceFlags(TraceFlags.SAMPLED),
+                ),
+                {"wapi.message_id": change.message_id, "wapi.status": str(change.change.to_state)},
+            )
+        if (
+            change.change.applied
+            and change.sent_at is not None
+            and change.change.to_state in (MessageState.DELIVERED, MessageState.READ)
+        ):
+            self.metrics.delivery_latency.record(
+                max(0.0, (received_at - change.sent_at).total_seconds()), {"status": str(change.change.to_state)}
+            )
 
     async def _flush_touches(self) -> None:
         while True:
@@ -570,6 +709,19 @@ class Gateway:
                 log.warning("last_event_at flush failed; will retry", exc_info=True)
                 for key, value in batch.items():
                     self._touched[key] = max(value, self._touched.get(key, value))
+
+
+def _end_with_error(span: Span, error: BaseException, *, end: bool = True) -> None:
+    """Blocked and failed attempts end ERROR with their reason (what Jaeger filters on)."""
+    reason = getattr(error, "reason", None)
+    reason_text = reason.value if isinstance(reason, Reason) else type(error).__name__
+    if isinstance(error, (SendBlocked, ProviderFailed)) or reason is not None:
+        span.set_attribute(
+            "wapi.blocked_reason" if isinstance(error, SendBlocked) else "wapi.failure_reason", reason_text
+        )
+    span.set_status(Status(StatusCode.ERROR, reason_text))
+    if end:
+        span.end()
 
 
 __all__ = ["Gateway", "GatewayConfig", "InstanceEvent", "MessageChange"]

@@ -27,6 +27,7 @@ from services.config import Settings
 from services.core import Gateway, GatewayConfig
 from services.logs import register_secret
 from services.servicers import InstanceHealthServicer, SendServicer, WebhookServicer
+from services.telemetry import Telemetry
 from statemachine.ports import Provider
 
 log = logging.getLogger("wapi_guard.server")
@@ -71,18 +72,27 @@ class App:
     _cleanup: list[Any] = field(default_factory=list)
 
     @classmethod
-    async def start(cls, settings: Settings, *, provider: Provider | None = None) -> App:
+    async def start(
+        cls, settings: Settings, *, provider: Provider | None = None, telemetry: Telemetry | None = None
+    ) -> App:
         if settings.webhook_secret:
             register_secret(settings.webhook_secret.get_secret_value())
+        telemetry = telemetry or Telemetry()
         engine = create_engine(settings.database_url)
         if settings.migrate_on_start:
             await upgrade_to_head(engine)
         repo = Repository(engine)
         provider = provider or default_provider(settings)
-        gateway = Gateway(repo, provider, gateway_config(settings))
+        instrument = getattr(provider, "instrument", None)
+        if telemetry.tracer_provider is not None and instrument is not None:
+            instrument(telemetry.tracer_provider)
+        gateway = Gateway(repo, provider, gateway_config(settings), telemetry)
         await gateway.start(background_probes=settings.probe_interval > 0)
 
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        server = grpc.aio.server(
+            interceptors=telemetry.server_interceptors(),  # type: ignore[arg-type]
+            options=[("grpc.so_reuseport", 0)],
+        )
         send_pb2_grpc.add_SendServiceServicer_to_server(SendServicer(gateway), server)
         webhook_servicer = WebhookServicer(gateway)
         webhook_pb2_grpc.add_WebhookServiceServicer_to_server(webhook_servicer, server)
@@ -95,7 +105,7 @@ class App:
             raise OSError(f"cannot bind gRPC on {settings.host}:{settings.grpc_port}")
         await server.start()
         app = cls(settings, gateway, server, health_servicer, port)
-        app._cleanup += [gateway.aclose, provider.aclose, engine.dispose]
+        app._cleanup += [gateway.aclose, provider.aclose, engine.dispose, _async(telemetry.shutdown)]
         if settings.http_port >= 0:
             from services.bridge import start_bridge
 
@@ -117,6 +127,13 @@ class App:
                 await close()
             except Exception:
                 log.warning("cleanup step failed", exc_info=True)
+
+
+def _async(fn: Any) -> Any:
+    async def run() -> None:
+        fn()
+
+    return run
 
 
 async def serve(settings: Settings, *, provider: Provider | None = None) -> None:

@@ -34,7 +34,6 @@ from statemachine.domain import (
 from statemachine.events import EventReason, ProviderEvent, Route
 from statemachine.machines import MESSAGE_RANK, InstanceDecision, decide_instance, decide_status
 
-
 DELIVERED_OR_LATER = frozenset({MessageState.DELIVERED, MessageState.READ, MessageState.PLAYED})
 
 
@@ -58,6 +57,10 @@ class InstanceChange:
 class MessageChange:
     message_id: str
     change: StateChange
+    # The send attempt's span, for a span link from the webhook that caused this change.
+    trace_id: str = ""
+    span_id: str = ""
+    sent_at: datetime | None = None
 
 
 @dataclass(slots=True)
@@ -501,7 +504,7 @@ class Repository:
                 change = StateChange(MessageState.PENDING, MessageState.FAILED, reason, source, now)
             msg.history.append(change)
             msg.updated_at = now
-            changes = [MessageChange(msg.id, change)]
+            changes = [MessageChange(msg.id, change, msg.trace_id, msg.span_id, msg.sent_at)]
             if msg.state is MessageState.SENT:
                 changes += await self._apply_parked(conn, msg)
             await self._save_message(conn, before, msg)
@@ -522,7 +525,7 @@ class Repository:
         out: list[MessageChange] = []
         for row in sorted(rows, key=lambda r: (MESSAGE_RANK.get(MessageState(r.status), 9), r.received_at)):
             change = self._apply_status(msg, MessageState(row.status), "webhook", row.received_at)
-            out.append(MessageChange(msg.id, change))
+            out.append(MessageChange(msg.id, change, msg.trace_id, msg.span_id, msg.sent_at))
         await conn.execute(
             update(events)
             .where(events.c.id.in_([r.id for r in rows]))
@@ -545,7 +548,9 @@ class Repository:
         msg.updated_at = utcnow()
         return change
 
-    async def reset_for_retry(self, message_id: str, *, source: str) -> MessageRecord:
+    async def reset_for_retry(
+        self, message_id: str, *, source: str, trace_ids: tuple[str, str] = ("", "")
+    ) -> MessageRecord:
         """FAILED → PENDING, attempts + 1. Raises LookupError / ValueError (not retryable)."""
         from statemachine.machines import decide_message
 
@@ -565,6 +570,8 @@ class Repository:
             msg.failure_detail = ""
             msg.provider_message_id = None
             msg.updated_at = now
+            if trace_ids[0]:
+                msg.trace_id, msg.span_id = trace_ids
             await self._save_message(conn, before, msg)
             return msg
 
@@ -704,7 +711,7 @@ class Repository:
         before = replace(msg, history=list(msg.history))
         change = self._apply_status(msg, event.status, "webhook", event.moment or received_at)
         await self._save_message(conn, before, msg)
-        result.message_changes.append(MessageChange(msg.id, change))
+        result.message_changes.append(MessageChange(msg.id, change, msg.trace_id, msg.span_id, msg.sent_at))
         result.reason = EventReason.APPLIED if change.applied else EventReason.STALE_STATUS
         if change.applied and msg.state in DELIVERED_OR_LATER:
             resumed = await self._delivery_seen(conn, msg.instance_id)

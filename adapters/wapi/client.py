@@ -141,6 +141,16 @@ class WapiProvider:
     async def aclose(self) -> None:
         await self._client.aclose()
 
+    def instrument(self, tracer_provider: object) -> None:
+        """Client spans for every W-API call (OpenTelemetry httpx instrumentation).
+
+        The token travels in the Authorization header, which the instrumentation does not record;
+        the URL carries only the instance id.
+        """
+        from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+
+        HTTPXClientInstrumentor.instrument_client(self._client, tracer_provider=tracer_provider)  # type: ignore[arg-type]
+
     # --- send ------------------------------------------------------------------------------------
 
     async def send(self, credentials: Credentials, message: OutboundMessage, *, timeout: float) -> SendOutcome:

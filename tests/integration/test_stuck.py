@@ -74,8 +74,12 @@ async def test_stuck_messages_alert_once_and_stall_the_instance(
 
     # A late delivery of one of them lifts the block.
     reply = await guard.webhook(
-        {"event": "webhookStatus", "instanceId": "st-1", "messageId": sent[0].provider_message_id,
-         "status": "delivered"}
+        {
+            "event": "webhookStatus",
+            "instanceId": "st-1",
+            "messageId": sent[0].provider_message_id,
+            "status": "delivered",
+        }
     )
     assert [t.to_state for t in reply.instance_transitions] == [common_pb2.INSTANCE_STATE_CONNECTED]
     h = await health(guard, "st-1")

@@ -1,0 +1,258 @@
+"""`wapi-guard demo`: the whole promise, end to end, on the embedded default.
+
+SQLite in a temporary folder, the W-API simulator on loopback, a real `serve` (gRPC + webhook
+bridge), two instances: "Aventura" (healthy) and LITE-4IW93E-MGVYDW (connected, no phone).
+Everything goes through the public gRPC API, as an internal service would use it. Exits 0
+only when every expectation holds: delivered/read, or an explicit block — never a false sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from adapters.simulator import Simulator
+from services.api.wapiguard.v1 import (
+    common_pb2,
+    instance_health_pb2,
+    instance_health_pb2_grpc,
+    send_pb2,
+    send_pb2_grpc,
+)
+from services.config import Settings
+from services.server import App
+
+AVENTURA = "3B6XIW-ZTS923-GEAY6V"
+INCOMPLETE = "LITE-4IW93E-MGVYDW"
+RECIPIENT = "15981121710"
+STATE = {v: k.removeprefix("MESSAGE_STATE_") for k, v in common_pb2.MessageState.items()}
+ISTATE = {v: k.removeprefix("INSTANCE_STATE_") for k, v in common_pb2.InstanceState.items()}
+
+
+@dataclass
+class Outcome:
+    step: str
+    instance: str
+    expected: str
+    got: str
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.expected == self.got
+
+
+@dataclass
+class Report:
+    outcomes: list[Outcome] = field(default_factory=list)
+    false_sent: int = 0
+
+    def add(self, outcome: Outcome) -> None:
+        self.outcomes.append(outcome)
+        mark = "ok " if outcome.ok else "FAIL"
+        print(f"  [{mark}] {outcome.instance:<22} expected {outcome.expected:<40} got {outcome.got}")
+        if outcome.detail:
+            print(f"         {'':<22} {outcome.detail}")
+
+
+def _error(error: grpc.aio.AioRpcError) -> tuple[str, str, dict[str, str]]:
+    status = rpc_status.from_call(error)
+    reason, text, meta = "", "", {}
+    for detail in status.details if status else []:
+        info, localized = error_details_pb2.ErrorInfo(), error_details_pb2.LocalizedMessage()
+        if detail.Is(info.DESCRIPTOR):
+            detail.Unpack(info)
+            reason, meta = info.reason, dict(info.metadata)
+        elif detail.Is(localized.DESCRIPTOR):
+            detail.Unpack(localized)
+            text = localized.message
+    return reason, text, meta
+
+
+def _history(msg: common_pb2.Message) -> str:
+    return " → ".join(STATE[h.to_state] for h in msg.history if h.applied)
+
+
+async def _wait_for(check: Any, timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await check()
+        if value or time.monotonic() > deadline:
+            return value
+        await asyncio.sleep(0.1)
+
+
+async def run_demo(*, keep: bool = False, as_json: bool = False) -> int:
+    workdir = Path(tempfile.mkdtemp(prefix="wapi-guard-demo-"))
+    secret = secrets.token_urlsafe(16)
+    sim = Simulator(delivered_after=0.3, read_after=0.8)
+    await sim.start()
+    settings = Settings(
+        grpc_port=0,
+        http_port=0,
+        database_url=f"sqlite+aiosqlite:///{workdir / 'demo.db'}",
+        wapi_base_url=sim.base_url,
+        webhook_secret=secret,
+        probe_interval=0,
+        stuck_after=1.5,
+        sweep_interval=0.25,
+        stall_threshold=3,
+        log_level="WARNING",
+    )
+    app = await App.start(settings)
+    sim.set_webhook_url(f"http://127.0.0.1:{app.http_port}/webhooks/wapi/{secret}")
+    sim.add_instance(AVENTURA, "demo-token-aventura", behaviour="healthy", phone="5511987654321")
+    sim.add_instance(INCOMPLETE, "demo-token-lite", behaviour="session_incomplete", plan="LITE")
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}")
+    send = send_pb2_grpc.SendServiceStub(channel)
+    health = instance_health_pb2_grpc.InstanceHealthServiceStub(channel)
+    report = Report()
+    print(f"wapi-guard demo — SQLite at {workdir / 'demo.db'}, W-API simulator at {sim.base_url}")
+    print(f"gRPC on 127.0.0.1:{app.grpc_port}, webhook bridge on 127.0.0.1:{app.http_port}\n")
+    try:
+        await _scenario(send, health, sim, report)
+    finally:
+        await channel.close()
+        await app.stop(grace=1.0)
+        await sim.stop()
+        if keep:
+            print(f"\nkept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    failed = [o for o in report.outcomes if not o.ok]
+    print(
+        f"\n{len(report.outcomes) - len(failed)}/{len(report.outcomes)} expectations met; "
+        f"false SENT reported for an instance that cannot deliver: {report.false_sent}"
+    )
+    if as_json:
+        print(json.dumps({"outcomes": [o.__dict__ for o in report.outcomes], "false_sent": report.false_sent}))
+    return 0 if not failed and report.false_sent == 0 else 1
+
+
+async def _scenario(
+    send: send_pb2_grpc.SendServiceAsyncStub,
+    health: instance_health_pb2_grpc.InstanceHealthServiceAsyncStub,
+    sim: Simulator,
+    report: Report,
+) -> None:
+    print("1. Register both instances (each is probed once, through the one instance machine)")
+    for instance_id, name, token, plan in (
+        (AVENTURA, "Aventura", "demo-token-aventura", common_pb2.PLAN_PRO),
+        (INCOMPLETE, "Loja LITE", "demo-token-lite", common_pb2.PLAN_LITE),
+    ):
+        h = await health.RegisterInstance(
+            instance_health_pb2.RegisterInstanceRequest(instance_id=instance_id, name=name, token=token, plan=plan)
+        )
+        expected = "CONNECTED" if instance_id == AVENTURA else "SESSION_INCOMPLETE"
+        report.add(
+            Outcome(
+                "register",
+                name,
+                expected,
+                ISTATE[h.state],
+                f"phone_number={h.phone_number or 'null'} reason={h.reason}",
+            )
+        )
+
+    print("\n2. Send a text to 15981121710 through each")
+    text = send_pb2.TextContent(body="Olá! Seu pedido foi confirmado.")
+    sent = await send.SendMessage(
+        send_pb2.SendMessageRequest(instance_id=AVENTURA, to=RECIPIENT, idempotency_key="demo-1", text=text)
+    )
+
+    async def read_yet() -> common_pb2.Message | None:
+        msg = await send.GetMessage(send_pb2.GetMessageRequest(message_id=sent.id))
+        return msg if msg.state == common_pb2.MESSAGE_STATE_READ else None
+
+    final = await _wait_for(read_yet, 10) or await send.GetMessage(send_pb2.GetMessageRequest(message_id=sent.id))
+    report.add(
+        Outcome(
+            "send",
+            "Aventura",
+            "PENDING → SENT → DELIVERED → READ",
+            _history(final),
+            f"provider messageId={final.provider_message_id}",
+        )
+    )
+    try:
+        blocked = await send.SendMessage(
+            send_pb2.SendMessageRequest(instance_id=INCOMPLETE, to=RECIPIENT, idempotency_key="demo-2", text=text)
+        )
+        report.false_sent += 1
+        report.add(Outcome("send", "LITE-4IW93E-MGVYDW", "blocked: SESSION_INCOMPLETE", STATE[blocked.state]))
+    except grpc.aio.AioRpcError as error:
+        reason, message, meta = _error(error)
+        report.add(
+            Outcome(
+                "send",
+                "LITE-4IW93E-MGVYDW",
+                "blocked: SESSION_INCOMPLETE",
+                f"blocked: {reason}",
+                f"{error.code().name}: “{message}”",
+            )
+        )
+        stored = await send.GetMessage(send_pb2.GetMessageRequest(message_id=meta.get("message_id", "")))
+        report.add(
+            Outcome(
+                "stored",
+                "LITE-4IW93E-MGVYDW",
+                "FAILED (SESSION_INCOMPLETE)",
+                f"{STATE[stored.state]} ({stored.failure_reason})",
+                f"provider calls for it: {len(sim.sends(INCOMPLETE))}",
+            )
+        )
+
+    print("\n3. Aventura's session silently stalls: W-API still accepts sends, nothing is ever delivered")
+    sim.set_behaviour(AVENTURA, "silent_stall")
+    stalled = [
+        await send.SendMessage(
+            send_pb2.SendMessageRequest(
+                instance_id=AVENTURA,
+                to=RECIPIENT,
+                idempotency_key=f"stall-{i}",
+                text=send_pb2.TextContent(body=f"#{i}"),
+            )
+        )
+        for i in range(3)
+    ]
+    print(f"   3 messages accepted by W-API: {', '.join(STATE[m.state] for m in stalled)} (not delivered)")
+
+    async def stalled_yet() -> common_pb2.InstanceHealth | None:
+        h = await health.GetInstanceHealth(instance_health_pb2.GetInstanceHealthRequest(instance_id=AVENTURA))
+        return h if h.reason == "DELIVERY_STALLED" else None
+
+    h = await _wait_for(stalled_yet, 10) or await health.GetInstanceHealth(
+        instance_health_pb2.GetInstanceHealthRequest(instance_id=AVENTURA)
+    )
+    stuck = await send.ListMessages(send_pb2.ListMessagesRequest(instance_id=AVENTURA, stuck_only=True))
+    report.add(
+        Outcome(
+            "stall",
+            "Aventura",
+            "DEGRADED (DELIVERY_STALLED)",
+            f"{ISTATE[h.state]} ({h.reason})",
+            f"stuck messages: {len(stuck.messages)}; operational alert logged once per message",
+        )
+    )
+    try:
+        await send.SendMessage(
+            send_pb2.SendMessageRequest(
+                instance_id=AVENTURA, to=RECIPIENT, idempotency_key="stall-next", text=send_pb2.TextContent(body="?")
+            )
+        )
+        report.false_sent += 1
+        report.add(Outcome("send", "Aventura", "blocked: DELIVERY_STALLED", "SENT"))
+    except grpc.aio.AioRpcError as error:
+        reason, message, _ = _error(error)
+        report.add(Outcome("send", "Aventura", "blocked: DELIVERY_STALLED", f"blocked: {reason}", f"“{message}”"))
