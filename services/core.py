@@ -148,6 +148,7 @@ class Gateway:
 
     async def start(self, *, background_probes: bool = True) -> None:
         self._last_change_id = await self.repo.last_instance_change_id()
+        await self.refresh_gauges()
         self._tasks.append(asyncio.create_task(self._tail_changes(), name="change-feed"))
         self._tasks.append(asyncio.create_task(self._flush_touches(), name="touch-flusher"))
         if background_probes and self.config.probe_interval > 0:
@@ -333,6 +334,9 @@ class Gateway:
             except Exception:
                 log.warning("change feed poll failed", exc_info=True)
                 continue
+            if changes:
+                with contextlib.suppress(Exception):
+                    await self.refresh_gauges()
             for change_id, instance_id, change in changes:
                 self._last_change_id = change_id
                 self._cache.pop(instance_id, None)  # another replica may have made it

@@ -130,8 +130,10 @@ class App:
 
 
 def _async(fn: Any) -> Any:
+    """A blocking cleanup (exporter flush) run off the event loop, so in-loop peers still answer."""
+
     async def run() -> None:
-        fn()
+        await asyncio.to_thread(fn)
 
     return run
 

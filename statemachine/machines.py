@@ -113,7 +113,8 @@ class _InstanceModel:
 
 
 def _has_phone(event: EventData) -> bool:
-    return bool(event.kwargs.get("phone"))
+    phone = event.kwargs.get("phone")
+    return isinstance(phone, str) and bool(phone.strip())
 
 
 def _is_stalled(event: EventData) -> bool:
@@ -180,11 +181,13 @@ INSTANCE_TRANSITIONS: list[dict[str, object]] = [
         "after": _set(Reason.INSTANCE_DISCONNECTED),
     },
     # Gateway trouble says nothing about the session: keep the last known phone, never flip to
-    # DISCONNECTED, but stop trusting it.
+    # DISCONNECTED, but stop trusting it. A delivery stall is not lifted by a gateway blip: its
+    # reason stays, so the next healthy probe cannot quietly re-open sends.
     {
         "trigger": "report_gateway_failure",
         "source": ANY,
         "dest": IS.DEGRADED,
+        "unless": _is_stalled,
         "after": _set(Reason.TIMEOUT_OR_GATEWAY),
     },
     {

@@ -30,10 +30,10 @@ MAX_IDEMPOTENCY_KEY = 128
 MAX_PROVIDER_ID = 128
 MAX_DELAY_SECONDS = 15
 
-_PHONE_RE = re.compile(r"^\d{8,15}$")
-_CHAT_RE = re.compile(r"^[0-9A-Za-z._:-]{3,64}@(g\.us|lid|s\.whatsapp\.net|c\.us|newsletter)$")
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_PRINTABLE_RE = re.compile(r"^[\x21-\x7e]+$")
+_PHONE_RE = re.compile(r"[0-9]{8,15}")
+_CHAT_RE = re.compile(r"[0-9A-Za-z._:-]{3,64}@(g\.us|lid|s\.whatsapp\.net|c\.us|newsletter)")
+_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_PRINTABLE_RE = re.compile(r"[\x21-\x7e]+")
 _PHONE_PUNCTUATION = re.compile(r"[\s()+.-]")
 
 
@@ -86,7 +86,7 @@ def _check_len(field: str, value: str, limit: int, out: list[Violation]) -> None
 def validate_instance_id(instance_id: str, field: str = "instance_id") -> list[Violation]:
     if not instance_id:
         return [Violation(field, "required")]
-    if len(instance_id) > MAX_ID or not _ID_RE.match(instance_id):
+    if len(instance_id) > MAX_ID or not _ID_RE.fullmatch(instance_id):
         return [Violation(field, f"must be 1-{MAX_ID} letters, digits, '.', '_' or '-'")]
     return []
 
@@ -95,10 +95,10 @@ def validate_send(req: SendRequest) -> list[Violation]:
     out = validate_instance_id(req.instance_id)
     if not req.to:
         out.append(Violation("to", "required"))
-    elif not (_PHONE_RE.match(req.to) or _CHAT_RE.match(req.to)):
+    elif not (_PHONE_RE.fullmatch(req.to) or _CHAT_RE.fullmatch(req.to)):
         out.append(Violation("to", "must be 8-15 digits with country code, or a chat id like 1203…@g.us"))
     if req.idempotency_key and (
-        len(req.idempotency_key) > MAX_IDEMPOTENCY_KEY or not _PRINTABLE_RE.match(req.idempotency_key)
+        len(req.idempotency_key) > MAX_IDEMPOTENCY_KEY or not _PRINTABLE_RE.fullmatch(req.idempotency_key)
     ):
         out.append(Violation("idempotency_key", f"must be 1-{MAX_IDEMPOTENCY_KEY} printable ASCII characters"))
     _check_len("reply_to_provider_message_id", req.reply_to, MAX_PROVIDER_ID, out)
@@ -141,7 +141,7 @@ def validate_send(req: SendRequest) -> list[Violation]:
             if not name.strip():
                 out.append(Violation("contact.name", "required"))
             _check_len("contact.name", name, 256, out)
-            if not _PHONE_RE.match(normalize_recipient(phone)):
+            if not _PHONE_RE.fullmatch(normalize_recipient(phone)):
                 out.append(Violation("contact.phone", "must be 8-15 digits with country code"))
             _check_len("contact.business_description", desc, 512, out)
         case Reaction(emoji=emoji, target_provider_message_id=target):

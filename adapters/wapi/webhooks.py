@@ -71,6 +71,17 @@ def _digest(raw: bytes) -> str:
     return "sha256:" + hashlib.sha256(raw).hexdigest()
 
 
+MAX_DEDUPE_KEY = 200  # events.dedupe_key
+
+
+def status_key(instance_id: str, message_id: str, status: MessageState) -> str:
+    """One key per (instance, message, status): a re-delivered status is applied once."""
+    key = f"status:{instance_id}:{message_id}:{status}"
+    if len(key) > MAX_DEDUPE_KEY:
+        key = "status:sha256:" + hashlib.sha256(key.encode()).hexdigest()
+    return key
+
+
 def _field(body: dict[str, Any], *names: str) -> Any:
     """First present key, in the body or nested under `data` (S2 reads both)."""
     data = body.get("data")
@@ -95,7 +106,7 @@ def phone_digits(value: Any) -> str | None:
     if not text:
         return None
     user = text.split("@", 1)[0].split(":", 1)[0]
-    digits = "".join(ch for ch in user if ch.isdigit())
+    digits = "".join(ch for ch in user if ch in "0123456789")
     return digits if 8 <= len(digits) <= 15 and digits == user.lstrip("+") else None
 
 
@@ -114,8 +125,8 @@ def _phone(body: dict[str, Any]) -> str | None:
 def _moment(value: Any) -> datetime | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    seconds = value / 1000 if value > 1e12 else value
     try:
+        seconds = value / 1000 if value > 1e12 else value
         return datetime.fromtimestamp(seconds, tz=UTC)
     except (OverflowError, OSError, ValueError):
         return None
@@ -177,6 +188,8 @@ def parse_webhook(raw: bytes) -> ProviderEvent:
 
     if route is Route.CONNECTION:
         connected = _field(body, "connected")
+        if isinstance(connected, str):
+            connected = connected.strip().lower() not in ("false", "0", "no", "off")
         return ProviderEvent(
             route,
             EventReason.RECORDED,
@@ -207,7 +220,7 @@ def parse_webhook(raw: bytes) -> ProviderEvent:
         return ProviderEvent(
             route,
             EventReason.RECORDED,
-            f"status:{instance_id}:{mid}:{status}",
+            status_key(instance_id, mid, status),
             instance_id,
             provider_message_id=mid,
             status=status,
@@ -241,7 +254,7 @@ def _chat_status(raw: bytes, body: dict[str, Any], instance_id: str | None, mome
     return ProviderEvent(
         Route.CHAT_STATUS,
         EventReason.RECORDED if applies else EventReason.CHAT_TELEMETRY,
-        f"status:{instance_id}:{mid}:{status}" if applies else _digest(raw),
+        status_key(instance_id, mid, status) if status is not None and mid is not None else _digest(raw),
         instance_id,
         provider_message_id=mid,
         status=status if applies else None,
