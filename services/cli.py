@@ -20,6 +20,11 @@ SERVE_FLAGS: dict[str, tuple[str, type[Any]]] = {
     "--database-url": ("database_url", str),
     "--wapi-base-url": ("wapi_base_url", str),
     "--webhook-secret": ("webhook_secret", str),
+    "--api-tokens": ("api_tokens", str),
+    "--tls-cert-file": ("tls_cert_file", str),
+    "--tls-key-file": ("tls_key_file", str),
+    "--tls-client-ca-file": ("tls_client_ca_file", str),
+    "--pending-grace": ("pending_grace", float),
     "--send-timeout": ("send_timeout", float),
     "--probe-timeout": ("probe_timeout", float),
     "--probe-interval": ("probe_interval", float),
@@ -99,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         try:
             asyncio.run(serve(settings))
-        except OSError as error:
+        except (OSError, ValueError) as error:
             print(f"wapi-guard: {error}", file=sys.stderr)
             return 1
         return 0

@@ -21,6 +21,17 @@ class Settings(BaseSettings):
     webhook_secret: SecretStr | None = Field(
         None, description="Secret W-API must put in the webhook URL path (/webhooks/wapi/<secret>)."
     )
+    api_tokens: SecretStr | None = Field(
+        None,
+        description="Caller tokens, 'name:token[@INSTANCE|INSTANCE],…' (bearer in gRPC metadata). Unset: open API.",
+    )
+    auth_open_health: bool = Field(True, description="Leave grpc.health.v1 and reflection open when auth is on.")
+    tls_cert_file: str | None = Field(None, description="PEM certificate chain: serve gRPC over TLS.")
+    tls_key_file: str | None = Field(None, description="PEM private key for --tls-cert-file.")
+    tls_client_ca_file: str | None = Field(None, description="PEM CA bundle: require client certificates (mTLS).")
+    pending_grace: float = Field(
+        60.0, gt=0, description="Seconds a message may stay PENDING before the reconciler marks OUTCOME_UNKNOWN."
+    )
     send_timeout: float = Field(15.0, gt=0, description="Seconds for one provider send call.")
     probe_timeout: float = Field(10.0, gt=0, description="Seconds for one status probe.")
     probe_interval: float = Field(60.0, ge=0, description="Seconds between background probes (0 disables).")

@@ -19,8 +19,10 @@ from datetime import datetime, timedelta
 
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from sqlalchemy.exc import DBAPIError
 
 from adapters.persistence.repository import (
+    ConcurrentUpdateError,
     IngestResult,
     InstanceChange,
     MessageChange,
@@ -39,6 +41,7 @@ from statemachine.domain import (
     OutboundMessage,
     Plan,
     Reason,
+    SendOutcome,
     StateChange,
 )
 from statemachine.errors import (
@@ -79,6 +82,7 @@ PREFLIGHT_REASONS = frozenset(
         Reason.NOT_SUPPORTED_BY_PLAN,
     }
 )
+RECORD_ATTEMPTS = 8  # ~10 s of backoff to store an answer the provider already gave
 # Headers never stored with a raw event.
 SECRET_HEADERS = ("authorization", "cookie", "x-webhook-secret", "x-api-key", "proxy-authorization")
 
@@ -100,6 +104,8 @@ class GatewayConfig:
     # This many stuck messages in a row, with no delivery between them: DEGRADED/DELIVERY_STALLED.
     stall_threshold: int = 3
     sweep_interval: float = 15.0
+    # PENDING longer than this (well past any send timeout) means a crash mid-send: OUTCOME_UNKNOWN.
+    pending_grace: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,7 +359,8 @@ class Gateway:
 
     # --- sends -------------------------------------------------------------------------------
 
-    async def send(self, req: SendRequest) -> MessageRecord:
+    async def send(self, req: SendRequest, *, time_remaining: float | None = None) -> MessageRecord:
+        """`time_remaining` is the caller's gRPC deadline budget: the provider call never outlives it."""
         req = replace(req, to=normalize_recipient(req.to))
         violations = validate_send(req)
         if violations:
@@ -392,7 +399,13 @@ class Gateway:
             except BaseException as error:
                 _end_with_error(span, error)
                 raise
-        return await self._attempt_shielded(stored, outbound, cached, span)
+        return await self._attempt_shielded(stored, outbound, cached, span, self._budget(time_remaining))
+
+    def _budget(self, time_remaining: float | None) -> float:
+        if time_remaining is None:
+            return self.config.send_timeout
+        # Leave a little of the caller's deadline to record the outcome and answer.
+        return max(0.05, min(self.config.send_timeout, time_remaining * 0.9 - 0.05))
 
     def _new_message(
         self, req: SendRequest, outbound: OutboundMessage, blocked: Reason | None, health: InstanceRecord
@@ -455,27 +468,27 @@ class Gateway:
         return ProviderFailed(reason, msg, msg.failure_detail)
 
     async def _attempt_shielded(
-        self, msg: MessageRecord, outbound: OutboundMessage, cached: _Cached, span: Span
+        self, msg: MessageRecord, outbound: OutboundMessage, cached: _Cached, span: Span, budget: float
     ) -> MessageRecord:
         """Runs the provider call and records its outcome even if the caller goes away.
 
         A cancelled RPC must not leave a message PENDING after the provider accepted it.
         """
-        task: asyncio.Task[MessageRecord] = asyncio.create_task(self._attempt(msg, outbound, cached, span))
+        task: asyncio.Task[MessageRecord] = asyncio.create_task(self._attempt(msg, outbound, cached, span, budget))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
         return await asyncio.shield(task)
 
     async def _attempt(
-        self, msg: MessageRecord, outbound: OutboundMessage, cached: _Cached, span: Span
+        self, msg: MessageRecord, outbound: OutboundMessage, cached: _Cached, span: Span, budget: float
     ) -> MessageRecord:
         with trace.use_span(span, end_on_exit=True, record_exception=False, set_status_on_exception=False):
             try:
                 with self.tracer.start_as_current_span("wapi.provider.send", kind=SpanKind.CLIENT) as call:
                     started = time.perf_counter()
                     outcome = await self.provider.send(
-                        Credentials(msg.instance_id, cached.token), outbound, timeout=self.config.send_timeout
+                        Credentials(msg.instance_id, cached.token), outbound, timeout=budget
                     )
                     failure = None if outcome.accepted else (outcome.failure or Reason.PROVIDER_NO_MESSAGE_ID)
                     self.metrics.provider_latency.record(
@@ -487,13 +500,7 @@ class Gateway:
                     if failure is not None:
                         call.set_status(Status(StatusCode.ERROR, failure.value))
                 with self.tracer.start_as_current_span("wapi.persist", attributes={"db.operation": "update"}):
-                    stored, _changes = await self.repo.record_send_outcome(
-                        msg.id,
-                        provider_message_id=outcome.provider_message_id if failure is None else None,
-                        failure=failure,
-                        detail=outcome.detail,
-                        source="send",
-                    )
+                    stored = await self._record_outcome(msg.id, outcome, failure)
                 await self._feed_health(msg.instance_id, failure, cached)
                 span.set_attribute("wapi.provider_message_id", stored.provider_message_id or "")
                 span.set_attribute("wapi.attempt", stored.attempts)
@@ -505,6 +512,28 @@ class Gateway:
             except BaseException as error:
                 _end_with_error(span, error, end=False)
                 raise
+
+    async def _record_outcome(self, message_id: str, outcome: SendOutcome, failure: Reason | None) -> MessageRecord:
+        """The provider has answered: that answer must be stored. A database blip is retried
+        (bounded); if it never comes back the reconciler will say OUTCOME_UNKNOWN, never SENT."""
+        delay = 0.1
+        for attempt in range(RECORD_ATTEMPTS):
+            try:
+                stored, _changes = await self.repo.record_send_outcome(
+                    message_id,
+                    provider_message_id=outcome.provider_message_id if failure is None else None,
+                    failure=failure,
+                    detail=outcome.detail,
+                    source="send",
+                )
+                return stored
+            except (ConcurrentUpdateError, DBAPIError, OSError, TimeoutError):
+                if attempt == RECORD_ATTEMPTS - 1:
+                    raise
+                log.warning("recording a provider answer failed; retrying", extra={"message_id": message_id})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        raise AssertionError("unreachable")
 
     async def _feed_health(self, instance_id: str, failure: Reason | None, cached: _Cached) -> None:
         """Send outcomes are health signals too: a 401 means the token is dead, now."""
@@ -523,7 +552,7 @@ class Gateway:
             cached.record.consecutive_gateway_failures = 0
         self._after_instance_change(change)
 
-    async def retry(self, message_id: str) -> MessageRecord:
+    async def retry(self, message_id: str, *, time_remaining: float | None = None) -> MessageRecord:
         msg = await self.repo.get_message(message_id)
         if msg is None:
             raise MessageNotFound(message_id)
@@ -568,7 +597,7 @@ class Gateway:
             except BaseException as error:
                 _end_with_error(span, error)
                 raise
-        return await self._attempt_shielded(msg, outbound, cached, span)
+        return await self._attempt_shielded(msg, outbound, cached, span, self._budget(time_remaining))
 
     async def get_message(self, message_id: str) -> MessageRecord:
         msg = await self.repo.get_message(message_id) if message_id else None
@@ -599,6 +628,18 @@ class Gateway:
             raise InvalidRequest([Violation("page_token", "not a token returned by ListMessages")]) from None
 
     # --- stuck messages ----------------------------------------------------------------------
+
+    async def reconcile_once(self) -> list[MessageRecord]:
+        """Messages a crashed process left PENDING become FAILED/OUTCOME_UNKNOWN, with an alert."""
+        cutoff = utcnow() - timedelta(seconds=max(self.config.pending_grace, self.config.send_timeout))
+        reconciled = await self.repo.reconcile_pending(cutoff)
+        for msg in reconciled:
+            self.metrics.sends.add(1, {"outcome": "failed", "reason": Reason.OUTCOME_UNKNOWN.value})
+            log.warning(
+                "ALERT send outcome unknown after a stop mid-send",
+                extra={"alert": "OUTCOME_UNKNOWN", "instance_id": msg.instance_id, "message_id": msg.id},
+            )
+        return reconciled
 
     async def sweep_once(self) -> list[MessageRecord]:
         """Marks messages stuck in SENT, alerts once for each, and stalls instances that stopped
@@ -641,6 +682,10 @@ class Gateway:
 
     async def _sweep_forever(self) -> None:
         while True:
+            try:
+                await self.reconcile_once()
+            except Exception:
+                log.warning("pending reconciliation failed", exc_info=True)
             await asyncio.sleep(self.config.sweep_interval)
             try:
                 await self.sweep_once()

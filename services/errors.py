@@ -39,6 +39,8 @@ T = TypeVar("T")
 
 
 def _code_for(error: GuardError) -> grpc.StatusCode:
+    if error.reason is Reason.PERMISSION_DENIED:
+        return grpc.StatusCode.PERMISSION_DENIED
     if isinstance(error, (InvalidRequest, InvalidPayload)):
         return grpc.StatusCode.INVALID_ARGUMENT
     if isinstance(error, (InstanceNotFound, MessageNotFound)):

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -23,6 +24,7 @@ from services.api.wapiguard.v1 import (
     webhook_pb2,
     webhook_pb2_grpc,
 )
+from services.auth import AuthInterceptor, parse_tokens
 from services.config import Settings
 from services.core import Gateway, GatewayConfig
 from services.logs import register_secret
@@ -39,6 +41,22 @@ SERVICE_NAMES = (
 )
 
 
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS when a certificate is configured; mTLS when a client CA is configured too."""
+    if not settings.tls_cert_file:
+        if settings.tls_key_file or settings.tls_client_ca_file:
+            raise ValueError("--tls-key-file / --tls-client-ca-file need --tls-cert-file")
+        return None
+    if not settings.tls_key_file:
+        raise ValueError("--tls-cert-file needs --tls-key-file")
+    chain = Path(settings.tls_cert_file).read_bytes()
+    key = Path(settings.tls_key_file).read_bytes()
+    client_ca = Path(settings.tls_client_ca_file).read_bytes() if settings.tls_client_ca_file else None
+    return grpc.ssl_server_credentials(
+        [(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
+
+
 def gateway_config(settings: Settings) -> GatewayConfig:
     return GatewayConfig(
         send_timeout=settings.send_timeout,
@@ -50,6 +68,7 @@ def gateway_config(settings: Settings) -> GatewayConfig:
         stuck_after=settings.stuck_after,
         stall_threshold=settings.stall_threshold,
         sweep_interval=settings.sweep_interval,
+        pending_grace=settings.pending_grace,
     )
 
 
@@ -89,10 +108,13 @@ class App:
         gateway = Gateway(repo, provider, gateway_config(settings), telemetry)
         await gateway.start(background_probes=settings.probe_interval > 0)
 
-        server = grpc.aio.server(
-            interceptors=telemetry.server_interceptors(),  # type: ignore[arg-type]
-            options=[("grpc.so_reuseport", 0)],
-        )
+        interceptors: list[Any] = telemetry.server_interceptors()  # tracing first: it sees auth failures
+        if settings.api_tokens:
+            tokens = parse_tokens(settings.api_tokens.get_secret_value())
+            for _principal, token in tokens:
+                register_secret(token.decode())
+            interceptors.append(AuthInterceptor(tokens, open_health=settings.auth_open_health))
+        server = grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
         send_pb2_grpc.add_SendServiceServicer_to_server(SendServicer(gateway), server)
         webhook_servicer = WebhookServicer(gateway)
         webhook_pb2_grpc.add_WebhookServiceServicer_to_server(webhook_servicer, server)
@@ -100,7 +122,9 @@ class App:
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-        port = server.add_insecure_port(f"{settings.host}:{settings.grpc_port}")
+        address = f"{settings.host}:{settings.grpc_port}"
+        credentials = server_credentials(settings)
+        port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
         if port == 0:
             raise OSError(f"cannot bind gRPC on {settings.host}:{settings.grpc_port}")
         await server.start()

@@ -18,6 +18,7 @@ from services.api.wapiguard.v1 import (
     webhook_pb2,
     webhook_pb2_grpc,
 )
+from services.auth import PermissionDenied, allowed, authorize, current_principal
 from services.core import Gateway
 from services.errors import abort, grpc_errors, locale_of, status_for
 from statemachine.domain import Plan
@@ -33,15 +34,25 @@ class SendServicer(send_pb2_grpc.SendServiceServicer):
 
     @grpc_errors
     async def SendMessage(self, request: send_pb2.SendMessageRequest, context: Ctx) -> common_pb2.Message:
-        return mapping.message_pb(await self.gateway.send(mapping.send_request(request)))
+        authorize(request.instance_id.strip())
+        send = mapping.send_request(request)
+        return mapping.message_pb(await self.gateway.send(send, time_remaining=context.time_remaining()))
 
     @grpc_errors
     async def GetMessage(self, request: send_pb2.GetMessageRequest, context: Ctx) -> common_pb2.Message:
-        return mapping.message_pb(await self.gateway.get_message(request.message_id))
+        msg = await self.gateway.get_message(request.message_id)
+        authorize(msg.instance_id)
+        return mapping.message_pb(msg)
 
     @grpc_errors
     async def ListMessages(self, request: send_pb2.ListMessagesRequest, context: Ctx) -> send_pb2.ListMessagesResponse:
         states = [mapping.MESSAGE_STATE_FROM_PB[s] for s in request.states if s in mapping.MESSAGE_STATE_FROM_PB]
+        scope = current_principal.get().instances
+        if scope is not None and not request.instance_id:
+            if len(scope) != 1:
+                raise PermissionDenied("*")
+            request.instance_id = next(iter(scope))
+        authorize(request.instance_id)
         rows, token = await self.gateway.list_messages(
             instance_id=request.instance_id,
             states=states,
@@ -53,17 +64,24 @@ class SendServicer(send_pb2_grpc.SendServiceServicer):
 
     @grpc_errors
     async def RetryMessage(self, request: send_pb2.RetryMessageRequest, context: Ctx) -> common_pb2.Message:
-        return mapping.message_pb(await self.gateway.retry(request.message_id))
+        authorize((await self.gateway.get_message(request.message_id)).instance_id)
+        return mapping.message_pb(await self.gateway.retry(request.message_id, time_remaining=context.time_remaining()))
 
 
 class WebhookServicer(webhook_pb2_grpc.WebhookServiceServicer):
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
 
+    @staticmethod
+    def _only_unscoped() -> None:
+        if current_principal.get().instances is not None:
+            raise PermissionDenied("*")
+
     @grpc_errors
     async def IngestEvent(
         self, request: webhook_pb2.IngestEventRequest, context: Ctx
     ) -> webhook_pb2.IngestEventResponse:
+        self._only_unscoped()
         received = request.received_at.ToDatetime(tzinfo=UTC) if request.HasField("received_at") else None
         return mapping.ingest_pb(await self.gateway.ingest(request.payload, dict(request.headers), received))
 
@@ -71,6 +89,7 @@ class WebhookServicer(webhook_pb2_grpc.WebhookServiceServicer):
     async def IngestEvents(
         self, request: webhook_pb2.IngestEventsRequest, context: Ctx
     ) -> webhook_pb2.IngestEventsResponse:
+        self._only_unscoped()
         if len(request.events) > MAX_BATCH:
             from statemachine.errors import InvalidRequest
             from statemachine.validation import Violation
@@ -100,6 +119,7 @@ class InstanceHealthServicer(instance_health_pb2_grpc.InstanceHealthServiceServi
     async def RegisterInstance(
         self, request: instance_health_pb2.RegisterInstanceRequest, context: Ctx
     ) -> common_pb2.InstanceHealth:
+        authorize(request.instance_id.strip())
         plan = mapping.PLAN_FROM_PB.get(request.plan, Plan.PRO)
         record = await self.gateway.register(
             request.instance_id.strip(), request.name, request.token, plan, probe=not request.skip_probe
@@ -110,6 +130,7 @@ class InstanceHealthServicer(instance_health_pb2_grpc.InstanceHealthServiceServi
     async def GetInstanceHealth(
         self, request: instance_health_pb2.GetInstanceHealthRequest, context: Ctx
     ) -> common_pb2.InstanceHealth:
+        authorize(request.instance_id.strip())
         record = await self.gateway.health(request.instance_id.strip(), refresh=request.refresh)
         return mapping.instance_pb(record, locale_of(context))
 
@@ -118,7 +139,9 @@ class InstanceHealthServicer(instance_health_pb2_grpc.InstanceHealthServiceServi
         self, request: instance_health_pb2.ListInstancesRequest, context: Ctx
     ) -> instance_health_pb2.ListInstancesResponse:
         states = [mapping.INSTANCE_STATE_FROM_PB[s] for s in request.states if s in mapping.INSTANCE_STATE_FROM_PB]
-        records = await self.gateway.list_instances(refresh=request.refresh, states=states)
+        scope = current_principal.get().instances
+        records = await self.gateway.list_instances(refresh=request.refresh and scope is None, states=states)
+        records = [r for r in records if r.instance_id in set(allowed(r.instance_id for r in records))]
         locale = locale_of(context)
         return instance_health_pb2.ListInstancesResponse(instances=[mapping.instance_pb(r, locale) for r in records])
 
@@ -127,9 +150,13 @@ class InstanceHealthServicer(instance_health_pb2_grpc.InstanceHealthServiceServi
     ) -> AsyncIterator[instance_health_pb2.InstanceHealthEvent]:
         locale = locale_of(context)
         try:
-            async for item in self.gateway.subscribe(
-                list(request.instance_ids), include_current=request.include_current
-            ):
+            wanted = list(request.instance_ids)
+            scope = current_principal.get().instances
+            if scope is not None:
+                wanted = [i for i in wanted if i in scope] if wanted else sorted(scope)
+                if not wanted:
+                    raise PermissionDenied("*")
+            async for item in self.gateway.subscribe(wanted, include_current=request.include_current):
                 event = instance_health_pb2.InstanceHealthEvent(health=mapping.instance_pb(item.instance, locale))
                 if item.change is not None:
                     event.change.CopyFrom(mapping.instance_change_pb(item.instance.instance_id, item.change))

@@ -765,6 +765,36 @@ class Repository:
         async with self.transaction() as conn:
             return [_message(r) for r in await conn.execute(stmt)]
 
+    async def reconcile_pending(self, cutoff: datetime, *, limit: int = 200) -> list[MessageRecord]:
+        """PENDING since before `cutoff`: the process died between storing the message and
+        recording the provider's answer. W-API offers no lookup of a message we hold no id for,
+        so the honest verdict is FAILED/OUTCOME_UNKNOWN — never SENT, never silently dropped."""
+        out: list[MessageRecord] = []
+        async with self.transaction() as conn:
+            rows = (
+                await conn.execute(
+                    select(messages)
+                    .where(messages.c.state == MessageState.PENDING.value, messages.c.updated_at < cutoff)
+                    .order_by(messages.c.updated_at)
+                    .limit(limit)
+                    .with_for_update(skip_locked=True)
+                )
+            ).all()
+            now = utcnow()
+            for row in rows:
+                msg = _message(row)
+                before = replace(msg, history=list(msg.history))
+                msg.state = MessageState.FAILED
+                msg.failure_reason = Reason.OUTCOME_UNKNOWN.value
+                msg.failure_detail = "no provider answer was recorded (process stopped mid-send); check the recipient"
+                msg.history.append(
+                    StateChange(MessageState.PENDING, MessageState.FAILED, Reason.OUTCOME_UNKNOWN, "reconciler", now)
+                )
+                msg.updated_at = now
+                await self._save_message(conn, before, msg)
+                out.append(msg)
+        return out
+
     async def add_stuck(self, instance_id: str, count: int, threshold: int) -> InstanceChange | None:
         """Counts newly stuck messages; at `threshold` in a row a CONNECTED instance is stalled."""
         async with self.transaction() as conn:

@@ -11,6 +11,7 @@ import pytest
 
 from services.api.wapiguard.v1 import common_pb2, instance_health_pb2, send_pb2
 from statemachine.domain import ProbeOutcome
+from tests.conftest import POSTGRES_URL
 from tests.integration.harness import Harness, rich_error, start_harness, stop_harness
 
 
@@ -115,3 +116,76 @@ async def test_reconnection_event_clears_a_stall(guard: Harness) -> None:
     await guard.connect("st-3", phone="5511999990000")
     h = await health(guard, "st-3")
     assert (h.state, h.reason) == (common_pb2.INSTANCE_STATE_CONNECTED, "PHONE_CONFIRMED")
+
+
+async def test_messages_left_pending_by_a_crash_are_reconciled_as_outcome_unknown(guard: Harness) -> None:
+    from dataclasses import replace
+    from datetime import timedelta
+
+    from adapters.persistence.repository import utcnow
+    from statemachine.domain import MessageKind, MessageRecord, MessageState, StateChange
+
+    await guard.register("cr-1")
+    old = utcnow() - timedelta(minutes=10)
+    template = MessageRecord(
+        id="",
+        instance_id="cr-1",
+        to="5515981121710",
+        kind=MessageKind.TEXT,
+        state=MessageState.PENDING,
+        failure_reason="",
+        failure_detail="",
+        provider_message_id=None,
+        attempts=1,
+        idempotency_key="",
+        request_hash="h",
+        content={"content": {"body": "x"}, "reply_to": "", "delay_seconds": 0},
+        created_at=old,
+        updated_at=old,
+        sent_at=None,
+        stuck_at=None,
+        history=[StateChange("", MessageState.PENDING, "CREATED", "send", old)],
+        version=1,
+    )
+    await guard.repo.insert_message(replace(template, id="crashed", idempotency_key="k1"))
+    fresh = utcnow()
+    await guard.repo.insert_message(replace(template, id="in-flight", idempotency_key="k2", updated_at=fresh))
+
+    reconciled = await guard.app.gateway.reconcile_once()
+    assert [m.id for m in reconciled] == ["crashed"]
+    crashed = await guard.send.GetMessage(send_pb2.GetMessageRequest(message_id="crashed"))
+    assert (crashed.state, crashed.failure_reason) == (common_pb2.MESSAGE_STATE_FAILED, "OUTCOME_UNKNOWN")
+    assert crashed.history[-1].source == "reconciler"
+    in_flight = await guard.send.GetMessage(send_pb2.GetMessageRequest(message_id="in-flight"))
+    assert in_flight.state == common_pb2.MESSAGE_STATE_PENDING
+    assert await guard.app.gateway.reconcile_once() == []
+
+
+@pytest.mark.skipif(not POSTGRES_URL, reason="two sweepers race only on a shared PostgreSQL")
+async def test_two_sweepers_on_one_postgres_alert_once_per_message(database_url: str) -> None:
+    first = await start_harness(database_url, stuck_after=0.05, sweep_interval=0)
+    second = await start_harness(database_url, stuck_after=0.05, sweep_interval=0)
+    try:
+        await first.register("two-1")
+        await first.connect("two-1")
+        sent = {(await send(first, "two-1", f"t{i}")).id for i in range(40)}
+        await asyncio.sleep(0.1)
+        results = await asyncio.gather(*(h.app.gateway.sweep_once() for h in (first, second, first, second)))
+        swept = [m.id for batch in results for m in batch]
+        assert sorted(swept) == sorted(sent)  # every message once, none twice
+        h = await health(first, "two-1")
+        assert (h.state, h.reason) == (common_pb2.INSTANCE_STATE_DEGRADED, "DELIVERY_STALLED")
+        async with first.repo.engine.connect() as conn:
+            from sqlalchemy import text as sql
+
+            changes = (
+                await conn.execute(
+                    sql(
+                        "select count(*) from instance_transitions where instance_id='two-1' and reason='DELIVERY_STALLED'"
+                    )
+                )
+            ).scalar_one()
+        assert changes == 1
+    finally:
+        await stop_harness(first)
+        await stop_harness(second)

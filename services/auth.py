@@ -1,0 +1,155 @@
+"""Caller authentication: bearer tokens in gRPC metadata, optionally scoped to instances.
+
+Tokens come from configuration (`WAPIGUARD_API_TOKENS`), are compared in constant time, and
+never appear in logs or errors. With no tokens configured the API is open (development and the
+embedded demo); production sets them (see deploy/).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hmac
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from services.errors import build_status
+from statemachine.domain import Reason
+from statemachine.errors import GuardError
+
+OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+Handler = grpc.RpcMethodHandler[Any, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    name: str
+    # None: every instance. Otherwise only these instance ids.
+    instances: frozenset[str] | None = None
+
+    def may_use(self, instance_id: str) -> bool:
+        return self.instances is None or instance_id in self.instances
+
+
+ANONYMOUS = Principal("anonymous")
+current_principal: contextvars.ContextVar[Principal] = contextvars.ContextVar("principal", default=ANONYMOUS)
+
+
+class PermissionDenied(GuardError):
+    def __init__(self, instance_id: str) -> None:
+        super().__init__(
+            Reason.PERMISSION_DENIED,
+            f"this credential may not act on instance {instance_id!r}",
+            {"instance_id": instance_id},
+        )
+
+
+def parse_tokens(spec: str) -> list[tuple[Principal, bytes]]:
+    """'crm:TOKEN,ops:TOKEN2@INST-1|INST-2' → principals with their tokens. Raises ValueError."""
+    out: list[tuple[Principal, bytes]] = []
+    for raw in spec.split(","):
+        entry = raw.strip()
+        if not entry:
+            continue
+        name, sep, rest = entry.partition(":")
+        if not sep or not name or not rest:
+            raise ValueError("each API token entry must look like name:token or name:token@INSTANCE|INSTANCE")
+        token, at, scope = rest.partition("@")
+        if len(token) < 16:
+            raise ValueError(f"API token for {name!r} is shorter than 16 characters")
+        instances = frozenset(i.strip() for i in scope.split("|") if i.strip()) if at else None
+        out.append((Principal(name, instances), token.encode()))
+    return out
+
+
+def authorize(instance_id: str) -> None:
+    if not current_principal.get().may_use(instance_id):
+        raise PermissionDenied(instance_id)
+
+
+def allowed(instance_ids: Iterable[str]) -> list[str]:
+    principal = current_principal.get()
+    return [i for i in instance_ids if principal.may_use(i)]
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, tokens: list[tuple[Principal, bytes]], *, open_health: bool = True) -> None:
+        self._tokens = tokens
+        self._open_health = open_health
+
+    def _authenticate(self, metadata: Iterable[tuple[str, Any]]) -> Principal | None:
+        header = ""
+        for key, value in metadata:
+            if key == "authorization" and isinstance(value, str):
+                header = value
+                break
+        scheme, _, presented = header.partition(" ")
+        if scheme.lower() != "bearer" or not presented:
+            return None
+        given = presented.strip().encode()
+        match: Principal | None = None
+        for principal, token in self._tokens:  # no early exit: timing does not tell which one matched
+            if hmac.compare_digest(given, token):
+                match = principal
+        return match
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler | None:
+        details = handler_call_details
+        method = details.method or ""
+        handler = await continuation(details)
+        if handler is None or (self._open_health and method.startswith(OPEN_PREFIXES)):
+            return handler
+        principal = self._authenticate(details.invocation_metadata or ())
+        if principal is None:
+            return _deny(handler)
+        return _with_principal(handler, principal)
+
+
+def _unauthenticated() -> grpc.Status:
+    return build_status(
+        grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token", Reason.UNAUTHENTICATED.value, {}
+    )
+
+
+def _deny(handler: Handler) -> Handler:
+    async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        status = _unauthenticated()
+        await context.abort(status.code, status.details, status.trailing_metadata)
+
+    async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        status = _unauthenticated()
+        await context.abort(status.code, status.details, status.trailing_metadata)
+        yield  # pragma: no cover
+
+    return _rewrap(handler, unary, stream)
+
+
+def _with_principal(handler: Any, principal: Principal) -> Handler:
+    async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        current_principal.set(principal)
+        return await handler.unary_unary(request, context)
+
+    async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        current_principal.set(principal)
+        async for item in handler.unary_stream(request, context):
+            yield item
+
+    return _rewrap(handler, unary, stream)
+
+
+def _rewrap(handler: Handler, unary: Any, stream: Any) -> Handler:
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(
+            unary, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+        )
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(
+            stream, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+        )
+    return handler  # streaming-request methods: none in this API
