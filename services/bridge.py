@@ -15,6 +15,7 @@ from aiohttp import web
 from services.config import Settings
 from services.core import Gateway
 from services.errors import status_for
+from services.status_page import add_status_routes
 from statemachine.errors import InvalidPayload
 
 log = logging.getLogger("wapi_guard.bridge")
@@ -91,6 +92,7 @@ def build_app(settings: Settings, gateway: Gateway) -> web.Application:
     app.router.add_post("/webhooks/wapi", receive)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
+    add_status_routes(app, settings, gateway)
     return app
 
 

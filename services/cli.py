@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from services.config import Settings
+from services.operator_cli import OPERATOR_COMMANDS, add_operator_commands, run_operator
 
 # CLI flag → Settings field. Every flag also reads WAPIGUARD_<FIELD> (flags win).
 SERVE_FLAGS: dict[str, tuple[str, type[Any]]] = {
@@ -78,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep", action="store_true", help="keep the temporary database and print its path")
     demo.add_argument("--json", action="store_true", help="print the outcome as JSON")
     demo.add_argument("--verbose", action="store_true", help="also show the service's JSON log lines (stderr)")
+    add_operator_commands(sub)
     return parser
 
 
@@ -88,6 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return simulator_main(argv[1:])
     args = build_parser().parse_args(argv)
+    if args.command in OPERATOR_COMMANDS:
+        return run_operator(args)
     try:
         settings = settings_from(args)
     except ValidationError as error:
