@@ -500,7 +500,7 @@ class Gateway:
                     if failure is not None:
                         call.set_status(Status(StatusCode.ERROR, failure.value))
                 with self.tracer.start_as_current_span("wapi.persist", attributes={"db.operation": "update"}):
-                    stored = await self._record_outcome(msg.id, outcome, failure)
+                    stored = await self._record_outcome(msg, outcome, failure)
                 await self._feed_health(msg.instance_id, failure, cached)
                 span.set_attribute("wapi.provider_message_id", stored.provider_message_id or "")
                 span.set_attribute("wapi.attempt", stored.attempts)
@@ -513,14 +513,18 @@ class Gateway:
                 _end_with_error(span, error, end=False)
                 raise
 
-    async def _record_outcome(self, message_id: str, outcome: SendOutcome, failure: Reason | None) -> MessageRecord:
+    async def _record_outcome(self, msg: MessageRecord, outcome: SendOutcome, failure: Reason | None) -> MessageRecord:
         """The provider has answered: that answer must be stored. A database blip is retried
         (bounded); if it never comes back the reconciler will say OUTCOME_UNKNOWN, never SENT."""
         delay = 0.1
         for attempt in range(RECORD_ATTEMPTS):
             try:
+                if failure is None and outcome.provider_message_id:
+                    fast = await self.repo.record_sent(msg, outcome.provider_message_id, source="send")
+                    if fast is not None:
+                        return fast
                 stored, _changes = await self.repo.record_send_outcome(
-                    message_id,
+                    msg.id,
                     provider_message_id=outcome.provider_message_id if failure is None else None,
                     failure=failure,
                     detail=outcome.detail,
@@ -530,7 +534,7 @@ class Gateway:
             except (ConcurrentUpdateError, DBAPIError, OSError, TimeoutError):
                 if attempt == RECORD_ATTEMPTS - 1:
                     raise
-                log.warning("recording a provider answer failed; retrying", extra={"message_id": message_id})
+                log.warning("recording a provider answer failed; retrying", extra={"message_id": msg.id})
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
         raise AssertionError("unreachable")
@@ -645,6 +649,7 @@ class Gateway:
         """Marks messages stuck in SENT, alerts once for each, and stalls instances that stopped
         delivering. Safe with several replicas: each message is returned to one sweeper only."""
         cutoff = utcnow() - timedelta(seconds=self.config.stuck_after)
+        await self.repo.apply_parked()  # statuses that lost the race with their SENT update
         stuck = await self.repo.mark_stuck(cutoff)
         per_instance: dict[str, int] = {}
         for msg in stuck:
@@ -661,8 +666,8 @@ class Gateway:
                     "sent_seconds_ago": round(age, 1),
                 },
             )
-        for instance_id, count in sorted(per_instance.items()):
-            change = await self.repo.add_stuck(instance_id, count, self.config.stall_threshold)
+        for instance_id in sorted(per_instance):
+            change = await self.repo.stall_if_stuck_run(instance_id, self.config.stall_threshold)
             if change is not None:
                 log.warning(
                     "ALERT instance delivery stalled: sends blocked",

@@ -258,7 +258,6 @@ class InstanceRecord:
     last_event_at: datetime | None
     state_changed_at: datetime | None
     version: int
-    consecutive_stuck: int = 0
     consecutive_gateway_failures: int = 0
     stuck_messages: int = 0
 

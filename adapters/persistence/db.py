@@ -40,7 +40,8 @@ def create_engine(url: str = DEFAULT_URL, *, pool_size: int = 10, echo: bool = F
 
         @event.listens_for(engine.sync_engine, "begin")
         def _sqlite_begin(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            if conn.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     return create_async_engine(
@@ -48,7 +49,9 @@ def create_engine(url: str = DEFAULT_URL, *, pool_size: int = 10, echo: bool = F
         echo=echo,
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
+        # No pre-ping: it costs a round-trip per checkout on the hot path. A dropped connection
+        # fails its one request (UNAVAILABLE), is invalidated, and the pool reconnects.
+        pool_pre_ping=False,
         pool_recycle=1800,
         connect_args={"server_settings": {"jit": "off", "application_name": "wapi-guard"}},
     )

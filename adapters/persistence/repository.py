@@ -165,7 +165,6 @@ def _instance(row: Row[Any] | Any) -> InstanceRecord:
         last_event_at=m["last_event_at"],
         state_changed_at=m["state_changed_at"],
         version=m["version"],
-        consecutive_stuck=m["consecutive_stuck"],
         consecutive_gateway_failures=m["consecutive_gateway_failures"],
     )
 
@@ -194,6 +193,9 @@ class Repository:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._dialect = engine.dialect.name
+        # Single statements need no BEGIN/COMMIT round-trips: reads and one-statement writes
+        # (each atomic on its own) run in autocommit; multi-statement units use transaction().
+        self._auto = engine.execution_options(isolation_level="AUTOCOMMIT")
 
     def _insert(self, table: Any) -> Any:
         module = postgresql if self._dialect == "postgresql" else sqlite
@@ -254,7 +256,7 @@ class Repository:
 
     async def get_instance(self, instance_id: str) -> tuple[InstanceRecord, str] | None:
         """The instance and its token (for the provider call only: never returned to callers)."""
-        async with self.engine.connect() as conn:
+        async with self._auto.connect() as conn:
             row = (
                 await conn.execute(select(*_INSTANCE_COLUMNS, instances.c.token).where(instances.c.id == instance_id))
             ).first()
@@ -329,8 +331,6 @@ class Repository:
             values.update(state=decision.to_state.value, reason=decision.reason, phone_number=decision.phone)
             if decision.to_state is InstanceState.CONNECTED:
                 values.update(consecutive_gateway_failures=0)
-            if trigger == "report_delivery_resumed" or decision.to_state is not InstanceState.DEGRADED:
-                values.update(consecutive_stuck=0)
         if decision.changed:
             values["state_changed_at"] = now
         result = await conn.execute(
@@ -363,7 +363,6 @@ class Repository:
             consecutive_gateway_failures=values.get(
                 "consecutive_gateway_failures", record.consecutive_gateway_failures
             ),
-            consecutive_stuck=values.get("consecutive_stuck", record.consecutive_stuck),
         )
         return InstanceChange(updated, decision, source, now)
 
@@ -436,7 +435,7 @@ class Repository:
             .values(**_message_values(msg))
             .on_conflict_do_nothing(index_elements=["instance_id", "idempotency_key"])
         )
-        async with self.transaction() as conn:
+        async with self._auto.connect() as conn:
             result = await conn.execute(stmt)
             if result.rowcount == 1:
                 return msg, True
@@ -451,7 +450,7 @@ class Repository:
             return _message(row), False
 
     async def get_message(self, message_id: str) -> MessageRecord | None:
-        async with self.engine.connect() as conn:
+        async with self._auto.connect() as conn:
             row = (await conn.execute(select(messages).where(messages.c.id == message_id))).first()
         return _message(row) if row else None
 
@@ -468,6 +467,84 @@ class Repository:
         if result.rowcount != 1:
             raise ConcurrentUpdateError(before.id)
         after.version = before.version + 1
+
+    async def record_sent(self, msg: MessageRecord, provider_message_id: str, *, source: str) -> MessageRecord | None:
+        """PENDING → SENT in one conditional UPDATE, from the row this process just inserted.
+
+        None when the row moved meanwhile (a reconciler, another replica): then the caller takes
+        the locked path. A status that beat this commit is applied right after (parked events).
+        """
+        now = utcnow()
+        change = StateChange(MessageState.PENDING, MessageState.SENT, Reason.PROVIDER_ACCEPTED, source, now)
+        after = replace(
+            msg,
+            history=[*msg.history, change],
+            state=MessageState.SENT,
+            provider_message_id=provider_message_id,
+            sent_at=now,
+            updated_at=now,
+            version=msg.version + 1,
+        )
+        async with self._auto.connect() as conn:
+            result = await conn.execute(
+                update(messages)
+                .where(
+                    messages.c.id == msg.id,
+                    messages.c.version == msg.version,
+                    messages.c.state == MessageState.PENDING.value,
+                )
+                .values(
+                    state=after.state.value,
+                    provider_message_id=provider_message_id,
+                    sent_at=now,
+                    updated_at=now,
+                    history=_history_to_json(after.history),
+                    version=after.version,
+                )
+            )
+            if result.rowcount != 1:
+                return None
+            parked = (
+                await conn.execute(
+                    select(events.c.id)
+                    .where(events.c.provider_message_id == provider_message_id, events.c.parked.is_(True))
+                    .limit(1)
+                )
+            ).first()
+        if parked is not None:
+            await self.apply_parked(provider_message_id)
+            return await self.get_message(msg.id)
+        return after
+
+    async def apply_parked(self, provider_message_id: str | None = None) -> int:
+        """Applies parked statuses whose message now exists (all of them when no id is given).
+
+        Closes the race where a status is parked while the SENT update commits: the send path
+        calls it for its own id, the sweeper for any left over.
+        """
+        query = (
+            select(messages.c.id)
+            .join(events, events.c.provider_message_id == messages.c.provider_message_id)
+            .where(events.c.parked.is_(True), messages.c.state != MessageState.PENDING.value)
+            .distinct()
+            .limit(200)
+        )
+        if provider_message_id is not None:
+            query = query.where(messages.c.provider_message_id == provider_message_id)
+        async with self._auto.connect() as conn:
+            ids = [r.id for r in await conn.execute(query)]
+        applied = 0
+        for message_id in ids:
+            async with self.transaction() as conn:
+                msg = await self._locked_message(conn, message_id)
+                if msg is None:
+                    continue
+                before = replace(msg, history=list(msg.history))
+                changes = await self._apply_parked(conn, msg)
+                if changes:
+                    await self._save_message(conn, before, msg)
+                    applied += len(changes)
+        return applied
 
     async def record_send_outcome(
         self,
@@ -508,8 +585,6 @@ class Repository:
             if msg.state is MessageState.SENT:
                 changes += await self._apply_parked(conn, msg)
             await self._save_message(conn, before, msg)
-            if msg.state in DELIVERED_OR_LATER:
-                await self._delivery_seen(conn, msg.instance_id)
             return msg, changes
 
     async def _apply_parked(self, conn: AsyncConnection, msg: MessageRecord) -> list[MessageChange]:
@@ -696,12 +771,13 @@ class Repository:
             return False
         row = (
             await conn.execute(
-                select(messages)
+                select(messages, instances.c.reason.label("instance_reason"))
+                .join(instances, instances.c.id == messages.c.instance_id)
                 .where(
                     messages.c.provider_message_id == event.provider_message_id,
                     messages.c.instance_id == event.instance_id,
                 )
-                .with_for_update()
+                .with_for_update(of=messages)
             )
         ).first()
         if row is None:
@@ -713,28 +789,14 @@ class Repository:
         await self._save_message(conn, before, msg)
         result.message_changes.append(MessageChange(msg.id, change, msg.trace_id, msg.span_id, msg.sent_at))
         result.reason = EventReason.APPLIED if change.applied else EventReason.STALE_STATUS
-        if change.applied and msg.state in DELIVERED_OR_LATER:
-            resumed = await self._delivery_seen(conn, msg.instance_id)
-            if resumed is not None:
+        if change.applied and msg.state in DELIVERED_OR_LATER and row.instance_reason == Reason.DELIVERY_STALLED:
+            # The session delivers again: lift the stall (the run of stuck messages is broken).
+            resumed = await self._apply_instance_trigger(
+                conn, msg.instance_id, "report_delivery_resumed", "webhook", None, None, None
+            )
+            if resumed is not None and resumed.decision.changed:
                 result.instance_changes.append(resumed)
         return False
-
-    async def _delivery_seen(self, conn: AsyncConnection, instance_id: str) -> InstanceChange | None:
-        """A delivery breaks a run of stuck messages, and lifts a DELIVERY_STALLED block."""
-        row = (
-            await conn.execute(
-                update(instances)
-                .where(instances.c.id == instance_id, instances.c.consecutive_stuck > 0)
-                .values(consecutive_stuck=0)
-                .returning(instances.c.state, instances.c.reason)
-            )
-        ).first()
-        if row is None or row.reason != Reason.DELIVERY_STALLED.value:
-            return None
-        change = await self._apply_instance_trigger(
-            conn, instance_id, "report_delivery_resumed", "webhook", None, None, None
-        )
-        return change if change is not None and change.decision.changed else None
 
     # --- stuck messages ----------------------------------------------------------------------
 
@@ -795,18 +857,29 @@ class Repository:
                 out.append(msg)
         return out
 
-    async def add_stuck(self, instance_id: str, count: int, threshold: int) -> InstanceChange | None:
-        """Counts newly stuck messages; at `threshold` in a row a CONNECTED instance is stalled."""
+    async def stall_if_stuck_run(self, instance_id: str, threshold: int) -> InstanceChange | None:
+        """Stalls a CONNECTED instance whose last `threshold` sends are all stuck in SENT.
+
+        The run is derived from the data, not counted on the hot path: stuck messages sent after
+        the instance's latest delivery (DELIVERED/READ/PLAYED). A delivery between them breaks it.
+        """
+        delivered = MessageState.DELIVERED.value, MessageState.READ.value, MessageState.PLAYED.value
         async with self.transaction() as conn:
-            row = (
+            last_delivery = (
                 await conn.execute(
-                    update(instances)
-                    .where(instances.c.id == instance_id)
-                    .values(consecutive_stuck=instances.c.consecutive_stuck + count)
-                    .returning(instances.c.consecutive_stuck, instances.c.state)
+                    select(func.max(messages.c.updated_at)).where(
+                        messages.c.instance_id == instance_id, messages.c.state.in_(delivered)
+                    )
                 )
-            ).first()
-            if row is None or row.consecutive_stuck < threshold or row.state != InstanceState.CONNECTED.value:
+            ).scalar()
+            run = select(func.count()).where(
+                messages.c.instance_id == instance_id,
+                messages.c.state == MessageState.SENT.value,
+                messages.c.stuck_at.is_not(None),
+            )
+            if last_delivery is not None:
+                run = run.where(messages.c.sent_at > last_delivery)
+            if int((await conn.execute(run)).scalar_one()) < threshold:
                 return None
             change = await self._apply_instance_trigger(
                 conn, instance_id, "report_delivery_stalled", "sweeper", None, None, None

@@ -70,7 +70,6 @@ instances = Table(
     Column("checked_at", UTCDateTime()),
     Column("last_event_at", UTCDateTime()),
     Column("state_changed_at", UTCDateTime()),
-    Column("consecutive_stuck", Integer, nullable=False, server_default="0"),
     Column("consecutive_gateway_failures", Integer, nullable=False, server_default="0"),
     Column("version", Integer, nullable=False, server_default="1"),
     Column("created_at", UTCDateTime(), nullable=False),

@@ -1,0 +1,1 @@
+"""Benchmark: every hot path against a no-op gRPC baseline measured in the same run."""
