@@ -43,11 +43,11 @@ async def receive(request: web.Request) -> web.Response:
             {"error": f"unsupported content type {ctype}", "reason": "UNSUPPORTED_MEDIA_TYPE"}, status=415
         )
     try:
-        body = await request.content.read(MAX_BODY + 1)
+        body = await request.read()  # the whole body, however it was chunked; capped by client_max_size
+    except web.HTTPRequestEntityTooLarge:
+        return web.json_response({"error": "payload too large", "reason": "PAYLOAD_TOO_LARGE"}, status=413)
     except Exception:
         return web.json_response({"error": "could not read body"}, status=400)
-    if len(body) > MAX_BODY:
-        return web.json_response({"error": "payload too large", "reason": "PAYLOAD_TOO_LARGE"}, status=413)
     headers = {k: v for k, v in request.headers.items()}
     try:
         result = await request.app[GATEWAY_KEY].ingest(body, headers)
@@ -97,7 +97,8 @@ def build_app(settings: Settings, gateway: Gateway) -> web.Application:
 
 
 async def start_bridge(settings: Settings, gateway: Gateway) -> tuple[web.AppRunner, int]:
-    runner = web.AppRunner(build_app(settings, gateway), access_log=None)
+    # Bounded by the same grace as gRPC: a stuck webhook post cannot hold a shutdown for 60 s.
+    runner = web.AppRunner(build_app(settings, gateway), access_log=None, shutdown_timeout=settings.shutdown_grace)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.http_port or 0)
     await site.start()

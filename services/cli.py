@@ -36,6 +36,7 @@ SERVE_FLAGS: dict[str, tuple[str, type[Any]]] = {
     "--stall-threshold": ("stall_threshold", int),
     "--sweep-interval": ("sweep_interval", float),
     "--shutdown-grace": ("shutdown_grace", float),
+    "--db-pool-size": ("db_pool_size", int),
     "--log-level": ("log_level", str),
     "--log-format": ("log_format", str),
 }

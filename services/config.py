@@ -45,7 +45,12 @@ class Settings(BaseSettings):
         3, ge=1, description="Stuck messages in a row (no delivery between) that stall an instance."
     )
     sweep_interval: float = Field(15.0, ge=0, description="Seconds between stuck-message sweeps (0 disables).")
-    shutdown_grace: float = Field(10.0, ge=0, description="Seconds in-flight RPCs get on SIGTERM.")
+    shutdown_grace: float = Field(
+        20.0, ge=0, description="Seconds in-flight RPCs get on SIGTERM (longer than --send-timeout)."
+    )
+    db_pool_size: int = Field(
+        10, ge=1, le=200, description="PostgreSQL connections per process (plus as many overflow). SQLite uses one."
+    )
     log_level: str = Field("INFO", description="Python log level.")
     log_format: str = Field("json", pattern="^(json|text)$", description="json (one object per line) or text.")
     migrate_on_start: bool = Field(True, description="Apply migrations at serve start.")

@@ -31,6 +31,7 @@ from adapters.persistence.repository import (
 )
 from adapters.wapi.webhooks import parse_webhook
 from services.content import content_to_dict, outbound_from_stored, request_hash
+from services.logs import register_secret
 from services.telemetry import Telemetry, current_trace_ids
 from statemachine.domain import (
     Credentials,
@@ -185,6 +186,7 @@ class Gateway:
         if found is None:
             self._cache.pop(instance_id, None)
             return None
+        register_secret(found[1])
         cached = _Cached(found[0], found[1], now + self.config.health_cache_ttl)
         self._cache[instance_id] = cached
         return cached
@@ -233,6 +235,7 @@ class Gateway:
             violations.append(Violation("token", "longer than 512 characters"))
         if violations:
             raise InvalidRequest(violations)
+        register_secret(token)
         try:
             record, _created = await self.repo.upsert_instance(instance_id, name, token or None, plan)
         except ValueError:
@@ -248,6 +251,7 @@ class Gateway:
         if found is None:
             raise InstanceNotFound(instance_id)
         _record, token = found
+        register_secret(token)
         async with self._probe_gate:
             outcome = await self.provider.probe(Credentials(instance_id, token), timeout=self.config.probe_timeout)
         change = await self.repo.apply_instance_trigger(
@@ -710,6 +714,10 @@ class Gateway:
             "wapi.webhook", attributes={"wapi.route": event.route.value, "wapi.instance_id": event.instance_id or ""}
         ) as span:
             result = await self.repo.ingest(event, payload, clean, received_at)
+            if result.reason == EventReason.UNKNOWN_MESSAGE and event.provider_message_id and not result.duplicate:
+                # Parked: its message may have turned SENT while we looked. Re-check after our commit;
+                # the sender checks after its own, so one of the two always applies it.
+                await self.repo.apply_parked(event.provider_message_id)
             span.set_attribute("wapi.duplicate", result.duplicate)
             span.set_attribute("wapi.event_reason", str(result.reason))
             for change in result.instance_changes:

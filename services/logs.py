@@ -63,5 +63,6 @@ def setup_logging(level: str = "INFO", fmt: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("httpx", "httpcore", "aiohttp.access", "alembic", "transitions"):
+    # aiosqlite and sqlalchemy.engine log SQL parameters at DEBUG (an instance token is one of them).
+    for noisy in ("httpx", "httpcore", "aiohttp.access", "alembic", "transitions", "aiosqlite", "sqlalchemy.engine"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

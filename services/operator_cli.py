@@ -1,15 +1,1062 @@
-"""Operator commands (`instances`, `messages`, `send`, `status`) talking to a running server. To be written."""
+"""Operator commands (`instances`, `messages`, `send`, `status`) talking to a running server over gRPC,
+and the operator vocabulary (state labels, colours, masked numbers, relative times) that the status
+page shares, so the screen and the terminal say the same thing in the same words (pt-BR by default).
+
+This module stays light on imports (no database, no aiohttp): it is what `wapi-guard <command>` loads.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+import os
+import sys
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO, TypeVar
 
-OPERATOR_COMMANDS: frozenset[str] = frozenset()
+from statemachine.domain import Reason, reason_text
+
+T = TypeVar("T")
+
+# --- vocabulary (shared with services/status_page.py) ------------------------------------------
+
+LANGS = ("pt-BR", "en")
+DEFAULT_LANG = "pt-BR"
+
+
+def normalize_lang(value: str | None) -> str | None:
+    """'en', 'en-US', 'EN_gb' → 'en'; 'pt', 'pt-BR', 'pt_PT' → 'pt-BR'; anything else → None."""
+    if not value:
+        return None
+    primary = value.strip().replace("_", "-").split("-", 1)[0].lower()
+    if primary == "en":
+        return "en"
+    if primary == "pt":
+        return "pt-BR"
+    return None
+
+
+def resolve_lang(query: str | None, accept_language: str | None = None) -> str:
+    """`?lang=` wins; else the most preferred supported language of Accept-Language; else pt-BR."""
+    chosen = normalize_lang(query)
+    if chosen:
+        return chosen
+    ranked: list[tuple[float, int, str]] = []
+    for position, item in enumerate((accept_language or "").split(",")[:20]):
+        tag, _, params = item.strip().partition(";")
+        weight = 1.0
+        params = params.strip()
+        if params.startswith("q="):
+            try:
+                weight = float(params[2:])
+            except ValueError:
+                weight = 0.0
+        lang = normalize_lang(tag)
+        if lang and weight > 0:
+            ranked.append((-weight, position, lang))
+    return sorted(ranked)[0][2] if ranked else DEFAULT_LANG
+
+
+@dataclass(frozen=True, slots=True)
+class StateView:
+    """How an instance state reads to an operator: a label and a colour (tone)."""
+
+    key: str  # online, incomplete, degraded, stalled, disconnected, unknown
+    label: str
+    tone: str  # green, orange, yellow, red, grey, slate
+
+
+_STATE_LABELS: dict[str, dict[str, str]] = {
+    "pt-BR": {
+        "online": "Online",
+        "incomplete": "Sessão incompleta",
+        "degraded": "Degradada (timeout/gateway)",
+        "degraded_any": "Degradada",
+        "stalled": "Entrega parada",
+        "disconnected": "Desconectada",
+        "unknown": "Desconhecida",
+    },
+    "en": {
+        "online": "Online",
+        "incomplete": "Session incomplete",
+        "degraded": "Degraded (timeout/gateway)",
+        "degraded_any": "Degraded",
+        "stalled": "Delivery stalled",
+        "disconnected": "Disconnected",
+        "unknown": "Unknown",
+    },
+}
+_TONES = {
+    "online": "green",
+    "incomplete": "orange",
+    "degraded": "yellow",
+    "degraded_any": "yellow",
+    "stalled": "red",
+    "disconnected": "grey",
+    "unknown": "slate",
+}
+
+
+def _lang(lang: str) -> str:
+    return normalize_lang(lang) or DEFAULT_LANG
+
+
+def state_view(state: str, reason: str | None, lang: str = DEFAULT_LANG) -> StateView:
+    """`reason=None` means "not known" (e.g. the *from* side of an old change): a generic label."""
+    state = state.removeprefix("INSTANCE_STATE_")
+    if state == "CONNECTED":
+        key = "online"
+    elif state == "SESSION_INCOMPLETE":
+        key = "incomplete"
+    elif state == "DEGRADED":
+        key = "stalled" if reason == Reason.DELIVERY_STALLED else "degraded" if reason is not None else "degraded_any"
+    elif state == "DISCONNECTED":
+        key = "disconnected"
+    else:
+        key = "unknown"
+    return StateView(key, _STATE_LABELS[_lang(lang)][key], _TONES[key])
+
+
+_MESSAGE_LABELS: dict[str, dict[str, str]] = {
+    "pt-BR": {
+        "PENDING": "Pendente",
+        "SENT": "Enviada",
+        "STUCK": "Parada (sem entrega)",
+        "DELIVERED": "Entregue",
+        "READ": "Lida",
+        "PLAYED": "Reproduzida",
+        "FAILED": "Falhou",
+    },
+    "en": {
+        "PENDING": "Pending",
+        "SENT": "Sent",
+        "STUCK": "Stuck (not delivered)",
+        "DELIVERED": "Delivered",
+        "READ": "Read",
+        "PLAYED": "Played",
+        "FAILED": "Failed",
+    },
+}
+MESSAGE_TONES = {
+    "PENDING": "slate",
+    "SENT": "slate",
+    "STUCK": "red",
+    "DELIVERED": "green",
+    "READ": "green",
+    "PLAYED": "green",
+    "FAILED": "red",
+}
+
+
+def message_label(state: str, stuck: bool, lang: str = DEFAULT_LANG) -> str:
+    state = state.removeprefix("MESSAGE_STATE_")
+    key = "STUCK" if stuck and state == "SENT" else state
+    return _MESSAGE_LABELS[_lang(lang)].get(key, state)
+
+
+_SOURCE_LABELS: dict[str, dict[str, str]] = {
+    "pt-BR": {
+        "webhook": "webhook",
+        "probe": "verificação",
+        "registration": "registro",
+        "send": "envio",
+        "sweeper": "varredura",
+        "retry": "reenvio",
+        "preflight": "pré-verificação",
+        "reconciler": "reconciliação",
+    },
+    "en": {
+        "webhook": "webhook",
+        "probe": "probe",
+        "registration": "registration",
+        "send": "send",
+        "sweeper": "sweeper",
+        "retry": "retry",
+        "preflight": "preflight",
+        "reconciler": "reconciler",
+    },
+}
+
+
+def source_label(source: str, lang: str = DEFAULT_LANG) -> str:
+    return _SOURCE_LABELS[_lang(lang)].get(source, source)
+
+
+# Reasons statemachine.domain has no operator text for (it returns the code itself).
+_EXTRA_REASONS: dict[str, dict[str, str]] = {
+    "pt-BR": {
+        Reason.REGISTERED: "Registrada; aguardando a primeira verificação.",
+        "STUCK": "Aceita pela W-API, sem confirmação de entrega.",
+    },
+    "en": {
+        Reason.REGISTERED: "Registered; waiting for the first check.",
+        "STUCK": "Accepted by W-API, no delivery receipt.",
+    },
+}
+
+
+def reason_label(reason: str, lang: str = DEFAULT_LANG) -> str:
+    """The operator's text for a machine reason; the code itself when there is none."""
+    if not reason:
+        return ""
+    lang = _lang(lang)
+    text = reason_text(reason, lang)
+    if text == reason:
+        text = _EXTRA_REASONS[lang].get(reason, reason)
+    return text
+
+
+MASK = "•"
+
+
+def mask_recipient(value: str) -> str:
+    """5515981121710 → 5515•••••1710; 120363025246125486@g.us → 1203••••••••••5486@g.us."""
+    if not value:
+        return "—"
+    local, at, domain = value.partition("@")
+    n = len(local)
+    keep = 4 if n >= 10 else 2 if n >= 6 else 0
+    masked = local[:keep] + MASK * (n - 2 * keep) + (local[n - keep :] if keep else "")
+    return masked + at + domain
+
+
+_UNITS: dict[str, dict[str, str]] = {
+    "pt-BR": {"now": "agora", "ago": "há {d}", "s": "{n} s", "min": "{n} min", "h": "{n} h", "d": "{n} d"},
+    "en": {"now": "just now", "ago": "{d} ago", "s": "{n} s", "min": "{n} min", "h": "{n} h", "d": "{n} d"},
+}
+
+
+def time_units(lang: str) -> dict[str, str]:
+    """The templates both `duration()` here and the page's JavaScript use."""
+    return dict(_UNITS[_lang(lang)])
+
+
+def duration(seconds: float, lang: str = DEFAULT_LANG) -> str:
+    units = _UNITS[_lang(lang)]
+    s = max(0, int(seconds))
+    if s < 60:
+        return units["s"].format(n=s)
+    if s < 3600:
+        return units["min"].format(n=s // 60)
+    if s < 86400:
+        return units["h"].format(n=s // 3600)
+    return units["d"].format(n=s // 86400)
+
+
+def ago(at: datetime | None, now: datetime, lang: str = DEFAULT_LANG) -> str:
+    if at is None:
+        return "—"
+    seconds = (now - at).total_seconds()
+    units = _UNITS[_lang(lang)]
+    if seconds < 1:
+        return units["now"]
+    return units["ago"].format(d=duration(seconds, lang))
+
+
+def iso(at: datetime | None) -> str | None:
+    if at is None:
+        return None
+    return at.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+# --- CLI texts ---------------------------------------------------------------------------------
+
+_TEXTS: dict[str, dict[str, str]] = {
+    "pt-BR": {
+        "id": "ID",
+        "name": "NOME",
+        "state": "ESTADO",
+        "phone": "TELEFONE",
+        "reason": "MOTIVO",
+        "stuck": "PARADAS",
+        "checked": "VERIFICADA",
+        "instance": "INSTÂNCIA",
+        "to": "DESTINO",
+        "age": "IDADE",
+        "attempts": "TENTATIVAS",
+        "no_instances": "Nenhuma instância registrada.",
+        "no_messages": "Nenhuma mensagem.",
+        "probing": "Verificando instâncias",
+        "probe_failed": "verificação de {id} falhou: {code}",
+        "sent_ok": "Mensagem aceita pela W-API — estado: {label} ({state})",
+        "sent_note": "Ainda sem confirmação de entrega; acompanhe com: wapi-guard messages --instance {instance}",
+        "delivered_ok": "Mensagem {label} ({state})",
+        "blocked": "Envio bloqueado: {reason}",
+        "failed": "Envio falhou: {reason}",
+        "stored_failed": "A mensagem foi registrada como FAILED (id {id}).",
+        "message_id": "id da mensagem",
+        "provider_id": "id no provedor",
+        "key": "chave",
+        "retry_hint": "Para tentar de novo sem risco de duplicar, use a mesma chave: --key {key}",
+        "unknown_outcome": (
+            "Sem resposta do servidor em {timeout:g} s: não se sabe se a mensagem foi enviada. "
+            "Repita com --key {key} (sem risco de duplicar) ou consulte wapi-guard messages."
+        ),
+        "err_unavailable": "servidor indisponível em {server} ({code})",
+        "err_timeout": "o servidor não respondeu em {timeout:g} s ({server})",
+        "err_auth": "não autenticado: token ausente ou inválido (use --token ou WAPIGUARD_TOKEN)",
+        "err_denied": "permissão negada: este token não pode acessar {what}",
+        "err_not_found": "não encontrado: {what}",
+        "err_no_instance": "instância {id} não está registrada no wapi-guard",
+        "err_no_message": "mensagem {id} não encontrada",
+        "err_invalid": "pedido inválido: {what}",
+        "err_tls": "não foi possível ler {path}: {error}",
+        "hint_scope": "dica: um token restrito a várias instâncias precisa de --instance",
+        "f_instance": "Instância",
+        "f_name": "Nome",
+        "f_state": "Estado",
+        "f_can_send": "Pode enviar",
+        "f_reason": "Motivo",
+        "f_phone": "Telefone",
+        "f_plan": "Plano",
+        "f_stuck": "Mensagens paradas",
+        "f_changed": "Estado desde",
+        "f_checked": "Verificada",
+        "f_last_event": "Último evento",
+        "yes": "sim",
+        "no": "não",
+    },
+    "en": {
+        "id": "ID",
+        "name": "NAME",
+        "state": "STATE",
+        "phone": "PHONE",
+        "reason": "REASON",
+        "stuck": "STUCK",
+        "checked": "CHECKED",
+        "instance": "INSTANCE",
+        "to": "TO",
+        "age": "AGE",
+        "attempts": "ATTEMPTS",
+        "no_instances": "No instances registered.",
+        "no_messages": "No messages.",
+        "probing": "Probing instances",
+        "probe_failed": "probe of {id} failed: {code}",
+        "sent_ok": "Message accepted by W-API — state: {label} ({state})",
+        "sent_note": "No delivery receipt yet; follow it with: wapi-guard messages --instance {instance}",
+        "delivered_ok": "Message {label} ({state})",
+        "blocked": "Send blocked: {reason}",
+        "failed": "Send failed: {reason}",
+        "stored_failed": "The message was stored as FAILED (id {id}).",
+        "message_id": "message id",
+        "provider_id": "provider id",
+        "key": "key",
+        "retry_hint": "To try again without risking a duplicate, reuse the key: --key {key}",
+        "unknown_outcome": (
+            "No answer from the server within {timeout:g} s: whether the message was sent is unknown. "
+            "Repeat with --key {key} (no duplicate) or check wapi-guard messages."
+        ),
+        "err_unavailable": "server unavailable at {server} ({code})",
+        "err_timeout": "the server did not answer within {timeout:g} s ({server})",
+        "err_auth": "unauthenticated: missing or invalid token (use --token or WAPIGUARD_TOKEN)",
+        "err_denied": "permission denied: this token may not access {what}",
+        "err_not_found": "not found: {what}",
+        "err_no_instance": "instance {id} is not registered in wapi-guard",
+        "err_no_message": "message {id} not found",
+        "err_invalid": "invalid request: {what}",
+        "err_tls": "cannot read {path}: {error}",
+        "hint_scope": "hint: a token scoped to several instances needs --instance",
+        "f_instance": "Instance",
+        "f_name": "Name",
+        "f_state": "State",
+        "f_can_send": "Can send",
+        "f_reason": "Reason",
+        "f_phone": "Phone",
+        "f_plan": "Plan",
+        "f_stuck": "Stuck messages",
+        "f_changed": "State since",
+        "f_checked": "Checked",
+        "f_last_event": "Last event",
+        "yes": "yes",
+        "no": "no",
+    },
+}
+
+
+def _t(lang: str, name: str, **values: Any) -> str:
+    text = _TEXTS[_lang(lang)][name]
+    return text.format(**values) if values else text
+
+
+# --- command line ------------------------------------------------------------------------------
+
+OPERATOR_COMMANDS: frozenset[str] = frozenset({"instances", "messages", "send", "status"})
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 3
+EXIT_NOT_FOUND = 4
+EXIT_AUTH = 5
+
+EXIT_CODES_HELP = """\
+exit codes:
+  0  ok
+  1  send refused, blocked or failed (the message is stored as FAILED; the reason is printed)
+  2  usage error (bad arguments, or rejected by the server as invalid)
+  3  server unreachable or unavailable, or no answer within --timeout
+  4  instance or message not found
+  5  unauthenticated or permission denied (check --token / WAPIGUARD_TOKEN)
+
+environment: WAPIGUARD_SERVER, WAPIGUARD_TOKEN (prefer it to --token: argv is visible to other
+users), WAPIGUARD_LANG. --json prints machine-readable output on stdout, errors included."""
+
+DEFAULT_SERVER = "127.0.0.1:50051"
+DEFAULT_TIMEOUT = 20.0
+DEFAULT_CONCURRENCY = 8
+MAX_PAGE = 500
+
+
+def _common() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_argument_group("connection and output")
+    group.add_argument(
+        "--server", default=None, help=f"gRPC address host:port [env WAPIGUARD_SERVER; default {DEFAULT_SERVER}]"
+    )
+    group.add_argument(
+        "--token", default=None, help="API token, sent as 'authorization: Bearer' [env WAPIGUARD_TOKEN]"
+    )
+    group.add_argument(
+        "--lang", default=None, choices=LANGS, help="language of labels and reasons [env WAPIGUARD_LANG; default pt-BR]"
+    )
+    group.add_argument("--json", action="store_true", help="print JSON (for scripts)")
+    group.add_argument(
+        "--timeout", type=float, default=DEFAULT_TIMEOUT, help=f"seconds per call [default {DEFAULT_TIMEOUT:g}]"
+    )
+    group.add_argument("--tls", action="store_true", help="connect with TLS (system CA roots unless --ca-file)")
+    group.add_argument("--ca-file", default=None, help="PEM CA bundle that signed the server certificate (TLS)")
+    group.add_argument("--cert-file", default=None, help="PEM client certificate chain (mTLS)")
+    group.add_argument("--key-file", default=None, help="PEM client private key (mTLS)")
+    return common
 
 
 def add_operator_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Registers the operator subcommands on the `wapi-guard` parser."""
+    common = _common()
+    kwargs: dict[str, Any] = {
+        "parents": [common],
+        "epilog": EXIT_CODES_HELP,
+        "formatter_class": argparse.RawDescriptionHelpFormatter,
+    }
+    instances = sub.add_parser(
+        "instances",
+        help="list instances and their real health (operator)",
+        description="Instances with their state as an operator should read it (Online, Sessão incompleta, …).",
+        **kwargs,
+    )
+    instances.add_argument(
+        "--refresh", action="store_true", help="probe every instance now (progress on stderr) before listing"
+    )
+    instances.add_argument(
+        "--concurrency",
+        type=int,
+        default=DEFAULT_CONCURRENCY,
+        help=f"probes in flight with --refresh [default {DEFAULT_CONCURRENCY}]",
+    )
+
+    messages = sub.add_parser(
+        "messages",
+        help="list messages: stuck, failed, per instance (operator)",
+        description="Newest first. Recipients are masked in the table (full numbers only with --json).",
+        **kwargs,
+    )
+    messages.add_argument("--stuck", action="store_true", help="only messages stuck in SENT (no delivery receipt)")
+    messages.add_argument("--failed", action="store_true", help="only FAILED messages (with --stuck: both)")
+    messages.add_argument("--instance", default="", help="only this instance")
+    messages.add_argument("--limit", type=int, default=20, help="at most N messages [default 20]")
+
+    send = sub.add_parser(
+        "send",
+        help="send a text message and print the real outcome (operator)",
+        description=(
+            "Sends one text. Prints the outcome (state, provider id) or why it was blocked. "
+            "Without --key a key is generated and printed: repeating with it never sends twice."
+        ),
+        **kwargs,
+    )
+    send.add_argument("--instance", required=True, help="instance id")
+    send.add_argument("--to", required=True, help="phone with country code (e.g. 5515981121710) or a chat id")
+    send.add_argument("--text", required=True, help="message text")
+    send.add_argument("--key", default="", help="idempotency key (same key → same message, no second send)")
+
+    status = sub.add_parser(
+        "status", help="one instance's health in detail (operator)", description="One instance in detail.", **kwargs
+    )
+    status.add_argument("instance_id", metavar="INSTANCE", help="instance id")
+    status.add_argument("--refresh", action="store_true", help="probe the instance now")
+
+
+# --- gRPC plumbing -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A gRPC error as the operator needs it: code, machine reason, localized text, metadata."""
+
+    code: str
+    reason: str
+    message: str
+    details: str
+    metadata: dict[str, str]
+    violations: dict[str, str]
+
+    @property
+    def from_server(self) -> bool:
+        """True when the server decided it (a google.rpc ErrorInfo came back), not the transport."""
+        return bool(self.reason)
+
+
+def decode_error(error: Any) -> Failure:
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    reason, localized, metadata, violations = "", "", {}, {}
+    try:
+        status = rpc_status.from_call(error)
+    except Exception:  # a malformed trailer must not hide the code
+        status = None
+    for detail in status.details if status else []:
+        info = error_details_pb2.ErrorInfo()
+        text = error_details_pb2.LocalizedMessage()
+        bad = error_details_pb2.BadRequest()
+        if detail.Is(info.DESCRIPTOR):
+            detail.Unpack(info)
+            reason, metadata = info.reason, dict(info.metadata)
+        elif detail.Is(text.DESCRIPTOR):
+            detail.Unpack(text)
+            localized = text.message
+        elif detail.Is(bad.DESCRIPTOR):
+            detail.Unpack(bad)
+            violations = {v.field: v.description for v in bad.field_violations}
+    return Failure(error.code().name, reason, localized, error.details() or "", metadata, violations)
+
+
+SEND_FAILURE_CODES = frozenset({"FAILED_PRECONDITION", "UNAVAILABLE", "DEADLINE_EXCEEDED", "ALREADY_EXISTS"})
+
+
+def exit_code(failure: Failure, *, send: bool = False) -> int:
+    if send and failure.from_server and failure.code in SEND_FAILURE_CODES and failure.reason != "STORAGE_UNAVAILABLE":
+        return EXIT_FAILED
+    if failure.code == "NOT_FOUND":
+        return EXIT_NOT_FOUND
+    if failure.code in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
+        return EXIT_AUTH
+    if failure.code in ("INVALID_ARGUMENT", "OUT_OF_RANGE"):
+        return EXIT_USAGE
+    if failure.code == "FAILED_PRECONDITION":
+        return EXIT_FAILED
+    return EXIT_UNAVAILABLE
+
+
+class UsageError(Exception):
+    pass
+
+
+class Context:
+    """Connection, output and language of one command run."""
+
+    def __init__(self, args: argparse.Namespace, out: TextIO, err: TextIO) -> None:
+        self.args = args
+        self.out = out
+        self.err = err
+        self.server: str = args.server or os.environ.get("WAPIGUARD_SERVER") or DEFAULT_SERVER
+        self.lang: str = args.lang or normalize_lang(os.environ.get("WAPIGUARD_LANG")) or DEFAULT_LANG
+        self.json: bool = bool(args.json)
+        self.timeout: float = args.timeout
+        if not self.timeout or self.timeout <= 0:
+            raise UsageError("--timeout must be > 0")
+        token = args.token if args.token is not None else os.environ.get("WAPIGUARD_TOKEN", "")
+        self.metadata: tuple[tuple[str, str], ...] = (("accept-language", self.lang),)
+        if token.strip():
+            self.metadata += (("authorization", f"Bearer {token.strip()}"),)
+        self.color = not self.json and out.isatty() and not os.environ.get("NO_COLOR")
+        self.now = datetime.now(UTC)
+        self._channel: Any = None
+
+    def t(self, name: str, **values: Any) -> str:
+        return _t(self.lang, name, **values)
+
+    def credentials(self) -> Any:
+        import grpc
+
+        args = self.args
+        if not (args.tls or args.ca_file or args.cert_file or args.key_file):
+            return None
+        if bool(args.cert_file) != bool(args.key_file):
+            raise UsageError("--cert-file and --key-file go together")
+
+        def read(path: str | None) -> bytes | None:
+            if not path:
+                return None
+            try:
+                return Path(path).read_bytes()
+            except OSError as error:
+                raise UsageError(self.t("err_tls", path=path, error=error.strerror or error)) from None
+
+        return grpc.ssl_channel_credentials(read(args.ca_file), read(args.key_file), read(args.cert_file))
+
+    def channel(self) -> Any:
+        import grpc
+
+        if self._channel is None:
+            credentials = self.credentials()
+            if credentials is None:
+                self._channel = grpc.aio.insecure_channel(self.server)
+            else:
+                self._channel = grpc.aio.secure_channel(self.server, credentials)
+        return self._channel
+
+    async def call(self, method: Callable[..., Awaitable[T]], request: Any) -> T:
+        return await method(request, metadata=self.metadata, timeout=self.timeout)
+
+    def health_stub(self) -> Any:
+        from services.api.wapiguard.v1 import instance_health_pb2_grpc
+
+        return instance_health_pb2_grpc.InstanceHealthServiceStub(self.channel())
+
+    def send_stub(self) -> Any:
+        from services.api.wapiguard.v1 import send_pb2_grpc
+
+        return send_pb2_grpc.SendServiceStub(self.channel())
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+
+    # output
+
+    def print(self, text: str = "") -> None:
+        print(text, file=self.out)
+
+    def warn(self, text: str) -> None:
+        print(f"wapi-guard: {text}", file=self.err)
+
+    def emit_json(self, value: Any) -> None:
+        json.dump(value, self.out, ensure_ascii=False, indent=2)
+        self.out.write("\n")
+
+    def paint(self, text: str, tone: str) -> str:
+        if not self.color:
+            return text
+        code = {"green": "32", "orange": "38;5;208", "yellow": "33", "red": "31", "grey": "90", "slate": "36"}
+        return f"\033[{code.get(tone, '0')}m{text}\033[0m"
+
+
+def _dt(message: Any, name: str) -> datetime | None:
+    if not message.HasField(name):
+        return None
+    value: datetime = getattr(message, name).ToDatetime(tzinfo=UTC)
+    return value
+
+
+def _name(enum_value: int, enum_type: Any, prefix: str) -> str:
+    try:
+        return str(enum_type.Name(enum_value)).removeprefix(prefix)
+    except ValueError:
+        return "UNSPECIFIED"
+
+
+def instance_dict(h: Any, lang: str) -> dict[str, Any]:
+    from services.api.wapiguard.v1 import common_pb2
+
+    state = _name(h.state, common_pb2.InstanceState, "INSTANCE_STATE_")
+    view = state_view(state, h.reason, lang)
+    return {
+        "instance_id": h.instance_id,
+        "name": h.name,
+        "state": state,
+        "state_label": view.label,
+        "tone": view.tone,
+        "reason": h.reason,
+        "reason_message": h.reason_message or reason_label(h.reason, lang),
+        "can_send": h.can_send,
+        "phone_number": h.phone_number or None,
+        "plan": _name(h.plan, common_pb2.Plan, "PLAN_"),
+        "stuck_messages": h.stuck_messages,
+        "checked_at": iso(_dt(h, "checked_at")),
+        "last_event_at": iso(_dt(h, "last_event_at")),
+        "state_changed_at": iso(_dt(h, "state_changed_at")),
+    }
+
+
+def message_dict(m: Any, lang: str) -> dict[str, Any]:
+    from services.api.wapiguard.v1 import common_pb2
+
+    state = _name(m.state, common_pb2.MessageState, "MESSAGE_STATE_")
+    reason = m.failure_reason or ("STUCK" if m.stuck else "")
+    return {
+        "id": m.id,
+        "instance_id": m.instance_id,
+        "to": m.to,
+        "to_masked": mask_recipient(m.to),
+        "kind": _name(m.kind, common_pb2.MessageKind, "MESSAGE_KIND_"),
+        "state": state,
+        "state_label": message_label(state, m.stuck, lang),
+        "stuck": m.stuck,
+        "failure_reason": m.failure_reason,
+        "reason_message": reason_label(reason, lang),
+        "attempts": m.attempts,
+        "provider_message_id": m.provider_message_id or None,
+        "idempotency_key": m.idempotency_key or None,
+        "created_at": iso(_dt(m, "created_at")),
+        "sent_at": iso(_dt(m, "sent_at")),
+        "updated_at": iso(_dt(m, "updated_at")),
+    }
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[str]], paint: Callable[[int, int, str], str]) -> list[str]:
+    """Left-aligned columns; the last one is not padded (long reasons do not widen every row)."""
+    rows = [list(r) for r in rows]
+    widths = [len(h) for h in headers]
+    for row in rows:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], len(cell))
+
+    def line(cells: Sequence[str], row_index: int) -> str:
+        parts = []
+        for i, cell in enumerate(cells):
+            padded = cell if i == len(cells) - 1 else cell.ljust(widths[i])
+            parts.append(paint(row_index, i, padded) if row_index >= 0 else padded)
+        return "  ".join(parts).rstrip()
+
+    return [line(headers, -1), *(line(r, n) for n, r in enumerate(rows))]
+
+
+class Progress:
+    """A progress bar on stderr: redrawn in place on a terminal, one final line otherwise."""
+
+    WIDTH = 24
+
+    def __init__(self, total: int, label: str, stream: TextIO) -> None:
+        self.total, self.label, self.stream, self.done = total, label, stream, 0
+        self.tty = stream.isatty()
+        if self.tty:
+            self._draw()
+
+    def _draw(self, end: str = "") -> None:
+        filled = self.WIDTH * self.done // max(self.total, 1)
+        bar = "█" * filled + "·" * (self.WIDTH - filled)
+        prefix = "\r" if self.tty else ""
+        self.stream.write(f"{prefix}{self.label} [{bar}] {self.done}/{self.total}{end}")
+        self.stream.flush()
+
+    def advance(self) -> None:
+        self.done += 1
+        if self.tty:
+            self._draw()
+
+    def close(self) -> None:
+        self._draw("\n")
+
+
+# --- commands ----------------------------------------------------------------------------------
+
+
+async def cmd_instances(ctx: Context) -> int:
+    from services.api.wapiguard.v1 import instance_health_pb2
+
+    stub = ctx.health_stub()
+    listed = await ctx.call(stub.ListInstances, instance_health_pb2.ListInstancesRequest())
+    items = list(listed.instances)
+    code = EXIT_OK
+    failures: dict[str, str] = {}
+    if ctx.args.refresh and items:
+        items, failures = await _refresh(ctx, stub, items)
+        if any(c not in ("NOT_FOUND",) for c in failures.values()):
+            code = EXIT_UNAVAILABLE
+    rows = [instance_dict(h, ctx.lang) for h in items]
+    if ctx.json:
+        out: dict[str, Any] = {"instances": rows}
+        if failures:
+            out["probe_failures"] = failures
+        ctx.emit_json(out)
+        return code
+    if not rows:
+        ctx.print(ctx.t("no_instances"))
+        return code
+    headers = [ctx.t(k) for k in ("id", "name", "state", "phone", "stuck", "checked", "reason")]
+    cells = [
+        [
+            r["instance_id"],
+            r["name"],
+            r["state_label"],
+            r["phone_number"] or "—",
+            str(r["stuck_messages"]),
+            ago(_parse(r["checked_at"]), ctx.now, ctx.lang),
+            r["reason_message"],
+        ]
+        for r in rows
+    ]
+    tones = [r["tone"] for r in rows]
+    for line in table(headers, cells, lambda row, col, text: ctx.paint(text, tones[row]) if col == 2 else text):
+        ctx.print(line)
+    return code
+
+
+async def _refresh(ctx: Context, stub: Any, items: list[Any]) -> tuple[list[Any], dict[str, str]]:
+    """GetInstanceHealth(refresh=True) for each instance, at most --concurrency at once."""
+    import grpc
+
+    from services.api.wapiguard.v1 import instance_health_pb2
+
+    concurrency = max(1, int(ctx.args.concurrency))
+    gate = asyncio.Semaphore(concurrency)
+    progress = Progress(len(items), ctx.t("probing"), ctx.err)
+    failures: dict[str, str] = {}
+
+    async def one(h: Any) -> Any:
+        async with gate:
+            try:
+                request = instance_health_pb2.GetInstanceHealthRequest(instance_id=h.instance_id, refresh=True)
+                return await ctx.call(stub.GetInstanceHealth, request)
+            except grpc.aio.AioRpcError as error:
+                failure = decode_error(error)
+                if failure.code in ("UNAUTHENTICATED",):
+                    raise
+                failures[h.instance_id] = failure.code
+                return None if failure.code == "NOT_FOUND" else h
+            finally:
+                progress.advance()
+
+    try:
+        results = await asyncio.gather(*(one(h) for h in items))
+    finally:
+        progress.close()
+    for instance_id, code in sorted(failures.items()):
+        ctx.warn(ctx.t("probe_failed", id=instance_id, code=code))
+    return [r for r in results if r is not None], failures
+
+
+def _parse(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+
+
+async def cmd_messages(ctx: Context) -> int:
+    from services.api.wapiguard.v1 import common_pb2, send_pb2
+
+    args = ctx.args
+    if args.limit < 1:
+        raise UsageError("--limit must be ≥ 1")
+    stub = ctx.send_stub()
+    queries: list[dict[str, Any]] = []
+    if args.stuck:
+        queries.append({"stuck_only": True})
+    if args.failed:
+        queries.append({"states": [common_pb2.MESSAGE_STATE_FAILED]})
+    if not queries:
+        queries.append({})
+    found: dict[str, Any] = {}
+    for query in queries:
+        token = ""
+        taken = 0
+        while taken < args.limit:
+            size = min(MAX_PAGE, args.limit - taken)
+            request = send_pb2.ListMessagesRequest(
+                instance_id=args.instance, page_size=size, page_token=token, **query
+            )
+            page = await ctx.call(stub.ListMessages, request)
+            for m in page.messages:
+                found[m.id] = m
+            taken += len(page.messages)
+            token = page.next_page_token
+            if not token:
+                break
+    ordered = sorted(found.values(), key=lambda m: (m.created_at.seconds, m.created_at.nanos, m.id), reverse=True)
+    rows = [message_dict(m, ctx.lang) for m in ordered[: args.limit]]
+    if ctx.json:
+        ctx.emit_json({"messages": rows})
+        return EXIT_OK
+    if not rows:
+        ctx.print(ctx.t("no_messages"))
+        return EXIT_OK
+    headers = [ctx.t(k) for k in ("id", "instance", "to", "state", "attempts", "age", "reason")]
+    cells = [
+        [
+            r["id"],
+            r["instance_id"],
+            r["to_masked"],
+            r["state_label"],
+            str(r["attempts"]),
+            duration((ctx.now - (_parse(r["created_at"]) or ctx.now)).total_seconds(), ctx.lang),
+            r["reason_message"],
+        ]
+        for r in rows
+    ]
+    tones = [MESSAGE_TONES.get("STUCK" if r["stuck"] else r["state"], "slate") for r in rows]
+    for line in table(headers, cells, lambda row, col, text: ctx.paint(text, tones[row]) if col == 3 else text):
+        ctx.print(line)
+    return EXIT_OK
+
+
+async def cmd_send(ctx: Context) -> int:
+    import grpc
+
+    from services.api.wapiguard.v1 import send_pb2
+
+    args = ctx.args
+    key = args.key or f"cli-{uuid.uuid4().hex}"
+    request = send_pb2.SendMessageRequest(
+        instance_id=args.instance, to=args.to, idempotency_key=key, text=send_pb2.TextContent(body=args.text)
+    )
+    try:
+        msg = await ctx.call(ctx.send_stub().SendMessage, request)
+    except grpc.aio.AioRpcError as error:
+        failure = decode_error(error)
+        code = exit_code(failure, send=True)
+        if code != EXIT_FAILED:
+            if failure.code == "DEADLINE_EXCEEDED" and not failure.from_server:
+                # Our own deadline: the server may still have sent it. Say so, never guess.
+                if ctx.json:
+                    ctx.emit_json(_error_json(failure, ctx, extra={"outcome": "UNKNOWN", "idempotency_key": key}))
+                else:
+                    ctx.warn(ctx.t("unknown_outcome", timeout=ctx.timeout, key=key))
+                return EXIT_UNAVAILABLE
+            raise
+        return _print_refusal(ctx, failure, key)
+    data = message_dict(msg, ctx.lang)
+    if ctx.json:
+        ctx.emit_json({"ok": data["state"] != "FAILED", "message": data})
+    elif data["state"] == "FAILED":
+        ctx.print(ctx.t("failed", reason=data["failure_reason"]))
+        ctx.print(f"  {data['reason_message']}")
+        ctx.print(f"  {ctx.t('message_id')}: {data['id']}")
+    else:
+        template = "sent_ok" if data["state"] in ("SENT", "PENDING") else "delivered_ok"
+        ctx.print(ctx.paint(ctx.t(template, label=data["state_label"], state=data["state"]), "green"))
+        ctx.print(f"  {ctx.t('message_id')}: {data['id']}")
+        ctx.print(f"  {ctx.t('provider_id')}: {data['provider_message_id'] or '—'}")
+        ctx.print(f"  {ctx.t('key')}: {key}")
+        if data["state"] in ("SENT", "PENDING"):
+            ctx.print(f"  {ctx.t('sent_note', instance=data['instance_id'])}")
+    return EXIT_FAILED if data["state"] == "FAILED" else EXIT_OK
+
+
+def _print_refusal(ctx: Context, failure: Failure, key: str) -> int:
+    text = failure.message or reason_label(failure.reason, ctx.lang)
+    message_id = failure.metadata.get("message_id", "")
+    if ctx.json:
+        ctx.emit_json(_error_json(failure, ctx, extra={"idempotency_key": key, "message_id": message_id or None}))
+        return EXIT_FAILED
+    template = "blocked" if failure.code == "FAILED_PRECONDITION" else "failed"
+    ctx.print(ctx.paint(ctx.t(template, reason=failure.reason), "red"))
+    ctx.print(f"  {text}")
+    if message_id:
+        ctx.print(f"  {ctx.t('stored_failed', id=message_id)}")
+    if failure.code != "ALREADY_EXISTS":
+        ctx.print(f"  {ctx.t('retry_hint', key=key)}")
+    return EXIT_FAILED
+
+
+async def cmd_status(ctx: Context) -> int:
+    from services.api.wapiguard.v1 import instance_health_pb2
+
+    request = instance_health_pb2.GetInstanceHealthRequest(instance_id=ctx.args.instance_id, refresh=ctx.args.refresh)
+    h = await ctx.call(ctx.health_stub().GetInstanceHealth, request)
+    data = instance_dict(h, ctx.lang)
+    if ctx.json:
+        ctx.emit_json({"instance": data})
+        return EXIT_OK
+
+    def when(field: str) -> str:
+        at = _parse(data[field])
+        return f"{ago(at, ctx.now, ctx.lang)} ({data[field]})" if at else "—"
+
+    fields = [
+        ("f_instance", data["instance_id"]),
+        ("f_name", data["name"]),
+        ("f_state", ctx.paint(f"{data['state_label']} ({data['state']})", data["tone"])),
+        ("f_can_send", ctx.t("yes") if data["can_send"] else ctx.t("no")),
+        ("f_reason", f"{data['reason_message']} ({data['reason']})" if data["reason"] else "—"),
+        ("f_phone", data["phone_number"] or "—"),
+        ("f_plan", data["plan"]),
+        ("f_stuck", str(data["stuck_messages"])),
+        ("f_changed", when("state_changed_at")),
+        ("f_checked", when("checked_at")),
+        ("f_last_event", when("last_event_at")),
+    ]
+    width = max(len(ctx.t(k)) for k, _ in fields)
+    for key, value in fields:
+        ctx.print(f"{ctx.t(key).ljust(width)}  {value}")
+    return EXIT_OK
+
+
+COMMANDS: dict[str, Callable[[Context], Awaitable[int]]] = {
+    "instances": cmd_instances,
+    "messages": cmd_messages,
+    "send": cmd_send,
+    "status": cmd_status,
+}
+
+
+def _error_json(failure: Failure, ctx: Context, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    error: dict[str, Any] = {
+        "code": failure.code,
+        "reason": failure.reason or None,
+        "message": failure.message or reason_label(failure.reason, ctx.lang) or failure.details,
+        "details": failure.details,
+        "metadata": failure.metadata,
+    }
+    if failure.violations:
+        error["violations"] = failure.violations
+    return {"ok": False, "error": error, **(extra or {})}
+
+
+def _describe(ctx: Context, failure: Failure) -> str:
+    what = failure.metadata.get("instance_id") or failure.metadata.get("message_id") or failure.details
+    if failure.code == "UNAUTHENTICATED":
+        return ctx.t("err_auth")
+    if failure.code == "PERMISSION_DENIED":
+        text = ctx.t("err_denied", what=what)
+        if ctx.args.command == "messages" and not getattr(ctx.args, "instance", ""):
+            text += f"\n  {ctx.t('hint_scope')}"
+        return text
+    if failure.code == "NOT_FOUND":
+        if failure.reason == "INSTANCE_NOT_FOUND" and "instance_id" in failure.metadata:
+            return ctx.t("err_no_instance", id=failure.metadata["instance_id"])
+        if failure.reason == "MESSAGE_NOT_FOUND" and "message_id" in failure.metadata:
+            return ctx.t("err_no_message", id=failure.metadata["message_id"])
+        return ctx.t("err_not_found", what=failure.message or what)
+    if failure.code in ("INVALID_ARGUMENT", "OUT_OF_RANGE"):
+        if failure.violations:
+            what = "; ".join(f"{k}: {v}" for k, v in failure.violations.items())
+        return ctx.t("err_invalid", what=what)
+    if failure.code == "DEADLINE_EXCEEDED" and not failure.from_server:
+        return ctx.t("err_timeout", timeout=ctx.timeout, server=ctx.server)
+    return ctx.t("err_unavailable", server=ctx.server, code=failure.message or failure.reason or failure.code)
+
+
+async def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    import grpc
+
+    ctx = Context(args, out, err)
+    try:
+        return await COMMANDS[args.command](ctx)
+    except grpc.aio.AioRpcError as error:
+        failure = decode_error(error)
+        if ctx.json:
+            ctx.emit_json(_error_json(failure, ctx))
+        else:
+            ctx.warn(_describe(ctx, failure))
+        return exit_code(failure)
+    finally:
+        await ctx.close()
 
 
 def run_operator(args: argparse.Namespace) -> int:
-    raise NotImplementedError(args.command)
+    try:
+        return asyncio.run(_run(args, sys.stdout, sys.stderr))
+    except UsageError as error:
+        print(f"wapi-guard {args.command}: {error}", file=err)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # `wapi-guard instances | head`: the reader left; the command itself did its job.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK

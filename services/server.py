@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from sqlalchemy.engine import make_url
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -97,7 +98,9 @@ class App:
         if settings.webhook_secret:
             register_secret(settings.webhook_secret.get_secret_value())
         telemetry = telemetry or Telemetry()
-        engine = create_engine(settings.database_url)
+        engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
+        password = make_url(settings.database_url).password
+        register_secret(str(password) if password else None)
         if settings.migrate_on_start:
             await upgrade_to_head(engine)
         repo = Repository(engine)
@@ -120,6 +123,8 @@ class App:
         webhook_pb2_grpc.add_WebhookServiceServicer_to_server(webhook_servicer, server)
         instance_health_pb2_grpc.add_InstanceHealthServiceServicer_to_server(InstanceHealthServicer(gateway), server)
         health_servicer = health.aio.HealthServicer()
+        # The servicer starts with the overall status SERVING: not until the database answers.
+        await health_servicer.set(health.OVERALL_HEALTH, health_pb2.HealthCheckResponse.NOT_SERVING)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
         address = f"{settings.host}:{settings.grpc_port}"

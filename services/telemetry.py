@@ -16,7 +16,7 @@ from opentelemetry import trace
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import CallbackOptions, Counter, Histogram, Meter, Observation
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.metrics.export import MetricExporter, MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -43,9 +43,11 @@ def tracing_configured(env: Mapping[str, str]) -> bool:
 
 
 def metrics_otlp_configured(env: Mapping[str, str]) -> bool:
-    if _truthy(env.get("OTEL_SDK_DISABLED")) or env.get("OTEL_METRICS_EXPORTER", "").lower() == "none":
+    """OTLP metrics only when asked for (OTEL_METRICS_EXPORTER=otlp): Jaeger, the usual OTLP
+    endpoint here, takes traces only; Prometheus can always scrape /metrics."""
+    if _truthy(env.get("OTEL_SDK_DISABLED")):
         return False
-    return bool(env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"))
+    return "otlp" in env.get("OTEL_METRICS_EXPORTER", "").lower().split(",")
 
 
 def _resource(env: Mapping[str, str]) -> Resource:
@@ -64,6 +66,19 @@ def _span_exporter(env: Mapping[str, str]) -> SpanExporter:
 
         return HttpExporter()
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+
+    return GrpcExporter()
+
+
+def _metric_exporter(env: Mapping[str, str]) -> MetricExporter:
+    protocol = (
+        env.get("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "grpc"
+    ).lower()
+    if protocol.startswith("http"):
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter as HttpExporter
+
+        return HttpExporter()
+    from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcExporter
 
     return GrpcExporter()
 
@@ -123,9 +138,7 @@ class Telemetry:
         self.registry = CollectorRegistry()
         readers: list[MetricReader] = [PrometheusMetricReader(registry=self.registry)]
         if metrics_otlp_configured(env):
-            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
-
-            readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
+            readers.append(PeriodicExportingMetricReader(_metric_exporter(env)))
         views = [
             View(
                 instrument_name="wapiguard.provider.duration",

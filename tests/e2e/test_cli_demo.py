@@ -1,0 +1,30 @@
+"""`wapi-guard demo`, the main job, through its real entry point in a separate process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_demo_exits_0_with_no_false_sent() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WAPIGUARD_", "OTEL_"))}
+    done = subprocess.run(
+        [sys.executable, "-m", "services.cli", "demo"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    out = done.stdout
+    assert done.returncode == 0, f"stdout:\n{out}\nstderr:\n{done.stderr[-4000:]}"
+    assert "false SENT reported for an instance that cannot deliver: 0" in out
+    assert "[FAIL]" not in out
+    assert "PENDING → SENT → DELIVERED → READ" in out
+    assert "blocked: SESSION_INCOMPLETE" in out
+    assert "blocked: DELIVERY_STALLED" in out
