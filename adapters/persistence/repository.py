@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Row, and_, func, or_, select, update
+from sqlalchemy import Row, and_, bindparam, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -196,6 +196,47 @@ class Repository:
         # Single statements need no BEGIN/COMMIT round-trips: reads and one-statement writes
         # (each atomic on its own) run in autocommit; multi-statement units use transaction().
         self._auto = engine.execution_options(isolation_level="AUTOCOMMIT")
+        # Hot statements are built once; each call only binds parameters (no per-call statement
+        # construction or cache-key generation over literal values).
+        self._insert_message = self._insert(messages).on_conflict_do_nothing(
+            index_elements=["instance_id", "idempotency_key"]
+        )
+        self._insert_event = self._insert(events).on_conflict_do_nothing(index_elements=["dedupe_key"])
+        self._update_message = (
+            update(messages)
+            .where(messages.c.id == bindparam("b_id"), messages.c.version == bindparam("b_version"))
+            .values({c.name: bindparam(c.name) for c in messages.c if c.name != "id"})
+        )
+        self._mark_sent = (
+            update(messages)
+            .where(
+                messages.c.id == bindparam("b_id"),
+                messages.c.version == bindparam("b_version"),
+                messages.c.state == MessageState.PENDING.value,
+            )
+            .values(
+                state=MessageState.SENT.value,
+                provider_message_id=bindparam("provider_message_id"),
+                sent_at=bindparam("sent_at"),
+                updated_at=bindparam("updated_at"),
+                history=bindparam("history"),
+                version=bindparam("version"),
+            )
+        )
+        self._parked_exists = (
+            select(events.c.id)
+            .where(events.c.provider_message_id == bindparam("pid"), events.c.parked.is_(True))
+            .limit(1)
+        )
+        self._message_by_provider_id = (
+            select(messages, instances.c.reason.label("instance_reason"))
+            .join(instances, instances.c.id == messages.c.instance_id)
+            .where(
+                messages.c.provider_message_id == bindparam("pid"),
+                messages.c.instance_id == bindparam("iid"),
+            )
+            .with_for_update(of=messages)
+        )
 
     def _insert(self, table: Any) -> Any:
         module = postgresql if self._dialect == "postgresql" else sqlite
@@ -430,13 +471,8 @@ class Repository:
 
     async def insert_message(self, msg: MessageRecord) -> tuple[MessageRecord, bool]:
         """Inserts unless (instance_id, idempotency_key) exists; then returns the stored one."""
-        stmt = (
-            self._insert(messages)
-            .values(**_message_values(msg))
-            .on_conflict_do_nothing(index_elements=["instance_id", "idempotency_key"])
-        )
         async with self._auto.connect() as conn:
-            result = await conn.execute(stmt)
+            result = await conn.execute(self._insert_message, _message_values(msg))
             if result.rowcount == 1:
                 return msg, True
             row = (
@@ -461,9 +497,9 @@ class Repository:
     async def _save_message(self, conn: AsyncConnection, before: MessageRecord, after: MessageRecord) -> None:
         values = _message_values(after)
         values["version"] = before.version + 1
-        result = await conn.execute(
-            update(messages).where(messages.c.id == before.id, messages.c.version == before.version).values(**values)
-        )
+        values["b_id"] = values.pop("id")
+        values["b_version"] = before.version
+        result = await conn.execute(self._update_message, values)
         if result.rowcount != 1:
             raise ConcurrentUpdateError(before.id)
         after.version = before.version + 1
@@ -711,21 +747,21 @@ class Repository:
                         )
                     )
                 inserted = await conn.execute(
-                    self._insert(events)
-                    .values(
-                        id=event_id,
-                        dedupe_key=event.dedupe_key,
-                        received_at=received_at,
-                        route=event.route.value,
-                        reason=str(result.reason)[:96],
-                        instance_id=event.instance_id,
-                        provider_message_id=event.provider_message_id,
-                        status=event.status.value if event.status else None,
-                        parked=parked,
-                        payload=payload,
-                        headers=json.dumps(headers, sort_keys=True),
-                    )
-                    .on_conflict_do_nothing(index_elements=["dedupe_key"])
+                    self._insert_event,
+                    {
+                        "id": event_id,
+                        "dedupe_key": event.dedupe_key,
+                        "received_at": received_at,
+                        "route": event.route.value,
+                        "reason": str(result.reason)[:96],
+                        "instance_id": event.instance_id,
+                        "provider_message_id": event.provider_message_id,
+                        "status": event.status.value if event.status else None,
+                        "parked": parked,
+                        "payload": payload,
+                        "headers": json.dumps(headers, sort_keys=True),
+                        "duplicates": 0,
+                    },
                 )
                 if inserted.rowcount != 1:
                     raise _Duplicate
@@ -771,13 +807,7 @@ class Repository:
             return False
         row = (
             await conn.execute(
-                select(messages, instances.c.reason.label("instance_reason"))
-                .join(instances, instances.c.id == messages.c.instance_id)
-                .where(
-                    messages.c.provider_message_id == event.provider_message_id,
-                    messages.c.instance_id == event.instance_id,
-                )
-                .with_for_update(of=messages)
+                self._message_by_provider_id, {"pid": event.provider_message_id, "iid": event.instance_id}
             )
         ).first()
         if row is None:
