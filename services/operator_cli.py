@@ -294,8 +294,8 @@ _TEXTS: dict[str, dict[str, str]] = {
         "key": "chave",
         "retry_hint": "Para tentar de novo sem risco de duplicar, use a mesma chave: --key {key}",
         "unknown_outcome": (
-            "Sem resposta do servidor em {timeout:g} s: não se sabe se a mensagem foi enviada. "
-            "Repita com --key {key} (sem risco de duplicar) ou consulte wapi-guard messages."
+            "não se sabe se a mensagem foi enviada. Repita com --key {key} (a mesma chave nunca envia duas "
+            "vezes) ou consulte wapi-guard messages."
         ),
         "err_unavailable": "servidor indisponível em {server} ({code})",
         "err_timeout": "o servidor não respondeu em {timeout:g} s ({server})",
@@ -348,8 +348,8 @@ _TEXTS: dict[str, dict[str, str]] = {
         "key": "key",
         "retry_hint": "To try again without risking a duplicate, reuse the key: --key {key}",
         "unknown_outcome": (
-            "No answer from the server within {timeout:g} s: whether the message was sent is unknown. "
-            "Repeat with --key {key} (no duplicate) or check wapi-guard messages."
+            "whether the message was sent is unknown. Repeat with --key {key} (the same key never sends "
+            "twice) or check wapi-guard messages."
         ),
         "err_unavailable": "server unavailable at {server} ({code})",
         "err_timeout": "the server did not answer within {timeout:g} s ({server})",
@@ -418,9 +418,7 @@ def _common() -> argparse.ArgumentParser:
     group.add_argument(
         "--server", default=None, help=f"gRPC address host:port [env WAPIGUARD_SERVER; default {DEFAULT_SERVER}]"
     )
-    group.add_argument(
-        "--token", default=None, help="API token, sent as 'authorization: Bearer' [env WAPIGUARD_TOKEN]"
-    )
+    group.add_argument("--token", default=None, help="API token, sent as 'authorization: Bearer' [env WAPIGUARD_TOKEN]")
     group.add_argument(
         "--lang", default=None, choices=LANGS, help="language of labels and reasons [env WAPIGUARD_LANG; default pt-BR]"
     )
@@ -767,7 +765,8 @@ async def cmd_instances(ctx: Context) -> int:
     failures: dict[str, str] = {}
     if ctx.args.refresh and items:
         items, failures = await _refresh(ctx, stub, items)
-        if any(c not in ("NOT_FOUND",) for c in failures.values()):
+        ctx.now = datetime.now(UTC)
+        if any(c != "NOT_FOUND" for c in failures.values()):
             code = EXIT_UNAVAILABLE
     rows = [instance_dict(h, ctx.lang) for h in items]
     if ctx.json:
@@ -816,7 +815,7 @@ async def _refresh(ctx: Context, stub: Any, items: list[Any]) -> tuple[list[Any]
                 return await ctx.call(stub.GetInstanceHealth, request)
             except grpc.aio.AioRpcError as error:
                 failure = decode_error(error)
-                if failure.code in ("UNAUTHENTICATED",):
+                if failure.code == "UNAUTHENTICATED":
                     raise
                 failures[h.instance_id] = failure.code
                 return None if failure.code == "NOT_FOUND" else h
@@ -856,9 +855,7 @@ async def cmd_messages(ctx: Context) -> int:
         taken = 0
         while taken < args.limit:
             size = min(MAX_PAGE, args.limit - taken)
-            request = send_pb2.ListMessagesRequest(
-                instance_id=args.instance, page_size=size, page_token=token, **query
-            )
+            request = send_pb2.ListMessagesRequest(instance_id=args.instance, page_size=size, page_token=token, **query)
             page = await ctx.call(stub.ListMessages, request)
             for m in page.messages:
                 found[m.id] = m
@@ -908,14 +905,16 @@ async def cmd_send(ctx: Context) -> int:
     except grpc.aio.AioRpcError as error:
         failure = decode_error(error)
         code = exit_code(failure, send=True)
+        if code == EXIT_UNAVAILABLE:
+            # No answer, a dropped connection or a store that failed after the provider call: the
+            # message may have gone out. Say so, never guess; the key makes a retry safe.
+            if ctx.json:
+                ctx.emit_json(_error_json(failure, ctx, extra={"outcome": "UNKNOWN", "idempotency_key": key}))
+            else:
+                ctx.warn(_describe(ctx, failure))
+                ctx.warn(ctx.t("unknown_outcome", key=key))
+            return EXIT_UNAVAILABLE
         if code != EXIT_FAILED:
-            if failure.code == "DEADLINE_EXCEEDED" and not failure.from_server:
-                # Our own deadline: the server may still have sent it. Say so, never guess.
-                if ctx.json:
-                    ctx.emit_json(_error_json(failure, ctx, extra={"outcome": "UNKNOWN", "idempotency_key": key}))
-                else:
-                    ctx.warn(ctx.t("unknown_outcome", timeout=ctx.timeout, key=key))
-                return EXIT_UNAVAILABLE
             raise
         return _print_refusal(ctx, failure, key)
     data = message_dict(msg, ctx.lang)
@@ -1051,7 +1050,7 @@ def run_operator(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(_run(args, sys.stdout, sys.stderr))
     except UsageError as error:
-        print(f"wapi-guard {args.command}: {error}", file=err)
+        print(f"wapi-guard {args.command}: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from sqlalchemy.engine import make_url
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from sqlalchemy.engine import make_url
 
 from adapters.persistence.db import create_engine
 from adapters.persistence.migrate import upgrade_to_head

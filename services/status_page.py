@@ -27,18 +27,19 @@ import contextlib
 import hmac
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from html import escape
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 
 from services.auth import ANONYMOUS, Principal, parse_tokens
 from services.config import Settings
 from services.core import Gateway
+from services.errors import status_for
 from services.operator_cli import (
     MESSAGE_TONES,
     ago,
@@ -105,11 +106,11 @@ TEXTS: dict[str, dict[str, str]] = {
         "no_instances": "Nenhuma instância registrada.",
         "no_messages": "Nenhuma mensagem parada ou com falha.",
         "no_changes": "Nenhuma mudança de estado registrada.",
-        "s_instances": "instâncias",
-        "s_online": "online",
-        "s_attention": "precisam de atenção",
-        "s_stuck": "mensagens paradas",
-        "s_failed": "falhas recentes",
+        "s_instances": "Instâncias",
+        "s_online": "Online",
+        "s_attention": "Precisam de atenção",
+        "s_stuck": "Mensagens paradas",
+        "s_failed": "Falhas recentes",
         "live_connecting": "Conectando…",
         "live_live": "Ao vivo",
         "live_reconnecting": "Reconectando…",
@@ -148,11 +149,11 @@ TEXTS: dict[str, dict[str, str]] = {
         "no_instances": "No instances registered.",
         "no_messages": "No stuck or failed messages.",
         "no_changes": "No state changes recorded.",
-        "s_instances": "instances",
-        "s_online": "online",
-        "s_attention": "need attention",
-        "s_stuck": "stuck messages",
-        "s_failed": "recent failures",
+        "s_instances": "Instances",
+        "s_online": "Online",
+        "s_attention": "Need attention",
+        "s_stuck": "Stuck messages",
+        "s_failed": "Recent failures",
         "live_connecting": "Connecting…",
         "live_live": "Live",
         "live_reconnecting": "Reconnecting…",
@@ -363,7 +364,7 @@ def render_summary(snap: Snapshot, lang: str) -> str:
         ("failed", s["failed"], "s_failed", "tone-yellow" if s["failed"] else ""),
     ]
     return "".join(
-        f'<span class="chip {cls}" data-count="{key}"><strong>{n}</strong> {_e(_t(lang, label))}</span>'
+        f'<span class="chip {cls}" data-count="{key}">{_e(_t(lang, label))}: <strong>{n}</strong></span>'
         for key, n, label, cls in items
     )
 
@@ -387,8 +388,8 @@ def render_instances(snap: Snapshot, lang: str) -> str:
             f'<dt>{_e(_t(lang, "id"))}</dt><dd class="mono">{_e(r.instance_id)}</dd>'
             f'<dt>{_e(_t(lang, "phone"))}</dt><dd class="mono" data-role="phone">{_e(r.phone_number or "—")}</dd>'
             f'<dt>{_e(_t(lang, "sends"))}</dt><dd data-role="sends">{_e(sends)}</dd>'
-            f'<dt>{_e(_t(lang, "changed"))}</dt><dd>{_time(r.state_changed_at, now, lang)}</dd>'
-            f'<dt>{_e(_t(lang, "checked"))}</dt><dd>{_time(r.checked_at, now, lang)}</dd>'
+            f"<dt>{_e(_t(lang, 'changed'))}</dt><dd>{_time(r.state_changed_at, now, lang)}</dd>"
+            f"<dt>{_e(_t(lang, 'checked'))}</dt><dd>{_time(r.checked_at, now, lang)}</dd>"
             f'<dt>{_e(_t(lang, "stuck"))}</dt><dd data-role="stuck"{stuck_cls}>{r.stuck_messages}</dd>'
             "</dl></article>"
         )
@@ -416,7 +417,7 @@ def render_messages(snap: Snapshot, lang: str) -> str:
             f"<td>{_time(m.created_at, now, lang, 'age')}</td>"
             f'<td class="num">{m.attempts}</td></tr>'
         )
-    return f'<table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
 def render_changes(snap: Snapshot, lang: str) -> str:
@@ -441,7 +442,7 @@ def render_changes(snap: Snapshot, lang: str) -> str:
             f'<td title="{_e(c.reason)}">{_e(reason_label(c.reason, lang))}</td>'
             f"<td>{_e(source_label(c.source, lang))}</td></tr>"
         )
-    return f'<table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
 def render_sections(snap: Snapshot, lang: str) -> dict[str, str]:
@@ -472,6 +473,7 @@ data-refresh="{int(REFRESH_SECONDS * 1000)}" data-generated="{generated}">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta name="referrer" content="no-referrer">
 <title>{_e(_t(lang, "title"))}</title>
+<link rel="icon" href="data:,">
 <link rel="stylesheet" href="/status/static/status.css">
 <script src="/status/static/status.js" defer></script>
 </head>
@@ -555,7 +557,7 @@ class StatusPage:
     def _lang(self, request: web.Request) -> str:
         return resolve_lang(request.query.get("lang"), request.headers.get("Accept-Language"))
 
-    def _denied(self, request: web.Request, lang: str, *, as_json: bool) -> web.Response:
+    def _denied(self, lang: str, *, as_json: bool) -> web.Response:
         headers = _headers({"WWW-Authenticate": REALM})
         text = _t(lang, "auth")
         if as_json:
@@ -565,8 +567,11 @@ class StatusPage:
     async def _snapshot(self, principal: Principal) -> Snapshot | None:
         try:
             return await build_snapshot(self.gateway, principal)
-        except Exception:
-            log.warning("status snapshot failed", exc_info=True)
+        except Exception as error:
+            if status_for(error) is None:
+                log.exception("status snapshot failed")
+            else:  # storage trouble: said on the page, no traceback every REFRESH_SECONDS per viewer
+                log.warning("status snapshot failed: %s", type(error).__name__)
             return None
 
     # handlers
@@ -575,11 +580,14 @@ class StatusPage:
         lang = self._lang(request)
         principal = self.principal(request)
         if principal is None:
-            return self._denied(request, lang, as_json=False)
+            return self._denied(lang, as_json=False)
         snap = await self._snapshot(principal)
         if snap is None:
             return web.Response(
-                text=_t(lang, "unavailable"), status=503, headers=_headers({"Retry-After": "2"}), content_type="text/plain"
+                text=_t(lang, "unavailable"),
+                status=503,
+                headers=_headers({"Retry-After": "2"}),
+                content_type="text/plain",
             )
         return web.Response(
             text=render_page(snap, lang),
@@ -596,7 +604,7 @@ class StatusPage:
         lang = self._lang(request)
         principal = self.principal(request)
         if principal is None:
-            return self._denied(request, lang, as_json=True)
+            return self._denied(lang, as_json=True)
         snap = await self._snapshot(principal)
         if snap is None:
             return web.json_response(
@@ -622,7 +630,7 @@ class StatusPage:
         lang = self._lang(request)
         principal = self.principal(request)
         if principal is None:
-            return self._denied(request, lang, as_json=True)
+            return self._denied(lang, as_json=True)
         if len(self.streams) >= MAX_STREAMS:
             return web.json_response(
                 {"error": "busy", "message": _t(lang, "busy")}, status=503, headers=_headers({"Retry-After": "5"})
@@ -654,7 +662,8 @@ class StatusPage:
         ids = sorted(scope) if scope is not None else []
         while not stream.closing:
             try:
-                async with contextlib.aclosing(self.gateway.subscribe(ids, include_current=True)) as events:
+                subscription = cast(AsyncGenerator[Any, None], self.gateway.subscribe(ids, include_current=True))
+                async with contextlib.aclosing(subscription) as events:
                     async for _event in events:
                         stream.wake.set()
             except Exception:
