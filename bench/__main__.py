@@ -62,8 +62,12 @@ class Process:
 
     def __init__(self, args: list[str]) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, *args], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL, text=True,
+            [sys.executable, *args],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
         )
         assert self.proc.stdout is not None
         self.first_line = self.proc.stdout.readline().strip()
@@ -92,8 +96,15 @@ class Process:
 
 
 async def load(
-    name: str, database: str, channels: list[grpc.aio.Channel], call: Callable[[grpc.aio.Channel, int], Awaitable[Any]],
-    *, requests: int, concurrency: int, max_seconds: float, ok_codes: tuple[grpc.StatusCode, ...] = (),
+    name: str,
+    database: str,
+    channels: list[grpc.aio.Channel],
+    call: Callable[[grpc.aio.Channel, int], Awaitable[Any]],
+    *,
+    requests: int,
+    concurrency: int,
+    max_seconds: float,
+    ok_codes: tuple[grpc.StatusCode, ...] = (),
 ) -> Result:
     latencies: list[float] = []
     errors = 0
@@ -120,8 +131,14 @@ async def load(
     latencies.sort()
     done = len(latencies)
     return Result(
-        name, database, done, errors, round(seconds, 2), round(done / seconds, 1),
-        round(statistics.median(latencies) * 1000, 2), round(latencies[int(done * 0.99) - 1] * 1000, 2),
+        name,
+        database,
+        done,
+        errors,
+        round(seconds, 2),
+        round(done / seconds, 1),
+        round(statistics.median(latencies) * 1000, 2),
+        round(latencies[int(done * 0.99) - 1] * 1000, 2),
     )
 
 
@@ -140,8 +157,9 @@ async def bench_noop(args: argparse.Namespace) -> tuple[Result, Result]:
     server = Process(["-m", "bench.noop_server"])
     try:
         channels = channels_for(server.grpc_target(), args.channels)
-        request = send_pb2.SendMessageRequest(instance_id=BLOCKED, to="5515981121710",
-                                              text=send_pb2.TextContent(body="bench"))
+        request = send_pb2.SendMessageRequest(
+            instance_id=BLOCKED, to="5515981121710", text=send_pb2.TextContent(body="bench")
+        )
 
         async def send(channel: grpc.aio.Channel, i: int) -> Any:
             return await send_pb2_grpc.SendServiceStub(channel).SendMessage(request, timeout=10)
@@ -153,10 +171,24 @@ async def bench_noop(args: argparse.Namespace) -> tuple[Result, Result]:
 
         await warm(channels, send)
         results = (
-            await load("noop SendMessage", "-", channels, send, requests=args.requests, concurrency=args.concurrency,
-                       max_seconds=args.max_seconds),
-            await load("noop IngestEvent", "-", channels, ingest, requests=args.requests,
-                       concurrency=args.concurrency, max_seconds=args.max_seconds),
+            await load(
+                "noop SendMessage",
+                "-",
+                channels,
+                send,
+                requests=args.requests,
+                concurrency=args.concurrency,
+                max_seconds=args.max_seconds,
+            ),
+            await load(
+                "noop IngestEvent",
+                "-",
+                channels,
+                ingest,
+                requests=args.requests,
+                concurrency=args.concurrency,
+                max_seconds=args.max_seconds,
+            ),
         )
         for c in channels:
             await c.close()
@@ -172,26 +204,50 @@ async def reset_postgres() -> None:
 
 
 async def bench_database(database: str, url: str, sim_url: str, args: argparse.Namespace) -> dict[str, Any]:
-    server = Process([
-        "-m", "services.cli", "serve", "--grpc-port", "0", "--http-port", "-1", "--database-url", url,
-        "--wapi-base-url", sim_url, "--probe-interval", "0", "--sweep-interval", "0", "--log-level", "ERROR",
-    ])
+    server = Process(
+        [
+            "-m",
+            "services.cli",
+            "serve",
+            "--grpc-port",
+            "0",
+            "--http-port",
+            "-1",
+            "--database-url",
+            url,
+            "--wapi-base-url",
+            sim_url,
+            "--probe-interval",
+            "0",
+            "--sweep-interval",
+            "0",
+            "--log-level",
+            "ERROR",
+        ]
+    )
     out: dict[str, Any] = {"results": []}
     try:
         target = server.grpc_target()
         channels = channels_for(target, args.channels)
         health = instance_health_pb2_grpc.InstanceHealthServiceStub(channels[0])
         for instance_id in (BLOCKED, HEALTHY):
-            await health.RegisterInstance(instance_health_pb2.RegisterInstanceRequest(
-                instance_id=instance_id, name=instance_id, token=f"tok-{instance_id}"), timeout=10)
+            await health.RegisterInstance(
+                instance_health_pb2.RegisterInstanceRequest(
+                    instance_id=instance_id, name=instance_id, token=f"tok-{instance_id}"
+                ),
+                timeout=10,
+            )
         async with httpx.AsyncClient() as client:
             sim_before = len((await client.get(sim_url.removesuffix("/v1") + "/_sim/requests")).json())
         run = uuid.uuid4().hex[:8]
 
         def send_request(instance_id: str, i: int) -> send_pb2.SendMessageRequest:
-            return send_pb2.SendMessageRequest(instance_id=instance_id, to="5515981121710",
-                                               idempotency_key=f"{run}-{instance_id}-{i}",
-                                               text=send_pb2.TextContent(body="bench"))
+            return send_pb2.SendMessageRequest(
+                instance_id=instance_id,
+                to="5515981121710",
+                idempotency_key=f"{run}-{instance_id}-{i}",
+                text=send_pb2.TextContent(body="bench"),
+            )
 
         async def blocked(channel: grpc.aio.Channel, i: int) -> Any:
             return await send_pb2_grpc.SendServiceStub(channel).SendMessage(send_request(BLOCKED, i), timeout=10)
@@ -206,30 +262,63 @@ async def bench_database(database: str, url: str, sim_url: str, args: argparse.N
 
         rss_start = server.rss_mb()
         await warm(channels, blocked)
-        out["results"].append(await load(
-            "SendMessage blocked (SESSION_INCOMPLETE)", database, channels, blocked, requests=args.requests,
-            concurrency=args.concurrency, max_seconds=args.max_seconds, ok_codes=(grpc.StatusCode.FAILED_PRECONDITION,)))
+        out["results"].append(
+            await load(
+                "SendMessage blocked (SESSION_INCOMPLETE)",
+                database,
+                channels,
+                blocked,
+                requests=args.requests,
+                concurrency=args.concurrency,
+                max_seconds=args.max_seconds,
+                ok_codes=(grpc.StatusCode.FAILED_PRECONDITION,),
+            )
+        )
         async with httpx.AsyncClient() as client:
             sim_after = len((await client.get(sim_url.removesuffix("/v1") + "/_sim/requests")).json())
         out["preflight_provider_round_trips"] = sim_after - sim_before
         await warm(channels, healthy)
-        out["results"].append(await load(
-            "SendMessage healthy (via simulator)", database, channels, healthy, requests=args.requests,
-            concurrency=args.concurrency, max_seconds=args.max_seconds))
+        out["results"].append(
+            await load(
+                "SendMessage healthy (via simulator)",
+                database,
+                channels,
+                healthy,
+                requests=args.requests,
+                concurrency=args.concurrency,
+                max_seconds=args.max_seconds,
+            )
+        )
 
         statuses = [(mid, word) for word in ("delivered", "read") for mid in sent_ids]
 
         async def ingest(channel: grpc.aio.Channel, i: int) -> Any:
             mid, word = statuses[i % len(statuses)] if i >= 0 else (f"warm-{i}", "read")
-            body = json.dumps({"event": "webhookStatus", "instanceId": HEALTHY, "messageId": mid, "status": word,
-                               "moment": 1_750_000_000}).encode()
+            body = json.dumps(
+                {
+                    "event": "webhookStatus",
+                    "instanceId": HEALTHY,
+                    "messageId": mid,
+                    "status": word,
+                    "moment": 1_750_000_000,
+                }
+            ).encode()
             return await webhook_pb2_grpc.WebhookServiceStub(channel).IngestEvent(
-                webhook_pb2.IngestEventRequest(payload=body), timeout=10)
+                webhook_pb2.IngestEventRequest(payload=body), timeout=10
+            )
 
         await warm(channels, ingest)
-        out["results"].append(await load(
-            "IngestEvent status (dedupe + transition)", database, channels, ingest,
-            requests=min(args.requests, len(statuses)), concurrency=args.concurrency, max_seconds=args.max_seconds))
+        out["results"].append(
+            await load(
+                "IngestEvent status (dedupe + transition)",
+                database,
+                channels,
+                ingest,
+                requests=min(args.requests, len(statuses)),
+                concurrency=args.concurrency,
+                max_seconds=args.max_seconds,
+            )
+        )
         out["server_rss_mb"] = (round(rss_start, 1), round(server.rss_mb(), 1))
         for c in channels:
             await c.close()
@@ -266,8 +355,26 @@ def rss_growth_100k() -> dict[str, float]:
     now = datetime.now(UTC)
     kept = []
     for i in range(100_000):
-        msg = MessageRecord(str(i), "I", "5515981121710", MessageKind.TEXT, MessageState.SENT, "", "", f"P{i}", 1,
-                            f"k{i}", "h", {}, now, now, now, None, [], 1)
+        msg = MessageRecord(
+            str(i),
+            "I",
+            "5515981121710",
+            MessageKind.TEXT,
+            MessageState.SENT,
+            "",
+            "",
+            f"P{i}",
+            1,
+            f"k{i}",
+            "h",
+            {},
+            now,
+            now,
+            now,
+            None,
+            [],
+            1,
+        )
         for status in (MessageState.DELIVERED, MessageState.READ):
             d = decide_status(msg.state, status)
             msg.history.append(StateChange(d.from_state, d.to_state, "WEBHOOK_STATUS", "webhook", now, d.applied))
@@ -279,7 +386,10 @@ def rss_growth_100k() -> dict[str, float]:
 
 
 def table(results: list[Result]) -> str:
-    header = f"| {'scenario':<42} | {'db':<8} | {'req':>6} | {'err':>4} | {'req/s':>7} | {'p50 ms':>7} | {'p99 ms':>7} | {'ratio':>5} |"
+    header = (
+        f"| {'scenario':<42} | {'db':<8} | {'req':>6} | {'err':>4} | {'req/s':>7} | {'p50 ms':>7} "
+        f"| {'p99 ms':>7} | {'ratio':>5} |"
+    )
     rule = "|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|"
     rows = [
         f"| {r.scenario:<42} | {r.database:<8} | {r.requests:>6} | {r.errors:>4} | {r.rps:>7.0f} | {r.p50_ms:>7.2f} "
@@ -290,9 +400,19 @@ def table(results: list[Result]) -> str:
 
 
 async def main_async(args: argparse.Namespace) -> int:
-    sim = Process(["-m", "services.cli", "simulator", "--port", "0",
-                   "--instance", f"{BLOCKED}:tok-{BLOCKED}:session_incomplete",
-                   "--instance", f"{HEALTHY}:tok-{HEALTHY}:healthy"])
+    sim = Process(
+        [
+            "-m",
+            "services.cli",
+            "simulator",
+            "--port",
+            "0",
+            "--instance",
+            f"{BLOCKED}:tok-{BLOCKED}:session_incomplete",
+            "--instance",
+            f"{HEALTHY}:tok-{HEALTHY}:healthy",
+        ]
+    )
     results: list[Result] = []
     extra: dict[str, Any] = {}
     try:
@@ -317,23 +437,33 @@ async def main_async(args: argparse.Namespace) -> int:
         sim.stop()
     extra["state_machine"] = transition_cost()
     extra["memory_100k_messages"] = rss_growth_100k()
-    print(f"\nwapi-guard benchmark — {os.cpu_count()} cores, concurrency {args.concurrency} over "
-          f"{args.channels} channel(s), up to {args.requests} requests or {args.max_seconds:.0f} s per scenario\n")
+    print(
+        f"\nwapi-guard benchmark — {os.cpu_count()} cores, concurrency {args.concurrency} over "
+        f"{args.channels} channel(s), up to {args.requests} requests or {args.max_seconds:.0f} s per scenario\n"
+    )
     print(table(results))
     print()
     for name in ("sqlite", "postgres"):
         if name in extra:
             e = extra[name]
-            print(f"{name}: provider round-trips inside the preflight (blocked sends): {e['preflight_provider_round_trips']}; "
-                  f"server RSS {e['server_rss_mb'][0]} → {e['server_rss_mb'][1]} MB")
+            print(
+                f"{name}: provider round-trips inside the preflight (blocked sends): "
+                f"{e['preflight_provider_round_trips']}; "
+                f"server RSS {e['server_rss_mb'][0]} → {e['server_rss_mb'][1]} MB"
+            )
     sm = extra["state_machine"]
-    print(f"state machine: {sm['message_transition_us']} µs per message transition, "
-          f"{sm['instance_transition_us']} µs per instance transition")
+    print(
+        f"state machine: {sm['message_transition_us']} µs per message transition, "
+        f"{sm['instance_transition_us']} µs per instance transition"
+    )
     mem = extra["memory_100k_messages"]
-    print(f"100k messages through the machine: RSS {mem['rss_before_mb']} → {mem['rss_after_mb']} MB "
-          f"(+{mem['growth_mb']} MB)")
+    print(
+        f"100k messages through the machine: RSS {mem['rss_before_mb']} → {mem['rss_after_mb']} MB "
+        f"(+{mem['growth_mb']} MB)"
+    )
     if args.json:
-        Path(args.json).write_text(json.dumps({"results": [asdict(r) for r in results], **extra}, indent=2))
+        report = json.dumps({"results": [asdict(r) for r in results], **extra}, indent=2)
+        await asyncio.to_thread(Path(args.json).write_text, report)
     return 0
 
 

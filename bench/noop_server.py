@@ -11,7 +11,7 @@ from typing import Any
 
 import grpc
 
-from services.api.wapiguard.v1 import common_pb2, send_pb2_grpc, webhook_pb2, webhook_pb2_grpc
+from services.api.wapiguard.v1 import common_pb2, send_pb2, send_pb2_grpc, webhook_pb2, webhook_pb2_grpc
 
 _MESSAGE = common_pb2.Message(id="00000000-0000-0000-0000-000000000000", state=common_pb2.MESSAGE_STATE_SENT)
 
@@ -20,10 +20,18 @@ class NoopSend(send_pb2_grpc.SendServiceServicer):
     async def SendMessage(self, request: Any, context: Any) -> common_pb2.Message:
         return _MESSAGE
 
+    GetMessage = RetryMessage = SendMessage
+
+    async def ListMessages(self, request: Any, context: Any) -> Any:
+        return send_pb2.ListMessagesResponse()
+
 
 class NoopWebhook(webhook_pb2_grpc.WebhookServiceServicer):
     async def IngestEvent(self, request: Any, context: Any) -> webhook_pb2.IngestEventResponse:
         return webhook_pb2.IngestEventResponse()
+
+    async def IngestEvents(self, request: Any, context: Any) -> webhook_pb2.IngestEventsResponse:
+        return webhook_pb2.IngestEventsResponse()
 
 
 async def main() -> None:

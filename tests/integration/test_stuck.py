@@ -181,7 +181,8 @@ async def test_two_sweepers_on_one_postgres_alert_once_per_message(database_url:
             changes = (
                 await conn.execute(
                     sql(
-                        "select count(*) from instance_transitions where instance_id='two-1' and reason='DELIVERY_STALLED'"
+                        "select count(*) from instance_transitions"
+                        " where instance_id='two-1' and reason='DELIVERY_STALLED'"
                     )
                 )
             ).scalar_one()
