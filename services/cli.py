@@ -6,12 +6,12 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
-
-from services.config import Settings
 from services.operator_cli import OPERATOR_COMMANDS, add_operator_commands, run_operator
+
+if TYPE_CHECKING:
+    from services.config import Settings
 
 # CLI flag → Settings field. Every flag also reads WAPIGUARD_<FIELD> (flags win).
 SERVE_FLAGS: dict[str, tuple[str, type[Any]]] = {
@@ -43,6 +43,8 @@ SERVE_FLAGS: dict[str, tuple[str, type[Any]]] = {
 
 
 def _add_flags(parser: argparse.ArgumentParser, flags: dict[str, tuple[str, type[Any]]]) -> None:
+    from services.config import Settings
+
     for flag, (name, kind) in flags.items():
         field = Settings.model_fields[name]
         env = f"WAPIGUARD_{name.upper()}"
@@ -56,6 +58,8 @@ def _add_flags(parser: argparse.ArgumentParser, flags: dict[str, tuple[str, type
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
+    from services.config import Settings
+
     overrides = {k: v for k, v in vars(args).items() if k in Settings.model_fields and v is not None}
     return Settings(**overrides)
 
@@ -86,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] and argv[0] in OPERATOR_COMMANDS:
+        # Operator commands only talk gRPC: skip the server's heavy imports (settings, SQLAlchemy).
+        light = argparse.ArgumentParser(prog="wapi-guard")
+        add_operator_commands(light.add_subparsers(dest="command", required=True))
+        return run_operator(light.parse_args(argv))
     if argv[:1] == ["simulator"]:
         from adapters.simulator.cli import main as simulator_main
 
@@ -93,6 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in OPERATOR_COMMANDS:
         return run_operator(args)
+    from pydantic import ValidationError
+
     try:
         settings = settings_from(args)
     except ValidationError as error:
