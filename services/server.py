@@ -168,14 +168,18 @@ def _async(fn: Any) -> Any:
 
 
 async def serve(settings: Settings, *, provider: Provider | None = None) -> None:
-    app = await App.start(settings, provider=provider)
-    bridge = f", webhook bridge on http://{settings.host}:{app.http_port}" if app.http_port is not None else ""
-    print(f"wapi-guard serving gRPC on {settings.host}:{app.grpc_port}{bridge}", flush=True)
-    log.info("serving", extra={"grpc_port": app.grpc_port, "http_port": app.http_port})
+    # Signal handlers first: a SIGTERM that lands while starting (or while the serving line is
+    # being printed) still gets the graceful path, never the default kill.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("shutting down", extra={"grace_seconds": settings.shutdown_grace})
-    await app.stop()
+    app = await App.start(settings, provider=provider)
+    try:
+        bridge = f", webhook bridge on http://{settings.host}:{app.http_port}" if app.http_port is not None else ""
+        print(f"wapi-guard serving gRPC on {settings.host}:{app.grpc_port}{bridge}", flush=True)
+        log.info("serving", extra={"grpc_port": app.grpc_port, "http_port": app.http_port})
+        await stop.wait()
+    finally:
+        log.info("shutting down", extra={"grace_seconds": settings.shutdown_grace})
+        await app.stop()
