@@ -39,7 +39,7 @@ from services.api.wapiguard.v1 import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-PG_URL = os.environ.get("WAPIGUARD_BENCH_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
+PG_URL = os.environ.get("WAPIGUARD_BENCH_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/wapi_guard_bench")
 BLOCKED, HEALTHY = "BENCH-INCOMPLETE", "BENCH-HEALTHY"
 PORT_RE = re.compile(r"on (\S+):(\d+)")
 
@@ -198,8 +198,22 @@ async def bench_noop(args: argparse.Namespace) -> tuple[Result, Result]:
 
 
 async def reset_postgres() -> None:
+    """A database of the benchmark's own (created if missing), emptied: tests never share it."""
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
     from tests.conftest import reset_postgres as reset
 
+    url = make_url(PG_URL)
+    admin = await asyncpg.connect(
+        host=url.host, port=url.port or 5432, user=url.username, password=url.password, database="postgres"
+    )
+    try:
+        exists = await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", url.database)
+        if not exists:
+            await admin.execute(f'CREATE DATABASE "{url.database}"')
+    finally:
+        await admin.close()
     await reset(PG_URL)
 
 

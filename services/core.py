@@ -561,7 +561,7 @@ class Gateway:
         self._after_instance_change(change)
 
     async def retry(self, message_id: str, *, time_remaining: float | None = None) -> MessageRecord:
-        msg = await self.repo.get_message(message_id)
+        msg = await self.repo.get_message(message_id) if _plausible_id(message_id) else None
         if msg is None:
             raise MessageNotFound(message_id)
         if msg.state is not MessageState.FAILED:
@@ -608,7 +608,8 @@ class Gateway:
         return await self._attempt_shielded(msg, outbound, cached, span, self._budget(time_remaining))
 
     async def get_message(self, message_id: str) -> MessageRecord:
-        msg = await self.repo.get_message(message_id) if message_id else None
+        # Ids we issue are UUIDs: anything else cannot exist (and is never sent to the database).
+        msg = await self.repo.get_message(message_id) if _plausible_id(message_id) else None
         if msg is None:
             raise MessageNotFound(message_id)
         return msg
@@ -624,6 +625,8 @@ class Gateway:
     ) -> tuple[list[MessageRecord], str]:
         if page_size < 0 or page_size > 500:
             raise InvalidRequest([Violation("page_size", "must be between 0 and 500")])
+        if instance_id and validate_instance_id(instance_id):
+            raise InvalidRequest(validate_instance_id(instance_id))
         try:
             return await self.repo.list_messages(
                 instance_id=instance_id,
@@ -771,6 +774,10 @@ class Gateway:
                 log.warning("last_event_at flush failed; will retry", exc_info=True)
                 for key, value in batch.items():
                     self._touched[key] = max(value, self._touched.get(key, value))
+
+
+def _plausible_id(message_id: str) -> bool:
+    return 0 < len(message_id) <= 64 and message_id.isprintable() and message_id.isascii()
 
 
 def _end_with_error(span: Span, error: BaseException, *, end: bool = True) -> None:

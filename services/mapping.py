@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -27,7 +27,8 @@ from statemachine.domain import (
     Text,
     reason_text,
 )
-from statemachine.validation import SendRequest
+from statemachine.errors import InvalidRequest
+from statemachine.validation import SendRequest, Violation
 
 INSTANCE_STATE_TO_PB = {s: common_pb2.InstanceState.Value(f"INSTANCE_STATE_{s.value}") for s in InstanceState}
 INSTANCE_STATE_FROM_PB = {v: k for k, v in INSTANCE_STATE_TO_PB.items()}
@@ -150,6 +151,19 @@ def ingest_pb(result: IngestResult) -> webhook_pb2.IngestEventResponse:
         instance_transitions=_instance_changes(result.instance_changes),
         message_transitions=_message_changes(result.message_changes),
     )
+
+
+def received_at(request: webhook_pb2.IngestEventRequest) -> datetime | None:
+    """The bridge's receive time; None (= now) when absent. Out of range is bad input; a time
+    in the future is clamped to now (last_event_at only moves forward)."""
+    if not request.HasField("received_at"):
+        return None
+    try:
+        at = request.received_at.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError, OSError):
+        raise InvalidRequest([Violation("received_at", "not a valid timestamp")]) from None
+    now = datetime.now(UTC)
+    return min(at, now)
 
 
 def _media(pb: send_pb2.MediaContent) -> Media:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC
 from typing import Any, TypeAlias
 
 import grpc
@@ -22,7 +21,8 @@ from services.auth import PermissionDenied, allowed, authorize, current_principa
 from services.core import Gateway
 from services.errors import abort, grpc_errors, locale_of, status_for
 from statemachine.domain import Plan
-from statemachine.errors import InvalidPayload
+from statemachine.errors import InvalidPayload, InvalidRequest
+from statemachine.validation import Violation
 
 Ctx: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 MAX_BATCH = 500
@@ -82,7 +82,7 @@ class WebhookServicer(webhook_pb2_grpc.WebhookServiceServicer):
         self, request: webhook_pb2.IngestEventRequest, context: Ctx
     ) -> webhook_pb2.IngestEventResponse:
         self._only_unscoped()
-        received = request.received_at.ToDatetime(tzinfo=UTC) if request.HasField("received_at") else None
+        received = mapping.received_at(request)
         return mapping.ingest_pb(await self.gateway.ingest(request.payload, dict(request.headers), received))
 
     @grpc_errors
@@ -91,14 +91,11 @@ class WebhookServicer(webhook_pb2_grpc.WebhookServiceServicer):
     ) -> webhook_pb2.IngestEventsResponse:
         self._only_unscoped()
         if len(request.events) > MAX_BATCH:
-            from statemachine.errors import InvalidRequest
-            from statemachine.validation import Violation
-
             raise InvalidRequest([Violation("events", f"at most {MAX_BATCH} events per batch")])
         results = []
         for item in request.events:
-            received = item.received_at.ToDatetime(tzinfo=UTC) if item.HasField("received_at") else None
             try:
+                received = mapping.received_at(item)
                 results.append(mapping.ingest_pb(await self.gateway.ingest(item.payload, dict(item.headers), received)))
             except InvalidPayload as bad:
                 results.append(
@@ -106,6 +103,13 @@ class WebhookServicer(webhook_pb2_grpc.WebhookServiceServicer):
                         event_id=bad.event_id,
                         route=mapping.ROUTE_TO_PB["UNROUTABLE"],
                         reason=bad.event_reason,
+                    )
+                )
+            except InvalidRequest:
+                # This item's envelope is unusable (e.g. received_at out of range); the others go on.
+                results.append(
+                    webhook_pb2.IngestEventResponse(
+                        route=mapping.ROUTE_TO_PB["UNROUTABLE"], reason="INVALID_RECEIVED_AT"
                     )
                 )
         return webhook_pb2.IngestEventsResponse(results=results)

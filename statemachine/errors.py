@@ -22,18 +22,25 @@ class InvalidRequest(GuardError):
         self.violations = violations
 
 
+def _short(value: str) -> str:
+    """Caller-supplied ids echoed in errors are bounded (gRPC metadata is limited to 8 KiB)."""
+    return value if len(value) <= 80 else value[:77] + "..."
+
+
 class InstanceNotFound(GuardError):
     def __init__(self, instance_id: str) -> None:
         super().__init__(
             Reason.INSTANCE_NOT_FOUND,
-            f"instance {instance_id!r} is not registered",
-            {"instance_id": instance_id},
+            f"instance {_short(instance_id)!r} is not registered",
+            {"instance_id": _short(instance_id)},
         )
 
 
 class MessageNotFound(GuardError):
     def __init__(self, message_id: str) -> None:
-        super().__init__(Reason.MESSAGE_NOT_FOUND, f"message {message_id!r} not found", {"message_id": message_id})
+        super().__init__(
+            Reason.MESSAGE_NOT_FOUND, f"message {_short(message_id)!r} not found", {"message_id": _short(message_id)}
+        )
 
 
 class SendBlocked(GuardError):

@@ -186,7 +186,7 @@ def decode_page_token(token: str) -> tuple[datetime, str]:
     if not message_id:
         raise ValueError("bad page token")
     parsed = datetime.fromisoformat(at)
-    if parsed.tzinfo is None:
+    if parsed.tzinfo is None or len(message_id) > 64 or not (message_id.isascii() and message_id.isprintable()):
         raise ValueError("bad page token")
     return parsed, message_id
 
@@ -229,7 +229,11 @@ class Repository:
         )
         self._parked_exists = (
             select(events.c.id)
-            .where(events.c.provider_message_id == bindparam("pid"), events.c.parked.is_(True))
+            .where(
+                events.c.provider_message_id == bindparam("pid"),
+                events.c.instance_id == bindparam("iid"),
+                events.c.parked.is_(True),
+            )
             .limit(1)
         )
         self._message_by_provider_id = (
@@ -573,7 +577,13 @@ class Repository:
         """
         query = (
             select(messages.c.id)
-            .join(events, events.c.provider_message_id == messages.c.provider_message_id)
+            .join(
+                events,
+                and_(
+                    events.c.provider_message_id == messages.c.provider_message_id,
+                    events.c.instance_id == messages.c.instance_id,
+                ),
+            )
             .where(events.c.parked.is_(True), messages.c.state != MessageState.PENDING.value)
             .distinct()
             .limit(200)
@@ -640,7 +650,9 @@ class Repository:
         rows = (
             await conn.execute(
                 select(events.c.id, events.c.status, events.c.received_at).where(
-                    events.c.provider_message_id == msg.provider_message_id, events.c.parked.is_(True)
+                    events.c.provider_message_id == msg.provider_message_id,
+                    events.c.instance_id == msg.instance_id,  # another instance's status never applies
+                    events.c.parked.is_(True),
                 )
             )
         ).all()

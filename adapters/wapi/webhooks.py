@@ -63,8 +63,13 @@ PRESENCE_WORDS = frozenset({"composing", "recording", "paused", "available", "un
 # The event-less body of the brief: exactly these keys, once dropped as "Unroutable".
 CHAT_STATUS_KEYS = frozenset({"instanceId", "connectedPhone", "connectedLid", "chat", "status", "moment"})
 
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _MAX_FIELD = 256
+# Column sizes of the stored event (adapters/persistence/schema.py).
+MAX_MESSAGE_ID = 128
+MAX_CHAT_ID = 128
+MAX_STATUS = 32
+MAX_LID = 64
 
 
 def _digest(raw: bytes) -> str:
@@ -93,11 +98,34 @@ def _field(body: dict[str, Any], *names: str) -> Any:
     return None
 
 
-def _text(value: Any) -> str | None:
+def _text(value: Any, limit: int = _MAX_FIELD) -> str | None:
+    """A clean string field: storable as UTF-8 text on every database (no NUL, no lone
+    surrogates from `\\ud800` escapes), or None."""
     if isinstance(value, (str, int)) and not isinstance(value, bool):
-        text = str(value).strip()
-        return text[:_MAX_FIELD] if text else None
+        text = str(value).replace("\x00", "").strip()
+        text = text.encode("utf-8", "replace").decode("utf-8")[:limit]
+        return text or None
     return None
+
+
+def _id(value: Any) -> str | None:
+    """Provider message ids are short tokens (3EB0… is 32 chars); anything else is not one."""
+    text = _text(value, MAX_MESSAGE_ID + 1)
+    return text if text and len(text) <= MAX_MESSAGE_ID else None
+
+
+def _connected(value: Any) -> bool:
+    """`connected` as sent: a boolean, a number or a word. A missing key on a connection event
+    means connected (its name says so); anything unreadable is not a claim of a session."""
+    if value is None:
+        return True
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)):
+        return value != 0
+    if isinstance(value, str):
+        return value.strip().lower() not in ("false", "0", "no", "off", "")
+    return False
 
 
 def phone_digits(value: Any) -> str | None:
@@ -136,8 +164,8 @@ def _status(value: Any) -> tuple[MessageState | None, str | None]:
     if isinstance(value, bool):
         return None, None
     if isinstance(value, int):
-        return ACK_NUMBERS.get(value), str(value)
-    text = _text(value)
+        return ACK_NUMBERS.get(value), str(value)[:MAX_STATUS]
+    text = _text(value, MAX_STATUS)
     if text is None:
         return None, None
     return STATUS_WORDS.get(text.lower()), text.lower()
@@ -146,16 +174,16 @@ def _status(value: Any) -> tuple[MessageState | None, str | None]:
 def _chat_id(body: dict[str, Any]) -> str | None:
     chat = _field(body, "chat")
     if isinstance(chat, dict):
-        return _text(chat.get("id"))
-    return _text(chat) or _text(_field(body, "chatId", "phone"))
+        return _text(chat.get("id"), MAX_CHAT_ID)
+    return _text(chat, MAX_CHAT_ID) or _text(_field(body, "chatId", "phone"), MAX_CHAT_ID)
 
 
 def _message_id(body: dict[str, Any]) -> str | None:
-    mid = _text(_field(body, "messageId", "id", "msgId"))
+    mid = _id(_field(body, "messageId", "id", "msgId"))
     if mid is None:
         chat = _field(body, "chat")
         if isinstance(chat, dict):
-            mid = _text(chat.get("messageId"))
+            mid = _id(chat.get("messageId"))
     return mid
 
 
@@ -169,9 +197,9 @@ def parse_webhook(raw: bytes) -> ProviderEvent:
         return ProviderEvent(Route.UNROUTABLE, EventReason.NOT_AN_OBJECT, _digest(raw))
 
     instance_text = _text(_field(body, "instanceId", "instance_id"))
-    instance_id = instance_text if instance_text and _ID_RE.match(instance_text) else None
+    instance_id = instance_text if instance_text and _ID_RE.fullmatch(instance_text) else None
     moment = _moment(_field(body, "moment", "timestamp"))
-    event_name = _text(body.get("event") or body.get("type"))
+    event_name = _text(body.get("event") or body.get("type"), 64)
 
     if event_name is None:
         if body.keys() >= CHAT_STATUS_KEYS or {"instanceId", "chat", "status"} <= body.keys():
@@ -187,17 +215,15 @@ def parse_webhook(raw: bytes) -> ProviderEvent:
         return ProviderEvent(route, EventReason.MISSING_INSTANCE_ID, _digest(raw), None, moment=moment)
 
     if route is Route.CONNECTION:
-        connected = _field(body, "connected")
-        if isinstance(connected, str):
-            connected = connected.strip().lower() not in ("false", "0", "no", "off")
+        connected = _connected(body["connected"] if "connected" in body else _field(body, "connected"))
         return ProviderEvent(
             route,
             EventReason.RECORDED,
             _digest(raw),
             instance_id,
-            connected=connected is not False,
+            connected=connected,
             phone=_phone(body),
-            lid=_text(_field(body, "connectedLid", "lid")),
+            lid=_text(_field(body, "connectedLid", "lid"), MAX_LID),
             moment=moment,
         )
     if route is Route.DISCONNECTION:
@@ -260,7 +286,7 @@ def _chat_status(raw: bytes, body: dict[str, Any], instance_id: str | None, mome
         status=status if applies else None,
         raw_status=raw_status,
         phone=phone_digits(body.get("connectedPhone")),
-        lid=_text(body.get("connectedLid")),
+        lid=_text(body.get("connectedLid"), MAX_LID),
         chat_id=_chat_id(body),
         moment=moment,
     )

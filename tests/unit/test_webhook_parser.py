@@ -531,23 +531,29 @@ MAX_KEY = 200  # events.dedupe_key is String(200) in adapters/persistence/schema
 @pytest.mark.parametrize(
     "body",
     [
-        {"event": "webhookStatus", "instanceId": "I" * 64, "messageId": "m" * 256, "status": "delivered"},
-        {"event": "webhookStatus", "instanceId": INSTANCE, "messageId": "m" * 190, "status": "read"},
-        {"event": "webhookStatus", "instanceId": INSTANCE, "messageId": 10**250, "status": "read"},
+        {"event": "webhookStatus", "instanceId": "I" * 64, "messageId": "m" * 128, "status": "delivered"},
+        {"event": "webhookStatus", "instanceId": INSTANCE, "messageId": "m" * 127, "status": "read"},
+        {"event": "webhookStatus", "instanceId": INSTANCE, "messageId": 10**120, "status": "read"},
         {
             "instanceId": INSTANCE,
             "connectedPhone": PHONE,
             "connectedLid": LID,
-            "chat": {"id": CHAT, "messageId": "m" * 256},
+            "chat": {"id": CHAT, "messageId": "m" * 128},
             "status": "read",
             "moment": MOMENT,
         },
     ],
-    ids=["status-256", "status-190", "status-int-id", "eventless-256"],
+    ids=["status-128", "status-127", "status-int-id", "eventless-128"],
 )
 def test_dedupe_key_fits_the_column_for_long_message_ids(body: dict[str, Any]) -> None:
     e = parse(body)
     assert e.status is not None
+    assert 0 < len(e.dedupe_key) <= MAX_KEY
+
+
+def test_a_message_id_longer_than_its_column_is_not_a_message_id() -> None:
+    e = parse({"event": "webhookStatus", "instanceId": INSTANCE, "messageId": "m" * 129, "status": "read"})
+    assert (e.route, e.reason, e.provider_message_id) == (Route.MESSAGE_STATUS, "MISSING_MESSAGE_ID", None)
     assert 0 < len(e.dedupe_key) <= MAX_KEY
 
 
