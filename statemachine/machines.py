@@ -8,6 +8,7 @@ No Machine and no add_model per message: that costs ~200 µs and memory per obje
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -81,14 +82,20 @@ def decide_message(state: MessageState, trigger: str) -> MessageDecision:
 
     Forward-only falls out of the table: a DELIVERED after READ has no transition, so the
     message stays READ and the caller records the event as not applied (STALE_STATUS).
+    Message transitions have no guards, so each (state, trigger) outcome is computed once by the
+    machine and remembered: the hot path pays a dict lookup, not a trigger dispatch.
     """
+    return _decide_message(state, trigger)
+
+
+@functools.cache
+def _decide_message(state: MessageState, trigger: str) -> MessageDecision:
     model = _MessageModel(state)
     try:
         MESSAGE_MACHINE.events[trigger].trigger(model)
     except MachineError:
         return MessageDecision(state, state, applied=False)
-    new_state = MessageState(model.state)
-    return MessageDecision(state, new_state, applied=True)
+    return MessageDecision(state, MessageState(model.state), applied=True)
 
 
 def decide_status(state: MessageState, status: MessageState) -> MessageDecision:
@@ -249,15 +256,39 @@ class InstanceDecision:
 def decide_instance(
     state: InstanceState, reason: str, phone: str | None, trigger: str, *, new_phone: str | None = None
 ) -> InstanceDecision:
-    """Runs an instance trigger. A refused trigger leaves everything as it was."""
-    model = _InstanceModel(state, reason, phone)
+    """Runs an instance trigger. A refused trigger leaves everything as it was.
+
+    The guards read only the state, whether the reason is DELIVERY_STALLED and whether a phone
+    came with the signal, so the machine's verdict is computed once per such case and remembered;
+    the phone itself is then kept, taken or cleared as that verdict says.
+    """
+    has_phone = isinstance(new_phone, str) and bool(new_phone.strip())
+    stalled = reason == Reason.DELIVERY_STALLED
+    applied, to_state, to_reason, phone_action = _instance_verdict(state, stalled, has_phone, trigger)
+    if not applied:
+        return InstanceDecision(state, reason, state, reason, phone, applied=False)
+    resulting_phone = {"keep": phone, "take": new_phone, "clear": None}[phone_action]
+    return InstanceDecision(state, reason, to_state, to_reason or reason, resulting_phone, True)
+
+
+_KEPT, _TAKEN = "\x00kept", "\x00taken"
+
+
+@functools.cache
+def _instance_verdict(
+    state: InstanceState, stalled: bool, has_phone: bool, trigger: str
+) -> tuple[bool, InstanceState, str, str]:
+    reason = Reason.DELIVERY_STALLED.value if stalled else "\x00other"
+    model = _InstanceModel(state, reason, _KEPT)
     try:
-        ok = INSTANCE_MACHINE.events[trigger].trigger(model, phone=new_phone)
+        ok = INSTANCE_MACHINE.events[trigger].trigger(model, phone=_TAKEN if has_phone else None)
     except MachineError:
         ok = False
     if not ok:
-        return InstanceDecision(state, reason, state, reason, phone, applied=False)
-    return InstanceDecision(state, reason, InstanceState(model.state), str(model.reason), model.phone, True)
+        return False, state, "", "keep"
+    action = "keep" if model.phone == _KEPT else "take" if model.phone == _TAKEN else "clear"
+    new_reason = "" if model.reason == reason else str(model.reason)
+    return True, InstanceState(model.state), new_reason, action
 
 
 def probe_trigger(outcome: ProbeOutcome) -> str:
