@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Row, and_, bindparam, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -204,8 +204,17 @@ class Repository:
             index_elements=["instance_id", "idempotency_key"]
         )
         self._insert_message_returning = self._insert_message.returning(messages.c.id)
-        self._batcher = _InsertBatcher(self._insert_messages)
+        self._batcher: _Batcher[dict[str, Any], bool] = _Batcher(
+            self._insert_messages_batch, self._insert_message_alone
+        )
+        self._status_batcher: _Batcher[_StatusItem, IngestResult] = _Batcher(
+            self._ingest_statuses, self._ingest_status_alone
+        )
         self._insert_event = self._insert(events).on_conflict_do_nothing(index_elements=["dedupe_key"])
+        self._insert_event_returning = self._insert_event.returning(events.c.id)
+        self._set_event_reason = (
+            update(events).where(events.c.id == bindparam("b_event_id")).values(reason=bindparam("reason"))
+        )
         self._update_message = (
             update(messages)
             .where(messages.c.id == bindparam("b_id"), messages.c.version == bindparam("b_version"))
@@ -496,11 +505,17 @@ class Repository:
             ).one()
             return _message(row), False
 
-    async def _insert_messages(self, rows: list[dict[str, Any]]) -> set[str]:
-        """Ids of the rows actually inserted (a row whose key exists is skipped, not an error)."""
+    async def _insert_messages_batch(self, rows: list[dict[str, Any]]) -> list[bool]:
+        """For each row, whether it was inserted (a row whose key exists is skipped, not an error)."""
         async with self._auto.connect() as conn:
-            result = await conn.execute(self._insert_message_returning, rows)
-            return {r.id for r in result}
+            inserted = {r.id for r in await conn.execute(self._insert_message_returning, rows)}
+        return [row["id"] in inserted for row in rows]
+
+    async def _insert_message_alone(self, row: dict[str, Any]) -> bool:
+        return (await self._insert_messages_batch([row]))[0]
+
+    async def _ingest_status_alone(self, item: _StatusItem) -> IngestResult:
+        return await self._ingest_one(*item)
 
     async def get_message(self, message_id: str) -> MessageRecord | None:
         async with self._auto.connect() as conn:
@@ -752,6 +767,13 @@ class Repository:
         exists the whole transaction rolls back and the event is reported as a duplicate. On
         Postgres a concurrent twin waits on the row lock / unique index, so it is applied once.
         """
+        if event.route is Route.MESSAGE_STATUS and event.status is not None and event.instance_id:
+            return await self._status_batcher.submit((event, payload, headers, received_at))
+        return await self._ingest_one(event, payload, headers, received_at)
+
+    async def _ingest_one(
+        self, event: ProviderEvent, payload: bytes, headers: dict[str, str], received_at: datetime
+    ) -> IngestResult:
         event_id = str(uuid.uuid4())
         result = IngestResult(event_id, event.route, event.reason, event.instance_id)
         parked = False
@@ -791,23 +813,123 @@ class Repository:
                 if inserted.rowcount != 1:
                     raise _Duplicate
         except _Duplicate:
-            async with self.transaction() as conn:
-                row = (
-                    await conn.execute(
-                        update(events)
-                        .where(events.c.dedupe_key == event.dedupe_key)
-                        .values(duplicates=events.c.duplicates + 1)
-                        .returning(events.c.id, events.c.reason)
-                    )
-                ).first()
-            return IngestResult(
-                row.id if row else event_id,
-                event.route,
-                row.reason if row else event.reason,
-                event.instance_id,
-                duplicate=True,
-            )
+            return await self._count_duplicate(event, event_id)
         return result
+
+    async def _count_duplicate(self, event: ProviderEvent, event_id: str) -> IngestResult:
+        async with self.transaction() as conn:
+            row = (
+                await conn.execute(
+                    update(events)
+                    .where(events.c.dedupe_key == event.dedupe_key)
+                    .values(duplicates=events.c.duplicates + 1)
+                    .returning(events.c.id, events.c.reason)
+                )
+            ).first()
+        return IngestResult(
+            row.id if row else event_id,
+            event.route,
+            row.reason if row else event.reason,
+            event.instance_id,
+            duplicate=True,
+        )
+
+    async def _ingest_statuses(self, items: list[_StatusItem]) -> list[IngestResult]:
+        """Group commit of message-status events: one transaction for the whole batch.
+
+        Same guarantees as the one-event path: messages are locked (in id order, so two batches
+        cannot deadlock) before the events are inserted (in key order); an event whose key
+        already exists (an earlier call, another replica, this very batch) is a duplicate and
+        applies nothing; a status for a message not stored yet is parked.
+        """
+        results = [IngestResult(str(uuid.uuid4()), event.route, event.reason, event.instance_id) for event, *_ in items]
+        duplicates: set[int] = set()
+        async with self.transaction() as conn:
+            pids = sorted({str(event.provider_message_id) for event, *_ in items})
+            rows = (
+                await conn.execute(
+                    select(messages, instances.c.reason.label("instance_reason"))
+                    .join(instances, instances.c.id == messages.c.instance_id)
+                    .where(messages.c.provider_message_id.in_(pids))
+                    .order_by(messages.c.id)
+                    .with_for_update(of=messages)
+                )
+            ).all()
+            found: dict[tuple[str | None, str | None], tuple[MessageRecord, str]] = {
+                (r.instance_id, r.provider_message_id): (_message(r), r.instance_reason) for r in rows
+            }
+            originals = {key: replace(msg, history=list(msg.history)) for key, (msg, _) in found.items()}
+            event_rows: list[dict[str, Any]] = []
+            for (event, payload, headers, received_at), result in zip(items, results, strict=True):
+                known = (event.instance_id, event.provider_message_id) in found
+                if not known:
+                    result.reason = EventReason.UNKNOWN_MESSAGE
+                event_rows.append(
+                    {
+                        "id": result.event_id,
+                        "dedupe_key": event.dedupe_key,
+                        "received_at": received_at,
+                        "route": event.route.value,
+                        "reason": str(result.reason)[:96],
+                        "instance_id": event.instance_id,
+                        "provider_message_id": event.provider_message_id,
+                        "status": event.status.value if event.status else None,
+                        "parked": not known,
+                        "payload": payload,
+                        "headers": json.dumps(headers, sort_keys=True),
+                        "duplicates": 0,
+                    }
+                )
+            ordered = sorted(event_rows, key=lambda r: str(r["dedupe_key"]))
+            inserted = {r.id for r in await conn.execute(self._insert_event_returning, ordered)}
+            changed: dict[str, tuple[MessageRecord, MessageRecord]] = {}
+            for index, ((event, _payload, _headers, received_at), result) in enumerate(
+                zip(items, results, strict=True)
+            ):
+                if result.event_id not in inserted:
+                    duplicates.add(index)
+                    continue
+                key = (event.instance_id, event.provider_message_id)
+                if key not in found or event.status is None:
+                    continue
+                msg, instance_reason = found[key]
+                change = self._apply_status(msg, event.status, "webhook", event.moment or received_at)
+                changed[msg.id] = (originals[key], msg)
+                result.message_changes.append(MessageChange(msg.id, change, msg.trace_id, msg.span_id, msg.sent_at))
+                result.reason = EventReason.APPLIED if change.applied else EventReason.STALE_STATUS
+                if change.applied and msg.state in DELIVERED_OR_LATER and instance_reason == Reason.DELIVERY_STALLED:
+                    resumed = await self._apply_instance_trigger(
+                        conn, msg.instance_id, "report_delivery_resumed", "webhook", None, None, None
+                    )
+                    found[key] = (msg, "")
+                    if resumed is not None and resumed.decision.changed:
+                        result.instance_changes.append(resumed)
+            if changed:
+                # Rows are locked (Postgres) or the writer is alone (SQLite): the version check
+                # cannot fail here, so one executemany serves the whole batch.
+                await conn.execute(
+                    self._update_message, [self._update_params(before, after) for before, after in changed.values()]
+                )
+            # Reasons decided after the insert (applied / stale) are stored with their events.
+            final = [
+                {"b_event_id": r.event_id, "reason": str(r.reason)[:96]}
+                for i, r in enumerate(results)
+                if i not in duplicates and str(r.reason)[:96] != event_rows[i]["reason"]
+            ]
+            if final:
+                await conn.execute(self._set_event_reason, final)
+        for index in sorted(duplicates):
+            results[index] = await self._count_duplicate(items[index][0], results[index].event_id)
+        return results
+
+    @staticmethod
+    def _update_params(before: MessageRecord, after: MessageRecord) -> dict[str, Any]:
+        values = _message_values(after)
+        values["version"] = before.version + 1
+        values["b_id"] = values.pop("id")
+        values["b_version"] = before.version
+        after.version = before.version + 1
+        return values
 
     async def _route(
         self, conn: AsyncConnection, event: ProviderEvent, received_at: datetime, result: IngestResult
@@ -946,24 +1068,33 @@ class _Duplicate(Exception):
     pass
 
 
-class _InsertBatcher:
-    """Group commit: rows submitted while a batch is being written go out together in the next.
+_StatusItem = tuple[ProviderEvent, bytes, dict[str, str], datetime]
+T = TypeVar("T")
+R = TypeVar("R")
 
-    Under load a send costs a fraction of a round-trip; alone, it costs exactly one (no timer, no
-    added latency). If a batch fails, its rows are retried one by one so a single bad row cannot
-    fail the others.
+
+class _Batcher(Generic[T, R]):
+    """Group commit: items submitted while a batch is being written go out together in the next.
+
+    Under load an item costs a fraction of a transaction; alone, it costs exactly one (no timer,
+    no added latency). When a batch fails for one item's sake (bad data, constraint) or a lock
+    conflict, its items are retried one by one so they cannot fail each other; when the database
+    itself fails, every item gets that error.
     """
 
     MAX_BATCH = 200
 
-    def __init__(self, write: Callable[[list[dict[str, Any]]], Awaitable[set[str]]]) -> None:
-        self._write = write
-        self._pending: list[tuple[dict[str, Any], asyncio.Future[bool]]] = []
+    def __init__(
+        self, write_batch: Callable[[list[T]], Awaitable[list[R]]], write_one: Callable[[T], Awaitable[R]]
+    ) -> None:
+        self._write_batch = write_batch
+        self._write_one = write_one
+        self._pending: list[tuple[T, asyncio.Future[R]]] = []
         self._draining = False
 
-    async def submit(self, row: dict[str, Any]) -> bool:
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._pending.append((row, future))
+    async def submit(self, item: T) -> R:
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, future))
         if not self._draining:
             self._draining = True
             task = asyncio.create_task(self._drain())
@@ -975,43 +1106,40 @@ class _InsertBatcher:
             while self._pending:
                 batch, self._pending = self._pending[: self.MAX_BATCH], self._pending[self.MAX_BATCH :]
                 try:
-                    inserted = await self._write([row for row, _ in batch])
-                    for row, future in batch:
-                        _settle(future, row["id"] in inserted)
+                    results = await self._write_batch([item for item, _ in batch])
+                    for (_, future), value in zip(batch, results, strict=True):
+                        _settle(future, value)
                 except DBAPIError as error:
-                    if not _row_specific(error):
-                        for _row, future in batch:
+                    if not _row_specific(error) or len(batch) == 1:
+                        for _item, future in batch:
                             _fail(future, error)
                         continue
-                    # A row's fault (bad data, constraint): isolate it, the others go in.
-                    if len(batch) == 1:
-                        _fail(batch[0][1], error)
-                        continue
-                    for row, future in batch:
+                    for item, future in batch:
                         try:
-                            _settle(future, row["id"] in await self._write([row]))
-                        except Exception as row_error:
-                            _fail(future, row_error)
-                except Exception as error:  # the database's fault (down, timeout): every row fails
-                    for _row, future in batch:
+                            _settle(future, await self._write_one(item))
+                        except Exception as item_error:
+                            _fail(future, item_error)
+                except Exception as error:
+                    for _item, future in batch:
                         _fail(future, error)
         finally:
             self._draining = False
 
 
 def _row_specific(error: DBAPIError) -> bool:
-    """SQLSTATE class 22 (data exception) or 23 (integrity): the row, not the database, is wrong."""
+    """SQLSTATE 22 (data exception), 23 (integrity) or 40 (deadlock/serialization): retrying the
+    items one by one can succeed; anything else means the database itself is in trouble."""
     if isinstance(error, (DataError, IntegrityError)):
         return True
     sqlstate = str(getattr(error.orig, "sqlstate", "") or getattr(error.orig, "pgcode", "") or "")
-    return sqlstate[:2] in ("22", "23")
+    return sqlstate[:2] in ("22", "23", "40")
 
 
-def _settle(future: asyncio.Future[bool], value: bool) -> None:
+def _settle(future: asyncio.Future[Any], value: Any) -> None:
     if not future.done():
         future.set_result(value)
 
 
-def _fail(future: asyncio.Future[bool], error: BaseException | None) -> None:
+def _fail(future: asyncio.Future[Any], error: BaseException | None) -> None:
     if not future.done():
         future.set_exception(error or RuntimeError("insert failed"))
