@@ -12,6 +12,7 @@ Rules (wapi.md, "What the system being replaced gets wrong"):
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import re
@@ -41,6 +42,8 @@ PROBE_BACKOFF_BASE: Final = 0.05  # seconds; doubled per attempt, capped below
 PROBE_BACKOFF_CAP: Final = 0.5
 MIN_ATTEMPT_BUDGET: Final = 0.05  # do not start a probe attempt with less time than this
 _USER_AGENT: Final = "wapi-guard/0.1"
+# Pools used in turn (see WapiProvider.__init__).
+POOL_SHARDS: Final = 32
 _HEADER_SAFE = re.compile(r"^[\x21-\x7e]+$")
 _BEARER = re.compile(r"(?i)(bearer\s+)\S+")
 _HTML_TITLE = re.compile(rb"(?is)<(title|h1)[^>]*>(.*?)</\1>")
@@ -117,13 +120,23 @@ class WapiProvider:
             raise ValueError("max_connections must be >= 1")
         self._base_url = base_url.rstrip("/")
         self._probe_attempts = probe_attempts
-        self._client = httpx.AsyncClient(
-            base_url=self._base_url + "/",
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-            transport=transport,
-            follow_redirects=False,
-            headers={"Accept": "application/json", "User-Agent": _USER_AGENT},
-        )
+        # httpcore re-scans every queued request against every connection whenever one finishes
+        # (quadratic in concurrency): a few smaller pools, used in turn, keep that scan short.
+        shards = 1 if transport is not None else max(1, min(POOL_SHARDS, max_connections))
+        per_shard = max(1, max_connections // shards)
+        tls = httpx.create_ssl_context()  # built once: a context per pool would cost ~10 ms each
+        self._clients = [
+            httpx.AsyncClient(
+                base_url=self._base_url + "/",
+                limits=httpx.Limits(max_connections=per_shard, max_keepalive_connections=per_shard),
+                transport=transport,
+                verify=tls,
+                follow_redirects=False,
+                headers={"Accept": "application/json", "User-Agent": _USER_AGENT},
+            )
+            for _ in range(shards)
+        ]
+        self._next_client = itertools.cycle(self._clients)
 
     def __repr__(self) -> str:
         return f"WapiProvider(base_url={self._base_url!r}, probe_attempts={self._probe_attempts})"
@@ -139,7 +152,8 @@ class WapiProvider:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        for client in self._clients:
+            await client.aclose()
 
     def instrument(self, tracer_provider: object) -> None:
         """Client spans for every W-API call (OpenTelemetry httpx instrumentation).
@@ -149,7 +163,8 @@ class WapiProvider:
         """
         from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
-        HTTPXClientInstrumentor.instrument_client(self._client, tracer_provider=tracer_provider)  # type: ignore[arg-type]
+        for client in self._clients:
+            HTTPXClientInstrumentor.instrument_client(client, tracer_provider=tracer_provider)  # type: ignore[arg-type]
 
     # --- send ------------------------------------------------------------------------------------
 
@@ -286,7 +301,7 @@ class WapiProvider:
         params = {INSTANCE_QUERY_PARAM: credentials.instance_id}
         async with (
             asyncio.timeout(budget),
-            self._client.stream(
+            next(self._next_client).stream(
                 method,
                 endpoint.lstrip("/"),
                 params=params,
