@@ -16,6 +16,7 @@ import itertools
 import json
 import logging
 import re
+import socket
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -125,11 +126,17 @@ class WapiProvider:
         shards = 1 if transport is not None else max(1, min(POOL_SHARDS, max_connections))
         per_shard = max(1, max_connections // shards)
         tls = httpx.create_ssl_context()  # built once: a context per pool would cost ~10 ms each
+        limits = httpx.Limits(max_connections=per_shard, max_keepalive_connections=per_shard)
         self._clients = [
             httpx.AsyncClient(
                 base_url=self._base_url + "/",
-                limits=httpx.Limits(max_connections=per_shard, max_keepalive_connections=per_shard),
-                transport=transport,
+                limits=limits,
+                # httpcore writes headers and body separately: without TCP_NODELAY, Nagle plus the
+                # peer's delayed ACK holds every POST ~40 ms.
+                transport=transport
+                or httpx.AsyncHTTPTransport(
+                    verify=tls, limits=limits, socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
+                ),
                 verify=tls,
                 follow_redirects=False,
                 headers={"Accept": "application/json", "User-Agent": _USER_AGENT},
