@@ -527,11 +527,7 @@ class Repository:
         return _message(row) if row else None
 
     async def _save_message(self, conn: AsyncConnection, before: MessageRecord, after: MessageRecord) -> None:
-        values = _message_values(after)
-        values["version"] = before.version + 1
-        values["b_id"] = values.pop("id")
-        values["b_version"] = before.version
-        result = await conn.execute(self._update_message, values)
+        result = await conn.execute(self._update_message, self._update_params(before, after))
         if result.rowcount != 1:
             raise ConcurrentUpdateError(before.id)
         after.version = before.version + 1
@@ -910,6 +906,8 @@ class Repository:
                 await conn.execute(
                     self._update_message, [self._update_params(before, after) for before, after in changed.values()]
                 )
+                for before, after in changed.values():
+                    after.version = before.version + 1
             # Reasons decided after the insert (applied / stale) are stored with their events.
             final = [
                 {"b_event_id": r.event_id, "reason": str(r.reason)[:96]}
@@ -924,11 +922,11 @@ class Repository:
 
     @staticmethod
     def _update_params(before: MessageRecord, after: MessageRecord) -> dict[str, Any]:
+        """Parameters of the compare-and-set UPDATE: `after`'s values, guarded by `before`'s version."""
         values = _message_values(after)
         values["version"] = before.version + 1
         values["b_id"] = values.pop("id")
         values["b_version"] = before.version
-        after.version = before.version + 1
         return values
 
     async def _route(
