@@ -12,7 +12,6 @@ then compares what every stored message tells the caller with what the recipient
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from services.api.wapiguard.v1 import (
     webhook_pb2_grpc,
 )
 from services.server import App
+from tests import polling
 from tests.integration.harness import RichError, rich_error
 
 T = TypeVar("T")
@@ -71,16 +71,7 @@ def text_request(
 
 
 async def eventually(check: Callable[[], Awaitable[T | None]], what: str, timeout: float = WAIT) -> T:
-    """Polls `check` until it returns something truthy; fails after `timeout` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        await asyncio.sleep(0.05)
+    return await polling.eventually(check, what, timeout)
 
 
 @dataclass

@@ -32,6 +32,7 @@ from services.api.wapiguard.v1 import common_pb2, instance_health_pb2, send_pb2,
 from statemachine.domain import Credentials, OutboundMessage, SendOutcome, Text
 from tests.conftest import POSTGRES_URL
 from tests.integration.harness import Harness, ScriptedProvider, rich_error, start_harness, stop_harness
+from tests.polling import eventually
 
 pytestmark = [pytest.mark.slow]
 
@@ -166,18 +167,6 @@ def closed_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-async def eventually(check: Callable[[], Awaitable[T | None]], what: str, timeout: float) -> T:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        await asyncio.sleep(0.05)
 
 
 def text_request(body: str, key: str = "", instance_id: str = INSTANCE) -> send_pb2.SendMessageRequest:

@@ -59,6 +59,7 @@ from services.api.wapiguard.v1 import (
     send_pb2,
     send_pb2_grpc,
 )
+from tests import polling
 from tests.conftest import POSTGRES_URL, reset_postgres
 from tests.integration.harness import rich_error
 
@@ -473,14 +474,7 @@ def tail(log: Path, chars: int = 2000) -> str:
 
 
 async def eventually(check: Callable[[], Awaitable[T | None]], what: str, timeout: float = WAIT) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        await asyncio.sleep(0.05)
+    return await polling.eventually(check, what, timeout)
 
 
 async def register(sim: Simulator, replica: Replica, instance_id: str) -> common_pb2.InstanceHealth:
