@@ -235,8 +235,6 @@ INSTANCE_MACHINE = Machine(
     send_event=True,
 )
 
-INSTANCE_TRIGGERS = frozenset(str(t["trigger"]) for t in INSTANCE_TRANSITIONS)
-
 
 @dataclass(frozen=True, slots=True)
 class InstanceDecision:
