@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict
 from typing import Any
 
 from statemachine.domain import (
@@ -33,8 +32,9 @@ _CLASS_BY_KIND: dict[MessageKind, type[Any]] = {
 
 
 def content_to_dict(message: OutboundMessage) -> dict[str, Any]:
+    content = message.content  # flat dataclasses: a field copy (dataclasses.asdict deep-copies, ~10x slower)
     return {
-        "content": asdict(message.content),
+        "content": {name: getattr(content, name) for name in type(content).__match_args__},
         "reply_to": message.reply_to,
         "delay_seconds": message.delay_seconds,
     }
@@ -45,7 +45,11 @@ def outbound_from_stored(kind: MessageKind, to: str, stored: dict[str, Any]) -> 
     return OutboundMessage(kind, to, content, stored.get("reply_to", ""), stored.get("delay_seconds", 0))
 
 
-def request_hash(message: OutboundMessage) -> str:
-    """Same key + different request must not silently return the first message."""
-    blob = json.dumps([message.kind.value, message.to, content_to_dict(message)], sort_keys=True, separators=(",", ":"))
+def request_hash(message: OutboundMessage, content: dict[str, Any] | None = None) -> str:
+    """Same key + different request must not silently return the first message.
+
+    `content` is `content_to_dict(message)` when the caller has it already.
+    """
+    content = content_to_dict(message) if content is None else content
+    blob = json.dumps([message.kind.value, message.to, content], sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()

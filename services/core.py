@@ -32,7 +32,7 @@ from adapters.persistence.repository import (
 from adapters.wapi.webhooks import parse_webhook
 from services.content import content_to_dict, outbound_from_stored, request_hash
 from services.logs import register_secret
-from services.telemetry import Telemetry, current_trace_ids
+from services.telemetry import Telemetry, current_trace_ids, use_span
 from statemachine.domain import (
     Credentials,
     InstanceRecord,
@@ -174,6 +174,7 @@ class Gateway:
         self._tasks.clear()
         with contextlib.suppress(Exception):
             await self.repo.touch_instances(self._touched)
+        await self.repo.aclose()
 
     # --- instance health ---------------------------------------------------------------------
 
@@ -375,7 +376,7 @@ class Gateway:
             "wapi.send_attempt",
             attributes={"wapi.instance_id": req.instance_id, "wapi.attempt": 1, "wapi.kind": req.kind.value},
         )
-        with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
+        with use_span(span, end_on_exit=False):
             try:
                 with self.tracer.start_as_current_span("wapi.preflight") as preflight:
                     cached = await self._instance(req.instance_id)
@@ -415,6 +416,7 @@ class Gateway:
         self, req: SendRequest, outbound: OutboundMessage, blocked: Reason | None, health: InstanceRecord
     ) -> MessageRecord:
         now = utcnow()
+        content = content_to_dict(outbound)
         initial = MessageState.FAILED if blocked else MessageState.PENDING
         trace_id, span_id = current_trace_ids()
         return MessageRecord(
@@ -428,8 +430,8 @@ class Gateway:
             provider_message_id=None,
             attempts=1,
             idempotency_key=req.idempotency_key or f"auto:{uuid.uuid4()}",
-            request_hash=request_hash(outbound),
-            content=content_to_dict(outbound),
+            request_hash=request_hash(outbound, content),
+            content=content,
             created_at=now,
             updated_at=now,
             sent_at=None,
@@ -487,7 +489,7 @@ class Gateway:
     async def _attempt(
         self, msg: MessageRecord, outbound: OutboundMessage, cached: _Cached, span: Span, budget: float
     ) -> MessageRecord:
-        with trace.use_span(span, end_on_exit=True, record_exception=False, set_status_on_exception=False):
+        with use_span(span, end_on_exit=True):
             try:
                 with self.tracer.start_as_current_span("wapi.provider.send", kind=SpanKind.CLIENT) as call:
                     started = time.perf_counter()
@@ -576,7 +578,7 @@ class Gateway:
                 "wapi.retry": True,
             },
         )
-        with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
+        with use_span(span, end_on_exit=False):
             try:
                 cached = await self._instance(msg.instance_id)
                 if cached is None:

@@ -8,6 +8,7 @@ Everything here is per App, not process-global, so tests can run several Apps si
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -21,12 +22,31 @@ from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, V
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
-from opentelemetry.trace import NoOpTracerProvider, Tracer
+from opentelemetry.trace import INVALID_SPAN, NoOpTracer, Span, Tracer
 from prometheus_client import CollectorRegistry, generate_latest
 
 TRACER_NAME = "wapi_guard"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 DELIVERY_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+
+
+# Tracing off: one shared, reusable context manager stands for every span.
+NO_SPAN: contextlib.nullcontext[Span] = contextlib.nullcontext(INVALID_SPAN)
+
+
+class NullTracer(NoOpTracer):
+    """Tracing off costs nothing on the hot path: OTel's no-op tracer still builds a generator
+    context manager and attaches a context per span (~10 µs each, measured in the benchmark)."""
+
+    def start_as_current_span(self, *args: object, **kwargs: object) -> contextlib.nullcontext[Span]:  # type: ignore[override]
+        return NO_SPAN
+
+
+def use_span(span: Span, *, end_on_exit: bool) -> contextlib.AbstractContextManager[Span]:
+    """`trace.use_span` without error recording (the core sets span status itself), free when off."""
+    if span is INVALID_SPAN:
+        return NO_SPAN
+    return trace.use_span(span, end_on_exit=end_on_exit, record_exception=False, set_status_on_exception=False)
 
 
 def _truthy(value: str | None) -> bool:
@@ -134,7 +154,7 @@ class Telemetry:
             self.tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter or _span_exporter(env)))
             self.tracer: Tracer = self.tracer_provider.get_tracer(TRACER_NAME)
         else:
-            self.tracer = NoOpTracerProvider().get_tracer(TRACER_NAME)
+            self.tracer = NullTracer()
         self.registry = CollectorRegistry()
         readers: list[MetricReader] = [PrometheusMetricReader(registry=self.registry)]
         if metrics_otlp_configured(env):

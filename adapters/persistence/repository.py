@@ -22,6 +22,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from adapters.persistence import pg_fast
 from adapters.persistence.schema import chat_statuses, events, instance_transitions, instances, messages
 from statemachine.domain import (
     InstanceRecord,
@@ -79,21 +80,23 @@ class IngestResult:
 # --- row mapping -----------------------------------------------------------------------------
 
 
-def _history_to_json(history: Sequence[StateChange]) -> str:
+def _change_to_json(c: StateChange) -> str:
     return json.dumps(
-        [
-            {
-                "from": c.from_state,
-                "to": c.to_state,
-                "reason": c.reason,
-                "source": c.source,
-                "at": c.at.isoformat(),
-                "applied": c.applied,
-            }
-            for c in history
-        ],
+        {
+            "from": c.from_state,
+            "to": c.to_state,
+            "reason": c.reason,
+            "source": c.source,
+            "at": c.at.isoformat(),
+            "applied": c.applied,
+        },
         separators=(",", ":"),
     )
+
+
+def _history_to_json(history: Sequence[StateChange]) -> str:
+    """The same text as json.dumps of the list: the Postgres lane appends entries in SQL."""
+    return "[" + ",".join(_change_to_json(c) for c in history) + "]"
 
 
 def _history_from_json(text: str) -> list[StateChange]:
@@ -154,6 +157,31 @@ def _message_values(msg: MessageRecord) -> dict[str, Any]:
     }
 
 
+# Column order of pg_fast.INSERT_MESSAGES.
+_MESSAGE_COLUMNS = (
+    "id",
+    "instance_id",
+    "idempotency_key",
+    "request_hash",
+    "recipient",
+    "kind",
+    "content",
+    "state",
+    "failure_reason",
+    "failure_detail",
+    "provider_message_id",
+    "attempts",
+    "history",
+    "created_at",
+    "updated_at",
+    "sent_at",
+    "stuck_at",
+    "trace_id",
+    "span_id",
+    "version",
+)
+
+
 def _instance(row: Row[Any] | Any) -> InstanceRecord:
     m = row._mapping
     return InstanceRecord(
@@ -198,6 +226,11 @@ class Repository:
         # Single statements need no BEGIN/COMMIT round-trips: reads and one-statement writes
         # (each atomic on its own) run in autocommit; multi-statement units use transaction().
         self._auto = engine.execution_options(isolation_level="AUTOCOMMIT")
+        # Postgres: the group-commit lanes write through raw asyncpg (see pg_fast), one leased
+        # connection each.
+        self._pg = self._dialect == "postgresql"
+        self._insert_lease = pg_fast.Lease(engine)
+        self._status_lease = pg_fast.Lease(engine)
         # Hot statements are built once; each call only binds parameters (no per-call statement
         # construction or cache-key generation over literal values).
         self._insert_message = self._insert(messages).on_conflict_do_nothing(
@@ -254,6 +287,11 @@ class Repository:
             )
             .with_for_update(of=messages)
         )
+
+    async def aclose(self) -> None:
+        """Hands leased connections back to the pool (before the engine is disposed)."""
+        await self._insert_lease.aclose()
+        await self._status_lease.aclose()
 
     def _insert(self, table: Any) -> Any:
         module = postgresql if self._dialect == "postgresql" else sqlite
@@ -507,6 +545,11 @@ class Repository:
 
     async def _insert_messages_batch(self, rows: list[dict[str, Any]]) -> list[bool]:
         """For each row, whether it was inserted (a row whose key exists is skipped, not an error)."""
+        if self._pg:
+            columns = [[row[name] for row in rows] for name in _MESSAGE_COLUMNS]
+            async with self._insert_lease.driver(pg_fast.INSERT_MESSAGES) as driver:
+                inserted = {r[0] for r in await driver.fetch(pg_fast.INSERT_MESSAGES, *columns)}
+            return [row["id"] in inserted for row in rows]
         async with self._auto.connect() as conn:
             inserted = {r.id for r in await conn.execute(self._insert_message_returning, rows)}
         return [row["id"] in inserted for row in rows]

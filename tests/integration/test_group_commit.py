@@ -51,6 +51,7 @@ async def test_concurrent_inserts_with_shared_keys_keep_one_row_per_key(database
             by_key.setdefault(record.idempotency_key, set()).add(stored.id)
         assert all(len(ids) == 1 for ids in by_key.values())  # every caller of a key sees the same row
     finally:
+        await repo.aclose()
         await engine.dispose()
 
 
@@ -67,4 +68,5 @@ async def test_one_bad_row_does_not_fail_its_batch(database_url: str) -> None:
         assert isinstance(results[10], Exception)
         assert await repo.get_message("bad") is None
     finally:
+        await repo.aclose()
         await engine.dispose()
