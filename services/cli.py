@@ -37,6 +37,7 @@ SERVE_FLAGS: dict[str, tuple[str, type[Any]]] = {
     "--sweep-interval": ("sweep_interval", float),
     "--shutdown-grace": ("shutdown_grace", float),
     "--db-pool-size": ("db_pool_size", int),
+    "--group-commit-window": ("group_commit_window", float),
     "--log-level": ("log_level", str),
     "--log-format": ("log_format", str),
 }

@@ -51,6 +51,12 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(
         10, ge=1, le=200, description="PostgreSQL connections per process (plus as many overflow). SQLite uses one."
     )
+    group_commit_window: float = Field(
+        0.005,
+        ge=0,
+        le=0.1,
+        description="Seconds a group-commit batch waits to fill, only while a batch is already in flight (0 = off).",
+    )
     log_level: str = Field("INFO", description="Python log level.")
     log_format: str = Field("json", pattern="^(json|text)$", description="json (one object per line) or text.")
     migrate_on_start: bool = Field(True, description="Apply migrations at serve start.")

@@ -103,7 +103,7 @@ class App:
         register_secret(str(password) if password else None)
         if settings.migrate_on_start:
             await upgrade_to_head(engine)
-        repo = Repository(engine)
+        repo = Repository(engine, group_commit_window=settings.group_commit_window)
         provider = provider or default_provider(settings)
         instrument = getattr(provider, "instrument", None)
         if telemetry.tracer_provider is not None and instrument is not None:

@@ -40,14 +40,15 @@ ON CONFLICT (instance_id, idempotency_key) DO NOTHING
 RETURNING id
 """
 
-# What a status decision needs, for many (instance, provider message id) pairs at once.
+# What a status decision needs, for many provider message ids at once. By provider id alone (the
+# caller matches the instance): a join on (instance_id, provider_message_id) lets the planner AND
+# the instance index in, which reads every message of a busy instance (measured: 2x Postgres CPU).
 READ_FOR_STATUS = """
 SELECT m.id, m.instance_id, m.provider_message_id, m.state, m.version, m.sent_at, m.trace_id, m.span_id,
        i.reason AS instance_reason
 FROM messages m
 JOIN instances i ON i.id = m.instance_id
-JOIN unnest($1::text[], $2::text[]) AS k(instance_id, provider_message_id)
-  ON m.instance_id = k.instance_id AND m.provider_message_id = k.provider_message_id
+WHERE m.provider_message_id = ANY($1::text[])
 """
 
 # One atomic statement: lock the messages whose version is still the one the decision was made
