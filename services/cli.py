@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from services.operator_cli import OPERATOR_COMMANDS, add_operator_commands, run_operator
+from services.runtime import run
 
 if TYPE_CHECKING:
     from services.config import Settings
@@ -38,6 +38,7 @@ SERVE_FLAGS: dict[str, tuple[str, type[Any]]] = {
     "--shutdown-grace": ("shutdown_grace", float),
     "--db-pool-size": ("db_pool_size", int),
     "--group-commit-window": ("group_commit_window", float),
+    "--event-loop": ("event_loop", str),
     "--log-level": ("log_level", str),
     "--log-format": ("log_format", str),
 }
@@ -120,17 +121,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         from services.server import serve
 
         try:
-            asyncio.run(serve(settings))
+            run(serve(settings), event_loop=settings.event_loop)
         except (OSError, ValueError) as error:
             print(f"wapi-guard: {error}", file=sys.stderr)
             return 1
         return 0
     if args.command == "migrate":
-        return asyncio.run(_migrate(settings.database_url))
+        return run(_migrate(settings.database_url), event_loop=settings.event_loop)
     if args.command == "demo":
         from services.demo import run_demo
 
-        code: int = asyncio.run(run_demo(keep=args.keep, as_json=args.json))
+        code: int = run(run_demo(keep=args.keep, as_json=args.json), event_loop=settings.event_loop)
         return code
     return 2
 

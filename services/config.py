@@ -57,6 +57,9 @@ class Settings(BaseSettings):
         le=0.1,
         description="Seconds a group-commit batch waits to fill, only while a batch is already in flight (0 = off).",
     )
+    event_loop: str = Field(
+        "uvloop", pattern="^(uvloop|asyncio)$", description="uvloop (default where installed) or asyncio."
+    )
     log_level: str = Field("INFO", description="Python log level.")
     log_format: str = Field("json", pattern="^(json|text)$", description="json (one object per line) or text.")
     migrate_on_start: bool = Field(True, description="Apply migrations at serve start.")

@@ -64,6 +64,15 @@ def _pack(message: Any) -> any_pb2.Any:
     return packed
 
 
+@functools.lru_cache(maxsize=256)
+def _localized(reason: str, locale: str) -> any_pb2.Any | None:
+    """Packed once per (reason, locale): the texts are constants (a few reasons × two locales)."""
+    text = reason_text(reason, locale)
+    if text == reason:
+        return None
+    return _pack(error_details_pb2.LocalizedMessage(locale=locale, message=text))
+
+
 def build_status(
     code: grpc.StatusCode,
     message: str,
@@ -73,9 +82,9 @@ def build_status(
     violations: list[tuple[str, str]] | None = None,
 ) -> grpc.Status:
     details = [_pack(error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=metadata))]
-    text = reason_text(reason, locale)
-    if text != reason:
-        details.append(_pack(error_details_pb2.LocalizedMessage(locale=locale, message=text)))
+    localized = _localized(reason, locale)
+    if localized is not None:
+        details.append(localized)
     if violations:
         details.append(
             _pack(

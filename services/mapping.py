@@ -52,12 +52,17 @@ ROUTE_TO_PB = {
 }
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def ts(value: datetime | None) -> Timestamp | None:
+    """Timestamp.FromDatetime in integer arithmetic (the library's is pure Python, ~8 µs a call)."""
     if value is None:
         return None
-    out = Timestamp()
-    out.FromDatetime(value)
-    return out
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)  # naive means UTC, as FromDatetime assumes
+    delta = value - _EPOCH
+    return Timestamp(seconds=delta.days * 86_400 + delta.seconds, nanos=delta.microseconds * 1000)
 
 
 def _state_pb(value: str, table: dict[MessageState, Any]) -> Any:

@@ -108,7 +108,7 @@ def as_dbapi_error(error: BaseException, statement: str) -> DBAPIError:
         cls = DBAPIError
     else:
         cls = OperationalError
-    return cls(statement.strip().split("\n", 1)[0][:120], None, error)  # type: ignore[arg-type]
+    return cls(statement.strip().split("\n", 1)[0][:120], None, error)
 
 
 class Lease:

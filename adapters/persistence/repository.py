@@ -594,29 +594,22 @@ class Repository:
         )
         async with self._auto.connect() as conn:
             result = await conn.execute(
-                update(messages)
-                .where(
-                    messages.c.id == msg.id,
-                    messages.c.version == msg.version,
-                    messages.c.state == MessageState.PENDING.value,
-                )
-                .values(
-                    state=after.state.value,
-                    provider_message_id=provider_message_id,
-                    sent_at=now,
-                    updated_at=now,
-                    history=_history_to_json(after.history),
-                    version=after.version,
-                )
+                self._mark_sent,
+                {
+                    "b_id": msg.id,
+                    "b_version": msg.version,
+                    "provider_message_id": provider_message_id,
+                    "sent_at": now,
+                    "updated_at": now,
+                    "history": _history_to_json(after.history),
+                    "version": after.version,
+                },
             )
             if result.rowcount != 1:
                 return None
+            # Only this instance's parked statuses can apply (as in _apply_parked).
             parked = (
-                await conn.execute(
-                    select(events.c.id)
-                    .where(events.c.provider_message_id == provider_message_id, events.c.parked.is_(True))
-                    .limit(1)
-                )
+                await conn.execute(self._parked_exists, {"pid": provider_message_id, "iid": msg.instance_id})
             ).first()
         if parked is not None:
             await self.apply_parked(provider_message_id)
@@ -1286,12 +1279,24 @@ class _Batcher(Generic[T, R]):
             task.add_done_callback(lambda t: t.cancelled() or t.exception())
         return await future
 
+    async def _fill(self) -> None:
+        """Under load: wait while the batch keeps growing, at most `window` seconds. Stops as soon
+        as a step brings nothing new (every caller may be waiting on this very batch)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._window
+        step = self._window / 5
+        while len(self._pending) < self.MAX_BATCH and loop.time() < deadline:
+            before = len(self._pending)
+            await asyncio.sleep(step)
+            if len(self._pending) == before:
+                return
+
     async def _drain(self) -> None:
         try:
             first = True
             while self._pending:
-                if not first and self._window > 0 and len(self._pending) < self.MAX_BATCH:
-                    await asyncio.sleep(self._window)  # under load: let the batch fill
+                if not first and self._window > 0:
+                    await self._fill()
                 first = False
                 batch, self._pending = self._pending[: self.MAX_BATCH], self._pending[self.MAX_BATCH :]
                 try:

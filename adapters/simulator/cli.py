@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from adapters.simulator.app import Simulator
 from adapters.simulator.payloads import BEHAVIOURS, STATUS_STYLES
+from services.runtime import run
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +81,7 @@ async def _serve(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return asyncio.run(_serve(args))
+        return run(_serve(args))
     except OSError as exc:
         print(f"wapi-simulator: {exc}", file=sys.stderr)
         return 1
