@@ -1,8 +1,9 @@
 """`python -m bench` (or `make bench`): prints requests/s, p50/p99 and the ratio to a no-op gRPC
 baseline, for each hot path, on SQLite and on PostgreSQL, in one run with one load generator.
 
-Every server runs in its own process; the load generator is this process. Loopback only; every
-scenario is bounded by a request count and a time limit.
+Every server runs in its own process; the load generator is this process. Each scenario is
+measured right after a fresh no-op run of the same RPC, and its ratio is to that run. Loopback
+only; every scenario is bounded by a request count and a time limit.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class Result:
     p50_ms: float
     p99_ms: float
     ratio: float = 0.0
+    baseline_rps: float = 0.0  # the no-op run of the same RPC measured just before this one
 
 
 class Process:
@@ -153,48 +155,47 @@ async def warm(channels: list[grpc.aio.Channel], call: Callable[[grpc.aio.Channe
             await call(channels[i % len(channels)], -i - 1)
 
 
-async def bench_noop(args: argparse.Namespace) -> tuple[Result, Result]:
-    server = Process(["-m", "bench.noop_server"])
-    try:
-        channels = channels_for(server.grpc_target(), args.channels)
+class Noop:
+    """The no-op server, kept up for the whole run: each scenario is measured right after a fresh
+    baseline of the same RPC, so the ratio compares two neighbouring measurements (this kind of
+    machine drifts ±10% over minutes)."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.server = Process(["-m", "bench.noop_server"])
+        self.channels = channels_for(self.server.grpc_target(), args.channels)
         request = send_pb2.SendMessageRequest(
             instance_id=BLOCKED, to="5515981121710", text=send_pb2.TextContent(body="bench")
         )
+        event = webhook_pb2.IngestEventRequest(payload=b'{"event":"webhookStatus"}')
 
         async def send(channel: grpc.aio.Channel, i: int) -> Any:
             return await send_pb2_grpc.SendServiceStub(channel).SendMessage(request, timeout=10)
 
-        event = webhook_pb2.IngestEventRequest(payload=b'{"event":"webhookStatus"}')
-
         async def ingest(channel: grpc.aio.Channel, i: int) -> Any:
             return await webhook_pb2_grpc.WebhookServiceStub(channel).IngestEvent(event, timeout=10)
 
-        await warm(channels, send)
-        results = (
-            await load(
-                "noop SendMessage",
-                "-",
-                channels,
-                send,
-                requests=args.requests,
-                concurrency=args.concurrency,
-                max_seconds=args.max_seconds,
-            ),
-            await load(
-                "noop IngestEvent",
-                "-",
-                channels,
-                ingest,
-                requests=args.requests,
-                concurrency=args.concurrency,
-                max_seconds=args.max_seconds,
-            ),
+        self.calls = {"SendMessage": send, "IngestEvent": ingest}
+
+    async def measure(self, rpc: str) -> Result:
+        await warm(self.channels, self.calls[rpc])
+        result = await load(
+            f"noop {rpc}",
+            "-",
+            self.channels,
+            self.calls[rpc],
+            requests=self.args.requests,
+            concurrency=self.args.concurrency,
+            max_seconds=self.args.max_seconds,
         )
-        for c in channels:
+        result.ratio = 1.0
+        result.baseline_rps = result.rps
+        return result
+
+    async def aclose(self) -> None:
+        for c in self.channels:
             await c.close()
-        return results
-    finally:
-        server.stop()
+        self.server.stop()
 
 
 async def reset_postgres() -> None:
@@ -217,7 +218,16 @@ async def reset_postgres() -> None:
     await reset(PG_URL)
 
 
-async def bench_database(database: str, url: str, sim_url: str, args: argparse.Namespace) -> dict[str, Any]:
+async def against(noop: Noop, rpc: str, scenario: Awaitable[Result]) -> Result:
+    """Runs the no-op baseline of the same RPC, then the scenario; the ratio is between the two."""
+    base = await noop.measure(rpc)
+    result = await scenario
+    result.baseline_rps = base.rps
+    result.ratio = round(result.rps / base.rps, 2) if base.rps else 0.0
+    return result
+
+
+async def bench_database(database: str, url: str, sim_url: str, args: argparse.Namespace, noop: Noop) -> dict[str, Any]:
     server = Process(
         [
             "-m",
@@ -277,15 +287,19 @@ async def bench_database(database: str, url: str, sim_url: str, args: argparse.N
         rss_start = server.rss_mb()
         await warm(channels, blocked)
         out["results"].append(
-            await load(
-                "SendMessage blocked (SESSION_INCOMPLETE)",
-                database,
-                channels,
-                blocked,
-                requests=args.requests,
-                concurrency=args.concurrency,
-                max_seconds=args.max_seconds,
-                ok_codes=(grpc.StatusCode.FAILED_PRECONDITION,),
+            await against(
+                noop,
+                "SendMessage",
+                load(
+                    "SendMessage blocked (SESSION_INCOMPLETE)",
+                    database,
+                    channels,
+                    blocked,
+                    requests=args.requests,
+                    concurrency=args.concurrency,
+                    max_seconds=args.max_seconds,
+                    ok_codes=(grpc.StatusCode.FAILED_PRECONDITION,),
+                ),
             )
         )
         async with httpx.AsyncClient() as client:
@@ -293,14 +307,18 @@ async def bench_database(database: str, url: str, sim_url: str, args: argparse.N
         out["preflight_provider_round_trips"] = sim_after - sim_before
         await warm(channels, healthy)
         out["results"].append(
-            await load(
-                "SendMessage healthy (via simulator)",
-                database,
-                channels,
-                healthy,
-                requests=args.requests,
-                concurrency=args.concurrency,
-                max_seconds=args.max_seconds,
+            await against(
+                noop,
+                "SendMessage",
+                load(
+                    "SendMessage healthy (via simulator)",
+                    database,
+                    channels,
+                    healthy,
+                    requests=args.requests,
+                    concurrency=args.concurrency,
+                    max_seconds=args.max_seconds,
+                ),
             )
         )
 
@@ -323,14 +341,18 @@ async def bench_database(database: str, url: str, sim_url: str, args: argparse.N
 
         await warm(channels, ingest)
         out["results"].append(
-            await load(
-                "IngestEvent status (dedupe + transition)",
-                database,
-                channels,
-                ingest,
-                requests=min(args.requests, len(statuses)),
-                concurrency=args.concurrency,
-                max_seconds=args.max_seconds,
+            await against(
+                noop,
+                "IngestEvent",
+                load(
+                    "IngestEvent status (dedupe + transition)",
+                    database,
+                    channels,
+                    ingest,
+                    requests=min(args.requests, len(statuses)),
+                    concurrency=args.concurrency,
+                    max_seconds=args.max_seconds,
+                ),
             )
         )
         out["server_rss_mb"] = (round(rss_start, 1), round(server.rss_mb(), 1))
@@ -402,12 +424,12 @@ def rss_growth_100k() -> dict[str, float]:
 def table(results: list[Result]) -> str:
     header = (
         f"| {'scenario':<42} | {'db':<8} | {'req':>6} | {'err':>4} | {'req/s':>7} | {'p50 ms':>7} "
-        f"| {'p99 ms':>7} | {'ratio':>5} |"
+        f"| {'p99 ms':>7} | {'noop req/s':>10} | {'ratio':>5} |"
     )
     rule = "|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|"
     rows = [
         f"| {r.scenario:<42} | {r.database:<8} | {r.requests:>6} | {r.errors:>4} | {r.rps:>7.0f} | {r.p50_ms:>7.2f} "
-        f"| {r.p99_ms:>7.2f} | {r.ratio:>5.2f} |"
+        f"| {r.p99_ms:>7.2f} | {r.baseline_rps:>10.0f} | {r.ratio:>5.2f} |"
         for r in results
     ]
     return "\n".join([header, rule, *rows])
@@ -429,10 +451,9 @@ async def main_async(args: argparse.Namespace) -> int:
     )
     results: list[Result] = []
     extra: dict[str, Any] = {}
+    noop = Noop(args)
     try:
-        noop_send, noop_ingest = await bench_noop(args)
-        noop_send.ratio = noop_ingest.ratio = 1.0
-        results += [noop_send, noop_ingest]
+        results += [await noop.measure("SendMessage"), await noop.measure("IngestEvent")]
         databases = []
         if args.db in ("sqlite", "both"):
             tmp = tempfile.mkdtemp(prefix="wapi-guard-bench-")
@@ -441,13 +462,11 @@ async def main_async(args: argparse.Namespace) -> int:
             await reset_postgres()
             databases.append(("postgres", PG_URL))
         for name, url in databases:
-            out = await bench_database(name, url, sim.first_line, args)
-            for r in out["results"]:
-                base = noop_ingest if r.scenario.startswith("IngestEvent") else noop_send
-                r.ratio = round(r.rps / base.rps, 2)
+            out = await bench_database(name, url, sim.first_line, args, noop)
             results += out["results"]
             extra[name] = {k: v for k, v in out.items() if k != "results"}
     finally:
+        await noop.aclose()
         sim.stop()
     extra["state_machine"] = transition_cost()
     extra["memory_100k_messages"] = rss_growth_100k()
@@ -484,7 +503,7 @@ async def main_async(args: argparse.Namespace) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--db", choices=("sqlite", "postgres", "both"), default="both")
-    parser.add_argument("--requests", type=int, default=5000, help="requests per scenario (upper bound)")
+    parser.add_argument("--requests", type=int, default=10000, help="requests per scenario (upper bound)")
     parser.add_argument("--max-seconds", type=float, default=20.0, help="time limit per scenario")
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--channels", type=int, default=2)
