@@ -284,43 +284,39 @@ async def bench_database(database: str, url: str, sim_url: str, args: argparse.N
                 sent_ids.append(msg.provider_message_id)
             return msg
 
-        rss_start = server.rss_mb()
-        await warm(channels, blocked)
-        out["results"].append(
-            await against(
-                noop,
-                "SendMessage",
-                load(
-                    "SendMessage blocked (SESSION_INCOMPLETE)",
-                    database,
-                    channels,
-                    blocked,
-                    requests=args.requests,
-                    concurrency=args.concurrency,
-                    max_seconds=args.max_seconds,
-                    ok_codes=(grpc.StatusCode.FAILED_PRECONDITION,),
-                ),
+        async def scenario(
+            name: str,
+            rpc: str,
+            call: Callable[[grpc.aio.Channel, int], Awaitable[Any]],
+            requests: int,
+            ok_codes: tuple[grpc.StatusCode, ...] = (),
+        ) -> None:
+            """Warm, a fresh no-op baseline of the same RPC, then the measured run."""
+            await warm(channels, call)
+            run = load(
+                name,
+                database,
+                channels,
+                call,
+                requests=requests,
+                concurrency=args.concurrency,
+                max_seconds=args.max_seconds,
+                ok_codes=ok_codes,
             )
+            out["results"].append(await against(noop, rpc, run))
+
+        rss_start = server.rss_mb()
+        await scenario(
+            "SendMessage blocked (SESSION_INCOMPLETE)",
+            "SendMessage",
+            blocked,
+            args.requests,
+            ok_codes=(grpc.StatusCode.FAILED_PRECONDITION,),
         )
         async with httpx.AsyncClient() as client:
             sim_after = len((await client.get(sim_url.removesuffix("/v1") + "/_sim/requests")).json())
         out["preflight_provider_round_trips"] = sim_after - sim_before
-        await warm(channels, healthy)
-        out["results"].append(
-            await against(
-                noop,
-                "SendMessage",
-                load(
-                    "SendMessage healthy (via simulator)",
-                    database,
-                    channels,
-                    healthy,
-                    requests=args.requests,
-                    concurrency=args.concurrency,
-                    max_seconds=args.max_seconds,
-                ),
-            )
-        )
+        await scenario("SendMessage healthy (via simulator)", "SendMessage", healthy, args.requests)
 
         statuses = [(mid, word) for word in ("delivered", "read") for mid in sent_ids]
 
@@ -339,21 +335,8 @@ async def bench_database(database: str, url: str, sim_url: str, args: argparse.N
                 webhook_pb2.IngestEventRequest(payload=body), timeout=10
             )
 
-        await warm(channels, ingest)
-        out["results"].append(
-            await against(
-                noop,
-                "IngestEvent",
-                load(
-                    "IngestEvent status (dedupe + transition)",
-                    database,
-                    channels,
-                    ingest,
-                    requests=min(args.requests, len(statuses)),
-                    concurrency=args.concurrency,
-                    max_seconds=args.max_seconds,
-                ),
-            )
+        await scenario(
+            "IngestEvent status (dedupe + transition)", "IngestEvent", ingest, min(args.requests, len(statuses))
         )
         out["server_rss_mb"] = (round(rss_start, 1), round(server.rss_mb(), 1))
         for c in channels:

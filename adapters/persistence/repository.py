@@ -106,6 +106,18 @@ def _history_from_json(text: str) -> list[StateChange]:
     ]
 
 
+STATUS_FAILED_DETAIL = "provider reported status failed"
+
+
+def _status_change(current: MessageState, status: MessageState, source: str, at: datetime) -> StateChange:
+    """The history entry a provider status makes: a transition, or a stale status kept with
+    applied=False (the machine decides; both write paths store what this returns)."""
+    decision = decide_status(current, status)
+    if decision.applied and decision.to_state is not decision.from_state:
+        return StateChange(decision.from_state, decision.to_state, Reason.WEBHOOK_STATUS, source, at)
+    return StateChange(current, status, Reason.STALE_STATUS, source, at, applied=False)
+
+
 def _message(row: Row[Any]) -> MessageRecord:
     m = row._mapping
     return MessageRecord(
@@ -718,15 +730,12 @@ class Repository:
 
     @staticmethod
     def _apply_status(msg: MessageRecord, status: MessageState, source: str, at: datetime) -> StateChange:
-        decision = decide_status(msg.state, status)
-        if decision.applied and decision.to_state is not decision.from_state:
-            change = StateChange(decision.from_state, decision.to_state, Reason.WEBHOOK_STATUS, source, at)
-            msg.state = decision.to_state
-            if decision.to_state is MessageState.FAILED:
+        change = _status_change(msg.state, status, source, at)
+        if change.applied:
+            msg.state = MessageState(change.to_state)
+            if msg.state is MessageState.FAILED:
                 msg.failure_reason = Reason.PROVIDER_ERROR.value
-                msg.failure_detail = "provider reported status failed"
-        else:
-            change = StateChange(msg.state, status, Reason.STALE_STATUS, source, at, applied=False)
+                msg.failure_detail = STATUS_FAILED_DETAIL
         msg.history.append(change)
         msg.updated_at = utcnow()
         return change
@@ -1026,12 +1035,7 @@ class Repository:
             else:
                 message_id = row["id"]
                 current = MessageState(row["state"])
-                decision = decide_status(current, event.status)
-                at = event.moment or received_at
-                if decision.applied and decision.to_state is not decision.from_state:
-                    change = StateChange(decision.from_state, decision.to_state, Reason.WEBHOOK_STATUS, "webhook", at)
-                else:
-                    change = StateChange(current, event.status, Reason.STALE_STATUS, "webhook", at, applied=False)
+                change = _status_change(current, event.status, "webhook", event.moment or received_at)
                 new_state = MessageState(change.to_state) if change.applied else current
                 result.reason = EventReason.APPLIED if change.applied else EventReason.STALE_STATUS
                 changes[index] = MessageChange(message_id, change, row["trace_id"], row["span_id"], row["sent_at"])
@@ -1045,7 +1049,7 @@ class Repository:
                         new_state.value,
                         change.applied and new_state is MessageState.FAILED,
                         Reason.PROVIDER_ERROR.value,
-                        "provider reported status failed",
+                        STATUS_FAILED_DETAIL,
                         _change_to_json(change),
                         now,
                         result.event_id,
