@@ -40,6 +40,23 @@ ON CONFLICT (instance_id, idempotency_key) DO NOTHING
 RETURNING id
 """
 
+# PENDING → SENT for a batch of sends the provider accepted; compare-and-set on version and state.
+MARK_SENT = """
+UPDATE messages m
+SET state = 'SENT', provider_message_id = u.provider_message_id, sent_at = u.at, updated_at = u.at,
+    history = u.history, version = m.version + 1
+FROM unnest($1::text[], $2::int[], $3::text[], $4::timestamptz[], $5::text[])
+     AS u(id, version, provider_message_id, at, history)
+WHERE m.id = u.id AND m.version = u.version AND m.state = 'PENDING'
+RETURNING m.id
+"""
+
+# Parked statuses waiting for these provider ids (run after MARK_SENT has committed).
+PARKED_FOR = """
+SELECT DISTINCT instance_id, provider_message_id FROM events
+WHERE parked AND provider_message_id = ANY($1::text[])
+"""
+
 # What a status decision needs, for many provider message ids at once. By provider id alone (the
 # caller matches the instance): a join on (instance_id, provider_message_id) lets the planner AND
 # the instance index in, which reads every message of a busy instance (measured: 2x Postgres CPU).

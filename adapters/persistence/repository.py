@@ -243,6 +243,7 @@ class Repository:
         self._pg = self._dialect == "postgresql"
         self._insert_lease = pg_fast.Lease(engine)
         self._status_lease = pg_fast.Lease(engine)
+        self._sent_lease = pg_fast.Lease(engine)
         # Hot statements are built once; each call only binds parameters (no per-call statement
         # construction or cache-key generation over literal values).
         self._insert_message = self._insert(messages).on_conflict_do_nothing(
@@ -254,6 +255,9 @@ class Repository:
         )
         self._status_batcher: _Batcher[_StatusItem, IngestResult] = _Batcher(
             self._ingest_statuses, self._ingest_status_alone, window=group_commit_window
+        )
+        self._sent_batcher: _Batcher[dict[str, Any], tuple[bool, bool]] = _Batcher(
+            self._mark_sent_batch, self._mark_sent_alone, window=group_commit_window
         )
         self._insert_event = self._insert(events).on_conflict_do_nothing(index_elements=["dedupe_key"])
         self._insert_event_returning = self._insert_event.returning(events.c.id)
@@ -304,6 +308,7 @@ class Repository:
         """Hands leased connections back to the pool (before the engine is disposed)."""
         await self._insert_lease.aclose()
         await self._status_lease.aclose()
+        await self._sent_lease.aclose()
 
     def _insert(self, table: Any) -> Any:
         module = postgresql if self._dialect == "postgresql" else sqlite
@@ -604,29 +609,46 @@ class Repository:
             updated_at=now,
             version=msg.version + 1,
         )
-        async with self._auto.connect() as conn:
-            result = await conn.execute(
-                self._mark_sent,
-                {
-                    "b_id": msg.id,
-                    "b_version": msg.version,
-                    "provider_message_id": provider_message_id,
-                    "sent_at": now,
-                    "updated_at": now,
-                    "history": _history_to_json(after.history),
-                    "version": after.version,
-                },
-            )
-            if result.rowcount != 1:
-                return None
-            # Only this instance's parked statuses can apply (as in _apply_parked).
-            parked = (
-                await conn.execute(self._parked_exists, {"pid": provider_message_id, "iid": msg.instance_id})
-            ).first()
-        if parked is not None:
+        params = {
+            "b_id": msg.id,
+            "b_version": msg.version,
+            "provider_message_id": provider_message_id,
+            "sent_at": now,
+            "updated_at": now,
+            "history": _history_to_json(after.history),
+            "version": after.version,
+            "iid": msg.instance_id,
+        }
+        updated, parked = await (self._sent_batcher.submit(params) if self._pg else self._mark_sent_alone(params))
+        if not updated:
+            return None
+        if parked:
             await self.apply_parked(provider_message_id)
             return await self.get_message(msg.id)
         return after
+
+    async def _mark_sent_alone(self, params: dict[str, Any]) -> tuple[bool, bool]:
+        """(updated, a parked status waits for it). The parked check runs after the UPDATE has
+        committed: the ingest side checks after its own commit, so one of the two sees the other."""
+        async with self._auto.connect() as conn:
+            if (await conn.execute(self._mark_sent, params)).rowcount != 1:
+                return False, False
+            parked = await conn.execute(
+                self._parked_exists, {"pid": params["provider_message_id"], "iid": params["iid"]}
+            )
+            return True, parked.first() is not None
+
+    async def _mark_sent_batch(self, items: list[dict[str, Any]]) -> list[tuple[bool, bool]]:
+        """The same for a batch, on Postgres: one UPDATE over arrays, then one parked lookup."""
+        columns = [
+            [item[name] for item in items]
+            for name in ("b_id", "b_version", "provider_message_id", "sent_at", "history")
+        ]
+        async with self._sent_lease.driver(pg_fast.MARK_SENT) as driver:
+            updated = {r[0] for r in await driver.fetch(pg_fast.MARK_SENT, *columns)}
+            pids = sorted({item["provider_message_id"] for item in items if item["b_id"] in updated})
+            parked = {(r[0], r[1]) for r in await driver.fetch(pg_fast.PARKED_FOR, pids)} if pids else set()
+        return [(item["b_id"] in updated, (item["iid"], item["provider_message_id"]) in parked) for item in items]
 
     async def apply_parked(self, provider_message_id: str | None = None) -> int:
         """Applies parked statuses whose message now exists (all of them when no id is given).
