@@ -733,7 +733,11 @@ class Gateway:
                 1, {"route": event.route.value, "outcome": "duplicate" if result.duplicate else str(result.reason)}
             )
         if result.message_changes and event.instance_id:
-            self._cache.pop(event.instance_id, None)  # a delivery may have lifted a stall
+            cached = self._cache.get(event.instance_id)
+            if cached is not None and cached.record.reason == Reason.DELIVERY_STALLED:
+                # A delivery may have lifted the stall (the change itself is remembered above when
+                # this replica made it); other instances keep their cached health.
+                self._cache.pop(event.instance_id, None)
         if event.instance_id and not result.duplicate and event.route is not Route.UNROUTABLE:
             previous = self._touched.get(event.instance_id)
             if previous is None or previous < received_at:
