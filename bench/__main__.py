@@ -1,9 +1,9 @@
 """`python -m bench` (or `make bench`): prints requests/s, p50/p99 and the ratio to a no-op gRPC
 baseline, for each hot path, on SQLite and on PostgreSQL, in one run with one load generator.
 
-Every server runs in its own process; the load generator is this process. Each scenario is
-measured right after a fresh no-op run of the same RPC, and its ratio is to that run. Loopback
-only; every scenario is bounded by a request count and a time limit.
+Every server runs in its own process; the load generator is this process. Each scenario runs in
+rounds, each right after a fresh no-op run of the same RPC; its ratio is the median of the rounds'
+ratios. Loopback only; every scenario is bounded by a request count and a time limit.
 """
 
 from __future__ import annotations
@@ -97,9 +97,21 @@ class Process:
             self.proc.kill()
 
 
+@dataclass
+class Run:
+    """One bounded burst of calls: what came back and how long each took."""
+
+    requests: int
+    errors: int
+    seconds: float
+    latencies: list[float]
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+
 async def load(
-    name: str,
-    database: str,
     channels: list[grpc.aio.Channel],
     call: Callable[[grpc.aio.Channel, int], Awaitable[Any]],
     *,
@@ -107,10 +119,12 @@ async def load(
     concurrency: int,
     max_seconds: float,
     ok_codes: tuple[grpc.StatusCode, ...] = (),
-) -> Result:
+    start: int = 0,
+) -> Run:
+    """`requests` calls numbered from `start` (ids and idempotency keys never repeat across runs)."""
     latencies: list[float] = []
     errors = 0
-    counter = iter(range(requests))
+    counter = iter(range(start, start + requests))
     deadline = time.monotonic() + max_seconds
 
     async def worker(w: int) -> None:
@@ -129,18 +143,22 @@ async def load(
 
     started = time.perf_counter()
     await asyncio.gather(*(worker(w) for w in range(concurrency)))
-    seconds = time.perf_counter() - started
-    latencies.sort()
+    return Run(len(latencies), errors, time.perf_counter() - started, latencies)
+
+
+def summarize(name: str, database: str, runs: list[Run]) -> Result:
+    latencies = sorted(x for run in runs for x in run.latencies)
     done = len(latencies)
+    seconds = sum(run.seconds for run in runs)
     return Result(
         name,
         database,
         done,
-        errors,
+        sum(run.errors for run in runs),
         round(seconds, 2),
         round(done / seconds, 1),
         round(statistics.median(latencies) * 1000, 2),
-        round(latencies[int(done * 0.99) - 1] * 1000, 2),
+        round(latencies[max(0, int(done * 0.99) - 1)] * 1000, 2),
     )
 
 
@@ -156,9 +174,9 @@ async def warm(channels: list[grpc.aio.Channel], call: Callable[[grpc.aio.Channe
 
 
 class Noop:
-    """The no-op server, kept up for the whole run: each scenario is measured right after a fresh
-    baseline of the same RPC, so the ratio compares two neighbouring measurements (this kind of
-    machine drifts ±10% over minutes)."""
+    """The no-op server, kept up for the whole run: each round of a scenario follows a fresh
+    baseline of the same RPC, so a ratio compares two neighbouring measurements (this kind of
+    machine drifts by ±10% and more within minutes)."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -177,17 +195,18 @@ class Noop:
 
         self.calls = {"SendMessage": send, "IngestEvent": ingest}
 
-    async def measure(self, rpc: str) -> Result:
+    async def measure(self, rpc: str, requests: int, max_seconds: float) -> Run:
         await warm(self.channels, self.calls[rpc])
-        result = await load(
-            f"noop {rpc}",
-            "-",
+        return await load(
             self.channels,
             self.calls[rpc],
-            requests=self.args.requests,
+            requests=requests,
             concurrency=self.args.concurrency,
-            max_seconds=self.args.max_seconds,
+            max_seconds=max_seconds,
         )
+
+    async def headline(self, rpc: str) -> Result:
+        result = summarize(f"noop {rpc}", "-", [await self.measure(rpc, self.args.requests, self.args.max_seconds)])
         result.ratio = 1.0
         result.baseline_rps = result.rps
         return result
@@ -218,12 +237,42 @@ async def reset_postgres() -> None:
     await reset(PG_URL)
 
 
-async def against(noop: Noop, rpc: str, scenario: Awaitable[Result]) -> Result:
-    """Runs the no-op baseline of the same RPC, then the scenario; the ratio is between the two."""
-    base = await noop.measure(rpc)
-    result = await scenario
-    result.baseline_rps = base.rps
-    result.ratio = round(result.rps / base.rps, 2) if base.rps else 0.0
+async def against(
+    noop: Noop,
+    rpc: str,
+    name: str,
+    database: str,
+    channels: list[grpc.aio.Channel],
+    call: Callable[[grpc.aio.Channel, int], Awaitable[Any]],
+    requests: int,
+    ok_codes: tuple[grpc.StatusCode, ...] = (),
+) -> Result:
+    """Rounds of (no-op baseline of the same RPC, then the scenario); the ratio is the median of
+    the rounds' ratios, each between two neighbouring measurements."""
+    args = noop.args
+    rounds = max(1, args.rounds)
+    per_round = max(1, requests // rounds)
+    seconds = args.max_seconds / rounds
+    runs: list[Run] = []
+    ratios: list[float] = []
+    baselines: list[float] = []
+    for k in range(rounds):
+        base = await noop.measure(rpc, per_round, seconds)
+        run = await load(
+            channels,
+            call,
+            requests=per_round,
+            concurrency=args.concurrency,
+            max_seconds=seconds,
+            ok_codes=ok_codes,
+            start=k * per_round,
+        )
+        runs.append(run)
+        baselines.append(base.rps)
+        ratios.append(run.rps / base.rps if base.rps else 0.0)
+    result = summarize(name, database, runs)
+    result.baseline_rps = round(statistics.median(baselines), 1)
+    result.ratio = round(statistics.median(ratios), 2)
     return result
 
 
@@ -293,17 +342,7 @@ async def bench_database(database: str, url: str, sim_url: str, args: argparse.N
         ) -> None:
             """Warm, a fresh no-op baseline of the same RPC, then the measured run."""
             await warm(channels, call)
-            run = load(
-                name,
-                database,
-                channels,
-                call,
-                requests=requests,
-                concurrency=args.concurrency,
-                max_seconds=args.max_seconds,
-                ok_codes=ok_codes,
-            )
-            out["results"].append(await against(noop, rpc, run))
+            out["results"].append(await against(noop, rpc, name, database, channels, call, requests, ok_codes))
 
         rss_start = server.rss_mb()
         await scenario(
@@ -436,7 +475,7 @@ async def main_async(args: argparse.Namespace) -> int:
     extra: dict[str, Any] = {}
     noop = Noop(args)
     try:
-        results += [await noop.measure("SendMessage"), await noop.measure("IngestEvent")]
+        results += [await noop.headline("SendMessage"), await noop.headline("IngestEvent")]
         databases = []
         if args.db in ("sqlite", "both"):
             tmp = tempfile.mkdtemp(prefix="wapi-guard-bench-")
@@ -490,6 +529,9 @@ def main() -> int:
     parser.add_argument("--max-seconds", type=float, default=20.0, help="time limit per scenario")
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--channels", type=int, default=2)
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="baseline/scenario pairs per scenario (ratio = median of the rounds)"
+    )
     parser.add_argument("--json", help="also write the results to this file")
     return asyncio.run(main_async(parser.parse_args()))
 
