@@ -1,0 +1,106 @@
+"""The Postgres fast lane for status webhooks decides on a row it read without a lock: when another
+replica changes that row before the write, the write must not land, and the status must be decided
+again on the fresh row. Two repositories (two replicas) on one real Postgres."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from adapters.persistence import pg_fast
+from adapters.persistence.db import create_engine
+from adapters.persistence.migrate import upgrade_to_head
+from adapters.persistence.repository import Repository
+from adapters.persistence.schema import events
+from adapters.wapi.webhooks import parse_webhook
+from statemachine.domain import MessageKind, MessageRecord, MessageState, Plan, StateChange
+from statemachine.events import EventReason
+from tests.conftest import POSTGRES_URL
+
+pytestmark = pytest.mark.skipif(not POSTGRES_URL, reason="the fast lane is Postgres only")
+
+NOW = datetime.now(UTC)
+
+
+def _status(word: str) -> tuple[Any, bytes]:
+    body = json.dumps(
+        {"event": "webhookStatus", "instanceId": "I-1", "messageId": "P-1", "status": word, "moment": 1_750_000_000}
+    ).encode()
+    return parse_webhook(body), body
+
+
+async def test_a_row_changed_between_read_and_write_is_decided_again(database_url: str) -> None:
+    engine = create_engine(database_url)
+    await upgrade_to_head(engine)
+    replica_a, replica_b = Repository(engine), Repository(engine)
+    try:
+        await replica_a.upsert_instance("I-1", "I-1", "tok-1", Plan.LITE)
+        sent = MessageRecord(
+            id="m-1",
+            instance_id="I-1",
+            to="5511988887777",
+            kind=MessageKind.TEXT,
+            state=MessageState.SENT,
+            failure_reason="",
+            failure_detail="",
+            provider_message_id="P-1",
+            attempts=1,
+            idempotency_key="k-1",
+            request_hash="h",
+            content={},
+            created_at=NOW,
+            updated_at=NOW,
+            sent_at=NOW,
+            stuck_at=None,
+            history=[StateChange(MessageState.PENDING, MessageState.SENT, "PROVIDER_ACCEPTED", "send", NOW)],
+            version=2,
+        )
+        await replica_a.insert_message(sent)
+
+        # Replica B applies "read" after A has read the row and before A's write reaches Postgres.
+        original = replica_a._status_lease.driver
+        raced = 0
+
+        @asynccontextmanager
+        async def racing_driver(statement: str) -> AsyncIterator[Any]:
+            nonlocal raced
+            if statement is pg_fast.APPLY_STATUSES and raced == 0:
+                raced += 1
+                read_event, read_body = _status("read")
+                applied = await replica_b.ingest(read_event, read_body, {}, NOW)
+                assert applied.reason == EventReason.APPLIED
+            async with original(statement) as driver:
+                yield driver
+
+        replica_a._status_lease.driver = racing_driver  # type: ignore[method-assign]
+        delivered_event, delivered_body = _status("delivered")
+        result = await replica_a.ingest(delivered_event, delivered_body, {}, NOW)
+
+        assert raced == 1
+        assert not result.duplicate
+        assert result.reason == EventReason.STALE_STATUS  # decided again on the READ row, not applied
+        stored = await replica_a.get_message("m-1")
+        assert stored is not None
+        assert stored.state is MessageState.READ
+        assert stored.version == 4  # one write each: B's read, then A's stale entry
+        assert [(c.to_state, c.applied) for c in stored.history] == [
+            (MessageState.SENT, True),
+            (MessageState.READ, True),
+            (MessageState.DELIVERED, False),
+        ]
+        async with engine.connect() as conn:
+            rows = (await conn.execute(select(events.c.status, events.c.reason).order_by(events.c.status))).all()
+        assert [(r.status, r.reason) for r in rows] == [
+            ("DELIVERED", EventReason.STALE_STATUS.value),
+            ("READ", EventReason.APPLIED.value),
+        ]
+    finally:
+        await replica_a.aclose()
+        await replica_b.aclose()
+        await engine.dispose()
