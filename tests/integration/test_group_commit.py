@@ -11,29 +11,17 @@ import pytest
 from adapters.persistence.db import create_engine
 from adapters.persistence.migrate import upgrade_to_head
 from adapters.persistence.repository import Repository
-from statemachine.domain import MessageKind, MessageRecord, MessageState, StateChange
+from statemachine.domain import MessageState, StateChange
 from tests.conftest import POSTGRES_URL
+from tests.records import message_record
 
 NOW = datetime.now(UTC)
-TEMPLATE = MessageRecord(
-    id="",
+TEMPLATE = message_record(
     instance_id="gc-1",
-    to="5515981121710",
-    kind=MessageKind.TEXT,
     state=MessageState.FAILED,
     failure_reason="SESSION_INCOMPLETE",
-    failure_detail="",
-    provider_message_id=None,
-    attempts=1,
-    idempotency_key="",
-    request_hash="h",
-    content={},
-    created_at=NOW,
-    updated_at=NOW,
-    sent_at=None,
-    stuck_at=None,
+    at=NOW,
     history=[StateChange("", MessageState.FAILED, "SESSION_INCOMPLETE", "preflight", NOW)],
-    version=1,
 )
 
 

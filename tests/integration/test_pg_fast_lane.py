@@ -19,9 +19,10 @@ from adapters.persistence.migrate import upgrade_to_head
 from adapters.persistence.repository import Repository
 from adapters.persistence.schema import events
 from adapters.wapi.webhooks import parse_webhook
-from statemachine.domain import MessageKind, MessageRecord, MessageState, Plan, StateChange
+from statemachine.domain import MessageState, Plan, StateChange
 from statemachine.events import EventReason
 from tests.conftest import POSTGRES_URL
+from tests.records import message_record
 
 pytestmark = pytest.mark.skipif(not POSTGRES_URL, reason="the fast lane is Postgres only")
 
@@ -41,23 +42,13 @@ async def test_a_row_changed_between_read_and_write_is_decided_again(database_ur
     replica_a, replica_b = Repository(engine), Repository(engine)
     try:
         await replica_a.upsert_instance("I-1", "I-1", "tok-1", Plan.LITE)
-        sent = MessageRecord(
+        sent = message_record(
             id="m-1",
-            instance_id="I-1",
-            to="5511988887777",
-            kind=MessageKind.TEXT,
             state=MessageState.SENT,
-            failure_reason="",
-            failure_detail="",
             provider_message_id="P-1",
-            attempts=1,
             idempotency_key="k-1",
-            request_hash="h",
-            content={},
-            created_at=NOW,
-            updated_at=NOW,
+            at=NOW,
             sent_at=NOW,
-            stuck_at=None,
             history=[StateChange(MessageState.PENDING, MessageState.SENT, "PROVIDER_ACCEPTED", "send", NOW)],
             version=2,
         )

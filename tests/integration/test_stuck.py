@@ -123,29 +123,14 @@ async def test_messages_left_pending_by_a_crash_are_reconciled_as_outcome_unknow
     from datetime import timedelta
 
     from adapters.persistence.repository import utcnow
-    from statemachine.domain import MessageKind, MessageRecord, MessageState, StateChange
+    from tests.records import message_record
 
     await guard.register("cr-1")
     old = utcnow() - timedelta(minutes=10)
-    template = MessageRecord(
-        id="",
+    template = message_record(
         instance_id="cr-1",
-        to="5515981121710",
-        kind=MessageKind.TEXT,
-        state=MessageState.PENDING,
-        failure_reason="",
-        failure_detail="",
-        provider_message_id=None,
-        attempts=1,
-        idempotency_key="",
-        request_hash="h",
         content={"content": {"body": "x"}, "reply_to": "", "delay_seconds": 0},
-        created_at=old,
-        updated_at=old,
-        sent_at=None,
-        stuck_at=None,
-        history=[StateChange("", MessageState.PENDING, "CREATED", "send", old)],
-        version=1,
+        at=old,
     )
     await guard.repo.insert_message(replace(template, id="crashed", idempotency_key="k1"))
     fresh = utcnow()
