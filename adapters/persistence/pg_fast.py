@@ -19,7 +19,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import asyncpg
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -113,6 +112,12 @@ SELECT (SELECT coalesce(array_agg(id), '{}') FROM cas) AS locked,
 """
 
 
+def _from_driver(error: BaseException) -> bool:
+    """asyncpg's own errors (not all derive from its PostgresError / InterfaceError, e.g.
+    InternalClientError after the server dropped the connection) and socket-level ones."""
+    return isinstance(error, (OSError, TimeoutError)) or type(error).__module__.split(".")[0] == "asyncpg"
+
+
 def as_dbapi_error(error: BaseException, statement: str) -> DBAPIError:
     """asyncpg's exception as the SQLAlchemy class the rest of the code already handles."""
     sqlstate = str(getattr(error, "sqlstate", "") or "")
@@ -163,7 +168,9 @@ class Lease:
             except asyncio.CancelledError:
                 await self._drop()  # a statement cut mid-flight leaves the protocol state unknown
                 raise
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as error:
+            except Exception as error:
+                if not _from_driver(error):
+                    raise
                 sqlstate = str(getattr(error, "sqlstate", "") or "")
                 if sqlstate[:2] not in _ROW_CLASSES:
                     await self._drop()

@@ -4,6 +4,7 @@ again on the fresh row. Two repositories (two replicas) on one real Postgres."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,7 +12,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import QueuePool
 
 from adapters.persistence import pg_fast
 from adapters.persistence.db import create_engine
@@ -94,4 +97,42 @@ async def test_a_row_changed_between_read_and_write_is_decided_again(database_ur
     finally:
         await replica_a.aclose()
         await replica_b.aclose()
+        await engine.dispose()
+
+
+def _checked_out(engine: Any) -> int:
+    pool = engine.pool
+    assert isinstance(pool, QueuePool)
+    return pool.checkedout()
+
+
+async def test_a_leased_connection_goes_back_to_the_pool_when_idle_and_is_replaced_when_broken(
+    database_url: str,
+) -> None:
+    engine = create_engine(database_url)
+    lease = pg_fast.Lease(engine, idle=0.2)
+    try:
+        async with lease.driver("SELECT 1") as driver:
+            first_pid = await driver.fetchval("SELECT pg_backend_pid()")
+        assert _checked_out(engine) == 1  # kept while the lane is busy
+        for _ in range(50):  # bounded: ~2.5 s at most
+            if _checked_out(engine) == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert _checked_out(engine) == 0  # handed back after `idle` seconds without use
+
+        # The server kills the leased connection: that statement fails as a storage error, the
+        # connection is thrown away, and the next statement runs on a fresh one.
+        async with lease.driver("SELECT 1") as driver:
+            pid = await driver.fetchval("SELECT pg_backend_pid()")
+        async with engine.connect() as admin:
+            await admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        with pytest.raises(DBAPIError):
+            async with lease.driver("SELECT 1") as driver:
+                await driver.fetchval("SELECT 1")
+        async with lease.driver("SELECT 1") as driver:
+            assert await driver.fetchval("SELECT pg_backend_pid()") not in (pid, 0)
+        assert first_pid
+    finally:
+        await lease.aclose()
         await engine.dispose()
