@@ -30,6 +30,7 @@ from typing import Any
 import grpc
 import httpx
 
+from bench.profile import Profiler
 from services.api.wapiguard.v1 import (
     instance_health_pb2,
     instance_health_pb2_grpc,
@@ -342,7 +343,13 @@ async def bench_database(database: str, url: str, sim_url: str, args: argparse.N
         ) -> None:
             """Warm, a fresh no-op baseline of the same RPC, then the measured run."""
             await warm(channels, call)
+            profiler = None
+            if args.profile:
+                slug = re.sub(r"[^a-z]+", "-", name.lower()).strip("-")
+                profiler = Profiler(server.proc.pid, Path(args.profile) / f"{database}-{slug}.txt")
             out["results"].append(await against(noop, rpc, name, database, channels, call, requests, ok_codes))
+            if profiler is not None:
+                out.setdefault("profiles", []).append(await asyncio.to_thread(profiler.stop))
 
         rss_start = server.rss_mb()
         await scenario(
@@ -516,6 +523,10 @@ async def main_async(args: argparse.Namespace) -> int:
         f"100k messages through the machine: RSS {mem['rss_before_mb']} → {mem['rss_after_mb']} MB "
         f"(+{mem['growth_mb']} MB)"
     )
+    for name in ("sqlite", "postgres"):
+        for summary in extra.get(name, {}).get("profiles", []):
+            if summary:
+                print(f"\nserver profile ({name}):\n{summary}")
     if args.json:
         report = json.dumps({"results": [asdict(r) for r in results], **extra}, indent=2)
         await asyncio.to_thread(Path(args.json).write_text, report)
@@ -533,7 +544,11 @@ def main() -> int:
         "--rounds", type=int, default=3, help="baseline/scenario pairs per scenario (ratio = median of the rounds)"
     )
     parser.add_argument("--json", help="also write the results to this file")
-    return asyncio.run(main_async(parser.parse_args()))
+    parser.add_argument("--profile", metavar="DIR", help="record py-spy samples of the server per scenario into DIR")
+    args = parser.parse_args()
+    if args.profile:
+        Path(args.profile).mkdir(parents=True, exist_ok=True)
+    return asyncio.run(main_async(args))
 
 
 if __name__ == "__main__":
