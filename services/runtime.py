@@ -14,7 +14,6 @@ from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
-EVENT_LOOPS = ("uvloop", "asyncio")
 
 
 def loop_factory(name: str | None = None) -> Callable[[], asyncio.AbstractEventLoop] | None:
