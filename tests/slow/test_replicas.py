@@ -76,8 +76,10 @@ RPC_TIMEOUT = 20.0
 POOL_BOUND = 20  # per process: pool_size 10 + max_overflow 10 (adapters/persistence/db.py)
 APP_NAME = "wapi-guard"  # application_name of the service's Postgres connections
 TEST_APP_NAME = "wapi-guard-slow-tests"  # this module's own connections (never counted)
-REPLICAS_DB = "wapi_guard_slow_replicas"  # tests 1-3 and 6
-RESTARTS_DB = "wapi_guard_slow_restarts"  # tests 4-5
+# Named after the configured test database, so suites run against different databases stay apart.
+_TEST_DB = make_url(POSTGRES_URL).database if POSTGRES_URL else "test"
+REPLICAS_DB = f"wapi_guard_slow_replicas_{_TEST_DB}"  # tests 1-3 and 6
+RESTARTS_DB = f"wapi_guard_slow_restarts_{_TEST_DB}"  # tests 4-5
 PHONE = "5511987654321"
 RECIPIENT = "5515981121710"
 SERVING_LINE = re.compile(r"serving gRPC on \S+?:(\d+), webhook bridge on http://\S+?:(\d+)")
