@@ -13,6 +13,7 @@ import pytest
 from services.api.wapiguard.v1 import send_pb2
 from statemachine.changes import ChangeCursor, ChangeKind, ChangeRecord, InvalidCursor
 from statemachine.domain import SendOutcome
+from statemachine.machines import InstanceTrigger
 from tests.conftest import POSTGRES_URL
 from tests.integration.harness import Harness, ScriptedProvider, start_harness, stop_harness
 from tests.integration.test_webhooks import status
@@ -219,7 +220,9 @@ async def test_postgres_notifies_on_commit_only(guard: Harness) -> None:
         await listener.add_listener("wapiguard_changes", lambda *args: woken.put_nowait(args[2]))
         await guard.register("cl-9")
         async with guard.repo.transaction() as conn:
-            await guard.repo.apply_instance_trigger("cl-9", "report_disconnected", source="test", conn=conn)
+            await guard.repo.apply_instance_trigger(
+                "cl-9", InstanceTrigger.REPORT_DISCONNECTED, source="test", conn=conn
+            )
             await asyncio.sleep(0.2)
             assert woken.empty()  # not before the commit
         assert await asyncio.wait_for(woken.get(), 5) == "wapiguard_changes"

@@ -15,6 +15,7 @@ from adapters.persistence.repository import Repository
 from adapters.persistence.schema import change_log
 from statemachine.changes import ChangeCursor, ChangeRecord
 from statemachine.domain import Plan
+from statemachine.machines import InstanceTrigger
 from tests.conftest import POSTGRES_URL
 from tests.records import message_record
 
@@ -40,7 +41,7 @@ async def replicas(database_url: str) -> AsyncIterator[list[Repository]]:
 
 async def writer(repo: Repository, instance_id: str) -> None:
     for n in range(FLIPS):
-        trigger = "report_disconnected" if n % 2 == 0 else "report_connected"
+        trigger = InstanceTrigger.REPORT_DISCONNECTED if n % 2 == 0 else InstanceTrigger.REPORT_CONNECTED
         change = await repo.apply_instance_trigger(instance_id, trigger, source="test", new_phone="5511999990000")
         assert change is not None
         assert change.decision.changed
@@ -86,7 +87,7 @@ async def test_reader_sees_every_change_once_in_order_with_a_late_commit(replica
         # Starts first (lowest seq of the run), commits last, on the other replica.
         async with replicas[0].transaction() as conn:
             change = await replicas[0].apply_instance_trigger(
-                long_instance, "report_disconnected", source="long", conn=conn
+                long_instance, InstanceTrigger.REPORT_DISCONNECTED, source="long", conn=conn
             )
             assert change is not None
             await asyncio.gather(*(writer(replicas[n % len(replicas)], ids[n]) for n in range(WRITERS)))
