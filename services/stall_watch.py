@@ -20,9 +20,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from adapters.persistence.repository import InstanceChange, ReceiptSample, Repository, SendSample, utcnow
+from adapters.persistence.repository import utcnow
 from statemachine.detection import Assessment, DeliveryModel, DetectionConfig, ProbePolicy, assess, probe_due
 from statemachine.domain import InstanceRecord, InstanceState, MessageState
+from statemachine.machines import InstanceTrigger
+from statemachine.ports import InstanceChange, ReceiptSample, SendSample, Store
 
 log = logging.getLogger("wapi_guard.stall_watch")
 
@@ -60,7 +62,7 @@ def _remember(seen: OrderedDict[str, None], key: str) -> bool:
 class StallWatch:
     def __init__(
         self,
-        repo: Repository,
+        repo: Store,
         *,
         probe: Callable[[str], Awaitable[object]],
         apply_change: Callable[[InstanceChange | None], None],
@@ -163,7 +165,7 @@ class StallWatch:
 
     async def _stall(self, record: InstanceRecord, verdict: Assessment) -> None:
         change = await self.repo.apply_instance_trigger(
-            record.instance_id, "report_delivery_stalled", source="detector"
+            record.instance_id, InstanceTrigger.REPORT_DELIVERY_STALLED, source="detector"
         )
         if change is not None and change.decision.changed:
             log.warning(
