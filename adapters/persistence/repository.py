@@ -14,16 +14,23 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Row, and_, bindparam, func, or_, select, update
+from sqlalchemy import Row, and_, bindparam, func, literal_column, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from adapters.persistence import pg_fast
-from adapters.persistence.schema import chat_statuses, events, instance_transitions, instances, messages
+from adapters.persistence.schema import (
+    chat_statuses,
+    events,
+    instance_transitions,
+    instances,
+    messages,
+    open_messages,
+)
 from statemachine.domain import (
     InstanceRecord,
     InstanceState,
@@ -38,6 +45,18 @@ from statemachine.events import EventReason, ProviderEvent, Route
 from statemachine.machines import MESSAGE_RANK, InstanceDecision, decide_instance, decide_status
 
 DELIVERED_OR_LATER = frozenset({MessageState.DELIVERED, MessageState.READ, MessageState.PLAYED})
+
+# States spelled as SQL literals where a partial index must apply: with a bound parameter a
+# prepared statement's generic plan cannot prove the index predicate and scans instead.
+_SENT = literal_column("'SENT'")
+_PENDING = literal_column("'PENDING'")
+_STUCK = and_(open_messages.c.state == _SENT, open_messages.c.stuck_at.is_not(None))
+_UNSTUCK = and_(open_messages.c.state == _SENT, open_messages.c.stuck_at.is_(None))
+_DELIVERY_STATUSES = [literal_column(f"'{s.value}'") for s in sorted(DELIVERED_OR_LATER)]
+# How far back the sweep looks for parked statuses whose message has appeared meanwhile: a
+# status is parked only while its send's SENT commit is in flight (seconds); older parked rows
+# belong to messages this service never sent (e.g. typed on the phone) and stay parked.
+PARKED_HORIZON = timedelta(hours=1)
 
 
 def utcnow() -> datetime:
@@ -290,7 +309,7 @@ class Repository:
             .where(
                 events.c.provider_message_id == bindparam("pid"),
                 events.c.instance_id == bindparam("iid"),
-                events.c.parked.is_(True),
+                events.c.parked,
             )
             .limit(1)
         )
@@ -388,13 +407,10 @@ class Repository:
             return [(r.id, r.token) for r in rows]
 
     async def stuck_counts(self, instance_ids: Sequence[str] | None = None) -> dict[str, int]:
-        query = (
-            select(messages.c.instance_id, func.count())
-            .where(messages.c.state == MessageState.SENT.value, messages.c.stuck_at.is_not(None))
-            .group_by(messages.c.instance_id)
-        )
+        """Messages stuck in SENT per instance: read from the open-work table's stuck index."""
+        query = select(open_messages.c.instance_id, func.count()).where(_STUCK).group_by(open_messages.c.instance_id)
         if instance_ids is not None:
-            query = query.where(messages.c.instance_id.in_(list(instance_ids)))
+            query = query.where(open_messages.c.instance_id.in_(list(instance_ids)))
         async with self.engine.connect() as conn:
             return {r[0]: r[1] for r in await conn.execute(query)}
 
@@ -665,12 +681,14 @@ class Repository:
                     events.c.instance_id == messages.c.instance_id,
                 ),
             )
-            .where(events.c.parked.is_(True), messages.c.state != MessageState.PENDING.value)
+            .where(events.c.parked, messages.c.state != MessageState.PENDING.value)
             .distinct()
             .limit(200)
         )
         if provider_message_id is not None:
-            query = query.where(messages.c.provider_message_id == provider_message_id)
+            query = query.where(events.c.provider_message_id == provider_message_id)
+        else:
+            query = query.where(events.c.received_at > utcnow() - PARKED_HORIZON)
         async with self._auto.connect() as conn:
             ids = [r.id for r in await conn.execute(query)]
         applied = 0
@@ -733,7 +751,7 @@ class Repository:
                 select(events.c.id, events.c.status, events.c.received_at).where(
                     events.c.provider_message_id == msg.provider_message_id,
                     events.c.instance_id == msg.instance_id,  # another instance's status never applies
-                    events.c.parked.is_(True),
+                    events.c.parked,
                 )
             )
         ).all()
@@ -799,18 +817,24 @@ class Repository:
         page_token: str = "",
     ) -> tuple[list[MessageRecord], str]:
         query = select(messages)
-        if instance_id:
+        # Stuck ones come from the open-work index (their number, not the history's, bounds the read).
+        created_at, key = (
+            (open_messages.c.created_at, open_messages.c.message_id)
+            if stuck_only
+            else (messages.c.created_at, messages.c.id)
+        )
+        if stuck_only:
+            query = query.join(open_messages, open_messages.c.message_id == messages.c.id).where(_STUCK)
+            if instance_id:
+                query = query.where(open_messages.c.instance_id == instance_id)
+        elif instance_id:
             query = query.where(messages.c.instance_id == instance_id)
         if states:
             query = query.where(messages.c.state.in_([s.value for s in states]))
-        if stuck_only:
-            query = query.where(messages.c.state == MessageState.SENT.value, messages.c.stuck_at.is_not(None))
         if page_token:
             at, last_id = decode_page_token(page_token)
-            query = query.where(
-                or_(messages.c.created_at < at, and_(messages.c.created_at == at, messages.c.id < last_id))
-            )
-        query = query.order_by(messages.c.created_at.desc(), messages.c.id.desc()).limit(page_size + 1)
+            query = query.where(or_(created_at < at, and_(created_at == at, key < last_id)))
+        query = query.order_by(created_at.desc(), key.desc()).limit(page_size + 1)
         async with self.engine.connect() as conn:
             rows = [_message(r) for r in await conn.execute(query)]
         next_token = ""
@@ -1179,20 +1203,26 @@ class Repository:
         sweepers racing on one row return it to only one of them.
         """
         now = utcnow()
+        # Candidates from the open-work index; the lock is taken on the messages (never on
+        # open_messages first): the status paths lock a message and then touch its open row.
+        due = (
+            select(open_messages.c.message_id)
+            .where(_UNSTUCK, open_messages.c.sent_at < cutoff)
+            .order_by(open_messages.c.sent_at)
+            .limit(limit)
+        )
         candidates = (
             select(messages.c.id)
-            .where(
-                messages.c.state == MessageState.SENT.value,
-                messages.c.stuck_at.is_(None),
-                messages.c.sent_at < cutoff,
-            )
-            .order_by(messages.c.sent_at)
-            .limit(limit)
+            .where(messages.c.id.in_(due.scalar_subquery()), messages.c.state == _SENT, messages.c.stuck_at.is_(None))
             .with_for_update(skip_locked=True)
         )
         stmt = (
             update(messages)
-            .where(messages.c.id.in_(candidates.scalar_subquery()), messages.c.stuck_at.is_(None))
+            .where(
+                messages.c.id.in_(candidates.scalar_subquery()),
+                messages.c.state == _SENT,
+                messages.c.stuck_at.is_(None),
+            )
             .values(stuck_at=now)
             .returning(*messages.c)
         )
@@ -1208,9 +1238,18 @@ class Repository:
             rows = (
                 await conn.execute(
                     select(messages)
-                    .where(messages.c.state == MessageState.PENDING.value, messages.c.updated_at < cutoff)
+                    .where(
+                        messages.c.id.in_(
+                            select(open_messages.c.message_id)
+                            .where(open_messages.c.state == _PENDING, open_messages.c.since < cutoff)
+                            .order_by(open_messages.c.since)
+                            .limit(limit)
+                            .scalar_subquery()
+                        ),
+                        messages.c.state == _PENDING,
+                        messages.c.updated_at < cutoff,
+                    )
                     .order_by(messages.c.updated_at)
-                    .limit(limit)
                     .with_for_update(skip_locked=True)
                 )
             ).all()
@@ -1232,26 +1271,37 @@ class Repository:
     async def stall_if_stuck_run(self, instance_id: str, threshold: int) -> InstanceChange | None:
         """Stalls a CONNECTED instance whose last `threshold` sends are all stuck in SENT.
 
-        The run is derived from the data, not counted on the hot path: stuck messages sent after
-        the instance's latest delivery (DELIVERED/READ/PLAYED). A delivery between them breaks it.
+        The run is derived from the data, not counted on the hot path: the stuck messages sent
+        after the instance's latest delivery. Read in proportion to open work: the
+        `threshold`-th newest stuck message (open-work index) gives a time T, and the run holds
+        unless a delivery status (DELIVERED/READ/PLAYED) arrived for the instance after T — an
+        ordered look at its events from T that stops at the first delivery.
         """
-        delivered = MessageState.DELIVERED.value, MessageState.READ.value, MessageState.PLAYED.value
         async with self.transaction() as conn:
-            last_delivery = (
+            oldest_of_run = (
                 await conn.execute(
-                    select(func.max(messages.c.updated_at)).where(
-                        messages.c.instance_id == instance_id, messages.c.state.in_(delivered)
-                    )
+                    select(open_messages.c.sent_at)
+                    .where(_STUCK, open_messages.c.instance_id == instance_id)
+                    .order_by(open_messages.c.sent_at.desc())
+                    .offset(threshold - 1)
+                    .limit(1)
                 )
             ).scalar()
-            run = select(func.count()).where(
-                messages.c.instance_id == instance_id,
-                messages.c.state == MessageState.SENT.value,
-                messages.c.stuck_at.is_not(None),
-            )
-            if last_delivery is not None:
-                run = run.where(messages.c.sent_at > last_delivery)
-            if int((await conn.execute(run)).scalar_one()) < threshold:
+            if oldest_of_run is None:
+                return None
+            delivered_since = (
+                await conn.execute(
+                    select(events.c.id)
+                    .where(
+                        events.c.instance_id == instance_id,
+                        events.c.received_at > oldest_of_run,
+                        events.c.route == literal_column("'MESSAGE_STATUS'"),
+                        events.c.status.in_(_DELIVERY_STATUSES),
+                    )
+                    .limit(1)
+                )
+            ).first()
+            if delivered_since is not None:
                 return None
             change = await self._apply_instance_trigger(
                 conn, instance_id, "report_delivery_stalled", "sweeper", None, None, None
