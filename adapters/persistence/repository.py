@@ -672,23 +672,27 @@ class Repository:
         Closes the race where a status is parked while the SENT update commits: the send path
         calls it for its own id, the sweeper for any left over.
         """
+        waiting = select(events.c.provider_message_id, events.c.instance_id).where(events.c.parked)
+        if provider_message_id is not None:
+            waiting = waiting.where(events.c.provider_message_id == provider_message_id)
+        else:
+            waiting = waiting.where(events.c.received_at > utcnow() - PARKED_HORIZON)
+        # The parked rows first (a partial index), then their messages by provider id: a generic
+        # plan must not start from the messages.
+        parked = waiting.limit(1000).cte("parked").prefix_with("MATERIALIZED", dialect="postgresql")
         query = (
             select(messages.c.id)
             .join(
-                events,
+                parked,
                 and_(
-                    events.c.provider_message_id == messages.c.provider_message_id,
-                    events.c.instance_id == messages.c.instance_id,
+                    parked.c.provider_message_id == messages.c.provider_message_id,
+                    parked.c.instance_id == messages.c.instance_id,
                 ),
             )
-            .where(events.c.parked, messages.c.state != MessageState.PENDING.value)
+            .where(messages.c.state != _PENDING)
             .distinct()
             .limit(200)
         )
-        if provider_message_id is not None:
-            query = query.where(events.c.provider_message_id == provider_message_id)
-        else:
-            query = query.where(events.c.received_at > utcnow() - PARKED_HORIZON)
         async with self._auto.connect() as conn:
             ids = [r.id for r in await conn.execute(query)]
         applied = 0
@@ -816,25 +820,22 @@ class Repository:
         page_size: int = 50,
         page_token: str = "",
     ) -> tuple[list[MessageRecord], str]:
-        query = select(messages)
-        # Stuck ones come from the open-work index (their number, not the history's, bounds the read).
-        created_at, key = (
-            (open_messages.c.created_at, open_messages.c.message_id)
-            if stuck_only
-            else (messages.c.created_at, messages.c.id)
-        )
         if stuck_only:
-            query = query.join(open_messages, open_messages.c.message_id == messages.c.id).where(_STUCK)
+            if states and MessageState.SENT not in states:
+                return [], ""  # every stuck message is SENT
+            query = self._stuck_page(instance_id, page_size, page_token)
+        else:
+            query = select(messages)
             if instance_id:
-                query = query.where(open_messages.c.instance_id == instance_id)
-        elif instance_id:
-            query = query.where(messages.c.instance_id == instance_id)
-        if states:
-            query = query.where(messages.c.state.in_([s.value for s in states]))
-        if page_token:
-            at, last_id = decode_page_token(page_token)
-            query = query.where(or_(created_at < at, and_(created_at == at, key < last_id)))
-        query = query.order_by(created_at.desc(), key.desc()).limit(page_size + 1)
+                query = query.where(messages.c.instance_id == instance_id)
+            if states:
+                query = query.where(messages.c.state.in_([s.value for s in states]))
+            if page_token:
+                at, last_id = decode_page_token(page_token)
+                query = query.where(
+                    or_(messages.c.created_at < at, and_(messages.c.created_at == at, messages.c.id < last_id))
+                )
+            query = query.order_by(messages.c.created_at.desc(), messages.c.id.desc()).limit(page_size + 1)
         async with self.engine.connect() as conn:
             rows = [_message(r) for r in await conn.execute(query)]
         next_token = ""
@@ -842,6 +843,33 @@ class Repository:
             rows = rows[:page_size]
             next_token = encode_page_token(rows[-1].created_at, rows[-1].id)
         return rows, next_token
+
+    @staticmethod
+    def _stuck_page(instance_id: str, page_size: int, page_token: str) -> Any:
+        """A page of stuck messages: the page is cut from the open-work index first, then its
+        messages are fetched by id (never a join that starts from the history)."""
+        page = select(open_messages.c.message_id, open_messages.c.created_at).where(_STUCK)
+        if instance_id:
+            page = page.where(open_messages.c.instance_id == instance_id)
+        if page_token:
+            at, last_id = decode_page_token(page_token)
+            page = page.where(
+                or_(
+                    open_messages.c.created_at < at,
+                    and_(open_messages.c.created_at == at, open_messages.c.message_id < last_id),
+                )
+            )
+        cut = (
+            page.order_by(open_messages.c.created_at.desc(), open_messages.c.message_id.desc())
+            .limit(page_size + 1)
+            .cte("page")
+            .prefix_with("MATERIALIZED", dialect="postgresql")
+        )
+        return (
+            select(messages)
+            .join(cut, cut.c.message_id == messages.c.id)
+            .order_by(cut.c.created_at.desc(), cut.c.message_id.desc())
+        )
 
     # --- webhook events ----------------------------------------------------------------------
 
@@ -1298,6 +1326,7 @@ class Repository:
                         events.c.route == literal_column("'MESSAGE_STATUS'"),
                         events.c.status.in_(_DELIVERY_STATUSES),
                     )
+                    .order_by(events.c.received_at)
                     .limit(1)
                 )
             ).first()
