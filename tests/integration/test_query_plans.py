@@ -87,7 +87,7 @@ async def test_hot_queries_read_open_work_not_history(database_url: str) -> None
 
     @event.listens_for(engine.sync_engine, "before_cursor_execute")
     def _capture(_conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, _many: bool) -> None:
-        if label[0] != "setup" and statement.lstrip().split(" ", 1)[0].upper() in (
+        if not _many and label[0] != "setup" and statement.lstrip().split(" ", 1)[0].upper() in (
             "SELECT",
             "UPDATE",
             "INSERT",

@@ -9,7 +9,7 @@
 - `events`: the parked lookups use partial indexes over parked rows only.
 
 Revision ID: 0004
-Revises: 0002
+Revises: 0003
 Create Date: 2026-12-01 21:55:00
 """
 
@@ -21,7 +21,7 @@ from alembic import op
 import adapters.persistence.schema
 
 revision = "0004"
-down_revision = "0002"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
