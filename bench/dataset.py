@@ -124,6 +124,15 @@ SELECT 'BENCH-' || lpad((g % $1)::text, 4, '0'), CASE WHEN g % 2 = 0 THEN 'CONNE
 FROM generate_series(1, $3::bigint) AS g
 """
 
+# Chat-status bodies (one per 20 messages): the event-less {instanceId, chat, status, moment} kind.
+_CHAT_STATUSES = """
+INSERT INTO chat_statuses (event_id, instance_id, chat_id, status, connected_phone, connected_lid, moment, received_at)
+SELECT md5('c' || g)::uuid::text, 'BENCH-' || lpad((g % $1)::text, 4, '0'),
+       '55119' || lpad((g % 99999999)::text, 8, '0') || '@s.whatsapp.net', 'composing', '5511900000000', NULL,
+       now() - $2 * interval '1 day' * (1 - g::float8 / $3), now() - $2 * interval '1 day' * (1 - g::float8 / $3)
+FROM generate_series(1, $3::bigint) AS g
+"""
+
 _ISO = """
 CREATE OR REPLACE FUNCTION pg_temp.iso(t timestamptz) RETURNS text LANGUAGE sql IMMUTABLE AS
 $$ SELECT to_char(t AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"') $$
@@ -150,6 +159,7 @@ async def seed(dsn: str, size: Size, *, progress: bool = False) -> float:
             if progress:
                 print(f"  events {end:,}/{size.events:,} ({time.perf_counter() - started:.0f} s)", flush=True)
         await conn.execute(_TRANSITIONS, size.instances, size.days, max(1, size.messages // 20))
+        await conn.execute(_CHAT_STATUSES, size.instances, size.days, max(1, size.messages // 20))
         if size.parked:
             await conn.execute(_PARKED, size.parked)
         await conn.execute("VACUUM ANALYZE")

@@ -29,6 +29,7 @@ from adapters.persistence.repository import (
     Repository,
     utcnow,
 )
+from adapters.persistence.retention import Pruner, PruneReport, RetentionPolicy
 from adapters.wapi.webhooks import parse_webhook
 from services.content import content_to_dict, outbound_from_stored, request_hash
 from services.logs import register_secret
@@ -107,6 +108,9 @@ class GatewayConfig:
     sweep_interval: float = 15.0
     # PENDING longer than this (well past any send timeout) means a crash mid-send: OUTCOME_UNKNOWN.
     pending_grace: float = 60.0
+    # Seconds between retention runs (0: never prune); what each table keeps.
+    retention_interval: float = 3600.0
+    retention: RetentionPolicy = field(default_factory=RetentionPolicy)
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +154,7 @@ class Gateway:
         self._tasks: list[asyncio.Task[None]] = []
         self._inflight: set[asyncio.Task[MessageRecord]] = set()
         self._probe_gate = asyncio.Semaphore(self.config.probe_concurrency)
+        self.pruner = Pruner(repo.engine, self.config.retention)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -162,6 +167,8 @@ class Gateway:
             self._tasks.append(asyncio.create_task(self._probe_forever(), name="prober"))
         if self.config.sweep_interval > 0:
             self._tasks.append(asyncio.create_task(self._sweep_forever(), name="stuck-sweeper"))
+        if self.config.retention_interval > 0:
+            self._tasks.append(asyncio.create_task(self._prune_forever(), name="retention"))
 
     async def aclose(self) -> None:
         if self._inflight:
@@ -705,6 +712,36 @@ class Gateway:
                 await self.sweep_once()
             except Exception:
                 log.warning("stuck sweep failed", exc_info=True)
+
+    # --- retention ---------------------------------------------------------------------------
+
+    async def prune_once(self) -> PruneReport:
+        """One retention run (skipped when another replica holds the lease), with its metrics."""
+        report = await self.pruner.run_once()
+        if report.ran:
+            for table, rows in report.deleted.items():
+                self.metrics.pruned.add(rows, {"table": table})
+            self.metrics.prune_duration.record(report.seconds)
+            log.info(
+                "retention run",
+                extra={"deleted": report.deleted, "seconds": round(report.seconds, 3), "complete": report.complete},
+            )
+        return report
+
+    async def _prune_forever(self) -> None:
+        # Replicas started together spread their first attempt over the interval.
+        await asyncio.sleep(random.uniform(0.0, min(self.config.retention_interval, 60.0)))
+        while True:
+            try:
+                report = await self.prune_once()
+            except Exception:
+                log.warning("retention run failed", exc_info=True)
+                report = None
+            # A run cut short by its batch budget continues soon; otherwise wait the interval.
+            incomplete = report is not None and report.ran and not report.complete
+            await asyncio.sleep(
+                min(5.0, self.config.retention_interval) if incomplete else self.config.retention_interval
+            )
 
     # --- webhooks ----------------------------------------------------------------------------
 

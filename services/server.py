@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from sqlalchemy.engine import make_url
 from adapters.persistence.db import create_engine
 from adapters.persistence.migrate import upgrade_to_head
 from adapters.persistence.repository import Repository
+from adapters.persistence.retention import RetentionPolicy
 from services.api.wapiguard.v1 import (
     instance_health_pb2,
     instance_health_pb2_grpc,
@@ -70,6 +72,15 @@ def gateway_config(settings: Settings) -> GatewayConfig:
         stall_threshold=settings.stall_threshold,
         sweep_interval=settings.sweep_interval,
         pending_grace=settings.pending_grace,
+        retention_interval=settings.retention_interval,
+        retention=RetentionPolicy(
+            events=timedelta(days=settings.retention_events_days),
+            chat_statuses=timedelta(days=settings.retention_chat_statuses_days),
+            instance_transitions=timedelta(days=settings.retention_transitions_days),
+            messages=timedelta(days=settings.retention_messages_days),
+            change_log=timedelta(days=settings.retention_change_log_days),
+            batch=settings.retention_batch,
+        ),
     )
 
 

@@ -21,6 +21,7 @@ from sqlalchemy import Row, and_, bindparam, func, literal_column, or_, select, 
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.elements import ColumnClause
 
 from adapters.persistence import changelog, pg_fast
 from adapters.persistence.schema import (
@@ -50,11 +51,11 @@ DELIVERED_OR_LATER = frozenset({MessageState.DELIVERED, MessageState.READ, Messa
 
 # States spelled as SQL literals where a partial index must apply: with a bound parameter a
 # prepared statement's generic plan cannot prove the index predicate and scans instead.
-_SENT = literal_column("'SENT'")
-_PENDING = literal_column("'PENDING'")
+_SENT: ColumnClause[str] = literal_column("'SENT'")
+_PENDING: ColumnClause[str] = literal_column("'PENDING'")
 _STUCK = and_(open_messages.c.state == _SENT, open_messages.c.stuck_at.is_not(None))
 _UNSTUCK = and_(open_messages.c.state == _SENT, open_messages.c.stuck_at.is_(None))
-_DELIVERY_STATUSES = [literal_column(f"'{s.value}'") for s in sorted(DELIVERED_OR_LATER)]
+_DELIVERY_STATUSES: list[ColumnClause[str]] = [literal_column(f"'{s.value}'") for s in sorted(DELIVERED_OR_LATER)]
 # How far back the sweep looks for parked statuses whose message has appeared meanwhile: a
 # status is parked only while its send's SENT commit is in flight (seconds); older parked rows
 # belong to messages this service never sent (e.g. typed on the phone) and stay parked.

@@ -17,6 +17,7 @@ from sqlalchemy import event
 from adapters.persistence import pg_fast
 from adapters.persistence.db import create_engine
 from adapters.persistence.repository import Repository
+from adapters.persistence.retention import Pruner, RetentionPolicy
 from bench.dataset import Size, asyncpg_dsn, seed
 from tests.conftest import POSTGRES_URL
 
@@ -87,12 +88,17 @@ async def test_hot_queries_read_open_work_not_history(database_url: str) -> None
 
     @event.listens_for(engine.sync_engine, "before_cursor_execute")
     def _capture(_conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, _many: bool) -> None:
-        if not _many and label[0] != "setup" and statement.lstrip().split(" ", 1)[0].upper() in (
-            "SELECT",
-            "UPDATE",
-            "INSERT",
-            "DELETE",
-            "WITH",
+        if (
+            not _many
+            and label[0] != "setup"
+            and statement.lstrip().split(" ", 1)[0].upper()
+            in (
+                "SELECT",
+                "UPDATE",
+                "INSERT",
+                "DELETE",
+                "WITH",
+            )
         ):
             captured.append((label[0], statement, tuple(parameters or ())))
 
@@ -120,6 +126,19 @@ async def test_hot_queries_read_open_work_not_history(database_url: str) -> None
             "get_instance": repo.get_instance(instance),
             "instance_history": repo.instance_history(instance),
             "last_instance_change_id": repo.last_instance_change_id(),
+            # Last: it deletes the oldest slice of history, in batches of 200.
+            "retention": Pruner(
+                engine,
+                RetentionPolicy(
+                    events=timedelta(days=29.5),
+                    chat_statuses=timedelta(days=29.5),
+                    instance_transitions=timedelta(days=29.5),
+                    messages=timedelta(days=29.5),
+                    change_log=timedelta(days=29.5),
+                    batch=200,
+                    pause=0,
+                ),
+            ).run_once(),
         }
         for name, call in calls.items():
             label[0] = name

@@ -15,6 +15,8 @@ Create Date: 2026-12-01 21:55:00
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -82,7 +84,7 @@ TRIGGER_NAMES = (
 )
 
 
-def _where(predicate: str, sqlite_predicate: str | None = None) -> dict[str, sa.TextClause]:
+def _where(predicate: str, sqlite_predicate: str | None = None) -> dict[str, Any]:
     return {"postgresql_where": sa.text(predicate), "sqlite_where": sa.text(sqlite_predicate or predicate)}
 
 
