@@ -682,7 +682,7 @@ class Gateway:
                     "sent_seconds_ago": round(age, 1),
                 },
             )
-        for instance_id in sorted(per_instance):
+        for instance_id in await self.repo.stall_candidates(sorted(per_instance), self.config.stall_threshold):
             change = await self.repo.stall_if_stuck_run(instance_id, self.config.stall_threshold)
             if change is not None:
                 log.warning(

@@ -115,6 +115,7 @@ async def test_hot_queries_read_open_work_not_history(database_url: str) -> None
             "list_instances": repo.list_instances(),
             "mark_stuck": repo.mark_stuck(now - timedelta(seconds=300)),
             "reconcile_pending": repo.reconcile_pending(now - timedelta(seconds=60)),
+            "stall_candidates": repo.stall_candidates([f"BENCH-{i:04d}" for i in range(SIZE.instances)], 3),
             "stall_if_stuck_run": repo.stall_if_stuck_run(instance, 3),
             "apply_parked(sweep)": repo.apply_parked(),
             "apply_parked(one)": repo.apply_parked(pid),
