@@ -21,6 +21,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from sqlalchemy.exc import DBAPIError
 
+from adapters.persistence.ids import time_ordered_id
 from adapters.persistence.repository import (
     ConcurrentUpdateError,
     IngestResult,
@@ -427,7 +428,7 @@ class Gateway:
         initial = MessageState.FAILED if blocked else MessageState.PENDING
         trace_id, span_id = current_trace_ids()
         return MessageRecord(
-            id=str(uuid.uuid4()),
+            id=time_ordered_id(),
             instance_id=req.instance_id,
             to=req.to,
             kind=outbound.kind,

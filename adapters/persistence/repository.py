@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -24,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnClause
 
 from adapters.persistence import changelog, pg_fast
+from adapters.persistence.ids import time_ordered_id
 from adapters.persistence.schema import (
     chat_statuses,
     events,
@@ -945,7 +945,7 @@ class Repository:
     async def _ingest_one(
         self, event: ProviderEvent, payload: bytes, headers: dict[str, str], received_at: datetime
     ) -> IngestResult:
-        event_id = str(uuid.uuid4())
+        event_id = time_ordered_id()
         result = IngestResult(event_id, event.route, event.reason, event.instance_id)
         parked = False
         try:
@@ -1018,7 +1018,7 @@ class Repository:
         """
         if self._pg:
             return await self._ingest_statuses_pg(items)
-        results = [IngestResult(str(uuid.uuid4()), event.route, event.reason, event.instance_id) for event, *_ in items]
+        results = [IngestResult(time_ordered_id(), event.route, event.reason, event.instance_id) for event, *_ in items]
         duplicates: set[int] = set()
         async with self.transaction() as conn:
             pids = sorted({str(event.provider_message_id) for event, *_ in items})
@@ -1114,7 +1114,7 @@ class Repository:
         deliveries (its resume is an instance transition) and anything still racing after a few
         rounds.
         """
-        results = [IngestResult(str(uuid.uuid4()), event.route, event.reason, event.instance_id) for event, *_ in items]
+        results = [IngestResult(time_ordered_id(), event.route, event.reason, event.instance_id) for event, *_ in items]
         todo = list(range(len(items)))
         slow: list[int] = []
         duplicates: list[int] = []
