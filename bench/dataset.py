@@ -35,8 +35,9 @@ SIZES = {"month": MONTH, "quick": QUICK}
 
 CHUNK = 250_000
 
-# Message number g (1-based) → bucket g % 100: 0-87 DELIVERED/READ, 88-92 FAILED, 93-97 stuck SENT,
-# 98-99 SENT within the last 10 minutes. Older numbers are older messages.
+# Message number g (1-based) → instance (g / 100) % instances (independent of the state) and
+# bucket g % 100: 0-87 DELIVERED/READ, 88-92 FAILED, 93-97 stuck SENT, 98-99 SENT within the last
+# 10 minutes. Older numbers are older messages.
 _MESSAGES = """
 INSERT INTO messages (id, instance_id, idempotency_key, request_hash, recipient, kind, content, state,
                       failure_reason, failure_detail, provider_message_id, attempts, history,
@@ -62,7 +63,7 @@ SELECT md5('m' || g)::uuid::text, inst, 'seed-' || g, md5('h' || g), '55119' || 
        md5('t' || g), left(md5('s' || g), 16),
        CASE WHEN state = 'READ' THEN 4 WHEN state = 'SENT' THEN 2 ELSE 3 END
 FROM (
-  SELECT g, bucket, 'BENCH-' || lpad((g % $3)::text, 4, '0') AS inst,
+  SELECT g, bucket, 'BENCH-' || lpad(((g / 100) % $3)::text, 4, '0') AS inst,
          '3EB0' || upper(left(md5('p' || g), 16)) AS pid,
          CASE WHEN bucket < 88 THEN (CASE WHEN g % 2 = 0 THEN 'DELIVERED' ELSE 'READ' END)
               WHEN bucket < 93 THEN 'FAILED' ELSE 'SENT' END AS state,
@@ -87,7 +88,8 @@ SELECT md5('e' || g)::uuid::text, 'status:' || inst || ':' || pid || ':' || stat
          extract(epoch FROM at)::bigint || ',"broadcast":false}', 'UTF8'),
        '{"content-type":"application/json","user-agent":"W-API webhook"}', 0
 FROM (
-  SELECT g, m, 'BENCH-' || lpad((m % $3)::text, 4, '0') AS inst, '3EB0' || upper(left(md5('p' || m), 16)) AS pid,
+  SELECT g, m, 'BENCH-' || lpad(((m / 100) % $3)::text, 4, '0') AS inst,
+         '3EB0' || upper(left(md5('p' || m), 16)) AS pid,
          CASE WHEN g % 2 = 0 THEN 'DELIVERED' ELSE 'READ' END AS status,
          now() - $4 * interval '1 day' * (1 - m::float8 / $5) - interval '14 minutes' AS at
   FROM (SELECT g, 1 + (g * 7919) % $5 AS m FROM generate_series($1::bigint, $2::bigint) AS g) AS numbered
