@@ -18,7 +18,6 @@ from sqlalchemy.engine import make_url
 from adapters.persistence.db import create_engine
 from adapters.persistence.migrate import upgrade_to_head
 from adapters.persistence.repository import Repository
-from adapters.persistence.retention import RetentionPolicy
 from services.api.wapiguard.v1 import (
     instance_health_pb2,
     instance_health_pb2_grpc,
@@ -33,7 +32,7 @@ from services.core import Gateway, GatewayConfig
 from services.logs import register_secret
 from services.servicers import InstanceHealthServicer, SendServicer, WebhookServicer
 from services.telemetry import Telemetry
-from statemachine.ports import Provider
+from statemachine.ports import Provider, RetentionPolicy
 
 log = logging.getLogger("wapi_guard.server")
 

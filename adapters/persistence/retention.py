@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Table, delete, select, tuple_
@@ -25,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from adapters.persistence.schema import change_log, chat_statuses, events, instance_transitions, messages
 from statemachine.domain import MessageState
 from statemachine.events import Route
+from statemachine.ports import PruneReport, RetentionPolicy
 
 # pg_try_advisory_lock key of the pruner (distinct from the migration lock).
 PRUNE_LOCK_KEY = 727275
@@ -35,40 +35,19 @@ TERMINAL_STATES = tuple(
 MAX_BATCHES_PER_RUN = 2_000
 
 
-@dataclass(frozen=True, slots=True)
-class RetentionPolicy:
-    events: timedelta = timedelta(days=30)
-    chat_statuses: timedelta = timedelta(days=30)
-    instance_transitions: timedelta = timedelta(days=90)
-    messages: timedelta = timedelta(days=90)
-    change_log: timedelta = timedelta(days=7)
-    batch: int = 1_000
-    # Pause between batches: a long backlog never holds the database for long at a stretch.
-    pause: float = 0.02
-
-
-@dataclass(slots=True)
-class PruneReport:
-    """Rows deleted per table in one run; `ran` is False when another replica held the lease."""
-
-    ran: bool
-    deleted: dict[str, int] = field(default_factory=dict)
-    seconds: float = 0.0
-    complete: bool = True
-
-
 class Pruner:
-    def __init__(self, engine: AsyncEngine, policy: RetentionPolicy) -> None:
+    def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._pg = engine.dialect.name == "postgresql"
-        self.policy = policy
+        self.policy = RetentionPolicy()
         self._local = asyncio.Lock()
 
-    async def run_once(self, now: datetime | None = None) -> PruneReport:
+    async def run_once(self, policy: RetentionPolicy, now: datetime | None = None) -> PruneReport:
         now = now or datetime.now(UTC)
         if self._local.locked():
             return PruneReport(ran=False)
         async with self._local, self._engine.connect() as conn:
+            self.policy = policy
             if self._pg:
                 got = (await conn.exec_driver_sql(f"SELECT pg_try_advisory_lock({PRUNE_LOCK_KEY})")).scalar()
                 if not got:

@@ -17,8 +17,8 @@ from sqlalchemy import event
 from adapters.persistence import pg_fast
 from adapters.persistence.db import create_engine
 from adapters.persistence.repository import Repository
-from adapters.persistence.retention import Pruner, RetentionPolicy
 from bench.dataset import Size, asyncpg_dsn, seed
+from statemachine.ports import RetentionPolicy
 from tests.conftest import POSTGRES_URL
 
 pytestmark = pytest.mark.skipif(not POSTGRES_URL, reason="query plans are checked on Postgres")
@@ -121,8 +121,7 @@ async def test_hot_queries_read_open_work_not_history(database_url: str) -> None
             "instance_history": repo.instance_history(instance),
             "last_instance_change_id": repo.last_instance_change_id(),
             # Last: it deletes the oldest slice of history, in batches of 200.
-            "retention": Pruner(
-                engine,
+            "retention": repo.prune(
                 RetentionPolicy(
                     events=timedelta(days=29.5),
                     chat_statuses=timedelta(days=29.5),
@@ -131,8 +130,8 @@ async def test_hot_queries_read_open_work_not_history(database_url: str) -> None
                     change_log=timedelta(days=29.5),
                     batch=200,
                     pause=0,
-                ),
-            ).run_once(),
+                )
+            ),
         }
         for name, call in calls.items():
             label[0] = name

@@ -13,11 +13,12 @@ from sqlalchemy import func, insert, select, text
 
 from adapters.persistence.db import create_engine
 from adapters.persistence.migrate import upgrade_to_head
-from adapters.persistence.retention import PRUNE_LOCK_KEY, Pruner, RetentionPolicy
+from adapters.persistence.retention import PRUNE_LOCK_KEY, Pruner
 from adapters.persistence.schema import change_log, chat_statuses, events, instance_transitions, messages, open_messages
 from services.config import Settings
 from services.server import gateway_config
 from statemachine.domain import MessageState
+from statemachine.ports import RetentionPolicy
 from tests.conftest import POSTGRES_URL
 from tests.integration.harness import start_harness, stop_harness
 
@@ -97,8 +98,8 @@ async def test_prune_deletes_expired_history_only(database_url: str) -> None:
         await upgrade_to_head(engine)
         async with engine.begin() as conn:
             await _seed(conn)
-        pruner = Pruner(engine, RetentionPolicy(batch=10, pause=0))
-        report = await pruner.run_once()
+        pruner, policy = Pruner(engine), RetentionPolicy(batch=10, pause=0)
+        report = await pruner.run_once(policy)
         assert report.ran
         assert report.complete
         assert report.deleted == {
@@ -121,7 +122,7 @@ async def test_prune_deletes_expired_history_only(database_url: str) -> None:
             assert {r.id for r in await conn.execute(select(events.c.id))} == {f"e-new-{i}" for i in range(3)}
             for table in (chat_statuses, instance_transitions, change_log):
                 assert await _count(conn, table) == 3, table.name
-        again = await pruner.run_once()
+        again = await pruner.run_once(policy)
         assert again.ran
         assert sum(again.deleted.values()) == 0
     finally:
@@ -138,12 +139,12 @@ async def test_one_replica_prunes_at_a_time(database_url: str) -> None:
         async with other.connect() as holder:
             # Another replica's run holds the lease: this one skips its turn and deletes nothing.
             await holder.execute(text(f"SELECT pg_advisory_lock({PRUNE_LOCK_KEY})"))
-            skipped = await Pruner(engine, RetentionPolicy(batch=10, pause=0)).run_once()
+            skipped = await Pruner(engine).run_once(RetentionPolicy(batch=10, pause=0))
             assert not skipped.ran
             async with engine.connect() as conn:
                 assert await _count(conn, messages) == OLD + 7
             await holder.execute(text(f"SELECT pg_advisory_unlock({PRUNE_LOCK_KEY})"))
-        report = await Pruner(engine, RetentionPolicy(batch=10, pause=0)).run_once()
+        report = await Pruner(engine).run_once(RetentionPolicy(batch=10, pause=0))
         assert report.ran
         assert report.deleted["messages"] == OLD
     finally:
@@ -154,7 +155,7 @@ async def test_one_replica_prunes_at_a_time(database_url: str) -> None:
 async def test_retention_runs_are_measured(database_url: str) -> None:
     harness = await start_harness(database_url, retention_interval=0, retention_batch=10)
     try:
-        async with harness.app.gateway.repo.engine.begin() as conn:
+        async with harness.repo.engine.begin() as conn:
             await _seed(conn)
         report = await harness.app.gateway.prune_once()
         assert report.ran
