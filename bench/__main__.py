@@ -30,6 +30,7 @@ from typing import Any
 import grpc
 import httpx
 
+from bench import volume
 from bench.profile import Profiler
 from services.api.wapiguard.v1 import (
     instance_health_pb2,
@@ -277,7 +278,28 @@ async def against(
     return result
 
 
-async def bench_database(database: str, url: str, sim_url: str, args: argparse.Namespace, noop: Noop) -> dict[str, Any]:
+async def latency_ms(call: Callable[[], Awaitable[Any]], n: int) -> tuple[float, float]:
+    """p50 / p99 of `n` sequential calls (latency, not throughput)."""
+    samples = []
+    for _ in range(n):
+        started = time.perf_counter()
+        await call()
+        samples.append((time.perf_counter() - started) * 1000)
+    samples.sort()
+    return round(samples[len(samples) // 2], 2), round(samples[min(len(samples) - 1, int(len(samples) * 0.99))], 2)
+
+
+async def bench_database(
+    database: str,
+    url: str,
+    sim_url: str,
+    args: argparse.Namespace,
+    noop: Noop,
+    *,
+    health_instance: str | None = None,
+) -> dict[str, Any]:
+    """The hot paths on one database. With `health_instance` (the volume runs, Postgres): also
+    GetInstanceHealth / ListInstances latency and the WAL written per status event."""
     server = Process(
         [
             "-m",
@@ -381,9 +403,19 @@ async def bench_database(database: str, url: str, sim_url: str, args: argparse.N
                 webhook_pb2.IngestEventRequest(payload=body), timeout=10
             )
 
+        wal_before = await volume.wal_lsn(url) if health_instance else None
         await scenario(
             "IngestEvent status (dedupe + transition)", "IngestEvent", ingest, min(args.requests, len(statuses))
         )
+        if wal_before is not None:
+            written = await volume.wal_lsn(url) - wal_before
+            out["wal_bytes_per_status_event"] = round(written / max(1, out["results"][-1].requests))
+        if health_instance:
+            stub = instance_health_pb2_grpc.InstanceHealthServiceStub(channels[0])
+            get = instance_health_pb2.GetInstanceHealthRequest(instance_id=health_instance)
+            out["get_instance_health_ms"] = await latency_ms(lambda: stub.GetInstanceHealth(get, timeout=10), 200)
+            every = instance_health_pb2.ListInstancesRequest()
+            out["list_instances_ms"] = await latency_ms(lambda: stub.ListInstances(every, timeout=30), 30)
         out["server_rss_mb"] = (round(rss_start, 1), round(server.rss_mb(), 1))
         for c in channels:
             await c.close()
@@ -485,6 +517,9 @@ async def main_async(args: argparse.Namespace) -> int:
     noop = Noop(args)
     try:
         results += [await noop.headline("SendMessage"), await noop.headline("IngestEvent")]
+        if args.dataset:
+            results += await volume.run(args, sim.first_line, noop, bench_database, extra)
+            return _report(args, results, extra)
         databases = []
         if args.db in ("sqlite", "both"):
             tmp = tempfile.mkdtemp(prefix="wapi-guard-bench-")
@@ -499,6 +534,18 @@ async def main_async(args: argparse.Namespace) -> int:
     finally:
         await noop.aclose()
         sim.stop()
+    return _report(args, results, extra)
+
+
+def _report(args: argparse.Namespace, results: list[Result], extra: dict[str, Any]) -> int:
+    if args.dataset:
+        print(f"\nwapi-guard volume benchmark — {os.cpu_count()} cores, dataset {args.dataset}\n")
+        print(table(results))
+        print()
+        print(volume.summary(extra))
+        if args.json:
+            Path(args.json).write_text(json.dumps({"results": [asdict(r) for r in results], **extra}, indent=2))
+        return 0
     extra["state_machine"] = transition_cost()
     extra["memory_100k_messages"] = rss_growth_100k()
     print(
@@ -531,7 +578,7 @@ async def main_async(args: argparse.Namespace) -> int:
                 print(f"\nserver profile ({name}):\n{summary}")
     if args.json:
         report = json.dumps({"results": [asdict(r) for r in results], **extra}, indent=2)
-        await asyncio.to_thread(Path(args.json).write_text, report)
+        Path(args.json).write_text(report)
     return 0
 
 
@@ -546,6 +593,15 @@ def main() -> int:
         "--rounds", type=int, default=3, help="baseline/scenario pairs per scenario (ratio = median of the rounds)"
     )
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument(
+        "--dataset",
+        choices=sorted(volume.SIZES),
+        help="volume run on Postgres: the hot paths, health/list latency, a sweep, WAL per status event and "
+        "table sizes on an empty database and on a seeded one (month: 2M messages over 30 days; quick: 200k)",
+    )
+    parser.add_argument(
+        "--keep-databases", action="store_true", help="with --dataset: keep the two bench databases afterwards"
+    )
     parser.add_argument("--profile", metavar="DIR", help="record py-spy samples of the server per scenario into DIR")
     args = parser.parse_args()
     if args.profile:

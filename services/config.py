@@ -54,6 +54,21 @@ class Settings(BaseSettings):
     active_probe_max_age: float = Field(
         3.0, gt=0, description="Max age (s) of a sending instance's probed health (one probe in flight each)."
     )
+    retention_interval: float = Field(
+        3600.0, ge=0, description="Seconds between retention runs (one replica at a time; 0 disables pruning)."
+    )
+    retention_events_days: float = Field(
+        30.0, ge=2, description="Days raw webhook events are kept (they are the re-delivery dedupe records)."
+    )
+    retention_chat_statuses_days: float = Field(30.0, ge=1, description="Days chat-status events are kept.")
+    retention_transitions_days: float = Field(90.0, ge=1, description="Days instance state transitions are kept.")
+    retention_messages_days: float = Field(
+        90.0,
+        ge=1,
+        description="Days terminal messages (delivered, read, played, failed) are kept after their last change.",
+    )
+    retention_change_log_days: float = Field(7.0, ge=1, description="Days change-log entries are kept.")
+    retention_batch: int = Field(1000, ge=10, le=10000, description="Rows deleted per retention statement.")
     shutdown_grace: float = Field(
         20.0, ge=0, description="Seconds in-flight RPCs get on SIGTERM (longer than --send-timeout)."
     )

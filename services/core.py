@@ -50,6 +50,7 @@ from statemachine.errors import (
     SendBlocked,
 )
 from statemachine.events import EventReason, Route
+from statemachine.ids import time_ordered_id
 from statemachine.machines import InstanceTrigger, probe_trigger
 from statemachine.ports import (
     ConcurrentUpdateError,
@@ -57,6 +58,8 @@ from statemachine.ports import (
     InstanceChange,
     MessageChange,
     Provider,
+    PruneReport,
+    RetentionPolicy,
     Store,
 )
 from statemachine.preflight import block_reason
@@ -123,6 +126,9 @@ class GatewayConfig:
     active_probe_max_age: float = 3.0
     # PENDING longer than this (well past any send timeout) means a crash mid-send: OUTCOME_UNKNOWN.
     pending_grace: float = 60.0
+    # Seconds between retention runs (0: never prune); what each table keeps.
+    retention_interval: float = 3600.0
+    retention: RetentionPolicy = field(default_factory=RetentionPolicy)
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +194,8 @@ class Gateway:
             self._tasks.append(asyncio.create_task(self._sweep_forever(), name="stuck-sweeper"))
         if self.config.detect_interval > 0:
             self._tasks.append(asyncio.create_task(self.stall_watch.run(), name="stall-watch"))
+        if self.config.retention_interval > 0:
+            self._tasks.append(asyncio.create_task(self._prune_forever(), name="retention"))
 
     async def aclose(self) -> None:
         if self._inflight:
@@ -447,7 +455,7 @@ class Gateway:
         initial = MessageState.FAILED if blocked else MessageState.PENDING
         trace_id, span_id = current_trace_ids()
         return MessageRecord(
-            id=str(uuid.uuid4()),
+            id=time_ordered_id(),
             instance_id=req.instance_id,
             to=req.to,
             kind=outbound.kind,
@@ -710,7 +718,7 @@ class Gateway:
                     "sent_seconds_ago": round(age, 1),
                 },
             )
-        for instance_id in sorted(per_instance):
+        for instance_id in await self.repo.stall_candidates(sorted(per_instance), self.config.stall_threshold):
             change = await self.repo.stall_if_stuck_run(instance_id, self.config.stall_threshold)
             if change is not None:
                 log.warning(
@@ -740,6 +748,36 @@ class Gateway:
                 await self.sweep_once()
             except Exception:
                 log.warning("stuck sweep failed", exc_info=True)
+
+    # --- retention ---------------------------------------------------------------------------
+
+    async def prune_once(self) -> PruneReport:
+        """One retention run (skipped when another replica holds the lease), with its metrics."""
+        report = await self.repo.prune(self.config.retention)
+        if report.ran:
+            for table, rows in report.deleted.items():
+                self.metrics.pruned.add(rows, {"table": table})
+            self.metrics.prune_duration.record(report.seconds)
+            log.info(
+                "retention run",
+                extra={"deleted": report.deleted, "seconds": round(report.seconds, 3), "complete": report.complete},
+            )
+        return report
+
+    async def _prune_forever(self) -> None:
+        # Replicas started together spread their first attempt over the interval.
+        await asyncio.sleep(random.uniform(0.0, min(self.config.retention_interval, 60.0)))
+        while True:
+            try:
+                report = await self.prune_once()
+            except Exception:
+                log.warning("retention run failed", exc_info=True)
+                report = None
+            # A run cut short by its batch budget continues soon; otherwise wait the interval.
+            incomplete = report is not None and report.ran and not report.complete
+            await asyncio.sleep(
+                min(5.0, self.config.retention_interval) if incomplete else self.config.retention_interval
+            )
 
     # --- webhooks ----------------------------------------------------------------------------
 

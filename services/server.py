@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from services.core import Gateway, GatewayConfig
 from services.logs import register_secret
 from services.servicers import InstanceHealthServicer, SendServicer, WebhookServicer
 from services.telemetry import Telemetry
-from statemachine.ports import Provider
+from statemachine.ports import Provider, RetentionPolicy
 
 log = logging.getLogger("wapi_guard.server")
 
@@ -73,6 +74,15 @@ def gateway_config(settings: Settings) -> GatewayConfig:
         detect_interval=settings.detect_interval,
         active_probe_max_age=settings.active_probe_max_age,
         pending_grace=settings.pending_grace,
+        retention_interval=settings.retention_interval,
+        retention=RetentionPolicy(
+            events=timedelta(days=settings.retention_events_days),
+            chat_statuses=timedelta(days=settings.retention_chat_statuses_days),
+            instance_transitions=timedelta(days=settings.retention_transitions_days),
+            messages=timedelta(days=settings.retention_messages_days),
+            change_log=timedelta(days=settings.retention_change_log_days),
+            batch=settings.retention_batch,
+        ),
     )
 
 

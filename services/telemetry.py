@@ -137,6 +137,8 @@ class Metrics:
     webhook_events: FastCounter = field(init=False)
     stuck_alerts: FastCounter = field(init=False)
     state_changes: FastCounter = field(init=False)
+    pruned: FastCounter = field(init=False)
+    prune_duration: Histogram = field(init=False)
     gauges: dict[str, Callable[[], Iterable[tuple[float, dict[str, str]]]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -152,6 +154,10 @@ class Metrics:
         self.webhook_events = FastCounter(m, "wapiguard.webhook.events", "Webhook events by route")
         self.stuck_alerts = FastCounter(m, "wapiguard.messages.stuck.alerts", "Stuck-message alerts")
         self.state_changes = FastCounter(m, "wapiguard.instance.state_changes", "Instance changes")
+        self.pruned = FastCounter(m, "wapiguard.retention.pruned", "Rows deleted by retention, by table")
+        self.prune_duration = m.create_histogram(
+            "wapiguard.retention.duration", unit="s", description="Duration of one retention run"
+        )
         m.create_observable_gauge(
             "wapiguard.messages.stuck", [self._observe("stuck")], description="Messages currently stuck in SENT"
         )

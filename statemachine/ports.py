@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from statemachine.changes import ChangeCursor, ChangeKind, ChangePage
@@ -127,6 +127,30 @@ class ReceiptSample:
     received_at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class RetentionPolicy:
+    """How long each kind of history is kept (see docs/data-layer.md)."""
+
+    events: timedelta = timedelta(days=30)
+    chat_statuses: timedelta = timedelta(days=30)
+    instance_transitions: timedelta = timedelta(days=90)
+    messages: timedelta = timedelta(days=90)
+    change_log: timedelta = timedelta(days=7)
+    batch: int = 1_000
+    # Pause between batches: a long backlog never holds the database for long at a stretch.
+    pause: float = 0.02
+
+
+@dataclass(slots=True)
+class PruneReport:
+    """Rows deleted per table in one run; `ran` is False when another replica held the lease."""
+
+    ran: bool
+    deleted: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    complete: bool = True
+
+
 class Store(ChangeLog, Protocol):
     """Persistence as the core sees it. Every write stores a decision of the machines in
     `statemachine.machines` with compare-and-set (and its change-log entries, in the same
@@ -204,4 +228,8 @@ class Store(ChangeLog, Protocol):
     # sweeps
     async def mark_stuck(self, cutoff: datetime, *, limit: int = 500) -> list[MessageRecord]: ...
     async def reconcile_pending(self, cutoff: datetime, *, limit: int = 200) -> list[MessageRecord]: ...
+    async def stall_candidates(self, instance_ids: Sequence[str], threshold: int) -> list[str]: ...
     async def stall_if_stuck_run(self, instance_id: str, threshold: int) -> InstanceChange | None: ...
+
+    # retention
+    async def prune(self, policy: RetentionPolicy) -> PruneReport: ...

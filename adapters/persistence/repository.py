@@ -10,20 +10,28 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Row, and_, bindparam, func, or_, select, update
+from sqlalchemy import Row, and_, bindparam, func, literal_column, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.elements import ColumnClause
 
 from adapters.persistence import changelog, pg_fast
-from adapters.persistence.schema import chat_statuses, events, instance_transitions, instances, messages
+from adapters.persistence.retention import Pruner
+from adapters.persistence.schema import (
+    chat_statuses,
+    events,
+    instance_transitions,
+    instances,
+    messages,
+    open_messages,
+)
 from statemachine import changes as change_log
 from statemachine.changes import ChangeCursor, ChangeKind, ChangePage
 from statemachine.domain import (
@@ -37,7 +45,9 @@ from statemachine.domain import (
     StateChange,
 )
 from statemachine.events import EventReason, ProviderEvent, Route
+from statemachine.ids import time_ordered_id
 from statemachine.machines import (
+    DELIVERED_OR_LATER,
     MESSAGE_RANK,
     STATUS_FAILED_DETAIL,
     InstanceTrigger,
@@ -56,9 +66,23 @@ from statemachine.ports import (
     IngestResult,
     InstanceChange,
     MessageChange,
+    PruneReport,
     ReceiptSample,
+    RetentionPolicy,
     SendSample,
 )
+
+# States spelled as SQL literals where a partial index must apply: with a bound parameter a
+# prepared statement's generic plan cannot prove the index predicate and scans instead.
+_SENT: ColumnClause[str] = literal_column("'SENT'")
+_PENDING: ColumnClause[str] = literal_column("'PENDING'")
+_STUCK = and_(open_messages.c.state == _SENT, open_messages.c.stuck_at.is_not(None))
+_UNSTUCK = and_(open_messages.c.state == _SENT, open_messages.c.stuck_at.is_(None))
+_DELIVERY_STATUSES: list[ColumnClause[str]] = [literal_column(f"'{s.value}'") for s in sorted(DELIVERED_OR_LATER)]
+# How far back the sweep looks for parked statuses whose message has appeared meanwhile: a
+# status is parked only while its send's SENT commit is in flight (seconds); older parked rows
+# belong to messages this service never sent (e.g. typed on the phone) and stay parked.
+PARKED_HORIZON = timedelta(hours=1)
 
 
 def utcnow() -> datetime:
@@ -224,6 +248,7 @@ class Repository:
         self._pg = self._dialect == "postgresql"
         self._insert_lease = pg_fast.Lease(engine)
         self._status_lease = pg_fast.Lease(engine)
+        self._pruner = Pruner(engine)
         self._sent_lease = pg_fast.Lease(engine)
         # Hot statements are built once; each call only binds parameters (no per-call statement
         # construction or cache-key generation over literal values).
@@ -271,7 +296,7 @@ class Repository:
             .where(
                 events.c.provider_message_id == bindparam("pid"),
                 events.c.instance_id == bindparam("iid"),
-                events.c.parked.is_(True),
+                events.c.parked,
             )
             .limit(1)
         )
@@ -369,13 +394,10 @@ class Repository:
             return [(r.id, r.token) for r in rows]
 
     async def stuck_counts(self, instance_ids: Sequence[str] | None = None) -> dict[str, int]:
-        query = (
-            select(messages.c.instance_id, func.count())
-            .where(messages.c.state == MessageState.SENT.value, messages.c.stuck_at.is_not(None))
-            .group_by(messages.c.instance_id)
-        )
+        """Messages stuck in SENT per instance: read from the open-work table's stuck index."""
+        query = select(open_messages.c.instance_id, func.count()).where(_STUCK).group_by(open_messages.c.instance_id)
         if instance_ids is not None:
-            query = query.where(messages.c.instance_id.in_(list(instance_ids)))
+            query = query.where(open_messages.c.instance_id.in_(list(instance_ids)))
         async with self.engine.connect() as conn:
             return {r[0]: r[1] for r in await conn.execute(query)}
 
@@ -657,21 +679,27 @@ class Repository:
         Closes the race where a status is parked while the SENT update commits: the send path
         calls it for its own id, the sweeper for any left over.
         """
+        waiting = select(events.c.provider_message_id, events.c.instance_id).where(events.c.parked)
+        if provider_message_id is not None:
+            waiting = waiting.where(events.c.provider_message_id == provider_message_id)
+        else:
+            waiting = waiting.where(events.c.received_at > utcnow() - PARKED_HORIZON)
+        # The parked rows first (a partial index), then their messages by provider id: a generic
+        # plan must not start from the messages.
+        parked = waiting.limit(1000).cte("parked").prefix_with("MATERIALIZED", dialect="postgresql")
         query = (
             select(messages.c.id)
             .join(
-                events,
+                parked,
                 and_(
-                    events.c.provider_message_id == messages.c.provider_message_id,
-                    events.c.instance_id == messages.c.instance_id,
+                    parked.c.provider_message_id == messages.c.provider_message_id,
+                    parked.c.instance_id == messages.c.instance_id,
                 ),
             )
-            .where(events.c.parked.is_(True), messages.c.state != MessageState.PENDING.value)
+            .where(messages.c.state != _PENDING)
             .distinct()
             .limit(200)
         )
-        if provider_message_id is not None:
-            query = query.where(messages.c.provider_message_id == provider_message_id)
         async with self._auto.connect() as conn:
             ids = [r.id for r in await conn.execute(query)]
         applied = 0
@@ -730,7 +758,7 @@ class Repository:
                 select(events.c.id, events.c.status, events.c.received_at).where(
                     events.c.provider_message_id == msg.provider_message_id,
                     events.c.instance_id == msg.instance_id,  # another instance's status never applies
-                    events.c.parked.is_(True),
+                    events.c.parked,
                 )
             )
         ).all()
@@ -777,19 +805,22 @@ class Repository:
         page_size: int = 50,
         page_token: str = "",
     ) -> tuple[list[MessageRecord], str]:
-        query = select(messages)
-        if instance_id:
-            query = query.where(messages.c.instance_id == instance_id)
-        if states:
-            query = query.where(messages.c.state.in_([s.value for s in states]))
         if stuck_only:
-            query = query.where(messages.c.state == MessageState.SENT.value, messages.c.stuck_at.is_not(None))
-        if page_token:
-            at, last_id = decode_page_token(page_token)
-            query = query.where(
-                or_(messages.c.created_at < at, and_(messages.c.created_at == at, messages.c.id < last_id))
-            )
-        query = query.order_by(messages.c.created_at.desc(), messages.c.id.desc()).limit(page_size + 1)
+            if states and MessageState.SENT not in states:
+                return [], ""  # every stuck message is SENT
+            query = self._stuck_page(instance_id, page_size, page_token)
+        else:
+            query = select(messages)
+            if instance_id:
+                query = query.where(messages.c.instance_id == instance_id)
+            if states:
+                query = query.where(messages.c.state.in_([s.value for s in states]))
+            if page_token:
+                at, last_id = decode_page_token(page_token)
+                query = query.where(
+                    or_(messages.c.created_at < at, and_(messages.c.created_at == at, messages.c.id < last_id))
+                )
+            query = query.order_by(messages.c.created_at.desc(), messages.c.id.desc()).limit(page_size + 1)
         async with self.engine.connect() as conn:
             rows = [_message(r) for r in await conn.execute(query)]
         next_token = ""
@@ -797,6 +828,33 @@ class Repository:
             rows = rows[:page_size]
             next_token = encode_page_token(rows[-1].created_at, rows[-1].id)
         return rows, next_token
+
+    @staticmethod
+    def _stuck_page(instance_id: str, page_size: int, page_token: str) -> Any:
+        """A page of stuck messages: the page is cut from the open-work index first, then its
+        messages are fetched by id (never a join that starts from the history)."""
+        page = select(open_messages.c.message_id, open_messages.c.created_at).where(_STUCK)
+        if instance_id:
+            page = page.where(open_messages.c.instance_id == instance_id)
+        if page_token:
+            at, last_id = decode_page_token(page_token)
+            page = page.where(
+                or_(
+                    open_messages.c.created_at < at,
+                    and_(open_messages.c.created_at == at, open_messages.c.message_id < last_id),
+                )
+            )
+        cut = (
+            page.order_by(open_messages.c.created_at.desc(), open_messages.c.message_id.desc())
+            .limit(page_size + 1)
+            .cte("page")
+            .prefix_with("MATERIALIZED", dialect="postgresql")
+        )
+        return (
+            select(messages)
+            .join(cut, cut.c.message_id == messages.c.id)
+            .order_by(cut.c.created_at.desc(), cut.c.message_id.desc())
+        )
 
     # --- webhook events ----------------------------------------------------------------------
 
@@ -816,7 +874,7 @@ class Repository:
     async def _ingest_one(
         self, event: ProviderEvent, payload: bytes, headers: dict[str, str], received_at: datetime
     ) -> IngestResult:
-        event_id = str(uuid.uuid4())
+        event_id = time_ordered_id()
         result = IngestResult(event_id, event.route, event.reason, event.instance_id)
         parked = False
         try:
@@ -875,7 +933,7 @@ class Repository:
         """
         if self._pg:
             return await self._ingest_statuses_pg(items)
-        results = [IngestResult(str(uuid.uuid4()), event.route, event.reason, event.instance_id) for event, *_ in items]
+        results = [IngestResult(time_ordered_id(), event.route, event.reason, event.instance_id) for event, *_ in items]
         duplicates: set[int] = set()
         slow: list[int] = []
         async with self.transaction() as conn:
@@ -967,7 +1025,7 @@ class Repository:
         deliveries (its resume is an instance transition) and anything still racing after a few
         rounds.
         """
-        results = [IngestResult(str(uuid.uuid4()), event.route, event.reason, event.instance_id) for event, *_ in items]
+        results = [IngestResult(time_ordered_id(), event.route, event.reason, event.instance_id) for event, *_ in items]
         todo = list(range(len(items)))
         slow: list[int] = []
         duplicates: list[int] = []
@@ -1238,20 +1296,26 @@ class Repository:
         sweepers racing on one row return it to only one of them.
         """
         now = utcnow()
+        # Candidates from the open-work index; the lock is taken on the messages (never on
+        # open_messages first): the status paths lock a message and then touch its open row.
+        due = (
+            select(open_messages.c.message_id)
+            .where(_UNSTUCK, open_messages.c.sent_at < cutoff)
+            .order_by(open_messages.c.sent_at)
+            .limit(limit)
+        )
         candidates = (
             select(messages.c.id)
-            .where(
-                messages.c.state == MessageState.SENT.value,
-                messages.c.stuck_at.is_(None),
-                messages.c.sent_at < cutoff,
-            )
-            .order_by(messages.c.sent_at)
-            .limit(limit)
+            .where(messages.c.id.in_(due.scalar_subquery()), messages.c.state == _SENT, messages.c.stuck_at.is_(None))
             .with_for_update(skip_locked=True)
         )
         stmt = (
             update(messages)
-            .where(messages.c.id.in_(candidates.scalar_subquery()), messages.c.stuck_at.is_(None))
+            .where(
+                messages.c.id.in_(candidates.scalar_subquery()),
+                messages.c.state == _SENT,
+                messages.c.stuck_at.is_(None),
+            )
             .values(stuck_at=now)
             .returning(*messages.c)
         )
@@ -1269,9 +1333,18 @@ class Repository:
             rows = (
                 await conn.execute(
                     select(messages)
-                    .where(messages.c.state == MessageState.PENDING.value, messages.c.updated_at < cutoff)
+                    .where(
+                        messages.c.id.in_(
+                            select(open_messages.c.message_id)
+                            .where(open_messages.c.state == _PENDING, open_messages.c.since < cutoff)
+                            .order_by(open_messages.c.since)
+                            .limit(limit)
+                            .scalar_subquery()
+                        ),
+                        messages.c.state == _PENDING,
+                        messages.c.updated_at < cutoff,
+                    )
                     .order_by(messages.c.updated_at)
-                    .limit(limit)
                     .with_for_update(skip_locked=True)
                 )
             ).all()
@@ -1284,29 +1357,79 @@ class Repository:
                     out.append(after)
         return out
 
+    async def prune(self, policy: RetentionPolicy) -> PruneReport:
+        """One retention run (see retention.py); skipped while another replica prunes."""
+        return await self._pruner.run_once(policy)
+
+    async def stall_candidates(self, instance_ids: Sequence[str], threshold: int) -> list[str]:
+        """Of these instances, those whose last `threshold` stuck messages have no delivery
+        status after them: one statement for a whole sweep (per-instance checks cost a
+        transaction each, ~1 ms, with hundreds of instances in one sweep). The rule itself is
+        re-checked by stall_if_stuck_run under the instance lock."""
+        if not instance_ids:
+            return []
+        ranked = (
+            select(
+                open_messages.c.instance_id,
+                open_messages.c.sent_at,
+                func.row_number()
+                .over(partition_by=open_messages.c.instance_id, order_by=open_messages.c.sent_at.desc())
+                .label("rank"),
+            )
+            .where(_STUCK, open_messages.c.instance_id.in_(list(instance_ids)))
+            .subquery()
+        )
+        delivered_after = (
+            select(events.c.id)
+            .where(
+                events.c.instance_id == ranked.c.instance_id,
+                events.c.received_at > ranked.c.sent_at,
+                events.c.route == literal_column("'MESSAGE_STATUS'"),
+                events.c.status.in_(_DELIVERY_STATUSES),
+            )
+            .exists()
+        )
+        query = select(ranked.c.instance_id).where(ranked.c.rank == threshold, ~delivered_after)
+        async with self._auto.connect() as conn:
+            return sorted(r[0] for r in await conn.execute(query))
+
     async def stall_if_stuck_run(self, instance_id: str, threshold: int) -> InstanceChange | None:
         """Stalls a CONNECTED instance whose last `threshold` sends are all stuck in SENT.
 
-        The run is derived from the data, not counted on the hot path: stuck messages sent after
-        the instance's latest delivery (DELIVERED/READ/PLAYED). A delivery between them breaks it.
+        The run is derived from the data, not counted on the hot path: the stuck messages sent
+        after the instance's latest delivery (the rule: `stuck_run_stalls`). Read in proportion
+        to open work: the `threshold` newest stuck messages (open-work index), and the latest
+        delivery status (DELIVERED/READ/PLAYED) of the instance after the oldest of them.
         """
-        delivered = MessageState.DELIVERED.value, MessageState.READ.value, MessageState.PLAYED.value
         async with self.transaction() as conn:
-            last_delivery = (
-                await conn.execute(
-                    select(func.max(messages.c.updated_at)).where(
-                        messages.c.instance_id == instance_id, messages.c.state.in_(delivered)
-                    )
+            newest_stuck = [
+                r[0]
+                for r in await conn.execute(
+                    select(open_messages.c.sent_at)
+                    .where(_STUCK, open_messages.c.instance_id == instance_id)
+                    .order_by(open_messages.c.sent_at.desc())
+                    .limit(threshold)
                 )
-            ).scalar()
-            run = select(func.count()).where(
-                messages.c.instance_id == instance_id,
-                messages.c.state == MessageState.SENT.value,
-                messages.c.stuck_at.is_not(None),
-            )
-            if last_delivery is not None:
-                run = run.where(messages.c.sent_at > last_delivery)
-            if not stuck_run_stalls(int((await conn.execute(run)).scalar_one()), threshold):
+            ]
+            last_delivery = None
+            if newest_stuck:
+                # The latest delivery status after the oldest of them (newest first: stops at once
+                # on a delivering instance; a stalled one has few events since).
+                last_delivery = (
+                    await conn.execute(
+                        select(events.c.received_at)
+                        .where(
+                            events.c.instance_id == instance_id,
+                            events.c.received_at > newest_stuck[-1],
+                            events.c.route == literal_column("'MESSAGE_STATUS'"),
+                            events.c.status.in_(_DELIVERY_STATUSES),
+                        )
+                        .order_by(events.c.received_at.desc())
+                        .limit(1)
+                    )
+                ).scalar()
+            run = sum(1 for sent_at in newest_stuck if last_delivery is None or sent_at > last_delivery)
+            if not stuck_run_stalls(run, threshold):
                 return None
             # The one place a stall is set.
             change = await self._apply_instance_trigger(

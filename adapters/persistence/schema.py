@@ -18,6 +18,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.types import DateTime, TypeDecorator, UserDefinedType
 
@@ -115,9 +116,37 @@ messages = Table(
     Column("version", Integer, nullable=False, server_default="1"),
     UniqueConstraint("instance_id", "idempotency_key"),
     Index(None, "provider_message_id"),
-    Index(None, "state", "sent_at"),
+    # No index names `state` or `updated_at` (the columns a status changes): status updates stay
+    # HOT (heap-only, no index writes) on Postgres. Open work is found through open_messages.
+    Index(None, "instance_id", "sent_at"),
     Index(None, "instance_id", "created_at"),
     Index(None, "created_at", "id"),
+)
+
+
+def _partial(predicate: str, sqlite_predicate: str | None = None) -> dict[str, Any]:
+    """A partial-index predicate on both dialects. Queries spell it with literals, never
+    parameters: a generic (prepared) plan can only use a partial index it can prove applies."""
+    return {"postgresql_where": text(predicate), "sqlite_where": text(sqlite_predicate or predicate)}
+
+
+# The non-terminal messages (PENDING, SENT), kept by database triggers on `messages` on every
+# write path (see migration 0004): the sweeps, stuck counts and stall checks read this narrow
+# table, so their cost follows the open work, never the history.
+open_messages = Table(
+    "open_messages",
+    metadata,
+    Column("message_id", String(36), primary_key=True),
+    Column("instance_id", String(64), nullable=False),
+    Column("state", String(16), nullable=False),
+    # When the message entered its state (the message's updated_at then).
+    Column("since", UTCDateTime(), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("sent_at", UTCDateTime()),
+    Column("stuck_at", UTCDateTime()),
+    Index("ix_open_messages_pending", "since", **_partial("state = 'PENDING'")),
+    Index("ix_open_messages_unstuck", "sent_at", **_partial("state = 'SENT' AND stuck_at IS NULL")),
+    Index("ix_open_messages_stuck", "instance_id", "created_at", **_partial("state = 'SENT' AND stuck_at IS NOT NULL")),
 )
 
 events = Table(
@@ -137,7 +166,9 @@ events = Table(
     Column("payload", LargeBinary, nullable=False),
     Column("headers", Text, nullable=False, server_default="{}"),
     Column("duplicates", Integer, nullable=False, server_default="0"),
-    Index(None, "provider_message_id", "parked"),
+    # Parked statuses only (a small, short-lived minority): the lookups and the sweep.
+    Index("ix_events_parked_provider_message_id", "provider_message_id", **_partial("parked", "parked = 1")),
+    Index("ix_events_parked_received_at", "received_at", **_partial("parked", "parked = 1")),
     Index(None, "instance_id", "received_at"),
     Index(None, "route", "received_at"),
 )

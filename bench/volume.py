@@ -1,0 +1,193 @@
+"""`python -m bench --dataset month|quick`: the service on an empty database and on one holding a
+month of history, side by side in one run (Postgres, the benchmark's own databases).
+
+Both databases are created fresh (`<bench db>_empty`, `<bench db>_<dataset>`) and dropped at the
+end unless `--keep-databases`. The seeded one is filled by SQL (bench/dataset.py). Reported per
+database: the hot paths against the no-op baseline (the usual rounds), GetInstanceHealth of the
+instance with the most stuck messages and ListInstances latency, one stuck sweep with the seeded
+backlog and one with nothing new, WAL written per status event, and table + index sizes.
+WAL is the server-wide LSN difference: on a shared server other work is counted too (an upper bound).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+from sqlalchemy.engine import make_url
+
+from bench.dataset import SIZES, asyncpg_dsn, seed
+
+__all__ = ["SIZES", "run", "summary", "wal_lsn"]
+
+
+def _pg_url() -> str:
+    from bench.__main__ import PG_URL
+
+    return PG_URL
+
+
+async def wal_lsn(url: str) -> int:
+    conn = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        return int(await conn.fetchval("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint"))
+    finally:
+        await conn.close()
+
+
+async def _admin(url: str, sql: str) -> None:
+    parsed = make_url(url)
+    conn = await asyncpg.connect(
+        host=parsed.host, port=parsed.port or 5432, user=parsed.username, password=parsed.password, database="postgres"
+    )
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def _fresh(url: str) -> None:
+    from adapters.persistence.db import create_engine
+    from adapters.persistence.migrate import upgrade_to_head
+
+    name = make_url(url).database
+    await _admin(url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await _admin(url, f'CREATE DATABASE "{name}"')
+    engine = create_engine(url)
+    try:
+        await upgrade_to_head(engine)
+    finally:
+        await engine.dispose()
+
+
+async def _busiest(url: str) -> str | None:
+    conn = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        value = await conn.fetchval(
+            "SELECT instance_id FROM open_messages WHERE state = 'SENT' AND stuck_at IS NOT NULL "
+            "GROUP BY instance_id ORDER BY count(*) DESC LIMIT 1"
+        )
+        return str(value) if value is not None else None
+    finally:
+        await conn.close()
+
+
+async def _sweeps(url: str) -> dict[str, Any]:
+    """One sweep with whatever is due (the seeded backlog: SENT in the last 10 minutes, half of it
+    past the 300 s window), a second one, and one with nothing new."""
+    from adapters.persistence.db import create_engine
+    from adapters.persistence.repository import Repository
+    from services.core import Gateway, GatewayConfig
+
+    quiet = logging.getLogger("wapi_guard")
+    quiet.propagate = False  # 500 alert lines per sweep are part of its cost, not of the report
+    quiet.addHandler(logging.NullHandler())
+    engine = create_engine(url)
+    repo = Repository(engine)
+    out: dict[str, Any] = {}
+    try:
+        for label, stuck_after in (("backlog", 300.0), ("backlog, next", 300.0), ("nothing new", 10.0**7)):
+            gateway = Gateway(repo, None, GatewayConfig(stuck_after=stuck_after, sweep_interval=0))  # type: ignore[arg-type]
+            started = time.perf_counter()
+            marked = await gateway.sweep_once()
+            out[label] = {"ms": round((time.perf_counter() - started) * 1000, 1), "marked": len(marked)}
+    finally:
+        await repo.aclose()
+        await engine.dispose()
+        quiet.propagate = True
+    return out
+
+
+async def _sizes(url: str) -> dict[str, dict[str, int]]:
+    conn = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        await conn.execute("VACUUM ANALYZE")
+        rows = await conn.fetch(
+            """SELECT c.relname AS name, pg_relation_size(c.oid) AS heap, pg_indexes_size(c.oid) AS indexes,
+                      pg_total_relation_size(c.oid) AS total, greatest(c.reltuples, 0)::bigint AS rows
+               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+               WHERE n.nspname = 'public' AND c.relkind = 'r' ORDER BY pg_total_relation_size(c.oid) DESC"""
+        )
+        return {r["name"]: {k: int(r[k]) for k in ("heap", "indexes", "total", "rows")} for r in rows}
+    finally:
+        await conn.close()
+
+
+async def run(
+    args: Any,
+    sim_url: str,
+    noop: Any,
+    bench_database: Callable[..., Awaitable[dict[str, Any]]],
+    extra: dict[str, Any],
+) -> list[Any]:
+    size = SIZES[args.dataset]
+    base = make_url(_pg_url())
+    urls = {
+        "empty": base.set(database=f"{base.database}_empty").render_as_string(hide_password=False),
+        args.dataset: base.set(database=f"{base.database}_{args.dataset}").render_as_string(hide_password=False),
+    }
+    results: list[Any] = []
+    try:
+        for url in urls.values():
+            await _fresh(url)
+        print(f"seeding {size.label} …", flush=True)
+        extra["seed_seconds"] = round(await seed(asyncpg_dsn(urls[args.dataset]), size, progress=True), 1)
+        extra["dataset"] = size.label
+        for label, url in urls.items():
+            busiest = await _busiest(url)
+            out = await bench_database(label, url, sim_url, args, noop, health_instance=busiest or "BENCH-HEALTHY")
+            results += out.pop("results")
+            out["sweeps"] = await _sweeps(url)
+            out["sizes"] = await _sizes(url)
+            out["health_instance"] = busiest or "BENCH-HEALTHY"
+            extra[label] = out
+    finally:
+        if not args.keep_databases:
+            for url in urls.values():
+                await _admin(url, f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)')
+    return results
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB"
+
+
+def summary(extra: dict[str, Any]) -> str:
+    labels = [k for k in extra if isinstance(extra[k], dict) and "sizes" in extra[k]]
+    lines = [f"dataset: {extra.get('dataset', '?')}, seeded in {extra.get('seed_seconds', '?')} s", ""]
+    head = f"| {'figure':<44} | " + " | ".join(f"{label:>16}" for label in labels) + " |"
+    lines += [head, "|" + "|".join("-" * len(c) for c in head.split("|")[1:-1]) + "|"]
+
+    def row(name: str, values: list[str]) -> None:
+        lines.append(f"| {name:<44} | " + " | ".join(f"{v:>16}" for v in values) + " |")
+
+    get = [extra[label] for label in labels]
+    row(
+        "GetInstanceHealth p50 / p99 ms",
+        [f"{e['get_instance_health_ms'][0]} / {e['get_instance_health_ms'][1]}" for e in get],
+    )
+    row("ListInstances p50 / p99 ms", [f"{e['list_instances_ms'][0]} / {e['list_instances_ms'][1]}" for e in get])
+    for sweep in ("backlog", "backlog, next", "nothing new"):
+        row(f"sweep ({sweep}) ms, marked", [f"{e['sweeps'][sweep]['ms']}, {e['sweeps'][sweep]['marked']}" for e in get])
+    row("WAL per status event (bytes)", [str(e.get("wal_bytes_per_status_event", "-")) for e in get])
+    for table in ("messages", "events", "open_messages", "chat_statuses", "instance_transitions", "change_log"):
+        row(
+            f"{table}: rows, heap + indexes",
+            [
+                f"{e['sizes'].get(table, {}).get('rows', 0):,}, "
+                f"{_mb(e['sizes'].get(table, {}).get('heap', 0))} + {_mb(e['sizes'].get(table, {}).get('indexes', 0))}"
+                for e in get
+            ],
+        )
+    for e, label in zip(get, labels, strict=True):
+        sizes = e["sizes"]
+        msgs = sizes.get("messages", {}).get("rows", 0)
+        evts = sizes.get("events", {}).get("rows", 0)
+        if msgs > 100_000:
+            per_message = (sizes["messages"]["total"] + sizes.get("open_messages", {}).get("total", 0)) / msgs
+            per_event = sizes["events"]["total"] / max(1, evts)
+            lines.append(f"\n{label}: {per_message:,.0f} bytes per message, {per_event:,.0f} bytes per status event")
+    return "\n".join(lines)
