@@ -1,7 +1,7 @@
 """webhook subscriptions and deliveries
 
 Revision ID: 0006
-Revises: 0002
+Revises: 0003
 Create Date: 2026-12-01 22:21:58.602175
 """
 
@@ -14,7 +14,7 @@ import adapters.persistence.schema
 
 
 revision = "0006"
-down_revision = "0002"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
