@@ -304,7 +304,9 @@ class WebhookStore:
                     }
                     for item in deliveries
                 ]
-                await conn.execute(self._insert().on_conflict_do_nothing(index_elements=["subscription_id", "event_id"]), rows)
+                await conn.execute(
+                    self._insert().on_conflict_do_nothing(index_elements=["subscription_id", "event_id"]), rows
+                )
         return True
 
     # --- attempts ----------------------------------------------------------------------------
@@ -406,9 +408,9 @@ class WebhookStore:
             value = (await conn.execute(query)).scalar_one_or_none()
         if isinstance(value, str):
             value = datetime.fromisoformat(value)
-        if isinstance(value, datetime) and value.tzinfo is None:
-            value = value.replace(tzinfo=UTC)
-        return value
+        if not isinstance(value, datetime):
+            return None
+        return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
     # --- deliveries --------------------------------------------------------------------------
 
