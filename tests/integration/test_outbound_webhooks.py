@@ -286,3 +286,34 @@ async def received_on(h: Harness, n: int) -> None:
             "msgContent": {"conversation": json.dumps(i)},
         }
         await h.webhook(body)
+
+
+async def test_status_page_shows_lag_failures_and_last_error(database_url: str, receiver: Receiver) -> None:
+    import aiohttp
+
+    receiver.script = lambda _n: (500, {})
+    h = await start_harness(database_url, webhook_retry_schedule="30", http_port=0)
+    try:
+        await h.register("INST-A")
+        sub = await subs(h).CreateWebhookSubscription(events_pb2.CreateWebhookSubscriptionRequest(url=receiver.url))
+        await received(h, 1)
+        await wait_until(lambda: len(receiver.posts) == 1)
+        await asyncio.sleep(0.3)
+        base = f"http://127.0.0.1:{h.app.http_port}"
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{base}/status/api/snapshot?lang=en") as response:
+                snapshot = await response.json()
+            async with session.get(f"{base}/status?lang=en") as response:
+                page = await response.text()
+        (row,) = snapshot["webhooks"]
+        assert row["id"] == sub.id
+        assert row["pending"] == 1
+        assert row["consecutive_failures"] == 1
+        assert row["last_error"] == "HTTP 500"
+        assert row["lag_seconds"] > 0
+        assert "Outbound webhooks" in page
+        assert receiver.url in page
+        assert sub.secret not in page
+        assert sub.secret not in json.dumps(snapshot)
+    finally:
+        await stop_harness(h)
