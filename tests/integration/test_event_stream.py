@@ -205,7 +205,7 @@ async def test_pruned_cursor_is_out_of_range_with_the_oldest_valid_cursor(guard:
     assert len(listed.events) == 3
     old_cursor = listed.events[0].cursor
     # Retention prunes the two oldest rows.
-    async with guard.app.gateway.repo.engine.begin() as conn:
+    async with guard.repo.engine.begin() as conn:
         seqs = (await conn.execute(select(change_log.c.seq).order_by(change_log.c.seq).limit(2))).scalars().all()
         await conn.execute(delete(change_log).where(change_log.c.seq.in_(seqs)))
     stream = stub.Subscribe(events_pb2.SubscribeRequest(cursor=old_cursor))
