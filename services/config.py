@@ -67,7 +67,7 @@ class Settings(BaseSettings):
         1000, ge=10, le=100_000, description="Events queued per stream subscriber before it is cut off as too slow."
     )
     event_poll_interval: float = Field(
-        0.05, gt=0, le=10, description="Seconds between change-log reads when no LISTEN/NOTIFY wake-up is available."
+        0.02, gt=0, le=10, description="Seconds between change-log reads when no LISTEN/NOTIFY wake-up is available."
     )
     webhook_retry_schedule: str = Field(
         "5,30,120,600,1800,3600,7200,14400,28800,43200",

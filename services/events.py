@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import math
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -128,8 +129,24 @@ def _inbound(change: ChangeRecord) -> events_pb2.InboundMessage:
     return out
 
 
+_EVENT_CACHE: OrderedDict[str, events_pb2.Event] = OrderedDict()
+_EVENT_CACHE_SIZE = 4096
+
+
 def event_pb(change: ChangeRecord) -> events_pb2.Event:
-    """One change-log row as the versioned event both the stream and the webhooks carry."""
+    """One change-log row as the versioned event; built once per change for all subscribers
+    (the tail hands the same change to each of them)."""
+    cached = _EVENT_CACHE.get(change.event_id)
+    if cached is not None:
+        return cached
+    event = _build_event(change)
+    _EVENT_CACHE[change.event_id] = event
+    if len(_EVENT_CACHE) > _EVENT_CACHE_SIZE:
+        _EVENT_CACHE.popitem(last=False)
+    return event
+
+
+def _build_event(change: ChangeRecord) -> events_pb2.Event:
     p = change.payload
     event = events_pb2.Event(
         id=change.event_id,
@@ -211,7 +228,7 @@ class ChangeFeed:
         self,
         repo: Repository,
         *,
-        poll_interval: float = 0.05,
+        poll_interval: float = 0.02,
         listen_fallback_interval: float = 1.0,
         listen_dsn: str | None = None,
         page_size: int = 500,
