@@ -22,6 +22,7 @@ from services.api.wapiguard.v1 import events_pb2, events_pb2_grpc
 from services.auth import PermissionDenied, current_principal
 from services.errors import abort, build_status, grpc_errors, locale_of, status_for
 from services.events import TYPE_FROM_PB, TYPE_TO_PB, ChangeFeed, SlowSubscriber, event_pb, follow
+from services.logs import register_secret
 from services.mapping import ts
 from services.outbound import WebhookDispatcher, new_secret
 from statemachine.changes import ChangeCursor, ChangeKind, InvalidCursor
@@ -295,6 +296,7 @@ class WebhookSubscriptionServicer(events_pb2_grpc.WebhookSubscriptionServiceServ
             enabled=not request.disabled,
             cursor=cursor.encode(),
         )
+        register_secret(sub.secret)
         return await self._with_stats(sub, with_secret=True)
 
     @grpc_errors
@@ -357,7 +359,9 @@ class WebhookSubscriptionServicer(events_pb2_grpc.WebhookSubscriptionServiceServ
         self, request: events_pb2.RotateWebhookSecretRequest, context: Ctx
     ) -> events_pb2.WebhookSubscription:
         sub = await self._owned(request.id)
-        updated = await self.store.update_subscription(sub.id, secret=new_secret())
+        secret = new_secret()
+        register_secret(secret)
+        updated = await self.store.update_subscription(sub.id, secret=secret)
         assert updated is not None
         return await self._with_stats(updated, with_secret=True)
 

@@ -272,6 +272,7 @@ class ChangeFeed:
     def listen(self, accepts: Callable[[ChangeRecord], bool], maxsize: int) -> Listener:
         listener = Listener(accepts, asyncio.Queue(maxsize=maxsize), self.position)
         self.listeners.add(listener)
+        self._nudge.set()  # the tail may have idled: catch up now
         return listener
 
     def unlisten(self, listener: Listener) -> None:
@@ -311,7 +312,10 @@ class ChangeFeed:
 
     async def _tail(self) -> None:
         while True:
-            interval = self.listen_fallback_interval if self._listening else self.poll_interval
+            # Fast polling only while a stream is attached and no LISTEN wakes us: on SQLite the
+            # one connection is shared with the request paths.
+            fast = self.listeners and not self._listening
+            interval = self.poll_interval if fast else self.listen_fallback_interval
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._nudge.wait(), interval)
             self._nudge.clear()
