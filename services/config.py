@@ -72,7 +72,7 @@ class Settings(BaseSettings):
     webhook_retry_schedule: str = Field(
         "5,30,120,600,1800,3600,7200,14400,28800,43200",
         pattern=r"^\s*[0-9.]+(\s*,\s*[0-9.]+)*\s*$",
-        description="Seconds before each retry of an outbound webhook (jitter ±20 percent); its length is the retry count.",
+        description="Seconds before each webhook retry (jitter ±20 percent); its length is the retry count.",
     )
     webhook_timeout: float = Field(10.0, gt=0, le=120, description="Seconds a webhook receiver has to answer 2xx.")
     webhook_concurrency: int = Field(16, ge=1, le=1000, description="Outbound webhook posts in flight per replica.")
