@@ -165,29 +165,7 @@ def _message_log_rows(before: MessageRecord | None, after: MessageRecord) -> lis
     ]
 
 
-# Column order of pg_fast.INSERT_MESSAGES.
-_MESSAGE_COLUMNS = (
-    "id",
-    "instance_id",
-    "idempotency_key",
-    "request_hash",
-    "recipient",
-    "kind",
-    "content",
-    "state",
-    "failure_reason",
-    "failure_detail",
-    "provider_message_id",
-    "attempts",
-    "history",
-    "created_at",
-    "updated_at",
-    "sent_at",
-    "stuck_at",
-    "trace_id",
-    "span_id",
-    "version",
-)
+_MESSAGE_COLUMNS = tuple(name for name, _ in pg_fast.MESSAGE_COLUMNS)
 
 
 def _instance(row: Row[Any] | Any) -> InstanceRecord:

@@ -239,3 +239,29 @@ async def test_postgres_notifies_on_commit_only(guard: Harness) -> None:
         assert await asyncio.wait_for(woken.get(), 5) == "wapiguard_changes"
     finally:
         await listener.close()
+
+
+async def test_concurrent_statuses_lift_a_stall_once_and_log_each_change_once(guard: Harness) -> None:
+    for instance_id in ("cl-s1", "cl-s2"):
+        await guard.register(instance_id)
+        await guard.connect(instance_id)
+    stalled = [await send(guard, "cl-s1", f"s{i}") for i in range(2)]
+    other = await send(guard, "cl-s2", "o")
+    await asyncio.sleep(0.1)
+    await guard.app.gateway.sweep_once()
+    start = await guard.repo.head_change_cursor()
+    # Sent together so they share group-commit batches: the stalled instance's statuses take the
+    # one-event path, which alone lifts the stall.
+    await asyncio.gather(
+        guard.webhook(status("cl-s1", stalled[0].provider_message_id, "delivered")),
+        guard.webhook(status("cl-s2", other.provider_message_id, "delivered")),
+        guard.webhook(status("cl-s1", stalled[1].provider_message_id, "read")),
+        guard.webhook(status("cl-s1", stalled[1].provider_message_id, "read")),  # a re-delivery
+    )
+    changes = await read_all(guard, start, expect=4)
+    lifted = [c.payload for c in changes if c.kind is ChangeKind.INSTANCE_HEALTH_CHANGED]
+    assert [(p["instance_id"], p["from_reason"], p["to_state"]) for p in lifted] == [
+        ("cl-s1", "DELIVERY_STALLED", "CONNECTED")
+    ]
+    moved = sorted((c.message_id or "", c.payload["to_state"]) for c in changes if c.message_id)
+    assert moved == sorted([(stalled[0].id, "DELIVERED"), (stalled[1].id, "READ"), (other.id, "DELIVERED")])

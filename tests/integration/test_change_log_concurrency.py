@@ -119,3 +119,24 @@ async def test_reader_sees_every_change_once_in_order_with_a_late_commit(replica
         assert min(committed_early) > late[0].seq
         assert seen_before_long_commit == []
         assert seen[0] == late[0]
+
+
+async def test_group_committed_inserts_log_exactly_the_rows_they_created(replicas: list[Repository]) -> None:
+    repo = replicas[0]
+    start = await repo.head_change_cursor()
+    records = [message_record(id=f"gl-{i:03d}", instance_id="gl-1", idempotency_key=f"k-{i % 25}") for i in range(100)]
+    results = await asyncio.gather(*(repo.insert_message(r) for r in records))
+    created = sorted(stored.id for stored, was_created in results if was_created)
+    assert len(created) == 25
+
+    logged: list[ChangeRecord] = []
+    cursor: ChangeCursor | None = start
+    for _ in range(600):  # bounded wait: the PostgreSQL horizon is cluster-wide
+        page = await repo.read_changes(cursor, limit=1000)
+        logged.extend(page.changes)
+        cursor = page.cursor
+        if len(logged) >= len(created) and not page.changes:
+            break
+        await asyncio.sleep(0.05)
+    assert sorted(c.message_id or "" for c in logged) == created  # none for a key that existed
+    assert {(c.kind.value, c.payload["to_state"]) for c in logged} == {("message.state_changed", "PENDING")}
