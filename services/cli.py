@@ -49,6 +49,12 @@ SERVE_FLAGS: dict[str, tuple[str, type[Any]]] = {
     "--db-pool-size": ("db_pool_size", int),
     "--group-commit-window": ("group_commit_window", float),
     "--event-loop": ("event_loop", str),
+    "--event-progress-interval": ("event_progress_interval", float),
+    "--event-subscriber-buffer": ("event_subscriber_buffer", int),
+    "--event-poll-interval": ("event_poll_interval", float),
+    "--webhook-retry-schedule": ("webhook_retry_schedule", str),
+    "--webhook-timeout": ("webhook_timeout", float),
+    "--webhook-concurrency": ("webhook_concurrency", int),
     "--log-level": ("log_level", str),
     "--log-format": ("log_format", str),
 }

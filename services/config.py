@@ -84,6 +84,22 @@ class Settings(BaseSettings):
     event_loop: str = Field(
         "uvloop", pattern="^(uvloop|asyncio)$", description="uvloop (default where installed) or asyncio."
     )
+    event_progress_interval: float = Field(
+        10.0, gt=0, le=3600, description="Seconds between progress (bookmark) messages on an idle event stream."
+    )
+    event_subscriber_buffer: int = Field(
+        1000, ge=10, le=100_000, description="Events queued per stream subscriber before it is cut off as too slow."
+    )
+    event_poll_interval: float = Field(
+        0.02, gt=0, le=10, description="Seconds between change-log reads when no LISTEN/NOTIFY wake-up is available."
+    )
+    webhook_retry_schedule: str = Field(
+        "5,30,120,600,1800,3600,7200,14400,28800,43200",
+        pattern=r"^\s*[0-9.]+(\s*,\s*[0-9.]+)*\s*$",
+        description="Seconds before each webhook retry (jitter ±20 percent); its length is the retry count.",
+    )
+    webhook_timeout: float = Field(10.0, gt=0, le=120, description="Seconds a webhook receiver has to answer 2xx.")
+    webhook_concurrency: int = Field(16, ge=1, le=1000, description="Outbound webhook posts in flight per replica.")
     log_level: str = Field("INFO", description="Python log level.")
     log_format: str = Field("json", pattern="^(json|text)$", description="json (one object per line) or text.")
     migrate_on_start: bool = Field(True, description="Apply migrations at serve start.")

@@ -25,6 +25,8 @@ from grpc_status import rpc_status
 from adapters.simulator import Simulator
 from services.api.wapiguard.v1 import (
     common_pb2,
+    events_pb2,
+    events_pb2_grpc,
     instance_health_pb2,
     instance_health_pb2_grpc,
     send_pb2,
@@ -118,11 +120,20 @@ async def run_demo(*, keep: bool = False, as_json: bool = False) -> int:
     send = send_pb2_grpc.SendServiceStub(channel)
     health = instance_health_pb2_grpc.InstanceHealthServiceStub(channel)
     report = Report()
+    seen: list[events_pb2.Event] = []
+    events = events_pb2_grpc.EventServiceStub(channel)
+    stream = events.Subscribe(events_pb2.SubscribeRequest(from_now=True, progress_interval_seconds=1))
+    await stream.read()  # the first progress message: subscribed, everything from here on arrives
+    consumer = asyncio.create_task(_consume(stream, seen))
     print(f"wapi-guard demo — SQLite at {workdir / 'demo.db'}, W-API simulator at {sim.base_url}")
     print(f"gRPC on 127.0.0.1:{app.grpc_port}, webhook bridge on 127.0.0.1:{app.http_port}\n")
     try:
         await _scenario(send, health, sim, report)
+        await asyncio.sleep(0.5)
+        _check_events(seen, report)
     finally:
+        consumer.cancel()
+        stream.cancel()
         await channel.close()
         await app.stop(grace=1.0)
         await sim.stop()
@@ -138,6 +149,63 @@ async def run_demo(*, keep: bool = False, as_json: bool = False) -> int:
     if as_json:
         print(json.dumps({"outcomes": [o.__dict__ for o in report.outcomes], "false_sent": report.false_sent}))
     return 0 if not failed and report.false_sent == 0 else 1
+
+
+def _describe_event(event: events_pb2.Event) -> str:
+    name = {AVENTURA: "Aventura", INCOMPLETE: "LITE-4IW93E-MGVYDW"}.get(event.instance_id, event.instance_id)
+    which = event.WhichOneof("payload")
+    if which == "message_state_changed":
+        c = event.message_state_changed
+        return f"{name}: message {c.message_id[:8]} {STATE[c.from_state]} → {STATE[c.to_state]} (v{c.version})"
+    if which == "message_failed":
+        f = event.message_failed
+        return f"{name}: message {f.change.message_id[:8]} FAILED ({f.failure_reason})"
+    if which == "message_stuck":
+        return f"{name}: ALERT message {event.message_stuck.message_id[:8]} stuck in SENT"
+    if which == "instance_health_changed":
+        c2 = event.instance_health_changed
+        return f"{name}: instance {ISTATE[c2.from_state]} → {ISTATE[c2.to_state]} ({c2.reason})"
+    return f"{name}: {event.type_name}"
+
+
+async def _consume(stream: Any, seen: list[events_pb2.Event]) -> None:
+    """A consumer of the event stream, as a CRM would run it: prints each event as it arrives."""
+    while True:
+        item = await stream.read()
+        if item is grpc.aio.EOF:
+            return
+        if item.HasField("event"):
+            seen.append(item.event)
+            print(f"   ⇢ event stream: {_describe_event(item.event)}")
+
+
+def _check_events(seen: list[events_pb2.Event], report: Report) -> None:
+    print("\n4. What the event stream consumer received (no polling)")
+    first: dict[str, list[str]] = {}
+    for event in seen:
+        if event.WhichOneof("payload") == "message_state_changed" and event.instance_id == AVENTURA:
+            c = event.message_state_changed
+            first.setdefault(c.message_id, []).append(STATE[c.to_state])
+    story = next(iter(first.values()), [])
+    report.add(
+        Outcome("events", "Aventura", "PENDING → SENT → DELIVERED → READ", " → ".join(story), "message.state_changed")
+    )
+    alerts = [e for e in seen if e.WhichOneof("payload") == "message_stuck" and e.instance_id == AVENTURA]
+    stalled = any(
+        e.WhichOneof("payload") == "instance_health_changed"
+        and e.instance_id == AVENTURA
+        and e.instance_health_changed.reason == "DELIVERY_STALLED"
+        for e in seen
+    )
+    report.add(
+        Outcome(
+            "events",
+            "Aventura",
+            "stall alert: stuck + DELIVERY_STALLED",
+            "stall alert: stuck + DELIVERY_STALLED" if alerts and stalled else f"stuck={len(alerts)} stalled={stalled}",
+            f"{len(alerts)} message.stuck alerts, instance.health_changed → DEGRADED",
+        )
+    )
 
 
 async def _scenario(

@@ -385,7 +385,7 @@ def _t(lang: str, name: str, **values: Any) -> str:
 
 # --- command line ------------------------------------------------------------------------------
 
-OPERATOR_COMMANDS: frozenset[str] = frozenset({"instances", "messages", "send", "status"})
+OPERATOR_COMMANDS: frozenset[str] = frozenset({"instances", "messages", "send", "status", "webhooks"})
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -487,6 +487,10 @@ def add_operator_commands(sub: argparse._SubParsersAction) -> None:  # type: ign
     )
     status.add_argument("instance_id", metavar="INSTANCE", help="instance id")
     status.add_argument("--refresh", action="store_true", help="probe the instance now")
+
+    from services.webhooks_cli import add_webhook_commands
+
+    add_webhook_commands(sub, kwargs)
 
 
 # --- gRPC plumbing -----------------------------------------------------------------------------
@@ -990,6 +994,15 @@ COMMANDS: dict[str, Callable[[Context], Awaitable[int]]] = {
     "send": cmd_send,
     "status": cmd_status,
 }
+
+
+async def _cmd_webhooks(ctx: Context) -> int:
+    from services.webhooks_cli import cmd_webhooks
+
+    return await cmd_webhooks(ctx)
+
+
+COMMANDS["webhooks"] = _cmd_webhooks
 
 
 def _error_json(failure: Failure, ctx: Context, extra: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,10 @@ from sqlalchemy.engine import make_url
 from adapters.persistence.db import create_engine
 from adapters.persistence.migrate import upgrade_to_head
 from adapters.persistence.repository import Repository
+from adapters.persistence.webhook_store import WebhookStore
 from services.api.wapiguard.v1 import (
+    events_pb2,
+    events_pb2_grpc,
     instance_health_pb2,
     instance_health_pb2_grpc,
     send_pb2,
@@ -29,7 +33,10 @@ from services.api.wapiguard.v1 import (
 from services.auth import AuthInterceptor, parse_tokens
 from services.config import Settings
 from services.core import Gateway, GatewayConfig
+from services.event_servicers import EventServicer, WebhookSubscriptionServicer
+from services.events import ChangeFeed
 from services.logs import register_secret
+from services.outbound import OutboundConfig, WebhookDispatcher, parse_schedule
 from services.servicers import InstanceHealthServicer, SendServicer, WebhookServicer
 from services.telemetry import Telemetry
 from statemachine.ports import Provider, RetentionPolicy
@@ -40,6 +47,8 @@ SERVICE_NAMES = (
     send_pb2.DESCRIPTOR.services_by_name["SendService"].full_name,
     webhook_pb2.DESCRIPTOR.services_by_name["WebhookService"].full_name,
     instance_health_pb2.DESCRIPTOR.services_by_name["InstanceHealthService"].full_name,
+    events_pb2.DESCRIPTOR.services_by_name["EventService"].full_name,
+    events_pb2.DESCRIPTOR.services_by_name["WebhookSubscriptionService"].full_name,
 )
 
 
@@ -102,6 +111,8 @@ class App:
     health: health.aio.HealthServicer
     grpc_port: int
     http_port: int | None = None
+    feed: ChangeFeed | None = None
+    dispatcher: WebhookDispatcher | None = None
     _cleanup: list[Any] = field(default_factory=list)
 
     @classmethod
@@ -123,6 +134,25 @@ class App:
             instrument(telemetry.tracer_provider)
         gateway = Gateway(repo, provider, gateway_config(settings), telemetry)
         await gateway.start(background_probes=settings.probe_interval > 0)
+        feed = ChangeFeed(
+            repo,
+            poll_interval=settings.event_poll_interval,
+            listen_dsn=listen_dsn(settings.database_url),
+        )
+        await feed.start()
+        store = WebhookStore(engine)
+        dispatcher = WebhookDispatcher(
+            repo,
+            store,
+            feed,
+            OutboundConfig(
+                retry_schedule=parse_schedule(settings.webhook_retry_schedule),
+                timeout=settings.webhook_timeout,
+                concurrency=settings.webhook_concurrency,
+            ),
+        )
+        await dispatcher.start()
+        register_outbound_metrics(telemetry, store, dispatcher)
 
         interceptors: list[Any] = telemetry.server_interceptors()  # tracing first: it sees auth failures
         if settings.api_tokens:
@@ -135,6 +165,18 @@ class App:
         webhook_servicer = WebhookServicer(gateway)
         webhook_pb2_grpc.add_WebhookServiceServicer_to_server(webhook_servicer, server)
         instance_health_pb2_grpc.add_InstanceHealthServiceServicer_to_server(InstanceHealthServicer(gateway), server)
+        events_pb2_grpc.add_EventServiceServicer_to_server(
+            EventServicer(
+                repo,
+                feed,
+                progress_interval=settings.event_progress_interval,
+                buffer=settings.event_subscriber_buffer,
+            ),
+            server,
+        )
+        events_pb2_grpc.add_WebhookSubscriptionServiceServicer_to_server(
+            WebhookSubscriptionServicer(repo, store, dispatcher), server
+        )
         health_servicer = health.aio.HealthServicer()
         # The servicer starts with the overall status SERVING: not until the database answers.
         await health_servicer.set(health.OVERALL_HEALTH, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -146,8 +188,15 @@ class App:
         if port == 0:
             raise OSError(f"cannot bind gRPC on {settings.host}:{settings.grpc_port}")
         await server.start()
-        app = cls(settings, gateway, server, health_servicer, port)
-        app._cleanup += [gateway.aclose, provider.aclose, engine.dispose, _async(telemetry.shutdown)]
+        app = cls(settings, gateway, server, health_servicer, port, feed=feed, dispatcher=dispatcher)
+        app._cleanup += [
+            dispatcher.aclose,
+            feed.aclose,
+            gateway.aclose,
+            provider.aclose,
+            engine.dispose,
+            _async(telemetry.shutdown),
+        ]
         if settings.http_port >= 0:
             from services.bridge import start_bridge
 
@@ -169,6 +218,46 @@ class App:
                 await close()
             except Exception:
                 log.warning("cleanup step failed", exc_info=True)
+
+
+def listen_dsn(url: str) -> str | None:
+    """The plain asyncpg DSN of a PostgreSQL URL (for LISTEN), None for SQLite."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "postgresql":
+        return None
+    return parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def register_outbound_metrics(telemetry: Telemetry, store: WebhookStore, dispatcher: WebhookDispatcher) -> None:
+    """Per-subscription lag, failures and pending deliveries as gauges (read at scrape time)."""
+    snapshot: dict[str, list[tuple[float, dict[str, str]]]] = {"lag": [], "pending": [], "failures": []}
+
+    async def refresh() -> None:
+        subs = await store.list_subscriptions()
+        stats = await store.stats([s.id for s in subs])
+        now = datetime.now(UTC)
+        snapshot["lag"] = [
+            (
+                (now - stats[s.id].oldest_pending_at).total_seconds() if stats[s.id].oldest_pending_at else 0.0,  # type: ignore[operator]
+                {"subscription": s.id},
+            )
+            for s in subs
+        ]
+        snapshot["pending"] = [(float(stats[s.id].pending), {"subscription": s.id}) for s in subs]
+        snapshot["failures"] = [(float(s.consecutive_failures), {"subscription": s.id}) for s in subs]
+
+    async def loop() -> None:
+        while True:
+            with contextlib.suppress(Exception):
+                await refresh()
+            await asyncio.sleep(5.0)
+
+    task = asyncio.create_task(loop(), name="webhook-metrics")
+    dispatcher._tasks.append(task)
+    gauges = telemetry.metrics.gauges
+    gauges["webhook_lag_seconds"] = lambda: snapshot["lag"]
+    gauges["webhook_pending"] = lambda: snapshot["pending"]
+    gauges["webhook_consecutive_failures"] = lambda: snapshot["failures"]
 
 
 def _async(fn: Any) -> Any:

@@ -36,6 +36,7 @@ from typing import Any, cast
 
 from aiohttp import web
 
+from adapters.persistence.webhook_store import SubscriptionRecord, SubscriptionStats, WebhookStore
 from services.auth import ANONYMOUS, Principal, parse_tokens
 from services.config import Settings
 from services.core import Gateway
@@ -85,6 +86,16 @@ TEXTS: dict[str, dict[str, str]] = {
         "instances": "Instâncias",
         "messages": "Mensagens paradas e com falha",
         "changes": "Últimas mudanças de estado",
+        "webhooks": "Webhooks de saída",
+        "no_webhooks": "Nenhuma assinatura de webhook.",
+        "w_url": "Destino",
+        "w_enabled": "Ativa",
+        "w_pending": "Pendentes",
+        "w_lag": "Atraso",
+        "w_failures": "Falhas seguidas",
+        "w_last_error": "Último erro",
+        "w_yes": "sim",
+        "w_no": "não",
         "id": "ID",
         "phone": "Telefone",
         "reason": "Motivo",
@@ -128,6 +139,16 @@ TEXTS: dict[str, dict[str, str]] = {
         "instances": "Instances",
         "messages": "Stuck and failed messages",
         "changes": "Latest state changes",
+        "webhooks": "Outbound webhooks",
+        "no_webhooks": "No webhook subscriptions.",
+        "w_url": "Receiver",
+        "w_enabled": "Enabled",
+        "w_pending": "Pending",
+        "w_lag": "Lag",
+        "w_failures": "Failures in a row",
+        "w_last_error": "Last error",
+        "w_yes": "yes",
+        "w_no": "no",
         "id": "ID",
         "phone": "Phone",
         "reason": "Reason",
@@ -190,6 +211,20 @@ class Snapshot:
     messages: list[MessageRecord]
     changes: list[ChangeRow]
     names: dict[str, str] = field(default_factory=dict)
+    webhooks: list[tuple[SubscriptionRecord, SubscriptionStats | None]] = field(default_factory=list)
+
+
+async def _webhooks(
+    gateway: Gateway, principal: Principal
+) -> list[tuple[SubscriptionRecord, SubscriptionStats | None]]:
+    """Subscriptions a viewer may see (a scoped token: its own), with lag and failures."""
+    engine = getattr(gateway.repo, "engine", None)
+    if engine is None:
+        return []
+    store = WebhookStore(engine)
+    subs = [s for s in await store.list_subscriptions() if principal.instances is None or s.owner == principal.name]
+    stats = await store.stats([s.id for s in subs])
+    return [(s, stats.get(s.id)) for s in subs]
 
 
 async def build_snapshot(gateway: Gateway, principal: Principal = ANONYMOUS) -> Snapshot:
@@ -202,7 +237,7 @@ async def build_snapshot(gateway: Gateway, principal: Principal = ANONYMOUS) -> 
     messages = await _messages(gateway, ids)
     changes = await _changes(gateway, ids)
     names = {r.instance_id: r.name for r in records}
-    return Snapshot(datetime.now(UTC), records, messages, changes, names)
+    return Snapshot(datetime.now(UTC), records, messages, changes, names, await _webhooks(gateway, principal))
 
 
 def _newest_first(rows: Sequence[MessageRecord]) -> list[MessageRecord]:
@@ -321,7 +356,46 @@ def snapshot_json(snap: Snapshot, lang: str) -> dict[str, Any]:
         "instances": instances,
         "messages": messages,
         "changes": changes,
+        "webhooks": [
+            {
+                "id": sub.id,
+                "url": sub.url,
+                "enabled": sub.enabled,
+                "disabled_reason": sub.disabled_reason or None,
+                "pending": stats.pending if stats else 0,
+                "exhausted": stats.exhausted if stats else 0,
+                "lag_seconds": _lag(stats, now),
+                "consecutive_failures": sub.consecutive_failures,
+                "last_error": sub.last_error or None,
+            }
+            for sub, stats in snap.webhooks
+        ],
     }
+
+
+def _lag(stats: SubscriptionStats | None, now: datetime) -> float:
+    if stats is None or stats.oldest_pending_at is None:
+        return 0.0
+    return round(max(0.0, (now - stats.oldest_pending_at).total_seconds()), 3)
+
+
+def render_webhooks(snap: Snapshot, lang: str) -> str:
+    if not snap.webhooks:
+        return f'<p class="empty">{_e(_t(lang, "no_webhooks"))}</p>'
+    keys = ("w_url", "w_enabled", "w_pending", "w_lag", "w_failures", "w_last_error")
+    head = "".join(f"<th>{_e(_t(lang, k))}</th>" for k in keys)
+    rows = []
+    for sub, stats in snap.webhooks:
+        enabled = _t(lang, "w_yes") if sub.enabled else f"{_t(lang, 'w_no')} ({sub.disabled_reason})"
+        tone = "green" if sub.enabled and not sub.consecutive_failures else ("red" if not sub.enabled else "yellow")
+        rows.append(
+            f'<tr data-subscription-id="{_e(sub.id)}">'
+            f"<td>{_e(sub.url)}</td><td>{_badge(enabled, tone)}</td>"
+            f"<td>{stats.pending if stats else 0}</td>"
+            f"<td>{_e(duration(_lag(stats, snap.generated_at), lang))}</td>"
+            f"<td>{sub.consecutive_failures}</td><td>{_e(sub.last_error or '—')}</td></tr>"
+        )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
 def _summary(snap: Snapshot) -> dict[str, int]:
@@ -451,6 +525,7 @@ def render_sections(snap: Snapshot, lang: str) -> dict[str, str]:
         "instances": render_instances(snap, lang),
         "messages": render_messages(snap, lang),
         "changes": render_changes(snap, lang),
+        "webhooks": render_webhooks(snap, lang),
     }
 
 
@@ -496,6 +571,8 @@ data-refresh="{int(REFRESH_SECONDS * 1000)}" data-generated="{generated}">
 <div id="messages" class="table-wrap">{sections["messages"]}</div></section>
 <section aria-labelledby="h-changes"><h2 id="h-changes">{_e(_t(lang, "changes"))}</h2>
 <div id="changes" class="table-wrap">{sections["changes"]}</div></section>
+<section aria-labelledby="h-webhooks"><h2 id="h-webhooks">{_e(_t(lang, "webhooks"))}</h2>
+<div id="webhooks" class="table-wrap">{sections["webhooks"]}</div></section>
 </main>
 <script type="application/json" id="i18n">{_client_texts(lang)}</script>
 </body>

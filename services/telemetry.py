@@ -162,6 +162,22 @@ class Metrics:
             "wapiguard.messages.stuck", [self._observe("stuck")], description="Messages currently stuck in SENT"
         )
         m.create_observable_gauge("wapiguard.instances", [self._observe("instances")], description="Instances by state")
+        m.create_observable_gauge(
+            "wapiguard.webhooks.lag",
+            [self._observe("webhook_lag_seconds")],
+            unit="s",
+            description="Age of the oldest pending outbound webhook delivery, per subscription",
+        )
+        m.create_observable_gauge(
+            "wapiguard.webhooks.pending",
+            [self._observe("webhook_pending")],
+            description="Outbound webhook deliveries waiting, per subscription",
+        )
+        m.create_observable_gauge(
+            "wapiguard.webhooks.consecutive_failures",
+            [self._observe("webhook_consecutive_failures")],
+            description="Failed outbound webhook attempts since the last success, per subscription",
+        )
 
     def _observe(self, name: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
         def callback(_options: CallbackOptions) -> Iterable[Observation]:

@@ -188,6 +188,63 @@ chat_statuses = Table(
     Index(None, "instance_id", "chat_id", "id"),
 )
 
+# Outbound webhooks: who wants which events, and one row per (subscription, event) to deliver.
+webhook_subscriptions = Table(
+    "webhook_subscriptions",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("url", Text, nullable=False),
+    # The signing secret (whsec_…): stored because every attempt is signed with it; never returned
+    # except on creation/rotation, never logged.
+    Column("secret", Text, nullable=False),
+    # JSON lists; [] means every type / every instance.
+    Column("event_types", Text, nullable=False, server_default="[]"),
+    Column("instance_ids", Text, nullable=False, server_default="[]"),
+    Column("owner", String(64), nullable=False, server_default=""),
+    Column("description", String(200), nullable=False, server_default=""),
+    Column("enabled", Boolean, nullable=False, server_default="1"),
+    Column("disabled_reason", String(32), nullable=False, server_default=""),
+    # The change-log position up to which events have been turned into deliveries.
+    Column("cursor", String(64), nullable=False),
+    Column("consecutive_failures", Integer, nullable=False, server_default="0"),
+    Column("failed_attempts", BigInteger, nullable=False, server_default="0"),
+    Column("succeeded", BigInteger, nullable=False, server_default="0"),
+    Column("last_error", Text, nullable=False, server_default=""),
+    Column("last_success_at", UTCDateTime()),
+    Column("last_failure_at", UTCDateTime()),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("version", Integer, nullable=False, server_default="1"),
+)
+
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("subscription_id", String(40), nullable=False),
+    # The change's event id: the webhook-id header of every attempt and replay.
+    Column("event_id", String(64), nullable=False),
+    Column("event_type", String(40), nullable=False),
+    Column("instance_id", String(64), nullable=False),
+    Column("occurred_at", UTCDateTime(), nullable=False),
+    # The exact JSON body that is signed and posted (the same bytes on every attempt).
+    Column("body", Text, nullable=False),
+    # pending | succeeded | exhausted
+    Column("state", String(12), nullable=False),
+    # Attempts claimed so far; also the claim token (an attempt is recorded only by its claimer).
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    # Due time; while an attempt is in flight, the end of its lease.
+    Column("next_attempt_at", UTCDateTime(), nullable=False),
+    Column("last_status_code", Integer, nullable=False, server_default="0"),
+    Column("last_error", Text, nullable=False, server_default=""),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("delivered_at", UTCDateTime()),
+    UniqueConstraint("subscription_id", "event_id"),
+    Index(None, "state", "next_attempt_at"),
+    Index(None, "subscription_id", "state", "occurred_at"),
+    Index(None, "subscription_id", "id"),
+)
+
 
 class _Xid8(UserDefinedType[int]):
     """PostgreSQL's 64-bit transaction id (`xid8`): the writing transaction of a change-log row."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -289,4 +290,190 @@ def _chat_status(raw: bytes, body: dict[str, Any], instance_id: str | None, mome
         lid=_text(body.get("connectedLid"), MAX_LID),
         chat_id=_chat_id(body),
         moment=moment,
+    )
+
+
+# --- customer messages: webhookReceived / webhookDelivery bodies, normalised -------------------
+
+# Baileys message-content keys (W-API's `msgContent`) → kind. `conversation` is a bare text.
+CONTENT_KINDS: dict[str, str] = {
+    "conversation": "text",
+    "extendedTextMessage": "text",
+    "imageMessage": "image",
+    "audioMessage": "audio",
+    "pttMessage": "audio",
+    "videoMessage": "video",
+    "ptvMessage": "video",
+    "documentMessage": "document",
+    "documentWithCaptionMessage": "document",
+    "stickerMessage": "sticker",
+    "locationMessage": "location",
+    "liveLocationMessage": "location",
+    "contactMessage": "contact",
+    "contactsArrayMessage": "contact",
+    "reactionMessage": "reaction",
+    "buttonsResponseMessage": "text",
+    "listResponseMessage": "text",
+    "templateButtonReplyMessage": "text",
+    "pollCreationMessage": "poll",
+    "pollCreationMessageV3": "poll",
+}
+# Wrappers whose `message` holds the real content (view-once, ephemeral, edited, captioned documents).
+CONTENT_WRAPPERS = (
+    "ephemeralMessage",
+    "viewOnceMessage",
+    "viewOnceMessageV2",
+    "editedMessage",
+    "documentWithCaptionMessage",
+)
+MAX_TEXT = 65536
+
+
+@dataclass(frozen=True, slots=True)
+class MediaReference:
+    """Where the media lives on WhatsApp's side; wapi-guard does not download it."""
+
+    url: str | None = None
+    mimetype: str | None = None
+    file_name: str | None = None
+    file_length: int | None = None
+    caption: str | None = None
+    direct_path: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InboundMessage:
+    """A customer's (or the phone's own) message, in one shape whatever W-API variant carried it."""
+
+    instance_id: str | None
+    provider_message_id: str | None
+    chat_id: str | None
+    sender_id: str | None
+    sender_phone: str | None
+    push_name: str | None
+    kind: str
+    text: str | None = None
+    media: MediaReference | None = None
+    is_group: bool = False
+    from_me: bool = False
+    from_api: bool = False
+    moment: datetime | None = None
+    connected_phone: str | None = None
+    # A reaction's target, a reply's quoted message.
+    reference_message_id: str | None = None
+    latitude: float | None = None
+    longitude: float | None = None
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _content(body: dict[str, Any]) -> dict[str, Any]:
+    """The Baileys content object: `msgContent` (W-API), `message` or `content`, top level or under `data`."""
+    content = _dict(_field(body, "msgContent", "message", "content"))
+    for _ in range(3):  # wrappers nest a few levels at most
+        inner = next((content[w] for w in CONTENT_WRAPPERS if isinstance(content.get(w), dict)), None)
+        if inner is None or not isinstance(inner.get("message"), dict):
+            break
+        content = inner["message"]
+    return content
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+def _kind_and_body(content: dict[str, Any]) -> tuple[str, dict[str, Any] | str | None]:
+    for key, kind in CONTENT_KINDS.items():
+        if key in content:
+            return kind, content[key]
+    return "unknown", None
+
+
+def normalize_inbound(raw: bytes | dict[str, Any]) -> InboundMessage | None:
+    """webhookReceived / webhookDelivery body → InboundMessage; None when it is not a JSON object.
+
+    Accepts the documented shape (`chat`, `sender`, `msgContent`) and the variants seen in clients:
+    fields under `data`, `chat`/`sender` as plain ids, `text`/`body` at the top level, `pushName`
+    beside `sender`, Baileys wrappers (ephemeral, view-once)."""
+    if isinstance(raw, dict):
+        body = raw
+    else:
+        try:
+            body = json.loads(raw)
+        except (ValueError, RecursionError):
+            return None
+    if not isinstance(body, dict):
+        return None
+    instance_text = _text(_field(body, "instanceId", "instance_id"))
+    sender_value = _field(body, "sender", "from", "author")
+    sender = _dict(sender_value)
+    sender_id = _text(sender.get("id"), MAX_CHAT_ID) if sender else _text(sender_value, MAX_CHAT_ID)
+    push_name = _text(sender.get("pushName") or sender.get("name")) or _text(_field(body, "pushName", "senderName"))
+    content = _content(body)
+    kind, detail = _kind_and_body(content)
+    text: str | None = None
+    media: MediaReference | None = None
+    reference: str | None = None
+    latitude = longitude = None
+    if isinstance(detail, str):
+        text = _text(detail, MAX_TEXT)
+    elif isinstance(detail, dict):
+        text = _text(
+            detail.get("text") or detail.get("caption") or detail.get("selectedDisplayText") or detail.get("title"),
+            MAX_TEXT,
+        )
+        if kind in ("image", "audio", "video", "document", "sticker"):
+            length = detail.get("fileLength")
+            media = MediaReference(
+                url=_text(detail.get("url"), 2048),
+                mimetype=_text(detail.get("mimetype"), 128),
+                file_name=_text(detail.get("fileName"), 512),
+                file_length=int(length) if isinstance(length, (int, str)) and str(length).isdigit() else None,
+                caption=_text(detail.get("caption"), MAX_TEXT),
+                direct_path=_text(detail.get("directPath"), 2048),
+            )
+        if kind == "location":
+            latitude, longitude = _number(detail.get("degreesLatitude")), _number(detail.get("degreesLongitude"))
+            text = text or _text(detail.get("name") or detail.get("address"), MAX_TEXT)
+        if kind == "contact":
+            text = text or _text(detail.get("displayName") or detail.get("vcard"), MAX_TEXT)
+        if kind == "reaction":
+            reference = _id(_dict(detail.get("key")).get("id"))
+        context = _dict(detail.get("contextInfo"))
+        reference = reference or _id(context.get("stanzaId"))
+    if kind == "unknown":
+        flat = _text(_field(body, "text", "body", "caption"), MAX_TEXT)
+        if flat is not None:
+            kind, text = "text", flat
+    chat_id = _chat_id(body)
+    from_me = body.get("fromMe") is True or _dict(body.get("data")).get("fromMe") is True
+    return InboundMessage(
+        instance_id=instance_text if instance_text and _ID_RE.fullmatch(instance_text) else None,
+        provider_message_id=_message_id(body),
+        chat_id=chat_id,
+        sender_id=sender_id or (None if from_me else chat_id),
+        sender_phone=phone_digits(sender_id or ("" if from_me else chat_id)),
+        push_name=push_name,
+        kind=kind,
+        text=text,
+        media=media,
+        is_group=_field(body, "isGroup") is True or bool(chat_id and chat_id.endswith("@g.us")),
+        from_me=from_me,
+        from_api=from_me and (body.get("fromApi") is True or _dict(body.get("data")).get("fromApi") is True),
+        moment=_moment(_field(body, "moment", "timestamp")),
+        connected_phone=phone_digits(_field(body, "connectedPhone")),
+        reference_message_id=reference,
+        latitude=latitude,
+        longitude=longitude,
     )

@@ -28,3 +28,8 @@ def test_demo_exits_0_with_no_false_sent() -> None:
     assert "PENDING → SENT → DELIVERED → READ" in out
     assert "blocked: SESSION_INCOMPLETE" in out
     assert "blocked: DELIVERY_STALLED" in out
+    # A consumer of the event stream saw the story as it happened, without polling.
+    assert "⇢ event stream: Aventura: message" in out
+    assert "DELIVERED → READ" in out
+    assert "ALERT message" in out
+    assert "stall alert: stuck + DELIVERY_STALLED    got stall alert: stuck + DELIVERY_STALLED" in out

@@ -1,0 +1,396 @@
+"""Thin servicers of EventService and WebhookSubscriptionService (proto ↔ domain, scope checks)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any, TypeAlias
+from urllib.parse import urlsplit
+
+import grpc
+
+from adapters.persistence.repository import Repository
+from adapters.persistence.webhook_store import (
+    DELIVERY_STATES,
+    DeliveryRecord,
+    SubscriptionRecord,
+    SubscriptionStats,
+    WebhookStore,
+    utcnow,
+)
+from services.api.wapiguard.v1 import events_pb2, events_pb2_grpc
+from services.auth import PermissionDenied, current_principal
+from services.errors import abort, build_status, grpc_errors, locale_of, status_for
+from services.events import TYPE_FROM_PB, TYPE_TO_PB, ChangeFeed, SlowSubscriber, event_pb, follow
+from services.logs import register_secret
+from services.mapping import ts
+from services.outbound import WebhookDispatcher, new_secret
+from statemachine.changes import ChangeCursor, ChangeKind, InvalidCursor
+from statemachine.errors import InvalidRequest
+from statemachine.validation import Violation
+
+Ctx: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+MAX_PAGE = 1000
+DEFAULT_PAGE = 100
+_STATE_TO_PB = {
+    "pending": events_pb2.DELIVERY_STATE_PENDING,
+    "succeeded": events_pb2.DELIVERY_STATE_SUCCEEDED,
+    "exhausted": events_pb2.DELIVERY_STATE_EXHAUSTED,
+}
+_STATE_FROM_PB = {v: k for k, v in _STATE_TO_PB.items()}
+
+
+class CursorExpired(Exception):
+    def __init__(self, oldest: ChangeCursor) -> None:
+        super().__init__("cursor is older than the oldest retained event")
+        self.oldest = oldest
+
+
+def _decode(field: str, text: str) -> ChangeCursor:
+    try:
+        return ChangeCursor.decode(text)
+    except InvalidCursor as error:
+        raise InvalidRequest([Violation(field, str(error))]) from None
+
+
+def _kinds(field: str, types: Any) -> list[ChangeKind] | None:
+    kinds = []
+    for value in types:
+        kind = TYPE_FROM_PB.get(value)
+        if kind is None:
+            raise InvalidRequest([Violation(field, f"unknown event type {value}")])
+        kinds.append(kind)
+    return kinds or None
+
+
+def scoped_instances(field: str, requested: Any) -> list[str] | None:
+    """The caller's filter within its token's scope: a scoped token never sees other instances."""
+    ids = sorted({i.strip() for i in requested if i.strip()})
+    scope = current_principal.get().instances
+    if scope is None:
+        return ids or None
+    outside = [i for i in ids if i not in scope]
+    if outside:
+        raise PermissionDenied(outside[0])
+    return ids or sorted(scope)
+
+
+def _expired_status(error: CursorExpired) -> grpc.Status:
+    return build_status(
+        grpc.StatusCode.OUT_OF_RANGE,
+        "cursor is older than the oldest retained event; resume from oldest_cursor",
+        "CURSOR_EXPIRED",
+        {"oldest_cursor": error.oldest.encode()},
+    )
+
+
+class EventServicer(events_pb2_grpc.EventServiceServicer):
+    def __init__(self, repo: Repository, feed: ChangeFeed, *, progress_interval: float, buffer: int) -> None:
+        self.repo = repo
+        self.feed = feed
+        self.progress_interval = progress_interval
+        self.buffer = buffer
+
+    async def _checked(self, cursor: ChangeCursor) -> ChangeCursor:
+        """Expired when it stands before the oldest kept change and changes older than that one
+        existed (its seq is not the first): retention pruned something the caller never saw."""
+        oldest = await self.repo.oldest_change_cursor()
+        if cursor < oldest and oldest.seq > 0:
+            raise CursorExpired(oldest)
+        return cursor
+
+    async def Subscribe(
+        self, request: events_pb2.SubscribeRequest, context: Ctx
+    ) -> AsyncIterator[events_pb2.SubscribeResponse]:
+        cursor = ChangeCursor(0, 0)
+        try:
+            instance_ids = scoped_instances("filter.instance_ids", request.filter.instance_ids)
+            kinds = _kinds("filter.types", request.filter.types)
+            start = request.WhichOneof("start")
+            if start == "cursor":
+                cursor = await self._checked(_decode("cursor", request.cursor))
+            elif start == "from_oldest":
+                cursor = await self.repo.oldest_change_cursor()
+            else:
+                cursor = await self.repo.head_change_cursor()
+        except Exception as error:
+            await self._fail(context, error)
+        interval = (
+            float(request.progress_interval_seconds) if request.progress_interval_seconds else self.progress_interval
+        )
+        interval = min(max(interval, 0.05), 3600.0)
+        try:
+            async for item in follow(
+                self.repo,
+                self.feed,
+                cursor,
+                instance_ids=instance_ids,
+                kinds=kinds,
+                progress_interval=interval,
+                buffer=self.buffer,
+            ):
+                cursor = item.cursor
+                if item.change is not None:
+                    yield events_pb2.SubscribeResponse(event=event_pb(item.change))
+                else:
+                    yield events_pb2.SubscribeResponse(
+                        progress=events_pb2.Progress(cursor=item.cursor.encode(), at=ts(utcnow()))
+                    )
+        except SlowSubscriber as slow:
+            status = build_status(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "subscriber too slow: resume from resume_cursor",
+                "SUBSCRIBER_TOO_SLOW",
+                {"resume_cursor": slow.cursor.encode()},
+            )
+            await abort(context, status)
+        except Exception as error:
+            if isinstance(error, grpc.aio.AbortError):
+                raise
+            await self._fail(context, error)
+
+    async def _fail(self, context: Ctx, error: Exception) -> None:
+        if isinstance(error, CursorExpired):
+            await abort(context, _expired_status(error))
+        status = status_for(error, locale_of(context))
+        if status is None:
+            raise error
+        await abort(context, status)
+
+    async def ListEvents(self, request: events_pb2.ListEventsRequest, context: Ctx) -> events_pb2.ListEventsResponse:
+        try:
+            instance_ids = scoped_instances("filter.instance_ids", request.filter.instance_ids)
+            kinds = _kinds("filter.types", request.filter.types)
+            if request.page_size < 0 or request.page_size > MAX_PAGE:
+                raise InvalidRequest([Violation("page_size", f"must be between 0 and {MAX_PAGE}")])
+            size = request.page_size or DEFAULT_PAGE
+            if request.WhichOneof("start") == "after_cursor":
+                cursor = await self._checked(_decode("after_cursor", request.after_cursor))
+            else:
+                cursor = await self.repo.oldest_change_cursor()
+            page = await self.repo.read_changes(cursor, limit=size, instance_ids=instance_ids, kinds=kinds)
+        except Exception as error:
+            await self._fail(context, error)
+            raise
+        return events_pb2.ListEventsResponse(
+            events=[event_pb(c) for c in page.changes],
+            next_cursor=page.cursor.encode(),
+            caught_up=len(page.changes) < size,
+        )
+
+    @grpc_errors
+    async def GetEventCursors(
+        self, request: events_pb2.GetEventCursorsRequest, context: Ctx
+    ) -> events_pb2.EventCursors:
+        head = await self.repo.head_change_cursor()
+        oldest = await self.repo.oldest_change_cursor()
+        return events_pb2.EventCursors(head=head.encode(), oldest=oldest.encode())
+
+
+# --- webhook subscriptions -------------------------------------------------------------------
+
+
+def _validate_url(url: str) -> list[Violation]:
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return [Violation("url", "must be an absolute http(s) URL")]
+    if len(url) > 2000:
+        return [Violation("url", "longer than 2000 characters")]
+    return []
+
+
+def subscription_pb(
+    sub: SubscriptionRecord, stats: SubscriptionStats | None = None, *, with_secret: bool = False
+) -> events_pb2.WebhookSubscription:
+    now = utcnow()
+    out = events_pb2.WebhookSubscription(
+        id=sub.id,
+        url=sub.url,
+        types=[TYPE_TO_PB[ChangeKind(k)] for k in sub.event_types],  # type: ignore[misc]
+        instance_ids=sub.instance_ids,
+        enabled=sub.enabled,
+        disabled_reason=sub.disabled_reason,
+        description=sub.description,
+        secret=sub.secret if with_secret else "",
+        created_at=ts(sub.created_at),
+        updated_at=ts(sub.updated_at),
+        stats=events_pb2.WebhookSubscriptionStats(
+            consecutive_failures=sub.consecutive_failures,
+            failed_attempts=sub.failed_attempts,
+            succeeded=sub.succeeded,
+            last_error=sub.last_error,
+            last_success_at=ts(sub.last_success_at),
+            last_failure_at=ts(sub.last_failure_at),
+        ),
+    )
+    if stats is not None:
+        out.stats.pending = stats.pending
+        out.stats.exhausted = stats.exhausted
+        if stats.oldest_pending_at is not None:
+            out.stats.lag_seconds = max(0.0, (now - stats.oldest_pending_at).total_seconds())
+    return out
+
+
+def delivery_pb(d: DeliveryRecord) -> events_pb2.WebhookDelivery:
+    return events_pb2.WebhookDelivery(
+        id=d.id,
+        subscription_id=d.subscription_id,
+        webhook_id=d.event_id,
+        type=TYPE_TO_PB.get(ChangeKind(d.event_type), 0),  # type: ignore[arg-type]
+        instance_id=d.instance_id,
+        state=_STATE_TO_PB.get(d.state, 0),  # type: ignore[arg-type]
+        attempts=d.attempts,
+        last_status_code=d.last_status_code,
+        last_error=d.last_error,
+        next_attempt_at=ts(d.next_attempt_at) if d.state == "pending" else None,
+        created_at=ts(d.created_at),
+        delivered_at=ts(d.delivered_at),
+    )
+
+
+class WebhookSubscriptionServicer(events_pb2_grpc.WebhookSubscriptionServiceServicer):
+    def __init__(self, repo: Repository, store: WebhookStore, dispatcher: WebhookDispatcher | None) -> None:
+        self.repo = repo
+        self.store = store
+        self.dispatcher = dispatcher
+
+    async def _owned(self, sub_id: str) -> SubscriptionRecord:
+        sub = await self.store.get_subscription(sub_id.strip()) if sub_id.strip() else None
+        principal = current_principal.get()
+        if sub is None or (principal.instances is not None and sub.owner != principal.name):
+            raise InvalidRequest([Violation("id", "no such webhook subscription")])
+        return sub
+
+    async def _with_stats(
+        self, sub: SubscriptionRecord, *, with_secret: bool = False
+    ) -> events_pb2.WebhookSubscription:
+        stats = (await self.store.stats([sub.id])).get(sub.id)
+        return subscription_pb(sub, stats, with_secret=with_secret)
+
+    @grpc_errors
+    async def CreateWebhookSubscription(
+        self, request: events_pb2.CreateWebhookSubscriptionRequest, context: Ctx
+    ) -> events_pb2.WebhookSubscription:
+        violations = _validate_url(request.url)
+        if len(request.description) > 200:
+            violations.append(Violation("description", "longer than 200 characters"))
+        if violations:
+            raise InvalidRequest(violations)
+        kinds = _kinds("types", request.types) or []
+        instance_ids = scoped_instances("instance_ids", request.instance_ids) or []
+        if request.start_cursor:
+            cursor = _decode("start_cursor", request.start_cursor)
+            oldest = await self.repo.oldest_change_cursor()
+            if cursor < oldest:
+                raise InvalidRequest([Violation("start_cursor", "older than the oldest retained event")])
+        else:
+            cursor = await self.repo.head_change_cursor()
+        sub = await self.store.create_subscription(
+            f"whsub_{uuid.uuid4().hex}",
+            url=request.url.strip(),
+            secret=new_secret(),
+            event_types=[k.value for k in kinds],
+            instance_ids=instance_ids,
+            owner=current_principal.get().name,
+            description=request.description,
+            enabled=not request.disabled,
+            cursor=cursor.encode(),
+        )
+        register_secret(sub.secret)
+        return await self._with_stats(sub, with_secret=True)
+
+    @grpc_errors
+    async def GetWebhookSubscription(
+        self, request: events_pb2.GetWebhookSubscriptionRequest, context: Ctx
+    ) -> events_pb2.WebhookSubscription:
+        return await self._with_stats(await self._owned(request.id))
+
+    @grpc_errors
+    async def ListWebhookSubscriptions(
+        self, request: events_pb2.ListWebhookSubscriptionsRequest, context: Ctx
+    ) -> events_pb2.ListWebhookSubscriptionsResponse:
+        principal = current_principal.get()
+        subs = [
+            s for s in await self.store.list_subscriptions() if principal.instances is None or s.owner == principal.name
+        ]
+        stats = await self.store.stats([s.id for s in subs])
+        return events_pb2.ListWebhookSubscriptionsResponse(
+            subscriptions=[subscription_pb(s, stats.get(s.id)) for s in subs]
+        )
+
+    @grpc_errors
+    async def UpdateWebhookSubscription(
+        self, request: events_pb2.UpdateWebhookSubscriptionRequest, context: Ctx
+    ) -> events_pb2.WebhookSubscription:
+        sub = await self._owned(request.id)
+        changes: dict[str, Any] = {}
+        if request.HasField("url"):
+            violations = _validate_url(request.url)
+            if violations:
+                raise InvalidRequest(violations)
+            changes["url"] = request.url.strip()
+        if request.set_types:
+            changes["event_types"] = [k.value for k in (_kinds("types", request.types) or [])]
+        if request.set_instance_ids:
+            changes["instance_ids"] = scoped_instances("instance_ids", request.instance_ids) or []
+        if request.HasField("enabled"):
+            changes["enabled"] = request.enabled
+        if request.HasField("description"):
+            if len(request.description) > 200:
+                raise InvalidRequest([Violation("description", "longer than 200 characters")])
+            changes["description"] = request.description
+        updated = await self.store.update_subscription(sub.id, **changes)
+        if updated is None:
+            raise InvalidRequest([Violation("id", "no such webhook subscription")])
+        if self.dispatcher is not None:
+            self.dispatcher.wake()
+        return await self._with_stats(updated)
+
+    @grpc_errors
+    async def DeleteWebhookSubscription(
+        self, request: events_pb2.DeleteWebhookSubscriptionRequest, context: Ctx
+    ) -> events_pb2.DeleteWebhookSubscriptionResponse:
+        sub = await self._owned(request.id)
+        await self.store.delete_subscription(sub.id)
+        return events_pb2.DeleteWebhookSubscriptionResponse()
+
+    @grpc_errors
+    async def RotateWebhookSecret(
+        self, request: events_pb2.RotateWebhookSecretRequest, context: Ctx
+    ) -> events_pb2.WebhookSubscription:
+        sub = await self._owned(request.id)
+        secret = new_secret()
+        register_secret(secret)
+        updated = await self.store.update_subscription(sub.id, secret=secret)
+        assert updated is not None
+        return await self._with_stats(updated, with_secret=True)
+
+    @grpc_errors
+    async def ListWebhookDeliveries(
+        self, request: events_pb2.ListWebhookDeliveriesRequest, context: Ctx
+    ) -> events_pb2.ListWebhookDeliveriesResponse:
+        sub = await self._owned(request.subscription_id)
+        if request.page_size < 0 or request.page_size > MAX_PAGE:
+            raise InvalidRequest([Violation("page_size", f"must be between 0 and {MAX_PAGE}")])
+        size = request.page_size or DEFAULT_PAGE
+        states = [_STATE_FROM_PB[s] for s in request.states if s in _STATE_FROM_PB]
+        before: int | None = None
+        if request.page_token:
+            if not request.page_token.isdigit():
+                raise InvalidRequest([Violation("page_token", "not a page token of this list")])
+            before = int(request.page_token)
+        rows = await self.store.list_deliveries(sub.id, states=states or DELIVERY_STATES, limit=size, before_id=before)
+        token = str(rows[-1].id) if len(rows) == size else ""
+        return events_pb2.ListWebhookDeliveriesResponse(
+            deliveries=[delivery_pb(d) for d in rows], next_page_token=token
+        )
+
+    @grpc_errors
+    async def ReplayWebhookDeliveries(
+        self, request: events_pb2.ReplayWebhookDeliveriesRequest, context: Ctx
+    ) -> events_pb2.ReplayWebhookDeliveriesResponse:
+        sub = await self._owned(request.subscription_id)
+        replayed = await self.store.replay(sub.id, list(request.delivery_ids))
+        if self.dispatcher is not None:
+            self.dispatcher.wake()
+        return events_pb2.ReplayWebhookDeliveriesResponse(replayed=replayed)

@@ -1,0 +1,182 @@
+"""`wapi-guard webhooks …`: outbound webhook subscriptions for operators (over gRPC, like the
+other operator commands): list with lag/failures/last error, create (prints the secret once),
+enable/disable, delete, rotate the secret, list deliveries, replay exhausted ones."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import UTC, datetime
+from typing import Any
+
+from services.operator_cli import Context, table
+
+EVENT_TYPES = {
+    "message.state_changed": 1,
+    "message.stuck": 2,
+    "message.failed": 3,
+    "instance.health_changed": 4,
+    "message.received": 5,
+    "message.from_phone": 6,
+}
+TYPE_NAMES = {v: k for k, v in EVENT_TYPES.items()}
+DELIVERY_STATES = {"pending": 1, "succeeded": 2, "exhausted": 3}
+STATE_NAMES = {v: k for k, v in DELIVERY_STATES.items()}
+
+
+def add_webhook_commands(sub: argparse._SubParsersAction, kwargs: dict[str, Any]) -> None:  # type: ignore[type-arg]
+    hooks = sub.add_parser(
+        "webhooks",
+        help="outbound webhook subscriptions: list, create, enable/disable, replay (operator)",
+        description="Outbound webhooks (Standard Webhooks signatures). Without an action: the list.",
+        **kwargs,
+    )
+    hooks.add_argument(
+        "action",
+        nargs="?",
+        default="list",
+        choices=["list", "create", "enable", "disable", "delete", "rotate-secret", "deliveries", "replay"],
+    )
+    hooks.add_argument("id", nargs="?", default="", help="subscription id (all actions but list/create)")
+    hooks.add_argument("--url", default="", help="receiver URL (create)")
+    hooks.add_argument(
+        "--type", action="append", default=[], choices=sorted(EVENT_TYPES), help="event type (repeatable; default all)"
+    )
+    hooks.add_argument("--instance", action="append", default=[], help="instance id (repeatable; default all)")
+    hooks.add_argument("--description", default="", help="free text (create)")
+    hooks.add_argument("--state", action="append", default=[], choices=sorted(DELIVERY_STATES), help="deliveries")
+    hooks.add_argument("--limit", type=int, default=20, help="deliveries: at most N [default 20]")
+
+
+def _ago(ctx: Context, value: Any, field: str) -> str:
+    if not value.HasField(field):
+        return "-"
+    at: datetime = getattr(value, field).ToDatetime(tzinfo=UTC)
+    return at.isoformat(timespec="seconds")
+
+
+def subscription_dict(s: Any) -> dict[str, Any]:
+    return {
+        "id": s.id,
+        "url": s.url,
+        "types": [TYPE_NAMES.get(t, str(t)) for t in s.types],
+        "instance_ids": list(s.instance_ids),
+        "enabled": s.enabled,
+        "disabled_reason": s.disabled_reason,
+        "description": s.description,
+        "pending": s.stats.pending,
+        "exhausted": s.stats.exhausted,
+        "succeeded": s.stats.succeeded,
+        "consecutive_failures": s.stats.consecutive_failures,
+        "failed_attempts": s.stats.failed_attempts,
+        "lag_seconds": round(s.stats.lag_seconds, 3),
+        "last_error": s.stats.last_error,
+        **({"secret": s.secret} if s.secret else {}),
+    }
+
+
+async def cmd_webhooks(ctx: Context) -> int:
+    from services.api.wapiguard.v1 import events_pb2, events_pb2_grpc
+
+    args = ctx.args
+    stub = events_pb2_grpc.WebhookSubscriptionServiceStub(ctx.channel())
+    action = args.action
+    if action not in ("list", "create") and not args.id:
+        ctx.warn(f"webhooks {action}: give the subscription id")
+        return 2
+    if action == "create":
+        if not args.url:
+            ctx.warn("webhooks create: --url is required")
+            return 2
+        created = await ctx.call(
+            stub.CreateWebhookSubscription,
+            events_pb2.CreateWebhookSubscriptionRequest(
+                url=args.url,
+                types=[EVENT_TYPES[t] for t in args.type],  # type: ignore[misc]
+                instance_ids=args.instance,
+                description=args.description,
+            ),
+        )
+        if ctx.json:
+            ctx.emit_json(subscription_dict(created))
+        else:
+            ctx.print(f"{created.id}  {created.url}")
+            ctx.print(f"secret (shown once, keep it): {created.secret}")
+        return 0
+    if action in ("enable", "disable"):
+        updated = await ctx.call(
+            stub.UpdateWebhookSubscription,
+            events_pb2.UpdateWebhookSubscriptionRequest(id=args.id, enabled=action == "enable"),
+        )
+        ctx.emit_json(subscription_dict(updated)) if ctx.json else ctx.print(f"{updated.id}: {action}d")
+        return 0
+    if action == "delete":
+        await ctx.call(stub.DeleteWebhookSubscription, events_pb2.DeleteWebhookSubscriptionRequest(id=args.id))
+        ctx.emit_json({"deleted": args.id}) if ctx.json else ctx.print(f"{args.id}: deleted")
+        return 0
+    if action == "rotate-secret":
+        rotated = await ctx.call(stub.RotateWebhookSecret, events_pb2.RotateWebhookSecretRequest(id=args.id))
+        ctx.emit_json(subscription_dict(rotated)) if ctx.json else ctx.print(f"new secret: {rotated.secret}")
+        return 0
+    if action == "replay":
+        replayed = await ctx.call(
+            stub.ReplayWebhookDeliveries, events_pb2.ReplayWebhookDeliveriesRequest(subscription_id=args.id)
+        )
+        ctx.emit_json({"replayed": replayed.replayed}) if ctx.json else ctx.print(f"replayed: {replayed.replayed}")
+        return 0
+    if action == "deliveries":
+        page = await ctx.call(
+            stub.ListWebhookDeliveries,
+            events_pb2.ListWebhookDeliveriesRequest(
+                subscription_id=args.id,
+                states=[DELIVERY_STATES[s] for s in args.state],  # type: ignore[misc]
+                page_size=max(1, min(args.limit, 1000)),
+            ),
+        )
+        rows = [
+            {
+                "id": d.id,
+                "webhook_id": d.webhook_id,
+                "type": TYPE_NAMES.get(d.type, str(d.type)),
+                "instance_id": d.instance_id,
+                "state": STATE_NAMES.get(d.state, "?"),
+                "attempts": d.attempts,
+                "last_status_code": d.last_status_code,
+                "last_error": d.last_error,
+            }
+            for d in page.deliveries
+        ]
+        if ctx.json:
+            ctx.emit_json(rows)
+        else:
+            headers = ["id", "webhook-id", "type", "state", "attempts", "last"]
+            cells = [
+                [str(r["id"]), r["webhook_id"], r["type"], r["state"], str(r["attempts"]), r["last_error"] or "-"]
+                for r in rows
+            ]
+            for line in table(headers, cells, lambda _r, _c, text: text):
+                ctx.print(line)
+        return 0
+    listed = await ctx.call(stub.ListWebhookSubscriptions, events_pb2.ListWebhookSubscriptionsRequest())
+    subs = [subscription_dict(s) for s in listed.subscriptions]
+    if ctx.json:
+        ctx.emit_json(subs)
+        return 0
+    if not subs:
+        ctx.print("no webhook subscriptions")
+        return 0
+    headers = ["id", "url", "enabled", "pending", "lag", "failures", "last error"]
+    cells = [
+        [
+            s["id"],
+            s["url"],
+            "yes" if s["enabled"] else f"no ({s['disabled_reason']})",
+            str(s["pending"]),
+            f"{s['lag_seconds']:.1f}s",
+            str(s["consecutive_failures"]),
+            s["last_error"] or "-",
+        ]
+        for s in subs
+    ]
+    for line in table(headers, cells, lambda _r, _c, text: text):
+        ctx.print(line)
+    return 0
