@@ -2,9 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Protocol
 
-from statemachine.domain import Credentials, OutboundMessage, ProbeOutcome, SendOutcome
+from statemachine.changes import ChangeCursor, ChangeKind, ChangePage
+from statemachine.domain import (
+    Credentials,
+    InstanceRecord,
+    InstanceState,
+    MessageRecord,
+    MessageState,
+    OutboundMessage,
+    Plan,
+    ProbeOutcome,
+    Reason,
+    SendOutcome,
+    StateChange,
+)
+from statemachine.events import ProviderEvent, Route
+from statemachine.machines import InstanceDecision, InstanceTrigger
 
 
 class Provider(Protocol):
@@ -19,3 +37,142 @@ class Provider(Protocol):
     async def probe(self, credentials: Credentials, *, timeout: float) -> ProbeOutcome: ...
 
     async def aclose(self) -> None: ...
+
+
+class ChangeLog(Protocol):
+    """The store's transactional change log, read side (docs/change-log.md).
+
+    Every state change appends its entries in its own transaction; readers page through them in
+    an order that never gains a row behind a cursor (a change committing late is not skipped).
+    """
+
+    async def read_changes(
+        self,
+        after: ChangeCursor | None,
+        *,
+        limit: int,
+        instance_ids: Sequence[str] | None = None,
+        kinds: Sequence[ChangeKind] | None = None,
+    ) -> ChangePage:
+        """Up to `limit` changes after `after` (from the oldest kept when None) and the cursor to
+        resume from: past the last one returned, past rows the filters skipped, and up to the
+        horizon when nothing newer is visible yet (so it also serves as a bookmark)."""
+        ...
+
+    async def head_change_cursor(self) -> ChangeCursor:
+        """ "Now": reading from here yields what commits from now on (never less)."""
+        ...
+
+    async def oldest_change_cursor(self) -> ChangeCursor:
+        """Just before the oldest change still kept; a cursor below it has lost pruned rows."""
+        ...
+
+
+# --- the store -------------------------------------------------------------------------------
+
+
+class ConcurrentUpdateError(RuntimeError):
+    """A compare-and-set lost its race; the caller may re-read and retry."""
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceChange:
+    """An instance trigger as stored: the row after it and the machine's decision."""
+
+    instance: InstanceRecord
+    decision: InstanceDecision
+    source: str
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class MessageChange:
+    message_id: str
+    change: StateChange
+    # The send attempt's span, for a span link from the webhook that caused this change.
+    trace_id: str = ""
+    span_id: str = ""
+    sent_at: datetime | None = None
+
+
+@dataclass(slots=True)
+class IngestResult:
+    event_id: str
+    route: Route
+    reason: str
+    instance_id: str | None
+    duplicate: bool = False
+    instance_changes: list[InstanceChange] = field(default_factory=list)
+    message_changes: list[MessageChange] = field(default_factory=list)
+
+
+class Store(ChangeLog, Protocol):
+    """Persistence as the core sees it. Every write stores a decision of the machines in
+    `statemachine.machines` with compare-and-set (and its change-log entries, in the same
+    transaction); nothing here decides a transition on its own."""
+
+    async def ping(self) -> None: ...
+    async def aclose(self) -> None: ...
+
+    # instances
+    async def upsert_instance(
+        self, instance_id: str, name: str, token: str | None, plan: Plan
+    ) -> tuple[InstanceRecord, bool]: ...
+    async def get_instance(self, instance_id: str) -> tuple[InstanceRecord, str] | None: ...
+    async def list_instances(self, states: Sequence[InstanceState] = ()) -> list[InstanceRecord]: ...
+    async def list_credentials(self) -> list[tuple[str, str]]: ...
+    async def stuck_counts(self, instance_ids: Sequence[str] | None = None) -> dict[str, int]: ...
+    async def apply_instance_trigger(
+        self,
+        instance_id: str,
+        trigger: InstanceTrigger,
+        *,
+        source: str,
+        new_phone: str | None = None,
+        checked_at: datetime | None = None,
+        event_at: datetime | None = None,
+    ) -> InstanceChange | None: ...
+    async def count_gateway_failure(self, instance_id: str, *, failed: bool) -> int: ...
+    async def touch_instances(self, last_event: dict[str, datetime]) -> None: ...
+    async def instance_changes_since(self, after_id: int, limit: int = 500) -> list[tuple[int, str, StateChange]]: ...
+    async def last_instance_change_id(self) -> int: ...
+    async def instance_history(self, instance_id: str, limit: int = 50) -> list[StateChange]: ...
+
+    # messages
+    async def insert_message(self, msg: MessageRecord) -> tuple[MessageRecord, bool]: ...
+    async def get_message(self, message_id: str) -> MessageRecord | None: ...
+    async def record_sent(
+        self, msg: MessageRecord, provider_message_id: str, *, source: str
+    ) -> MessageRecord | None: ...
+    async def record_send_outcome(
+        self,
+        message_id: str,
+        *,
+        provider_message_id: str | None,
+        failure: Reason | None,
+        detail: str,
+        source: str,
+    ) -> tuple[MessageRecord, list[MessageChange]]: ...
+    async def reset_for_retry(
+        self, message_id: str, *, source: str, trace_ids: tuple[str, str] = ("", "")
+    ) -> MessageRecord: ...
+    async def apply_parked(self, provider_message_id: str | None = None) -> int: ...
+    async def list_messages(
+        self,
+        *,
+        instance_id: str = "",
+        states: Sequence[MessageState] = (),
+        stuck_only: bool = False,
+        page_size: int = 50,
+        page_token: str = "",
+    ) -> tuple[list[MessageRecord], str]: ...
+
+    # webhooks
+    async def ingest(
+        self, event: ProviderEvent, payload: bytes, headers: dict[str, str], received_at: datetime
+    ) -> IngestResult: ...
+
+    # sweeps
+    async def mark_stuck(self, cutoff: datetime, *, limit: int = 500) -> list[MessageRecord]: ...
+    async def reconcile_pending(self, cutoff: datetime, *, limit: int = 200) -> list[MessageRecord]: ...
+    async def stall_if_stuck_run(self, instance_id: str, threshold: int) -> InstanceChange | None: ...

@@ -13,7 +13,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
@@ -22,8 +22,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from adapters.persistence import pg_fast
+from adapters.persistence import changelog, pg_fast
 from adapters.persistence.schema import chat_statuses, events, instance_transitions, instances, messages
+from statemachine import changes as change_log
+from statemachine.changes import ChangeCursor, ChangeKind, ChangePage
 from statemachine.domain import (
     InstanceRecord,
     InstanceState,
@@ -35,46 +37,41 @@ from statemachine.domain import (
     StateChange,
 )
 from statemachine.events import EventReason, ProviderEvent, Route
-from statemachine.machines import MESSAGE_RANK, InstanceDecision, decide_instance, decide_status
-
-DELIVERED_OR_LATER = frozenset({MessageState.DELIVERED, MessageState.READ, MessageState.PLAYED})
+from statemachine.machines import (
+    MESSAGE_RANK,
+    STATUS_FAILED_DETAIL,
+    InstanceTrigger,
+    MessageTrigger,
+    apply_status,
+    decide_instance,
+    lifts_stall,
+    outcome_unknown,
+    send_outcome,
+    status_change,
+    stuck_run_stalls,
+    transition_message,
+)
+from statemachine.ports import ConcurrentUpdateError, IngestResult, InstanceChange, MessageChange
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class ConcurrentUpdateError(RuntimeError):
-    """A compare-and-set lost its race; the caller may re-read and retry."""
-
-
 @dataclass(frozen=True, slots=True)
-class InstanceChange:
-    instance: InstanceRecord
-    decision: InstanceDecision
-    source: str
-    at: datetime
+class _StatusFacts:
+    """The columns of a message a status lane reads: enough for its change-log entry."""
 
-
-@dataclass(frozen=True, slots=True)
-class MessageChange:
-    message_id: str
-    change: StateChange
-    # The send attempt's span, for a span link from the webhook that caused this change.
-    trace_id: str = ""
-    span_id: str = ""
-    sent_at: datetime | None = None
-
-
-@dataclass(slots=True)
-class IngestResult:
-    event_id: str
-    route: Route
-    reason: str
-    instance_id: str | None
-    duplicate: bool = False
-    instance_changes: list[InstanceChange] = field(default_factory=list)
-    message_changes: list[MessageChange] = field(default_factory=list)
+    id: str
+    instance_id: str
+    to: str
+    provider_message_id: str | None
+    attempts: int
+    version: int
+    created_at: datetime
+    sent_at: datetime | None
+    failure_reason: str
+    failure_detail: str
 
 
 # --- row mapping -----------------------------------------------------------------------------
@@ -104,18 +101,6 @@ def _history_from_json(text: str) -> list[StateChange]:
         StateChange(h["from"], h["to"], h["reason"], h["source"], datetime.fromisoformat(h["at"]), h["applied"])
         for h in json.loads(text)
     ]
-
-
-STATUS_FAILED_DETAIL = "provider reported status failed"
-
-
-def _status_change(current: MessageState, status: MessageState, source: str, at: datetime) -> StateChange:
-    """The history entry a provider status makes: a transition, or a stale status kept with
-    applied=False (the machine decides; both write paths store what this returns)."""
-    decision = decide_status(current, status)
-    if decision.applied and decision.to_state is not decision.from_state:
-        return StateChange(decision.from_state, decision.to_state, Reason.WEBHOOK_STATUS, source, at)
-    return StateChange(current, status, Reason.STALE_STATUS, source, at, applied=False)
 
 
 def _message(row: Row[Any]) -> MessageRecord:
@@ -169,29 +154,18 @@ def _message_values(msg: MessageRecord) -> dict[str, Any]:
     }
 
 
-# Column order of pg_fast.INSERT_MESSAGES.
-_MESSAGE_COLUMNS = (
-    "id",
-    "instance_id",
-    "idempotency_key",
-    "request_hash",
-    "recipient",
-    "kind",
-    "content",
-    "state",
-    "failure_reason",
-    "failure_detail",
-    "provider_message_id",
-    "attempts",
-    "history",
-    "created_at",
-    "updated_at",
-    "sent_at",
-    "stuck_at",
-    "trace_id",
-    "span_id",
-    "version",
-)
+def _message_log_rows(before: MessageRecord | None, after: MessageRecord) -> list[dict[str, Any]]:
+    """Change-log rows for the history entries `after` gained over `before` (all of them for a
+    new message): the log and the row's history say the same thing."""
+    start = len(before.history) if before is not None else 0
+    return [
+        changelog.change_row(entry)
+        for change in after.history[start:]
+        for entry in change_log.message_changes(after, change)
+    ]
+
+
+_MESSAGE_COLUMNS = tuple(name for name, _ in pg_fast.MESSAGE_COLUMNS)
 
 
 def _instance(row: Row[Any] | Any) -> InstanceRecord:
@@ -250,7 +224,7 @@ class Repository:
             index_elements=["instance_id", "idempotency_key"]
         )
         self._insert_message_returning = self._insert_message.returning(messages.c.id)
-        self._batcher: _Batcher[dict[str, Any], bool] = _Batcher(
+        self._batcher: _Batcher[_NewMessage, bool] = _Batcher(
             self._insert_messages_batch, self._insert_message_alone, window=group_commit_window
         )
         self._status_batcher: _Batcher[_StatusItem, IngestResult] = _Batcher(
@@ -401,7 +375,7 @@ class Repository:
     async def apply_instance_trigger(
         self,
         instance_id: str,
-        trigger: str,
+        trigger: InstanceTrigger,
         *,
         source: str,
         new_phone: str | None = None,
@@ -421,7 +395,7 @@ class Repository:
         self,
         conn: AsyncConnection,
         instance_id: str,
-        trigger: str,
+        trigger: InstanceTrigger,
         source: str,
         new_phone: str | None,
         checked_at: datetime | None,
@@ -463,6 +437,21 @@ class Repository:
                     source=source,
                     at=now,
                 )
+            )
+            await changelog.append(
+                conn,
+                [
+                    change_log.instance_health_changed(
+                        instance_id,
+                        decision.from_state,
+                        decision.from_reason,
+                        decision.to_state,
+                        decision.reason,
+                        decision.phone,
+                        source,
+                        now,
+                    )
+                ],
             )
         updated = replace(
             record,
@@ -547,7 +536,7 @@ class Repository:
         Concurrent inserts are group-committed: one multi-row INSERT … ON CONFLICT DO NOTHING
         RETURNING per batch instead of one round-trip each (see _InsertBatcher).
         """
-        if await self._batcher.submit(_message_values(msg)):
+        if await self._batcher.submit((_message_values(msg), _message_log_rows(None, msg))):
             return msg, True
         async with self._auto.connect() as conn:
             row = (
@@ -560,19 +549,25 @@ class Repository:
             ).one()
             return _message(row), False
 
-    async def _insert_messages_batch(self, rows: list[dict[str, Any]]) -> list[bool]:
-        """For each row, whether it was inserted (a row whose key exists is skipped, not an error)."""
+    async def _insert_messages_batch(self, items: list[_NewMessage]) -> list[bool]:
+        """For each row, whether it was inserted (a row whose key exists is skipped, not an error);
+        the change-log rows of the inserted ones go in with them."""
+        rows = [row for row, _ in items]
+        log_rows = [entry for _, entries in items for entry in entries]
         if self._pg:
             columns = [[row[name] for row in rows] for name in _MESSAGE_COLUMNS]
             async with self._insert_lease.driver(pg_fast.INSERT_MESSAGES) as driver:
-                inserted = {r[0] for r in await driver.fetch(pg_fast.INSERT_MESSAGES, *columns)}
+                inserted = {
+                    r[0] for r in await driver.fetch(pg_fast.INSERT_MESSAGES, *columns, *changelog.as_columns(log_rows))
+                }
             return [row["id"] in inserted for row in rows]
-        async with self._auto.connect() as conn:
+        async with self.transaction() as conn:
             inserted = {r.id for r in await conn.execute(self._insert_message_returning, rows)}
+            await changelog.append_rows(conn, [entry for entry in log_rows if entry["message_id"] in inserted])
         return [row["id"] in inserted for row in rows]
 
-    async def _insert_message_alone(self, row: dict[str, Any]) -> bool:
-        return (await self._insert_messages_batch([row]))[0]
+    async def _insert_message_alone(self, item: _NewMessage) -> bool:
+        return (await self._insert_messages_batch([item]))[0]
 
     async def _ingest_status_alone(self, item: _StatusItem) -> IngestResult:
         return await self._ingest_one(*item)
@@ -591,6 +586,7 @@ class Repository:
         if result.rowcount != 1:
             raise ConcurrentUpdateError(before.id)
         after.version = before.version + 1
+        await changelog.append_rows(conn, _message_log_rows(before, after))
 
     async def record_sent(self, msg: MessageRecord, provider_message_id: str, *, source: str) -> MessageRecord | None:
         """PENDING → SENT in one conditional UPDATE, from the row this process just inserted.
@@ -598,26 +594,21 @@ class Repository:
         None when the row moved meanwhile (a reconciler, another replica): then the caller takes
         the locked path. A status that beat this commit is applied right after (parked events).
         """
-        now = utcnow()
-        change = StateChange(MessageState.PENDING, MessageState.SENT, Reason.PROVIDER_ACCEPTED, source, now)
-        after = replace(
-            msg,
-            history=[*msg.history, change],
-            state=MessageState.SENT,
-            provider_message_id=provider_message_id,
-            sent_at=now,
-            updated_at=now,
-            version=msg.version + 1,
+        after = send_outcome(
+            msg, provider_message_id=provider_message_id, failure=None, detail="", source=source, at=utcnow()
         )
+        if after is None or after.state is not MessageState.SENT:
+            return None
         params = {
             "b_id": msg.id,
             "b_version": msg.version,
-            "provider_message_id": provider_message_id,
-            "sent_at": now,
-            "updated_at": now,
+            "provider_message_id": after.provider_message_id,
+            "sent_at": after.sent_at,
+            "updated_at": after.updated_at,
             "history": _history_to_json(after.history),
             "version": after.version,
             "iid": msg.instance_id,
+            "log": _message_log_rows(msg, after),
         }
         updated, parked = await (self._sent_batcher.submit(params) if self._pg else self._mark_sent_alone(params))
         if not updated:
@@ -630,9 +621,11 @@ class Repository:
     async def _mark_sent_alone(self, params: dict[str, Any]) -> tuple[bool, bool]:
         """(updated, a parked status waits for it). The parked check runs after the UPDATE has
         committed: the ingest side checks after its own commit, so one of the two sees the other."""
-        async with self._auto.connect() as conn:
+        async with self.transaction() as conn:
             if (await conn.execute(self._mark_sent, params)).rowcount != 1:
                 return False, False
+            await changelog.append_rows(conn, params["log"])
+        async with self._auto.connect() as conn:
             parked = await conn.execute(
                 self._parked_exists, {"pid": params["provider_message_id"], "iid": params["iid"]}
             )
@@ -644,8 +637,9 @@ class Repository:
             [item[name] for item in items]
             for name in ("b_id", "b_version", "provider_message_id", "sent_at", "history")
         ]
+        log_rows = [entry for item in items for entry in item["log"]]
         async with self._sent_lease.driver(pg_fast.MARK_SENT) as driver:
-            updated = {r[0] for r in await driver.fetch(pg_fast.MARK_SENT, *columns)}
+            updated = {r[0] for r in await driver.fetch(pg_fast.MARK_SENT, *columns, *changelog.as_columns(log_rows))}
             pids = sorted({item["provider_message_id"] for item in items if item["b_id"] in updated})
             parked = {(r[0], r[1]) for r in await driver.fetch(pg_fast.PARKED_FOR, pids)} if pids else set()
         return [(item["b_id"] in updated, (item["iid"], item["provider_message_id"]) in parked) for item in items]
@@ -679,10 +673,9 @@ class Repository:
                 msg = await self._locked_message(conn, message_id)
                 if msg is None:
                     continue
-                before = replace(msg, history=list(msg.history))
-                changes = await self._apply_parked(conn, msg)
+                after, changes = await self._apply_parked(conn, msg)
                 if changes:
-                    await self._save_message(conn, before, msg)
+                    await self._save_message(conn, msg, after)
                     applied += len(changes)
         return applied
 
@@ -704,30 +697,27 @@ class Repository:
             msg = await self._locked_message(conn, message_id)
             if msg is None:
                 raise LookupError(message_id)
-            if msg.state is not MessageState.PENDING:
+            after = send_outcome(
+                msg,
+                provider_message_id=provider_message_id,
+                failure=failure,
+                detail=detail,
+                source=source,
+                at=utcnow(),
+            )
+            if after is None:
                 return msg, []  # a reconciler got there first; its verdict stands
-            now = utcnow()
-            before = replace(msg, history=list(msg.history))
-            if failure is None and provider_message_id:
-                msg.state = MessageState.SENT
-                msg.provider_message_id = provider_message_id
-                msg.sent_at = now
-                change = StateChange(MessageState.PENDING, MessageState.SENT, Reason.PROVIDER_ACCEPTED, source, now)
-            else:
-                reason = failure or Reason.PROVIDER_NO_MESSAGE_ID
-                msg.state = MessageState.FAILED
-                msg.failure_reason = reason.value
-                msg.failure_detail = detail[:1000]
-                change = StateChange(MessageState.PENDING, MessageState.FAILED, reason, source, now)
-            msg.history.append(change)
-            msg.updated_at = now
-            changes = [MessageChange(msg.id, change, msg.trace_id, msg.span_id, msg.sent_at)]
-            if msg.state is MessageState.SENT:
-                changes += await self._apply_parked(conn, msg)
-            await self._save_message(conn, before, msg)
-            return msg, changes
+            changes = [MessageChange(after.id, after.history[-1], after.trace_id, after.span_id, after.sent_at)]
+            if after.state is MessageState.SENT:
+                after, late = await self._apply_parked(conn, after)
+                changes += late
+            await self._save_message(conn, msg, after)
+            return after, changes
 
-    async def _apply_parked(self, conn: AsyncConnection, msg: MessageRecord) -> list[MessageChange]:
+    async def _apply_parked(
+        self, conn: AsyncConnection, msg: MessageRecord
+    ) -> tuple[MessageRecord, list[MessageChange]]:
+        """Parked statuses of `msg`, applied in rank order: the message after them, and the changes."""
         rows = (
             await conn.execute(
                 select(events.c.id, events.c.status, events.c.received_at).where(
@@ -738,56 +728,38 @@ class Repository:
             )
         ).all()
         if not rows:
-            return []
+            return msg, []
         out: list[MessageChange] = []
         for row in sorted(rows, key=lambda r: (MESSAGE_RANK.get(MessageState(r.status), 9), r.received_at)):
-            change = self._apply_status(msg, MessageState(row.status), "webhook", row.received_at)
-            out.append(MessageChange(msg.id, change, msg.trace_id, msg.span_id, msg.sent_at))
+            msg = apply_status(msg, MessageState(row.status), source="webhook", at=row.received_at, now=utcnow())
+            out.append(MessageChange(msg.id, msg.history[-1], msg.trace_id, msg.span_id, msg.sent_at))
         await conn.execute(
             update(events)
             .where(events.c.id.in_([r.id for r in rows]))
             .values(parked=False, reason=EventReason.APPLIED.value + ":LATE")
         )
-        return out
-
-    @staticmethod
-    def _apply_status(msg: MessageRecord, status: MessageState, source: str, at: datetime) -> StateChange:
-        change = _status_change(msg.state, status, source, at)
-        if change.applied:
-            msg.state = MessageState(change.to_state)
-            if msg.state is MessageState.FAILED:
-                msg.failure_reason = Reason.PROVIDER_ERROR.value
-                msg.failure_detail = STATUS_FAILED_DETAIL
-        msg.history.append(change)
-        msg.updated_at = utcnow()
-        return change
+        return msg, out
 
     async def reset_for_retry(
         self, message_id: str, *, source: str, trace_ids: tuple[str, str] = ("", "")
     ) -> MessageRecord:
         """FAILED → PENDING, attempts + 1. Raises LookupError / ValueError (not retryable)."""
-        from statemachine.machines import decide_message
-
         async with self.transaction() as conn:
             msg = await self._locked_message(conn, message_id)
             if msg is None:
                 raise LookupError(message_id)
-            decision = decide_message(msg.state, "retry")
-            if not decision.applied:
+            after = transition_message(
+                msg,
+                MessageTrigger.RETRY,
+                reason=Reason.RETRY_REQUESTED,
+                source=source,
+                at=utcnow(),
+                trace_ids=trace_ids,
+            )
+            if after is None:
                 raise ValueError(msg.state.value)
-            before = replace(msg, history=list(msg.history))
-            now = utcnow()
-            msg.history.append(StateChange(msg.state, MessageState.PENDING, Reason.RETRY_REQUESTED, source, now))
-            msg.state = MessageState.PENDING
-            msg.attempts += 1
-            msg.failure_reason = ""
-            msg.failure_detail = ""
-            msg.provider_message_id = None
-            msg.updated_at = now
-            if trace_ids[0]:
-                msg.trace_id, msg.span_id = trace_ids
-            await self._save_message(conn, before, msg)
-            return msg
+            await self._save_message(conn, msg, after)
+            return after
 
     async def list_messages(
         self,
@@ -843,6 +815,9 @@ class Repository:
         try:
             async with self.transaction() as conn:
                 parked = await self._route(conn, event, received_at, result)
+                inbound = _inbound_change(event, event_id, payload, received_at)
+                if inbound is not None:
+                    await changelog.append(conn, [inbound])
                 if event.route is Route.CHAT_STATUS and event.instance_id:
                     await conn.execute(
                         chat_statuses.insert().values(
@@ -856,23 +831,9 @@ class Repository:
                             received_at=received_at,
                         )
                     )
-                inserted = await conn.execute(
-                    self._insert_event,
-                    {
-                        "id": event_id,
-                        "dedupe_key": event.dedupe_key,
-                        "received_at": received_at,
-                        "route": event.route.value,
-                        "reason": str(result.reason)[:96],
-                        "instance_id": event.instance_id,
-                        "provider_message_id": event.provider_message_id,
-                        "status": event.status.value if event.status else None,
-                        "parked": parked,
-                        "payload": payload,
-                        "headers": json.dumps(headers, sort_keys=True),
-                        "duplicates": 0,
-                    },
-                )
+                row = _event_row(event, event_id, result.reason, received_at, payload, headers)
+                row["parked"] = parked
+                inserted = await conn.execute(self._insert_event, row)
                 if inserted.rowcount != 1:
                     raise _Duplicate
         except _Duplicate:
@@ -909,6 +870,7 @@ class Repository:
             return await self._ingest_statuses_pg(items)
         results = [IngestResult(str(uuid.uuid4()), event.route, event.reason, event.instance_id) for event, *_ in items]
         duplicates: set[int] = set()
+        slow: list[int] = []
         async with self.transaction() as conn:
             pids = sorted({str(event.provider_message_id) for event, *_ in items})
             rows = (
@@ -920,71 +882,69 @@ class Repository:
                     .with_for_update(of=messages)
                 )
             ).all()
-            found: dict[tuple[str | None, str | None], tuple[MessageRecord, str]] = {
-                (r.instance_id, r.provider_message_id): (_message(r), r.instance_reason) for r in rows
-            }
-            originals = {key: replace(msg, history=list(msg.history)) for key, (msg, _) in found.items()}
-            event_rows: list[dict[str, Any]] = []
-            for (event, payload, headers, received_at), result in zip(items, results, strict=True):
-                known = (event.instance_id, event.provider_message_id) in found
+            found: dict[tuple[str | None, str | None], MessageRecord] = {}
+            stalled: set[tuple[str | None, str | None]] = set()
+            for r in rows:
+                key = (r.instance_id, r.provider_message_id)
+                found[key] = _message(r)
+                if r.instance_reason == Reason.DELIVERY_STALLED:
+                    stalled.add(key)  # a delivery may lift the stall: the one-event path decides
+            current = dict(found)
+            event_rows: dict[int, dict[str, Any]] = {}
+            for index, ((event, payload, headers, received_at), result) in enumerate(zip(items, results, strict=True)):
+                key = (event.instance_id, event.provider_message_id)
+                if key in stalled:
+                    slow.append(index)
+                    continue
+                known = key in found
                 if not known:
                     result.reason = EventReason.UNKNOWN_MESSAGE
-                event_rows.append(
-                    {
-                        "id": result.event_id,
-                        "dedupe_key": event.dedupe_key,
-                        "received_at": received_at,
-                        "route": event.route.value,
-                        "reason": str(result.reason)[:96],
-                        "instance_id": event.instance_id,
-                        "provider_message_id": event.provider_message_id,
-                        "status": event.status.value if event.status else None,
-                        "parked": not known,
-                        "payload": payload,
-                        "headers": json.dumps(headers, sort_keys=True),
-                        "duplicates": 0,
-                    }
-                )
-            ordered = sorted(event_rows, key=lambda r: str(r["dedupe_key"]))
-            inserted = {r.id for r in await conn.execute(self._insert_event_returning, ordered)}
-            changed: dict[str, tuple[MessageRecord, MessageRecord]] = {}
+                event_rows[index] = _event_row(event, result.event_id, result.reason, received_at, payload, headers)
+                event_rows[index]["parked"] = not known
+            ordered = sorted(event_rows.values(), key=lambda r: str(r["dedupe_key"]))
+            inserted = {r.id for r in await conn.execute(self._insert_event_returning, ordered)} if ordered else set()
             for index, ((event, _payload, _headers, received_at), result) in enumerate(
                 zip(items, results, strict=True)
             ):
+                if index not in event_rows:
+                    continue
                 if result.event_id not in inserted:
                     duplicates.add(index)
                     continue
                 key = (event.instance_id, event.provider_message_id)
                 if key not in found or event.status is None:
                     continue
-                msg, instance_reason = found[key]
-                change = self._apply_status(msg, event.status, "webhook", event.moment or received_at)
-                changed[msg.id] = (originals[key], msg)
-                result.message_changes.append(MessageChange(msg.id, change, msg.trace_id, msg.span_id, msg.sent_at))
+                after = apply_status(
+                    current[key], event.status, source="webhook", at=event.moment or received_at, now=utcnow()
+                )
+                current[key] = after
+                change = after.history[-1]
+                result.message_changes.append(
+                    MessageChange(after.id, change, after.trace_id, after.span_id, after.sent_at)
+                )
                 result.reason = EventReason.APPLIED if change.applied else EventReason.STALE_STATUS
-                if change.applied and msg.state in DELIVERED_OR_LATER and instance_reason == Reason.DELIVERY_STALLED:
-                    resumed = await self._apply_instance_trigger(
-                        conn, msg.instance_id, "report_delivery_resumed", "webhook", None, None, None
-                    )
-                    found[key] = (msg, "")
-                    if resumed is not None and resumed.decision.changed:
-                        result.instance_changes.append(resumed)
-            if changed:
+            moved = [(found[key], current[key]) for key in found if current[key] is not found[key]]
+            if moved:
                 # Rows are locked (Postgres) or the writer is alone (SQLite): the version check
                 # cannot fail here, so one executemany serves the whole batch.
                 await conn.execute(
-                    self._update_message, [self._update_params(before, after) for before, after in changed.values()]
+                    self._update_message, [self._update_params(before, after) for before, after in moved]
                 )
-                for before, after in changed.values():
+                for before, after in moved:
                     after.version = before.version + 1
+                await changelog.append_rows(
+                    conn, [row for before, after in moved for row in _message_log_rows(before, after)]
+                )
             # Reasons decided after the insert (applied / stale) are stored with their events.
             final = [
-                {"b_event_id": r.event_id, "reason": str(r.reason)[:96]}
-                for i, r in enumerate(results)
-                if i not in duplicates and str(r.reason)[:96] != event_rows[i]["reason"]
+                {"b_event_id": results[i].event_id, "reason": str(results[i].reason)[:96]}
+                for i, row in event_rows.items()
+                if i not in duplicates and str(results[i].reason)[:96] != row["reason"]
             ]
             if final:
                 await conn.execute(self._set_event_reason, final)
+        for index in slow:
+            results[index] = await self._ingest_one(*items[index])
         for index in sorted(duplicates):
             results[index] = await self._count_duplicate(items[index][0], results[index].event_id)
         return results
@@ -1044,6 +1004,7 @@ class Repository:
         cas_versions: list[int] = []
         message_of: dict[int, str] = {}
         changes: dict[int, MessageChange] = {}
+        log_rows: list[dict[str, Any]] = []
         for index in indices:
             event, payload, headers, received_at = items[index]
             result = results[index]
@@ -1057,10 +1018,24 @@ class Repository:
             else:
                 message_id = row["id"]
                 current = MessageState(row["state"])
-                change = _status_change(current, event.status, "webhook", event.moment or received_at)
+                change = status_change(current, event.status, "webhook", event.moment or received_at)
                 new_state = MessageState(change.to_state) if change.applied else current
                 result.reason = EventReason.APPLIED if change.applied else EventReason.STALE_STATUS
                 changes[index] = MessageChange(message_id, change, row["trace_id"], row["span_id"], row["sent_at"])
+                failed = change.applied and new_state is MessageState.FAILED
+                written = _StatusFacts(
+                    id=message_id,
+                    instance_id=row["instance_id"],
+                    to=row["recipient"],
+                    provider_message_id=row["provider_message_id"],
+                    attempts=row["attempts"],
+                    version=row["version"] + 1,
+                    created_at=row["created_at"],
+                    sent_at=row["sent_at"],
+                    failure_reason=Reason.PROVIDER_ERROR.value if failed else "",
+                    failure_detail=STATUS_FAILED_DETAIL if failed else "",
+                )
+                log_rows.extend(changelog.change_row(c) for c in change_log.message_changes(written, change))
                 message_of[index] = message_id
                 cas_ids.append(message_id)
                 cas_versions.append(row["version"])
@@ -1079,29 +1054,16 @@ class Repository:
                     strict=True,
                 ):
                     column.append(value)
-            for column, value in zip(
-                ev,
-                (
-                    result.event_id,
-                    event.dedupe_key,
-                    received_at,
-                    event.route.value,
-                    str(result.reason)[:96],
-                    event.instance_id,
-                    event.provider_message_id,
-                    event.status.value if event.status else None,
-                    message_id is None,
-                    payload,
-                    json.dumps(headers, sort_keys=True),
-                    message_id,
-                ),
-                strict=True,
-            ):
-                column.append(value)
+            row = _event_row(event, result.event_id, result.reason, received_at, payload, headers)
+            row.update(parked=message_id is None, message_id=message_id)
+            for column, name in zip(ev, _EVENT_COLUMNS, strict=True):
+                column.append(row[name])
         if not ev[0]:
             return []
         async with self._status_lease.driver(pg_fast.APPLY_STATUSES) as driver:
-            outcome = await driver.fetchrow(pg_fast.APPLY_STATUSES, cas_ids, cas_versions, *ev, *upd)
+            outcome = await driver.fetchrow(
+                pg_fast.APPLY_STATUSES, cas_ids, cas_versions, *ev, *upd, *changelog.as_columns(log_rows)
+            )
         locked, stored = set(outcome["locked"]), set(outcome["stored"])
         moved: list[int] = []
         stalled = set(slow)
@@ -1133,7 +1095,7 @@ class Repository:
         if event.instance_id is None or event.route is Route.UNROUTABLE:
             return False
         if event.route in (Route.CONNECTION, Route.DISCONNECTION):
-            trigger = "report_reconnected" if event.connected else "report_disconnected"
+            trigger = InstanceTrigger.REPORT_RECONNECTED if event.connected else InstanceTrigger.REPORT_DISCONNECTED
             instance_change = await self._apply_instance_trigger(
                 conn, event.instance_id, trigger, "webhook", event.phone, None, received_at
             )
@@ -1156,19 +1118,42 @@ class Repository:
             result.reason = EventReason.UNKNOWN_MESSAGE
             return True
         msg = _message(row)
-        before = replace(msg, history=list(msg.history))
-        change = self._apply_status(msg, event.status, "webhook", event.moment or received_at)
-        await self._save_message(conn, before, msg)
-        result.message_changes.append(MessageChange(msg.id, change, msg.trace_id, msg.span_id, msg.sent_at))
+        after = apply_status(msg, event.status, source="webhook", at=event.moment or received_at, now=utcnow())
+        change = after.history[-1]
+        await self._save_message(conn, msg, after)
+        result.message_changes.append(MessageChange(after.id, change, after.trace_id, after.span_id, after.sent_at))
         result.reason = EventReason.APPLIED if change.applied else EventReason.STALE_STATUS
-        if change.applied and msg.state in DELIVERED_OR_LATER and row.instance_reason == Reason.DELIVERY_STALLED:
-            # The session delivers again: lift the stall (the run of stuck messages is broken).
+        if lifts_stall(change, row.instance_reason):
+            # The one place a stall is lifted by a delivery; every batch lane sends statuses of
+            # stalled instances here.
             resumed = await self._apply_instance_trigger(
-                conn, msg.instance_id, "report_delivery_resumed", "webhook", None, None, None
+                conn, after.instance_id, InstanceTrigger.REPORT_DELIVERY_RESUMED, "webhook", None, None, None
             )
             if resumed is not None and resumed.decision.changed:
                 result.instance_changes.append(resumed)
         return False
+
+    # --- change log --------------------------------------------------------------------------
+
+    async def read_changes(
+        self,
+        after: ChangeCursor | None,
+        *,
+        limit: int,
+        instance_ids: Sequence[str] | None = None,
+        kinds: Sequence[ChangeKind] | None = None,
+    ) -> ChangePage:
+        """Changes after `after` in commit-safe order (see changelog.py), with the cursor to resume from."""
+        async with self._auto.connect() as conn:
+            return await changelog.read(conn, after, limit=limit, instance_ids=instance_ids, kinds=kinds)
+
+    async def head_change_cursor(self) -> ChangeCursor:
+        async with self._auto.connect() as conn:
+            return await changelog.head(conn)
+
+    async def oldest_change_cursor(self) -> ChangeCursor:
+        async with self._auto.connect() as conn:
+            return await changelog.oldest(conn)
 
     # --- stuck messages ----------------------------------------------------------------------
 
@@ -1197,7 +1182,9 @@ class Repository:
             .returning(*messages.c)
         )
         async with self.transaction() as conn:
-            return [_message(r) for r in await conn.execute(stmt)]
+            stuck = [_message(r) for r in await conn.execute(stmt)]
+            await changelog.append(conn, [change_log.message_stuck(m, now) for m in stuck])
+            return stuck
 
     async def reconcile_pending(self, cutoff: datetime, *, limit: int = 200) -> list[MessageRecord]:
         """PENDING since before `cutoff`: the process died between storing the message and
@@ -1217,16 +1204,10 @@ class Repository:
             now = utcnow()
             for row in rows:
                 msg = _message(row)
-                before = replace(msg, history=list(msg.history))
-                msg.state = MessageState.FAILED
-                msg.failure_reason = Reason.OUTCOME_UNKNOWN.value
-                msg.failure_detail = "no provider answer was recorded (process stopped mid-send); check the recipient"
-                msg.history.append(
-                    StateChange(MessageState.PENDING, MessageState.FAILED, Reason.OUTCOME_UNKNOWN, "reconciler", now)
-                )
-                msg.updated_at = now
-                await self._save_message(conn, before, msg)
-                out.append(msg)
+                after = outcome_unknown(msg, at=now)
+                if after is not None:
+                    await self._save_message(conn, msg, after)
+                    out.append(after)
         return out
 
     async def stall_if_stuck_run(self, instance_id: str, threshold: int) -> InstanceChange | None:
@@ -1251,12 +1232,80 @@ class Repository:
             )
             if last_delivery is not None:
                 run = run.where(messages.c.sent_at > last_delivery)
-            if int((await conn.execute(run)).scalar_one()) < threshold:
+            if not stuck_run_stalls(int((await conn.execute(run)).scalar_one()), threshold):
                 return None
+            # The one place a stall is set.
             change = await self._apply_instance_trigger(
-                conn, instance_id, "report_delivery_stalled", "sweeper", None, None, None
+                conn, instance_id, InstanceTrigger.REPORT_DELIVERY_STALLED, "sweeper", None, None, None
             )
             return change if change is not None and change.decision.changed else None
+
+
+def _event_row(
+    event: ProviderEvent, event_id: str, reason: str, received_at: datetime, payload: bytes, headers: dict[str, str]
+) -> dict[str, Any]:
+    """The one row format of `events` (not parked; the caller says when it is)."""
+    return {
+        "id": event_id,
+        "dedupe_key": event.dedupe_key,
+        "received_at": received_at,
+        "route": event.route.value,
+        "reason": str(reason)[:96],
+        "instance_id": event.instance_id,
+        "provider_message_id": event.provider_message_id,
+        "status": event.status.value if event.status else None,
+        "parked": False,
+        "payload": payload,
+        "headers": json.dumps(headers, sort_keys=True),
+        "duplicates": 0,
+    }
+
+
+# Column order of pg_fast.APPLY_STATUSES' event arrays.
+_EVENT_COLUMNS = (
+    "id",
+    "dedupe_key",
+    "received_at",
+    "route",
+    "reason",
+    "instance_id",
+    "provider_message_id",
+    "status",
+    "parked",
+    "payload",
+    "headers",
+    "message_id",
+)
+
+
+def _inbound_change(
+    event: ProviderEvent, event_id: str, payload: bytes, received_at: datetime
+) -> change_log.Change | None:
+    """A customer's message (webhookReceived) or one sent from the phone itself (a delivery
+    event the API did not originate) goes into the change log with its raw body."""
+    if event.instance_id is None:
+        return None
+    if event.route is Route.RECEIVED:
+        kind = ChangeKind.MESSAGE_RECEIVED
+    elif event.route is Route.DELIVERY and not event.from_api:
+        kind = ChangeKind.MESSAGE_FROM_PHONE
+    else:
+        return None
+    try:
+        body: Any = json.loads(payload)
+    except ValueError:  # parsed once already; kept as text if it ever is not JSON
+        body = payload.decode("utf-8", "replace")
+    return change_log.provider_message(
+        kind,
+        event.instance_id,
+        event_id=event_id,
+        provider_message_id=event.provider_message_id,
+        chat_id=event.chat_id,
+        phone=event.phone,
+        moment=event.moment,
+        received_at=received_at,
+        body=body,
+    )
 
 
 class _Duplicate(Exception):
@@ -1264,6 +1313,8 @@ class _Duplicate(Exception):
 
 
 _StatusItem = tuple[ProviderEvent, bytes, dict[str, str], datetime]
+# A message row and its change-log rows.
+_NewMessage = tuple[dict[str, Any], list[dict[str, Any]]]
 T = TypeVar("T")
 R = TypeVar("R")
 

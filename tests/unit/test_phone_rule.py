@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from adapters.wapi.contract import parse_status
 from adapters.wapi.webhooks import parse_webhook
 from statemachine.domain import InstanceState, Reason
-from statemachine.machines import decide_instance, probe_trigger
+from statemachine.machines import InstanceTrigger, decide_instance, probe_trigger
 from statemachine.phone import e164_phone, phone_rejection
 
 GOOD = "5511999990000"
@@ -93,7 +93,9 @@ def test_connection_webhook_with_garbage_phone_is_session_incomplete(value: Any)
     body = {"event": "webhookConnected", "instanceId": "INST-1", "connected": True, "connectedPhone": value}
     event = parse_webhook(json.dumps(body).encode())
     assert event.phone is None
-    decision = decide_instance(InstanceState.CONNECTED, "", GOOD, "report_connected", new_phone=event.phone)
+    decision = decide_instance(
+        InstanceState.CONNECTED, "", GOOD, InstanceTrigger.REPORT_CONNECTED, new_phone=event.phone
+    )
     assert decision.to_state is InstanceState.SESSION_INCOMPLETE
     assert decision.phone is None
 
@@ -101,13 +103,13 @@ def test_connection_webhook_with_garbage_phone_is_session_incomplete(value: Any)
 @pytest.mark.parametrize("value", GARBAGE)
 def test_machine_refuses_a_garbage_phone_from_any_caller(value: Any) -> None:
     """Registration and every other caller hand the phone to the machine, which applies the rule too."""
-    decision = decide_instance(InstanceState.UNKNOWN, "", None, "report_connected", new_phone=value)
+    decision = decide_instance(InstanceState.UNKNOWN, "", None, InstanceTrigger.REPORT_CONNECTED, new_phone=value)
     assert decision.to_state is InstanceState.SESSION_INCOMPLETE
 
 
 def test_machine_stores_the_normalised_phone() -> None:
     decision = decide_instance(
-        InstanceState.UNKNOWN, "", None, "report_connected", new_phone=f"+{GOOD}:3@s.whatsapp.net"
+        InstanceState.UNKNOWN, "", None, InstanceTrigger.REPORT_CONNECTED, new_phone=f"+{GOOD}:3@s.whatsapp.net"
     )
     assert (decision.to_state, decision.phone) == (InstanceState.CONNECTED, GOOD)
 
