@@ -118,38 +118,47 @@ def _unauthenticated() -> grpc.Status:
 
 
 def _deny(handler: Handler) -> Handler:
-    async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         status = _unauthenticated()
         await context.abort(status.code, status.details, status.trailing_metadata)
 
-    async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    async def refuse_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         status = _unauthenticated()
         await context.abort(status.code, status.details, status.trailing_metadata)
         yield  # pragma: no cover
 
-    return _rewrap(handler, unary, stream)
+    return _rewrap(handler, refuse, refuse_stream, refuse, refuse_stream)
 
 
 def _with_principal(handler: Any, principal: Principal) -> Handler:
-    async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    async def unary_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         current_principal.set(principal)
         return await handler.unary_unary(request, context)
 
-    async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    async def unary_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         current_principal.set(principal)
         async for item in handler.unary_stream(request, context):
             yield item
 
-    return _rewrap(handler, unary, stream)
+    async def stream_unary(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        current_principal.set(principal)
+        return await handler.stream_unary(requests, context)
+
+    async def stream_stream(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        current_principal.set(principal)
+        async for item in handler.stream_stream(requests, context):
+            yield item
+
+    return _rewrap(handler, unary_unary, unary_stream, stream_unary, stream_stream)
 
 
-def _rewrap(handler: Handler, unary: Any, stream: Any) -> Handler:
+def _rewrap(handler: Handler, unary_unary: Any, unary_stream: Any, stream_unary: Any, stream_stream: Any) -> Handler:
+    """The same method with our behaviour, whatever its kind: no kind bypasses authentication."""
+    codec = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
     if handler.unary_unary is not None:
-        return grpc.unary_unary_rpc_method_handler(
-            unary, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
-        )
+        return grpc.unary_unary_rpc_method_handler(unary_unary, **codec)
     if handler.unary_stream is not None:
-        return grpc.unary_stream_rpc_method_handler(
-            stream, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
-        )
-    return handler  # streaming-request methods: none in this API
+        return grpc.unary_stream_rpc_method_handler(unary_stream, **codec)
+    if handler.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(stream_unary, **codec)
+    return grpc.stream_stream_rpc_method_handler(stream_stream, **codec)

@@ -93,7 +93,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_const",
         const=False,
         default=None,
-        help="do not apply migrations at start",
+        help="do not apply migrations at start [env WAPIGUARD_MIGRATE_ON_START]",
+    )
+    serve.add_argument(
+        "--closed-health",
+        dest="auth_open_health",
+        action="store_const",
+        const=False,
+        default=None,
+        help="with auth on, health and reflection need a token too [env WAPIGUARD_AUTH_OPEN_HEALTH=false]",
     )
     migrate = sub.add_parser("migrate", help="apply database migrations and exit")
     _add_flags(migrate, {"--database-url": SERVE_FLAGS["--database-url"]})

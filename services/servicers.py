@@ -20,8 +20,8 @@ from services.api.wapiguard.v1 import (
 from services.auth import PermissionDenied, allowed, authorize, current_principal
 from services.core import Gateway
 from services.errors import abort, grpc_errors, locale_of, status_for
-from statemachine.domain import Plan
-from statemachine.errors import InvalidPayload, InvalidRequest
+from statemachine.domain import MessageRecord, Plan
+from statemachine.errors import InvalidPayload, InvalidRequest, MessageNotFound
 from statemachine.validation import Violation
 
 Ctx: TypeAlias = grpc.aio.ServicerContext[Any, Any]
@@ -38,11 +38,16 @@ class SendServicer(send_pb2_grpc.SendServiceServicer):
         send = mapping.send_request(request)
         return mapping.message_pb(await self.gateway.send(send, time_remaining=context.time_remaining()))
 
+    async def _own_message(self, message_id: str) -> MessageRecord:
+        """Another instance's message is answered like an unknown one, so ids and owners do not leak."""
+        msg = await self.gateway.get_message(message_id)
+        if not current_principal.get().may_use(msg.instance_id):
+            raise MessageNotFound(message_id)
+        return msg
+
     @grpc_errors
     async def GetMessage(self, request: send_pb2.GetMessageRequest, context: Ctx) -> common_pb2.Message:
-        msg = await self.gateway.get_message(request.message_id)
-        authorize(msg.instance_id)
-        return mapping.message_pb(msg)
+        return mapping.message_pb(await self._own_message(request.message_id))
 
     @grpc_errors
     async def ListMessages(self, request: send_pb2.ListMessagesRequest, context: Ctx) -> send_pb2.ListMessagesResponse:
@@ -64,7 +69,7 @@ class SendServicer(send_pb2_grpc.SendServiceServicer):
 
     @grpc_errors
     async def RetryMessage(self, request: send_pb2.RetryMessageRequest, context: Ctx) -> common_pb2.Message:
-        authorize((await self.gateway.get_message(request.message_id)).instance_id)
+        await self._own_message(request.message_id)
         return mapping.message_pb(await self.gateway.retry(request.message_id, time_remaining=context.time_remaining()))
 
 
@@ -124,7 +129,12 @@ class InstanceHealthServicer(instance_health_pb2_grpc.InstanceHealthServiceServi
         self, request: instance_health_pb2.RegisterInstanceRequest, context: Ctx
     ) -> common_pb2.InstanceHealth:
         authorize(request.instance_id.strip())
-        plan = mapping.PLAN_FROM_PB.get(request.plan, Plan.PRO)
+        if request.plan == common_pb2.PLAN_UNSPECIFIED:
+            plan = Plan.PRO
+        elif request.plan in mapping.PLAN_FROM_PB:
+            plan = mapping.PLAN_FROM_PB[request.plan]
+        else:
+            raise InvalidRequest([Violation("plan", f"unknown plan {request.plan}; use PLAN_PRO or PLAN_LITE")])
         record = await self.gateway.register(
             request.instance_id.strip(), request.name, request.token, plan, probe=not request.skip_probe
         )

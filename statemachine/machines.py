@@ -17,6 +17,7 @@ from enum import StrEnum
 from transitions import EventData, Machine, MachineError
 
 from statemachine.domain import InstanceState, MessageRecord, MessageState, ProbeOutcome, Reason, StateChange
+from statemachine.phone import e164_phone
 
 # --- message ---------------------------------------------------------------------------------
 
@@ -428,7 +429,8 @@ def decide_instance(
     came with the signal, so the machine's verdict is computed once per such case and remembered;
     the phone itself is then kept, taken or cleared as that verdict says.
     """
-    has_phone = isinstance(new_phone, str) and bool(new_phone.strip())
+    new_phone = e164_phone(new_phone)  # the one phone rule: anything else is "connected without a phone"
+    has_phone = new_phone is not None
     stalled = reason == Reason.DELIVERY_STALLED
     applied, to_state, to_reason, phone_action = _instance_verdict(state, stalled, has_phone, trigger)
     if not applied:

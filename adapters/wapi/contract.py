@@ -11,7 +11,6 @@ returned as ``ProbeOutcome(connected=True, phone=None)`` and the instance machin
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -29,6 +28,7 @@ from statemachine.domain import (
     Reason,
     Text,
 )
+from statemachine.phone import e164_phone
 
 # --- endpoints -----------------------------------------------------------------------------------
 
@@ -312,19 +312,9 @@ def _non_empty_str(value: Any) -> bool:
     return isinstance(value, str) and bool(value.strip())
 
 
-_JID_SUFFIX = re.compile(r"[:@].*$")
-_NON_DIGITS = re.compile(r"\D")
-
-
 def jid_to_phone(value: Any) -> str | None:
-    """'5511999990000:12@s.whatsapp.net' -> '5511999990000'; None when no digits remain."""
-    if isinstance(value, bool) or not isinstance(value, str | int):
-        return None
-    text = str(value).strip()
-    if text.endswith("@lid"):
-        return None  # a LID is not a phone number
-    digits = _NON_DIGITS.sub("", _JID_SUFFIX.sub("", text))
-    return digits or None
+    """'5511999990000:12@s.whatsapp.net' -> '5511999990000'; None unless the project's phone rule holds."""
+    return e164_phone(value)
 
 
 def _identity_phone(nodes: list[Mapping[str, Any]]) -> str | None:

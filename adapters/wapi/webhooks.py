@@ -15,6 +15,7 @@ from typing import Any
 
 from statemachine.domain import MessageState
 from statemachine.events import EventReason, ProviderEvent, Route
+from statemachine.phone import e164_phone
 
 # `event` value (lower-cased) → route. message-status names from S2 (inferred).
 EVENT_ROUTES: dict[str, Route] = {
@@ -130,13 +131,8 @@ def _connected(value: Any) -> bool:
 
 
 def phone_digits(value: Any) -> str | None:
-    """'5511999@s.whatsapp.net' or '5511999:12@s.whatsapp.net' → '5511999'; junk → None."""
-    text = _text(value)
-    if not text:
-        return None
-    user = text.split("@", 1)[0].split(":", 1)[0]
-    digits = "".join(ch for ch in user if ch in "0123456789")
-    return digits if 8 <= len(digits) <= 15 and digits == user.lstrip("+") else None
+    """'5511999@s.whatsapp.net' or '5511999:12@s.whatsapp.net' → '5511999'; junk, LIDs → None."""
+    return e164_phone(value)
 
 
 def _phone(body: dict[str, Any]) -> str | None:

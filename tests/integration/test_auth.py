@@ -95,13 +95,42 @@ async def test_scoped_token_sees_and_acts_only_on_its_instances(guard: Harness) 
     assert rich_error(caught.value).reason == "HEALTH_UNKNOWN"
     mine = await guard.send.ListMessages(send_pb2.ListMessagesRequest(), metadata=bearer(SCOPED))
     assert [m.instance_id for m in mine.messages] == ["shop-1"]
-    # A message of another instance cannot be read through a scoped token.
+    # A message of another instance is answered like an unknown id: neither the id nor its owner leaks.
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await guard.send.SendMessage(text("shop-2"), metadata=bearer(ADMIN))
     other = rich_error(caught.value).metadata["message_id"]
+
+    async def get(mid: str) -> object:
+        return await guard.send.GetMessage(send_pb2.GetMessageRequest(message_id=mid), metadata=bearer(SCOPED))
+
+    async def retry(mid: str) -> object:
+        return await guard.send.RetryMessage(send_pb2.RetryMessageRequest(message_id=mid), metadata=bearer(SCOPED))
+
+    for lookup in (get, retry):
+        answers = []
+        for mid in (other, "no-such-message-id"):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await lookup(mid)
+            error = rich_error(caught.value)
+            assert (error.code, error.reason) == (grpc.StatusCode.NOT_FOUND, "MESSAGE_NOT_FOUND")
+            assert "shop-2" not in (caught.value.details() or "")
+            assert "shop-2" not in error.metadata.values()
+            answers.append(error.metadata.keys())
+        assert answers[0] == answers[1]
+
+
+async def test_register_with_an_unknown_plan_is_a_field_violation(guard: Harness) -> None:
+    request = instance_health_pb2.RegisterInstanceRequest(
+        instance_id="shop-9", token="wapi-tok-1234567", skip_probe=True
+    )
+    request.plan = 7  # type: ignore[assignment]
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await guard.send.GetMessage(send_pb2.GetMessageRequest(message_id=other), metadata=bearer(SCOPED))
-    assert caught.value.code() is grpc.StatusCode.PERMISSION_DENIED
+        await guard.health.RegisterInstance(request, metadata=bearer(ADMIN))
+    error = rich_error(caught.value)
+    assert (error.code, error.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT")
+    assert "plan" in error.violations
+    listed = await guard.health.ListInstances(instance_health_pb2.ListInstancesRequest(), metadata=bearer(ADMIN))
+    assert "shop-9" not in [i.instance_id for i in listed.instances]
 
 
 async def test_tokens_never_reach_the_logs(guard: Harness, caplog: pytest.LogCaptureFixture) -> None:
