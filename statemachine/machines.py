@@ -20,6 +20,7 @@ from statemachine.domain import InstanceState, MessageState, ProbeOutcome, Reaso
 
 MESSAGE_RANK: dict[MessageState, int] = {
     MessageState.PENDING: 0,
+    MessageState.QUEUED: 0,
     MessageState.SENT: 1,
     MessageState.DELIVERED: 2,
     MessageState.READ: 3,
@@ -39,8 +40,12 @@ S = MessageState
 MESSAGE_TRANSITIONS: list[dict[str, object]] = [
     # The provider accepted the message and gave its id.
     {"trigger": "accept", "source": S.PENDING, "dest": S.SENT},
+    # W-API only queued it (an `insertedId`, no message id): not sent, and never SENT from here
+    # without the real id (the delivery webhook that names both).
+    {"trigger": "queue", "source": S.PENDING, "dest": S.QUEUED},
+    {"trigger": "leave_queue", "source": S.QUEUED, "dest": S.SENT},
     # Blocked by preflight, refused or timed out at the provider; or a provider "failed" status.
-    {"trigger": "fail", "source": [S.PENDING, S.SENT], "dest": S.FAILED},
+    {"trigger": "fail", "source": [S.PENDING, S.QUEUED, S.SENT], "dest": S.FAILED},
     # A provider "sent" (server ack) status on a message already SENT: nothing to move.
     {"trigger": "confirm_sent", "source": S.SENT, "dest": None},
     {"trigger": "deliver", "source": S.SENT, "dest": S.DELIVERED},
@@ -130,6 +135,16 @@ def _is_stalled(event: EventData) -> bool:
     return model.state == InstanceState.DEGRADED and model.reason == Reason.DELIVERY_STALLED
 
 
+RECOVERY_REASONS = frozenset({Reason.RESTARTING.value, Reason.PAIRING_IN_PROGRESS.value})
+
+
+def _is_recovering(event: EventData) -> bool:
+    """A restart or pairing the operator started: its own reason stays visible until it ends."""
+    model = event.model
+    assert isinstance(model, _InstanceModel)
+    return model.reason in RECOVERY_REASONS
+
+
 def _set(reason: Reason, phone: str = "keep") -> Callable[[EventData], None]:
     """An `after` callback that records the reason (and what happens to the phone)."""
 
@@ -162,7 +177,7 @@ INSTANCE_TRANSITIONS: list[dict[str, object]] = [
         "trigger": "report_connected",
         "source": ANY,
         "dest": IS.SESSION_INCOMPLETE,
-        "unless": _has_phone,
+        "unless": [_has_phone, _is_recovering],
         "after": _set(Reason.SESSION_INCOMPLETE, phone="clear"),
     },
     # A connection *event* (the session was re-established) also clears a delivery stall; a
@@ -178,14 +193,37 @@ INSTANCE_TRANSITIONS: list[dict[str, object]] = [
         "trigger": "report_reconnected",
         "source": ANY,
         "dest": IS.SESSION_INCOMPLETE,
-        "unless": _has_phone,
+        "unless": [_has_phone, _is_recovering],
         "after": _set(Reason.SESSION_INCOMPLETE, phone="clear"),
     },
+    # The session going down (and a QR waiting) is what a restart or pairing looks like half-way:
+    # it keeps the recovery's reason. An operator's own disconnect is a plain disconnection.
     {
         "trigger": "report_disconnected",
         "source": ANY,
         "dest": IS.DISCONNECTED,
+        "unless": _is_recovering,
         "after": _set(Reason.INSTANCE_DISCONNECTED),
+    },
+    {
+        "trigger": "request_disconnect",
+        "source": ANY,
+        "dest": IS.DISCONNECTED,
+        "after": _set(Reason.INSTANCE_DISCONNECTED, phone="clear"),
+    },
+    # Operator recovery. Both leave the instance blocked (never CONNECTED) until a connection
+    # event or probe shows a phone; both replace a delivery stall, which the reconnection ends.
+    {
+        "trigger": "begin_restart",
+        "source": ANY,
+        "dest": IS.DISCONNECTED,
+        "after": _set(Reason.RESTARTING),
+    },
+    {
+        "trigger": "begin_pairing",
+        "source": [IS.UNKNOWN, IS.SESSION_INCOMPLETE, IS.DEGRADED, IS.DISCONNECTED],
+        "dest": IS.DISCONNECTED,
+        "after": _set(Reason.PAIRING_IN_PROGRESS, phone="clear"),
     },
     # Gateway trouble says nothing about the session: keep the last known phone, never flip to
     # DISCONNECTED, but stop trusting it. A delivery stall is not lifted by a gateway blip: its
@@ -256,13 +294,13 @@ def decide_instance(
 ) -> InstanceDecision:
     """Runs an instance trigger. A refused trigger leaves everything as it was.
 
-    The guards read only the state, whether the reason is DELIVERY_STALLED and whether a phone
+    The guards read only the state, whether the reason is DELIVERY_STALLED (or a recovery's) and whether a phone
     came with the signal, so the machine's verdict is computed once per such case and remembered;
     the phone itself is then kept, taken or cleared as that verdict says.
     """
     has_phone = isinstance(new_phone, str) and bool(new_phone.strip())
-    stalled = reason == Reason.DELIVERY_STALLED
-    applied, to_state, to_reason, phone_action = _instance_verdict(state, stalled, has_phone, trigger)
+    kind = "stalled" if reason == Reason.DELIVERY_STALLED else "recovering" if reason in RECOVERY_REASONS else ""
+    applied, to_state, to_reason, phone_action = _instance_verdict(state, kind, has_phone, trigger)
     if not applied:
         return InstanceDecision(state, reason, state, reason, phone, applied=False)
     resulting_phone = {"keep": phone, "take": new_phone, "clear": None}[phone_action]
@@ -274,9 +312,9 @@ _KEPT, _TAKEN = "\x00kept", "\x00taken"
 
 @functools.cache
 def _instance_verdict(
-    state: InstanceState, stalled: bool, has_phone: bool, trigger: str
+    state: InstanceState, kind: str, has_phone: bool, trigger: str
 ) -> tuple[bool, InstanceState, str, str]:
-    reason = Reason.DELIVERY_STALLED.value if stalled else "\x00other"
+    reason = {"stalled": Reason.DELIVERY_STALLED.value, "recovering": Reason.RESTARTING.value}.get(kind, "\x00other")
     model = _InstanceModel(state, reason, _KEPT)
     try:
         ok = INSTANCE_MACHINE.events[trigger].trigger(model, phone=_TAKEN if has_phone else None)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
-from statemachine.domain import Credentials, OutboundMessage, ProbeOutcome, SendOutcome
+from statemachine.domain import ActionOutcome, Credentials, OutboundMessage, ProbeOutcome, SendOutcome, WebhookLogPage
 
 
 class Provider(Protocol):
@@ -19,3 +19,25 @@ class Provider(Protocol):
     async def probe(self, credentials: Credentials, *, timeout: float) -> ProbeOutcome: ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class InstanceOperations(Protocol):
+    """The provider's instance operations an operator drives (W-API in production). Values, never
+    exceptions, for provider trouble; the token never appears in what they return."""
+
+    async def qr_code(self, credentials: Credentials, *, timeout: float) -> ActionOutcome: ...
+
+    async def pairing_code(self, credentials: Credentials, phone: str, *, timeout: float) -> ActionOutcome: ...
+
+    async def restart(self, credentials: Credentials, *, timeout: float) -> ActionOutcome: ...
+
+    async def disconnect(self, credentials: Credentials, *, timeout: float) -> ActionOutcome: ...
+
+    async def set_webhook(self, credentials: Credentials, kind: str, url: str, *, timeout: float) -> ActionOutcome: ...
+
+    async def webhook_urls(self, credentials: Credentials, *, timeout: float) -> ActionOutcome: ...
+
+    async def webhook_logs(
+        self, credentials: Credentials, *, page: int, per_page: int, timeout: float
+    ) -> WebhookLogPage: ...
