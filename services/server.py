@@ -29,9 +29,10 @@ from services.auth import AuthInterceptor, parse_tokens
 from services.config import Settings
 from services.core import Gateway, GatewayConfig
 from services.logs import register_secret
+from services.recovery import Recovery, RecoveryConfig
 from services.servicers import InstanceHealthServicer, SendServicer, WebhookServicer
 from services.telemetry import Telemetry
-from statemachine.ports import Provider
+from statemachine.ports import InstanceOperations, Provider
 
 log = logging.getLogger("wapi_guard.server")
 
@@ -73,6 +74,18 @@ def gateway_config(settings: Settings) -> GatewayConfig:
     )
 
 
+def recovery_config(settings: Settings) -> RecoveryConfig:
+    return RecoveryConfig(
+        public_url=settings.public_url,
+        webhook_secret=settings.webhook_secret.get_secret_value() if settings.webhook_secret else None,
+        action_timeout=settings.probe_timeout,
+        limit=settings.recovery_limit,
+        window=settings.recovery_window,
+        reconcile_interval=settings.reconcile_interval,
+        stuck_after=settings.stuck_after,
+    )
+
+
 def default_provider(settings: Settings) -> Provider:
     from adapters.wapi.client import WapiProvider
 
@@ -89,6 +102,7 @@ class App:
     health: health.aio.HealthServicer
     grpc_port: int
     http_port: int | None = None
+    recovery: Recovery | None = None
     _cleanup: list[Any] = field(default_factory=list)
 
     @classmethod
@@ -109,7 +123,11 @@ class App:
         if telemetry.tracer_provider is not None and instrument is not None:
             instrument(telemetry.tracer_provider)
         gateway = Gateway(repo, provider, gateway_config(settings), telemetry)
+        recovery = Recovery(
+            gateway, provider if isinstance(provider, InstanceOperations) else None, recovery_config(settings)
+        )
         await gateway.start(background_probes=settings.probe_interval > 0)
+        await recovery.start()
 
         interceptors: list[Any] = telemetry.server_interceptors()  # tracing first: it sees auth failures
         if settings.api_tokens:
@@ -121,7 +139,9 @@ class App:
         send_pb2_grpc.add_SendServiceServicer_to_server(SendServicer(gateway), server)
         webhook_servicer = WebhookServicer(gateway)
         webhook_pb2_grpc.add_WebhookServiceServicer_to_server(webhook_servicer, server)
-        instance_health_pb2_grpc.add_InstanceHealthServiceServicer_to_server(InstanceHealthServicer(gateway), server)
+        instance_health_pb2_grpc.add_InstanceHealthServiceServicer_to_server(
+            InstanceHealthServicer(gateway, recovery), server
+        )
         health_servicer = health.aio.HealthServicer()
         # The servicer starts with the overall status SERVING: not until the database answers.
         await health_servicer.set(health.OVERALL_HEALTH, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -133,12 +153,12 @@ class App:
         if port == 0:
             raise OSError(f"cannot bind gRPC on {settings.host}:{settings.grpc_port}")
         await server.start()
-        app = cls(settings, gateway, server, health_servicer, port)
-        app._cleanup += [gateway.aclose, provider.aclose, engine.dispose, _async(telemetry.shutdown)]
+        app = cls(settings, gateway, server, health_servicer, port, recovery=recovery)
+        app._cleanup += [recovery.aclose, gateway.aclose, provider.aclose, engine.dispose, _async(telemetry.shutdown)]
         if settings.http_port >= 0:
             from services.bridge import start_bridge
 
-            runner, http_port = await start_bridge(settings, gateway)
+            runner, http_port = await start_bridge(settings, gateway, recovery)
             app.http_port = http_port
             app._cleanup.insert(0, runner.cleanup)
         # Serving only once the database is migrated and reachable.

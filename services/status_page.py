@@ -53,6 +53,7 @@ from services.operator_cli import (
     state_view,
     time_units,
 )
+from services.recovery import Recovery
 from statemachine.domain import InstanceRecord, MessageRecord, MessageState, StateChange
 
 log = logging.getLogger("wapi_guard.status_page")
@@ -711,7 +712,9 @@ def _sse(event: str, seq: int, data: dict[str, Any]) -> bytes:
 STATUS_PAGE_KEY = web.AppKey("status_page", StatusPage)
 
 
-def add_status_routes(app: web.Application, settings: Settings, gateway: Gateway) -> None:
+def add_status_routes(
+    app: web.Application, settings: Settings, gateway: Gateway, recovery: Recovery | None = None
+) -> None:
     """Adds the status page routes to the bridge's aiohttp application."""
     page = StatusPage(settings, gateway)
     app[STATUS_PAGE_KEY] = page

@@ -23,9 +23,17 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from adapters.persistence import pg_fast
-from adapters.persistence.schema import chat_statuses, events, instance_transitions, instances, messages
+from adapters.persistence.schema import (
+    chat_statuses,
+    events,
+    instance_transitions,
+    instances,
+    messages,
+    recovery_actions,
+)
 from statemachine.domain import (
     InstanceRecord,
+    RecoveryAction,
     InstanceState,
     MessageKind,
     MessageRecord,
@@ -37,6 +45,8 @@ from statemachine.domain import (
 from statemachine.events import EventReason, ProviderEvent, Route
 from statemachine.machines import MESSAGE_RANK, InstanceDecision, decide_instance, decide_status
 
+# Handed to W-API and not delivered: both can get stuck (a queued message may never leave the queue).
+STUCK_STATES = (MessageState.SENT.value, MessageState.QUEUED.value)
 DELIVERED_OR_LATER = frozenset({MessageState.DELIVERED, MessageState.READ, MessageState.PLAYED})
 
 
@@ -141,6 +151,7 @@ def _message(row: Row[Any]) -> MessageRecord:
         version=m["version"],
         trace_id=m["trace_id"],
         span_id=m["span_id"],
+        queue_id=m.get("queue_id"),
     )
 
 
@@ -166,6 +177,7 @@ def _message_values(msg: MessageRecord) -> dict[str, Any]:
         "trace_id": msg.trace_id,
         "span_id": msg.span_id,
         "version": msg.version,
+        "queue_id": msg.queue_id,
     }
 
 
@@ -208,6 +220,8 @@ def _instance(row: Row[Any] | Any) -> InstanceRecord:
         state_changed_at=m["state_changed_at"],
         version=m["version"],
         consecutive_gateway_failures=m["consecutive_gateway_failures"],
+        webhooks_state=m["webhooks_state"],
+        webhooks_detail=m["webhooks_detail"],
     )
 
 
@@ -390,7 +404,7 @@ class Repository:
     async def stuck_counts(self, instance_ids: Sequence[str] | None = None) -> dict[str, int]:
         query = (
             select(messages.c.instance_id, func.count())
-            .where(messages.c.state == MessageState.SENT.value, messages.c.stuck_at.is_not(None))
+            .where(messages.c.state.in_(STUCK_STATES), messages.c.stuck_at.is_not(None))
             .group_by(messages.c.instance_id)
         )
         if instance_ids is not None:
@@ -538,6 +552,69 @@ class Repository:
         )
         async with self.engine.connect() as conn:
             return [StateChange(r.from_state, r.to_state, r.reason, r.source, r.at) for r in await conn.execute(query)]
+
+    # --- operator recovery -------------------------------------------------------------------
+
+    async def record_recovery_action(self, action: RecoveryAction) -> None:
+        async with self.transaction() as conn:
+            await conn.execute(
+                recovery_actions.insert().values(
+                    instance_id=action.instance_id,
+                    action=action.action[:32],
+                    requested_by=action.requested_by[:96],
+                    at=action.at,
+                    outcome=action.outcome[:64],
+                    detail=action.detail[:1000],
+                )
+            )
+
+    async def count_recovery_actions(self, instance_id: str, since: datetime) -> int:
+        """Actions on one instance since `since` (index on instance_id, at: cost bounded by the window)."""
+        query = select(func.count()).where(
+            recovery_actions.c.instance_id == instance_id, recovery_actions.c.at >= since
+        )
+        async with self.engine.connect() as conn:
+            return int((await conn.execute(query)).scalar_one())
+
+    async def list_recovery_actions(self, instance_id: str, limit: int = 50) -> list[RecoveryAction]:
+        query = (
+            select(recovery_actions)
+            .where(recovery_actions.c.instance_id == instance_id)
+            .order_by(recovery_actions.c.at.desc(), recovery_actions.c.id.desc())
+            .limit(limit)
+        )
+        async with self.engine.connect() as conn:
+            return [
+                RecoveryAction(r.instance_id, r.action, r.requested_by, r.at, r.outcome, r.detail)
+                for r in await conn.execute(query)
+            ]
+
+    async def set_webhooks_state(self, instance_id: str, state: str, detail: str) -> InstanceRecord | None:
+        async with self.transaction() as conn:
+            await conn.execute(
+                update(instances)
+                .where(instances.c.id == instance_id)
+                .values(webhooks_state=state, webhooks_detail=detail[:1000], updated_at=utcnow())
+            )
+        found = await self.get_instance(instance_id)
+        return found[0] if found else None
+
+    async def delete_instance(self, instance_id: str) -> bool:
+        """Forgets the instance and its token; its messages and events stay for the record."""
+        async with self.transaction() as conn:
+            result = await conn.execute(instances.delete().where(instances.c.id == instance_id))
+            return bool(result.rowcount)
+
+    async def last_event_received_at(self, instance_id: str) -> datetime | None:
+        """When the newest stored event of this instance arrived (index on instance_id, received_at)."""
+        query = select(func.max(events.c.received_at)).where(events.c.instance_id == instance_id)
+        async with self.engine.connect() as conn:
+            value = (await conn.execute(query)).scalar()
+        if isinstance(value, str):  # SQLite's max() loses the column type
+            value = datetime.fromisoformat(value)
+        if not isinstance(value, datetime):
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
     # --- messages ----------------------------------------------------------------------------
 
@@ -694,6 +771,7 @@ class Repository:
         failure: Reason | None,
         detail: str,
         source: str,
+        queue_id: str | None = None,
     ) -> tuple[MessageRecord, list[MessageChange]]:
         """PENDING → SENT (with the provider's id) or → FAILED (with the reason).
 
@@ -713,6 +791,14 @@ class Repository:
                 msg.provider_message_id = provider_message_id
                 msg.sent_at = now
                 change = StateChange(MessageState.PENDING, MessageState.SENT, Reason.PROVIDER_ACCEPTED, source, now)
+            elif failure is None and queue_id:
+                # Queued is not sent: no provider id; sent_at is when W-API took it, so a message
+                # that never leaves the queue becomes stuck like a SENT one.
+                msg.state = MessageState.QUEUED
+                msg.queue_id = queue_id[:128]
+                msg.sent_at = now
+                msg.failure_detail = detail[:1000]
+                change = StateChange(MessageState.PENDING, MessageState.QUEUED, Reason.PROVIDER_QUEUED, source, now)
             else:
                 reason = failure or Reason.PROVIDER_NO_MESSAGE_ID
                 msg.state = MessageState.FAILED
@@ -804,7 +890,7 @@ class Repository:
         if states:
             query = query.where(messages.c.state.in_([s.value for s in states]))
         if stuck_only:
-            query = query.where(messages.c.state == MessageState.SENT.value, messages.c.stuck_at.is_not(None))
+            query = query.where(messages.c.state.in_(STUCK_STATES), messages.c.stuck_at.is_not(None))
         if page_token:
             at, last_id = decode_page_token(page_token)
             query = query.where(
@@ -1182,7 +1268,7 @@ class Repository:
         candidates = (
             select(messages.c.id)
             .where(
-                messages.c.state == MessageState.SENT.value,
+                messages.c.state.in_(STUCK_STATES),
                 messages.c.stuck_at.is_(None),
                 messages.c.sent_at < cutoff,
             )
@@ -1246,7 +1332,7 @@ class Repository:
             ).scalar()
             run = select(func.count()).where(
                 messages.c.instance_id == instance_id,
-                messages.c.state == MessageState.SENT.value,
+                messages.c.state.in_(STUCK_STATES),
                 messages.c.stuck_at.is_not(None),
             )
             if last_delivery is not None:
