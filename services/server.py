@@ -103,6 +103,7 @@ class App:
     grpc_port: int
     http_port: int | None = None
     recovery: Recovery | None = None
+    bridge_runner: Any = None
     _cleanup: list[Any] = field(default_factory=list)
 
     @classmethod
@@ -160,6 +161,7 @@ class App:
 
             runner, http_port = await start_bridge(settings, gateway, recovery)
             app.http_port = http_port
+            app.bridge_runner = runner
             app._cleanup.insert(0, runner.cleanup)
         # Serving only once the database is migrated and reachable.
         await repo.ping()
