@@ -33,13 +33,13 @@ from adapters.persistence.schema import (
 )
 from statemachine.domain import (
     InstanceRecord,
-    RecoveryAction,
     InstanceState,
     MessageKind,
     MessageRecord,
     MessageState,
     Plan,
     Reason,
+    RecoveryAction,
     StateChange,
 )
 from statemachine.events import EventReason, ProviderEvent, Route

@@ -508,9 +508,7 @@ class Simulator:
                 return _json(payloads.status_incomplete(instance.status_style))
             return _json(payloads.status_connected(instance.phone, instance.status_style))
         if name == "qr-code":
-            if query.get("image") == "enable" and not connected:
-                return web.Response(body=payloads.PNG_1X1, content_type="image/png")
-            return _json(payloads.qr_code_answer(connected))
+            return self._answer_qr_code(instance, connected, query)
         if name == "pairing-code":
             return self._answer_pairing_code(instance, query)
         if name == "restart":
@@ -537,6 +535,17 @@ class Simulator:
         return _json({"error": False, "message": "webhook updated"})
 
     # --- recovery (pairing, restart, webhook log) -------------------------------------------------
+
+    def _answer_qr_code(self, instance: SimInstance, connected: bool, query: Mapping[str, str]) -> web.Response:
+        if connected and instance.behaviour != "session_incomplete":
+            return _json(payloads.qr_code_answer(True))
+        state = instance.recovery
+        if not state.qr_png:  # one QR per pairing attempt, like WhatsApp's (refreshed after a pairing)
+            state.qr_png = recovery.qr_png(instance.instance_id)
+        png = state.qr_png
+        if query.get("image") == "enable":
+            return web.Response(body=png, content_type="image/png")
+        return _json(recovery.qr_answer(png))
 
     def _answer_pairing_code(self, instance: SimInstance, query: Mapping[str, str]) -> web.Response:
         state = instance.recovery
@@ -578,6 +587,7 @@ class Simulator:
         if pending is None or not hmac.compare_digest(pending.code.encode(), code.strip().upper().encode()):
             raise ValueError("no pairing code like that is pending for this instance")
         instance.recovery.pairing = None
+        instance.recovery.qr_png = b""
         instance.phone = pending.phone
         instance.behaviour = "healthy"
         instance.gateway_counter = 0

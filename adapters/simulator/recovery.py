@@ -47,6 +47,7 @@ class RecoveryState:
     pairing: PendingPairing | None = None
     log: list[JSONDict] = field(default_factory=list)  # oldest first
     restarts: int = 0
+    qr_png: bytes = b""
     pairing_requests: int = 0
 
 
@@ -60,6 +61,25 @@ def pairing_phone(query: dict[str, str] | Any) -> str | None:
     """`phoneNumber` (one client sends `phone`): digits only, country + area + number."""
     value = query.get("phoneNumber") or query.get("phone") or ""
     return value if _DIGITS.match(value) else None
+
+
+def qr_png(instance_id: str) -> bytes:
+    """A real, scannable QR code PNG (what WhatsApp's linking QR looks like to a client)."""
+    import io
+
+    import segno
+
+    payload = f"2@{secrets.token_urlsafe(24)},{instance_id},{int(time.time())}"
+    buffer = io.BytesIO()
+    segno.make(payload, error="l", micro=False).save(buffer, kind="png", scale=4, border=4)
+    return buffer.getvalue()
+
+
+def qr_answer(png: bytes) -> JSONDict:
+    """`image=disable`: the same image as a data URL (inferred key `qrcode`)."""
+    import base64
+
+    return {"connected": False, "qrcode": "data:image/png;base64," + base64.b64encode(png).decode()}
 
 
 def pairing_answer(code: str) -> JSONDict:

@@ -196,6 +196,7 @@ async def test_missed_events_are_replayed_from_the_webhook_log_exactly_once(stac
     await stack.add_instance(instance, "healthy")
     before = await stack.submit(text_request(instance, key="before-downtime"))
     await stack.wait_state(before.id, READ)
+    await stack.sim.emit(instance, "received", text="recebida antes da queda")  # stored: a duplicate later
 
     # The bridge goes down; W-API keeps posting (and logging) meanwhile.
     runner = stack.app.bridge_runner
