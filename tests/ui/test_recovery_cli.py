@@ -8,6 +8,7 @@ import json
 import re
 
 from services.terminal_qr import qr_modules
+from statemachine.domain import Plan
 from tests import polling
 from tests.ui.conftest import INCOMPLETE, RECIPIENT, WAPI_TOKENS, StackFactory, UiStack, cli
 
@@ -114,7 +115,5 @@ async def test_webhooks_and_reconcile_commands(make_stack: StackFactory) -> None
     assert re.search(rf"{instance}: \d+ lidos do log da W-API, 0 aplicados, \d+ já registrados", reconciled.stdout)
 
 
-def stack_plan():  # type: ignore[no-untyped-def]
-    from statemachine.domain import Plan
-
+def stack_plan() -> Plan:
     return Plan.PRO
