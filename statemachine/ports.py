@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
+from statemachine.changes import ChangeCursor, ChangeKind, ChangePage
 from statemachine.domain import ActionOutcome, Credentials, OutboundMessage, ProbeOutcome, SendOutcome, WebhookLogPage
 
 
@@ -41,3 +43,32 @@ class InstanceOperations(Protocol):
     async def webhook_logs(
         self, credentials: Credentials, *, page: int, per_page: int, timeout: float
     ) -> WebhookLogPage: ...
+
+
+class ChangeLog(Protocol):
+    """The store's transactional change log, read side (docs/change-log.md).
+
+    Every state change appends its entries in its own transaction; readers page through them in
+    an order that never gains a row behind a cursor (a change committing late is not skipped).
+    """
+
+    async def read_changes(
+        self,
+        after: ChangeCursor | None,
+        *,
+        limit: int,
+        instance_ids: Sequence[str] | None = None,
+        kinds: Sequence[ChangeKind] | None = None,
+    ) -> ChangePage:
+        """Up to `limit` changes after `after` (from the oldest kept when None) and the cursor to
+        resume from: past the last one returned, past rows the filters skipped, and up to the
+        horizon when nothing newer is visible yet (so it also serves as a bookmark)."""
+        ...
+
+    async def head_change_cursor(self) -> ChangeCursor:
+        """ "Now": reading from here yields what commits from now on (never less)."""
+        ...
+
+    async def oldest_change_cursor(self) -> ChangeCursor:
+        """Just before the oldest change still kept; a cursor below it has lost pruned rows."""
+        ...

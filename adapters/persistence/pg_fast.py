@@ -26,29 +26,50 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 # the connection (closed, protocol, timeout) means the connection cannot be trusted any more.
 _ROW_CLASSES = ("22", "23")
 
-INSERT_MESSAGES = """
-INSERT INTO messages (id, instance_id, idempotency_key, request_hash, recipient, kind, content, state,
-                      failure_reason, failure_detail, provider_message_id, attempts, history,
-                      created_at, updated_at, sent_at, stuck_at, trace_id, span_id, version)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-                     $8::text[], $9::text[], $10::text[], $11::text[], $12::int[], $13::text[],
-                     $14::timestamptz[], $15::timestamptz[], $16::timestamptz[], $17::timestamptz[],
-                     $18::text[], $19::text[], $20::int[])
-ORDER BY 2, 3
-ON CONFLICT (instance_id, idempotency_key) DO NOTHING
-RETURNING id
-"""
+
+# Change-log rows bound as arrays (changelog.ROW_COLUMNS order), kept for the messages the
+# statement actually wrote, in the order they were decided. Built at import from constants only.
+def _log_insert(first: int, written: str) -> str:
+    p = [f"${first + n}" for n in range(6)]
+    return f"""INSERT INTO change_log (event_id, kind, instance_id, message_id, occurred_at, payload)
+  SELECT l.event_id, l.kind, l.instance_id, l.message_id, l.occurred_at, l.payload
+  FROM unnest({p[0]}::text[], {p[1]}::text[], {p[2]}::text[], {p[3]}::text[], {p[4]}::timestamptz[], {p[5]}::text[])
+       WITH ORDINALITY AS l(event_id, kind, instance_id, message_id, occurred_at, payload, ord)
+  WHERE l.message_id IN (SELECT id FROM {written})
+  ORDER BY l.ord"""  # noqa: S608
+
+
+INSERT_MESSAGES = f"""
+WITH ins AS (
+  INSERT INTO messages (id, instance_id, idempotency_key, request_hash, recipient, kind, content, state,
+                        failure_reason, failure_detail, provider_message_id, attempts, history,
+                        created_at, updated_at, sent_at, stuck_at, trace_id, span_id, version)
+  SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+                       $8::text[], $9::text[], $10::text[], $11::text[], $12::int[], $13::text[],
+                       $14::timestamptz[], $15::timestamptz[], $16::timestamptz[], $17::timestamptz[],
+                       $18::text[], $19::text[], $20::int[])
+  ORDER BY 2, 3
+  ON CONFLICT (instance_id, idempotency_key) DO NOTHING
+  RETURNING id
+),
+log AS ({_log_insert(21, "ins")})
+SELECT id FROM ins
+"""  # noqa: S608 - composed at import from constants
 
 # PENDING → SENT for a batch of sends the provider accepted; compare-and-set on version and state.
-MARK_SENT = """
-UPDATE messages m
-SET state = 'SENT', provider_message_id = u.provider_message_id, sent_at = u.at, updated_at = u.at,
-    history = u.history, version = m.version + 1
-FROM unnest($1::text[], $2::int[], $3::text[], $4::timestamptz[], $5::text[])
-     AS u(id, version, provider_message_id, at, history)
-WHERE m.id = u.id AND m.version = u.version AND m.state = 'PENDING'
-RETURNING m.id
-"""
+MARK_SENT = f"""
+WITH upd AS (
+  UPDATE messages m
+  SET state = 'SENT', provider_message_id = u.provider_message_id, sent_at = u.at, updated_at = u.at,
+      history = u.history, version = m.version + 1
+  FROM unnest($1::text[], $2::int[], $3::text[], $4::timestamptz[], $5::text[])
+       AS u(id, version, provider_message_id, at, history)
+  WHERE m.id = u.id AND m.version = u.version AND m.state = 'PENDING'
+  RETURNING m.id
+),
+log AS ({_log_insert(6, "upd")})
+SELECT id FROM upd
+"""  # noqa: S608 - composed at import from constants
 
 # Parked statuses waiting for these provider ids (run after MARK_SENT has committed).
 PARKED_FOR = """
@@ -61,7 +82,7 @@ WHERE parked AND provider_message_id = ANY($1::text[])
 # the instance index in, which reads every message of a busy instance (measured: 2x Postgres CPU).
 READ_FOR_STATUS = """
 SELECT m.id, m.instance_id, m.provider_message_id, m.state, m.version, m.sent_at, m.trace_id, m.span_id,
-       i.reason AS instance_reason
+       m.recipient, m.attempts, m.created_at, i.reason AS instance_reason
 FROM messages m
 JOIN instances i ON i.id = m.instance_id
 WHERE m.provider_message_id = ANY($1::text[])
@@ -70,7 +91,7 @@ WHERE m.provider_message_id = ANY($1::text[])
 # One atomic statement: lock the messages whose version is still the one the decision was made
 # on; store the events (a status whose message moved is not stored, the caller decides again);
 # apply each message's change only if its event was stored (not a re-delivery).
-APPLY_STATUSES = """
+APPLY_STATUSES = f"""
 WITH cas AS MATERIALIZED (
   SELECT m.id FROM messages m
   JOIN unnest($1::text[], $2::int[]) AS c(id, version) ON m.id = c.id AND m.version = c.version
@@ -105,11 +126,12 @@ upd AS (
        AS u(id, state, failed, failure_reason, failure_detail, entry, updated_at, event_id)
   WHERE m.id = u.id AND u.event_id IN (SELECT id FROM ins)
   RETURNING m.id
-)
-SELECT (SELECT coalesce(array_agg(id), '{}') FROM cas) AS locked,
-       (SELECT coalesce(array_agg(id), '{}') FROM ins) AS stored,
+),
+log AS ({_log_insert(23, "upd")})
+SELECT (SELECT coalesce(array_agg(id), '{{}}') FROM cas) AS locked,
+       (SELECT coalesce(array_agg(id), '{{}}') FROM ins) AS stored,
        (SELECT count(*) FROM upd) AS updated
-"""
+"""  # noqa: S608 - composed at import from constants
 
 
 def _from_driver(error: BaseException) -> bool:

@@ -22,7 +22,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from adapters.persistence import pg_fast
+from adapters.persistence import changelog, pg_fast
 from adapters.persistence.schema import (
     chat_statuses,
     events,
@@ -31,6 +31,8 @@ from adapters.persistence.schema import (
     messages,
     recovery_actions,
 )
+from statemachine import changes as change_log
+from statemachine.changes import ChangeCursor, ChangeKind, ChangePage
 from statemachine.domain import (
     InstanceRecord,
     InstanceState,
@@ -74,6 +76,22 @@ class MessageChange:
     trace_id: str = ""
     span_id: str = ""
     sent_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _StatusFacts:
+    """The columns of a message a status lane reads: enough for its change-log entry."""
+
+    id: str
+    instance_id: str
+    to: str
+    provider_message_id: str | None
+    attempts: int
+    version: int
+    created_at: datetime
+    sent_at: datetime | None
+    failure_reason: str
+    failure_detail: str
 
 
 @dataclass(slots=True)
@@ -181,6 +199,17 @@ def _message_values(msg: MessageRecord) -> dict[str, Any]:
     }
 
 
+def _message_log_rows(before: MessageRecord | None, after: MessageRecord) -> list[dict[str, Any]]:
+    """Change-log rows for the history entries `after` gained over `before` (all of them for a
+    new message): the log and the row's history say the same thing."""
+    start = len(before.history) if before is not None else 0
+    return [
+        changelog.change_row(entry)
+        for change in after.history[start:]
+        for entry in change_log.message_changes(after, change)
+    ]
+
+
 # Column order of pg_fast.INSERT_MESSAGES.
 _MESSAGE_COLUMNS = (
     "id",
@@ -264,7 +293,7 @@ class Repository:
             index_elements=["instance_id", "idempotency_key"]
         )
         self._insert_message_returning = self._insert_message.returning(messages.c.id)
-        self._batcher: _Batcher[dict[str, Any], bool] = _Batcher(
+        self._batcher: _Batcher[_NewMessage, bool] = _Batcher(
             self._insert_messages_batch, self._insert_message_alone, window=group_commit_window
         )
         self._status_batcher: _Batcher[_StatusItem, IngestResult] = _Batcher(
@@ -478,6 +507,21 @@ class Repository:
                     at=now,
                 )
             )
+            await changelog.append(
+                conn,
+                [
+                    change_log.instance_health_changed(
+                        instance_id,
+                        decision.from_state,
+                        decision.from_reason,
+                        decision.to_state,
+                        decision.reason,
+                        decision.phone,
+                        source,
+                        now,
+                    )
+                ],
+            )
         updated = replace(
             record,
             state=decision.to_state,
@@ -624,7 +668,7 @@ class Repository:
         Concurrent inserts are group-committed: one multi-row INSERT … ON CONFLICT DO NOTHING
         RETURNING per batch instead of one round-trip each (see _InsertBatcher).
         """
-        if await self._batcher.submit(_message_values(msg)):
+        if await self._batcher.submit((_message_values(msg), _message_log_rows(None, msg))):
             return msg, True
         async with self._auto.connect() as conn:
             row = (
@@ -637,19 +681,25 @@ class Repository:
             ).one()
             return _message(row), False
 
-    async def _insert_messages_batch(self, rows: list[dict[str, Any]]) -> list[bool]:
-        """For each row, whether it was inserted (a row whose key exists is skipped, not an error)."""
+    async def _insert_messages_batch(self, items: list[_NewMessage]) -> list[bool]:
+        """For each row, whether it was inserted (a row whose key exists is skipped, not an error);
+        the change-log rows of the inserted ones go in with them."""
+        rows = [row for row, _ in items]
+        log_rows = [entry for _, entries in items for entry in entries]
         if self._pg:
             columns = [[row[name] for row in rows] for name in _MESSAGE_COLUMNS]
             async with self._insert_lease.driver(pg_fast.INSERT_MESSAGES) as driver:
-                inserted = {r[0] for r in await driver.fetch(pg_fast.INSERT_MESSAGES, *columns)}
+                inserted = {
+                    r[0] for r in await driver.fetch(pg_fast.INSERT_MESSAGES, *columns, *changelog.as_columns(log_rows))
+                }
             return [row["id"] in inserted for row in rows]
-        async with self._auto.connect() as conn:
+        async with self.transaction() as conn:
             inserted = {r.id for r in await conn.execute(self._insert_message_returning, rows)}
+            await changelog.append_rows(conn, [entry for entry in log_rows if entry["message_id"] in inserted])
         return [row["id"] in inserted for row in rows]
 
-    async def _insert_message_alone(self, row: dict[str, Any]) -> bool:
-        return (await self._insert_messages_batch([row]))[0]
+    async def _insert_message_alone(self, item: _NewMessage) -> bool:
+        return (await self._insert_messages_batch([item]))[0]
 
     async def _ingest_status_alone(self, item: _StatusItem) -> IngestResult:
         return await self._ingest_one(*item)
@@ -668,6 +718,7 @@ class Repository:
         if result.rowcount != 1:
             raise ConcurrentUpdateError(before.id)
         after.version = before.version + 1
+        await changelog.append_rows(conn, _message_log_rows(before, after))
 
     async def record_sent(self, msg: MessageRecord, provider_message_id: str, *, source: str) -> MessageRecord | None:
         """PENDING → SENT in one conditional UPDATE, from the row this process just inserted.
@@ -695,6 +746,7 @@ class Repository:
             "history": _history_to_json(after.history),
             "version": after.version,
             "iid": msg.instance_id,
+            "log": _message_log_rows(msg, after),
         }
         updated, parked = await (self._sent_batcher.submit(params) if self._pg else self._mark_sent_alone(params))
         if not updated:
@@ -707,9 +759,11 @@ class Repository:
     async def _mark_sent_alone(self, params: dict[str, Any]) -> tuple[bool, bool]:
         """(updated, a parked status waits for it). The parked check runs after the UPDATE has
         committed: the ingest side checks after its own commit, so one of the two sees the other."""
-        async with self._auto.connect() as conn:
+        async with self.transaction() as conn:
             if (await conn.execute(self._mark_sent, params)).rowcount != 1:
                 return False, False
+            await changelog.append_rows(conn, params["log"])
+        async with self._auto.connect() as conn:
             parked = await conn.execute(
                 self._parked_exists, {"pid": params["provider_message_id"], "iid": params["iid"]}
             )
@@ -721,8 +775,9 @@ class Repository:
             [item[name] for item in items]
             for name in ("b_id", "b_version", "provider_message_id", "sent_at", "history")
         ]
+        log_rows = [entry for item in items for entry in item["log"]]
         async with self._sent_lease.driver(pg_fast.MARK_SENT) as driver:
-            updated = {r[0] for r in await driver.fetch(pg_fast.MARK_SENT, *columns)}
+            updated = {r[0] for r in await driver.fetch(pg_fast.MARK_SENT, *columns, *changelog.as_columns(log_rows))}
             pids = sorted({item["provider_message_id"] for item in items if item["b_id"] in updated})
             parked = {(r[0], r[1]) for r in await driver.fetch(pg_fast.PARKED_FOR, pids)} if pids else set()
         return [(item["b_id"] in updated, (item["iid"], item["provider_message_id"]) in parked) for item in items]
@@ -929,6 +984,9 @@ class Repository:
         try:
             async with self.transaction() as conn:
                 parked = await self._route(conn, event, received_at, result)
+                inbound = _inbound_change(event, event_id, payload, received_at)
+                if inbound is not None:
+                    await changelog.append(conn, [inbound])
                 if event.route is Route.CHAT_STATUS and event.instance_id:
                     await conn.execute(
                         chat_statuses.insert().values(
@@ -1063,6 +1121,9 @@ class Repository:
                 )
                 for before, after in changed.values():
                     after.version = before.version + 1
+                await changelog.append_rows(
+                    conn, [row for before, after in changed.values() for row in _message_log_rows(before, after)]
+                )
             # Reasons decided after the insert (applied / stale) are stored with their events.
             final = [
                 {"b_event_id": r.event_id, "reason": str(r.reason)[:96]}
@@ -1130,6 +1191,7 @@ class Repository:
         cas_versions: list[int] = []
         message_of: dict[int, str] = {}
         changes: dict[int, MessageChange] = {}
+        log_rows: list[dict[str, Any]] = []
         for index in indices:
             event, payload, headers, received_at = items[index]
             result = results[index]
@@ -1147,6 +1209,20 @@ class Repository:
                 new_state = MessageState(change.to_state) if change.applied else current
                 result.reason = EventReason.APPLIED if change.applied else EventReason.STALE_STATUS
                 changes[index] = MessageChange(message_id, change, row["trace_id"], row["span_id"], row["sent_at"])
+                failed = change.applied and new_state is MessageState.FAILED
+                written = _StatusFacts(
+                    id=message_id,
+                    instance_id=row["instance_id"],
+                    to=row["recipient"],
+                    provider_message_id=row["provider_message_id"],
+                    attempts=row["attempts"],
+                    version=row["version"] + 1,
+                    created_at=row["created_at"],
+                    sent_at=row["sent_at"],
+                    failure_reason=Reason.PROVIDER_ERROR.value if failed else "",
+                    failure_detail=STATUS_FAILED_DETAIL if failed else "",
+                )
+                log_rows.extend(changelog.change_row(c) for c in change_log.message_changes(written, change))
                 message_of[index] = message_id
                 cas_ids.append(message_id)
                 cas_versions.append(row["version"])
@@ -1187,7 +1263,9 @@ class Repository:
         if not ev[0]:
             return []
         async with self._status_lease.driver(pg_fast.APPLY_STATUSES) as driver:
-            outcome = await driver.fetchrow(pg_fast.APPLY_STATUSES, cas_ids, cas_versions, *ev, *upd)
+            outcome = await driver.fetchrow(
+                pg_fast.APPLY_STATUSES, cas_ids, cas_versions, *ev, *upd, *changelog.as_columns(log_rows)
+            )
         locked, stored = set(outcome["locked"]), set(outcome["stored"])
         moved: list[int] = []
         stalled = set(slow)
@@ -1256,6 +1334,28 @@ class Repository:
                 result.instance_changes.append(resumed)
         return False
 
+    # --- change log --------------------------------------------------------------------------
+
+    async def read_changes(
+        self,
+        after: ChangeCursor | None,
+        *,
+        limit: int,
+        instance_ids: Sequence[str] | None = None,
+        kinds: Sequence[ChangeKind] | None = None,
+    ) -> ChangePage:
+        """Changes after `after` in commit-safe order (see changelog.py), with the cursor to resume from."""
+        async with self._auto.connect() as conn:
+            return await changelog.read(conn, after, limit=limit, instance_ids=instance_ids, kinds=kinds)
+
+    async def head_change_cursor(self) -> ChangeCursor:
+        async with self._auto.connect() as conn:
+            return await changelog.head(conn)
+
+    async def oldest_change_cursor(self) -> ChangeCursor:
+        async with self._auto.connect() as conn:
+            return await changelog.oldest(conn)
+
     # --- stuck messages ----------------------------------------------------------------------
 
     async def mark_stuck(self, cutoff: datetime, *, limit: int = 500) -> list[MessageRecord]:
@@ -1283,7 +1383,9 @@ class Repository:
             .returning(*messages.c)
         )
         async with self.transaction() as conn:
-            return [_message(r) for r in await conn.execute(stmt)]
+            stuck = [_message(r) for r in await conn.execute(stmt)]
+            await changelog.append(conn, [change_log.message_stuck(m, now, m.state.value) for m in stuck])
+            return stuck
 
     async def reconcile_pending(self, cutoff: datetime, *, limit: int = 200) -> list[MessageRecord]:
         """PENDING since before `cutoff`: the process died between storing the message and
@@ -1345,11 +1447,43 @@ class Repository:
             return change if change is not None and change.decision.changed else None
 
 
+def _inbound_change(
+    event: ProviderEvent, event_id: str, payload: bytes, received_at: datetime
+) -> change_log.Change | None:
+    """A customer's message (webhookReceived) or one sent from the phone itself (a delivery
+    event the API did not originate) goes into the change log with its raw body."""
+    if event.instance_id is None:
+        return None
+    if event.route is Route.RECEIVED:
+        kind = ChangeKind.MESSAGE_RECEIVED
+    elif event.route is Route.DELIVERY and not event.from_api:
+        kind = ChangeKind.MESSAGE_FROM_PHONE
+    else:
+        return None
+    try:
+        body: Any = json.loads(payload)
+    except ValueError:  # parsed once already; kept as text if it ever is not JSON
+        body = payload.decode("utf-8", "replace")
+    return change_log.provider_message(
+        kind,
+        event.instance_id,
+        event_id=event_id,
+        provider_message_id=event.provider_message_id,
+        chat_id=event.chat_id,
+        phone=event.phone,
+        moment=event.moment,
+        received_at=received_at,
+        body=body,
+    )
+
+
 class _Duplicate(Exception):
     pass
 
 
 _StatusItem = tuple[ProviderEvent, bytes, dict[str, str], datetime]
+# A message row and its change-log rows.
+_NewMessage = tuple[dict[str, Any], list[dict[str, Any]]]
 T = TypeVar("T")
 R = TypeVar("R")
 

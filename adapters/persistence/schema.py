@@ -19,7 +19,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
-from sqlalchemy.types import DateTime, TypeDecorator
+from sqlalchemy.types import DateTime, TypeDecorator, UserDefinedType
 
 metadata = MetaData(
     naming_convention={
@@ -162,6 +162,40 @@ chat_statuses = Table(
     Column("moment", UTCDateTime()),
     Column("received_at", UTCDateTime(), nullable=False),
     Index(None, "instance_id", "chat_id", "id"),
+)
+
+
+class _Xid8(UserDefinedType[int]):
+    """PostgreSQL's 64-bit transaction id (`xid8`): the writing transaction of a change-log row."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **_kw: Any) -> str:
+        return "xid8"
+
+
+# PostgreSQL: xid8 DEFAULT pg_current_xact_id(); SQLite: DEFAULT 0 (one writer, seq alone
+# orders). Both defaults are dialect-specific, so migration 0003 sets them; rows are always
+# inserted without this column.
+Xid = Integer().with_variant(_Xid8(), "postgresql")
+
+# The transactional change log: one row per state change, written in the transaction that made
+# the change, read in (xid, seq) order below the oldest running transaction (see changelog.py).
+change_log = Table(
+    "change_log",
+    metadata,
+    Column("seq", BigId, primary_key=True, autoincrement=True),
+    Column("xid", Xid, nullable=False),
+    Column("event_id", String(40), nullable=False, unique=True),
+    Column("kind", String(40), nullable=False),
+    Column("instance_id", String(64), nullable=False),
+    Column("message_id", String(36)),
+    Column("occurred_at", UTCDateTime(), nullable=False),
+    Column("payload", Text, nullable=False),
+    Index(None, "xid", "seq"),
+    Index(None, "occurred_at"),
+    # AUTOINCREMENT: SQLite never reuses a seq, even after the newest rows were pruned.
+    sqlite_autoincrement=True,
 )
 
 

@@ -80,7 +80,7 @@ def _body_key(body: Any) -> str:
     """The dedupe key of a parsed body without a stronger key: its canonical JSON's digest, so the
     same event re-posted or replayed from W-API's webhook log (re-serialized, keys in another
     order, other spacing) is recognised as the same event."""
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))  # ASCII: lone surrogates too
     return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 
 

@@ -2,7 +2,7 @@
 W-API's queue handle on messages, and room for "operator:<caller>" as a transition's source.
 
 Revision ID: 0005
-Revises: 0002
+Revises: 0003
 Create Date: 2026-12-01 22:20:00
 """
 
@@ -14,7 +14,7 @@ from alembic import op
 from adapters.persistence.schema import UTCDateTime
 
 revision = "0005"
-down_revision = "0002"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,173 @@
+"""The change log: the one row builder, the append on a transaction, and the commit-safe read.
+
+Why the read is shaped like this: `seq` is handed out when a row is inserted, not when its
+transaction commits, so on PostgreSQL a reader that simply followed `seq` would skip a row whose
+long transaction committed after a later one. Every row carries the writing transaction's id
+(`xid8`) and readers only look below `pg_snapshot_xmin(pg_current_snapshot())`, the oldest
+transaction still running: everything below it has committed or rolled back for good, so the
+(xid, seq) order below the horizon never gains a row behind a reader. SQLite has one writer at a
+time, so `seq` is commit order and `xid` is 0.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from adapters.persistence.schema import UTCDateTime, change_log
+from statemachine.changes import START, Change, ChangeCursor, ChangeKind, ChangePage, ChangeRecord
+
+MAX_PAGE = 1000
+# PostgreSQL: every transaction that appended to the log NOTIFYs this channel on commit (trigger
+# of migration 0003). A wake-up only, with an empty payload: the log is the truth.
+CHANGES_CHANNEL = "wapiguard_changes"
+
+# Columns a fast lane binds as arrays, in this order (see pg_fast).
+ROW_COLUMNS = ("event_id", "kind", "instance_id", "message_id", "occurred_at", "payload")
+
+
+def new_event_id() -> str:
+    return f"evt_{uuid.uuid4().hex}"
+
+
+def change_row(change: Change) -> dict[str, Any]:
+    """The one row format of the table, for every write path."""
+    return {
+        "event_id": new_event_id(),
+        "kind": change.kind.value,
+        "instance_id": change.instance_id,
+        "message_id": change.message_id,
+        "occurred_at": change.occurred_at,
+        "payload": json.dumps(change.payload, separators=(",", ":"), ensure_ascii=False),
+    }
+
+
+def as_columns(rows: Sequence[dict[str, Any]]) -> list[list[Any]]:
+    """Rows as one array per column (ROW_COLUMNS order), for `unnest()` in a fast lane."""
+    return [[row[name] for row in rows] for name in ROW_COLUMNS]
+
+
+async def append(conn: AsyncConnection, changes: Iterable[Change]) -> None:
+    """Appends inside the caller's transaction (the one that makes the change)."""
+    await append_rows(conn, [change_row(c) for c in changes])
+
+
+async def append_rows(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+    if rows:
+        await conn.execute(change_log.insert(), list(rows))
+
+
+def _filters(instance_ids: Sequence[str] | None, kinds: Sequence[ChangeKind] | None) -> tuple[str, dict[str, Any]]:
+    sql, params = "", dict[str, Any]()
+    if instance_ids is not None:
+        names = [f"i{n}" for n in range(len(instance_ids))]
+        sql += f" AND instance_id IN ({', '.join(':' + n for n in names) or 'NULL'})"
+        params.update(zip(names, instance_ids, strict=True))
+    if kinds is not None:
+        names = [f"k{n}" for n in range(len(kinds))]
+        sql += f" AND kind IN ({', '.join(':' + n for n in names) or 'NULL'})"
+        params.update(zip(names, (ChangeKind(k).value for k in kinds), strict=True))
+    return sql, params
+
+
+_COLUMNS = "c.seq, c.xid_text, c.event_id, c.kind, c.instance_id, c.message_id, c.occurred_at, c.payload"
+
+# One statement: the horizon and the page come from the same snapshot. The LEFT JOIN keeps the
+# horizon row when no change is visible.
+_READ_PG = """
+SELECT pg_snapshot_xmin(h.snap)::text AS horizon, {columns}
+FROM (SELECT pg_current_snapshot() AS snap) h
+LEFT JOIN LATERAL (
+  SELECT seq, xid::text AS xid_text, event_id, kind, instance_id, message_id, occurred_at, payload
+  FROM change_log
+  WHERE (xid, seq) > (CAST(:xid AS text)::xid8, :seq) AND xid < pg_snapshot_xmin(h.snap){filters}
+  ORDER BY xid, seq
+  LIMIT :limit
+) c ON true
+"""
+
+_READ_SQLITE = """
+SELECT h.head AS horizon, {columns}
+FROM (SELECT coalesce(max(seq), 0) AS head FROM change_log) h
+LEFT JOIN (
+  SELECT seq, '0' AS xid_text, event_id, kind, instance_id, message_id, occurred_at, payload
+  FROM change_log
+  WHERE seq > :seq{filters}
+  ORDER BY seq
+  LIMIT :limit
+) c ON 1 = 1
+"""
+
+
+async def read(
+    conn: AsyncConnection,
+    after: ChangeCursor | None,
+    *,
+    limit: int,
+    instance_ids: Sequence[str] | None = None,
+    kinds: Sequence[ChangeKind] | None = None,
+) -> ChangePage:
+    if limit < 1 or limit > MAX_PAGE:
+        raise ValueError(f"limit must be between 1 and {MAX_PAGE}")
+    after = after or START
+    postgres = conn.dialect.name == "postgresql"
+    filters, params = _filters(instance_ids, kinds)
+    statement = (_READ_PG if postgres else _READ_SQLITE).format(columns=_COLUMNS, filters=filters)
+    params.update(xid=str(after.xid), seq=after.seq, limit=limit)
+    rows = (await conn.execute(text(statement), params)).all()
+    occurred = UTCDateTime()
+    dialect = conn.dialect
+    changes = [
+        ChangeRecord(
+            seq=int(r.seq),
+            xid=int(r.xid_text),
+            event_id=r.event_id,
+            kind=ChangeKind(r.kind),
+            instance_id=r.instance_id,
+            message_id=r.message_id,
+            occurred_at=_aware(occurred.process_result_value(r.occurred_at, dialect)),
+            payload=json.loads(r.payload),
+        )
+        for r in rows
+        if r.seq is not None
+    ]
+    horizon = int(rows[0].horizon)
+    if len(changes) == limit:
+        # More may follow right behind the last one: resume exactly there.
+        return ChangePage(changes, changes[-1].cursor)
+    # Everything visible below the horizon was read (or filtered out): bookmark the horizon.
+    bookmark = ChangeCursor(horizon, 0) if postgres else ChangeCursor(0, horizon)
+    return ChangePage(changes, max(bookmark, changes[-1].cursor if changes else after, after))
+
+
+def _aware(at: datetime | None) -> datetime:
+    assert at is not None  # NOT NULL column
+    return at
+
+
+async def head(conn: AsyncConnection) -> ChangeCursor:
+    """ "Now": a reader starting here sees every change that commits from now on (on PostgreSQL
+    also the few that committed while an older transaction was still running — never fewer)."""
+    if conn.dialect.name == "postgresql":
+        xmin = (await conn.execute(text("SELECT pg_snapshot_xmin(pg_current_snapshot())::text"))).scalar_one()
+        return ChangeCursor(int(xmin), 0)
+    return ChangeCursor(0, int((await conn.execute(text("SELECT coalesce(max(seq), 0) FROM change_log"))).scalar_one()))
+
+
+_OLDEST_PG = "SELECT xid::text AS x, seq FROM change_log ORDER BY xid, seq LIMIT 1"
+_OLDEST_SQLITE = "SELECT '0' AS x, seq FROM change_log ORDER BY seq LIMIT 1"
+
+
+async def oldest(conn: AsyncConnection) -> ChangeCursor:
+    """Just before the oldest change still kept (retention prunes from the old end)."""
+    statement = _OLDEST_PG if conn.dialect.name == "postgresql" else _OLDEST_SQLITE
+    row = (await conn.execute(text(statement))).first()
+    if row is None:
+        return START
+    return ChangeCursor(int(row.x), int(row.seq) - 1)

@@ -1,0 +1,235 @@
+"""The change log's vocabulary: what is appended with every state change, and how it is read.
+
+Pure values. The store appends `Change`s in the same transaction as the state change they
+describe and hands back `ChangeRecord`s in commit-safe order; readers resume from a
+`ChangeCursor`, an opaque string to clients. Payload fields per kind are listed in
+docs/change-log.md.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Protocol
+
+from statemachine.domain import InstanceState, MessageState, StateChange
+
+
+class ChangeKind(StrEnum):
+    MESSAGE_STATE_CHANGED = "message.state_changed"
+    MESSAGE_STUCK = "message.stuck"
+    MESSAGE_FAILED = "message.failed"
+    INSTANCE_HEALTH_CHANGED = "instance.health_changed"
+    MESSAGE_RECEIVED = "message.received"
+    MESSAGE_FROM_PHONE = "message.from_phone"
+
+
+class InvalidCursor(ValueError):
+    """A cursor string this service did not issue (or one damaged on the way)."""
+
+
+_CURSOR_PREFIX = "c1."
+_MAX_POSITION = (1 << 63) - 1
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class ChangeCursor:
+    """A position in the log: every change at or before (xid, seq) has been read.
+
+    `xid` is the writing transaction's id on PostgreSQL (0 on SQLite, where `seq` alone orders);
+    `(xid, 0)` stands before every change of transaction `xid`, the "horizon" bookmark.
+    """
+
+    xid: int
+    seq: int
+
+    def encode(self) -> str:
+        raw = f"{self.xid}.{self.seq}".encode()
+        return _CURSOR_PREFIX + base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, text: str) -> ChangeCursor:
+        if not isinstance(text, str) or not text.startswith(_CURSOR_PREFIX) or len(text) > 64:
+            raise InvalidCursor("not a change cursor issued by this service")
+        body = text[len(_CURSOR_PREFIX) :]
+        try:
+            raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).decode("ascii")
+            xid_text, seq_text = raw.split(".")
+            if not (xid_text.isdigit() and seq_text.isdigit()):
+                raise ValueError(raw)
+            xid, seq = int(xid_text), int(seq_text)
+        except (ValueError, binascii.Error, UnicodeDecodeError):
+            raise InvalidCursor("not a change cursor issued by this service") from None
+        if xid > _MAX_POSITION or seq > _MAX_POSITION:
+            raise InvalidCursor("change cursor out of range")
+        return cls(xid, seq)
+
+
+START = ChangeCursor(0, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One entry to append: what happened, to whom, when. `payload` is JSON-serialisable."""
+
+    kind: ChangeKind
+    instance_id: str
+    occurred_at: datetime
+    payload: Mapping[str, Any]
+    message_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeRecord:
+    """One stored entry, as read back."""
+
+    seq: int
+    xid: int
+    event_id: str
+    kind: ChangeKind
+    instance_id: str
+    message_id: str | None
+    occurred_at: datetime
+    payload: dict[str, Any]
+
+    @property
+    def cursor(self) -> ChangeCursor:
+        return ChangeCursor(self.xid, self.seq)
+
+
+@dataclass(frozen=True, slots=True)
+class ChangePage:
+    changes: list[ChangeRecord] = field(default_factory=list)
+    # Resume from here: past the last change returned, past rows the filters skipped, and up to
+    # the horizon when nothing newer is visible yet.
+    cursor: ChangeCursor = START
+
+
+# --- builders: one per kind, used by every write path ------------------------------------------
+
+
+class MessageFacts(Protocol):
+    """What a message entry reports; a MessageRecord has it, so has a fast lane's narrow row."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def instance_id(self) -> str: ...
+    @property
+    def to(self) -> str: ...
+    @property
+    def provider_message_id(self) -> str | None: ...
+    @property
+    def attempts(self) -> int: ...
+    @property
+    def version(self) -> int: ...
+    @property
+    def created_at(self) -> datetime: ...
+    @property
+    def sent_at(self) -> datetime | None: ...
+    @property
+    def failure_reason(self) -> str: ...
+    @property
+    def failure_detail(self) -> str: ...
+
+
+def _iso(at: datetime | None) -> str | None:
+    return at.isoformat() if at is not None else None
+
+
+def message_changes(msg: MessageFacts, change: StateChange) -> list[Change]:
+    """What a message transition appends: `message.state_changed`, plus `message.failed` when
+    it ended FAILED. `msg` is the message as written (its new version); a stale status (not
+    applied) appends nothing."""
+    if not change.applied or change.from_state == change.to_state:
+        return []
+    payload = {
+        "message_id": msg.id,
+        "instance_id": msg.instance_id,
+        "recipient": msg.to,
+        "from_state": change.from_state or None,
+        "to_state": str(change.to_state),
+        "reason": str(change.reason),
+        "source": change.source,
+        "provider_message_id": msg.provider_message_id,
+        "attempt": msg.attempts,
+        "version": msg.version,
+        "at": change.at.isoformat(),
+        "created_at": _iso(msg.created_at),
+        "sent_at": _iso(msg.sent_at),
+    }
+    out = [Change(ChangeKind.MESSAGE_STATE_CHANGED, msg.instance_id, change.at, payload, msg.id)]
+    if change.to_state == MessageState.FAILED:
+        failed = {**payload, "failure_reason": msg.failure_reason, "failure_detail": msg.failure_detail}
+        out.append(Change(ChangeKind.MESSAGE_FAILED, msg.instance_id, change.at, failed, msg.id))
+    return out
+
+
+def message_stuck(msg: MessageFacts, at: datetime, state: str = MessageState.SENT.value) -> Change:
+    """`state`: SENT, or QUEUED for a message that never left W-API's queue."""
+    payload = {
+        "message_id": msg.id,
+        "instance_id": msg.instance_id,
+        "recipient": msg.to,
+        "state": state,
+        "provider_message_id": msg.provider_message_id,
+        "attempt": msg.attempts,
+        "version": msg.version,
+        "sent_at": _iso(msg.sent_at),
+        "stuck_at": at.isoformat(),
+    }
+    return Change(ChangeKind.MESSAGE_STUCK, msg.instance_id, at, payload, msg.id)
+
+
+def instance_health_changed(
+    instance_id: str,
+    from_state: InstanceState,
+    from_reason: str,
+    to_state: InstanceState,
+    reason: str,
+    phone: str | None,
+    source: str,
+    at: datetime,
+) -> Change:
+    payload = {
+        "instance_id": instance_id,
+        "from_state": from_state.value,
+        "from_reason": from_reason,
+        "to_state": to_state.value,
+        "reason": reason,
+        "phone": phone,
+        "source": source,
+        "at": at.isoformat(),
+    }
+    return Change(ChangeKind.INSTANCE_HEALTH_CHANGED, instance_id, at, payload)
+
+
+def provider_message(
+    kind: ChangeKind,
+    instance_id: str,
+    *,
+    event_id: str,
+    provider_message_id: str | None,
+    chat_id: str | None,
+    phone: str | None,
+    moment: datetime | None,
+    received_at: datetime,
+    body: Any,
+) -> Change:
+    """`message.received` (a customer wrote) or `message.from_phone` (sent from the phone itself,
+    not through the API): the raw body plus the ids the parser found."""
+    payload = {
+        "instance_id": instance_id,
+        "webhook_event_id": event_id,
+        "provider_message_id": provider_message_id,
+        "chat_id": chat_id,
+        "phone": phone,
+        "moment": _iso(moment),
+        "received_at": received_at.isoformat(),
+        "body": body,
+    }
+    return Change(kind, instance_id, moment or received_at, payload)
