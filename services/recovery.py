@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 
 from adapters.persistence.repository import Repository, utcnow
 from adapters.wapi.contract import WEBHOOK_KINDS
+from adapters.wapi.webhooks import parse_webhook
 from services.auth import current_principal
 from services.core import Gateway
 from statemachine.domain import (
@@ -439,6 +440,10 @@ class Recovery:
         # Oldest first, as W-API posted them.
         for entry in reversed(entries):
             result.fetched += 1
+            # Already stored: skip it here, so a replay never counts as the provider re-posting it.
+            if await self.repo.event_stored(parse_webhook(entry.payload).dedupe_key):
+                result.duplicates += 1
+                continue
             try:
                 ingested = await self.gateway.ingest(entry.payload, {"x-wapiguard-replay": entry.log_id or "log"})
             except Exception:

@@ -649,6 +649,12 @@ class Repository:
             result = await conn.execute(instances.delete().where(instances.c.id == instance_id))
             return bool(result.rowcount)
 
+    async def event_stored(self, dedupe_key: str) -> bool:
+        """Whether an event with this dedupe key is stored (unique index on dedupe_key)."""
+        async with self.engine.connect() as conn:
+            found = await conn.execute(select(events.c.id).where(events.c.dedupe_key == dedupe_key).limit(1))
+            return found.first() is not None
+
     async def last_event_received_at(self, instance_id: str) -> datetime | None:
         """When the newest stored event of this instance arrived (index on instance_id, received_at)."""
         query = select(func.max(events.c.received_at)).where(events.c.instance_id == instance_id)
