@@ -394,7 +394,7 @@ async def bench_database(database: str, url: str, sim_url: str, args: argparse.N
 
 def transition_cost() -> dict[str, float]:
     from statemachine.domain import InstanceState, MessageState
-    from statemachine.machines import decide_instance, decide_status
+    from statemachine.machines import InstanceTrigger, decide_instance, decide_status
 
     n = 100_000
     started = time.perf_counter()
@@ -403,7 +403,9 @@ def transition_cost() -> dict[str, float]:
     message_us = (time.perf_counter() - started) / n * 1e6
     started = time.perf_counter()
     for _ in range(n):
-        decide_instance(InstanceState.CONNECTED, "PHONE_CONFIRMED", "5511999990000", "report_gateway_failure")
+        decide_instance(
+            InstanceState.CONNECTED, "PHONE_CONFIRMED", "5511999990000", InstanceTrigger.REPORT_GATEWAY_FAILURE
+        )
     instance_us = (time.perf_counter() - started) / n * 1e6
     return {"message_transition_us": round(message_us, 2), "instance_transition_us": round(instance_us, 2)}
 

@@ -15,20 +15,12 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from sqlalchemy.exc import DBAPIError
 
-from adapters.persistence.repository import (
-    ConcurrentUpdateError,
-    IngestResult,
-    InstanceChange,
-    MessageChange,
-    Repository,
-    utcnow,
-)
 from adapters.wapi.webhooks import parse_webhook
 from services.content import content_to_dict, outbound_from_stored, request_hash
 from services.logs import register_secret
@@ -56,8 +48,15 @@ from statemachine.errors import (
     SendBlocked,
 )
 from statemachine.events import EventReason, Route
-from statemachine.machines import probe_trigger
-from statemachine.ports import Provider
+from statemachine.machines import InstanceTrigger, probe_trigger
+from statemachine.ports import (
+    ConcurrentUpdateError,
+    IngestResult,
+    InstanceChange,
+    MessageChange,
+    Provider,
+    Store,
+)
 from statemachine.preflight import block_reason
 from statemachine.validation import (
     SendRequest,
@@ -68,6 +67,11 @@ from statemachine.validation import (
 )
 
 log = logging.getLogger("wapi_guard.core")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
 
 # Provider outcomes that say "the provider/gateway is in trouble", not "this message is bad".
 GATEWAY_FAILURES = frozenset({Reason.PROVIDER_UNAVAILABLE, Reason.PROVIDER_TIMEOUT})
@@ -85,6 +89,11 @@ PREFLIGHT_REASONS = frozenset(
         Reason.PAIRING_IN_PROGRESS,
     }
 )
+# A send's answer that says something about the instance itself.
+SEND_FAILURE_TRIGGERS = {
+    Reason.TOKEN_INVALID: InstanceTrigger.REPORT_TOKEN_INVALID,
+    Reason.INSTANCE_NOT_FOUND: InstanceTrigger.REPORT_NOT_FOUND,
+}
 RECORD_ATTEMPTS = 8  # ~10 s of backoff to store an answer the provider already gave
 # Headers never stored with a raw event.
 SECRET_HEADERS = ("authorization", "cookie", "x-webhook-secret", "x-api-key", "proxy-authorization")
@@ -129,7 +138,7 @@ class _Cached:
 class Gateway:
     def __init__(
         self,
-        repo: Repository,
+        repo: Store,
         provider: Provider,
         config: GatewayConfig | None = None,
         telemetry: Telemetry | None = None,
@@ -573,14 +582,20 @@ class Gateway:
         """Send outcomes are health signals too: a 401 means the token is dead, now."""
         change: InstanceChange | None = None
         if failure is Reason.TOKEN_INVALID:
-            change = await self.repo.apply_instance_trigger(instance_id, "report_token_invalid", source="send")
+            change = await self.repo.apply_instance_trigger(
+                instance_id, InstanceTrigger.REPORT_TOKEN_INVALID, source="send"
+            )
         elif failure is Reason.INSTANCE_NOT_FOUND:
-            change = await self.repo.apply_instance_trigger(instance_id, "report_not_found", source="send")
+            change = await self.repo.apply_instance_trigger(
+                instance_id, InstanceTrigger.REPORT_NOT_FOUND, source="send"
+            )
         elif failure in GATEWAY_FAILURES:
             count = await self.repo.count_gateway_failure(instance_id, failed=True)
             cached.record.consecutive_gateway_failures = count
             if count >= self.config.gateway_failure_threshold:
-                change = await self.repo.apply_instance_trigger(instance_id, "report_gateway_failure", source="send")
+                change = await self.repo.apply_instance_trigger(
+                    instance_id, InstanceTrigger.REPORT_GATEWAY_FAILURE, source="send"
+                )
         elif failure is None and cached.record.consecutive_gateway_failures:
             await self.repo.count_gateway_failure(instance_id, failed=False)
             cached.record.consecutive_gateway_failures = 0

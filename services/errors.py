@@ -18,7 +18,6 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from adapters.persistence.repository import ConcurrentUpdateError
 from statemachine.domain import Reason, reason_text
 from statemachine.errors import (
     GuardError,
@@ -33,6 +32,7 @@ from statemachine.errors import (
     RecoveryRefused,
     SendBlocked,
 )
+from statemachine.ports import ConcurrentUpdateError
 
 DOMAIN = "wapiguard.v1"
 log = logging.getLogger("wapi_guard.grpc")

@@ -8,7 +8,6 @@ from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from adapters.persistence.repository import IngestResult, InstanceChange, MessageChange
 from services.api.wapiguard.v1 import common_pb2, send_pb2, webhook_pb2
 from statemachine.domain import (
     Contact,
@@ -29,6 +28,7 @@ from statemachine.domain import (
 )
 from statemachine.errors import InvalidRequest
 from statemachine.guidance import next_step
+from statemachine.ports import IngestResult, InstanceChange, MessageChange
 from statemachine.validation import SendRequest, Violation
 
 INSTANCE_STATE_TO_PB = {s: common_pb2.InstanceState.Value(f"INSTANCE_STATE_{s.value}") for s in InstanceState}

@@ -37,6 +37,7 @@ from statemachine.domain import (
 )
 from statemachine.errors import InstanceNotFound, InvalidRequest, RecoveryFailed, RecoveryRefused
 from statemachine.guidance import next_step
+from statemachine.machines import InstanceTrigger
 from statemachine.ports import InstanceOperations
 from statemachine.validation import Violation, validate_instance_id
 
@@ -114,6 +115,8 @@ class Recovery:
         self, gateway: Gateway, operations: InstanceOperations | None, config: RecoveryConfig | None = None
     ) -> None:
         self.gateway = gateway
+        # The recovery audit, webhook state and log replay need the concrete store.
+        assert isinstance(gateway.repo, Repository), "recovery needs the SQL repository"
         self.repo: Repository = gateway.repo
         self.operations = operations
         self.config = config or RecoveryConfig()
@@ -207,7 +210,7 @@ class Recovery:
             record = found[0]
             if trigger is not None:
                 change = await self.repo.apply_instance_trigger(
-                    instance_id, trigger, source=source, new_phone=outcome.phone
+                    instance_id, InstanceTrigger(trigger), source=source, new_phone=outcome.phone
                 )
                 if change is None:
                     raise InstanceNotFound(instance_id)

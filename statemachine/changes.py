@@ -74,7 +74,8 @@ START = ChangeCursor(0, 0)
 
 @dataclass(frozen=True, slots=True)
 class Change:
-    """One entry to append: what happened, to whom, when. `payload` is JSON-serialisable."""
+    """One entry to append: what happened, to whom, when. `payload` holds JSON values and aware
+    datetimes (stored as ISO 8601 strings)."""
 
     kind: ChangeKind
     instance_id: str
@@ -137,17 +138,13 @@ class MessageFacts(Protocol):
     def failure_detail(self) -> str: ...
 
 
-def _iso(at: datetime | None) -> str | None:
-    return at.isoformat() if at is not None else None
-
-
 def message_changes(msg: MessageFacts, change: StateChange) -> list[Change]:
-    """What a message transition appends: `message.state_changed`, plus `message.failed` when
-    it ended FAILED. `msg` is the message as written (its new version); a stale status (not
-    applied) appends nothing."""
+    """What a message transition appends: exactly one entry, `message.failed` when it ended
+    FAILED (with the failure reason), `message.state_changed` otherwise. `msg` is the message as
+    written (its new version); a stale status (not applied) appends nothing."""
     if not change.applied or change.from_state == change.to_state:
         return []
-    payload = {
+    payload: dict[str, Any] = {
         "message_id": msg.id,
         "instance_id": msg.instance_id,
         "recipient": msg.to,
@@ -158,15 +155,16 @@ def message_changes(msg: MessageFacts, change: StateChange) -> list[Change]:
         "provider_message_id": msg.provider_message_id,
         "attempt": msg.attempts,
         "version": msg.version,
-        "at": change.at.isoformat(),
-        "created_at": _iso(msg.created_at),
-        "sent_at": _iso(msg.sent_at),
+        "at": change.at,
+        "created_at": msg.created_at,
+        "sent_at": msg.sent_at,
     }
-    out = [Change(ChangeKind.MESSAGE_STATE_CHANGED, msg.instance_id, change.at, payload, msg.id)]
+    kind = ChangeKind.MESSAGE_STATE_CHANGED
     if change.to_state == MessageState.FAILED:
-        failed = {**payload, "failure_reason": msg.failure_reason, "failure_detail": msg.failure_detail}
-        out.append(Change(ChangeKind.MESSAGE_FAILED, msg.instance_id, change.at, failed, msg.id))
-    return out
+        kind = ChangeKind.MESSAGE_FAILED
+        payload["failure_reason"] = msg.failure_reason
+        payload["failure_detail"] = msg.failure_detail
+    return [Change(kind, msg.instance_id, change.at, payload, msg.id)]
 
 
 def message_stuck(msg: MessageFacts, at: datetime, state: str = MessageState.SENT.value) -> Change:
@@ -179,8 +177,8 @@ def message_stuck(msg: MessageFacts, at: datetime, state: str = MessageState.SEN
         "provider_message_id": msg.provider_message_id,
         "attempt": msg.attempts,
         "version": msg.version,
-        "sent_at": _iso(msg.sent_at),
-        "stuck_at": at.isoformat(),
+        "sent_at": msg.sent_at,
+        "stuck_at": at,
     }
     return Change(ChangeKind.MESSAGE_STUCK, msg.instance_id, at, payload, msg.id)
 
@@ -203,7 +201,7 @@ def instance_health_changed(
         "reason": reason,
         "phone": phone,
         "source": source,
-        "at": at.isoformat(),
+        "at": at,
     }
     return Change(ChangeKind.INSTANCE_HEALTH_CHANGED, instance_id, at, payload)
 
@@ -228,8 +226,8 @@ def provider_message(
         "provider_message_id": provider_message_id,
         "chat_id": chat_id,
         "phone": phone,
-        "moment": _iso(moment),
-        "received_at": received_at.isoformat(),
+        "moment": moment,
+        "received_at": received_at,
         "body": body,
     }
     return Change(kind, instance_id, moment or received_at, payload)

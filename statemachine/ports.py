@@ -3,10 +3,28 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 from statemachine.changes import ChangeCursor, ChangeKind, ChangePage
-from statemachine.domain import ActionOutcome, Credentials, OutboundMessage, ProbeOutcome, SendOutcome, WebhookLogPage
+from statemachine.domain import (
+    ActionOutcome,
+    Credentials,
+    InstanceRecord,
+    InstanceState,
+    MessageRecord,
+    MessageState,
+    OutboundMessage,
+    Plan,
+    ProbeOutcome,
+    Reason,
+    SendOutcome,
+    StateChange,
+    WebhookLogPage,
+)
+from statemachine.events import ProviderEvent, Route
+from statemachine.machines import InstanceDecision, InstanceTrigger
 
 
 class Provider(Protocol):
@@ -72,3 +90,115 @@ class ChangeLog(Protocol):
     async def oldest_change_cursor(self) -> ChangeCursor:
         """Just before the oldest change still kept; a cursor below it has lost pruned rows."""
         ...
+
+
+# --- the store -------------------------------------------------------------------------------
+
+
+class ConcurrentUpdateError(RuntimeError):
+    """A compare-and-set lost its race; the caller may re-read and retry."""
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceChange:
+    """An instance trigger as stored: the row after it and the machine's decision."""
+
+    instance: InstanceRecord
+    decision: InstanceDecision
+    source: str
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class MessageChange:
+    message_id: str
+    change: StateChange
+    # The send attempt's span, for a span link from the webhook that caused this change.
+    trace_id: str = ""
+    span_id: str = ""
+    sent_at: datetime | None = None
+
+
+@dataclass(slots=True)
+class IngestResult:
+    event_id: str
+    route: Route
+    reason: str
+    instance_id: str | None
+    duplicate: bool = False
+    instance_changes: list[InstanceChange] = field(default_factory=list)
+    message_changes: list[MessageChange] = field(default_factory=list)
+
+
+class Store(ChangeLog, Protocol):
+    """Persistence as the core sees it. Every write stores a decision of the machines in
+    `statemachine.machines` with compare-and-set (and its change-log entries, in the same
+    transaction); nothing here decides a transition on its own."""
+
+    async def ping(self) -> None: ...
+    async def aclose(self) -> None: ...
+
+    # instances
+    async def upsert_instance(
+        self, instance_id: str, name: str, token: str | None, plan: Plan
+    ) -> tuple[InstanceRecord, bool]: ...
+    async def get_instance(self, instance_id: str) -> tuple[InstanceRecord, str] | None: ...
+    async def delete_instance(self, instance_id: str) -> bool: ...
+    async def list_instances(self, states: Sequence[InstanceState] = ()) -> list[InstanceRecord]: ...
+    async def list_credentials(self) -> list[tuple[str, str]]: ...
+    async def stuck_counts(self, instance_ids: Sequence[str] | None = None) -> dict[str, int]: ...
+    async def apply_instance_trigger(
+        self,
+        instance_id: str,
+        trigger: InstanceTrigger,
+        *,
+        source: str,
+        new_phone: str | None = None,
+        checked_at: datetime | None = None,
+        event_at: datetime | None = None,
+    ) -> InstanceChange | None: ...
+    async def count_gateway_failure(self, instance_id: str, *, failed: bool) -> int: ...
+    async def touch_instances(self, last_event: dict[str, datetime]) -> None: ...
+    async def instance_changes_since(self, after_id: int, limit: int = 500) -> list[tuple[int, str, StateChange]]: ...
+    async def last_instance_change_id(self) -> int: ...
+    async def instance_history(self, instance_id: str, limit: int = 50) -> list[StateChange]: ...
+
+    # messages
+    async def insert_message(self, msg: MessageRecord) -> tuple[MessageRecord, bool]: ...
+    async def get_message(self, message_id: str) -> MessageRecord | None: ...
+    async def record_sent(
+        self, msg: MessageRecord, provider_message_id: str, *, source: str
+    ) -> MessageRecord | None: ...
+    async def record_send_outcome(
+        self,
+        message_id: str,
+        *,
+        provider_message_id: str | None,
+        failure: Reason | None,
+        detail: str,
+        source: str,
+        queue_id: str | None = None,
+    ) -> tuple[MessageRecord, list[MessageChange]]: ...
+    async def reset_for_retry(
+        self, message_id: str, *, source: str, trace_ids: tuple[str, str] = ("", "")
+    ) -> MessageRecord: ...
+    async def apply_parked(self, provider_message_id: str | None = None) -> int: ...
+    async def list_messages(
+        self,
+        *,
+        instance_id: str = "",
+        states: Sequence[MessageState] = (),
+        stuck_only: bool = False,
+        page_size: int = 50,
+        page_token: str = "",
+    ) -> tuple[list[MessageRecord], str]: ...
+
+    # webhooks
+    async def ingest(
+        self, event: ProviderEvent, payload: bytes, headers: dict[str, str], received_at: datetime
+    ) -> IngestResult: ...
+
+    # sweeps
+    async def mark_stuck(self, cutoff: datetime, *, limit: int = 500) -> list[MessageRecord]: ...
+    async def reconcile_pending(self, cutoff: datetime, *, limit: int = 200) -> list[MessageRecord]: ...
+    async def stall_if_stuck_run(self, instance_id: str, threshold: int) -> InstanceChange | None: ...

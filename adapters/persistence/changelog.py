@@ -12,11 +12,12 @@ time, so `seq` is commit order and `xid` is 0.
 from __future__ import annotations
 
 import json
-import uuid
+import os
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -33,19 +34,37 @@ ROW_COLUMNS = ("event_id", "kind", "instance_id", "message_id", "occurred_at", "
 
 
 def new_event_id() -> str:
-    return f"evt_{uuid.uuid4().hex}"
+    """128 random bits, like a UUID4 (a fifth of uuid4()'s cost: this runs on every write)."""
+    return "evt_" + os.urandom(16).hex()
 
 
 def change_row(change: Change) -> dict[str, Any]:
-    """The one row format of the table, for every write path."""
+    """The one row format of the table, for every write path. orjson writes aware datetimes as
+    ISO 8601 (`2026-12-01T12:00:00.123456+00:00`, what isoformat() gives) at a tenth of the
+    stdlib encoder's cost."""
     return {
         "event_id": new_event_id(),
         "kind": change.kind.value,
         "instance_id": change.instance_id,
         "message_id": change.message_id,
         "occurred_at": change.occurred_at,
-        "payload": json.dumps(change.payload, separators=(",", ":"), ensure_ascii=False),
+        "payload": _json(change.payload),
     }
+
+
+def _json(payload: Any) -> str:
+    try:
+        return orjson.dumps(payload).decode()
+    except orjson.JSONEncodeError:
+        # A webhook body may hold what orjson refuses (integers beyond 64 bits): the stdlib
+        # writes it (datetimes as isoformat, the same text).
+        return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, default=_isoformat)
+
+
+def _isoformat(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(type(value).__name__)
 
 
 def as_columns(rows: Sequence[dict[str, Any]]) -> list[list[Any]]:

@@ -39,20 +39,43 @@ def _log_insert(first: int, written: str) -> str:
   ORDER BY l.ord"""  # noqa: S608
 
 
+# The messages row as the fast lane binds it: one array per column, in this order (the
+# repository builds its arrays from these names, so the two cannot drift apart).
+MESSAGE_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("id", "text"),
+    ("instance_id", "text"),
+    ("idempotency_key", "text"),
+    ("request_hash", "text"),
+    ("recipient", "text"),
+    ("kind", "text"),
+    ("content", "text"),
+    ("state", "text"),
+    ("failure_reason", "text"),
+    ("failure_detail", "text"),
+    ("provider_message_id", "text"),
+    ("attempts", "int"),
+    ("history", "text"),
+    ("created_at", "timestamptz"),
+    ("updated_at", "timestamptz"),
+    ("sent_at", "timestamptz"),
+    ("stuck_at", "timestamptz"),
+    ("trace_id", "text"),
+    ("span_id", "text"),
+    ("version", "int"),
+    ("queue_id", "text"),
+)
+_NAMES = ", ".join(name for name, _ in MESSAGE_COLUMNS)
+_ARRAYS = ", ".join(f"${n}::{kind}[]" for n, (_, kind) in enumerate(MESSAGE_COLUMNS, start=1))
+
 INSERT_MESSAGES = f"""
 WITH ins AS (
-  INSERT INTO messages (id, instance_id, idempotency_key, request_hash, recipient, kind, content, state,
-                        failure_reason, failure_detail, provider_message_id, attempts, history,
-                        created_at, updated_at, sent_at, stuck_at, trace_id, span_id, version)
-  SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-                       $8::text[], $9::text[], $10::text[], $11::text[], $12::int[], $13::text[],
-                       $14::timestamptz[], $15::timestamptz[], $16::timestamptz[], $17::timestamptz[],
-                       $18::text[], $19::text[], $20::int[])
+  INSERT INTO messages ({_NAMES})
+  SELECT * FROM unnest({_ARRAYS})
   ORDER BY 2, 3
   ON CONFLICT (instance_id, idempotency_key) DO NOTHING
   RETURNING id
 ),
-log AS ({_log_insert(21, "ins")})
+log AS ({_log_insert(len(MESSAGE_COLUMNS) + 1, "ins")})
 SELECT id FROM ins
 """  # noqa: S608 - composed at import from constants
 

@@ -13,7 +13,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
@@ -45,37 +45,28 @@ from statemachine.domain import (
     StateChange,
 )
 from statemachine.events import EventReason, ProviderEvent, Route
-from statemachine.machines import MESSAGE_RANK, InstanceDecision, decide_instance, decide_status
+from statemachine.machines import (
+    MESSAGE_RANK,
+    STATUS_FAILED_DETAIL,
+    InstanceTrigger,
+    MessageTrigger,
+    apply_status,
+    decide_instance,
+    lifts_stall,
+    outcome_unknown,
+    send_outcome,
+    status_change,
+    stuck_run_stalls,
+    transition_message,
+)
+from statemachine.ports import ConcurrentUpdateError, IngestResult, InstanceChange, MessageChange
 
 # Handed to W-API and not delivered: both can get stuck (a queued message may never leave the queue).
 STUCK_STATES = (MessageState.SENT.value, MessageState.QUEUED.value)
-DELIVERED_OR_LATER = frozenset({MessageState.DELIVERED, MessageState.READ, MessageState.PLAYED})
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-class ConcurrentUpdateError(RuntimeError):
-    """A compare-and-set lost its race; the caller may re-read and retry."""
-
-
-@dataclass(frozen=True, slots=True)
-class InstanceChange:
-    instance: InstanceRecord
-    decision: InstanceDecision
-    source: str
-    at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class MessageChange:
-    message_id: str
-    change: StateChange
-    # The send attempt's span, for a span link from the webhook that caused this change.
-    trace_id: str = ""
-    span_id: str = ""
-    sent_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,17 +83,6 @@ class _StatusFacts:
     sent_at: datetime | None
     failure_reason: str
     failure_detail: str
-
-
-@dataclass(slots=True)
-class IngestResult:
-    event_id: str
-    route: Route
-    reason: str
-    instance_id: str | None
-    duplicate: bool = False
-    instance_changes: list[InstanceChange] = field(default_factory=list)
-    message_changes: list[MessageChange] = field(default_factory=list)
 
 
 # --- row mapping -----------------------------------------------------------------------------
@@ -132,18 +112,6 @@ def _history_from_json(text: str) -> list[StateChange]:
         StateChange(h["from"], h["to"], h["reason"], h["source"], datetime.fromisoformat(h["at"]), h["applied"])
         for h in json.loads(text)
     ]
-
-
-STATUS_FAILED_DETAIL = "provider reported status failed"
-
-
-def _status_change(current: MessageState, status: MessageState, source: str, at: datetime) -> StateChange:
-    """The history entry a provider status makes: a transition, or a stale status kept with
-    applied=False (the machine decides; both write paths store what this returns)."""
-    decision = decide_status(current, status)
-    if decision.applied and decision.to_state is not decision.from_state:
-        return StateChange(decision.from_state, decision.to_state, Reason.WEBHOOK_STATUS, source, at)
-    return StateChange(current, status, Reason.STALE_STATUS, source, at, applied=False)
 
 
 def _message(row: Row[Any]) -> MessageRecord:
@@ -210,29 +178,7 @@ def _message_log_rows(before: MessageRecord | None, after: MessageRecord) -> lis
     ]
 
 
-# Column order of pg_fast.INSERT_MESSAGES.
-_MESSAGE_COLUMNS = (
-    "id",
-    "instance_id",
-    "idempotency_key",
-    "request_hash",
-    "recipient",
-    "kind",
-    "content",
-    "state",
-    "failure_reason",
-    "failure_detail",
-    "provider_message_id",
-    "attempts",
-    "history",
-    "created_at",
-    "updated_at",
-    "sent_at",
-    "stuck_at",
-    "trace_id",
-    "span_id",
-    "version",
-)
+_MESSAGE_COLUMNS = tuple(name for name, _ in pg_fast.MESSAGE_COLUMNS)
 
 
 def _instance(row: Row[Any] | Any) -> InstanceRecord:
@@ -444,7 +390,7 @@ class Repository:
     async def apply_instance_trigger(
         self,
         instance_id: str,
-        trigger: str,
+        trigger: InstanceTrigger,
         *,
         source: str,
         new_phone: str | None = None,
@@ -464,7 +410,7 @@ class Repository:
         self,
         conn: AsyncConnection,
         instance_id: str,
-        trigger: str,
+        trigger: InstanceTrigger,
         source: str,
         new_phone: str | None,
         checked_at: datetime | None,
@@ -732,23 +678,17 @@ class Repository:
         None when the row moved meanwhile (a reconciler, another replica): then the caller takes
         the locked path. A status that beat this commit is applied right after (parked events).
         """
-        now = utcnow()
-        change = StateChange(MessageState.PENDING, MessageState.SENT, Reason.PROVIDER_ACCEPTED, source, now)
-        after = replace(
-            msg,
-            history=[*msg.history, change],
-            state=MessageState.SENT,
-            provider_message_id=provider_message_id,
-            sent_at=now,
-            updated_at=now,
-            version=msg.version + 1,
+        after = send_outcome(
+            msg, provider_message_id=provider_message_id, failure=None, detail="", source=source, at=utcnow()
         )
+        if after is None or after.state is not MessageState.SENT:
+            return None
         params = {
             "b_id": msg.id,
             "b_version": msg.version,
-            "provider_message_id": provider_message_id,
-            "sent_at": now,
-            "updated_at": now,
+            "provider_message_id": after.provider_message_id,
+            "sent_at": after.sent_at,
+            "updated_at": after.updated_at,
             "history": _history_to_json(after.history),
             "version": after.version,
             "iid": msg.instance_id,
@@ -817,10 +757,9 @@ class Repository:
                 msg = await self._locked_message(conn, message_id)
                 if msg is None:
                     continue
-                before = replace(msg, history=list(msg.history))
-                changes = await self._apply_parked(conn, msg)
+                after, changes = await self._apply_parked(conn, msg)
                 if changes:
-                    await self._save_message(conn, before, msg)
+                    await self._save_message(conn, msg, after)
                     applied += len(changes)
         return applied
 
@@ -843,38 +782,28 @@ class Repository:
             msg = await self._locked_message(conn, message_id)
             if msg is None:
                 raise LookupError(message_id)
-            if msg.state is not MessageState.PENDING:
+            after = send_outcome(
+                msg,
+                provider_message_id=provider_message_id,
+                failure=failure,
+                detail=detail,
+                source=source,
+                at=utcnow(),
+                queue_id=queue_id,
+            )
+            if after is None:
                 return msg, []  # a reconciler got there first; its verdict stands
-            now = utcnow()
-            before = replace(msg, history=list(msg.history))
-            if failure is None and provider_message_id:
-                msg.state = MessageState.SENT
-                msg.provider_message_id = provider_message_id
-                msg.sent_at = now
-                change = StateChange(MessageState.PENDING, MessageState.SENT, Reason.PROVIDER_ACCEPTED, source, now)
-            elif failure is None and queue_id:
-                # Queued is not sent: no provider id; sent_at is when W-API took it, so a message
-                # that never leaves the queue becomes stuck like a SENT one.
-                msg.state = MessageState.QUEUED
-                msg.queue_id = queue_id[:128]
-                msg.sent_at = now
-                msg.failure_detail = detail[:1000]
-                change = StateChange(MessageState.PENDING, MessageState.QUEUED, Reason.PROVIDER_QUEUED, source, now)
-            else:
-                reason = failure or Reason.PROVIDER_NO_MESSAGE_ID
-                msg.state = MessageState.FAILED
-                msg.failure_reason = reason.value
-                msg.failure_detail = detail[:1000]
-                change = StateChange(MessageState.PENDING, MessageState.FAILED, reason, source, now)
-            msg.history.append(change)
-            msg.updated_at = now
-            changes = [MessageChange(msg.id, change, msg.trace_id, msg.span_id, msg.sent_at)]
-            if msg.state is MessageState.SENT:
-                changes += await self._apply_parked(conn, msg)
-            await self._save_message(conn, before, msg)
-            return msg, changes
+            changes = [MessageChange(after.id, after.history[-1], after.trace_id, after.span_id, after.sent_at)]
+            if after.state is MessageState.SENT:
+                after, late = await self._apply_parked(conn, after)
+                changes += late
+            await self._save_message(conn, msg, after)
+            return after, changes
 
-    async def _apply_parked(self, conn: AsyncConnection, msg: MessageRecord) -> list[MessageChange]:
+    async def _apply_parked(
+        self, conn: AsyncConnection, msg: MessageRecord
+    ) -> tuple[MessageRecord, list[MessageChange]]:
+        """Parked statuses of `msg`, applied in rank order: the message after them, and the changes."""
         rows = (
             await conn.execute(
                 select(events.c.id, events.c.status, events.c.received_at).where(
@@ -885,56 +814,38 @@ class Repository:
             )
         ).all()
         if not rows:
-            return []
+            return msg, []
         out: list[MessageChange] = []
         for row in sorted(rows, key=lambda r: (MESSAGE_RANK.get(MessageState(r.status), 9), r.received_at)):
-            change = self._apply_status(msg, MessageState(row.status), "webhook", row.received_at)
-            out.append(MessageChange(msg.id, change, msg.trace_id, msg.span_id, msg.sent_at))
+            msg = apply_status(msg, MessageState(row.status), source="webhook", at=row.received_at, now=utcnow())
+            out.append(MessageChange(msg.id, msg.history[-1], msg.trace_id, msg.span_id, msg.sent_at))
         await conn.execute(
             update(events)
             .where(events.c.id.in_([r.id for r in rows]))
             .values(parked=False, reason=EventReason.APPLIED.value + ":LATE")
         )
-        return out
-
-    @staticmethod
-    def _apply_status(msg: MessageRecord, status: MessageState, source: str, at: datetime) -> StateChange:
-        change = _status_change(msg.state, status, source, at)
-        if change.applied:
-            msg.state = MessageState(change.to_state)
-            if msg.state is MessageState.FAILED:
-                msg.failure_reason = Reason.PROVIDER_ERROR.value
-                msg.failure_detail = STATUS_FAILED_DETAIL
-        msg.history.append(change)
-        msg.updated_at = utcnow()
-        return change
+        return msg, out
 
     async def reset_for_retry(
         self, message_id: str, *, source: str, trace_ids: tuple[str, str] = ("", "")
     ) -> MessageRecord:
         """FAILED → PENDING, attempts + 1. Raises LookupError / ValueError (not retryable)."""
-        from statemachine.machines import decide_message
-
         async with self.transaction() as conn:
             msg = await self._locked_message(conn, message_id)
             if msg is None:
                 raise LookupError(message_id)
-            decision = decide_message(msg.state, "retry")
-            if not decision.applied:
+            after = transition_message(
+                msg,
+                MessageTrigger.RETRY,
+                reason=Reason.RETRY_REQUESTED,
+                source=source,
+                at=utcnow(),
+                trace_ids=trace_ids,
+            )
+            if after is None:
                 raise ValueError(msg.state.value)
-            before = replace(msg, history=list(msg.history))
-            now = utcnow()
-            msg.history.append(StateChange(msg.state, MessageState.PENDING, Reason.RETRY_REQUESTED, source, now))
-            msg.state = MessageState.PENDING
-            msg.attempts += 1
-            msg.failure_reason = ""
-            msg.failure_detail = ""
-            msg.provider_message_id = None
-            msg.updated_at = now
-            if trace_ids[0]:
-                msg.trace_id, msg.span_id = trace_ids
-            await self._save_message(conn, before, msg)
-            return msg
+            await self._save_message(conn, msg, after)
+            return after
 
     async def list_messages(
         self,
@@ -1006,23 +917,9 @@ class Repository:
                             received_at=received_at,
                         )
                     )
-                inserted = await conn.execute(
-                    self._insert_event,
-                    {
-                        "id": event_id,
-                        "dedupe_key": event.dedupe_key,
-                        "received_at": received_at,
-                        "route": event.route.value,
-                        "reason": str(result.reason)[:96],
-                        "instance_id": event.instance_id,
-                        "provider_message_id": event.provider_message_id,
-                        "status": event.status.value if event.status else None,
-                        "parked": parked,
-                        "payload": payload,
-                        "headers": json.dumps(headers, sort_keys=True),
-                        "duplicates": 0,
-                    },
-                )
+                row = _event_row(event, event_id, result.reason, received_at, payload, headers)
+                row["parked"] = parked
+                inserted = await conn.execute(self._insert_event, row)
                 if inserted.rowcount != 1:
                     raise _Duplicate
         except _Duplicate:
@@ -1059,6 +956,7 @@ class Repository:
             return await self._ingest_statuses_pg(items)
         results = [IngestResult(str(uuid.uuid4()), event.route, event.reason, event.instance_id) for event, *_ in items]
         duplicates: set[int] = set()
+        slow: list[int] = []
         async with self.transaction() as conn:
             pids = sorted({str(event.provider_message_id) for event, *_ in items})
             rows = (
@@ -1070,74 +968,69 @@ class Repository:
                     .with_for_update(of=messages)
                 )
             ).all()
-            found: dict[tuple[str | None, str | None], tuple[MessageRecord, str]] = {
-                (r.instance_id, r.provider_message_id): (_message(r), r.instance_reason) for r in rows
-            }
-            originals = {key: replace(msg, history=list(msg.history)) for key, (msg, _) in found.items()}
-            event_rows: list[dict[str, Any]] = []
-            for (event, payload, headers, received_at), result in zip(items, results, strict=True):
-                known = (event.instance_id, event.provider_message_id) in found
+            found: dict[tuple[str | None, str | None], MessageRecord] = {}
+            stalled: set[tuple[str | None, str | None]] = set()
+            for r in rows:
+                key = (r.instance_id, r.provider_message_id)
+                found[key] = _message(r)
+                if r.instance_reason == Reason.DELIVERY_STALLED:
+                    stalled.add(key)  # a delivery may lift the stall: the one-event path decides
+            current = dict(found)
+            event_rows: dict[int, dict[str, Any]] = {}
+            for index, ((event, payload, headers, received_at), result) in enumerate(zip(items, results, strict=True)):
+                key = (event.instance_id, event.provider_message_id)
+                if key in stalled:
+                    slow.append(index)
+                    continue
+                known = key in found
                 if not known:
                     result.reason = EventReason.UNKNOWN_MESSAGE
-                event_rows.append(
-                    {
-                        "id": result.event_id,
-                        "dedupe_key": event.dedupe_key,
-                        "received_at": received_at,
-                        "route": event.route.value,
-                        "reason": str(result.reason)[:96],
-                        "instance_id": event.instance_id,
-                        "provider_message_id": event.provider_message_id,
-                        "status": event.status.value if event.status else None,
-                        "parked": not known,
-                        "payload": payload,
-                        "headers": json.dumps(headers, sort_keys=True),
-                        "duplicates": 0,
-                    }
-                )
-            ordered = sorted(event_rows, key=lambda r: str(r["dedupe_key"]))
-            inserted = {r.id for r in await conn.execute(self._insert_event_returning, ordered)}
-            changed: dict[str, tuple[MessageRecord, MessageRecord]] = {}
+                event_rows[index] = _event_row(event, result.event_id, result.reason, received_at, payload, headers)
+                event_rows[index]["parked"] = not known
+            ordered = sorted(event_rows.values(), key=lambda r: str(r["dedupe_key"]))
+            inserted = {r.id for r in await conn.execute(self._insert_event_returning, ordered)} if ordered else set()
             for index, ((event, _payload, _headers, received_at), result) in enumerate(
                 zip(items, results, strict=True)
             ):
+                if index not in event_rows:
+                    continue
                 if result.event_id not in inserted:
                     duplicates.add(index)
                     continue
                 key = (event.instance_id, event.provider_message_id)
                 if key not in found or event.status is None:
                     continue
-                msg, instance_reason = found[key]
-                change = self._apply_status(msg, event.status, "webhook", event.moment or received_at)
-                changed[msg.id] = (originals[key], msg)
-                result.message_changes.append(MessageChange(msg.id, change, msg.trace_id, msg.span_id, msg.sent_at))
+                after = apply_status(
+                    current[key], event.status, source="webhook", at=event.moment or received_at, now=utcnow()
+                )
+                current[key] = after
+                change = after.history[-1]
+                result.message_changes.append(
+                    MessageChange(after.id, change, after.trace_id, after.span_id, after.sent_at)
+                )
                 result.reason = EventReason.APPLIED if change.applied else EventReason.STALE_STATUS
-                if change.applied and msg.state in DELIVERED_OR_LATER and instance_reason == Reason.DELIVERY_STALLED:
-                    resumed = await self._apply_instance_trigger(
-                        conn, msg.instance_id, "report_delivery_resumed", "webhook", None, None, None
-                    )
-                    found[key] = (msg, "")
-                    if resumed is not None and resumed.decision.changed:
-                        result.instance_changes.append(resumed)
-            if changed:
+            moved = [(found[key], current[key]) for key in found if current[key] is not found[key]]
+            if moved:
                 # Rows are locked (Postgres) or the writer is alone (SQLite): the version check
                 # cannot fail here, so one executemany serves the whole batch.
                 await conn.execute(
-                    self._update_message, [self._update_params(before, after) for before, after in changed.values()]
+                    self._update_message, [self._update_params(before, after) for before, after in moved]
                 )
-                for before, after in changed.values():
+                for before, after in moved:
                     after.version = before.version + 1
                 await changelog.append_rows(
-                    conn, [row for before, after in changed.values() for row in _message_log_rows(before, after)]
+                    conn, [row for before, after in moved for row in _message_log_rows(before, after)]
                 )
             # Reasons decided after the insert (applied / stale) are stored with their events.
             final = [
-                {"b_event_id": r.event_id, "reason": str(r.reason)[:96]}
-                for i, r in enumerate(results)
-                if i not in duplicates and str(r.reason)[:96] != event_rows[i]["reason"]
+                {"b_event_id": results[i].event_id, "reason": str(results[i].reason)[:96]}
+                for i, row in event_rows.items()
+                if i not in duplicates and str(results[i].reason)[:96] != row["reason"]
             ]
             if final:
                 await conn.execute(self._set_event_reason, final)
+        for index in slow:
+            results[index] = await self._ingest_one(*items[index])
         for index in sorted(duplicates):
             results[index] = await self._count_duplicate(items[index][0], results[index].event_id)
         return results
@@ -1211,7 +1104,7 @@ class Repository:
             else:
                 message_id = row["id"]
                 current = MessageState(row["state"])
-                change = _status_change(current, event.status, "webhook", event.moment or received_at)
+                change = status_change(current, event.status, "webhook", event.moment or received_at)
                 new_state = MessageState(change.to_state) if change.applied else current
                 result.reason = EventReason.APPLIED if change.applied else EventReason.STALE_STATUS
                 changes[index] = MessageChange(message_id, change, row["trace_id"], row["span_id"], row["sent_at"])
@@ -1247,25 +1140,10 @@ class Repository:
                     strict=True,
                 ):
                     column.append(value)
-            for column, value in zip(
-                ev,
-                (
-                    result.event_id,
-                    event.dedupe_key,
-                    received_at,
-                    event.route.value,
-                    str(result.reason)[:96],
-                    event.instance_id,
-                    event.provider_message_id,
-                    event.status.value if event.status else None,
-                    message_id is None,
-                    payload,
-                    json.dumps(headers, sort_keys=True),
-                    message_id,
-                ),
-                strict=True,
-            ):
-                column.append(value)
+            row = _event_row(event, result.event_id, result.reason, received_at, payload, headers)
+            row.update(parked=message_id is None, message_id=message_id)
+            for column, name in zip(ev, _EVENT_COLUMNS, strict=True):
+                column.append(row[name])
         if not ev[0]:
             return []
         async with self._status_lease.driver(pg_fast.APPLY_STATUSES) as driver:
@@ -1303,7 +1181,7 @@ class Repository:
         if event.instance_id is None or event.route is Route.UNROUTABLE:
             return False
         if event.route in (Route.CONNECTION, Route.DISCONNECTION):
-            trigger = "report_reconnected" if event.connected else "report_disconnected"
+            trigger = InstanceTrigger.REPORT_RECONNECTED if event.connected else InstanceTrigger.REPORT_DISCONNECTED
             instance_change = await self._apply_instance_trigger(
                 conn, event.instance_id, trigger, "webhook", event.phone, None, received_at
             )
@@ -1326,15 +1204,16 @@ class Repository:
             result.reason = EventReason.UNKNOWN_MESSAGE
             return True
         msg = _message(row)
-        before = replace(msg, history=list(msg.history))
-        change = self._apply_status(msg, event.status, "webhook", event.moment or received_at)
-        await self._save_message(conn, before, msg)
-        result.message_changes.append(MessageChange(msg.id, change, msg.trace_id, msg.span_id, msg.sent_at))
+        after = apply_status(msg, event.status, source="webhook", at=event.moment or received_at, now=utcnow())
+        change = after.history[-1]
+        await self._save_message(conn, msg, after)
+        result.message_changes.append(MessageChange(after.id, change, after.trace_id, after.span_id, after.sent_at))
         result.reason = EventReason.APPLIED if change.applied else EventReason.STALE_STATUS
-        if change.applied and msg.state in DELIVERED_OR_LATER and row.instance_reason == Reason.DELIVERY_STALLED:
-            # The session delivers again: lift the stall (the run of stuck messages is broken).
+        if lifts_stall(change, row.instance_reason):
+            # The one place a stall is lifted by a delivery; every batch lane sends statuses of
+            # stalled instances here.
             resumed = await self._apply_instance_trigger(
-                conn, msg.instance_id, "report_delivery_resumed", "webhook", None, None, None
+                conn, after.instance_id, InstanceTrigger.REPORT_DELIVERY_RESUMED, "webhook", None, None, None
             )
             if resumed is not None and resumed.decision.changed:
                 result.instance_changes.append(resumed)
@@ -1411,16 +1290,10 @@ class Repository:
             now = utcnow()
             for row in rows:
                 msg = _message(row)
-                before = replace(msg, history=list(msg.history))
-                msg.state = MessageState.FAILED
-                msg.failure_reason = Reason.OUTCOME_UNKNOWN.value
-                msg.failure_detail = "no provider answer was recorded (process stopped mid-send); check the recipient"
-                msg.history.append(
-                    StateChange(MessageState.PENDING, MessageState.FAILED, Reason.OUTCOME_UNKNOWN, "reconciler", now)
-                )
-                msg.updated_at = now
-                await self._save_message(conn, before, msg)
-                out.append(msg)
+                after = outcome_unknown(msg, at=now)
+                if after is not None:
+                    await self._save_message(conn, msg, after)
+                    out.append(after)
         return out
 
     async def stall_if_stuck_run(self, instance_id: str, threshold: int) -> InstanceChange | None:
@@ -1445,12 +1318,50 @@ class Repository:
             )
             if last_delivery is not None:
                 run = run.where(messages.c.sent_at > last_delivery)
-            if int((await conn.execute(run)).scalar_one()) < threshold:
+            if not stuck_run_stalls(int((await conn.execute(run)).scalar_one()), threshold):
                 return None
+            # The one place a stall is set.
             change = await self._apply_instance_trigger(
-                conn, instance_id, "report_delivery_stalled", "sweeper", None, None, None
+                conn, instance_id, InstanceTrigger.REPORT_DELIVERY_STALLED, "sweeper", None, None, None
             )
             return change if change is not None and change.decision.changed else None
+
+
+def _event_row(
+    event: ProviderEvent, event_id: str, reason: str, received_at: datetime, payload: bytes, headers: dict[str, str]
+) -> dict[str, Any]:
+    """The one row format of `events` (not parked; the caller says when it is)."""
+    return {
+        "id": event_id,
+        "dedupe_key": event.dedupe_key,
+        "received_at": received_at,
+        "route": event.route.value,
+        "reason": str(reason)[:96],
+        "instance_id": event.instance_id,
+        "provider_message_id": event.provider_message_id,
+        "status": event.status.value if event.status else None,
+        "parked": False,
+        "payload": payload,
+        "headers": json.dumps(headers, sort_keys=True),
+        "duplicates": 0,
+    }
+
+
+# Column order of pg_fast.APPLY_STATUSES' event arrays.
+_EVENT_COLUMNS = (
+    "id",
+    "dedupe_key",
+    "received_at",
+    "route",
+    "reason",
+    "instance_id",
+    "provider_message_id",
+    "status",
+    "parked",
+    "payload",
+    "headers",
+    "message_id",
+)
 
 
 def _inbound_change(

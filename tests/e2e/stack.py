@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import grpc
 from sqlalchemy import Table, select
 
+from adapters.persistence.repository import Repository
 from adapters.persistence.schema import events
 from adapters.simulator import Simulator
 from services.api.wapiguard.v1 import (
@@ -240,7 +241,9 @@ class Stack:
     # --- database ----------------------------------------------------------------------------
 
     async def rows(self, table: Table, *where: Any) -> list[dict[str, Any]]:
-        async with self.app.gateway.repo.engine.connect() as conn:
+        repo = self.app.gateway.repo
+        assert isinstance(repo, Repository)
+        async with repo.engine.connect() as conn:
             result = await conn.execute(select(table).where(*where))
             return [dict(r._mapping) for r in result]
 

@@ -105,3 +105,14 @@ def test_fast_counter_exports_cumulative_totals_per_attribute_set() -> None:
     }
     counter.add(1, {"outcome": "sent", "reason": ""})
     assert totals()[(("outcome", "sent"), ("reason", ""))] == 2
+
+
+def test_the_fast_lane_binds_every_messages_column_once_by_name() -> None:
+    from adapters.persistence import pg_fast
+    from adapters.persistence.repository import _message_values
+    from adapters.persistence.schema import messages
+    from tests.records import message_record
+
+    names = [name for name, _ in pg_fast.MESSAGE_COLUMNS]
+    assert sorted(names) == sorted(c.name for c in messages.c)
+    assert sorted(_message_values(message_record(id="m")).keys()) == sorted(names)

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from statemachine.domain import InstanceState, ProbeOutcome, Reason
-from statemachine.machines import InstanceDecision, decide_instance, probe_trigger
+from statemachine.machines import InstanceDecision, InstanceTrigger, decide_instance, probe_trigger
 
 IS = InstanceState
 OLD = "5511999990000"
@@ -46,7 +46,7 @@ NOT_STALLED = [s for s in STARTS if s is not STALLED]
 
 
 def run(start: Start, trigger: str, new_phone: str | None = None) -> InstanceDecision:
-    return decide_instance(start.state, start.reason, start.phone, trigger, new_phone=new_phone)
+    return decide_instance(start.state, start.reason, start.phone, InstanceTrigger(trigger), new_phone=new_phone)
 
 
 def assert_refused(start: Start, decision: InstanceDecision) -> None:
@@ -86,7 +86,7 @@ def test_report_connected_without_phone_is_session_incomplete_from_every_state(
 
 def test_report_connected_without_phone_defaults_to_no_phone() -> None:
     """Calling without new_phone at all is the same as a provider answer without a phone."""
-    d = decide_instance(IS.CONNECTED, Reason.PHONE_CONFIRMED, OLD, "report_connected")
+    d = decide_instance(IS.CONNECTED, Reason.PHONE_CONFIRMED, OLD, InstanceTrigger("report_connected"))
     assert (d.to_state, d.reason, d.phone) == (IS.SESSION_INCOMPLETE, Reason.SESSION_INCOMPLETE, None)
 
 
@@ -195,16 +195,16 @@ def test_report_delivery_resumed_only_from_a_delivery_stall(start: Start) -> Non
 
 
 def test_stall_then_resume_round_trip() -> None:
-    a = decide_instance(IS.CONNECTED, Reason.PHONE_CONFIRMED, OLD, "report_delivery_stalled")
-    b = decide_instance(a.to_state, a.reason, a.phone, "report_delivery_resumed")
+    a = decide_instance(IS.CONNECTED, Reason.PHONE_CONFIRMED, OLD, InstanceTrigger("report_delivery_stalled"))
+    b = decide_instance(a.to_state, a.reason, a.phone, InstanceTrigger("report_delivery_resumed"))
     assert (a.to_state, a.reason) == (IS.DEGRADED, Reason.DELIVERY_STALLED)
     assert (b.to_state, b.reason, b.phone) == (IS.CONNECTED, Reason.PHONE_CONFIRMED, OLD)
 
 
 def test_delivery_stall_survives_a_gateway_blip_followed_by_a_healthy_probe() -> None:
-    a = decide_instance(IS.CONNECTED, Reason.PHONE_CONFIRMED, OLD, "report_delivery_stalled")
-    b = decide_instance(a.to_state, a.reason, a.phone, "report_gateway_failure")
-    c = decide_instance(b.to_state, b.reason, b.phone, "report_connected", new_phone=OLD)
+    a = decide_instance(IS.CONNECTED, Reason.PHONE_CONFIRMED, OLD, InstanceTrigger("report_delivery_stalled"))
+    b = decide_instance(a.to_state, a.reason, a.phone, InstanceTrigger("report_gateway_failure"))
+    c = decide_instance(b.to_state, b.reason, b.phone, InstanceTrigger("report_connected"), new_phone=OLD)
     assert c.to_state is not IS.CONNECTED
 
 
@@ -212,30 +212,30 @@ def test_delivery_stall_survives_a_gateway_blip_followed_by_a_healthy_probe() ->
 
 
 def test_changed_false_when_state_and_reason_are_the_same() -> None:
-    d = decide_instance(IS.DEGRADED, Reason.TIMEOUT_OR_GATEWAY, OLD, "report_gateway_failure")
+    d = decide_instance(IS.DEGRADED, Reason.TIMEOUT_OR_GATEWAY, OLD, InstanceTrigger("report_gateway_failure"))
     assert d.applied is True
     assert d.changed is False
 
 
 def test_changed_false_for_a_repeated_healthy_probe_even_with_a_new_phone() -> None:
-    d = decide_instance(IS.CONNECTED, Reason.PHONE_CONFIRMED, OLD, "report_connected", new_phone=NEW)
+    d = decide_instance(IS.CONNECTED, Reason.PHONE_CONFIRMED, OLD, InstanceTrigger("report_connected"), new_phone=NEW)
     assert (d.applied, d.phone) == (True, NEW)
     assert d.changed is False
 
 
 def test_changed_true_for_same_state_new_reason() -> None:
-    d = decide_instance(IS.DISCONNECTED, Reason.INSTANCE_DISCONNECTED, OLD, "report_token_invalid")
+    d = decide_instance(IS.DISCONNECTED, Reason.INSTANCE_DISCONNECTED, OLD, InstanceTrigger("report_token_invalid"))
     assert d.to_state is d.from_state
     assert d.changed is True
 
 
 def test_changed_true_for_a_new_state() -> None:
-    d = decide_instance(IS.UNKNOWN, Reason.REGISTERED, None, "report_connected", new_phone=NEW)
+    d = decide_instance(IS.UNKNOWN, Reason.REGISTERED, None, InstanceTrigger("report_connected"), new_phone=NEW)
     assert d.changed is True
 
 
 def test_changed_false_when_refused() -> None:
-    d = decide_instance(IS.UNKNOWN, Reason.REGISTERED, None, "report_delivery_stalled")
+    d = decide_instance(IS.UNKNOWN, Reason.REGISTERED, None, InstanceTrigger("report_delivery_stalled"))
     assert (d.applied, d.changed) == (False, False)
 
 
@@ -322,7 +322,7 @@ def test_connected_only_after_a_connect_with_a_phone(steps: list[tuple[str, str 
     state, reason, phone = IS.UNKNOWN, str(Reason.REGISTERED), None
     last_connect_phone: str | None = None
     for trigger, new_phone in steps:
-        d = decide_instance(state, reason, phone, trigger, new_phone=new_phone)
+        d = decide_instance(state, reason, phone, InstanceTrigger(trigger), new_phone=new_phone)
         assert isinstance(d.to_state, InstanceState)
         if not d.applied:
             assert (d.to_state, d.reason, d.phone) == (state, reason, phone)

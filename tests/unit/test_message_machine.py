@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from statemachine.domain import MessageState
-from statemachine.machines import can_message, decide_message, decide_status
+from statemachine.machines import MessageTrigger, can_message, decide_message, decide_status
 
 S = MessageState
 TRIGGERS = ("accept", "queue", "leave_queue", "fail", "confirm_sent", "deliver", "read", "play", "retry")
@@ -43,7 +43,7 @@ def test_matrix_covers_every_state_and_trigger() -> None:
 
 @pytest.mark.parametrize(("state", "trigger"), MATRIX, ids=[f"{s}-{t}" for s, t in MATRIX])
 def test_decide_message_matrix(state: MessageState, trigger: str) -> None:
-    decision = decide_message(state, trigger)
+    decision = decide_message(state, MessageTrigger(trigger))
     assert decision.from_state is state
     if (state, trigger) in ALLOWED:
         assert decision.applied is True
@@ -55,11 +55,11 @@ def test_decide_message_matrix(state: MessageState, trigger: str) -> None:
 
 @pytest.mark.parametrize(("state", "trigger"), MATRIX, ids=[f"{s}-{t}" for s, t in MATRIX])
 def test_can_message_agrees_with_table(state: MessageState, trigger: str) -> None:
-    assert can_message(state, trigger) is ((state, trigger) in ALLOWED)
+    assert can_message(state, MessageTrigger(trigger)) is ((state, trigger) in ALLOWED)
 
 
 def test_to_state_is_a_message_state_not_a_plain_string() -> None:
-    decision = decide_message(S.PENDING, "accept")
+    decision = decide_message(S.PENDING, MessageTrigger("accept"))
     assert isinstance(decision.to_state, MessageState)
     assert type(decision.to_state) is MessageState
 
@@ -68,52 +68,52 @@ def test_to_state_is_a_message_state_not_a_plain_string() -> None:
 
 
 def test_delivered_after_read_is_not_applied_and_stays_read() -> None:
-    decision = decide_message(S.READ, "deliver")
+    decision = decide_message(S.READ, MessageTrigger("deliver"))
     assert (decision.applied, decision.to_state) == (False, S.READ)
 
 
 def test_read_may_arrive_without_delivered() -> None:
-    decision = decide_message(S.SENT, "read")
+    decision = decide_message(S.SENT, MessageTrigger("read"))
     assert (decision.applied, decision.to_state) == (True, S.READ)
 
 
 def test_played_after_read() -> None:
-    decision = decide_message(S.READ, "play")
+    decision = decide_message(S.READ, MessageTrigger("play"))
     assert (decision.applied, decision.to_state) == (True, S.PLAYED)
 
 
 def test_played_is_final() -> None:
     for trigger in TRIGGERS:
-        decision = decide_message(S.PLAYED, trigger)
+        decision = decide_message(S.PLAYED, MessageTrigger(trigger))
         assert (decision.applied, decision.to_state) == (False, S.PLAYED), trigger
 
 
 @pytest.mark.parametrize("trigger", [t for t in TRIGGERS if t != "retry"])
 def test_failed_only_leaves_through_retry(trigger: str) -> None:
-    decision = decide_message(S.FAILED, trigger)
+    decision = decide_message(S.FAILED, MessageTrigger(trigger))
     assert (decision.applied, decision.to_state) == (False, S.FAILED)
 
 
 def test_failed_retry_goes_back_to_pending() -> None:
-    decision = decide_message(S.FAILED, "retry")
+    decision = decide_message(S.FAILED, MessageTrigger("retry"))
     assert (decision.applied, decision.to_state) == (True, S.PENDING)
 
 
 @pytest.mark.parametrize("state", [S.SENT, S.DELIVERED, S.READ, S.PLAYED, S.FAILED])
 def test_accept_is_refused_once_past_pending(state: MessageState) -> None:
-    decision = decide_message(state, "accept")
+    decision = decide_message(state, MessageTrigger("accept"))
     assert (decision.applied, decision.to_state) == (False, state)
 
 
 @pytest.mark.parametrize("state", [S.PENDING, S.SENT, S.DELIVERED, S.READ, S.PLAYED])
 def test_retry_only_for_failed(state: MessageState) -> None:
-    decision = decide_message(state, "retry")
+    decision = decide_message(state, MessageTrigger("retry"))
     assert (decision.applied, decision.to_state) == (False, state)
 
 
 @pytest.mark.parametrize("state", [S.DELIVERED, S.READ, S.PLAYED])
 def test_a_late_failure_does_not_undo_a_delivery(state: MessageState) -> None:
-    decision = decide_message(state, "fail")
+    decision = decide_message(state, MessageTrigger("fail"))
     assert (decision.applied, decision.to_state) == (False, state)
 
 
@@ -121,7 +121,7 @@ def test_no_status_moves_a_message_backwards() -> None:
     rank = {S.PENDING: 0, S.SENT: 1, S.DELIVERED: 2, S.READ: 3, S.PLAYED: 4}
     for state in rank:
         for trigger in ("confirm_sent", "deliver", "read", "play"):
-            decision = decide_message(state, trigger)
+            decision = decide_message(state, MessageTrigger(trigger))
             if decision.applied:
                 assert rank[decision.to_state] >= rank[state], (state, trigger)
 
@@ -135,7 +135,7 @@ def test_full_happy_path() -> None:
         ("read", S.READ),
         ("play", S.PLAYED),
     ]:
-        decision = decide_message(state, trigger)
+        decision = decide_message(state, MessageTrigger(trigger))
         assert decision.applied, trigger
         assert decision.to_state is expected
         state = decision.to_state
@@ -144,7 +144,7 @@ def test_full_happy_path() -> None:
 def test_failed_retry_then_accept() -> None:
     state = S.PENDING
     for trigger, expected in [("fail", S.FAILED), ("retry", S.PENDING), ("accept", S.SENT)]:
-        decision = decide_message(state, trigger)
+        decision = decide_message(state, MessageTrigger(trigger))
         assert (decision.applied, decision.to_state) == (True, expected), trigger
         state = decision.to_state
 
