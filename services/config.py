@@ -45,6 +45,15 @@ class Settings(BaseSettings):
         3, ge=1, description="Stuck messages in a row (no delivery between) that stall an instance."
     )
     sweep_interval: float = Field(15.0, ge=0, description="Seconds between stuck-message sweeps (0 disables).")
+    stall_false_alarm_per_day: float = Field(
+        1e-4, gt=0, lt=1, description="Accepted false DELIVERY_STALLED blocks per instance-day of healthy traffic."
+    )
+    detect_interval: float = Field(
+        1.0, ge=0, description="Seconds between stall assessments of sending instances (0 disables the learned test)."
+    )
+    active_probe_max_age: float = Field(
+        3.0, gt=0, description="Max age (s) of a sending instance's probed health (one probe in flight each)."
+    )
     shutdown_grace: float = Field(
         20.0, ge=0, description="Seconds in-flight RPCs get on SIGTERM (longer than --send-timeout)."
     )

@@ -24,7 +24,9 @@ from sqlalchemy.exc import DBAPIError
 from adapters.wapi.webhooks import parse_webhook
 from services.content import content_to_dict, outbound_from_stored, request_hash
 from services.logs import register_secret
+from services.stall_watch import StallWatch
 from services.telemetry import Telemetry, current_trace_ids, use_span
+from statemachine.detection import DetectionConfig, ProbePolicy
 from statemachine.domain import (
     Credentials,
     InstanceRecord,
@@ -116,6 +118,11 @@ class GatewayConfig:
     # This many stuck messages in a row, with no delivery between them: DEGRADED/DELIVERY_STALLED.
     stall_threshold: int = 3
     sweep_interval: float = 15.0
+    # The learned stall test (statemachine.detection): its size per instance-day, how often the
+    # sending instances are assessed (0 disables it), and how fresh their probed health is kept.
+    stall_false_alarm_per_day: float = 1e-4
+    detect_interval: float = 1.0
+    active_probe_max_age: float = 3.0
     # PENDING longer than this (well past any send timeout) means a crash mid-send: OUTCOME_UNKNOWN.
     pending_grace: float = 60.0
 
@@ -164,6 +171,14 @@ class Gateway:
         # Called (not awaited) with the instance id when it becomes CONNECTED again from another
         # state: the recovery side re-applies W-API's webhooks then.
         self.on_reconnected: Callable[[str], None] | None = None
+        self.stall_watch = StallWatch(
+            repo,
+            probe=lambda instance_id: self.probe(instance_id, source="probe"),
+            apply_change=self._after_instance_change,
+            config=DetectionConfig(false_alarm_per_day=self.config.stall_false_alarm_per_day),
+            policy=ProbePolicy(active_max_age=self.config.active_probe_max_age),
+            interval=self.config.detect_interval or 1.0,
+        )
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -176,6 +191,8 @@ class Gateway:
             self._tasks.append(asyncio.create_task(self._probe_forever(), name="prober"))
         if self.config.sweep_interval > 0:
             self._tasks.append(asyncio.create_task(self._sweep_forever(), name="stuck-sweeper"))
+        if self.config.detect_interval > 0:
+            self._tasks.append(asyncio.create_task(self.stall_watch.run(), name="stall-watch"))
 
     async def aclose(self) -> None:
         if self._inflight:
@@ -186,6 +203,7 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        await self.stall_watch.aclose()
         with contextlib.suppress(Exception):
             await self.repo.touch_instances(self._touched)
         await self.repo.aclose()
@@ -540,6 +558,8 @@ class Gateway:
                 with self.tracer.start_as_current_span("wapi.persist", attributes={"db.operation": "update"}):
                     stored = await self._record_outcome(msg, outcome, failure)
                 await self._feed_health(msg.instance_id, failure, cached)
+                if stored.state is MessageState.SENT:
+                    self.stall_watch.note_send(msg.instance_id)
                 span.set_attribute("wapi.provider_message_id", stored.provider_message_id or "")
                 span.set_attribute("wapi.attempt", stored.attempts)
                 self._log_attempt(stored, cached.record.state, "", stored.state.value.lower())

@@ -70,6 +70,9 @@ def gateway_config(settings: Settings) -> GatewayConfig:
         stuck_after=settings.stuck_after,
         stall_threshold=settings.stall_threshold,
         sweep_interval=settings.sweep_interval,
+        stall_false_alarm_per_day=settings.stall_false_alarm_per_day,
+        detect_interval=settings.detect_interval,
+        active_probe_max_age=settings.active_probe_max_age,
         pending_grace=settings.pending_grace,
     )
 

@@ -130,6 +130,27 @@ class IngestResult:
     message_changes: list[MessageChange] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class SendSample:
+    """A send as the stall test reads it."""
+
+    message_id: str
+    recipient: str
+    state: MessageState
+    created_at: datetime
+    sent_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptSample:
+    """A delivery/read webhook with the message it confirms, as the stall test reads it."""
+
+    message_id: str
+    recipient: str
+    sent_at: datetime
+    received_at: datetime
+
+
 class Store(ChangeLog, Protocol):
     """Persistence as the core sees it. Every write stores a decision of the machines in
     `statemachine.machines` with compare-and-set (and its change-log entries, in the same
@@ -162,6 +183,14 @@ class Store(ChangeLog, Protocol):
     async def instance_changes_since(self, after_id: int, limit: int = 500) -> list[tuple[int, str, StateChange]]: ...
     async def last_instance_change_id(self) -> int: ...
     async def instance_history(self, instance_id: str, limit: int = 50) -> list[StateChange]: ...
+    # delivery history, bounded reads for the stall test
+    async def recent_sends(
+        self, instance_id: str, after: datetime, *, limit: int = 1000, newest: bool = False
+    ) -> list[SendSample]: ...
+    async def recent_receipts(
+        self, instance_id: str, after: datetime, *, limit: int = 1000, newest: bool = False
+    ) -> list[ReceiptSample]: ...
+    async def sending_instances(self, since: datetime, *, limit: int = 1000) -> list[str]: ...
 
     # messages
     async def insert_message(self, msg: MessageRecord) -> tuple[MessageRecord, bool]: ...

@@ -44,6 +44,15 @@ _WEBHOOK_KIND: Final[Mapping[str, str]] = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class SimRecipient:
+    """How one recipient's phone confirms: never (offline, blocked us, …) or after its own delays."""
+
+    confirms: bool = True
+    delivered_after: float | None = None  # None: the simulator's default
+    read_after: float | None = None  # None: the simulator's default; < 0: never read
+
+
 class SimRequest(NamedTuple):
     """One request the simulator received under /v1. Never holds the raw token."""
 
@@ -114,6 +123,7 @@ class Simulator:
         self.webhook_errors = 0
         self._instances: dict[str, SimInstance] = {}
         self._sends: dict[str, list[JSONDict]] = {}
+        self._recipients: dict[str, SimRecipient] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
         self._closed = False
@@ -385,9 +395,36 @@ class Simulator:
         if url is not None:
             await self._post(url, body)
 
+    def set_recipient(
+        self,
+        phone: str,
+        *,
+        confirms: bool = True,
+        delivered_after: float | None = None,
+        read_after: float | None = None,
+    ) -> None:
+        """Gives one recipient its own confirmation behaviour (a phone that never confirms, or a
+        slow one); every other recipient confirms after the simulator's default delays."""
+        if delivered_after is not None and not 0 <= delivered_after <= 3600:
+            raise ValueError("delivered_after is seconds between 0 and 3600")
+        if read_after is not None and read_after > 3600:
+            raise ValueError("read_after is seconds up to 3600 (negative: never read)")
+        self._recipients[phone] = SimRecipient(confirms, delivered_after, read_after)
+
+    def recipient(self, phone: str) -> SimRecipient:
+        return self._recipients.get(phone, SimRecipient())
+
     def _schedule_receipts(self, instance: SimInstance, message_id: str, to: str) -> None:
-        """Healthy delivery: `delivered` after delivered_after s, `read` after read_after s."""
-        for delay, status in ((self.delivered_after, "delivered"), (self.read_after, "read")):
+        """Healthy delivery: `delivered` after delivered_after s, `read` after read_after s, unless
+        the recipient has its own behaviour (set_recipient)."""
+        recipient = self.recipient(to)
+        if not recipient.confirms:
+            return
+        delivered = self.delivered_after if recipient.delivered_after is None else recipient.delivered_after
+        read = self.read_after if recipient.read_after is None else recipient.read_after
+        for delay, status in ((delivered, "delivered"), (max(read, delivered), "read")):
+            if status == "read" and read < 0:
+                continue
             body = payloads.webhook_status(instance.instance_id, instance.phone, message_id, status, to)
             self._spawn(self._post_later(delay, instance, body))
 
@@ -659,6 +696,14 @@ class Simulator:
                 return _json({"code": self.pending_pairing_code(instance_id)})
             if action == "webhooks" and method == "GET":
                 return _json({"urls": self.configured_webhooks(instance_id), "log": self.webhook_log(instance_id)})
+        if parts == ["recipients"] and method == "POST":
+            self.set_recipient(
+                str(body["phone"]),
+                confirms=bool(body.get("confirms", True)),
+                delivered_after=None if body.get("delivered_after") is None else float(body["delivered_after"]),
+                read_after=None if body.get("read_after") is None else float(body["read_after"]),
+            )
+            return _json({"phone": body["phone"]}, 201)
         if parts == ["webhook-url"] and method == "POST":
             url = body.get("url")
             self.set_webhook_url(str(url) if url else None)

@@ -1,0 +1,355 @@
+"""`python -m bench.detection`: replays traffic shapes through the real stall-detection code.
+
+Simulated time only (no sleeping, no network): each shape is a send rate, a recipient pool (a
+share of whom never confirm), receipt latencies and optional night-time lulls. The replay feeds
+`statemachine.detection` exactly as the service does (sent, receipt, one assessment per tick,
+probes by `probe_due`), blocks on a stall verdict and lifts the block on a receipt. It prints,
+per shape: sends accepted after a silent stall before the block (median and max over trials),
+the time to block, the time to block a session that only the status probe reveals as
+incomplete, flapping, and false blocks per simulated instance-day of healthy traffic (with a
+burst of offline recipients that is not a stall, and night-time lulls where the shape has them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import math
+import random
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from statemachine.detection import DeliveryModel, DetectionConfig, ProbePolicy, assess, probe_due
+
+DAY = 86_400.0
+TICK = 1.0  # the service assesses sending instances once a second
+PROBE_LATENCY = 0.3  # seconds a status probe takes
+BURST_SHARE = 0.3  # confirming recipients away at once in the offline burst
+
+
+@dataclass(frozen=True, slots=True)
+class Shape:
+    name: str
+    rate: float  # sends per second during the day
+    pool: int
+    never_share: float  # recipients who never confirm
+    latency_median: float  # seconds, lognormal
+    latency_sigma: float = 0.6
+    bursty: bool = False  # sends come in bursts of 20 at the same average rate
+    night_rate: float | None = None  # sends per second from 23:00 to 07:00, when set
+    night_offline: float = 0.7  # share of confirming recipients whose phones are off at night
+    healthy_days: float = 2.0
+
+
+SHAPES = (
+    Shape("1/min, pool 20, all confirm", 1 / 60, 20, 0.0, 1.0, healthy_days=60),
+    Shape("1/min, pool 50, 50% never, night", 1 / 60, 50, 0.5, 2.0, night_rate=1 / 600, healthy_days=60),
+    Shape("1/10s, pool 100, 20% never, minutes", 0.1, 100, 0.2, 60.0, latency_sigma=0.8, healthy_days=10),
+    Shape("1/s, pool 200, 50% never", 1.0, 200, 0.5, 0.8, healthy_days=2),
+    Shape("1/s bursty, pool 300, 30% never", 1.0, 300, 0.3, 1.0, bursty=True, healthy_days=2),
+    Shape("5/s, pool 1000, 25% never", 5.0, 1000, 0.25, 0.6, healthy_days=0.5),
+    Shape("5/s, pool 1000, 50% never, night", 5.0, 1000, 0.5, 0.6, night_rate=0.2, healthy_days=0.5),
+)
+
+
+def is_night(t: float) -> bool:
+    hour = (t % DAY) / 3600.0
+    return hour >= 23.0 or hour < 7.0
+
+
+@dataclass(slots=True)
+class Recipient:
+    phone: str
+    confirms: bool
+    offline_until: float = 0.0
+
+
+@dataclass(slots=True)
+class Replay:
+    """One simulated instance: traffic, session behaviour, detector, block and probes."""
+
+    shape: Shape
+    rng: random.Random
+    config: DetectionConfig
+    policy: ProbePolicy = field(default_factory=ProbePolicy)
+    now: float = 0.0
+    model: DeliveryModel = field(init=False)
+    recipients: list[Recipient] = field(default_factory=list)
+    events: list[tuple[float, int, str, tuple[object, ...]]] = field(default_factory=list)
+    seq: int = 0
+    stalled: bool = False  # the session (truth)
+    incomplete: bool = False  # the session (truth), visible to probes only
+    queued: list[tuple[str, Recipient, float]] = field(default_factory=list)
+    blocked: bool = False
+    blocked_at: float | None = None
+    cleared_at: float | None = None
+    accepted: int = 0
+    blocks: list[float] = field(default_factory=list)
+    last_send_at: float | None = None
+    last_probe_at: float | None = None
+    probe_in_flight: bool = False
+    next_id: int = 0
+
+    def __post_init__(self) -> None:
+        self.model = DeliveryModel(self.config)
+        for i in range(self.shape.pool):
+            self.recipients.append(Recipient(f"55119{i:08d}", self.rng.random() >= self.shape.never_share))
+
+    def push(self, at: float, kind: str, *args: object) -> None:
+        self.seq += 1
+        heapq.heappush(self.events, (at, self.seq, kind, args))
+
+    def rate_at(self, t: float) -> float:
+        if self.shape.night_rate is not None and is_night(t):
+            return self.shape.night_rate
+        return self.shape.rate
+
+    def schedule_next_send(self) -> None:
+        rate = self.rate_at(self.now)
+        if self.shape.bursty:
+            gap = self.rng.expovariate(rate / 20.0)
+            for k in range(20):
+                self.push(self.now + gap + k * 0.2, "send")
+            self.push(self.now + gap + 20 * 0.2, "next")
+        else:
+            self.push(self.now + self.rng.expovariate(rate), "send")
+
+    def latency(self) -> float:
+        return self.rng.lognormvariate(math.log(self.shape.latency_median), self.shape.latency_sigma)
+
+    def receipt_time(self, recipient: Recipient, sent: float) -> float:
+        at = sent + self.latency()
+        if (
+            self.shape.night_rate is not None
+            and is_night(at)
+            and hash(recipient.phone) % 100 < 100 * (self.shape.night_offline)
+        ):
+            day_start = (at // DAY) * DAY
+            morning = day_start + 7 * 3600.0 if (at % DAY) < 7 * 3600.0 else day_start + DAY + 7 * 3600.0
+            at = morning + self.rng.uniform(0, 3600.0)
+        return max(at, recipient.offline_until + self.rng.uniform(0, 60.0))
+
+    def send(self) -> None:
+        if self.blocked:
+            return
+        recipient = self.rng.choice(self.recipients)
+        self.next_id += 1
+        message_id = f"m{self.next_id}"
+        self.accepted += 1
+        self.last_send_at = self.now
+        self.model.on_sent(message_id, recipient.phone, self.now)
+        if self.stalled or self.incomplete:
+            self.queued.append((message_id, recipient, self.now))
+        elif recipient.confirms:
+            self.push(self.receipt_time(recipient, self.now), "receipt", message_id, recipient, self.now)
+
+    def receipt(self, message_id: str, recipient: Recipient, sent_at: float) -> None:
+        if self.stalled or self.incomplete:
+            return  # a dying session delivers nothing, not even what was on its way
+        self.model.on_receipt(message_id, recipient.phone, sent_at, self.now)
+        if self.blocked:
+            self.blocked = False
+            self.cleared_at = self.now
+
+    def tick(self) -> None:
+        if self.blocked:
+            return
+        verdict = assess(self.model, self.now, since=self.cleared_at)
+        if verdict.stalled:
+            self.block()
+            return
+        if probe_due(
+            self.policy,
+            self.now,
+            last_probe_at=self.last_probe_at,
+            last_send_at=self.last_send_at,
+            suspicious=verdict.suspicious,
+            in_flight=self.probe_in_flight,
+        ):
+            self.probe_in_flight = True
+            self.last_probe_at = self.now
+            self.push(self.now + PROBE_LATENCY, "probe")
+
+    def probe(self) -> None:
+        self.probe_in_flight = False
+        if self.incomplete and not self.blocked:
+            self.block()
+
+    def block(self) -> None:
+        self.blocked = True
+        self.blocked_at = self.now
+        self.blocks.append(self.now)
+
+    def recover(self) -> None:
+        """The session works again: what it had queued is delivered (receipts lift the block)."""
+        self.stalled = self.incomplete = False
+        for message_id, recipient, sent in self.queued:
+            if recipient.confirms:
+                self.push(self.now + self.latency(), "receipt", message_id, recipient, sent)
+        self.queued.clear()
+
+    def offline_burst(self, share: float, duration: float) -> None:
+        for recipient in self.recipients:
+            if recipient.confirms and self.rng.random() < share:
+                recipient.offline_until = self.now + duration
+
+    def run_until(self, end: float, stop: Callable[[], bool] = lambda: False) -> None:
+        if not self.events:
+            self.schedule_next_send()
+            self.push(self.now + TICK, "tick")
+        while self.events and self.events[0][0] <= end:
+            at, _seq, kind, args = heapq.heappop(self.events)
+            self.now = at
+            if kind == "send":
+                self.send()
+                if not self.shape.bursty:
+                    self.schedule_next_send()
+            elif kind == "next":
+                self.schedule_next_send()
+            elif kind == "receipt":
+                self.receipt(*args)  # type: ignore[arg-type]
+            elif kind == "tick":
+                self.tick()
+                self.push(self.now + TICK, "tick")
+            elif kind == "probe":
+                self.probe()
+            if stop():
+                return
+        self.now = end
+
+
+def _warm(shape: Shape, seed: int, config: DetectionConfig, warmup: float) -> Replay:
+    replay = Replay(shape, random.Random(seed), config)
+    replay.run_until(warmup)
+    return replay
+
+
+@dataclass(slots=True)
+class Row:
+    shape: str
+    stall_sends: list[int]
+    stall_seconds: list[float]
+    probe_seconds: list[float]
+    flap_sends: list[int]
+    false_blocks: int
+    healthy_days: float
+
+
+def warmup_for(shape: Shape) -> float:
+    return max(300.0 / shape.rate, 3600.0)
+
+
+def run_shape(shape: Shape, config: DetectionConfig, trials: int, seed: int) -> Row:
+    stall_sends: list[int] = []
+    stall_seconds: list[float] = []
+    probe_seconds: list[float] = []
+    flap_sends: list[int] = []
+    warmup = warmup_for(shape)
+    horizon = 6 * 3600.0
+    for trial in range(trials):
+        # Silent stall: accepted, never delivered, probes say connected.
+        replay = _warm(shape, seed + trial, config, warmup + trial * 137.0)
+        if not replay.blocked:
+            start, before = replay.now, replay.accepted
+            replay.stalled = True
+            replay.run_until(start + horizon, stop=lambda r=replay: r.blocked)  # type: ignore[misc]
+            if replay.blocked:
+                stall_sends.append(replay.accepted - before)
+                stall_seconds.append(replay.now - start)
+        # Incomplete session that only the status probe reveals.
+        replay = _warm(shape, seed + 1000 + trial, config, warmup + trial * 137.0)
+        if not replay.blocked:
+            start = replay.now
+            replay.incomplete = True
+            replay.run_until(start + horizon, stop=lambda r=replay: r.blocked)  # type: ignore[misc]
+            if replay.blocked:
+                probe_seconds.append(replay.now - start)
+    # Flapping: the session stalls (until blocked, at most 30 minutes), recovers (what it queued is
+    # delivered, which lifts the block), works for 10 minutes, stalls again.
+    replay = _warm(shape, seed + 2000, config, warmup)
+    for _ in range(trials):
+        replay.run_until(replay.now + 600.0)
+        if replay.blocked:
+            continue
+        before = replay.accepted
+        replay.stalled = True
+        replay.run_until(replay.now + 1800.0, stop=lambda r=replay: r.blocked)  # type: ignore[misc]
+        if replay.blocked:
+            flap_sends.append(replay.accepted - before)
+        replay.recover()
+    # Healthy traffic for many simulated days, with a burst of offline recipients (not a stall)
+    # once a day: 30 % of the confirming recipients away for 30 minutes.
+    replay = _warm(shape, seed + 3000, config, warmup)
+    replay.blocks.clear()
+    begin = replay.now
+    end = begin + shape.healthy_days * DAY
+    next_burst = begin + 3 * 3600.0
+    while replay.now < end:
+        replay.run_until(min(end, next_burst))
+        if replay.now >= next_burst:
+            replay.offline_burst(BURST_SHARE, 1800.0)
+            next_burst += DAY
+    return Row(
+        shape.name, stall_sends, stall_seconds, probe_seconds, flap_sends, len(replay.blocks), shape.healthy_days
+    )
+
+
+def _median(values: list[float] | list[int]) -> str:
+    return f"{statistics.median(values):.1f}" if values else "-"
+
+
+def _max(values: list[float] | list[int]) -> str:
+    return f"{max(values):.0f}" if values else "-"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--trials", type=int, default=15, help="stall incidents per shape")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--days-scale", type=float, default=1.0, help="multiplies each shape's healthy days")
+    parser.add_argument("--false-alarm-per-day", type=float, default=None)
+    args = parser.parse_args(argv)
+    config = DetectionConfig()
+    if args.false_alarm_per_day is not None:
+        config = DetectionConfig(false_alarm_per_day=args.false_alarm_per_day)
+    started = time.perf_counter()
+    header = (
+        f"| {'shape':<38} | stall sends med/max | stall s med | probe-only s med/max "
+        f"| flap sends med/max | false blocks / days |"
+    )
+    print(f"false_alarm_per_day={config.false_alarm_per_day:g}, trials={args.trials}")
+    print(header)
+    print("|" + "|".join("-" * (len(part)) for part in header.split("|")[1:-1]) + "|")
+    all_sends: list[int] = []
+    total_false, total_days = 0, 0.0
+    for shape in SHAPES:
+        scaled = _scale(shape, args.days_scale)
+        row = run_shape(scaled, config, args.trials, args.seed)
+        all_sends.extend(row.stall_sends)
+        total_false += row.false_blocks
+        total_days += row.healthy_days
+        missed = args.trials - len(row.stall_sends)
+        print(
+            f"| {row.shape:<38} | {_median(row.stall_sends):>8} / {_max(row.stall_sends):>4}"
+            f"{'*' if missed else ' '}     | {_median(row.stall_seconds):>11} "
+            f"| {_median(row.probe_seconds):>9} / {_max(row.probe_seconds):>8} "
+            f"| {_median(row.flap_sends):>8} / {_max(row.flap_sends):>7} "
+            f"| {row.false_blocks:>5} / {row.healthy_days:<11g} |"
+        )
+    print(
+        f"all shapes: stall sends median {_median(all_sends)}, max {_max(all_sends)}; "
+        f"false blocks {total_false} in {total_days:g} instance-days; {time.perf_counter() - started:.1f} s"
+    )
+    return 0
+
+
+def _scale(shape: Shape, factor: float) -> Shape:
+    values = {f: getattr(shape, f) for f in shape.__dataclass_fields__}
+    values["healthy_days"] = shape.healthy_days * factor
+    return Shape(**values)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,284 @@
+"""Stall detection learned from an instance's own delivery history: a pure, replayable rule.
+
+The question asked after every tick is "is this session still delivering?". Each send that is
+still unconfirmed is evidence against it, weighed by how unlikely that silence is for *this*
+instance and *this* recipient when the session is healthy:
+
+    p0 = P(no receipt by this age | healthy) = q + (1 - q) * S(age)
+
+where S is the instance's own receipt-latency survival curve (how many of its recent receipts
+took longer than this) and q the share of its sends that never confirm, learned separately for
+recipients who confirmed minutes ago ("warm": silence is strong evidence), earlier ("known")
+and never ("new": weak). Under a stalled session nothing confirms, so one silent recipient multiplies the
+likelihood ratio "stalled : delivering" by 1/p0. A receipt has probability 0 under a stall, so it
+resets the evidence to zero: this is a CUSUM (Page, 1954) of those log-ratios. Only the oldest
+open send per recipient counts, so one recipient whose phone is off cannot stall an instance.
+
+The log-ratio of each recipient is a martingale under "healthy" (E[1{silent}/p0] = 1), so by
+Ville's inequality one run of evidence crosses log(1/a) with probability at most a; with at most
+n runs per day (one per send), a threshold of log(n / alpha) bounds false blocks per
+instance-day by alpha. n comes from the instance's own send rate.
+
+Everything here is plain data and arithmetic: no clock is read (callers pass `now`), no I/O.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+
+SECONDS_PER_DAY = 86_400.0
+
+
+@dataclass(frozen=True, slots=True)
+class DetectionConfig:
+    """Tunables of the stall test. The defaults are the ones the detection benchmark justifies."""
+
+    # Accepted false blocks per instance-day of healthy traffic (the test's size).
+    false_alarm_per_day: float = 1e-4
+    # A send rate below this is treated as this (sends per day): quiet instances are not trusted more.
+    min_sends_per_day: float = 1_440.0
+    # A recipient whose last receipt is at most this old is "warm": their silence is strong evidence.
+    # Older receipts make a recipient "known"; never a receipt, "new". Each class learns its own share.
+    warm_for: float = 900.0
+    # Receipt latencies kept per instance (the survival curve) and their cold-start minimum.
+    latency_samples: int = 256
+    min_latency_samples: int = 20
+    # Before an instance has min_latency_samples receipts, silence counts only after this age.
+    cold_wait: float = 60.0
+    # Extra evidence (nats) a cold instance must gather on top of the threshold.
+    cold_margin: float = math.log(100.0)
+    # A send unconfirmed this long after a later receipt proved the session alive "never confirms".
+    never_after_min: float = 120.0
+    never_after_factor: float = 4.0
+    # Priors of the never-confirm shares (pseudo-counts of misses, hits) and their floor.
+    priors: tuple[tuple[float, float], ...] = ((1.0, 49.0), (1.0, 9.0), (1.0, 1.0))
+    miss_floor: float = 0.02
+    # Counts decay (halve) past this many observations per class: the model follows change.
+    class_memory: float = 2_000.0
+    # Bounded memory per instance.
+    max_recipients: int = 4_096
+    max_open: int = 2_048
+    # Evidence (nats) from which the instance is "suspicious": probe it now.
+    suspicion: float = math.log(10.0)
+    # Time constant of the send-rate estimate (seconds).
+    rate_window: float = 3_600.0
+
+
+WARM, KNOWN, NEW = 0, 1, 2
+CLASS_NAMES = ("warm", "known", "new")
+
+
+@dataclass(slots=True)
+class OpenSend:
+    message_id: str
+    recipient: str
+    sent_at: float
+    klass: int  # WARM, KNOWN or NEW when it was sent
+
+
+@dataclass(slots=True)
+class _Share:
+    """Never-confirm share of one recipient class, as decayed pseudo-counts."""
+
+    misses: float = 0.0
+    hits: float = 0.0
+
+    def add(self, miss: bool, memory: float) -> None:
+        if miss:
+            self.misses += 1.0
+        else:
+            self.hits += 1.0
+        if self.misses + self.hits > memory:
+            self.misses /= 2.0
+            self.hits /= 2.0
+
+    def rate(self, prior: tuple[float, float], floor: float) -> float:
+        a, b = prior
+        return max(floor, (self.misses + a) / (self.misses + self.hits + a + b))
+
+
+@dataclass(slots=True)
+class DeliveryModel:
+    """One instance's recent delivery behaviour, in bounded form (a few KB)."""
+
+    config: DetectionConfig = field(default_factory=DetectionConfig)
+    latencies: deque[float] = field(default_factory=deque)
+    shares: tuple[_Share, _Share, _Share] = field(default_factory=lambda: (_Share(), _Share(), _Share()))
+    # recipient -> time of their latest receipt, oldest first (LRU-bounded).
+    recipients: OrderedDict[str, float] = field(default_factory=OrderedDict)
+    # message id -> open send (no receipt yet), in send order.
+    open: OrderedDict[str, OpenSend] = field(default_factory=OrderedDict)
+    last_receipt_at: float | None = None
+    sends_rate: float = 0.0  # sends per second, exponentially weighted
+    rate_at: float | None = None
+    _sorted: list[float] = field(default_factory=list)
+
+    # --- learning ----------------------------------------------------------------------------
+
+    def on_sent(self, message_id: str, recipient: str, at: float) -> None:
+        """A send the provider accepted (SENT) at `at`."""
+        if message_id in self.open:
+            return
+        cfg = self.config
+        last = self.recipients.get(recipient)
+        klass = NEW if last is None else WARM if at - last <= cfg.warm_for else KNOWN
+        self.open[message_id] = OpenSend(message_id, recipient, at, klass)
+        while len(self.open) > cfg.max_open:
+            self.open.popitem(last=False)
+        if self.rate_at is None:
+            self.sends_rate, self.rate_at = 1.0 / cfg.rate_window, at
+        else:
+            elapsed = max(0.0, at - self.rate_at)
+            self.sends_rate = self.sends_rate * math.exp(-elapsed / cfg.rate_window) + 1.0 / cfg.rate_window
+            self.rate_at = max(self.rate_at, at)
+
+    def on_receipt(self, message_id: str, recipient: str, sent_at: float, at: float) -> None:
+        """A DELIVERED/READ for a message sent at `sent_at`, received at `at`.
+
+        A receipt proves the session delivered at `at`: sends older than the never-confirm horizon
+        before it, still silent, are learned as "never confirms" for their recipient class.
+        """
+        cfg = self.config
+        send = self.open.pop(message_id, None)
+        horizon = self.never_after()
+        latency = max(0.0, at - sent_at)
+        if send is not None:
+            self.shares[send.klass].add(latency > horizon, cfg.class_memory)
+            if latency <= horizon:
+                self._add_latency(latency)
+        self.recipients[recipient] = max(at, self.recipients.pop(recipient, at))
+        while len(self.recipients) > cfg.max_recipients:
+            self.recipients.popitem(last=False)
+        if self.last_receipt_at is None or at > self.last_receipt_at:
+            self.last_receipt_at = at
+        expired = [s for s in self.open.values() if s.sent_at + horizon < at]
+        for stale in expired:
+            del self.open[stale.message_id]
+            self.shares[stale.klass].add(True, cfg.class_memory)
+
+    def on_closed(self, message_id: str) -> None:
+        """The message left SENT without a receipt (failed): it is no evidence either way."""
+        self.open.pop(message_id, None)
+
+    def _add_latency(self, latency: float) -> None:
+        self.latencies.append(latency)
+        bisect.insort(self._sorted, latency)
+        if len(self.latencies) > self.config.latency_samples:
+            old = self.latencies.popleft()
+            del self._sorted[bisect.bisect_left(self._sorted, old)]
+
+    # --- what the history says ---------------------------------------------------------------
+
+    @property
+    def warmed_up(self) -> bool:
+        return len(self._sorted) >= self.config.min_latency_samples
+
+    def latency_quantile(self, q: float) -> float | None:
+        if not self._sorted:
+            return None
+        index = min(len(self._sorted) - 1, max(0, math.ceil(q * len(self._sorted)) - 1))
+        return self._sorted[index]
+
+    def never_after(self) -> float:
+        cfg = self.config
+        p99 = self.latency_quantile(0.99) if self.warmed_up else None
+        return max(cfg.never_after_min, cfg.never_after_factor * (p99 if p99 is not None else cfg.cold_wait))
+
+    def survival(self, age: float) -> float:
+        """P(a receipt that comes takes longer than `age`), smoothed so it is never 0."""
+        if not self.warmed_up:
+            return 1.0 if age < self.config.cold_wait else 1.0 / (self.config.min_latency_samples + 1)
+        n = len(self._sorted)
+        longer = n - bisect.bisect_right(self._sorted, age)
+        return (longer + 1.0) / (n + 1.0)
+
+    def never_share(self, klass: int) -> float:
+        cfg = self.config
+        return self.shares[klass].rate(cfg.priors[klass], cfg.miss_floor)
+
+    def sends_per_day(self, now: float) -> float:
+        if self.rate_at is None:
+            return 0.0
+        return self.sends_rate * math.exp(-max(0.0, now - self.rate_at) / self.config.rate_window) * SECONDS_PER_DAY
+
+
+@dataclass(frozen=True, slots=True)
+class Assessment:
+    """The verdict of one tick, with what it was based on (for logs, traces and the benchmark)."""
+
+    evidence: float  # nats against "still delivering"
+    threshold: float
+    silent_recipients: int
+    suspicious: bool
+    stalled: bool
+    cold: bool
+
+
+def assess(model: DeliveryModel, now: float, *, since: float | None = None) -> Assessment:
+    """Weighs the silent sends made after the latest receipt (and after `since`, when the instance
+    was last cleared) and says whether the session should be considered stalled."""
+    cfg = model.config
+    start = max(x for x in (model.last_receipt_at, since, -math.inf) if x is not None)
+    oldest: dict[str, OpenSend] = {}
+    for send in reversed(model.open.values()):  # newest first: stop at the reset
+        if send.sent_at <= start:
+            break
+        if send.sent_at > now:
+            continue
+        seen = oldest.get(send.recipient)
+        if seen is None or send.sent_at < seen.sent_at:
+            oldest[send.recipient] = send
+    evidence = 0.0
+    for send in oldest.values():
+        q = model.never_share(send.klass)
+        p0 = q + (1.0 - q) * model.survival(now - send.sent_at)
+        evidence += -math.log(min(1.0, p0))
+    rate = max(cfg.min_sends_per_day, model.sends_per_day(now))
+    threshold = math.log(rate / cfg.false_alarm_per_day)
+    cold = not model.warmed_up
+    if cold:
+        threshold += cfg.cold_margin
+    return Assessment(
+        evidence=evidence,
+        threshold=threshold,
+        silent_recipients=len(oldest),
+        suspicious=evidence >= cfg.suspicion,
+        stalled=evidence >= threshold,
+        cold=cold,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ProbePolicy:
+    """When to ask the provider about an instance, besides the slow background round."""
+
+    # While the instance is sending, its probed health is kept at most this old (seconds).
+    active_max_age: float = 3.0
+    # "Sending" means a send was accepted at most this long ago.
+    active_for: float = 30.0
+    # Never more often than this per instance, suspicion included.
+    min_interval: float = 1.0
+
+
+def probe_due(
+    policy: ProbePolicy,
+    now: float,
+    *,
+    last_probe_at: float | None,
+    last_send_at: float | None,
+    suspicious: bool,
+    in_flight: bool,
+) -> bool:
+    """One probe in flight per instance, rate-limited; due when suspicious or when a sending
+    instance's probed health is older than `active_max_age`."""
+    if in_flight:
+        return False
+    if last_probe_at is not None and now - last_probe_at < policy.min_interval:
+        return False
+    if suspicious:
+        return True
+    sending = last_send_at is not None and now - last_send_at <= policy.active_for
+    return sending and (last_probe_at is None or now - last_probe_at >= policy.active_max_age)

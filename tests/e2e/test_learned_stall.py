@@ -1,0 +1,51 @@
+"""The learned stall test end to end: a healthy phase through the simulator (recipients with their
+own confirmation behaviour) teaches the instance's history; then the session silently stalls and
+is blocked after a handful of sends, with default detection settings and no false block before."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+
+from tests.e2e.conftest import StackFactory
+from tests.e2e.stack import CONNECTED, DEGRADED, SENT, text_request
+
+INSTANCE = "LEARN-ZTS923-GEAY6V"
+CONFIRMING = [f"55119800000{i:02d}" for i in range(8)]
+NEVER = [f"55119900000{i:02d}" for i in range(4)]
+
+
+async def test_a_silent_stall_is_blocked_after_a_handful_of_sends_with_defaults(make_stack: StackFactory) -> None:
+    stack = await make_stack()  # default detection settings; the sweeper (stuck-run rule) is off
+    for phone in NEVER:
+        stack.sim.set_recipient(phone, confirms=False)
+    assert (await stack.add_instance(INSTANCE, "healthy")).state == CONNECTED
+
+    recipients = CONFIRMING + NEVER
+    for i in range(48):  # healthy phase: one in three recipients never confirms
+        msg = await stack.submit(text_request(INSTANCE, key=f"ok-{i}", to=recipients[i % len(recipients)]))
+        assert msg.state == SENT
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(2.5)  # several assessments of the healthy history
+    h = await stack.get_health(INSTANCE)
+    assert (h.state, h.can_send) == (CONNECTED, True), "false block during the healthy phase"
+
+    stack.sim.set_behaviour(INSTANCE, "silent_stall")
+    accepted, refused = 0, None
+    for i in range(40):
+        try:
+            await stack.submit(text_request(INSTANCE, key=f"stall-{i}", to=recipients[i % len(recipients)]))
+            accepted += 1
+        except grpc.aio.AioRpcError as error:
+            refused = error.code()
+            break
+        await asyncio.sleep(0.2)
+    assert refused is grpc.StatusCode.FAILED_PRECONDITION
+    h = await stack.get_health(INSTANCE)
+    assert (h.state, h.reason) == (DEGRADED, "DELIVERY_STALLED")
+    print(f"sends accepted after the stall before the block: {accepted}")
+    assert accepted <= 15, accepted
+    # A probe that merely says "connected" does not clear it.
+    h = await stack.get_health(INSTANCE, refresh=True)
+    assert (h.state, h.reason) == (DEGRADED, "DELIVERY_STALLED")

@@ -1,0 +1,202 @@
+"""The learned stall test, driven by a simulated clock: every shape of the detection benchmark,
+the cold start, the reset by a receipt, and when a sending instance is probed."""
+
+from __future__ import annotations
+
+import math
+import random
+
+from statemachine.detection import (
+    DeliveryModel,
+    DetectionConfig,
+    ProbePolicy,
+    assess,
+    probe_due,
+)
+
+
+class Clock:
+    """A traffic generator on a simulated clock: sends to a pool, receipts after their latency."""
+
+    def __init__(self, *, pool: int, never: float, latency: float, seed: int = 1) -> None:
+        self.rng = random.Random(seed)
+        self.model = DeliveryModel(DetectionConfig())
+        self.now = 0.0
+        self.pool = [(f"55119{i:08d}", self.rng.random() >= never) for i in range(pool)]
+        self.latency = latency
+        self.pending: list[tuple[float, str, str, float]] = []
+        self.next_id = 0
+        self.delivering = True
+
+    def send(self, recipient: tuple[str, bool] | None = None) -> str:
+        phone, confirms = recipient or self.rng.choice(self.pool)
+        self.next_id += 1
+        message_id = f"m{self.next_id}"
+        self.model.on_sent(message_id, phone, self.now)
+        if confirms and self.delivering:
+            delay = self.rng.lognormvariate(math.log(self.latency), 0.5)
+            self.pending.append((self.now + delay, message_id, phone, self.now))
+        return message_id
+
+    def advance(self, seconds: float, *, rate: float = 0.0) -> int:
+        """Moves the clock, sending at `rate` per second; returns how many ticks judged 'stalled'."""
+        end, stalled = self.now + seconds, 0
+        next_send = self.now + (self.rng.expovariate(rate) if rate else math.inf)
+        while self.now < end:
+            self.now = min(end, self.now + 1.0)
+            while next_send <= self.now:
+                self.send()
+                next_send += self.rng.expovariate(rate)
+            due = [p for p in self.pending if p[0] <= self.now]
+            self.pending = [p for p in self.pending if p[0] > self.now]
+            for at, message_id, phone, sent in sorted(due):
+                self.model.on_receipt(message_id, phone, sent, at)
+            stalled += assess(self.model, self.now).stalled
+        return stalled
+
+    def sends_until_stalled(self, rate: float, limit: float = 3600.0) -> tuple[int, float]:
+        """Stops deliveries now; returns (sends accepted, seconds) until the first stall verdict."""
+        self.delivering = False
+        self.pending.clear()
+        start, sent = self.now, self.next_id
+        next_send = self.now + self.rng.expovariate(rate)
+        while self.now - start < limit:
+            self.now += 1.0
+            while next_send <= self.now:
+                self.send()
+                next_send += self.rng.expovariate(rate)
+            if assess(self.model, self.now).stalled:
+                return self.next_id - sent, self.now - start
+        raise AssertionError("never judged stalled")
+
+
+def warmed(*, pool: int = 50, never: float = 0.0, latency: float = 1.0, rate: float = 1.0) -> Clock:
+    clock = Clock(pool=pool, never=never, latency=latency)
+    assert clock.advance(max(600.0, 400 / rate), rate=rate) == 0
+    assert clock.model.warmed_up
+    return clock
+
+
+def test_a_silent_stall_is_called_after_a_handful_of_sends_at_one_per_second() -> None:
+    clock = warmed(pool=50, rate=1.0)
+    sends, seconds = clock.sends_until_stalled(rate=1.0)
+    assert sends <= 10
+    assert seconds < 15
+
+
+def test_a_silent_stall_at_one_send_a_minute_is_called_after_a_handful_of_sends() -> None:
+    clock = warmed(pool=20, rate=1 / 60)
+    sends, _seconds = clock.sends_until_stalled(rate=1 / 60, limit=6 * 3600)
+    assert sends <= 10
+
+
+def test_half_the_recipients_never_confirming_costs_more_sends_but_still_stalls() -> None:
+    clock = warmed(pool=200, never=0.5, rate=1.0)
+    sends, _ = clock.sends_until_stalled(rate=1.0)
+    assert sends <= 25
+    # Recipients who never confirmed are weak evidence, recent confirmers strong.
+    assert clock.model.never_share(2) > 0.5 > clock.model.never_share(0)
+
+
+def test_slow_receipts_are_learned_so_minutes_of_latency_are_not_a_stall() -> None:
+    clock = warmed(pool=100, never=0.2, latency=60.0, rate=0.1)
+    assert clock.advance(4 * 3600, rate=0.1) == 0
+    sends, seconds = clock.sends_until_stalled(rate=0.1, limit=4 * 3600)
+    assert seconds > 60  # waits past the instance's own latency, not a fixed window
+    assert sends <= 40
+
+
+def test_healthy_traffic_with_half_never_confirming_is_never_stalled() -> None:
+    clock = warmed(pool=200, never=0.5, rate=1.0)
+    assert clock.advance(6 * 3600, rate=1.0) == 0
+
+
+def test_a_burst_of_offline_recipients_is_not_a_stall() -> None:
+    clock = warmed(pool=100, never=0.0, rate=0.5)
+    offline = set(clock.rng.sample(range(100), 30))
+    clock.pool = [(phone, confirms and i not in offline) for i, (phone, confirms) in enumerate(clock.pool)]
+    assert clock.advance(1800, rate=0.5) == 0
+
+
+def test_one_silent_recipient_counts_once_however_many_messages_it_gets() -> None:
+    clock = warmed(pool=20, rate=0.2)
+    clock.delivering = False
+    phone = clock.pool[0][0]
+    for _ in range(50):
+        clock.send((phone, True))
+        clock.now += 10
+    verdict = assess(clock.model, clock.now)
+    assert verdict.silent_recipients == 1
+    assert not verdict.stalled
+
+
+def test_a_receipt_resets_the_evidence() -> None:
+    clock = warmed(pool=50, rate=1.0)
+    clock.delivering = False
+    for _ in range(3):
+        clock.now += 1
+        clock.send()
+    clock.now += 30
+    before = assess(clock.model, clock.now)
+    assert before.evidence > 0
+    assert before.suspicious
+    phone, _ = clock.pool[0]
+    clock.model.on_receipt("late", phone, clock.now - 1, clock.now)
+    after = assess(clock.model, clock.now + 1)
+    assert after.evidence == 0
+    assert after.silent_recipients == 0
+
+
+def test_clearing_the_instance_starts_the_evidence_afresh() -> None:
+    clock = warmed(pool=50, rate=1.0)
+    sends, _ = clock.sends_until_stalled(rate=1.0)
+    assert sends > 0
+    assert not assess(clock.model, clock.now, since=clock.now).stalled
+
+
+def test_a_cold_instance_needs_far_more_evidence() -> None:
+    cold = DeliveryModel(DetectionConfig())
+    for i in range(20):
+        cold.on_sent(f"m{i}", f"5511900000{i:03d}", float(i))
+    early = assess(cold, 30.0)
+    assert early.cold
+    assert early.evidence == 0  # silence counts only past the cold wait
+    late = assess(cold, 30.0 + DetectionConfig().cold_wait)
+    assert not late.stalled
+    warm = warmed(pool=20, rate=1.0)
+    warm.delivering = False
+    for _ in range(20):
+        warm.now += 1
+        warm.send()
+    warm.now += DetectionConfig().cold_wait
+    assert assess(warm.model, warm.now).stalled  # the same silence, with history, is a stall
+
+
+def test_memory_stays_bounded() -> None:
+    model = DeliveryModel(DetectionConfig(max_open=100, max_recipients=50, latency_samples=30))
+    for i in range(5000):
+        model.on_sent(f"m{i}", f"r{i}", float(i))
+        model.on_receipt(f"m{i}", f"r{i}", float(i), i + 0.5)
+        model.on_sent(f"x{i}", f"s{i}", float(i))
+    assert len(model.open) <= 100
+    assert len(model.recipients) <= 50
+    assert len(model.latencies) <= 30
+
+
+def test_false_alarm_rate_sets_the_threshold() -> None:
+    model = DeliveryModel(DetectionConfig(false_alarm_per_day=1e-3))
+    strict = DeliveryModel(DetectionConfig(false_alarm_per_day=1e-6))
+    assert assess(strict, 0.0).threshold - assess(model, 0.0).threshold == math.log(1000)
+
+
+def test_a_sending_instance_is_probed_every_few_seconds_one_probe_at_a_time() -> None:
+    policy = ProbePolicy(active_max_age=3.0, active_for=30.0, min_interval=1.0)
+    due = probe_due
+    assert due(policy, 100.0, last_probe_at=96.0, last_send_at=99.0, suspicious=False, in_flight=False)
+    assert not due(policy, 100.0, last_probe_at=98.0, last_send_at=99.0, suspicious=False, in_flight=False)
+    assert not due(policy, 100.0, last_probe_at=90.0, last_send_at=99.0, suspicious=False, in_flight=True)
+    # Idle instances are left to the background round.
+    assert not due(policy, 100.0, last_probe_at=50.0, last_send_at=20.0, suspicious=False, in_flight=False)
+    # Suspicion probes at once, but never more than once per min_interval.
+    assert due(policy, 100.0, last_probe_at=98.5, last_send_at=20.0, suspicious=True, in_flight=False)
+    assert not due(policy, 100.0, last_probe_at=99.5, last_send_at=20.0, suspicious=True, in_flight=False)
