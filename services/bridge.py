@@ -15,6 +15,7 @@ from aiohttp import web
 from services.config import Settings
 from services.core import Gateway
 from services.errors import status_for
+from services.recovery import Recovery
 from services.status_page import add_status_routes
 from statemachine.errors import InvalidPayload
 
@@ -84,7 +85,7 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
-def build_app(settings: Settings, gateway: Gateway) -> web.Application:
+def build_app(settings: Settings, gateway: Gateway, recovery: Recovery | None = None) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY)
     app[GATEWAY_KEY] = gateway
     app[SECRET_KEY] = settings.webhook_secret.get_secret_value() if settings.webhook_secret else ""
@@ -92,13 +93,17 @@ def build_app(settings: Settings, gateway: Gateway) -> web.Application:
     app.router.add_post("/webhooks/wapi", receive)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
-    add_status_routes(app, settings, gateway)
+    add_status_routes(app, settings, gateway, recovery)
     return app
 
 
-async def start_bridge(settings: Settings, gateway: Gateway) -> tuple[web.AppRunner, int]:
+async def start_bridge(
+    settings: Settings, gateway: Gateway, recovery: Recovery | None = None
+) -> tuple[web.AppRunner, int]:
     # Bounded by the same grace as gRPC: a stuck webhook post cannot hold a shutdown for 60 s.
-    runner = web.AppRunner(build_app(settings, gateway), access_log=None, shutdown_timeout=settings.shutdown_grace)
+    runner = web.AppRunner(
+        build_app(settings, gateway, recovery), access_log=None, shutdown_timeout=settings.shutdown_grace
+    )
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.http_port or 0)
     await site.start()

@@ -57,6 +57,10 @@ SERVE_FLAGS: dict[str, tuple[str, type[Any]]] = {
     "--webhook-concurrency": ("webhook_concurrency", int),
     "--log-level": ("log_level", str),
     "--log-format": ("log_format", str),
+    "--public-url": ("public_url", str),
+    "--reconcile-interval": ("reconcile_interval", float),
+    "--recovery-limit": ("recovery_limit", int),
+    "--recovery-window": ("recovery_window", float),
 }
 
 

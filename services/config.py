@@ -102,4 +102,17 @@ class Settings(BaseSettings):
     webhook_concurrency: int = Field(16, ge=1, le=1000, description="Outbound webhook posts in flight per replica.")
     log_level: str = Field("INFO", description="Python log level.")
     log_format: str = Field("json", pattern="^(json|text)$", description="json (one object per line) or text.")
+    public_url: str | None = Field(
+        None,
+        pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$",
+        description="Public base URL of the webhook bridge (e.g. https://guard.example.com): W-API's webhooks are "
+        "pointed at <url>/webhooks/wapi/<secret> on registration, on demand and after every reconnection.",
+    )
+    reconcile_interval: float = Field(
+        300.0, ge=0, description="Seconds between replays of W-API's webhook log for every instance (0 disables)."
+    )
+    recovery_limit: int = Field(
+        5, ge=1, description="Recovery actions (QR, pairing code, restart, …) per instance per window."
+    )
+    recovery_window: float = Field(600.0, gt=0, description="Seconds of the recovery rate-limit window.")
     migrate_on_start: bool = Field(True, description="Apply migrations at serve start.")

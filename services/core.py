@@ -13,7 +13,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
@@ -90,6 +90,8 @@ PREFLIGHT_REASONS = frozenset(
         Reason.INSTANCE_NOT_FOUND,
         Reason.DELIVERY_STALLED,
         Reason.NOT_SUPPORTED_BY_PLAN,
+        Reason.RESTARTING,
+        Reason.PAIRING_IN_PROGRESS,
     }
 )
 # A send's answer that says something about the instance itself.
@@ -172,6 +174,9 @@ class Gateway:
         self._tasks: list[asyncio.Task[None]] = []
         self._inflight: set[asyncio.Task[MessageRecord]] = set()
         self._probe_gate = asyncio.Semaphore(self.config.probe_concurrency)
+        # Called (not awaited) with the instance id when it becomes CONNECTED again from another
+        # state: the recovery side re-applies W-API's webhooks then.
+        self.on_reconnected: Callable[[str], None] | None = None
         self.stall_watch = StallWatch(
             repo,
             probe=lambda instance_id: self.probe(instance_id, source="probe"),
@@ -260,6 +265,12 @@ class Gateway:
                 },
             )
             self._feed_nudge.set()
+            if (
+                change.decision.to_state is InstanceState.CONNECTED
+                and change.decision.from_state is not InstanceState.CONNECTED
+                and self.on_reconnected is not None
+            ):
+                self.on_reconnected(change.instance.instance_id)
 
     async def register(
         self, instance_id: str, name: str, token: str, plan: Plan, *, probe: bool = True
@@ -280,6 +291,17 @@ class Gateway:
         if probe:
             return await self.probe(instance_id, source="registration")
         return await self._with_stuck(record)
+
+    async def remove(self, instance_id: str) -> bool:
+        violations = validate_instance_id(instance_id)
+        if violations:
+            raise InvalidRequest(violations)
+        removed = await self.repo.delete_instance(instance_id)
+        if not removed:
+            raise InstanceNotFound(instance_id)
+        self._cache.pop(instance_id, None)
+        await self.refresh_gauges()
+        return removed
 
     async def probe(self, instance_id: str, *, source: str = "probe") -> InstanceRecord:
         """Asks the provider now and runs the answer through the instance machine."""
@@ -531,7 +553,8 @@ class Gateway:
                     outcome = await self.provider.send(
                         Credentials(msg.instance_id, cached.token), outbound, timeout=budget
                     )
-                    failure = None if outcome.accepted else (outcome.failure or Reason.PROVIDER_NO_MESSAGE_ID)
+                    ok = outcome.accepted or outcome.queued  # queued: stored QUEUED, never SENT
+                    failure = None if ok else (outcome.failure or Reason.PROVIDER_NO_MESSAGE_ID)
                     self.metrics.provider_latency.record(
                         time.perf_counter() - started,
                         {"operation": "send", "outcome": failure.value if failure else "ACCEPTED"},
@@ -572,6 +595,7 @@ class Gateway:
                     failure=failure,
                     detail=outcome.detail,
                     source="send",
+                    queue_id=outcome.queue_id if failure is None else None,
                 )
                 return stored
             except (ConcurrentUpdateError, DBAPIError, OSError, TimeoutError):

@@ -324,3 +324,61 @@ async def _scenario(
     except grpc.aio.AioRpcError as error:
         reason, message, _ = _error(error)
         report.add(Outcome("send", "Aventura", "blocked: DELIVERY_STALLED", f"blocked: {reason}", f"“{message}”"))
+
+    await _recovery(send, health, sim, report)
+
+
+async def _recovery(
+    send: send_pb2_grpc.SendServiceAsyncStub,
+    health: instance_health_pb2_grpc.InstanceHealthServiceAsyncStub,
+    sim: Simulator,
+    report: Report,
+) -> None:
+    print("\n4. The operator reconnects the LITE instance by pairing code (wapi-guard connect … --phone)")
+    answer = await health.RequestPairingCode(
+        instance_health_pb2.RequestPairingCodeRequest(instance_id=INCOMPLETE, phone_number="5515981121710")
+    )
+    report.add(
+        Outcome(
+            "pairing",
+            "LITE-4IW93E-MGVYDW",
+            "DISCONNECTED (PAIRING_IN_PROGRESS)",
+            f"{ISTATE[answer.health.state]} ({answer.health.reason})",
+            f"pairing code {answer.pairing_code}; next: {answer.next_step}",
+        )
+    )
+    print(f"   the code {answer.pairing_code} is typed on the phone (WhatsApp > Aparelhos conectados)")
+    await sim.type_pairing_code(INCOMPLETE, answer.pairing_code)
+
+    async def connected_yet() -> common_pb2.InstanceHealth | None:
+        h = await health.GetInstanceHealth(instance_health_pb2.GetInstanceHealthRequest(instance_id=INCOMPLETE))
+        return h if h.state == common_pb2.INSTANCE_STATE_CONNECTED else None
+
+    h = await _wait_for(connected_yet, 10) or await health.GetInstanceHealth(
+        instance_health_pb2.GetInstanceHealthRequest(instance_id=INCOMPLETE)
+    )
+    report.add(
+        Outcome(
+            "reconnect",
+            "LITE-4IW93E-MGVYDW",
+            "CONNECTED (PHONE_CONFIRMED)",
+            f"{ISTATE[h.state]} ({h.reason})",
+            f"phone_number={h.phone_number or 'null'} (only a connection event with a phone counts)",
+        )
+    )
+    failed = await send.ListMessages(
+        send_pb2.ListMessagesRequest(instance_id=INCOMPLETE, states=[common_pb2.MESSAGE_STATE_FAILED])
+    )
+    if not failed.messages:
+        report.add(Outcome("retry", "LITE-4IW93E-MGVYDW", "SENT", "no FAILED message to retry"))
+        return
+    retried = await send.RetryMessage(send_pb2.RetryMessageRequest(message_id=failed.messages[0].id))
+    report.add(
+        Outcome(
+            "retry",
+            "LITE-4IW93E-MGVYDW",
+            "SENT",
+            STATE[retried.state] if retried.state != common_pb2.MESSAGE_STATE_DELIVERED else "SENT",
+            f"wapi-guard retry {retried.id}: provider messageId={retried.provider_message_id}",
+        )
+    )

@@ -28,6 +28,8 @@ from statemachine.errors import (
     MessageNotFound,
     NotRetryable,
     ProviderFailed,
+    RecoveryFailed,
+    RecoveryRefused,
     SendBlocked,
 )
 from statemachine.ports import ConcurrentUpdateError
@@ -47,6 +49,18 @@ def _code_for(error: GuardError) -> grpc.StatusCode:
         return grpc.StatusCode.NOT_FOUND
     if isinstance(error, (SendBlocked, NotRetryable)):
         return grpc.StatusCode.FAILED_PRECONDITION
+    if isinstance(error, RecoveryRefused):
+        if error.reason is Reason.RECOVERY_RATE_LIMITED:
+            return grpc.StatusCode.RESOURCE_EXHAUSTED
+        if error.reason is Reason.RECOVERY_IN_PROGRESS:
+            return grpc.StatusCode.ABORTED
+        return grpc.StatusCode.FAILED_PRECONDITION
+    if isinstance(error, RecoveryFailed):
+        if error.reason is Reason.PROVIDER_TIMEOUT:
+            return grpc.StatusCode.DEADLINE_EXCEEDED
+        if error.reason in (Reason.TOKEN_INVALID, Reason.INSTANCE_NOT_FOUND):
+            return grpc.StatusCode.FAILED_PRECONDITION
+        return grpc.StatusCode.UNAVAILABLE
     if isinstance(error, IdempotencyConflict):
         return grpc.StatusCode.ALREADY_EXISTS
     if isinstance(error, ProviderFailed):

@@ -27,6 +27,7 @@ from statemachine.domain import (
     reason_text,
 )
 from statemachine.errors import InvalidRequest
+from statemachine.guidance import next_step
 from statemachine.ports import IngestResult, InstanceChange, MessageChange
 from statemachine.validation import SendRequest, Violation
 
@@ -98,8 +99,9 @@ def message_pb(msg: MessageRecord) -> common_pb2.Message:
         history=[state_change_pb(c) for c in msg.history],
         idempotency_key="" if msg.idempotency_key.startswith("auto:") else msg.idempotency_key,
         failure_detail=msg.failure_detail,
-        stuck=msg.stuck_at is not None and msg.state is MessageState.SENT,
+        stuck=msg.stuck_at is not None and msg.state in (MessageState.SENT, MessageState.QUEUED),
         sent_at=ts(msg.sent_at),
+        queue_id=msg.queue_id or "",
     )
 
 
@@ -117,6 +119,10 @@ def instance_pb(record: InstanceRecord, locale: str = "pt-BR") -> common_pb2.Ins
         state_changed_at=ts(record.state_changed_at),
         can_send=record.state is InstanceState.CONNECTED,
         reason_message=reason_text(record.reason, locale),
+        webhooks_configured=record.webhooks_state == "CONFIGURED",
+        webhooks_state=record.webhooks_state,
+        webhooks_detail=record.webhooks_detail,
+        next_step=next_step(record.state, record.reason, locale),
     )
 
 

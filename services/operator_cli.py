@@ -292,7 +292,7 @@ _TEXTS: dict[str, dict[str, str]] = {
         "message_id": "id da mensagem",
         "provider_id": "id no provedor",
         "key": "chave",
-        "retry_hint": "Para tentar de novo sem risco de duplicar, use a mesma chave: --key {key}",
+        "retry_hint": "Quando a instância puder enviar, reenvie esta mesma mensagem com: wapi-guard retry {id}",
         "unknown_outcome": (
             "não se sabe se a mensagem foi enviada. Repita com --key {key} (a mesma chave nunca envia duas "
             "vezes) ou consulte wapi-guard messages."
@@ -346,7 +346,7 @@ _TEXTS: dict[str, dict[str, str]] = {
         "message_id": "message id",
         "provider_id": "provider id",
         "key": "key",
-        "retry_hint": "To try again without risking a duplicate, reuse the key: --key {key}",
+        "retry_hint": "Once the instance can send, send this same message again with: wapi-guard retry {id}",
         "unknown_outcome": (
             "whether the message was sent is unknown. Repeat with --key {key} (the same key never sends "
             "twice) or check wapi-guard messages."
@@ -385,7 +385,21 @@ def _t(lang: str, name: str, **values: Any) -> str:
 
 # --- command line ------------------------------------------------------------------------------
 
-OPERATOR_COMMANDS: frozenset[str] = frozenset({"instances", "messages", "send", "status", "webhooks"})
+OPERATOR_COMMANDS: frozenset[str] = frozenset(
+    {
+        "instances",
+        "messages",
+        "send",
+        "status",
+        "connect",
+        "restart",
+        "disconnect",
+        "webhooks",
+        "subscriptions",
+        "retry",
+        "reconcile",
+    }
+)
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -443,8 +457,12 @@ def add_operator_commands(sub: argparse._SubParsersAction) -> None:  # type: ign
     }
     instances = sub.add_parser(
         "instances",
-        help="list instances and their real health (operator)",
-        description="Instances with their state as an operator should read it (Online, Sessão incompleta, …).",
+        help="list, add or remove instances and see their real health (operator)",
+        description=(
+            "Instances with their state as an operator should read it (Online, Sessão incompleta, …). "
+            "`instances add INSTANCE --name N` registers one (token from WAPIGUARD_WAPI_TOKEN or --wapi-token); "
+            "`instances remove INSTANCE` forgets it."
+        ),
         **kwargs,
     )
     instances.add_argument(
@@ -491,6 +509,10 @@ def add_operator_commands(sub: argparse._SubParsersAction) -> None:  # type: ign
     from services.webhooks_cli import add_webhook_commands
 
     add_webhook_commands(sub, kwargs)
+    from services.recovery_cli import add_recovery_arguments, add_recovery_commands
+
+    add_recovery_arguments(instances)
+    add_recovery_commands(sub, kwargs)
 
 
 # --- gRPC plumbing -----------------------------------------------------------------------------
@@ -643,10 +665,16 @@ class Context:
         self.out.write("\n")
 
     def paint(self, text: str, tone: str) -> str:
+        """Colour through rich's styles on a terminal; the text unchanged otherwise."""
         if not self.color:
             return text
-        code = {"green": "32", "orange": "38;5;208", "yellow": "33", "red": "31", "grey": "90", "slate": "36"}
-        return f"\033[{code.get(tone, '0')}m{text}\033[0m"
+        from rich.console import Console
+        from rich.text import Text
+
+        console = Console(force_terminal=True, color_system="standard", width=100_000)
+        with console.capture() as captured:
+            console.print(Text(text, style=_RICH_TONES.get(tone, "")), end="", soft_wrap=True)
+        return captured.get()
 
 
 def _dt(message: Any, name: str) -> datetime | None:
@@ -711,49 +739,75 @@ def message_dict(m: Any, lang: str) -> dict[str, Any]:
     }
 
 
-def table(headers: Sequence[str], rows: Iterable[Sequence[str]], paint: Callable[[int, int, str], str]) -> list[str]:
-    """Left-aligned columns; the last one is not padded (long reasons do not widen every row)."""
-    rows = [list(r) for r in rows]
-    widths = [len(h) for h in headers]
-    for row in rows:
-        for i, cell in enumerate(row):
-            widths[i] = max(widths[i], len(cell))
+def table(
+    headers: Sequence[str], rows: Iterable[Sequence[str]], tones: Sequence[str | None], out: TextIO, *, color: bool
+) -> None:
+    """A rich table: coloured and framed on a terminal, plain aligned columns otherwise (one row
+    per line, never wrapped, so `grep` and `cut` keep working)."""
+    from rich.console import Console
+    from rich.table import Table
 
-    def line(cells: Sequence[str], row_index: int) -> str:
-        parts = []
-        for i, cell in enumerate(cells):
-            padded = cell if i == len(cells) - 1 else cell.ljust(widths[i])
-            parts.append(paint(row_index, i, padded) if row_index >= 0 else padded)
-        return "  ".join(parts).rstrip()
+    tty = color
+    console = Console(
+        file=out,
+        force_terminal=tty,
+        no_color=not tty,
+        color_system="standard" if tty else None,
+        width=None if tty else 100_000,
+        highlight=False,
+        soft_wrap=not tty,
+    )
+    grid = Table(box=None, pad_edge=False, padding=(0, 2, 0, 0), show_header=True, header_style="bold" if tty else "")
+    for header in headers:
+        grid.add_column(header, overflow="fold" if tty else "ignore", no_wrap=not tty)
+    for row, tone in zip(rows, tones, strict=False):
+        grid.add_row(*row, style=_RICH_TONES.get(tone or "", "") if tty else "")
+    console.print(grid)
 
-    return [line(headers, -1), *(line(r, n) for n, r in enumerate(rows))]
+
+_RICH_TONES = {
+    "green": "green",
+    "orange": "dark_orange",
+    "yellow": "yellow",
+    "red": "red",
+    "grey": "bright_black",
+    "slate": "cyan",
+}
 
 
 class Progress:
-    """A progress bar on stderr: redrawn in place on a terminal, one final line otherwise."""
-
-    WIDTH = 24
+    """A rich progress bar on stderr when it is a terminal; one final plain line otherwise."""
 
     def __init__(self, total: int, label: str, stream: TextIO) -> None:
         self.total, self.label, self.stream, self.done = total, label, stream, 0
         self.tty = stream.isatty()
+        self._bar: Any = None
         if self.tty:
-            self._draw()
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
+            from rich.progress import Progress as RichProgress
 
-    def _draw(self, end: str = "") -> None:
-        filled = self.WIDTH * self.done // max(self.total, 1)
-        bar = "█" * filled + "·" * (self.WIDTH - filled)
-        prefix = "\r" if self.tty else ""
-        self.stream.write(f"{prefix}{self.label} [{bar}] {self.done}/{self.total}{end}")
-        self.stream.flush()
+            self._bar = RichProgress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                console=Console(file=stream),
+                transient=False,
+            )
+            self._task = self._bar.add_task(label, total=total)
+            self._bar.start()
 
     def advance(self) -> None:
         self.done += 1
-        if self.tty:
-            self._draw()
+        if self._bar is not None:
+            self._bar.advance(self._task)
 
     def close(self) -> None:
-        self._draw("\n")
+        if self._bar is not None:
+            self._bar.stop()
+        else:
+            self.stream.write(f"{self.label}: {self.done}/{self.total}\n")
+            self.stream.flush()
 
 
 # --- commands ----------------------------------------------------------------------------------
@@ -761,6 +815,11 @@ class Progress:
 
 async def cmd_instances(ctx: Context) -> int:
     from services.api.wapiguard.v1 import instance_health_pb2
+
+    if getattr(ctx.args, "action", "list") in ("add", "remove"):
+        from services.recovery_cli import cmd_instances_change
+
+        return await cmd_instances_change(ctx)
 
     stub = ctx.health_stub()
     listed = await ctx.call(stub.ListInstances, instance_health_pb2.ListInstancesRequest())
@@ -795,9 +854,7 @@ async def cmd_instances(ctx: Context) -> int:
         ]
         for r in rows
     ]
-    tones = [r["tone"] for r in rows]
-    for line in table(headers, cells, lambda row, col, text: ctx.paint(text, tones[row]) if col == 2 else text):
-        ctx.print(line)
+    table(headers, cells, [r["tone"] for r in rows], ctx.out, color=ctx.color)
     return code
 
 
@@ -889,8 +946,7 @@ async def cmd_messages(ctx: Context) -> int:
         for r in rows
     ]
     tones = [MESSAGE_TONES.get("STUCK" if r["stuck"] else r["state"], "slate") for r in rows]
-    for line in table(headers, cells, lambda row, col, text: ctx.paint(text, tones[row]) if col == 3 else text):
-        ctx.print(line)
+    table(headers, cells, tones, ctx.out, color=ctx.color)
     return EXIT_OK
 
 
@@ -950,8 +1006,9 @@ def _print_refusal(ctx: Context, failure: Failure, key: str) -> int:
     ctx.print(f"  {text}")
     if message_id:
         ctx.print(f"  {ctx.t('stored_failed', id=message_id)}")
-    if failure.code != "ALREADY_EXISTS":
-        ctx.print(f"  {ctx.t('retry_hint', key=key)}")
+    if failure.code != "ALREADY_EXISTS" and message_id:
+        # The same key would replay this stored refusal; only RetryMessage sends it again.
+        ctx.print(f"  {ctx.t('retry_hint', id=message_id)}")
     return EXIT_FAILED
 
 
@@ -996,13 +1053,13 @@ COMMANDS: dict[str, Callable[[Context], Awaitable[int]]] = {
 }
 
 
-async def _cmd_webhooks(ctx: Context) -> int:
+async def _cmd_subscriptions(ctx: Context) -> int:
     from services.webhooks_cli import cmd_webhooks
 
     return await cmd_webhooks(ctx)
 
 
-COMMANDS["webhooks"] = _cmd_webhooks
+COMMANDS["subscriptions"] = _cmd_subscriptions
 
 
 def _error_json(failure: Failure, ctx: Context, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -1045,9 +1102,11 @@ def _describe(ctx: Context, failure: Failure) -> str:
 async def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     import grpc
 
+    from services.recovery_cli import RECOVERY_COMMANDS
+
     ctx = Context(args, out, err)
     try:
-        return await COMMANDS[args.command](ctx)
+        return await {**COMMANDS, **RECOVERY_COMMANDS}[args.command](ctx)
     except grpc.aio.AioRpcError as error:
         failure = decode_error(error)
         if ctx.json:

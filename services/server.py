@@ -37,9 +37,10 @@ from services.event_servicers import EventServicer, WebhookSubscriptionServicer
 from services.events import ChangeFeed
 from services.logs import register_secret
 from services.outbound import OutboundConfig, WebhookDispatcher, parse_schedule
+from services.recovery import Recovery, RecoveryConfig
 from services.servicers import InstanceHealthServicer, SendServicer, WebhookServicer
 from services.telemetry import Telemetry
-from statemachine.ports import Provider, RetentionPolicy
+from statemachine.ports import InstanceOperations, Provider, RetentionPolicy
 
 log = logging.getLogger("wapi_guard.server")
 
@@ -95,6 +96,18 @@ def gateway_config(settings: Settings) -> GatewayConfig:
     )
 
 
+def recovery_config(settings: Settings) -> RecoveryConfig:
+    return RecoveryConfig(
+        public_url=settings.public_url,
+        webhook_secret=settings.webhook_secret.get_secret_value() if settings.webhook_secret else None,
+        action_timeout=settings.probe_timeout,
+        limit=settings.recovery_limit,
+        window=settings.recovery_window,
+        reconcile_interval=settings.reconcile_interval,
+        stuck_after=settings.stuck_after,
+    )
+
+
 def default_provider(settings: Settings) -> Provider:
     from adapters.wapi.client import WapiProvider
 
@@ -113,6 +126,8 @@ class App:
     http_port: int | None = None
     feed: ChangeFeed | None = None
     dispatcher: WebhookDispatcher | None = None
+    recovery: Recovery | None = None
+    bridge_runner: Any = None
     _cleanup: list[Any] = field(default_factory=list)
 
     @classmethod
@@ -133,6 +148,9 @@ class App:
         if telemetry.tracer_provider is not None and instrument is not None:
             instrument(telemetry.tracer_provider)
         gateway = Gateway(repo, provider, gateway_config(settings), telemetry)
+        recovery = Recovery(
+            gateway, provider if isinstance(provider, InstanceOperations) else None, recovery_config(settings)
+        )
         await gateway.start(background_probes=settings.probe_interval > 0)
         feed = ChangeFeed(
             repo,
@@ -153,6 +171,7 @@ class App:
         )
         await dispatcher.start()
         register_outbound_metrics(telemetry, store, dispatcher)
+        await recovery.start()
 
         interceptors: list[Any] = telemetry.server_interceptors()  # tracing first: it sees auth failures
         if settings.api_tokens:
@@ -164,7 +183,9 @@ class App:
         send_pb2_grpc.add_SendServiceServicer_to_server(SendServicer(gateway), server)
         webhook_servicer = WebhookServicer(gateway)
         webhook_pb2_grpc.add_WebhookServiceServicer_to_server(webhook_servicer, server)
-        instance_health_pb2_grpc.add_InstanceHealthServiceServicer_to_server(InstanceHealthServicer(gateway), server)
+        instance_health_pb2_grpc.add_InstanceHealthServiceServicer_to_server(
+            InstanceHealthServicer(gateway, recovery), server
+        )
         events_pb2_grpc.add_EventServiceServicer_to_server(
             EventServicer(
                 repo,
@@ -188,8 +209,9 @@ class App:
         if port == 0:
             raise OSError(f"cannot bind gRPC on {settings.host}:{settings.grpc_port}")
         await server.start()
-        app = cls(settings, gateway, server, health_servicer, port, feed=feed, dispatcher=dispatcher)
+        app = cls(settings, gateway, server, health_servicer, port, feed=feed, dispatcher=dispatcher, recovery=recovery)
         app._cleanup += [
+            recovery.aclose,
             dispatcher.aclose,
             feed.aclose,
             gateway.aclose,
@@ -200,8 +222,9 @@ class App:
         if settings.http_port >= 0:
             from services.bridge import start_bridge
 
-            runner, http_port = await start_bridge(settings, gateway)
+            runner, http_port = await start_bridge(settings, gateway, recovery)
             app.http_port = http_port
+            app.bridge_runner = runner
             app._cleanup.insert(0, runner.cleanup)
         # Serving only once the database is migrated and reachable.
         await repo.ping()

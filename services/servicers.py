@@ -20,6 +20,7 @@ from services.api.wapiguard.v1 import (
 from services.auth import PermissionDenied, allowed, authorize, current_principal
 from services.core import Gateway
 from services.errors import abort, grpc_errors, locale_of, status_for
+from services.recovery import ActionResult, Recovery, WebhooksResult
 from statemachine.domain import MessageRecord, Plan
 from statemachine.errors import InvalidPayload, InvalidRequest, MessageNotFound
 from statemachine.validation import Violation
@@ -121,8 +122,154 @@ class WebhookServicer(webhook_pb2_grpc.WebhookServiceServicer):
 
 
 class InstanceHealthServicer(instance_health_pb2_grpc.InstanceHealthServiceServicer):
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Gateway, recovery: Recovery | None = None) -> None:
         self.gateway = gateway
+        self.recovery = recovery or Recovery(gateway, None)
+
+    # --- operator recovery -------------------------------------------------------------------
+
+    @grpc_errors
+    async def RemoveInstance(
+        self, request: instance_health_pb2.InstanceRequest, context: Ctx
+    ) -> instance_health_pb2.RemoveInstanceResponse:
+        instance_id = request.instance_id.strip()
+        authorize(instance_id)
+        removed = await self.gateway.remove(instance_id)
+        return instance_health_pb2.RemoveInstanceResponse(instance_id=instance_id, removed=removed)
+
+    @grpc_errors
+    async def GetQrCode(
+        self, request: instance_health_pb2.InstanceRequest, context: Ctx
+    ) -> instance_health_pb2.QrCodeResponse:
+        instance_id = request.instance_id.strip()
+        authorize(instance_id)
+        locale = locale_of(context)
+        result = await self.recovery.qr_code(instance_id, locale)
+        return instance_health_pb2.QrCodeResponse(
+            health=mapping.instance_pb(result.health, locale),
+            png=result.outcome.png,
+            base64=result.outcome.qr_text,
+            already_connected=result.outcome.connected,
+            next_step=result.next_step,
+        )
+
+    @grpc_errors
+    async def RequestPairingCode(
+        self, request: instance_health_pb2.RequestPairingCodeRequest, context: Ctx
+    ) -> instance_health_pb2.PairingCodeResponse:
+        instance_id = request.instance_id.strip()
+        authorize(instance_id)
+        locale = locale_of(context)
+        result = await self.recovery.pairing_code(instance_id, request.phone_number, locale)
+        return instance_health_pb2.PairingCodeResponse(
+            health=mapping.instance_pb(result.health, locale),
+            pairing_code=result.outcome.pairing_code,
+            already_connected=result.outcome.connected,
+            next_step=result.next_step,
+        )
+
+    @grpc_errors
+    async def RestartInstance(
+        self, request: instance_health_pb2.InstanceRequest, context: Ctx
+    ) -> instance_health_pb2.RecoveryResponse:
+        instance_id = request.instance_id.strip()
+        authorize(instance_id)
+        locale = locale_of(context)
+        return self._recovery_pb(await self.recovery.restart(instance_id, locale), locale)
+
+    @grpc_errors
+    async def DisconnectInstance(
+        self, request: instance_health_pb2.InstanceRequest, context: Ctx
+    ) -> instance_health_pb2.RecoveryResponse:
+        instance_id = request.instance_id.strip()
+        authorize(instance_id)
+        locale = locale_of(context)
+        return self._recovery_pb(await self.recovery.disconnect(instance_id, locale), locale)
+
+    @staticmethod
+    def _recovery_pb(result: ActionResult, locale: str) -> instance_health_pb2.RecoveryResponse:
+        return instance_health_pb2.RecoveryResponse(
+            health=mapping.instance_pb(result.health, locale),
+            provider_message=result.outcome.message,
+            next_step=result.next_step,
+        )
+
+    @grpc_errors
+    async def ConfigureWebhooks(
+        self, request: instance_health_pb2.InstanceRequest, context: Ctx
+    ) -> instance_health_pb2.WebhooksResponse:
+        instance_id = request.instance_id.strip()
+        authorize(instance_id)
+        locale = locale_of(context)
+        return self._webhooks_pb(await self.recovery.configure_webhooks(instance_id, locale), locale)
+
+    @grpc_errors
+    async def CheckWebhooks(
+        self, request: instance_health_pb2.InstanceRequest, context: Ctx
+    ) -> instance_health_pb2.WebhooksResponse:
+        instance_id = request.instance_id.strip()
+        authorize(instance_id)
+        locale = locale_of(context)
+        return self._webhooks_pb(await self.recovery.check_webhooks(instance_id, locale), locale)
+
+    @staticmethod
+    def _webhooks_pb(result: WebhooksResult, locale: str) -> instance_health_pb2.WebhooksResponse:
+        return instance_health_pb2.WebhooksResponse(
+            health=mapping.instance_pb(result.health, locale),
+            kinds=[instance_health_pb2.WebhookKindResult(kind=k.kind, ok=k.ok, detail=k.detail) for k in result.kinds],
+            configured=result.configured,
+            url=result.url,
+            next_step=result.next_step,
+        )
+
+    @grpc_errors
+    async def ReconcileEvents(
+        self, request: instance_health_pb2.ReconcileEventsRequest, context: Ctx
+    ) -> instance_health_pb2.ReconcileEventsResponse:
+        instance_id = request.instance_id.strip()
+        if instance_id:
+            authorize(instance_id)
+        elif current_principal.get().instances is not None:
+            raise PermissionDenied("*")
+        results, stuck = await self.recovery.reconcile(instance_id)
+        return instance_health_pb2.ReconcileEventsResponse(
+            instances=[
+                instance_health_pb2.InstanceReconciliation(
+                    instance_id=r.instance_id,
+                    fetched=r.fetched,
+                    applied=r.applied,
+                    duplicates=r.duplicates,
+                    failed=r.failed,
+                    pages=r.pages,
+                    error=r.error,
+                )
+                for r in results
+            ],
+            stuck=[mapping.message_pb(m) for m in stuck],
+        )
+
+    @grpc_errors
+    async def ListRecoveryActions(
+        self, request: instance_health_pb2.InstanceRequest, context: Ctx
+    ) -> instance_health_pb2.ListRecoveryActionsResponse:
+        instance_id = request.instance_id.strip()
+        authorize(instance_id)
+        actions = await self.recovery.actions(instance_id)
+        return instance_health_pb2.ListRecoveryActionsResponse(
+            actions=[
+                instance_health_pb2.RecoveryAction(
+                    instance_id=a.instance_id,
+                    action=a.action,
+                    requested_by=a.requested_by,
+                    at=mapping.ts(a.at),
+                    outcome=a.outcome,
+                    detail=a.detail,
+                )
+                for a in actions
+            ]
+        )
+
+    # --- health ------------------------------------------------------------------------------
 
     @grpc_errors
     async def RegisterInstance(
@@ -135,9 +282,13 @@ class InstanceHealthServicer(instance_health_pb2_grpc.InstanceHealthServiceServi
             plan = mapping.PLAN_FROM_PB[request.plan]
         else:
             raise InvalidRequest([Violation("plan", f"unknown plan {request.plan}; use PLAN_PRO or PLAN_LITE")])
+        instance_id = request.instance_id.strip()
         record = await self.gateway.register(
-            request.instance_id.strip(), request.name, request.token, plan, probe=not request.skip_probe
+            instance_id, request.name, request.token, plan, probe=not request.skip_probe
         )
+        if self.recovery.bridge_url() is not None:
+            await self.recovery.after_registration(instance_id)
+            record = await self.gateway.health(instance_id)
         return mapping.instance_pb(record, locale_of(context))
 
     @grpc_errors

@@ -1,4 +1,4 @@
-"""Status page (read-only) served by the webhook bridge's HTTP server.
+"""Status page served by the webhook bridge's HTTP server (per-instance actions: status_actions.py).
 
     GET /status                  the page (server-rendered; works without JavaScript)
     GET /status/api/snapshot     the same data as JSON (labels in the page's language)
@@ -54,6 +54,8 @@ from services.operator_cli import (
     state_view,
     time_units,
 )
+from services.recovery import Recovery
+from services.status_actions import Csrf, StatusActions, add_action_routes, instance_actions, message_actions
 from statemachine.domain import InstanceRecord, MessageRecord, MessageState, StateChange
 
 log = logging.getLogger("wapi_guard.status_page")
@@ -71,7 +73,7 @@ SECTIONS = ("summary", "instances", "messages", "changes")
 
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; "
-    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
 SECURITY_HEADERS = {
     "Content-Security-Policy": CSP,
@@ -212,6 +214,8 @@ class Snapshot:
     changes: list[ChangeRow]
     names: dict[str, str] = field(default_factory=dict)
     webhooks: list[tuple[SubscriptionRecord, SubscriptionStats | None]] = field(default_factory=list)
+    # The viewer's CSRF token when the page offers actions (QR, pairing code, restart, retry).
+    csrf: str = ""
 
 
 async def _webhooks(
@@ -465,7 +469,9 @@ def render_instances(snap: Snapshot, lang: str) -> str:
             f"<dt>{_e(_t(lang, 'changed'))}</dt><dd>{_time(r.state_changed_at, now, lang)}</dd>"
             f"<dt>{_e(_t(lang, 'checked'))}</dt><dd>{_time(r.checked_at, now, lang)}</dd>"
             f'<dt>{_e(_t(lang, "stuck"))}</dt><dd data-role="stuck"{stuck_cls}>{r.stuck_messages}</dd>'
-            "</dl></article>"
+            "</dl>"
+            f"{instance_actions(r.instance_id, r.state.value, snap.csrf, lang) if snap.csrf else ''}"
+            "</article>"
         )
     return "".join(cards)
 
@@ -475,6 +481,7 @@ def render_messages(snap: Snapshot, lang: str) -> str:
         return f'<p class="empty">{_e(_t(lang, "no_messages"))}</p>'
     now = snap.generated_at
     head = "".join(f"<th>{_e(_t(lang, k))}</th>" for k in ("instance", "to", "state", "reason", "age", "attempts"))
+    head += "<th></th>"
     rows = []
     for m in snap.messages:
         stuck = _is_stuck(m)
@@ -489,7 +496,8 @@ def render_messages(snap: Snapshot, lang: str) -> str:
             f"<td>{_badge(message_label(m.state.value, stuck, lang), tone)}</td>"
             f'<td title="{_e(reason)}">{_e(reason_label(reason, lang))}</td>'
             f"<td>{_time(m.created_at, now, lang, 'age')}</td>"
-            f'<td class="num">{m.attempts}</td></tr>'
+            f'<td class="num">{m.attempts}</td>'
+            f"<td>{message_actions(m.id, snap.csrf, lang) if snap.csrf and m.state.value == 'FAILED' else ''}</td></tr>"
         )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
@@ -594,8 +602,10 @@ class _Stream:
 
 
 class StatusPage:
-    def __init__(self, settings: Settings, gateway: Gateway) -> None:
+    def __init__(self, settings: Settings, gateway: Gateway, recovery: Recovery | None = None) -> None:
         self.gateway = gateway
+        self.recovery = recovery
+        self.csrf = Csrf(settings)
         self.tokens = parse_tokens(settings.api_tokens.get_secret_value()) if settings.api_tokens else []
         self.streams: set[_Stream] = set()
         self.static: dict[str, bytes] = {}
@@ -641,9 +651,15 @@ class StatusPage:
             return web.json_response({"error": "unauthenticated", "message": text}, status=401, headers=headers)
         return web.Response(text=text, status=401, headers=headers, content_type="text/plain")
 
+    def headers(self) -> dict[str, str]:
+        return _headers()
+
     async def _snapshot(self, principal: Principal) -> Snapshot | None:
         try:
-            return await build_snapshot(self.gateway, principal)
+            snap = await build_snapshot(self.gateway, principal)
+            if self.recovery is not None and self.recovery.operations is not None:
+                snap.csrf = self.csrf.token(principal)
+            return snap
         except Exception as error:
             if status_for(error) is None:
                 log.exception("status snapshot failed")
@@ -788,10 +804,14 @@ def _sse(event: str, seq: int, data: dict[str, Any]) -> bytes:
 STATUS_PAGE_KEY = web.AppKey("status_page", StatusPage)
 
 
-def add_status_routes(app: web.Application, settings: Settings, gateway: Gateway) -> None:
+def add_status_routes(
+    app: web.Application, settings: Settings, gateway: Gateway, recovery: Recovery | None = None
+) -> None:
     """Adds the status page routes to the bridge's aiohttp application."""
-    page = StatusPage(settings, gateway)
+    page = StatusPage(settings, gateway, recovery)
     app[STATUS_PAGE_KEY] = page
+    if recovery is not None:
+        add_action_routes(app, StatusActions(page, gateway, recovery, page.csrf))
     app.router.add_get("/status", page.index)
     app.router.add_get("/status/", page.redirect)
     app.router.add_get("/status/api/snapshot", page.snapshot)

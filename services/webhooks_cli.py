@@ -1,4 +1,4 @@
-"""`wapi-guard webhooks …`: outbound webhook subscriptions for operators (over gRPC, like the
+"""`wapi-guard subscriptions …`: outbound webhook subscriptions for operators (over gRPC, like the
 other operator commands): list with lag/failures/last error, create (prints the secret once),
 enable/disable, delete, rotate the secret, list deliveries, replay exhausted ones."""
 
@@ -25,7 +25,7 @@ STATE_NAMES = {v: k for k, v in DELIVERY_STATES.items()}
 
 def add_webhook_commands(sub: argparse._SubParsersAction, kwargs: dict[str, Any]) -> None:  # type: ignore[type-arg]
     hooks = sub.add_parser(
-        "webhooks",
+        "subscriptions",
         help="outbound webhook subscriptions: list, create, enable/disable, replay (operator)",
         description="Outbound webhooks (Standard Webhooks signatures). Without an action: the list.",
         **kwargs,
@@ -81,11 +81,11 @@ async def cmd_webhooks(ctx: Context) -> int:
     stub = events_pb2_grpc.WebhookSubscriptionServiceStub(ctx.channel())
     action = args.action
     if action not in ("list", "create") and not args.id:
-        ctx.warn(f"webhooks {action}: give the subscription id")
+        ctx.warn(f"subscriptions {action}: give the subscription id")
         return 2
     if action == "create":
         if not args.url:
-            ctx.warn("webhooks create: --url is required")
+            ctx.warn("subscriptions create: --url is required")
             return 2
         created = await ctx.call(
             stub.CreateWebhookSubscription,
@@ -153,8 +153,7 @@ async def cmd_webhooks(ctx: Context) -> int:
                 [str(r["id"]), r["webhook_id"], r["type"], r["state"], str(r["attempts"]), r["last_error"] or "-"]
                 for r in rows
             ]
-            for line in table(headers, cells, lambda _r, _c, text: text):
-                ctx.print(line)
+            table(headers, cells, [None] * len(cells), ctx.out, color=ctx.color)
         return 0
     listed = await ctx.call(stub.ListWebhookSubscriptions, events_pb2.ListWebhookSubscriptionsRequest())
     subs = [subscription_dict(s) for s in listed.subscriptions]
@@ -177,6 +176,5 @@ async def cmd_webhooks(ctx: Context) -> int:
         ]
         for s in subs
     ]
-    for line in table(headers, cells, lambda _r, _c, text: text):
-        ctx.print(line)
+    table(headers, cells, [None] * len(cells), ctx.out, color=ctx.color)
     return 0

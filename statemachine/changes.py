@@ -167,12 +167,13 @@ def message_changes(msg: MessageFacts, change: StateChange) -> list[Change]:
     return [Change(kind, msg.instance_id, change.at, payload, msg.id)]
 
 
-def message_stuck(msg: MessageFacts, at: datetime) -> Change:
+def message_stuck(msg: MessageFacts, at: datetime, state: str = MessageState.SENT.value) -> Change:
+    """`state`: SENT, or QUEUED for a message that never left W-API's queue."""
     payload = {
         "message_id": msg.id,
         "instance_id": msg.instance_id,
         "recipient": msg.to,
-        "state": MessageState.SENT.value,
+        "state": state,
         "provider_message_id": msg.provider_message_id,
         "attempt": msg.attempts,
         "version": msg.version,

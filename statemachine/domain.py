@@ -17,6 +17,8 @@ class InstanceState(StrEnum):
 
 class MessageState(StrEnum):
     PENDING = "PENDING"
+    # W-API took it into its send queue (an `insertedId`), no message id yet: not sent.
+    QUEUED = "QUEUED"
     SENT = "SENT"
     DELIVERED = "DELIVERED"
     READ = "READ"
@@ -76,6 +78,14 @@ class Reason(StrEnum):
     UNAUTHENTICATED = "UNAUTHENTICATED"
     PERMISSION_DENIED = "PERMISSION_DENIED"
     RETRY_REQUESTED = "RETRY_REQUESTED"
+    # Operator recovery (instance reasons while it is under way, and refusals of the action).
+    RESTARTING = "RESTARTING"
+    PAIRING_IN_PROGRESS = "PAIRING_IN_PROGRESS"
+    RECOVERY_IN_PROGRESS = "RECOVERY_IN_PROGRESS"
+    RECOVERY_RATE_LIMITED = "RECOVERY_RATE_LIMITED"
+    PUBLIC_URL_NOT_CONFIGURED = "PUBLIC_URL_NOT_CONFIGURED"
+    # A send W-API only queued (an `insertedId`, no message id yet).
+    PROVIDER_QUEUED = "PROVIDER_QUEUED"
 
 
 # Human text a UI can show as is (google.rpc.LocalizedMessage), pt-BR first.
@@ -101,6 +111,14 @@ REASON_TEXT_PT_BR: dict[Reason, str] = {
     Reason.IDEMPOTENCY_KEY_REUSED: "Chave de idempotência já usada com outro conteúdo.",
     Reason.MESSAGE_NOT_RETRYABLE: "Só mensagens com falha podem ser reenviadas.",
     Reason.MESSAGE_NOT_FOUND: "Mensagem não encontrada.",
+    Reason.RESTARTING: "Instância reiniciando. Aguarde a reconexão; os envios voltam quando o número for confirmado.",
+    Reason.PAIRING_IN_PROGRESS: (
+        "Pareamento em andamento. Digite o código no WhatsApp (Aparelhos conectados) ou leia o QR code."
+    ),
+    Reason.RECOVERY_IN_PROGRESS: "Já existe uma ação de recuperação em andamento para esta instância.",
+    Reason.RECOVERY_RATE_LIMITED: "Muitas ações de recuperação seguidas. Aguarde antes de tentar de novo.",
+    Reason.PUBLIC_URL_NOT_CONFIGURED: "URL pública não configurada (--public-url): sem destino para os webhooks.",
+    Reason.PROVIDER_QUEUED: "A W-API colocou a mensagem na fila; ainda não foi enviada.",
 }
 
 REASON_TEXT_EN: dict[Reason, str] = {
@@ -118,6 +136,12 @@ REASON_TEXT_EN: dict[Reason, str] = {
     Reason.PROVIDER_NO_MESSAGE_ID: "W-API answered without a message id; the send was not confirmed.",
     Reason.OUTCOME_UNKNOWN: "Could not confirm whether the message was sent.",
     Reason.PHONE_CONFIRMED: "Connected with a confirmed phone number.",
+    Reason.RESTARTING: "Instance is restarting. Sends resume once the phone number is confirmed.",
+    Reason.PAIRING_IN_PROGRESS: "Pairing in progress. Type the code in WhatsApp (Linked devices) or scan the QR code.",
+    Reason.RECOVERY_IN_PROGRESS: "A recovery action for this instance is already running.",
+    Reason.RECOVERY_RATE_LIMITED: "Too many recovery actions in a row. Wait before trying again.",
+    Reason.PUBLIC_URL_NOT_CONFIGURED: "No public URL configured (--public-url): nowhere to point the webhooks at.",
+    Reason.PROVIDER_QUEUED: "W-API queued the message; it has not been sent yet.",
 }
 
 
@@ -210,10 +234,16 @@ class SendOutcome:
     failure: Reason | None = None
     detail: str = ""
     http_status: int | None = None
+    # W-API's queue handle when it only queued the message (no message id): never a "sent".
+    queue_id: str | None = None
 
     @property
     def accepted(self) -> bool:
         return self.failure is None and bool(self.provider_message_id)
+
+    @property
+    def queued(self) -> bool:
+        return self.failure is None and not self.provider_message_id and bool(self.queue_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +260,49 @@ class ProbeOutcome:
     phone: str | None = None
     lid: str | None = None
     failure: Reason | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ActionOutcome:
+    """Provider's answer to a recovery action (QR, pairing code, restart, disconnect, webhook
+    update). `failure` is set when the provider refused or could not be asked."""
+
+    ok: bool
+    failure: Reason | None = None
+    detail: str = ""
+    message: str = ""  # the provider's own words
+    connected: bool = False  # the answer says the instance is already paired
+    phone: str | None = None
+    qr_text: str = ""
+    png: bytes = field(default=b"", repr=False)
+    pairing_code: str = field(default="", repr=False)
+    webhook_urls: dict[str, str] = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedEvent:
+    """One webhook body from the provider's webhook log, replayable through ingest."""
+
+    log_id: str
+    payload: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookLogPage:
+    entries: list[LoggedEvent]
+    total_pages: int | None = None
+    failure: Reason | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryAction:
+    instance_id: str
+    action: str
+    requested_by: str
+    at: datetime
+    outcome: str
     detail: str = ""
 
 
@@ -260,6 +333,8 @@ class InstanceRecord:
     version: int
     consecutive_gateway_failures: int = 0
     stuck_messages: int = 0
+    webhooks_state: str = "UNCONFIGURED"
+    webhooks_detail: str = ""
 
 
 @dataclass(slots=True)
@@ -284,3 +359,4 @@ class MessageRecord:
     version: int
     trace_id: str = ""
     span_id: str = ""
+    queue_id: str | None = None

@@ -100,3 +100,25 @@ class InvalidPayload(GuardError):
         )
         self.event_reason = reason
         self.event_id = event_id
+
+
+class RecoveryRefused(GuardError):
+    """A recovery action was not started (one already running, rate limit, no public URL)."""
+
+    def __init__(self, reason: Reason, instance_id: str, detail: str = "") -> None:
+        super().__init__(
+            reason,
+            f"recovery on instance {_short(instance_id)} refused: {reason.value}" + (f" ({detail})" if detail else ""),
+            {"instance_id": _short(instance_id)},
+        )
+
+
+class RecoveryFailed(GuardError):
+    """W-API did not carry out a recovery action; nothing changed but the audit record."""
+
+    def __init__(self, reason: Reason, instance_id: str, action: str, detail: str) -> None:
+        super().__init__(
+            reason,
+            f"{action} on instance {_short(instance_id)} failed: {reason.value}",
+            {"instance_id": _short(instance_id), "action": action, "detail": detail[:200]},
+        )

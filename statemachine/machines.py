@@ -32,10 +32,13 @@ class MessageTrigger(StrEnum):
     READ = "read"
     PLAY = "play"
     RETRY = "retry"  # RetryMessage
+    QUEUE = "queue"  # W-API answered only a queue handle (insertedId): QUEUED, not SENT
+    LEAVE_QUEUE = "leave_queue"  # the real message id of a queued message became known
 
 
 MESSAGE_RANK: dict[MessageState, int] = {
     MessageState.PENDING: 0,
+    MessageState.QUEUED: 0,
     MessageState.SENT: 1,
     MessageState.DELIVERED: 2,
     MessageState.READ: 3,
@@ -56,9 +59,13 @@ M = MessageTrigger
 MESSAGE_TRANSITIONS: list[dict[str, object]] = [
     # The provider accepted the message and gave its id.
     {"trigger": M.ACCEPT, "source": S.PENDING, "dest": S.SENT},
+    # W-API only queued it (an `insertedId`, no message id): not sent, and never SENT from here
+    # without the real id (the delivery webhook that names both).
+    {"trigger": M.QUEUE, "source": S.PENDING, "dest": S.QUEUED},
+    {"trigger": M.LEAVE_QUEUE, "source": S.QUEUED, "dest": S.SENT},
     # Blocked by preflight, refused or timed out at the provider, outcome unknown after a crash
     # mid-send; or a provider "failed" status.
-    {"trigger": M.FAIL, "source": [S.PENDING, S.SENT], "dest": S.FAILED},
+    {"trigger": M.FAIL, "source": [S.PENDING, S.QUEUED, S.SENT], "dest": S.FAILED},
     # A provider "sent" (server ack) status on a message already SENT: nothing to move.
     {"trigger": M.CONFIRM_SENT, "source": S.SENT, "dest": None},
     {"trigger": M.DELIVER, "source": S.SENT, "dest": S.DELIVERED},
@@ -140,6 +147,7 @@ def transition_message(
     provider_message_id: str | None = None,
     failure_detail: str = "",
     trace_ids: tuple[str, str] = ("", ""),
+    queue_id: str | None = None,
 ) -> MessageRecord | None:
     """The message as it must be stored after `trigger`, or None when the machine refuses it.
 
@@ -160,6 +168,14 @@ def transition_message(
             return None  # never SENT without the provider's id
         after.provider_message_id = provider_message_id
         after.sent_at = at
+    elif trigger is MessageTrigger.QUEUE:
+        if not queue_id:
+            return None  # queued only with W-API's queue handle
+        # Queued is not sent: no provider id; sent_at is when W-API took it, so a message that
+        # never leaves the queue becomes stuck like a SENT one.
+        after.queue_id = queue_id[:128]
+        after.sent_at = at
+        after.failure_detail = failure_detail[:MAX_FAILURE_DETAIL]
     elif trigger is MessageTrigger.FAIL:
         after.failure_reason = reason.value
         after.failure_detail = failure_detail[:MAX_FAILURE_DETAIL]
@@ -181,8 +197,10 @@ def send_outcome(
     detail: str,
     source: str,
     at: datetime,
+    queue_id: str | None = None,
 ) -> MessageRecord | None:
-    """The provider's answer to a send: PENDING → SENT with its id, or → FAILED with the reason
+    """The provider's answer to a send: PENDING → SENT with its id, → QUEUED with only W-API's
+    queue handle, or → FAILED with the reason
     (PROVIDER_NO_MESSAGE_ID when a 2xx carried no id: never SENT without one). None when the
     message is no longer PENDING (a reconciler or another replica got there first: its verdict
     stands)."""
@@ -196,6 +214,16 @@ def send_outcome(
             source=source,
             at=at,
             provider_message_id=provider_message_id,
+        )
+    if failure is None and queue_id:
+        return transition_message(
+            msg,
+            MessageTrigger.QUEUE,
+            reason=Reason.PROVIDER_QUEUED,
+            source=source,
+            at=at,
+            queue_id=queue_id,
+            failure_detail=detail,
         )
     return transition_message(
         msg,
@@ -276,6 +304,9 @@ class InstanceTrigger(StrEnum):
     REPORT_NOT_FOUND = "report_not_found"
     REPORT_DELIVERY_STALLED = "report_delivery_stalled"  # the sweeper: a run of stuck messages
     REPORT_DELIVERY_RESUMED = "report_delivery_resumed"  # a delivery/read after a stall
+    REQUEST_DISCONNECT = "request_disconnect"  # an operator logged the session out
+    BEGIN_RESTART = "begin_restart"  # an operator restarted the session at W-API
+    BEGIN_PAIRING = "begin_pairing"  # an operator asked for a QR code or a pairing code
 
 
 class _InstanceModel:
@@ -296,6 +327,16 @@ def _is_stalled(event: EventData) -> bool:
     model = event.model
     assert isinstance(model, _InstanceModel)
     return model.state == InstanceState.DEGRADED and model.reason == Reason.DELIVERY_STALLED
+
+
+RECOVERY_REASONS = frozenset({Reason.RESTARTING.value, Reason.PAIRING_IN_PROGRESS.value})
+
+
+def _is_recovering(event: EventData) -> bool:
+    """A restart or pairing the operator started: its own reason stays visible until it ends."""
+    model = event.model
+    assert isinstance(model, _InstanceModel)
+    return model.reason in RECOVERY_REASONS
 
 
 def _set(reason: Reason, phone: str = "keep") -> Callable[[EventData], None]:
@@ -331,7 +372,7 @@ INSTANCE_TRANSITIONS: list[dict[str, object]] = [
         "trigger": T.REPORT_CONNECTED,
         "source": ANY,
         "dest": IS.SESSION_INCOMPLETE,
-        "unless": _has_phone,
+        "unless": [_has_phone, _is_recovering],
         "after": _set(Reason.SESSION_INCOMPLETE, phone="clear"),
     },
     # A connection *event* (the session was re-established) also clears a delivery stall; a
@@ -347,14 +388,37 @@ INSTANCE_TRANSITIONS: list[dict[str, object]] = [
         "trigger": T.REPORT_RECONNECTED,
         "source": ANY,
         "dest": IS.SESSION_INCOMPLETE,
-        "unless": _has_phone,
+        "unless": [_has_phone, _is_recovering],
         "after": _set(Reason.SESSION_INCOMPLETE, phone="clear"),
     },
+    # The session going down (and a QR waiting) is what a restart or pairing looks like half-way:
+    # it keeps the recovery's reason. An operator's own disconnect is a plain disconnection.
     {
         "trigger": T.REPORT_DISCONNECTED,
         "source": ANY,
         "dest": IS.DISCONNECTED,
+        "unless": _is_recovering,
         "after": _set(Reason.INSTANCE_DISCONNECTED),
+    },
+    {
+        "trigger": T.REQUEST_DISCONNECT,
+        "source": ANY,
+        "dest": IS.DISCONNECTED,
+        "after": _set(Reason.INSTANCE_DISCONNECTED, phone="clear"),
+    },
+    # Operator recovery. Both leave the instance blocked (never CONNECTED) until a connection
+    # event or probe shows a phone; both replace a delivery stall, which the reconnection ends.
+    {
+        "trigger": T.BEGIN_RESTART,
+        "source": ANY,
+        "dest": IS.DISCONNECTED,
+        "after": _set(Reason.RESTARTING),
+    },
+    {
+        "trigger": T.BEGIN_PAIRING,
+        "source": [IS.UNKNOWN, IS.SESSION_INCOMPLETE, IS.DEGRADED, IS.DISCONNECTED],
+        "dest": IS.DISCONNECTED,
+        "after": _set(Reason.PAIRING_IN_PROGRESS, phone="clear"),
     },
     # Gateway trouble says nothing about the session: keep the last known phone, never flip to
     # DISCONNECTED, but stop trusting it. A delivery stall is not lifted by a gateway blip: its
@@ -425,14 +489,14 @@ def decide_instance(
 ) -> InstanceDecision:
     """Runs an instance trigger. A refused trigger leaves everything as it was.
 
-    The guards read only the state, whether the reason is DELIVERY_STALLED and whether a phone
+    The guards read only the state, whether the reason is DELIVERY_STALLED (or a recovery's) and whether a phone
     came with the signal, so the machine's verdict is computed once per such case and remembered;
     the phone itself is then kept, taken or cleared as that verdict says.
     """
     new_phone = e164_phone(new_phone)  # the one phone rule: anything else is "connected without a phone"
     has_phone = new_phone is not None
-    stalled = reason == Reason.DELIVERY_STALLED
-    applied, to_state, to_reason, phone_action = _instance_verdict(state, stalled, has_phone, trigger)
+    kind = "stalled" if reason == Reason.DELIVERY_STALLED else "recovering" if reason in RECOVERY_REASONS else ""
+    applied, to_state, to_reason, phone_action = _instance_verdict(state, kind, has_phone, trigger)
     if not applied:
         return InstanceDecision(state, reason, state, reason, phone, applied=False)
     resulting_phone = {"keep": phone, "take": new_phone, "clear": None}[phone_action]
@@ -444,9 +508,9 @@ _KEPT, _TAKEN = "\x00kept", "\x00taken"
 
 @functools.cache
 def _instance_verdict(
-    state: InstanceState, stalled: bool, has_phone: bool, trigger: InstanceTrigger
+    state: InstanceState, kind: str, has_phone: bool, trigger: InstanceTrigger
 ) -> tuple[bool, InstanceState, str, str]:
-    reason = Reason.DELIVERY_STALLED.value if stalled else "\x00other"
+    reason = {"stalled": Reason.DELIVERY_STALLED.value, "recovering": Reason.RESTARTING.value}.get(kind, "\x00other")
     model = _InstanceModel(state, reason, _KEPT)
     try:
         ok = INSTANCE_MACHINE.events[trigger].trigger(model, phone=_TAKEN if has_phone else None)

@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from statemachine.changes import ChangeCursor, ChangeKind, ChangePage
 from statemachine.domain import (
+    ActionOutcome,
     Credentials,
     InstanceRecord,
     InstanceState,
@@ -20,6 +21,7 @@ from statemachine.domain import (
     Reason,
     SendOutcome,
     StateChange,
+    WebhookLogPage,
 )
 from statemachine.events import ProviderEvent, Route
 from statemachine.machines import InstanceDecision, InstanceTrigger
@@ -37,6 +39,28 @@ class Provider(Protocol):
     async def probe(self, credentials: Credentials, *, timeout: float) -> ProbeOutcome: ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class InstanceOperations(Protocol):
+    """The provider's instance operations an operator drives (W-API in production). Values, never
+    exceptions, for provider trouble; the token never appears in what they return."""
+
+    async def qr_code(self, credentials: Credentials, *, timeout: float) -> ActionOutcome: ...
+
+    async def pairing_code(self, credentials: Credentials, phone: str, *, timeout: float) -> ActionOutcome: ...
+
+    async def restart(self, credentials: Credentials, *, timeout: float) -> ActionOutcome: ...
+
+    async def disconnect(self, credentials: Credentials, *, timeout: float) -> ActionOutcome: ...
+
+    async def set_webhook(self, credentials: Credentials, kind: str, url: str, *, timeout: float) -> ActionOutcome: ...
+
+    async def webhook_urls(self, credentials: Credentials, *, timeout: float) -> ActionOutcome: ...
+
+    async def webhook_logs(
+        self, credentials: Credentials, *, page: int, per_page: int, timeout: float
+    ) -> WebhookLogPage: ...
 
 
 class ChangeLog(Protocol):
@@ -164,6 +188,7 @@ class Store(ChangeLog, Protocol):
         self, instance_id: str, name: str, token: str | None, plan: Plan
     ) -> tuple[InstanceRecord, bool]: ...
     async def get_instance(self, instance_id: str) -> tuple[InstanceRecord, str] | None: ...
+    async def delete_instance(self, instance_id: str) -> bool: ...
     async def list_instances(self, states: Sequence[InstanceState] = ()) -> list[InstanceRecord]: ...
     async def list_credentials(self) -> list[tuple[str, str]]: ...
     async def stuck_counts(self, instance_ids: Sequence[str] | None = None) -> dict[str, int]: ...
@@ -205,6 +230,7 @@ class Store(ChangeLog, Protocol):
         failure: Reason | None,
         detail: str,
         source: str,
+        queue_id: str | None = None,
     ) -> tuple[MessageRecord, list[MessageChange]]: ...
     async def reset_for_retry(
         self, message_id: str, *, source: str, trace_ids: tuple[str, str] = ("", "")

@@ -26,7 +26,15 @@ _BLOCK_REASON_BY_STATE: dict[InstanceState, Reason] = {
 }
 
 # Reasons specific enough to be reported instead of the state's generic one.
-_SPECIFIC = frozenset({Reason.DELIVERY_STALLED, Reason.TOKEN_INVALID, Reason.INSTANCE_NOT_FOUND})
+_SPECIFIC = frozenset(
+    {
+        Reason.DELIVERY_STALLED,
+        Reason.TOKEN_INVALID,
+        Reason.INSTANCE_NOT_FOUND,
+        Reason.RESTARTING,
+        Reason.PAIRING_IN_PROGRESS,
+    }
+)
 
 
 def plan_allows(plan: Plan, kind: MessageKind) -> bool:

@@ -62,6 +62,7 @@ MESSAGE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("trace_id", "text"),
     ("span_id", "text"),
     ("version", "int"),
+    ("queue_id", "text"),
 )
 _NAMES = ", ".join(name for name, _ in MESSAGE_COLUMNS)
 _ARRAYS = ", ".join(f"${n}::{kind}[]" for n, (_, kind) in enumerate(MESSAGE_COLUMNS, start=1))

@@ -31,6 +31,7 @@ from adapters.persistence.schema import (
     instances,
     messages,
     open_messages,
+    recovery_actions,
 )
 from statemachine import changes as change_log
 from statemachine.changes import ChangeCursor, ChangeKind, ChangePage
@@ -42,6 +43,7 @@ from statemachine.domain import (
     MessageState,
     Plan,
     Reason,
+    RecoveryAction,
     StateChange,
 )
 from statemachine.events import EventReason, ProviderEvent, Route
@@ -76,8 +78,11 @@ from statemachine.ports import (
 # prepared statement's generic plan cannot prove the index predicate and scans instead.
 _SENT: ColumnClause[str] = literal_column("'SENT'")
 _PENDING: ColumnClause[str] = literal_column("'PENDING'")
-_STUCK = and_(open_messages.c.state == _SENT, open_messages.c.stuck_at.is_not(None))
-_UNSTUCK = and_(open_messages.c.state == _SENT, open_messages.c.stuck_at.is_(None))
+_QUEUED: ColumnClause[str] = literal_column("'QUEUED'")
+# Handed to W-API and not delivered: both can get stuck (a queued message may never leave the queue).
+_HANDED_OVER = [_SENT, _QUEUED]
+_STUCK = and_(open_messages.c.state.in_(_HANDED_OVER), open_messages.c.stuck_at.is_not(None))
+_UNSTUCK = and_(open_messages.c.state.in_(_HANDED_OVER), open_messages.c.stuck_at.is_(None))
 _DELIVERY_STATUSES: list[ColumnClause[str]] = [literal_column(f"'{s.value}'") for s in sorted(DELIVERED_OR_LATER)]
 # How far back the sweep looks for parked statuses whose message has appeared meanwhile: a
 # status is parked only while its send's SENT commit is in flight (seconds); older parked rows
@@ -157,6 +162,7 @@ def _message(row: Row[Any]) -> MessageRecord:
         version=m["version"],
         trace_id=m["trace_id"],
         span_id=m["span_id"],
+        queue_id=m.get("queue_id"),
     )
 
 
@@ -182,6 +188,7 @@ def _message_values(msg: MessageRecord) -> dict[str, Any]:
         "trace_id": msg.trace_id,
         "span_id": msg.span_id,
         "version": msg.version,
+        "queue_id": msg.queue_id,
     }
 
 
@@ -213,6 +220,8 @@ def _instance(row: Row[Any] | Any) -> InstanceRecord:
         state_changed_at=m["state_changed_at"],
         version=m["version"],
         consecutive_gateway_failures=m["consecutive_gateway_failures"],
+        webhooks_state=m["webhooks_state"],
+        webhooks_detail=m["webhooks_detail"],
     )
 
 
@@ -557,6 +566,75 @@ class Repository:
         async with self.engine.connect() as conn:
             return [StateChange(r.from_state, r.to_state, r.reason, r.source, r.at) for r in await conn.execute(query)]
 
+    # --- operator recovery -------------------------------------------------------------------
+
+    async def record_recovery_action(self, action: RecoveryAction) -> None:
+        async with self.transaction() as conn:
+            await conn.execute(
+                recovery_actions.insert().values(
+                    instance_id=action.instance_id,
+                    action=action.action[:32],
+                    requested_by=action.requested_by[:96],
+                    at=action.at,
+                    outcome=action.outcome[:64],
+                    detail=action.detail[:1000],
+                )
+            )
+
+    async def count_recovery_actions(self, instance_id: str, since: datetime) -> int:
+        """Actions on one instance since `since` (index on instance_id, at: cost bounded by the window)."""
+        query = select(func.count()).where(
+            recovery_actions.c.instance_id == instance_id, recovery_actions.c.at >= since
+        )
+        async with self.engine.connect() as conn:
+            return int((await conn.execute(query)).scalar_one())
+
+    async def list_recovery_actions(self, instance_id: str, limit: int = 50) -> list[RecoveryAction]:
+        query = (
+            select(recovery_actions)
+            .where(recovery_actions.c.instance_id == instance_id)
+            .order_by(recovery_actions.c.at.desc(), recovery_actions.c.id.desc())
+            .limit(limit)
+        )
+        async with self.engine.connect() as conn:
+            return [
+                RecoveryAction(r.instance_id, r.action, r.requested_by, r.at, r.outcome, r.detail)
+                for r in await conn.execute(query)
+            ]
+
+    async def set_webhooks_state(self, instance_id: str, state: str, detail: str) -> InstanceRecord | None:
+        async with self.transaction() as conn:
+            await conn.execute(
+                update(instances)
+                .where(instances.c.id == instance_id)
+                .values(webhooks_state=state, webhooks_detail=detail[:1000], updated_at=utcnow())
+            )
+        found = await self.get_instance(instance_id)
+        return found[0] if found else None
+
+    async def delete_instance(self, instance_id: str) -> bool:
+        """Forgets the instance and its token; its messages and events stay for the record."""
+        async with self.transaction() as conn:
+            result = await conn.execute(instances.delete().where(instances.c.id == instance_id))
+            return bool(result.rowcount)
+
+    async def event_stored(self, dedupe_key: str) -> bool:
+        """Whether an event with this dedupe key is stored (unique index on dedupe_key)."""
+        async with self.engine.connect() as conn:
+            found = await conn.execute(select(events.c.id).where(events.c.dedupe_key == dedupe_key).limit(1))
+            return found.first() is not None
+
+    async def last_event_received_at(self, instance_id: str) -> datetime | None:
+        """When the newest stored event of this instance arrived (index on instance_id, received_at)."""
+        query = select(func.max(events.c.received_at)).where(events.c.instance_id == instance_id)
+        async with self.engine.connect() as conn:
+            value = (await conn.execute(query)).scalar()
+        if isinstance(value, str):  # SQLite's max() loses the column type
+            value = datetime.fromisoformat(value)
+        if not isinstance(value, datetime):
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
     # --- messages ----------------------------------------------------------------------------
 
     async def insert_message(self, msg: MessageRecord) -> tuple[MessageRecord, bool]:
@@ -722,6 +800,7 @@ class Repository:
         failure: Reason | None,
         detail: str,
         source: str,
+        queue_id: str | None = None,
     ) -> tuple[MessageRecord, list[MessageChange]]:
         """PENDING → SENT (with the provider's id) or → FAILED (with the reason).
 
@@ -739,6 +818,7 @@ class Repository:
                 detail=detail,
                 source=source,
                 at=utcnow(),
+                queue_id=queue_id,
             )
             if after is None:
                 return msg, []  # a reconciler got there first; its verdict stands
@@ -806,8 +886,8 @@ class Repository:
         page_token: str = "",
     ) -> tuple[list[MessageRecord], str]:
         if stuck_only:
-            if states and MessageState.SENT not in states:
-                return [], ""  # every stuck message is SENT
+            if states and not {MessageState.SENT, MessageState.QUEUED} & set(states):
+                return [], ""  # every stuck message is SENT or QUEUED
             query = self._stuck_page(instance_id, page_size, page_token)
         else:
             query = select(messages)
@@ -1290,7 +1370,7 @@ class Repository:
     # --- stuck messages ----------------------------------------------------------------------
 
     async def mark_stuck(self, cutoff: datetime, *, limit: int = 500) -> list[MessageRecord]:
-        """SENT messages older than `cutoff` become stuck, each exactly once across replicas.
+        """SENT (or QUEUED) messages older than `cutoff` become stuck, each exactly once across replicas.
 
         The UPDATE's own `stuck_at IS NULL` re-check (and SKIP LOCKED on Postgres) makes two
         sweepers racing on one row return it to only one of them.
@@ -1306,14 +1386,18 @@ class Repository:
         )
         candidates = (
             select(messages.c.id)
-            .where(messages.c.id.in_(due.scalar_subquery()), messages.c.state == _SENT, messages.c.stuck_at.is_(None))
+            .where(
+                messages.c.id.in_(due.scalar_subquery()),
+                messages.c.state.in_(_HANDED_OVER),
+                messages.c.stuck_at.is_(None),
+            )
             .with_for_update(skip_locked=True)
         )
         stmt = (
             update(messages)
             .where(
                 messages.c.id.in_(candidates.scalar_subquery()),
-                messages.c.state == _SENT,
+                messages.c.state.in_(_HANDED_OVER),
                 messages.c.stuck_at.is_(None),
             )
             .values(stuck_at=now)
@@ -1321,7 +1405,7 @@ class Repository:
         )
         async with self.transaction() as conn:
             stuck = [_message(r) for r in await conn.execute(stmt)]
-            await changelog.append(conn, [change_log.message_stuck(m, now) for m in stuck])
+            await changelog.append(conn, [change_log.message_stuck(m, now, m.state.value) for m in stuck])
             return stuck
 
     async def reconcile_pending(self, cutoff: datetime, *, limit: int = 200) -> list[MessageRecord]:

@@ -72,6 +72,9 @@ instances = Table(
     Column("last_event_at", UTCDateTime()),
     Column("state_changed_at", UTCDateTime()),
     Column("consecutive_gateway_failures", Integer, nullable=False, server_default="0"),
+    # Whether W-API's webhook URLs point at this service: UNCONFIGURED, CONFIGURED, FAILED.
+    Column("webhooks_state", String(24), nullable=False, server_default="UNCONFIGURED"),
+    Column("webhooks_detail", Text, nullable=False, server_default=""),
     Column("version", Integer, nullable=False, server_default="1"),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
@@ -85,7 +88,8 @@ instance_transitions = Table(
     Column("from_state", String(24), nullable=False),
     Column("to_state", String(24), nullable=False),
     Column("reason", String(64), nullable=False),
-    Column("source", String(24), nullable=False),
+    # Who caused it; an operator's action names the caller ("operator:<token name>").
+    Column("source", String(96), nullable=False),
     Column("at", UTCDateTime(), nullable=False),
     Index(None, "instance_id", "id"),
 )
@@ -114,11 +118,14 @@ messages = Table(
     Column("trace_id", String(32), nullable=False, server_default=""),
     Column("span_id", String(16), nullable=False, server_default=""),
     Column("version", Integer, nullable=False, server_default="1"),
+    # W-API's queue handle (insertedId) of a QUEUED message; never a provider message id.
+    Column("queue_id", String(128)),
     UniqueConstraint("instance_id", "idempotency_key"),
     Index(None, "provider_message_id"),
     # No index names `state` or `updated_at` (the columns a status changes): status updates stay
     # HOT (heap-only, no index writes) on Postgres. Open work is found through open_messages.
     Index(None, "instance_id", "sent_at"),
+    Index(None, "queue_id"),
     Index(None, "instance_id", "created_at"),
     Index(None, "created_at", "id"),
 )
@@ -145,8 +152,13 @@ open_messages = Table(
     Column("sent_at", UTCDateTime()),
     Column("stuck_at", UTCDateTime()),
     Index("ix_open_messages_pending", "since", **_partial("state = 'PENDING'")),
-    Index("ix_open_messages_unstuck", "sent_at", **_partial("state = 'SENT' AND stuck_at IS NULL")),
-    Index("ix_open_messages_stuck", "instance_id", "created_at", **_partial("state = 'SENT' AND stuck_at IS NOT NULL")),
+    Index("ix_open_messages_unstuck", "sent_at", **_partial("state IN ('SENT', 'QUEUED') AND stuck_at IS NULL")),
+    Index(
+        "ix_open_messages_stuck",
+        "instance_id",
+        "created_at",
+        **_partial("state IN ('SENT', 'QUEUED') AND stuck_at IS NOT NULL"),
+    ),
 )
 
 events = Table(
@@ -277,4 +289,20 @@ change_log = Table(
     Index(None, "occurred_at"),
     # AUTOINCREMENT: SQLite never reuses a seq, even after the newest rows were pruned.
     sqlite_autoincrement=True,
+)
+
+
+# Every operator recovery action (QR, pairing code, restart, disconnect, webhook set-up), who asked
+# and how it ended: the audit trail, and what the per-instance rate limit counts.
+recovery_actions = Table(
+    "recovery_actions",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("instance_id", String(64), nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("requested_by", String(96), nullable=False),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("outcome", String(64), nullable=False),
+    Column("detail", Text, nullable=False, server_default=""),
+    Index(None, "instance_id", "at"),
 )

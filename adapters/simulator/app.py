@@ -14,13 +14,14 @@ import contextlib
 import hmac
 import logging
 import socket
+import time
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple
 
 from aiohttp import ClientSession, ClientTimeout, web
 
-from adapters.simulator import payloads
+from adapters.simulator import payloads, recovery
 from adapters.simulator.payloads import JSONDict
 
 logger = logging.getLogger("wapi_guard.simulator")
@@ -72,6 +73,7 @@ class SimInstance:
     lid: str = payloads.DEFAULT_LID
     gateway_counter: int = 0
     webhook_urls: dict[str, str] = field(default_factory=dict)
+    recovery: recovery.RecoveryState = field(default_factory=recovery.RecoveryState)
 
 
 def _check_behaviour(behaviour: str) -> str:
@@ -100,8 +102,20 @@ def _bearer(header: str) -> str | None:
 class Simulator:
     """A W-API stand-in on loopback. See the module docstring and payloads.BEHAVIOURS."""
 
-    def __init__(self, webhook_url: str | None = None, delivered_after: float = 0.05, read_after: float = 0.1) -> None:
+    def __init__(
+        self,
+        webhook_url: str | None = None,
+        delivered_after: float = 0.05,
+        read_after: float = 0.1,
+        *,
+        restart_after: float = 0.05,
+        forget_webhooks_on_pairing: bool = True,
+    ) -> None:
         self.webhook_url = webhook_url
+        # A restart posts disconnected, then connected after this many seconds.
+        self.restart_after = restart_after
+        # A new pairing drops the instance's webhook URLs (what operators see after a reconnect).
+        self.forget_webhooks_on_pairing = forget_webhooks_on_pairing
         self.delivered_after = delivered_after
         self.read_after = read_after
         self.requests: list[SimRequest] = []
@@ -346,6 +360,8 @@ class Simulator:
         """One webhook POST; failures are swallowed and counted (W-API does not retry either)."""
         record: JSONDict = {"url": url, "body": body, "status": None, "error": None}
         self.webhook_posts.append(record)
+        owner = self._instances.get(str(body.get("instanceId", "")))
+        logged = recovery.record_log(owner.recovery, url, body) if owner is not None else {}
         session = self._session
         if session is None or session.closed:
             record["error"] = "simulator not running"
@@ -355,6 +371,7 @@ class Simulator:
             async with session.post(url, json=body) as response:
                 await response.read()
                 record["status"] = response.status
+                logged["statusCode"] = response.status
                 if response.status >= 300:
                     self.webhook_errors += 1
         except asyncio.CancelledError:
@@ -474,6 +491,12 @@ class Simulator:
             if method != "POST":
                 return _json(payloads.error_body("method not allowed"), 405)
             return self._answer_send(instance, tail.removeprefix("message/"), body, send)
+        if tail in ("webhook/fetch-webhook-logs", "webhook/get-webhook-log") or tail.startswith(
+            "webhook/fetch-webhook-log/"
+        ):
+            if method != "GET":
+                return _json(payloads.error_body("method not allowed"), 405)
+            return self._answer_webhook_logs(instance, tail.removeprefix("webhook/"), query)
         if tail.startswith("webhook/update-webhook-"):
             if method != "PUT":
                 return _json(payloads.error_body("method not allowed"), 405)
@@ -502,6 +525,8 @@ class Simulator:
             return _json(payloads.error_body("Falha ao enviar mensagem"))
         if behaviour == "accepted_without_id":
             return _json(payloads.send_accepted_without_id())
+        if behaviour == "accepted_queued":
+            return _json(payloads.send_queued(payloads.new_message_id()))
         message_id = payloads.new_message_id()
         send["message_id"] = message_id
         if behaviour == "healthy":
@@ -520,26 +545,106 @@ class Simulator:
                 return _json(payloads.status_incomplete(instance.status_style))
             return _json(payloads.status_connected(instance.phone, instance.status_style))
         if name == "qr-code":
-            if query.get("image") == "enable" and not connected:
-                return web.Response(body=payloads.PNG_1X1, content_type="image/png")
-            return _json(payloads.qr_code_answer(connected))
+            return self._answer_qr_code(instance, connected, query)
+        if name == "pairing-code":
+            return self._answer_pairing_code(instance, query)
         if name == "restart":
-            return _json({"error": False, "message": "instance restarted"})
+            return self._answer_restart(instance)
         if name == "disconnect":
             instance.behaviour = "disconnected"
             body = payloads.webhook_disconnected(instance.instance_id)
             self._spawn(self._post_later(0.0, instance, body))
-            return _json({"error": False, "message": "instance disconnected"})
+            instance.recovery.pairing = None
+            return _json(recovery.disconnect_answer())
         if name == "fetch-instance":
-            return _json(payloads.fetch_instance_answer(instance.instance_id, phone, connected, instance.plan))
+            answer = payloads.fetch_instance_answer(instance.instance_id, phone, connected, instance.plan)
+            answer.update(recovery.fetch_instance_webhooks(instance.webhook_urls))
+            return _json(answer)
         return _json(payloads.error_body(f"rota não encontrada: /instance/{name}"), 404)
 
     def _answer_update_webhook(self, instance: SimInstance, kind: str, body: Any) -> web.Response:
-        url = body.get("urlWebhook") if isinstance(body, Mapping) else None
-        if not isinstance(url, str) or not url:
-            return _json(payloads.error_body("urlWebhook is required"), 400)
+        if kind not in recovery.WEBHOOK_KINDS:
+            return _json(payloads.error_body(f"rota não encontrada: /webhook/update-webhook-{kind}"), 404)
+        url = recovery.webhook_url_of(body)
+        if url is None:
+            return _json(payloads.error_body("value (urlWebhook) is required"), 400)
         instance.webhook_urls[kind] = url
         return _json({"error": False, "message": "webhook updated"})
+
+    # --- recovery (pairing, restart, webhook log) -------------------------------------------------
+
+    def _answer_qr_code(self, instance: SimInstance, connected: bool, query: Mapping[str, str]) -> web.Response:
+        if connected and instance.behaviour != "session_incomplete":
+            return _json(payloads.qr_code_answer(True))
+        state = instance.recovery
+        if not state.qr_png:  # one QR per pairing attempt, like WhatsApp's (refreshed after a pairing)
+            state.qr_png = recovery.qr_png(instance.instance_id)
+        png = state.qr_png
+        if query.get("image") == "enable":
+            return web.Response(body=png, content_type="image/png")
+        return _json(recovery.qr_answer(png))
+
+    def _answer_pairing_code(self, instance: SimInstance, query: Mapping[str, str]) -> web.Response:
+        state = instance.recovery
+        state.pairing_requests += 1
+        if instance.behaviour in ("healthy", "silent_stall", "accepted_queued"):
+            return _json(recovery.already_connected_answer(instance.phone))
+        phone = recovery.pairing_phone(query)
+        if phone is None:
+            return _json(payloads.error_body("phoneNumber inválido (apenas dígitos, com DDI e DDD)"), 400)
+        state.pairing = recovery.PendingPairing(recovery.new_pairing_code(), phone, time.monotonic())
+        return _json(recovery.pairing_answer(state.pairing.code))
+
+    def _answer_restart(self, instance: SimInstance) -> web.Response:
+        """Restarting keeps the session as it was (an incomplete one stays incomplete): the
+        disconnection and the new connection are posted as webhooks."""
+        instance.recovery.restarts += 1
+        self._spawn(self._post_later(0.0, instance, payloads.webhook_disconnected(instance.instance_id)))
+        if instance.behaviour != "disconnected":
+            phone = None if instance.behaviour == "session_incomplete" else instance.phone
+            self._spawn(
+                self._post_later(self.restart_after, instance, payloads.webhook_connected(instance.instance_id, phone))
+            )
+        return _json(recovery.restart_answer())
+
+    def _answer_webhook_logs(self, instance: SimInstance, name: str, query: Mapping[str, str]) -> web.Response:
+        if instance.plan != "PRO":
+            return _json(payloads.error_body("Recurso disponível apenas no plano PRO"), 400)  # (guess) code
+        if name == "fetch-webhook-logs":
+            body, status = recovery.logs_page(instance.recovery, query)
+            return _json(body, status)
+        log_id = query.get("id", "") if name == "get-webhook-log" else name.rsplit("/", 1)[-1]
+        body, status = recovery.log_entry(instance.recovery, log_id)
+        return _json(body, status)
+
+    async def type_pairing_code(self, instance_id: str, code: str) -> JSONDict:
+        """The operator typed the pairing code on the phone: the session pairs with that phone."""
+        instance = self._instance(instance_id)
+        pending = instance.recovery.pairing
+        if pending is None or not hmac.compare_digest(pending.code.encode(), code.strip().upper().encode()):
+            raise ValueError("no pairing code like that is pending for this instance")
+        instance.recovery.pairing = None
+        instance.recovery.qr_png = b""
+        instance.phone = pending.phone
+        instance.behaviour = "healthy"
+        instance.gateway_counter = 0
+        if self.forget_webhooks_on_pairing:
+            instance.webhook_urls.clear()
+        body = payloads.webhook_connected(instance.instance_id, pending.phone)
+        url = self._webhook_target(instance, body)
+        if url is not None:
+            await self._post(url, body)
+        return {"instance_id": instance_id, "phone": pending.phone}
+
+    def pending_pairing_code(self, instance_id: str) -> str | None:
+        pending = self._instance(instance_id).recovery.pairing
+        return pending.code if pending else None
+
+    def webhook_log(self, instance_id: str) -> list[JSONDict]:
+        return list(self._instance(instance_id).recovery.log)
+
+    def configured_webhooks(self, instance_id: str) -> dict[str, str]:
+        return dict(self._instance(instance_id).webhook_urls)
 
     # --- control API (/_sim/) --------------------------------------------------------------------
 
@@ -585,6 +690,12 @@ class Simulator:
             if action == "sends" and method == "GET":
                 self._instance(instance_id)
                 return _json({"sends": self.sends(instance_id)})
+            if action == "type-pairing-code" and method == "POST":
+                return _json(await self.type_pairing_code(instance_id, str(body.get("code", ""))))
+            if action == "pairing-code" and method == "GET":
+                return _json({"code": self.pending_pairing_code(instance_id)})
+            if action == "webhooks" and method == "GET":
+                return _json({"urls": self.configured_webhooks(instance_id), "log": self.webhook_log(instance_id)})
         if parts == ["recipients"] and method == "POST":
             self.set_recipient(
                 str(body["phone"]),

@@ -27,6 +27,7 @@ BEHAVIOURS: Final = (
     "deleted",
     "accepted_without_id",
     "accepted_with_error",
+    "accepted_queued",  # sends answer only {"insertedId"}: queued at W-API, never leaves the queue
 )
 
 # How a *connected* status answer is spelled (wapi.md, "Status answers seen in client code").
@@ -120,6 +121,11 @@ def send_accepted(message_id: str) -> JSONDict:
 
 def send_accepted_without_id() -> JSONDict:
     return {"success": True}
+
+
+def send_queued(queue_id: str) -> JSONDict:
+    """(inferred) W-API's send queue answers with its handle only, no message id."""
+    return {"error": False, "insertedId": queue_id}
 
 
 def error_body(message: str) -> JSONDict:

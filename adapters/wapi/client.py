@@ -12,6 +12,8 @@ Rules (wapi.md, "What the system being replaced gets wrong"):
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import json
 import logging
 import re
@@ -21,19 +23,38 @@ from typing import Any, Final
 import httpx
 
 from adapters.wapi.contract import (
+    ACTION_TABLE,
     DEFAULT_BASE_URL,
     INSTANCE_QUERY_PARAM,
     STATUS_ENDPOINT,
+    WEBHOOK_KINDS,
+    WEBHOOK_UPDATE_ENDPOINT,
     ContentMismatchError,
+    already_connected,
     build_send_body,
+    configured_webhook_urls,
     error_message,
     extract_message_id,
+    extract_queue_id,
     is_error_body,
+    pairing_code,
     parse_status,
+    parse_webhook_logs,
+    qr_text,
     truncate,
+    webhook_body,
 )
 from adapters.wapi.transport import AiohttpTransport
-from statemachine.domain import Credentials, OutboundMessage, ProbeOutcome, Reason, SendOutcome
+from statemachine.domain import (
+    ActionOutcome,
+    Credentials,
+    LoggedEvent,
+    OutboundMessage,
+    ProbeOutcome,
+    Reason,
+    SendOutcome,
+    WebhookLogPage,
+)
 
 logger = logging.getLogger("wapi_guard.wapi")
 
@@ -275,6 +296,130 @@ class WapiProvider:
                 return _with_detail(parsed, detail), False
         return gateway(detail), False
 
+    # --- operator actions ------------------------------------------------------------------------
+
+    async def qr_code(self, credentials: Credentials, *, timeout: float) -> ActionOutcome:
+        """The QR code as PNG bytes (``image=enable``) and its text form (``image=disable``).
+
+        A paired instance answers JSON (``connected: true``) to both; then no image is returned.
+        """
+        outcome, answer = await self._action(credentials, "qr_code", {}, timeout=timeout)
+        if answer is None or not outcome.ok:
+            return outcome
+        connected, phone = already_connected(answer.payload)
+        text = qr_text(answer.payload) or ""
+        if connected and not text:
+            return ActionOutcome(ok=True, connected=True, phone=phone, message=outcome.message)
+        _image, image_answer = await self._action(credentials, "qr_code_image", {}, timeout=timeout)
+        png = b""
+        if image_answer is not None and image_answer.raw.startswith(_PNG_MAGIC):
+            png = image_answer.raw
+        elif text:
+            png = _png_from_text(text)
+        if not text and png:
+            text = "data:image/png;base64," + base64.b64encode(png).decode()
+        if not text and not png:
+            return ActionOutcome(ok=False, failure=Reason.PROVIDER_ERROR, detail="qr-code answer without a QR code")
+        return ActionOutcome(ok=True, qr_text=text, png=png, message=outcome.message)
+
+    async def pairing_code(self, credentials: Credentials, phone: str, *, timeout: float) -> ActionOutcome:
+        outcome, answer = await self._action(credentials, "pairing_code", {"phone": phone}, timeout=timeout)
+        if answer is None or not outcome.ok:
+            return outcome
+        code = pairing_code(answer.payload)
+        connected, found_phone = already_connected(answer.payload)
+        if code:
+            return ActionOutcome(ok=True, pairing_code=code, message=outcome.message)
+        if connected:
+            return ActionOutcome(ok=True, connected=True, phone=found_phone, message=outcome.message)
+        return ActionOutcome(ok=False, failure=Reason.PROVIDER_ERROR, detail="pairing-code answer without a code")
+
+    async def restart(self, credentials: Credentials, *, timeout: float) -> ActionOutcome:
+        return (await self._action(credentials, "restart", {}, timeout=timeout))[0]
+
+    async def disconnect(self, credentials: Credentials, *, timeout: float) -> ActionOutcome:
+        return (await self._action(credentials, "disconnect", {}, timeout=timeout))[0]
+
+    async def set_webhook(self, credentials: Credentials, kind: str, url: str, *, timeout: float) -> ActionOutcome:
+        if kind not in WEBHOOK_KINDS:
+            return ActionOutcome(ok=False, failure=Reason.INVALID_ARGUMENT, detail=f"unknown webhook kind {kind!r}")
+        endpoint = WEBHOOK_UPDATE_ENDPOINT.format(kind=kind)
+        outcome, _answer = await self._call(credentials, "PUT", endpoint, {}, webhook_body(url), timeout=timeout)
+        return outcome
+
+    async def webhook_urls(self, credentials: Credentials, *, timeout: float) -> ActionOutcome:
+        outcome, answer = await self._action(credentials, "fetch_instance", {}, timeout=timeout)
+        if answer is None or not outcome.ok:
+            return outcome
+        return ActionOutcome(ok=True, webhook_urls=configured_webhook_urls(answer.payload))
+
+    async def webhook_logs(
+        self, credentials: Credentials, *, page: int, per_page: int, timeout: float
+    ) -> WebhookLogPage:
+        outcome, answer = await self._action(
+            credentials, "webhook_logs", {"page": str(page), "per_page": str(per_page)}, timeout=timeout
+        )
+        if answer is None or not outcome.ok:
+            return WebhookLogPage([], failure=outcome.failure or Reason.PROVIDER_ERROR, detail=outcome.detail)
+        entries, pages = parse_webhook_logs(answer.payload)
+        return WebhookLogPage([LoggedEvent(e.log_id, e.payload) for e in entries], total_pages=pages)
+
+    async def _action(
+        self, credentials: Credentials, name: str, values: dict[str, str], *, timeout: float
+    ) -> tuple[ActionOutcome, _Answer | None]:
+        spec = ACTION_TABLE[name]
+        params = dict(spec.fixed)
+        params.update({spec.query[k]: v for k, v in values.items() if k in spec.query})
+        return await self._call(credentials, spec.method, spec.endpoint, params, None, timeout=timeout)
+
+    async def _call(
+        self,
+        credentials: Credentials,
+        method: str,
+        endpoint: str,
+        params: dict[str, str],
+        json_body: dict[str, Any] | None,
+        *,
+        timeout: float,
+    ) -> tuple[ActionOutcome, _Answer | None]:
+        """One request of an operator action: never retried (a pairing request twice may get the
+        number banned), every outcome a value, the token scrubbed from every text."""
+        scrub = _Scrubber(credentials.token)
+        if not credentials.instance_id:
+            return ActionOutcome(ok=False, failure=Reason.INSTANCE_NOT_FOUND, detail="instance id is empty"), None
+        if not _HEADER_SAFE.match(credentials.token):
+            return ActionOutcome(ok=False, failure=Reason.TOKEN_INVALID, detail="token is not a valid header"), None
+        url = self._url(endpoint, credentials.instance_id)
+        if params:
+            url = url.copy_merge_params(params)
+        try:
+            answer = await self._exchange_url(method, url, credentials, json_body=json_body, budget=timeout)
+        except (httpx.TimeoutException, TimeoutError):
+            return ActionOutcome(
+                ok=False, failure=Reason.PROVIDER_TIMEOUT, detail=f"no answer within {timeout:.1f}s"
+            ), None
+        except (httpx.HTTPError, OSError) as exc:
+            return ActionOutcome(ok=False, failure=Reason.PROVIDER_UNAVAILABLE, detail=scrub(_exc_detail(exc))), None
+        status = answer.status
+        if answer.is_html:
+            return ActionOutcome(
+                ok=False, failure=Reason.PROVIDER_UNAVAILABLE, detail=_html_detail(answer, scrub)
+            ), None
+        detail = _http_detail(answer, scrub)
+        if status in (401, 403):
+            return ActionOutcome(ok=False, failure=Reason.TOKEN_INVALID, detail=detail), None
+        if status == 404:
+            return ActionOutcome(ok=False, failure=Reason.INSTANCE_NOT_FOUND, detail=detail), None
+        if status == 429 or status >= 500 or status < 200 or 300 <= status < 400:
+            return ActionOutcome(ok=False, failure=Reason.PROVIDER_UNAVAILABLE, detail=detail), None
+        if status >= 400:
+            return ActionOutcome(ok=False, failure=Reason.PROVIDER_ERROR, detail=detail), None
+        if answer.is_json and is_error_body(answer.payload):
+            message = scrub(error_message(answer.payload) or "W-API flagged an error")
+            return ActionOutcome(ok=False, failure=Reason.PROVIDER_ERROR, detail=message), None
+        message = scrub(error_message(answer.payload)) if answer.is_json else ""
+        return ActionOutcome(ok=True, message=message), answer
+
     # --- HTTP ------------------------------------------------------------------------------------
 
     def _url(self, endpoint: str, instance_id: str) -> httpx.URL:
@@ -299,12 +444,24 @@ class WapiProvider:
         budget: float,
     ) -> _Answer:
         """One request; the whole exchange (connect, write, read) fits in `budget` seconds."""
+        url = self._url(endpoint, credentials.instance_id)
+        return await self._exchange_url(method, url, credentials, json_body=json_body, budget=budget)
+
+    async def _exchange_url(
+        self,
+        method: str,
+        url: httpx.URL,
+        credentials: Credentials,
+        *,
+        json_body: dict[str, Any] | None,
+        budget: float,
+    ) -> _Answer:
         headers = {"Authorization": f"Bearer {credentials.token}"}
         async with (
             asyncio.timeout(budget),
             self._client.stream(
                 method,
-                self._url(endpoint, credentials.instance_id),
+                url,
                 json=json_body,
                 headers=headers,
                 timeout=httpx.Timeout(budget),
@@ -345,6 +502,8 @@ def _send_outcome(answer: _Answer, scrub: _Scrubber) -> SendOutcome:
         message = error_message(answer.payload) or "W-API flagged an error"
         return SendOutcome(failure=Reason.PROVIDER_ERROR, detail=scrub(message), http_status=status)
     message_id = extract_message_id(answer.payload)
+    if message_id is None and (queue_id := extract_queue_id(answer.payload)):
+        return SendOutcome(queue_id=queue_id, detail="queued by W-API (insertedId)", http_status=status)
     if message_id is None:
         return SendOutcome(
             failure=Reason.PROVIDER_NO_MESSAGE_ID,
@@ -352,6 +511,19 @@ def _send_outcome(answer: _Answer, scrub: _Scrubber) -> SendOutcome:
             http_status=status,
         )
     return SendOutcome(provider_message_id=message_id, http_status=status)
+
+
+_PNG_MAGIC: Final = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_from_text(text: str) -> bytes:
+    """PNG bytes from a data URL or bare base64 text; empty when it is not a PNG."""
+    data = text.split(",", 1)[1] if text.startswith("data:") else text
+    try:
+        raw = base64.b64decode(data, validate=False)
+    except (ValueError, binascii.Error):
+        return b""
+    return raw if raw.startswith(_PNG_MAGIC) else b""
 
 
 def _http_detail(answer: _Answer, scrub: _Scrubber) -> str:

@@ -1,8 +1,8 @@
 """W-API's wire contract: endpoints, request bodies and answer parsers. Pure: no I/O.
 
-Everything here follows /work/shared/research/wapi.md. Facts that come from client code rather than
-W-API's own reference are marked **(inferred)**; they live in the small tables below so they are easy
-to correct when W-API's real answer is known.
+Everything here follows docs/wapi-contract.md and docs/wapi-recovery.md. Facts that come from client
+code rather than W-API's own reference are marked **(inferred)**; they live in the small tables below
+so they are easy to correct when W-API's real answer is known.
 
 The parsers report what the provider *claims*. They never judge it: "connected without a phone" is
 returned as ``ProbeOutcome(connected=True, phone=None)`` and the instance machine decides what it means.
@@ -10,6 +10,7 @@ returned as ``ProbeOutcome(connected=True, phone=None)`` and the instance machin
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -91,8 +92,10 @@ MESSAGE_ID_PATHS: Final[tuple[tuple[str, ...], ...]] = (
     ("id",),
     ("data", "messageId"),
     ("data", "id"),
-    ("insertedId",),  # queued by W-API (S1 queue); still W-API's own handle for the message
 )
+# A queue handle is NOT a message id: an answer carrying only this is a queued message, not a sent
+# one (W-API's send queue; its delivery webhook later names the real id). (inferred)
+QUEUE_ID_PATHS: Final[tuple[tuple[str, ...], ...]] = (("insertedId",), ("data", "insertedId"))
 
 # Status-answer spellings (all inferred from client code, wapi.md "Instance endpoints").
 PHONE_KEYS: Final = ("phone", "phoneNumber", "connectedPhone")
@@ -199,9 +202,18 @@ def coordinate_text(value: float, *, limit: float) -> str:
 
 def extract_message_id(body: Any) -> str | None:
     """The provider's message id from a send answer, or None. Never invents one."""
+    return _first_path(body, MESSAGE_ID_PATHS)
+
+
+def extract_queue_id(body: Any) -> str | None:
+    """W-API's queue handle (`insertedId`) of a send answer, or None."""
+    return _first_path(body, QUEUE_ID_PATHS)
+
+
+def _first_path(body: Any, paths: tuple[tuple[str, ...], ...]) -> str | None:
     if not isinstance(body, Mapping):
         return None
-    for path in MESSAGE_ID_PATHS:
+    for path in paths:
         node: Any = body
         for key in path:
             node = node.get(key) if isinstance(node, Mapping) else None
@@ -360,3 +372,135 @@ def _find_lid(nodes: list[Mapping[str, Any]]) -> str | None:
 def truncate(text: str, limit: int = DETAIL_MAX) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# --- recovery, webhook configuration and webhook logs (docs/wapi-recovery.md; all inferred) --------
+
+
+@dataclass(frozen=True, slots=True)
+class ActionSpec:
+    """One recovery endpoint: method, path and how its query names the values it needs."""
+
+    method: str
+    endpoint: str
+    query: Mapping[str, str]  # our name -> W-API query key
+    fixed: Mapping[str, str]  # always sent
+
+
+# THE recovery table. Correct W-API facts here. Every GET except the webhook updates (PUT).
+ACTION_TABLE: Final[Mapping[str, ActionSpec]] = {
+    "qr_code": ActionSpec("GET", "/instance/qr-code", {}, {"image": "disable"}),
+    "qr_code_image": ActionSpec("GET", "/instance/qr-code", {}, {"image": "enable"}),
+    "pairing_code": ActionSpec("GET", "/instance/pairing-code", {"phone": "phoneNumber"}, {}),
+    "restart": ActionSpec("GET", "/instance/restart", {}, {}),
+    "disconnect": ActionSpec("GET", "/instance/disconnect", {}, {}),
+    "fetch_instance": ActionSpec("GET", "/instance/fetch-instance", {}, {}),
+    "webhook_logs": ActionSpec("GET", "/webhook/fetch-webhook-logs", {"page": "page", "per_page": "perPage"}, {}),
+}
+
+# The six webhook kinds W-API posts, each set with PUT /webhook/update-webhook-<kind>.
+WEBHOOK_KINDS: Final = ("connected", "disconnected", "delivery", "received", "message-status", "chat-presence")
+WEBHOOK_UPDATE_ENDPOINT: Final = "/webhook/update-webhook-{kind}"
+# Body of an update: independent clients send `value`, the Postman summary says `urlWebhook`;
+# both are sent so either reading works (one client's `url` is accepted by the simulator only).
+WEBHOOK_BODY_KEYS: Final = ("value", "urlWebhook")
+# fetch-instance fields that may carry a configured URL, per kind (only the received one is seen).
+WEBHOOK_URL_FIELDS: Final[Mapping[str, tuple[str, ...]]] = {
+    "connected": ("webhookConnectedUrl",),
+    "disconnected": ("webhookDisconnectedUrl",),
+    "delivery": ("webhookDeliveryUrl",),
+    "received": ("webhookReceivedUrl",),
+    "message-status": ("webhookStatusUrl", "webhookMessageStatusUrl"),
+    "chat-presence": ("webhookPresenceUrl", "webhookChatPresenceUrl"),
+}
+PAIRING_CODE_KEYS: Final = ("pairingCode", "code", "pairing_code")
+WEBHOOK_LOG_LIST_KEYS: Final = ("logs", "data", "items", "results")
+WEBHOOK_LOG_BODY_KEYS: Final = ("body", "payload", "content", "data", "request")
+WEBHOOK_LOG_ID_KEYS: Final = ("id", "_id", "logId")
+WEBHOOK_LOG_PAGES_KEYS: Final = ("totalPages", "lastPage", "pages")
+
+
+def webhook_body(url: str) -> dict[str, str]:
+    return dict.fromkeys(WEBHOOK_BODY_KEYS, url)
+
+
+def qr_text(body: Any) -> str | None:
+    """The QR code's text form (data URL or bare base64) from a qr-code answer."""
+    for node in _nodes(body):
+        for key in QR_KEYS:
+            value = node.get(key)
+            if _non_empty_str(value):
+                return str(value).strip()
+    return None
+
+
+def pairing_code(body: Any) -> str | None:
+    for node in _nodes(body):
+        for key in PAIRING_CODE_KEYS:
+            value = node.get(key)
+            if _non_empty_str(value):
+                return str(value).strip()
+    return None
+
+
+def already_connected(body: Any) -> tuple[bool, str | None]:
+    """(connected, phone) as a qr-code / pairing-code answer claims it for a paired instance."""
+    nodes = _nodes(body)
+    connected = _first(_bool_value(node.get("connected")) for node in nodes)
+    return bool(connected), _find_phone(nodes)
+
+
+def configured_webhook_urls(body: Any) -> dict[str, str]:
+    """kind -> URL W-API says is configured, for the kinds its fetch-instance answer names."""
+    found: dict[str, str] = {}
+    for node in _nodes(body):
+        for kind, keys in WEBHOOK_URL_FIELDS.items():
+            for key in keys:
+                value = node.get(key)
+                if _non_empty_str(value) and kind not in found:
+                    found[kind] = str(value).strip()
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookLogEntry:
+    """One posted webhook as W-API's log keeps it: the body it posted, raw."""
+
+    log_id: str
+    payload: bytes
+
+
+def parse_webhook_logs(body: Any) -> tuple[list[WebhookLogEntry], int | None]:
+    """(entries, total pages if the answer says). A log entry's body may be an object or a JSON
+    string; entries without a usable body are skipped (they cannot be replayed)."""
+    items: Any = body if isinstance(body, list) else None
+    pages: int | None = None
+    for node in _nodes(body):
+        if items is None:
+            for key in WEBHOOK_LOG_LIST_KEYS:
+                if isinstance(node.get(key), list):
+                    items = node[key]
+                    break
+        for key in WEBHOOK_LOG_PAGES_KEYS:
+            value = node.get(key)
+            if isinstance(value, int) and not isinstance(value, bool) and pages is None:
+                pages = value
+    entries: list[WebhookLogEntry] = []
+    for item in items or []:
+        if not isinstance(item, Mapping):
+            continue
+        log_id = next((str(item[k]) for k in WEBHOOK_LOG_ID_KEYS if _id_text(item.get(k))), "")
+        payload: bytes | None = None
+        for key in WEBHOOK_LOG_BODY_KEYS:
+            value = item.get(key)
+            if isinstance(value, Mapping):
+                payload = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+                break
+            if isinstance(value, str) and value.strip().startswith("{"):
+                payload = value.strip().encode()
+                break
+        if payload is None and "event" in item and "instanceId" in item:
+            payload = json.dumps(item, ensure_ascii=False, separators=(",", ":")).encode()  # a bare body
+        if payload is not None:
+            entries.append(WebhookLogEntry(log_id, payload))
+    return entries, pages

@@ -78,6 +78,14 @@ def _digest(raw: bytes) -> str:
     return "sha256:" + hashlib.sha256(raw).hexdigest()
 
 
+def _body_key(body: Any) -> str:
+    """The dedupe key of a parsed body without a stronger key: its canonical JSON's digest, so the
+    same event re-posted or replayed from W-API's webhook log (re-serialized, keys in another
+    order, other spacing) is recognised as the same event."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))  # ASCII: lone surrogates too
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
 MAX_DEDUPE_KEY = 200  # events.dedupe_key
 
 
@@ -191,7 +199,7 @@ def parse_webhook(raw: bytes) -> ProviderEvent:
     except (ValueError, RecursionError):
         return ProviderEvent(Route.UNROUTABLE, EventReason.MALFORMED_JSON, _digest(raw))
     if not isinstance(body, dict):
-        return ProviderEvent(Route.UNROUTABLE, EventReason.NOT_AN_OBJECT, _digest(raw))
+        return ProviderEvent(Route.UNROUTABLE, EventReason.NOT_AN_OBJECT, _body_key(body))
 
     instance_text = _text(_field(body, "instanceId", "instance_id"))
     instance_id = instance_text if instance_text and _ID_RE.fullmatch(instance_text) else None
@@ -201,22 +209,22 @@ def parse_webhook(raw: bytes) -> ProviderEvent:
     if event_name is None:
         if body.keys() >= CHAT_STATUS_KEYS or {"instanceId", "chat", "status"} <= body.keys():
             return _chat_status(raw, body, instance_id, moment)
-        return ProviderEvent(Route.UNROUTABLE, EventReason.NO_EVENT_KEY, _digest(raw), instance_id)
+        return ProviderEvent(Route.UNROUTABLE, EventReason.NO_EVENT_KEY, _body_key(body), instance_id)
 
     route = EVENT_ROUTES.get(event_name.lower())
     if route is None:
         return ProviderEvent(
-            Route.UNROUTABLE, f"{EventReason.UNKNOWN_EVENT}:{event_name[:64]}", _digest(raw), instance_id
+            Route.UNROUTABLE, f"{EventReason.UNKNOWN_EVENT}:{event_name[:64]}", _body_key(body), instance_id
         )
     if instance_id is None:
-        return ProviderEvent(route, EventReason.MISSING_INSTANCE_ID, _digest(raw), None, moment=moment)
+        return ProviderEvent(route, EventReason.MISSING_INSTANCE_ID, _body_key(body), None, moment=moment)
 
     if route is Route.CONNECTION:
         connected = _connected(body["connected"] if "connected" in body else _field(body, "connected"))
         return ProviderEvent(
             route,
             EventReason.RECORDED,
-            _digest(raw),
+            _body_key(body),
             instance_id,
             connected=connected,
             phone=_phone(body),
@@ -224,17 +232,17 @@ def parse_webhook(raw: bytes) -> ProviderEvent:
             moment=moment,
         )
     if route is Route.DISCONNECTION:
-        return ProviderEvent(route, EventReason.RECORDED, _digest(raw), instance_id, connected=False, moment=moment)
+        return ProviderEvent(route, EventReason.RECORDED, _body_key(body), instance_id, connected=False, moment=moment)
     if route is Route.MESSAGE_STATUS:
         mid = _message_id(body)
         status, raw_status = _status(_field(body, "status", "ack"))
         if mid is None:
-            return ProviderEvent(route, EventReason.MISSING_MESSAGE_ID, _digest(raw), instance_id, moment=moment)
+            return ProviderEvent(route, EventReason.MISSING_MESSAGE_ID, _body_key(body), instance_id, moment=moment)
         if status is None:
             return ProviderEvent(
                 route,
                 EventReason.UNKNOWN_STATUS,
-                _digest(raw),
+                _body_key(body),
                 instance_id,
                 provider_message_id=mid,
                 raw_status=raw_status,
@@ -256,7 +264,7 @@ def parse_webhook(raw: bytes) -> ProviderEvent:
     return ProviderEvent(
         route,
         EventReason.RECORDED,
-        _digest(raw),
+        _body_key(body),
         instance_id,
         provider_message_id=mid,
         phone=_phone(body),
@@ -272,12 +280,12 @@ def _chat_status(raw: bytes, body: dict[str, Any], instance_id: str | None, mome
     status, raw_status = _status(body.get("status"))
     mid = _message_id(body)
     if instance_id is None:
-        return ProviderEvent(Route.CHAT_STATUS, EventReason.MISSING_INSTANCE_ID, _digest(raw))
+        return ProviderEvent(Route.CHAT_STATUS, EventReason.MISSING_INSTANCE_ID, _body_key(body))
     applies = status is not None and mid is not None
     return ProviderEvent(
         Route.CHAT_STATUS,
         EventReason.RECORDED if applies else EventReason.CHAT_TELEMETRY,
-        status_key(instance_id, mid, status) if status is not None and mid is not None else _digest(raw),
+        status_key(instance_id, mid, status) if status is not None and mid is not None else _body_key(body),
         instance_id,
         provider_message_id=mid,
         status=status if applies else None,

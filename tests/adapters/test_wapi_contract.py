@@ -15,6 +15,7 @@ from adapters.wapi.contract import (
     error_message,
     extension_from_file_name,
     extract_message_id,
+    extract_queue_id,
     is_error_body,
     jid_to_phone,
     parse_status,
@@ -232,8 +233,8 @@ def test_extension_from_file_name(name: str, ext: str) -> None:
         ({"id": "X1"}, "X1"),
         ({"data": {"messageId": "D1"}}, "D1"),
         ({"data": {"id": "D2"}}, "D2"),
-        ({"insertedId": "Q1"}, "Q1"),
-        ({"insertedId": 42}, "42"),
+        ({"insertedId": "Q1"}, None),  # a queue handle is not a message id
+        ({"insertedId": 42}, None),
         ({"messageId": "M", "id": "I", "data": {"messageId": "D"}, "insertedId": "Q"}, "M"),
         ({"messageId": "", "id": "I"}, "I"),
         ({"id": None, "data": {"id": "D2"}, "insertedId": "Q"}, "D2"),
@@ -248,6 +249,14 @@ def test_extension_from_file_name(name: str, ext: str) -> None:
 )
 def test_extract_message_id_order_and_never_invents(body: Any, expected: str | None) -> None:
     assert extract_message_id(body) == expected
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [({"insertedId": "Q1"}, "Q1"), ({"insertedId": 42}, "42"), ({"data": {"insertedId": "Q2"}}, "Q2"), ({}, None)],
+)
+def test_extract_queue_id(body: Any, expected: str | None) -> None:
+    assert extract_queue_id(body) == expected
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""`wapi-guard webhooks …` through the real entry point against a real server on loopback."""
+"""`wapi-guard subscriptions …` through the real entry point against a real server on loopback."""
 
 from __future__ import annotations
 
@@ -31,7 +31,9 @@ async def test_create_list_disable_and_deliveries(database_url: str) -> None:
     server = ("--server", f"127.0.0.1:{h.app.grpc_port}")
     try:
         await h.register("INST-A")
-        created = await cli("webhooks", "create", "--url", url, "--type", "instance.health_changed", "--json", *server)
+        created = await cli(
+            "subscriptions", "create", "--url", url, "--type", "instance.health_changed", "--json", *server
+        )
         assert created.returncode == 0, created.stderr
         sub = json.loads(created.stdout)
         assert sub["secret"].startswith("whsec_")
@@ -45,19 +47,19 @@ async def test_create_list_disable_and_deliveries(database_url: str) -> None:
         payload = Webhook(sub["secret"]).verify(body, {k.lower(): v for k, v in headers.items()})
         assert payload["type"] == "instance.health_changed"
 
-        listed = await cli("webhooks", *server)
+        listed = await cli("subscriptions", *server)
         assert listed.returncode == 0, listed.stderr
         assert sub["id"] in listed.stdout
         assert "HTTP 500" in listed.stdout  # the last error is shown
         assert sub["secret"] not in listed.stdout  # the secret only at creation
 
-        deliveries = await cli("webhooks", "deliveries", sub["id"], "--json", *server)
+        deliveries = await cli("subscriptions", "deliveries", sub["id"], "--json", *server)
         rows = json.loads(deliveries.stdout)
         assert [(r["state"], r["attempts"]) for r in rows] == [("succeeded", 2)]
 
-        disabled = await cli("webhooks", "disable", sub["id"], "--json", *server)
+        disabled = await cli("subscriptions", "disable", sub["id"], "--json", *server)
         assert json.loads(disabled.stdout)["enabled"] is False
-        missing = await cli("webhooks", "disable", *server)
+        missing = await cli("subscriptions", "disable", *server)
         assert missing.returncode == 2
     finally:
         await stop_harness(h)

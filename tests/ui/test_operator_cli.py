@@ -71,8 +71,10 @@ async def test_instances_table_json_and_refresh(stack: UiStack) -> None:
     assert rows[INCOMPLETE]["reason_message"].startswith(SESSION_INCOMPLETE_PT)
 
     assert refreshed.returncode == 0, refreshed.stderr
-    assert "Probing instances [" in refreshed.stderr
-    assert "] 2/2" in refreshed.stderr
+    # Not a terminal: one plain progress line at the end, no redraw sequences.
+    assert refreshed.stderr.strip().splitlines()[-1] == "Probing instances: 2/2"
+    assert "\r" not in refreshed.stderr
+    assert "\x1b[" not in refreshed.stderr
     assert refreshed.stdout.splitlines()[0].split()[:3] == ["ID", "NAME", "STATE"]
     assert "Session incomplete" in refreshed.stdout
     assert "Sessão" not in refreshed.stdout

@@ -12,12 +12,15 @@ from statemachine.domain import MessageState
 from statemachine.machines import MessageTrigger, can_message, decide_message, decide_status
 
 S = MessageState
-TRIGGERS = ("accept", "fail", "confirm_sent", "deliver", "read", "play", "retry")
+TRIGGERS = ("accept", "queue", "leave_queue", "fail", "confirm_sent", "deliver", "read", "play", "retry")
 
 # (state, trigger) → state after the trigger. Pairs not listed are refused (message stays put).
 ALLOWED: dict[tuple[MessageState, str], MessageState] = {
     (S.PENDING, "accept"): S.SENT,
     (S.PENDING, "fail"): S.FAILED,
+    (S.PENDING, "queue"): S.QUEUED,  # W-API answered only a queue handle: not SENT
+    (S.QUEUED, "leave_queue"): S.SENT,  # the delivery webhook named its real id
+    (S.QUEUED, "fail"): S.FAILED,
     (S.SENT, "fail"): S.FAILED,
     (S.SENT, "confirm_sent"): S.SENT,  # a provider "sent" on a SENT message: applied, nothing moves
     (S.SENT, "deliver"): S.DELIVERED,
@@ -33,7 +36,7 @@ MATRIX = [(state, trigger) for state in MessageState for trigger in TRIGGERS]
 
 
 def test_matrix_covers_every_state_and_trigger() -> None:
-    assert len(MATRIX) == 6 * 7
+    assert len(MATRIX) == 7 * 9
     assert {s for s, _ in ALLOWED} <= set(MessageState)
     assert {t for _, t in ALLOWED} <= set(TRIGGERS)
 
@@ -153,6 +156,7 @@ PROVIDER_STATUSES = (S.SENT, S.DELIVERED, S.READ, S.PLAYED, S.FAILED)
 # (state, provider status) → state after it. Not listed: not applied (STALE_STATUS), unchanged.
 STATUS_ALLOWED: dict[tuple[MessageState, MessageState], MessageState] = {
     (S.PENDING, S.FAILED): S.FAILED,
+    (S.QUEUED, S.FAILED): S.FAILED,  # a queued message W-API reports failed
     (S.SENT, S.SENT): S.SENT,
     (S.SENT, S.DELIVERED): S.DELIVERED,
     (S.SENT, S.READ): S.READ,

@@ -724,3 +724,12 @@ def test_status_key_ignores_moment(mid: str, word: str, first: int, second: int)
     b = parse({**body, "moment": second})
     assert a.dedupe_key == b.dedupe_key
     assert a.dedupe_key.startswith(f"status:{INSTANCE}:{mid}:")
+
+
+def test_the_same_body_reserialized_has_the_same_dedupe_key() -> None:
+    """A body replayed from W-API's webhook log comes back re-serialized: still the same event."""
+    posted = b'{"event": "webhookReceived", "instanceId": "A1B2C3", "messageId": "M1", "moment": 1749132337}'
+    replayed = b'{"moment":1749132337,"messageId":"M1","instanceId":"A1B2C3","event":"webhookReceived"}'
+    other = b'{"event": "webhookReceived", "instanceId": "A1B2C3", "messageId": "M2", "moment": 1749132337}'
+    assert parse_webhook(posted).dedupe_key == parse_webhook(replayed).dedupe_key
+    assert parse_webhook(posted).dedupe_key != parse_webhook(other).dedupe_key

@@ -1,6 +1,6 @@
 """Open work in its own narrow table; indexes that follow open work, not history.
 
-- `open_messages`: the PENDING and SENT messages, kept by triggers on `messages` (insert, update
+- `open_messages`: the PENDING, SENT and QUEUED messages, kept by triggers on `messages` (insert, update
   of state / sent_at / stuck_at, delete), so every write path maintains it in its own statement
   and transaction. Filled here from the existing rows.
 - `messages`: the `(state, sent_at)` index goes (every status changed it, so no update was HOT
@@ -31,7 +31,7 @@ depends_on = None
 PG_FUNCTION = """
 CREATE OR REPLACE FUNCTION wapiguard_track_open_message() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-  IF TG_OP <> 'DELETE' AND NEW.state IN ('PENDING', 'SENT') THEN
+  IF TG_OP <> 'DELETE' AND NEW.state IN ('PENDING', 'SENT', 'QUEUED') THEN
     INSERT INTO open_messages (message_id, instance_id, state, since, created_at, sent_at, stuck_at)
     VALUES (NEW.id, NEW.instance_id, NEW.state, NEW.updated_at, NEW.created_at, NEW.sent_at, NEW.stuck_at)
     ON CONFLICT (message_id) DO UPDATE
@@ -46,14 +46,14 @@ $$
 
 PG_TRIGGERS = (
     """CREATE TRIGGER trg_messages_open_insert AFTER INSERT ON messages FOR EACH ROW
-    WHEN (NEW.state IN ('PENDING', 'SENT')) EXECUTE FUNCTION wapiguard_track_open_message()""",
+    WHEN (NEW.state IN ('PENDING', 'SENT', 'QUEUED')) EXECUTE FUNCTION wapiguard_track_open_message()""",
     """CREATE TRIGGER trg_messages_open_update AFTER UPDATE ON messages FOR EACH ROW
-    WHEN ((OLD.state IN ('PENDING', 'SENT') OR NEW.state IN ('PENDING', 'SENT'))
+    WHEN ((OLD.state IN ('PENDING', 'SENT', 'QUEUED') OR NEW.state IN ('PENDING', 'SENT', 'QUEUED'))
           AND (OLD.state IS DISTINCT FROM NEW.state OR OLD.sent_at IS DISTINCT FROM NEW.sent_at
                OR OLD.stuck_at IS DISTINCT FROM NEW.stuck_at))
     EXECUTE FUNCTION wapiguard_track_open_message()""",
     """CREATE TRIGGER trg_messages_open_delete AFTER DELETE ON messages FOR EACH ROW
-    WHEN (OLD.state IN ('PENDING', 'SENT')) EXECUTE FUNCTION wapiguard_track_open_message()""",
+    WHEN (OLD.state IN ('PENDING', 'SENT', 'QUEUED')) EXECUTE FUNCTION wapiguard_track_open_message()""",
 )
 
 _SQLITE_UPSERT = """INSERT INTO open_messages (message_id, instance_id, state, since, created_at, sent_at, stuck_at)
@@ -63,16 +63,16 @@ _SQLITE_UPSERT = """INSERT INTO open_messages (message_id, instance_id, state, s
 
 SQLITE_TRIGGERS = (
     f"""CREATE TRIGGER trg_messages_open_insert AFTER INSERT ON messages
-    WHEN NEW.state IN ('PENDING', 'SENT') BEGIN {_SQLITE_UPSERT} END""",
+    WHEN NEW.state IN ('PENDING', 'SENT', 'QUEUED') BEGIN {_SQLITE_UPSERT} END""",
     f"""CREATE TRIGGER trg_messages_open_update AFTER UPDATE ON messages
-    WHEN NEW.state IN ('PENDING', 'SENT') AND (OLD.state IS NOT NEW.state OR OLD.sent_at IS NOT NEW.sent_at
+    WHEN NEW.state IN ('PENDING', 'SENT', 'QUEUED') AND (OLD.state IS NOT NEW.state OR OLD.sent_at IS NOT NEW.sent_at
                                           OR OLD.stuck_at IS NOT NEW.stuck_at)
     BEGIN {_SQLITE_UPSERT} END""",
     """CREATE TRIGGER trg_messages_open_close AFTER UPDATE ON messages
-    WHEN OLD.state IN ('PENDING', 'SENT') AND NEW.state NOT IN ('PENDING', 'SENT')
+    WHEN OLD.state IN ('PENDING', 'SENT', 'QUEUED') AND NEW.state NOT IN ('PENDING', 'SENT', 'QUEUED')
     BEGIN DELETE FROM open_messages WHERE message_id = OLD.id; END""",
     """CREATE TRIGGER trg_messages_open_delete AFTER DELETE ON messages
-    WHEN OLD.state IN ('PENDING', 'SENT')
+    WHEN OLD.state IN ('PENDING', 'SENT', 'QUEUED')
     BEGIN DELETE FROM open_messages WHERE message_id = OLD.id; END""",
 )
 
@@ -103,18 +103,21 @@ def upgrade() -> None:
     )
     op.create_index("ix_open_messages_pending", "open_messages", ["since"], **_where("state = 'PENDING'"))
     op.create_index(
-        "ix_open_messages_unstuck", "open_messages", ["sent_at"], **_where("state = 'SENT' AND stuck_at IS NULL")
+        "ix_open_messages_unstuck",
+        "open_messages",
+        ["sent_at"],
+        **_where("state IN ('SENT', 'QUEUED') AND stuck_at IS NULL"),
     )
     op.create_index(
         "ix_open_messages_stuck",
         "open_messages",
         ["instance_id", "created_at"],
-        **_where("state = 'SENT' AND stuck_at IS NOT NULL"),
+        **_where("state IN ('SENT', 'QUEUED') AND stuck_at IS NOT NULL"),
     )
     op.execute(
         """INSERT INTO open_messages (message_id, instance_id, state, since, created_at, sent_at, stuck_at)
         SELECT id, instance_id, state, updated_at, created_at, sent_at, stuck_at FROM messages
-        WHERE state IN ('PENDING', 'SENT')"""
+        WHERE state IN ('PENDING', 'SENT', 'QUEUED')"""
     )
     if dialect == "postgresql":
         op.execute(PG_FUNCTION)

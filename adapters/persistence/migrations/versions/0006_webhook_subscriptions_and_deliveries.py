@@ -1,7 +1,7 @@
 """webhook subscriptions and deliveries
 
 Revision ID: 0006
-Revises: 0004
+Revises: 0005
 Create Date: 2026-12-01 22:21:58.602175
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 import adapters.persistence.schema
 
 revision = "0006"
-down_revision = "0004"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 

@@ -71,6 +71,10 @@ class _MessageStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MessageS
     """Voice note / audio played."""
     MESSAGE_STATE_FAILED: _MessageState.ValueType  # 6
     """Blocked before sending or refused by the provider; see failure_reason."""
+    MESSAGE_STATE_QUEUED: _MessageState.ValueType  # 7
+    """W-API only queued it (a queue handle, no message id): NOT sent. Leaves the queue (SENT) only
+    with a delivery webhook carrying its real id; stuck like a SENT one if it never leaves.
+    """
 
 class MessageState(_MessageState, metaclass=_MessageStateEnumTypeWrapper):
     """Delivery state of one message. Forward-only, except FAILED -> PENDING through RetryMessage."""
@@ -86,6 +90,10 @@ MESSAGE_STATE_PLAYED: MessageState.ValueType  # 5
 """Voice note / audio played."""
 MESSAGE_STATE_FAILED: MessageState.ValueType  # 6
 """Blocked before sending or refused by the provider; see failure_reason."""
+MESSAGE_STATE_QUEUED: MessageState.ValueType  # 7
+"""W-API only queued it (a queue handle, no message id): NOT sent. Leaves the queue (SENT) only
+with a delivery webhook carrying its real id; stuck like a SENT one if it never leaves.
+"""
 Global___MessageState: _TypeAlias = MessageState  # noqa: Y015
 
 class _MessageKind:
@@ -196,6 +204,7 @@ class Message(_message.Message):
     FAILURE_DETAIL_FIELD_NUMBER: _builtins.int
     STUCK_FIELD_NUMBER: _builtins.int
     SENT_AT_FIELD_NUMBER: _builtins.int
+    QUEUE_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     instance_id: _builtins.str
     to: _builtins.str
@@ -211,6 +220,8 @@ class Message(_message.Message):
     """Technical detail behind failure_reason (HTTP status, provider error text). Never contains secrets."""
     stuck: _builtins.bool
     """True when the message stayed SENT longer than the stuck window."""
+    queue_id: _builtins.str
+    """W-API's queue handle (`insertedId`) while the message is QUEUED; not a provider message id."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -237,10 +248,11 @@ class Message(_message.Message):
         failure_detail: _builtins.str = ...,
         stuck: _builtins.bool = ...,
         sent_at: _timestamp_pb2.Timestamp | None = ...,
+        queue_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "sent_at", b"sent_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "created_at", b"created_at", "failure_detail", b"failure_detail", "failure_reason", b"failure_reason", "history", b"history", "id", b"id", "idempotency_key", b"idempotency_key", "instance_id", b"instance_id", "kind", b"kind", "provider_message_id", b"provider_message_id", "sent_at", b"sent_at", "state", b"state", "stuck", b"stuck", "to", b"to", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "created_at", b"created_at", "failure_detail", b"failure_detail", "failure_reason", b"failure_reason", "history", b"history", "id", b"id", "idempotency_key", b"idempotency_key", "instance_id", b"instance_id", "kind", b"kind", "provider_message_id", b"provider_message_id", "queue_id", b"queue_id", "sent_at", b"sent_at", "state", b"state", "stuck", b"stuck", "to", b"to", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -262,6 +274,10 @@ class InstanceHealth(_message.Message):
     STATE_CHANGED_AT_FIELD_NUMBER: _builtins.int
     CAN_SEND_FIELD_NUMBER: _builtins.int
     REASON_MESSAGE_FIELD_NUMBER: _builtins.int
+    WEBHOOKS_CONFIGURED_FIELD_NUMBER: _builtins.int
+    WEBHOOKS_STATE_FIELD_NUMBER: _builtins.int
+    WEBHOOKS_DETAIL_FIELD_NUMBER: _builtins.int
+    NEXT_STEP_FIELD_NUMBER: _builtins.int
     instance_id: _builtins.str
     name: _builtins.str
     state: Global___InstanceState.ValueType
@@ -275,6 +291,13 @@ class InstanceHealth(_message.Message):
     """True when sends are allowed right now (state CONNECTED)."""
     reason_message: _builtins.str
     """Human-readable explanation in pt-BR, ready for a UI."""
+    webhooks_configured: _builtins.bool
+    """W-API's webhook URLs point at this service's bridge (set and verified by ConfigureWebhooks)."""
+    webhooks_state: _builtins.str
+    """UNCONFIGURED, CONFIGURED or FAILED (with webhooks_detail saying which kind and why)."""
+    webhooks_detail: _builtins.str
+    next_step: _builtins.str
+    """What the operator should do now (in the request's locale), empty when nothing is needed."""
     @_builtins.property
     def checked_at(self) -> _timestamp_pb2.Timestamp:
         """Last time the provider was probed."""
@@ -300,10 +323,14 @@ class InstanceHealth(_message.Message):
         state_changed_at: _timestamp_pb2.Timestamp | None = ...,
         can_send: _builtins.bool = ...,
         reason_message: _builtins.str = ...,
+        webhooks_configured: _builtins.bool = ...,
+        webhooks_state: _builtins.str = ...,
+        webhooks_detail: _builtins.str = ...,
+        next_step: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["checked_at", b"checked_at", "last_event_at", b"last_event_at", "state_changed_at", b"state_changed_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["can_send", b"can_send", "checked_at", b"checked_at", "instance_id", b"instance_id", "last_event_at", b"last_event_at", "name", b"name", "phone_number", b"phone_number", "plan", b"plan", "reason", b"reason", "reason_message", b"reason_message", "state", b"state", "state_changed_at", b"state_changed_at", "stuck_messages", b"stuck_messages"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["can_send", b"can_send", "checked_at", b"checked_at", "instance_id", b"instance_id", "last_event_at", b"last_event_at", "name", b"name", "next_step", b"next_step", "phone_number", b"phone_number", "plan", b"plan", "reason", b"reason", "reason_message", b"reason_message", "state", b"state", "state_changed_at", b"state_changed_at", "stuck_messages", b"stuck_messages", "webhooks_configured", b"webhooks_configured", "webhooks_detail", b"webhooks_detail", "webhooks_state", b"webhooks_state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

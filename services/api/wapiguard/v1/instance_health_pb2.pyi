@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from services.api.wapiguard.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
@@ -18,6 +19,365 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+@_typing.final
+class InstanceRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    instance_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        instance_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance_id", b"instance_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InstanceRequest: _TypeAlias = InstanceRequest  # noqa: Y015
+
+@_typing.final
+class RemoveInstanceResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    REMOVED_FIELD_NUMBER: _builtins.int
+    instance_id: _builtins.str
+    removed: _builtins.bool
+    def __init__(
+        self,
+        *,
+        instance_id: _builtins.str = ...,
+        removed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance_id", b"instance_id", "removed", b"removed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveInstanceResponse: _TypeAlias = RemoveInstanceResponse  # noqa: Y015
+
+@_typing.final
+class RequestPairingCodeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    PHONE_NUMBER_FIELD_NUMBER: _builtins.int
+    instance_id: _builtins.str
+    phone_number: _builtins.str
+    """The phone to pair, digits with country and area code (e.g. 5515981121710)."""
+    def __init__(
+        self,
+        *,
+        instance_id: _builtins.str = ...,
+        phone_number: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance_id", b"instance_id", "phone_number", b"phone_number"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RequestPairingCodeRequest: _TypeAlias = RequestPairingCodeRequest  # noqa: Y015
+
+@_typing.final
+class QrCodeResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEALTH_FIELD_NUMBER: _builtins.int
+    PNG_FIELD_NUMBER: _builtins.int
+    BASE64_FIELD_NUMBER: _builtins.int
+    ALREADY_CONNECTED_FIELD_NUMBER: _builtins.int
+    NEXT_STEP_FIELD_NUMBER: _builtins.int
+    png: _builtins.bytes
+    """The QR code as a PNG image; empty when already connected."""
+    base64: _builtins.str
+    """The same image as W-API gives it in text form (a data URL or bare base64)."""
+    already_connected: _builtins.bool
+    next_step: _builtins.str
+    @_builtins.property
+    def health(self) -> _common_pb2.InstanceHealth: ...
+    def __init__(
+        self,
+        *,
+        health: _common_pb2.InstanceHealth | None = ...,
+        png: _builtins.bytes = ...,
+        base64: _builtins.str = ...,
+        already_connected: _builtins.bool = ...,
+        next_step: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["health", b"health"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["already_connected", b"already_connected", "base64", b"base64", "health", b"health", "next_step", b"next_step", "png", b"png"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QrCodeResponse: _TypeAlias = QrCodeResponse  # noqa: Y015
+
+@_typing.final
+class PairingCodeResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEALTH_FIELD_NUMBER: _builtins.int
+    PAIRING_CODE_FIELD_NUMBER: _builtins.int
+    ALREADY_CONNECTED_FIELD_NUMBER: _builtins.int
+    NEXT_STEP_FIELD_NUMBER: _builtins.int
+    pairing_code: _builtins.str
+    """The code to type on the phone (e.g. ABCD-EFGH); empty when already connected."""
+    already_connected: _builtins.bool
+    next_step: _builtins.str
+    @_builtins.property
+    def health(self) -> _common_pb2.InstanceHealth: ...
+    def __init__(
+        self,
+        *,
+        health: _common_pb2.InstanceHealth | None = ...,
+        pairing_code: _builtins.str = ...,
+        already_connected: _builtins.bool = ...,
+        next_step: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["health", b"health"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["already_connected", b"already_connected", "health", b"health", "next_step", b"next_step", "pairing_code", b"pairing_code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PairingCodeResponse: _TypeAlias = PairingCodeResponse  # noqa: Y015
+
+@_typing.final
+class RecoveryResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEALTH_FIELD_NUMBER: _builtins.int
+    PROVIDER_MESSAGE_FIELD_NUMBER: _builtins.int
+    NEXT_STEP_FIELD_NUMBER: _builtins.int
+    provider_message: _builtins.str
+    """W-API's own words about the action."""
+    next_step: _builtins.str
+    @_builtins.property
+    def health(self) -> _common_pb2.InstanceHealth: ...
+    def __init__(
+        self,
+        *,
+        health: _common_pb2.InstanceHealth | None = ...,
+        provider_message: _builtins.str = ...,
+        next_step: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["health", b"health"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["health", b"health", "next_step", b"next_step", "provider_message", b"provider_message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecoveryResponse: _TypeAlias = RecoveryResponse  # noqa: Y015
+
+@_typing.final
+class WebhookKindResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    OK_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    """connected, disconnected, delivery, received, message-status, chat-presence"""
+    ok: _builtins.bool
+    detail: _builtins.str
+    """Why not ok (provider answer, mismatch); never contains the webhook secret."""
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+        ok: _builtins.bool = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detail", b"detail", "kind", b"kind", "ok", b"ok"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WebhookKindResult: _TypeAlias = WebhookKindResult  # noqa: Y015
+
+@_typing.final
+class WebhooksResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEALTH_FIELD_NUMBER: _builtins.int
+    KINDS_FIELD_NUMBER: _builtins.int
+    CONFIGURED_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    NEXT_STEP_FIELD_NUMBER: _builtins.int
+    configured: _builtins.bool
+    url: _builtins.str
+    """The bridge URL, with its secret masked."""
+    next_step: _builtins.str
+    @_builtins.property
+    def health(self) -> _common_pb2.InstanceHealth: ...
+    @_builtins.property
+    def kinds(self) -> _containers.RepeatedCompositeFieldContainer[Global___WebhookKindResult]: ...
+    def __init__(
+        self,
+        *,
+        health: _common_pb2.InstanceHealth | None = ...,
+        kinds: _abc.Iterable[Global___WebhookKindResult] | None = ...,
+        configured: _builtins.bool = ...,
+        url: _builtins.str = ...,
+        next_step: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["health", b"health"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["configured", b"configured", "health", b"health", "kinds", b"kinds", "next_step", b"next_step", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WebhooksResponse: _TypeAlias = WebhooksResponse  # noqa: Y015
+
+@_typing.final
+class ReconcileEventsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    instance_id: _builtins.str
+    """Empty: every instance."""
+    def __init__(
+        self,
+        *,
+        instance_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance_id", b"instance_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReconcileEventsRequest: _TypeAlias = ReconcileEventsRequest  # noqa: Y015
+
+@_typing.final
+class InstanceReconciliation(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    FETCHED_FIELD_NUMBER: _builtins.int
+    APPLIED_FIELD_NUMBER: _builtins.int
+    DUPLICATES_FIELD_NUMBER: _builtins.int
+    FAILED_FIELD_NUMBER: _builtins.int
+    PAGES_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    instance_id: _builtins.str
+    fetched: _builtins.int
+    """Log entries read / newly applied / already stored (dedupe) / unusable."""
+    applied: _builtins.int
+    duplicates: _builtins.int
+    failed: _builtins.int
+    pages: _builtins.int
+    error: _builtins.str
+    """Why the log could not be read (e.g. PRO only, gateway trouble); empty on success."""
+    def __init__(
+        self,
+        *,
+        instance_id: _builtins.str = ...,
+        fetched: _builtins.int = ...,
+        applied: _builtins.int = ...,
+        duplicates: _builtins.int = ...,
+        failed: _builtins.int = ...,
+        pages: _builtins.int = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied", b"applied", "duplicates", b"duplicates", "error", b"error", "failed", b"failed", "fetched", b"fetched", "instance_id", b"instance_id", "pages", b"pages"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InstanceReconciliation: _TypeAlias = InstanceReconciliation  # noqa: Y015
+
+@_typing.final
+class ReconcileEventsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCES_FIELD_NUMBER: _builtins.int
+    STUCK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def instances(self) -> _containers.RepeatedCompositeFieldContainer[Global___InstanceReconciliation]: ...
+    @_builtins.property
+    def stuck(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Message]:
+        """Messages still SENT (or QUEUED) past the stuck window after the replay."""
+
+    def __init__(
+        self,
+        *,
+        instances: _abc.Iterable[Global___InstanceReconciliation] | None = ...,
+        stuck: _abc.Iterable[_common_pb2.Message] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instances", b"instances", "stuck", b"stuck"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReconcileEventsResponse: _TypeAlias = ReconcileEventsResponse  # noqa: Y015
+
+@_typing.final
+class RecoveryAction(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    REQUESTED_BY_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    instance_id: _builtins.str
+    action: _builtins.str
+    """qr_code, pairing_code, restart, disconnect, configure_webhooks"""
+    requested_by: _builtins.str
+    """The caller (token name) who asked."""
+    outcome: _builtins.str
+    """OK or the reason it failed."""
+    detail: _builtins.str
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        instance_id: _builtins.str = ...,
+        action: _builtins.str = ...,
+        requested_by: _builtins.str = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+        outcome: _builtins.str = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "at", b"at", "detail", b"detail", "instance_id", b"instance_id", "outcome", b"outcome", "requested_by", b"requested_by"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecoveryAction: _TypeAlias = RecoveryAction  # noqa: Y015
+
+@_typing.final
+class ListRecoveryActionsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def actions(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecoveryAction]: ...
+    def __init__(
+        self,
+        *,
+        actions: _abc.Iterable[Global___RecoveryAction] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRecoveryActionsResponse: _TypeAlias = ListRecoveryActionsResponse  # noqa: Y015
 
 @_typing.final
 class RegisterInstanceRequest(_message.Message):

@@ -56,6 +56,51 @@ class InstanceHealthServiceStub:
                 request_serializer=wapiguard_dot_v1_dot_instance__health__pb2.WatchInstancesRequest.SerializeToString,
                 response_deserializer=wapiguard_dot_v1_dot_instance__health__pb2.InstanceHealthEvent.FromString,
                 _registered_method=True)
+        self.RemoveInstance = channel.unary_unary(
+                '/wapiguard.v1.InstanceHealthService/RemoveInstance',
+                request_serializer=wapiguard_dot_v1_dot_instance__health__pb2.InstanceRequest.SerializeToString,
+                response_deserializer=wapiguard_dot_v1_dot_instance__health__pb2.RemoveInstanceResponse.FromString,
+                _registered_method=True)
+        self.GetQrCode = channel.unary_unary(
+                '/wapiguard.v1.InstanceHealthService/GetQrCode',
+                request_serializer=wapiguard_dot_v1_dot_instance__health__pb2.InstanceRequest.SerializeToString,
+                response_deserializer=wapiguard_dot_v1_dot_instance__health__pb2.QrCodeResponse.FromString,
+                _registered_method=True)
+        self.RequestPairingCode = channel.unary_unary(
+                '/wapiguard.v1.InstanceHealthService/RequestPairingCode',
+                request_serializer=wapiguard_dot_v1_dot_instance__health__pb2.RequestPairingCodeRequest.SerializeToString,
+                response_deserializer=wapiguard_dot_v1_dot_instance__health__pb2.PairingCodeResponse.FromString,
+                _registered_method=True)
+        self.RestartInstance = channel.unary_unary(
+                '/wapiguard.v1.InstanceHealthService/RestartInstance',
+                request_serializer=wapiguard_dot_v1_dot_instance__health__pb2.InstanceRequest.SerializeToString,
+                response_deserializer=wapiguard_dot_v1_dot_instance__health__pb2.RecoveryResponse.FromString,
+                _registered_method=True)
+        self.DisconnectInstance = channel.unary_unary(
+                '/wapiguard.v1.InstanceHealthService/DisconnectInstance',
+                request_serializer=wapiguard_dot_v1_dot_instance__health__pb2.InstanceRequest.SerializeToString,
+                response_deserializer=wapiguard_dot_v1_dot_instance__health__pb2.RecoveryResponse.FromString,
+                _registered_method=True)
+        self.ConfigureWebhooks = channel.unary_unary(
+                '/wapiguard.v1.InstanceHealthService/ConfigureWebhooks',
+                request_serializer=wapiguard_dot_v1_dot_instance__health__pb2.InstanceRequest.SerializeToString,
+                response_deserializer=wapiguard_dot_v1_dot_instance__health__pb2.WebhooksResponse.FromString,
+                _registered_method=True)
+        self.CheckWebhooks = channel.unary_unary(
+                '/wapiguard.v1.InstanceHealthService/CheckWebhooks',
+                request_serializer=wapiguard_dot_v1_dot_instance__health__pb2.InstanceRequest.SerializeToString,
+                response_deserializer=wapiguard_dot_v1_dot_instance__health__pb2.WebhooksResponse.FromString,
+                _registered_method=True)
+        self.ReconcileEvents = channel.unary_unary(
+                '/wapiguard.v1.InstanceHealthService/ReconcileEvents',
+                request_serializer=wapiguard_dot_v1_dot_instance__health__pb2.ReconcileEventsRequest.SerializeToString,
+                response_deserializer=wapiguard_dot_v1_dot_instance__health__pb2.ReconcileEventsResponse.FromString,
+                _registered_method=True)
+        self.ListRecoveryActions = channel.unary_unary(
+                '/wapiguard.v1.InstanceHealthService/ListRecoveryActions',
+                request_serializer=wapiguard_dot_v1_dot_instance__health__pb2.InstanceRequest.SerializeToString,
+                response_deserializer=wapiguard_dot_v1_dot_instance__health__pb2.ListRecoveryActionsResponse.FromString,
+                _registered_method=True)
 
 
 class InstanceHealthServiceServicer:
@@ -89,6 +134,69 @@ class InstanceHealthServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RemoveInstance(self, request, context):
+        """Forgets an instance (its messages and events stay for the record).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetQrCode(self, request, context):
+        """--- operator recovery: each goes through W-API, one at a time per instance, rate-limited,
+        audited with who asked; each answer says what to do next.
+        The QR code to scan (PNG bytes and its base64 text). Puts the instance in PAIRING_IN_PROGRESS.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RequestPairingCode(self, request, context):
+        """A pairing code to type in WhatsApp on the phone (Linked devices > Link with phone number).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RestartInstance(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DisconnectInstance(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ConfigureWebhooks(self, request, context):
+        """Points the six W-API webhook kinds at this service's bridge (needs --public-url), verifies.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CheckWebhooks(self, request, context):
+        """Reads back what W-API has configured and compares it with the bridge URL.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReconcileEvents(self, request, context):
+        """Replays W-API's webhook log since the last stored event through the normal ingest path.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRecoveryActions(self, request, context):
+        """The instance's recorded recovery actions, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InstanceHealthServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -111,6 +219,51 @@ def add_InstanceHealthServiceServicer_to_server(servicer, server):
                     servicer.WatchInstances,
                     request_deserializer=wapiguard_dot_v1_dot_instance__health__pb2.WatchInstancesRequest.FromString,
                     response_serializer=wapiguard_dot_v1_dot_instance__health__pb2.InstanceHealthEvent.SerializeToString,
+            ),
+            'RemoveInstance': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveInstance,
+                    request_deserializer=wapiguard_dot_v1_dot_instance__health__pb2.InstanceRequest.FromString,
+                    response_serializer=wapiguard_dot_v1_dot_instance__health__pb2.RemoveInstanceResponse.SerializeToString,
+            ),
+            'GetQrCode': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetQrCode,
+                    request_deserializer=wapiguard_dot_v1_dot_instance__health__pb2.InstanceRequest.FromString,
+                    response_serializer=wapiguard_dot_v1_dot_instance__health__pb2.QrCodeResponse.SerializeToString,
+            ),
+            'RequestPairingCode': grpc.unary_unary_rpc_method_handler(
+                    servicer.RequestPairingCode,
+                    request_deserializer=wapiguard_dot_v1_dot_instance__health__pb2.RequestPairingCodeRequest.FromString,
+                    response_serializer=wapiguard_dot_v1_dot_instance__health__pb2.PairingCodeResponse.SerializeToString,
+            ),
+            'RestartInstance': grpc.unary_unary_rpc_method_handler(
+                    servicer.RestartInstance,
+                    request_deserializer=wapiguard_dot_v1_dot_instance__health__pb2.InstanceRequest.FromString,
+                    response_serializer=wapiguard_dot_v1_dot_instance__health__pb2.RecoveryResponse.SerializeToString,
+            ),
+            'DisconnectInstance': grpc.unary_unary_rpc_method_handler(
+                    servicer.DisconnectInstance,
+                    request_deserializer=wapiguard_dot_v1_dot_instance__health__pb2.InstanceRequest.FromString,
+                    response_serializer=wapiguard_dot_v1_dot_instance__health__pb2.RecoveryResponse.SerializeToString,
+            ),
+            'ConfigureWebhooks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConfigureWebhooks,
+                    request_deserializer=wapiguard_dot_v1_dot_instance__health__pb2.InstanceRequest.FromString,
+                    response_serializer=wapiguard_dot_v1_dot_instance__health__pb2.WebhooksResponse.SerializeToString,
+            ),
+            'CheckWebhooks': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckWebhooks,
+                    request_deserializer=wapiguard_dot_v1_dot_instance__health__pb2.InstanceRequest.FromString,
+                    response_serializer=wapiguard_dot_v1_dot_instance__health__pb2.WebhooksResponse.SerializeToString,
+            ),
+            'ReconcileEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReconcileEvents,
+                    request_deserializer=wapiguard_dot_v1_dot_instance__health__pb2.ReconcileEventsRequest.FromString,
+                    response_serializer=wapiguard_dot_v1_dot_instance__health__pb2.ReconcileEventsResponse.SerializeToString,
+            ),
+            'ListRecoveryActions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRecoveryActions,
+                    request_deserializer=wapiguard_dot_v1_dot_instance__health__pb2.InstanceRequest.FromString,
+                    response_serializer=wapiguard_dot_v1_dot_instance__health__pb2.ListRecoveryActionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -222,6 +375,249 @@ class InstanceHealthService:
             '/wapiguard.v1.InstanceHealthService/WatchInstances',
             wapiguard_dot_v1_dot_instance__health__pb2.WatchInstancesRequest.SerializeToString,
             wapiguard_dot_v1_dot_instance__health__pb2.InstanceHealthEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveInstance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wapiguard.v1.InstanceHealthService/RemoveInstance',
+            wapiguard_dot_v1_dot_instance__health__pb2.InstanceRequest.SerializeToString,
+            wapiguard_dot_v1_dot_instance__health__pb2.RemoveInstanceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetQrCode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wapiguard.v1.InstanceHealthService/GetQrCode',
+            wapiguard_dot_v1_dot_instance__health__pb2.InstanceRequest.SerializeToString,
+            wapiguard_dot_v1_dot_instance__health__pb2.QrCodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RequestPairingCode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wapiguard.v1.InstanceHealthService/RequestPairingCode',
+            wapiguard_dot_v1_dot_instance__health__pb2.RequestPairingCodeRequest.SerializeToString,
+            wapiguard_dot_v1_dot_instance__health__pb2.PairingCodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestartInstance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wapiguard.v1.InstanceHealthService/RestartInstance',
+            wapiguard_dot_v1_dot_instance__health__pb2.InstanceRequest.SerializeToString,
+            wapiguard_dot_v1_dot_instance__health__pb2.RecoveryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DisconnectInstance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wapiguard.v1.InstanceHealthService/DisconnectInstance',
+            wapiguard_dot_v1_dot_instance__health__pb2.InstanceRequest.SerializeToString,
+            wapiguard_dot_v1_dot_instance__health__pb2.RecoveryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConfigureWebhooks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wapiguard.v1.InstanceHealthService/ConfigureWebhooks',
+            wapiguard_dot_v1_dot_instance__health__pb2.InstanceRequest.SerializeToString,
+            wapiguard_dot_v1_dot_instance__health__pb2.WebhooksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckWebhooks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wapiguard.v1.InstanceHealthService/CheckWebhooks',
+            wapiguard_dot_v1_dot_instance__health__pb2.InstanceRequest.SerializeToString,
+            wapiguard_dot_v1_dot_instance__health__pb2.WebhooksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReconcileEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wapiguard.v1.InstanceHealthService/ReconcileEvents',
+            wapiguard_dot_v1_dot_instance__health__pb2.ReconcileEventsRequest.SerializeToString,
+            wapiguard_dot_v1_dot_instance__health__pb2.ReconcileEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRecoveryActions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wapiguard.v1.InstanceHealthService/ListRecoveryActions',
+            wapiguard_dot_v1_dot_instance__health__pb2.InstanceRequest.SerializeToString,
+            wapiguard_dot_v1_dot_instance__health__pb2.ListRecoveryActionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

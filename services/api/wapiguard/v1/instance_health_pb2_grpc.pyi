@@ -41,6 +41,25 @@ class InstanceHealthServiceStub:
     """refresh = "sync all": probes every instance concurrently, bounded, each with its own timeout."""
     WatchInstances: _grpc.UnaryStreamMultiCallable[_instance_health_pb2.WatchInstancesRequest, _instance_health_pb2.InstanceHealthEvent]
     """Streams state changes (and, first, the current health of each instance when asked)."""
+    RemoveInstance: _grpc.UnaryUnaryMultiCallable[_instance_health_pb2.InstanceRequest, _instance_health_pb2.RemoveInstanceResponse]
+    """Forgets an instance (its messages and events stay for the record)."""
+    GetQrCode: _grpc.UnaryUnaryMultiCallable[_instance_health_pb2.InstanceRequest, _instance_health_pb2.QrCodeResponse]
+    """--- operator recovery: each goes through W-API, one at a time per instance, rate-limited,
+    audited with who asked; each answer says what to do next.
+    The QR code to scan (PNG bytes and its base64 text). Puts the instance in PAIRING_IN_PROGRESS.
+    """
+    RequestPairingCode: _grpc.UnaryUnaryMultiCallable[_instance_health_pb2.RequestPairingCodeRequest, _instance_health_pb2.PairingCodeResponse]
+    """A pairing code to type in WhatsApp on the phone (Linked devices > Link with phone number)."""
+    RestartInstance: _grpc.UnaryUnaryMultiCallable[_instance_health_pb2.InstanceRequest, _instance_health_pb2.RecoveryResponse]
+    DisconnectInstance: _grpc.UnaryUnaryMultiCallable[_instance_health_pb2.InstanceRequest, _instance_health_pb2.RecoveryResponse]
+    ConfigureWebhooks: _grpc.UnaryUnaryMultiCallable[_instance_health_pb2.InstanceRequest, _instance_health_pb2.WebhooksResponse]
+    """Points the six W-API webhook kinds at this service's bridge (needs --public-url), verifies."""
+    CheckWebhooks: _grpc.UnaryUnaryMultiCallable[_instance_health_pb2.InstanceRequest, _instance_health_pb2.WebhooksResponse]
+    """Reads back what W-API has configured and compares it with the bridge URL."""
+    ReconcileEvents: _grpc.UnaryUnaryMultiCallable[_instance_health_pb2.ReconcileEventsRequest, _instance_health_pb2.ReconcileEventsResponse]
+    """Replays W-API's webhook log since the last stored event through the normal ingest path."""
+    ListRecoveryActions: _grpc.UnaryUnaryMultiCallable[_instance_health_pb2.InstanceRequest, _instance_health_pb2.ListRecoveryActionsResponse]
+    """The instance's recorded recovery actions, newest first."""
 
 @_typing.type_check_only
 class InstanceHealthServiceAsyncStub(InstanceHealthServiceStub):
@@ -54,6 +73,25 @@ class InstanceHealthServiceAsyncStub(InstanceHealthServiceStub):
     """refresh = "sync all": probes every instance concurrently, bounded, each with its own timeout."""
     WatchInstances: _aio.UnaryStreamMultiCallable[_instance_health_pb2.WatchInstancesRequest, _instance_health_pb2.InstanceHealthEvent]  # type: ignore[assignment]
     """Streams state changes (and, first, the current health of each instance when asked)."""
+    RemoveInstance: _aio.UnaryUnaryMultiCallable[_instance_health_pb2.InstanceRequest, _instance_health_pb2.RemoveInstanceResponse]  # type: ignore[assignment]
+    """Forgets an instance (its messages and events stay for the record)."""
+    GetQrCode: _aio.UnaryUnaryMultiCallable[_instance_health_pb2.InstanceRequest, _instance_health_pb2.QrCodeResponse]  # type: ignore[assignment]
+    """--- operator recovery: each goes through W-API, one at a time per instance, rate-limited,
+    audited with who asked; each answer says what to do next.
+    The QR code to scan (PNG bytes and its base64 text). Puts the instance in PAIRING_IN_PROGRESS.
+    """
+    RequestPairingCode: _aio.UnaryUnaryMultiCallable[_instance_health_pb2.RequestPairingCodeRequest, _instance_health_pb2.PairingCodeResponse]  # type: ignore[assignment]
+    """A pairing code to type in WhatsApp on the phone (Linked devices > Link with phone number)."""
+    RestartInstance: _aio.UnaryUnaryMultiCallable[_instance_health_pb2.InstanceRequest, _instance_health_pb2.RecoveryResponse]  # type: ignore[assignment]
+    DisconnectInstance: _aio.UnaryUnaryMultiCallable[_instance_health_pb2.InstanceRequest, _instance_health_pb2.RecoveryResponse]  # type: ignore[assignment]
+    ConfigureWebhooks: _aio.UnaryUnaryMultiCallable[_instance_health_pb2.InstanceRequest, _instance_health_pb2.WebhooksResponse]  # type: ignore[assignment]
+    """Points the six W-API webhook kinds at this service's bridge (needs --public-url), verifies."""
+    CheckWebhooks: _aio.UnaryUnaryMultiCallable[_instance_health_pb2.InstanceRequest, _instance_health_pb2.WebhooksResponse]  # type: ignore[assignment]
+    """Reads back what W-API has configured and compares it with the bridge URL."""
+    ReconcileEvents: _aio.UnaryUnaryMultiCallable[_instance_health_pb2.ReconcileEventsRequest, _instance_health_pb2.ReconcileEventsResponse]  # type: ignore[assignment]
+    """Replays W-API's webhook log since the last stored event through the normal ingest path."""
+    ListRecoveryActions: _aio.UnaryUnaryMultiCallable[_instance_health_pb2.InstanceRequest, _instance_health_pb2.ListRecoveryActionsResponse]  # type: ignore[assignment]
+    """The instance's recorded recovery actions, newest first."""
 
 class InstanceHealthServiceServicer(metaclass=_abc_1.ABCMeta):
     """The single source of truth for W-API session health."""
@@ -88,5 +126,78 @@ class InstanceHealthServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_instance_health_pb2.InstanceHealthEvent], _abc.AsyncIterator[_instance_health_pb2.InstanceHealthEvent]]:
         """Streams state changes (and, first, the current health of each instance when asked)."""
+
+    @_abc_1.abstractmethod
+    def RemoveInstance(
+        self,
+        request: _instance_health_pb2.InstanceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_instance_health_pb2.RemoveInstanceResponse, _abc.Awaitable[_instance_health_pb2.RemoveInstanceResponse]]:
+        """Forgets an instance (its messages and events stay for the record)."""
+
+    @_abc_1.abstractmethod
+    def GetQrCode(
+        self,
+        request: _instance_health_pb2.InstanceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_instance_health_pb2.QrCodeResponse, _abc.Awaitable[_instance_health_pb2.QrCodeResponse]]:
+        """--- operator recovery: each goes through W-API, one at a time per instance, rate-limited,
+        audited with who asked; each answer says what to do next.
+        The QR code to scan (PNG bytes and its base64 text). Puts the instance in PAIRING_IN_PROGRESS.
+        """
+
+    @_abc_1.abstractmethod
+    def RequestPairingCode(
+        self,
+        request: _instance_health_pb2.RequestPairingCodeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_instance_health_pb2.PairingCodeResponse, _abc.Awaitable[_instance_health_pb2.PairingCodeResponse]]:
+        """A pairing code to type in WhatsApp on the phone (Linked devices > Link with phone number)."""
+
+    @_abc_1.abstractmethod
+    def RestartInstance(
+        self,
+        request: _instance_health_pb2.InstanceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_instance_health_pb2.RecoveryResponse, _abc.Awaitable[_instance_health_pb2.RecoveryResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DisconnectInstance(
+        self,
+        request: _instance_health_pb2.InstanceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_instance_health_pb2.RecoveryResponse, _abc.Awaitable[_instance_health_pb2.RecoveryResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ConfigureWebhooks(
+        self,
+        request: _instance_health_pb2.InstanceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_instance_health_pb2.WebhooksResponse, _abc.Awaitable[_instance_health_pb2.WebhooksResponse]]:
+        """Points the six W-API webhook kinds at this service's bridge (needs --public-url), verifies."""
+
+    @_abc_1.abstractmethod
+    def CheckWebhooks(
+        self,
+        request: _instance_health_pb2.InstanceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_instance_health_pb2.WebhooksResponse, _abc.Awaitable[_instance_health_pb2.WebhooksResponse]]:
+        """Reads back what W-API has configured and compares it with the bridge URL."""
+
+    @_abc_1.abstractmethod
+    def ReconcileEvents(
+        self,
+        request: _instance_health_pb2.ReconcileEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_instance_health_pb2.ReconcileEventsResponse, _abc.Awaitable[_instance_health_pb2.ReconcileEventsResponse]]:
+        """Replays W-API's webhook log since the last stored event through the normal ingest path."""
+
+    @_abc_1.abstractmethod
+    def ListRecoveryActions(
+        self,
+        request: _instance_health_pb2.InstanceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_instance_health_pb2.ListRecoveryActionsResponse, _abc.Awaitable[_instance_health_pb2.ListRecoveryActionsResponse]]:
+        """The instance's recorded recovery actions, newest first."""
 
 def add_InstanceHealthServiceServicer_to_server(servicer: InstanceHealthServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,290 @@
+"""Per-instance actions on the status page: show the QR code, ask for a pairing code, restart an
+instance, retry a failed message. Plain HTML forms (they work without JavaScript), each a POST
+protected by the page's auth (the same tokens, the same instance scopes) and by CSRF checks:
+
+- a token in every form, HMAC of the viewer's identity under a key only the server knows (stable
+  across replicas when API tokens or a webhook secret are configured), compared in constant time;
+- the browser's `Origin` (or `Sec-Fetch-Site`) must say the request comes from this page's origin;
+- the body must be a form post (a cross-site `fetch` with JSON cannot pass for one).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import secrets
+from html import escape
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from services.auth import Principal
+from services.config import Settings
+from services.core import Gateway
+from services.errors import status_for
+from services.operator_cli import reason_label, state_view
+from services.recovery import Recovery
+from statemachine.errors import GuardError, InvalidRequest
+
+if TYPE_CHECKING:
+    from services.status_page import StatusPage
+
+log = logging.getLogger("wapi_guard.status")
+
+ACTION_TEXTS: dict[str, dict[str, str]] = {
+    "pt-BR": {
+        "qr": "Mostrar QR code",
+        "pair": "Código de pareamento",
+        "phone_placeholder": "55 + DDD + número",
+        "restart": "Reiniciar",
+        "retry": "Reenviar",
+        "back": "Voltar ao painel",
+        "qr_title": "QR code de {name}",
+        "qr_hint": "Leia no WhatsApp: Aparelhos conectados > Conectar um aparelho.",
+        "pair_title": "Código de pareamento de {name}",
+        "restart_title": "Reinício de {name}",
+        "retry_title": "Reenvio da mensagem",
+        "already": "A W-API diz que esta instância já está conectada.",
+        "state": "Estado agora",
+        "next": "Próximo passo",
+        "failed_title": "A ação não foi feita",
+        "csrf": "Pedido recusado: formulário expirado ou de outra origem. Recarregue o painel e tente de novo.",
+        "retried": "Mensagem reenviada: {state}",
+    },
+    "en": {
+        "qr": "Show QR code",
+        "pair": "Pairing code",
+        "phone_placeholder": "country + area code + number",
+        "restart": "Restart",
+        "retry": "Retry",
+        "back": "Back to the dashboard",
+        "qr_title": "QR code of {name}",
+        "qr_hint": "Scan it in WhatsApp: Linked devices > Link a device.",
+        "pair_title": "Pairing code of {name}",
+        "restart_title": "Restart of {name}",
+        "retry_title": "Message retry",
+        "already": "W-API says this instance is already connected.",
+        "state": "State now",
+        "next": "Next step",
+        "failed_title": "The action was not done",
+        "csrf": "Request refused: the form expired or came from another origin. Reload the dashboard and try again.",
+        "retried": "Message sent again: {state}",
+    },
+}
+
+
+def _a(lang: str, key: str, **values: str) -> str:
+    text = ACTION_TEXTS["en" if lang == "en" else "pt-BR"][key]
+    return text.format(**values) if values else text
+
+
+def _e(value: object) -> str:
+    return escape(str(value), quote=True)
+
+
+class Csrf:
+    def __init__(self, settings: Settings) -> None:
+        material = b""
+        if settings.api_tokens:
+            material += settings.api_tokens.get_secret_value().encode()
+        if settings.webhook_secret:
+            material += settings.webhook_secret.get_secret_value().encode()
+        # Without configured secrets the key lives as long as the process (forms then expire on restart).
+        self._key = (
+            hashlib.sha256(b"wapi-guard status csrf\x00" + material).digest() if material else secrets.token_bytes(32)
+        )
+
+    def token(self, principal: Principal) -> str:
+        return hmac.new(self._key, principal.name.encode(), hashlib.sha256).hexdigest()
+
+    def valid(self, request: web.Request, principal: Principal, presented: str) -> bool:
+        if not hmac.compare_digest(presented.encode(), self.token(principal).encode()):
+            return False
+        # Browsers say where a request comes from: Sec-Fetch-Site first (the page's no-referrer
+        # policy makes a form post's Origin "null"), else Origin against our own host.
+        site = request.headers.get("Sec-Fetch-Site")
+        if site is not None:
+            return site in ("same-origin", "none")
+        origin = request.headers.get("Origin")
+        if origin is not None:
+            return origin != "null" and urlsplit(origin).netloc == request.host
+        return True
+
+
+def instance_actions(instance_id: str, state: str, csrf: str, lang: str) -> str:
+    """The forms of one instance card."""
+    base = f"/status/instances/{_e(instance_id)}"
+    hidden = f'<input type="hidden" name="csrf" value="{_e(csrf)}"><input type="hidden" name="lang" value="{lang}">'
+    forms = []
+    if state != "CONNECTED":
+        forms.append(
+            f'<form method="post" action="{base}/qr" data-action="qr">{hidden}'
+            f'<button type="submit">{_e(_a(lang, "qr"))}</button></form>'
+        )
+        forms.append(
+            f'<form method="post" action="{base}/pairing-code" data-action="pairing-code">{hidden}'
+            f'<input name="phone" inputmode="tel" required aria-label="{_e(_a(lang, "pair"))}" '
+            f'placeholder="{_e(_a(lang, "phone_placeholder"))}">'
+            f'<button type="submit">{_e(_a(lang, "pair"))}</button></form>'
+        )
+    forms.append(
+        f'<form method="post" action="{base}/restart" data-action="restart">{hidden}'
+        f'<button type="submit">{_e(_a(lang, "restart"))}</button></form>'
+    )
+    return f'<div class="actions">{"".join(forms)}</div>'
+
+
+def message_actions(message_id: str, csrf: str, lang: str) -> str:
+    return (
+        f'<form method="post" action="/status/messages/{_e(message_id)}/retry" data-action="retry">'
+        f'<input type="hidden" name="csrf" value="{_e(csrf)}"><input type="hidden" name="lang" value="{lang}">'
+        f'<button type="submit">{_e(_a(lang, "retry"))}</button></form>'
+    )
+
+
+class StatusActions:
+    def __init__(self, page: StatusPage, gateway: Gateway, recovery: Recovery, csrf: Csrf) -> None:
+        self.page = page  # StatusPage: auth, language, headers
+        self.gateway = gateway
+        self.recovery = recovery
+        self.csrf = csrf
+
+    async def _guard(self, request: web.Request) -> tuple[Principal, str, dict[str, str]] | web.Response:
+        form = (
+            await request.post()
+            if request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data")
+            else None
+        )
+        lang = self.page._lang(request)
+        if form is not None and str(form.get("lang", "")) in ("en", "pt-BR"):
+            lang = str(form["lang"])
+        principal = self.page.principal(request)
+        if principal is None:
+            return self.page._denied(lang, as_json=False)
+        fields = {k: str(v) for k, v in (form or {}).items() if isinstance(v, str)}
+        if form is None or not self.csrf.valid(request, principal, fields.get("csrf", "")):
+            return self._page(lang, _a(lang, "failed_title"), f"<p>{_e(_a(lang, 'csrf'))}</p>", status=403)
+        return principal, lang, fields
+
+    def _page(self, lang: str, title: str, body: str, *, status: int = 200) -> web.Response:
+        html = f"""<!doctype html>
+<html lang="{lang}"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="referrer" content="no-referrer"><link rel="icon" href="data:,"><title>{_e(title)} — wapi-guard</title>
+<link rel="stylesheet" href="/status/static/status.css"></head>
+<body><main class="action-result"><h1>{_e(title)}</h1>{body}
+<p><a href="/status?lang={lang}" id="back">{_e(_a(lang, "back"))}</a></p></main></body></html>"""
+        return web.Response(
+            text=html, status=status, content_type="text/html", charset="utf-8", headers=self.page.headers()
+        )
+
+    def _failure(self, lang: str, error: Exception) -> web.Response:
+        status = status_for(error, lang)
+        if status is None:
+            log.exception("status page action failed")
+            return self._page(lang, _a(lang, "failed_title"), "<p>internal error</p>", status=500)
+        reason = error.reason.value if isinstance(error, GuardError) else "STORAGE_UNAVAILABLE"
+        detail = ""
+        if isinstance(error, InvalidRequest):
+            detail = "; ".join(f"{v.field}: {v.description}" for v in error.violations)
+        body = f'<p class="reason" data-reason="{_e(reason)}">{_e(reason_label(reason, lang))} ({_e(reason)})</p>'
+        if detail:
+            body += f"<p>{_e(detail)}</p>"
+        code = {"INVALID_ARGUMENT": 400, "NOT_FOUND": 404, "PERMISSION_DENIED": 403, "RESOURCE_EXHAUSTED": 429}
+        return self._page(
+            lang,
+            _a(lang, "failed_title"),
+            body,
+            status=code.get(status.code.name, 409 if status.code.name in ("FAILED_PRECONDITION", "ABORTED") else 502),
+        )
+
+    def _state(self, record: Any, lang: str, next_step: str) -> str:
+        view = state_view(record.state.value, record.reason, lang)
+        html = (
+            f'<p>{_e(_a(lang, "state"))}: <span class="badge tone-{view.tone}" id="state" '
+            f'data-state="{_e(record.state.value)}" data-reason="{_e(record.reason)}">{_e(view.label)}</span> '
+            f"{_e(reason_label(record.reason, lang))}</p>"
+        )
+        if next_step:
+            html += f'<p id="next-step"><strong>{_e(_a(lang, "next"))}:</strong> {_e(next_step)}</p>'
+        return html
+
+    async def _instance_action(self, request: web.Request, action: str) -> web.Response:
+        guarded = await self._guard(request)
+        if isinstance(guarded, web.Response):
+            return guarded
+        principal, lang, fields = guarded
+        instance_id = request.match_info["instance_id"]
+        if not principal.may_use(instance_id):
+            return self._page(lang, _a(lang, "failed_title"), "<p>PERMISSION_DENIED</p>", status=403)
+        from services.auth import current_principal
+
+        token = current_principal.set(principal)
+        try:
+            if action == "qr":
+                result = await self.recovery.qr_code(instance_id, lang)
+            elif action == "pairing-code":
+                result = await self.recovery.pairing_code(instance_id, fields.get("phone", ""), lang)
+            else:
+                result = await self.recovery.restart(instance_id, lang)
+        except Exception as error:
+            return self._failure(lang, error)
+        finally:
+            current_principal.reset(token)
+        name = result.health.name or instance_id
+        outcome = result.outcome
+        if action == "qr":
+            title = _a(lang, "qr_title", name=name)
+            if outcome.png:
+                image = base64.b64encode(outcome.png).decode()
+                body = (
+                    f'<p>{_e(_a(lang, "qr_hint"))}</p><img id="qr" alt="QR code" src="data:image/png;base64,{image}">'
+                )
+            else:
+                body = f"<p>{_e(_a(lang, 'already'))}</p>"
+        elif action == "pairing-code":
+            title = _a(lang, "pair_title", name=name)
+            if outcome.pairing_code:
+                body = f'<p class="pairing-code"><output id="pairing-code">{_e(outcome.pairing_code)}</output></p>'
+            else:
+                body = f"<p>{_e(_a(lang, 'already'))}</p>"
+        else:
+            title = _a(lang, "restart_title", name=name)
+            body = f"<p>{_e(outcome.message)}</p>"
+        return self._page(lang, title, body + self._state(result.health, lang, result.next_step))
+
+    async def qr(self, request: web.Request) -> web.Response:
+        return await self._instance_action(request, "qr")
+
+    async def pairing_code(self, request: web.Request) -> web.Response:
+        return await self._instance_action(request, "pairing-code")
+
+    async def restart(self, request: web.Request) -> web.Response:
+        return await self._instance_action(request, "restart")
+
+    async def retry(self, request: web.Request) -> web.Response:
+        guarded = await self._guard(request)
+        if isinstance(guarded, web.Response):
+            return guarded
+        principal, lang, _fields = guarded
+        message_id = request.match_info["message_id"]
+        try:
+            msg = await self.gateway.get_message(message_id)
+            if not principal.may_use(msg.instance_id):
+                return self._page(lang, _a(lang, "failed_title"), "<p>PERMISSION_DENIED</p>", status=403)
+            msg = await self.gateway.retry(message_id)
+        except Exception as error:
+            return self._failure(lang, error)
+        body = (
+            f'<p id="retried" data-state="{_e(msg.state.value)}">{_e(_a(lang, "retried", state=msg.state.value))}</p>'
+        )
+        return self._page(lang, _a(lang, "retry_title"), body)
+
+
+def add_action_routes(app: web.Application, actions: StatusActions) -> None:
+    app.router.add_post("/status/instances/{instance_id}/qr", actions.qr)
+    app.router.add_post("/status/instances/{instance_id}/pairing-code", actions.pairing_code)
+    app.router.add_post("/status/instances/{instance_id}/restart", actions.restart)
+    app.router.add_post("/status/messages/{message_id}/retry", actions.retry)

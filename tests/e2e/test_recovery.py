@@ -1,0 +1,262 @@
+"""The operator's recovery loop end to end: simulator + real App over loopback, driven through gRPC.
+
+session incomplete -> blocked -> pairing code -> typed on the phone -> connected with phone ->
+sends flow again; restarts; W-API's webhooks pointed at the bridge on registration and again
+after a reconnection; missed events replayed from W-API's webhook log exactly once; a queued
+answer never reported as SENT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+
+import grpc
+import pytest
+from sqlalchemy import func, select
+
+from adapters.persistence.repository import Repository
+from adapters.persistence.schema import events, instance_transitions
+from adapters.wapi.contract import WEBHOOK_KINDS
+from services.api.wapiguard.v1 import common_pb2, instance_health_pb2, send_pb2
+from services.bridge import start_bridge
+from tests.e2e.conftest import StackFactory
+from tests.e2e.stack import (
+    CONNECTED,
+    DELIVERED,
+    DISCONNECTED,
+    FAILED,
+    PHONE,
+    READ,
+    SENT,
+    SESSION_INCOMPLETE,
+    Stack,
+    eventually,
+    text_request,
+)
+from tests.integration.harness import rich_error
+
+QUEUED = common_pb2.MESSAGE_STATE_QUEUED
+PAIR_PHONE = "5515981121710"
+
+
+def req(instance_id: str) -> instance_health_pb2.InstanceRequest:
+    return instance_health_pb2.InstanceRequest(instance_id=instance_id)
+
+
+async def with_public_url(make_stack: StackFactory, **overrides: object) -> Stack:
+    """A stack whose --public-url is its own bridge (known only once the bridge has a port)."""
+    stack = await make_stack(**overrides)
+    recovery = stack.app.recovery
+    assert recovery is not None
+    recovery.config = dataclasses.replace(recovery.config, public_url=stack.bridge_url)
+    return stack
+
+
+async def test_pairing_code_loop_takes_an_incomplete_session_back_to_sending(stack: Stack) -> None:
+    instance = "LITE-4IW93E-MGVYDW"
+    h = await stack.add_instance(instance, "session_incomplete")
+    assert (h.state, h.can_send) == (SESSION_INCOMPLETE, False)
+    assert "código de pareamento" in h.next_step
+    refused = await stack.refused(text_request(instance, key="before"))
+    assert refused.reason == "SESSION_INCOMPLETE"
+
+    answer = await stack.health.RequestPairingCode(
+        instance_health_pb2.RequestPairingCodeRequest(instance_id=instance, phone_number="+55 (15) 98112-1710")
+    )
+    assert answer.pairing_code
+    assert not answer.already_connected
+    assert answer.pairing_code in answer.next_step
+    assert (answer.health.state, answer.health.reason) == (DISCONNECTED, "PAIRING_IN_PROGRESS")
+    pairing = [r for r in stack.sim.requests if r.path == "/instance/pairing-code"]
+    assert [r.query["phoneNumber"] for r in pairing] == [PAIR_PHONE]
+
+    # While pairing, a probe that still says "connected, no phone" keeps the pairing visible.
+    h = await stack.get_health(instance, refresh=True)
+    assert (h.state, h.reason) == (DISCONNECTED, "PAIRING_IN_PROGRESS")
+    blocked = await stack.refused(text_request(instance, key="during"))
+    assert blocked.reason == "PAIRING_IN_PROGRESS"
+
+    await stack.sim.type_pairing_code(instance, answer.pairing_code)
+    h = await stack.wait_health(instance, lambda h: h.state == CONNECTED, "connected after pairing")
+    assert (h.phone_number, h.can_send, h.next_step) == (PAIR_PHONE, True, "")
+
+    sent = await stack.submit(text_request(instance, key="after"))
+    assert sent.state == SENT
+    await stack.wait_state(sent.id, READ)
+
+    actions = await stack.health.ListRecoveryActions(req(instance))
+    assert [(a.action, a.requested_by, a.outcome) for a in actions.actions] == [("pairing_code", "anonymous", "OK")]
+    sources = await stack.rows(instance_transitions, instance_transitions.c.instance_id == instance)
+    assert ("PAIRING_IN_PROGRESS", "operator:anonymous") in {(r["reason"], r["source"]) for r in sources}
+    # The blocked message can now be retried (not replayed with the same key).
+    retried = await stack.send.RetryMessage(send_pb2.RetryMessageRequest(message_id=refused.stored.id))  # type: ignore[union-attr]
+    assert retried.state == SENT
+    await stack.audit()
+
+
+async def test_pairing_code_needs_a_real_phone_number(stack: Stack) -> None:
+    instance = "LITE-4IW93E-MGVYDW"
+    await stack.add_instance(instance, "session_incomplete")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stack.health.RequestPairingCode(
+            instance_health_pb2.RequestPairingCodeRequest(instance_id=instance, phone_number="12ab")
+        )
+    rich = rich_error(caught.value)
+    assert (rich.code, rich.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT")
+    assert "phone_number" in rich.violations
+    assert not [r for r in stack.sim.requests if r.path == "/instance/pairing-code"]
+
+
+async def test_qr_code_is_png_and_text(stack: Stack) -> None:
+    instance = "QR-ZTS923-GEAY6V"
+    await stack.add_instance(instance, "disconnected")
+    answer = await stack.health.GetQrCode(req(instance))
+    assert answer.png.startswith(b"\x89PNG\r\n\x1a\n")
+    assert answer.base64.startswith("data:image/png;base64,")
+    assert (answer.health.state, answer.health.reason) == (DISCONNECTED, "PAIRING_IN_PROGRESS")
+    assert "QR" in answer.next_step
+
+
+async def test_restart_is_visible_and_clears_a_stall_once_reconnected(make_stack: StackFactory) -> None:
+    stack = await make_stack(stuck_after=0.2, stall_threshold=2)
+    instance = "STALL-ZTS923-GEAY6V"
+    await stack.add_instance(instance, "silent_stall")
+    for i in range(2):
+        await stack.submit(text_request(instance, body=f"#{i}", key=f"s-{i}"))
+    await asyncio.sleep(0.3)
+    await stack.app.gateway.sweep_once()
+    assert (await stack.get_health(instance)).reason == "DELIVERY_STALLED"
+
+    stack.sim.restart_after = 0.3
+    answer = await stack.health.RestartInstance(req(instance))
+    assert (answer.health.state, answer.health.reason) == (DISCONNECTED, "RESTARTING")
+    assert answer.provider_message
+    assert (await stack.refused(text_request(instance, key="mid"))).reason == "RESTARTING"
+    h = await stack.wait_health(instance, lambda h: h.state == CONNECTED, "reconnected after restart")
+    assert (h.reason, h.phone_number, h.can_send) == ("PHONE_CONFIRMED", PHONE, True)
+
+
+async def test_one_action_at_a_time_and_rate_limited(make_stack: StackFactory) -> None:
+    stack = await make_stack(recovery_limit=2)
+    instance = "RATE-ZTS923-GEAY6V"
+    await stack.add_instance(instance, "healthy")
+    await stack.health.RestartInstance(req(instance))
+    await stack.health.RestartInstance(req(instance))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stack.health.RestartInstance(req(instance))
+    rich = rich_error(caught.value)
+    assert (rich.code, rich.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "RECOVERY_RATE_LIMITED")
+    assert stack.sim.requests
+    assert len([r for r in stack.sim.requests if r.path == "/instance/restart"]) == 2
+
+
+async def test_webhooks_set_on_registration_and_set_again_after_a_reconnection(make_stack: StackFactory) -> None:
+    stack = await with_public_url(make_stack)
+    stack.sim.set_webhook_url(None)  # only what wapi-guard configures at W-API is posted
+    instance = "HOOK-ZTS923-GEAY6V"
+    h = await stack.add_instance(instance, "session_incomplete")
+    assert (h.webhooks_configured, h.webhooks_state) == (True, "CONFIGURED")
+    assert stack.sim.configured_webhooks(instance) == dict.fromkeys(WEBHOOK_KINDS, stack.webhook_url)
+
+    check = await stack.health.CheckWebhooks(req(instance))
+    assert check.configured
+    assert stack.secret not in check.url
+    assert "***" in check.url
+
+    answer = await stack.health.RequestPairingCode(
+        instance_health_pb2.RequestPairingCodeRequest(instance_id=instance, phone_number=PAIR_PHONE)
+    )
+    await stack.sim.type_pairing_code(instance, answer.pairing_code)  # the new session forgot the URLs
+    assert stack.sim.configured_webhooks(instance) == {}
+    h = await stack.get_health(instance, refresh=True)
+    assert h.state == CONNECTED
+
+    async def re_set() -> dict[str, str] | None:
+        urls = stack.sim.configured_webhooks(instance)
+        return urls if len(urls) == len(WEBHOOK_KINDS) else None
+
+    assert await eventually(re_set, "webhooks re-applied") == dict.fromkeys(WEBHOOK_KINDS, stack.webhook_url)
+    actions = await stack.health.ListRecoveryActions(req(instance))
+    assert [a.requested_by for a in actions.actions if a.action == "configure_webhooks"] == [
+        "reconnection",
+        "registration",
+    ]
+
+
+async def test_configure_webhooks_without_public_url_is_refused(stack: Stack) -> None:
+    await stack.add_instance("HOOK-1", "healthy")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stack.health.ConfigureWebhooks(req("HOOK-1"))
+    assert rich_error(caught.value).reason == "PUBLIC_URL_NOT_CONFIGURED"
+
+
+async def test_missed_events_are_replayed_from_the_webhook_log_exactly_once(stack: Stack) -> None:
+    instance = "LOG-ZTS923-GEAY6V"
+    await stack.add_instance(instance, "healthy")
+    before = await stack.submit(text_request(instance, key="before-downtime"))
+    await stack.wait_state(before.id, READ)
+    await stack.sim.emit(instance, "received", text="recebida antes da queda")  # stored: a duplicate later
+
+    # The bridge goes down; W-API keeps posting (and logging) meanwhile.
+    runner = stack.app.bridge_runner
+    await runner.cleanup()
+    stack.sim.delivered_after, stack.sim.read_after = 0.01, 0.02
+    missed = [await stack.submit(text_request(instance, body=f"#{i}", key=f"down-{i}")) for i in range(3)]
+    await stack.sim.emit(instance, "received", text="oi, tudo bem?")
+    await stack.sim.emit(instance, "disconnected")
+
+    async def failed_posts() -> int | None:
+        errors = [p for p in stack.sim.webhook_posts if p["error"]]
+        return len(errors) if len(errors) >= 8 else None  # 3 x (delivered, read) + received + disconnected
+
+    assert await eventually(failed_posts, "posts while the bridge is down") == 8
+    assert all(m.state == SENT for m in [await stack.message(m.id) for m in missed])
+
+    # The bridge comes back (a new port); nothing arrives by itself for what was missed.
+    runner, port = await start_bridge(stack.app.settings, stack.app.gateway, stack.app.recovery)
+    stack.app.bridge_runner = runner
+    stack.app._cleanup.insert(0, runner.cleanup)
+    stack.app.http_port = port
+    stack.sim.set_webhook_url(stack.webhook_url)
+
+    first = await stack.health.ReconcileEvents(instance_health_pb2.ReconcileEventsRequest(instance_id=instance))
+    [result] = first.instances
+    assert result.error == ""
+    assert result.applied == 8
+    assert result.fetched == len(stack.sim.webhook_log(instance))
+    assert result.duplicates == result.fetched - 8
+    for m in missed:
+        assert (await stack.message(m.id)).state == READ
+    h = await stack.get_health(instance)
+    assert (h.state, h.reason) == (DISCONNECTED, "INSTANCE_DISCONNECTED")
+
+    again = await stack.health.ReconcileEvents(instance_health_pb2.ReconcileEventsRequest(instance_id=instance))
+    assert (again.instances[0].applied, again.instances[0].duplicates) == (0, result.fetched)
+    repo = stack.app.gateway.repo
+    assert isinstance(repo, Repository)
+    async with repo.engine.connect() as conn:
+        stored = (
+            await conn.execute(select(func.count()).select_from(events).where(events.c.instance_id == instance))
+        ).scalar_one()
+    logged = stack.sim.webhook_log(instance)
+    assert stored == len({json.dumps(e["body"], sort_keys=True) for e in logged})
+
+
+async def test_a_queued_answer_is_never_sent_and_gets_stuck(make_stack: StackFactory) -> None:
+    stack = await make_stack(stuck_after=0.2)
+    instance = "QUEUE-ZTS923-GEAY6V"
+    await stack.add_instance(instance, "accepted_queued")
+    msg = await stack.send.SendMessage(text_request(instance, key="queued"))
+    assert msg.state == QUEUED
+    assert msg.provider_message_id == ""
+    assert msg.queue_id
+    assert [h.to_state for h in msg.history if h.applied][-1] == QUEUED
+    await asyncio.sleep(0.3)
+    stuck = await stack.app.gateway.sweep_once()
+    assert [m.id for m in stuck] == [msg.id]
+    listed = await stack.send.ListMessages(send_pb2.ListMessagesRequest(instance_id=instance, stuck_only=True))
+    assert [(m.id, m.state, m.stuck) for m in listed.messages] == [(msg.id, QUEUED, True)]
+    stored = await stack.message(msg.id)
+    assert stored.state not in (SENT, DELIVERED, READ, FAILED)
