@@ -1,8 +1,8 @@
 """Domain errors → gRPC status with google.rpc details (ErrorInfo, LocalizedMessage, BadRequest).
 
 `context.abort(code, details, trailing_metadata)` is used instead of `abort_with_status`: the
-OpenTelemetry aio server wrapper only sees `abort` (anchors-engineering §3.3.4), and the bytes on
-the wire are the same `grpc-status-details-bin` trailer.
+OpenTelemetry aio server wrapper (opentelemetry-instrumentation-grpc) only sees `abort`, and the
+bytes on the wire are the same `grpc-status-details-bin` trailer.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The event loop every long-running command runs on: uvloop where it is installed.
 
-Why: the gRPC server, asyncpg and aiohttp all spend less CPU per request on uvloop (benchmark,
-issue 7: a blocked send ~10% less server CPU, a status webhook ~15% less). `asyncio` stays one
+Why: the gRPC server, asyncpg and aiohttp all spend less CPU per request on uvloop (benchmark:
+a blocked send ~10% less server CPU, a status webhook ~15% less). `asyncio` stays one
 setting away (`--event-loop asyncio` / WAPIGUARD_EVENT_LOOP=asyncio), e.g. to rule the loop out
 while debugging.
 """

@@ -5,7 +5,7 @@ from __future__ import annotations
 from statemachine.domain import InstanceState, MessageKind, Plan, Reason
 
 # W-API LITE sends text, image, audio, video, document, location and a single contact
-# (wapi.md, "Plans"); everything else is PRO only.
+# (docs/wapi-contract.md, "Basics"); everything else is PRO only.
 LITE_KINDS = frozenset(
     {
         MessageKind.TEXT,

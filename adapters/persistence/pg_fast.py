@@ -1,6 +1,6 @@
 """Postgres fast lane for the hot writes: one raw asyncpg statement per batch, arrays bound whole.
 
-Why: profiles of the benchmark (issue 7) showed a blocked send spending ~200 µs of the server's
+Why: profiles of the benchmark showed a blocked send spending ~200 µs of the server's
 single core in SQLAlchemy per INSERT (pool checkout ~120 µs, per-row parameter processing, result
 wrapping), and a status webhook five round-trips (BEGIN, SELECT … FOR UPDATE, INSERT, UPDATE,
 COMMIT). Here each batch is one prepared statement over `unnest()` arrays on a connection leased

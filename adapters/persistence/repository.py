@@ -1606,7 +1606,7 @@ class _Batcher(Generic[T, R]):
     Alone, an item costs exactly one statement (no timer, no added latency). Under load (items
     arrived while a batch was in flight) the next batch waits `window` seconds to gather more:
     on a CPU-bound server the database answers faster than requests arrive, so without the
-    window batches stay at ~2 items and each item pays a round-trip's CPU (benchmark, issue 7:
+    window batches stay at ~2 items and each item pays a round-trip's CPU (benchmark:
     a 5 ms window cut the blocked send's server CPU ~10% and Postgres' CPU by half).
     When a batch fails for one item's sake (bad data, constraint) or a lock conflict, its items
     are retried one by one so they cannot fail each other; when the database itself fails,

@@ -1,4 +1,4 @@
-"""A faithful W-API stand-in on loopback: same paths, auth and payload shapes (see wapi.md).
+"""A faithful W-API stand-in on loopback: same paths, auth and payload shapes (see docs/wapi-contract.md).
 
 sim = Simulator(webhook_url="http://127.0.0.1:9000/hook")
 await sim.start()                      # sim.base_url -> "http://127.0.0.1:PORT/v1"

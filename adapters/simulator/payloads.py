@@ -1,6 +1,6 @@
-"""Bodies the W-API simulator answers and posts, shaped after wapi.md. Pure: no I/O.
+"""Bodies the W-API simulator answers and posts, shaped after docs/wapi-contract.md. Pure: no I/O.
 
-Shapes marked **(inferred)** follow client code, not W-API's own reference (see wapi.md); shapes
+Shapes marked **(inferred)** follow client code, not W-API's own reference (see docs/wapi-contract.md); shapes
 marked **(guess)** are not documented anywhere and only need to be plausible.
 """
 
@@ -30,7 +30,7 @@ BEHAVIOURS: Final = (
     "accepted_queued",  # sends answer only {"insertedId"}: queued at W-API, never leaves the queue
 )
 
-# How a *connected* status answer is spelled (wapi.md, "Status answers seen in client code").
+# How a *connected* status answer is spelled (docs/wapi-contract.md, "Instance status").
 STATUS_STYLES: Final = (
     "phone",  # {"connected": true, "phone": P}
     "phoneNumber",  # {"connected": true, "phoneNumber": P}
@@ -70,7 +70,7 @@ QR_DATA_URL: Final = (
 
 # --- send requests -------------------------------------------------------------------------------
 
-# Required body keys per send endpoint (wapi.md, "Send endpoints"); location coordinates are strings.
+# Required body keys per send endpoint (docs/wapi-contract.md, "Sending"); location coordinates are strings.
 SEND_REQUIRED: Final[Mapping[str, tuple[str, ...]]] = {
     "send-text": ("phone", "message"),
     "send-image": ("phone", "image"),
@@ -84,7 +84,7 @@ SEND_REQUIRED: Final[Mapping[str, tuple[str, ...]]] = {
 }
 STRING_FIELDS: Final[Mapping[str, tuple[str, ...]]] = {"send-location": ("latitude", "longitude")}
 MAY_BE_EMPTY: Final[Mapping[str, tuple[str, ...]]] = {"send-location": ("name", "address")}
-# LITE plans cannot use these (wapi.md, "Plans").
+# LITE plans cannot use these (docs/wapi-contract.md, "Basics").
 PRO_ONLY_ENDPOINTS: Final = frozenset({"send-sticker", "send-reaction"})
 
 
@@ -116,7 +116,7 @@ def new_message_id() -> str:
 
 
 def send_accepted(message_id: str) -> JSONDict:
-    return {"messageId": message_id}  # (inferred) W-API's id key, S2/S3
+    return {"messageId": message_id}  # (inferred) W-API's id key, client code
 
 
 def send_accepted_without_id() -> JSONDict:
@@ -249,7 +249,7 @@ def webhook_status(
 
 
 def webhook_connected(instance_id: str, phone: str | None, moment: int | None = None) -> JSONDict:
-    """(inferred, S2) Without `phone` the `connectedPhone` key is omitted entirely."""
+    """(inferred from CRM webhook parsers) Without `phone` the `connectedPhone` key is omitted entirely."""
     body: JSONDict = {"event": "webhookConnected", "instanceId": instance_id, "connected": True}
     if phone:
         body["connectedPhone"] = phone
@@ -314,7 +314,7 @@ def webhook_received(
     push_name: str = "Cliente",
     moment: int | None = None,
 ) -> JSONDict:
-    """An incoming message (wapi.md example)."""
+    """An incoming message (docs/wapi-contract.md example)."""
     return {
         "event": "webhookReceived",
         "instanceId": instance_id,

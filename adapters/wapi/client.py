@@ -1,6 +1,6 @@
 """W-API over HTTP: the production implementation of statemachine.ports.Provider.
 
-Rules (wapi.md, "What the system being replaced gets wrong"):
+Rules (docs/wapi-contract.md, "What the replaced system got wrong"):
 - a send is exactly ONE HTTP request: never retried, never re-sent with another body shape;
 - a 2xx without a message id is not a send: no id is ever invented;
 - a probe asks one endpoint (``/instance/status-instance``) and only retries gateway trouble;

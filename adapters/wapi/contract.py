@@ -46,9 +46,9 @@ class SendSpec:
     fields: Mapping[str, str]
 
 
-# Keys every send body may carry (wapi.md, "Send endpoints").
+# Keys every send body may carry (docs/wapi-contract.md, "Sending").
 PHONE_FIELD: Final = "phone"
-REPLY_TO_FIELD: Final = "messageId"  # reply to a message (S1: text, image; sent on every kind)
+REPLY_TO_FIELD: Final = "messageId"  # reply to a message (W-API's reference: text, image; sent on every kind)
 DELAY_FIELD: Final = "delayMessage"  # seconds
 
 # THE table: one row per kind, body keys exactly as W-API spells them. Correct W-API facts here.
@@ -68,7 +68,7 @@ SEND_TABLE: Final[Mapping[MessageKind, SendSpec]] = {
     ),
     MessageKind.LOCATION: SendSpec(
         "/message/send-location",
-        # latitude / longitude are sent as decimal strings (S1)
+        # latitude / longitude are sent as decimal strings (W-API's reference)
         {"name": "name", "address": "address", "latitude": "latitude", "longitude": "longitude"},
     ),
     MessageKind.CONTACT: SendSpec(
@@ -86,7 +86,7 @@ SEND_TABLE: Final[Mapping[MessageKind, SendSpec]] = {
 }
 
 # Keys of a send answer that may carry the provider's message id, in the order they are trusted
-# (inferred, S2/S3). ("data", "x") means body["data"]["x"].
+# (inferred, client code). ("data", "x") means body["data"]["x"].
 MESSAGE_ID_PATHS: Final[tuple[tuple[str, ...], ...]] = (
     ("messageId",),
     ("id",),
@@ -97,7 +97,7 @@ MESSAGE_ID_PATHS: Final[tuple[tuple[str, ...], ...]] = (
 # one (W-API's send queue; its delivery webhook later names the real id). (inferred)
 QUEUE_ID_PATHS: Final[tuple[tuple[str, ...], ...]] = (("insertedId",), ("data", "insertedId"))
 
-# Status-answer spellings (all inferred from client code, wapi.md "Instance endpoints").
+# Status-answer spellings (all inferred from client code, docs/wapi-contract.md, "Instance status").
 PHONE_KEYS: Final = ("phone", "phoneNumber", "connectedPhone")
 LID_KEYS: Final = ("lid", "connectedLid")
 QR_KEYS: Final = ("qrcode", "qrCode", "qr", "base64")
@@ -142,7 +142,7 @@ def build_send_body(message: OutboundMessage) -> tuple[str, dict[str, Any]]:
         )
         values["caption"] = content.caption
     elif kind is MessageKind.LOCATION and isinstance(content, Location):
-        # name and address are always sent (S1 lists them with the coordinates, none optional)
+        # name and address are always sent (W-API's reference lists them with the coordinates, none optional)
         values["name"] = content.name
         values["address"] = content.address
         values["latitude"] = coordinate_text(content.latitude, limit=90.0)

@@ -2,7 +2,7 @@
 responses, timeouts, exceptions, OpenTelemetry instrumentation), the bytes go through aiohttp.
 
 Why: httpcore's pool re-scans every queued request against every connection whenever one is
-released. At 50 sends in flight that cost 0.8–2.3 ms of CPU per request (benchmark, issue 7: one
+released. At 50 sends in flight that cost 0.8–2.3 ms of CPU per request (benchmark: one
 pool of 100 connections 2.3 ms, 32 smaller pools 0.8 ms); the same httpx client on this transport
 costs ~0.33 ms, against the same simulator.
 

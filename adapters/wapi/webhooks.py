@@ -1,6 +1,6 @@
 """W-API webhook bodies → ProviderEvent. Pure; shared by the service and the simulator's tests.
 
-Shapes and names come from wapi.md (S1, S2). Facts marked inferred there are in the tables
+Shapes and names come from docs/wapi-contract.md. Facts marked inferred there are in the tables
 below, so a correction is one line.
 """
 
@@ -17,7 +17,7 @@ from statemachine.domain import MessageState
 from statemachine.events import EventReason, ProviderEvent, Route
 from statemachine.phone import e164_phone
 
-# `event` value (lower-cased) → route. message-status names from S2 (inferred).
+# `event` value (lower-cased) → route. message-status names from CRM webhook parsers (inferred).
 EVENT_ROUTES: dict[str, Route] = {
     "webhookconnected": Route.CONNECTION,
     "connection": Route.CONNECTION,
@@ -98,7 +98,7 @@ def status_key(instance_id: str, message_id: str, status: MessageState) -> str:
 
 
 def _field(body: dict[str, Any], *names: str) -> Any:
-    """First present key, in the body or nested under `data` (S2 reads both)."""
+    """First present key, in the body or nested under `data` (CRM webhook parsers read both)."""
     data = body.get("data")
     for name in names:
         if name in body and body[name] not in (None, ""):

@@ -1,4 +1,4 @@
-"""wapi.md, "What the system being replaced gets wrong": one named test (or more) per item.
+"""docs/wapi-contract.md, "What the replaced system got wrong": one named test (or more) per item.
 
 Items 2, 5, 6 and 7 are decided by the core / the webhook parser; here we pin the adapter's and the
 simulator's half: what they report and emit so the core can get it right.

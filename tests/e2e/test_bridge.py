@@ -36,7 +36,7 @@ def status_body(instance_id: str, message_id: str = "3EB0AAAABBBBCCCCDDDD") -> b
 
 
 def received_body(instance_id: str, text: str, message_id: str = "3EB0RECEIVED0000000001") -> bytes:
-    """A webhookReceived as W-API posts it (wapi.md), with a text of any length."""
+    """A webhookReceived as W-API posts it (docs/wapi-contract.md), with a text of any length."""
     return json.dumps(
         {
             "event": "webhookReceived",

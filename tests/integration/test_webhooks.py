@@ -61,7 +61,7 @@ async def test_connection_without_phone_downgrades_a_connected_instance(guard: H
     await guard.register("c-2")
     await guard.connect("c-2", phone="5511999990000")
     assert (await health(guard, "c-2")).state == common_pb2.INSTANCE_STATE_CONNECTED
-    # The older event name and the data-nested shape (S2) must be read the same way.
+    # The older event name and the data-nested shape (CRM webhook parsers) must be read the same way.
     await guard.webhook({"event": "connection", "instanceId": "c-2", "data": {"connected": True}, "moment": 2})
     h = await health(guard, "c-2")
     assert h.state == common_pb2.INSTANCE_STATE_SESSION_INCOMPLETE

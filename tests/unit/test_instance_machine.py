@@ -1,6 +1,6 @@
 """Instance state machine: every trigger from every state, probe mapping, and a property test.
 
-The core promise (wapi.md, "What the system being replaced gets wrong", items 1 and 5): a provider
+The core promise (docs/wapi-contract.md, "What the replaced system got wrong", items 1 and 5): a provider
 that says "connected" without a phone number is an *incomplete session*, never CONNECTED.
 """
 
@@ -129,7 +129,7 @@ def test_report_reconnected_clears_a_delivery_stall() -> None:
 @pytest.mark.parametrize("no_phone", [None, ""], ids=["None", "empty"])
 @pytest.mark.parametrize("start", STARTS, ids=IDS)
 def test_report_reconnected_without_phone_is_session_incomplete(start: Start, no_phone: str | None) -> None:
-    """wapi.md item 5: the connection webhook must look at connectedPhone."""
+    """docs/wapi-contract.md, replaced-system item 5: the connection webhook must look at connectedPhone."""
     d = run(start, "report_reconnected", no_phone)
     assert d.applied is True
     assert (d.to_state, d.reason, d.phone) == (IS.SESSION_INCOMPLETE, Reason.SESSION_INCOMPLETE, None)
@@ -287,7 +287,7 @@ def test_probe_trigger(outcome: ProbeOutcome, trigger: str) -> None:
 
 @pytest.mark.parametrize("start", STARTS, ids=IDS)
 def test_probe_connected_without_phone_is_never_connected(start: Start) -> None:
-    """wapi.md item 1: a status answer {"connected": true} with no phone is an incomplete session."""
+    """replaced-system item 1: a status answer {"connected": true} with no phone is an incomplete session."""
     outcome = ProbeOutcome(connected=True, phone=None)
     d = run(start, probe_trigger(outcome), outcome.phone)
     assert d.to_state is IS.SESSION_INCOMPLETE

@@ -10,7 +10,7 @@ from statemachine.preflight import block_reason, plan_allows
 IS = InstanceState
 K = MessageKind
 ALL_KINDS = list(MessageKind)
-# wapi.md "Plans": LITE sends text, image, audio, video, document, location, single contact.
+# docs/wapi-contract.md "Basics": LITE sends text, image, audio, video, document, location, single contact.
 LITE_OK = {K.TEXT, K.IMAGE, K.AUDIO, K.VIDEO, K.DOCUMENT, K.LOCATION, K.CONTACT}
 LITE_REFUSED = {K.STICKER, K.REACTION}
 
@@ -59,7 +59,7 @@ def test_every_kind_is_blocked_when_not_connected(
 @pytest.mark.parametrize("kind", ALL_KINDS)
 @pytest.mark.parametrize("stored", [Reason.TIMEOUT_OR_GATEWAY, Reason.DELIVERY_STALLED])
 def test_degraded_is_blocked(stored: Reason, kind: MessageKind) -> None:
-    """wapi.md item 2: the replaced preflight let degraded/TIMEOUT_OR_GATEWAY through."""
+    """docs/wapi-contract.md, replaced-system item 2: the replaced preflight let degraded/TIMEOUT_OR_GATEWAY through."""
     assert block_reason(IS.DEGRADED, stored, Plan.PRO, kind) is not None
     assert block_reason(IS.DEGRADED, stored, Plan.PRO, kind) == stored
 

@@ -1,4 +1,4 @@
-"""W-API webhook bodies → ProviderEvent, using the shapes documented in wapi.md (S1, S2)."""
+"""W-API webhook bodies → ProviderEvent, using the shapes documented in docs/wapi-contract.md."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def test_webhook_connected_with_phone() -> None:
 
 
 def test_webhook_connected_without_phone_is_connected_without_phone() -> None:
-    """wapi.md item 5: the parser must not invent a phone; the machine turns this into SESSION_INCOMPLETE."""
+    """replaced-system item 5: the parser must not invent a phone; the machine turns this into SESSION_INCOMPLETE."""
     e = parse({"event": "webhookConnected", "instanceId": INSTANCE, "connected": True, "moment": MOMENT})
     assert e.route is Route.CONNECTION
     assert e.connected is True
@@ -304,7 +304,7 @@ def test_presence(event: str, word: str) -> None:
     assert (e.chat_id, e.raw_status, e.status) == (CHAT, word, None)
 
 
-# --- the event-less body (wapi.md item 6) -------------------------------------------------------
+# --- the event-less body (docs/wapi-contract.md, replaced-system item 6) ---------------------------
 
 
 def eventless(status: Any = "read", chat: Any = None, **changes: Any) -> dict[str, Any]:
