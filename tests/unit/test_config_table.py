@@ -83,6 +83,10 @@ def _is_switch(flag: str) -> bool:
     return action.nargs == 0
 
 
+# Unset flags whose value is validated get a well-formed sample.
+_SAMPLES = {"--public-url": "https://guard.example.com"}
+
+
 def _sample(flag: str) -> str:
     _env, default = serve_flags()[flag]
-    return "x" if default is None else str(default)
+    return _SAMPLES.get(flag, "x") if default is None else str(default)

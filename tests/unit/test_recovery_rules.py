@@ -18,13 +18,13 @@ IS = InstanceState
 
 @pytest.mark.parametrize("state", [IS.UNKNOWN, IS.SESSION_INCOMPLETE, IS.DEGRADED, IS.DISCONNECTED])
 def test_pairing_starts_from_any_unhealthy_state(state: InstanceState) -> None:
-    d = decide_instance(state, "SESSION_INCOMPLETE", "5511", InstanceTrigger("begin_pairing"))
+    d = decide_instance(state, "SESSION_INCOMPLETE", "5511999990000", InstanceTrigger("begin_pairing"))
     assert (d.applied, d.to_state, d.reason, d.phone) == (True, IS.DISCONNECTED, "PAIRING_IN_PROGRESS", None)
 
 
 def test_pairing_is_refused_on_a_connected_instance() -> None:
-    d = decide_instance(IS.CONNECTED, "PHONE_CONFIRMED", "5511", InstanceTrigger("begin_pairing"))
-    assert (d.applied, d.to_state, d.phone) == (False, IS.CONNECTED, "5511")
+    d = decide_instance(IS.CONNECTED, "PHONE_CONFIRMED", "5511999990000", InstanceTrigger("begin_pairing"))
+    assert (d.applied, d.to_state, d.phone) == (False, IS.CONNECTED, "5511999990000")
 
 
 @pytest.mark.parametrize("reason", ["PAIRING_IN_PROGRESS", "RESTARTING"])
@@ -39,10 +39,10 @@ def test_a_recovery_in_progress_stays_visible_until_a_phone_shows(reason: str, t
 
 
 def test_restart_replaces_a_stall_and_the_reconnection_ends_it() -> None:
-    stalled = decide_instance(IS.DEGRADED, "DELIVERY_STALLED", "5511", InstanceTrigger("begin_restart"))
+    stalled = decide_instance(IS.DEGRADED, "DELIVERY_STALLED", "5511999990000", InstanceTrigger("begin_restart"))
     assert (stalled.to_state, stalled.reason) == (IS.DISCONNECTED, "RESTARTING")
     probe = decide_instance(
-        IS.DISCONNECTED, "RESTARTING", "5511", InstanceTrigger("report_connected"), new_phone="5511"
+        IS.DISCONNECTED, "RESTARTING", "5511999990000", InstanceTrigger("report_connected"), new_phone="5511999990000"
     )
     assert probe.to_state is IS.CONNECTED
 
