@@ -24,6 +24,7 @@ from sqlalchemy.exc import DBAPIError
 from adapters.wapi.webhooks import parse_webhook
 from services.content import content_to_dict, outbound_from_stored, request_hash
 from services.logs import register_secret
+from services.runtime import cancel_and_wait
 from services.stall_watch import StallWatch
 from services.telemetry import Telemetry, current_trace_ids, use_span
 from statemachine.detection import DetectionConfig, ProbePolicy
@@ -205,11 +206,8 @@ class Gateway:
     async def aclose(self) -> None:
         if self._inflight:
             await asyncio.wait(self._inflight, timeout=self.config.send_timeout)
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if stuck := await cancel_and_wait(self._tasks):
+            log.warning("gateway: %d background task(s) did not stop", len(stuck))
         self._tasks.clear()
         await self.stall_watch.aclose()
         with contextlib.suppress(Exception):

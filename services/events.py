@@ -26,6 +26,7 @@ from adapters.persistence.repository import Repository
 from adapters.wapi.webhooks import normalize_inbound
 from services.api.wapiguard.v1 import common_pb2, events_pb2
 from services.mapping import ts
+from services.runtime import cancel_and_wait
 from statemachine.changes import ChangeCursor, ChangeKind, ChangeRecord
 from statemachine.domain import InstanceState, MessageState
 
@@ -253,11 +254,8 @@ class ChangeFeed:
             self._tasks.append(asyncio.create_task(self._listen(), name="change-listen"))
 
     async def aclose(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if stuck := await cancel_and_wait(self._tasks):
+            log.warning("change feed: %d background task(s) did not stop", len(stuck))
         self._tasks.clear()
 
     def nudge(self) -> None:

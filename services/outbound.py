@@ -31,6 +31,7 @@ from adapters.persistence.repository import Repository
 from adapters.persistence.webhook_store import ClaimedAttempt, NewDelivery, SubscriptionRecord, WebhookStore
 from services.events import ChangeFeed, event_dict
 from services.logs import register_secret
+from services.runtime import cancel_and_wait
 from statemachine.changes import ChangeCursor, ChangeKind, InvalidCursor
 
 log = logging.getLogger("wapi_guard.outbound")
@@ -127,11 +128,8 @@ class WebhookDispatcher:
         self._tasks.append(asyncio.create_task(self._send_forever(), name="webhook-sender"))
 
     async def aclose(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if stuck := await cancel_and_wait(self._tasks):
+            log.warning("webhook dispatcher: %d background task(s) did not stop", len(stuck))
         self._tasks.clear()
         if self._inflight:
             await asyncio.wait(self._inflight, timeout=self.config.timeout)

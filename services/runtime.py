@@ -32,3 +32,23 @@ def loop_factory(name: str | None = None) -> Callable[[], asyncio.AbstractEventL
 def run(main: Coroutine[Any, Any, T], *, event_loop: str | None = None) -> T:
     with asyncio.Runner(loop_factory=loop_factory(event_loop)) as runner:
         return runner.run(main)
+
+
+async def cancel_and_wait(tasks: list[asyncio.Task[None]], *, timeout: float = 5.0) -> list[asyncio.Task[None]]:
+    """Cancels background loops and waits for them, re-cancelling while they run.
+
+    Why: on Python 3.11 a cancellation that races an inner `asyncio.wait_for` timeout (asyncpg's
+    connect and close use one) can be swallowed, and a loop then goes on forever; one `cancel()`
+    and an unbounded `await` would hang shutdown. Returns the tasks still running at `timeout`.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    pending = {t for t in tasks if not t.done()}
+    while pending and (remaining := deadline - loop.time()) > 0:
+        for task in pending:
+            task.cancel()
+        _done, pending = await asyncio.wait(pending, timeout=min(0.5, remaining))
+    for task in tasks:
+        if task.done() and not task.cancelled():
+            task.exception()  # retrieved: a loop's crash was logged by the loop itself
+    return list(pending)
