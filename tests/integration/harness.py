@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -121,8 +122,17 @@ async def start_harness(database_url: str, provider: Any | None = None, **settin
 
 
 async def stop_harness(harness: Harness) -> None:
+    """Stops the app, bounded: a shutdown that hangs fails the test with every task's stack."""
     await harness.channel.close()
-    await harness.app.stop(grace=0.5)
+    try:
+        await asyncio.wait_for(harness.app.stop(grace=0.5), STOP_TIMEOUT)
+    except TimeoutError:
+        for task in asyncio.all_tasks():
+            task.print_stack(file=sys.stderr)
+        raise
+
+
+STOP_TIMEOUT = 60.0
 
 
 @dataclass
