@@ -180,7 +180,7 @@ async def _consume(stream: Any, seen: list[events_pb2.Event]) -> None:
 
 
 def _check_events(seen: list[events_pb2.Event], report: Report) -> None:
-    print("\n4. What the event stream consumer received (no polling)")
+    print("\n5. What the event stream consumer received (no polling)")
     first: dict[str, list[str]] = {}
     for event in seen:
         if event.WhichOneof("payload") == "message_state_changed" and event.instance_id == AVENTURA:
