@@ -56,9 +56,10 @@ def _json(payload: Any) -> str:
     try:
         return orjson.dumps(payload).decode()
     except orjson.JSONEncodeError:
-        # A webhook body may hold what orjson refuses (integers beyond 64 bits): the stdlib
-        # writes it (datetimes as isoformat, the same text).
-        return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, default=_isoformat)
+        # A webhook body may hold what orjson refuses (integers beyond 64 bits, lone surrogates
+        # from `\ud800` escapes): the stdlib writes it (datetimes as isoformat, the same text),
+        # escaped to ASCII so a lone surrogate stays an escape and the text stays storable.
+        return json.dumps(payload, separators=(",", ":"), ensure_ascii=True, default=_isoformat)
 
 
 def _isoformat(value: Any) -> str:

@@ -253,3 +253,14 @@ async def test_secret_headers_are_not_stored(guard: Harness) -> None:
     assert "sk-live-abcdef" not in headers
     assert "s3cr3t-value" not in headers
     assert "W-API" in headers
+
+
+async def test_a_delivery_from_the_phone_with_a_lone_surrogate_is_stored_and_logged(guard: Harness) -> None:
+    """A `\\ud800` escape in a body that goes into the change log: OK, stored, readable, never 'storage down'."""
+    await guard.register("surrogate-1")
+    body = b'{"event": "webhookDelivery", "instanceId": "surrogate-1", "x": "\\ud800", "fromMe": true}'
+    reply = await guard.webhook(body)
+    assert reply.event_id
+    assert len(await stored_events(guard)) == 1
+    page = await guard.repo.read_changes(None, limit=50)
+    assert any(c.instance_id == "surrogate-1" for c in page.changes)
