@@ -38,6 +38,7 @@ from statemachine.domain import (
 from statemachine.errors import InstanceNotFound, InvalidRequest, RecoveryFailed, RecoveryRefused
 from statemachine.guidance import next_step
 from statemachine.machines import InstanceTrigger
+from statemachine.phone import e164_phone
 from statemachine.ports import InstanceOperations
 from statemachine.validation import Violation, validate_instance_id
 
@@ -53,16 +54,16 @@ _PHONE_NOISE = re.compile(r"[\s().+-]")
 
 
 def pairing_phone_violations(phone: str) -> tuple[str, list[Violation]]:
-    """The phone a pairing code is requested for: digits with country and area code.
-
-    Local rule until the project's one strict phone rule is available in statemachine/.
-    """
+    """The phone a pairing code is requested for: the project's one phone rule
+    (`statemachine.phone`), with the country and area code (at least 10 digits); spaces, dots,
+    dashes, parentheses and a `+` are tolerated as formatting."""
     digits = _PHONE_NOISE.sub("", phone.strip())
     if not digits:
         return "", [Violation("phone_number", "required: the phone to pair, e.g. 5515981121710")]
-    if not digits.isdigit() or not 10 <= len(digits) <= 15:
+    normalised = e164_phone(digits)
+    if normalised is None or len(normalised) < 10:
         return digits, [Violation("phone_number", "digits only, with country and area code (10 to 15 digits)")]
-    return digits, []
+    return normalised, []
 
 
 @dataclass(frozen=True, slots=True)
