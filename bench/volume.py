@@ -80,7 +80,7 @@ async def _sweeps(url: str) -> dict[str, Any]:
     past the 300 s window), a second one, and one with nothing new."""
     from adapters.persistence.db import create_engine
     from adapters.persistence.repository import Repository
-    from services.core import Gateway, GatewayConfig
+    from services.app.core import Gateway, GatewayConfig
 
     quiet = logging.getLogger("wapi_guard")
     quiet.propagate = False  # 500 alert lines per sweep are part of its cost, not of the report

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from services.cli import SERVE_FLAGS
+from services.cli.main import SERVE_FLAGS
 from services.config import Settings
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()

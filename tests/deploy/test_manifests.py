@@ -2,7 +2,7 @@
 
 What must agree with the service is read from the service at test time, never copied here:
 env var names and defaults from `services.config.Settings`, flag → field from
-`services.cli.SERVE_FLAGS`, and the accepted flags from `wapi-guard <command> --help`.
+`services.cli.main.SERVE_FLAGS`, and the accepted flags from `wapi-guard <command> --help`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from pydantic import SecretStr
 from pydantic.fields import FieldInfo
 
 from adapters.persistence.db import create_engine
-from services.cli import SERVE_FLAGS
+from services.cli.main import SERVE_FLAGS
 from services.config import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,7 +46,7 @@ ENV_PREFIX = "WAPIGUARD_"
 ENTRYPOINT = "wapi-guard"
 ALL_INTERFACES = {"0.0.0.0", "::", "[::]"}
 # After the gRPC grace: span flush (force_flush 5 s) + metric reader shutdown (5 s), see
-# services/telemetry.py Telemetry.shutdown. The bridge close comes on top.
+# services/observability/telemetry.py Telemetry.shutdown. The bridge close comes on top.
 FLUSH_BUDGET_SECONDS = 10.0
 # Files the image need not ship: Alembic's template for authoring migrations (`alembic revision`).
 DEV_ONLY_DATA = ("*/migrations/script.py.mako",)
@@ -913,7 +913,7 @@ def test_readme_matches_the_manifests_and_the_code() -> None:
     }
     for key in keys:
         assert f"`{key}`" in text, f"README does not explain Secret key {key}"
-    source = "\n".join(p.read_text(encoding="utf-8") for p in (ROOT / "services").glob("*.py"))
+    source = "\n".join(p.read_text(encoding="utf-8") for p in (ROOT / "services").rglob("*.py"))
     for name in ("wapi.send_attempt", "wapi.webhook", "wapi.message_id", "wapi.instance_id"):
         assert name in text, f"README should mention {name}"
         assert f'"{name}"' in source, f"README names {name}, which the service no longer emits"

@@ -11,7 +11,7 @@ import pytest
 
 from adapters.simulator import Simulator
 from services.config import Settings
-from services.server import App
+from services.rpc.server import App
 from tests.e2e.stack import Stack
 
 StackFactory = Callable[..., Awaitable[Stack]]

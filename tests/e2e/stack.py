@@ -32,7 +32,7 @@ from services.api.wapiguard.v1 import (
     send_pb2_grpc,
     webhook_pb2_grpc,
 )
-from services.server import App
+from services.rpc.server import App
 from tests import polling
 from tests.integration.harness import RichError, rich_error
 

@@ -20,7 +20,7 @@ from adapters.persistence.repository import Repository
 from adapters.persistence.schema import events, instance_transitions
 from adapters.wapi.contract import WEBHOOK_KINDS
 from services.api.wapiguard.v1 import common_pb2, instance_health_pb2, send_pb2
-from services.bridge import start_bridge
+from services.http.bridge import start_bridge
 from tests.e2e.conftest import StackFactory
 from tests.e2e.stack import (
     CONNECTED,

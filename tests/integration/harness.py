@@ -22,7 +22,7 @@ from services.api.wapiguard.v1 import (
     webhook_pb2_grpc,
 )
 from services.config import Settings
-from services.server import App
+from services.rpc.server import App
 from statemachine.domain import Credentials, OutboundMessage, ProbeOutcome, SendOutcome
 
 _ids = itertools.count(1)

@@ -134,7 +134,7 @@ async def test_register_with_an_unknown_plan_is_a_field_violation(guard: Harness
 
 
 async def test_tokens_never_reach_the_logs(guard: Harness, caplog: pytest.LogCaptureFixture) -> None:
-    from services.logs import JsonFormatter
+    from services.observability.logs import JsonFormatter
 
     caplog.set_level(logging.DEBUG)
     await register(guard, "shop-1")

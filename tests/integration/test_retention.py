@@ -16,7 +16,7 @@ from adapters.persistence.migrate import upgrade_to_head
 from adapters.persistence.retention import PRUNE_LOCK_KEY, Pruner
 from adapters.persistence.schema import change_log, chat_statuses, events, instance_transitions, messages, open_messages
 from services.config import Settings
-from services.server import gateway_config
+from services.rpc.server import gateway_config
 from statemachine.domain import MessageState
 from statemachine.ports import RetentionPolicy
 from tests.conftest import POSTGRES_URL

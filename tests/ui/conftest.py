@@ -20,7 +20,7 @@ import pytest
 from adapters.simulator import Simulator
 from services.api.wapiguard.v1 import instance_health_pb2_grpc, send_pb2, send_pb2_grpc
 from services.config import Settings
-from services.server import App
+from services.rpc.server import App
 from statemachine.domain import InstanceRecord, Plan
 
 REPO = Path(__file__).resolve().parents[2]

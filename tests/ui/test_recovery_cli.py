@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import re
 
-from services.terminal_qr import qr_modules
+from services.cli.terminal_qr import qr_modules
 from statemachine.domain import Plan
 from tests import polling
 from tests.ui.conftest import INCOMPLETE, RECIPIENT, WAPI_TOKENS, StackFactory, UiStack, cli

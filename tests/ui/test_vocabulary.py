@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from services.operator_cli import (
+from services.cli.operator import (
     ago,
     duration,
     mask_recipient,

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from services.cli import build_parser, settings_from
+from services.cli.main import build_parser, settings_from
 from services.config import Settings
 
 README = Path(__file__).resolve().parents[2] / "README.md"

@@ -13,9 +13,9 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, Sum
 
 from adapters.persistence.repository import _history_to_json
-from services.content import content_to_dict
-from services.mapping import ts
-from services.telemetry import FastCounter
+from services.app.content import content_to_dict
+from services.observability.telemetry import FastCounter
+from services.rpc.mapping import ts
 from statemachine.domain import (
     Contact,
     Document,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.recovery import pairing_phone_violations
+from services.app.recovery import pairing_phone_violations
 
 
 @pytest.mark.parametrize(

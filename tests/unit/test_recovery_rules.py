@@ -7,7 +7,7 @@ import io
 import pytest
 import segno
 
-from services.terminal_qr import NotAQrImage, qr_modules, render
+from services.cli.terminal_qr import NotAQrImage, qr_modules, render
 from statemachine.domain import InstanceState, MessageKind, Plan, Reason
 from statemachine.guidance import next_step
 from statemachine.machines import InstanceTrigger, decide_instance

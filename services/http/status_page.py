@@ -9,7 +9,7 @@
 Live updates: each event stream subscribes to `Gateway.subscribe(include_current=True)` (instance
 changes from any replica) and re-reads the snapshot on every change and every REFRESH_SECONDS (stuck
 and failed messages have no change feed). All text is rendered and escaped here, once, in the
-operator's words (services/operator_cli.py holds the shared vocabulary); the browser only swaps
+operator's words (services/cli/operator.py holds the shared vocabulary); the browser only swaps
 fragments and ticks relative times.
 
 Auth: when `api_tokens` is set, every route but the static files needs a token — HTTP Basic (any
@@ -37,11 +37,9 @@ from typing import Any, cast
 from aiohttp import web
 
 from adapters.persistence.webhook_store import SubscriptionRecord, SubscriptionStats, WebhookStore
-from services.auth import ANONYMOUS, Principal, parse_tokens
-from services.config import Settings
-from services.core import Gateway
-from services.errors import status_for
-from services.operator_cli import (
+from services.app.core import Gateway
+from services.app.recovery import Recovery
+from services.cli.operator import (
     MESSAGE_TONES,
     ago,
     duration,
@@ -54,8 +52,10 @@ from services.operator_cli import (
     state_view,
     time_units,
 )
-from services.recovery import Recovery
-from services.status_actions import Csrf, StatusActions, add_action_routes, instance_actions, message_actions
+from services.config import Settings
+from services.http.status_actions import Csrf, StatusActions, add_action_routes, instance_actions, message_actions
+from services.rpc.auth import ANONYMOUS, Principal, parse_tokens
+from services.rpc.errors import status_for
 from statemachine.domain import InstanceRecord, MessageRecord, MessageState, StateChange
 
 log = logging.getLogger("wapi_guard.status_page")
@@ -609,7 +609,7 @@ class StatusPage:
         self.tokens = parse_tokens(settings.api_tokens.get_secret_value()) if settings.api_tokens else []
         self.streams: set[_Stream] = set()
         self.static: dict[str, bytes] = {}
-        folder = resources.files("services").joinpath("static")
+        folder = resources.files("services.http").joinpath("static")
         for name in STATIC_FILES:
             try:
                 self.static[name] = folder.joinpath(name).read_bytes()

@@ -30,16 +30,16 @@ from services.api.wapiguard.v1 import (
     webhook_pb2,
     webhook_pb2_grpc,
 )
-from services.auth import AuthInterceptor, parse_tokens
+from services.app.core import Gateway, GatewayConfig
+from services.app.events import ChangeFeed
+from services.app.outbound import OutboundConfig, WebhookDispatcher, parse_schedule
+from services.app.recovery import Recovery, RecoveryConfig
 from services.config import Settings
-from services.core import Gateway, GatewayConfig
-from services.event_servicers import EventServicer, WebhookSubscriptionServicer
-from services.events import ChangeFeed
-from services.logs import register_secret
-from services.outbound import OutboundConfig, WebhookDispatcher, parse_schedule
-from services.recovery import Recovery, RecoveryConfig
-from services.servicers import InstanceHealthServicer, SendServicer, WebhookServicer
-from services.telemetry import Telemetry
+from services.observability.logs import register_secret
+from services.observability.telemetry import Telemetry
+from services.rpc.auth import AuthInterceptor, parse_tokens
+from services.rpc.event_servicers import EventServicer, WebhookSubscriptionServicer
+from services.rpc.servicers import InstanceHealthServicer, SendServicer, WebhookServicer
 from statemachine.ports import InstanceOperations, Provider, RetentionPolicy
 
 log = logging.getLogger("wapi_guard.server")
@@ -220,7 +220,7 @@ class App:
             _async(telemetry.shutdown),
         ]
         if settings.http_port >= 0:
-            from services.bridge import start_bridge
+            from services.http.bridge import start_bridge
 
             runner, http_port = await start_bridge(settings, gateway, recovery)
             app.http_port = http_port

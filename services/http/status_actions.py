@@ -21,16 +21,16 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from services.auth import Principal
+from services.app.core import Gateway
+from services.app.recovery import Recovery
+from services.cli.operator import reason_label, state_view
 from services.config import Settings
-from services.core import Gateway
-from services.errors import status_for
-from services.operator_cli import reason_label, state_view
-from services.recovery import Recovery
+from services.rpc.auth import Principal
+from services.rpc.errors import status_for
 from statemachine.errors import GuardError, InvalidRequest
 
 if TYPE_CHECKING:
-    from services.status_page import StatusPage
+    from services.http.status_page import StatusPage
 
 log = logging.getLogger("wapi_guard.status")
 
@@ -219,7 +219,7 @@ class StatusActions:
         instance_id = request.match_info["instance_id"]
         if not principal.may_use(instance_id):
             return self._page(lang, _a(lang, "failed_title"), "<p>PERMISSION_DENIED</p>", status=403)
-        from services.auth import current_principal
+        from services.rpc.auth import current_principal
 
         token = current_principal.set(principal)
         try:

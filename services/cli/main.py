@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from services.operator_cli import OPERATOR_COMMANDS, add_operator_commands, run_operator
+from services.cli.operator import OPERATOR_COMMANDS, add_operator_commands, run_operator
 from services.runtime import run
 
 if TYPE_CHECKING:
@@ -139,14 +139,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as error:
         print(f"wapi-guard: invalid configuration:\n{error}", file=sys.stderr)
         return 2
-    from services.logs import setup_logging
+    from services.observability.logs import setup_logging
 
     if args.command == "demo" and not args.verbose:
         setup_logging("ERROR", "text")
     else:
         setup_logging(settings.log_level, settings.log_format)
     if args.command == "serve":
-        from services.server import serve
+        from services.rpc.server import serve
 
         try:
             run(serve(settings), event_loop=settings.event_loop)
@@ -157,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "migrate":
         return run(_migrate(settings.database_url), event_loop=settings.event_loop)
     if args.command == "demo":
-        from services.demo import run_demo
+        from services.cli.demo import run_demo
 
         code: int = run(run_demo(keep=args.keep, as_json=args.json), event_loop=settings.event_loop)
         return code

@@ -12,11 +12,11 @@ from typing import Any
 
 from aiohttp import web
 
+from services.app.core import Gateway
+from services.app.recovery import Recovery
 from services.config import Settings
-from services.core import Gateway
-from services.errors import status_for
-from services.recovery import Recovery
-from services.status_page import add_status_routes
+from services.http.status_page import add_status_routes
+from services.rpc.errors import status_for
 from statemachine.errors import InvalidPayload
 
 log = logging.getLogger("wapi_guard.bridge")

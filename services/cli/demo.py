@@ -33,7 +33,7 @@ from services.api.wapiguard.v1 import (
     send_pb2_grpc,
 )
 from services.config import Settings
-from services.server import App
+from services.rpc.server import App
 
 AVENTURA = "3B6XIW-ZTS923-GEAY6V"
 INCOMPLETE = "LITE-4IW93E-MGVYDW"

@@ -19,12 +19,12 @@ from adapters.persistence.webhook_store import (
     utcnow,
 )
 from services.api.wapiguard.v1 import events_pb2, events_pb2_grpc
-from services.auth import PermissionDenied, current_principal
-from services.errors import abort, build_status, grpc_errors, locale_of, status_for
-from services.events import TYPE_FROM_PB, TYPE_TO_PB, ChangeFeed, SlowSubscriber, event_pb, follow
-from services.logs import register_secret
-from services.mapping import ts
-from services.outbound import WebhookDispatcher, new_secret
+from services.app.events import TYPE_FROM_PB, TYPE_TO_PB, ChangeFeed, SlowSubscriber, event_pb, follow
+from services.app.outbound import WebhookDispatcher, new_secret
+from services.observability.logs import register_secret
+from services.rpc.auth import PermissionDenied, current_principal
+from services.rpc.errors import abort, build_status, grpc_errors, locale_of, status_for
+from services.rpc.mapping import ts
 from statemachine.changes import ChangeCursor, ChangeKind, InvalidCursor
 from statemachine.errors import InvalidRequest
 from statemachine.validation import Violation

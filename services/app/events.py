@@ -25,7 +25,7 @@ from adapters.persistence.changelog import CHANGES_CHANNEL
 from adapters.persistence.repository import Repository
 from adapters.wapi.webhooks import normalize_inbound
 from services.api.wapiguard.v1 import common_pb2, events_pb2
-from services.mapping import ts
+from services.rpc.mapping import ts
 from services.runtime import cancel_and_wait
 from statemachine.changes import ChangeCursor, ChangeKind, ChangeRecord
 from statemachine.domain import InstanceState, MessageState

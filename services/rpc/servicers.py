@@ -7,7 +7,6 @@ from typing import Any, TypeAlias
 
 import grpc
 
-from services import mapping
 from services.api.wapiguard.v1 import (
     common_pb2,
     instance_health_pb2,
@@ -17,10 +16,11 @@ from services.api.wapiguard.v1 import (
     webhook_pb2,
     webhook_pb2_grpc,
 )
-from services.auth import PermissionDenied, allowed, authorize, current_principal
-from services.core import Gateway
-from services.errors import abort, grpc_errors, locale_of, status_for
-from services.recovery import ActionResult, Recovery, WebhooksResult
+from services.app.core import Gateway
+from services.app.recovery import ActionResult, Recovery, WebhooksResult
+from services.rpc import mapping
+from services.rpc.auth import PermissionDenied, allowed, authorize, current_principal
+from services.rpc.errors import abort, grpc_errors, locale_of, status_for
 from statemachine.domain import MessageRecord, Plan
 from statemachine.errors import InvalidPayload, InvalidRequest, MessageNotFound
 from statemachine.validation import Violation

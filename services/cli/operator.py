@@ -23,7 +23,7 @@ from statemachine.domain import Reason, reason_text
 
 T = TypeVar("T")
 
-# --- vocabulary (shared with services/status_page.py) ------------------------------------------
+# --- vocabulary (shared with services/http/status_page.py) ------------------------------------------
 
 LANGS = ("pt-BR", "en")
 DEFAULT_LANG = "pt-BR"
@@ -506,10 +506,10 @@ def add_operator_commands(sub: argparse._SubParsersAction) -> None:  # type: ign
     status.add_argument("instance_id", metavar="INSTANCE", help="instance id")
     status.add_argument("--refresh", action="store_true", help="probe the instance now")
 
-    from services.webhooks_cli import add_webhook_commands
+    from services.cli.webhooks import add_webhook_commands
 
     add_webhook_commands(sub, kwargs)
-    from services.recovery_cli import add_recovery_arguments, add_recovery_commands
+    from services.cli.recovery import add_recovery_arguments, add_recovery_commands
 
     add_recovery_arguments(instances)
     add_recovery_commands(sub, kwargs)
@@ -817,7 +817,7 @@ async def cmd_instances(ctx: Context) -> int:
     from services.api.wapiguard.v1 import instance_health_pb2
 
     if getattr(ctx.args, "action", "list") in ("add", "remove"):
-        from services.recovery_cli import cmd_instances_change
+        from services.cli.recovery import cmd_instances_change
 
         return await cmd_instances_change(ctx)
 
@@ -1054,7 +1054,7 @@ COMMANDS: dict[str, Callable[[Context], Awaitable[int]]] = {
 
 
 async def _cmd_subscriptions(ctx: Context) -> int:
-    from services.webhooks_cli import cmd_webhooks
+    from services.cli.webhooks import cmd_webhooks
 
     return await cmd_webhooks(ctx)
 
@@ -1102,7 +1102,7 @@ def _describe(ctx: Context, failure: Failure) -> str:
 async def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     import grpc
 
-    from services.recovery_cli import RECOVERY_COMMANDS
+    from services.cli.recovery import RECOVERY_COMMANDS
 
     ctx = Context(args, out, err)
     try:

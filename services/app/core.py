@@ -22,11 +22,11 @@ from opentelemetry.trace import Span, SpanContext, SpanKind, Status, StatusCode,
 from sqlalchemy.exc import DBAPIError
 
 from adapters.wapi.webhooks import parse_webhook
-from services.content import content_to_dict, outbound_from_stored, request_hash
-from services.logs import register_secret
+from services.app.content import content_to_dict, outbound_from_stored, request_hash
+from services.app.stall_watch import StallWatch
+from services.observability.logs import register_secret
+from services.observability.telemetry import Telemetry, current_trace_ids, use_span
 from services.runtime import cancel_and_wait
-from services.stall_watch import StallWatch
-from services.telemetry import Telemetry, current_trace_ids, use_span
 from statemachine.detection import DetectionConfig, ProbePolicy
 from statemachine.domain import (
     Credentials,

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from services.operator_cli import (
+from services.cli.operator import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_UNAVAILABLE,
@@ -224,7 +224,7 @@ async def cmd_connect(ctx: Context) -> int:
     if qr.already_connected:
         ctx.print(_t(ctx, "already", phone=qr.health.phone_number or "—"))
     elif qr.png:
-        from services.terminal_qr import NotAQrImage, render
+        from services.cli.terminal_qr import NotAQrImage, render
 
         ctx.print(_t(ctx, "qr_title"))
         try:

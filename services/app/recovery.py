@@ -23,8 +23,8 @@ from datetime import datetime, timedelta
 from adapters.persistence.repository import Repository, utcnow
 from adapters.wapi.contract import WEBHOOK_KINDS
 from adapters.wapi.webhooks import parse_webhook
-from services.auth import current_principal
-from services.core import Gateway
+from services.app.core import Gateway
+from services.rpc.auth import current_principal
 from statemachine.domain import (
     ActionOutcome,
     Credentials,

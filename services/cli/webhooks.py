@@ -8,7 +8,7 @@ import argparse
 from datetime import UTC, datetime
 from typing import Any
 
-from services.operator_cli import Context, table
+from services.cli.operator import Context, table
 
 EVENT_TYPES = {
     "message.state_changed": 1,

@@ -15,7 +15,7 @@ from typing import Any, TypeAlias
 
 import grpc
 
-from services.errors import build_status
+from services.rpc.errors import build_status
 from statemachine.domain import Reason
 from statemachine.errors import GuardError
 

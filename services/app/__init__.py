@@ -1,0 +1,1 @@
+"""Use cases: sending, ingest, health, stall watch, change feed, outbound webhooks, recovery."""

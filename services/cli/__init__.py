@@ -1,0 +1,1 @@
+"""The command line: `wapi-guard` entry point, operator commands, demo."""

@@ -1,0 +1,1 @@
+"""The HTTP surface: the W-API webhook bridge, the status page and its actions."""
