@@ -11,8 +11,8 @@ from typing import Any
 
 import grpc
 
+from adapters.runtime import run
 from services.api.wapiguard.v1 import common_pb2, send_pb2, send_pb2_grpc, webhook_pb2, webhook_pb2_grpc
-from services.runtime import run
 
 _MESSAGE = common_pb2.Message(id="00000000-0000-0000-0000-000000000000", state=common_pb2.MESSAGE_STATE_SENT)
 

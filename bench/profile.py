@@ -21,7 +21,7 @@ _FRAME_FILE = re.compile(r" \((?:/[^)]*/)?([^/)]+/[^/)]+\.py)(?::\d+)?\)")
 _LINE = re.compile(r":\d+\)$")
 # Frames every sample of a thread passes through: left out of the inclusive list.
 _PLUMBING = re.compile(
-    r"^(_run_module_as_main|_run_code|<module>|main \(services/cli|run \(services/runtime|Runner\.run|"
+    r"^(_run_module_as_main|_run_code|<module>|main \(services/cli|run \(adapters/runtime|Runner\.run|"
     r"BaseEventLoop\.(run_until_complete|run_forever|_run_once)|Handle\._run|Thread\.(_bootstrap|_bootstrap_inner|run))"
 )
 

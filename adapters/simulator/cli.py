@@ -12,9 +12,9 @@ import signal
 import sys
 from dataclasses import dataclass
 
+from adapters.runtime import run
 from adapters.simulator.app import Simulator
 from adapters.simulator.payloads import BEHAVIOURS, STATUS_STYLES
-from services.runtime import run
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,12 +21,12 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from sqlalchemy.exc import DBAPIError
 
+from adapters.runtime import cancel_and_wait
 from adapters.wapi.webhooks import parse_webhook
 from services.app.content import content_to_dict, outbound_from_stored, request_hash
 from services.app.stall_watch import StallWatch
 from services.observability.logs import register_secret
 from services.observability.telemetry import Telemetry, current_trace_ids, use_span
-from services.runtime import cancel_and_wait
 from statemachine.detection import DetectionConfig, ProbePolicy
 from statemachine.domain import (
     Credentials,

@@ -23,10 +23,10 @@ from google.protobuf import json_format, struct_pb2
 
 from adapters.persistence.changelog import CHANGES_CHANNEL
 from adapters.persistence.repository import Repository
+from adapters.runtime import cancel_and_wait
 from adapters.wapi.webhooks import normalize_inbound
 from services.api.wapiguard.v1 import common_pb2, events_pb2
 from services.rpc.mapping import ts
-from services.runtime import cancel_and_wait
 from statemachine.changes import ChangeCursor, ChangeKind, ChangeRecord
 from statemachine.domain import InstanceState, MessageState
 

@@ -29,9 +29,9 @@ from standardwebhooks.webhooks import Webhook
 
 from adapters.persistence.repository import Repository
 from adapters.persistence.webhook_store import ClaimedAttempt, NewDelivery, SubscriptionRecord, WebhookStore
+from adapters.runtime import cancel_and_wait
 from services.app.events import ChangeFeed, event_dict
 from services.observability.logs import register_secret
-from services.runtime import cancel_and_wait
 from statemachine.changes import ChangeCursor, ChangeKind, InvalidCursor
 
 log = logging.getLogger("wapi_guard.outbound")

@@ -7,8 +7,8 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from adapters.runtime import run
 from services.cli.operator import OPERATOR_COMMANDS, add_operator_commands, run_operator
-from services.runtime import run
 
 if TYPE_CHECKING:
     from services.config import Settings

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from services.runtime import cancel_and_wait
+from adapters.runtime import cancel_and_wait
 
 
 async def test_a_loop_that_swallows_a_cancellation_is_still_stopped() -> None:
