@@ -80,6 +80,7 @@ async def _sweeps(url: str) -> dict[str, Any]:
     past the 300 s window), a second one, and one with nothing new."""
     from adapters.persistence.db import create_engine
     from adapters.persistence.repository import Repository
+    from adapters.wapi.webhooks import parse_webhook
     from services.app.core import Gateway, GatewayConfig
 
     quiet = logging.getLogger("wapi_guard")
@@ -90,7 +91,12 @@ async def _sweeps(url: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     try:
         for label, stuck_after in (("backlog", 300.0), ("backlog, next", 300.0), ("nothing new", 10.0**7)):
-            gateway = Gateway(repo, None, GatewayConfig(stuck_after=stuck_after, sweep_interval=0))  # type: ignore[arg-type]
+            gateway = Gateway(
+                repo,
+                None,  # type: ignore[arg-type]
+                GatewayConfig(stuck_after=stuck_after, sweep_interval=0),
+                parse_webhook=parse_webhook,
+            )
             started = time.perf_counter()
             marked = await gateway.sweep_once()
             out[label] = {"ms": round((time.perf_counter() - started) * 1000, 1), "marked": len(marked)}

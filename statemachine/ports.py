@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 from statemachine.changes import ChangeCursor, ChangeKind, ChangePage
 from statemachine.domain import (
@@ -19,6 +19,7 @@ from statemachine.domain import (
     Plan,
     ProbeOutcome,
     Reason,
+    RecoveryAction,
     SendOutcome,
     StateChange,
     WebhookLogPage,
@@ -45,6 +46,9 @@ class Provider(Protocol):
 class InstanceOperations(Protocol):
     """The provider's instance operations an operator drives (W-API in production). Values, never
     exceptions, for provider trouble; the token never appears in what they return."""
+
+    webhook_kinds: tuple[str, ...]
+    """The provider's webhook kinds an instance is configured with (all point at the bridge)."""
 
     async def qr_code(self, credentials: Credentials, *, timeout: float) -> ActionOutcome: ...
 
@@ -90,6 +94,15 @@ class ChangeLog(Protocol):
     async def oldest_change_cursor(self) -> ChangeCursor:
         """Just before the oldest change still kept; a cursor below it has lost pruned rows."""
         ...
+
+
+WebhookParser: TypeAlias = Callable[[bytes], ProviderEvent]
+"""The provider's webhook dialect: one raw body → one flat event. Never raises: a body it cannot
+use is an UNROUTABLE event with a reason."""
+
+ChangeWakeups: TypeAlias = Callable[[Callable[[], None], Callable[[bool], None]], Coroutine[Any, Any, None]]
+"""A source of "the log may have grown" wake-ups (PostgreSQL LISTEN): runs until cancelled, calls
+its first argument on every wake-up and its second with True/False as it starts/stops listening."""
 
 
 # --- the store -------------------------------------------------------------------------------
@@ -180,6 +193,11 @@ class Store(ChangeLog, Protocol):
     `statemachine.machines` with compare-and-set (and its change-log entries, in the same
     transaction); nothing here decides a transition on its own."""
 
+    transient_errors: tuple[type[Exception], ...]
+    """Its exceptions after which the same write may succeed when tried again (a connection blip)."""
+    unavailable_errors: tuple[type[Exception], ...]
+    """Its exceptions that mean "storage unavailable, nothing was done" (answered UNAVAILABLE)."""
+
     async def ping(self) -> None: ...
     async def aclose(self) -> None: ...
 
@@ -259,3 +277,131 @@ class Store(ChangeLog, Protocol):
 
     # retention
     async def prune(self, policy: RetentionPolicy) -> PruneReport: ...
+
+
+@runtime_checkable
+class RecoveryStore(Store, Protocol):
+    """What operator recovery adds to the store: its audit, the webhook configuration state and
+    the lookups of W-API's webhook-log replay."""
+
+    async def record_recovery_action(self, action: RecoveryAction) -> None: ...
+    async def count_recovery_actions(self, instance_id: str, since: datetime) -> int: ...
+    async def list_recovery_actions(self, instance_id: str, limit: int = 50) -> list[RecoveryAction]: ...
+    async def set_webhooks_state(self, instance_id: str, state: str, detail: str) -> InstanceRecord | None: ...
+    async def event_stored(self, dedupe_key: str) -> bool: ...
+    async def last_event_received_at(self, instance_id: str) -> datetime | None: ...
+
+
+# --- outbound webhook subscriptions ----------------------------------------------------------
+
+PENDING = "pending"
+SUCCEEDED = "succeeded"
+EXHAUSTED = "exhausted"
+DELIVERY_STATES = (PENDING, SUCCEEDED, EXHAUSTED)
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionRecord:
+    id: str
+    url: str
+    secret: str
+    event_types: list[str]
+    instance_ids: list[str]
+    owner: str
+    description: str
+    enabled: bool
+    disabled_reason: str
+    cursor: str
+    consecutive_failures: int
+    failed_attempts: int
+    succeeded: int
+    last_error: str
+    last_success_at: datetime | None
+    last_failure_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionStats:
+    pending: int
+    exhausted: int
+    oldest_pending_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class NewDelivery:
+    event_id: str
+    event_type: str
+    instance_id: str
+    occurred_at: datetime
+    body: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRecord:
+    id: int
+    subscription_id: str
+    event_id: str
+    event_type: str
+    instance_id: str
+    occurred_at: datetime
+    state: str
+    attempts: int
+    next_attempt_at: datetime
+    last_status_code: int
+    last_error: str
+    created_at: datetime
+    delivered_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedAttempt:
+    """One attempt this replica owns: post `body` to `url`, signed with `secret`."""
+
+    delivery_id: int
+    subscription_id: str
+    event_id: str
+    attempt: int
+    url: str
+    secret: str
+    body: str
+
+
+class SubscriptionStore(Protocol):
+    """Outbound webhook subscriptions and their deliveries (one claimer per attempt, see
+    docs/events.md)."""
+
+    async def create_subscription(
+        self,
+        sub_id: str,
+        *,
+        url: str,
+        secret: str,
+        event_types: Sequence[str],
+        instance_ids: Sequence[str],
+        owner: str,
+        description: str,
+        enabled: bool,
+        cursor: str,
+    ) -> SubscriptionRecord: ...
+    async def get_subscription(self, sub_id: str) -> SubscriptionRecord | None: ...
+    async def list_subscriptions(self, *, enabled_only: bool = False) -> list[SubscriptionRecord]: ...
+    async def update_subscription(self, sub_id: str, **changes: Any) -> SubscriptionRecord | None: ...
+    async def delete_subscription(self, sub_id: str) -> bool: ...
+    async def disable(self, sub_id: str, reason: str, error: str) -> None: ...
+    async def stats(self, sub_ids: Sequence[str]) -> dict[str, SubscriptionStats]: ...
+    async def enqueue(
+        self, sub_id: str, *, expected_cursor: str, new_cursor: str, deliveries: Sequence[NewDelivery]
+    ) -> bool: ...
+    async def claim_due(self, *, limit: int, lease: float) -> list[ClaimedAttempt]: ...
+    async def record_success(self, attempt: ClaimedAttempt, status_code: int) -> bool: ...
+    async def record_failure(
+        self, attempt: ClaimedAttempt, *, status_code: int, error: str, retry_at: datetime | None
+    ) -> bool: ...
+    async def next_due_at(self) -> datetime | None: ...
+    async def list_deliveries(
+        self, sub_id: str, *, states: Sequence[str] = (), limit: int = 100, before_id: int | None = None
+    ) -> list[DeliveryRecord]: ...
+    async def replay(self, sub_id: str, delivery_ids: Sequence[int] = ()) -> int: ...

@@ -18,7 +18,7 @@ from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Row, and_, bindparam, func, literal_column, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnClause
 
@@ -246,6 +246,10 @@ def decode_page_token(token: str) -> tuple[datetime, str]:
 
 
 class Repository:
+    # The store's own exceptions, as the ports name them (statemachine.ports.Store).
+    transient_errors: tuple[type[Exception], ...] = (DBAPIError,)
+    unavailable_errors: tuple[type[Exception], ...] = (DBAPIError, SQLAlchemyError)
+
     def __init__(self, engine: AsyncEngine, *, group_commit_window: float = 0.0) -> None:
         self.engine = engine
         self._dialect = engine.dialect.name

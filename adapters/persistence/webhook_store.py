@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,84 +20,20 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from adapters.persistence.schema import webhook_deliveries, webhook_subscriptions
-
-PENDING = "pending"
-SUCCEEDED = "succeeded"
-EXHAUSTED = "exhausted"
-DELIVERY_STATES = (PENDING, SUCCEEDED, EXHAUSTED)
+from statemachine.ports import (
+    EXHAUSTED,
+    PENDING,
+    SUCCEEDED,
+    ClaimedAttempt,
+    DeliveryRecord,
+    NewDelivery,
+    SubscriptionRecord,
+    SubscriptionStats,
+)
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-@dataclass(frozen=True, slots=True)
-class SubscriptionRecord:
-    id: str
-    url: str
-    secret: str
-    event_types: list[str]
-    instance_ids: list[str]
-    owner: str
-    description: str
-    enabled: bool
-    disabled_reason: str
-    cursor: str
-    consecutive_failures: int
-    failed_attempts: int
-    succeeded: int
-    last_error: str
-    last_success_at: datetime | None
-    last_failure_at: datetime | None
-    created_at: datetime
-    updated_at: datetime
-    version: int
-
-
-@dataclass(frozen=True, slots=True)
-class SubscriptionStats:
-    pending: int
-    exhausted: int
-    oldest_pending_at: datetime | None
-
-
-@dataclass(frozen=True, slots=True)
-class NewDelivery:
-    event_id: str
-    event_type: str
-    instance_id: str
-    occurred_at: datetime
-    body: str
-
-
-@dataclass(frozen=True, slots=True)
-class DeliveryRecord:
-    id: int
-    subscription_id: str
-    event_id: str
-    event_type: str
-    instance_id: str
-    occurred_at: datetime
-    state: str
-    attempts: int
-    next_attempt_at: datetime
-    last_status_code: int
-    last_error: str
-    created_at: datetime
-    delivered_at: datetime | None
-
-
-@dataclass(frozen=True, slots=True)
-class ClaimedAttempt:
-    """One attempt this replica owns: post `body` to `url`, signed with `secret`."""
-
-    delivery_id: int
-    subscription_id: str
-    event_id: str
-    attempt: int
-    url: str
-    secret: str
-    body: str
 
 
 def _subscription(row: Row[Any]) -> SubscriptionRecord:

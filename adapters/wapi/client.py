@@ -125,6 +125,8 @@ class WapiProvider:
     only); sends are never retried.
     """
 
+    webhook_kinds: tuple[str, ...] = WEBHOOK_KINDS
+
     def __init__(
         self,
         base_url: str = DEFAULT_BASE_URL,

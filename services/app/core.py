@@ -19,10 +19,8 @@ from datetime import UTC, datetime, timedelta
 
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags
-from sqlalchemy.exc import DBAPIError
 
 from adapters.runtime import cancel_and_wait
-from adapters.wapi.webhooks import parse_webhook
 from services.app.content import content_to_dict, outbound_from_stored, request_hash
 from services.app.stall_watch import StallWatch
 from services.observability.logs import register_secret
@@ -62,6 +60,7 @@ from statemachine.ports import (
     PruneReport,
     RetentionPolicy,
     Store,
+    WebhookParser,
 )
 from statemachine.preflight import block_reason
 from statemachine.validation import (
@@ -156,9 +155,12 @@ class Gateway:
         provider: Provider,
         config: GatewayConfig | None = None,
         telemetry: Telemetry | None = None,
+        *,
+        parse_webhook: WebhookParser,
     ) -> None:
         self.repo = repo
         self.provider = provider
+        self.parse_webhook = parse_webhook
         self.config = config or GatewayConfig()
         self.telemetry = telemetry or Telemetry({})
         self.tracer = self.telemetry.tracer
@@ -341,6 +343,22 @@ class Gateway:
         records = await self.repo.list_instances(states)
         counts = await self.repo.stuck_counts()
         return [replace(r, stuck_messages=counts.get(r.instance_id, 0)) for r in records]
+
+    async def instance_changes(
+        self, ids: Sequence[str] | None, *, window: int, per_instance: int
+    ) -> list[tuple[str, StateChange]]:
+        """Recent instance transitions, oldest first: the last `window` of all instances, or the
+        last `per_instance` of each of `ids`."""
+        if ids is None:
+            last = await self.repo.last_instance_change_id()
+            rows = await self.repo.instance_changes_since(max(0, last - window), limit=window)
+            return [(instance_id, change) for _id, instance_id, change in rows]
+        ordered: list[tuple[str, StateChange]] = []
+        for instance_id in ids:
+            history = await self.repo.instance_history(instance_id, limit=per_instance)
+            ordered += [(instance_id, change) for change in reversed(history)]
+        ordered.sort(key=lambda item: item[1].at)
+        return ordered
 
     async def probe_all(self) -> dict[str, InstanceState]:
         """Probes every instance concurrently, bounded by the probe gate, each with its own timeout."""
@@ -581,6 +599,12 @@ class Gateway:
         """The provider has answered: that answer must be stored. A database blip is retried
         (bounded); if it never comes back the reconciler will say OUTCOME_UNKNOWN, never SENT."""
         delay = 0.1
+        retryable: tuple[type[Exception], ...] = (
+            ConcurrentUpdateError,
+            *self.repo.transient_errors,
+            OSError,
+            TimeoutError,
+        )
         for attempt in range(RECORD_ATTEMPTS):
             try:
                 if failure is None and outcome.provider_message_id:
@@ -596,7 +620,7 @@ class Gateway:
                     queue_id=outcome.queue_id if failure is None else None,
                 )
                 return stored
-            except (ConcurrentUpdateError, DBAPIError, OSError, TimeoutError):
+            except retryable:
                 if attempt == RECORD_ATTEMPTS - 1:
                     raise
                 log.warning("recording a provider answer failed; retrying", extra={"message_id": msg.id})
@@ -808,7 +832,7 @@ class Gateway:
     ) -> IngestResult:
         """Stores and applies one provider event. A body we cannot use is stored, then refused."""
         received_at = received_at or utcnow()
-        event = parse_webhook(payload)
+        event = self.parse_webhook(payload)
         clean = {k.lower(): v[:512] for k, v in list(headers.items())[:64] if k.lower() not in SECRET_HEADERS}
         with self.tracer.start_as_current_span(
             "wapi.webhook", attributes={"wapi.route": event.route.value, "wapi.instance_id": event.instance_id or ""}

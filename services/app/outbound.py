@@ -19,20 +19,20 @@ import logging
 import random
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
+from typing import Any
 
 import httpx
 from standardwebhooks.webhooks import Webhook
 
-from adapters.persistence.repository import Repository
-from adapters.persistence.webhook_store import ClaimedAttempt, NewDelivery, SubscriptionRecord, WebhookStore
 from adapters.runtime import cancel_and_wait
-from services.app.events import ChangeFeed, event_dict
+from services.app.events import ChangeFeed
 from services.observability.logs import register_secret
-from statemachine.changes import ChangeCursor, ChangeKind, InvalidCursor
+from statemachine.changes import ChangeCursor, ChangeKind, ChangeRecord, InvalidCursor
+from statemachine.ports import ChangeLog, ClaimedAttempt, NewDelivery, SubscriptionRecord, SubscriptionStore
 
 log = logging.getLogger("wapi_guard.outbound")
 
@@ -98,16 +98,18 @@ def next_delay(schedule: Sequence[float], attempt: int, jitter: float, retry_aft
 class WebhookDispatcher:
     def __init__(
         self,
-        repo: Repository,
-        store: WebhookStore,
+        repo: ChangeLog,
+        store: SubscriptionStore,
         feed: ChangeFeed,
         config: OutboundConfig | None = None,
         *,
+        render: Callable[[ChangeRecord], dict[str, Any]],
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.repo = repo
         self.store = store
         self.feed = feed
+        self.render = render  # the event's JSON form (the body's `data`), from the gRPC edge's schema
         self.config = config or OutboundConfig()
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(self.config.timeout),
@@ -185,7 +187,7 @@ class WebhookDispatcher:
                         {
                             "type": change.kind.value,
                             "timestamp": change.occurred_at.isoformat(),
-                            "data": event_dict(change),
+                            "data": self.render(change),
                         },
                         separators=(",", ":"),
                         ensure_ascii=False,

@@ -18,13 +18,10 @@ import random
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
-from adapters.persistence.repository import Repository, utcnow
-from adapters.wapi.contract import WEBHOOK_KINDS
-from adapters.wapi.webhooks import parse_webhook
 from services.app.core import Gateway
-from services.rpc.auth import current_principal
+from services.app.principals import current_principal
 from statemachine.domain import (
     ActionOutcome,
     Credentials,
@@ -39,10 +36,15 @@ from statemachine.errors import InstanceNotFound, InvalidRequest, RecoveryFailed
 from statemachine.guidance import next_step
 from statemachine.machines import InstanceTrigger
 from statemachine.phone import e164_phone
-from statemachine.ports import InstanceOperations
+from statemachine.ports import InstanceOperations, RecoveryStore
 from statemachine.validation import Violation, validate_instance_id
 
 log = logging.getLogger("wapi_guard.recovery")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
 
 WEBHOOKS_CONFIGURED = "CONFIGURED"
 WEBHOOKS_FAILED = "FAILED"
@@ -116,9 +118,9 @@ class Recovery:
         self, gateway: Gateway, operations: InstanceOperations | None, config: RecoveryConfig | None = None
     ) -> None:
         self.gateway = gateway
-        # The recovery audit, webhook state and log replay need the concrete store.
-        assert isinstance(gateway.repo, Repository), "recovery needs the SQL repository"
-        self.repo: Repository = gateway.repo
+        # The recovery audit, webhook state and log replay need the store's recovery part.
+        assert isinstance(gateway.repo, RecoveryStore), "recovery needs a store with the recovery audit"
+        self.repo: RecoveryStore = gateway.repo
         self.operations = operations
         self.config = config or RecoveryConfig()
         self._busy: set[str] = set()
@@ -303,7 +305,7 @@ class Recovery:
             raise InstanceNotFound(instance_id)
         creds = Credentials(instance_id, found[1])
         results: list[WebhookKindResult] = []
-        for kind in WEBHOOK_KINDS:
+        for kind in ops.webhook_kinds:
             outcome = await ops.set_webhook(creds, kind, url, timeout=self.config.action_timeout)
             results.append(WebhookKindResult(kind, outcome.ok, "" if outcome.ok else self._mask(outcome.detail)))
         failed = [r for r in results if not r.ok]
@@ -330,7 +332,7 @@ class Recovery:
         found = await self.repo.get_instance(instance_id)
         if found is None:
             raise InstanceNotFound(instance_id)
-        results = [WebhookKindResult(kind, True) for kind in WEBHOOK_KINDS]
+        results = [WebhookKindResult(kind, True) for kind in ops.webhook_kinds]
         results = await self._verify(ops, Credentials(instance_id, found[1]), url, results)
         return await self._webhooks_result(instance_id, results, locale)
 
@@ -445,7 +447,7 @@ class Recovery:
         for entry in reversed(entries):
             result.fetched += 1
             # Already stored: skip it here, so a replay never counts as the provider re-posting it.
-            if await self.repo.event_stored(parse_webhook(entry.payload).dedupe_key):
+            if await self.repo.event_stored(self.gateway.parse_webhook(entry.payload).dedupe_key):
                 result.duplicates += 1
                 continue
             try:

@@ -18,6 +18,7 @@ from services.config import Settings
 from services.http.status_page import add_status_routes
 from services.rpc.errors import status_for
 from statemachine.errors import InvalidPayload
+from statemachine.ports import SubscriptionStore
 
 log = logging.getLogger("wapi_guard.bridge")
 MAX_BODY = 256 * 1024
@@ -85,7 +86,12 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
-def build_app(settings: Settings, gateway: Gateway, recovery: Recovery | None = None) -> web.Application:
+def build_app(
+    settings: Settings,
+    gateway: Gateway,
+    recovery: Recovery | None = None,
+    subscriptions: SubscriptionStore | None = None,
+) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY)
     app[GATEWAY_KEY] = gateway
     app[SECRET_KEY] = settings.webhook_secret.get_secret_value() if settings.webhook_secret else ""
@@ -93,16 +99,19 @@ def build_app(settings: Settings, gateway: Gateway, recovery: Recovery | None = 
     app.router.add_post("/webhooks/wapi", receive)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
-    add_status_routes(app, settings, gateway, recovery)
+    add_status_routes(app, settings, gateway, recovery, subscriptions)
     return app
 
 
 async def start_bridge(
-    settings: Settings, gateway: Gateway, recovery: Recovery | None = None
+    settings: Settings,
+    gateway: Gateway,
+    recovery: Recovery | None = None,
+    subscriptions: SubscriptionStore | None = None,
 ) -> tuple[web.AppRunner, int]:
     # Bounded by the same grace as gRPC: a stuck webhook post cannot hold a shutdown for 60 s.
     runner = web.AppRunner(
-        build_app(settings, gateway, recovery), access_log=None, shutdown_timeout=settings.shutdown_grace
+        build_app(settings, gateway, recovery, subscriptions), access_log=None, shutdown_timeout=settings.shutdown_grace
     )
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.http_port or 0)

@@ -22,10 +22,10 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from services.app.core import Gateway
+from services.app.principals import Principal
 from services.app.recovery import Recovery
 from services.cli.operator import reason_label, state_view
 from services.config import Settings
-from services.rpc.auth import Principal
 from services.rpc.errors import status_for
 from statemachine.errors import GuardError, InvalidRequest
 
@@ -219,7 +219,7 @@ class StatusActions:
         instance_id = request.match_info["instance_id"]
         if not principal.may_use(instance_id):
             return self._page(lang, _a(lang, "failed_title"), "<p>PERMISSION_DENIED</p>", status=403)
-        from services.rpc.auth import current_principal
+        from services.app.principals import current_principal
 
         token = current_principal.set(principal)
         try:

@@ -24,7 +24,6 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import hmac
 import json
 import logging
 from collections.abc import AsyncGenerator, Sequence
@@ -36,8 +35,8 @@ from typing import Any, cast
 
 from aiohttp import web
 
-from adapters.persistence.webhook_store import SubscriptionRecord, SubscriptionStats, WebhookStore
 from services.app.core import Gateway
+from services.app.principals import ANONYMOUS, Principal, match_token, parse_tokens
 from services.app.recovery import Recovery
 from services.cli.operator import (
     MESSAGE_TONES,
@@ -54,9 +53,9 @@ from services.cli.operator import (
 )
 from services.config import Settings
 from services.http.status_actions import Csrf, StatusActions, add_action_routes, instance_actions, message_actions
-from services.rpc.auth import ANONYMOUS, Principal, parse_tokens
 from services.rpc.errors import status_for
 from statemachine.domain import InstanceRecord, MessageRecord, MessageState, StateChange
+from statemachine.ports import SubscriptionRecord, SubscriptionStats, SubscriptionStore
 
 log = logging.getLogger("wapi_guard.status_page")
 
@@ -219,19 +218,21 @@ class Snapshot:
 
 
 async def _webhooks(
-    gateway: Gateway, principal: Principal
+    subscriptions: SubscriptionStore | None, principal: Principal
 ) -> list[tuple[SubscriptionRecord, SubscriptionStats | None]]:
     """Subscriptions a viewer may see (a scoped token: its own), with lag and failures."""
-    engine = getattr(gateway.repo, "engine", None)
-    if engine is None:
+    if subscriptions is None:
         return []
-    store = WebhookStore(engine)
-    subs = [s for s in await store.list_subscriptions() if principal.instances is None or s.owner == principal.name]
-    stats = await store.stats([s.id for s in subs])
+    subs = [
+        s for s in await subscriptions.list_subscriptions() if principal.instances is None or s.owner == principal.name
+    ]
+    stats = await subscriptions.stats([s.id for s in subs])
     return [(s, stats.get(s.id)) for s in subs]
 
 
-async def build_snapshot(gateway: Gateway, principal: Principal = ANONYMOUS) -> Snapshot:
+async def build_snapshot(
+    gateway: Gateway, principal: Principal = ANONYMOUS, subscriptions: SubscriptionStore | None = None
+) -> Snapshot:
     """What one viewer may see, read fresh. Never selects an instance token."""
     scope = principal.instances
     records = await gateway.list_instances()
@@ -241,7 +242,7 @@ async def build_snapshot(gateway: Gateway, principal: Principal = ANONYMOUS) -> 
     messages = await _messages(gateway, ids)
     changes = await _changes(gateway, ids)
     names = {r.instance_id: r.name for r in records}
-    return Snapshot(datetime.now(UTC), records, messages, changes, names, await _webhooks(gateway, principal))
+    return Snapshot(datetime.now(UTC), records, messages, changes, names, await _webhooks(subscriptions, principal))
 
 
 def _newest_first(rows: Sequence[MessageRecord]) -> list[MessageRecord]:
@@ -263,17 +264,7 @@ async def _messages(gateway: Gateway, ids: list[str] | None) -> list[MessageReco
 
 
 async def _changes(gateway: Gateway, ids: list[str] | None) -> list[ChangeRow]:
-    repo = gateway.repo
-    ordered: list[tuple[str, StateChange]] = []  # oldest first
-    if ids is None:
-        last = await repo.last_instance_change_id()
-        rows = await repo.instance_changes_since(max(0, last - CHANGE_WINDOW), limit=CHANGE_WINDOW)
-        ordered = [(instance_id, change) for _id, instance_id, change in rows]
-    else:
-        for instance_id in ids:
-            history = await repo.instance_history(instance_id, limit=CHANGES_SHOWN + 1)
-            ordered += [(instance_id, change) for change in reversed(history)]
-        ordered.sort(key=lambda item: item[1].at)
+    ordered = await gateway.instance_changes(ids, window=CHANGE_WINDOW, per_instance=CHANGES_SHOWN + 1)
     previous: dict[str, str] = {}
     out: list[ChangeRow] = []
     for instance_id, change in ordered:
@@ -602,9 +593,16 @@ class _Stream:
 
 
 class StatusPage:
-    def __init__(self, settings: Settings, gateway: Gateway, recovery: Recovery | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        gateway: Gateway,
+        recovery: Recovery | None = None,
+        subscriptions: SubscriptionStore | None = None,
+    ) -> None:
         self.gateway = gateway
         self.recovery = recovery
+        self.subscriptions = subscriptions
         self.csrf = Csrf(settings)
         self.tokens = parse_tokens(settings.api_tokens.get_secret_value()) if settings.api_tokens else []
         self.streams: set[_Stream] = set()
@@ -632,14 +630,7 @@ class StatusPage:
             except (binascii.Error, UnicodeDecodeError, ValueError):
                 decoded = ""
             presented = decoded.partition(":")[2]
-        if not presented:
-            return None
-        given = presented.encode()
-        match: Principal | None = None
-        for principal, token in self.tokens:  # no early exit: timing does not tell which one matched
-            if hmac.compare_digest(given, token):
-                match = principal
-        return match
+        return match_token(self.tokens, presented)
 
     def _lang(self, request: web.Request) -> str:
         return resolve_lang(request.query.get("lang"), request.headers.get("Accept-Language"))
@@ -656,7 +647,7 @@ class StatusPage:
 
     async def _snapshot(self, principal: Principal) -> Snapshot | None:
         try:
-            snap = await build_snapshot(self.gateway, principal)
+            snap = await build_snapshot(self.gateway, principal, self.subscriptions)
             if self.recovery is not None and self.recovery.operations is not None:
                 snap.csrf = self.csrf.token(principal)
             return snap
@@ -805,10 +796,14 @@ STATUS_PAGE_KEY = web.AppKey("status_page", StatusPage)
 
 
 def add_status_routes(
-    app: web.Application, settings: Settings, gateway: Gateway, recovery: Recovery | None = None
+    app: web.Application,
+    settings: Settings,
+    gateway: Gateway,
+    recovery: Recovery | None = None,
+    subscriptions: SubscriptionStore | None = None,
 ) -> None:
     """Adds the status page routes to the bridge's aiohttp application."""
-    page = StatusPage(settings, gateway, recovery)
+    page = StatusPage(settings, gateway, recovery, subscriptions)
     app[STATUS_PAGE_KEY] = page
     if recovery is not None:
         add_action_routes(app, StatusActions(page, gateway, recovery, page.csrf))

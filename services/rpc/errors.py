@@ -16,7 +16,6 @@ import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from statemachine.domain import Reason, reason_text
 from statemachine.errors import (
@@ -38,6 +37,16 @@ DOMAIN = "wapiguard.v1"
 log = logging.getLogger("wapi_guard.grpc")
 
 T = TypeVar("T")
+
+# Exceptions that mean "storage unavailable": the wired store's own (`Store.unavailable_errors`,
+# added by the composition root) and the OS's.
+_unavailable: tuple[type[BaseException], ...] = (OSError, TimeoutError)
+
+
+def treat_as_unavailable(errors: tuple[type[BaseException], ...]) -> None:
+    """Answers the store's `errors` as STORAGE_UNAVAILABLE (called once when the store is wired)."""
+    global _unavailable
+    _unavailable = tuple(dict.fromkeys((*_unavailable, *errors)))
 
 
 def _code_for(error: GuardError) -> grpc.StatusCode:
@@ -128,7 +137,7 @@ def status_for(error: BaseException, locale: str = "pt-BR") -> grpc.Status | Non
         return build_status(_code_for(error), str(error), error.reason.value, error.metadata, locale, violations)
     if isinstance(error, ConcurrentUpdateError):
         return build_status(grpc.StatusCode.ABORTED, "concurrent update, retry", Reason.CONCURRENT_UPDATE.value, {})
-    if isinstance(error, (DBAPIError, SQLAlchemyError, OSError, TimeoutError)):
+    if isinstance(error, _unavailable):
         # Never a fake success: the caller is told the store is unavailable and may retry.
         return build_status(grpc.StatusCode.UNAVAILABLE, "storage unavailable", "STORAGE_UNAVAILABLE", {})
     return None

@@ -4,29 +4,30 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any, TypeAlias
 from urllib.parse import urlsplit
 
 import grpc
 
-from adapters.persistence.repository import Repository
-from adapters.persistence.webhook_store import (
-    DELIVERY_STATES,
-    DeliveryRecord,
-    SubscriptionRecord,
-    SubscriptionStats,
-    WebhookStore,
-    utcnow,
-)
 from services.api.wapiguard.v1 import events_pb2, events_pb2_grpc
-from services.app.events import TYPE_FROM_PB, TYPE_TO_PB, ChangeFeed, SlowSubscriber, event_pb, follow
+from services.app.events import ChangeFeed, SlowSubscriber, follow
 from services.app.outbound import WebhookDispatcher, new_secret
+from services.app.principals import PermissionDenied, current_principal
 from services.observability.logs import register_secret
-from services.rpc.auth import PermissionDenied, current_principal
 from services.rpc.errors import abort, build_status, grpc_errors, locale_of, status_for
+from services.rpc.event_mapping import TYPE_FROM_PB, TYPE_TO_PB, event_pb
 from services.rpc.mapping import ts
 from statemachine.changes import ChangeCursor, ChangeKind, InvalidCursor
 from statemachine.errors import InvalidRequest
+from statemachine.ports import (
+    DELIVERY_STATES,
+    ChangeLog,
+    DeliveryRecord,
+    SubscriptionRecord,
+    SubscriptionStats,
+    SubscriptionStore,
+)
 from statemachine.validation import Violation
 
 Ctx: TypeAlias = grpc.aio.ServicerContext[Any, Any]
@@ -38,6 +39,10 @@ _STATE_TO_PB = {
     "exhausted": events_pb2.DELIVERY_STATE_EXHAUSTED,
 }
 _STATE_FROM_PB = {v: k for k, v in _STATE_TO_PB.items()}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
 
 
 class CursorExpired(Exception):
@@ -85,7 +90,7 @@ def _expired_status(error: CursorExpired) -> grpc.Status:
 
 
 class EventServicer(events_pb2_grpc.EventServiceServicer):
-    def __init__(self, repo: Repository, feed: ChangeFeed, *, progress_interval: float, buffer: int) -> None:
+    def __init__(self, repo: ChangeLog, feed: ChangeFeed, *, progress_interval: float, buffer: int) -> None:
         self.repo = repo
         self.feed = feed
         self.progress_interval = progress_interval
@@ -249,7 +254,7 @@ def delivery_pb(d: DeliveryRecord) -> events_pb2.WebhookDelivery:
 
 
 class WebhookSubscriptionServicer(events_pb2_grpc.WebhookSubscriptionServiceServicer):
-    def __init__(self, repo: Repository, store: WebhookStore, dispatcher: WebhookDispatcher | None) -> None:
+    def __init__(self, repo: ChangeLog, store: SubscriptionStore, dispatcher: WebhookDispatcher | None) -> None:
         self.repo = repo
         self.store = store
         self.dispatcher = dispatcher

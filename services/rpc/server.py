@@ -17,9 +17,11 @@ from grpc_reflection.v1alpha import reflection
 from sqlalchemy.engine import make_url
 
 from adapters.persistence.db import create_engine
+from adapters.persistence.listen import change_listener
 from adapters.persistence.migrate import upgrade_to_head
 from adapters.persistence.repository import Repository
 from adapters.persistence.webhook_store import WebhookStore
+from adapters.wapi.webhooks import parse_webhook
 from services.api.wapiguard.v1 import (
     events_pb2,
     events_pb2_grpc,
@@ -33,11 +35,14 @@ from services.api.wapiguard.v1 import (
 from services.app.core import Gateway, GatewayConfig
 from services.app.events import ChangeFeed
 from services.app.outbound import OutboundConfig, WebhookDispatcher, parse_schedule
+from services.app.principals import parse_tokens
 from services.app.recovery import Recovery, RecoveryConfig
 from services.config import Settings
 from services.observability.logs import register_secret
 from services.observability.telemetry import Telemetry
-from services.rpc.auth import AuthInterceptor, parse_tokens
+from services.rpc.auth import AuthInterceptor
+from services.rpc.errors import treat_as_unavailable
+from services.rpc.event_mapping import event_dict
 from services.rpc.event_servicers import EventServicer, WebhookSubscriptionServicer
 from services.rpc.servicers import InstanceHealthServicer, SendServicer, WebhookServicer
 from statemachine.ports import InstanceOperations, Provider, RetentionPolicy
@@ -143,11 +148,12 @@ class App:
         if settings.migrate_on_start:
             await upgrade_to_head(engine)
         repo = Repository(engine, group_commit_window=settings.group_commit_window)
+        treat_as_unavailable(repo.unavailable_errors)
         provider = provider or default_provider(settings)
         instrument = getattr(provider, "instrument", None)
         if telemetry.tracer_provider is not None and instrument is not None:
             instrument(telemetry.tracer_provider)
-        gateway = Gateway(repo, provider, gateway_config(settings), telemetry)
+        gateway = Gateway(repo, provider, gateway_config(settings), telemetry, parse_webhook=parse_webhook)
         recovery = Recovery(
             gateway, provider if isinstance(provider, InstanceOperations) else None, recovery_config(settings)
         )
@@ -155,7 +161,7 @@ class App:
         feed = ChangeFeed(
             repo,
             poll_interval=settings.event_poll_interval,
-            listen_dsn=listen_dsn(settings.database_url),
+            wakeups=change_listener(dsn) if (dsn := listen_dsn(settings.database_url)) else None,
         )
         await feed.start()
         store = WebhookStore(engine)
@@ -168,6 +174,7 @@ class App:
                 timeout=settings.webhook_timeout,
                 concurrency=settings.webhook_concurrency,
             ),
+            render=event_dict,
         )
         await dispatcher.start()
         register_outbound_metrics(telemetry, store, dispatcher)
@@ -222,7 +229,7 @@ class App:
         if settings.http_port >= 0:
             from services.http.bridge import start_bridge
 
-            runner, http_port = await start_bridge(settings, gateway, recovery)
+            runner, http_port = await start_bridge(settings, gateway, recovery, store)
             app.http_port = http_port
             app.bridge_runner = runner
             app._cleanup.insert(0, runner.cleanup)

@@ -17,9 +17,9 @@ from services.api.wapiguard.v1 import (
     webhook_pb2_grpc,
 )
 from services.app.core import Gateway
+from services.app.principals import PermissionDenied, allowed, authorize, current_principal
 from services.app.recovery import ActionResult, Recovery, WebhooksResult
 from services.rpc import mapping
-from services.rpc.auth import PermissionDenied, allowed, authorize, current_principal
 from services.rpc.errors import abort, grpc_errors, locale_of, status_for
 from statemachine.domain import MessageRecord, Plan
 from statemachine.errors import InvalidPayload, InvalidRequest, MessageNotFound

@@ -1,0 +1,192 @@
+"""Change-log rows as versioned `wapiguard.v1.Event` messages: the stream's items and the outbound
+webhook body's `data` (proto3 JSON), built once per change for every subscriber."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections import OrderedDict
+from datetime import UTC, datetime
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2
+
+from adapters.wapi.webhooks import normalize_inbound
+from services.api.wapiguard.v1 import common_pb2, events_pb2
+from services.rpc.mapping import ts
+from statemachine.changes import ChangeKind, ChangeRecord
+from statemachine.domain import InstanceState, MessageState
+
+TYPE_TO_PB: dict[ChangeKind, int] = {
+    ChangeKind.MESSAGE_STATE_CHANGED: events_pb2.EVENT_TYPE_MESSAGE_STATE_CHANGED,
+    ChangeKind.MESSAGE_STUCK: events_pb2.EVENT_TYPE_MESSAGE_STUCK,
+    ChangeKind.MESSAGE_FAILED: events_pb2.EVENT_TYPE_MESSAGE_FAILED,
+    ChangeKind.INSTANCE_HEALTH_CHANGED: events_pb2.EVENT_TYPE_INSTANCE_HEALTH_CHANGED,
+    ChangeKind.MESSAGE_RECEIVED: events_pb2.EVENT_TYPE_MESSAGE_RECEIVED,
+    ChangeKind.MESSAGE_FROM_PHONE: events_pb2.EVENT_TYPE_MESSAGE_FROM_PHONE,
+}
+TYPE_FROM_PB: dict[int, ChangeKind] = {v: k for k, v in TYPE_TO_PB.items()}
+_MSG_STATE: dict[str, int] = {s.value: common_pb2.MessageState.Value(f"MESSAGE_STATE_{s.value}") for s in MessageState}
+_INST_STATE: dict[str, int] = {
+    s.value: common_pb2.InstanceState.Value(f"INSTANCE_STATE_{s.value}") for s in InstanceState
+}
+
+
+def _at(value: Any) -> Any:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return ts(parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC))
+
+
+def _str(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def _state_changed(p: dict[str, Any]) -> events_pb2.MessageStateChanged:
+    return events_pb2.MessageStateChanged(
+        message_id=_str(p.get("message_id")),
+        instance_id=_str(p.get("instance_id")),
+        recipient=_str(p.get("recipient")),
+        from_state=_MSG_STATE.get(_str(p.get("from_state")), 0),  # type: ignore[arg-type]
+        to_state=_MSG_STATE.get(_str(p.get("to_state")), 0),  # type: ignore[arg-type]
+        reason=_str(p.get("reason")),
+        source=_str(p.get("source")),
+        provider_message_id=_str(p.get("provider_message_id")),
+        attempt=int(p.get("attempt") or 0),
+        version=int(p.get("version") or 0),
+        at=_at(p.get("at")),
+        created_at=_at(p.get("created_at")),
+        sent_at=_at(p.get("sent_at")),
+    )
+
+
+def _inbound(change: ChangeRecord) -> events_pb2.InboundMessage:
+    p = change.payload
+    body = p.get("body")
+    out = events_pb2.InboundMessage(
+        instance_id=change.instance_id,
+        provider_message_id=_str(p.get("provider_message_id")),
+        chat_id=_str(p.get("chat_id")),
+        webhook_event_id=_str(p.get("webhook_event_id")),
+        connected_phone=_str(p.get("phone")),
+        moment=_at(p.get("moment")),
+    )
+    if isinstance(body, dict):
+        raw = struct_pb2.Struct()
+        with contextlib.suppress(ValueError, TypeError):
+            raw.update(body)
+            out.raw.CopyFrom(raw)
+        msg = normalize_inbound(body)
+        if msg is not None:
+            out.provider_message_id = out.provider_message_id or _str(msg.provider_message_id)
+            out.chat_id = out.chat_id or _str(msg.chat_id)
+            out.sender_id = _str(msg.sender_id)
+            out.sender_phone = _str(msg.sender_phone)
+            out.push_name = _str(msg.push_name)
+            out.kind = msg.kind
+            out.text = _str(msg.text)
+            out.is_group = msg.is_group
+            out.from_me = msg.from_me
+            out.reference_message_id = _str(msg.reference_message_id)
+            out.connected_phone = out.connected_phone or _str(msg.connected_phone)
+            if msg.latitude is not None and math.isfinite(msg.latitude):
+                out.latitude = msg.latitude
+            if msg.longitude is not None and math.isfinite(msg.longitude):
+                out.longitude = msg.longitude
+            if msg.media is not None:
+                out.media.CopyFrom(
+                    events_pb2.MediaReference(
+                        url=_str(msg.media.url),
+                        mimetype=_str(msg.media.mimetype),
+                        file_name=_str(msg.media.file_name),
+                        file_length=msg.media.file_length or 0,
+                        direct_path=_str(msg.media.direct_path),
+                    )
+                )
+            moment = ts(msg.moment)
+            if moment is not None and not out.HasField("moment"):
+                out.moment.CopyFrom(moment)
+    if not out.kind:
+        out.kind = "unknown"
+    return out
+
+
+_EVENT_CACHE: OrderedDict[str, events_pb2.Event] = OrderedDict()
+_EVENT_CACHE_SIZE = 4096
+
+
+def event_pb(change: ChangeRecord) -> events_pb2.Event:
+    """One change-log row as the versioned event; built once per change for all subscribers
+    (the tail hands the same change to each of them)."""
+    cached = _EVENT_CACHE.get(change.event_id)
+    if cached is not None:
+        return cached
+    event = _build_event(change)
+    _EVENT_CACHE[change.event_id] = event
+    if len(_EVENT_CACHE) > _EVENT_CACHE_SIZE:
+        _EVENT_CACHE.popitem(last=False)
+    return event
+
+
+def _build_event(change: ChangeRecord) -> events_pb2.Event:
+    p = change.payload
+    event = events_pb2.Event(
+        id=change.event_id,
+        cursor=change.cursor.encode(),
+        type=TYPE_TO_PB.get(change.kind, 0),  # type: ignore[arg-type]
+        type_name=change.kind.value,
+        instance_id=change.instance_id,
+        message_id=change.message_id or "",
+        occurred_at=ts(change.occurred_at),
+    )
+    if change.kind is ChangeKind.MESSAGE_STATE_CHANGED:
+        event.message_state_changed.CopyFrom(_state_changed(p))
+    elif change.kind is ChangeKind.MESSAGE_FAILED:
+        event.message_failed.CopyFrom(
+            events_pb2.MessageFailed(
+                change=_state_changed(p),
+                failure_reason=_str(p.get("failure_reason")),
+                failure_detail=_str(p.get("failure_detail")),
+            )
+        )
+    elif change.kind is ChangeKind.MESSAGE_STUCK:
+        event.message_stuck.CopyFrom(
+            events_pb2.MessageStuck(
+                message_id=_str(p.get("message_id")),
+                instance_id=_str(p.get("instance_id")),
+                recipient=_str(p.get("recipient")),
+                provider_message_id=_str(p.get("provider_message_id")),
+                attempt=int(p.get("attempt") or 0),
+                version=int(p.get("version") or 0),
+                sent_at=_at(p.get("sent_at")),
+                stuck_at=_at(p.get("stuck_at")),
+            )
+        )
+    elif change.kind is ChangeKind.INSTANCE_HEALTH_CHANGED:
+        event.instance_health_changed.CopyFrom(
+            events_pb2.InstanceHealthChanged(
+                instance_id=_str(p.get("instance_id")),
+                from_state=_INST_STATE.get(_str(p.get("from_state")), 0),  # type: ignore[arg-type]
+                from_reason=_str(p.get("from_reason")),
+                to_state=_INST_STATE.get(_str(p.get("to_state")), 0),  # type: ignore[arg-type]
+                reason=_str(p.get("reason")),
+                phone=_str(p.get("phone")),
+                source=_str(p.get("source")),
+                at=_at(p.get("at")),
+            )
+        )
+    elif change.kind is ChangeKind.MESSAGE_RECEIVED:
+        event.message_received.CopyFrom(_inbound(change))
+    elif change.kind is ChangeKind.MESSAGE_FROM_PHONE:
+        event.message_from_phone.CopyFrom(_inbound(change))
+    return event
+
+
+def event_dict(change: ChangeRecord) -> dict[str, Any]:
+    """The event in proto3 JSON with the .proto field names (the webhook body's `data`)."""
+    data: dict[str, Any] = json_format.MessageToDict(event_pb(change), preserving_proto_field_name=True)
+    return data
