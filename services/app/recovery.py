@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 
 from services.app.core import Gateway
 from services.app.principals import current_principal
+from services.i18n import next_step
 from statemachine.domain import (
     ActionOutcome,
     Credentials,
@@ -33,7 +34,6 @@ from statemachine.domain import (
     RecoveryAction,
 )
 from statemachine.errors import InstanceNotFound, InvalidRequest, RecoveryFailed, RecoveryRefused
-from statemachine.guidance import next_step
 from statemachine.machines import InstanceTrigger
 from statemachine.phone import e164_phone
 from statemachine.ports import InstanceOperations, RecoveryStore

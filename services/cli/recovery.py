@@ -1,5 +1,5 @@
 """Operator commands of the recovery loop: `instances add|remove`, `connect`, `restart`,
-`disconnect`, `webhooks configure|check`, `retry`, `reconcile`. Same plumbing as operator_cli
+`disconnect`, `webhooks configure|check`, `retry`, `reconcile`. Same plumbing as services/cli/operator.py
 (gRPC, --json, exit codes, pt-BR by default)."""
 
 from __future__ import annotations
@@ -20,59 +20,13 @@ from services.cli.operator import (
     instance_dict,
     message_dict,
 )
+from services.i18n import RECOVERY_CLI_TEXTS, lang_of
 
 RECOVERY_COMMANDS_NAMES = frozenset({"connect", "restart", "disconnect", "webhooks", "retry", "reconcile"})
 
-_TEXTS: dict[str, dict[str, str]] = {
-    "pt-BR": {
-        "added": "Instância {id} registrada: {label} ({state})",
-        "removed": "Instância {id} removida (mensagens e eventos ficam no histórico).",
-        "webhooks_state": "Webhooks na W-API: {state}",
-        "pairing_code": "Código de pareamento: {code}",
-        "already": "A W-API diz que a instância já está conectada ({phone}).",
-        "qr_saved": "QR code salvo em {path}",
-        "qr_title": "Leia este QR code no WhatsApp (Aparelhos conectados > Conectar um aparelho):",
-        "next": "Próximo passo: {text}",
-        "state": "Estado: {label} ({state}/{reason})",
-        "restarted": "Reinício pedido à W-API: {message}",
-        "disconnected": "Desconexão pedida à W-API: {message}",
-        "hooks_ok": "Webhooks configurados para {url}",
-        "hooks_bad": "Webhooks NÃO configurados para {url}",
-        "retry_ok": "Mensagem {id} reenviada: {label} ({state})",
-        "reconciled": "{id}: {fetched} lidos do log da W-API, {applied} aplicados, {duplicates} já registrados",
-        "reconcile_error": "{id}: log da W-API indisponível ({error})",
-        "stuck_title": "Mensagens ainda sem entrega:",
-        "no_stuck": "Nenhuma mensagem parada.",
-        "need_token": "informe o token da instância na W-API: --wapi-token ou WAPIGUARD_WAPI_TOKEN",
-        "need_id": "informe a instância: wapi-guard instances {action} INSTÂNCIA",
-    },
-    "en": {
-        "added": "Instance {id} registered: {label} ({state})",
-        "removed": "Instance {id} removed (its messages and events stay on record).",
-        "webhooks_state": "Webhooks at W-API: {state}",
-        "pairing_code": "Pairing code: {code}",
-        "already": "W-API says the instance is already connected ({phone}).",
-        "qr_saved": "QR code saved to {path}",
-        "qr_title": "Scan this QR code in WhatsApp (Linked devices > Link a device):",
-        "next": "Next step: {text}",
-        "state": "State: {label} ({state}/{reason})",
-        "restarted": "Restart requested at W-API: {message}",
-        "disconnected": "Disconnection requested at W-API: {message}",
-        "hooks_ok": "Webhooks configured to {url}",
-        "hooks_bad": "Webhooks NOT configured to {url}",
-        "retry_ok": "Message {id} sent again: {label} ({state})",
-        "reconciled": "{id}: {fetched} read from W-API's log, {applied} applied, {duplicates} already stored",
-        "reconcile_error": "{id}: W-API's log unavailable ({error})",
-        "stuck_title": "Messages still without delivery:",
-        "no_stuck": "No stuck messages.",
-        "need_token": "give the instance's W-API token: --wapi-token or WAPIGUARD_WAPI_TOKEN",
-        "need_id": "name the instance: wapi-guard instances {action} INSTANCE",
-    },
-}
-
 
 def _t(ctx: Context, name: str, **values: Any) -> str:
-    text = _TEXTS["en" if ctx.lang == "en" else "pt-BR"][name]
+    text = RECOVERY_CLI_TEXTS[lang_of(ctx.lang)][name]
     return text.format(**values) if values else text
 
 

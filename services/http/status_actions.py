@@ -24,8 +24,8 @@ from aiohttp import web
 from services.app.core import Gateway
 from services.app.principals import Principal
 from services.app.recovery import Recovery
-from services.cli.operator import reason_label, state_view
 from services.config import Settings
+from services.i18n import STATUS_ACTION_TEXTS, lang_of, reason_label, state_view
 from services.rpc.errors import status_for
 from statemachine.errors import GuardError, InvalidRequest
 
@@ -34,50 +34,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("wapi_guard.status")
 
-ACTION_TEXTS: dict[str, dict[str, str]] = {
-    "pt-BR": {
-        "qr": "Mostrar QR code",
-        "pair": "Código de pareamento",
-        "phone_placeholder": "55 + DDD + número",
-        "restart": "Reiniciar",
-        "retry": "Reenviar",
-        "back": "Voltar ao painel",
-        "qr_title": "QR code de {name}",
-        "qr_hint": "Leia no WhatsApp: Aparelhos conectados > Conectar um aparelho.",
-        "pair_title": "Código de pareamento de {name}",
-        "restart_title": "Reinício de {name}",
-        "retry_title": "Reenvio da mensagem",
-        "already": "A W-API diz que esta instância já está conectada.",
-        "state": "Estado agora",
-        "next": "Próximo passo",
-        "failed_title": "A ação não foi feita",
-        "csrf": "Pedido recusado: formulário expirado ou de outra origem. Recarregue o painel e tente de novo.",
-        "retried": "Mensagem reenviada: {state}",
-    },
-    "en": {
-        "qr": "Show QR code",
-        "pair": "Pairing code",
-        "phone_placeholder": "country + area code + number",
-        "restart": "Restart",
-        "retry": "Retry",
-        "back": "Back to the dashboard",
-        "qr_title": "QR code of {name}",
-        "qr_hint": "Scan it in WhatsApp: Linked devices > Link a device.",
-        "pair_title": "Pairing code of {name}",
-        "restart_title": "Restart of {name}",
-        "retry_title": "Message retry",
-        "already": "W-API says this instance is already connected.",
-        "state": "State now",
-        "next": "Next step",
-        "failed_title": "The action was not done",
-        "csrf": "Request refused: the form expired or came from another origin. Reload the dashboard and try again.",
-        "retried": "Message sent again: {state}",
-    },
-}
-
 
 def _a(lang: str, key: str, **values: str) -> str:
-    text = ACTION_TEXTS["en" if lang == "en" else "pt-BR"][key]
+    text = STATUS_ACTION_TEXTS[lang_of(lang)][key]
     return text.format(**values) if values else text
 
 

@@ -9,7 +9,7 @@
 Live updates: each event stream subscribes to `Gateway.subscribe(include_current=True)` (instance
 changes from any replica) and re-reads the snapshot on every change and every REFRESH_SECONDS (stuck
 and failed messages have no change feed). All text is rendered and escaped here, once, in the
-operator's words (services/cli/operator.py holds the shared vocabulary); the browser only swaps
+operator's words (services/i18n.py holds the shared vocabulary); the browser only swaps
 fragments and ticks relative times.
 
 Auth: when `api_tokens` is set, every route but the static files needs a token — HTTP Basic (any
@@ -38,8 +38,11 @@ from aiohttp import web
 from services.app.core import Gateway
 from services.app.principals import ANONYMOUS, Principal, match_token, parse_tokens
 from services.app.recovery import Recovery
-from services.cli.operator import (
+from services.config import Settings
+from services.http.status_actions import Csrf, StatusActions, add_action_routes, instance_actions, message_actions
+from services.i18n import (
     MESSAGE_TONES,
+    STATUS_PAGE_TEXTS,
     ago,
     duration,
     iso,
@@ -51,8 +54,6 @@ from services.cli.operator import (
     state_view,
     time_units,
 )
-from services.config import Settings
-from services.http.status_actions import Csrf, StatusActions, add_action_routes, instance_actions, message_actions
 from services.rpc.errors import status_for
 from statemachine.domain import InstanceRecord, MessageRecord, MessageState, StateChange
 from statemachine.ports import SubscriptionRecord, SubscriptionStats, SubscriptionStore
@@ -81,118 +82,9 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
 }
 
-TEXTS: dict[str, dict[str, str]] = {
-    "pt-BR": {
-        "title": "wapi-guard — estado das instâncias",
-        "instances": "Instâncias",
-        "messages": "Mensagens paradas e com falha",
-        "changes": "Últimas mudanças de estado",
-        "webhooks": "Webhooks de saída",
-        "no_webhooks": "Nenhuma assinatura de webhook.",
-        "w_url": "Destino",
-        "w_enabled": "Ativa",
-        "w_pending": "Pendentes",
-        "w_lag": "Atraso",
-        "w_failures": "Falhas seguidas",
-        "w_last_error": "Último erro",
-        "w_yes": "sim",
-        "w_no": "não",
-        "id": "ID",
-        "phone": "Telefone",
-        "reason": "Motivo",
-        "changed": "Estado desde",
-        "checked": "Verificada",
-        "stuck": "Mensagens paradas",
-        "sends": "Envios",
-        "sends_ok": "liberados",
-        "sends_blocked": "bloqueados",
-        "instance": "Instância",
-        "to": "Destinatário",
-        "state": "Estado",
-        "age": "Idade",
-        "attempts": "Tentativas",
-        "when": "Quando",
-        "from": "De",
-        "to_state": "Para",
-        "source": "Origem",
-        "no_instances": "Nenhuma instância registrada.",
-        "no_messages": "Nenhuma mensagem parada ou com falha.",
-        "no_changes": "Nenhuma mudança de estado registrada.",
-        "s_instances": "Instâncias",
-        "s_online": "Online",
-        "s_attention": "Precisam de atenção",
-        "s_stuck": "Mensagens paradas",
-        "s_failed": "Falhas recentes",
-        "live_connecting": "Conectando…",
-        "live_live": "Ao vivo",
-        "live_reconnecting": "Reconectando…",
-        "live_stale": "Dados desatualizados: sem contato com o servidor",
-        "live_unavailable": "Servidor sem acesso ao banco de dados; dados podem estar desatualizados",
-        "updated": "Atualizado",
-        "other_lang": "English",
-        "auth": "Autenticação necessária: use um token da API como senha.",
-        "unavailable": "Estado indisponível no momento (banco de dados inacessível). Tente de novo.",
-        "busy": "Conexões ao vivo demais; tente de novo em instantes.",
-        "noscript": "Sem JavaScript esta página não se atualiza sozinha: recarregue para ver o estado atual.",
-    },
-    "en": {
-        "title": "wapi-guard — instance status",
-        "instances": "Instances",
-        "messages": "Stuck and failed messages",
-        "changes": "Latest state changes",
-        "webhooks": "Outbound webhooks",
-        "no_webhooks": "No webhook subscriptions.",
-        "w_url": "Receiver",
-        "w_enabled": "Enabled",
-        "w_pending": "Pending",
-        "w_lag": "Lag",
-        "w_failures": "Failures in a row",
-        "w_last_error": "Last error",
-        "w_yes": "yes",
-        "w_no": "no",
-        "id": "ID",
-        "phone": "Phone",
-        "reason": "Reason",
-        "changed": "State since",
-        "checked": "Checked",
-        "stuck": "Stuck messages",
-        "sends": "Sends",
-        "sends_ok": "allowed",
-        "sends_blocked": "blocked",
-        "instance": "Instance",
-        "to": "Recipient",
-        "state": "State",
-        "age": "Age",
-        "attempts": "Attempts",
-        "when": "When",
-        "from": "From",
-        "to_state": "To",
-        "source": "Source",
-        "no_instances": "No instances registered.",
-        "no_messages": "No stuck or failed messages.",
-        "no_changes": "No state changes recorded.",
-        "s_instances": "Instances",
-        "s_online": "Online",
-        "s_attention": "Need attention",
-        "s_stuck": "Stuck messages",
-        "s_failed": "Recent failures",
-        "live_connecting": "Connecting…",
-        "live_live": "Live",
-        "live_reconnecting": "Reconnecting…",
-        "live_stale": "Stale data: no contact with the server",
-        "live_unavailable": "Server cannot reach its database; data may be stale",
-        "updated": "Updated",
-        "other_lang": "Português",
-        "auth": "Authentication required: use an API token as the password.",
-        "unavailable": "Status unavailable right now (database unreachable). Try again.",
-        "busy": "Too many live connections; try again shortly.",
-        "noscript": "Without JavaScript this page does not update itself: reload it to see the current state.",
-    },
-}
-
 
 def _t(lang: str, key: str) -> str:
-    return TEXTS[lang][key]
+    return STATUS_PAGE_TEXTS[lang][key]
 
 
 # --- data ------------------------------------------------------------------------------------
@@ -529,7 +421,7 @@ def render_sections(snap: Snapshot, lang: str) -> dict[str, str]:
 
 
 def _client_texts(lang: str) -> str:
-    texts = {k: _t(lang, k) for k in TEXTS[lang] if k.startswith("live_") or k == "updated"}
+    texts = {k: _t(lang, k) for k in STATUS_PAGE_TEXTS[lang] if k.startswith("live_") or k == "updated"}
     texts.update({f"unit_{k}": v for k, v in time_units(lang).items()})
     # Inside <script type="application/json">: "<" must not be able to close the element.
     return json.dumps(texts, ensure_ascii=False).replace("<", "\\u003c")

@@ -17,7 +17,8 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from statemachine.domain import Reason, reason_text
+from services.i18n import reason_text, resolve_lang
+from statemachine.domain import Reason
 from statemachine.errors import (
     GuardError,
     IdempotencyConflict,
@@ -124,10 +125,11 @@ def build_status(
 
 
 def locale_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    """The caller's `accept-language` metadata, read like the status page reads the header."""
     for key, value in context.invocation_metadata() or ():
-        if key == "accept-language" and isinstance(value, str) and value.lower().startswith("en"):
-            return "en"
-    return "pt-BR"
+        if key == "accept-language" and isinstance(value, str):
+            return resolve_lang(None, value)
+    return resolve_lang(None)
 
 
 def status_for(error: BaseException, locale: str = "pt-BR") -> grpc.Status | None:

@@ -9,6 +9,7 @@ from typing import Any
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.api.wapiguard.v1 import common_pb2, send_pb2, webhook_pb2
+from services.i18n import next_step, reason_text
 from statemachine.domain import (
     Contact,
     Content,
@@ -24,10 +25,8 @@ from statemachine.domain import (
     Reaction,
     StateChange,
     Text,
-    reason_text,
 )
 from statemachine.errors import InvalidRequest
-from statemachine.guidance import next_step
 from statemachine.ports import IngestResult, InstanceChange, MessageChange
 from statemachine.validation import SendRequest, Violation
 

@@ -15,8 +15,9 @@ import pytest
 from adapters.persistence.schema import events
 from adapters.simulator import BEHAVIOURS
 from services.api.wapiguard.v1 import common_pb2, send_pb2
+from services.i18n import REASON_TEXT_PT_BR
 from services.observability.logs import JsonFormatter
-from statemachine.domain import REASON_TEXT_PT_BR, Reason
+from statemachine.domain import Reason
 from tests.e2e.conftest import StackFactory
 from tests.e2e.stack import (
     CONNECTED,

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from services.cli.operator import (
+from services.i18n import (
     ago,
     duration,
     mask_recipient,

@@ -1,0 +1,697 @@
+"""Every user-facing text, pt-BR first and English, and the one locale resolver.
+
+The gRPC answers (google.rpc.LocalizedMessage, InstanceHealth.reason_message / next_step), the
+operator CLI and the status page all read their words here, so a screen, a terminal and an error
+detail say the same thing in the same words. Pure tables and functions: no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from statemachine.domain import InstanceState, Reason
+
+# --- the locale ------------------------------------------------------------------------------
+
+LANGS = ("pt-BR", "en")
+DEFAULT_LANG = "pt-BR"
+
+
+def normalize_lang(value: str | None) -> str | None:
+    """'en', 'en-US', 'EN_gb' → 'en'; 'pt', 'pt-BR', 'pt_PT' → 'pt-BR'; anything else → None."""
+    if not value:
+        return None
+    primary = value.strip().replace("_", "-").split("-", 1)[0].lower()
+    if primary == "en":
+        return "en"
+    if primary == "pt":
+        return "pt-BR"
+    return None
+
+
+def resolve_lang(query: str | None, accept_language: str | None = None) -> str:
+    """`?lang=` wins; else the most preferred supported language of Accept-Language; else pt-BR."""
+    chosen = normalize_lang(query)
+    if chosen:
+        return chosen
+    ranked: list[tuple[float, int, str]] = []
+    for position, item in enumerate((accept_language or "").split(",")[:20]):
+        tag, _, params = item.strip().partition(";")
+        weight = 1.0
+        params = params.strip()
+        if params.startswith("q="):
+            try:
+                weight = float(params[2:])
+            except ValueError:
+                weight = 0.0
+        lang = normalize_lang(tag)
+        if lang and weight > 0:
+            ranked.append((-weight, position, lang))
+    return sorted(ranked)[0][2] if ranked else DEFAULT_LANG
+
+
+def lang_of(lang: str) -> str:
+    """A supported language for `lang`, pt-BR when it names none."""
+    return normalize_lang(lang) or DEFAULT_LANG
+
+
+# --- reasons (google.rpc.LocalizedMessage, InstanceHealth.reason_message) ---------------------
+
+# Human text a UI can show as is (google.rpc.LocalizedMessage), pt-BR first.
+REASON_TEXT_PT_BR: dict[Reason, str] = {
+    Reason.SESSION_INCOMPLETE: ("Instância conectada sem sessão válida. Reconecte por código de pareamento/telefone."),
+    Reason.TIMEOUT_OR_GATEWAY: (
+        "A W-API não respondeu (timeout ou erro de gateway). O envio foi bloqueado até a instância responder novamente."
+    ),
+    Reason.INSTANCE_DISCONNECTED: "Instância desconectada. Leia o QR code ou use o código de pareamento.",
+    Reason.HEALTH_UNKNOWN: "Estado da instância ainda desconhecido. Aguarde a verificação e tente de novo.",
+    Reason.TOKEN_INVALID: "Token da instância inválido ou expirado. Atualize o token na W-API.",
+    Reason.INSTANCE_NOT_FOUND: "Instância não encontrada na W-API (excluída ou expirada).",
+    Reason.DELIVERY_STALLED: (
+        "Mensagens enviadas não estão sendo entregues. Envios pausados até uma entrega ou reconexão."
+    ),
+    Reason.NOT_SUPPORTED_BY_PLAN: "Este tipo de mensagem não é suportado pelo plano LITE da instância.",
+    Reason.PROVIDER_ERROR: "A W-API recusou a mensagem.",
+    Reason.PROVIDER_TIMEOUT: "A W-API não respondeu a tempo; a mensagem não foi confirmada.",
+    Reason.PROVIDER_UNAVAILABLE: "A W-API está indisponível no momento.",
+    Reason.PROVIDER_NO_MESSAGE_ID: "A W-API respondeu sem identificador da mensagem; o envio não foi confirmado.",
+    Reason.OUTCOME_UNKNOWN: "Não foi possível confirmar se a mensagem foi enviada.",
+    Reason.PHONE_CONFIRMED: "Conectada, com número confirmado.",
+    Reason.IDEMPOTENCY_KEY_REUSED: "Chave de idempotência já usada com outro conteúdo.",
+    Reason.MESSAGE_NOT_RETRYABLE: "Só mensagens com falha podem ser reenviadas.",
+    Reason.MESSAGE_NOT_FOUND: "Mensagem não encontrada.",
+    Reason.RESTARTING: "Instância reiniciando. Aguarde a reconexão; os envios voltam quando o número for confirmado.",
+    Reason.PAIRING_IN_PROGRESS: (
+        "Pareamento em andamento. Digite o código no WhatsApp (Aparelhos conectados) ou leia o QR code."
+    ),
+    Reason.RECOVERY_IN_PROGRESS: "Já existe uma ação de recuperação em andamento para esta instância.",
+    Reason.RECOVERY_RATE_LIMITED: "Muitas ações de recuperação seguidas. Aguarde antes de tentar de novo.",
+    Reason.PUBLIC_URL_NOT_CONFIGURED: "URL pública não configurada (--public-url): sem destino para os webhooks.",
+    Reason.PROVIDER_QUEUED: "A W-API colocou a mensagem na fila; ainda não foi enviada.",
+}
+
+REASON_TEXT_EN: dict[Reason, str] = {
+    Reason.SESSION_INCOMPLETE: "Instance is connected without a valid session. Reconnect by pairing code/phone.",
+    Reason.TIMEOUT_OR_GATEWAY: "W-API did not answer (timeout or gateway error); sends are blocked meanwhile.",
+    Reason.INSTANCE_DISCONNECTED: "Instance is disconnected. Scan the QR code or use the pairing code.",
+    Reason.HEALTH_UNKNOWN: "Instance health is not known yet. Wait for the check and try again.",
+    Reason.TOKEN_INVALID: "Instance token is invalid or expired.",
+    Reason.INSTANCE_NOT_FOUND: "Instance does not exist at W-API (deleted or expired).",
+    Reason.DELIVERY_STALLED: "Sent messages are not being delivered; sends paused until a delivery or reconnect.",
+    Reason.NOT_SUPPORTED_BY_PLAN: "This message kind is not available on the instance's LITE plan.",
+    Reason.PROVIDER_ERROR: "W-API refused the message.",
+    Reason.PROVIDER_TIMEOUT: "W-API did not answer in time; the message was not confirmed.",
+    Reason.PROVIDER_UNAVAILABLE: "W-API is unavailable right now.",
+    Reason.PROVIDER_NO_MESSAGE_ID: "W-API answered without a message id; the send was not confirmed.",
+    Reason.OUTCOME_UNKNOWN: "Could not confirm whether the message was sent.",
+    Reason.PHONE_CONFIRMED: "Connected with a confirmed phone number.",
+    Reason.RESTARTING: "Instance is restarting. Sends resume once the phone number is confirmed.",
+    Reason.PAIRING_IN_PROGRESS: "Pairing in progress. Type the code in WhatsApp (Linked devices) or scan the QR code.",
+    Reason.RECOVERY_IN_PROGRESS: "A recovery action for this instance is already running.",
+    Reason.RECOVERY_RATE_LIMITED: "Too many recovery actions in a row. Wait before trying again.",
+    Reason.PUBLIC_URL_NOT_CONFIGURED: "No public URL configured (--public-url): nowhere to point the webhooks at.",
+    Reason.PROVIDER_QUEUED: "W-API queued the message; it has not been sent yet.",
+}
+
+
+def reason_text(reason: str, locale: str = "pt-BR") -> str:
+    table = REASON_TEXT_EN if locale.lower().startswith("en") else REASON_TEXT_PT_BR
+    try:
+        return table.get(Reason(reason), reason)
+    except ValueError:
+        return reason
+
+
+# --- what the operator should do next, for an instance's health -------------------------------
+
+_NEXT_PT_BR: dict[str, str] = {
+    Reason.SESSION_INCOMPLETE: (
+        "Peça um código de pareamento (wapi-guard connect INSTÂNCIA --phone NÚMERO) e digite-o no WhatsApp "
+        "do celular em Aparelhos conectados > Conectar com número de telefone."
+    ),
+    Reason.INSTANCE_DISCONNECTED: (
+        "Leia o QR code (wapi-guard connect INSTÂNCIA) ou peça um código de pareamento com --phone NÚMERO."
+    ),
+    Reason.PAIRING_IN_PROGRESS: (
+        "Digite o código no celular (Aparelhos conectados > Conectar com número de telefone) ou leia o QR code; "
+        "a instância volta a CONNECTED quando o número for confirmado."
+    ),
+    Reason.RESTARTING: "Aguarde a reconexão (alguns segundos) e confira com wapi-guard instances.",
+    Reason.DELIVERY_STALLED: (
+        "Reinicie a instância (wapi-guard restart INSTÂNCIA); se continuar, reconecte por código de pareamento."
+    ),
+    Reason.TIMEOUT_OR_GATEWAY: "Aguarde a W-API responder; a próxima verificação libera os envios.",
+    Reason.TOKEN_INVALID: "Atualize o token: wapi-guard instances add INSTÂNCIA --token NOVO_TOKEN.",
+    Reason.INSTANCE_NOT_FOUND: "A instância não existe mais na W-API: crie outra e cadastre-a (instances add).",
+    Reason.HEALTH_UNKNOWN: "Verifique agora: wapi-guard instances --refresh.",
+}
+
+_NEXT_EN: dict[str, str] = {
+    Reason.SESSION_INCOMPLETE: (
+        "Request a pairing code (wapi-guard connect INSTANCE --phone NUMBER) and type it in WhatsApp on the phone "
+        "under Linked devices > Link with phone number."
+    ),
+    Reason.INSTANCE_DISCONNECTED: "Scan the QR code (wapi-guard connect INSTANCE) or ask for a pairing code (--phone).",
+    Reason.PAIRING_IN_PROGRESS: (
+        "Type the code on the phone (Linked devices > Link with phone number) or scan the QR code; the instance is "
+        "CONNECTED again once its phone number is confirmed."
+    ),
+    Reason.RESTARTING: "Wait for the reconnection (a few seconds) and check with wapi-guard instances.",
+    Reason.DELIVERY_STALLED: "Restart the instance (wapi-guard restart INSTANCE); if it persists, pair it again.",
+    Reason.TIMEOUT_OR_GATEWAY: "Wait for W-API to answer; the next check re-opens sends.",
+    Reason.TOKEN_INVALID: "Update the token: wapi-guard instances add INSTANCE --token NEW_TOKEN.",
+    Reason.INSTANCE_NOT_FOUND: "The instance no longer exists at W-API: create another one and register it.",
+    Reason.HEALTH_UNKNOWN: "Check now: wapi-guard instances --refresh.",
+}
+
+
+def next_step(state: InstanceState, reason: str, locale: str = "pt-BR") -> str:
+    """Empty for a healthy instance: guidance disappears once it is CONNECTED."""
+    if state is InstanceState.CONNECTED:
+        return ""
+    table = _NEXT_EN if locale.lower().startswith("en") else _NEXT_PT_BR
+    if reason in table:
+        return table[reason]
+    if state is InstanceState.UNKNOWN:
+        return table[Reason.HEALTH_UNKNOWN]
+    if state is InstanceState.SESSION_INCOMPLETE:
+        return table[Reason.SESSION_INCOMPLETE]
+    if state is InstanceState.DISCONNECTED:
+        return table[Reason.INSTANCE_DISCONNECTED]
+    return table[Reason.TIMEOUT_OR_GATEWAY]
+
+
+# --- operator vocabulary: state labels, colours, masked numbers, relative times ---------------
+
+
+@dataclass(frozen=True, slots=True)
+class StateView:
+    """How an instance state reads to an operator: a label and a colour (tone)."""
+
+    key: str  # online, incomplete, degraded, stalled, disconnected, unknown
+    label: str
+    tone: str  # green, orange, yellow, red, grey, slate
+
+
+_STATE_LABELS: dict[str, dict[str, str]] = {
+    "pt-BR": {
+        "online": "Online",
+        "incomplete": "Sessão incompleta",
+        "degraded": "Degradada (timeout/gateway)",
+        "degraded_any": "Degradada",
+        "stalled": "Entrega parada",
+        "disconnected": "Desconectada",
+        "unknown": "Desconhecida",
+    },
+    "en": {
+        "online": "Online",
+        "incomplete": "Session incomplete",
+        "degraded": "Degraded (timeout/gateway)",
+        "degraded_any": "Degraded",
+        "stalled": "Delivery stalled",
+        "disconnected": "Disconnected",
+        "unknown": "Unknown",
+    },
+}
+_TONES = {
+    "online": "green",
+    "incomplete": "orange",
+    "degraded": "yellow",
+    "degraded_any": "yellow",
+    "stalled": "red",
+    "disconnected": "grey",
+    "unknown": "slate",
+}
+
+
+def state_view(state: str, reason: str | None, lang: str = DEFAULT_LANG) -> StateView:
+    """`reason=None` means "not known" (e.g. the *from* side of an old change): a generic label."""
+    state = state.removeprefix("INSTANCE_STATE_")
+    if state == "CONNECTED":
+        key = "online"
+    elif state == "SESSION_INCOMPLETE":
+        key = "incomplete"
+    elif state == "DEGRADED":
+        key = "stalled" if reason == Reason.DELIVERY_STALLED else "degraded" if reason is not None else "degraded_any"
+    elif state == "DISCONNECTED":
+        key = "disconnected"
+    else:
+        key = "unknown"
+    return StateView(key, _STATE_LABELS[lang_of(lang)][key], _TONES[key])
+
+
+_MESSAGE_LABELS: dict[str, dict[str, str]] = {
+    "pt-BR": {
+        "PENDING": "Pendente",
+        "SENT": "Enviada",
+        "STUCK": "Parada (sem entrega)",
+        "DELIVERED": "Entregue",
+        "READ": "Lida",
+        "PLAYED": "Reproduzida",
+        "FAILED": "Falhou",
+    },
+    "en": {
+        "PENDING": "Pending",
+        "SENT": "Sent",
+        "STUCK": "Stuck (not delivered)",
+        "DELIVERED": "Delivered",
+        "READ": "Read",
+        "PLAYED": "Played",
+        "FAILED": "Failed",
+    },
+}
+MESSAGE_TONES = {
+    "PENDING": "slate",
+    "SENT": "slate",
+    "STUCK": "red",
+    "DELIVERED": "green",
+    "READ": "green",
+    "PLAYED": "green",
+    "FAILED": "red",
+}
+
+
+def message_label(state: str, stuck: bool, lang: str = DEFAULT_LANG) -> str:
+    state = state.removeprefix("MESSAGE_STATE_")
+    key = "STUCK" if stuck and state == "SENT" else state
+    return _MESSAGE_LABELS[lang_of(lang)].get(key, state)
+
+
+_SOURCE_LABELS: dict[str, dict[str, str]] = {
+    "pt-BR": {
+        "webhook": "webhook",
+        "probe": "verificação",
+        "registration": "registro",
+        "send": "envio",
+        "sweeper": "varredura",
+        "retry": "reenvio",
+        "preflight": "pré-verificação",
+        "reconciler": "reconciliação",
+    },
+    "en": {
+        "webhook": "webhook",
+        "probe": "probe",
+        "registration": "registration",
+        "send": "send",
+        "sweeper": "sweeper",
+        "retry": "retry",
+        "preflight": "preflight",
+        "reconciler": "reconciler",
+    },
+}
+
+
+def source_label(source: str, lang: str = DEFAULT_LANG) -> str:
+    return _SOURCE_LABELS[lang_of(lang)].get(source, source)
+
+
+# Reasons statemachine.domain has no operator text for (it returns the code itself).
+_EXTRA_REASONS: dict[str, dict[str, str]] = {
+    "pt-BR": {
+        Reason.REGISTERED: "Registrada; aguardando a primeira verificação.",
+        "STUCK": "Aceita pela W-API, sem confirmação de entrega.",
+    },
+    "en": {
+        Reason.REGISTERED: "Registered; waiting for the first check.",
+        "STUCK": "Accepted by W-API, no delivery receipt.",
+    },
+}
+
+
+def reason_label(reason: str, lang: str = DEFAULT_LANG) -> str:
+    """The operator's text for a machine reason; the code itself when there is none."""
+    if not reason:
+        return ""
+    lang = lang_of(lang)
+    text = reason_text(reason, lang)
+    if text == reason:
+        text = _EXTRA_REASONS[lang].get(reason, reason)
+    return text
+
+
+MASK = "•"
+
+
+def mask_recipient(value: str) -> str:
+    """5515981121710 → 5515•••••1710; 120363025246125486@g.us → 1203••••••••••5486@g.us."""
+    if not value:
+        return "—"
+    local, at, domain = value.partition("@")
+    n = len(local)
+    keep = 4 if n >= 10 else 2 if n >= 6 else 0
+    masked = local[:keep] + MASK * (n - 2 * keep) + (local[n - keep :] if keep else "")
+    return masked + at + domain
+
+
+_UNITS: dict[str, dict[str, str]] = {
+    "pt-BR": {"now": "agora", "ago": "há {d}", "s": "{n} s", "min": "{n} min", "h": "{n} h", "d": "{n} d"},
+    "en": {"now": "just now", "ago": "{d} ago", "s": "{n} s", "min": "{n} min", "h": "{n} h", "d": "{n} d"},
+}
+
+
+def time_units(lang: str) -> dict[str, str]:
+    """The templates both `duration()` here and the page's JavaScript use."""
+    return dict(_UNITS[lang_of(lang)])
+
+
+def duration(seconds: float, lang: str = DEFAULT_LANG) -> str:
+    units = _UNITS[lang_of(lang)]
+    s = max(0, int(seconds))
+    if s < 60:
+        return units["s"].format(n=s)
+    if s < 3600:
+        return units["min"].format(n=s // 60)
+    if s < 86400:
+        return units["h"].format(n=s // 3600)
+    return units["d"].format(n=s // 86400)
+
+
+def ago(at: datetime | None, now: datetime, lang: str = DEFAULT_LANG) -> str:
+    if at is None:
+        return "—"
+    seconds = (now - at).total_seconds()
+    units = _UNITS[lang_of(lang)]
+    if seconds < 1:
+        return units["now"]
+    return units["ago"].format(d=duration(seconds, lang))
+
+
+def iso(at: datetime | None) -> str | None:
+    if at is None:
+        return None
+    return at.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+# --- the operator CLI ------------------------------------------------------------------------
+
+CLI_TEXTS: dict[str, dict[str, str]] = {
+    "pt-BR": {
+        "id": "ID",
+        "name": "NOME",
+        "state": "ESTADO",
+        "phone": "TELEFONE",
+        "reason": "MOTIVO",
+        "stuck": "PARADAS",
+        "checked": "VERIFICADA",
+        "instance": "INSTÂNCIA",
+        "to": "DESTINO",
+        "age": "IDADE",
+        "attempts": "TENTATIVAS",
+        "no_instances": "Nenhuma instância registrada.",
+        "no_messages": "Nenhuma mensagem.",
+        "probing": "Verificando instâncias",
+        "probe_failed": "verificação de {id} falhou: {code}",
+        "sent_ok": "Mensagem aceita pela W-API — estado: {label} ({state})",
+        "sent_note": "Ainda sem confirmação de entrega; acompanhe com: wapi-guard messages --instance {instance}",
+        "delivered_ok": "Mensagem {label} ({state})",
+        "blocked": "Envio bloqueado: {reason}",
+        "failed": "Envio falhou: {reason}",
+        "stored_failed": "A mensagem foi registrada como FAILED (id {id}).",
+        "message_id": "id da mensagem",
+        "provider_id": "id no provedor",
+        "key": "chave",
+        "retry_hint": "Quando a instância puder enviar, reenvie esta mesma mensagem com: wapi-guard retry {id}",
+        "unknown_outcome": (
+            "não se sabe se a mensagem foi enviada. Repita com --key {key} (a mesma chave nunca envia duas "
+            "vezes) ou consulte wapi-guard messages."
+        ),
+        "err_unavailable": "servidor indisponível em {server} ({code})",
+        "err_timeout": "o servidor não respondeu em {timeout:g} s ({server})",
+        "err_auth": "não autenticado: token ausente ou inválido (use --token ou WAPIGUARD_TOKEN)",
+        "err_denied": "permissão negada: este token não pode acessar {what}",
+        "err_not_found": "não encontrado: {what}",
+        "err_no_instance": "instância {id} não está registrada no wapi-guard",
+        "err_no_message": "mensagem {id} não encontrada",
+        "err_invalid": "pedido inválido: {what}",
+        "err_tls": "não foi possível ler {path}: {error}",
+        "hint_scope": "dica: um token restrito a várias instâncias precisa de --instance",
+        "f_instance": "Instância",
+        "f_name": "Nome",
+        "f_state": "Estado",
+        "f_can_send": "Pode enviar",
+        "f_reason": "Motivo",
+        "f_phone": "Telefone",
+        "f_plan": "Plano",
+        "f_stuck": "Mensagens paradas",
+        "f_changed": "Estado desde",
+        "f_checked": "Verificada",
+        "f_last_event": "Último evento",
+        "yes": "sim",
+        "no": "não",
+    },
+    "en": {
+        "id": "ID",
+        "name": "NAME",
+        "state": "STATE",
+        "phone": "PHONE",
+        "reason": "REASON",
+        "stuck": "STUCK",
+        "checked": "CHECKED",
+        "instance": "INSTANCE",
+        "to": "TO",
+        "age": "AGE",
+        "attempts": "ATTEMPTS",
+        "no_instances": "No instances registered.",
+        "no_messages": "No messages.",
+        "probing": "Probing instances",
+        "probe_failed": "probe of {id} failed: {code}",
+        "sent_ok": "Message accepted by W-API — state: {label} ({state})",
+        "sent_note": "No delivery receipt yet; follow it with: wapi-guard messages --instance {instance}",
+        "delivered_ok": "Message {label} ({state})",
+        "blocked": "Send blocked: {reason}",
+        "failed": "Send failed: {reason}",
+        "stored_failed": "The message was stored as FAILED (id {id}).",
+        "message_id": "message id",
+        "provider_id": "provider id",
+        "key": "key",
+        "retry_hint": "Once the instance can send, send this same message again with: wapi-guard retry {id}",
+        "unknown_outcome": (
+            "whether the message was sent is unknown. Repeat with --key {key} (the same key never sends "
+            "twice) or check wapi-guard messages."
+        ),
+        "err_unavailable": "server unavailable at {server} ({code})",
+        "err_timeout": "the server did not answer within {timeout:g} s ({server})",
+        "err_auth": "unauthenticated: missing or invalid token (use --token or WAPIGUARD_TOKEN)",
+        "err_denied": "permission denied: this token may not access {what}",
+        "err_not_found": "not found: {what}",
+        "err_no_instance": "instance {id} is not registered in wapi-guard",
+        "err_no_message": "message {id} not found",
+        "err_invalid": "invalid request: {what}",
+        "err_tls": "cannot read {path}: {error}",
+        "hint_scope": "hint: a token scoped to several instances needs --instance",
+        "f_instance": "Instance",
+        "f_name": "Name",
+        "f_state": "State",
+        "f_can_send": "Can send",
+        "f_reason": "Reason",
+        "f_phone": "Phone",
+        "f_plan": "Plan",
+        "f_stuck": "Stuck messages",
+        "f_changed": "State since",
+        "f_checked": "Checked",
+        "f_last_event": "Last event",
+        "yes": "yes",
+        "no": "no",
+    },
+}
+
+RECOVERY_CLI_TEXTS: dict[str, dict[str, str]] = {
+    "pt-BR": {
+        "added": "Instância {id} registrada: {label} ({state})",
+        "removed": "Instância {id} removida (mensagens e eventos ficam no histórico).",
+        "webhooks_state": "Webhooks na W-API: {state}",
+        "pairing_code": "Código de pareamento: {code}",
+        "already": "A W-API diz que a instância já está conectada ({phone}).",
+        "qr_saved": "QR code salvo em {path}",
+        "qr_title": "Leia este QR code no WhatsApp (Aparelhos conectados > Conectar um aparelho):",
+        "next": "Próximo passo: {text}",
+        "state": "Estado: {label} ({state}/{reason})",
+        "restarted": "Reinício pedido à W-API: {message}",
+        "disconnected": "Desconexão pedida à W-API: {message}",
+        "hooks_ok": "Webhooks configurados para {url}",
+        "hooks_bad": "Webhooks NÃO configurados para {url}",
+        "retry_ok": "Mensagem {id} reenviada: {label} ({state})",
+        "reconciled": "{id}: {fetched} lidos do log da W-API, {applied} aplicados, {duplicates} já registrados",
+        "reconcile_error": "{id}: log da W-API indisponível ({error})",
+        "stuck_title": "Mensagens ainda sem entrega:",
+        "no_stuck": "Nenhuma mensagem parada.",
+        "need_token": "informe o token da instância na W-API: --wapi-token ou WAPIGUARD_WAPI_TOKEN",
+        "need_id": "informe a instância: wapi-guard instances {action} INSTÂNCIA",
+    },
+    "en": {
+        "added": "Instance {id} registered: {label} ({state})",
+        "removed": "Instance {id} removed (its messages and events stay on record).",
+        "webhooks_state": "Webhooks at W-API: {state}",
+        "pairing_code": "Pairing code: {code}",
+        "already": "W-API says the instance is already connected ({phone}).",
+        "qr_saved": "QR code saved to {path}",
+        "qr_title": "Scan this QR code in WhatsApp (Linked devices > Link a device):",
+        "next": "Next step: {text}",
+        "state": "State: {label} ({state}/{reason})",
+        "restarted": "Restart requested at W-API: {message}",
+        "disconnected": "Disconnection requested at W-API: {message}",
+        "hooks_ok": "Webhooks configured to {url}",
+        "hooks_bad": "Webhooks NOT configured to {url}",
+        "retry_ok": "Message {id} sent again: {label} ({state})",
+        "reconciled": "{id}: {fetched} read from W-API's log, {applied} applied, {duplicates} already stored",
+        "reconcile_error": "{id}: W-API's log unavailable ({error})",
+        "stuck_title": "Messages still without delivery:",
+        "no_stuck": "No stuck messages.",
+        "need_token": "give the instance's W-API token: --wapi-token or WAPIGUARD_WAPI_TOKEN",
+        "need_id": "name the instance: wapi-guard instances {action} INSTANCE",
+    },
+}
+
+
+# --- the status page -------------------------------------------------------------------------
+
+STATUS_PAGE_TEXTS: dict[str, dict[str, str]] = {
+    "pt-BR": {
+        "title": "wapi-guard — estado das instâncias",
+        "instances": "Instâncias",
+        "messages": "Mensagens paradas e com falha",
+        "changes": "Últimas mudanças de estado",
+        "webhooks": "Webhooks de saída",
+        "no_webhooks": "Nenhuma assinatura de webhook.",
+        "w_url": "Destino",
+        "w_enabled": "Ativa",
+        "w_pending": "Pendentes",
+        "w_lag": "Atraso",
+        "w_failures": "Falhas seguidas",
+        "w_last_error": "Último erro",
+        "w_yes": "sim",
+        "w_no": "não",
+        "id": "ID",
+        "phone": "Telefone",
+        "reason": "Motivo",
+        "changed": "Estado desde",
+        "checked": "Verificada",
+        "stuck": "Mensagens paradas",
+        "sends": "Envios",
+        "sends_ok": "liberados",
+        "sends_blocked": "bloqueados",
+        "instance": "Instância",
+        "to": "Destinatário",
+        "state": "Estado",
+        "age": "Idade",
+        "attempts": "Tentativas",
+        "when": "Quando",
+        "from": "De",
+        "to_state": "Para",
+        "source": "Origem",
+        "no_instances": "Nenhuma instância registrada.",
+        "no_messages": "Nenhuma mensagem parada ou com falha.",
+        "no_changes": "Nenhuma mudança de estado registrada.",
+        "s_instances": "Instâncias",
+        "s_online": "Online",
+        "s_attention": "Precisam de atenção",
+        "s_stuck": "Mensagens paradas",
+        "s_failed": "Falhas recentes",
+        "live_connecting": "Conectando…",
+        "live_live": "Ao vivo",
+        "live_reconnecting": "Reconectando…",
+        "live_stale": "Dados desatualizados: sem contato com o servidor",
+        "live_unavailable": "Servidor sem acesso ao banco de dados; dados podem estar desatualizados",
+        "updated": "Atualizado",
+        "other_lang": "English",
+        "auth": "Autenticação necessária: use um token da API como senha.",
+        "unavailable": "Estado indisponível no momento (banco de dados inacessível). Tente de novo.",
+        "busy": "Conexões ao vivo demais; tente de novo em instantes.",
+        "noscript": "Sem JavaScript esta página não se atualiza sozinha: recarregue para ver o estado atual.",
+    },
+    "en": {
+        "title": "wapi-guard — instance status",
+        "instances": "Instances",
+        "messages": "Stuck and failed messages",
+        "changes": "Latest state changes",
+        "webhooks": "Outbound webhooks",
+        "no_webhooks": "No webhook subscriptions.",
+        "w_url": "Receiver",
+        "w_enabled": "Enabled",
+        "w_pending": "Pending",
+        "w_lag": "Lag",
+        "w_failures": "Failures in a row",
+        "w_last_error": "Last error",
+        "w_yes": "yes",
+        "w_no": "no",
+        "id": "ID",
+        "phone": "Phone",
+        "reason": "Reason",
+        "changed": "State since",
+        "checked": "Checked",
+        "stuck": "Stuck messages",
+        "sends": "Sends",
+        "sends_ok": "allowed",
+        "sends_blocked": "blocked",
+        "instance": "Instance",
+        "to": "Recipient",
+        "state": "State",
+        "age": "Age",
+        "attempts": "Attempts",
+        "when": "When",
+        "from": "From",
+        "to_state": "To",
+        "source": "Source",
+        "no_instances": "No instances registered.",
+        "no_messages": "No stuck or failed messages.",
+        "no_changes": "No state changes recorded.",
+        "s_instances": "Instances",
+        "s_online": "Online",
+        "s_attention": "Need attention",
+        "s_stuck": "Stuck messages",
+        "s_failed": "Recent failures",
+        "live_connecting": "Connecting…",
+        "live_live": "Live",
+        "live_reconnecting": "Reconnecting…",
+        "live_stale": "Stale data: no contact with the server",
+        "live_unavailable": "Server cannot reach its database; data may be stale",
+        "updated": "Updated",
+        "other_lang": "Português",
+        "auth": "Authentication required: use an API token as the password.",
+        "unavailable": "Status unavailable right now (database unreachable). Try again.",
+        "busy": "Too many live connections; try again shortly.",
+        "noscript": "Without JavaScript this page does not update itself: reload it to see the current state.",
+    },
+}
+
+STATUS_ACTION_TEXTS: dict[str, dict[str, str]] = {
+    "pt-BR": {
+        "qr": "Mostrar QR code",
+        "pair": "Código de pareamento",
+        "phone_placeholder": "55 + DDD + número",
+        "restart": "Reiniciar",
+        "retry": "Reenviar",
+        "back": "Voltar ao painel",
+        "qr_title": "QR code de {name}",
+        "qr_hint": "Leia no WhatsApp: Aparelhos conectados > Conectar um aparelho.",
+        "pair_title": "Código de pareamento de {name}",
+        "restart_title": "Reinício de {name}",
+        "retry_title": "Reenvio da mensagem",
+        "already": "A W-API diz que esta instância já está conectada.",
+        "state": "Estado agora",
+        "next": "Próximo passo",
+        "failed_title": "A ação não foi feita",
+        "csrf": "Pedido recusado: formulário expirado ou de outra origem. Recarregue o painel e tente de novo.",
+        "retried": "Mensagem reenviada: {state}",
+    },
+    "en": {
+        "qr": "Show QR code",
+        "pair": "Pairing code",
+        "phone_placeholder": "country + area code + number",
+        "restart": "Restart",
+        "retry": "Retry",
+        "back": "Back to the dashboard",
+        "qr_title": "QR code of {name}",
+        "qr_hint": "Scan it in WhatsApp: Linked devices > Link a device.",
+        "pair_title": "Pairing code of {name}",
+        "restart_title": "Restart of {name}",
+        "retry_title": "Message retry",
+        "already": "W-API says this instance is already connected.",
+        "state": "State now",
+        "next": "Next step",
+        "failed_title": "The action was not done",
+        "csrf": "Request refused: the form expired or came from another origin. Reload the dashboard and try again.",
+        "retried": "Message sent again: {state}",
+    },
+}
