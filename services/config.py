@@ -1,6 +1,14 @@
-"""Configuration: every setting is a CLI flag and a WAPIGUARD_* environment variable."""
+"""Configuration, declared once: every field of `Settings` is a `serve` flag (`--field-name`, or the
+switch named in its `json_schema_extra`) and a WAPIGUARD_<FIELD> environment variable (the flag
+wins). The flags are derived from the fields (`serve_flags`); the README's configuration table is
+checked against the parser by tests/unit/test_config_table.py.
+"""
 
 from __future__ import annotations
+
+import types
+import typing
+from typing import Any
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -9,7 +17,7 @@ from adapters.persistence.db import DEFAULT_URL
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="WAPIGUARD_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="WAPIGUARD_", extra="ignore")  # ENV_PREFIX
 
     host: str = Field("127.0.0.1", description="Listen address of the gRPC and HTTP servers.")
     grpc_port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one (printed).")
@@ -25,7 +33,14 @@ class Settings(BaseSettings):
         None,
         description="Caller tokens, 'name:token[@INSTANCE|INSTANCE],…' (bearer in gRPC metadata). Unset: open API.",
     )
-    auth_open_health: bool = Field(True, description="Leave grpc.health.v1 and reflection open when auth is on.")
+    auth_open_health: bool = Field(
+        True,
+        description="Leave grpc.health.v1 and reflection open when auth is on.",
+        json_schema_extra={
+            "switch": "--closed-health",
+            "help": "with auth on, health and reflection need a token too [env WAPIGUARD_AUTH_OPEN_HEALTH=false]",
+        },
+    )
     tls_cert_file: str | None = Field(None, description="PEM certificate chain: serve gRPC over TLS.")
     tls_key_file: str | None = Field(None, description="PEM private key for --tls-cert-file.")
     tls_client_ca_file: str | None = Field(None, description="PEM CA bundle: require client certificates (mTLS).")
@@ -115,4 +130,48 @@ class Settings(BaseSettings):
         5, ge=1, description="Recovery actions (QR, pairing code, restart, …) per instance per window."
     )
     recovery_window: float = Field(600.0, gt=0, description="Seconds of the recovery rate-limit window.")
-    migrate_on_start: bool = Field(True, description="Apply migrations at serve start.")
+    migrate_on_start: bool = Field(
+        True,
+        description="Apply migrations at serve start.",
+        json_schema_extra={
+            "switch": "--no-migrate",
+            "help": "do not apply migrations at start [env WAPIGUARD_MIGRATE_ON_START]",
+        },
+    )
+
+
+ENV_PREFIX = "WAPIGUARD_"
+
+
+def env_name(field: str) -> str:
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+def _extra(field: str) -> dict[str, Any]:
+    extra = Settings.model_fields[field].json_schema_extra
+    return dict(extra) if isinstance(extra, dict) else {}
+
+
+def _flag_type(annotation: Any) -> type[Any]:
+    """The argparse type of a field: its annotation without None; a secret is read as text."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    return str if annotation is SecretStr else typing.cast(type[Any], annotation)
+
+
+def serve_flags() -> dict[str, tuple[str, type[Any]]]:
+    """`--flag` → (field, type) for every valued setting, in declaration order."""
+    return {
+        "--" + name.replace("_", "-"): (name, _flag_type(info.annotation))
+        for name, info in Settings.model_fields.items()
+        if "switch" not in _extra(name)
+    }
+
+
+def serve_switches() -> dict[str, tuple[str, str]]:
+    """`--switch` → (field, help) for the settings a flag turns off (their default is True)."""
+    return {
+        str(extra["switch"]): (name, str(extra["help"]))
+        for name in Settings.model_fields
+        if "switch" in (extra := _extra(name))
+    }

@@ -9,67 +9,22 @@ from typing import TYPE_CHECKING, Any
 
 from adapters.runtime import run
 from services.cli.operator import OPERATOR_COMMANDS, add_operator_commands, run_operator
+from services.config import serve_flags, serve_switches
 
 if TYPE_CHECKING:
     from services.config import Settings
 
-# CLI flag → Settings field. Every flag also reads WAPIGUARD_<FIELD> (flags win).
-SERVE_FLAGS: dict[str, tuple[str, type[Any]]] = {
-    "--host": ("host", str),
-    "--grpc-port": ("grpc_port", int),
-    "--http-port": ("http_port", int),
-    "--database-url": ("database_url", str),
-    "--wapi-base-url": ("wapi_base_url", str),
-    "--webhook-secret": ("webhook_secret", str),
-    "--api-tokens": ("api_tokens", str),
-    "--tls-cert-file": ("tls_cert_file", str),
-    "--tls-key-file": ("tls_key_file", str),
-    "--tls-client-ca-file": ("tls_client_ca_file", str),
-    "--pending-grace": ("pending_grace", float),
-    "--send-timeout": ("send_timeout", float),
-    "--probe-timeout": ("probe_timeout", float),
-    "--probe-interval": ("probe_interval", float),
-    "--probe-concurrency": ("probe_concurrency", int),
-    "--health-cache-ttl": ("health_cache_ttl", float),
-    "--gateway-failure-threshold": ("gateway_failure_threshold", int),
-    "--stuck-after": ("stuck_after", float),
-    "--stall-threshold": ("stall_threshold", int),
-    "--sweep-interval": ("sweep_interval", float),
-    "--stall-false-alarm-per-day": ("stall_false_alarm_per_day", float),
-    "--detect-interval": ("detect_interval", float),
-    "--active-probe-max-age": ("active_probe_max_age", float),
-    "--retention-interval": ("retention_interval", float),
-    "--retention-events-days": ("retention_events_days", float),
-    "--retention-chat-statuses-days": ("retention_chat_statuses_days", float),
-    "--retention-transitions-days": ("retention_transitions_days", float),
-    "--retention-messages-days": ("retention_messages_days", float),
-    "--retention-change-log-days": ("retention_change_log_days", float),
-    "--retention-batch": ("retention_batch", int),
-    "--shutdown-grace": ("shutdown_grace", float),
-    "--db-pool-size": ("db_pool_size", int),
-    "--group-commit-window": ("group_commit_window", float),
-    "--event-loop": ("event_loop", str),
-    "--event-progress-interval": ("event_progress_interval", float),
-    "--event-subscriber-buffer": ("event_subscriber_buffer", int),
-    "--event-poll-interval": ("event_poll_interval", float),
-    "--webhook-retry-schedule": ("webhook_retry_schedule", str),
-    "--webhook-timeout": ("webhook_timeout", float),
-    "--webhook-concurrency": ("webhook_concurrency", int),
-    "--log-level": ("log_level", str),
-    "--log-format": ("log_format", str),
-    "--public-url": ("public_url", str),
-    "--reconcile-interval": ("reconcile_interval", float),
-    "--recovery-limit": ("recovery_limit", int),
-    "--recovery-window": ("recovery_window", float),
-}
+# CLI flag → Settings field, derived from Settings (services/config.py). Every flag also reads
+# WAPIGUARD_<FIELD> (flags win).
+SERVE_FLAGS: dict[str, tuple[str, type[Any]]] = serve_flags()
 
 
 def _add_flags(parser: argparse.ArgumentParser, flags: dict[str, tuple[str, type[Any]]]) -> None:
-    from services.config import Settings
+    from services.config import Settings, env_name
 
     for flag, (name, kind) in flags.items():
         field = Settings.model_fields[name]
-        env = f"WAPIGUARD_{name.upper()}"
+        env = env_name(name)
         parser.add_argument(
             flag,
             dest=name,
@@ -91,22 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the gRPC server (and the webhook bridge)")
     _add_flags(serve, SERVE_FLAGS)
-    serve.add_argument(
-        "--no-migrate",
-        dest="migrate_on_start",
-        action="store_const",
-        const=False,
-        default=None,
-        help="do not apply migrations at start [env WAPIGUARD_MIGRATE_ON_START]",
-    )
-    serve.add_argument(
-        "--closed-health",
-        dest="auth_open_health",
-        action="store_const",
-        const=False,
-        default=None,
-        help="with auth on, health and reflection need a token too [env WAPIGUARD_AUTH_OPEN_HEALTH=false]",
-    )
+    for switch, (name, text) in serve_switches().items():
+        serve.add_argument(switch, dest=name, action="store_const", const=False, default=None, help=text)
     migrate = sub.add_parser("migrate", help="apply database migrations and exit")
     _add_flags(migrate, {"--database-url": SERVE_FLAGS["--database-url"]})
     sub.add_parser("simulator", help="run the W-API simulator on loopback", add_help=False)

@@ -113,6 +113,14 @@ def recovery_config(settings: Settings) -> RecoveryConfig:
     )
 
 
+def outbound_config(settings: Settings) -> OutboundConfig:
+    return OutboundConfig(
+        retry_schedule=parse_schedule(settings.webhook_retry_schedule),
+        timeout=settings.webhook_timeout,
+        concurrency=settings.webhook_concurrency,
+    )
+
+
 def default_provider(settings: Settings) -> Provider:
     from adapters.wapi.client import WapiProvider
 
@@ -169,11 +177,7 @@ class App:
             repo,
             store,
             feed,
-            OutboundConfig(
-                retry_schedule=parse_schedule(settings.webhook_retry_schedule),
-                timeout=settings.webhook_timeout,
-                concurrency=settings.webhook_concurrency,
-            ),
+            outbound_config(settings),
             render=event_dict,
         )
         await dispatcher.start()

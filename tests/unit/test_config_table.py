@@ -9,8 +9,12 @@ from typing import Any
 
 import pytest
 
+from services.app.core import GatewayConfig
+from services.app.outbound import OutboundConfig
+from services.app.recovery import RecoveryConfig
 from services.cli.main import build_parser, settings_from
 from services.config import Settings
+from services.rpc.server import gateway_config, outbound_config, recovery_config
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 ROW = re.compile(r"^\| `(--[a-z0-9-]+)` \| `(WAPIGUARD_[A-Z0-9_]+)` \| ([^|]+) \|", re.MULTILINE)
@@ -90,3 +94,11 @@ _SAMPLES = {"--public-url": "https://guard.example.com"}
 def _sample(flag: str) -> str:
     _env, default = serve_flags()[flag]
     return _SAMPLES.get(flag, "x") if default is None else str(default)
+
+
+def test_use_case_configs_default_to_the_settings_defaults() -> None:
+    """The use cases' own config defaults (tests, benchmarks) are the ones `serve` starts with."""
+    defaults = Settings.model_construct()  # declared defaults, no environment
+    assert gateway_config(defaults) == GatewayConfig()
+    assert recovery_config(defaults) == RecoveryConfig()
+    assert outbound_config(defaults) == OutboundConfig()
