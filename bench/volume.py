@@ -81,7 +81,7 @@ async def _sweeps(url: str) -> dict[str, Any]:
     from adapters.persistence.db import create_engine
     from adapters.persistence.repository import Repository
     from adapters.wapi.webhooks import parse_webhook
-    from services.app.core import Gateway, GatewayConfig
+    from services.app.gateway import Gateway, GatewayConfig
 
     quiet = logging.getLogger("wapi_guard")
     quiet.propagate = False  # 500 alert lines per sweep are part of its cost, not of the report

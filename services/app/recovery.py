@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from services.app.core import Gateway
+from services.app.gateway import Gateway
 from services.app.principals import current_principal
 from services.i18n import next_step
 from statemachine.domain import (
@@ -217,7 +217,7 @@ class Recovery:
                 )
                 if change is None:
                     raise InstanceNotFound(instance_id)
-                self.gateway._after_instance_change(change)
+                self.gateway.instances.after_change(change)
                 record = change.instance
         return ActionResult(record, outcome, self._next_after(action, outcome, record, locale))
 
@@ -360,7 +360,7 @@ class Recovery:
         record = await self.repo.set_webhooks_state(instance_id, state, detail)
         if record is None:
             raise InstanceNotFound(instance_id)
-        record = await self.gateway._with_stuck(record)
+        record = await self.gateway.instances.with_stuck(record)
         en = locale.lower().startswith("en")
         if failed:
             step = (

@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from services.app.core import Gateway
+from services.app.gateway import Gateway
 from services.app.recovery import Recovery
 from services.config import Settings
 from services.http.status_page import add_status_routes

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from services.app.core import Gateway
+from services.app.gateway import Gateway
 from services.app.principals import Principal
 from services.app.recovery import Recovery
 from services.config import Settings

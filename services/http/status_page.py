@@ -35,7 +35,7 @@ from typing import Any, cast
 
 from aiohttp import web
 
-from services.app.core import Gateway
+from services.app.gateway import Gateway
 from services.app.principals import ANONYMOUS, Principal, match_token, parse_tokens
 from services.app.recovery import Recovery
 from services.config import Settings

@@ -32,8 +32,8 @@ from services.api.wapiguard.v1 import (
     webhook_pb2,
     webhook_pb2_grpc,
 )
-from services.app.core import Gateway, GatewayConfig
 from services.app.events import ChangeFeed
+from services.app.gateway import Gateway, GatewayConfig
 from services.app.outbound import OutboundConfig, WebhookDispatcher, parse_schedule
 from services.app.principals import parse_tokens
 from services.app.recovery import Recovery, RecoveryConfig

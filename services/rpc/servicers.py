@@ -16,7 +16,7 @@ from services.api.wapiguard.v1 import (
     webhook_pb2,
     webhook_pb2_grpc,
 )
-from services.app.core import Gateway
+from services.app.gateway import Gateway
 from services.app.principals import PermissionDenied, allowed, authorize, current_principal
 from services.app.recovery import ActionResult, Recovery, WebhooksResult
 from services.rpc import mapping

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from services.app.core import GatewayConfig
+from services.app.gateway import GatewayConfig
 from services.app.outbound import OutboundConfig
 from services.app.recovery import RecoveryConfig
 from services.cli.main import build_parser, settings_from

@@ -1,0 +1,115 @@
+"""Background jobs: crash reconciliation of PENDING sends, the stuck-message sweep with its stall
+backstop, and retention. Each `*_once` is one bounded run (safe on several replicas); the
+`*_forever` loops are started by the Gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from datetime import UTC, datetime, timedelta
+
+from services.app.gateway_config import GatewayConfig
+from services.app.health import Instances
+from services.observability.telemetry import Telemetry
+from statemachine.domain import MessageRecord, Reason
+from statemachine.ports import PruneReport, Store
+
+log = logging.getLogger("wapi_guard.core")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Jobs:
+    def __init__(self, repo: Store, config: GatewayConfig, telemetry: Telemetry, instances: Instances) -> None:
+        self.repo = repo
+        self.config = config
+        self.metrics = telemetry.metrics
+        self.instances = instances
+
+    async def reconcile_once(self) -> list[MessageRecord]:
+        """Messages a crashed process left PENDING become FAILED/OUTCOME_UNKNOWN, with an alert."""
+        cutoff = utcnow() - timedelta(seconds=max(self.config.pending_grace, self.config.send_timeout))
+        reconciled = await self.repo.reconcile_pending(cutoff)
+        for msg in reconciled:
+            self.metrics.sends.add(1, {"outcome": "failed", "reason": Reason.OUTCOME_UNKNOWN.value})
+            log.warning(
+                "ALERT send outcome unknown after a stop mid-send",
+                extra={"alert": "OUTCOME_UNKNOWN", "instance_id": msg.instance_id, "message_id": msg.id},
+            )
+        return reconciled
+
+    async def sweep_once(self) -> list[MessageRecord]:
+        """Marks messages stuck in SENT, alerts once for each, and stalls instances that stopped
+        delivering. Safe with several replicas: each message is returned to one sweeper only."""
+        cutoff = utcnow() - timedelta(seconds=self.config.stuck_after)
+        await self.repo.apply_parked()  # statuses that lost the race with their SENT update
+        stuck = await self.repo.mark_stuck(cutoff)
+        per_instance: dict[str, int] = {}
+        for msg in stuck:
+            per_instance[msg.instance_id] = per_instance.get(msg.instance_id, 0) + 1
+            self.metrics.stuck_alerts.add(1, {"instance_id": msg.instance_id})
+            age = (utcnow() - msg.sent_at).total_seconds() if msg.sent_at else 0.0
+            log.warning(
+                "ALERT message stuck in SENT",
+                extra={
+                    "alert": "MESSAGE_STUCK",
+                    "instance_id": msg.instance_id,
+                    "message_id": msg.id,
+                    "provider_message_id": msg.provider_message_id or "",
+                    "sent_seconds_ago": round(age, 1),
+                },
+            )
+        for instance_id in await self.repo.stall_candidates(sorted(per_instance), self.config.stall_threshold):
+            change = await self.repo.stall_if_stuck_run(instance_id, self.config.stall_threshold)
+            if change is not None:
+                log.warning(
+                    "ALERT instance delivery stalled: sends blocked",
+                    extra={"alert": "DELIVERY_STALLED", "instance_id": instance_id},
+                )
+            self.instances.after_change(change)
+        await self.instances.refresh_gauges()
+        return stuck
+
+    async def sweep_forever(self) -> None:
+        while True:
+            try:
+                await self.reconcile_once()
+            except Exception:
+                log.warning("pending reconciliation failed", exc_info=True)
+            await asyncio.sleep(self.config.sweep_interval)
+            try:
+                await self.sweep_once()
+            except Exception:
+                log.warning("stuck sweep failed", exc_info=True)
+
+    async def prune_once(self) -> PruneReport:
+        """One retention run (skipped when another replica holds the lease), with its metrics."""
+        report = await self.repo.prune(self.config.retention)
+        if report.ran:
+            for table, rows in report.deleted.items():
+                self.metrics.pruned.add(rows, {"table": table})
+            self.metrics.prune_duration.record(report.seconds)
+            log.info(
+                "retention run",
+                extra={"deleted": report.deleted, "seconds": round(report.seconds, 3), "complete": report.complete},
+            )
+        return report
+
+    async def prune_forever(self) -> None:
+        # Replicas started together spread their first attempt over the interval.
+        await asyncio.sleep(random.uniform(0.0, min(self.config.retention_interval, 60.0)))
+        while True:
+            try:
+                report = await self.prune_once()
+            except Exception:
+                log.warning("retention run failed", exc_info=True)
+                report = None
+            # A run cut short by its batch budget continues soon; otherwise wait the interval.
+            incomplete = report is not None and report.ran and not report.complete
+            await asyncio.sleep(
+                min(5.0, self.config.retention_interval) if incomplete else self.config.retention_interval
+            )
