@@ -13,7 +13,8 @@ from typing import Any
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from adapters.persistence.db import DEFAULT_URL
+# Embedded SQLite next to the process (one process); production sets a postgresql+asyncpg:// URL.
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///wapi-guard.db"
 
 
 class Settings(BaseSettings):
@@ -24,7 +25,9 @@ class Settings(BaseSettings):
     http_port: int = Field(
         8080, ge=-1, le=65535, description="Webhook bridge HTTP port; 0 picks a free one, -1 disables it."
     )
-    database_url: str = Field(DEFAULT_URL, description="SQLAlchemy async URL (sqlite+aiosqlite or postgresql+asyncpg).")
+    database_url: str = Field(
+        DEFAULT_DATABASE_URL, description="SQLAlchemy async URL (sqlite+aiosqlite or postgresql+asyncpg)."
+    )
     wapi_base_url: str = Field("https://api.w-api.app/v1", description="W-API REST base URL.")
     webhook_secret: SecretStr | None = Field(
         None, description="Secret W-API must put in the webhook URL path (/webhooks/wapi/<secret>)."

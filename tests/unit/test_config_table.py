@@ -102,3 +102,9 @@ def test_use_case_configs_default_to_the_settings_defaults() -> None:
     assert gateway_config(defaults) == GatewayConfig()
     assert recovery_config(defaults) == RecoveryConfig()
     assert outbound_config(defaults) == OutboundConfig()
+
+
+def test_default_database_is_the_engine_default() -> None:
+    from adapters.persistence.db import DEFAULT_URL
+
+    assert Settings.model_fields["database_url"].default == DEFAULT_URL
