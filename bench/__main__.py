@@ -426,7 +426,8 @@ async def bench_database(
 
 def transition_cost() -> dict[str, float]:
     from statemachine.domain import InstanceState, MessageState
-    from statemachine.machines import InstanceTrigger, decide_instance, decide_status
+    from statemachine.instance_machine import InstanceTrigger, decide_instance
+    from statemachine.message_machine import decide_status
 
     n = 100_000
     started = time.perf_counter()
@@ -447,7 +448,7 @@ def rss_growth_100k() -> dict[str, float]:
     from datetime import UTC, datetime
 
     from statemachine.domain import MessageKind, MessageRecord, MessageState, StateChange
-    from statemachine.machines import decide_status
+    from statemachine.message_machine import decide_status
 
     gc.collect()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

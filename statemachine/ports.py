@@ -25,7 +25,7 @@ from statemachine.domain import (
     WebhookLogPage,
 )
 from statemachine.events import ProviderEvent, Route
-from statemachine.machines import InstanceDecision, InstanceTrigger
+from statemachine.instance_machine import InstanceDecision, InstanceTrigger
 
 
 class Provider(Protocol):
@@ -189,9 +189,9 @@ class PruneReport:
 
 
 class Store(ChangeLog, Protocol):
-    """Persistence as the core sees it. Every write stores a decision of the machines in
-    `statemachine.machines` with compare-and-set (and its change-log entries, in the same
-    transaction); nothing here decides a transition on its own."""
+    """Persistence as the core sees it. Every write stores a decision of the machines
+    (statemachine/message_machine.py, statemachine/instance_machine.py) with compare-and-set (and
+    its change-log entries, in the same transaction); nothing here decides a transition on its own."""
 
     transient_errors: tuple[type[Exception], ...]
     """Its exceptions after which the same write may succeed when tried again (a connection blip)."""

@@ -48,14 +48,13 @@ from statemachine.domain import (
 )
 from statemachine.events import EventReason, ProviderEvent, Route
 from statemachine.ids import time_ordered_id
-from statemachine.machines import (
+from statemachine.instance_machine import InstanceTrigger, decide_instance
+from statemachine.message_machine import (
     DELIVERED_OR_LATER,
     MESSAGE_RANK,
     STATUS_FAILED_DETAIL,
-    InstanceTrigger,
     MessageTrigger,
     apply_status,
-    decide_instance,
     lifts_stall,
     outcome_unknown,
     send_outcome,

@@ -24,7 +24,7 @@ from services.observability.logs import register_secret
 from services.observability.telemetry import Telemetry
 from statemachine.domain import Credentials, InstanceRecord, InstanceState, Plan, StateChange
 from statemachine.errors import InstanceNotFound, InvalidRequest
-from statemachine.machines import probe_trigger
+from statemachine.instance_machine import probe_trigger
 from statemachine.ports import InstanceChange, Provider, Store
 from statemachine.validation import Violation, validate_instance_id
 

@@ -34,7 +34,7 @@ from statemachine.domain import (
     RecoveryAction,
 )
 from statemachine.errors import InstanceNotFound, InvalidRequest, RecoveryFailed, RecoveryRefused
-from statemachine.machines import InstanceTrigger
+from statemachine.instance_machine import InstanceTrigger
 from statemachine.phone import e164_phone
 from statemachine.ports import InstanceOperations, RecoveryStore
 from statemachine.validation import Violation, validate_instance_id

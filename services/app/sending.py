@@ -43,7 +43,7 @@ from statemachine.errors import (
     SendBlocked,
 )
 from statemachine.ids import time_ordered_id
-from statemachine.machines import InstanceTrigger
+from statemachine.instance_machine import InstanceTrigger
 from statemachine.ports import ConcurrentUpdateError, InstanceChange, Provider, Store
 from statemachine.preflight import block_reason
 from statemachine.validation import SendRequest, Violation, normalize_recipient, validate_instance_id, validate_send

@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 
 from statemachine.detection import Assessment, DeliveryModel, DetectionConfig, ProbePolicy, assess, probe_due
 from statemachine.domain import InstanceRecord, InstanceState, MessageState
-from statemachine.machines import InstanceTrigger
+from statemachine.instance_machine import InstanceTrigger
 from statemachine.ports import InstanceChange, ReceiptSample, SendSample, Store
 
 log = logging.getLogger("wapi_guard.stall_watch")

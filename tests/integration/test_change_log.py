@@ -13,7 +13,7 @@ import pytest
 from services.api.wapiguard.v1 import send_pb2
 from statemachine.changes import ChangeCursor, ChangeKind, ChangeRecord, InvalidCursor
 from statemachine.domain import SendOutcome
-from statemachine.machines import InstanceTrigger
+from statemachine.instance_machine import InstanceTrigger
 from tests.conftest import POSTGRES_URL
 from tests.integration.harness import Harness, ScriptedProvider, start_harness, stop_harness
 from tests.integration.test_webhooks import status

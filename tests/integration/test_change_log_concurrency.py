@@ -15,7 +15,7 @@ from adapters.persistence.repository import Repository
 from adapters.persistence.schema import change_log
 from statemachine.changes import ChangeCursor, ChangeRecord
 from statemachine.domain import Plan
-from statemachine.machines import InstanceTrigger
+from statemachine.instance_machine import InstanceTrigger
 from tests.conftest import POSTGRES_URL
 from tests.records import message_record
 

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from statemachine.domain import InstanceState, ProbeOutcome, Reason
-from statemachine.machines import InstanceDecision, InstanceTrigger, decide_instance, probe_trigger
+from statemachine.instance_machine import InstanceDecision, InstanceTrigger, decide_instance, probe_trigger
 
 IS = InstanceState
 OLD = "5511999990000"

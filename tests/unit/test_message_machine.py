@@ -1,6 +1,6 @@
 """Message state machine: every (state, trigger) pair against a table written here by hand.
 
-The expected table is deliberately *not* derived from statemachine.machines.MESSAGE_TRANSITIONS:
+The expected table is deliberately *not* derived from statemachine.message_machine.MESSAGE_TRANSITIONS:
 a wrong line there must make these tests fail.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from statemachine.domain import MessageState
-from statemachine.machines import MessageTrigger, can_message, decide_message, decide_status
+from statemachine.message_machine import MessageTrigger, can_message, decide_message, decide_status
 
 S = MessageState
 TRIGGERS = ("accept", "queue", "leave_queue", "fail", "confirm_sent", "deliver", "read", "play", "retry")

@@ -7,11 +7,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from statemachine.domain import InstanceState, MessageState, Reason, StateChange
-from statemachine.machines import (
-    InstanceTrigger,
+from statemachine.instance_machine import InstanceTrigger, decide_instance
+from statemachine.message_machine import (
     MessageTrigger,
     apply_status,
-    decide_instance,
     lifts_stall,
     outcome_unknown,
     send_outcome,

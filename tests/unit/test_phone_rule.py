@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from adapters.wapi.contract import parse_status
 from adapters.wapi.webhooks import parse_webhook
 from statemachine.domain import InstanceState, Reason
-from statemachine.machines import InstanceTrigger, decide_instance, probe_trigger
+from statemachine.instance_machine import InstanceTrigger, decide_instance, probe_trigger
 from statemachine.phone import e164_phone, phone_rejection
 
 GOOD = "5511999990000"

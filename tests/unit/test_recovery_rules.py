@@ -10,7 +10,7 @@ import segno
 from services.cli.terminal_qr import NotAQrImage, qr_modules, render
 from services.i18n import next_step
 from statemachine.domain import InstanceState, MessageKind, Plan, Reason
-from statemachine.machines import InstanceTrigger, decide_instance
+from statemachine.instance_machine import InstanceTrigger, decide_instance
 from statemachine.preflight import block_reason
 
 IS = InstanceState
