@@ -9,14 +9,20 @@ from typing import TYPE_CHECKING, Any
 
 from adapters.runtime import run
 from services.cli.operator import OPERATOR_COMMANDS, add_operator_commands, run_operator
-from services.config import serve_flags, serve_switches
 
 if TYPE_CHECKING:
     from services.config import Settings
 
-# CLI flag → Settings field, derived from Settings (services/config.py). Every flag also reads
-# WAPIGUARD_<FIELD> (flags win).
-SERVE_FLAGS: dict[str, tuple[str, type[Any]]] = serve_flags()
+
+def __getattr__(name: str) -> Any:
+    """`SERVE_FLAGS`: CLI flag → Settings field, derived from Settings (services/config.py) on
+    first use, so the operator commands never load the settings. Every flag also reads
+    WAPIGUARD_<FIELD> (flags win)."""
+    if name == "SERVE_FLAGS":
+        from services.config import serve_flags
+
+        return serve_flags()
+    raise AttributeError(name)
 
 
 def _add_flags(parser: argparse.ArgumentParser, flags: dict[str, tuple[str, type[Any]]]) -> None:
@@ -45,11 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wapi-guard", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the gRPC server (and the webhook bridge)")
-    _add_flags(serve, SERVE_FLAGS)
+    from services.config import serve_flags, serve_switches
+
+    flags = serve_flags()
+    _add_flags(serve, flags)
     for switch, (name, text) in serve_switches().items():
         serve.add_argument(switch, dest=name, action="store_const", const=False, default=None, help=text)
     migrate = sub.add_parser("migrate", help="apply database migrations and exit")
-    _add_flags(migrate, {"--database-url": SERVE_FLAGS["--database-url"]})
+    _add_flags(migrate, {"--database-url": flags["--database-url"]})
     sub.add_parser("simulator", help="run the W-API simulator on loopback", add_help=False)
     demo = sub.add_parser("demo", help="end-to-end scenario on SQLite + the simulator (the main job)")
     demo.add_argument("--keep", action="store_true", help="keep the temporary database and print its path")

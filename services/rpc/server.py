@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -147,10 +148,34 @@ class App:
     async def start(
         cls, settings: Settings, *, provider: Provider | None = None, telemetry: Telemetry | None = None
     ) -> App:
+        """Starts everything, or nothing: when a step fails (a port already in use, a database that
+        does not answer) what it had started is stopped again before the error goes to the caller,
+        who reports it once. Nothing may outlive the event loop: a grpc.aio server collected after
+        the loop closed prints "Event loop is closed" on its way out."""
+        opened: list[Callable[[], Awaitable[Any]]] = []
+        try:
+            return await cls._start(settings, provider, telemetry, opened)
+        except BaseException:
+            for close in reversed(opened):
+                try:
+                    await close()
+                except Exception:
+                    log.warning("cleanup after a failed start failed", exc_info=True)
+            raise
+
+    @classmethod
+    async def _start(
+        cls,
+        settings: Settings,
+        provider: Provider | None,
+        telemetry: Telemetry | None,
+        opened: list[Callable[[], Awaitable[Any]]],
+    ) -> App:
         if settings.webhook_secret:
             register_secret(settings.webhook_secret.get_secret_value())
         telemetry = telemetry or Telemetry()
         engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
+        opened.append(engine.dispose)
         password = make_url(settings.database_url).password
         register_secret(str(password) if password else None)
         if settings.migrate_on_start:
@@ -158,6 +183,7 @@ class App:
         repo = Repository(engine, group_commit_window=settings.group_commit_window)
         treat_as_unavailable(repo.unavailable_errors)
         provider = provider or default_provider(settings)
+        opened.append(provider.aclose)
         instrument = getattr(provider, "instrument", None)
         if telemetry.tracer_provider is not None and instrument is not None:
             instrument(telemetry.tracer_provider)
@@ -166,12 +192,14 @@ class App:
             gateway, provider if isinstance(provider, InstanceOperations) else None, recovery_config(settings)
         )
         await gateway.start(background_probes=settings.probe_interval > 0)
+        opened.append(gateway.aclose)
         feed = ChangeFeed(
             repo,
             poll_interval=settings.event_poll_interval,
             wakeups=change_listener(dsn) if (dsn := listen_dsn(settings.database_url)) else None,
         )
         await feed.start()
+        opened.append(feed.aclose)
         store = WebhookStore(engine)
         dispatcher = WebhookDispatcher(
             repo,
@@ -181,8 +209,10 @@ class App:
             render=event_dict,
         )
         await dispatcher.start()
+        opened.append(dispatcher.aclose)
         register_outbound_metrics(telemetry, store, dispatcher)
         await recovery.start()
+        opened.append(recovery.aclose)
 
         interceptors: list[Any] = telemetry.server_interceptors()  # tracing first: it sees auth failures
         if settings.api_tokens:
@@ -191,6 +221,7 @@ class App:
                 register_secret(token.decode())
             interceptors.append(AuthInterceptor(tokens, open_health=settings.auth_open_health))
         server = grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
+        opened.append(lambda: server.stop(0))
         send_pb2_grpc.add_SendServiceServicer_to_server(SendServicer(gateway), server)
         webhook_servicer = WebhookServicer(gateway)
         webhook_pb2_grpc.add_WebhookServiceServicer_to_server(webhook_servicer, server)
@@ -216,7 +247,10 @@ class App:
         reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
         address = f"{settings.host}:{settings.grpc_port}"
         credentials = server_credentials(settings)
-        port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+        try:
+            port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+        except RuntimeError:  # grpcio ≥ 1.67 raises where it used to return 0 (port in use)
+            port = 0
         if port == 0:
             raise OSError(f"cannot bind gRPC on {settings.host}:{settings.grpc_port}")
         await server.start()
@@ -234,6 +268,7 @@ class App:
             from services.http.bridge import start_bridge
 
             runner, http_port = await start_bridge(settings, gateway, recovery, store)
+            opened.append(runner.cleanup)
             app.http_port = http_port
             app.bridge_runner = runner
             app._cleanup.insert(0, runner.cleanup)
