@@ -230,4 +230,7 @@ def provider_message(
         "received_at": received_at,
         "body": body,
     }
-    return Change(kind, instance_id, moment or received_at, payload)
+    # Logged at the time it reached wapi-guard: retention prunes the log by this column, and a
+    # sender's clock (W-API's `moment`, often minutes off, sometimes 1970 or 2099) must neither
+    # prune a change before subscribers saw it nor keep one forever. The moment is in the payload.
+    return Change(kind, instance_id, received_at, payload)

@@ -198,3 +198,40 @@ def test_event_retention_cannot_undercut_redelivery_dedupe() -> None:
     defaults = Settings()
     assert defaults.retention_events_days == 30
     assert defaults.retention_messages_days == 90
+
+
+async def test_a_senders_clock_neither_prunes_nor_pins_a_logged_change(database_url: str) -> None:
+    """W-API's `moment` is the sender's clock (seen as 1970 and as far in the future): the change
+    log is pruned by when wapi-guard logged a change, so a customer message with an old moment is
+    still streamed after a retention run, and one from "2099" is pruned on time like any other."""
+    from services.api.wapiguard.v1 import events_pb2, events_pb2_grpc
+
+    h = await start_harness(database_url)
+    try:
+        await h.register("INST-A")
+        for n, moment in enumerate((1, 4_102_444_800)):  # 1970-01-01 and 2100-01-01
+            await h.webhook(
+                {
+                    "event": "webhookReceived",
+                    "instanceId": "INST-A",
+                    "messageId": f"3EB0CLOCK{n}",
+                    "chat": {"id": "5511988887777"},
+                    "moment": moment,
+                    "msgContent": {"conversation": f"clock {n}"},
+                }
+            )
+        report = await Pruner(h.repo.engine).run_once(RetentionPolicy(pause=0))
+        assert report.ran
+        assert report.deleted["change_log"] == 0
+        listed = await events_pb2_grpc.EventServiceStub(h.channel).ListEvents(
+            events_pb2.ListEventsRequest(from_oldest=True)
+        )
+        received = [e for e in listed.events if e.HasField("message_received")]
+        assert [e.message_received.provider_message_id for e in received] == ["3EB0CLOCK0", "3EB0CLOCK1"]
+        assert received[0].message_received.moment.seconds == 1  # the sender's clock is kept as sent
+        # A week and a day later, both are due, whatever moment the sender claimed.
+        later = datetime.now(UTC) + timedelta(days=8)
+        report = await Pruner(h.repo.engine).run_once(RetentionPolicy(pause=0), now=later)
+        assert report.deleted["change_log"] >= 2
+    finally:
+        await stop_harness(h)

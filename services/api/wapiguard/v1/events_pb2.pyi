@@ -112,7 +112,11 @@ class Event(_message.Message):
     message_id: _builtins.str
     """Empty for instance and inbound events."""
     @_builtins.property
-    def occurred_at(self) -> _timestamp_pb2.Timestamp: ...
+    def occurred_at(self) -> _timestamp_pb2.Timestamp:
+        """When wapi-guard recorded the change (the log is ordered and pruned by it); an inbound
+        message carries the sender's own `moment` separately.
+        """
+
     @_builtins.property
     def message_state_changed(self) -> Global___MessageStateChanged: ...
     @_builtins.property
