@@ -3,7 +3,7 @@
 Defined once per process; `transitions` is used the "static" way (its FAQ's memory-footprint
 recipe): one Machine with model=None, triggered on lightweight slot objects through
 `machine.events[name].trigger(model)`. No Machine and no add_model per message: that costs
-~200 µs and memory per object (pytransitions/transitions#146, #379, #434).
+~200 µs and memory per object (as the transitions project's own issue discussions report).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader, Sum
 
 from adapters.persistence.repository import _history_to_json
 from services.app.content import content_to_dict
-from services.observability.telemetry import FastCounter
+from services.observability.metrics import FastCounter
 from services.rpc.mapping import ts
 from statemachine.domain import (
     Contact,
