@@ -3,8 +3,10 @@
 Modelled on Kubernetes watch / etcd watch (see docs/events.md): every event carries the cursor
 right after it; a subscriber catches up from the database and then follows one in-process tail
 (the "watch cache"), so a hundred subscribers cost one read per commit, not a hundred. Another
-replica's commits are seen through PostgreSQL LISTEN/NOTIFY, used as a wake-up only: the log,
-read in commit-safe (xid, seq) order, is the truth, and a fallback poll covers a lost wake-up.
+replica's commits are seen through PostgreSQL LISTEN/NOTIFY (adapters/persistence/listen.py, handed
+in by the composition root as `wakeups`), used as a wake-up only: the log, read in commit-safe
+(xid, seq) order, is the truth, and a fallback poll covers a lost wake-up. The rows become
+protobuf Events at the gRPC edge (services/rpc/event_mapping.py).
 """
 
 from __future__ import annotations
