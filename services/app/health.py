@@ -15,10 +15,11 @@ import random
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import datetime
 
 from opentelemetry import trace
 
+from services.app.clock import utcnow
 from services.app.gateway_config import GatewayConfig
 from services.observability.logs import register_secret
 from services.observability.telemetry import Telemetry
@@ -29,10 +30,6 @@ from statemachine.ports import InstanceChange, Provider, Store
 from statemachine.validation import Violation, validate_instance_id
 
 log = logging.getLogger("wapi_guard.core")
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,10 +7,11 @@ span is linked to the send attempt that sent the message.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 from opentelemetry.trace import Span, SpanContext, TraceFlags
 
+from services.app.clock import utcnow
 from services.app.health import Instances
 from services.observability.telemetry import Telemetry
 from statemachine.domain import MessageState, Reason
@@ -20,10 +21,6 @@ from statemachine.ports import IngestResult, MessageChange, Store, WebhookParser
 
 # Headers never stored with a raw event.
 SECRET_HEADERS = ("authorization", "cookie", "x-webhook-secret", "x-api-key", "proxy-authorization")
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class Ingest:

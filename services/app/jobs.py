@@ -8,8 +8,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
+from services.app.clock import utcnow
 from services.app.gateway_config import GatewayConfig
 from services.app.health import Instances
 from services.observability.telemetry import Telemetry
@@ -17,10 +18,6 @@ from statemachine.domain import MessageRecord, Reason
 from statemachine.ports import PruneReport, Store
 
 log = logging.getLogger("wapi_guard.core")
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class Jobs:

@@ -18,8 +18,9 @@ import random
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
+from services.app.clock import utcnow
 from services.app.gateway import Gateway
 from services.app.principals import current_principal
 from services.i18n import next_step
@@ -40,10 +41,6 @@ from statemachine.ports import InstanceOperations, RecoveryStore
 from statemachine.validation import Violation, validate_instance_id
 
 log = logging.getLogger("wapi_guard.recovery")
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 WEBHOOKS_CONFIGURED = "CONFIGURED"

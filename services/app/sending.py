@@ -13,10 +13,10 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
 
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
+from services.app.clock import utcnow
 from services.app.content import content_to_dict, outbound_from_stored, request_hash
 from services.app.gateway_config import GatewayConfig
 from services.app.health import CachedInstance, Instances
@@ -49,10 +49,6 @@ from statemachine.preflight import block_reason
 from statemachine.validation import SendRequest, Violation, normalize_recipient, validate_instance_id, validate_send
 
 log = logging.getLogger("wapi_guard.core")
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 # Provider outcomes that say "the provider/gateway is in trouble", not "this message is bad".

@@ -18,18 +18,15 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
+from services.app.clock import utcnow
 from statemachine.detection import Assessment, DeliveryModel, DetectionConfig, ProbePolicy, assess, probe_due
 from statemachine.domain import InstanceRecord, InstanceState, MessageState
 from statemachine.instance_machine import InstanceTrigger
 from statemachine.ports import InstanceChange, ReceiptSample, SendSample, Store
 
 log = logging.getLogger("wapi_guard.stall_watch")
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 # Rows may commit a little after the time they carry: every read looks this far back again.
