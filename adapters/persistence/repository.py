@@ -27,6 +27,7 @@ from adapters.persistence.retention import Pruner
 from adapters.persistence.schema import (
     chat_statuses,
     events,
+    instance_stuck_counts,
     instance_transitions,
     instances,
     messages,
@@ -403,10 +404,11 @@ class Repository:
             return [(r.id, r.token) for r in rows]
 
     async def stuck_counts(self, instance_ids: Sequence[str] | None = None) -> dict[str, int]:
-        """Messages stuck in SENT per instance: read from the open-work table's stuck index."""
-        query = select(open_messages.c.instance_id, func.count()).where(_STUCK).group_by(open_messages.c.instance_id)
+        """Messages stuck in SENT per instance: one counter row each, kept by triggers."""
+        c = instance_stuck_counts.c
+        query = select(c.instance_id, c.stuck).where(c.stuck > 0)
         if instance_ids is not None:
-            query = query.where(open_messages.c.instance_id.in_(list(instance_ids)))
+            query = query.where(c.instance_id.in_(list(instance_ids)))
         async with self.engine.connect() as conn:
             return {r[0]: r[1] for r in await conn.execute(query)}
 

@@ -161,6 +161,15 @@ open_messages = Table(
     ),
 )
 
+# Stuck messages per instance, kept by triggers on `open_messages` (migration 0007) in the same
+# statement as the row that enters or leaves "stuck": counting them costs one row per instance.
+instance_stuck_counts = Table(
+    "instance_stuck_counts",
+    metadata,
+    Column("instance_id", String(64), primary_key=True),
+    Column("stuck", BigId, nullable=False),
+)
+
 events = Table(
     "events",
     metadata,
