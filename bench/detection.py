@@ -13,6 +13,7 @@ burst of offline recipients that is not a stall, and night-time lulls where the 
 from __future__ import annotations
 
 import argparse
+import copy
 import heapq
 import math
 import random
@@ -63,6 +64,7 @@ def is_night(t: float) -> bool:
 class Recipient:
     phone: str
     confirms: bool
+    sleeps: bool = False  # phone off at night (shapes with nights)
     offline_until: float = 0.0
 
 
@@ -91,11 +93,16 @@ class Replay:
     last_probe_at: float | None = None
     probe_in_flight: bool = False
     next_id: int = 0
+    next_tick: float = 0.0
+    exact_ticks: bool = False  # tick every second (probes matter), else only where a verdict can change
+    ticks: int = 0  # assessments computed
 
     def __post_init__(self) -> None:
         self.model = DeliveryModel(self.config)
         for i in range(self.shape.pool):
-            self.recipients.append(Recipient(f"55119{i:08d}", self.rng.random() >= self.shape.never_share))
+            confirms = self.rng.random() >= self.shape.never_share
+            sleeps = self.rng.random() < self.shape.night_offline
+            self.recipients.append(Recipient(f"55119{i:08d}", confirms, sleeps))
 
     def push(self, at: float, kind: str, *args: object) -> None:
         self.seq += 1
@@ -121,11 +128,7 @@ class Replay:
 
     def receipt_time(self, recipient: Recipient, sent: float) -> float:
         at = sent + self.latency()
-        if (
-            self.shape.night_rate is not None
-            and is_night(at)
-            and hash(recipient.phone) % 100 < 100 * (self.shape.night_offline)
-        ):
+        if self.shape.night_rate is not None and is_night(at) and recipient.sleeps:
             day_start = (at // DAY) * DAY
             morning = day_start + 7 * 3600.0 if (at % DAY) < 7 * 3600.0 else day_start + DAY + 7 * 3600.0
             at = morning + self.rng.uniform(0, 3600.0)
@@ -156,6 +159,7 @@ class Replay:
     def tick(self) -> None:
         if self.blocked:
             return
+        self.ticks += 1
         verdict = assess(self.model, self.now, since=self.cleared_at)
         if verdict.stalled:
             self.block()
@@ -198,8 +202,15 @@ class Replay:
     def run_until(self, end: float, stop: Callable[[], bool] = lambda: False) -> None:
         if not self.events:
             self.schedule_next_send()
-            self.push(self.now + TICK, "tick")
-        while self.events and self.events[0][0] <= end:
+        while True:
+            at = self.events[0][0] if self.events else math.inf
+            self.ticks_until(min(at, end), stop)
+            if stop():
+                return
+            if self.events and self.events[0][0] < at:
+                continue  # a tick started a probe that answers first
+            if at > end:
+                break
             at, _seq, kind, args = heapq.heappop(self.events)
             self.now = at
             if kind == "send":
@@ -210,20 +221,55 @@ class Replay:
                 self.schedule_next_send()
             elif kind == "receipt":
                 self.receipt(*args)  # type: ignore[arg-type]
-            elif kind == "tick":
-                self.tick()
-                self.push(self.now + TICK, "tick")
             elif kind == "probe":
                 self.probe()
             if stop():
                 return
-        self.now = end
+        self.ticks_until(end, stop)
+        if not stop():
+            self.now = end
 
+    def ticks_until(self, until: float, stop: Callable[[], bool]) -> None:
+        """Runs the service's once-a-second assessments due up to `until` (before the event there).
 
-def _warm(shape: Shape, seed: int, config: DetectionConfig, warmup: float) -> Replay:
-    replay = Replay(shape, random.Random(seed), config)
-    replay.run_until(warmup)
-    return replay
+        Between two events the model does not change: every silent send only grows older, so the
+        evidence can only grow and the threshold (the decaying send rate) only fall; "stalled" and
+        "suspicious" are monotone over the gap. When probes cannot change the outcome (the session is
+        not incomplete, so a probe answers "connected"), the gap costs one assessment at its last
+        tick and, only if that one is stalled, a bisection for the first stalled tick: the verdicts
+        are exactly those of ticking every second. With `exact_ticks`, every tick runs (probes).
+        """
+        last = math.floor(until / TICK) * TICK
+        first = self.next_tick
+        if last < first:
+            return
+        self.next_tick = last + TICK
+        if self.blocked:
+            return
+        if self.exact_ticks or self.incomplete:
+            t = first
+            while t <= last:
+                self.now = t
+                self.tick()
+                t += TICK
+                self.next_tick = t
+                if stop() or (self.events and self.events[0][0] < t):
+                    return
+            return
+        self.ticks += 1
+        if not assess(self.model, last, since=self.cleared_at).stalled:
+            return
+        lo, hi = 0, round((last - first) / TICK)  # the first stalled tick is first + k * TICK, k in [lo, hi]
+        while lo < hi:
+            mid = (lo + hi) // 2
+            self.ticks += 1
+            if assess(self.model, first + mid * TICK, since=self.cleared_at).stalled:
+                hi = mid
+            else:
+                lo = mid + 1
+        self.now = first + lo * TICK
+        self.block()
+        self.next_tick = self.now + TICK
 
 
 @dataclass(slots=True)
@@ -241,51 +287,87 @@ def warmup_for(shape: Shape) -> float:
     return max(300.0 / shape.rate, 3600.0)
 
 
-def run_shape(shape: Shape, config: DetectionConfig, trials: int, seed: int) -> Row:
-    stall_sends: list[int] = []
-    stall_seconds: list[float] = []
-    probe_seconds: list[float] = []
-    flap_sends: list[int] = []
-    warmup = warmup_for(shape)
-    horizon = 6 * 3600.0
-    for trial in range(trials):
-        # Silent stall: accepted, never delivered, probes say connected.
-        replay = _warm(shape, seed + trial, config, warmup + trial * 137.0)
-        if not replay.blocked:
-            start, before = replay.now, replay.accepted
-            replay.stalled = True
-            replay.run_until(start + horizon, stop=lambda r=replay: r.blocked)  # type: ignore[misc]
-            if replay.blocked:
-                stall_sends.append(replay.accepted - before)
-                stall_seconds.append(replay.now - start)
-        # Incomplete session that only the status probe reveals.
-        replay = _warm(shape, seed + 1000 + trial, config, warmup + trial * 137.0)
-        if not replay.blocked:
-            start = replay.now
-            replay.incomplete = True
-            replay.run_until(start + horizon, stop=lambda r=replay: r.blocked)  # type: ignore[misc]
-            if replay.blocked:
-                probe_seconds.append(replay.now - start)
-    # Flapping: the session stalls (until blocked, at most 30 minutes), recovers (what it queued is
-    # delivered, which lifts the block), works for 10 minutes, stalls again.
-    replay = _warm(shape, seed + 2000, config, warmup)
+def _fork(base: Replay, seed: int) -> Replay:
+    """An independent continuation of `base` (same history, its own randomness from here)."""
+    fork = copy.deepcopy(base)
+    fork.rng = random.Random(seed)
+    return fork
+
+
+def _stall_sends(base: Replay, seed: int, horizon: float) -> tuple[int, float] | None:
+    """Silent stall: accepted, never delivered, probes say connected."""
+    replay = _fork(base, seed)
+    start, before = replay.now, replay.accepted
+    replay.stalled = True
+    replay.run_until(start + horizon, stop=lambda: replay.blocked)
+    return (replay.accepted - before, replay.now - start) if replay.blocked else None
+
+
+def _probe_seconds(base: Replay, seed: int, horizon: float) -> float | None:
+    """An incomplete session that only the status probe reveals; a minute of every-second ticks
+    first, so the probe schedule at the start is the service's."""
+    replay = _fork(base, seed)
+    replay.exact_ticks = True
+    replay.run_until(replay.now + 60.0)
+    if replay.blocked:
+        return None
+    start = replay.now
+    replay.incomplete = True
+    replay.run_until(start + horizon, stop=lambda: replay.blocked)
+    return replay.now - start if replay.blocked else None
+
+
+def _flap_sends(base: Replay, seed: int, trials: int) -> list[int]:
+    """The session stalls (until blocked, at most 30 minutes), recovers (what it queued is delivered,
+    which lifts the block), works for 10 minutes, stalls again."""
+    replay = _fork(base, seed)
+    sends: list[int] = []
     for _ in range(trials):
         replay.run_until(replay.now + 600.0)
         if replay.blocked:
             continue
         before = replay.accepted
         replay.stalled = True
-        replay.run_until(replay.now + 1800.0, stop=lambda r=replay: r.blocked)  # type: ignore[misc]
+        replay.run_until(replay.now + 1800.0, stop=lambda: replay.blocked)
         if replay.blocked:
-            flap_sends.append(replay.accepted - before)
+            sends.append(replay.accepted - before)
         replay.recover()
-    # Healthy traffic for many simulated days, with a burst of offline recipients (not a stall)
-    # once a day: 30 % of the confirming recipients away for 30 minutes.
-    replay = _warm(shape, seed + 3000, config, warmup)
+    return sends
+
+
+def run_shape(shape: Shape, config: DetectionConfig, trials: int, seed: int) -> Row:
+    """One healthy instance for `healthy_days` (with a burst of offline recipients once a day: 30 %
+    of the confirming recipients away for 30 minutes), counting its false blocks. Incidents are
+    forked from it at `trials` moments spread over its first day (so over day and night), each on
+    its own copy: the healthy run goes on untouched."""
+    stall_sends: list[int] = []
+    stall_seconds: list[float] = []
+    probe_seconds: list[float] = []
+    horizon = 6 * 3600.0
+    replay = Replay(shape, random.Random(seed), config)
+    replay.run_until(warmup_for(shape))
     replay.blocks.clear()
     begin = replay.now
     end = begin + shape.healthy_days * DAY
+    span = min(end - begin, DAY)
+    moments = [begin + (k + 0.5) * span / trials for k in range(trials)]
     next_burst = begin + 3 * 3600.0
+    flap_sends = _flap_sends(replay, seed + 2000, trials)
+    for k, moment in enumerate(moments):
+        while replay.now < moment:
+            replay.run_until(min(moment, next_burst))
+            if replay.now >= next_burst:
+                replay.offline_burst(BURST_SHARE, 1800.0)
+                next_burst += DAY
+        if replay.blocked:
+            continue
+        stalled = _stall_sends(replay, seed + 100 + k, horizon)
+        if stalled is not None:
+            stall_sends.append(stalled[0])
+            stall_seconds.append(stalled[1])
+        probed = _probe_seconds(replay, seed + 1000 + k, horizon)
+        if probed is not None:
+            probe_seconds.append(probed)
     while replay.now < end:
         replay.run_until(min(end, next_burst))
         if replay.now >= next_burst:

@@ -154,8 +154,11 @@ class DeliveryModel:
             self.recipients.popitem(last=False)
         if self.last_receipt_at is None or at > self.last_receipt_at:
             self.last_receipt_at = at
-        expired = [s for s in self.open.values() if s.sent_at + horizon < at]
-        for stale in expired:
+        # Open sends are kept in send order: the expired ones are a prefix (no scan of the rest).
+        while self.open:
+            stale = next(iter(self.open.values()))
+            if stale.sent_at + horizon >= at:
+                break
             del self.open[stale.message_id]
             self.shares[stale.klass].add(True, cfg.class_memory)
 
