@@ -1486,11 +1486,19 @@ class Repository:
         delivery status (DELIVERED/READ/PLAYED) of the instance after the oldest of them.
         """
         async with self.transaction() as conn:
+            # Only sends of the current CONNECTED period count: after an operator's clear (or a
+            # reconnection) the messages stuck during the stall must not stall it again at once.
+            since = (
+                await conn.execute(select(instances.c.state_changed_at).where(instances.c.id == instance_id))
+            ).scalar()
+            stuck = and_(_STUCK, open_messages.c.instance_id == instance_id)
+            if since is not None:
+                stuck = and_(stuck, open_messages.c.sent_at > since)
             newest_stuck = [
                 r[0]
                 for r in await conn.execute(
                     select(open_messages.c.sent_at)
-                    .where(_STUCK, open_messages.c.instance_id == instance_id)
+                    .where(stuck)
                     .order_by(open_messages.c.sent_at.desc())
                     .limit(threshold)
                 )
