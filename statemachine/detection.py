@@ -58,12 +58,20 @@ class DetectionConfig:
     miss_floor: float = 0.02
     # Counts decay (halve) past this many observations per class: the model follows change.
     class_memory: float = 2_000.0
+    # The same share per hour of the day the send was made (UTC): nights differ from days. An
+    # hour's own counts weigh against the class's long-run share with this many pseudo-observations.
+    hourly_memory: float = 200.0
+    hourly_weight: float = 4.0
+    # ...and over the class's last few outcomes only: a group of recipients gone quiet at once (an
+    # offline burst) raises the share within minutes. The larger of the hour's and this one is used.
+    recent_memory: float = 16.0
+    recent_weight: float = 4.0
     # Bounded memory per instance.
     max_recipients: int = 4_096
     max_open: int = 2_048
     # Evidence (nats) from which the instance is "suspicious": probe it now.
     suspicion: float = math.log(10.0)
-    # Time constant of the send-rate estimate (seconds).
+    # Time constant of the send- and receipt-rate estimates (seconds).
     rate_window: float = 3_600.0
 
 
@@ -107,6 +115,9 @@ class DeliveryModel:
     config: DetectionConfig = field(default_factory=DetectionConfig)
     latencies: deque[float] = field(default_factory=deque)
     shares: tuple[_Share, _Share, _Share] = field(default_factory=lambda: (_Share(), _Share(), _Share()))
+    recent: tuple[_Share, _Share, _Share] = field(default_factory=lambda: (_Share(), _Share(), _Share()))
+    # klass * 24 + hour of the day of the send (UTC).
+    hourly: list[_Share] = field(default_factory=lambda: [_Share() for _ in range(3 * 24)])
     # recipient -> time of their latest receipt, oldest first (LRU-bounded).
     recipients: OrderedDict[str, float] = field(default_factory=OrderedDict)
     # message id -> open send (no receipt yet), in send order.
@@ -114,6 +125,8 @@ class DeliveryModel:
     last_receipt_at: float | None = None
     sends_rate: float = 0.0  # sends per second, exponentially weighted
     rate_at: float | None = None
+    receipts_rate: float = 0.0  # receipts per second, exponentially weighted
+    receipts_rate_at: float | None = None
     _sorted: list[float] = field(default_factory=list)
 
     # --- learning ----------------------------------------------------------------------------
@@ -146,9 +159,15 @@ class DeliveryModel:
         horizon = self.never_after()
         latency = max(0.0, at - sent_at)
         if send is not None:
-            self.shares[send.klass].add(latency > horizon, cfg.class_memory)
+            self._learn(send, latency > horizon)
             if latency <= horizon:
                 self._add_latency(latency)
+        if self.receipts_rate_at is None:
+            self.receipts_rate, self.receipts_rate_at = 1.0 / cfg.rate_window, at
+        else:
+            elapsed = max(0.0, at - self.receipts_rate_at)
+            self.receipts_rate = self.receipts_rate * math.exp(-elapsed / cfg.rate_window) + 1.0 / cfg.rate_window
+            self.receipts_rate_at = max(self.receipts_rate_at, at)
         self.recipients[recipient] = max(at, self.recipients.pop(recipient, at))
         while len(self.recipients) > cfg.max_recipients:
             self.recipients.popitem(last=False)
@@ -160,11 +179,17 @@ class DeliveryModel:
             if stale.sent_at + horizon >= at:
                 break
             del self.open[stale.message_id]
-            self.shares[stale.klass].add(True, cfg.class_memory)
+            self._learn(stale, True)
 
     def on_closed(self, message_id: str) -> None:
         """The message left SENT without a receipt (failed): it is no evidence either way."""
         self.open.pop(message_id, None)
+
+    def _learn(self, send: OpenSend, miss: bool) -> None:
+        cfg = self.config
+        self.shares[send.klass].add(miss, cfg.class_memory)
+        self.recent[send.klass].add(miss, cfg.recent_memory)
+        self.hourly[send.klass * 24 + _hour(send.sent_at)].add(miss, cfg.hourly_memory)
 
     def _add_latency(self, latency: float) -> None:
         self.latencies.append(latency)
@@ -198,14 +223,34 @@ class DeliveryModel:
         longer = n - bisect.bisect_right(self._sorted, age)
         return (longer + 1.0) / (n + 1.0)
 
-    def never_share(self, klass: int) -> float:
+    def never_share(self, klass: int, sent_at: float | None = None) -> float:
+        """P(a send of this class never confirms | healthy). Given `sent_at`, the class's share at
+        that hour of the day (its own counts, leaning on the class's long-run share while they are
+        few: nights differ from days); never below the class's share over its last few outcomes
+        (a group of recipients gone quiet at once) nor below the floor."""
         cfg = self.config
-        return self.shares[klass].rate(cfg.priors[klass], cfg.miss_floor)
+        q = self.shares[klass].rate(cfg.priors[klass], cfg.miss_floor)
+        if sent_at is not None:
+            hour = self.hourly[klass * 24 + _hour(sent_at)]
+            q = hour.rate((cfg.hourly_weight * q, cfg.hourly_weight * (1.0 - q)), cfg.miss_floor)
+        recent = self.recent[klass].rate((cfg.recent_weight * q, cfg.recent_weight * (1.0 - q)), cfg.miss_floor)
+        return max(q, recent)
 
     def sends_per_day(self, now: float) -> float:
         if self.rate_at is None:
             return 0.0
         return self.sends_rate * math.exp(-max(0.0, now - self.rate_at) / self.config.rate_window) * SECONDS_PER_DAY
+
+    def receipts_per_day(self, now: float) -> float:
+        """Receipts per day: each one starts a new run of evidence (the CUSUM's reset)."""
+        if self.receipts_rate_at is None:
+            return 0.0
+        decay = math.exp(-max(0.0, now - self.receipts_rate_at) / self.config.rate_window)
+        return self.receipts_rate * decay * SECONDS_PER_DAY
+
+
+def _hour(at: float) -> int:
+    return int(at % SECONDS_PER_DAY // 3600.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,11 +281,11 @@ def assess(model: DeliveryModel, now: float, *, since: float | None = None) -> A
             oldest[send.recipient] = send
     evidence = 0.0
     for send in oldest.values():
-        q = model.never_share(send.klass)
+        q = model.never_share(send.klass, send.sent_at)
         p0 = q + (1.0 - q) * model.survival(now - send.sent_at)
         evidence += -math.log(min(1.0, p0))
-    rate = max(cfg.min_sends_per_day, model.sends_per_day(now))
-    threshold = math.log(rate / cfg.false_alarm_per_day)
+    runs = max(cfg.min_sends_per_day, model.receipts_per_day(now))
+    threshold = math.log(runs / cfg.false_alarm_per_day)
     cold = not model.warmed_up
     if cold:
         threshold += cfg.cold_margin
