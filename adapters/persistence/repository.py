@@ -582,9 +582,12 @@ class Repository:
             )
 
     async def count_recovery_actions(self, instance_id: str, since: datetime) -> int:
-        """Actions on one instance since `since` (index on instance_id, at: cost bounded by the window)."""
+        """Actions on one instance since `since` that reached W-API (an operator's stall clear does
+        not; index on instance_id, at: cost bounded by the window)."""
         query = select(func.count()).where(
-            recovery_actions.c.instance_id == instance_id, recovery_actions.c.at >= since
+            recovery_actions.c.instance_id == instance_id,
+            recovery_actions.c.at >= since,
+            recovery_actions.c.action != "clear_stall",
         )
         async with self.engine.connect() as conn:
             return int((await conn.execute(query)).scalar_one())

@@ -141,7 +141,7 @@ async def test_restart_is_visible_and_clears_a_stall_once_reconnected(make_stack
 async def test_an_operator_clears_a_stall_audited_and_the_stall_s_own_stuck_messages_do_not_restall_it(
     make_stack: StackFactory,
 ) -> None:
-    stack = await make_stack(stuck_after=0.2, stall_threshold=2)
+    stack = await make_stack(stuck_after=0.2, stall_threshold=2, recovery_limit=1)
     instance = "CLEAR-ZTS923-GEAY6V"
     await stack.add_instance(instance, "silent_stall")
     for i in range(2):
@@ -174,6 +174,9 @@ async def test_an_operator_clears_a_stall_audited_and_the_stall_s_own_stuck_mess
     cleared = [r for r in sources if r["source"] == "operator:anonymous"]
     assert [(r["from_state"], r["to_state"]) for r in cleared] == [("DEGRADED", "CONNECTED")]
     await stack.audit()
+    # Clears reach no provider: they do not use up the recovery rate limit (here one action).
+    restarted = await stack.health.RestartInstance(req(instance))
+    assert restarted.health.reason == "RESTARTING"
 
 
 async def test_one_action_at_a_time_and_rate_limited(make_stack: StackFactory) -> None:
