@@ -458,6 +458,8 @@ class Repository:
                 values.update(consecutive_gateway_failures=0)
         if decision.changed:
             values["state_changed_at"] = now
+            if record.reason == Reason.DELIVERY_STALLED and decision.reason != Reason.DELIVERY_STALLED:
+                values["stall_ended_at"] = now
         result = await conn.execute(
             update(instances)
             .where(instances.c.id == instance_id, instances.c.version == record.version)
@@ -1489,10 +1491,10 @@ class Repository:
         delivery status (DELIVERED/READ/PLAYED) of the instance after the oldest of them.
         """
         async with self.transaction() as conn:
-            # Only sends of the current CONNECTED period count: after an operator's clear (or a
+            # Only sends after the latest stall ended count: after an operator's clear (or a
             # reconnection) the messages stuck during the stall must not stall it again at once.
             since = (
-                await conn.execute(select(instances.c.state_changed_at).where(instances.c.id == instance_id))
+                await conn.execute(select(instances.c.stall_ended_at).where(instances.c.id == instance_id))
             ).scalar()
             stuck = and_(_STUCK, open_messages.c.instance_id == instance_id)
             if since is not None:
