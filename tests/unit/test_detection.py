@@ -265,3 +265,43 @@ def test_the_threshold_counts_runs_of_evidence_per_day_one_per_receipt() -> None
     # Half the recipients never confirming: half the runs, a lower threshold (about ln 2).
     gap = assess(all_confirm.model, all_confirm.now).threshold - assess(half_never.model, half_never.now).threshold
     assert 0.4 < gap < 1.0
+
+
+def test_five_sends_a_second_is_stalled_within_seconds_near_the_latency_floor() -> None:
+    clock = warmed(pool=1000, never=0.25, latency=0.6, rate=5.0)
+    assert clock.advance(1800, rate=5.0) == 0
+    sends, seconds = clock.sends_until_stalled(rate=5.0)
+    # rate x receipt latency: ~13 sends leave before even an oracle could call it (bench floor).
+    assert sends <= 25
+    assert seconds <= 5
+
+
+def test_bursts_of_twenty_are_not_a_stall_and_a_stall_is_called_within_a_burst_or_two() -> None:
+    clock = warmed(pool=300, never=0.3, rate=1.0)
+
+    def burst() -> None:
+        for _ in range(20):
+            clock.send()
+            clock.advance(0.2, tick=0.2)
+
+    for _ in range(60):  # healthy bursts, 20 s apart
+        burst()
+        assert clock.advance(16, tick=1.0) == 0
+    clock.delivering = False
+    clock.pending.clear()
+    before, blocked = clock.next_id, False
+    for _ in range(3):
+        for _ in range(20):
+            clock.send()
+            clock.now += 0.2
+            if assess(clock.model, clock.now).stalled:
+                blocked = True
+                break
+        if blocked:
+            break
+        clock.now += 16
+        blocked = assess(clock.model, clock.now).stalled
+        if blocked:
+            break
+    assert blocked
+    assert clock.next_id - before <= 40
