@@ -438,8 +438,8 @@ def _median(values: list[float] | list[int]) -> str:
     return f"{statistics.median(values):.1f}" if values else "-"
 
 
-def _max(values: list[float] | list[int]) -> str:
-    return f"{max(values):.0f}" if values else "-"
+def _max(values: list[float] | list[int], digits: int = 0) -> str:
+    return f"{max(values):.{digits}f}" if values else "-"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -490,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
             f"| {row.shape:<38} | {_median(row.stall_sends):>8} / {_max(row.stall_sends):>4}"
             f"{'*' if row.missed else ' '}     | {oracle_floor(shape, config):>5} | {_median(row.stall_seconds):>11} "
             f"| {night:>25} "
-            f"| {_median(row.probe_seconds):>25} / {_max(row.probe_seconds):>10} "
+            f"| {_median(row.probe_seconds):>25} / {_max(row.probe_seconds, 1):>10} "
             f"| {_median(row.flap_sends):>8} / {_max(row.flap_sends):>7} "
             f"| {row.false_blocks:>5} / {row.healthy_days:<11g} |"
         )
