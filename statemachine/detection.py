@@ -9,15 +9,19 @@ instance and *this* recipient when the session is healthy:
 where S is the instance's own receipt-latency survival curve (how many of its recent receipts
 took longer than this) and q the share of its sends that never confirm, learned separately for
 recipients who confirmed minutes ago ("warm": silence is strong evidence), earlier ("known")
-and never ("new": weak). Under a stalled session nothing confirms, so one silent recipient multiplies the
-likelihood ratio "stalled : delivering" by 1/p0. A receipt has probability 0 under a stall, so it
+and never ("new": weak) -- per hour of the day of the send (nights differ from days) and never
+below the class's share over its last few outcomes (a group of recipients gone quiet at once).
+Under a stalled session nothing confirms, so one silent recipient multiplies the likelihood ratio
+"stalled : delivering" by 1/p0. A receipt has probability 0 under a stall, so it
 resets the evidence to zero: this is a CUSUM (Page, 1954) of those log-ratios. Only the oldest
 open send per recipient counts, so one recipient whose phone is off cannot stall an instance.
 
 The log-ratio of each recipient is a martingale under "healthy" (E[1{silent}/p0] = 1), so by
-Ville's inequality one run of evidence crosses log(1/a) with probability at most a; with at most
-n runs per day (one per send), a threshold of log(n / alpha) bounds false blocks per
-instance-day by alpha. n comes from the instance's own send rate.
+Ville's inequality one run of evidence crosses log(1/a) with probability at most a; with n runs
+per day (one per receipt, the CUSUM's reset), a threshold of log(n / alpha) bounds false blocks
+per instance-day by alpha. n comes from the instance's own receipt rate. The bound holds as far as
+recipients' silences are independent given the model; correlated silences (an offline burst at a
+low rate) break it, which the detection benchmark measures.
 
 Everything here is plain data and arithmetic: no clock is read (callers pass `now`), no I/O.
 """
@@ -38,7 +42,7 @@ class DetectionConfig:
 
     # Accepted false blocks per instance-day of healthy traffic (the test's size).
     false_alarm_per_day: float = 1e-4
-    # A send rate below this is treated as this (sends per day): quiet instances are not trusted more.
+    # Runs of evidence (receipts) per day below this count as this: quiet instances are not trusted more.
     min_sends_per_day: float = 1_440.0
     # A recipient whose last receipt is at most this old is "warm": their silence is strong evidence.
     # Older receipts make a recipient "known"; never a receipt, "new". Each class learns its own share.
