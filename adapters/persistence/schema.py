@@ -164,7 +164,7 @@ open_messages = Table(
     ),
 )
 
-# Stuck messages per instance, kept by triggers on `open_messages` (migration 0007) in the same
+# Stuck messages per instance, kept by triggers on `open_messages` (migration 0008) in the same
 # statement as the row that enters or leaves "stuck": counting them costs one row per instance.
 instance_stuck_counts = Table(
     "instance_stuck_counts",

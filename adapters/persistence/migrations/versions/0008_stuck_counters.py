@@ -7,8 +7,8 @@ the same statement and transaction as the row that enters or leaves "stuck" — 
 that marks messages stuck and the rare late receipt of a stuck message touch it, never an
 ordinary status update. Filled here from the existing rows.
 
-Revision ID: 0007
-Revises: 0006
+Revision ID: 0008
+Revises: 0007
 Create Date: 2026-12-02 02:30:00
 """
 
@@ -17,8 +17,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0007"
-down_revision = "0006"
+revision = "0008"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
