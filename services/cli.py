@@ -107,6 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="with auth on, health and reflection need a token too [env WAPIGUARD_AUTH_OPEN_HEALTH=false]",
     )
+    serve.add_argument(
+        "--open-metrics",
+        dest="metrics_open",
+        action="store_const",
+        const=True,
+        default=None,
+        help="with auth on, serve /metrics without a token [env WAPIGUARD_METRICS_OPEN=true]",
+    )
     migrate = sub.add_parser("migrate", help="apply database migrations and exit")
     _add_flags(migrate, {"--database-url": SERVE_FLAGS["--database-url"]})
     sub.add_parser("simulator", help="run the W-API simulator on loopback", add_help=False)

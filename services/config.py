@@ -26,6 +26,9 @@ class Settings(BaseSettings):
         description="Caller tokens, 'name:token[@INSTANCE|INSTANCE],…' (bearer in gRPC metadata). Unset: open API.",
     )
     auth_open_health: bool = Field(True, description="Leave grpc.health.v1 and reflection open when auth is on.")
+    metrics_open: bool = Field(
+        False, description="Serve /metrics without a token even when auth is on (for scrapers that send none)."
+    )
     tls_cert_file: str | None = Field(None, description="PEM certificate chain: serve gRPC over TLS.")
     tls_key_file: str | None = Field(None, description="PEM private key for --tls-cert-file.")
     tls_client_ca_file: str | None = Field(None, description="PEM CA bundle: require client certificates (mTLS).")
