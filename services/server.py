@@ -9,11 +9,11 @@ import signal
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from sqlalchemy.engine import make_url
 
 from adapters.persistence.db import create_engine
@@ -33,6 +33,7 @@ from services.api.wapiguard.v1 import (
 from services.auth import AuthInterceptor, parse_tokens
 from services.config import Settings
 from services.core import Gateway, GatewayConfig
+from services.decoding import DecodingGuard
 from services.event_servicers import EventServicer, WebhookSubscriptionServicer
 from services.events import ChangeFeed
 from services.logs import register_secret
@@ -180,11 +181,14 @@ class App:
                 register_secret(token.decode())
             interceptors.append(AuthInterceptor(tokens, open_health=settings.auth_open_health))
         server = grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
-        send_pb2_grpc.add_SendServiceServicer_to_server(SendServicer(gateway), server)
+        # Every service is registered through the decoding guard: undecodable bytes answer
+        # INVALID_ARGUMENT/MALFORMED_REQUEST instead of UNKNOWN plus a traceback each.
+        target = cast(grpc.aio.Server, DecodingGuard(server))
+        send_pb2_grpc.add_SendServiceServicer_to_server(SendServicer(gateway), target)
         webhook_servicer = WebhookServicer(gateway)
-        webhook_pb2_grpc.add_WebhookServiceServicer_to_server(webhook_servicer, server)
+        webhook_pb2_grpc.add_WebhookServiceServicer_to_server(webhook_servicer, target)
         instance_health_pb2_grpc.add_InstanceHealthServiceServicer_to_server(
-            InstanceHealthServicer(gateway, recovery), server
+            InstanceHealthServicer(gateway, recovery), target
         )
         events_pb2_grpc.add_EventServiceServicer_to_server(
             EventServicer(
@@ -193,16 +197,19 @@ class App:
                 progress_interval=settings.event_progress_interval,
                 buffer=settings.event_subscriber_buffer,
             ),
-            server,
+            target,
         )
         events_pb2_grpc.add_WebhookSubscriptionServiceServicer_to_server(
-            WebhookSubscriptionServicer(repo, store, dispatcher), server
+            WebhookSubscriptionServicer(repo, store, dispatcher), target
         )
         health_servicer = health.aio.HealthServicer()
         # The servicer starts with the overall status SERVING: not until the database answers.
         await health_servicer.set(health.OVERALL_HEALTH, health_pb2.HealthCheckResponse.NOT_SERVING)
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, target)
+        # What reflection.enable_server_reflection does for an aio server (it tells one by type).
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            reflection.aio.ReflectionServicer((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)), target
+        )
         address = f"{settings.host}:{settings.grpc_port}"
         credentials = server_credentials(settings)
         port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
