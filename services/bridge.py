@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from adapters.persistence.bounded import request_scope
 from services.config import Settings
 from services.core import Gateway
 from services.errors import status_for
@@ -52,7 +53,8 @@ async def receive(request: web.Request) -> web.Response:
         return web.json_response({"error": "could not read body"}, status=400)
     headers = {k: v for k, v in request.headers.items()}
     try:
-        result = await request.app[GATEWAY_KEY].ingest(body, headers)
+        with request_scope(None):  # bounded by --db-timeout: W-API gets a 503 and retries
+            result = await request.app[GATEWAY_KEY].ingest(body, headers)
     except InvalidPayload as bad:
         # Stored with its reason; a retry of the same bytes cannot help.
         return web.json_response(

@@ -21,6 +21,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from sqlalchemy.exc import DBAPIError
 
+from adapters.persistence.bounded import beyond_caller
 from adapters.wapi.webhooks import parse_webhook
 from services.content import content_to_dict, outbound_from_stored, request_hash
 from services.logs import register_secret
@@ -559,7 +560,10 @@ class Gateway:
 
         A cancelled RPC must not leave a message PENDING after the provider accepted it.
         """
-        task: asyncio.Task[MessageRecord] = asyncio.create_task(self._attempt(msg, outbound, cached, span, budget))
+        # Its storage calls are bounded by --db-timeout only: they must outlive the caller's deadline.
+        task: asyncio.Task[MessageRecord] = asyncio.create_task(
+            self._attempt(msg, outbound, cached, span, budget), context=beyond_caller()
+        )
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
         task.add_done_callback(lambda t: t.cancelled() or t.exception())

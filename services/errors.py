@@ -18,6 +18,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
+from adapters.persistence.bounded import request_scope
 from statemachine.domain import Reason, reason_text
 from statemachine.errors import (
     GuardError,
@@ -159,7 +160,8 @@ def grpc_errors(
     @functools.wraps(handler)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> T:
         try:
-            return await handler(self, request, context)
+            with request_scope(context.time_remaining()):
+                return await handler(self, request, context)
         except Exception as error:
             if isinstance(error, grpc.aio.AbortError):
                 raise
