@@ -532,13 +532,23 @@ async def test_postgres_partition_answers_storage_unavailable_well_before_the_de
                     answer = await http.post(bridge, content=status_webhook(f"3EB0FROZEN{n:06d}", 1_749_132_500 + n))
                     return answer.status_code, time.monotonic() - started
 
-                sends, posts = await asyncio.gather(
+                async def frozen_read() -> tuple[str, str, float]:
+                    started = time.monotonic()
+                    try:
+                        await guard.send.ListMessages(send_pb2.ListMessagesRequest(instance_id=INSTANCE), timeout=5.0)
+                    except grpc.aio.AioRpcError as error:
+                        reason = rich_error(error).reason if error.code() is grpc.StatusCode.UNAVAILABLE else ""
+                        return error.code().name, reason, time.monotonic() - started
+                    return "OK", "", time.monotonic() - started
+
+                sends, posts, reads = await asyncio.gather(
                     asyncio.gather(*(frozen_send(n) for n in range(4))),
                     asyncio.gather(*(frozen_post(n) for n in range(3))),
+                    asyncio.gather(*(frozen_read() for _ in range(2))),
                 )
                 proxy.thaw()
-                print(f"\n[postgres partition] sends={sends} posts={posts}")
-                for code, reason, elapsed in sends:
+                print(f"\n[postgres partition] sends={sends} posts={posts} reads={reads}")
+                for code, reason, elapsed in [*sends, *reads]:
                     assert (code, reason) == ("UNAVAILABLE", "STORAGE_UNAVAILABLE"), sends
                     assert 1.8 < elapsed < 2.7, sends  # 40 % of the 5 s deadline (under --db-timeout 3)
                 for status, elapsed in posts:
