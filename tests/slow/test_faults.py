@@ -366,6 +366,11 @@ async def test_postgres_cut_mid_load_never_fakes_success_and_recovers_alone(data
                 try:
                     again = await guard.send.SendMessage(text_request(body, key=key), timeout=RPC_TIMEOUT)
                 except grpc.aio.AioRpcError as error:
+                    if error.code() is grpc.StatusCode.ABORTED and rich_error(error).reason == "SEND_IN_PROGRESS":
+                        # An insert whose commit ack was lost: its PENDING row holds the key until
+                        # --pending-grace says the attempt is dead (then OUTCOME_UNKNOWN, RetryMessage).
+                        retried["send → SEND_IN_PROGRESS"] += 1
+                        continue
                     log.unexpected.append(f"retry of {body}: {error.code().name} {error.details()!r}")
                     continue
                 retried[f"send → {common_pb2.MessageState.Name(again.state)}"] += 1
