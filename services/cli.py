@@ -47,6 +47,9 @@ SERVE_FLAGS: dict[str, tuple[str, type[Any]]] = {
     "--retention-batch": ("retention_batch", int),
     "--shutdown-grace": ("shutdown_grace", float),
     "--db-pool-size": ("db_pool_size", int),
+    "--db-timeout": ("db_timeout", float),
+    "--db-connect-timeout": ("db_connect_timeout", float),
+    "--db-statement-timeout": ("db_statement_timeout", float),
     "--group-commit-window": ("group_commit_window", float),
     "--event-loop": ("event_loop", str),
     "--event-progress-interval": ("event_progress_interval", float),
@@ -107,8 +110,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="with auth on, health and reflection need a token too [env WAPIGUARD_AUTH_OPEN_HEALTH=false]",
     )
+    serve.add_argument(
+        "--open-metrics",
+        dest="metrics_open",
+        action="store_const",
+        const=True,
+        default=None,
+        help="with auth on, serve /metrics without a token [env WAPIGUARD_METRICS_OPEN=true]",
+    )
     migrate = sub.add_parser("migrate", help="apply database migrations and exit")
-    _add_flags(migrate, {"--database-url": SERVE_FLAGS["--database-url"]})
+    _add_flags(
+        migrate,
+        {flag: SERVE_FLAGS[flag] for flag in ("--database-url", "--db-connect-timeout")},
+    )
     sub.add_parser("simulator", help="run the W-API simulator on loopback", add_help=False)
     demo = sub.add_parser("demo", help="end-to-end scenario on SQLite + the simulator (the main job)")
     demo.add_argument("--keep", action="store_true", help="keep the temporary database and print its path")
@@ -145,17 +159,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         setup_logging("ERROR", "text")
     else:
         setup_logging(settings.log_level, settings.log_format)
-    if args.command == "serve":
-        from services.server import serve
+    if args.command in ("serve", "migrate"):
+        from services.startup import StartupError
 
         try:
+            if args.command == "migrate":
+                return run(_migrate(settings), event_loop=settings.event_loop)
+            from services.server import serve
+
             run(serve(settings), event_loop=settings.event_loop)
-        except (OSError, ValueError) as error:
-            print(f"wapi-guard: {error}", file=sys.stderr)
+        except (StartupError, OSError, ValueError) as error:
+            print(f"wapi-guard: {startup_message(error)}", file=sys.stderr)
             return 1
         return 0
-    if args.command == "migrate":
-        return run(_migrate(settings.database_url), event_loop=settings.event_loop)
     if args.command == "demo":
         from services.demo import run_demo
 
@@ -164,13 +180,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
 
 
-async def _migrate(url: str) -> int:
+def startup_message(error: BaseException) -> str:
+    """Never an empty line: an exception without text (a bare TimeoutError) still says what it was."""
+    from services.logs import scrub
+
+    text = scrub(str(error).strip())
+    return text or f"start-up failed: {type(error).__name__}"
+
+
+async def _migrate(settings: Settings) -> int:
     from adapters.persistence.db import create_engine
     from adapters.persistence.migrate import upgrade_to_head
+    from services.startup import step
 
-    engine = create_engine(url)
+    url = settings.database_url
+    engine = create_engine(url, pool_size=1, connect_timeout=settings.db_connect_timeout)
     try:
-        await upgrade_to_head(engine)
+        await step("migrations", url, settings.db_connect_timeout, upgrade_to_head(engine))
     finally:
         await engine.dispose()
     print("database is at the latest schema")

@@ -26,6 +26,9 @@ class Settings(BaseSettings):
         description="Caller tokens, 'name:token[@INSTANCE|INSTANCE],…' (bearer in gRPC metadata). Unset: open API.",
     )
     auth_open_health: bool = Field(True, description="Leave grpc.health.v1 and reflection open when auth is on.")
+    metrics_open: bool = Field(
+        False, description="Serve /metrics without a token even when auth is on (for scrapers that send none)."
+    )
     tls_cert_file: str | None = Field(None, description="PEM certificate chain: serve gRPC over TLS.")
     tls_key_file: str | None = Field(None, description="PEM private key for --tls-cert-file.")
     tls_client_ca_file: str | None = Field(None, description="PEM CA bundle: require client certificates (mTLS).")
@@ -74,6 +77,21 @@ class Settings(BaseSettings):
     )
     db_pool_size: int = Field(
         10, ge=1, le=200, description="PostgreSQL connections per process (plus as many overflow). SQLite uses one."
+    )
+    db_timeout: float = Field(
+        5.0,
+        gt=0,
+        le=60,
+        description="Max seconds one storage call of a request (gRPC call or webhook post) may take before it "
+        "answers STORAGE_UNAVAILABLE; in a gRPC call also at most 40 percent of the caller's remaining deadline.",
+    )
+    db_connect_timeout: float = Field(5.0, gt=0, le=120, description="Seconds to open one database connection.")
+    db_statement_timeout: float = Field(
+        30.0,
+        ge=0,
+        le=3600,
+        description="PostgreSQL: seconds any one statement may run (server statement_timeout and asyncpg "
+        "command_timeout), background work included; 0 = no limit. Migrations run without it.",
     )
     group_commit_window: float = Field(
         0.005,

@@ -21,6 +21,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from sqlalchemy.exc import DBAPIError
 
+from adapters.persistence.bounded import beyond_caller
 from adapters.wapi.webhooks import parse_webhook
 from services.content import content_to_dict, outbound_from_stored, request_hash
 from services.logs import register_secret
@@ -47,8 +48,10 @@ from statemachine.errors import (
     InvalidRequest,
     MessageNotFound,
     NotRetryable,
+    OutcomeUnknown,
     ProviderFailed,
     SendBlocked,
+    SendInProgress,
 )
 from statemachine.events import EventReason, Route
 from statemachine.ids import time_ordered_id
@@ -450,7 +453,7 @@ class Gateway:
                     span.set_attribute("wapi.idempotent_replay", True)
                     span.set_attribute("wapi.message_id", stored.id)
                     self.metrics.sends.add(1, {"outcome": "replayed", "reason": stored.failure_reason})
-                    return self._replay(stored, msg.request_hash)
+                    return await self._replay(stored, msg.request_hash)
                 if blocked:
                     self._log_attempt(stored, health.state, blocked.value, "blocked")
                     self.metrics.sends.add(1, {"outcome": "blocked", "reason": blocked.value})
@@ -512,13 +515,33 @@ class Gateway:
             },
         )
 
-    def _replay(self, stored: MessageRecord, wanted_hash: str) -> MessageRecord:
+    async def _replay(self, stored: MessageRecord, wanted_hash: str) -> MessageRecord:
         """Same key again: the first request's outcome, never a second provider call."""
         if stored.request_hash != wanted_hash:
             raise IdempotencyConflict(stored)
+        if stored.state is MessageState.PENDING:
+            stored = await self._pending_replay(stored)
         if stored.state is MessageState.FAILED:
             raise self._failure_error(stored)
         return stored
+
+    async def _pending_replay(self, stored: MessageRecord) -> MessageRecord:
+        """The key is held by an attempt with no recorded answer. While that attempt may still be
+        running (younger than the reconciler's grace), the caller is told to come back; past it the
+        attempt is dead, so the message is settled now (FAILED/OUTCOME_UNKNOWN, as the sweeper
+        would) and the caller gets that verdict with the way out (`RetryMessage`)."""
+        grace = self._pending_cutoff_seconds()
+        left = grace - (utcnow() - stored.updated_at).total_seconds()
+        if left > 0:
+            raise SendInProgress(stored, retry_after=round(max(0.1, min(left, 1.0)), 3))
+        await self.reconcile_once()
+        settled = await self.repo.get_message(stored.id)
+        if settled is None or settled.state is MessageState.PENDING:
+            raise SendInProgress(settled or stored, retry_after=0.5)  # another sweeper holds its row
+        return settled
+
+    def _pending_cutoff_seconds(self) -> float:
+        return max(self.config.pending_grace, self.config.send_timeout)
 
     def _failure_error(self, msg: MessageRecord) -> SendBlocked | ProviderFailed:
         reason = Reason(msg.failure_reason) if msg.failure_reason in Reason.__members__ else Reason.PROVIDER_ERROR
@@ -526,6 +549,8 @@ class Gateway:
             cached = self._cache.get(msg.instance_id)
             state = cached.record.state if cached else InstanceState.UNKNOWN
             return SendBlocked(reason, msg, state)
+        if reason is Reason.OUTCOME_UNKNOWN:
+            return OutcomeUnknown(msg, msg.failure_detail)
         return ProviderFailed(reason, msg, msg.failure_detail)
 
     async def _attempt_shielded(
@@ -535,7 +560,10 @@ class Gateway:
 
         A cancelled RPC must not leave a message PENDING after the provider accepted it.
         """
-        task: asyncio.Task[MessageRecord] = asyncio.create_task(self._attempt(msg, outbound, cached, span, budget))
+        # Its storage calls are bounded by --db-timeout only: they must outlive the caller's deadline.
+        task: asyncio.Task[MessageRecord] = asyncio.create_task(
+            self._attempt(msg, outbound, cached, span, budget), context=beyond_caller()
+        )
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
@@ -709,7 +737,7 @@ class Gateway:
 
     async def reconcile_once(self) -> list[MessageRecord]:
         """Messages a crashed process left PENDING become FAILED/OUTCOME_UNKNOWN, with an alert."""
-        cutoff = utcnow() - timedelta(seconds=max(self.config.pending_grace, self.config.send_timeout))
+        cutoff = utcnow() - timedelta(seconds=self._pending_cutoff_seconds())
         reconciled = await self.repo.reconcile_pending(cutoff)
         for msg in reconciled:
             self.metrics.sends.add(1, {"outcome": "failed", "reason": Reason.OUTCOME_UNKNOWN.value})

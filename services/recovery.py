@@ -19,7 +19,9 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import cast
 
+from adapters.persistence.bounded import BoundedStore
 from adapters.persistence.repository import Repository, utcnow
 from adapters.wapi.contract import WEBHOOK_KINDS
 from adapters.wapi.webhooks import parse_webhook
@@ -118,8 +120,9 @@ class Recovery:
     ) -> None:
         self.gateway = gateway
         # The recovery audit, webhook state and log replay need the concrete store.
-        assert isinstance(gateway.repo, Repository), "recovery needs the SQL repository"
-        self.repo: Repository = gateway.repo
+        store = gateway.repo.inner if isinstance(gateway.repo, BoundedStore) else gateway.repo
+        assert isinstance(store, Repository), "recovery needs the SQL repository"
+        self.repo: Repository = cast(Repository, gateway.repo)  # bounded within requests, like the gateway's
         self.operations = operations
         self.config = config or RecoveryConfig()
         self._busy: set[str] = set()

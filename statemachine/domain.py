@@ -65,6 +65,8 @@ class Reason(StrEnum):
     PROVIDER_NO_MESSAGE_ID = "PROVIDER_NO_MESSAGE_ID"
     PROVIDER_ACCEPTED = "PROVIDER_ACCEPTED"
     OUTCOME_UNKNOWN = "OUTCOME_UNKNOWN"
+    # Another attempt (still running) holds this idempotency key.
+    SEND_IN_PROGRESS = "SEND_IN_PROGRESS"
     # Webhook-driven message changes.
     WEBHOOK_STATUS = "WEBHOOK_STATUS"
     STALE_STATUS = "STALE_STATUS"
@@ -107,6 +109,7 @@ REASON_TEXT_PT_BR: dict[Reason, str] = {
     Reason.PROVIDER_UNAVAILABLE: "A W-API está indisponível no momento.",
     Reason.PROVIDER_NO_MESSAGE_ID: "A W-API respondeu sem identificador da mensagem; o envio não foi confirmado.",
     Reason.OUTCOME_UNKNOWN: "Não foi possível confirmar se a mensagem foi enviada.",
+    Reason.SEND_IN_PROGRESS: "Outro envio com esta chave ainda está em andamento. Tente de novo em instantes.",
     Reason.PHONE_CONFIRMED: "Conectada, com número confirmado.",
     Reason.IDEMPOTENCY_KEY_REUSED: "Chave de idempotência já usada com outro conteúdo.",
     Reason.MESSAGE_NOT_RETRYABLE: "Só mensagens com falha podem ser reenviadas.",
@@ -135,6 +138,7 @@ REASON_TEXT_EN: dict[Reason, str] = {
     Reason.PROVIDER_UNAVAILABLE: "W-API is unavailable right now.",
     Reason.PROVIDER_NO_MESSAGE_ID: "W-API answered without a message id; the send was not confirmed.",
     Reason.OUTCOME_UNKNOWN: "Could not confirm whether the message was sent.",
+    Reason.SEND_IN_PROGRESS: "Another attempt with this idempotency key is still running. Retry shortly.",
     Reason.PHONE_CONFIRMED: "Connected with a confirmed phone number.",
     Reason.RESTARTING: "Instance is restarting. Sends resume once the phone number is confirmed.",
     Reason.PAIRING_IN_PROGRESS: "Pairing in progress. Type the code in WhatsApp (Linked devices) or scan the QR code.",

@@ -77,13 +77,26 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
-def create_engine(url: str = DEFAULT_URL, *, pool_size: int = 10, echo: bool = False) -> AsyncEngine:
+def create_engine(
+    url: str = DEFAULT_URL,
+    *,
+    pool_size: int = 10,
+    echo: bool = False,
+    connect_timeout: float = 5.0,
+    pool_timeout: float = 30.0,
+    statement_timeout: float | None = None,
+) -> AsyncEngine:
     """SQLite: one connection, writes serialized with BEGIN IMMEDIATE (single process, WAL).
 
     PostgreSQL: a pool; JIT off (it slows short OLTP statements and the first ENUM lookups,
-    asyncpg docs / MagicStack/asyncpg#727).
+    asyncpg docs / MagicStack/asyncpg#727). `connect_timeout` bounds opening a connection (asyncpg's
+    default is 60 s), `pool_timeout` waiting for a pooled one (PostgreSQL), `statement_timeout`
+    (None: no limit; PostgreSQL only) every statement twice: on the server (`statement_timeout`,
+    the backend stops working) and in asyncpg (`command_timeout`, for a server that does not
+    answer at all).
     """
     if is_sqlite(url):
+        # One connection for every user: background loops queue for it too, so its wait stays long.
         engine = create_async_engine(
             url, echo=echo, pool_size=1, max_overflow=0, pool_timeout=30, async_creator=_sqlite_creator(url)
         )
@@ -108,16 +121,20 @@ def create_engine(url: str = DEFAULT_URL, *, pool_size: int = 10, echo: bool = F
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
+    server_settings = {"jit": "off", "application_name": "wapi-guard"}
+    connect_args: dict[str, Any] = {"timeout": connect_timeout, "server_settings": server_settings}
+    if statement_timeout:
+        server_settings["statement_timeout"] = str(int(statement_timeout * 1000))
+        connect_args["command_timeout"] = statement_timeout
     return create_async_engine(
         url,
         echo=echo,
         pool_size=pool_size,
         max_overflow=pool_size,
+        pool_timeout=pool_timeout,
         # No pre-ping: it costs a round-trip per checkout on the hot path. A dropped connection
         # fails its one request (UNAVAILABLE), is invalidated, and the pool reconnects.
         pool_pre_ping=False,
         pool_recycle=1800,
-        # A connect attempt gives up after 5 s (asyncpg's default is 60): an outage answers
-        # UNAVAILABLE quickly instead of holding every RPC.
-        connect_args={"timeout": 5, "server_settings": {"jit": "off", "application_name": "wapi-guard"}},
+        connect_args=connect_args,
     )

@@ -16,7 +16,6 @@ import grpc
 import pytest
 from sqlalchemy import func, select
 
-from adapters.persistence.repository import Repository
 from adapters.persistence.schema import events, instance_transitions
 from adapters.wapi.contract import WEBHOOK_KINDS
 from services.api.wapiguard.v1 import common_pb2, instance_health_pb2, send_pb2
@@ -34,6 +33,7 @@ from tests.e2e.stack import (
     Stack,
     eventually,
     text_request,
+    unbounded,
 )
 from tests.integration.harness import rich_error
 
@@ -275,8 +275,7 @@ async def test_missed_events_are_replayed_from_the_webhook_log_exactly_once(stac
 
     again = await stack.health.ReconcileEvents(instance_health_pb2.ReconcileEventsRequest(instance_id=instance))
     assert (again.instances[0].applied, again.instances[0].duplicates) == (0, result.fetched)
-    repo = stack.app.gateway.repo
-    assert isinstance(repo, Repository)
+    repo = unbounded(stack.app.gateway.repo)
     async with repo.engine.connect() as conn:
         stored = (
             await conn.execute(select(func.count()).select_from(events).where(events.c.instance_id == instance))
