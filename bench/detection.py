@@ -13,6 +13,8 @@ burst of offline recipients that is not a stall, and night-time lulls where the 
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import heapq
 import math
 import random
@@ -63,6 +65,7 @@ def is_night(t: float) -> bool:
 class Recipient:
     phone: str
     confirms: bool
+    sleeps: bool = False  # phone off at night (shapes with nights)
     offline_until: float = 0.0
 
 
@@ -91,11 +94,17 @@ class Replay:
     last_probe_at: float | None = None
     probe_in_flight: bool = False
     next_id: int = 0
+    next_tick: float = 0.0
+    exact_ticks: bool = False  # tick every second (probes matter), else only where a verdict can change
+    ticks: int = 0  # assessments computed
+    first_incomplete_send: float | None = None  # the first send accepted by an incomplete session
 
     def __post_init__(self) -> None:
         self.model = DeliveryModel(self.config)
         for i in range(self.shape.pool):
-            self.recipients.append(Recipient(f"55119{i:08d}", self.rng.random() >= self.shape.never_share))
+            confirms = self.rng.random() >= self.shape.never_share
+            sleeps = self.rng.random() < self.shape.night_offline
+            self.recipients.append(Recipient(f"55119{i:08d}", confirms, sleeps))
 
     def push(self, at: float, kind: str, *args: object) -> None:
         self.seq += 1
@@ -121,11 +130,7 @@ class Replay:
 
     def receipt_time(self, recipient: Recipient, sent: float) -> float:
         at = sent + self.latency()
-        if (
-            self.shape.night_rate is not None
-            and is_night(at)
-            and hash(recipient.phone) % 100 < 100 * (self.shape.night_offline)
-        ):
+        if self.shape.night_rate is not None and is_night(at) and recipient.sleeps:
             day_start = (at // DAY) * DAY
             morning = day_start + 7 * 3600.0 if (at % DAY) < 7 * 3600.0 else day_start + DAY + 7 * 3600.0
             at = morning + self.rng.uniform(0, 3600.0)
@@ -140,6 +145,8 @@ class Replay:
         self.accepted += 1
         self.last_send_at = self.now
         self.model.on_sent(message_id, recipient.phone, self.now)
+        if self.incomplete and self.first_incomplete_send is None:
+            self.first_incomplete_send = self.now
         if self.stalled or self.incomplete:
             self.queued.append((message_id, recipient, self.now))
         elif recipient.confirms:
@@ -156,6 +163,7 @@ class Replay:
     def tick(self) -> None:
         if self.blocked:
             return
+        self.ticks += 1
         verdict = assess(self.model, self.now, since=self.cleared_at)
         if verdict.stalled:
             self.block()
@@ -198,8 +206,15 @@ class Replay:
     def run_until(self, end: float, stop: Callable[[], bool] = lambda: False) -> None:
         if not self.events:
             self.schedule_next_send()
-            self.push(self.now + TICK, "tick")
-        while self.events and self.events[0][0] <= end:
+        while True:
+            at = self.events[0][0] if self.events else math.inf
+            self.ticks_until(min(at, end), stop)
+            if stop():
+                return
+            if self.events and self.events[0][0] < at:
+                continue  # a tick started a probe that answers first
+            if at > end:
+                break
             at, _seq, kind, args = heapq.heappop(self.events)
             self.now = at
             if kind == "send":
@@ -210,20 +225,55 @@ class Replay:
                 self.schedule_next_send()
             elif kind == "receipt":
                 self.receipt(*args)  # type: ignore[arg-type]
-            elif kind == "tick":
-                self.tick()
-                self.push(self.now + TICK, "tick")
             elif kind == "probe":
                 self.probe()
             if stop():
                 return
-        self.now = end
+        self.ticks_until(end, stop)
+        if not stop():
+            self.now = end
 
+    def ticks_until(self, until: float, stop: Callable[[], bool]) -> None:
+        """Runs the service's once-a-second assessments due up to `until` (before the event there).
 
-def _warm(shape: Shape, seed: int, config: DetectionConfig, warmup: float) -> Replay:
-    replay = Replay(shape, random.Random(seed), config)
-    replay.run_until(warmup)
-    return replay
+        Between two events the model does not change: every silent send only grows older, so the
+        evidence can only grow and the threshold (the decaying send rate) only fall; "stalled" and
+        "suspicious" are monotone over the gap. When probes cannot change the outcome (the session is
+        not incomplete, so a probe answers "connected"), the gap costs one assessment at its last
+        tick and, only if that one is stalled, a bisection for the first stalled tick: the verdicts
+        are exactly those of ticking every second. With `exact_ticks`, every tick runs (probes).
+        """
+        last = math.floor(until / TICK) * TICK
+        first = self.next_tick
+        if last < first:
+            return
+        self.next_tick = last + TICK
+        if self.blocked:
+            return
+        if self.exact_ticks or self.incomplete:
+            t = first
+            while t <= last:
+                self.now = t
+                self.tick()
+                t += TICK
+                self.next_tick = t
+                if stop() or (self.events and self.events[0][0] < t):
+                    return
+            return
+        self.ticks += 1
+        if not assess(self.model, last, since=self.cleared_at).stalled:
+            return
+        lo, hi = 0, round((last - first) / TICK)  # the first stalled tick is first + k * TICK, k in [lo, hi]
+        while lo < hi:
+            mid = (lo + hi) // 2
+            self.ticks += 1
+            if assess(self.model, first + mid * TICK, since=self.cleared_at).stalled:
+                hi = mid
+            else:
+                lo = mid + 1
+        self.now = first + lo * TICK
+        self.block()
+        self.next_tick = self.now + TICK
 
 
 @dataclass(slots=True)
@@ -235,64 +285,152 @@ class Row:
     flap_sends: list[int]
     false_blocks: int
     healthy_days: float
+    night_sends: list[int] = field(default_factory=list)  # stall incidents that began at night
+    missed: int = 0  # stall incidents not blocked within the horizon
+
+
+def latency_survival(shape: Shape, age: float) -> float:
+    """P(a receipt takes longer than `age`) under the shape's true lognormal latency."""
+    if age <= 0.0:
+        return 1.0
+    z = (math.log(age) - math.log(shape.latency_median)) / shape.latency_sigma
+    return 0.5 * math.erfc(z / math.sqrt(2.0))
+
+
+def oracle_floor(shape: Shape, config: DetectionConfig) -> int:
+    """Sends accepted after a daytime stall before even an oracle could block it: one that knows
+    which recipients confirm (q = 0 for them, 1 for the others) and the true latency curve, weighs
+    every silence continuously (no 1-second tick, no burst allowance) against the same threshold
+    (ln(receipts per day / alpha)). What is left is rate x receipt latency: the sends that leave
+    before any receipt is overdue enough to count."""
+    confirm = 1.0 - shape.never_share
+    threshold = math.log(max(config.min_sends_per_day, shape.rate * confirm * DAY) / config.false_alarm_per_day)
+    if shape.bursty:  # the stall begins with a burst of 20 sends 0.2 s apart, the next 20 / rate later
+        times = [b * 20.0 / shape.rate + k * 0.2 for b in range(200) for k in range(20)]
+    else:
+        times = [k / shape.rate for k in range(4000)]
+    step = min(0.05, shape.latency_median / 20.0)
+    t = 0.0
+    while t < times[-1]:
+        sent = [at for at in times if at <= t]
+        evidence = sum(confirm * -math.log(max(1e-300, latency_survival(shape, t - at))) for at in sent)
+        if evidence >= threshold:
+            return len(sent)
+        t += step
+    return len(times)
 
 
 def warmup_for(shape: Shape) -> float:
     return max(300.0 / shape.rate, 3600.0)
 
 
-def run_shape(shape: Shape, config: DetectionConfig, trials: int, seed: int) -> Row:
-    stall_sends: list[int] = []
-    stall_seconds: list[float] = []
-    probe_seconds: list[float] = []
-    flap_sends: list[int] = []
-    warmup = warmup_for(shape)
-    horizon = 6 * 3600.0
-    for trial in range(trials):
-        # Silent stall: accepted, never delivered, probes say connected.
-        replay = _warm(shape, seed + trial, config, warmup + trial * 137.0)
-        if not replay.blocked:
-            start, before = replay.now, replay.accepted
-            replay.stalled = True
-            replay.run_until(start + horizon, stop=lambda r=replay: r.blocked)  # type: ignore[misc]
-            if replay.blocked:
-                stall_sends.append(replay.accepted - before)
-                stall_seconds.append(replay.now - start)
-        # Incomplete session that only the status probe reveals.
-        replay = _warm(shape, seed + 1000 + trial, config, warmup + trial * 137.0)
-        if not replay.blocked:
-            start = replay.now
-            replay.incomplete = True
-            replay.run_until(start + horizon, stop=lambda r=replay: r.blocked)  # type: ignore[misc]
-            if replay.blocked:
-                probe_seconds.append(replay.now - start)
-    # Flapping: the session stalls (until blocked, at most 30 minutes), recovers (what it queued is
-    # delivered, which lifts the block), works for 10 minutes, stalls again.
-    replay = _warm(shape, seed + 2000, config, warmup)
+def _fork(base: Replay, seed: int) -> Replay:
+    """An independent continuation of `base` (same history, its own randomness from here)."""
+    fork = copy.deepcopy(base)
+    fork.rng = random.Random(seed)
+    return fork
+
+
+def _stall_sends(base: Replay, seed: int, horizon: float) -> tuple[int, float] | None:
+    """Silent stall: accepted, never delivered, probes say connected."""
+    replay = _fork(base, seed)
+    start, before = replay.now, replay.accepted
+    replay.stalled = True
+    replay.run_until(start + horizon, stop=lambda: replay.blocked)
+    return (replay.accepted - before, replay.now - start) if replay.blocked else None
+
+
+def _probe_seconds(base: Replay, seed: int, horizon: float) -> float | None:
+    """An incomplete session that only the status probe reveals: seconds from the first send it
+    accepts (the instance is sending) to the block; 0 when a probe caught it before any send. A
+    minute of every-second ticks first, so the probe schedule at the start is the service's."""
+    replay = _fork(base, seed)
+    replay.exact_ticks = True
+    replay.run_until(replay.now + 60.0)
+    if replay.blocked:
+        return None
+    start = replay.now
+    replay.incomplete = True
+    replay.run_until(start + horizon, stop=lambda: replay.blocked)
+    if not replay.blocked:
+        return None
+    first = replay.first_incomplete_send
+    return max(0.0, replay.now - first) if first is not None else 0.0
+
+
+def _flap_sends(base: Replay, seed: int, trials: int) -> list[int]:
+    """The session stalls (until blocked, at most 30 minutes), recovers (what it queued is delivered,
+    which lifts the block), works for 10 minutes, stalls again."""
+    replay = _fork(base, seed)
+    sends: list[int] = []
     for _ in range(trials):
         replay.run_until(replay.now + 600.0)
         if replay.blocked:
             continue
         before = replay.accepted
         replay.stalled = True
-        replay.run_until(replay.now + 1800.0, stop=lambda r=replay: r.blocked)  # type: ignore[misc]
+        replay.run_until(replay.now + 1800.0, stop=lambda: replay.blocked)
         if replay.blocked:
-            flap_sends.append(replay.accepted - before)
+            sends.append(replay.accepted - before)
         replay.recover()
-    # Healthy traffic for many simulated days, with a burst of offline recipients (not a stall)
-    # once a day: 30 % of the confirming recipients away for 30 minutes.
-    replay = _warm(shape, seed + 3000, config, warmup)
+    return sends
+
+
+def run_shape(shape: Shape, config: DetectionConfig, trials: int, seed: int) -> Row:
+    """One healthy instance for `healthy_days` (with a burst of offline recipients once a day: 30 %
+    of the confirming recipients away for 30 minutes), counting its false blocks. Incidents are
+    forked from it at `trials` moments spread over its first day (so over day and night), each on
+    its own copy: the healthy run goes on untouched."""
+    stall_sends: list[int] = []
+    stall_seconds: list[float] = []
+    probe_seconds: list[float] = []
+    night_sends: list[int] = []
+    missed = 0
+    horizon = 6 * 3600.0
+    replay = Replay(shape, random.Random(seed), config)
+    replay.run_until(warmup_for(shape))
     replay.blocks.clear()
     begin = replay.now
     end = begin + shape.healthy_days * DAY
-    next_burst = begin + 3 * 3600.0
+    span = min(end - begin, DAY)
+    moments = [begin + (k + 0.5) * span / trials for k in range(trials)]
+    bursts = random.Random(seed + 4000)  # the burst comes at a different time each day
+    next_burst = begin + bursts.uniform(0.0, DAY)
+    flap_sends = _flap_sends(replay, seed + 2000, trials)
+    for k, moment in enumerate(moments):
+        while replay.now < moment:
+            replay.run_until(min(moment, next_burst))
+            if replay.now >= next_burst:
+                replay.offline_burst(BURST_SHARE, 1800.0)
+                next_burst = (next_burst // DAY + 1) * DAY + bursts.uniform(0.0, DAY)
+        if replay.blocked:
+            continue
+        stalled = _stall_sends(replay, seed + 100 + k, horizon)
+        if stalled is None:
+            missed += 1
+        elif shape.night_rate is not None and is_night(moment):
+            night_sends.append(stalled[0])
+        else:
+            stall_sends.append(stalled[0])
+            stall_seconds.append(stalled[1])
+        probed = _probe_seconds(replay, seed + 1000 + k, horizon)
+        if probed is not None:
+            probe_seconds.append(probed)
     while replay.now < end:
         replay.run_until(min(end, next_burst))
         if replay.now >= next_burst:
             replay.offline_burst(BURST_SHARE, 1800.0)
-            next_burst += DAY
+            next_burst = (next_burst // DAY + 1) * DAY + bursts.uniform(0.0, DAY)
     return Row(
-        shape.name, stall_sends, stall_seconds, probe_seconds, flap_sends, len(replay.blocks), shape.healthy_days
+        shape.name,
+        stall_sends,
+        stall_seconds,
+        probe_seconds,
+        flap_sends,
+        len(replay.blocks),
+        shape.healthy_days,
+        night_sends,
+        missed,
     )
 
 
@@ -300,47 +438,71 @@ def _median(values: list[float] | list[int]) -> str:
     return f"{statistics.median(values):.1f}" if values else "-"
 
 
-def _max(values: list[float] | list[int]) -> str:
-    return f"{max(values):.0f}" if values else "-"
+def _max(values: list[float] | list[int], digits: int = 0) -> str:
+    return f"{max(values):.{digits}f}" if values else "-"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--trials", type=int, default=15, help="stall incidents per shape")
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--days-scale", type=float, default=1.0, help="multiplies each shape's healthy days")
+    parser.add_argument(
+        "--days-scale",
+        type=float,
+        default=0.1,
+        help="multiplies each shape's healthy days (default 0.1: a quick look; 50 for thousands of instance-days)",
+    )
     parser.add_argument("--false-alarm-per-day", type=float, default=None)
+    parser.add_argument("--only", default="", help="run only the shapes whose name contains this")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="FIELD=VALUE", help="another DetectionConfig value (repeatable)"
+    )
     args = parser.parse_args(argv)
-    config = DetectionConfig()
+    overrides: dict[str, float] = {}
+    for item in args.set:
+        name, _, value = item.partition("=")
+        if name not in DetectionConfig.__dataclass_fields__:
+            parser.error(f"unknown DetectionConfig field {name!r}")
+        overrides[name] = float(value)
     if args.false_alarm_per_day is not None:
-        config = DetectionConfig(false_alarm_per_day=args.false_alarm_per_day)
+        overrides["false_alarm_per_day"] = args.false_alarm_per_day
+    config = dataclasses.replace(DetectionConfig(), **overrides)  # type: ignore[arg-type]
     started = time.perf_counter()
     header = (
-        f"| {'shape':<38} | stall sends med/max | stall s med | probe-only s med/max "
-        f"| flap sends med/max | false blocks / days |"
+        f"| {'shape':<38} | stall sends med/max | floor | stall s med | night stall sends med/max "
+        f"| probe-only s after its 1st send med/max | flap sends med/max | false blocks / days |"
     )
-    print(f"false_alarm_per_day={config.false_alarm_per_day:g}, trials={args.trials}")
+    print(f"false_alarm_per_day={config.false_alarm_per_day:g}, trials={args.trials}, days-scale={args.days_scale:g}")
     print(header)
     print("|" + "|".join("-" * (len(part)) for part in header.split("|")[1:-1]) + "|")
     all_sends: list[int] = []
     total_false, total_days = 0, 0.0
     for shape in SHAPES:
+        if args.only and args.only not in shape.name:
+            continue
         scaled = _scale(shape, args.days_scale)
         row = run_shape(scaled, config, args.trials, args.seed)
         all_sends.extend(row.stall_sends)
         total_false += row.false_blocks
         total_days += row.healthy_days
-        missed = args.trials - len(row.stall_sends)
+        night = f"{_median(row.night_sends)} / {_max(row.night_sends)}" if shape.night_rate is not None else "-"
         print(
             f"| {row.shape:<38} | {_median(row.stall_sends):>8} / {_max(row.stall_sends):>4}"
-            f"{'*' if missed else ' '}     | {_median(row.stall_seconds):>11} "
-            f"| {_median(row.probe_seconds):>9} / {_max(row.probe_seconds):>8} "
+            f"{'*' if row.missed else ' '}     | {oracle_floor(shape, config):>5} | {_median(row.stall_seconds):>11} "
+            f"| {night:>25} "
+            f"| {_median(row.probe_seconds):>25} / {_max(row.probe_seconds, 1):>10} "
             f"| {_median(row.flap_sends):>8} / {_max(row.flap_sends):>7} "
             f"| {row.false_blocks:>5} / {row.healthy_days:<11g} |"
         )
+    rate = total_false / total_days if total_days else 0.0
     print(
-        f"all shapes: stall sends median {_median(all_sends)}, max {_max(all_sends)}; "
-        f"false blocks {total_false} in {total_days:g} instance-days; {time.perf_counter() - started:.1f} s"
+        f"daytime stalls, all shapes: sends median {_median(all_sends)}, max {_max(all_sends)}; "
+        f"false blocks {total_false} in {total_days:g} instance-days ({rate * 1000:.2f} per 1,000); "
+        f"{time.perf_counter() - started:.1f} s"
+    )
+    print(
+        "floor: sends an oracle (knows who confirms and the true latency curve, no tick) accepts before the same "
+        "threshold; * some stall incidents not blocked within 6 h"
     )
     return 0
 

@@ -44,6 +44,14 @@ class Settings(BaseSettings):
             "help": "with auth on, health and reflection need a token too [env WAPIGUARD_AUTH_OPEN_HEALTH=false]",
         },
     )
+    metrics_open: bool = Field(
+        False,
+        description="Serve /metrics without a token even when auth is on (for scrapers that send none).",
+        json_schema_extra={
+            "switch": "--open-metrics",
+            "help": "with auth on, serve /metrics without a token [env WAPIGUARD_METRICS_OPEN=true]",
+        },
+    )
     tls_cert_file: str | None = Field(None, description="PEM certificate chain: serve gRPC over TLS.")
     tls_key_file: str | None = Field(None, description="PEM private key for --tls-cert-file.")
     tls_client_ca_file: str | None = Field(None, description="PEM CA bundle: require client certificates (mTLS).")
@@ -92,6 +100,21 @@ class Settings(BaseSettings):
     )
     db_pool_size: int = Field(
         10, ge=1, le=200, description="PostgreSQL connections per process (plus as many overflow). SQLite uses one."
+    )
+    db_timeout: float = Field(
+        5.0,
+        gt=0,
+        le=60,
+        description="Max seconds one storage call of a request (gRPC call or webhook post) may take before it "
+        "answers STORAGE_UNAVAILABLE; in a gRPC call also at most 40 percent of the caller's remaining deadline.",
+    )
+    db_connect_timeout: float = Field(5.0, gt=0, le=120, description="Seconds to open one database connection.")
+    db_statement_timeout: float = Field(
+        30.0,
+        ge=0,
+        le=3600,
+        description="PostgreSQL: seconds any one statement may run (server statement_timeout and asyncpg "
+        "command_timeout), background work included; 0 = no limit. Migrations run without it.",
     )
     group_commit_window: float = Field(
         0.005,
@@ -171,10 +194,10 @@ def serve_flags() -> dict[str, tuple[str, type[Any]]]:
     }
 
 
-def serve_switches() -> dict[str, tuple[str, str]]:
-    """`--switch` → (field, help) for the settings a flag turns off (their default is True)."""
+def serve_switches() -> dict[str, tuple[str, bool, str]]:
+    """`--switch` → (field, value, help) for the boolean settings a flag flips from their default."""
     return {
-        str(extra["switch"]): (name, str(extra["help"]))
+        str(extra["switch"]): (name, not Settings.model_fields[name].default, str(extra["help"]))
         for name in Settings.model_fields
         if "switch" in (extra := _extra(name))
     }

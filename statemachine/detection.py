@@ -9,15 +9,19 @@ instance and *this* recipient when the session is healthy:
 where S is the instance's own receipt-latency survival curve (how many of its recent receipts
 took longer than this) and q the share of its sends that never confirm, learned separately for
 recipients who confirmed minutes ago ("warm": silence is strong evidence), earlier ("known")
-and never ("new": weak). Under a stalled session nothing confirms, so one silent recipient multiplies the
-likelihood ratio "stalled : delivering" by 1/p0. A receipt has probability 0 under a stall, so it
+and never ("new": weak) -- per hour of the day of the send (nights differ from days) and never
+below the class's share over its last few outcomes (a group of recipients gone quiet at once).
+Under a stalled session nothing confirms, so one silent recipient multiplies the likelihood ratio
+"stalled : delivering" by 1/p0. A receipt has probability 0 under a stall, so it
 resets the evidence to zero: this is a CUSUM (Page, 1954) of those log-ratios. Only the oldest
 open send per recipient counts, so one recipient whose phone is off cannot stall an instance.
 
 The log-ratio of each recipient is a martingale under "healthy" (E[1{silent}/p0] = 1), so by
-Ville's inequality one run of evidence crosses log(1/a) with probability at most a; with at most
-n runs per day (one per send), a threshold of log(n / alpha) bounds false blocks per
-instance-day by alpha. n comes from the instance's own send rate.
+Ville's inequality one run of evidence crosses log(1/a) with probability at most a; with n runs
+per day (one per receipt, the CUSUM's reset), a threshold of log(n / alpha) bounds false blocks
+per instance-day by alpha. n comes from the instance's own receipt rate. The bound holds as far as
+recipients' silences are independent given the model; correlated silences (an offline burst at a
+low rate) break it, which the detection benchmark measures.
 
 Everything here is plain data and arithmetic: no clock is read (callers pass `now`), no I/O.
 """
@@ -38,7 +42,7 @@ class DetectionConfig:
 
     # Accepted false blocks per instance-day of healthy traffic (the test's size).
     false_alarm_per_day: float = 1e-4
-    # A send rate below this is treated as this (sends per day): quiet instances are not trusted more.
+    # Runs of evidence (receipts) per day below this count as this: quiet instances are not trusted more.
     min_sends_per_day: float = 1_440.0
     # A recipient whose last receipt is at most this old is "warm": their silence is strong evidence.
     # Older receipts make a recipient "known"; never a receipt, "new". Each class learns its own share.
@@ -58,12 +62,20 @@ class DetectionConfig:
     miss_floor: float = 0.02
     # Counts decay (halve) past this many observations per class: the model follows change.
     class_memory: float = 2_000.0
+    # The same share per hour of the day the send was made (UTC): nights differ from days. An
+    # hour's own counts weigh against the class's long-run share with this many pseudo-observations.
+    hourly_memory: float = 200.0
+    hourly_weight: float = 4.0
+    # ...and over the class's last few outcomes only: a group of recipients gone quiet at once (an
+    # offline burst) raises the share within minutes. The larger of the hour's and this one is used.
+    recent_memory: float = 16.0
+    recent_weight: float = 4.0
     # Bounded memory per instance.
     max_recipients: int = 4_096
     max_open: int = 2_048
     # Evidence (nats) from which the instance is "suspicious": probe it now.
     suspicion: float = math.log(10.0)
-    # Time constant of the send-rate estimate (seconds).
+    # Time constant of the send- and receipt-rate estimates (seconds).
     rate_window: float = 3_600.0
 
 
@@ -107,6 +119,9 @@ class DeliveryModel:
     config: DetectionConfig = field(default_factory=DetectionConfig)
     latencies: deque[float] = field(default_factory=deque)
     shares: tuple[_Share, _Share, _Share] = field(default_factory=lambda: (_Share(), _Share(), _Share()))
+    recent: tuple[_Share, _Share, _Share] = field(default_factory=lambda: (_Share(), _Share(), _Share()))
+    # klass * 24 + hour of the day of the send (UTC).
+    hourly: list[_Share] = field(default_factory=lambda: [_Share() for _ in range(3 * 24)])
     # recipient -> time of their latest receipt, oldest first (LRU-bounded).
     recipients: OrderedDict[str, float] = field(default_factory=OrderedDict)
     # message id -> open send (no receipt yet), in send order.
@@ -114,6 +129,8 @@ class DeliveryModel:
     last_receipt_at: float | None = None
     sends_rate: float = 0.0  # sends per second, exponentially weighted
     rate_at: float | None = None
+    receipts_rate: float = 0.0  # receipts per second, exponentially weighted
+    receipts_rate_at: float | None = None
     _sorted: list[float] = field(default_factory=list)
 
     # --- learning ----------------------------------------------------------------------------
@@ -146,22 +163,37 @@ class DeliveryModel:
         horizon = self.never_after()
         latency = max(0.0, at - sent_at)
         if send is not None:
-            self.shares[send.klass].add(latency > horizon, cfg.class_memory)
+            self._learn(send, latency > horizon)
             if latency <= horizon:
                 self._add_latency(latency)
+        if self.receipts_rate_at is None:
+            self.receipts_rate, self.receipts_rate_at = 1.0 / cfg.rate_window, at
+        else:
+            elapsed = max(0.0, at - self.receipts_rate_at)
+            self.receipts_rate = self.receipts_rate * math.exp(-elapsed / cfg.rate_window) + 1.0 / cfg.rate_window
+            self.receipts_rate_at = max(self.receipts_rate_at, at)
         self.recipients[recipient] = max(at, self.recipients.pop(recipient, at))
         while len(self.recipients) > cfg.max_recipients:
             self.recipients.popitem(last=False)
         if self.last_receipt_at is None or at > self.last_receipt_at:
             self.last_receipt_at = at
-        expired = [s for s in self.open.values() if s.sent_at + horizon < at]
-        for stale in expired:
+        # Open sends are kept in send order: the expired ones are a prefix (no scan of the rest).
+        while self.open:
+            stale = next(iter(self.open.values()))
+            if stale.sent_at + horizon >= at:
+                break
             del self.open[stale.message_id]
-            self.shares[stale.klass].add(True, cfg.class_memory)
+            self._learn(stale, True)
 
     def on_closed(self, message_id: str) -> None:
         """The message left SENT without a receipt (failed): it is no evidence either way."""
         self.open.pop(message_id, None)
+
+    def _learn(self, send: OpenSend, miss: bool) -> None:
+        cfg = self.config
+        self.shares[send.klass].add(miss, cfg.class_memory)
+        self.recent[send.klass].add(miss, cfg.recent_memory)
+        self.hourly[send.klass * 24 + _hour(send.sent_at)].add(miss, cfg.hourly_memory)
 
     def _add_latency(self, latency: float) -> None:
         self.latencies.append(latency)
@@ -195,14 +227,34 @@ class DeliveryModel:
         longer = n - bisect.bisect_right(self._sorted, age)
         return (longer + 1.0) / (n + 1.0)
 
-    def never_share(self, klass: int) -> float:
+    def never_share(self, klass: int, sent_at: float | None = None) -> float:
+        """P(a send of this class never confirms | healthy). Given `sent_at`, the class's share at
+        that hour of the day (its own counts, leaning on the class's long-run share while they are
+        few: nights differ from days); never below the class's share over its last few outcomes
+        (a group of recipients gone quiet at once) nor below the floor."""
         cfg = self.config
-        return self.shares[klass].rate(cfg.priors[klass], cfg.miss_floor)
+        q = self.shares[klass].rate(cfg.priors[klass], cfg.miss_floor)
+        if sent_at is not None:
+            hour = self.hourly[klass * 24 + _hour(sent_at)]
+            q = hour.rate((cfg.hourly_weight * q, cfg.hourly_weight * (1.0 - q)), cfg.miss_floor)
+        recent = self.recent[klass].rate((cfg.recent_weight * q, cfg.recent_weight * (1.0 - q)), cfg.miss_floor)
+        return max(q, recent)
 
     def sends_per_day(self, now: float) -> float:
         if self.rate_at is None:
             return 0.0
         return self.sends_rate * math.exp(-max(0.0, now - self.rate_at) / self.config.rate_window) * SECONDS_PER_DAY
+
+    def receipts_per_day(self, now: float) -> float:
+        """Receipts per day: each one starts a new run of evidence (the CUSUM's reset)."""
+        if self.receipts_rate_at is None:
+            return 0.0
+        decay = math.exp(-max(0.0, now - self.receipts_rate_at) / self.config.rate_window)
+        return self.receipts_rate * decay * SECONDS_PER_DAY
+
+
+def _hour(at: float) -> int:
+    return int(at % SECONDS_PER_DAY // 3600.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,11 +285,11 @@ def assess(model: DeliveryModel, now: float, *, since: float | None = None) -> A
             oldest[send.recipient] = send
     evidence = 0.0
     for send in oldest.values():
-        q = model.never_share(send.klass)
+        q = model.never_share(send.klass, send.sent_at)
         p0 = q + (1.0 - q) * model.survival(now - send.sent_at)
         evidence += -math.log(min(1.0, p0))
-    rate = max(cfg.min_sends_per_day, model.sends_per_day(now))
-    threshold = math.log(rate / cfg.false_alarm_per_day)
+    runs = max(cfg.min_sends_per_day, model.receipts_per_day(now))
+    threshold = math.log(runs / cfg.false_alarm_per_day)
     cold = not model.warmed_up
     if cold:
         threshold += cfg.cold_margin

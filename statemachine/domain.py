@@ -65,6 +65,8 @@ class Reason(StrEnum):
     PROVIDER_NO_MESSAGE_ID = "PROVIDER_NO_MESSAGE_ID"
     PROVIDER_ACCEPTED = "PROVIDER_ACCEPTED"
     OUTCOME_UNKNOWN = "OUTCOME_UNKNOWN"
+    # Another attempt (still running) holds this idempotency key.
+    SEND_IN_PROGRESS = "SEND_IN_PROGRESS"
     # Webhook-driven message changes.
     WEBHOOK_STATUS = "WEBHOOK_STATUS"
     STALE_STATUS = "STALE_STATUS"

@@ -71,6 +71,32 @@ class ProviderFailed(GuardError):
         self.message = message
 
 
+RETRY_METHOD = "wapiguard.v1.SendService/RetryMessage"
+
+
+class OutcomeUnknown(ProviderFailed):
+    """The attempt that held the key is over without a recorded answer (it died mid-send, or the
+    provider call ended in an unexpected way). Only `RetryMessage` can change that, so it is a
+    precondition failure that names it, not a "retry me" code."""
+
+    def __init__(self, message: MessageRecord, detail: str) -> None:
+        super().__init__(Reason.OUTCOME_UNKNOWN, message, detail)
+        self.metadata["retry_with"] = RETRY_METHOD
+
+
+class SendInProgress(GuardError):
+    """Another attempt still holds this idempotency key: its outcome is not known yet."""
+
+    def __init__(self, message: MessageRecord, retry_after: float) -> None:
+        super().__init__(
+            Reason.SEND_IN_PROGRESS,
+            f"message {message.id} is still being sent by another attempt; retry in {retry_after:.1f}s",
+            {"instance_id": message.instance_id, "message_id": message.id, "message_state": message.state.value},
+        )
+        self.message = message
+        self.retry_after = retry_after
+
+
 class IdempotencyConflict(GuardError):
     def __init__(self, message: MessageRecord) -> None:
         super().__init__(

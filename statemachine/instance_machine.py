@@ -32,6 +32,7 @@ class InstanceTrigger(StrEnum):
     REQUEST_DISCONNECT = "request_disconnect"  # an operator logged the session out
     BEGIN_RESTART = "begin_restart"  # an operator restarted the session at W-API
     BEGIN_PAIRING = "begin_pairing"  # an operator asked for a QR code or a pairing code
+    CLEAR_STALL = "clear_stall"  # an operator vouches that the stalled session delivers again
 
 
 class _InstanceModel:
@@ -177,6 +178,15 @@ INSTANCE_TRANSITIONS: list[dict[str, object]] = [
     },
     {
         "trigger": T.REPORT_DELIVERY_RESUMED,
+        "source": IS.DEGRADED,
+        "dest": IS.CONNECTED,
+        "conditions": _is_stalled,
+        "after": _set(Reason.PHONE_CONFIRMED),
+    },
+    # An operator's explicit clear (audited with who asked): only a delivery stall, nothing else
+    # that blocks sends; the stall evidence starts afresh from the clear.
+    {
+        "trigger": T.CLEAR_STALL,
         "source": IS.DEGRADED,
         "dest": IS.CONNECTED,
         "conditions": _is_stalled,

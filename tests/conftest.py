@@ -20,9 +20,20 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"wapi-guard test database: {POSTGRES_URL or 'SQLite (temporary file per test)'}"
 
 
+_fresh_schema: set[str] = set()
+
+
 async def reset_postgres(url: str) -> None:
+    """Truncates every table; the first time in a run, the schema is rebuilt from the migrations,
+    so a database left behind by another checkout (another revision of the same number, or tables
+    a later migration creates) cannot fail the run."""
     engine = create_engine(url)
     try:
+        if url not in _fresh_schema:
+            async with engine.begin() as conn:
+                await conn.execute(text("DROP SCHEMA public CASCADE"))
+                await conn.execute(text("CREATE SCHEMA public"))
+            _fresh_schema.add(url)
         await upgrade_to_head(engine)
         async with engine.begin() as conn:
             names = ", ".join(t.name for t in metadata.sorted_tables)

@@ -27,6 +27,7 @@ from adapters.persistence.retention import Pruner
 from adapters.persistence.schema import (
     chat_statuses,
     events,
+    instance_stuck_counts,
     instance_transitions,
     instances,
     messages,
@@ -406,10 +407,11 @@ class Repository:
             return [(r.id, r.token) for r in rows]
 
     async def stuck_counts(self, instance_ids: Sequence[str] | None = None) -> dict[str, int]:
-        """Messages stuck in SENT per instance: read from the open-work table's stuck index."""
-        query = select(open_messages.c.instance_id, func.count()).where(_STUCK).group_by(open_messages.c.instance_id)
+        """Messages stuck in SENT per instance: one counter row each, kept by triggers."""
+        c = instance_stuck_counts.c
+        query = select(c.instance_id, c.stuck).where(c.stuck > 0)
         if instance_ids is not None:
-            query = query.where(open_messages.c.instance_id.in_(list(instance_ids)))
+            query = query.where(c.instance_id.in_(list(instance_ids)))
         async with self.engine.connect() as conn:
             return {r[0]: r[1] for r in await conn.execute(query)}
 
@@ -461,6 +463,8 @@ class Repository:
                 values.update(consecutive_gateway_failures=0)
         if decision.changed:
             values["state_changed_at"] = now
+            if record.reason == Reason.DELIVERY_STALLED and decision.reason != Reason.DELIVERY_STALLED:
+                values["stall_ended_at"] = now
         result = await conn.execute(
             update(instances)
             .where(instances.c.id == instance_id, instances.c.version == record.version)
@@ -585,9 +589,12 @@ class Repository:
             )
 
     async def count_recovery_actions(self, instance_id: str, since: datetime) -> int:
-        """Actions on one instance since `since` (index on instance_id, at: cost bounded by the window)."""
+        """Actions on one instance since `since` that reached W-API (an operator's stall clear does
+        not; index on instance_id, at: cost bounded by the window)."""
         query = select(func.count()).where(
-            recovery_actions.c.instance_id == instance_id, recovery_actions.c.at >= since
+            recovery_actions.c.instance_id == instance_id,
+            recovery_actions.c.at >= since,
+            recovery_actions.c.action != "clear_stall",
         )
         async with self.engine.connect() as conn:
             return int((await conn.execute(query)).scalar_one())
@@ -1489,11 +1496,19 @@ class Repository:
         delivery status (DELIVERED/READ/PLAYED) of the instance after the oldest of them.
         """
         async with self.transaction() as conn:
+            # Only sends after the latest stall ended count: after an operator's clear (or a
+            # reconnection) the messages stuck during the stall must not stall it again at once.
+            since = (
+                await conn.execute(select(instances.c.stall_ended_at).where(instances.c.id == instance_id))
+            ).scalar()
+            stuck = and_(_STUCK, open_messages.c.instance_id == instance_id)
+            if since is not None:
+                stuck = and_(stuck, open_messages.c.sent_at > since)
             newest_stuck = [
                 r[0]
                 for r in await conn.execute(
                     select(open_messages.c.sent_at)
-                    .where(_STUCK, open_messages.c.instance_id == instance_id)
+                    .where(stuck)
                     .order_by(open_messages.c.sent_at.desc())
                     .limit(threshold)
                 )

@@ -71,6 +71,9 @@ instances = Table(
     Column("checked_at", UTCDateTime()),
     Column("last_event_at", UTCDateTime()),
     Column("state_changed_at", UTCDateTime()),
+    # When the latest delivery stall ended (a delivery, a reconnection, an operator's clear): the
+    # stuck-run rule counts only messages sent after it.
+    Column("stall_ended_at", UTCDateTime()),
     Column("consecutive_gateway_failures", Integer, nullable=False, server_default="0"),
     # Whether W-API's webhook URLs point at this service: UNCONFIGURED, CONFIGURED, FAILED.
     Column("webhooks_state", String(24), nullable=False, server_default="UNCONFIGURED"),
@@ -159,6 +162,15 @@ open_messages = Table(
         "created_at",
         **_partial("state IN ('SENT', 'QUEUED') AND stuck_at IS NOT NULL"),
     ),
+)
+
+# Stuck messages per instance, kept by triggers on `open_messages` (migration 0008) in the same
+# statement as the row that enters or leaves "stuck": counting them costs one row per instance.
+instance_stuck_counts = Table(
+    "instance_stuck_counts",
+    metadata,
+    Column("instance_id", String(64), primary_key=True),
+    Column("stuck", BigId, nullable=False),
 )
 
 events = Table(

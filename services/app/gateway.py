@@ -62,9 +62,11 @@ class Gateway:
             policy=ProbePolicy(active_max_age=self.config.active_probe_max_age),
             interval=self.config.detect_interval or 1.0,
         )
-        self.sending = Sending(repo, provider, self.config, self.telemetry, self.instances, self.stall_watch)
-        self.ingestion = Ingest(repo, parse_webhook, self.telemetry, self.instances)
         self.jobs = Jobs(repo, self.config, self.telemetry, self.instances)
+        self.sending = Sending(
+            repo, provider, self.config, self.telemetry, self.instances, self.stall_watch, self.jobs.reconcile_once
+        )
+        self.ingestion = Ingest(repo, parse_webhook, self.telemetry, self.instances)
         self._tasks: list[asyncio.Task[None]] = []
 
     @property

@@ -34,3 +34,7 @@ class GatewayConfig:
     # Seconds between retention runs (0: never prune); what each table keeps.
     retention_interval: float = 3600.0
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)
+
+    def pending_cutoff_seconds(self) -> float:
+        """How long a PENDING message may wait for its answer before it is OUTCOME_UNKNOWN."""
+        return max(self.pending_grace, self.send_timeout)

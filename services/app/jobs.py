@@ -29,7 +29,7 @@ class Jobs:
 
     async def reconcile_once(self) -> list[MessageRecord]:
         """Messages a crashed process left PENDING become FAILED/OUTCOME_UNKNOWN, with an alert."""
-        cutoff = utcnow() - timedelta(seconds=max(self.config.pending_grace, self.config.send_timeout))
+        cutoff = utcnow() - timedelta(seconds=self.config.pending_cutoff_seconds())
         reconciled = await self.repo.reconcile_pending(cutoff)
         for msg in reconciled:
             self.metrics.sends.add(1, {"outcome": "failed", "reason": Reason.OUTCOME_UNKNOWN.value})

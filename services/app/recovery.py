@@ -46,6 +46,7 @@ log = logging.getLogger("wapi_guard.recovery")
 WEBHOOKS_CONFIGURED = "CONFIGURED"
 WEBHOOKS_FAILED = "FAILED"
 WEBHOOKS_UNCONFIGURED = "UNCONFIGURED"
+NOT_STALLED = "NOT_STALLED"  # the detail of a clear that found no delivery stall to lift
 LOG_PER_PAGE = 50
 LOG_MAX_PAGES = 40  # per instance and run: bounded even when the log is huge
 RECONCILE_START_DELAY = 1.0
@@ -184,6 +185,35 @@ class Recovery:
             return await ops.disconnect(creds, timeout=self.config.action_timeout)
 
         return await self._run("disconnect", instance_id, act, locale)
+
+    async def clear_stall(self, instance_id: str, locale: str = "pt-BR") -> ActionResult:
+        """An operator's explicit clear of a delivery stall (the session was checked by hand).
+
+        Nothing goes to W-API: the one instance machine lifts DEGRADED/DELIVERY_STALLED only
+        (`clear_stall`), the transition names `operator:<who>` in the instance's history and the
+        change log, and an audit row records the request whether or not there was a stall to clear
+        (clearing twice is not an error). The stall evidence starts afresh from the clear.
+        """
+        violations = validate_instance_id(instance_id)
+        if violations:
+            raise InvalidRequest(violations)
+        who = current_principal.get().name
+        async with self._exclusive(instance_id, limited=False):
+            change = await self.repo.apply_instance_trigger(
+                instance_id, InstanceTrigger.CLEAR_STALL, source=f"operator:{who}"
+            )
+            if change is None:
+                raise InstanceNotFound(instance_id)
+            record = change.instance
+            if change.decision.changed:
+                outcome = ActionOutcome(ok=True, message="delivery stall cleared")
+                self.gateway.instances.after_change(change)
+            else:
+                outcome = ActionOutcome(
+                    ok=True, detail=NOT_STALLED, message=f"not stalled ({record.state.value}/{record.reason})"
+                )
+            await self._audit(instance_id, "clear_stall", who, outcome)
+        return ActionResult(record, outcome, next_step(record.state, record.reason, locale))
 
     async def _run(
         self,

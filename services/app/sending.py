@@ -11,11 +11,12 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
+from adapters.deadline import beyond_caller
 from services.app.clock import utcnow
 from services.app.content import content_to_dict, outbound_from_stored, request_hash
 from services.app.gateway_config import GatewayConfig
@@ -39,8 +40,10 @@ from statemachine.errors import (
     InvalidRequest,
     MessageNotFound,
     NotRetryable,
+    OutcomeUnknown,
     ProviderFailed,
     SendBlocked,
+    SendInProgress,
 )
 from statemachine.ids import time_ordered_id
 from statemachine.instance_machine import InstanceTrigger
@@ -84,6 +87,7 @@ class Sending:
         telemetry: Telemetry,
         instances: Instances,
         stall_watch: StallWatch,
+        settle_pending: Callable[[], Awaitable[object]],
     ) -> None:
         self.repo = repo
         self.provider = provider
@@ -92,6 +96,8 @@ class Sending:
         self.metrics = telemetry.metrics
         self.instances = instances
         self.stall_watch = stall_watch
+        # Settles PENDING messages past the grace (the jobs' reconciliation), for a replayed key.
+        self.settle_pending = settle_pending
         # Provider calls whose answer is still being recorded (shutdown waits for them).
         self.inflight: set[asyncio.Task[MessageRecord]] = set()
 
@@ -126,7 +132,7 @@ class Sending:
                     span.set_attribute("wapi.idempotent_replay", True)
                     span.set_attribute("wapi.message_id", stored.id)
                     self.metrics.sends.add(1, {"outcome": "replayed", "reason": stored.failure_reason})
-                    return self._replay(stored, msg.request_hash)
+                    return await self._replay(stored, msg.request_hash)
                 if blocked:
                     raise self._blocked(stored, health.state, blocked)
             except BaseException as error:
@@ -192,13 +198,30 @@ class Sending:
         self.metrics.blocked.add(1, {"reason": reason.value})
         return SendBlocked(reason, stored, health)
 
-    def _replay(self, stored: MessageRecord, wanted_hash: str) -> MessageRecord:
+    async def _replay(self, stored: MessageRecord, wanted_hash: str) -> MessageRecord:
         """Same key again: the first request's outcome, never a second provider call."""
         if stored.request_hash != wanted_hash:
             raise IdempotencyConflict(stored)
+        if stored.state is MessageState.PENDING:
+            stored = await self._pending_replay(stored)
         if stored.state is MessageState.FAILED:
             raise self._failure_error(stored)
         return stored
+
+    async def _pending_replay(self, stored: MessageRecord) -> MessageRecord:
+        """The key is held by an attempt with no recorded answer. While that attempt may still be
+        running (younger than the reconciler's grace), the caller is told to come back; past it the
+        attempt is dead, so the message is settled now (FAILED/OUTCOME_UNKNOWN, as the sweeper
+        would) and the caller gets that verdict with the way out (`RetryMessage`)."""
+        grace = self.config.pending_cutoff_seconds()
+        left = grace - (utcnow() - stored.updated_at).total_seconds()
+        if left > 0:
+            raise SendInProgress(stored, retry_after=round(max(0.1, min(left, 1.0)), 3))
+        await self.settle_pending()
+        settled = await self.repo.get_message(stored.id)
+        if settled is None or settled.state is MessageState.PENDING:
+            raise SendInProgress(settled or stored, retry_after=0.5)  # another sweeper holds its row
+        return settled
 
     def _failure_error(self, msg: MessageRecord) -> SendBlocked | ProviderFailed:
         reason = Reason(msg.failure_reason) if msg.failure_reason in Reason.__members__ else Reason.PROVIDER_ERROR
@@ -206,6 +229,8 @@ class Sending:
             cached = self.instances.peek(msg.instance_id)
             state = cached.record.state if cached else InstanceState.UNKNOWN
             return SendBlocked(reason, msg, state)
+        if reason is Reason.OUTCOME_UNKNOWN:
+            return OutcomeUnknown(msg, msg.failure_detail)
         return ProviderFailed(reason, msg, msg.failure_detail)
 
     async def _attempt_shielded(
@@ -215,7 +240,10 @@ class Sending:
 
         A cancelled RPC must not leave a message PENDING after the provider accepted it.
         """
-        task: asyncio.Task[MessageRecord] = asyncio.create_task(self._attempt(msg, outbound, cached, span, budget))
+        # Its storage calls are bounded by --db-timeout only: they must outlive the caller's deadline.
+        task: asyncio.Task[MessageRecord] = asyncio.create_task(
+            self._attempt(msg, outbound, cached, span, budget), context=beyond_caller()
+        )
         self.inflight.add(task)
         task.add_done_callback(self.inflight.discard)
         task.add_done_callback(lambda t: t.cancelled() or t.exception())

@@ -107,9 +107,6 @@ async def run_demo(*, keep: bool = False, as_json: bool = False) -> int:
         wapi_base_url=sim.base_url,
         webhook_secret=secret,
         probe_interval=0,
-        stuck_after=1.5,
-        sweep_interval=0.25,
-        stall_threshold=3,
         log_level="WARNING",
     )
     app = await App.start(settings)
@@ -124,11 +121,12 @@ async def run_demo(*, keep: bool = False, as_json: bool = False) -> int:
     events = events_pb2_grpc.EventServiceStub(channel)
     stream = events.Subscribe(events_pb2.SubscribeRequest(from_now=True, progress_interval_seconds=1))
     await stream.read()  # the first progress message: subscribed, everything from here on arrives
-    consumer = asyncio.create_task(_consume(stream, seen))
+    echo = Echo()
+    consumer = asyncio.create_task(_consume(stream, seen, echo))
     print(f"wapi-guard demo — SQLite at {workdir / 'demo.db'}, W-API simulator at {sim.base_url}")
     print(f"gRPC on 127.0.0.1:{app.grpc_port}, webhook bridge on 127.0.0.1:{app.http_port}\n")
     try:
-        await _scenario(send, health, sim, report)
+        await _scenario(send, health, sim, report, echo)
         await asyncio.sleep(0.5)
         _check_events(seen, report)
     finally:
@@ -168,7 +166,20 @@ def _describe_event(event: events_pb2.Event) -> str:
     return f"{name}: {event.type_name}"
 
 
-async def _consume(stream: Any, seen: list[events_pb2.Event]) -> None:
+@dataclass
+class Echo:
+    """Which events the consumer prints: not those of the routine traffic that builds a history."""
+
+    on: bool = True
+    quiet: set[str] = field(default_factory=set)  # message ids
+
+    def shows(self, event: events_pb2.Event) -> bool:
+        which = event.WhichOneof("payload")
+        change = event.message_state_changed if which == "message_state_changed" else None
+        return self.on and (change is None or change.message_id not in self.quiet)
+
+
+async def _consume(stream: Any, seen: list[events_pb2.Event], echo: Echo) -> None:
     """A consumer of the event stream, as a CRM would run it: prints each event as it arrives."""
     while True:
         item = await stream.read()
@@ -176,7 +187,8 @@ async def _consume(stream: Any, seen: list[events_pb2.Event]) -> None:
             return
         if item.HasField("event"):
             seen.append(item.event)
-            print(f"   ⇢ event stream: {_describe_event(item.event)}")
+            if echo.shows(item.event):
+                print(f"   ⇢ event stream: {_describe_event(item.event)}")
 
 
 def _check_events(seen: list[events_pb2.Event], report: Report) -> None:
@@ -190,20 +202,19 @@ def _check_events(seen: list[events_pb2.Event], report: Report) -> None:
     report.add(
         Outcome("events", "Aventura", "PENDING → SENT → DELIVERED → READ", " → ".join(story), "message.state_changed")
     )
-    alerts = [e for e in seen if e.WhichOneof("payload") == "message_stuck" and e.instance_id == AVENTURA]
-    stalled = any(
-        e.WhichOneof("payload") == "instance_health_changed"
-        and e.instance_id == AVENTURA
-        and e.instance_health_changed.reason == "DELIVERY_STALLED"
-        for e in seen
-    )
+    health = []
+    for e in seen:
+        if e.WhichOneof("payload") == "instance_health_changed" and e.instance_id == AVENTURA:
+            change = e.instance_health_changed
+            state = ISTATE[change.to_state]
+            health.append(state if state == "CONNECTED" else f"{state} ({change.reason})")
     report.add(
         Outcome(
             "events",
             "Aventura",
-            "stall alert: stuck + DELIVERY_STALLED",
-            "stall alert: stuck + DELIVERY_STALLED" if alerts and stalled else f"stuck={len(alerts)} stalled={stalled}",
-            f"{len(alerts)} message.stuck alerts, instance.health_changed → DEGRADED",
+            "CONNECTED → DEGRADED (DELIVERY_STALLED) → CONNECTED",
+            " → ".join(health),
+            "instance.health_changed: the learned stall test, then the operator's clear",
         )
     )
 
@@ -213,6 +224,7 @@ async def _scenario(
     health: instance_health_pb2_grpc.InstanceHealthServiceAsyncStub,
     sim: Simulator,
     report: Report,
+    echo: Echo,
 ) -> None:
     print("1. Register both instances (each is probed once, through the one instance machine)")
     for instance_id, name, token, plan in (
@@ -281,51 +293,94 @@ async def _scenario(
             )
         )
 
-    print("\n3. Aventura's session silently stalls: W-API still accepts sends, nothing is ever delivered")
-    sim.set_behaviour(AVENTURA, "silent_stall")
-    stalled = [
-        await send.SendMessage(
+    await _stall(send, health, sim, report, echo)
+    await _recovery(send, health, sim, report)
+
+
+TRAFFIC = [f"551198765{i:04d}" for i in range(8)]  # Aventura's usual recipients
+
+
+async def _stall(
+    send: send_pb2_grpc.SendServiceAsyncStub,
+    health: instance_health_pb2_grpc.InstanceHealthServiceAsyncStub,
+    sim: Simulator,
+    report: Report,
+    echo: Echo,
+) -> None:
+    """The learned stall test with its default settings: a short healthy history, then a silent
+    stall caught after a handful of sends, then the operator's clear."""
+    print("\n3. Aventura's usual traffic (30 texts to 8 recipients) teaches its own delivery history")
+    echo.on = False
+    for i in range(30):
+        msg = await send.SendMessage(
             send_pb2.SendMessageRequest(
                 instance_id=AVENTURA,
-                to=RECIPIENT,
-                idempotency_key=f"stall-{i}",
-                text=send_pb2.TextContent(body=f"#{i}"),
+                to=TRAFFIC[i % len(TRAFFIC)],
+                idempotency_key=f"usual-{i}",
+                text=send_pb2.TextContent(body=f"Pedido {i} confirmado."),
             )
         )
-        for i in range(3)
-    ]
-    print(f"   3 messages accepted by W-API: {', '.join(STATE[m.state] for m in stalled)} (not delivered)")
+        echo.quiet.add(msg.id)
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(1.5)  # the last receipts arrive
+    echo.on = True
 
-    async def stalled_yet() -> common_pb2.InstanceHealth | None:
-        h = await health.GetInstanceHealth(instance_health_pb2.GetInstanceHealthRequest(instance_id=AVENTURA))
-        return h if h.reason == "DELIVERY_STALLED" else None
-
-    h = await _wait_for(stalled_yet, 10) or await health.GetInstanceHealth(
-        instance_health_pb2.GetInstanceHealthRequest(instance_id=AVENTURA)
-    )
-    stuck = await send.ListMessages(send_pb2.ListMessagesRequest(instance_id=AVENTURA, stuck_only=True))
+    print("   … then its session silently stalls: W-API still accepts sends, nothing is ever delivered")
+    sim.set_behaviour(AVENTURA, "silent_stall")
+    accepted: list[str] = []
+    blocked_reason, blocked_text = "", ""
+    for i in range(40):
+        try:
+            msg = await send.SendMessage(
+                send_pb2.SendMessageRequest(
+                    instance_id=AVENTURA,
+                    to=TRAFFIC[i % len(TRAFFIC)],
+                    idempotency_key=f"stall-{i}",
+                    text=send_pb2.TextContent(body=f"#{i}"),
+                )
+            )
+            accepted.append(STATE[msg.state])
+        except grpc.aio.AioRpcError as error:
+            blocked_reason, blocked_text, _ = _error(error)
+            break
+        await asyncio.sleep(0.3)
+    print(f"   {len(accepted)} messages accepted by W-API after the stall began (not delivered), then:")
     report.add(
         Outcome(
-            "stall",
+            "send",
             "Aventura",
-            "DEGRADED (DELIVERY_STALLED)",
-            f"{ISTATE[h.state]} ({h.reason})",
-            f"stuck messages: {len(stuck.messages)}; operational alert logged once per message",
+            "blocked: DELIVERY_STALLED",
+            f"blocked: {blocked_reason}" if blocked_reason else "never blocked",
+            f"after {len(accepted)} accepted sends (learned test, default settings); “{blocked_text}”",
         )
     )
-    try:
-        await send.SendMessage(
-            send_pb2.SendMessageRequest(
-                instance_id=AVENTURA, to=RECIPIENT, idempotency_key="stall-next", text=send_pb2.TextContent(body="?")
-            )
+    h = await health.GetInstanceHealth(instance_health_pb2.GetInstanceHealthRequest(instance_id=AVENTURA))
+    report.add(Outcome("stall", "Aventura", "DEGRADED (DELIVERY_STALLED)", f"{ISTATE[h.state]} ({h.reason})"))
+    probed = await health.GetInstanceHealth(
+        instance_health_pb2.GetInstanceHealthRequest(instance_id=AVENTURA, refresh=True)
+    )
+    report.add(
+        Outcome(
+            "probe",
+            "Aventura",
+            "DEGRADED (DELIVERY_STALLED)",
+            f"{ISTATE[probed.state]} ({probed.reason})",
+            "W-API's status still says connected: a probe never clears a stall",
         )
-        report.false_sent += 1
-        report.add(Outcome("send", "Aventura", "blocked: DELIVERY_STALLED", "SENT"))
-    except grpc.aio.AioRpcError as error:
-        reason, message, _ = _error(error)
-        report.add(Outcome("send", "Aventura", "blocked: DELIVERY_STALLED", f"blocked: {reason}", f"“{message}”"))
+    )
 
-    await _recovery(send, health, sim, report)
+    print("   the operator checks the phone, the session works again: wapi-guard clear-stall 3B6XIW-ZTS923-GEAY6V")
+    sim.set_behaviour(AVENTURA, "healthy")
+    cleared = await health.ClearStall(instance_health_pb2.InstanceRequest(instance_id=AVENTURA))
+    report.add(
+        Outcome(
+            "clear",
+            "Aventura",
+            "CONNECTED",
+            ISTATE[cleared.health.state] if cleared.cleared else f"not cleared: {ISTATE[cleared.health.state]}",
+            "audited with who asked (ListRecoveryActions, the instance's history)",
+        )
+    )
 
 
 async def _recovery(

@@ -55,10 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     flags = serve_flags()
     _add_flags(serve, flags)
-    for switch, (name, text) in serve_switches().items():
-        serve.add_argument(switch, dest=name, action="store_const", const=False, default=None, help=text)
+    for switch, (name, const, text) in serve_switches().items():
+        serve.add_argument(switch, dest=name, action="store_const", const=const, default=None, help=text)
     migrate = sub.add_parser("migrate", help="apply database migrations and exit")
-    _add_flags(migrate, {"--database-url": flags["--database-url"]})
+    _add_flags(migrate, {flag: flags[flag] for flag in ("--database-url", "--db-connect-timeout")})
     sub.add_parser("simulator", help="run the W-API simulator on loopback", add_help=False)
     demo = sub.add_parser("demo", help="end-to-end scenario on SQLite + the simulator (the main job)")
     demo.add_argument("--keep", action="store_true", help="keep the temporary database and print its path")
@@ -95,17 +95,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         setup_logging("ERROR", "text")
     else:
         setup_logging(settings.log_level, settings.log_format)
-    if args.command == "serve":
-        from services.rpc.server import serve
+    if args.command in ("serve", "migrate"):
+        from services.rpc.startup import StartupError
 
         try:
+            if args.command == "migrate":
+                return run(_migrate(settings), event_loop=settings.event_loop)
+            from services.rpc.server import serve
+
             run(serve(settings), event_loop=settings.event_loop)
-        except (OSError, ValueError) as error:
-            print(f"wapi-guard: {error}", file=sys.stderr)
+        except (StartupError, OSError, ValueError) as error:
+            print(f"wapi-guard: {startup_message(error)}", file=sys.stderr)
             return 1
         return 0
-    if args.command == "migrate":
-        return run(_migrate(settings.database_url), event_loop=settings.event_loop)
     if args.command == "demo":
         from services.cli.demo import run_demo
 
@@ -114,13 +116,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
 
 
-async def _migrate(url: str) -> int:
+def startup_message(error: BaseException) -> str:
+    """Never an empty line: an exception without text (a bare TimeoutError) still says what it was."""
+    from services.observability.logs import scrub
+
+    text = scrub(str(error).strip())
+    return text or f"start-up failed: {type(error).__name__}"
+
+
+async def _migrate(settings: Settings) -> int:
     from adapters.persistence.db import create_engine
     from adapters.persistence.migrate import upgrade_to_head
+    from services.rpc.startup import step
 
-    engine = create_engine(url)
+    url = settings.database_url
+    engine = create_engine(url, pool_size=1, connect_timeout=settings.db_connect_timeout)
     try:
-        await upgrade_to_head(engine)
+        await step("migrations", url, settings.db_connect_timeout, upgrade_to_head(engine))
     finally:
         await engine.dispose()
     print("database is at the latest schema")

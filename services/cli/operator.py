@@ -56,6 +56,7 @@ OPERATOR_COMMANDS: frozenset[str] = frozenset(
         "connect",
         "restart",
         "disconnect",
+        "clear-stall",
         "webhooks",
         "subscriptions",
         "retry",
@@ -73,7 +74,8 @@ EXIT_AUTH = 5
 EXIT_CODES_HELP = """\
 exit codes:
   0  ok
-  1  send refused, blocked or failed (the message is stored as FAILED; the reason is printed)
+  1  send refused, blocked or failed (the message is stored as FAILED; the reason is printed);
+     an action that changed nothing (clear-stall without a stall, webhooks not configured)
   2  usage error (bad arguments, or rejected by the server as invalid)
   3  server unreachable or unavailable, or no answer within --timeout
   4  instance or message not found

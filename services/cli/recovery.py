@@ -22,7 +22,9 @@ from services.cli.operator import (
 )
 from services.i18n import RECOVERY_CLI_TEXTS, lang_of
 
-RECOVERY_COMMANDS_NAMES = frozenset({"connect", "restart", "disconnect", "webhooks", "retry", "reconcile"})
+RECOVERY_COMMANDS_NAMES = frozenset(
+    {"connect", "restart", "disconnect", "clear-stall", "webhooks", "retry", "reconcile"}
+)
 
 
 def _t(ctx: Context, name: str, **values: Any) -> str:
@@ -60,6 +62,16 @@ def add_recovery_commands(sub: Any, kwargs: dict[str, Any]) -> None:
     for name, text in (("restart", "restart the instance at W-API"), ("disconnect", "log the instance out at W-API")):
         parser = sub.add_parser(name, help=f"{text} (operator)", description=text.capitalize() + ".", **kwargs)
         parser.add_argument("instance_id", metavar="INSTANCE")
+    clear = sub.add_parser(
+        "clear-stall",
+        help="lift a DELIVERY_STALLED block after checking the session by hand (operator)",
+        description=(
+            "ClearStall: lifts DEGRADED/DELIVERY_STALLED (nothing goes to W-API), audited with who asked; "
+            "anything else that blocks sends stays. Exit 1 when there was no stall to clear."
+        ),
+        **kwargs,
+    )
+    clear.add_argument("instance_id", metavar="INSTANCE")
     webhooks = sub.add_parser(
         "webhooks",
         help="point W-API's six webhooks at this service, or check them (operator)",
@@ -215,6 +227,26 @@ async def cmd_restart(ctx: Context) -> int:
     return EXIT_OK
 
 
+async def cmd_clear_stall(ctx: Context) -> int:
+    from services.api.wapiguard.v1 import instance_health_pb2
+
+    request = instance_health_pb2.InstanceRequest(instance_id=ctx.args.instance_id)
+    answer = await ctx.call(ctx.health_stub().ClearStall, request)
+    if ctx.json:
+        ctx.emit_json(
+            {
+                "instance": instance_dict(answer.health, ctx.lang),
+                "cleared": answer.cleared,
+                "next_step": answer.next_step,
+            }
+        )
+    else:
+        ctx.print(_t(ctx, "stall_cleared" if answer.cleared else "not_stalled"))
+        ctx.print(_state_line(ctx, answer.health))
+        _next(ctx, answer.next_step)
+    return EXIT_OK if answer.cleared else EXIT_FAILED
+
+
 async def cmd_webhooks(ctx: Context) -> int:
     from services.api.wapiguard.v1 import instance_health_pb2
 
@@ -307,6 +339,7 @@ RECOVERY_COMMANDS: dict[str, Callable[[Context], Awaitable[int]]] = {
     "connect": cmd_connect,
     "restart": cmd_restart,
     "disconnect": cmd_restart,
+    "clear-stall": cmd_clear_stall,
     "webhooks": cmd_webhooks,
     "retry": cmd_retry,
     "reconcile": cmd_reconcile,

@@ -12,10 +12,11 @@ from typing import Any
 
 from aiohttp import web
 
+from adapters.deadline import request_scope
 from services.app.gateway import Gateway
 from services.app.recovery import Recovery
 from services.config import Settings
-from services.http.status_page import add_status_routes
+from services.http.status_page import STATUS_PAGE_KEY, add_status_routes
 from services.rpc.errors import status_for
 from statemachine.errors import InvalidPayload
 from statemachine.ports import SubscriptionStore
@@ -24,6 +25,7 @@ log = logging.getLogger("wapi_guard.bridge")
 MAX_BODY = 256 * 1024
 GATEWAY_KEY = web.AppKey("gateway", Gateway)
 SECRET_KEY = web.AppKey("secret", str)
+METRICS_OPEN_KEY = web.AppKey("metrics_open", bool)
 
 
 def _authorized(request: web.Request) -> bool:
@@ -52,7 +54,8 @@ async def receive(request: web.Request) -> web.Response:
         return web.json_response({"error": "could not read body"}, status=400)
     headers = {k: v for k, v in request.headers.items()}
     try:
-        result = await request.app[GATEWAY_KEY].ingest(body, headers)
+        with request_scope(None):  # bounded by --db-timeout: W-API gets a 503 and retries
+            result = await request.app[GATEWAY_KEY].ingest(body, headers)
     except InvalidPayload as bad:
         # Stored with its reason; a retry of the same bytes cannot help.
         return web.json_response(
@@ -82,6 +85,18 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
+    """Behind the status page's auth (its labels name every instance), unless opened by flag.
+    Only an unscoped token may read it: a scoped one would see other owners' instance ids."""
+    if not request.app[METRICS_OPEN_KEY]:
+        principal = request.app[STATUS_PAGE_KEY].principal(request)
+        if principal is None:
+            return web.json_response(
+                {"error": "unauthenticated", "reason": "UNAUTHENTICATED"},
+                status=401,
+                headers={"WWW-Authenticate": 'Bearer realm="wapi-guard metrics"'},
+            )
+        if principal.instances is not None:
+            return web.json_response({"error": "permission denied", "reason": "PERMISSION_DENIED"}, status=403)
     body = request.app[GATEWAY_KEY].telemetry.prometheus_text()
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
@@ -95,6 +110,7 @@ def build_app(
     app = web.Application(client_max_size=MAX_BODY)
     app[GATEWAY_KEY] = gateway
     app[SECRET_KEY] = settings.webhook_secret.get_secret_value() if settings.webhook_secret else ""
+    app[METRICS_OPEN_KEY] = settings.metrics_open
     app.router.add_post("/webhooks/wapi/{secret}", receive)
     app.router.add_post("/webhooks/wapi", receive)
     app.router.add_get("/healthz", healthz)

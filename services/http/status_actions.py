@@ -1,5 +1,5 @@
 """Per-instance actions on the status page: show the QR code, ask for a pairing code, restart an
-instance, retry a failed message. Plain HTML forms (they work without JavaScript), each a POST
+instance, clear a delivery stall, retry a failed message. Plain HTML forms (they work without JavaScript), each a POST
 protected by the page's auth (the same tokens, the same instance scopes) and by CSRF checks:
 
 - a token in every form, HMAC of the viewer's identity under a key only the server knows (stable
@@ -23,7 +23,7 @@ from aiohttp import web
 
 from services.app.gateway import Gateway
 from services.app.principals import Principal
-from services.app.recovery import Recovery
+from services.app.recovery import NOT_STALLED, Recovery
 from services.config import Settings
 from services.i18n import STATUS_ACTION_TEXTS, lang_of, reason_label, state_view
 from services.rpc.errors import status_for
@@ -73,8 +73,8 @@ class Csrf:
         return True
 
 
-def instance_actions(instance_id: str, state: str, csrf: str, lang: str) -> str:
-    """The forms of one instance card."""
+def instance_actions(instance_id: str, state: str, csrf: str, lang: str, reason: str = "") -> str:
+    """The forms of one instance card (clearing a stall only on a stalled instance)."""
     base = f"/status/instances/{_e(instance_id)}"
     hidden = f'<input type="hidden" name="csrf" value="{_e(csrf)}"><input type="hidden" name="lang" value="{lang}">'
     forms = []
@@ -88,6 +88,11 @@ def instance_actions(instance_id: str, state: str, csrf: str, lang: str) -> str:
             f'<input name="phone" inputmode="tel" required aria-label="{_e(_a(lang, "pair"))}" '
             f'placeholder="{_e(_a(lang, "phone_placeholder"))}">'
             f'<button type="submit">{_e(_a(lang, "pair"))}</button></form>'
+        )
+    if state == "DEGRADED" and reason == "DELIVERY_STALLED":
+        forms.append(
+            f'<form method="post" action="{base}/clear-stall" data-action="clear-stall">{hidden}'
+            f'<button type="submit">{_e(_a(lang, "clear_stall"))}</button></form>'
         )
     forms.append(
         f'<form method="post" action="{base}/restart" data-action="restart">{hidden}'
@@ -186,6 +191,8 @@ class StatusActions:
                 result = await self.recovery.qr_code(instance_id, lang)
             elif action == "pairing-code":
                 result = await self.recovery.pairing_code(instance_id, fields.get("phone", ""), lang)
+            elif action == "clear-stall":
+                result = await self.recovery.clear_stall(instance_id, lang)
             else:
                 result = await self.recovery.restart(instance_id, lang)
         except Exception as error:
@@ -209,6 +216,11 @@ class StatusActions:
                 body = f'<p class="pairing-code"><output id="pairing-code">{_e(outcome.pairing_code)}</output></p>'
             else:
                 body = f"<p>{_e(_a(lang, 'already'))}</p>"
+        elif action == "clear-stall":
+            title = _a(lang, "clear_stall_title", name=name)
+            done = outcome.detail != NOT_STALLED
+            text = _a(lang, "stall_cleared" if done else "not_stalled")
+            body = f'<p id="cleared" data-cleared="{str(done).lower()}">{_e(text)}</p>'
         else:
             title = _a(lang, "restart_title", name=name)
             body = f"<p>{_e(outcome.message)}</p>"
@@ -222,6 +234,9 @@ class StatusActions:
 
     async def restart(self, request: web.Request) -> web.Response:
         return await self._instance_action(request, "restart")
+
+    async def clear_stall(self, request: web.Request) -> web.Response:
+        return await self._instance_action(request, "clear-stall")
 
     async def retry(self, request: web.Request) -> web.Response:
         guarded = await self._guard(request)
@@ -246,4 +261,5 @@ def add_action_routes(app: web.Application, actions: StatusActions) -> None:
     app.router.add_post("/status/instances/{instance_id}/qr", actions.qr)
     app.router.add_post("/status/instances/{instance_id}/pairing-code", actions.pairing_code)
     app.router.add_post("/status/instances/{instance_id}/restart", actions.restart)
+    app.router.add_post("/status/instances/{instance_id}/clear-stall", actions.clear_stall)
     app.router.add_post("/status/messages/{message_id}/retry", actions.retry)

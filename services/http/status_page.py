@@ -353,7 +353,7 @@ def render_instances(snap: Snapshot, lang: str) -> str:
             f"<dt>{_e(_t(lang, 'checked'))}</dt><dd>{_time(r.checked_at, now, lang)}</dd>"
             f'<dt>{_e(_t(lang, "stuck"))}</dt><dd data-role="stuck"{stuck_cls}>{r.stuck_messages}</dd>'
             "</dl>"
-            f"{instance_actions(r.instance_id, r.state.value, snap.csrf, lang) if snap.csrf else ''}"
+            f"{instance_actions(r.instance_id, r.state.value, snap.csrf, lang, r.reason) if snap.csrf else ''}"
             "</article>"
         )
     return "".join(cards)

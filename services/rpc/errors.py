@@ -13,10 +13,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn, TypeVar
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from adapters.deadline import request_scope
 from services.i18n import reason_text, resolve_lang
 from statemachine.domain import Reason
 from statemachine.errors import (
@@ -27,10 +28,12 @@ from statemachine.errors import (
     InvalidRequest,
     MessageNotFound,
     NotRetryable,
+    OutcomeUnknown,
     ProviderFailed,
     RecoveryFailed,
     RecoveryRefused,
     SendBlocked,
+    SendInProgress,
 )
 from statemachine.ports import ConcurrentUpdateError
 
@@ -57,8 +60,10 @@ def _code_for(error: GuardError) -> grpc.StatusCode:
         return grpc.StatusCode.INVALID_ARGUMENT
     if isinstance(error, (InstanceNotFound, MessageNotFound)):
         return grpc.StatusCode.NOT_FOUND
-    if isinstance(error, (SendBlocked, NotRetryable)):
+    if isinstance(error, (SendBlocked, NotRetryable, OutcomeUnknown)):
         return grpc.StatusCode.FAILED_PRECONDITION
+    if isinstance(error, SendInProgress):
+        return grpc.StatusCode.ABORTED
     if isinstance(error, RecoveryRefused):
         if error.reason is Reason.RECOVERY_RATE_LIMITED:
             return grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -104,6 +109,7 @@ def build_status(
     metadata: dict[str, str],
     locale: str = "pt-BR",
     violations: list[tuple[str, str]] | None = None,
+    retry_after: float | None = None,
 ) -> grpc.Status:
     details = [_pack(error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=metadata))]
     localized = _localized(reason, locale)
@@ -119,6 +125,10 @@ def build_status(
                 )
             )
         )
+    if retry_after is not None:
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(int(retry_after * 1e9))
+        details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
     status = status_pb2.Status(code=getattr(code_pb2, code.name), message=message, details=details)
     converted: grpc.Status = rpc_status.to_status(status)
     return converted
@@ -136,7 +146,10 @@ def status_for(error: BaseException, locale: str = "pt-BR") -> grpc.Status | Non
     """The status to answer for an exception, or None when it is a bug (re-raised as INTERNAL)."""
     if isinstance(error, GuardError):
         violations = [(v.field, v.description) for v in error.violations] if isinstance(error, InvalidRequest) else None
-        return build_status(_code_for(error), str(error), error.reason.value, error.metadata, locale, violations)
+        retry_after = error.retry_after if isinstance(error, SendInProgress) else None
+        return build_status(
+            _code_for(error), str(error), error.reason.value, error.metadata, locale, violations, retry_after
+        )
     if isinstance(error, ConcurrentUpdateError):
         return build_status(grpc.StatusCode.ABORTED, "concurrent update, retry", Reason.CONCURRENT_UPDATE.value, {})
     if isinstance(error, _unavailable):
@@ -158,7 +171,8 @@ def grpc_errors(
     @functools.wraps(handler)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> T:
         try:
-            return await handler(self, request, context)
+            with request_scope(context.time_remaining()):
+                return await handler(self, request, context)
         except Exception as error:
             if isinstance(error, grpc.aio.AbortError):
                 raise

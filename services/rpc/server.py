@@ -10,13 +10,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from sqlalchemy.engine import make_url
 
+from adapters.persistence.bounded import BoundedStore
 from adapters.persistence.db import create_engine
 from adapters.persistence.listen import change_listener
 from adapters.persistence.migrate import upgrade_to_head
@@ -42,10 +43,12 @@ from services.config import Settings
 from services.observability.logs import register_secret
 from services.observability.telemetry import Telemetry
 from services.rpc.auth import AuthInterceptor
+from services.rpc.decoding import DecodingGuard
 from services.rpc.errors import treat_as_unavailable
 from services.rpc.event_mapping import event_dict
 from services.rpc.event_servicers import EventServicer, WebhookSubscriptionServicer
 from services.rpc.servicers import InstanceHealthServicer, SendServicer, WebhookServicer
+from services.rpc.startup import step
 from statemachine.ports import InstanceOperations, Provider, RetentionPolicy
 
 log = logging.getLogger("wapi_guard.server")
@@ -174,31 +177,50 @@ class App:
         if settings.webhook_secret:
             register_secret(settings.webhook_secret.get_secret_value())
         telemetry = telemetry or Telemetry()
-        engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
-        opened.append(engine.dispose)
-        password = make_url(settings.database_url).password
+        url = settings.database_url
+        password = make_url(url).password
         register_secret(str(password) if password else None)
         if settings.migrate_on_start:
-            await upgrade_to_head(engine)
+            # Own engine, no statement timeout: a migration's DDL may legitimately take long.
+            migrations = create_engine(url, pool_size=1, connect_timeout=settings.db_connect_timeout)
+            try:
+                await step("migrations", url, settings.db_connect_timeout, upgrade_to_head(migrations))
+            finally:
+                await migrations.dispose()
+        engine = create_engine(
+            url,
+            pool_size=settings.db_pool_size,
+            connect_timeout=settings.db_connect_timeout,
+            pool_timeout=settings.db_timeout,
+            statement_timeout=settings.db_statement_timeout or None,
+        )
+        opened.append(engine.dispose)
         repo = Repository(engine, group_commit_window=settings.group_commit_window)
         treat_as_unavailable(repo.unavailable_errors)
+        # What the request paths reach the store through: bounded per call (bounded.py).
+        bounded = cast(Repository, BoundedStore(repo, settings.db_timeout))
         provider = provider or default_provider(settings)
         opened.append(provider.aclose)
         instrument = getattr(provider, "instrument", None)
         if telemetry.tracer_provider is not None and instrument is not None:
             instrument(telemetry.tracer_provider)
-        gateway = Gateway(repo, provider, gateway_config(settings), telemetry, parse_webhook=parse_webhook)
+        gateway = Gateway(bounded, provider, gateway_config(settings), telemetry, parse_webhook=parse_webhook)
         recovery = Recovery(
             gateway, provider if isinstance(provider, InstanceOperations) else None, recovery_config(settings)
         )
-        await gateway.start(background_probes=settings.probe_interval > 0)
+        await step(
+            "loading instances",
+            url,
+            settings.db_connect_timeout,
+            gateway.start(background_probes=settings.probe_interval > 0),
+        )
         opened.append(gateway.aclose)
         feed = ChangeFeed(
             repo,
             poll_interval=settings.event_poll_interval,
             wakeups=change_listener(dsn) if (dsn := listen_dsn(settings.database_url)) else None,
         )
-        await feed.start()
+        await step("change feed", url, settings.db_connect_timeout, feed.start())
         opened.append(feed.aclose)
         store = WebhookStore(engine)
         dispatcher = WebhookDispatcher(
@@ -222,11 +244,14 @@ class App:
             interceptors.append(AuthInterceptor(tokens, open_health=settings.auth_open_health))
         server = grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
         opened.append(lambda: server.stop(0))
-        send_pb2_grpc.add_SendServiceServicer_to_server(SendServicer(gateway), server)
+        # Every service is registered through the decoding guard: undecodable bytes answer
+        # INVALID_ARGUMENT/MALFORMED_REQUEST instead of UNKNOWN plus a traceback each.
+        target = cast(grpc.aio.Server, DecodingGuard(server))
+        send_pb2_grpc.add_SendServiceServicer_to_server(SendServicer(gateway), target)
         webhook_servicer = WebhookServicer(gateway)
-        webhook_pb2_grpc.add_WebhookServiceServicer_to_server(webhook_servicer, server)
+        webhook_pb2_grpc.add_WebhookServiceServicer_to_server(webhook_servicer, target)
         instance_health_pb2_grpc.add_InstanceHealthServiceServicer_to_server(
-            InstanceHealthServicer(gateway, recovery), server
+            InstanceHealthServicer(gateway, recovery), target
         )
         events_pb2_grpc.add_EventServiceServicer_to_server(
             EventServicer(
@@ -235,16 +260,19 @@ class App:
                 progress_interval=settings.event_progress_interval,
                 buffer=settings.event_subscriber_buffer,
             ),
-            server,
+            target,
         )
         events_pb2_grpc.add_WebhookSubscriptionServiceServicer_to_server(
-            WebhookSubscriptionServicer(repo, store, dispatcher), server
+            WebhookSubscriptionServicer(repo, store, dispatcher), target
         )
         health_servicer = health.aio.HealthServicer()
         # The servicer starts with the overall status SERVING: not until the database answers.
         await health_servicer.set(health.OVERALL_HEALTH, health_pb2.HealthCheckResponse.NOT_SERVING)
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, target)
+        # What reflection.enable_server_reflection does for an aio server (it tells one by type).
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            reflection.aio.ReflectionServicer((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)), target
+        )
         address = f"{settings.host}:{settings.grpc_port}"
         credentials = server_credentials(settings)
         try:
@@ -273,7 +301,7 @@ class App:
             app.bridge_runner = runner
             app._cleanup.insert(0, runner.cleanup)
         # Serving only once the database is migrated and reachable.
-        await repo.ping()
+        await step("first query", url, settings.db_connect_timeout, repo.ping())
         for name in (*SERVICE_NAMES, health.OVERALL_HEALTH):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         return app

@@ -18,7 +18,7 @@ from services.api.wapiguard.v1 import (
 )
 from services.app.gateway import Gateway
 from services.app.principals import PermissionDenied, allowed, authorize, current_principal
-from services.app.recovery import ActionResult, Recovery, WebhooksResult
+from services.app.recovery import NOT_STALLED, ActionResult, Recovery, WebhooksResult
 from services.rpc import mapping
 from services.rpc.errors import abort, grpc_errors, locale_of, status_for
 from statemachine.domain import MessageRecord, Plan
@@ -185,6 +185,20 @@ class InstanceHealthServicer(instance_health_pb2_grpc.InstanceHealthServiceServi
         authorize(instance_id)
         locale = locale_of(context)
         return self._recovery_pb(await self.recovery.disconnect(instance_id, locale), locale)
+
+    @grpc_errors
+    async def ClearStall(
+        self, request: instance_health_pb2.InstanceRequest, context: Ctx
+    ) -> instance_health_pb2.ClearStallResponse:
+        instance_id = request.instance_id.strip()
+        authorize(instance_id)
+        locale = locale_of(context)
+        result = await self.recovery.clear_stall(instance_id, locale)
+        return instance_health_pb2.ClearStallResponse(
+            health=mapping.instance_pb(result.health, locale),
+            cleared=result.outcome.detail != NOT_STALLED,
+            next_step=result.next_step,
+        )
 
     @staticmethod
     def _recovery_pb(result: ActionResult, locale: str) -> instance_health_pb2.RecoveryResponse:

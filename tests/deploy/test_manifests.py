@@ -917,3 +917,23 @@ def test_readme_matches_the_manifests_and_the_code() -> None:
     for name in ("wapi.send_attempt", "wapi.webhook", "wapi.message_id", "wapi.instance_id"):
         assert name in text, f"README should mention {name}"
         assert f'"{name}"' in source, f"README names {name}, which the service no longer emits"
+
+
+def test_annotation_scraped_pods_open_metrics_or_the_scraper_carries_a_token() -> None:
+    """With API tokens, /metrics answers 401 without one. A pod advertised through the
+    prometheus.io/* annotations is scraped by a job that sends none, so such a pod must open
+    /metrics explicitly (WAPIGUARD_METRICS_OPEN / --open-metrics); a compose run, scraped by hand,
+    must say in its file how to pass the token."""
+    for doc in k8s_docs("deployment.yaml"):
+        annotations = doc["spec"]["template"]["metadata"].get("annotations") or {}
+        if str(annotations.get("prometheus.io/scrape", "")).lower() != "true":
+            continue
+        run = main_run()
+        assert annotations.get("prometheus.io/path") == "/metrics"
+        assert isinstance(run.env.get("WAPIGUARD_API_TOKENS"), dict), "auth is on in the Deployment"
+        opened = "--open-metrics" in run.argv or str(effective(run, "metrics_open")).lower() == "true"
+        assert opened, "annotation scrapes carry no token: open /metrics or drop the annotations"
+    for run in compose_runs():
+        if run.argv[:1] != ["serve"] or str(effective(run, "metrics_open")).lower() == "true":
+            continue
+        assert "Authorization: Bearer" in COMPOSE.read_text(encoding="utf-8")

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import grpc
 from sqlalchemy import Table, select
 
+from adapters.persistence.bounded import BoundedStore
 from adapters.persistence.repository import Repository
 from adapters.persistence.schema import events
 from adapters.simulator import Simulator
@@ -73,6 +74,13 @@ def text_request(
 
 async def eventually(check: Callable[[], Awaitable[T | None]], what: str, timeout: float = WAIT) -> T:
     return await polling.eventually(check, what, timeout)
+
+
+def unbounded(store: Any) -> Repository:
+    """The repository behind the gateway's request-bounded store (adapters/persistence/bounded.py)."""
+    repo = store.inner if isinstance(store, BoundedStore) else store
+    assert isinstance(repo, Repository)
+    return repo
 
 
 @dataclass
@@ -241,8 +249,7 @@ class Stack:
     # --- database ----------------------------------------------------------------------------
 
     async def rows(self, table: Table, *where: Any) -> list[dict[str, Any]]:
-        repo = self.app.gateway.repo
-        assert isinstance(repo, Repository)
+        repo = unbounded(self.app.gateway.repo)
         async with repo.engine.connect() as conn:
             result = await conn.execute(select(table).where(*where))
             return [dict(r._mapping) for r in result]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -31,5 +32,10 @@ def test_demo_exits_0_with_no_false_sent() -> None:
     # A consumer of the event stream saw the story as it happened, without polling.
     assert "⇢ event stream: Aventura: message" in out
     assert "DELIVERED → READ" in out
-    assert "ALERT message" in out
-    assert "stall alert: stuck + DELIVERY_STALLED    got stall alert: stuck + DELIVERY_STALLED" in out
+    # The stall is caught by the learned test with default settings (no stuck-run shortcut), after a
+    # handful of sends, and lifted by the operator's explicit clear.
+    accepted = re.search(r"after (\d+) accepted sends \(learned test, default settings\)", out)
+    assert accepted, out
+    assert int(accepted.group(1)) <= 15
+    assert "ALERT message" not in out  # the stuck-run rule (stuck after 300 s by default) played no part
+    assert "got CONNECTED → DEGRADED (DELIVERY_STALLED) → CONNECTED" in out

@@ -5,11 +5,13 @@ is blocked after a handful of sends, with default detection settings and no fals
 from __future__ import annotations
 
 import asyncio
+import time
 
 import grpc
 
 from tests.e2e.conftest import StackFactory
-from tests.e2e.stack import CONNECTED, DEGRADED, SENT, text_request
+from tests.e2e.stack import CONNECTED, DEGRADED, SENT, SESSION_INCOMPLETE, text_request
+from tests.integration.harness import rich_error
 
 INSTANCE = "LEARN-ZTS923-GEAY6V"
 CONFIRMING = [f"55119800000{i:02d}" for i in range(8)]
@@ -49,3 +51,36 @@ async def test_a_silent_stall_is_blocked_after_a_handful_of_sends_with_defaults(
     # A probe that merely says "connected" does not clear it.
     h = await stack.get_health(INSTANCE, refresh=True)
     assert (h.state, h.reason) == (DEGRADED, "DELIVERY_STALLED")
+
+
+async def test_a_probe_only_incomplete_session_is_blocked_within_seconds_while_sending(
+    make_stack: StackFactory,
+) -> None:
+    """W-API's status says "connected" but without a phone / me.id, no connection webhook comes and
+    sends are still accepted: only the status probe can tell. The background probe round is off
+    (probe_interval=0): the probes of a sending instance alone must catch it."""
+    stack = await make_stack()
+    instance = "PROBE-ZTS923-GEAY6V"
+    assert (await stack.add_instance(instance, "healthy")).state == CONNECTED
+    for i in range(5):
+        await stack.submit(text_request(instance, key=f"ok-{i}", to=CONFIRMING[i % len(CONFIRMING)]))
+        await asyncio.sleep(0.2)
+
+    stack.sim.set_behaviour(instance, "session_incomplete")
+    started = time.monotonic()
+    accepted, refused = 0, None
+    while time.monotonic() - started < 30:
+        try:
+            await stack.submit(text_request(instance, key=f"after-{accepted}", to=CONFIRMING[accepted % 8]))
+            accepted += 1
+        except grpc.aio.AioRpcError as error:
+            refused = rich_error(error)
+            break
+        await asyncio.sleep(0.2)
+    elapsed = time.monotonic() - started
+    assert refused is not None, "never blocked"
+    assert (refused.code, refused.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "SESSION_INCOMPLETE")
+    print(f"probe-only incomplete session blocked after {elapsed:.1f} s ({accepted} sends accepted)")
+    assert elapsed <= 10.0, elapsed
+    h = await stack.get_health(instance)
+    assert (h.state, h.reason, h.phone_number) == (SESSION_INCOMPLETE, "SESSION_INCOMPLETE", "")

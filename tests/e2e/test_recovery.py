@@ -16,7 +16,6 @@ import grpc
 import pytest
 from sqlalchemy import func, select
 
-from adapters.persistence.repository import Repository
 from adapters.persistence.schema import events, instance_transitions
 from adapters.wapi.contract import WEBHOOK_KINDS
 from services.api.wapiguard.v1 import common_pb2, instance_health_pb2, send_pb2
@@ -34,6 +33,7 @@ from tests.e2e.stack import (
     Stack,
     eventually,
     text_request,
+    unbounded,
 )
 from tests.integration.harness import rich_error
 
@@ -138,6 +138,47 @@ async def test_restart_is_visible_and_clears_a_stall_once_reconnected(make_stack
     assert (h.reason, h.phone_number, h.can_send) == ("PHONE_CONFIRMED", PHONE, True)
 
 
+async def test_an_operator_clears_a_stall_audited_and_the_stall_s_own_stuck_messages_do_not_restall_it(
+    make_stack: StackFactory,
+) -> None:
+    stack = await make_stack(stuck_after=0.2, stall_threshold=2, recovery_limit=1)
+    instance = "CLEAR-ZTS923-GEAY6V"
+    await stack.add_instance(instance, "silent_stall")
+    for i in range(2):
+        await stack.submit(text_request(instance, body=f"#{i}", key=f"s-{i}"))
+    await asyncio.sleep(0.3)
+    await stack.app.gateway.sweep_once()
+    assert (await stack.get_health(instance)).reason == "DELIVERY_STALLED"
+    # A probe that merely says "connected" never clears it.
+    h = await stack.get_health(instance, refresh=True)
+    assert (h.reason, h.can_send) == ("DELIVERY_STALLED", False)
+
+    stack.sim.set_behaviour(instance, "healthy")  # the operator checked the phone by hand
+    answer = await stack.health.ClearStall(req(instance))
+    assert answer.cleared
+    assert (answer.health.state, answer.health.reason, answer.health.can_send) == (CONNECTED, "PHONE_CONFIRMED", True)
+    await stack.app.gateway.sweep_once()  # the two messages stuck during the stall are not a new run
+    assert (await stack.get_health(instance)).state == CONNECTED
+    sent = await stack.submit(text_request(instance, key="after"))
+    await stack.wait_state(sent.id, READ)
+
+    again = await stack.health.ClearStall(req(instance))  # nothing to clear: no change, no error
+    assert (again.cleared, again.health.state) == (False, CONNECTED)
+    actions = await stack.health.ListRecoveryActions(req(instance))
+    assert [(a.action, a.requested_by, a.outcome) for a in actions.actions] == [
+        ("clear_stall", "anonymous", "OK"),
+        ("clear_stall", "anonymous", "OK"),
+    ]
+    assert "NOT_STALLED" in actions.actions[0].detail
+    sources = await stack.rows(instance_transitions, instance_transitions.c.instance_id == instance)
+    cleared = [r for r in sources if r["source"] == "operator:anonymous"]
+    assert [(r["from_state"], r["to_state"]) for r in cleared] == [("DEGRADED", "CONNECTED")]
+    await stack.audit()
+    # Clears reach no provider: they do not use up the recovery rate limit (here one action).
+    restarted = await stack.health.RestartInstance(req(instance))
+    assert restarted.health.reason == "RESTARTING"
+
+
 async def test_one_action_at_a_time_and_rate_limited(make_stack: StackFactory) -> None:
     stack = await make_stack(recovery_limit=2)
     instance = "RATE-ZTS923-GEAY6V"
@@ -234,8 +275,7 @@ async def test_missed_events_are_replayed_from_the_webhook_log_exactly_once(stac
 
     again = await stack.health.ReconcileEvents(instance_health_pb2.ReconcileEventsRequest(instance_id=instance))
     assert (again.instances[0].applied, again.instances[0].duplicates) == (0, result.fetched)
-    repo = stack.app.gateway.repo
-    assert isinstance(repo, Repository)
+    repo = unbounded(stack.app.gateway.repo)
     async with repo.engine.connect() as conn:
         stored = (
             await conn.execute(select(func.count()).select_from(events).where(events.c.instance_id == instance))

@@ -175,3 +175,36 @@ async def test_two_sweepers_on_one_postgres_alert_once_per_message(database_url:
     finally:
         await stop_harness(first)
         await stop_harness(second)
+
+
+async def test_stuck_counts_follow_every_way_in_and_out_of_stuck(guard: Harness) -> None:
+    """The per-instance counters (kept by the database) agree with the stuck rows themselves
+    after messages are marked stuck, confirmed late in any order, and re-delivered; on two
+    instances, so one instance's changes never move the other's count."""
+    from sqlalchemy import func, select
+
+    from adapters.persistence.schema import open_messages
+
+    async def counted_from_rows() -> dict[str, int]:
+        stuck = open_messages.c.stuck_at.is_not(None) & open_messages.c.state.in_(["SENT", "QUEUED"])
+        query = select(open_messages.c.instance_id, func.count()).where(stuck).group_by(open_messages.c.instance_id)
+        async with guard.repo.engine.connect() as conn:
+            return {r[0]: r[1] for r in await conn.execute(query)}
+
+    for instance in ("cnt-a", "cnt-b"):
+        await guard.register(instance)
+        await guard.connect(instance)
+    sent = {i: [await send(guard, i, f"{i}-{n}") for n in range(4)] for i in ("cnt-a", "cnt-b")}
+    await asyncio.sleep(0.1)
+    await guard.app.gateway.sweep_once()
+    assert await guard.repo.stuck_counts() == {"cnt-a": 4, "cnt-b": 4} == await counted_from_rows()
+
+    late = sent["cnt-a"]
+    for status, msg in (("delivered", late[0]), ("read", late[1]), ("read", late[0]), ("delivered", late[1])):
+        body = {"event": "webhookStatus", "instanceId": "cnt-a", "messageId": msg.provider_message_id, "status": status}
+        await guard.webhook(body)
+        await guard.webhook(body)  # a re-delivery changes nothing
+    assert await guard.repo.stuck_counts() == {"cnt-a": 2, "cnt-b": 4} == await counted_from_rows()
+    assert (await health(guard, "cnt-a")).stuck_messages == 2
+    listed = await guard.health.ListInstances(instance_health_pb2.ListInstancesRequest())
+    assert {i.instance_id: i.stuck_messages for i in listed.instances} == {"cnt-a": 2, "cnt-b": 4}

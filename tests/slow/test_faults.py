@@ -366,6 +366,11 @@ async def test_postgres_cut_mid_load_never_fakes_success_and_recovers_alone(data
                 try:
                     again = await guard.send.SendMessage(text_request(body, key=key), timeout=RPC_TIMEOUT)
                 except grpc.aio.AioRpcError as error:
+                    if error.code() is grpc.StatusCode.ABORTED and rich_error(error).reason == "SEND_IN_PROGRESS":
+                        # An insert whose commit ack was lost: its PENDING row holds the key until
+                        # --pending-grace says the attempt is dead (then OUTCOME_UNKNOWN, RetryMessage).
+                        retried["send → SEND_IN_PROGRESS"] += 1
+                        continue
                     log.unexpected.append(f"retry of {body}: {error.code().name} {error.details()!r}")
                     continue
                 retried[f"send → {common_pb2.MessageState.Name(again.state)}"] += 1
@@ -477,6 +482,97 @@ async def test_postgres_freeze_ends_rpcs_at_their_deadline_and_recovers_after_th
     for body, state in frozen_rows.items():
         assert state in ("PENDING", "SENT", "FAILED"), (body, state)
         assert (state == "SENT") == (body in sent_bodies), (body, state)
+
+
+def status_webhook(message_id: str, moment: int) -> bytes:
+    return json.dumps(
+        {
+            "event": "webhookStatus",
+            "instanceId": INSTANCE,
+            "messageId": message_id,
+            "status": "delivered",
+            "moment": moment,
+        }
+    ).encode()
+
+
+@requires_postgres
+async def test_postgres_partition_answers_storage_unavailable_well_before_the_deadline(database_url: str) -> None:
+    """The database stops answering without closing anything: a send with a 5 s deadline hears
+    UNAVAILABLE/STORAGE_UNAVAILABLE after ~2 s (40 % of its deadline), a webhook post 503 after
+    --db-timeout (it used to take 10 s and 15 s: only the connect timeout was set), never a fake
+    success; after the partition everything works and nothing stored is lost."""
+    import httpx
+
+    provider = RecordingProvider()
+    async with tcp_proxy(*pg_upstream()) as proxy:
+        guard = await start_harness(
+            through(proxy), provider=provider, sweep_interval=0, http_port=0, db_timeout=3.0, db_statement_timeout=8
+        )
+        verify = verify_engine()
+        bridge = f"http://127.0.0.1:{guard.app.http_port}/webhooks/wapi"
+        try:
+            await guard.register(INSTANCE, token=TOKEN)
+            await guard.connect(INSTANCE, phone=PHONE)
+            before = await guard.send.SendMessage(text_request("before", key="before"), timeout=5.0)
+            assert before.state == common_pb2.MESSAGE_STATE_SENT
+            async with httpx.AsyncClient(timeout=10.0) as http:
+                first = await http.post(bridge, content=status_webhook(before.provider_message_id, 1_749_132_400))
+                assert first.status_code == 200, first.text
+                proxy.freeze()
+
+                async def frozen_send(n: int) -> tuple[str, str, float]:
+                    started = time.monotonic()
+                    try:
+                        reply = await guard.send.SendMessage(
+                            text_request(f"frozen {n}", key=f"frozen-{n}"), timeout=5.0
+                        )
+                    except grpc.aio.AioRpcError as error:
+                        reason = rich_error(error).reason if error.code() is grpc.StatusCode.UNAVAILABLE else ""
+                        return error.code().name, reason, time.monotonic() - started
+                    return f"OK {common_pb2.MessageState.Name(reply.state)}", "", time.monotonic() - started
+
+                async def frozen_post(n: int) -> tuple[int, float]:
+                    started = time.monotonic()
+                    answer = await http.post(bridge, content=status_webhook(f"3EB0FROZEN{n:06d}", 1_749_132_500 + n))
+                    return answer.status_code, time.monotonic() - started
+
+                async def frozen_read() -> tuple[str, str, float]:
+                    started = time.monotonic()
+                    try:
+                        await guard.send.ListMessages(send_pb2.ListMessagesRequest(instance_id=INSTANCE), timeout=5.0)
+                    except grpc.aio.AioRpcError as error:
+                        reason = rich_error(error).reason if error.code() is grpc.StatusCode.UNAVAILABLE else ""
+                        return error.code().name, reason, time.monotonic() - started
+                    return "OK", "", time.monotonic() - started
+
+                sends, posts, reads = await asyncio.gather(
+                    asyncio.gather(*(frozen_send(n) for n in range(4))),
+                    asyncio.gather(*(frozen_post(n) for n in range(3))),
+                    asyncio.gather(*(frozen_read() for _ in range(2))),
+                )
+                proxy.thaw()
+                print(f"\n[postgres partition] sends={sends} posts={posts} reads={reads}")
+                for code, reason, elapsed in [*sends, *reads]:
+                    assert (code, reason) == ("UNAVAILABLE", "STORAGE_UNAVAILABLE"), sends
+                    assert 1.8 < elapsed < 2.7, sends  # 40 % of the 5 s deadline (under --db-timeout 3)
+                for status, elapsed in posts:
+                    assert status == 503, posts
+                    assert elapsed < 3.7, posts  # --db-timeout 3: no deadline on an HTTP post
+
+                recovery = await first_successful_send(guard, timeout=15.0)
+                again = await http.post(bridge, content=status_webhook("3EB0FROZEN000000", 1_749_132_500))
+                assert again.status_code == 200, again.text  # W-API's retry of a refused post is stored
+            await eventually(_no_inflight(guard), "no send attempt left running", timeout=10.0)
+            by_body, event_ids = await stored_rows(verify)
+        finally:
+            await stop_harness(guard)
+            await verify.dispose()
+    print(f"[postgres partition] recovered in {recovery:.2f}s")
+    assert by_body["before"]["state"] in ("SENT", "DELIVERED")  # stored before the partition: kept
+    assert len(event_ids) >= 3  # connection + the first status + the retried one
+    sent_bodies = {m.content.body for _i, m in provider.sends if isinstance(m.content, Text)}
+    assert {b for b in sent_bodies if b.startswith("frozen ")} <= {b for b in by_body if b.startswith("frozen ")}
 
 
 class OutageOnSendProvider(RecordingProvider):

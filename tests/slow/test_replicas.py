@@ -535,6 +535,24 @@ def history_count(msg: common_pb2.Message, state: int) -> int:
 # --- 1. one idempotency key, two replicas -------------------------------------------------------
 
 
+async def send_as_a_client_would(
+    replica: Any, request: send_pb2.SendMessageRequest, answers: Counter[str]
+) -> common_pb2.Message:
+    """SendMessage, retried after RetryInfo's delay while another attempt holds the key
+    (ABORTED/SEND_IN_PROGRESS: the racing replica's attempt is still running)."""
+    for _ in range(30):
+        try:
+            reply: common_pb2.Message = await replica.send.SendMessage(request, timeout=RPC_TIMEOUT)
+            return reply
+        except grpc.aio.AioRpcError as error:
+            held = rich_error(error) if error.code() is grpc.StatusCode.ABORTED else None
+            if held is None or held.reason != "SEND_IN_PROGRESS":
+                raise
+            answers["SEND_IN_PROGRESS"] += 1
+            await asyncio.sleep(0.2)
+    raise AssertionError("the key stayed held for 30 tries")
+
+
 async def test_same_idempotency_key_at_two_replicas_calls_the_provider_once(
     shared: SharedPair, sim: SlowSimulator
 ) -> None:
@@ -558,8 +576,8 @@ async def test_same_idempotency_key_at_two_replicas_calls_the_provider_once(
         for r in range(rounds):
             request = text_request(instance_id, f"order-{r}", f"Pedido {r} confirmado.")
             first, second = await asyncio.gather(
-                a.send.SendMessage(request, timeout=RPC_TIMEOUT),
-                b.send.SendMessage(request, timeout=RPC_TIMEOUT),
+                send_as_a_client_would(a, request, answers),
+                send_as_a_client_would(b, request, answers),
                 return_exceptions=True,
             )
             assert isinstance(first, common_pb2.Message), f"round {r}, replica a: {first!r}"

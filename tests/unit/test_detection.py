@@ -38,12 +38,12 @@ class Clock:
             self.pending.append((self.now + delay, message_id, phone, self.now))
         return message_id
 
-    def advance(self, seconds: float, *, rate: float = 0.0) -> int:
+    def advance(self, seconds: float, *, rate: float = 0.0, tick: float = 1.0) -> int:
         """Moves the clock, sending at `rate` per second; returns how many ticks judged 'stalled'."""
         end, stalled = self.now + seconds, 0
         next_send = self.now + (self.rng.expovariate(rate) if rate else math.inf)
         while self.now < end:
-            self.now = min(end, self.now + 1.0)
+            self.now = min(end, self.now + tick)
             while next_send <= self.now:
                 self.send()
                 next_send += self.rng.expovariate(rate)
@@ -200,3 +200,108 @@ def test_a_sending_instance_is_probed_every_few_seconds_one_probe_at_a_time() ->
     # Suspicion probes at once, but never more than once per min_interval.
     assert due(policy, 100.0, last_probe_at=98.5, last_send_at=20.0, suspicious=True, in_flight=False)
     assert not due(policy, 100.0, last_probe_at=99.5, last_send_at=20.0, suspicious=True, in_flight=False)
+
+
+DAY = 86_400.0
+
+
+def night(t: float) -> bool:
+    hour = (t % DAY) / 3600.0
+    return hour >= 23.0 or hour < 7.0
+
+
+class Sleepers(Clock):
+    """Most recipients' phones are off at night: their receipts come the next morning."""
+
+    def __init__(self, **kw: float) -> None:
+        super().__init__(pool=50, never=0.0, latency=2.0, **kw)  # type: ignore[arg-type]
+        self.sleeping = {phone for phone, _ in self.pool[:35]}
+
+    def send(self, recipient: tuple[str, bool] | None = None) -> str:
+        message_id = super().send(recipient)
+        if self.pending and self.pending[-1][1] == message_id and night(self.now):
+            _due, _, phone, sent = self.pending[-1]
+            if phone in self.sleeping:
+                morning = (self.now // DAY) * DAY + 7 * 3600.0
+                morning += DAY if self.now % DAY >= 7 * 3600.0 else 0.0
+                self.pending[-1] = (morning + self.rng.uniform(0, 1800), message_id, phone, sent)
+        return message_id
+
+
+def test_nights_are_learned_per_hour_so_sleeping_recipients_are_not_a_stall() -> None:
+    clock = Sleepers()
+    clock.now = 7 * 3600.0  # a first morning
+    assert clock.advance(16 * 3600, rate=1 / 60, tick=10) == 0  # the first day
+    clock.advance(3 * DAY, rate=1 / 60, tick=10)  # three nights of history (a first night may still block)
+    # From then on healthy nights are quiet; the night's hours carry their own never-confirm share.
+    assert clock.advance(2 * DAY, rate=1 / 60, tick=10) == 0
+    at_night = 2 * 3600.0 + 3 * DAY
+    assert clock.model.never_share(1, at_night) > 0.3 > clock.model.never_share(1, at_night + 12 * 3600)
+    # ...and a daytime stall is still called after a handful of sends.
+    clock.advance((DAY - clock.now % DAY) + 10 * 3600.0, rate=1 / 60, tick=10)  # 10:00
+    assert not night(clock.now)
+    sends, _ = clock.sends_until_stalled(rate=1 / 60, limit=6 * 3600)
+    assert sends <= 10
+
+
+def test_a_group_of_recipients_gone_quiet_raises_the_share_within_minutes() -> None:
+    clock = warmed(pool=100, never=0.0, rate=0.5)
+    before = clock.model.never_share(0)
+    offline = set(clock.rng.sample(range(100), 30))
+    clock.pool = [(phone, confirms and i not in offline) for i, (phone, confirms) in enumerate(clock.pool)]
+    assert clock.advance(600, rate=0.5) == 0
+    assert clock.model.never_share(0) > 3 * before  # the recent share: the silence weighs less at once
+    long_run = clock.model.shares[0].rate(clock.model.config.priors[0], clock.model.config.miss_floor)
+    assert clock.model.never_share(0) > 1.5 * long_run  # ahead of the long-run share
+
+
+def test_the_threshold_counts_runs_of_evidence_per_day_one_per_receipt() -> None:
+    all_confirm = warmed(pool=200, never=0.0, rate=1.0)
+    half_never = warmed(pool=200, never=0.5, rate=1.0)
+    cfg = DetectionConfig()
+    for clock in (all_confirm, half_never):
+        receipts = clock.model.receipts_per_day(clock.now)
+        assert assess(clock.model, clock.now).threshold == math.log(max(cfg.min_sends_per_day, receipts) / 1e-4)
+    # Half the recipients never confirming: half the runs, a lower threshold (about ln 2).
+    gap = assess(all_confirm.model, all_confirm.now).threshold - assess(half_never.model, half_never.now).threshold
+    assert 0.4 < gap < 1.0
+
+
+def test_five_sends_a_second_is_stalled_within_seconds_near_the_latency_floor() -> None:
+    clock = warmed(pool=1000, never=0.25, latency=0.6, rate=5.0)
+    assert clock.advance(1800, rate=5.0) == 0
+    sends, seconds = clock.sends_until_stalled(rate=5.0)
+    # rate x receipt latency: ~13 sends leave before even an oracle could call it (bench floor).
+    assert sends <= 25
+    assert seconds <= 5
+
+
+def test_bursts_of_twenty_are_not_a_stall_and_a_stall_is_called_within_a_burst_or_two() -> None:
+    clock = warmed(pool=300, never=0.3, rate=1.0)
+
+    def burst() -> None:
+        for _ in range(20):
+            clock.send()
+            clock.advance(0.2, tick=0.2)
+
+    for _ in range(60):  # healthy bursts, 20 s apart
+        burst()
+        assert clock.advance(16, tick=1.0) == 0
+    clock.delivering = False
+    clock.pending.clear()
+    before, blocked = clock.next_id, False
+    for _ in range(3):
+        for _ in range(20):
+            clock.send()
+            clock.now += 0.2
+            if assess(clock.model, clock.now).stalled:
+                blocked = True
+                break
+        if blocked:
+            break
+        clock.now += 16
+        blocked = assess(clock.model, clock.now).stalled
+        if blocked:
+            break
+    assert blocked
+    assert clock.next_id - before <= 40

@@ -81,3 +81,27 @@ def test_terminal_qr_reads_back_the_modules_of_any_scale(scale: int, border: int
 def test_terminal_qr_refuses_what_is_not_a_qr_png() -> None:
     with pytest.raises(NotAQrImage):
         render(b"not a png")
+
+
+def test_an_operator_clear_lifts_only_a_delivery_stall() -> None:
+    cleared = decide_instance(IS.DEGRADED, "DELIVERY_STALLED", "5511999990000", InstanceTrigger("clear_stall"))
+    assert (cleared.applied, cleared.to_state, cleared.reason, cleared.phone) == (
+        True,
+        IS.CONNECTED,
+        "PHONE_CONFIRMED",
+        "5511999990000",
+    )
+    # Nothing else that blocks sends is the operator's to wave through.
+    for state, reason in (
+        (IS.DEGRADED, "TIMEOUT_OR_GATEWAY"),
+        (IS.SESSION_INCOMPLETE, "SESSION_INCOMPLETE"),
+        (IS.DISCONNECTED, "RESTARTING"),
+        (IS.CONNECTED, "PHONE_CONFIRMED"),
+    ):
+        d = decide_instance(state, reason, None, InstanceTrigger("clear_stall"))
+        assert (d.applied, d.to_state, d.reason) == (False, state, reason)
+    # A probe that merely says "connected" still never clears a stall.
+    probe = decide_instance(
+        IS.DEGRADED, "DELIVERY_STALLED", "5511999990000", InstanceTrigger("report_connected"), new_phone="5511999990000"
+    )
+    assert (probe.to_state, probe.reason) == (IS.DEGRADED, "DELIVERY_STALLED")

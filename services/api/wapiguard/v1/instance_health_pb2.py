@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from services.api.wapiguard.v1 import common_pb2 as wapiguard_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"wapiguard/v1/instance_health.proto\x12\x0cwapiguard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19wapiguard/v1/common.proto\"&\n\x0fInstanceRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\">\n\x16RemoveInstanceResponse\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0f\n\x07removed\x18\x02 \x01(\x08\"F\n\x19RequestPairingCodeRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x14\n\x0cphone_number\x18\x02 \x01(\t\"\x89\x01\n\x0eQrCodeResponse\x12,\n\x06health\x18\x01 \x01(\x0b\x32\x1c.wapiguard.v1.InstanceHealth\x12\x0b\n\x03png\x18\x02 \x01(\x0c\x12\x0e\n\x06\x62\x61se64\x18\x03 \x01(\t\x12\x19\n\x11\x61lready_connected\x18\x04 \x01(\x08\x12\x11\n\tnext_step\x18\x05 \x01(\t\"\x87\x01\n\x13PairingCodeResponse\x12,\n\x06health\x18\x01 \x01(\x0b\x32\x1c.wapiguard.v1.InstanceHealth\x12\x14\n\x0cpairing_code\x18\x02 \x01(\t\x12\x19\n\x11\x61lready_connected\x18\x03 \x01(\x08\x12\x11\n\tnext_step\x18\x04 \x01(\t\"m\n\x10RecoveryResponse\x12,\n\x06health\x18\x01 \x01(\x0b\x32\x1c.wapiguard.v1.InstanceHealth\x12\x18\n\x10provider_message\x18\x02 \x01(\t\x12\x11\n\tnext_step\x18\x03 \x01(\t\"=\n\x11WebhookKindResult\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"\xa4\x01\n\x10WebhooksResponse\x12,\n\x06health\x18\x01 \x01(\x0b\x32\x1c.wapiguard.v1.InstanceHealth\x12.\n\x05kinds\x18\x02 \x03(\x0b\x32\x1f.wapiguard.v1.WebhookKindResult\x12\x12\n\nconfigured\x18\x03 \x01(\x08\x12\x0b\n\x03url\x18\x04 \x01(\t\x12\x11\n\tnext_step\x18\x05 \x01(\t\"-\n\x16ReconcileEventsRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\"\x91\x01\n\x16InstanceReconciliation\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0f\n\x07\x66\x65tched\x18\x02 \x01(\x05\x12\x0f\n\x07\x61pplied\x18\x03 \x01(\x05\x12\x12\n\nduplicates\x18\x04 \x01(\x05\x12\x0e\n\x06\x66\x61iled\x18\x05 \x01(\x05\x12\r\n\x05pages\x18\x06 \x01(\x05\x12\r\n\x05\x65rror\x18\x07 \x01(\t\"x\n\x17ReconcileEventsResponse\x12\x37\n\tinstances\x18\x01 \x03(\x0b\x32$.wapiguard.v1.InstanceReconciliation\x12$\n\x05stuck\x18\x02 \x03(\x0b\x32\x15.wapiguard.v1.Message\"\x94\x01\n\x0eRecoveryAction\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12\x14\n\x0crequested_by\x18\x03 \x01(\t\x12&\n\x02\x61t\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07outcome\x18\x05 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x06 \x01(\t\"L\n\x1bListRecoveryActionsResponse\x12-\n\x07\x61\x63tions\x18\x01 \x03(\x0b\x32\x1c.wapiguard.v1.RecoveryAction\"\x81\x01\n\x17RegisterInstanceRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05token\x18\x03 \x01(\t\x12 \n\x04plan\x18\x04 \x01(\x0e\x32\x12.wapiguard.v1.Plan\x12\x12\n\nskip_probe\x18\x05 \x01(\x08\"@\n\x18GetInstanceHealthRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0f\n\x07refresh\x18\x02 \x01(\x08\"T\n\x14ListInstancesRequest\x12\x0f\n\x07refresh\x18\x01 \x01(\x08\x12+\n\x06states\x18\x02 \x03(\x0e\x32\x1b.wapiguard.v1.InstanceState\"H\n\x15ListInstancesResponse\x12/\n\tinstances\x18\x01 \x03(\x0b\x32\x1c.wapiguard.v1.InstanceHealth\"F\n\x15WatchInstancesRequest\x12\x14\n\x0cinstance_ids\x18\x01 \x03(\t\x12\x17\n\x0finclude_current\x18\x02 \x01(\x08\"v\n\x13InstanceHealthEvent\x12,\n\x06health\x18\x01 \x01(\x0b\x32\x1c.wapiguard.v1.InstanceHealth\x12\x31\n\x06\x63hange\x18\x02 \x01(\x0b\x32!.wapiguard.v1.InstanceStateChange2\x90\t\n\x15InstanceHealthService\x12W\n\x10RegisterInstance\x12%.wapiguard.v1.RegisterInstanceRequest\x1a\x1c.wapiguard.v1.InstanceHealth\x12Y\n\x11GetInstanceHealth\x12&.wapiguard.v1.GetInstanceHealthRequest\x1a\x1c.wapiguard.v1.InstanceHealth\x12X\n\rListInstances\x12\".wapiguard.v1.ListInstancesRequest\x1a#.wapiguard.v1.ListInstancesResponse\x12Z\n\x0eWatchInstances\x12#.wapiguard.v1.WatchInstancesRequest\x1a!.wapiguard.v1.InstanceHealthEvent0\x01\x12U\n\x0eRemoveInstance\x12\x1d.wapiguard.v1.InstanceRequest\x1a$.wapiguard.v1.RemoveInstanceResponse\x12H\n\tGetQrCode\x12\x1d.wapiguard.v1.InstanceRequest\x1a\x1c.wapiguard.v1.QrCodeResponse\x12`\n\x12RequestPairingCode\x12\'.wapiguard.v1.RequestPairingCodeRequest\x1a!.wapiguard.v1.PairingCodeResponse\x12P\n\x0fRestartInstance\x12\x1d.wapiguard.v1.InstanceRequest\x1a\x1e.wapiguard.v1.RecoveryResponse\x12S\n\x12\x44isconnectInstance\x12\x1d.wapiguard.v1.InstanceRequest\x1a\x1e.wapiguard.v1.RecoveryResponse\x12R\n\x11\x43onfigureWebhooks\x12\x1d.wapiguard.v1.InstanceRequest\x1a\x1e.wapiguard.v1.WebhooksResponse\x12N\n\rCheckWebhooks\x12\x1d.wapiguard.v1.InstanceRequest\x1a\x1e.wapiguard.v1.WebhooksResponse\x12^\n\x0fReconcileEvents\x12$.wapiguard.v1.ReconcileEventsRequest\x1a%.wapiguard.v1.ReconcileEventsResponse\x12_\n\x13ListRecoveryActions\x12\x1d.wapiguard.v1.InstanceRequest\x1a).wapiguard.v1.ListRecoveryActionsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"wapiguard/v1/instance_health.proto\x12\x0cwapiguard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19wapiguard/v1/common.proto\"&\n\x0fInstanceRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\">\n\x16RemoveInstanceResponse\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0f\n\x07removed\x18\x02 \x01(\x08\"F\n\x19RequestPairingCodeRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x14\n\x0cphone_number\x18\x02 \x01(\t\"\x89\x01\n\x0eQrCodeResponse\x12,\n\x06health\x18\x01 \x01(\x0b\x32\x1c.wapiguard.v1.InstanceHealth\x12\x0b\n\x03png\x18\x02 \x01(\x0c\x12\x0e\n\x06\x62\x61se64\x18\x03 \x01(\t\x12\x19\n\x11\x61lready_connected\x18\x04 \x01(\x08\x12\x11\n\tnext_step\x18\x05 \x01(\t\"\x87\x01\n\x13PairingCodeResponse\x12,\n\x06health\x18\x01 \x01(\x0b\x32\x1c.wapiguard.v1.InstanceHealth\x12\x14\n\x0cpairing_code\x18\x02 \x01(\t\x12\x19\n\x11\x61lready_connected\x18\x03 \x01(\x08\x12\x11\n\tnext_step\x18\x04 \x01(\t\"m\n\x10RecoveryResponse\x12,\n\x06health\x18\x01 \x01(\x0b\x32\x1c.wapiguard.v1.InstanceHealth\x12\x18\n\x10provider_message\x18\x02 \x01(\t\x12\x11\n\tnext_step\x18\x03 \x01(\t\"f\n\x12\x43learStallResponse\x12,\n\x06health\x18\x01 \x01(\x0b\x32\x1c.wapiguard.v1.InstanceHealth\x12\x0f\n\x07\x63leared\x18\x02 \x01(\x08\x12\x11\n\tnext_step\x18\x03 \x01(\t\"=\n\x11WebhookKindResult\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"\xa4\x01\n\x10WebhooksResponse\x12,\n\x06health\x18\x01 \x01(\x0b\x32\x1c.wapiguard.v1.InstanceHealth\x12.\n\x05kinds\x18\x02 \x03(\x0b\x32\x1f.wapiguard.v1.WebhookKindResult\x12\x12\n\nconfigured\x18\x03 \x01(\x08\x12\x0b\n\x03url\x18\x04 \x01(\t\x12\x11\n\tnext_step\x18\x05 \x01(\t\"-\n\x16ReconcileEventsRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\"\x91\x01\n\x16InstanceReconciliation\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0f\n\x07\x66\x65tched\x18\x02 \x01(\x05\x12\x0f\n\x07\x61pplied\x18\x03 \x01(\x05\x12\x12\n\nduplicates\x18\x04 \x01(\x05\x12\x0e\n\x06\x66\x61iled\x18\x05 \x01(\x05\x12\r\n\x05pages\x18\x06 \x01(\x05\x12\r\n\x05\x65rror\x18\x07 \x01(\t\"x\n\x17ReconcileEventsResponse\x12\x37\n\tinstances\x18\x01 \x03(\x0b\x32$.wapiguard.v1.InstanceReconciliation\x12$\n\x05stuck\x18\x02 \x03(\x0b\x32\x15.wapiguard.v1.Message\"\x94\x01\n\x0eRecoveryAction\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12\x14\n\x0crequested_by\x18\x03 \x01(\t\x12&\n\x02\x61t\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07outcome\x18\x05 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x06 \x01(\t\"L\n\x1bListRecoveryActionsResponse\x12-\n\x07\x61\x63tions\x18\x01 \x03(\x0b\x32\x1c.wapiguard.v1.RecoveryAction\"\x81\x01\n\x17RegisterInstanceRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05token\x18\x03 \x01(\t\x12 \n\x04plan\x18\x04 \x01(\x0e\x32\x12.wapiguard.v1.Plan\x12\x12\n\nskip_probe\x18\x05 \x01(\x08\"@\n\x18GetInstanceHealthRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x0f\n\x07refresh\x18\x02 \x01(\x08\"T\n\x14ListInstancesRequest\x12\x0f\n\x07refresh\x18\x01 \x01(\x08\x12+\n\x06states\x18\x02 \x03(\x0e\x32\x1b.wapiguard.v1.InstanceState\"H\n\x15ListInstancesResponse\x12/\n\tinstances\x18\x01 \x03(\x0b\x32\x1c.wapiguard.v1.InstanceHealth\"F\n\x15WatchInstancesRequest\x12\x14\n\x0cinstance_ids\x18\x01 \x03(\t\x12\x17\n\x0finclude_current\x18\x02 \x01(\x08\"v\n\x13InstanceHealthEvent\x12,\n\x06health\x18\x01 \x01(\x0b\x32\x1c.wapiguard.v1.InstanceHealth\x12\x31\n\x06\x63hange\x18\x02 \x01(\x0b\x32!.wapiguard.v1.InstanceStateChange2\xdf\t\n\x15InstanceHealthService\x12W\n\x10RegisterInstance\x12%.wapiguard.v1.RegisterInstanceRequest\x1a\x1c.wapiguard.v1.InstanceHealth\x12Y\n\x11GetInstanceHealth\x12&.wapiguard.v1.GetInstanceHealthRequest\x1a\x1c.wapiguard.v1.InstanceHealth\x12X\n\rListInstances\x12\".wapiguard.v1.ListInstancesRequest\x1a#.wapiguard.v1.ListInstancesResponse\x12Z\n\x0eWatchInstances\x12#.wapiguard.v1.WatchInstancesRequest\x1a!.wapiguard.v1.InstanceHealthEvent0\x01\x12U\n\x0eRemoveInstance\x12\x1d.wapiguard.v1.InstanceRequest\x1a$.wapiguard.v1.RemoveInstanceResponse\x12H\n\tGetQrCode\x12\x1d.wapiguard.v1.InstanceRequest\x1a\x1c.wapiguard.v1.QrCodeResponse\x12`\n\x12RequestPairingCode\x12\'.wapiguard.v1.RequestPairingCodeRequest\x1a!.wapiguard.v1.PairingCodeResponse\x12P\n\x0fRestartInstance\x12\x1d.wapiguard.v1.InstanceRequest\x1a\x1e.wapiguard.v1.RecoveryResponse\x12S\n\x12\x44isconnectInstance\x12\x1d.wapiguard.v1.InstanceRequest\x1a\x1e.wapiguard.v1.RecoveryResponse\x12M\n\nClearStall\x12\x1d.wapiguard.v1.InstanceRequest\x1a .wapiguard.v1.ClearStallResponse\x12R\n\x11\x43onfigureWebhooks\x12\x1d.wapiguard.v1.InstanceRequest\x1a\x1e.wapiguard.v1.WebhooksResponse\x12N\n\rCheckWebhooks\x12\x1d.wapiguard.v1.InstanceRequest\x1a\x1e.wapiguard.v1.WebhooksResponse\x12^\n\x0fReconcileEvents\x12$.wapiguard.v1.ReconcileEventsRequest\x1a%.wapiguard.v1.ReconcileEventsResponse\x12_\n\x13ListRecoveryActions\x12\x1d.wapiguard.v1.InstanceRequest\x1a).wapiguard.v1.ListRecoveryActionsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,32 +45,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PAIRINGCODERESPONSE']._serialized_end=564
   _globals['_RECOVERYRESPONSE']._serialized_start=566
   _globals['_RECOVERYRESPONSE']._serialized_end=675
-  _globals['_WEBHOOKKINDRESULT']._serialized_start=677
-  _globals['_WEBHOOKKINDRESULT']._serialized_end=738
-  _globals['_WEBHOOKSRESPONSE']._serialized_start=741
-  _globals['_WEBHOOKSRESPONSE']._serialized_end=905
-  _globals['_RECONCILEEVENTSREQUEST']._serialized_start=907
-  _globals['_RECONCILEEVENTSREQUEST']._serialized_end=952
-  _globals['_INSTANCERECONCILIATION']._serialized_start=955
-  _globals['_INSTANCERECONCILIATION']._serialized_end=1100
-  _globals['_RECONCILEEVENTSRESPONSE']._serialized_start=1102
-  _globals['_RECONCILEEVENTSRESPONSE']._serialized_end=1222
-  _globals['_RECOVERYACTION']._serialized_start=1225
-  _globals['_RECOVERYACTION']._serialized_end=1373
-  _globals['_LISTRECOVERYACTIONSRESPONSE']._serialized_start=1375
-  _globals['_LISTRECOVERYACTIONSRESPONSE']._serialized_end=1451
-  _globals['_REGISTERINSTANCEREQUEST']._serialized_start=1454
-  _globals['_REGISTERINSTANCEREQUEST']._serialized_end=1583
-  _globals['_GETINSTANCEHEALTHREQUEST']._serialized_start=1585
-  _globals['_GETINSTANCEHEALTHREQUEST']._serialized_end=1649
-  _globals['_LISTINSTANCESREQUEST']._serialized_start=1651
-  _globals['_LISTINSTANCESREQUEST']._serialized_end=1735
-  _globals['_LISTINSTANCESRESPONSE']._serialized_start=1737
-  _globals['_LISTINSTANCESRESPONSE']._serialized_end=1809
-  _globals['_WATCHINSTANCESREQUEST']._serialized_start=1811
-  _globals['_WATCHINSTANCESREQUEST']._serialized_end=1881
-  _globals['_INSTANCEHEALTHEVENT']._serialized_start=1883
-  _globals['_INSTANCEHEALTHEVENT']._serialized_end=2001
-  _globals['_INSTANCEHEALTHSERVICE']._serialized_start=2004
-  _globals['_INSTANCEHEALTHSERVICE']._serialized_end=3172
+  _globals['_CLEARSTALLRESPONSE']._serialized_start=677
+  _globals['_CLEARSTALLRESPONSE']._serialized_end=779
+  _globals['_WEBHOOKKINDRESULT']._serialized_start=781
+  _globals['_WEBHOOKKINDRESULT']._serialized_end=842
+  _globals['_WEBHOOKSRESPONSE']._serialized_start=845
+  _globals['_WEBHOOKSRESPONSE']._serialized_end=1009
+  _globals['_RECONCILEEVENTSREQUEST']._serialized_start=1011
+  _globals['_RECONCILEEVENTSREQUEST']._serialized_end=1056
+  _globals['_INSTANCERECONCILIATION']._serialized_start=1059
+  _globals['_INSTANCERECONCILIATION']._serialized_end=1204
+  _globals['_RECONCILEEVENTSRESPONSE']._serialized_start=1206
+  _globals['_RECONCILEEVENTSRESPONSE']._serialized_end=1326
+  _globals['_RECOVERYACTION']._serialized_start=1329
+  _globals['_RECOVERYACTION']._serialized_end=1477
+  _globals['_LISTRECOVERYACTIONSRESPONSE']._serialized_start=1479
+  _globals['_LISTRECOVERYACTIONSRESPONSE']._serialized_end=1555
+  _globals['_REGISTERINSTANCEREQUEST']._serialized_start=1558
+  _globals['_REGISTERINSTANCEREQUEST']._serialized_end=1687
+  _globals['_GETINSTANCEHEALTHREQUEST']._serialized_start=1689
+  _globals['_GETINSTANCEHEALTHREQUEST']._serialized_end=1753
+  _globals['_LISTINSTANCESREQUEST']._serialized_start=1755
+  _globals['_LISTINSTANCESREQUEST']._serialized_end=1839
+  _globals['_LISTINSTANCESRESPONSE']._serialized_start=1841
+  _globals['_LISTINSTANCESRESPONSE']._serialized_end=1913
+  _globals['_WATCHINSTANCESREQUEST']._serialized_start=1915
+  _globals['_WATCHINSTANCESREQUEST']._serialized_end=1985
+  _globals['_INSTANCEHEALTHEVENT']._serialized_start=1987
+  _globals['_INSTANCEHEALTHEVENT']._serialized_end=2105
+  _globals['_INSTANCEHEALTHSERVICE']._serialized_start=2108
+  _globals['_INSTANCEHEALTHSERVICE']._serialized_end=3355
 # @@protoc_insertion_point(module_scope)

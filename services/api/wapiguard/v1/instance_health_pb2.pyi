@@ -176,6 +176,33 @@ class RecoveryResponse(_message.Message):
 Global___RecoveryResponse: _TypeAlias = RecoveryResponse  # noqa: Y015
 
 @_typing.final
+class ClearStallResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEALTH_FIELD_NUMBER: _builtins.int
+    CLEARED_FIELD_NUMBER: _builtins.int
+    NEXT_STEP_FIELD_NUMBER: _builtins.int
+    cleared: _builtins.bool
+    """True when a DELIVERY_STALLED block was lifted; false when there was none (nothing changed)."""
+    next_step: _builtins.str
+    @_builtins.property
+    def health(self) -> _common_pb2.InstanceHealth: ...
+    def __init__(
+        self,
+        *,
+        health: _common_pb2.InstanceHealth | None = ...,
+        cleared: _builtins.bool = ...,
+        next_step: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["health", b"health"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cleared", b"cleared", "health", b"health", "next_step", b"next_step"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClearStallResponse: _TypeAlias = ClearStallResponse  # noqa: Y015
+
+@_typing.final
 class WebhookKindResult(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -333,7 +360,7 @@ class RecoveryAction(_message.Message):
     DETAIL_FIELD_NUMBER: _builtins.int
     instance_id: _builtins.str
     action: _builtins.str
-    """qr_code, pairing_code, restart, disconnect, configure_webhooks"""
+    """qr_code, pairing_code, restart, disconnect, configure_webhooks, clear_stall"""
     requested_by: _builtins.str
     """The caller (token name) who asked."""
     outcome: _builtins.str

@@ -81,6 +81,11 @@ class InstanceHealthServiceStub:
                 request_serializer=wapiguard_dot_v1_dot_instance__health__pb2.InstanceRequest.SerializeToString,
                 response_deserializer=wapiguard_dot_v1_dot_instance__health__pb2.RecoveryResponse.FromString,
                 _registered_method=True)
+        self.ClearStall = channel.unary_unary(
+                '/wapiguard.v1.InstanceHealthService/ClearStall',
+                request_serializer=wapiguard_dot_v1_dot_instance__health__pb2.InstanceRequest.SerializeToString,
+                response_deserializer=wapiguard_dot_v1_dot_instance__health__pb2.ClearStallResponse.FromString,
+                _registered_method=True)
         self.ConfigureWebhooks = channel.unary_unary(
                 '/wapiguard.v1.InstanceHealthService/ConfigureWebhooks',
                 request_serializer=wapiguard_dot_v1_dot_instance__health__pb2.InstanceRequest.SerializeToString,
@@ -169,6 +174,15 @@ class InstanceHealthServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ClearStall(self, request, context):
+        """Lifts a DELIVERY_STALLED block after the operator checked the session by hand (nothing goes to
+        W-API). Audited with who asked; only a delivery stall is cleared, anything else is left as it is
+        (the answer's health says so). A probe that merely says "connected" never clears a stall.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ConfigureWebhooks(self, request, context):
         """Points the six W-API webhook kinds at this service's bridge (needs --public-url), verifies.
         """
@@ -244,6 +258,11 @@ def add_InstanceHealthServiceServicer_to_server(servicer, server):
                     servicer.DisconnectInstance,
                     request_deserializer=wapiguard_dot_v1_dot_instance__health__pb2.InstanceRequest.FromString,
                     response_serializer=wapiguard_dot_v1_dot_instance__health__pb2.RecoveryResponse.SerializeToString,
+            ),
+            'ClearStall': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClearStall,
+                    request_deserializer=wapiguard_dot_v1_dot_instance__health__pb2.InstanceRequest.FromString,
+                    response_serializer=wapiguard_dot_v1_dot_instance__health__pb2.ClearStallResponse.SerializeToString,
             ),
             'ConfigureWebhooks': grpc.unary_unary_rpc_method_handler(
                     servicer.ConfigureWebhooks,
@@ -510,6 +529,33 @@ class InstanceHealthService:
             '/wapiguard.v1.InstanceHealthService/DisconnectInstance',
             wapiguard_dot_v1_dot_instance__health__pb2.InstanceRequest.SerializeToString,
             wapiguard_dot_v1_dot_instance__health__pb2.RecoveryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClearStall(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wapiguard.v1.InstanceHealthService/ClearStall',
+            wapiguard_dot_v1_dot_instance__health__pb2.InstanceRequest.SerializeToString,
+            wapiguard_dot_v1_dot_instance__health__pb2.ClearStallResponse.FromString,
             options,
             channel_credentials,
             insecure,

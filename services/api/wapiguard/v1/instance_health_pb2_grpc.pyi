@@ -52,6 +52,11 @@ class InstanceHealthServiceStub:
     """A pairing code to type in WhatsApp on the phone (Linked devices > Link with phone number)."""
     RestartInstance: _grpc.UnaryUnaryMultiCallable[_instance_health_pb2.InstanceRequest, _instance_health_pb2.RecoveryResponse]
     DisconnectInstance: _grpc.UnaryUnaryMultiCallable[_instance_health_pb2.InstanceRequest, _instance_health_pb2.RecoveryResponse]
+    ClearStall: _grpc.UnaryUnaryMultiCallable[_instance_health_pb2.InstanceRequest, _instance_health_pb2.ClearStallResponse]
+    """Lifts a DELIVERY_STALLED block after the operator checked the session by hand (nothing goes to
+    W-API). Audited with who asked; only a delivery stall is cleared, anything else is left as it is
+    (the answer's health says so). A probe that merely says "connected" never clears a stall.
+    """
     ConfigureWebhooks: _grpc.UnaryUnaryMultiCallable[_instance_health_pb2.InstanceRequest, _instance_health_pb2.WebhooksResponse]
     """Points the six W-API webhook kinds at this service's bridge (needs --public-url), verifies."""
     CheckWebhooks: _grpc.UnaryUnaryMultiCallable[_instance_health_pb2.InstanceRequest, _instance_health_pb2.WebhooksResponse]
@@ -84,6 +89,11 @@ class InstanceHealthServiceAsyncStub(InstanceHealthServiceStub):
     """A pairing code to type in WhatsApp on the phone (Linked devices > Link with phone number)."""
     RestartInstance: _aio.UnaryUnaryMultiCallable[_instance_health_pb2.InstanceRequest, _instance_health_pb2.RecoveryResponse]  # type: ignore[assignment]
     DisconnectInstance: _aio.UnaryUnaryMultiCallable[_instance_health_pb2.InstanceRequest, _instance_health_pb2.RecoveryResponse]  # type: ignore[assignment]
+    ClearStall: _aio.UnaryUnaryMultiCallable[_instance_health_pb2.InstanceRequest, _instance_health_pb2.ClearStallResponse]  # type: ignore[assignment]
+    """Lifts a DELIVERY_STALLED block after the operator checked the session by hand (nothing goes to
+    W-API). Audited with who asked; only a delivery stall is cleared, anything else is left as it is
+    (the answer's health says so). A probe that merely says "connected" never clears a stall.
+    """
     ConfigureWebhooks: _aio.UnaryUnaryMultiCallable[_instance_health_pb2.InstanceRequest, _instance_health_pb2.WebhooksResponse]  # type: ignore[assignment]
     """Points the six W-API webhook kinds at this service's bridge (needs --public-url), verifies."""
     CheckWebhooks: _aio.UnaryUnaryMultiCallable[_instance_health_pb2.InstanceRequest, _instance_health_pb2.WebhooksResponse]  # type: ignore[assignment]
@@ -167,6 +177,17 @@ class InstanceHealthServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _instance_health_pb2.InstanceRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_instance_health_pb2.RecoveryResponse, _abc.Awaitable[_instance_health_pb2.RecoveryResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ClearStall(
+        self,
+        request: _instance_health_pb2.InstanceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_instance_health_pb2.ClearStallResponse, _abc.Awaitable[_instance_health_pb2.ClearStallResponse]]:
+        """Lifts a DELIVERY_STALLED block after the operator checked the session by hand (nothing goes to
+        W-API). Audited with who asked; only a delivery stall is cleared, anything else is left as it is
+        (the answer's health says so). A probe that merely says "connected" never clears a stall.
+        """
 
     @_abc_1.abstractmethod
     def ConfigureWebhooks(
