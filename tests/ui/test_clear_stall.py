@@ -26,6 +26,7 @@ async def stall(stack: UiStack) -> None:
 
 def repository(stack: UiStack) -> Repository:
     repo = stack.app.gateway.repo
+    repo = getattr(repo, "inner", repo)  # the gateway's store is bounded per request
     assert isinstance(repo, Repository)
     return repo
 
