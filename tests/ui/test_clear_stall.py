@@ -11,7 +11,6 @@ import aiohttp
 from adapters.persistence.repository import Repository
 from adapters.persistence.schema import instance_transitions
 from statemachine.instance_machine import InstanceTrigger
-from tests.e2e.stack import unbounded
 from tests.ui.conftest import ADMIN, API_TOKENS, AVENTURA, SCOPED, StackFactory, UiStack, cli
 from tests.ui.test_status_actions import basic, csrf_of
 
@@ -26,7 +25,10 @@ async def stall(stack: UiStack) -> None:
 
 
 def repository(stack: UiStack) -> Repository:
-    return unbounded(stack.app.gateway.repo)  # the repository behind the request-bounded store
+    repo = stack.app.gateway.repo
+    repo = getattr(repo, "inner", repo)  # the gateway's store is bounded per request
+    assert isinstance(repo, Repository)
+    return repo
 
 
 async def operator_sources(stack: UiStack) -> list[tuple[str, str, str]]:
