@@ -141,9 +141,7 @@ class InstanceHealthServicer(instance_health_pb2_grpc.InstanceHealthServiceServi
     async def GetQrCode(
         self, request: instance_health_pb2.InstanceRequest, context: Ctx
     ) -> instance_health_pb2.QrCodeResponse:
-        instance_id = request.instance_id.strip()
-        authorize(instance_id)
-        locale = locale_of(context)
+        instance_id, locale = _authorized_instance(request, context)
         result = await self.recovery.qr_code(instance_id, locale)
         return instance_health_pb2.QrCodeResponse(
             health=mapping.instance_pb(result.health, locale),
@@ -157,9 +155,7 @@ class InstanceHealthServicer(instance_health_pb2_grpc.InstanceHealthServiceServi
     async def RequestPairingCode(
         self, request: instance_health_pb2.RequestPairingCodeRequest, context: Ctx
     ) -> instance_health_pb2.PairingCodeResponse:
-        instance_id = request.instance_id.strip()
-        authorize(instance_id)
-        locale = locale_of(context)
+        instance_id, locale = _authorized_instance(request, context)
         result = await self.recovery.pairing_code(instance_id, request.phone_number, locale)
         return instance_health_pb2.PairingCodeResponse(
             health=mapping.instance_pb(result.health, locale),
@@ -172,27 +168,21 @@ class InstanceHealthServicer(instance_health_pb2_grpc.InstanceHealthServiceServi
     async def RestartInstance(
         self, request: instance_health_pb2.InstanceRequest, context: Ctx
     ) -> instance_health_pb2.RecoveryResponse:
-        instance_id = request.instance_id.strip()
-        authorize(instance_id)
-        locale = locale_of(context)
+        instance_id, locale = _authorized_instance(request, context)
         return self._recovery_pb(await self.recovery.restart(instance_id, locale), locale)
 
     @grpc_errors
     async def DisconnectInstance(
         self, request: instance_health_pb2.InstanceRequest, context: Ctx
     ) -> instance_health_pb2.RecoveryResponse:
-        instance_id = request.instance_id.strip()
-        authorize(instance_id)
-        locale = locale_of(context)
+        instance_id, locale = _authorized_instance(request, context)
         return self._recovery_pb(await self.recovery.disconnect(instance_id, locale), locale)
 
     @grpc_errors
     async def ClearStall(
         self, request: instance_health_pb2.InstanceRequest, context: Ctx
     ) -> instance_health_pb2.ClearStallResponse:
-        instance_id = request.instance_id.strip()
-        authorize(instance_id)
-        locale = locale_of(context)
+        instance_id, locale = _authorized_instance(request, context)
         result = await self.recovery.clear_stall(instance_id, locale)
         return instance_health_pb2.ClearStallResponse(
             health=mapping.instance_pb(result.health, locale),
@@ -212,18 +202,14 @@ class InstanceHealthServicer(instance_health_pb2_grpc.InstanceHealthServiceServi
     async def ConfigureWebhooks(
         self, request: instance_health_pb2.InstanceRequest, context: Ctx
     ) -> instance_health_pb2.WebhooksResponse:
-        instance_id = request.instance_id.strip()
-        authorize(instance_id)
-        locale = locale_of(context)
+        instance_id, locale = _authorized_instance(request, context)
         return self._webhooks_pb(await self.recovery.configure_webhooks(instance_id, locale), locale)
 
     @grpc_errors
     async def CheckWebhooks(
         self, request: instance_health_pb2.InstanceRequest, context: Ctx
     ) -> instance_health_pb2.WebhooksResponse:
-        instance_id = request.instance_id.strip()
-        authorize(instance_id)
-        locale = locale_of(context)
+        instance_id, locale = _authorized_instance(request, context)
         return self._webhooks_pb(await self.recovery.check_webhooks(instance_id, locale), locale)
 
     @staticmethod
@@ -346,3 +332,10 @@ class InstanceHealthServicer(instance_health_pb2_grpc.InstanceHealthServiceServi
             if status is None:
                 raise
             await abort(context, status)
+
+
+def _authorized_instance(request: Any, context: Ctx) -> tuple[str, str]:
+    """The instance an operator request names, once the caller may act on it, and their locale."""
+    instance_id = request.instance_id.strip()
+    authorize(instance_id)
+    return instance_id, locale_of(context)
