@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -145,7 +146,8 @@ async def test_session_incomplete_blocks_every_kind_before_the_provider(stack: S
 
 
 async def test_silent_stall_is_detected_from_stuck_messages_and_blocks_sends(make_stack: StackFactory) -> None:
-    stack = await make_stack(stuck_after=0.2, stall_threshold=3)
+    window = 0.5
+    stack = await make_stack(stuck_after=window, stall_threshold=3)
     instance = "STALL-ZTS923-GEAY6V"
     # A silently stalled session probes perfectly healthy: only the missing receipts tell.
     h = await stack.add_instance(instance, "silent_stall")
@@ -154,11 +156,14 @@ async def test_silent_stall_is_detected_from_stuck_messages_and_blocks_sends(mak
     sent = [await stack.submit(text_request(instance, body=f"#{i}", key=f"stall-{i}")) for i in range(3)]
     assert [m.state for m in sent] == [SENT] * 3
     assert all(m.provider_message_id for m in sent)
-    assert await stack.app.gateway.sweep_once() == []  # still within the window: nothing is stuck yet
-
-    await asyncio.sleep(0.35)
+    # A sweep never marks a message younger than the window (on a quiet machine: none of them yet).
     stuck = await stack.app.gateway.sweep_once()
-    assert sorted(m.id for m in stuck) == sorted(m.id for m in sent)
+    swept_at = datetime.now(UTC)  # read after: the sweep's own clock is at most this
+    assert all(m.sent_at is not None and (swept_at - m.sent_at).total_seconds() >= window for m in stuck)
+
+    await asyncio.sleep(window + 0.15)
+    stuck += await stack.app.gateway.sweep_once()
+    assert sorted(m.id for m in stuck) == sorted(m.id for m in sent)  # each marked once
 
     listed = await stack.send.ListMessages(send_pb2.ListMessagesRequest(instance_id=instance, stuck_only=True))
     assert sorted(m.id for m in listed.messages) == sorted(m.id for m in sent)
