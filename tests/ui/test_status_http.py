@@ -70,14 +70,10 @@ async def stalled_stack(make_stack: StackFactory, **settings) -> UiStack:
     with pytest.raises(Exception, match="SESSION_INCOMPLETE"):
         await stack.send_text(INCOMPLETE, "blocked-1", token)
     await asyncio.sleep(0.3)
-    # Marked once each (a loaded machine may need a second sweep to see the third send's row).
-    stuck = await stack.app.gateway.sweep_once()
-    for _ in range(20):
-        if len(stuck) >= 3:
-            break
-        await asyncio.sleep(0.1)
-        stuck += await stack.app.gateway.sweep_once()
-    assert len({m.id for m in stuck}) == len(stuck) == 3  # three, each marked once
+    # This sweep or the one that follows the connection's missed-event recovery marks them.
+    await stack.app.gateway.sweep_once()
+    stuck, _next = await stack.app.gateway.list_messages(instance_id=AVENTURA, stuck_only=True)
+    assert len(stuck) == 3
     return stack
 
 
