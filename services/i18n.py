@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import cast
 
 from statemachine.domain import InstanceState, Reason
 
@@ -118,11 +119,13 @@ REASON_TEXT_EN: dict[Reason, str] = {
 
 
 def reason_text(reason: str, locale: str = "pt-BR") -> str:
-    table = REASON_TEXT_EN if locale.lower().startswith("en") else REASON_TEXT_PT_BR
-    try:
-        return table.get(Reason(reason), reason)
-    except ValueError:
-        return reason
+    """The reason's text in the locale; an unknown reason reads as itself.
+
+    Reasons are StrEnum members, which hash and compare as their values: a plain string finds
+    its entry without building the enum (a ListInstances maps a thousand of these).
+    """
+    table = cast("dict[str, str]", REASON_TEXT_EN if locale[:2].lower() == "en" else REASON_TEXT_PT_BR)
+    return table.get(reason, reason)
 
 
 # --- what the operator should do next, for an instance's health -------------------------------

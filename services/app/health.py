@@ -210,9 +210,7 @@ class Instances:
     ) -> list[InstanceRecord]:
         if refresh:
             await self.probe_all()
-        records = await self.repo.list_instances(states)
-        counts = await self.repo.stuck_counts()
-        return [replace(r, stuck_messages=counts.get(r.instance_id, 0)) for r in records]
+        return await self.repo.list_instances(states)
 
     async def instance_changes(
         self, ids: Sequence[str] | None, *, window: int, per_instance: int
