@@ -30,7 +30,7 @@ from typing import Any
 import grpc
 import httpx
 
-from bench import volume
+from bench import dataset, volume
 from bench.profile import Profiler
 from services.api.wapiguard.v1 import (
     instance_health_pb2,
@@ -185,9 +185,10 @@ class Noop:
         self.server = Process(["-m", "bench.noop_server"])
         self.channels = channels_for(self.server.grpc_target(), args.channels)
         request = send_pb2.SendMessageRequest(
-            instance_id=BLOCKED, to="5515981121710", text=send_pb2.TextContent(body="bench")
+            instance_id=BLOCKED, to="5515981121710", text=send_pb2.TextContent(body=dataset.MESSAGE_TEXT)
         )
-        event = webhook_pb2.IngestEventRequest(payload=b'{"event":"webhookStatus"}')
+        # The same sizes as the scenarios' requests.
+        event = webhook_pb2.IngestEventRequest(payload=dataset.status_body(HEALTHY, "3EB0NOOP", "read", 1_750_000_000))
 
         async def send(channel: grpc.aio.Channel, i: int) -> Any:
             return await send_pb2_grpc.SendServiceStub(channel).SendMessage(request, timeout=10)
@@ -342,7 +343,7 @@ async def bench_database(
                 instance_id=instance_id,
                 to="5515981121710",
                 idempotency_key=f"{run}-{instance_id}-{i}",
-                text=send_pb2.TextContent(body="bench"),
+                text=send_pb2.TextContent(body=dataset.MESSAGE_TEXT),
             )
 
         async def blocked(channel: grpc.aio.Channel, i: int) -> Any:
@@ -390,26 +391,20 @@ async def bench_database(
 
         async def ingest(channel: grpc.aio.Channel, i: int) -> Any:
             mid, word = statuses[i % len(statuses)] if i >= 0 else (f"warm-{i}", "read")
-            body = json.dumps(
-                {
-                    "event": "webhookStatus",
-                    "instanceId": HEALTHY,
-                    "messageId": mid,
-                    "status": word,
-                    "moment": 1_750_000_000,
-                }
-            ).encode()
+            body = dataset.status_body(HEALTHY, mid, word, 1_750_000_000)
             return await webhook_pb2_grpc.WebhookServiceStub(channel).IngestEvent(
                 webhook_pb2.IngestEventRequest(payload=body), timeout=10
             )
 
-        wal_before = await volume.wal_lsn(url) if health_instance else None
+        wal = volume.WalWindow(url) if health_instance else None
+        if wal is not None:
+            await wal.start()
         await scenario(
             "IngestEvent status (dedupe + transition)", "IngestEvent", ingest, min(args.requests, len(statuses))
         )
-        if wal_before is not None:
-            written = await volume.wal_lsn(url) - wal_before
-            out["wal_bytes_per_status_event"] = round(written / max(1, out["results"][-1].requests))
+        if wal is not None:
+            out["wal"] = await wal.stop(out["results"][-1].requests)
+            out["wal_bytes_per_status_event"] = out["wal"]["server_bytes_per_event"]
         if health_instance:
             stub = instance_health_pb2_grpc.InstanceHealthServiceStub(channels[0])
             get = instance_health_pb2.GetInstanceHealthRequest(instance_id=health_instance)

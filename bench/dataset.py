@@ -9,6 +9,7 @@ transaction grows large. The benchmark and the query-plan test use it at smaller
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 
@@ -141,6 +142,39 @@ $$ SELECT to_char(t AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"') $$
 """
 
 
+def status_body(instance_id: str, message_id: str, status: str, moment: int) -> bytes:
+    """A W-API message-status webhook shaped like the seeded ones (~410 bytes).
+
+    The benchmark posts these rather than a minimal body: rows much smaller than the seeded ones
+    would fit the free tails VACUUM recorded on every old page of a bulk-loaded table, so each new
+    row would land on a different old page (a full-page image per row after a checkpoint) — a
+    state of a freshly bulk-loaded database, not of one that grew by the service's own writes.
+    """
+    body = {
+        "event": "webhookStatus",
+        "instanceId": instance_id,
+        "messageId": message_id,
+        "status": status,
+        "chat": {"id": "5511912345678@s.whatsapp.net"},
+        "fromMe": True,
+        "fromApi": True,
+        "moment": moment,
+        "connectedPhone": "5511900000000",
+        "isGroup": False,
+        "messageType": "conversation",
+        "sender": {"id": "5511900000000@s.whatsapp.net", "pushName": "Loja"},
+        "chatName": "Cliente da Loja",
+        "isNewsletter": False,
+        "ackTimestamp": moment,
+        "broadcast": False,
+    }
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+# The text of a seeded message (and of the benchmark's sends): the same row size.
+MESSAGE_TEXT = "Olá! Seu pedido 1234567 foi confirmado e sai para entrega amanhã."
+
+
 async def seed(dsn: str, size: Size, *, progress: bool = False) -> float:
     """Fills an empty, migrated database; returns the seconds it took (VACUUM ANALYZE included)."""
     started = time.perf_counter()
@@ -150,11 +184,21 @@ async def seed(dsn: str, size: Size, *, progress: bool = False) -> float:
         await conn.execute(_ISO)
         await conn.execute(_INSTANCES, size.instances)
         messages_sql = _MESSAGES.replace("iso(", "pg_temp.iso(")
+        # Seeded messages are written at their final size (history included). The service's rows
+        # are written small and grow into the page's fillfactor reserve with each status, so its
+        # old pages end up about full; seeding at fillfactor 80 would instead leave every old page
+        # with a fifth free, where new rows would then be scattered one per page.
+        reloptions = await conn.fetchval("SELECT reloptions FROM pg_class WHERE relname = 'messages'")
+        await conn.execute("ALTER TABLE messages SET (fillfactor = 100)")
         for start in range(1, size.messages + 1, CHUNK):
             end = min(size.messages, start + CHUNK - 1)
             await conn.execute(messages_sql, start, end, size.instances, size.days, size.messages)
             if progress:
                 print(f"  messages {end:,}/{size.messages:,} ({time.perf_counter() - started:.0f} s)", flush=True)
+        if reloptions and "fillfactor=80" in reloptions:
+            await conn.execute("ALTER TABLE messages SET (fillfactor = 80)")
+        else:
+            await conn.execute("ALTER TABLE messages RESET (fillfactor)")
         for start in range(1, size.events + 1, CHUNK):
             end = min(size.events, start + CHUNK - 1)
             await conn.execute(_EVENTS, start, end, size.instances, size.days, size.messages)

@@ -6,14 +6,22 @@ end unless `--keep-databases`. The seeded one is filled by SQL (bench/dataset.py
 database: the hot paths against the no-op baseline (the usual rounds), GetInstanceHealth of the
 instance with the most stuck messages and ListInstances latency, one stuck sweep with the seeded
 backlog and one with nothing new, WAL written per status event, and table + index sizes.
-WAL is the server-wide LSN difference: on a shared server other work is counted too (an upper bound).
+WAL is the server-wide LSN difference (on a shared server other work is counted too: an upper
+bound) and, where `pg_waldump` can read the server's WAL (the benchmark on the database host, as a
+superuser), the records that change this database's pages, split by relation, with their full-page
+images.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
+import re
+import shutil
+import subprocess
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -21,7 +29,7 @@ from sqlalchemy.engine import make_url
 
 from bench.dataset import SIZES, asyncpg_dsn, seed
 
-__all__ = ["SIZES", "run", "summary", "wal_lsn"]
+__all__ = ["SIZES", "WalWindow", "run", "summary", "wal_lsn"]
 
 
 def _pg_url() -> str:
@@ -36,6 +44,104 @@ async def wal_lsn(url: str) -> int:
         return int(await conn.fetchval("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint"))
     finally:
         await conn.close()
+
+
+_LENGTHS = re.compile(r"len \(rec/tot\):\s*(\d+)/\s*(\d+)")
+_FIRST_BLOCK = re.compile(r"blkref #0: rel \d+/(\d+)/(\d+)")
+
+
+class WalWindow:
+    """The WAL written between `start()` and `stop()`: server-wide, and this database's own
+    records by relation (pg_waldump over the same LSN range) when the WAL can be read here."""
+
+    def __init__(self, url: str) -> None:
+        self.dsn = asyncpg_dsn(url)
+        self._start = ""
+        self._start_bytes = 0
+
+    async def start(self) -> None:
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            row = await conn.fetchrow(
+                "SELECT pg_current_wal_lsn()::text AS lsn, pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint AS n"
+            )
+            self._start, self._start_bytes = row["lsn"], int(row["n"])
+        finally:
+            await conn.close()
+
+    async def stop(self, events: int) -> dict[str, Any]:
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            row = await conn.fetchrow(
+                "SELECT pg_current_wal_flush_lsn()::text AS lsn, "
+                "pg_wal_lsn_diff(pg_current_wal_flush_lsn(), '0/0')::bigint AS n, "
+                "(SELECT oid FROM pg_database WHERE datname = current_database()) AS db"
+            )
+            try:
+                wal_dir = Path(str(await conn.fetchval("SHOW data_directory"))) / "pg_wal"
+            except asyncpg.PostgresError:
+                wal_dir = None
+            names = {int(r[0]): str(r[1]) for r in await conn.fetch("SELECT relfilenode, relname FROM pg_class")}
+        finally:
+            await conn.close()
+        out: dict[str, Any] = {"server_bytes_per_event": round((int(row["n"]) - self._start_bytes) / max(1, events))}
+        split = _waldump(wal_dir, self._start, row["lsn"], int(row["db"]), names) if wal_dir else None
+        if split is not None:
+            total, fpi, by_relation = split
+            out["db_bytes_per_event"] = round(total / max(1, events))
+            out["db_fpi_bytes_per_event"] = round(fpi / max(1, events))
+            out["by_relation"] = {
+                name: round(size / max(1, events)) for name, size in by_relation.most_common(8) if size >= events
+            }
+        return out
+
+
+def _pg_tool(name: str) -> str | None:
+    """A PostgreSQL tool from PATH, or from the directory `pg_config --bindir` names."""
+    found = shutil.which(name)
+    config = shutil.which("pg_config")
+    if found is None and config is not None:
+        try:
+            bindir = subprocess.run([config, "--bindir"], capture_output=True, text=True, timeout=10, check=True)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        candidate = Path(bindir.stdout.strip()) / name
+        found = str(candidate) if candidate.is_file() else None
+    return found
+
+
+def _waldump(
+    wal_dir: Path, start: str, end: str, database: int, names: dict[int, str]
+) -> tuple[int, int, collections.Counter[str]] | None:
+    """(bytes, full-page-image bytes, bytes by relation) of this database's records, or None."""
+    binary = _pg_tool("pg_waldump")
+    if binary is None or not wal_dir.is_dir():
+        return None
+    try:
+        dump = subprocess.run(
+            [binary, "-p", str(wal_dir), "-s", start, "-e", end],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    total = fpi = 0
+    by_relation: collections.Counter[str] = collections.Counter()
+    for line in dump.stdout.splitlines():
+        lengths = _LENGTHS.search(line)
+        if lengths is None:
+            continue
+        rec, tot = int(lengths.group(1)), int(lengths.group(2))
+        block = _FIRST_BLOCK.search(line)
+        if block is None or int(block.group(1)) != database:
+            continue  # another database's page, or a record of no page (commits: a few bytes each)
+        name = names.get(int(block.group(2)), block.group(2))
+        by_relation[name] += tot
+        total += tot
+        fpi += tot - rec
+    return (total, fpi, by_relation) if total else None
 
 
 async def _admin(url: str, sql: str) -> None:
@@ -179,6 +285,12 @@ def summary(extra: dict[str, Any]) -> str:
     for sweep in ("backlog", "backlog, next", "nothing new"):
         row(f"sweep ({sweep}) ms, marked", [f"{e['sweeps'][sweep]['ms']}, {e['sweeps'][sweep]['marked']}" for e in get])
     row("WAL per status event (bytes)", [str(e.get("wal_bytes_per_status_event", "-")) for e in get])
+    wal = [e.get("wal", {}) for e in get]
+    if any("db_bytes_per_event" in w for w in wal):
+        row(
+            "  this database alone, of which page images",
+            [f"{w.get('db_bytes_per_event', '-')}, {w.get('db_fpi_bytes_per_event', '-')}" for w in wal],
+        )
     for table in ("messages", "events", "open_messages", "chat_statuses", "instance_transitions", "change_log"):
         row(
             f"{table}: rows, heap + indexes",
@@ -188,6 +300,10 @@ def summary(extra: dict[str, Any]) -> str:
                 for e in get
             ],
         )
+    for w, label in zip(wal, labels, strict=True):
+        if w.get("by_relation"):
+            parts = ", ".join(f"{name} {size}" for name, size in w["by_relation"].items())
+            lines.append(f"\n{label}: WAL bytes per status event by relation: {parts}")
     for e, label in zip(get, labels, strict=True):
         sizes = e["sizes"]
         msgs = sizes.get("messages", {}).get("rows", 0)

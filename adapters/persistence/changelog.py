@@ -12,7 +12,6 @@ time, so `seq` is commit order and `xid` is 0.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
+from ulid import ULID
 
 from adapters.persistence.schema import UTCDateTime, change_log
 from statemachine.changes import START, Change, ChangeCursor, ChangeKind, ChangePage, ChangeRecord
@@ -34,8 +34,10 @@ ROW_COLUMNS = ("event_id", "kind", "instance_id", "message_id", "occurred_at", "
 
 
 def new_event_id() -> str:
-    """128 random bits, like a UUID4 (a fifth of uuid4()'s cost: this runs on every write)."""
-    return "evt_" + os.urandom(16).hex()
+    """A ULID (48 bits of milliseconds, 80 random bits) in hex: unique like a UUID4, but new ids
+    go to the right edge of the `event_id` unique index instead of a random old leaf (a random
+    key cost a full-page image in the WAL for most change rows after each checkpoint)."""
+    return "evt_" + bytes(ULID()).hex()
 
 
 def change_row(change: Change) -> dict[str, Any]:
