@@ -125,6 +125,47 @@ def instance_pb(record: InstanceRecord, locale: str = "pt-BR") -> common_pb2.Ins
     )
 
 
+class InstanceHealthMemo:
+    """The InstanceHealth of each listed instance, rebuilt only when something it shows changed.
+
+    A ListInstances of a thousand instances spent more time building protobuf messages than
+    reading them; between two calls most instances are unchanged. Entries of instances no longer
+    listed are dropped once the memo holds twice what was listed.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[tuple[Any, ...], common_pb2.InstanceHealth]] = {}
+
+    def many(self, records: Iterable[InstanceRecord], locale: str) -> list[common_pb2.InstanceHealth]:
+        out: list[common_pb2.InstanceHealth] = []
+        entries = self._entries
+        for r in records:
+            shown = (
+                r.version,
+                r.state,
+                r.reason,
+                r.name,
+                r.phone_number,
+                r.plan,
+                r.stuck_messages,
+                r.checked_at,
+                r.last_event_at,
+                r.state_changed_at,
+                r.webhooks_state,
+                r.webhooks_detail,
+                locale,
+            )
+            entry = entries.get(r.instance_id)
+            if entry is None or entry[0] != shown:
+                entry = (shown, instance_pb(r, locale))
+                entries[r.instance_id] = entry
+            out.append(entry[1])
+        if len(entries) > 2 * max(1, len(out)):
+            listed = {m.instance_id for m in out}
+            self._entries = {k: v for k, v in entries.items() if k in listed}
+        return out
+
+
 def instance_change_pb(instance_id: str, change: StateChange) -> common_pb2.InstanceStateChange:
     from_state = INSTANCE_STATE_TO_PB[InstanceState(change.from_state)] if change.from_state else None
     return common_pb2.InstanceStateChange(

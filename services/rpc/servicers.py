@@ -125,6 +125,7 @@ class InstanceHealthServicer(instance_health_pb2_grpc.InstanceHealthServiceServi
     def __init__(self, gateway: Gateway, recovery: Recovery | None = None) -> None:
         self.gateway = gateway
         self.recovery = recovery or Recovery(gateway, None)
+        self._listed = mapping.InstanceHealthMemo()
 
     # --- operator recovery -------------------------------------------------------------------
 
@@ -308,8 +309,9 @@ class InstanceHealthServicer(instance_health_pb2_grpc.InstanceHealthServiceServi
         records = await self.gateway.list_instances(refresh=request.refresh and scope is None, states=states)
         visible = set(allowed(r.instance_id for r in records))  # once: per record it was O(n²)
         records = [r for r in records if r.instance_id in visible]
-        locale = locale_of(context)
-        return instance_health_pb2.ListInstancesResponse(instances=[mapping.instance_pb(r, locale) for r in records])
+        response = instance_health_pb2.ListInstancesResponse()
+        response.instances.extend(self._listed.many(records, locale_of(context)))  # copies: the memo stays intact
+        return response
 
     async def WatchInstances(
         self, request: instance_health_pb2.WatchInstancesRequest, context: Ctx
