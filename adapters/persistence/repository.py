@@ -12,7 +12,7 @@ import base64
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
@@ -42,6 +42,7 @@ from adapters.persistence.status_lane import (
     cas_params,
 )
 from statemachine import changes as change_log
+from statemachine import stuck as stuck_rule
 from statemachine.changes import ChangeCursor, ChangeKind, ChangePage
 from statemachine.domain import (
     InstanceRecord,
@@ -62,7 +63,6 @@ from statemachine.message_machine import (
     MessageTrigger,
     outcome_unknown,
     send_outcome,
-    stuck_run_stalls,
     transition_message,
 )
 from statemachine.ports import (
@@ -88,11 +88,9 @@ from statemachine.status_plan import (
 
 # States spelled as SQL literals where a partial index must apply: with a bound parameter a
 # prepared statement's generic plan cannot prove the index predicate and scans instead.
-_SENT: ColumnClause[str] = literal_column("'SENT'")
 _PENDING: ColumnClause[str] = literal_column("'PENDING'")
-_QUEUED: ColumnClause[str] = literal_column("'QUEUED'")
-# Handed to W-API and not delivered: both can get stuck (a queued message may never leave the queue).
-_HANDED_OVER = [_SENT, _QUEUED]
+# The states the stuck rule applies to (statemachine/stuck.py), as literals.
+_HANDED_OVER: list[ColumnClause[str]] = [literal_column(f"'{s.value}'") for s in stuck_rule.HANDED_OVER]
 _STUCK = and_(open_messages.c.state.in_(_HANDED_OVER), open_messages.c.stuck_at.is_not(None))
 _UNSTUCK = and_(open_messages.c.state.in_(_HANDED_OVER), open_messages.c.stuck_at.is_(None))
 _DELIVERY_STATUSES: list[ColumnClause[str]] = [literal_column(f"'{s.value}'") for s in sorted(DELIVERED_OR_LATER)]
@@ -195,7 +193,42 @@ def _instance(row: Row[Any] | Any) -> InstanceRecord:
     )
 
 
-_INSTANCE_COLUMNS = [c for c in instances.c if c.name != "token"]
+_INSTANCE_COLUMNS = [c for c in instances.c if c.name not in ("token", "stall_ended_at")]
+
+# The compare-and-set update of an instance transition (Repository._apply_instance_triggers).
+_CAS_INSTANCE = (
+    update(instances)
+    .where(instances.c.id == bindparam("b_id"), instances.c.version == bindparam("b_version"))
+    .values(
+        {
+            name: bindparam(name)
+            for name in (
+                "state",
+                "reason",
+                "phone_number",
+                "checked_at",
+                "last_event_at",
+                "state_changed_at",
+                "stall_ended_at",
+                "consecutive_gateway_failures",
+                "updated_at",
+                "version",
+            )
+        }
+    )
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _InstanceSignal:
+    """One instance trigger to run, with what comes with it."""
+
+    instance_id: str
+    trigger: InstanceTrigger
+    source: str
+    new_phone: str | None = None
+    checked_at: datetime | None = None
+    event_at: datetime | None = None
 
 
 def encode_page_token(created_at: datetime, message_id: str) -> str:
@@ -377,6 +410,12 @@ class Repository:
         async with self.engine.connect() as conn:
             return [_instance(r) for r in await conn.execute(query)]
 
+    async def instance_state_counts(self) -> dict[InstanceState, int]:
+        """How many instances are in each state (the gauges): one grouped read."""
+        query = select(instances.c.state, func.count()).group_by(instances.c.state)
+        async with self._auto.connect() as conn:
+            return {InstanceState(r[0]): int(r[1]) for r in await conn.execute(query)}
+
     async def list_credentials(self) -> list[tuple[str, str]]:
         async with self.engine.connect() as conn:
             rows = await conn.execute(select(instances.c.id, instances.c.token).order_by(instances.c.id))
@@ -420,74 +459,103 @@ class Repository:
         checked_at: datetime | None,
         event_at: datetime | None,
     ) -> InstanceChange | None:
-        row = (
-            await conn.execute(select(*_INSTANCE_COLUMNS).where(instances.c.id == instance_id).with_for_update())
-        ).first()
-        if row is None:
-            return None
-        record = _instance(row)
-        decision = decide_instance(record.state, record.reason, record.phone_number, trigger, new_phone=new_phone)
-        now = utcnow()
-        values: dict[str, Any] = {"updated_at": now, "version": record.version + 1}
-        if checked_at is not None:
-            values["checked_at"] = checked_at
-        if event_at is not None:
-            values["last_event_at"] = event_at
-        if decision.applied:
-            values.update(state=decision.to_state.value, reason=decision.reason, phone_number=decision.phone)
-            if decision.to_state is InstanceState.CONNECTED:
-                values.update(consecutive_gateway_failures=0)
-        if decision.changed:
-            values["state_changed_at"] = now
-            if record.reason == Reason.DELIVERY_STALLED and decision.reason != Reason.DELIVERY_STALLED:
-                values["stall_ended_at"] = now
-        result = await conn.execute(
-            update(instances)
-            .where(instances.c.id == instance_id, instances.c.version == record.version)
-            .values(**values)
+        changes = await self._apply_instance_triggers(
+            conn, [_InstanceSignal(instance_id, trigger, source, new_phone, checked_at, event_at)]
         )
-        if result.rowcount != 1:
-            raise ConcurrentUpdateError(instance_id)
-        if decision.changed:
+        return changes[0] if changes else None
+
+    async def _apply_instance_triggers(
+        self, conn: AsyncConnection, signals: Sequence[_InstanceSignal]
+    ) -> list[InstanceChange]:
+        """The one writer of instance transitions: each signal runs through the instance machine on
+        its locked row (rows locked in id order) and is stored with compare-and-set, with its
+        transition row and change-log entry. One statement per kind of write for the whole list.
+        Instances that do not exist are left out of the result."""
+        by_id = {s.instance_id: s for s in signals}
+        rows = (
             await conn.execute(
-                instance_transitions.insert().values(
-                    instance_id=instance_id,
-                    from_state=decision.from_state.value,
-                    to_state=decision.to_state.value,
-                    reason=decision.reason,
-                    source=source,
-                    at=now,
-                )
+                select(*_INSTANCE_COLUMNS, instances.c.stall_ended_at)
+                .where(instances.c.id.in_(sorted(by_id)))
+                .order_by(instances.c.id)
+                .with_for_update()
             )
-            await changelog.append(
-                conn,
-                [
+        ).all()
+        now = utcnow()
+        params: list[dict[str, Any]] = []
+        transitions: list[dict[str, Any]] = []
+        log: list[change_log.Change] = []
+        out: list[InstanceChange] = []
+        for row in rows:
+            signal = by_id[row.id]
+            record = _instance(row)
+            decision = decide_instance(
+                record.state, record.reason, record.phone_number, signal.trigger, new_phone=signal.new_phone
+            )
+            updated = replace(
+                record,
+                version=record.version + 1,
+                checked_at=signal.checked_at if signal.checked_at is not None else record.checked_at,
+                last_event_at=signal.event_at if signal.event_at is not None else record.last_event_at,
+            )
+            stall_ended_at = row.stall_ended_at
+            if decision.applied:
+                updated.state, updated.reason, updated.phone_number = decision.to_state, decision.reason, decision.phone
+                if decision.to_state is InstanceState.CONNECTED:
+                    updated.consecutive_gateway_failures = 0
+            if decision.changed:
+                updated.state_changed_at = now
+                if record.reason == Reason.DELIVERY_STALLED and decision.reason != Reason.DELIVERY_STALLED:
+                    stall_ended_at = now
+                transitions.append(
+                    {
+                        "instance_id": record.instance_id,
+                        "from_state": decision.from_state.value,
+                        "to_state": decision.to_state.value,
+                        "reason": decision.reason,
+                        "source": signal.source,
+                        "at": now,
+                    }
+                )
+                log.append(
                     change_log.instance_health_changed(
-                        instance_id,
+                        record.instance_id,
                         decision.from_state,
                         decision.from_reason,
                         decision.to_state,
                         decision.reason,
                         decision.phone,
-                        source,
+                        signal.source,
                         now,
                     )
-                ],
+                )
+            params.append(
+                {
+                    "b_id": record.instance_id,
+                    "b_version": record.version,
+                    "state": updated.state.value,
+                    "reason": updated.reason,
+                    "phone_number": updated.phone_number,
+                    "checked_at": updated.checked_at,
+                    "last_event_at": updated.last_event_at,
+                    "state_changed_at": updated.state_changed_at,
+                    "stall_ended_at": stall_ended_at,
+                    "consecutive_gateway_failures": updated.consecutive_gateway_failures,
+                    "updated_at": now,
+                    "version": updated.version,
+                }
             )
-        updated = replace(
-            record,
-            state=decision.to_state,
-            reason=decision.reason,
-            phone_number=decision.phone,
-            checked_at=values.get("checked_at", record.checked_at),
-            last_event_at=values.get("last_event_at", record.last_event_at),
-            state_changed_at=values.get("state_changed_at", record.state_changed_at),
-            version=record.version + 1,
-            consecutive_gateway_failures=values.get(
-                "consecutive_gateway_failures", record.consecutive_gateway_failures
-            ),
-        )
-        return InstanceChange(updated, decision, source, now)
+            out.append(InstanceChange(updated, decision, signal.source, now))
+        if not params:
+            return []
+        result = await conn.execute(_CAS_INSTANCE, params if len(params) > 1 else params[0])
+        # The rows are locked, so the version check holds; a driver reports one executemany's
+        # rowcount unreliably, so it is checked where it is exact (one row).
+        if len(params) == 1 and result.rowcount != 1:
+            raise ConcurrentUpdateError(params[0]["b_id"])
+        if transitions:
+            await conn.execute(instance_transitions.insert(), transitions)
+            await changelog.append(conn, log)
+        return out
 
     async def count_gateway_failure(self, instance_id: str, *, failed: bool) -> int:
         """Counts consecutive provider gateway failures of sends; a success resets it."""
@@ -1290,7 +1358,13 @@ class Repository:
         )
         async with self.transaction() as conn:
             stuck = [_message(r) for r in await conn.execute(stmt)]
-            await changelog.append(conn, [change_log.message_stuck(m, now, m.state.value) for m in stuck])
+            # What was written is the rule's (statemachine/stuck.py): stuck_at = now, one entry each.
+            marks = [
+                stuck_rule.mark(m, m.state, now)
+                for m in stuck
+                if stuck_rule.becomes_stuck(m.state, m.sent_at, None, cutoff)
+            ]
+            await changelog.append(conn, [m.change for m in marks])
             return stuck
 
     async def reconcile_pending(self, cutoff: datetime, *, limit: int = 200) -> list[MessageRecord]:
@@ -1363,56 +1437,67 @@ class Repository:
             return sorted(r[0] for r in await conn.execute(query))
 
     async def stall_if_stuck_run(self, instance_id: str, threshold: int) -> InstanceChange | None:
-        """Stalls a CONNECTED instance whose last `threshold` sends are all stuck in SENT.
+        """Stalls a CONNECTED instance whose last `threshold` sends are all stuck (stall_stuck_runs of one)."""
+        changes = await self.stall_stuck_runs([instance_id], threshold)
+        return changes[0] if changes else None
 
-        The run is derived from the data, not counted on the hot path: the stuck messages sent
-        after the instance's latest delivery (the rule: `stuck_run_stalls`). Read in proportion
-        to open work: the `threshold` newest stuck messages (open-work index), and the latest
-        delivery status (DELIVERED/READ/PLAYED) of the instance after the oldest of them.
+    async def stall_stuck_runs(self, instance_ids: Sequence[str], threshold: int) -> list[InstanceChange]:
+        """Stalls every CONNECTED instance of these whose last `threshold` sends are all stuck:
+        one read for all of them and one transaction for their transitions.
+
+        The run is derived from the data, never counted on the hot path (the rule:
+        statemachine/stuck.py `stalls`): per instance its `threshold` newest stuck messages sent
+        after its latest stall ended (open-work index; `instances.stall_ended_at`: after an
+        operator's clear or a reconnection the messages stuck during the stall must not stall it
+        again at once), and its latest delivery status after the oldest of them (one ordered look
+        at its events). Read in proportion to the open work of these instances.
         """
-        async with self.transaction() as conn:
-            # Only sends after the latest stall ended count: after an operator's clear (or a
-            # reconnection) the messages stuck during the stall must not stall it again at once.
-            since = (
-                await conn.execute(select(instances.c.stall_ended_at).where(instances.c.id == instance_id))
-            ).scalar()
-            stuck = and_(_STUCK, open_messages.c.instance_id == instance_id)
-            if since is not None:
-                stuck = and_(stuck, open_messages.c.sent_at > since)
-            newest_stuck = [
-                r[0]
-                for r in await conn.execute(
-                    select(open_messages.c.sent_at)
-                    .where(stuck)
-                    .order_by(open_messages.c.sent_at.desc())
-                    .limit(threshold)
-                )
-            ]
-            last_delivery = None
-            if newest_stuck:
-                # The latest delivery status after the oldest of them (newest first: stops at once
-                # on a delivering instance; a stalled one has few events since).
-                last_delivery = (
-                    await conn.execute(
-                        select(events.c.received_at)
-                        .where(
-                            events.c.instance_id == instance_id,
-                            events.c.received_at > newest_stuck[-1],
-                            events.c.route == literal_column("'MESSAGE_STATUS'"),
-                            events.c.status.in_(_DELIVERY_STATUSES),
-                        )
-                        .order_by(events.c.received_at.desc())
-                        .limit(1)
-                    )
-                ).scalar()
-            run = sum(1 for sent_at in newest_stuck if last_delivery is None or sent_at > last_delivery)
-            if not stuck_run_stalls(run, threshold):
-                return None
-            # The one place a stall is set.
-            change = await self._apply_instance_trigger(
-                conn, instance_id, InstanceTrigger.REPORT_DELIVERY_STALLED, "sweeper", None, None, None
+        if not instance_ids:
+            return []
+        om = open_messages.c
+        since_stall = or_(instances.c.stall_ended_at.is_(None), om.sent_at > instances.c.stall_ended_at)
+        ranked = (
+            select(
+                om.instance_id,
+                om.sent_at,
+                func.row_number().over(partition_by=om.instance_id, order_by=om.sent_at.desc()).label("rank"),
             )
-            return change if change is not None and change.decision.changed else None
+            .select_from(open_messages.join(instances, instances.c.id == om.instance_id))
+            .where(_STUCK, om.instance_id.in_(sorted(set(instance_ids))), since_stall)
+            .subquery()
+        )
+        newest = select(ranked).where(ranked.c.rank <= threshold).cte("newest")
+        oldest = newest.alias("oldest")
+        last_delivery = (
+            select(events.c.received_at)
+            .where(
+                events.c.instance_id == oldest.c.instance_id,
+                events.c.received_at > oldest.c.sent_at,
+                events.c.route == literal_column("'MESSAGE_STATUS'"),
+                events.c.status.in_(_DELIVERY_STATUSES),
+            )
+            .order_by(events.c.received_at.desc())
+            .limit(1)
+            .scalar_subquery()
+        )
+        query = (
+            select(newest.c.instance_id, newest.c.sent_at, last_delivery.label("last_delivery"))
+            .join(oldest, and_(oldest.c.instance_id == newest.c.instance_id, oldest.c.rank == threshold))
+            .order_by(newest.c.instance_id)
+        )
+        async with self.transaction() as conn:
+            runs: dict[str, tuple[list[datetime], datetime | None]] = {}
+            for r in await conn.execute(query):
+                sent, _ = runs.setdefault(r.instance_id, ([], _aware(r.last_delivery)))
+                sent.append(r.sent_at)
+            due = [i for i, (sent, delivered) in runs.items() if stuck_rule.stalls(sent, delivered, threshold)]
+            if not due:
+                return []
+            # The sweep's one call site of the stall.
+            changes = await self._apply_instance_triggers(
+                conn, [_InstanceSignal(i, InstanceTrigger.REPORT_DELIVERY_STALLED, "sweeper") for i in due]
+            )
+            return [c for c in changes if c.decision.changed]
 
 
 def _event_row(
@@ -1508,6 +1593,15 @@ def _status_facts(msg: MessageRecord, instance_reason: str) -> StatusFacts:
 def _names_status(event: ProviderEvent) -> bool:
     """An event the status plan applies: it names its instance, its message and a status."""
     return event.status is not None and event.instance_id is not None and event.provider_message_id is not None
+
+
+def _aware(value: Any) -> datetime | None:
+    """A timestamp from a scalar subquery (SQLite returns its text)."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if not isinstance(value, datetime):
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
 def _is_status(event: ProviderEvent) -> bool:
