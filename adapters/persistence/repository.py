@@ -1080,7 +1080,9 @@ class Repository:
             duplicate=True,
         )
 
-    async def _ingest_statuses(self, items: list[_StatusItem]) -> list[IngestResult]:
+    async def _ingest_statuses(
+        self, items: list[_StatusItem], statements: StatusStatements | None = None
+    ) -> list[IngestResult]:
         """Group commit of message-status events, on both databases: rounds of read → plan → write.
 
         The plan (statemachine/status_plan.py) decides; the statement builder stores it with
@@ -1092,7 +1094,7 @@ class Repository:
         row. A delivery that lifts a stall takes the locked one-event transaction (its instance
         transition goes in the same transaction), as does anything still racing after a few rounds.
         """
-        statements = (
+        statements = statements or (
             PgStatusStatements(self._status_lease)
             if self._pg
             else SqlStatusStatements(self._insert_event_returning, engine=self.engine)
