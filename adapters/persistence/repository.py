@@ -760,17 +760,7 @@ class Repository:
         )
         if after is None or after.state is not MessageState.SENT:
             return None
-        params = {
-            "b_id": msg.id,
-            "b_version": msg.version,
-            "provider_message_id": after.provider_message_id,
-            "sent_at": after.sent_at,
-            "updated_at": after.updated_at,
-            "entries": history.entries_json(after.history[len(msg.history) :]),
-            "version": after.version,
-            "iid": msg.instance_id,
-            "log": _message_log_rows(msg, after),
-        }
+        params = _sent_params(msg, after)
         updated, parked = await (self._sent_batcher.submit(params) if self._pg else self._mark_sent_alone(params))
         if not updated:
             return None
@@ -783,14 +773,22 @@ class Repository:
         """(updated, a parked status waits for it). The parked check runs after the UPDATE has
         committed: the ingest side checks after its own commit, so one of the two sees the other."""
         async with self.transaction() as conn:
-            if (await conn.execute(self._mark_sent, params)).rowcount != 1:
+            if not await self._write_sent(conn, params):
                 return False, False
-            await changelog.append_rows(conn, params["log"])
         async with self._auto.connect() as conn:
             parked = await conn.execute(
                 self._parked_exists, {"pid": params["provider_message_id"], "iid": params["iid"]}
             )
             return True, parked.first() is not None
+
+    async def _write_sent(self, conn: AsyncConnection, params: dict[str, Any]) -> bool:
+        """PENDING → SENT as the message machine decided it (send_outcome), compare-and-set on
+        version and state: the SQLAlchemy spelling of the one SENT write, for record_sent on SQLite
+        and for record_send_outcome on both; pg_fast.MARK_SENT is the same write over arrays."""
+        if (await conn.execute(self._mark_sent, params)).rowcount != 1:
+            return False
+        await changelog.append_rows(conn, params["log"])
+        return True
 
     async def _mark_sent_batch(self, items: list[dict[str, Any]]) -> list[tuple[bool, bool]]:
         """The same for a batch, on Postgres: one UPDATE over arrays, then one parked lookup."""
@@ -874,7 +872,10 @@ class Repository:
             if after is None:
                 return msg, []  # a reconciler got there first; its verdict stands
             changes = [MessageChange(after.id, after.history[-1], after.trace_id, after.span_id, after.sent_at)]
-            await self._save_message(conn, msg, after)
+            if after.state is not MessageState.SENT:
+                await self._save_message(conn, msg, after)  # FAILED or QUEUED
+            elif not await self._write_sent(conn, _sent_params(msg, after)):
+                raise ConcurrentUpdateError(msg.id)  # the row is locked: cannot happen
             if after.state is MessageState.SENT:
                 late = await self._apply_parked(conn, after)
                 if late:
@@ -1571,6 +1572,21 @@ def _inbound_change(
 
 class _Duplicate(Exception):
     pass
+
+
+def _sent_params(msg: MessageRecord, after: MessageRecord) -> dict[str, Any]:
+    """The SENT write of `after` (send_outcome's record) over `msg` as stored."""
+    return {
+        "b_id": msg.id,
+        "b_version": msg.version,
+        "provider_message_id": after.provider_message_id,
+        "sent_at": after.sent_at,
+        "updated_at": after.updated_at,
+        "entries": history.entries_json(after.history[len(msg.history) :]),
+        "version": after.version,
+        "iid": msg.instance_id,
+        "log": _message_log_rows(msg, after),
+    }
 
 
 def _status_facts(msg: MessageRecord, instance_reason: str) -> StatusFacts:
