@@ -3,7 +3,7 @@
 The column holds a JSON list of state changes (`entry_json` for each). Rows are created with the
 list (`history_json`); every later change appends its entries in SQL, in the statement that makes
 the change, with the rule below — spelled once for SQLAlchemy (`append`) and once for the raw
-asyncpg lanes (`APPEND_SQL`); `tests/unit/test_history_append.py` checks the two say the same.
+asyncpg lanes (`append_sql`); `tests/unit/test_history_append.py` checks the two say the same.
 Appending in SQL means a writer never re-sends (or even reads) the history it extends.
 """
 
