@@ -35,7 +35,7 @@ def entry_json(c: StateChange) -> str:
 
 
 def entries_json(changes: Sequence[StateChange]) -> str:
-    """The entries to append, comma-separated (what `append` / APPEND_SQL add inside the list)."""
+    """The entries to append, comma-separated (what `append` / `append_sql` add inside the list)."""
     return ",".join(entry_json(c) for c in changes)
 
 
