@@ -1407,38 +1407,6 @@ class Repository:
         """One retention run (see retention.py); skipped while another replica prunes."""
         return await self._pruner.run_once(policy)
 
-    async def stall_candidates(self, instance_ids: Sequence[str], threshold: int) -> list[str]:
-        """Of these instances, those whose last `threshold` stuck messages have no delivery
-        status after them: one statement for a whole sweep (per-instance checks cost a
-        transaction each, ~1 ms, with hundreds of instances in one sweep). The rule itself is
-        re-checked by stall_if_stuck_run under the instance lock."""
-        if not instance_ids:
-            return []
-        ranked = (
-            select(
-                open_messages.c.instance_id,
-                open_messages.c.sent_at,
-                func.row_number()
-                .over(partition_by=open_messages.c.instance_id, order_by=open_messages.c.sent_at.desc())
-                .label("rank"),
-            )
-            .where(_STUCK, open_messages.c.instance_id.in_(list(instance_ids)))
-            .subquery()
-        )
-        delivered_after = (
-            select(events.c.id)
-            .where(
-                events.c.instance_id == ranked.c.instance_id,
-                events.c.received_at > ranked.c.sent_at,
-                events.c.route == literal_column("'MESSAGE_STATUS'"),
-                events.c.status.in_(_DELIVERY_STATUSES),
-            )
-            .exists()
-        )
-        query = select(ranked.c.instance_id).where(ranked.c.rank == threshold, ~delivered_after)
-        async with self._auto.connect() as conn:
-            return sorted(r[0] for r in await conn.execute(query))
-
     async def stall_if_stuck_run(self, instance_id: str, threshold: int) -> InstanceChange | None:
         """Stalls a CONNECTED instance whose last `threshold` sends are all stuck (stall_stuck_runs of one)."""
         changes = await self.stall_stuck_runs([instance_id], threshold)
