@@ -504,7 +504,7 @@ class Repository:
                     updated.consecutive_gateway_failures = 0
             if decision.changed:
                 updated.state_changed_at = now
-                if record.reason == Reason.DELIVERY_STALLED and decision.reason != Reason.DELIVERY_STALLED:
+                if decision.ends_stall:
                     stall_ended_at = now
                 transitions.append(
                     {

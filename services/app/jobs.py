@@ -40,8 +40,9 @@ class Jobs:
         return reconciled
 
     async def sweep_once(self) -> list[MessageRecord]:
-        """Marks messages stuck in SENT, alerts once for each, and stalls instances that stopped
-        delivering. Safe with several replicas: each message is returned to one sweeper only."""
+        """Marks up to `sweep_batch` messages stuck in SENT (the oldest first), alerts once for each,
+        and stalls the instances among them that stopped delivering (one check for all of them).
+        Safe with several replicas: each message is returned to one sweeper only."""
         cutoff = utcnow() - timedelta(seconds=self.config.stuck_after)
         await self.repo.apply_parked()  # statuses that lost the race with their SENT update
         stuck = await self.repo.mark_stuck(cutoff, limit=self.config.sweep_batch)

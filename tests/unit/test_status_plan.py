@@ -149,3 +149,16 @@ def test_a_run_of_stuck_messages_stalls_only_without_a_delivery_among_them() -> 
     assert stuck_run(sent, AT + timedelta(seconds=1.5)) == 2
     assert not stalls(sent, AT + timedelta(seconds=1.5), 3)
     assert not stalls(sent[:2], None, 3)
+
+
+def test_leaving_a_stall_restarts_the_stuck_run_evidence() -> None:
+    from statemachine.domain import InstanceState
+    from statemachine.instance_machine import InstanceTrigger, decide_instance
+
+    stalled = (InstanceState.DEGRADED, Reason.DELIVERY_STALLED.value, "+5511999990000")
+    assert decide_instance(*stalled, InstanceTrigger.CLEAR_STALL).ends_stall
+    assert decide_instance(*stalled, InstanceTrigger.REPORT_DELIVERY_RESUMED).ends_stall
+    assert decide_instance(*stalled, InstanceTrigger.REPORT_RECONNECTED, new_phone="5511999990000").ends_stall
+    assert not decide_instance(*stalled, InstanceTrigger.REPORT_GATEWAY_FAILURE).ends_stall  # the stall stays
+    connected = (InstanceState.CONNECTED, Reason.PHONE_CONFIRMED.value, "+5511999990000")
+    assert not decide_instance(*connected, InstanceTrigger.REPORT_DELIVERY_STALLED).ends_stall
