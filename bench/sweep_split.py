@@ -21,7 +21,7 @@ import asyncpg
 from bench.dataset import asyncpg_dsn
 
 
-async def _split(url: str, stuck_after: float, batch: int) -> dict[str, Any]:
+async def _split(url: str, stuck_after: float, batch: int, backlog: bool) -> dict[str, Any]:
     from adapters.persistence.db import create_engine
     from adapters.persistence.repository import Repository
     from adapters.wapi.webhooks import parse_webhook
@@ -74,6 +74,28 @@ async def _split(url: str, stuck_after: float, batch: int) -> dict[str, Any]:
             "stalled": stalled,
         }
         await _restore(raw, saved, [m.id for m in stuck])
+        if backlog:
+            # The whole backlog the way sweep_backlog runs it: each sweep timed, then undone.
+            times: list[float] = []
+            marked: list[str] = []
+            started = time.perf_counter()
+            for n in range(max(1, config.sweep_continuations)):
+                one = time.perf_counter()
+                swept_now = await jobs.sweep_once(continuation=n > 0)
+                times.append((time.perf_counter() - one) * 1000)
+                marked += [m.id for m in swept_now]
+                if len(swept_now) < config.sweep_batch:
+                    break
+            total = time.perf_counter() - started
+            out["backlog"] = {
+                "sweeps": len(times),
+                "marked": len(marked),
+                "seconds": round(total, 2),
+                "per_second": round(len(marked) / total) if total else 0,
+                "sweep_ms_median": round(sorted(times)[len(times) // 2], 1),
+                "sweep_ms_max": round(max(times), 1),
+            }
+            await _restore(raw, saved, marked)
     finally:
         await raw.close()
         await repo.aclose()
@@ -96,10 +118,11 @@ def main() -> None:
     parser.add_argument("url", help="postgresql+asyncpg URL of a seeded bench database")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--stuck-after", type=float, default=300.0)
+    parser.add_argument("--backlog", action="store_true", help="also sweep the whole backlog, back to back")
     parser.add_argument("--batch", type=int, default=0, help="messages per sweep (default: the service's)")
     args = parser.parse_args()
     for _ in range(max(1, min(args.rounds, 20))):
-        print(asyncio.run(_split(args.url, args.stuck_after, args.batch)))
+        print(asyncio.run(_split(args.url, args.stuck_after, args.batch, args.backlog)))
 
 
 if __name__ == "__main__":

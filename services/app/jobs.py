@@ -39,12 +39,15 @@ class Jobs:
             )
         return reconciled
 
-    async def sweep_once(self) -> list[MessageRecord]:
+    async def sweep_once(self, *, continuation: bool = False) -> list[MessageRecord]:
         """Marks up to `sweep_batch` messages stuck in SENT (the oldest first), alerts once for each,
         and stalls the instances among them that stopped delivering (one check for all of them).
-        Safe with several replicas: each message is returned to one sweeper only."""
+        Safe with several replicas: each message is returned to one sweeper only. A continuation
+        (the next batch of a backlog, right after) skips the parked pass, done by the first sweep of
+        the run, and the gauges, unless it is the last of the run."""
         cutoff = utcnow() - timedelta(seconds=self.config.stuck_after)
-        await self.repo.apply_parked()  # statuses that lost the race with their SENT update
+        if not continuation:
+            await self.repo.apply_parked()  # statuses that lost the race with their SENT update
         stuck = await self.repo.mark_stuck(cutoff, limit=self.config.sweep_batch)
         per_instance: dict[str, int] = {}
         for msg in stuck:
@@ -67,7 +70,8 @@ class Jobs:
                 extra={"alert": "DELIVERY_STALLED", "instance_id": change.instance.instance_id},
             )
             self.instances.after_change(change)
-        await self.instances.refresh_gauges()
+        if not continuation or len(stuck) < self.config.sweep_batch:
+            await self.instances.refresh_gauges()  # a sweep on its own, or the last of a run
         return stuck
 
     async def sweep_forever(self) -> None:
@@ -86,12 +90,13 @@ class Jobs:
         """Sweeps back to back while a backlog remains (each sweep a short, bounded batch); returns
         how many messages were marked. Bounded by `sweep_continuations`."""
         marked = 0
-        for _ in range(max(1, self.config.sweep_continuations)):
-            stuck = await self.sweep_once()
+        for n in range(max(1, self.config.sweep_continuations)):
+            stuck = await self.sweep_once(continuation=n > 0)
             marked += len(stuck)
             if len(stuck) < self.config.sweep_batch:
-                break
+                return marked
             await asyncio.sleep(0)  # let requests in between two sweeps
+        await self.instances.refresh_gauges()  # cut short with a backlog left: the gauges now
         return marked
 
     async def prune_once(self) -> PruneReport:
