@@ -218,6 +218,12 @@ class InstanceDecision:
         """A change worth recording: a new state, or the same state for a new reason."""
         return self.applied and (self.from_state != self.to_state or self.reason != self.from_reason)
 
+    @property
+    def ends_stall(self) -> bool:
+        """It leaves DELIVERY_STALLED (a delivery, a reconnection, an operator's clear, a restart or
+        pairing): the stuck-run evidence starts afresh from here (`instances.stall_ended_at`)."""
+        return self.changed and self.from_reason == Reason.DELIVERY_STALLED and self.reason != Reason.DELIVERY_STALLED
+
 
 def decide_instance(
     state: InstanceState, reason: str, phone: str | None, trigger: InstanceTrigger, *, new_phone: str | None = None

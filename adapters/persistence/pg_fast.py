@@ -22,6 +22,8 @@ from typing import Any
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from adapters.persistence import history
+
 # Row-specific SQLSTATE classes: data exception, integrity violation. Anything else coming from
 # the connection (closed, protocol, timeout) means the connection cannot be trusted any more.
 _ROW_CLASSES = ("22", "23")
@@ -84,9 +86,9 @@ MARK_SENT = f"""
 WITH upd AS (
   UPDATE messages m
   SET state = 'SENT', provider_message_id = u.provider_message_id, sent_at = u.at, updated_at = u.at,
-      history = u.history, version = m.version + 1
+      history = {history.append_sql("m.history", "u.entries")}, version = m.version + 1
   FROM unnest($1::text[], $2::int[], $3::text[], $4::timestamptz[], $5::text[])
-       AS u(id, version, provider_message_id, at, history)
+       AS u(id, version, provider_message_id, at, entries)
   WHERE m.id = u.id AND m.version = u.version AND m.state = 'PENDING'
   RETURNING m.id
 ),
@@ -105,19 +107,21 @@ WHERE parked AND provider_message_id = ANY($1::text[])
 # the instance index in, which reads every message of a busy instance (measured: 2x Postgres CPU).
 READ_FOR_STATUS = """
 SELECT m.id, m.instance_id, m.provider_message_id, m.state, m.version, m.sent_at, m.trace_id, m.span_id,
-       m.recipient, m.attempts, m.created_at, i.reason AS instance_reason
+       m.recipient, m.attempts, m.created_at, m.failure_reason, m.failure_detail, i.reason AS instance_reason
 FROM messages m
 JOIN instances i ON i.id = m.instance_id
 WHERE m.provider_message_id = ANY($1::text[])
 """
 
-# One atomic statement: lock the messages whose version is still the one the decision was made
-# on; store the events (a status whose message moved is not stored, the caller decides again);
-# apply each message's change only if its event was stored (not a re-delivery).
+# One atomic statement for a status plan (statemachine/status_plan.py, written by
+# status_lane.PgStatusStatements): lock the messages whose version is still the one the plan was
+# made on; store the events (a status whose message moved is not stored, the caller re-plans it);
+# apply each message's update only if its event was stored (not a re-delivery), appending its
+# history entries in SQL (history.append_sql).
 APPLY_STATUSES = f"""
 WITH cas AS MATERIALIZED (
   SELECT m.id FROM messages m
-  JOIN unnest($1::text[], $2::int[]) AS c(id, version) ON m.id = c.id AND m.version = c.version
+  JOIN unnest($13::text[], $14::int[]) AS c(id, version) ON m.id = c.id AND m.version = c.version
   ORDER BY m.id
   FOR UPDATE OF m
 ),
@@ -126,8 +130,8 @@ ins AS (
                       parked, payload, headers, duplicates)
   SELECT e.id, e.dedupe_key, e.received_at, e.route, e.reason, e.instance_id, e.provider_message_id, e.status,
          e.parked, e.payload, e.headers, 0
-  FROM unnest($3::text[], $4::text[], $5::timestamptz[], $6::text[], $7::text[], $8::text[], $9::text[],
-              $10::text[], $11::bool[], $12::bytea[], $13::text[], $14::text[])
+  FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::text[], $7::text[],
+              $8::text[], $9::bool[], $10::bytea[], $11::text[], $12::text[])
        AS e(id, dedupe_key, received_at, route, reason, instance_id, provider_message_id, status, parked,
             payload, headers, message_id)
   WHERE e.message_id IS NULL OR e.message_id IN (SELECT id FROM cas)
@@ -137,20 +141,16 @@ ins AS (
 ),
 upd AS (
   UPDATE messages m
-  SET state = u.state,
-      failure_reason = CASE WHEN u.failed THEN u.failure_reason ELSE m.failure_reason END,
-      failure_detail = CASE WHEN u.failed THEN u.failure_detail ELSE m.failure_detail END,
-      history = CASE WHEN m.history = '[]' THEN '[' || u.entry || ']'
-                     ELSE left(m.history, -1) || ',' || u.entry || ']' END,
-      updated_at = u.updated_at,
-      version = m.version + 1
-  FROM unnest($15::text[], $16::text[], $17::bool[], $18::text[], $19::text[], $20::text[],
-              $21::timestamptz[], $22::text[])
-       AS u(id, state, failed, failure_reason, failure_detail, entry, updated_at, event_id)
-  WHERE m.id = u.id AND u.event_id IN (SELECT id FROM ins)
+  SET state = u.state, failure_reason = u.failure_reason, failure_detail = u.failure_detail,
+      history = {history.append_sql("m.history", "u.entries")},
+      updated_at = u.updated_at, version = u.to_version
+  FROM unnest($13::text[], $14::int[], $15::int[], $16::text[], $17::text[], $18::text[], $19::text[],
+              $20::timestamptz[], $21::text[])
+       AS u(id, from_version, to_version, state, failure_reason, failure_detail, entries, updated_at, event_id)
+  WHERE m.id = u.id AND m.version = u.from_version AND u.event_id IN (SELECT id FROM ins)
   RETURNING m.id
 ),
-log AS ({_log_insert(23, "upd")})
+log AS ({_log_insert(22, "upd")})
 SELECT (SELECT coalesce(array_agg(id), '{{}}') FROM cas) AS locked,
        (SELECT coalesce(array_agg(id), '{{}}') FROM ins) AS stored,
        (SELECT count(*) FROM upd) AS updated

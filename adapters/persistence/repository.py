@@ -22,7 +22,7 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyErro
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnClause
 
-from adapters.persistence import changelog, pg_fast
+from adapters.persistence import changelog, history, pg_fast
 from adapters.persistence.retention import Pruner
 from adapters.persistence.schema import (
     chat_statuses,
@@ -34,7 +34,15 @@ from adapters.persistence.schema import (
     open_messages,
     recovery_actions,
 )
+from adapters.persistence.status_lane import (
+    CAS_STATUS,
+    PgStatusStatements,
+    SqlStatusStatements,
+    StatusStatements,
+    cas_params,
+)
 from statemachine import changes as change_log
+from statemachine import stuck as stuck_rule
 from statemachine.changes import ChangeCursor, ChangeKind, ChangePage
 from statemachine.domain import (
     InstanceRecord,
@@ -52,15 +60,9 @@ from statemachine.ids import time_ordered_id
 from statemachine.instance_machine import InstanceTrigger, decide_instance
 from statemachine.message_machine import (
     DELIVERED_OR_LATER,
-    MESSAGE_RANK,
-    STATUS_FAILED_DETAIL,
     MessageTrigger,
-    apply_status,
-    lifts_stall,
     outcome_unknown,
     send_outcome,
-    status_change,
-    stuck_run_stalls,
     transition_message,
 )
 from statemachine.ports import (
@@ -73,14 +75,22 @@ from statemachine.ports import (
     RetentionPolicy,
     SendSample,
 )
+from statemachine.status_plan import (
+    StatusEvent,
+    StatusFacts,
+    StatusOutcome,
+    StatusStep,
+    first_per_key,
+    merge,
+    plan_chain,
+    plan_statuses,
+)
 
 # States spelled as SQL literals where a partial index must apply: with a bound parameter a
 # prepared statement's generic plan cannot prove the index predicate and scans instead.
-_SENT: ColumnClause[str] = literal_column("'SENT'")
 _PENDING: ColumnClause[str] = literal_column("'PENDING'")
-_QUEUED: ColumnClause[str] = literal_column("'QUEUED'")
-# Handed to W-API and not delivered: both can get stuck (a queued message may never leave the queue).
-_HANDED_OVER = [_SENT, _QUEUED]
+# The states the stuck rule applies to (statemachine/stuck.py), as literals.
+_HANDED_OVER: list[ColumnClause[str]] = [literal_column(f"'{s.value}'") for s in stuck_rule.HANDED_OVER]
 _STUCK = and_(open_messages.c.state.in_(_HANDED_OVER), open_messages.c.stuck_at.is_not(None))
 _UNSTUCK = and_(open_messages.c.state.in_(_HANDED_OVER), open_messages.c.stuck_at.is_(None))
 _DELIVERY_STATUSES: list[ColumnClause[str]] = [literal_column(f"'{s.value}'") for s in sorted(DELIVERED_OR_LATER)]
@@ -94,49 +104,7 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-@dataclass(frozen=True, slots=True)
-class _StatusFacts:
-    """The columns of a message a status lane reads: enough for its change-log entry."""
-
-    id: str
-    instance_id: str
-    to: str
-    provider_message_id: str | None
-    attempts: int
-    version: int
-    created_at: datetime
-    sent_at: datetime | None
-    failure_reason: str
-    failure_detail: str
-
-
 # --- row mapping -----------------------------------------------------------------------------
-
-
-def _change_to_json(c: StateChange) -> str:
-    return json.dumps(
-        {
-            "from": c.from_state,
-            "to": c.to_state,
-            "reason": c.reason,
-            "source": c.source,
-            "at": c.at.isoformat(),
-            "applied": c.applied,
-        },
-        separators=(",", ":"),
-    )
-
-
-def _history_to_json(history: Sequence[StateChange]) -> str:
-    """The same text as json.dumps of the list: the Postgres lane appends entries in SQL."""
-    return "[" + ",".join(_change_to_json(c) for c in history) + "]"
-
-
-def _history_from_json(text: str) -> list[StateChange]:
-    return [
-        StateChange(h["from"], h["to"], h["reason"], h["source"], datetime.fromisoformat(h["at"]), h["applied"])
-        for h in json.loads(text)
-    ]
 
 
 def _message(row: Row[Any]) -> MessageRecord:
@@ -158,7 +126,7 @@ def _message(row: Row[Any]) -> MessageRecord:
         updated_at=m["updated_at"],
         sent_at=m["sent_at"],
         stuck_at=m["stuck_at"],
-        history=_history_from_json(m["history"]),
+        history=history.parse(m["history"]),
         version=m["version"],
         trace_id=m["trace_id"],
         span_id=m["span_id"],
@@ -180,7 +148,7 @@ def _message_values(msg: MessageRecord) -> dict[str, Any]:
         "failure_detail": msg.failure_detail,
         "provider_message_id": msg.provider_message_id,
         "attempts": msg.attempts,
-        "history": _history_to_json(msg.history),
+        "history": history.history_json(msg.history),
         "created_at": msg.created_at,
         "updated_at": msg.updated_at,
         "sent_at": msg.sent_at,
@@ -225,7 +193,42 @@ def _instance(row: Row[Any] | Any) -> InstanceRecord:
     )
 
 
-_INSTANCE_COLUMNS = [c for c in instances.c if c.name != "token"]
+_INSTANCE_COLUMNS = [c for c in instances.c if c.name not in ("token", "stall_ended_at")]
+
+# The compare-and-set update of an instance transition (Repository._apply_instance_triggers).
+_CAS_INSTANCE = (
+    update(instances)
+    .where(instances.c.id == bindparam("b_id"), instances.c.version == bindparam("b_version"))
+    .values(
+        {
+            name: bindparam(name)
+            for name in (
+                "state",
+                "reason",
+                "phone_number",
+                "checked_at",
+                "last_event_at",
+                "state_changed_at",
+                "stall_ended_at",
+                "consecutive_gateway_failures",
+                "updated_at",
+                "version",
+            )
+        }
+    )
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _InstanceSignal:
+    """One instance trigger to run, with what comes with it."""
+
+    instance_id: str
+    trigger: InstanceTrigger
+    source: str
+    new_phone: str | None = None
+    checked_at: datetime | None = None
+    event_at: datetime | None = None
 
 # The columns _instance_from_driver reads, by position; the stuck count joined from its counter row.
 _LIST_INSTANCES_PG = """
@@ -318,7 +321,13 @@ class Repository:
         self._update_message = (
             update(messages)
             .where(messages.c.id == bindparam("b_id"), messages.c.version == bindparam("b_version"))
-            .values({c.name: bindparam(c.name) for c in messages.c if c.name != "id"})
+            .values(
+                {
+                    c.name: history.append(messages.c.history, "entries") if c.name == "history" else bindparam(c.name)
+                    for c in messages.c
+                    if c.name != "id"
+                }
+            )
         )
         self._mark_sent = (
             update(messages)
@@ -332,7 +341,7 @@ class Repository:
                 provider_message_id=bindparam("provider_message_id"),
                 sent_at=bindparam("sent_at"),
                 updated_at=bindparam("updated_at"),
-                history=bindparam("history"),
+                history=history.append(messages.c.history, "entries"),
                 version=bindparam("version"),
             )
         )
@@ -449,6 +458,12 @@ class Repository:
         async with self.engine.connect() as conn:
             return [replace(_instance(r), stuck_messages=r.stuck) for r in await conn.execute(query)]
 
+    async def instance_state_counts(self) -> dict[InstanceState, int]:
+        """How many instances are in each state (the gauges): one grouped read."""
+        query = select(instances.c.state, func.count()).group_by(instances.c.state)
+        async with self._auto.connect() as conn:
+            return {InstanceState(r[0]): int(r[1]) for r in await conn.execute(query)}
+
     async def list_credentials(self) -> list[tuple[str, str]]:
         async with self.engine.connect() as conn:
             rows = await conn.execute(select(instances.c.id, instances.c.token).order_by(instances.c.id))
@@ -492,74 +507,103 @@ class Repository:
         checked_at: datetime | None,
         event_at: datetime | None,
     ) -> InstanceChange | None:
-        row = (
-            await conn.execute(select(*_INSTANCE_COLUMNS).where(instances.c.id == instance_id).with_for_update())
-        ).first()
-        if row is None:
-            return None
-        record = _instance(row)
-        decision = decide_instance(record.state, record.reason, record.phone_number, trigger, new_phone=new_phone)
-        now = utcnow()
-        values: dict[str, Any] = {"updated_at": now, "version": record.version + 1}
-        if checked_at is not None:
-            values["checked_at"] = checked_at
-        if event_at is not None:
-            values["last_event_at"] = event_at
-        if decision.applied:
-            values.update(state=decision.to_state.value, reason=decision.reason, phone_number=decision.phone)
-            if decision.to_state is InstanceState.CONNECTED:
-                values.update(consecutive_gateway_failures=0)
-        if decision.changed:
-            values["state_changed_at"] = now
-            if record.reason == Reason.DELIVERY_STALLED and decision.reason != Reason.DELIVERY_STALLED:
-                values["stall_ended_at"] = now
-        result = await conn.execute(
-            update(instances)
-            .where(instances.c.id == instance_id, instances.c.version == record.version)
-            .values(**values)
+        changes = await self._apply_instance_triggers(
+            conn, [_InstanceSignal(instance_id, trigger, source, new_phone, checked_at, event_at)]
         )
-        if result.rowcount != 1:
-            raise ConcurrentUpdateError(instance_id)
-        if decision.changed:
+        return changes[0] if changes else None
+
+    async def _apply_instance_triggers(
+        self, conn: AsyncConnection, signals: Sequence[_InstanceSignal]
+    ) -> list[InstanceChange]:
+        """The one writer of instance transitions: each signal runs through the instance machine on
+        its locked row (rows locked in id order) and is stored with compare-and-set, with its
+        transition row and change-log entry. One statement per kind of write for the whole list.
+        Instances that do not exist are left out of the result."""
+        by_id = {s.instance_id: s for s in signals}
+        rows = (
             await conn.execute(
-                instance_transitions.insert().values(
-                    instance_id=instance_id,
-                    from_state=decision.from_state.value,
-                    to_state=decision.to_state.value,
-                    reason=decision.reason,
-                    source=source,
-                    at=now,
-                )
+                select(*_INSTANCE_COLUMNS, instances.c.stall_ended_at)
+                .where(instances.c.id.in_(sorted(by_id)))
+                .order_by(instances.c.id)
+                .with_for_update()
             )
-            await changelog.append(
-                conn,
-                [
+        ).all()
+        now = utcnow()
+        params: list[dict[str, Any]] = []
+        transitions: list[dict[str, Any]] = []
+        log: list[change_log.Change] = []
+        out: list[InstanceChange] = []
+        for row in rows:
+            signal = by_id[row.id]
+            record = _instance(row)
+            decision = decide_instance(
+                record.state, record.reason, record.phone_number, signal.trigger, new_phone=signal.new_phone
+            )
+            updated = replace(
+                record,
+                version=record.version + 1,
+                checked_at=signal.checked_at if signal.checked_at is not None else record.checked_at,
+                last_event_at=signal.event_at if signal.event_at is not None else record.last_event_at,
+            )
+            stall_ended_at = row.stall_ended_at
+            if decision.applied:
+                updated.state, updated.reason, updated.phone_number = decision.to_state, decision.reason, decision.phone
+                if decision.to_state is InstanceState.CONNECTED:
+                    updated.consecutive_gateway_failures = 0
+            if decision.changed:
+                updated.state_changed_at = now
+                if decision.ends_stall:
+                    stall_ended_at = now
+                transitions.append(
+                    {
+                        "instance_id": record.instance_id,
+                        "from_state": decision.from_state.value,
+                        "to_state": decision.to_state.value,
+                        "reason": decision.reason,
+                        "source": signal.source,
+                        "at": now,
+                    }
+                )
+                log.append(
                     change_log.instance_health_changed(
-                        instance_id,
+                        record.instance_id,
                         decision.from_state,
                         decision.from_reason,
                         decision.to_state,
                         decision.reason,
                         decision.phone,
-                        source,
+                        signal.source,
                         now,
                     )
-                ],
+                )
+            params.append(
+                {
+                    "b_id": record.instance_id,
+                    "b_version": record.version,
+                    "state": updated.state.value,
+                    "reason": updated.reason,
+                    "phone_number": updated.phone_number,
+                    "checked_at": updated.checked_at,
+                    "last_event_at": updated.last_event_at,
+                    "state_changed_at": updated.state_changed_at,
+                    "stall_ended_at": stall_ended_at,
+                    "consecutive_gateway_failures": updated.consecutive_gateway_failures,
+                    "updated_at": now,
+                    "version": updated.version,
+                }
             )
-        updated = replace(
-            record,
-            state=decision.to_state,
-            reason=decision.reason,
-            phone_number=decision.phone,
-            checked_at=values.get("checked_at", record.checked_at),
-            last_event_at=values.get("last_event_at", record.last_event_at),
-            state_changed_at=values.get("state_changed_at", record.state_changed_at),
-            version=record.version + 1,
-            consecutive_gateway_failures=values.get(
-                "consecutive_gateway_failures", record.consecutive_gateway_failures
-            ),
-        )
-        return InstanceChange(updated, decision, source, now)
+            out.append(InstanceChange(updated, decision, signal.source, now))
+        if not params:
+            return []
+        result = await conn.execute(_CAS_INSTANCE, params if len(params) > 1 else params[0])
+        # The rows are locked, so the version check holds; a driver reports one executemany's
+        # rowcount unreliably, so it is checked where it is exact (one row).
+        if len(params) == 1 and result.rowcount != 1:
+            raise ConcurrentUpdateError(params[0]["b_id"])
+        if transitions:
+            await conn.execute(instance_transitions.insert(), transitions)
+            await changelog.append(conn, log)
+        return out
 
     async def count_gateway_failure(self, instance_id: str, *, failed: bool) -> int:
         """Counts consecutive provider gateway failures of sends; a success resets it."""
@@ -735,7 +779,7 @@ class Repository:
         return (await self._insert_messages_batch([item]))[0]
 
     async def _ingest_status_alone(self, item: _StatusItem) -> IngestResult:
-        return await self._ingest_one(*item)
+        return await self._ingest_status_locked(item)
 
     async def get_message(self, message_id: str) -> MessageRecord | None:
         async with self._auto.connect() as conn:
@@ -764,17 +808,7 @@ class Repository:
         )
         if after is None or after.state is not MessageState.SENT:
             return None
-        params = {
-            "b_id": msg.id,
-            "b_version": msg.version,
-            "provider_message_id": after.provider_message_id,
-            "sent_at": after.sent_at,
-            "updated_at": after.updated_at,
-            "history": _history_to_json(after.history),
-            "version": after.version,
-            "iid": msg.instance_id,
-            "log": _message_log_rows(msg, after),
-        }
+        params = _sent_params(msg, after)
         updated, parked = await (self._sent_batcher.submit(params) if self._pg else self._mark_sent_alone(params))
         if not updated:
             return None
@@ -787,20 +821,28 @@ class Repository:
         """(updated, a parked status waits for it). The parked check runs after the UPDATE has
         committed: the ingest side checks after its own commit, so one of the two sees the other."""
         async with self.transaction() as conn:
-            if (await conn.execute(self._mark_sent, params)).rowcount != 1:
+            if not await self._write_sent(conn, params):
                 return False, False
-            await changelog.append_rows(conn, params["log"])
         async with self._auto.connect() as conn:
             parked = await conn.execute(
                 self._parked_exists, {"pid": params["provider_message_id"], "iid": params["iid"]}
             )
             return True, parked.first() is not None
 
+    async def _write_sent(self, conn: AsyncConnection, params: dict[str, Any]) -> bool:
+        """PENDING → SENT as the message machine decided it (send_outcome), compare-and-set on
+        version and state: the SQLAlchemy spelling of the one SENT write, for record_sent on SQLite
+        and for record_send_outcome on both; pg_fast.MARK_SENT is the same write over arrays."""
+        if (await conn.execute(self._mark_sent, params)).rowcount != 1:
+            return False
+        await changelog.append_rows(conn, params["log"])
+        return True
+
     async def _mark_sent_batch(self, items: list[dict[str, Any]]) -> list[tuple[bool, bool]]:
         """The same for a batch, on Postgres: one UPDATE over arrays, then one parked lookup."""
         columns = [
             [item[name] for item in items]
-            for name in ("b_id", "b_version", "provider_message_id", "sent_at", "history")
+            for name in ("b_id", "b_version", "provider_message_id", "sent_at", "entries")
         ]
         log_rows = [entry for item in items for entry in item["log"]]
         async with self._sent_lease.driver(pg_fast.MARK_SENT) as driver:
@@ -844,10 +886,7 @@ class Repository:
                 msg = await self._locked_message(conn, message_id)
                 if msg is None:
                     continue
-                after, changes = await self._apply_parked(conn, msg)
-                if changes:
-                    await self._save_message(conn, msg, after)
-                    applied += len(changes)
+                applied += len(await self._apply_parked(conn, msg))
         return applied
 
     async def record_send_outcome(
@@ -881,16 +920,20 @@ class Repository:
             if after is None:
                 return msg, []  # a reconciler got there first; its verdict stands
             changes = [MessageChange(after.id, after.history[-1], after.trace_id, after.span_id, after.sent_at)]
+            if after.state is not MessageState.SENT:
+                await self._save_message(conn, msg, after)  # FAILED or QUEUED
+            elif not await self._write_sent(conn, _sent_params(msg, after)):
+                raise ConcurrentUpdateError(msg.id)  # the row is locked: cannot happen
             if after.state is MessageState.SENT:
-                after, late = await self._apply_parked(conn, after)
-                changes += late
-            await self._save_message(conn, msg, after)
+                late = await self._apply_parked(conn, after)
+                if late:
+                    changes += late
+                    after = await self._locked_message(conn, message_id) or after
             return after, changes
 
-    async def _apply_parked(
-        self, conn: AsyncConnection, msg: MessageRecord
-    ) -> tuple[MessageRecord, list[MessageChange]]:
-        """Parked statuses of `msg`, applied in rank order: the message after them, and the changes."""
+    async def _apply_parked(self, conn: AsyncConnection, msg: MessageRecord) -> list[MessageChange]:
+        """Parked statuses of `msg` (as stored), through the status plan in rank order, written as
+        one compare-and-set update; a delivery among them lifts a stall like any other."""
         rows = (
             await conn.execute(
                 select(events.c.id, events.c.status, events.c.received_at).where(
@@ -900,18 +943,35 @@ class Repository:
                 )
             )
         ).all()
-        if not rows:
-            return msg, []
-        out: list[MessageChange] = []
-        for row in sorted(rows, key=lambda r: (MESSAGE_RANK.get(MessageState(r.status), 9), r.received_at)):
-            msg = apply_status(msg, MessageState(row.status), source="webhook", at=row.received_at, now=utcnow())
-            out.append(MessageChange(msg.id, msg.history[-1], msg.trace_id, msg.span_id, msg.sent_at))
+        if not rows or msg.provider_message_id is None:
+            return []
+        reason = (await conn.execute(select(instances.c.reason).where(instances.c.id == msg.instance_id))).scalar()
+        facts = _status_facts(msg, str(reason or ""))
+        steps = plan_chain(
+            facts,
+            [
+                StatusEvent(msg.instance_id, msg.provider_message_id, MessageState(r.status), r.received_at)
+                for r in rows
+            ],
+            now=utcnow(),
+        )
+        merged = merge(steps)
+        assert merged is not None
+        if (await conn.execute(CAS_STATUS, cas_params(merged))).rowcount != 1:
+            raise ConcurrentUpdateError(msg.id)
+        await changelog.append_rows(conn, [changelog.change_row(c) for step in steps for c in step.log])
         await conn.execute(
             update(events)
             .where(events.c.id.in_([r.id for r in rows]))
             .values(parked=False, reason=EventReason.APPLIED.value + ":LATE")
         )
-        return msg, out
+        out: list[MessageChange] = []
+        for step in steps:
+            if step.message_change is not None:
+                out.append(step.message_change)
+        if any(step.lifts_stall for step in steps):
+            await self._lift_stall(conn, msg.instance_id, [])
+        return out
 
     async def reset_for_retry(
         self, message_id: str, *, source: str, trace_ids: tuple[str, str] = ("", "")
@@ -1005,43 +1065,51 @@ class Repository:
         exists the whole transaction rolls back and the event is reported as a duplicate. On
         Postgres a concurrent twin waits on the row lock / unique index, so it is applied once.
         """
-        if event.route is Route.MESSAGE_STATUS and event.status is not None and event.instance_id:
+        if _is_status(event):
             return await self._status_batcher.submit((event, payload, headers, received_at))
         return await self._ingest_one(event, payload, headers, received_at)
 
     async def _ingest_one(
         self, event: ProviderEvent, payload: bytes, headers: dict[str, str], received_at: datetime
     ) -> IngestResult:
+        if _names_status(event):
+            # A status (a status webhook, or a chat event that names a message and a status): the
+            # status plan applies it and its write stores the event row.
+            return await self._ingest_status_locked((event, payload, headers, received_at))
         event_id = time_ordered_id()
         result = IngestResult(event_id, event.route, event.reason, event.instance_id)
-        parked = False
         try:
             async with self.transaction() as conn:
-                parked = await self._route(conn, event, received_at, result)
-                inbound = _inbound_change(event, event_id, payload, received_at)
-                if inbound is not None:
-                    await changelog.append(conn, [inbound])
-                if event.route is Route.CHAT_STATUS and event.instance_id:
-                    await conn.execute(
-                        chat_statuses.insert().values(
-                            event_id=event_id,
-                            instance_id=event.instance_id,
-                            chat_id=event.chat_id,
-                            status=event.raw_status,
-                            connected_phone=event.phone,
-                            connected_lid=event.lid,
-                            moment=event.moment,
-                            received_at=received_at,
-                        )
-                    )
+                await self._route(conn, event, received_at, result)
+                await self._event_extras(conn, event, event_id, payload, received_at)
                 row = _event_row(event, event_id, result.reason, received_at, payload, headers)
-                row["parked"] = parked
                 inserted = await conn.execute(self._insert_event, row)
                 if inserted.rowcount != 1:
                     raise _Duplicate
         except _Duplicate:
             return await self._count_duplicate(event, event_id)
         return result
+
+    async def _event_extras(
+        self, conn: AsyncConnection, event: ProviderEvent, event_id: str, payload: bytes, received_at: datetime
+    ) -> None:
+        """What an event stores besides its row: the inbound change-log entry, the chat status."""
+        inbound = _inbound_change(event, event_id, payload, received_at)
+        if inbound is not None:
+            await changelog.append(conn, [inbound])
+        if event.route is Route.CHAT_STATUS and event.instance_id:
+            await conn.execute(
+                chat_statuses.insert().values(
+                    event_id=event_id,
+                    instance_id=event.instance_id,
+                    chat_id=event.chat_id,
+                    status=event.raw_status,
+                    connected_phone=event.phone,
+                    connected_lid=event.lid,
+                    moment=event.moment,
+                    received_at=received_at,
+                )
+            )
 
     async def _count_duplicate(self, event: ProviderEvent, event_id: str) -> IngestResult:
         async with self.transaction() as conn:
@@ -1061,231 +1129,135 @@ class Repository:
             duplicate=True,
         )
 
-    async def _ingest_statuses(self, items: list[_StatusItem]) -> list[IngestResult]:
-        """Group commit of message-status events: one transaction for the whole batch.
+    async def _ingest_statuses(
+        self, items: list[_StatusItem], statements: StatusStatements | None = None
+    ) -> list[IngestResult]:
+        """Group commit of message-status events, on both databases: rounds of read → plan → write.
 
-        Same guarantees as the one-event path: messages are locked (in id order, so two batches
-        cannot deadlock) before the events are inserted (in key order); an event whose key
-        already exists (an earlier call, another replica, this very batch) is a duplicate and
-        applies nothing; a status for a message not stored yet is parked.
+        The plan (statemachine/status_plan.py) decides; the statement builder stores it with
+        compare-and-set: on PostgreSQL one read and one atomic statement per round on the leased
+        connection (status_lane.PgStatusStatements), on SQLite one transaction per round
+        (SqlStatusStatements). An event whose key already exists (an earlier call, another
+        replica, this very batch) is a duplicate and applies nothing; a status for a message not
+        stored yet is parked; a status whose message moved meanwhile is planned again on the fresh
+        row. A delivery that lifts a stall takes the locked one-event transaction (its instance
+        transition goes in the same transaction), as does anything still racing after a few rounds.
         """
-        if self._pg:
-            return await self._ingest_statuses_pg(items)
+        statements = statements or (
+            PgStatusStatements(self._status_lease)
+            if self._pg
+            else SqlStatusStatements(self._insert_event_returning, engine=self.engine)
+        )
         results = [IngestResult(time_ordered_id(), event.route, event.reason, event.instance_id) for event, *_ in items]
-        duplicates: set[int] = set()
-        slow: list[int] = []
-        async with self.transaction() as conn:
-            pids = sorted({str(event.provider_message_id) for event, *_ in items})
-            rows = (
-                await conn.execute(
-                    select(messages, instances.c.reason.label("instance_reason"))
-                    .join(instances, instances.c.id == messages.c.instance_id)
-                    .where(messages.c.provider_message_id.in_(pids))
-                    .order_by(messages.c.id)
-                    .with_for_update(of=messages)
-                )
-            ).all()
-            found: dict[tuple[str | None, str | None], MessageRecord] = {}
-            stalled: set[tuple[str | None, str | None]] = set()
-            for r in rows:
-                key = (r.instance_id, r.provider_message_id)
-                found[key] = _message(r)
-                if r.instance_reason == Reason.DELIVERY_STALLED:
-                    stalled.add(key)  # a delivery may lift the stall: the one-event path decides
-            current = dict(found)
-            event_rows: dict[int, dict[str, Any]] = {}
-            for index, ((event, payload, headers, received_at), result) in enumerate(zip(items, results, strict=True)):
-                key = (event.instance_id, event.provider_message_id)
-                if key in stalled:
-                    slow.append(index)
-                    continue
-                known = key in found
-                if not known:
-                    result.reason = EventReason.UNKNOWN_MESSAGE
-                event_rows[index] = _event_row(event, result.event_id, result.reason, received_at, payload, headers)
-                event_rows[index]["parked"] = not known
-            ordered = sorted(event_rows.values(), key=lambda r: str(r["dedupe_key"]))
-            inserted = {r.id for r in await conn.execute(self._insert_event_returning, ordered)} if ordered else set()
-            for index, ((event, _payload, _headers, received_at), result) in enumerate(
-                zip(items, results, strict=True)
-            ):
-                if index not in event_rows:
-                    continue
-                if result.event_id not in inserted:
-                    duplicates.add(index)
-                    continue
-                key = (event.instance_id, event.provider_message_id)
-                if key not in found or event.status is None:
-                    continue
-                after = apply_status(
-                    current[key], event.status, source="webhook", at=event.moment or received_at, now=utcnow()
-                )
-                current[key] = after
-                change = after.history[-1]
-                result.message_changes.append(
-                    MessageChange(after.id, change, after.trace_id, after.span_id, after.sent_at)
-                )
-                result.reason = EventReason.APPLIED if change.applied else EventReason.STALE_STATUS
-            moved = [(found[key], current[key]) for key in found if current[key] is not found[key]]
-            if moved:
-                # Rows are locked (Postgres) or the writer is alone (SQLite): the version check
-                # cannot fail here, so one executemany serves the whole batch.
-                await conn.execute(
-                    self._update_message, [self._update_params(before, after) for before, after in moved]
-                )
-                for before, after in moved:
-                    after.version = before.version + 1
-                await changelog.append_rows(
-                    conn, [row for before, after in moved for row in _message_log_rows(before, after)]
-                )
-            # Reasons decided after the insert (applied / stale) are stored with their events.
-            final = [
-                {"b_event_id": results[i].event_id, "reason": str(results[i].reason)[:96]}
-                for i, row in event_rows.items()
-                if i not in duplicates and str(results[i].reason)[:96] != row["reason"]
-            ]
-            if final:
-                await conn.execute(self._set_event_reason, final)
-        for index in slow:
-            results[index] = await self._ingest_one(*items[index])
+        deferred, duplicates, _steps = await self._run_statuses(statements, items, results, allow_lift=False)
+        for index in deferred:
+            results[index] = await self._ingest_status_locked(items[index])
         for index in sorted(duplicates):
             results[index] = await self._count_duplicate(items[index][0], results[index].event_id)
         return results
 
-    async def _ingest_statuses_pg(self, items: list[_StatusItem]) -> list[IngestResult]:
-        """The same batch on Postgres in two statements and no explicit transaction.
+    async def _ingest_status_locked(self, item: _StatusItem) -> IngestResult:
+        """One status event in one transaction, its message locked: the same plan and the same
+        write as the batch lanes, plus the stall lift (REPORT_DELIVERY_RESUMED) next to it."""
+        event, payload, _headers, received_at = item
+        result = IngestResult(time_ordered_id(), event.route, event.reason, event.instance_id)
+        try:
+            async with self.transaction() as conn:
+                statements = SqlStatusStatements(self._insert_event_returning, conn=conn)
+                deferred, duplicates, steps = await self._run_statuses(statements, [item], [result], allow_lift=True)
+                if deferred:
+                    raise ConcurrentUpdateError(str(event.provider_message_id))  # cannot move under the lock
+                if duplicates:
+                    raise _Duplicate
+                for step in steps:
+                    if step.lifts_stall and step.after is not None:
+                        await self._lift_stall(conn, step.after.instance_id, result.instance_changes)
+                await self._event_extras(conn, event, result.event_id, payload, received_at)
+        except _Duplicate:
+            return await self._count_duplicate(event, result.event_id)
+        return result
 
-        Read the messages, decide each status in Python, then one atomic statement stores the
-        events and applies the decisions only to messages whose version has not moved (see
-        pg_fast.APPLY_STATUSES). A status whose message moved meanwhile is decided again on the
-        fresh row; one event per message per round, so each decision sees its predecessor's
-        outcome. Rare cases take the locked one-event path: an instance stalled for lack of
-        deliveries (its resume is an instance transition) and anything still racing after a few
-        rounds.
-        """
-        results = [IngestResult(time_ordered_id(), event.route, event.reason, event.instance_id) for event, *_ in items]
+    async def _lift_stall(self, conn: AsyncConnection, instance_id: str, changes: list[InstanceChange]) -> None:
+        """The one place a delivery lifts a stall (the rule: message_machine.lifts_stall)."""
+        resumed = await self._apply_instance_trigger(
+            conn, instance_id, InstanceTrigger.REPORT_DELIVERY_RESUMED, "webhook", None, None, None
+        )
+        if resumed is not None and resumed.decision.changed:
+            changes.append(resumed)
+
+    async def _run_statuses(
+        self, statements: StatusStatements, items: list[_StatusItem], results: list[IngestResult], *, allow_lift: bool
+    ) -> tuple[list[int], list[int], list[StatusStep]]:
+        """Rounds until every event is stored, a duplicate or deferred: (deferred, duplicates, stored steps)."""
         todo = list(range(len(items)))
-        slow: list[int] = []
+        deferred: list[int] = []
         duplicates: list[int] = []
+        stored: list[StatusStep] = []
+
+        def key_of(index: int) -> tuple[str | None, str | None]:
+            return (items[index][0].instance_id, items[index][0].provider_message_id)
+
         for _ in range(5):
             if not todo:
                 break
-            keys: set[tuple[str | None, str | None]] = set()
-            this_round: list[int] = []
-            later: list[int] = []
-            for index in todo:
-                event = items[index][0]
-                key = (event.instance_id, event.provider_message_id)
-                (later if key in keys else this_round).append(index)
-                keys.add(key)
-            moved = await self._status_round(items, results, this_round, slow, duplicates)
+            this_round, later = first_per_key(todo, key_of)
+            moved = await self._status_round(
+                statements, items, results, this_round, allow_lift, deferred, duplicates, stored
+            )
             todo = moved + later
-        slow.extend(todo)
-        for index in slow:
-            results[index] = await self._ingest_one(*items[index])
-        for index in sorted(duplicates):
-            results[index] = await self._count_duplicate(items[index][0], results[index].event_id)
-        return results
+        deferred.extend(todo)
+        return deferred, duplicates, stored
 
     async def _status_round(
         self,
+        statements: StatusStatements,
         items: list[_StatusItem],
         results: list[IngestResult],
         indices: list[int],
-        slow: list[int],
+        allow_lift: bool,
+        deferred: list[int],
         duplicates: list[int],
+        stored: list[StatusStep],
     ) -> list[int]:
-        """One read + one write for these events (distinct messages); returns those to decide again."""
-        pids = sorted({str(items[i][0].provider_message_id) for i in indices})
-        async with self._status_lease.driver(pg_fast.READ_FOR_STATUS) as driver:
-            rows = await driver.fetch(pg_fast.READ_FOR_STATUS, pids)
-        found = {(r["instance_id"], r["provider_message_id"]): r for r in rows}
-        now = utcnow()
-        ev: list[list[Any]] = [[] for _ in range(12)]
-        upd: list[list[Any]] = [[] for _ in range(8)]
-        cas_ids: list[str] = []
-        cas_versions: list[int] = []
-        message_of: dict[int, str] = {}
-        changes: dict[int, MessageChange] = {}
-        log_rows: list[dict[str, Any]] = []
-        for index in indices:
-            event, payload, headers, received_at = items[index]
-            result = results[index]
-            row = found.get((event.instance_id, event.provider_message_id))
-            if row is not None and row["instance_reason"] == Reason.DELIVERY_STALLED:
-                slow.append(index)
-                continue
-            message_id: str | None = None
-            if row is None or event.status is None:
-                result.reason = EventReason.UNKNOWN_MESSAGE
-            else:
-                message_id = row["id"]
-                current = MessageState(row["state"])
-                change = status_change(current, event.status, "webhook", event.moment or received_at)
-                new_state = MessageState(change.to_state) if change.applied else current
-                result.reason = EventReason.APPLIED if change.applied else EventReason.STALE_STATUS
-                changes[index] = MessageChange(message_id, change, row["trace_id"], row["span_id"], row["sent_at"])
-                failed = change.applied and new_state is MessageState.FAILED
-                written = _StatusFacts(
-                    id=message_id,
-                    instance_id=row["instance_id"],
-                    to=row["recipient"],
-                    provider_message_id=row["provider_message_id"],
-                    attempts=row["attempts"],
-                    version=row["version"] + 1,
-                    created_at=row["created_at"],
-                    sent_at=row["sent_at"],
-                    failure_reason=Reason.PROVIDER_ERROR.value if failed else "",
-                    failure_detail=STATUS_FAILED_DETAIL if failed else "",
-                )
-                log_rows.extend(changelog.change_row(c) for c in change_log.message_changes(written, change))
-                message_of[index] = message_id
-                cas_ids.append(message_id)
-                cas_versions.append(row["version"])
-                for column, value in zip(
-                    upd,
-                    (
-                        message_id,
-                        new_state.value,
-                        change.applied and new_state is MessageState.FAILED,
-                        Reason.PROVIDER_ERROR.value,
-                        STATUS_FAILED_DETAIL,
-                        _change_to_json(change),
-                        now,
-                        result.event_id,
-                    ),
-                    strict=True,
-                ):
-                    column.append(value)
-            row = _event_row(event, result.event_id, result.reason, received_at, payload, headers)
-            row.update(parked=message_id is None, message_id=message_id)
-            for column, name in zip(ev, _EVENT_COLUMNS, strict=True):
-                column.append(row[name])
-        if not ev[0]:
-            return []
-        async with self._status_lease.driver(pg_fast.APPLY_STATUSES) as driver:
-            outcome = await driver.fetchrow(
-                pg_fast.APPLY_STATUSES, cas_ids, cas_versions, *ev, *upd, *changelog.as_columns(log_rows)
-            )
-        locked, stored = set(outcome["locked"]), set(outcome["stored"])
+        """One read, one plan, one write for these events (distinct messages); returns those to re-plan."""
+        events = [(index, _status_event(items[index])) for index in indices]
+        async with statements.session() as session:
+            read = await session.read([event.provider_message_id for _, event in events])
+            facts = {(f.instance_id, str(f.provider_message_id)): f for f in read}
+            plan = plan_statuses(events, facts, now=utcnow(), allow_lift=allow_lift)
+            rows: list[dict[str, Any]] = []
+            for step in plan.steps:
+                if step.outcome is StatusOutcome.DEFER:
+                    deferred.append(step.index)
+                    continue
+                event, payload, headers, received_at = items[step.index]
+                result = results[step.index]
+                result.reason = step.event_reason
+                row = _event_row(event, result.event_id, result.reason, received_at, payload, headers)
+                row.update(parked=step.parked, message_id=step.message_id, step=step.index)
+                rows.append(row)
+            outcome = await session.write(plan, rows)
         moved: list[int] = []
-        stalled = set(slow)
-        for index in indices:
-            if index in stalled:
+        for step in plan.steps:
+            if step.outcome is StatusOutcome.DEFER:
                 continue
-            if results[index].event_id in stored:
-                if index in changes:
-                    results[index].message_changes.append(changes[index])
-            elif index in message_of and message_of[index] not in locked:
-                moved.append(index)
+            result = results[step.index]
+            if result.event_id in outcome.stored:
+                if step.message_change is not None:
+                    result.message_changes.append(step.message_change)
+                stored.append(step)
+            elif step.message_id is not None and step.message_id not in outcome.locked:
+                moved.append(step.index)
             else:
-                duplicates.append(index)
+                duplicates.append(step.index)
         return moved
 
     @staticmethod
     def _update_params(before: MessageRecord, after: MessageRecord) -> dict[str, Any]:
         """Parameters of the compare-and-set UPDATE: `after`'s values, guarded by `before`'s version."""
         values = _message_values(after)
+        del values["history"]
+        values["entries"] = history.entries_json(after.history[len(before.history) :])
         values["version"] = before.version + 1
         values["b_id"] = values.pop("id")
         values["b_version"] = before.version
@@ -1293,10 +1265,10 @@ class Repository:
 
     async def _route(
         self, conn: AsyncConnection, event: ProviderEvent, received_at: datetime, result: IngestResult
-    ) -> bool:
-        """Applies the event; returns True when it must be parked for a message not stored yet."""
-        if event.instance_id is None or event.route is Route.UNROUTABLE:
-            return False
+    ) -> None:
+        """Applies a connection event to its instance (statuses go through the status plan)."""
+        if event.instance_id is None:
+            return
         if event.route in (Route.CONNECTION, Route.DISCONNECTION):
             trigger = InstanceTrigger.REPORT_RECONNECTED if event.connected else InstanceTrigger.REPORT_DISCONNECTED
             instance_change = await self._apply_instance_trigger(
@@ -1309,32 +1281,6 @@ class Repository:
                 result.reason = EventReason.APPLIED if changed else EventReason.RECORDED
                 if changed:
                     result.instance_changes.append(instance_change)
-            return False
-        if event.status is None or event.provider_message_id is None:
-            return False
-        row = (
-            await conn.execute(
-                self._message_by_provider_id, {"pid": event.provider_message_id, "iid": event.instance_id}
-            )
-        ).first()
-        if row is None:
-            result.reason = EventReason.UNKNOWN_MESSAGE
-            return True
-        msg = _message(row)
-        after = apply_status(msg, event.status, source="webhook", at=event.moment or received_at, now=utcnow())
-        change = after.history[-1]
-        await self._save_message(conn, msg, after)
-        result.message_changes.append(MessageChange(after.id, change, after.trace_id, after.span_id, after.sent_at))
-        result.reason = EventReason.APPLIED if change.applied else EventReason.STALE_STATUS
-        if lifts_stall(change, row.instance_reason):
-            # The one place a stall is lifted by a delivery; every batch lane sends statuses of
-            # stalled instances here.
-            resumed = await self._apply_instance_trigger(
-                conn, after.instance_id, InstanceTrigger.REPORT_DELIVERY_RESUMED, "webhook", None, None, None
-            )
-            if resumed is not None and resumed.decision.changed:
-                result.instance_changes.append(resumed)
-        return False
 
     # --- delivery history (stall detection) -------------------------------------------------
 
@@ -1463,7 +1409,13 @@ class Repository:
         )
         async with self.transaction() as conn:
             stuck = [_message(r) for r in await conn.execute(stmt)]
-            await changelog.append(conn, [change_log.message_stuck(m, now, m.state.value) for m in stuck])
+            # What was written is the rule's (statemachine/stuck.py): stuck_at = now, one entry each.
+            marks = [
+                stuck_rule.mark(m, m.state, now)
+                for m in stuck
+                if stuck_rule.becomes_stuck(m.state, m.sent_at, None, cutoff)
+            ]
+            await changelog.append(conn, [m.change for m in marks])
             return stuck
 
     async def reconcile_pending(self, cutoff: datetime, *, limit: int = 200) -> list[MessageRecord]:
@@ -1503,89 +1455,68 @@ class Repository:
         """One retention run (see retention.py); skipped while another replica prunes."""
         return await self._pruner.run_once(policy)
 
-    async def stall_candidates(self, instance_ids: Sequence[str], threshold: int) -> list[str]:
-        """Of these instances, those whose last `threshold` stuck messages have no delivery
-        status after them: one statement for a whole sweep (per-instance checks cost a
-        transaction each, ~1 ms, with hundreds of instances in one sweep). The rule itself is
-        re-checked by stall_if_stuck_run under the instance lock."""
+    async def stall_if_stuck_run(self, instance_id: str, threshold: int) -> InstanceChange | None:
+        """Stalls a CONNECTED instance whose last `threshold` sends are all stuck (stall_stuck_runs of one)."""
+        changes = await self.stall_stuck_runs([instance_id], threshold)
+        return changes[0] if changes else None
+
+    async def stall_stuck_runs(self, instance_ids: Sequence[str], threshold: int) -> list[InstanceChange]:
+        """Stalls every CONNECTED instance of these whose last `threshold` sends are all stuck:
+        one read for all of them and one transaction for their transitions.
+
+        The run is derived from the data, never counted on the hot path (the rule:
+        statemachine/stuck.py `stalls`): per instance its `threshold` newest stuck messages sent
+        after its latest stall ended (open-work index; `instances.stall_ended_at`: after an
+        operator's clear or a reconnection the messages stuck during the stall must not stall it
+        again at once), and its latest delivery status after the oldest of them (one ordered look
+        at its events). Read in proportion to the open work of these instances.
+        """
         if not instance_ids:
             return []
+        om = open_messages.c
+        since_stall = or_(instances.c.stall_ended_at.is_(None), om.sent_at > instances.c.stall_ended_at)
         ranked = (
             select(
-                open_messages.c.instance_id,
-                open_messages.c.sent_at,
-                func.row_number()
-                .over(partition_by=open_messages.c.instance_id, order_by=open_messages.c.sent_at.desc())
-                .label("rank"),
+                om.instance_id,
+                om.sent_at,
+                func.row_number().over(partition_by=om.instance_id, order_by=om.sent_at.desc()).label("rank"),
             )
-            .where(_STUCK, open_messages.c.instance_id.in_(list(instance_ids)))
+            .select_from(open_messages.join(instances, instances.c.id == om.instance_id))
+            .where(_STUCK, om.instance_id.in_(sorted(set(instance_ids))), since_stall)
             .subquery()
         )
-        delivered_after = (
-            select(events.c.id)
+        newest = select(ranked).where(ranked.c.rank <= threshold).cte("newest")
+        oldest = newest.alias("oldest")
+        last_delivery = (
+            select(events.c.received_at)
             .where(
-                events.c.instance_id == ranked.c.instance_id,
-                events.c.received_at > ranked.c.sent_at,
+                events.c.instance_id == oldest.c.instance_id,
+                events.c.received_at > oldest.c.sent_at,
                 events.c.route == literal_column("'MESSAGE_STATUS'"),
                 events.c.status.in_(_DELIVERY_STATUSES),
             )
-            .exists()
+            .order_by(events.c.received_at.desc())
+            .limit(1)
+            .scalar_subquery()
         )
-        query = select(ranked.c.instance_id).where(ranked.c.rank == threshold, ~delivered_after)
-        async with self._auto.connect() as conn:
-            return sorted(r[0] for r in await conn.execute(query))
-
-    async def stall_if_stuck_run(self, instance_id: str, threshold: int) -> InstanceChange | None:
-        """Stalls a CONNECTED instance whose last `threshold` sends are all stuck in SENT.
-
-        The run is derived from the data, not counted on the hot path: the stuck messages sent
-        after the instance's latest delivery (the rule: `stuck_run_stalls`). Read in proportion
-        to open work: the `threshold` newest stuck messages (open-work index), and the latest
-        delivery status (DELIVERED/READ/PLAYED) of the instance after the oldest of them.
-        """
+        query = (
+            select(newest.c.instance_id, newest.c.sent_at, last_delivery.label("last_delivery"))
+            .join(oldest, and_(oldest.c.instance_id == newest.c.instance_id, oldest.c.rank == threshold))
+            .order_by(newest.c.instance_id)
+        )
         async with self.transaction() as conn:
-            # Only sends after the latest stall ended count: after an operator's clear (or a
-            # reconnection) the messages stuck during the stall must not stall it again at once.
-            since = (
-                await conn.execute(select(instances.c.stall_ended_at).where(instances.c.id == instance_id))
-            ).scalar()
-            stuck = and_(_STUCK, open_messages.c.instance_id == instance_id)
-            if since is not None:
-                stuck = and_(stuck, open_messages.c.sent_at > since)
-            newest_stuck = [
-                r[0]
-                for r in await conn.execute(
-                    select(open_messages.c.sent_at)
-                    .where(stuck)
-                    .order_by(open_messages.c.sent_at.desc())
-                    .limit(threshold)
-                )
-            ]
-            last_delivery = None
-            if newest_stuck:
-                # The latest delivery status after the oldest of them (newest first: stops at once
-                # on a delivering instance; a stalled one has few events since).
-                last_delivery = (
-                    await conn.execute(
-                        select(events.c.received_at)
-                        .where(
-                            events.c.instance_id == instance_id,
-                            events.c.received_at > newest_stuck[-1],
-                            events.c.route == literal_column("'MESSAGE_STATUS'"),
-                            events.c.status.in_(_DELIVERY_STATUSES),
-                        )
-                        .order_by(events.c.received_at.desc())
-                        .limit(1)
-                    )
-                ).scalar()
-            run = sum(1 for sent_at in newest_stuck if last_delivery is None or sent_at > last_delivery)
-            if not stuck_run_stalls(run, threshold):
-                return None
-            # The one place a stall is set.
-            change = await self._apply_instance_trigger(
-                conn, instance_id, InstanceTrigger.REPORT_DELIVERY_STALLED, "sweeper", None, None, None
+            runs: dict[str, tuple[list[datetime], datetime | None]] = {}
+            for r in await conn.execute(query):
+                sent, _ = runs.setdefault(r.instance_id, ([], _aware(r.last_delivery)))
+                sent.append(r.sent_at)
+            due = [i for i, (sent, delivered) in runs.items() if stuck_rule.stalls(sent, delivered, threshold)]
+            if not due:
+                return []
+            # The sweep's one call site of the stall.
+            changes = await self._apply_instance_triggers(
+                conn, [_InstanceSignal(i, InstanceTrigger.REPORT_DELIVERY_STALLED, "sweeper") for i in due]
             )
-            return change if change is not None and change.decision.changed else None
+            return [c for c in changes if c.decision.changed]
 
 
 def _event_row(
@@ -1657,6 +1588,67 @@ def _inbound_change(
 
 class _Duplicate(Exception):
     pass
+
+
+def _sent_params(msg: MessageRecord, after: MessageRecord) -> dict[str, Any]:
+    """The SENT write of `after` (send_outcome's record) over `msg` as stored."""
+    return {
+        "b_id": msg.id,
+        "b_version": msg.version,
+        "provider_message_id": after.provider_message_id,
+        "sent_at": after.sent_at,
+        "updated_at": after.updated_at,
+        "entries": history.entries_json(after.history[len(msg.history) :]),
+        "version": after.version,
+        "iid": msg.instance_id,
+        "log": _message_log_rows(msg, after),
+    }
+
+
+def _status_facts(msg: MessageRecord, instance_reason: str) -> StatusFacts:
+    return StatusFacts(
+        id=msg.id,
+        instance_id=msg.instance_id,
+        to=msg.to,
+        provider_message_id=msg.provider_message_id,
+        state=msg.state,
+        attempts=msg.attempts,
+        version=msg.version,
+        created_at=msg.created_at,
+        sent_at=msg.sent_at,
+        failure_reason=msg.failure_reason,
+        failure_detail=msg.failure_detail,
+        trace_id=msg.trace_id,
+        span_id=msg.span_id,
+        instance_reason=instance_reason,
+    )
+
+
+def _names_status(event: ProviderEvent) -> bool:
+    """An event the status plan applies: it names its instance, its message and a status."""
+    return event.status is not None and event.instance_id is not None and event.provider_message_id is not None
+
+
+def _aware(value: Any) -> datetime | None:
+    """A timestamp from a scalar subquery (SQLite returns its text)."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if not isinstance(value, datetime):
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+def _is_status(event: ProviderEvent) -> bool:
+    """A status webhook: group-committed."""
+    return event.route is Route.MESSAGE_STATUS and _names_status(event)
+
+
+def _status_event(item: _StatusItem) -> StatusEvent:
+    event, _payload, _headers, received_at = item
+    assert event.instance_id is not None
+    assert event.provider_message_id is not None
+    assert event.status is not None
+    return StatusEvent(event.instance_id, event.provider_message_id, event.status, event.moment or received_at)
 
 
 _StatusItem = tuple[ProviderEvent, bytes, dict[str, str], datetime]

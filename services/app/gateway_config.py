@@ -24,6 +24,10 @@ class GatewayConfig:
     # This many stuck messages in a row, with no delivery between them: DEGRADED/DELIVERY_STALLED.
     stall_threshold: int = 3
     sweep_interval: float = 15.0
+    # Messages one sweep marks stuck at most; while a backlog remains the next sweep follows at
+    # once (at most `sweep_continuations` in a row), so each sweep stays short.
+    sweep_batch: int = 50
+    sweep_continuations: int = 100
     # The learned stall test (statemachine.detection): its size per instance-day, how often the
     # sending instances are assessed (0 disables it), and how fresh their probed health is kept.
     stall_false_alarm_per_day: float = 1e-4

@@ -307,8 +307,8 @@ class Instances:
         """Gauges read these snapshots: a scrape never queries the database."""
         self._gauge_stuck = await self.repo.stuck_counts()
         states: dict[str, int] = dict.fromkeys((s.value for s in InstanceState), 0)
-        for record in await self.repo.list_instances():
-            states[record.state.value] += 1
+        for state, count in (await self.repo.instance_state_counts()).items():
+            states[state.value] = count
         self._gauge_states = states
 
     async def flush_touches(self) -> None:

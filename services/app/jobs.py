@@ -39,12 +39,16 @@ class Jobs:
             )
         return reconciled
 
-    async def sweep_once(self) -> list[MessageRecord]:
-        """Marks messages stuck in SENT, alerts once for each, and stalls instances that stopped
-        delivering. Safe with several replicas: each message is returned to one sweeper only."""
+    async def sweep_once(self, *, continuation: bool = False) -> list[MessageRecord]:
+        """Marks up to `sweep_batch` messages stuck in SENT (the oldest first), alerts once for each,
+        and stalls the instances among them that stopped delivering (one check for all of them).
+        Safe with several replicas: each message is returned to one sweeper only. A continuation
+        (the next batch of a backlog, right after) skips the parked pass, done by the first sweep of
+        the run, and the gauges, unless it is the last of the run."""
         cutoff = utcnow() - timedelta(seconds=self.config.stuck_after)
-        await self.repo.apply_parked()  # statuses that lost the race with their SENT update
-        stuck = await self.repo.mark_stuck(cutoff)
+        if not continuation:
+            await self.repo.apply_parked()  # statuses that lost the race with their SENT update
+        stuck = await self.repo.mark_stuck(cutoff, limit=self.config.sweep_batch)
         per_instance: dict[str, int] = {}
         for msg in stuck:
             per_instance[msg.instance_id] = per_instance.get(msg.instance_id, 0) + 1
@@ -60,15 +64,14 @@ class Jobs:
                     "sent_seconds_ago": round(age, 1),
                 },
             )
-        for instance_id in await self.repo.stall_candidates(sorted(per_instance), self.config.stall_threshold):
-            change = await self.repo.stall_if_stuck_run(instance_id, self.config.stall_threshold)
-            if change is not None:
-                log.warning(
-                    "ALERT instance delivery stalled: sends blocked",
-                    extra={"alert": "DELIVERY_STALLED", "instance_id": instance_id},
-                )
+        for change in await self.repo.stall_stuck_runs(sorted(per_instance), self.config.stall_threshold):
+            log.warning(
+                "ALERT instance delivery stalled: sends blocked",
+                extra={"alert": "DELIVERY_STALLED", "instance_id": change.instance.instance_id},
+            )
             self.instances.after_change(change)
-        await self.instances.refresh_gauges()
+        if not continuation or len(stuck) < self.config.sweep_batch:
+            await self.instances.refresh_gauges()  # a sweep on its own, or the last of a run
         return stuck
 
     async def sweep_forever(self) -> None:
@@ -79,9 +82,22 @@ class Jobs:
                 log.warning("pending reconciliation failed", exc_info=True)
             await asyncio.sleep(self.config.sweep_interval)
             try:
-                await self.sweep_once()
+                await self.sweep_backlog()
             except Exception:
                 log.warning("stuck sweep failed", exc_info=True)
+
+    async def sweep_backlog(self) -> int:
+        """Sweeps back to back while a backlog remains (each sweep a short, bounded batch); returns
+        how many messages were marked. Bounded by `sweep_continuations`."""
+        marked = 0
+        for n in range(max(1, self.config.sweep_continuations)):
+            stuck = await self.sweep_once(continuation=n > 0)
+            marked += len(stuck)
+            if len(stuck) < self.config.sweep_batch:
+                return marked
+            await asyncio.sleep(0)  # let requests in between two sweeps
+        await self.instances.refresh_gauges()  # cut short with a backlog left: the gauges now
+        return marked
 
     async def prune_once(self) -> PruneReport:
         """One retention run (skipped when another replica holds the lease), with its metrics."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import grpc
 import pytest
@@ -208,3 +209,23 @@ async def test_stuck_counts_follow_every_way_in_and_out_of_stuck(guard: Harness)
     assert (await health(guard, "cnt-a")).stuck_messages == 2
     listed = await guard.health.ListInstances(instance_health_pb2.ListInstancesRequest())
     assert {i.instance_id: i.stuck_messages for i in listed.instances} == {"cnt-a": 2, "cnt-b": 4}
+
+
+async def test_a_backlog_is_swept_in_short_batches_back_to_back(
+    guard: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="wapi_guard.core")
+    jobs = guard.app.gateway.jobs
+    jobs.config = replace(jobs.config, sweep_batch=2)
+    await guard.register("st-b")
+    await guard.connect("st-b")
+    sent = [await send(guard, "st-b", f"b{i}") for i in range(5)]
+    await asyncio.sleep(0.1)
+
+    first = await guard.app.gateway.sweep_once()
+    assert len(first) == 2  # one sweep marks one batch, the oldest first
+    assert await jobs.sweep_backlog() == 3  # the rest, in sweeps that follow at once
+    assert await jobs.sweep_backlog() == 0
+    assert sorted(r.message_id for r in alerts(caplog, "MESSAGE_STUCK")) == sorted(m.id for m in sent)  # type: ignore[attr-defined]
+    assert len(alerts(caplog, "DELIVERY_STALLED")) == 1
+    assert (await health(guard, "st-b")).reason == "DELIVERY_STALLED"

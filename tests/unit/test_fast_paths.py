@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader, Sum
 
-from adapters.persistence.repository import _history_to_json
+from adapters.persistence.history import history_json as _history_to_json
 from services.app.content import content_to_dict
 from services.observability.metrics import FastCounter
 from services.rpc.mapping import ts
