@@ -77,6 +77,23 @@ class DetectionConfig:
     suspicion: float = math.log(10.0)
     # Time constant of the send- and receipt-rate estimates (seconds).
     rate_window: float = 3_600.0
+    # Server acks ("sent" status / webhookDelivery fromApi: the message left the phone, whether or
+    # not the recipient is online). Ack latencies kept and their minimum before acks are evidence.
+    ack_samples: int = 256
+    min_ack_samples: int = 20
+    # A send unacked this long after a later ack or receipt proved the session alive "never acks".
+    ack_never_after_min: float = 30.0
+    ack_never_after_factor: float = 4.0
+    # Prior of the never-ack share (pseudo-counts of misses, acks) and its floor: an
+    # unacked send weighs at most ln(1/floor) nats. An instance whose webhooks send no acks learns
+    # a share near 0, and its unacked sends weigh nothing: receipt-only evidence, as before.
+    ack_prior: tuple[float, float] = (1.0, 1.0)
+    ack_miss_floor: float = 0.01
+    ack_memory: float = 2_000.0
+    # The receipt evidence of a silent send that *was* acked is weighed by this (0..1]: receipts
+    # missing while acks keep coming is what recipients away at once (an offline burst) look like.
+    # A weight below 1 keeps each term a supermartingale (Jensen), so the bound still holds.
+    acked_silence_weight: float = 0.5
 
 
 WARM, KNOWN, NEW = 0, 1, 2
@@ -89,6 +106,7 @@ class OpenSend:
     recipient: str
     sent_at: float
     klass: int  # WARM, KNOWN or NEW when it was sent
+    acked: bool = False  # the provider's server ack came (the message left the phone)
 
 
 @dataclass(slots=True)
@@ -132,6 +150,14 @@ class DeliveryModel:
     receipts_rate: float = 0.0  # receipts per second, exponentially weighted
     receipts_rate_at: float | None = None
     _sorted: list[float] = field(default_factory=list)
+    # Server acks: their latencies (SENT -> ack), the never-ack share, the sends not acked yet.
+    ack_latencies: deque[float] = field(default_factory=deque)
+    ack_share: _Share = field(default_factory=_Share)
+    unacked: OrderedDict[str, float] = field(default_factory=OrderedDict)  # message id -> sent at
+    last_ack_at: float | None = None
+    acks_rate: float = 0.0  # acks per second, exponentially weighted
+    acks_rate_at: float | None = None
+    _ack_sorted: list[float] = field(default_factory=list)
 
     # --- learning ----------------------------------------------------------------------------
 
@@ -145,6 +171,9 @@ class DeliveryModel:
         self.open[message_id] = OpenSend(message_id, recipient, at, klass)
         while len(self.open) > cfg.max_open:
             self.open.popitem(last=False)
+        self.unacked[message_id] = at
+        while len(self.unacked) > cfg.max_open:
+            self.unacked.popitem(last=False)
         if self.rate_at is None:
             self.sends_rate, self.rate_at = 1.0 / cfg.rate_window, at
         else:
@@ -184,10 +213,47 @@ class DeliveryModel:
                 break
             del self.open[stale.message_id]
             self._learn(stale, True)
+        self._expire_unacked(at)
+
+    def on_ack(self, message_id: str, sent_at: float, at: float) -> None:
+        """The provider's server ack of a message sent at `sent_at`, received at `at`: a "sent"
+        status or a webhookDelivery with fromApi (the message left the phone). It comes whether or
+        not the recipient is online, and proves the session got a message out at `at`."""
+        cfg = self.config
+        horizon = self.ack_never_after()
+        if self.unacked.pop(message_id, None) is not None:
+            latency = max(0.0, at - sent_at)
+            self.ack_share.add(latency > horizon, cfg.ack_memory)
+            if latency <= horizon:
+                self._add_ack_latency(latency)
+        send = self.open.get(message_id)
+        if send is not None:
+            send.acked = True
+        if self.acks_rate_at is None:
+            self.acks_rate, self.acks_rate_at = 1.0 / cfg.rate_window, at
+        else:
+            elapsed = max(0.0, at - self.acks_rate_at)
+            self.acks_rate = self.acks_rate * math.exp(-elapsed / cfg.rate_window) + 1.0 / cfg.rate_window
+            self.acks_rate_at = max(self.acks_rate_at, at)
+        if self.last_ack_at is None or at > self.last_ack_at:
+            self.last_ack_at = at
+        self._expire_unacked(at)
+
+    def _expire_unacked(self, at: float) -> None:
+        """The session proved alive at `at` (an ack or a receipt): sends older than the ack horizon
+        still without an ack are learned as "never acked" (an instance without acks learns ~0)."""
+        horizon = self.ack_never_after()
+        while self.unacked:
+            message_id, sent_at = next(iter(self.unacked.items()))
+            if sent_at + horizon >= at:
+                break
+            del self.unacked[message_id]
+            self.ack_share.add(True, self.config.ack_memory)
 
     def on_closed(self, message_id: str) -> None:
         """The message left SENT without a receipt (failed): it is no evidence either way."""
         self.open.pop(message_id, None)
+        self.unacked.pop(message_id, None)
 
     def _learn(self, send: OpenSend, miss: bool) -> None:
         cfg = self.config
@@ -201,6 +267,13 @@ class DeliveryModel:
         if len(self.latencies) > self.config.latency_samples:
             old = self.latencies.popleft()
             del self._sorted[bisect.bisect_left(self._sorted, old)]
+
+    def _add_ack_latency(self, latency: float) -> None:
+        self.ack_latencies.append(latency)
+        bisect.insort(self._ack_sorted, latency)
+        if len(self.ack_latencies) > self.config.ack_samples:
+            old = self.ack_latencies.popleft()
+            del self._ack_sorted[bisect.bisect_left(self._ack_sorted, old)]
 
     # --- what the history says ---------------------------------------------------------------
 
@@ -226,6 +299,39 @@ class DeliveryModel:
         n = len(self._sorted)
         longer = n - bisect.bisect_right(self._sorted, age)
         return (longer + 1.0) / (n + 1.0)
+
+    @property
+    def acks_warmed_up(self) -> bool:
+        return len(self._ack_sorted) >= self.config.min_ack_samples
+
+    def ack_quantile(self, q: float) -> float | None:
+        if not self._ack_sorted:
+            return None
+        index = min(len(self._ack_sorted) - 1, max(0, math.ceil(q * len(self._ack_sorted)) - 1))
+        return self._ack_sorted[index]
+
+    def ack_never_after(self) -> float:
+        cfg = self.config
+        p99 = self.ack_quantile(0.99) if self.acks_warmed_up else None
+        return max(cfg.ack_never_after_min, cfg.ack_never_after_factor * (p99 or 0.0))
+
+    def ack_survival(self, age: float) -> float:
+        """P(an ack that comes takes longer than `age`); 1 (no evidence) until acks are learned."""
+        if not self.acks_warmed_up:
+            return 1.0
+        n = len(self._ack_sorted)
+        longer = n - bisect.bisect_right(self._ack_sorted, age)
+        return (longer + 1.0) / (n + 1.0)
+
+    def never_acked_share(self) -> float:
+        """P(a send is never acked | healthy): ~1 on an instance whose webhooks send no acks."""
+        cfg = self.config
+        return self.ack_share.rate(cfg.ack_prior, cfg.ack_miss_floor)
+
+    def acks_per_day(self, now: float) -> float:
+        if self.acks_rate_at is None:
+            return 0.0
+        return self.acks_rate * math.exp(-max(0.0, now - self.acks_rate_at) / self.config.rate_window) * SECONDS_PER_DAY
 
     def never_share(self, klass: int, sent_at: float | None = None) -> float:
         """P(a send of this class never confirms | healthy). Given `sent_at`, the class's share at
@@ -261,17 +367,20 @@ def _hour(at: float) -> int:
 class Assessment:
     """The verdict of one tick, with what it was based on (for logs, traces and the benchmark)."""
 
-    evidence: float  # nats against "still delivering"
+    evidence: float  # nats against "still delivering" (receipts and acks)
     threshold: float
     silent_recipients: int
     suspicious: bool
     stalled: bool
     cold: bool
+    ack_evidence: float = 0.0  # the part of `evidence` from sends without a server ack
+    unacked: int = 0  # sends after the latest ack or receipt still without an ack
 
 
 def assess(model: DeliveryModel, now: float, *, since: float | None = None) -> Assessment:
     """Weighs the silent sends made after the latest receipt (and after `since`, when the instance
-    was last cleared) and says whether the session should be considered stalled."""
+    was last cleared) and the unacked sends made after the latest ack or receipt, and says whether
+    the session should be considered stalled."""
     cfg = model.config
     start = max(x for x in (model.last_receipt_at, since, -math.inf) if x is not None)
     oldest: dict[str, OpenSend] = {}
@@ -287,8 +396,24 @@ def assess(model: DeliveryModel, now: float, *, since: float | None = None) -> A
     for send in oldest.values():
         q = model.never_share(send.klass, send.sent_at)
         p0 = q + (1.0 - q) * model.survival(now - send.sent_at)
-        evidence += -math.log(min(1.0, p0))
-    runs = max(cfg.min_sends_per_day, model.receipts_per_day(now))
+        weight = cfg.acked_silence_weight if send.acked else 1.0
+        evidence += -weight * math.log(min(1.0, p0))
+    # Server acks do not depend on the recipient: every unacked send counts, not one per recipient.
+    ack_evidence, unacked = 0.0, 0
+    if model.acks_warmed_up:
+        ack_start = max(start, model.last_ack_at if model.last_ack_at is not None else -math.inf)
+        miss = model.never_acked_share()
+        for sent_at in reversed(model.unacked.values()):
+            if sent_at <= ack_start:
+                break
+            if sent_at > now:
+                continue
+            unacked += 1
+            p0 = miss + (1.0 - miss) * model.ack_survival(now - sent_at)
+            ack_evidence += -math.log(min(1.0, p0))
+    evidence += ack_evidence
+    # One run of evidence per receipt and per ack (each resets its own part).
+    runs = max(cfg.min_sends_per_day, model.receipts_per_day(now) + model.acks_per_day(now))
     threshold = math.log(runs / cfg.false_alarm_per_day)
     cold = not model.warmed_up
     if cold:
@@ -300,6 +425,8 @@ def assess(model: DeliveryModel, now: float, *, since: float | None = None) -> A
         suspicious=evidence >= cfg.suspicion,
         stalled=evidence >= threshold,
         cold=cold,
+        ack_evidence=ack_evidence,
+        unacked=unacked,
     )
 
 
