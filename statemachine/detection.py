@@ -90,6 +90,8 @@ class DetectionConfig:
     ack_prior: tuple[float, float] = (1.0, 1.0)
     ack_miss_floor: float = 0.01
     ack_memory: float = 2_000.0
+    # ...and over the last few outcomes: acks that stop (webhooks reconfigured) stop counting soon.
+    ack_recent_memory: float = 16.0
     # The receipt evidence of a silent send that *was* acked is weighed by this (0..1]: receipts
     # missing while acks keep coming is what recipients away at once (an offline burst) look like.
     # A weight below 1 keeps each term a supermartingale (Jensen), so the bound still holds.
@@ -153,6 +155,7 @@ class DeliveryModel:
     # Server acks: their latencies (SENT -> ack), the never-ack share, the sends not acked yet.
     ack_latencies: deque[float] = field(default_factory=deque)
     ack_share: _Share = field(default_factory=_Share)
+    ack_recent: _Share = field(default_factory=_Share)
     unacked: OrderedDict[str, float] = field(default_factory=OrderedDict)  # message id -> sent at
     last_ack_at: float | None = None
     acks_rate: float = 0.0  # acks per second, exponentially weighted
@@ -223,7 +226,7 @@ class DeliveryModel:
         horizon = self.ack_never_after()
         if self.unacked.pop(message_id, None) is not None:
             latency = max(0.0, at - sent_at)
-            self.ack_share.add(latency > horizon, cfg.ack_memory)
+            self._learn_ack(latency > horizon)
             if latency <= horizon:
                 self._add_ack_latency(latency)
         send = self.open.get(message_id)
@@ -248,7 +251,11 @@ class DeliveryModel:
             if sent_at + horizon >= at:
                 break
             del self.unacked[message_id]
-            self.ack_share.add(True, self.config.ack_memory)
+            self._learn_ack(True)
+
+    def _learn_ack(self, miss: bool) -> None:
+        self.ack_share.add(miss, self.config.ack_memory)
+        self.ack_recent.add(miss, self.config.ack_recent_memory)
 
     def on_closed(self, message_id: str) -> None:
         """The message left SENT without a receipt (failed): it is no evidence either way."""
@@ -324,9 +331,12 @@ class DeliveryModel:
         return (longer + 1.0) / (n + 1.0)
 
     def never_acked_share(self) -> float:
-        """P(a send is never acked | healthy): ~1 on an instance whose webhooks send no acks."""
+        """P(a send is never acked | healthy): ~1 on an instance whose webhooks send no acks; never
+        below the share over the last few outcomes (acks that stopped coming)."""
         cfg = self.config
-        return self.ack_share.rate(cfg.ack_prior, cfg.ack_miss_floor)
+        q = self.ack_share.rate(cfg.ack_prior, cfg.ack_miss_floor)
+        recent = self.ack_recent.rate((cfg.recent_weight * q, cfg.recent_weight * (1.0 - q)), cfg.ack_miss_floor)
+        return max(q, recent)
 
     def acks_per_day(self, now: float) -> float:
         if self.acks_rate_at is None:
