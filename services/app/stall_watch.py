@@ -89,6 +89,11 @@ class StallWatch:
         """This replica accepted a send: watch the instance from the next tick (an O(1) note)."""
         self._local_sends[instance_id] = time.time()
 
+    def model(self, instance_id: str) -> DeliveryModel | None:
+        """The delivery model this replica keeps for the instance (None: not watched)."""
+        watched = self._watched.get(instance_id)
+        return watched.model if watched else None
+
     def assessment(self, instance_id: str) -> Assessment | None:
         watched = self._watched.get(instance_id)
         return watched.last if watched else None

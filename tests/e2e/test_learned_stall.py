@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 
+from services.app.stall_watch import StallWatch
 from tests.e2e.conftest import StackFactory
 from tests.e2e.stack import CONNECTED, DEGRADED, SENT, SESSION_INCOMPLETE, Stack, text_request, unbounded
 from tests.integration.harness import rich_error
@@ -115,3 +116,32 @@ async def test_a_probe_only_incomplete_session_is_blocked_within_seconds_while_s
     assert elapsed <= 10.0, elapsed
     h = await stack.get_health(instance)
     assert (h.state, h.reason, h.phone_number) == (SESSION_INCOMPLETE, "SESSION_INCOMPLETE", "")
+
+
+async def test_a_restarted_replica_rebuilds_the_ack_model_from_the_stored_events(make_stack: StackFactory) -> None:
+    """The acks are read back from the database like the receipts: a fresh stall watch (a restart,
+    another replica) learns at once whether the instance acks, and how fast."""
+    stack = await make_stack()
+    quiet = "NOACK-ZTS923-GEAY6V"
+    assert (await stack.add_instance(INSTANCE, "healthy")).state == CONNECTED
+    assert (await stack.add_instance(quiet, "healthy")).state == CONNECTED
+    stack.sim.set_acks(quiet, "none")
+    for i in range(30):
+        for instance in (INSTANCE, quiet):
+            await stack.submit(text_request(instance, key=f"ok-{i}", to=CONFIRMING[i % len(CONFIRMING)]))
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(1.0)  # the last receipts and acks are stored
+
+    fresh = StallWatch(stack.app.gateway.repo, probe=lambda _instance: asyncio.sleep(0), apply_change=lambda _c: None)
+    for instance in (INSTANCE, quiet):
+        await fresh.check(instance)
+    acking, silent = fresh.model(INSTANCE), fresh.model(quiet)
+    assert acking is not None
+    assert silent is not None
+    assert acking.acks_warmed_up
+    assert acking.never_acked_share() < 0.1
+    assert (acking.ack_quantile(0.5) or 0.0) < 1.0  # seconds: the simulator acks within ~20 ms
+    assert not silent.acks_warmed_up
+    verdict = fresh.assessment(quiet)
+    assert verdict is not None
+    assert verdict.ack_evidence == 0.0  # no acks learned: receipts alone decide, as before
