@@ -16,6 +16,16 @@ Under a stalled session nothing confirms, so one silent recipient multiplies the
 resets the evidence to zero: this is a CUSUM (Page, 1954) of those log-ratios. Only the oldest
 open send per recipient counts, so one recipient whose phone is off cannot stall an instance.
 
+Server acks are a second, recipient-independent feed: W-API's `sent` status (or a webhookDelivery
+with fromApi) says a message left the phone, offline recipient or not. Per instance the model learns
+the share of sends never acked (near 1 where the webhooks send no acks: then acks weigh nothing and
+the test is the receipt-only one) and the ack latency curve; each send still unacked after the
+latest ack or receipt adds -log(m + (1 - m) * S_ack(age)) nats, m the never-ack share. A session
+that cannot get its messages out is then called within a handful of sends, near rate x ack latency.
+Receipts missing while acks keep coming is what a group of recipients away at once looks like, so
+on an instance whose recent share cannot follow such a group in time (low rates) the receipt
+evidence of an acked send is weighed at half.
+
 The log-ratio of each recipient is a martingale under "healthy" (E[1{silent}/p0] = 1), so by
 Ville's inequality one run of evidence crosses log(1/a) with probability at most a; with n runs
 per day (one per receipt, the CUSUM's reset), a threshold of log(n / alpha) bounds false blocks
@@ -94,8 +104,13 @@ class DetectionConfig:
     ack_recent_memory: float = 16.0
     # The receipt evidence of a silent send that *was* acked is weighed by this (0..1]: receipts
     # missing while acks keep coming is what recipients away at once (an offline burst) look like.
-    # A weight below 1 keeps each term a supermartingale (Jensen), so the bound still holds.
+    # The recent share follows such a group within its lag (recent_memory outcomes at the send
+    # rate, plus the never-confirm horizon): where that lag is at least `burst_lag` seconds (one
+    # send a minute: ~18 minutes, most of a burst) acked silence weighs this; where it is at most
+    # a quarter of it (1/s and faster) in full; linear in between. A weight below 1 keeps each term a
+    # supermartingale (Jensen), so the bound still holds.
     acked_silence_weight: float = 0.5
+    burst_lag: float = 600.0
 
 
 WARM, KNOWN, NEW = 0, 1, 2
@@ -356,6 +371,20 @@ class DeliveryModel:
         recent = self.recent[klass].rate((cfg.recent_weight * q, cfg.recent_weight * (1.0 - q)), cfg.miss_floor)
         return max(q, recent)
 
+    def acked_silence_weight(self) -> float:
+        """How much the receipt silence of an acked send weighs (see DetectionConfig), from the send
+        rate as of the latest send: constant between events, so a verdict can only turn "stalled"
+        as silences age."""
+        cfg = self.config
+        rate = self.sends_rate
+        lag = (cfg.recent_memory / rate if rate > 0.0 else math.inf) + self.never_after()
+        full_below = cfg.burst_lag / 4.0
+        if lag <= full_below:
+            return 1.0
+        if lag >= cfg.burst_lag:
+            return cfg.acked_silence_weight
+        return 1.0 - (1.0 - cfg.acked_silence_weight) * (lag - full_below) / (cfg.burst_lag - full_below)
+
     def sends_per_day(self, now: float) -> float:
         if self.rate_at is None:
             return 0.0
@@ -403,10 +432,11 @@ def assess(model: DeliveryModel, now: float, *, since: float | None = None) -> A
         if seen is None or send.sent_at < seen.sent_at:
             oldest[send.recipient] = send
     evidence = 0.0
+    acked_weight = model.acked_silence_weight() if oldest else 1.0
     for send in oldest.values():
         q = model.never_share(send.klass, send.sent_at)
         p0 = q + (1.0 - q) * model.survival(now - send.sent_at)
-        weight = cfg.acked_silence_weight if send.acked else 1.0
+        weight = acked_weight if send.acked else 1.0
         evidence += -weight * math.log(min(1.0, p0))
     # Server acks do not depend on the recipient: every unacked send counts, not one per recipient.
     ack_evidence, unacked = 0.0, 0

@@ -421,3 +421,16 @@ def test_a_receipt_or_an_ack_resets_the_ack_evidence() -> None:
     clock.model.on_ack("late", clock.now - 1, clock.now)
     after = assess(clock.model, clock.now + 1)
     assert (after.ack_evidence, after.unacked) == (0.0, 0)
+
+
+def test_acked_silence_weighs_half_only_where_a_burst_cannot_be_learned_in_time() -> None:
+    """At one send a minute the recent share needs ~18 minutes to follow a group gone quiet: acked
+    silence weighs half. At 1/s it follows within a couple of minutes: in full, so a stall whose
+    sends are still acked costs what it did on receipts alone."""
+    slow = warmed(pool=20, rate=1 / 60, acks=True)
+    fast = warmed(pool=50, rate=1.0, acks=True)
+    assert fast.advance(3600, rate=1.0) == 0  # the send rate is learned over an hour
+    assert slow.model.acked_silence_weight() == 0.5
+    assert fast.model.acked_silence_weight() == 1.0
+    sends, _ = fast.sends_until_stalled(rate=1.0, still_acks=True)
+    assert sends <= 10
