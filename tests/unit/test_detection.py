@@ -336,7 +336,8 @@ def test_bursts_of_twenty_are_not_a_stall_and_a_stall_is_called_within_a_burst_o
 def test_on_an_instance_that_acks_a_silent_stall_is_called_after_fewer_sends() -> None:
     with_acks = warmed(pool=20, rate=1 / 60, acks=True)
     receipts_only = warmed(pool=20, rate=1 / 60)
-    assert with_acks.model.acks_warmed_up and with_acks.model.never_acked_share() < 0.05
+    assert with_acks.model.acks_warmed_up
+    assert with_acks.model.never_acked_share() < 0.05
     acked, _ = with_acks.sends_until_stalled(rate=1 / 60, limit=6 * 3600)
     unacked, _ = receipts_only.sends_until_stalled(rate=1 / 60, limit=6 * 3600)
     assert acked <= 3 < unacked  # an unacked send past the instance's ack latency is strong evidence
