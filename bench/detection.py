@@ -1,13 +1,16 @@
 """`python -m bench.detection`: replays traffic shapes through the real stall-detection code.
 
 Simulated time only (no sleeping, no network): each shape is a send rate, a recipient pool (a
-share of whom never confirm), receipt latencies and optional night-time lulls. The replay feeds
-`statemachine.detection` exactly as the service does (sent, receipt, one assessment per tick,
-probes by `probe_due`), blocks on a stall verdict and lifts the block on a receipt. It prints,
-per shape: sends accepted after a silent stall before the block (median and max over trials),
-the time to block, the time to block a session that only the status probe reveals as
-incomplete, flapping, and false blocks per simulated instance-day of healthy traffic (with a
-burst of offline recipients that is not a stall, and night-time lulls where the shape has them).
+share of whom never confirm), receipt latencies and optional night-time lulls, once with server
+acks (W-API's `sent` status for every accepted send of a healthy session, offline recipients
+included, ~0.3 s, 1 % lost) and once receipt-only (webhooks without acks). The replay feeds
+`statemachine.detection` exactly as the service does (sent, ack, receipt, one assessment per
+tick, probes by `probe_due`), blocks on a stall verdict and lifts the block on a receipt. It
+prints, per shape: sends accepted after a silent stall (no acks, no receipts) before the block
+(median and max over trials), the time to block, the same for a stall whose sends are still acked,
+the time to block a session that only the status probe reveals as incomplete, flapping, and false
+blocks per simulated instance-day of healthy traffic (with a burst of offline recipients that is
+not a stall, and night-time lulls where the shape has them).
 """
 
 from __future__ import annotations
@@ -43,9 +46,15 @@ class Shape:
     night_rate: float | None = None  # sends per second from 23:00 to 07:00, when set
     night_offline: float = 0.7  # share of confirming recipients whose phones are off at night
     healthy_days: float = 2.0
+    # Server acks ("sent" status): every accepted send of a healthy session, offline recipients
+    # included, after a lognormal latency, a share of them lost; none when the webhooks send none.
+    acks: bool = True
+    ack_median: float = 0.3
+    ack_sigma: float = 0.5
+    ack_loss: float = 0.01
 
 
-SHAPES = (
+_BASE_SHAPES = (
     Shape("1/min, pool 20, all confirm", 1 / 60, 20, 0.0, 1.0, healthy_days=60),
     Shape("1/min, pool 50, 50% never, night", 1 / 60, 50, 0.5, 2.0, night_rate=1 / 600, healthy_days=60),
     Shape("1/10s, pool 100, 20% never, minutes", 0.1, 100, 0.2, 60.0, latency_sigma=0.8, healthy_days=10),
@@ -53,6 +62,12 @@ SHAPES = (
     Shape("1/s bursty, pool 300, 30% never", 1.0, 300, 0.3, 1.0, bursty=True, healthy_days=2),
     Shape("5/s, pool 1000, 25% never", 5.0, 1000, 0.25, 0.6, healthy_days=0.5),
     Shape("5/s, pool 1000, 50% never, night", 5.0, 1000, 0.5, 0.6, night_rate=0.2, healthy_days=0.5),
+)
+# Each shape twice: with server acks, and receipt-only (webhooks that send no acks).
+SHAPES = tuple(
+    dataclasses.replace(shape, name=f"{shape.name}, {suffix}", acks=acks)
+    for shape in _BASE_SHAPES
+    for suffix, acks in (("acks", True), ("no acks", False))
 )
 
 
@@ -83,6 +98,7 @@ class Replay:
     events: list[tuple[float, int, str, tuple[object, ...]]] = field(default_factory=list)
     seq: int = 0
     stalled: bool = False  # the session (truth)
+    stall_acks: bool = False  # a stall whose server acks still come (receipts never do)
     incomplete: bool = False  # the session (truth), visible to probes only
     queued: list[tuple[str, Recipient, float]] = field(default_factory=list)
     blocked: bool = False
@@ -147,10 +163,21 @@ class Replay:
         self.model.on_sent(message_id, recipient.phone, self.now)
         if self.incomplete and self.first_incomplete_send is None:
             self.first_incomplete_send = self.now
-        if self.stalled or self.incomplete:
+        dying = self.stalled or self.incomplete
+        if self.shape.acks and (not dying or self.stall_acks) and self.rng.random() >= self.shape.ack_loss:
+            self.push(self.now + self.ack_latency(), "ack", message_id, self.now)
+        if dying:
             self.queued.append((message_id, recipient, self.now))
         elif recipient.confirms:
             self.push(self.receipt_time(recipient, self.now), "receipt", message_id, recipient, self.now)
+
+    def ack_latency(self) -> float:
+        return self.rng.lognormvariate(math.log(self.shape.ack_median), self.shape.ack_sigma)
+
+    def ack(self, message_id: str, sent_at: float) -> None:
+        if (self.stalled or self.incomplete) and not self.stall_acks:
+            return  # a dying session gets nothing off the phone, not even what was on its way
+        self.model.on_ack(message_id, sent_at, self.now)
 
     def receipt(self, message_id: str, recipient: Recipient, sent_at: float) -> None:
         if self.stalled or self.incomplete:
@@ -192,8 +219,11 @@ class Replay:
 
     def recover(self) -> None:
         """The session works again: what it had queued is delivered (receipts lift the block)."""
-        self.stalled = self.incomplete = False
+        acked = self.stall_acks
+        self.stalled = self.incomplete = self.stall_acks = False
         for message_id, recipient, sent in self.queued:
+            if self.shape.acks and not acked:
+                self.push(self.now + self.ack_latency(), "ack", message_id, sent)
             if recipient.confirms:
                 self.push(self.now + self.latency(), "receipt", message_id, recipient, sent)
         self.queued.clear()
@@ -225,6 +255,8 @@ class Replay:
                 self.schedule_next_send()
             elif kind == "receipt":
                 self.receipt(*args)  # type: ignore[arg-type]
+            elif kind == "ack":
+                self.ack(*args)  # type: ignore[arg-type]
             elif kind == "probe":
                 self.probe()
             if stop():
@@ -286,7 +318,9 @@ class Row:
     false_blocks: int
     healthy_days: float
     night_sends: list[int] = field(default_factory=list)  # stall incidents that began at night
+    acking_sends: list[int] = field(default_factory=list)  # daytime stalls whose acks still come
     missed: int = 0  # stall incidents not blocked within the horizon
+    missed_acking: int = 0
 
 
 def latency_survival(shape: Shape, age: float) -> float:
@@ -304,7 +338,8 @@ def oracle_floor(shape: Shape, config: DetectionConfig) -> int:
     (ln(receipts per day / alpha)). What is left is rate x receipt latency: the sends that leave
     before any receipt is overdue enough to count."""
     confirm = 1.0 - shape.never_share
-    threshold = math.log(max(config.min_sends_per_day, shape.rate * confirm * DAY) / config.false_alarm_per_day)
+    runs = shape.rate * (confirm + (1.0 - shape.ack_loss if shape.acks else 0.0)) * DAY
+    threshold = math.log(max(config.min_sends_per_day, runs) / config.false_alarm_per_day)
     if shape.bursty:  # the stall begins with a burst of 20 sends 0.2 s apart, the next 20 / rate later
         times = [b * 20.0 / shape.rate + k * 0.2 for b in range(200) for k in range(20)]
     else:
@@ -314,6 +349,10 @@ def oracle_floor(shape: Shape, config: DetectionConfig) -> int:
     while t < times[-1]:
         sent = [at for at in times if at <= t]
         evidence = sum(confirm * -math.log(max(1e-300, latency_survival(shape, t - at))) for at in sent)
+        if shape.acks:
+            ack = Shape("ack", 0.0, 0, 0.0, shape.ack_median, latency_sigma=shape.ack_sigma)
+            loss = shape.ack_loss
+            evidence += sum(-math.log(loss + (1.0 - loss) * latency_survival(ack, t - at)) for at in sent)
         if evidence >= threshold:
             return len(sent)
         t += step
@@ -331,11 +370,13 @@ def _fork(base: Replay, seed: int) -> Replay:
     return fork
 
 
-def _stall_sends(base: Replay, seed: int, horizon: float) -> tuple[int, float] | None:
-    """Silent stall: accepted, never delivered, probes say connected."""
+def _stall_sends(base: Replay, seed: int, horizon: float, *, acks: bool = False) -> tuple[int, float] | None:
+    """Silent stall: accepted, never delivered, probes say connected; with `acks`, the provider
+    still acks every send (it reaches WhatsApp's servers) but nothing reaches a recipient."""
     replay = _fork(base, seed)
     start, before = replay.now, replay.accepted
     replay.stalled = True
+    replay.stall_acks = acks
     replay.run_until(start + horizon, stop=lambda: replay.blocked)
     return (replay.accepted - before, replay.now - start) if replay.blocked else None
 
@@ -385,7 +426,8 @@ def run_shape(shape: Shape, config: DetectionConfig, trials: int, seed: int) -> 
     stall_seconds: list[float] = []
     probe_seconds: list[float] = []
     night_sends: list[int] = []
-    missed = 0
+    acking_sends: list[int] = []
+    missed = missed_acking = 0
     horizon = 6 * 3600.0
     replay = Replay(shape, random.Random(seed), config)
     replay.run_until(warmup_for(shape))
@@ -413,6 +455,12 @@ def run_shape(shape: Shape, config: DetectionConfig, trials: int, seed: int) -> 
         else:
             stall_sends.append(stalled[0])
             stall_seconds.append(stalled[1])
+            if shape.acks:
+                acking = _stall_sends(replay, seed + 3000 + k, horizon, acks=True)
+                if acking is None:
+                    missed_acking += 1
+                else:
+                    acking_sends.append(acking[0])
         probed = _probe_seconds(replay, seed + 1000 + k, horizon)
         if probed is not None:
             probe_seconds.append(probed)
@@ -430,7 +478,9 @@ def run_shape(shape: Shape, config: DetectionConfig, trials: int, seed: int) -> 
         len(replay.blocks),
         shape.healthy_days,
         night_sends,
+        acking_sends,
         missed,
+        missed_acking,
     )
 
 
@@ -453,7 +503,9 @@ def main(argv: list[str] | None = None) -> int:
         help="multiplies each shape's healthy days (default 0.1: a quick look; 50 for thousands of instance-days)",
     )
     parser.add_argument("--false-alarm-per-day", type=float, default=None)
-    parser.add_argument("--only", default="", help="run only the shapes whose name contains this")
+    parser.add_argument(
+        "--only", action="append", default=[], help="run only the shapes whose name contains this (repeatable: any)"
+    )
     parser.add_argument(
         "--set", action="append", default=[], metavar="FIELD=VALUE", help="another DetectionConfig value (repeatable)"
     )
@@ -469,26 +521,32 @@ def main(argv: list[str] | None = None) -> int:
     config = dataclasses.replace(DetectionConfig(), **overrides)  # type: ignore[arg-type]
     started = time.perf_counter()
     header = (
-        f"| {'shape':<38} | stall sends med/max | floor | stall s med | night stall sends med/max "
-        f"| probe-only s after its 1st send med/max | flap sends med/max | false blocks / days |"
+        f"| {'shape':<46} | stall sends med/max | floor | stall s med | acking stall sends med/max "
+        f"| night stall sends med/max | probe-only s after its 1st send med/max | flap sends med/max "
+        f"| false blocks / days |"
     )
     print(f"false_alarm_per_day={config.false_alarm_per_day:g}, trials={args.trials}, days-scale={args.days_scale:g}")
     print(header)
     print("|" + "|".join("-" * (len(part)) for part in header.split("|")[1:-1]) + "|")
-    all_sends: list[int] = []
+    stall_sends: dict[bool, list[int]] = {True: [], False: []}  # daytime silent stalls, by acks
+    acked_sends: list[int] = []
     total_false, total_days = 0, 0.0
     for shape in SHAPES:
-        if args.only and args.only not in shape.name:
+        if args.only and not any(part in shape.name for part in args.only):
             continue
         scaled = _scale(shape, args.days_scale)
         row = run_shape(scaled, config, args.trials, args.seed)
-        all_sends.extend(row.stall_sends)
+        stall_sends[shape.acks].extend(row.stall_sends)
+        acked_sends.extend(row.acking_sends)
         total_false += row.false_blocks
         total_days += row.healthy_days
         night = f"{_median(row.night_sends)} / {_max(row.night_sends)}" if shape.night_rate is not None else "-"
+        acking = f"{_median(row.acking_sends)} / {_max(row.acking_sends)}" if shape.acks else "-"
+        acking += "*" if row.missed_acking else " "
         print(
-            f"| {row.shape:<38} | {_median(row.stall_sends):>8} / {_max(row.stall_sends):>4}"
+            f"| {row.shape:<46} | {_median(row.stall_sends):>8} / {_max(row.stall_sends):>4}"
             f"{'*' if row.missed else ' '}     | {oracle_floor(shape, config):>5} | {_median(row.stall_seconds):>11} "
+            f"| {acking:>26} "
             f"| {night:>25} "
             f"| {_median(row.probe_seconds):>25} / {_max(row.probe_seconds, 1):>10} "
             f"| {_median(row.flap_sends):>8} / {_max(row.flap_sends):>7} "
@@ -496,13 +554,16 @@ def main(argv: list[str] | None = None) -> int:
         )
     rate = total_false / total_days if total_days else 0.0
     print(
-        f"daytime stalls, all shapes: sends median {_median(all_sends)}, max {_max(all_sends)}; "
+        f"daytime silent stalls: with acks sends median {_median(stall_sends[True])}, max {_max(stall_sends[True])}, "
+        f"receipts only median {_median(stall_sends[False])}, max {_max(stall_sends[False])}; "
+        f"acking stalls: median {_median(acked_sends)}, max {_max(acked_sends)}; "
         f"false blocks {total_false} in {total_days:g} instance-days ({rate * 1000:.2f} per 1,000); "
         f"{time.perf_counter() - started:.1f} s"
     )
     print(
         "floor: sends an oracle (knows who confirms and the true latency curve, no tick) accepts before the same "
-        "threshold; * some stall incidents not blocked within 6 h"
+        "threshold; * some stall incidents not blocked within 6 h; acking stall: the provider still acks every "
+        "send, nothing reaches a recipient"
     )
     return 0
 

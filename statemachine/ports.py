@@ -165,6 +165,16 @@ class ReceiptSample:
 
 
 @dataclass(frozen=True, slots=True)
+class AckSample:
+    """A server ack of one of our sends (a "sent" status, or a webhookDelivery for it: the message
+    left the phone), with the message it acks, as the stall test reads it."""
+
+    message_id: str
+    sent_at: datetime
+    received_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class RetentionPolicy:
     """How long each kind of history is kept (see docs/data-layer.md)."""
 
@@ -234,6 +244,9 @@ class Store(ChangeLog, Protocol):
     async def recent_receipts(
         self, instance_id: str, after: datetime, *, limit: int = 1000, newest: bool = False
     ) -> list[ReceiptSample]: ...
+    async def recent_acks(
+        self, instance_id: str, after: datetime, *, limit: int = 1000, newest: bool = False
+    ) -> list[AckSample]: ...
     async def sending_instances(self, since: datetime, *, limit: int = 1000) -> list[str]: ...
 
     # messages

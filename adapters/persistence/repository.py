@@ -66,6 +66,7 @@ from statemachine.message_machine import (
     transition_message,
 )
 from statemachine.ports import (
+    AckSample,
     ConcurrentUpdateError,
     IngestResult,
     InstanceChange,
@@ -1335,6 +1336,42 @@ class Repository:
                 ReceiptSample(r.id, r.recipient, r.sent_at, r.received_at)
                 for r in await conn.execute(query)
                 if r.sent_at is not None
+            ]
+        return rows[::-1] if newest else rows
+
+    async def recent_acks(
+        self, instance_id: str, after: datetime, *, limit: int = 1000, newest: bool = False
+    ) -> list[AckSample]:
+        """Server acks of one instance's sends received after `after`: "sent" statuses and
+        webhookDelivery bodies of messages we sent (a phone-typed message matches none of ours),
+        oldest first (or the newest `limit`). Same indexes as `recent_receipts`."""
+        sent = MessageState.SENT.value
+        query = (
+            select(events.c.received_at, messages.c.id, messages.c.sent_at)
+            .join(
+                messages,
+                and_(
+                    messages.c.provider_message_id == events.c.provider_message_id,
+                    messages.c.instance_id == events.c.instance_id,
+                ),
+            )
+            .where(
+                events.c.instance_id == instance_id,
+                events.c.received_at > after,
+                or_(
+                    and_(
+                        events.c.route.in_([Route.MESSAGE_STATUS.value, Route.CHAT_STATUS.value]),
+                        events.c.status == sent,
+                    ),
+                    events.c.route == Route.DELIVERY.value,
+                ),
+            )
+            .order_by(events.c.received_at.desc() if newest else events.c.received_at)
+            .limit(limit)
+        )
+        async with self.engine.connect() as conn:
+            rows = [
+                AckSample(r.id, r.sent_at, r.received_at) for r in await conn.execute(query) if r.sent_at is not None
             ]
         return rows[::-1] if newest else rows
 

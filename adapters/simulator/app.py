@@ -72,6 +72,7 @@ class SimInstance:
     status_style: str = "phone"
     lid: str = payloads.DEFAULT_LID
     gateway_counter: int = 0
+    acks: str = "status"  # payloads.ACK_STYLES
     webhook_urls: dict[str, str] = field(default_factory=dict)
     recovery: recovery.RecoveryState = field(default_factory=recovery.RecoveryState)
 
@@ -80,6 +81,12 @@ def _check_behaviour(behaviour: str) -> str:
     if behaviour not in payloads.BEHAVIOURS:
         raise ValueError(f"unknown behaviour {behaviour!r}; one of {', '.join(payloads.BEHAVIOURS)}")
     return behaviour
+
+
+def _check_acks(acks: str) -> str:
+    if acks not in payloads.ACK_STYLES:
+        raise ValueError(f"unknown ack style {acks!r}; one of {', '.join(payloads.ACK_STYLES)}")
+    return acks
 
 
 def _check_style(style: str) -> str:
@@ -108,6 +115,7 @@ class Simulator:
         delivered_after: float = 0.05,
         read_after: float = 0.1,
         *,
+        acked_after: float = 0.02,
         restart_after: float = 0.05,
         forget_webhooks_on_pairing: bool = True,
     ) -> None:
@@ -118,6 +126,8 @@ class Simulator:
         self.forget_webhooks_on_pairing = forget_webhooks_on_pairing
         self.delivered_after = delivered_after
         self.read_after = read_after
+        # Seconds from an accepted send to its ack (the instance's ack style says which webhook).
+        self.acked_after = acked_after
         self.requests: list[SimRequest] = []
         self.webhook_posts: list[JSONDict] = []  # {"url", "body", "status", "error"} per attempt
         self.webhook_errors = 0
@@ -210,6 +220,7 @@ class Simulator:
         *,
         status_style: str = "phone",
         lid: str = payloads.DEFAULT_LID,
+        acks: str = "status",
     ) -> None:
         if not instance_id or not token:
             raise ValueError("instance_id and token are required")
@@ -221,12 +232,17 @@ class Simulator:
             plan=plan.upper(),
             status_style=_check_style(status_style),
             lid=lid,
+            acks=_check_acks(acks),
         )
 
     def set_behaviour(self, instance_id: str, behaviour: str) -> None:
         instance = self._instance(instance_id)
         instance.behaviour = _check_behaviour(behaviour)
         instance.gateway_counter = 0
+
+    def set_acks(self, instance_id: str, acks: str) -> None:
+        """How the instance acks accepted sends from now on (payloads.ACK_STYLES; "none": off)."""
+        self._instance(instance_id).acks = _check_acks(acks)
 
     def set_status_style(self, instance_id: str, status_style: str) -> None:
         self._instance(instance_id).status_style = _check_style(status_style)
@@ -414,6 +430,19 @@ class Simulator:
     def recipient(self, phone: str) -> SimRecipient:
         return self._recipients.get(phone, SimRecipient())
 
+    def _schedule_ack(self, instance: SimInstance, message_id: str, to: str) -> None:
+        """The send left the phone: a `sent` status and/or a webhookDelivery after acked_after s,
+        whether or not the recipient is online."""
+        bodies: list[JSONDict] = []
+        if instance.acks in ("status", "both"):
+            bodies.append(payloads.webhook_status(instance.instance_id, instance.phone, message_id, "sent", to))
+        if instance.acks in ("delivery", "both"):
+            bodies.append(
+                payloads.webhook_delivery(instance.instance_id, instance.phone, message_id, to, lid=instance.lid)
+            )
+        for body in bodies:
+            self._spawn(self._post_later(self.acked_after, instance, body))
+
     def _schedule_receipts(self, instance: SimInstance, message_id: str, to: str) -> None:
         """Healthy delivery: `delivered` after delivered_after s, `read` after read_after s, unless
         the recipient has its own behaviour (set_recipient)."""
@@ -529,9 +558,12 @@ class Simulator:
             return _json(payloads.send_queued(payloads.new_message_id()))
         message_id = payloads.new_message_id()
         send["message_id"] = message_id
+        if behaviour in ("healthy", "acking_stall"):
+            self._schedule_ack(instance, message_id, str(body["phone"]))
         if behaviour == "healthy":
             self._schedule_receipts(instance, message_id, str(body["phone"]))
-        # session_incomplete and silent_stall: accepted with an id, never delivered.
+        # session_incomplete and silent_stall: accepted with an id, never acked nor delivered;
+        # acking_stall: acked (on WhatsApp's servers), never delivered.
         return _json(payloads.send_accepted(message_id))
 
     def _answer_instance(self, instance: SimInstance, name: str, query: Mapping[str, str]) -> web.StreamResponse:
@@ -587,7 +619,7 @@ class Simulator:
     def _answer_pairing_code(self, instance: SimInstance, query: Mapping[str, str]) -> web.Response:
         state = instance.recovery
         state.pairing_requests += 1
-        if instance.behaviour in ("healthy", "silent_stall", "accepted_queued"):
+        if instance.behaviour in ("healthy", "silent_stall", "acking_stall", "accepted_queued"):
             return _json(recovery.already_connected_answer(instance.phone))
         phone = recovery.pairing_phone(query)
         if phone is None:
@@ -676,6 +708,7 @@ class Simulator:
                 phone=str(body.get("phone", "5511999990000")),
                 plan=str(body.get("plan", "PRO")),
                 status_style=str(body.get("status_style", "phone")),
+                acks=str(body.get("acks", "status")),
             )
             return _json({"instance_id": body["instance_id"]}, 201)
         if len(parts) == 3 and parts[0] == "instances":
@@ -683,6 +716,9 @@ class Simulator:
             if action == "behaviour" and method == "POST":
                 self.set_behaviour(instance_id, str(body["behaviour"]))
                 return _json({"instance_id": instance_id, "behaviour": body["behaviour"]})
+            if action == "acks" and method == "POST":
+                self.set_acks(instance_id, str(body["acks"]))
+                return _json({"instance_id": instance_id, "acks": body["acks"]})
             if action == "emit" and method == "POST":
                 kw = dict(body)
                 kind = str(kw.pop("kind"))

@@ -28,7 +28,14 @@ BEHAVIOURS: Final = (
     "accepted_without_id",
     "accepted_with_error",
     "accepted_queued",  # sends answer only {"insertedId"}: queued at W-API, never leaves the queue
+    "acking_stall",  # sends accepted and acked ("sent": on WhatsApp's servers), never delivered
 )
+
+# How an instance acks an accepted send (the message left the phone / reached WhatsApp's servers):
+# a `sent` message status, a webhookDelivery (fromMe, fromApi), both, or not at all (webhooks
+# configured without them). Healthy sessions ack every send, offline recipients included; a
+# silent stall or an incomplete session acks nothing.
+ACK_STYLES: Final = ("status", "delivery", "both", "none")
 
 # How a *connected* status answer is spelled (docs/wapi-contract.md, "Instance status").
 STATUS_STYLES: Final = (

@@ -1,8 +1,9 @@
 """Feeds the learned stall test from the database and acts on its verdicts, off the send path.
 
 Every replica keeps, per instance that is sending, a `DeliveryModel` refreshed once a tick from
-two bounded, indexed reads (messages created since the last read; delivery/read webhooks
-received since the last read). The database is the truth: a restarted or second replica
+three bounded, indexed reads (messages created since the last read; delivery/read webhooks, and
+server acks — "sent" statuses and webhookDelivery bodies of our sends — received since the last
+read). The database is the truth: a restarted or second replica
 rebuilds the same model from the newest rows (bounded), so the model survives restarts and is
 shared by replicas without a new write on the hot path. A stall verdict goes through the
 instance machine (`report_delivery_stalled`); suspicion and "this instance is sending" start a
@@ -24,7 +25,7 @@ from services.app.clock import utcnow
 from statemachine.detection import Assessment, DeliveryModel, DetectionConfig, ProbePolicy, assess, probe_due
 from statemachine.domain import InstanceRecord, InstanceState, MessageState
 from statemachine.instance_machine import InstanceTrigger
-from statemachine.ports import InstanceChange, ReceiptSample, SendSample, Store
+from statemachine.ports import AckSample, InstanceChange, ReceiptSample, SendSample, Store
 
 log = logging.getLogger("wapi_guard.stall_watch")
 
@@ -34,6 +35,8 @@ OVERLAP = timedelta(seconds=5)
 READ_LIMIT = 1000
 BOOTSTRAP_RECEIPTS = 512
 BOOTSTRAP_SENDS = 2048
+# Up to two acks per send (a "sent" status and a webhookDelivery).
+BOOTSTRAP_ACKS = 2 * BOOTSTRAP_SENDS
 SEEN_LIMIT = 8192
 
 
@@ -42,8 +45,10 @@ class _Watched:
     model: DeliveryModel
     sends_after: datetime
     receipts_after: datetime
+    acks_after: datetime
     seen_sends: OrderedDict[str, None] = field(default_factory=OrderedDict)
     seen_receipts: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    seen_acks: OrderedDict[str, None] = field(default_factory=OrderedDict)
     last_send_at: float | None = None
     probe: asyncio.Task[object] | None = None
     last_probe_at: float | None = None
@@ -84,6 +89,11 @@ class StallWatch:
         """This replica accepted a send: watch the instance from the next tick (an O(1) note)."""
         self._local_sends[instance_id] = time.time()
 
+    def model(self, instance_id: str) -> DeliveryModel | None:
+        """The delivery model this replica keeps for the instance (None: not watched)."""
+        watched = self._watched.get(instance_id)
+        return watched.model if watched else None
+
     def assessment(self, instance_id: str) -> Assessment | None:
         watched = self._watched.get(instance_id)
         return watched.last if watched else None
@@ -113,7 +123,8 @@ class StallWatch:
         # be called when the last send went unanswered); the others are dropped (bounded memory).
         for instance_id in list(self._watched):
             watched = self._watched[instance_id]
-            if instance_id not in active and not (watched.last and watched.last.silent_recipients):
+            evidence_open = watched.last is not None and (watched.last.silent_recipients or watched.last.unacked)
+            if instance_id not in active and not evidence_open:
                 if watched.probe is None or watched.probe.done():
                     del self._watched[instance_id]
             else:
@@ -177,6 +188,8 @@ class StallWatch:
                     "evidence": round(verdict.evidence, 2),
                     "threshold": round(verdict.threshold, 2),
                     "silent_recipients": verdict.silent_recipients,
+                    "unacked": verdict.unacked,
+                    "ack_evidence": round(verdict.ack_evidence, 2),
                     "cold_start": verdict.cold,
                 },
             )
@@ -188,17 +201,28 @@ class StallWatch:
         epoch = now - timedelta(days=30)
         receipts = await self.repo.recent_receipts(instance_id, epoch, limit=BOOTSTRAP_RECEIPTS, newest=True)
         sends = await self.repo.recent_sends(instance_id, epoch, limit=BOOTSTRAP_SENDS, newest=True)
-        watched = _Watched(DeliveryModel(self.config), sends_after=epoch, receipts_after=epoch)
-        self._feed(watched, sends, receipts)
+        # Acks only over the sends' window (an instance without acks must not cost a scan of its
+        # whole event history); when even that is cut by the limit, the older sends are left out so
+        # their missing acks are not learned as "never acked".
+        window = min((s.created_at for s in sends), default=now) - OVERLAP
+        acks = await self.repo.recent_acks(instance_id, window, limit=BOOTSTRAP_ACKS, newest=True)
+        if len(acks) >= BOOTSTRAP_ACKS:
+            cut = min(a.sent_at for a in acks)
+            sends = [s for s in sends if s.sent_at is None or s.sent_at >= cut]
+        watched = _Watched(DeliveryModel(self.config), sends_after=epoch, receipts_after=epoch, acks_after=window)
+        self._feed(watched, sends, receipts, acks)
         return watched
 
     async def _refresh(self, instance_id: str, watched: _Watched) -> None:
         sends = await self.repo.recent_sends(instance_id, watched.sends_after - OVERLAP, limit=READ_LIMIT)
         receipts = await self.repo.recent_receipts(instance_id, watched.receipts_after - OVERLAP, limit=READ_LIMIT)
-        self._feed(watched, sends, receipts)
+        acks = await self.repo.recent_acks(instance_id, watched.acks_after - OVERLAP, limit=READ_LIMIT)
+        self._feed(watched, sends, receipts, acks)
 
-    def _feed(self, watched: _Watched, sends: list[SendSample], receipts: list[ReceiptSample]) -> None:
-        timeline: list[tuple[float, int, SendSample | ReceiptSample]] = []
+    def _feed(
+        self, watched: _Watched, sends: list[SendSample], receipts: list[ReceiptSample], acks: list[AckSample]
+    ) -> None:
+        timeline: list[tuple[float, int, SendSample | ReceiptSample | AckSample]] = []
         pending_from: datetime | None = None
         for sample in sends:
             if sample.state is MessageState.FAILED:
@@ -213,13 +237,20 @@ class StallWatch:
         for receipt in receipts:
             if not _remember(watched.seen_receipts, receipt.message_id):
                 continue
-            timeline.append((receipt.received_at.timestamp(), 1, receipt))
+            timeline.append((receipt.received_at.timestamp(), 2, receipt))
+        for ack in acks:
+            if not _remember(watched.seen_acks, ack.message_id):
+                continue  # a "sent" status and a webhookDelivery of one message: the first counts
+            # An ack may be stored before the send's SENT is (W-API's webhook raced its answer).
+            timeline.append((max(ack.received_at, ack.sent_at).timestamp(), 1, ack))
         timeline.sort(key=lambda item: (item[0], item[1]))
         model = watched.model
         for at, _order, item in timeline:
             if isinstance(item, SendSample):
                 model.on_sent(item.message_id, item.recipient, at)
                 watched.last_send_at = max(at, watched.last_send_at or at)
+            elif isinstance(item, AckSample):
+                model.on_ack(item.message_id, item.sent_at.timestamp(), at)
             else:
                 model.on_receipt(item.message_id, item.recipient, item.sent_at.timestamp(), at)
         if sends:
@@ -227,3 +258,5 @@ class StallWatch:
             watched.sends_after = min(newest, pending_from) if pending_from is not None else newest
         if receipts:
             watched.receipts_after = max(r.received_at for r in receipts)
+        if acks:
+            watched.acks_after = max(a.received_at for a in acks)

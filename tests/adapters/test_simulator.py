@@ -31,14 +31,14 @@ TEXT = OutboundMessage(MessageKind.TEXT, TO, Text("Olá"))
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
-async def test_healthy_send_posts_delivered_then_read(receiver: WebhookReceiver, creds: Credentials) -> None:
-    async with Simulator(receiver.url, delivered_after=0.05, read_after=0.1) as sim:
+async def test_healthy_send_posts_sent_then_delivered_then_read(receiver: WebhookReceiver, creds: Credentials) -> None:
+    async with Simulator(receiver.url, delivered_after=0.05, read_after=0.1, acked_after=0.01) as sim:
         sim.add_instance(INSTANCE, TOKEN, phone=PHONE)
         async with WapiProvider(sim.base_url) as wapi:
             outcome = await wapi.send(creds, TEXT, timeout=2.0)
-        delivered, read = await receiver.wait_for(2)
+        sent, delivered, read = await receiver.wait_for(3)
     mid = outcome.provider_message_id
-    for body, status in ((delivered, "delivered"), (read, "read")):
+    for body, status in ((sent, "sent"), (delivered, "delivered"), (read, "read")):
         assert body == {
             "event": "webhookStatus",
             "instanceId": INSTANCE,
@@ -50,7 +50,7 @@ async def test_healthy_send_posts_delivered_then_read(receiver: WebhookReceiver,
         }
         assert isinstance(body["moment"], int)
         assert abs(body["moment"] - time.time()) < 5
-    assert receiver.paths == ["/hook/secret-path"] * 2  # the configured URL, secret path included
+    assert receiver.paths == ["/hook/secret-path"] * 3  # the configured URL, secret path included
     assert sim.webhook_errors == 0
 
 

@@ -236,6 +236,7 @@ async def test_configure_webhooks_without_public_url_is_refused(stack: Stack) ->
 async def test_missed_events_are_replayed_from_the_webhook_log_exactly_once(stack: Stack) -> None:
     instance = "LOG-ZTS923-GEAY6V"
     await stack.add_instance(instance, "healthy")
+    stack.sim.set_acks(instance, "none")  # the counts below are receipts; acks are another test's subject
     before = await stack.submit(text_request(instance, key="before-downtime"))
     await stack.wait_state(before.id, READ)
     await stack.sim.emit(instance, "received", text="recebida antes da queda")  # stored: a duplicate later

@@ -121,6 +121,11 @@ async def test_hot_queries_read_open_work_not_history(database_url: str) -> None
             "get_instance": repo.get_instance(instance),
             "instance_history": repo.instance_history(instance),
             "last_instance_change_id": repo.last_instance_change_id(),
+            # The stall watch's reads, each tick (the last seconds) and at bootstrap (the newest).
+            "recent_sends": repo.recent_sends(instance, now - timedelta(seconds=10)),
+            "recent_receipts": repo.recent_receipts(instance, now - timedelta(seconds=10)),
+            "recent_acks": repo.recent_acks(instance, now - timedelta(seconds=10)),
+            "recent_acks(bootstrap)": repo.recent_acks(instance, now - timedelta(hours=1), limit=4096, newest=True),
             # Last: it deletes the oldest slice of history, in batches of 200.
             "retention": repo.prune(
                 RetentionPolicy(

@@ -152,7 +152,7 @@ async def test_healthy_send_and_its_delivery_form_one_story(stack: Stack) -> Non
     assert all("message/send-text" in str(s.attributes.get("url.full", s.attributes.get("http.url", ""))) for s in http)
 
     webhook_spans = [s for s in stack.receiver.named("wapi.webhook") if s.attributes.get("wapi.message_id") == sent.id]
-    assert len(webhook_spans) == 2  # delivered, read
+    assert len(webhook_spans) == 3  # sent (the ack), delivered, read
     for span in webhook_spans:
         assert (attempt.trace_id, attempt.span_id) in span.links
 

@@ -16,9 +16,13 @@ from statemachine.detection import (
 
 
 class Clock:
-    """A traffic generator on a simulated clock: sends to a pool, receipts after their latency."""
+    """A traffic generator on a simulated clock: sends to a pool, receipts after their latency and,
+    with `acks`, the provider's server ack of every send (offline recipients included) after its
+    own latency."""
 
-    def __init__(self, *, pool: int, never: float, latency: float, seed: int = 1) -> None:
+    def __init__(
+        self, *, pool: int, never: float, latency: float, seed: int = 1, acks: bool = False, ack_latency: float = 0.3
+    ) -> None:
         self.rng = random.Random(seed)
         self.model = DeliveryModel(DetectionConfig())
         self.now = 0.0
@@ -27,6 +31,10 @@ class Clock:
         self.pending: list[tuple[float, str, str, float]] = []
         self.next_id = 0
         self.delivering = True
+        self.acks = acks
+        self.acking = acks  # the session gets its messages off the phone
+        self.ack_latency = ack_latency
+        self.pending_acks: list[tuple[float, str, float]] = []
 
     def send(self, recipient: tuple[str, bool] | None = None) -> str:
         phone, confirms = recipient or self.rng.choice(self.pool)
@@ -36,7 +44,16 @@ class Clock:
         if confirms and self.delivering:
             delay = self.rng.lognormvariate(math.log(self.latency), 0.5)
             self.pending.append((self.now + delay, message_id, phone, self.now))
+        if self.acking:
+            delay = self.rng.lognormvariate(math.log(self.ack_latency), 0.5)
+            self.pending_acks.append((self.now + delay, message_id, self.now))
         return message_id
+
+    def flush_acks(self) -> None:
+        due = [p for p in self.pending_acks if p[0] <= self.now]
+        self.pending_acks = [p for p in self.pending_acks if p[0] > self.now]
+        for at, message_id, sent in sorted(due):
+            self.model.on_ack(message_id, sent, at)
 
     def advance(self, seconds: float, *, rate: float = 0.0, tick: float = 1.0) -> int:
         """Moves the clock, sending at `rate` per second; returns how many ticks judged 'stalled'."""
@@ -47,6 +64,7 @@ class Clock:
             while next_send <= self.now:
                 self.send()
                 next_send += self.rng.expovariate(rate)
+            self.flush_acks()
             due = [p for p in self.pending if p[0] <= self.now]
             self.pending = [p for p in self.pending if p[0] > self.now]
             for at, message_id, phone, sent in sorted(due):
@@ -54,10 +72,14 @@ class Clock:
             stalled += assess(self.model, self.now).stalled
         return stalled
 
-    def sends_until_stalled(self, rate: float, limit: float = 3600.0) -> tuple[int, float]:
-        """Stops deliveries now; returns (sends accepted, seconds) until the first stall verdict."""
+    def sends_until_stalled(self, rate: float, limit: float = 3600.0, *, still_acks: bool = False) -> tuple[int, float]:
+        """Stops deliveries now (and acks, unless `still_acks`: the messages still reach WhatsApp's
+        servers); returns (sends accepted, seconds) until the first stall verdict."""
         self.delivering = False
         self.pending.clear()
+        self.acking = self.acks and still_acks
+        if not self.acking:
+            self.pending_acks.clear()
         start, sent = self.now, self.next_id
         next_send = self.now + self.rng.expovariate(rate)
         while self.now - start < limit:
@@ -65,13 +87,14 @@ class Clock:
             while next_send <= self.now:
                 self.send()
                 next_send += self.rng.expovariate(rate)
+            self.flush_acks()
             if assess(self.model, self.now).stalled:
                 return self.next_id - sent, self.now - start
         raise AssertionError("never judged stalled")
 
 
-def warmed(*, pool: int = 50, never: float = 0.0, latency: float = 1.0, rate: float = 1.0) -> Clock:
-    clock = Clock(pool=pool, never=never, latency=latency)
+def warmed(*, pool: int = 50, never: float = 0.0, latency: float = 1.0, rate: float = 1.0, acks: bool = False) -> Clock:
+    clock = Clock(pool=pool, never=never, latency=latency, acks=acks)
     assert clock.advance(max(600.0, 400 / rate), rate=rate) == 0
     assert clock.model.warmed_up
     return clock
@@ -305,3 +328,110 @@ def test_bursts_of_twenty_are_not_a_stall_and_a_stall_is_called_within_a_burst_o
             break
     assert blocked
     assert clock.next_id - before <= 40
+
+
+# --- server acks ("sent" status / webhookDelivery: the message left the phone) -------------------
+
+
+def test_on_an_instance_that_acks_a_silent_stall_is_called_after_fewer_sends() -> None:
+    with_acks = warmed(pool=20, rate=1 / 60, acks=True)
+    receipts_only = warmed(pool=20, rate=1 / 60)
+    assert with_acks.model.acks_warmed_up
+    assert with_acks.model.never_acked_share() < 0.05
+    acked, _ = with_acks.sends_until_stalled(rate=1 / 60, limit=6 * 3600)
+    unacked, _ = receipts_only.sends_until_stalled(rate=1 / 60, limit=6 * 3600)
+    assert acked <= 3 < unacked  # an unacked send past the instance's ack latency is strong evidence
+    assert assess(with_acks.model, with_acks.now).ack_evidence > 0
+
+
+def test_five_sends_a_second_with_acks_is_stalled_near_the_ack_latency_floor() -> None:
+    clock = warmed(pool=1000, never=0.25, latency=0.6, rate=5.0, acks=True)
+    assert clock.advance(1800, rate=5.0) == 0
+    sends, seconds = clock.sends_until_stalled(rate=5.0)
+    # rate x ack latency (~0.3 s, p99 ~1 s) and the 1-second tick, not rate x receipt latency
+    # (receipts only: 3 s on this clock, bench floor 13 sends).
+    assert seconds <= 2
+    assert sends <= 20
+    verdict = assess(clock.model, clock.now)
+    assert verdict.ack_evidence >= verdict.evidence / 2  # the unacked sends decided it
+
+
+def test_recipients_away_while_acks_keep_coming_weigh_half() -> None:
+    """The offline burst at one send a minute: six sends in a row to recipients who are away.
+    Without acks that silence is a stall (the false blocks the long runs count); with every send
+    acked it is weighed at half and is not."""
+    for acks, stalled in ((False, True), (True, False)):
+        clock = warmed(pool=20, rate=1 / 60, acks=acks)
+        clock.delivering = False  # away: no receipts; the session still gets every send out
+        clock.pending.clear()
+        for _ in range(6):
+            clock.send()
+            clock.advance(60)
+        verdict = assess(clock.model, clock.now)
+        assert verdict.stalled is stalled, (acks, verdict)
+        assert verdict.ack_evidence == 0
+
+
+def test_a_stall_whose_acks_still_come_is_still_called_on_receipts() -> None:
+    clock = warmed(pool=20, rate=1 / 60, acks=True)
+    sends, _ = clock.sends_until_stalled(rate=1 / 60, limit=6 * 3600, still_acks=True)
+    assert 6 < sends <= 20  # the price of weighing acked silence at half
+
+
+def test_an_instance_without_acks_learns_so_and_decides_on_receipts_alone() -> None:
+    clock = warmed(pool=50, rate=1.0)  # its webhooks send no acks: every send unacked
+    assert clock.model.never_acked_share() > 0.9
+    assert not clock.model.acks_warmed_up
+    assert clock.advance(1800, rate=1.0) == 0
+    sends, _ = clock.sends_until_stalled(rate=1.0)
+    assert assess(clock.model, clock.now).ack_evidence == 0
+    assert sends <= 10
+
+
+def test_acks_that_stop_coming_stop_counting_within_minutes() -> None:
+    """Acks turned off at the provider (webhooks reconfigured) while receipts still come: the recent
+    never-ack share rises, so the unacked sends of a healthy session do not add up to a stall."""
+    clock = warmed(pool=50, rate=0.5, acks=True)
+    clock.acks = clock.acking = False
+    assert clock.advance(600, rate=0.5) == 0
+    assert clock.model.never_acked_share() > 0.5
+
+
+def test_a_cold_instance_does_not_count_acks() -> None:
+    model = DeliveryModel(DetectionConfig())
+    for i in range(10):
+        model.on_sent(f"m{i}", f"5511900000{i:03d}", float(i))
+        model.on_ack(f"m{i}", float(i), i + 0.3)
+    for i in range(10, 30):
+        model.on_sent(f"m{i}", f"5511900000{i:03d}", float(i))
+    verdict = assess(model, 100.0)
+    assert (verdict.ack_evidence, verdict.unacked) == (0.0, 0)
+    assert not model.acks_warmed_up
+
+
+def test_a_receipt_or_an_ack_resets_the_ack_evidence() -> None:
+    clock = warmed(pool=50, rate=1.0, acks=True)
+    clock.delivering = clock.acking = False
+    clock.pending.clear()
+    clock.pending_acks.clear()
+    for _ in range(3):
+        clock.now += 1
+        clock.send()
+    clock.now += 5
+    assert assess(clock.model, clock.now).ack_evidence > 0
+    clock.model.on_ack("late", clock.now - 1, clock.now)
+    after = assess(clock.model, clock.now + 1)
+    assert (after.ack_evidence, after.unacked) == (0.0, 0)
+
+
+def test_acked_silence_weighs_half_only_where_a_burst_cannot_be_learned_in_time() -> None:
+    """At one send a minute the recent share needs ~18 minutes to follow a group gone quiet: acked
+    silence weighs half. At 1/s it follows within a couple of minutes: in full, so a stall whose
+    sends are still acked costs what it did on receipts alone."""
+    slow = warmed(pool=20, rate=1 / 60, acks=True)
+    fast = warmed(pool=50, rate=1.0, acks=True)
+    assert fast.advance(3600, rate=1.0) == 0  # the send rate is learned over an hour
+    assert slow.model.acked_silence_weight() == 0.5
+    assert fast.model.acked_silence_weight() == 1.0
+    sends, _ = fast.sends_until_stalled(rate=1.0, still_acks=True)
+    assert sends <= 10
