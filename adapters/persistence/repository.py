@@ -231,6 +231,7 @@ class _InstanceSignal:
     checked_at: datetime | None = None
     event_at: datetime | None = None
 
+
 # The columns _instance_from_driver reads, by position; the stuck count joined from its counter row.
 _LIST_INSTANCES_PG = """
 SELECT i.id, i.name, i.plan, i.state, i.reason, i.phone_number, i.checked_at, i.last_event_at,
