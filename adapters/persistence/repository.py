@@ -1577,23 +1577,6 @@ def _event_row(
     }
 
 
-# Column order of pg_fast.APPLY_STATUSES' event arrays.
-_EVENT_COLUMNS = (
-    "id",
-    "dedupe_key",
-    "received_at",
-    "route",
-    "reason",
-    "instance_id",
-    "provider_message_id",
-    "status",
-    "parked",
-    "payload",
-    "headers",
-    "message_id",
-)
-
-
 def _inbound_change(
     event: ProviderEvent, event_id: str, payload: bytes, received_at: datetime
 ) -> change_log.Change | None:
