@@ -196,6 +196,12 @@ def _instance(row: Row[Any] | Any) -> InstanceRecord:
 
 _INSTANCE_COLUMNS = [c for c in instances.c if c.name not in ("token", "stall_ended_at")]
 
+# An event about a message this service sent: the same provider id on the same instance.
+_EVENT_OF_OUR_SEND = and_(
+    messages.c.provider_message_id == events.c.provider_message_id,
+    messages.c.instance_id == events.c.instance_id,
+)
+
 # The compare-and-set update of an instance transition (Repository._apply_instance_triggers).
 _CAS_INSTANCE = (
     update(instances)
@@ -1316,13 +1322,7 @@ class Repository:
         confirming = [MessageState.DELIVERED.value, MessageState.READ.value, MessageState.PLAYED.value]
         query = (
             select(events.c.received_at, messages.c.id, messages.c.recipient, messages.c.sent_at)
-            .join(
-                messages,
-                and_(
-                    messages.c.provider_message_id == events.c.provider_message_id,
-                    messages.c.instance_id == events.c.instance_id,
-                ),
-            )
+            .join(messages, _EVENT_OF_OUR_SEND)
             .where(
                 events.c.instance_id == instance_id,
                 events.c.received_at > after,
@@ -1349,13 +1349,7 @@ class Repository:
         sent = MessageState.SENT.value
         query = (
             select(events.c.received_at, messages.c.id, messages.c.sent_at)
-            .join(
-                messages,
-                and_(
-                    messages.c.provider_message_id == events.c.provider_message_id,
-                    messages.c.instance_id == events.c.instance_id,
-                ),
-            )
+            .join(messages, _EVENT_OF_OUR_SEND)
             .where(
                 events.c.instance_id == instance_id,
                 events.c.received_at > after,
