@@ -141,6 +141,16 @@ class Settings(BaseSettings):
     )
     webhook_timeout: float = Field(10.0, gt=0, le=120, description="Seconds a webhook receiver has to answer 2xx.")
     webhook_concurrency: int = Field(16, ge=1, le=1000, description="Outbound webhook posts in flight per replica.")
+    webhook_allow_private: bool = Field(
+        False,
+        description="Let webhook subscription URLs point at loopback, private and link-local addresses "
+        "(tests, single-host setups); refused by default.",
+        json_schema_extra={
+            "switch": "--webhook-allow-private",
+            "help": "allow subscription URLs on loopback/private/link-local addresses "
+            "[env WAPIGUARD_WEBHOOK_ALLOW_PRIVATE=true]",
+        },
+    )
     log_level: str = Field("INFO", description="Python log level.")
     log_format: str = Field("json", pattern="^(json|text)$", description="json (one object per line) or text.")
     public_url: str | None = Field(

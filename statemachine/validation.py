@@ -151,3 +151,75 @@ def validate_send(req: SendRequest) -> list[Violation]:
                 out.append(Violation("reaction.target_provider_message_id", "required"))
             _check_len("reaction.target_provider_message_id", target, MAX_PROVIDER_ID, out)
     return out
+
+
+# --- outbound webhook subscriptions ------------------------------------------------------------
+
+# Bounds of every list a filter or a subscription request carries (INVALID_ARGUMENT past them).
+MAX_INSTANCE_IDS = 1_000
+MAX_EVENT_TYPES = 32
+MAX_DELIVERY_IDS = 1_000
+MAX_SUBSCRIPTION_URL = 2000
+MAX_DESCRIPTION = 200
+MAX_SUBSCRIPTION_ID = 64
+MAX_PAGE_TOKEN = 2**63 - 1
+_CONTROL_RE = re.compile(r"[\x00-\x20\x7f]")
+_PAGE_TOKEN_RE = re.compile(r"[0-9]{1,19}")
+
+
+def validate_instance_filter(field: str, ids: list[str]) -> list[Violation]:
+    """A list of instance ids: at most MAX_INSTANCE_IDS, each a valid instance id."""
+    if len(ids) > MAX_INSTANCE_IDS:
+        return [Violation(field, f"at most {MAX_INSTANCE_IDS} instance ids (got {len(ids)})")]
+    for value in ids:
+        if problems := validate_instance_id(value.strip(), field):
+            return problems
+    return []
+
+
+def validate_subscription_id(field: str, value: str) -> list[Violation]:
+    if not value.strip():
+        return [Violation(field, "required")]
+    if len(value) > MAX_SUBSCRIPTION_ID or not _ID_RE.fullmatch(value.strip()):
+        return [Violation(field, "not a webhook subscription id")]
+    return []
+
+
+def parse_page_token(field: str, token: str) -> int | None:
+    """A deliveries page token (a positive decimal delivery id); None when empty. Raises ValueError."""
+    if not token:
+        return None
+    if not _PAGE_TOKEN_RE.fullmatch(token) or int(token) > MAX_PAGE_TOKEN:
+        raise ValueError(f"{field}: not a page token of this list")
+    return int(token)
+
+
+def validate_description(field: str, text: str) -> list[Violation]:
+    if len(text) > MAX_DESCRIPTION:
+        return [Violation(field, f"longer than {MAX_DESCRIPTION} characters")]
+    if "\x00" in text:
+        return [Violation(field, "must not contain NUL characters")]
+    return []
+
+
+def validate_subscription_url(field: str, url: str) -> list[Violation]:
+    """Syntax of a receiver URL: absolute http(s), a host, no credentials, no control characters.
+    Where it points (private, loopback, metadata addresses) is the outbound policy's decision."""
+    if not url:
+        return [Violation(field, "required")]
+    if len(url) > MAX_SUBSCRIPTION_URL:
+        return [Violation(field, f"longer than {MAX_SUBSCRIPTION_URL} characters")]
+    if _CONTROL_RE.search(url):
+        return [Violation(field, "must not contain spaces or control characters")]
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return [Violation(field, "not a valid URL")]
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return [Violation(field, "must be an absolute http(s) URL")]
+    if "@" in parts.netloc:
+        return [Violation(field, "must not contain credentials (user:password@); authenticate by the signature")]
+    if port == 0:
+        return [Violation(field, "port 0 is not a receiver port")]
+    return []

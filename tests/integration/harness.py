@@ -113,6 +113,8 @@ async def start_harness(database_url: str, provider: Any | None = None, **settin
         "probe_interval": 0,
         "shutdown_grace": 1.0,
         "log_format": "text",
+        # Receivers in tests listen on loopback: the production default refuses such targets.
+        "webhook_allow_private": True,
     }
     values.update(settings)
     provider = provider or ScriptedProvider()
