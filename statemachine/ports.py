@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeAlias, runtime_checkable
@@ -339,6 +339,10 @@ class SubscriptionRecord:
     created_at: datetime
     updated_at: datetime
     version: int
+    # Attempts cut at the webhook timeout, and attempts not made because the target was refused
+    # (a private/loopback address, a name that does not resolve, outside the creator's scope).
+    timeouts: int = 0
+    refused: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -385,6 +389,8 @@ class ClaimedAttempt:
     url: str
     secret: str
     body: str
+    instance_id: str = ""
+    owner: str = ""
 
 
 class SubscriptionStore(Protocol):
@@ -413,11 +419,20 @@ class SubscriptionStore(Protocol):
     async def enqueue(
         self, sub_id: str, *, expected_cursor: str, new_cursor: str, deliveries: Sequence[NewDelivery]
     ) -> bool: ...
-    async def claim_due(self, *, limit: int, lease: float) -> list[ClaimedAttempt]: ...
+    async def claim_due(
+        self, *, limit: int, lease: float, per_subscription: int | None = None, busy: Mapping[str, int] | None = None
+    ) -> list[ClaimedAttempt]: ...
     async def record_success(self, attempt: ClaimedAttempt, status_code: int) -> bool: ...
     async def record_failure(
-        self, attempt: ClaimedAttempt, *, status_code: int, error: str, retry_at: datetime | None
+        self,
+        attempt: ClaimedAttempt,
+        *,
+        status_code: int,
+        error: str,
+        retry_at: datetime | None,
+        kind: str = "",
     ) -> bool: ...
+    async def note_error(self, sub_id: str, error: str) -> None: ...
     async def next_due_at(self) -> datetime | None: ...
     async def list_deliveries(
         self, sub_id: str, *, states: Sequence[str] = (), limit: int = 100, before_id: int | None = None

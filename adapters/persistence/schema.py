@@ -239,6 +239,9 @@ webhook_subscriptions = Table(
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
     Column("version", Integer, nullable=False, server_default="1"),
+    # Attempts cut at the webhook timeout; attempts refused (target address or scope) (migration 0009).
+    Column("timeouts", BigInteger, nullable=False, server_default="0"),
+    Column("refused", BigInteger, nullable=False, server_default="0"),
 )
 
 webhook_deliveries = Table(

@@ -11,7 +11,8 @@ expires and the delivery is due again, with the same webhook-id.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -57,6 +58,8 @@ def _subscription(row: Row[Any]) -> SubscriptionRecord:
         created_at=row.created_at,
         updated_at=row.updated_at,
         version=row.version,
+        timeouts=row.timeouts,
+        refused=row.refused,
     )
 
 
@@ -246,42 +249,70 @@ class WebhookStore:
 
     # --- attempts ----------------------------------------------------------------------------
 
-    async def claim_due(self, *, limit: int, lease: float) -> list[ClaimedAttempt]:
+    async def claim_due(
+        self, *, limit: int, lease: float, per_subscription: int | None = None, busy: Mapping[str, int] | None = None
+    ) -> list[ClaimedAttempt]:
+        """Claims up to `limit` due deliveries; with `per_subscription`, no subscription ends up with
+        more than that many in flight, counting the `busy` ones the sender already has (its share
+        of the sending slots): a subscription at its share is not even looked at."""
+        busy = busy or {}
+        exclude = [sub for sub, n in busy.items() if per_subscription is not None and n >= per_subscription]
         now = utcnow()
         d, s = webhook_deliveries.c, webhook_subscriptions.c
+        window = limit if per_subscription is None else limit * 4
         due = (
-            select(d.id)
+            select(d.id, d.subscription_id)
             .join(webhook_subscriptions, s.id == d.subscription_id)
             .where(d.state == PENDING, d.next_attempt_at <= now, s.enabled.is_(True))
             .order_by(d.next_attempt_at, d.id)
-            .limit(limit)
+            .limit(window)
         )
+        if exclude:
+            due = due.where(d.subscription_id.not_in(list(exclude)))
         if self._postgres:
             due = due.with_for_update(of=webhook_deliveries, skip_locked=True)
         async with self.engine.begin() as conn:
+            candidates = (await conn.execute(due)).all()
+            taken: Counter[str] = Counter(busy)
+            picked: list[int] = []
+            for row in candidates:
+                if len(picked) >= limit:
+                    break
+                if per_subscription is not None and taken[row.subscription_id] >= per_subscription:
+                    continue
+                taken[row.subscription_id] += 1
+                picked.append(row.id)
+            if not picked:
+                return []
             claimed = (
                 await conn.execute(
                     update(webhook_deliveries)
-                    .where(d.id.in_(due.scalar_subquery()))
+                    .where(d.id.in_(picked))
                     .values(attempts=d.attempts + 1, next_attempt_at=now + timedelta(seconds=lease))
-                    .returning(d.id, d.subscription_id, d.event_id, d.attempts, d.body)
+                    .returning(d.id, d.subscription_id, d.event_id, d.attempts, d.body, d.instance_id)
                 )
             ).all()
             if not claimed:
                 return []
             subs = {
-                r.id: (r.url, r.secret)
+                r.id: (r.url, r.secret, r.owner)
                 for r in (
                     await conn.execute(
-                        select(s.id, s.url, s.secret).where(s.id.in_({row.subscription_id for row in claimed}))
+                        select(s.id, s.url, s.secret, s.owner).where(s.id.in_({row.subscription_id for row in claimed}))
                     )
                 ).all()
             }
-        return [
-            ClaimedAttempt(r.id, r.subscription_id, r.event_id, r.attempts, *subs[r.subscription_id], r.body)
-            for r in sorted(claimed, key=lambda row: row.id)
-            if r.subscription_id in subs
-        ]
+        out = []
+        for r in sorted(claimed, key=lambda row: row.id):
+            if r.subscription_id not in subs:
+                continue
+            url, secret, owner = subs[r.subscription_id]
+            out.append(
+                ClaimedAttempt(
+                    r.id, r.subscription_id, r.event_id, r.attempts, url, secret, r.body, r.instance_id, owner
+                )
+            )
+        return out
 
     async def record_success(self, attempt: ClaimedAttempt, status_code: int) -> bool:
         now = utcnow()
@@ -302,9 +333,16 @@ class WebhookStore:
         return True
 
     async def record_failure(
-        self, attempt: ClaimedAttempt, *, status_code: int, error: str, retry_at: datetime | None
+        self,
+        attempt: ClaimedAttempt,
+        *,
+        status_code: int,
+        error: str,
+        retry_at: datetime | None,
+        kind: str = "",
     ) -> bool:
-        """`retry_at` None: the schedule is used up, the delivery is kept as exhausted."""
+        """`retry_at` None: the schedule is used up, the delivery is kept as exhausted. `kind`
+        "timeout" or "refused" also counts the attempt in the subscription's health."""
         now = utcnow()
         d, s = webhook_deliveries.c, webhook_subscriptions.c
         values: dict[str, Any] = {"last_status_code": status_code, "last_error": error[:500]}
@@ -328,9 +366,22 @@ class WebhookStore:
                     failed_attempts=s.failed_attempts + 1,
                     last_error=error[:500],
                     last_failure_at=now,
+                    **({"timeouts": s.timeouts + 1} if kind == "timeout" else {}),
+                    **({"refused": s.refused + 1} if kind == "refused" else {}),
                 )
             )
         return True
+
+    async def note_error(self, sub_id: str, error: str) -> None:
+        """A failure that is no attempt (the fan-out of this subscription failed): shown as its last
+        error, bounded."""
+        s = webhook_subscriptions.c
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(webhook_subscriptions)
+                .where(s.id == sub_id)
+                .values(last_error=error[:500], last_failure_at=utcnow())
+            )
 
     async def next_due_at(self) -> datetime | None:
         d, s = webhook_deliveries.c, webhook_subscriptions.c

@@ -724,6 +724,8 @@ class WebhookSubscriptionStats(_message.Message):
     LAST_SUCCESS_AT_FIELD_NUMBER: _builtins.int
     LAST_FAILURE_AT_FIELD_NUMBER: _builtins.int
     LAG_SECONDS_FIELD_NUMBER: _builtins.int
+    TIMEOUTS_FIELD_NUMBER: _builtins.int
+    REFUSED_FIELD_NUMBER: _builtins.int
     pending: _builtins.int
     exhausted: _builtins.int
     succeeded: _builtins.int
@@ -733,6 +735,12 @@ class WebhookSubscriptionStats(_message.Message):
     last_error: _builtins.str
     lag_seconds: _builtins.float
     """Age of the oldest pending delivery's event, in seconds (0 when nothing is pending)."""
+    timeouts: _builtins.int
+    """Attempts cut at the webhook timeout (the whole attempt is bounded, body included)."""
+    refused: _builtins.int
+    """Attempts not made: the receiver's address was refused (private/loopback/link-local, or a name
+    that does not resolve), or the event's instance is outside the creator's token scope.
+    """
     @_builtins.property
     def last_success_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -749,10 +757,12 @@ class WebhookSubscriptionStats(_message.Message):
         last_success_at: _timestamp_pb2.Timestamp | None = ...,
         last_failure_at: _timestamp_pb2.Timestamp | None = ...,
         lag_seconds: _builtins.float = ...,
+        timeouts: _builtins.int = ...,
+        refused: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_failure_at", b"last_failure_at", "last_success_at", b"last_success_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["consecutive_failures", b"consecutive_failures", "exhausted", b"exhausted", "failed_attempts", b"failed_attempts", "lag_seconds", b"lag_seconds", "last_error", b"last_error", "last_failure_at", b"last_failure_at", "last_success_at", b"last_success_at", "pending", b"pending", "succeeded", b"succeeded"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consecutive_failures", b"consecutive_failures", "exhausted", b"exhausted", "failed_attempts", b"failed_attempts", "lag_seconds", b"lag_seconds", "last_error", b"last_error", "last_failure_at", b"last_failure_at", "last_success_at", b"last_success_at", "pending", b"pending", "refused", b"refused", "succeeded", b"succeeded", "timeouts", b"timeouts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
