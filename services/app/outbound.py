@@ -7,6 +7,18 @@ sender claims due deliveries (SKIP LOCKED + attempt-number claim, see webhook_st
 posts them. Signing is the `standardwebhooks` library's (v1 HMAC-SHA256 over id.timestamp.body).
 The body is the same bytes on every attempt; the webhook-id is the event id; the timestamp is
 the attempt's own (receivers reject stale timestamps).
+
+Under attack (a receiver that answers slowly, a huge filter, a target on a private network):
+- `timeout` bounds a whole attempt (resolve, connect, send, headers, body), and the claim's lease
+  is derived from it with margin, so an attempt never outlives its lease: no webhook-id is ever
+  in two attempts at once;
+- one subscription holds at most its fair share of the sending slots (concurrency ÷ enabled
+  subscriptions, at least one), so a slow receiver never delays another's deliveries;
+- the fan-out of each subscription is isolated: one that fails never stops the others;
+- the receiver's address is resolved and checked at every attempt, and the post goes to the
+  checked address (subscriptions.py); a subscription reaches only its creator's scope;
+- repeated failures are logged once per interval per subscription, bounded in size, and counted
+  in metrics and in the subscription's health.
 """
 
 from __future__ import annotations
@@ -30,9 +42,12 @@ from standardwebhooks.webhooks import Webhook
 
 from adapters.runtime import cancel_and_wait
 from services.app.events import ChangeFeed
+from services.app.subscriptions import RefusedTarget, Scopes, delivery_target
 from services.observability.logs import register_secret
+from services.observability.metrics import Metrics
 from statemachine.changes import ChangeCursor, ChangeKind, ChangeRecord, InvalidCursor
 from statemachine.ports import ChangeLog, ClaimedAttempt, NewDelivery, SubscriptionRecord, SubscriptionStore
+from statemachine.validation import MAX_INSTANCE_IDS
 
 log = logging.getLogger("wapi_guard.outbound")
 
@@ -41,6 +56,40 @@ log = logging.getLogger("wapi_guard.outbound")
 DEFAULT_SCHEDULE = (5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 43200.0)
 MAX_RETRY_AFTER = 86400.0
 GONE = 410
+# A repeated failure of one subscription is logged at most once per this many seconds.
+LOG_INTERVAL = 60.0
+MAX_LOGGED_ERROR = 300
+OUT_OF_SCOPE = "refused: the event's instance is outside the subscription creator's token scope"
+
+
+def short_error(error: BaseException) -> str:
+    """An exception as one bounded line (a failing query with 40,000 parameters is not logged whole)."""
+    text = " ".join(str(error).split())
+    if len(text) > MAX_LOGGED_ERROR:
+        text = text[: MAX_LOGGED_ERROR - 1] + "…"
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+class Throttle:
+    """Allows one log line per (kind, key) per interval; counts what it held back."""
+
+    def __init__(self, interval: float = LOG_INTERVAL, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self.clock = clock
+        self._last: dict[tuple[str, str], float] = {}
+        self._held: dict[tuple[str, str], int] = {}
+
+    def allow(self, kind: str, key: str) -> int | None:
+        """None: hold this one back. Otherwise how many were held back since the last one logged."""
+        now = self.clock()
+        last = self._last.get((kind, key))
+        if last is not None and now - last < self.interval:
+            self._held[(kind, key)] = self._held.get((kind, key), 0) + 1
+            return None
+        if len(self._last) > 10_000:  # bounded: forget the oldest keys
+            self._last.clear()
+        self._last[(kind, key)] = now
+        return self._held.pop((kind, key), 0)
 
 
 def new_secret() -> str:
@@ -81,6 +130,22 @@ class OutboundConfig:
     # Seconds between looks for due retries when nothing wakes the sender earlier.
     poll_interval: float = 1.0
     batch: int = 64
+    # Receivers on loopback/private/link-local addresses allowed (tests, single-host setups).
+    allow_private: bool = False
+
+    def __post_init__(self) -> None:
+        if not (self.timeout > 0 and self.timeout == self.timeout):
+            raise ValueError("webhook timeout must be a positive number of seconds")
+        if self.concurrency < 1:
+            raise ValueError("webhook concurrency must be at least 1")
+        if self.batch < 1:
+            raise ValueError("webhook batch must be at least 1")
+
+    @property
+    def lease(self) -> float:
+        """How long a claimed delivery is reserved for its attempt: the attempt is cut at `timeout`,
+        its outcome is recorded well within the rest, so the lease always outlives the attempt."""
+        return 2 * self.timeout + 30.0
 
 
 def next_delay(schedule: Sequence[float], attempt: int, jitter: float, retry_after: float | None) -> float | None:
@@ -105,6 +170,8 @@ class WebhookDispatcher:
         *,
         render: Callable[[ChangeRecord], dict[str, Any]],
         transport: httpx.AsyncBaseTransport | None = None,
+        scopes: Scopes | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.repo = repo
         self.store = store
@@ -122,8 +189,19 @@ class WebhookDispatcher:
         self._send_wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._inflight: set[asyncio.Task[None]] = set()
+        self.scopes = scopes or Scopes(None)
+        self.metrics = metrics
+        self.throttle = Throttle()
+        # Per subscription: attempts in flight on this replica (fair share of the slots), and the
+        # deliveries in flight (never two attempts of one webhook-id).
+        self._busy: dict[str, int] = {}
+        self._inflight_ids: set[int] = set()
+        self._enabled = 1
         self.attempts = 0
         self.failures = 0
+        self.timeouts = 0
+        self.refused = 0
+        self.fan_out_failures = 0
 
     async def start(self) -> None:
         self._tasks.append(asyncio.create_task(self._fan_out_forever(), name="webhook-fan-out"))
@@ -157,26 +235,57 @@ class WebhookDispatcher:
                 log.warning("webhook fan-out failed", exc_info=True)
 
     async def fan_out(self) -> int:
-        """Enqueues every new matching event for every enabled subscription; returns how many."""
+        """Enqueues every new matching event for every enabled subscription; returns how many.
+        Each subscription on its own: one that fails is logged (throttled) and skipped."""
         added = 0
-        for sub in await self.store.list_subscriptions(enabled_only=True):
-            added += await self._fan_out_one(sub)
+        subs = await self.store.list_subscriptions(enabled_only=True)
+        self._enabled = max(1, len(subs))
+        for sub in subs:
+            try:
+                added += await self._fan_out_one(sub)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                await self._fan_out_failed(sub, error)
         return added
+
+    async def _fan_out_failed(self, sub: SubscriptionRecord, error: Exception) -> None:
+        self.fan_out_failures += 1
+        if self.metrics is not None:
+            self.metrics.webhook_fan_out_failures.add(1, {"subscription": sub.id})
+        held = self.throttle.allow("fan-out", sub.id)
+        if held is None:
+            return
+        reason = short_error(error)
+        log.warning(
+            "webhook fan-out failed for subscription %s (isolated: the others go on): %s%s",
+            sub.id,
+            reason,
+            f" [{held} more since the last report]" if held else "",
+            extra={"subscription": sub.id},
+        )
+        with contextlib.suppress(Exception):
+            await self.store.note_error(sub.id, f"fan-out failed: {reason}")
 
     async def _fan_out_one(self, sub: SubscriptionRecord) -> int:
         try:
             cursor = ChangeCursor.decode(sub.cursor)
         except InvalidCursor:
-            log.error("subscription %s has an unreadable cursor", sub.id)
-            return 0
+            raise ValueError("the subscription's cursor is unreadable") from None
         kinds = [ChangeKind(k) for k in sub.event_types] or None
-        instance_ids = sub.instance_ids or None
+        reach = self.scopes.reach(sub)
+        if reach is not None and not reach:
+            return 0  # its creator's scope holds none of its instances: it receives nothing
+        # A filter past the request bound (stored before it existed) is applied here, not in SQL.
+        in_sql = reach if reach is None or len(reach) <= MAX_INSTANCE_IDS else None
+        wanted = None if in_sql is not None or reach is None else frozenset(reach)
         added = 0
         expected = sub.cursor
         for _ in range(100):  # bounded per round; the next wake-up continues
-            page = await self.repo.read_changes(cursor, limit=200, instance_ids=instance_ids, kinds=kinds)
+            page = await self.repo.read_changes(cursor, limit=200, instance_ids=in_sql, kinds=kinds)
             if page.cursor <= cursor and not page.changes:
                 return added
+            changes = [c for c in page.changes if wanted is None or c.instance_id in wanted]
             deliveries = [
                 NewDelivery(
                     event_id=change.event_id,
@@ -193,7 +302,7 @@ class WebhookDispatcher:
                         ensure_ascii=False,
                     ),
                 )
-                for change in page.changes
+                for change in changes
             ]
             new_cursor = page.cursor.encode()
             if not await self.store.enqueue(
@@ -228,28 +337,83 @@ class WebhookDispatcher:
                 await asyncio.wait_for(self._send_wake.wait(), timeout)
             self._send_wake.clear()
 
+    @property
+    def share(self) -> int:
+        """Slots one subscription may hold: its fair share (at least one)."""
+        return max(1, self.config.concurrency // self._enabled)
+
     async def send_due(self) -> int:
-        """Claims what is due (as many as there are free slots) and starts posting it."""
-        free = max(1, min(self.config.batch, self._gate._value))
-        lease = self.config.timeout + 30.0
-        claimed = await self.store.claim_due(limit=free, lease=lease)
+        """Claims what is due (as many as there are free slots, each subscription within its
+        share) and starts posting it."""
+        free = min(self.config.batch, self._gate._value)
+        if free <= 0:
+            await self._gate.acquire()  # wait for a slot rather than claim what cannot start
+            self._gate.release()
+            free = min(self.config.batch, self._gate._value)
+        if free <= 0:
+            return 0
+        share = self.share
+        claimed = await self.store.claim_due(
+            limit=free, lease=self.config.lease, per_subscription=share, busy=dict(self._busy)
+        )
+        started = 0
         for attempt in claimed:
+            if attempt.delivery_id in self._inflight_ids:
+                continue  # its earlier attempt is still open here: never two at once
+            if self._busy.get(attempt.subscription_id, 0) >= share:
+                continue  # due again after the lease; the share is kept
             await self._gate.acquire()
+            self._busy[attempt.subscription_id] = self._busy.get(attempt.subscription_id, 0) + 1
+            self._inflight_ids.add(attempt.delivery_id)
             task = asyncio.create_task(self._attempt(attempt))
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
-        return len(claimed)
+            started += 1
+        return started
 
     async def _attempt(self, attempt: ClaimedAttempt) -> None:
         try:
             await self.deliver(attempt)
-        except Exception:
-            log.warning("webhook attempt bookkeeping failed", exc_info=True)
+        except Exception as error:
+            log.warning("webhook attempt bookkeeping failed: %s", short_error(error))
         finally:
+            self._inflight_ids.discard(attempt.delivery_id)
+            left = self._busy.get(attempt.subscription_id, 1) - 1
+            if left > 0:
+                self._busy[attempt.subscription_id] = left
+            else:
+                self._busy.pop(attempt.subscription_id, None)
             self._gate.release()
+            self._send_wake.set()  # a slot is free: what waited for this share may go now
+
+    def _count(self, kind: str, attempt: ClaimedAttempt, message: str) -> None:
+        if kind == "timeout":
+            self.timeouts += 1
+            if self.metrics is not None:
+                self.metrics.webhook_timeouts.add(1, {"subscription": attempt.subscription_id})
+        elif kind == "refused":
+            self.refused += 1
+            if self.metrics is not None:
+                self.metrics.webhook_refused.add(1, {"subscription": attempt.subscription_id})
+        held = self.throttle.allow(kind, attempt.subscription_id)
+        if held is not None:
+            log.warning(
+                "webhook attempt %s for subscription %s (webhook-id %s): %s%s",
+                "timed out" if kind == "timeout" else "refused",
+                attempt.subscription_id,
+                attempt.event_id,
+                message,
+                f" [{held} more since the last report]" if held else "",
+                extra={"subscription": attempt.subscription_id},
+            )
 
     async def deliver(self, attempt: ClaimedAttempt) -> None:
         register_secret(attempt.secret)
+        if attempt.instance_id and not self.scopes.allows(attempt.owner, attempt.instance_id):
+            self.failures += 1
+            self._count("refused", attempt, OUT_OF_SCOPE)
+            await self.store.record_failure(attempt, status_code=0, error=OUT_OF_SCOPE, retry_at=None, kind="refused")
+            return
         now = datetime.now(UTC)
         signature = Webhook(attempt.secret).sign(attempt.event_id, now, attempt.body)
         headers = {
@@ -257,22 +421,40 @@ class WebhookDispatcher:
             "webhook-timestamp": str(int(now.timestamp())),
             "webhook-signature": signature,
         }
-        status, error, retry_after = 0, "", None
+        status, error, retry_after, kind = 0, "", None, ""
         started = time.monotonic()
         self.attempts += 1
         try:
-            response = await self._client.post(attempt.url, content=attempt.body.encode(), headers=headers)
+            # One bound for everything: resolving, connecting, sending, the headers and the whole
+            # body (httpx's own timeouts are per read: a receiver trickling a byte a second never
+            # trips them).
+            async with asyncio.timeout(self.config.timeout):
+                target = await delivery_target(attempt.url, allow_private=self.config.allow_private)
+                if target.host_header is not None:
+                    headers["host"] = target.host_header
+                response = await self._client.post(
+                    target.url,
+                    content=attempt.body.encode(),
+                    headers=headers,
+                    extensions={"sni_hostname": target.sni_hostname} if target.sni_hostname else None,
+                )
             status = response.status_code
             if 200 <= status < 300:
                 await self.store.record_success(attempt, status)
                 return
             error = f"HTTP {status}"
             retry_after = retry_after_seconds(response.headers.get("retry-after"), datetime.now(UTC))
-        except httpx.TimeoutException:
-            error = f"timeout after {time.monotonic() - started:.1f}s"
+        except (TimeoutError, httpx.TimeoutException):
+            kind = "timeout"
+            error = f"timeout after {time.monotonic() - started:.1f}s (limit {self.config.timeout:g}s)"
+        except RefusedTarget as refused:
+            kind = "refused"
+            error = f"refused target: {refused}"
         except httpx.HTTPError as exc:
             error = f"{type(exc).__name__}: connection failed"
         self.failures += 1
+        if kind:
+            self._count(kind, attempt, error)
         if status == GONE:
             # The receiver says it is gone for good: stop sending; the delivery stays pending
             # and goes out if the subscription is enabled again.
@@ -287,7 +469,7 @@ class WebhookDispatcher:
             return
         delay = next_delay(self.config.retry_schedule, attempt.attempt, self.config.jitter, retry_after)
         retry_at = None if delay is None else datetime.now(UTC) + timedelta(seconds=delay)
-        await self.store.record_failure(attempt, status_code=status, error=error, retry_at=retry_at)
+        await self.store.record_failure(attempt, status_code=status, error=error, retry_at=retry_at, kind=kind)
         if retry_at is not None and delay is not None and delay < self.config.poll_interval:
             loop = asyncio.get_running_loop()
             loop.call_later(delay, self._send_wake.set)

@@ -47,7 +47,7 @@ def add_webhook_commands(sub: argparse._SubParsersAction, kwargs: dict[str, Any]
     hooks.add_argument("--limit", type=int, default=20, help="deliveries: at most N [default 20]")
 
 
-def _ago(ctx: Context, value: Any, field: str) -> str:
+def _ago(ctx: Context | None, value: Any, field: str) -> str:
     if not value.HasField(field):
         return "-"
     at: datetime = getattr(value, field).ToDatetime(tzinfo=UTC)
@@ -70,6 +70,9 @@ def subscription_dict(s: Any) -> dict[str, Any]:
         "failed_attempts": s.stats.failed_attempts,
         "lag_seconds": round(s.stats.lag_seconds, 3),
         "last_error": s.stats.last_error,
+        "timeouts": s.stats.timeouts,
+        "refused": s.stats.refused,
+        "last_failure_at": _ago(None, s.stats, "last_failure_at"),
         **({"secret": s.secret} if s.secret else {}),
     }
 
@@ -163,7 +166,7 @@ async def cmd_webhooks(ctx: Context) -> int:
     if not subs:
         ctx.print("no webhook subscriptions")
         return 0
-    headers = ["id", "url", "enabled", "pending", "lag", "failures", "last error"]
+    headers = ["id", "url", "enabled", "pending", "lag", "failures", "timeouts", "refused", "last error"]
     cells = [
         [
             s["id"],
@@ -172,6 +175,8 @@ async def cmd_webhooks(ctx: Context) -> int:
             str(s["pending"]),
             f"{s['lag_seconds']:.1f}s",
             str(s["consecutive_failures"]),
+            str(s["timeouts"]),
+            str(s["refused"]),
             s["last_error"] or "-",
         ]
         for s in subs

@@ -38,6 +38,7 @@ from aiohttp import web
 from services.app.gateway import Gateway
 from services.app.principals import ANONYMOUS, Principal, match_token, parse_tokens
 from services.app.recovery import Recovery
+from services.app.subscriptions import display_url, visible
 from services.config import Settings
 from services.http.status_actions import Csrf, StatusActions, add_action_routes, instance_actions, message_actions
 from services.i18n import (
@@ -115,9 +116,7 @@ async def _webhooks(
     """Subscriptions a viewer may see (a scoped token: its own), with lag and failures."""
     if subscriptions is None:
         return []
-    subs = [
-        s for s in await subscriptions.list_subscriptions() if principal.instances is None or s.owner == principal.name
-    ]
+    subs = [s for s in await subscriptions.list_subscriptions() if visible(principal, s)]
     stats = await subscriptions.stats([s.id for s in subs])
     return [(s, stats.get(s.id)) for s in subs]
 
@@ -246,14 +245,17 @@ def snapshot_json(snap: Snapshot, lang: str) -> dict[str, Any]:
         "webhooks": [
             {
                 "id": sub.id,
-                "url": sub.url,
+                "url": display_url(sub.url),
                 "enabled": sub.enabled,
                 "disabled_reason": sub.disabled_reason or None,
                 "pending": stats.pending if stats else 0,
                 "exhausted": stats.exhausted if stats else 0,
                 "lag_seconds": _lag(stats, now),
                 "consecutive_failures": sub.consecutive_failures,
+                "timeouts": sub.timeouts,
+                "refused": sub.refused,
                 "last_error": sub.last_error or None,
+                "last_failure_at": iso(sub.last_failure_at) if sub.last_failure_at else None,
             }
             for sub, stats in snap.webhooks
         ],
@@ -269,7 +271,7 @@ def _lag(stats: SubscriptionStats | None, now: datetime) -> float:
 def render_webhooks(snap: Snapshot, lang: str) -> str:
     if not snap.webhooks:
         return f'<p class="empty">{_e(_t(lang, "no_webhooks"))}</p>'
-    keys = ("w_url", "w_enabled", "w_pending", "w_lag", "w_failures", "w_last_error")
+    keys = ("w_url", "w_enabled", "w_pending", "w_lag", "w_failures", "w_timeouts", "w_refused", "w_last_error")
     head = "".join(f"<th>{_e(_t(lang, k))}</th>" for k in keys)
     rows = []
     for sub, stats in snap.webhooks:
@@ -277,10 +279,11 @@ def render_webhooks(snap: Snapshot, lang: str) -> str:
         tone = "green" if sub.enabled and not sub.consecutive_failures else ("red" if not sub.enabled else "yellow")
         rows.append(
             f'<tr data-subscription-id="{_e(sub.id)}">'
-            f"<td>{_e(sub.url)}</td><td>{_badge(enabled, tone)}</td>"
+            f"<td>{_e(display_url(sub.url))}</td><td>{_badge(enabled, tone)}</td>"
             f"<td>{stats.pending if stats else 0}</td>"
             f"<td>{_e(duration(_lag(stats, snap.generated_at), lang))}</td>"
-            f"<td>{sub.consecutive_failures}</td><td>{_e(sub.last_error or '—')}</td></tr>"
+            f"<td>{sub.consecutive_failures}</td><td>{sub.timeouts}</td><td>{sub.refused}</td>"
+            f"<td>{_e(sub.last_error or '—')}</td></tr>"
         )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 

@@ -50,6 +50,9 @@ class Metrics:
     stuck_alerts: FastCounter = field(init=False)
     state_changes: FastCounter = field(init=False)
     pruned: FastCounter = field(init=False)
+    webhook_timeouts: FastCounter = field(init=False)
+    webhook_refused: FastCounter = field(init=False)
+    webhook_fan_out_failures: FastCounter = field(init=False)
     prune_duration: Histogram = field(init=False)
     gauges: dict[str, Callable[[], Iterable[tuple[float, dict[str, str]]]]] = field(default_factory=dict)
 
@@ -67,6 +70,17 @@ class Metrics:
         self.stuck_alerts = FastCounter(m, "wapiguard.messages.stuck.alerts", "Stuck-message alerts")
         self.state_changes = FastCounter(m, "wapiguard.instance.state_changes", "Instance changes")
         self.pruned = FastCounter(m, "wapiguard.retention.pruned", "Rows deleted by retention, by table")
+        self.webhook_timeouts = FastCounter(
+            m, "wapiguard.webhooks.timeouts", "Outbound webhook attempts cut at --webhook-timeout, per subscription"
+        )
+        self.webhook_refused = FastCounter(
+            m,
+            "wapiguard.webhooks.refused",
+            "Outbound webhook attempts not made: target address refused or outside the creator's scope",
+        )
+        self.webhook_fan_out_failures = FastCounter(
+            m, "wapiguard.webhooks.fan_out_failures", "Failed fan-out rounds of one subscription (isolated)"
+        )
         self.prune_duration = m.create_histogram(
             "wapiguard.retention.duration", unit="s", description="Duration of one retention run"
         )

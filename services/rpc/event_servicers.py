@@ -6,7 +6,6 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any, TypeAlias
-from urllib.parse import urlsplit
 
 import grpc
 
@@ -14,6 +13,7 @@ from services.api.wapiguard.v1 import events_pb2, events_pb2_grpc
 from services.app.events import ChangeFeed, SlowSubscriber, follow
 from services.app.outbound import WebhookDispatcher, new_secret
 from services.app.principals import PermissionDenied, current_principal
+from services.app.subscriptions import check_resolved, check_url_target, creation_filter, display_url, visible
 from services.observability.logs import register_secret
 from services.rpc.errors import abort, build_status, grpc_errors, locale_of, status_for
 from services.rpc.event_mapping import TYPE_FROM_PB, TYPE_TO_PB, event_pb
@@ -28,7 +28,16 @@ from statemachine.ports import (
     SubscriptionStats,
     SubscriptionStore,
 )
-from statemachine.validation import Violation
+from statemachine.validation import (
+    MAX_DELIVERY_IDS,
+    MAX_EVENT_TYPES,
+    Violation,
+    parse_page_token,
+    validate_description,
+    validate_instance_filter,
+    validate_subscription_id,
+    validate_subscription_url,
+)
 
 Ctx: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 MAX_PAGE = 1000
@@ -195,13 +204,28 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
 # --- webhook subscriptions -------------------------------------------------------------------
 
 
-def _validate_url(url: str) -> list[Violation]:
-    parts = urlsplit(url.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return [Violation("url", "must be an absolute http(s) URL")]
-    if len(url) > 2000:
-        return [Violation("url", "longer than 2000 characters")]
-    return []
+async def _check_url(url: str, *, allow_private: bool) -> None:
+    """Syntax, then (unless private targets are allowed) where the URL points, literally and as
+    its name resolves now. Raises InvalidRequest; the URL itself is never echoed back."""
+    violations = validate_subscription_url("url", url)
+    if not violations and not allow_private:
+        violations = check_url_target("url", url) or await check_resolved("url", url)
+    if violations:
+        raise InvalidRequest(violations)
+
+
+def _check_lists(instance_ids: Any, types: Any) -> None:
+    violations = validate_instance_filter("instance_ids", list(instance_ids))
+    if len(types) > MAX_EVENT_TYPES:
+        violations.append(Violation("types", f"at most {MAX_EVENT_TYPES} event types"))
+    if violations:
+        raise InvalidRequest(violations)
+
+
+def _check_id(field: str, value: str) -> str:
+    if violations := validate_subscription_id(field, value):
+        raise InvalidRequest(violations)
+    return value.strip()
 
 
 def subscription_pb(
@@ -210,7 +234,7 @@ def subscription_pb(
     now = utcnow()
     out = events_pb2.WebhookSubscription(
         id=sub.id,
-        url=sub.url,
+        url=display_url(sub.url),
         types=[TYPE_TO_PB[ChangeKind(k)] for k in sub.event_types],  # type: ignore[misc]
         instance_ids=sub.instance_ids,
         enabled=sub.enabled,
@@ -226,6 +250,8 @@ def subscription_pb(
             last_error=sub.last_error,
             last_success_at=ts(sub.last_success_at),
             last_failure_at=ts(sub.last_failure_at),
+            timeouts=sub.timeouts,
+            refused=sub.refused,
         ),
     )
     if stats is not None:
@@ -254,16 +280,23 @@ def delivery_pb(d: DeliveryRecord) -> events_pb2.WebhookDelivery:
 
 
 class WebhookSubscriptionServicer(events_pb2_grpc.WebhookSubscriptionServiceServicer):
-    def __init__(self, repo: ChangeLog, store: SubscriptionStore, dispatcher: WebhookDispatcher | None) -> None:
+    def __init__(
+        self,
+        repo: ChangeLog,
+        store: SubscriptionStore,
+        dispatcher: WebhookDispatcher | None,
+        *,
+        allow_private: bool = False,
+    ) -> None:
         self.repo = repo
         self.store = store
         self.dispatcher = dispatcher
+        self.allow_private = allow_private
 
-    async def _owned(self, sub_id: str) -> SubscriptionRecord:
-        sub = await self.store.get_subscription(sub_id.strip()) if sub_id.strip() else None
-        principal = current_principal.get()
-        if sub is None or (principal.instances is not None and sub.owner != principal.name):
-            raise InvalidRequest([Violation("id", "no such webhook subscription")])
+    async def _owned(self, sub_id: str, field: str = "id") -> SubscriptionRecord:
+        sub = await self.store.get_subscription(_check_id(field, sub_id))
+        if sub is None or not visible(current_principal.get(), sub):
+            raise InvalidRequest([Violation(field, "no such webhook subscription")])
         return sub
 
     async def _with_stats(
@@ -276,13 +309,12 @@ class WebhookSubscriptionServicer(events_pb2_grpc.WebhookSubscriptionServiceServ
     async def CreateWebhookSubscription(
         self, request: events_pb2.CreateWebhookSubscriptionRequest, context: Ctx
     ) -> events_pb2.WebhookSubscription:
-        violations = _validate_url(request.url)
-        if len(request.description) > 200:
-            violations.append(Violation("description", "longer than 200 characters"))
-        if violations:
+        if violations := validate_description("description", request.description):
             raise InvalidRequest(violations)
+        _check_lists(request.instance_ids, request.types)
+        await _check_url(request.url, allow_private=self.allow_private)
         kinds = _kinds("types", request.types) or []
-        instance_ids = scoped_instances("instance_ids", request.instance_ids) or []
+        instance_ids = creation_filter(request.instance_ids, current_principal.get())
         if request.start_cursor:
             cursor = _decode("start_cursor", request.start_cursor)
             oldest = await self.repo.oldest_change_cursor()
@@ -315,9 +347,7 @@ class WebhookSubscriptionServicer(events_pb2_grpc.WebhookSubscriptionServiceServ
         self, request: events_pb2.ListWebhookSubscriptionsRequest, context: Ctx
     ) -> events_pb2.ListWebhookSubscriptionsResponse:
         principal = current_principal.get()
-        subs = [
-            s for s in await self.store.list_subscriptions() if principal.instances is None or s.owner == principal.name
-        ]
+        subs = [s for s in await self.store.list_subscriptions() if visible(principal, s)]
         stats = await self.store.stats([s.id for s in subs])
         return events_pb2.ListWebhookSubscriptionsResponse(
             subscriptions=[subscription_pb(s, stats.get(s.id)) for s in subs]
@@ -327,23 +357,23 @@ class WebhookSubscriptionServicer(events_pb2_grpc.WebhookSubscriptionServiceServ
     async def UpdateWebhookSubscription(
         self, request: events_pb2.UpdateWebhookSubscriptionRequest, context: Ctx
     ) -> events_pb2.WebhookSubscription:
-        sub = await self._owned(request.id)
+        _check_id("id", request.id)
+        _check_lists(request.instance_ids, request.types)
+        if request.HasField("description") and (violations := validate_description("description", request.description)):
+            raise InvalidRequest(violations)
         changes: dict[str, Any] = {}
         if request.HasField("url"):
-            violations = _validate_url(request.url)
-            if violations:
-                raise InvalidRequest(violations)
-            changes["url"] = request.url.strip()
+            await _check_url(request.url, allow_private=self.allow_private)
+            changes["url"] = request.url
         if request.set_types:
             changes["event_types"] = [k.value for k in (_kinds("types", request.types) or [])]
         if request.set_instance_ids:
-            changes["instance_ids"] = scoped_instances("instance_ids", request.instance_ids) or []
+            changes["instance_ids"] = creation_filter(request.instance_ids, current_principal.get())
         if request.HasField("enabled"):
             changes["enabled"] = request.enabled
         if request.HasField("description"):
-            if len(request.description) > 200:
-                raise InvalidRequest([Violation("description", "longer than 200 characters")])
             changes["description"] = request.description
+        sub = await self._owned(request.id)
         updated = await self.store.update_subscription(sub.id, **changes)
         if updated is None:
             raise InvalidRequest([Violation("id", "no such webhook subscription")])
@@ -374,16 +404,18 @@ class WebhookSubscriptionServicer(events_pb2_grpc.WebhookSubscriptionServiceServ
     async def ListWebhookDeliveries(
         self, request: events_pb2.ListWebhookDeliveriesRequest, context: Ctx
     ) -> events_pb2.ListWebhookDeliveriesResponse:
-        sub = await self._owned(request.subscription_id)
+        _check_id("subscription_id", request.subscription_id)
         if request.page_size < 0 or request.page_size > MAX_PAGE:
             raise InvalidRequest([Violation("page_size", f"must be between 0 and {MAX_PAGE}")])
         size = request.page_size or DEFAULT_PAGE
+        if len(request.states) > len(_STATE_FROM_PB):
+            raise InvalidRequest([Violation("states", f"at most {len(_STATE_FROM_PB)} states")])
         states = [_STATE_FROM_PB[s] for s in request.states if s in _STATE_FROM_PB]
-        before: int | None = None
-        if request.page_token:
-            if not request.page_token.isdigit():
-                raise InvalidRequest([Violation("page_token", "not a page token of this list")])
-            before = int(request.page_token)
+        try:
+            before = parse_page_token("page_token", request.page_token)
+        except ValueError:
+            raise InvalidRequest([Violation("page_token", "not a page token of this list")]) from None
+        sub = await self._owned(request.subscription_id, "subscription_id")
         rows = await self.store.list_deliveries(sub.id, states=states or DELIVERY_STATES, limit=size, before_id=before)
         token = str(rows[-1].id) if len(rows) == size else ""
         return events_pb2.ListWebhookDeliveriesResponse(
@@ -394,7 +426,13 @@ class WebhookSubscriptionServicer(events_pb2_grpc.WebhookSubscriptionServiceServ
     async def ReplayWebhookDeliveries(
         self, request: events_pb2.ReplayWebhookDeliveriesRequest, context: Ctx
     ) -> events_pb2.ReplayWebhookDeliveriesResponse:
-        sub = await self._owned(request.subscription_id)
+        _check_id("subscription_id", request.subscription_id)
+        if len(request.delivery_ids) > MAX_DELIVERY_IDS:
+            got = len(request.delivery_ids)
+            raise InvalidRequest([Violation("delivery_ids", f"at most {MAX_DELIVERY_IDS} ids per call (got {got})")])
+        if any(i <= 0 for i in request.delivery_ids):
+            raise InvalidRequest([Violation("delivery_ids", "delivery ids are positive numbers")])
+        sub = await self._owned(request.subscription_id, "subscription_id")
         replayed = await self.store.replay(sub.id, list(request.delivery_ids))
         if self.dispatcher is not None:
             self.dispatcher.wake()

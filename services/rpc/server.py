@@ -39,6 +39,7 @@ from services.app.gateway import Gateway, GatewayConfig
 from services.app.outbound import OutboundConfig, WebhookDispatcher, parse_schedule
 from services.app.principals import parse_tokens
 from services.app.recovery import Recovery, RecoveryConfig
+from services.app.subscriptions import Scopes
 from services.config import Settings
 from services.observability.logs import register_secret
 from services.observability.telemetry import Telemetry
@@ -122,6 +123,7 @@ def outbound_config(settings: Settings) -> OutboundConfig:
         retry_schedule=parse_schedule(settings.webhook_retry_schedule),
         timeout=settings.webhook_timeout,
         concurrency=settings.webhook_concurrency,
+        allow_private=settings.webhook_allow_private,
     )
 
 
@@ -229,6 +231,12 @@ class App:
             feed,
             outbound_config(settings),
             render=event_dict,
+            scopes=Scopes(
+                [p for p, _token in parse_tokens(settings.api_tokens.get_secret_value())]
+                if settings.api_tokens
+                else None
+            ),
+            metrics=telemetry.metrics,
         )
         await dispatcher.start()
         opened.append(dispatcher.aclose)
@@ -263,7 +271,7 @@ class App:
             target,
         )
         events_pb2_grpc.add_WebhookSubscriptionServiceServicer_to_server(
-            WebhookSubscriptionServicer(repo, store, dispatcher), target
+            WebhookSubscriptionServicer(repo, store, dispatcher, allow_private=settings.webhook_allow_private), target
         )
         health_servicer = health.aio.HealthServicer()
         # The servicer starts with the overall status SERVING: not until the database answers.
