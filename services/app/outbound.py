@@ -70,6 +70,10 @@ def short_error(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
+def _held(count: int) -> str:
+    return f" [{count} more since the last report]" if count else ""
+
+
 class Throttle:
     """Allows one log line per (kind, key) per interval; counts what it held back."""
 
@@ -231,8 +235,9 @@ class WebhookDispatcher:
                     self._send_wake.set()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.warning("webhook fan-out failed", exc_info=True)
+            except Exception as error:
+                if (held := self.throttle.allow("fan-out", "*")) is not None:
+                    log.warning("webhook fan-out failed: %s%s", short_error(error), _held(held))
 
     async def fan_out(self) -> int:
         """Enqueues every new matching event for every enabled subscription; returns how many.
@@ -261,7 +266,7 @@ class WebhookDispatcher:
             "webhook fan-out failed for subscription %s (isolated: the others go on): %s%s",
             sub.id,
             reason,
-            f" [{held} more since the last report]" if held else "",
+            _held(held),
             extra={"subscription": sub.id},
         )
         with contextlib.suppress(Exception):
@@ -323,8 +328,9 @@ class WebhookDispatcher:
                 claimed = await self.send_due()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.warning("webhook sender failed", exc_info=True)
+            except Exception as error:
+                if (held := self.throttle.allow("sender", "*")) is not None:
+                    log.warning("webhook sender failed: %s%s", short_error(error), _held(held))
                 claimed = 0
             if claimed:
                 continue
@@ -403,7 +409,7 @@ class WebhookDispatcher:
                 attempt.subscription_id,
                 attempt.event_id,
                 message,
-                f" [{held} more since the last report]" if held else "",
+                _held(held),
                 extra={"subscription": attempt.subscription_id},
             )
 

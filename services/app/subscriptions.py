@@ -33,6 +33,7 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _BLOCKED_NAMES = ("localhost", "metadata.google.internal", "metadata", "instance-data")
 _BLOCKED_SUFFIXES = (".localhost", ".local", ".internal")
 RESOLVE_TIMEOUT = 5.0
+CREATION_RESOLVE_TIMEOUT = 2.0
 
 
 # --- reach ------------------------------------------------------------------------------------
@@ -166,10 +167,10 @@ def check_url_target(field: str, url: str) -> list[Violation]:
     return []
 
 
-async def resolve(host: str, port: int) -> list[IPAddress]:
+async def resolve(host: str, port: int, timeout: float = RESOLVE_TIMEOUT) -> list[IPAddress]:
     loop = asyncio.get_running_loop()
     infos = await asyncio.wait_for(
-        loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP), RESOLVE_TIMEOUT
+        loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP), timeout
     )
     out: list[IPAddress] = []
     for _family, _type, _proto, _name, sockaddr in infos:
@@ -187,7 +188,9 @@ async def check_resolved(field: str, url: str) -> list[Violation]:
     if literal_address(host) is not None:
         return []
     try:
-        addresses = await resolve(host, parts.port or (443 if parts.scheme == "https" else 80))
+        addresses = await resolve(
+            host, parts.port or (443 if parts.scheme == "https" else 80), CREATION_RESOLVE_TIMEOUT
+        )
     except (OSError, TimeoutError, ValueError):
         return []
     for address in addresses:

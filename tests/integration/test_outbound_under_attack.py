@@ -19,6 +19,7 @@ from services.api.wapiguard.v1 import events_pb2, instance_health_pb2, webhook_p
 from statemachine.validation import MAX_INSTANCE_IDS
 from tests.integration.harness import Harness, rich_error, start_harness, stop_harness
 from tests.integration.test_outbound_webhooks import Receiver, received, subs, wait_until
+from tests.ui.conftest import cli
 
 TIMEOUT = 0.5
 
@@ -351,7 +352,7 @@ async def test_the_default_refuses_private_targets_and_credentials(database_url:
 async def test_a_private_target_is_refused_again_at_delivery(database_url: str, receiver: Receiver) -> None:
     """A URL stored before the policy, or a name that resolves to a private address by the time
     of the attempt (DNS rebinding): the attempt is not made, the delivery says why."""
-    h = await start_harness(database_url, webhook_allow_private=False, webhook_retry_schedule="30")
+    h = await start_harness(database_url, webhook_allow_private=False, webhook_retry_schedule="30", http_port=0)
     try:
         await h.register("INST-A")
         store = h.app.dispatcher.store  # type: ignore[union-attr]
@@ -383,5 +384,29 @@ async def test_a_private_target_is_refused_again_at_delivery(database_url: str, 
         got = await subs(h).GetWebhookSubscription(events_pb2.GetWebhookSubscriptionRequest(id="whsub_private"))
         assert got.stats.refused == 1
         assert "loopback" in got.stats.last_error
+        # Operators see it: the CLI's list and the status page show the refusal and its reason.
+        listed = await cli("subscriptions", "--json", "--server", f"127.0.0.1:{h.app.grpc_port}")
+        assert listed.returncode == 0, listed.stderr
+        (row,) = json.loads(listed.stdout)
+        assert row["refused"] == 1
+        assert row["last_error"].startswith("refused target")
+        table = await cli("subscriptions", "--server", f"127.0.0.1:{h.app.grpc_port}")
+        assert "refused" in table.stdout.splitlines()[0]
+        base = f"http://127.0.0.1:{h.app.http_port}"
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{base}/status/api/snapshot?lang=en") as response:
+                snapshot = await response.json()
+            async with session.get(f"{base}/status?lang=en") as response:
+                page = await response.text()
+            async with session.get(f"{base}/metrics") as response:
+                metrics = await response.text()
+        (shown,) = snapshot["webhooks"]
+        assert shown["refused"] == 1
+        assert shown["last_error"].startswith("refused target")
+        assert "Refused" in page
+        assert any(
+            line.startswith("wapiguard_webhooks_refused_total{") and 'subscription="whsub_private"' in line
+            for line in metrics.splitlines()
+        )
     finally:
         await stop_harness(h)

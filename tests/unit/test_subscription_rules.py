@@ -1,0 +1,156 @@
+"""The outbound webhook rules of services/app/subscriptions.py: reach, URL syntax and targets."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from services.app import subscriptions
+from services.app.principals import Principal
+from services.app.subscriptions import (
+    RefusedTarget,
+    ScopedToNothing,
+    Scopes,
+    check_url_target,
+    creation_filter,
+    delivery_target,
+    display_url,
+    literal_address,
+    reach,
+)
+from statemachine.validation import (
+    MAX_INSTANCE_IDS,
+    parse_page_token,
+    validate_instance_filter,
+    validate_subscription_url,
+)
+
+
+def test_reach_is_the_filter_within_the_scope() -> None:
+    assert reach([], None) is None  # unscoped, no filter: every instance
+    assert reach(["B", "A"], None) == ["A", "B"]
+    assert reach([], frozenset({"A"})) == ["A"]
+    assert reach(["A", "B"], frozenset({"A"})) == ["A"]
+    assert reach([], frozenset()) == []  # scoped to nothing: nothing, never "every instance"
+    assert reach(["A"], frozenset()) == []
+
+
+def test_creation_filter_of_a_token_scoped_to_nothing_is_refused() -> None:
+    with pytest.raises(ScopedToNothing):
+        creation_filter([], Principal("nothing", frozenset()))
+    assert creation_filter([], Principal("crm", frozenset({"A", "B"}))) == ["A", "B"]
+    assert creation_filter([], Principal("admin")) == []
+
+
+def test_scopes_of_owners_as_configured_now() -> None:
+    scopes = Scopes([Principal("admin"), Principal("crm", frozenset({"A"})), Principal("none", frozenset())])
+    assert scopes.of("admin") is None
+    assert scopes.allows("crm", "A")
+    assert not scopes.allows("crm", "B")
+    assert not scopes.allows("none", "A")
+    assert not scopes.allows("removed", "A")  # a token no longer configured reaches nothing
+    assert Scopes(None).allows("anyone", "A")  # open API
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://169.254.169.254/latest/meta-data/",
+        "http://127.0.0.1:5432/",
+        "http://10.0.0.1/",
+        "http://172.16.5.4/",
+        "http://192.168.0.1/",
+        "http://[::1]/",
+        "http://[fe80::1]/",
+        "http://[fd00::1]/",
+        "http://[::ffff:10.0.0.1]/",
+        "http://2130706433/",
+        "http://0x7f000001/",
+        "http://0177.0.0.1/",
+        "http://127.1/",
+        "http://0.0.0.0/",
+        "http://100.64.0.1/",
+        "http://localhost/",
+        "http://LOCALHOST./",
+        "http://api.localhost/",
+        "http://metadata.google.internal/",
+    ],
+)
+def test_private_loopback_and_metadata_targets_are_refused(url: str) -> None:
+    assert validate_subscription_url("url", url) == []
+    assert check_url_target("url", url), url
+
+
+@pytest.mark.parametrize(
+    "url", ["https://hooks.example.com/x", "http://93.184.216.34:8080/hook", "https://[2606:4700::1]/"]
+)
+def test_public_targets_pass(url: str) -> None:
+    assert validate_subscription_url("url", url) == []
+    assert check_url_target("url", url) == []
+
+
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        ("https://user:pw@hooks.example.com/", "credentials"),
+        ("https://token@hooks.example.com/", "credentials"),
+        ("https://hooks.example.com/\x00", "control"),
+        ("https://hooks.example.com/a b", "control"),
+        ("ftp://hooks.example.com/", "http(s)"),
+        ("https:///x", "http(s)"),
+        ("https://hooks.example.com:99999/", "not a valid URL"),
+        ("https://hooks.example.com/" + "a" * 2000, "longer"),
+    ],
+)
+def test_url_syntax(url: str, words: str) -> None:
+    (violation,) = validate_subscription_url("url", url)
+    assert violation.field == "url"
+    assert words in violation.description
+    assert "pw" not in violation.description
+
+
+def test_literal_address_forms() -> None:
+    assert literal_address("2130706433") == ipaddress.ip_address("127.0.0.1")
+    assert literal_address("[::1]") == ipaddress.ip_address("::1")
+    assert literal_address("hooks.example.com") is None
+
+
+async def test_delivery_checks_the_resolved_address_and_pins_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    answers = {"rebind.example.com": ["203.0.113.9"]}
+
+    async def fake_resolve(host: str, port: int, timeout: float = 5.0) -> list[subscriptions.IPAddress]:
+        return [ipaddress.ip_address(a) for a in answers[host]]
+
+    monkeypatch.setattr(subscriptions, "resolve", fake_resolve)
+    # 203.0.113.0/24 is documentation space (not global): refused like any non-public address.
+    with pytest.raises(RefusedTarget, match=r"rebind\.example\.com"):
+        await delivery_target("https://rebind.example.com/hook", allow_private=False)
+    answers["rebind.example.com"] = ["93.184.216.34"]
+    target = await delivery_target("https://rebind.example.com:8443/hook?x=1", allow_private=False)
+    assert target.url == "https://93.184.216.34:8443/hook?x=1"  # the checked address, not a new lookup
+    assert target.host_header == "rebind.example.com:8443"
+    assert target.sni_hostname == "rebind.example.com"
+    # The name now resolves to loopback (DNS rebinding): refused at this attempt.
+    answers["rebind.example.com"] = ["93.184.216.34", "127.0.0.1"]
+    with pytest.raises(RefusedTarget, match="loopback"):
+        await delivery_target("https://rebind.example.com/hook", allow_private=False)
+    # The switch: no check, the URL as it is.
+    allowed = await delivery_target("http://127.0.0.1:9/hook", allow_private=True)
+    assert allowed.url == "http://127.0.0.1:9/hook"
+
+
+def test_limits_and_page_tokens() -> None:
+    assert validate_instance_filter("instance_ids", ["A"] * MAX_INSTANCE_IDS) == []
+    (too_many,) = validate_instance_filter("instance_ids", ["A"] * (MAX_INSTANCE_IDS + 1))
+    assert too_many.field == "instance_ids"
+    assert parse_page_token("page_token", "") is None
+    assert parse_page_token("page_token", "42") == 42
+    for bad in ("99999999999999999999999", "²", "-1", "1e3", " 1"):
+        with pytest.raises(ValueError, match="page_token"):
+            parse_page_token("page_token", bad)
+
+
+def test_display_url_never_shows_credentials() -> None:
+    assert display_url("https://u:p@hooks.example.com/x") == "https://hooks.example.com/x"
+    assert display_url("https://hooks.example.com/x") == "https://hooks.example.com/x"
