@@ -37,12 +37,13 @@ from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+import httpcore
 import httpx
 from standardwebhooks.webhooks import Webhook
 
 from adapters.runtime import cancel_and_wait
 from services.app.events import ChangeFeed
-from services.app.subscriptions import RefusedTarget, Scopes, delivery_target
+from services.app.subscriptions import RefusedTarget, Scopes, checked_address
 from services.observability.logs import register_secret
 from services.observability.metrics import Metrics
 from statemachine.changes import ChangeCursor, ChangeKind, ChangeRecord, InvalidCursor
@@ -164,6 +165,49 @@ def next_delay(schedule: Sequence[float], attempt: int, jitter: float, retry_aft
     return delay
 
 
+class CheckedBackend(httpcore.AsyncNetworkBackend):
+    """Opens every receiver connection to an address the target policy checked just before:
+    the name is resolved here, each address checked, and the socket connects to that address,
+    so what was checked is what is reached (no second lookup to rebind). The URL, the Host
+    header, the TLS server name and certificate check keep the name; the pool keys by it."""
+
+    def __init__(self, inner: httpcore.AsyncNetworkBackend | None = None) -> None:
+        self._inner = inner or httpcore.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> httpcore.AsyncNetworkStream:
+        address = await checked_address(host, port)
+        return await self._inner.connect_tcp(str(address), port, timeout, local_address, socket_options)
+
+    async def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Any = None
+    ) -> httpcore.AsyncNetworkStream:
+        raise RefusedTarget("unix sockets are not receivers")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+def checked_transport(limits: httpx.Limits) -> httpx.AsyncHTTPTransport:
+    """httpx's transport with its connection pool on the CheckedBackend (httpx takes no network
+    backend argument: the pool it builds is replaced by the same pool with ours)."""
+    transport = httpx.AsyncHTTPTransport(trust_env=False, limits=limits)
+    transport._pool = httpcore.AsyncConnectionPool(
+        ssl_context=httpx.create_ssl_context(trust_env=False),
+        max_connections=limits.max_connections,
+        max_keepalive_connections=limits.max_keepalive_connections,
+        keepalive_expiry=limits.keepalive_expiry,
+        network_backend=CheckedBackend(),
+    )
+    return transport
+
+
 class WebhookDispatcher:
     def __init__(
         self,
@@ -182,7 +226,14 @@ class WebhookDispatcher:
         self.feed = feed
         self.render = render  # the event's JSON form (the body's `data`), from the gRPC edge's schema
         self.config = config or OutboundConfig()
+        # Connections for as many attempts as may run at once (the gate bounds them).
+        limits = httpx.Limits(
+            max_connections=self.config.concurrency, max_keepalive_connections=min(self.config.concurrency, 20)
+        )
+        if transport is None and not self.config.allow_private:
+            transport = checked_transport(limits)
         self._client = httpx.AsyncClient(
+            limits=limits,
             timeout=httpx.Timeout(self.config.timeout),
             follow_redirects=False,
             transport=transport,
@@ -433,17 +484,9 @@ class WebhookDispatcher:
         try:
             # One bound for everything: resolving, connecting, sending, the headers and the whole
             # body (httpx's own timeouts are per read: a receiver trickling a byte a second never
-            # trips them).
+            # trips them). The target policy runs when a connection is opened (CheckedBackend).
             async with asyncio.timeout(self.config.timeout):
-                target = await delivery_target(attempt.url, allow_private=self.config.allow_private)
-                if target.host_header is not None:
-                    headers["host"] = target.host_header
-                response = await self._client.post(
-                    target.url,
-                    content=attempt.body.encode(),
-                    headers=headers,
-                    extensions={"sni_hostname": target.sni_hostname} if target.sni_hostname else None,
-                )
+                response = await self._client.post(attempt.url, content=attempt.body.encode(), headers=headers)
             status = response.status_code
             if 200 <= status < 300:
                 await self.store.record_success(attempt, status)

@@ -7,9 +7,10 @@ creator's scope as configured now: narrowing a token's scope narrows its subscri
 
 Targets: by default a receiver URL may not point at loopback, private, link-local, multicast,
 reserved or cloud-metadata addresses, nor at `localhost` names. The check runs on the URL at
-creation and on every address the name resolves to at delivery time; the post then goes to the
-address that was checked (so a name that re-resolves elsewhere — DNS rebinding — cannot slip
-through). `--webhook-allow-private` turns the address policy off (tests, single-host setups).
+creation and, at delivery, on every address the name resolves to when the connection is opened;
+the connection then goes to the address that was checked (so a name that re-resolves elsewhere —
+DNS rebinding — cannot slip through); TLS still verifies the name (outbound.CheckedBackend).
+`--webhook-allow-private` turns the address policy off (tests, single-host setups).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import asyncio
 import ipaddress
 import socket
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from services.app.principals import PermissionDenied, Principal
@@ -108,16 +108,6 @@ class RefusedTarget(Exception):
     """The receiver's address is not allowed by the policy (or cannot be resolved)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Target:
-    """Where one attempt goes: `url` with its host replaced by the checked address (when the
-    policy applies), the original `host` header value and the TLS server name."""
-
-    url: str
-    host_header: str | None
-    sni_hostname: str | None
-
-
 def literal_address(host: str) -> IPAddress | None:
     """An IP written in the URL, in any form a resolver accepts: 127.0.0.1, [::1], 2130706433,
     0x7f000001, 0177.0.0.1, 127.1 (inet_aton's legacy forms)."""
@@ -199,17 +189,13 @@ async def check_resolved(field: str, url: str) -> list[Violation]:
     return []
 
 
-async def delivery_target(url: str, *, allow_private: bool) -> Target:
-    """Resolves the receiver and checks every address; the attempt connects to the first one.
-    Raises RefusedTarget with a reason that names no part of the URL but the host."""
-    if allow_private:
-        return Target(url, None, None)
-    parts = urlsplit(url)
-    host = parts.hostname or ""
+async def checked_address(host: str, port: int) -> IPAddress:
+    """The address an attempt may connect to for `host`: resolved now, every address checked (one
+    private answer refuses the name), the first one returned. Raises RefusedTarget with a reason
+    that names the host only (never a path, query or credentials)."""
     if _blocked_name(host):
         raise RefusedTarget(f"host {host!r} is a loopback or internal name")
     literal = literal_address(host)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
     if literal is not None:
         addresses = [literal]
     else:
@@ -222,13 +208,7 @@ async def delivery_target(url: str, *, allow_private: bool) -> Target:
     for address in addresses:
         if why := blocked_reason(address):
             raise RefusedTarget(f"host {host!r} resolves to a {why} ({address})")
-    chosen = addresses[0]
-    netloc = f"[{chosen}]" if chosen.version == 6 else str(chosen)
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    host_header = parts.netloc.rpartition("@")[2]
-    pinned = parts._replace(netloc=netloc).geturl()
-    return Target(pinned, host_header, host if parts.scheme == "https" else None)
+    return addresses[0]
 
 
 def display_url(url: str) -> str:

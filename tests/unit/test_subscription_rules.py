@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import ipaddress
+from typing import Any
 
+import httpcore
 import pytest
 
 from services.app import subscriptions
+from services.app.outbound import CheckedBackend
 from services.app.principals import Principal
 from services.app.subscriptions import (
     RefusedTarget,
     ScopedToNothing,
     Scopes,
     check_url_target,
+    checked_address,
     creation_filter,
-    delivery_target,
     display_url,
     literal_address,
     reach,
@@ -116,28 +119,46 @@ def test_literal_address_forms() -> None:
     assert literal_address("hooks.example.com") is None
 
 
-async def test_delivery_checks_the_resolved_address_and_pins_it(monkeypatch: pytest.MonkeyPatch) -> None:
+class Recorder(httpcore.AsyncNetworkBackend):
+    def __init__(self) -> None:
+        self.connected: list[tuple[str, int]] = []
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> httpcore.AsyncNetworkStream:
+        self.connected.append((host, port))
+        raise httpcore.ConnectError("recorded")
+
+
+async def test_delivery_checks_the_resolved_address_and_connects_to_it(monkeypatch: pytest.MonkeyPatch) -> None:
     answers = {"rebind.example.com": ["203.0.113.9"]}
 
     async def fake_resolve(host: str, port: int, timeout: float = 5.0) -> list[subscriptions.IPAddress]:
         return [ipaddress.ip_address(a) for a in answers[host]]
 
     monkeypatch.setattr(subscriptions, "resolve", fake_resolve)
+    recorder = Recorder()
+    backend = CheckedBackend(recorder)
     # 203.0.113.0/24 is documentation space (not global): refused like any non-public address.
     with pytest.raises(RefusedTarget, match=r"rebind\.example\.com"):
-        await delivery_target("https://rebind.example.com/hook", allow_private=False)
+        await backend.connect_tcp("rebind.example.com", 443)
     answers["rebind.example.com"] = ["93.184.216.34"]
-    target = await delivery_target("https://rebind.example.com:8443/hook?x=1", allow_private=False)
-    assert target.url == "https://93.184.216.34:8443/hook?x=1"  # the checked address, not a new lookup
-    assert target.host_header == "rebind.example.com:8443"
-    assert target.sni_hostname == "rebind.example.com"
-    # The name now resolves to loopback (DNS rebinding): refused at this attempt.
+    with pytest.raises(httpcore.ConnectError):
+        await backend.connect_tcp("rebind.example.com", 8443)
+    assert recorder.connected == [("93.184.216.34", 8443)]  # the checked address, not a new lookup
+    # The name now resolves to loopback too (DNS rebinding): refused at this connection.
     answers["rebind.example.com"] = ["93.184.216.34", "127.0.0.1"]
     with pytest.raises(RefusedTarget, match="loopback"):
-        await delivery_target("https://rebind.example.com/hook", allow_private=False)
-    # The switch: no check, the URL as it is.
-    allowed = await delivery_target("http://127.0.0.1:9/hook", allow_private=True)
-    assert allowed.url == "http://127.0.0.1:9/hook"
+        await backend.connect_tcp("rebind.example.com", 443)
+    for host in ("localhost", "127.0.0.1", "2130706433", "::1", "169.254.169.254"):
+        with pytest.raises(RefusedTarget):
+            await checked_address(host, 80)
+    assert len(recorder.connected) == 1
 
 
 def test_limits_and_page_tokens() -> None:
