@@ -247,8 +247,9 @@ class WebhookDispatcher:
         self.scopes = scopes or Scopes(None)
         self.metrics = metrics
         self.throttle = Throttle()
-        # Per subscription: attempts in flight on this replica (fair share of the slots), and the
-        # deliveries in flight (never two attempts of one webhook-id).
+        # Per subscription: attempts in flight on this replica (fair share of the slots); and the
+        # deliveries whose post is open right now (never two posts of one webhook-id: a claim of one
+        # of them, which only an expired lease could give, is not started).
         self._busy: dict[str, int] = {}
         self._inflight_ids: set[int] = set()
         self._enabled = 1
@@ -434,7 +435,7 @@ class WebhookDispatcher:
         except Exception as error:
             log.warning("webhook attempt bookkeeping failed: %s", short_error(error))
         finally:
-            self._inflight_ids.discard(attempt.delivery_id)
+            self._inflight_ids.discard(attempt.delivery_id)  # (also when deliver() failed early)
             left = self._busy.get(attempt.subscription_id, 1) - 1
             if left > 0:
                 self._busy[attempt.subscription_id] = left
@@ -485,8 +486,13 @@ class WebhookDispatcher:
             # One bound for everything: resolving, connecting, sending, the headers and the whole
             # body (httpx's own timeouts are per read: a receiver trickling a byte a second never
             # trips them). The target policy runs when a connection is opened (CheckedBackend).
-            async with asyncio.timeout(self.config.timeout):
-                response = await self._client.post(attempt.url, content=attempt.body.encode(), headers=headers)
+            try:
+                async with asyncio.timeout(self.config.timeout):
+                    response = await self._client.post(attempt.url, content=attempt.body.encode(), headers=headers)
+            finally:
+                # The post is over: recording its outcome makes the delivery due again, and the
+                # next claim must not see it as open.
+                self._inflight_ids.discard(attempt.delivery_id)
             status = response.status_code
             if 200 <= status < 300:
                 await self.store.record_success(attempt, status)
@@ -507,10 +513,11 @@ class WebhookDispatcher:
         if status == GONE:
             # The receiver says it is gone for good: stop sending; the delivery stays pending
             # and goes out if the subscription is enabled again.
+            # Disabled first: the delivery, due again once recorded, is not claimed in between.
+            await self.store.disable(attempt.subscription_id, "ENDPOINT_GONE", "HTTP 410 Gone")
             await self.store.record_failure(
                 attempt, status_code=status, error=error, retry_at=datetime.now(UTC) + timedelta(seconds=0)
             )
-            await self.store.disable(attempt.subscription_id, "ENDPOINT_GONE", "HTTP 410 Gone")
             log.warning(
                 "webhook subscription disabled: the receiver answered 410",
                 extra={"subscription": attempt.subscription_id},
