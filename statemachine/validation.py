@@ -172,8 +172,8 @@ def validate_instance_filter(field: str, ids: list[str]) -> list[Violation]:
     if len(ids) > MAX_INSTANCE_IDS:
         return [Violation(field, f"at most {MAX_INSTANCE_IDS} instance ids (got {len(ids)})")]
     for value in ids:
-        if problems := validate_instance_id(value.strip(), field):
-            return problems
+        if value.strip() and (problems := validate_instance_id(value.strip(), field)):
+            return problems  # (blank entries are ignored, as they always were)
     return []
 
 
