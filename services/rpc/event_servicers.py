@@ -28,7 +28,7 @@ from statemachine.ports import (
     SubscriptionStats,
     SubscriptionStore,
 )
-from statemachine.validation import Violation
+from statemachine.validation import Violation, validate_instance_filter
 
 Ctx: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 MAX_PAGE = 1000
@@ -59,13 +59,21 @@ def _decode(field: str, text: str) -> ChangeCursor:
 
 
 def _kinds(field: str, types: Any) -> list[ChangeKind] | None:
-    kinds = []
+    kinds: set[ChangeKind] = set()
     for value in types:
         kind = TYPE_FROM_PB.get(value)
         if kind is None:
             raise InvalidRequest([Violation(field, f"unknown event type {value}")])
-        kinds.append(kind)
-    return kinds or None
+        kinds.add(kind)
+    return sorted(kinds) or None
+
+
+def _filter_instances(field: str, requested: Any) -> list[str] | None:
+    """The request's instance filter, validated (count, each id) before any storage call, then
+    limited to the caller's scope."""
+    if violations := validate_instance_filter(field, requested):
+        raise InvalidRequest(violations)
+    return scoped_instances(field, requested)
 
 
 def scoped_instances(field: str, requested: Any) -> list[str] | None:
@@ -109,7 +117,7 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
     ) -> AsyncIterator[events_pb2.SubscribeResponse]:
         cursor = ChangeCursor(0, 0)
         try:
-            instance_ids = scoped_instances("filter.instance_ids", request.filter.instance_ids)
+            instance_ids = _filter_instances("filter.instance_ids", request.filter.instance_ids)
             kinds = _kinds("filter.types", request.filter.types)
             start = request.WhichOneof("start")
             if start == "cursor":
@@ -164,7 +172,7 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
 
     async def ListEvents(self, request: events_pb2.ListEventsRequest, context: Ctx) -> events_pb2.ListEventsResponse:
         try:
-            instance_ids = scoped_instances("filter.instance_ids", request.filter.instance_ids)
+            instance_ids = _filter_instances("filter.instance_ids", request.filter.instance_ids)
             kinds = _kinds("filter.types", request.filter.types)
             if request.page_size < 0 or request.page_size > MAX_PAGE:
                 raise InvalidRequest([Violation("page_size", f"must be between 0 and {MAX_PAGE}")])
