@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -31,6 +32,7 @@ from statemachine.ports import (
 from statemachine.validation import Violation, validate_instance_filter
 
 Ctx: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+log = logging.getLogger("wapi_guard.events")
 MAX_PAGE = 1000
 DEFAULT_PAGE = 100
 _STATE_TO_PB = {
@@ -98,11 +100,13 @@ def _expired_status(error: CursorExpired) -> grpc.Status:
 
 
 class EventServicer(events_pb2_grpc.EventServiceServicer):
-    def __init__(self, repo: ChangeLog, feed: ChangeFeed, *, progress_interval: float, buffer: int) -> None:
+    def __init__(
+        self, repo: ChangeLog, feed: ChangeFeed, *, progress_interval: float, stall_timeout: float = 30.0
+    ) -> None:
         self.repo = repo
         self.feed = feed
         self.progress_interval = progress_interval
-        self.buffer = buffer
+        self.stall_timeout = stall_timeout
 
     async def _checked(self, cursor: ChangeCursor) -> ChangeCursor:
         """Expired when it stands before the oldest kept change and changes older than that one
@@ -140,7 +144,7 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
                 instance_ids=instance_ids,
                 kinds=kinds,
                 progress_interval=interval,
-                buffer=self.buffer,
+                stall_timeout=self.stall_timeout,
             ):
                 cursor = item.cursor
                 if item.change is not None:
@@ -150,6 +154,14 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
                         progress=events_pb2.Progress(cursor=item.cursor.encode(), at=ts(utcnow()))
                     )
         except SlowSubscriber as slow:
+            self.feed.cut_offs += 1
+            log.warning(
+                "event stream of %s closed as too slow: it read nothing for %.1f s while events waited;"
+                " it resumes from %s",
+                current_principal.get().name,
+                slow.stalled,
+                slow.cursor.encode(),
+            )
             status = build_status(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 "subscriber too slow: resume from resume_cursor",

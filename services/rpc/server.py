@@ -219,6 +219,7 @@ class App:
             repo,
             poll_interval=settings.event_poll_interval,
             wakeups=change_listener(dsn) if (dsn := listen_dsn(settings.database_url)) else None,
+            window=settings.event_subscriber_buffer,
         )
         await step("change feed", url, settings.db_connect_timeout, feed.start())
         opened.append(feed.aclose)
@@ -258,7 +259,7 @@ class App:
                 repo,
                 feed,
                 progress_interval=settings.event_progress_interval,
-                buffer=settings.event_subscriber_buffer,
+                stall_timeout=settings.event_subscriber_timeout,
             ),
             target,
         )

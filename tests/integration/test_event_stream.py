@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -12,6 +13,7 @@ import pytest
 from google.protobuf import json_format
 from sqlalchemy import delete, select
 
+from adapters.persistence import changelog
 from adapters.persistence.schema import change_log
 from services.api.wapiguard.v1 import (
     common_pb2,
@@ -21,6 +23,7 @@ from services.api.wapiguard.v1 import (
     send_pb2,
     webhook_pb2,
 )
+from statemachine.changes import Change, ChangeKind
 from tests.integration.harness import Harness, rich_error, start_harness, stop_harness
 
 TIMEOUT = 10.0
@@ -263,9 +266,16 @@ async def test_scoped_token_sees_only_its_instances(database_url: str) -> None:
         await stop_harness(h)
 
 
-async def test_slow_subscriber_is_cut_off_with_bounded_memory_and_resumes(database_url: str) -> None:
+async def test_slow_subscriber_is_cut_off_with_bounded_memory_and_resumes(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A subscriber that stops reading (its transport window full) for longer than the timeout
+    while events wait for it is cut off, logged with its principal and counted; memory stays
+    bounded (the shared window), and it resumes without loss."""
     buffer = 10
-    h = await start_harness(database_url, event_subscriber_buffer=buffer, event_progress_interval=0.3)
+    h = await start_harness(
+        database_url, event_subscriber_buffer=buffer, event_subscriber_timeout=0.5, event_progress_interval=0.3
+    )
     try:
         await h.register("INST-A")
         channel = grpc.aio.insecure_channel(
@@ -282,7 +292,7 @@ async def test_slow_subscriber_is_cut_off_with_bounded_memory_and_resumes(databa
             await h.webhook(body)
             feed = h.app.feed
             assert feed is not None
-            assert all(listener.queue.qsize() <= buffer for listener in feed.listeners)
+            assert feed.held() <= buffer
         received: list[events_pb2.Event] = []
 
         async def drain() -> None:
@@ -299,6 +309,11 @@ async def test_slow_subscriber_is_cut_off_with_bounded_memory_and_resumes(databa
         assert error.code is grpc.StatusCode.RESOURCE_EXHAUSTED
         assert error.reason == "SUBSCRIBER_TOO_SLOW"
         assert len(received) < total
+        assert h.app.feed is not None
+        assert h.app.feed.cut_offs == 1
+        cut = [r.getMessage() for r in caplog.records if "too slow" in r.getMessage()]
+        assert len(cut) == 1
+        assert "read nothing for" in cut[0]
         resume = error.metadata["resume_cursor"]
         if received:
             assert resume == received[-1].cursor
@@ -311,5 +326,42 @@ async def test_slow_subscriber_is_cut_off_with_bounded_memory_and_resumes(databa
         again.cancel()
         ids = [e.message_received.provider_message_id for e in [*received, *rest]]
         assert ids == [f"3EB0SLOW{n:05d}" for n in range(total)]
+    finally:
+        await stop_harness(h)
+
+
+async def test_a_burst_larger_than_the_buffer_never_cuts_off_subscribers_that_keep_reading(database_url: str) -> None:
+    """Issue 21 item 4: 2,500 events committed at once (as when a long transaction releases the
+    horizon) with a shared window of 100: five subscribers reading continuously get every event,
+    in order, and none is closed as too slow; the process holds at most the window."""
+    buffer, total = 100, 2500
+    h = await start_harness(database_url, event_subscriber_buffer=buffer, event_progress_interval=0.3)
+    try:
+        stub = events_stub(h)
+        streams = [stub.Subscribe(events_pb2.SubscribeRequest(from_now=True)) for _ in range(5)]
+        for stream in streams:
+            await first_progress(stream)
+        at = datetime.now(UTC)
+        burst = [
+            Change(ChangeKind.INSTANCE_HEALTH_CHANGED, f"BURST-{n % 7}", at, {"instance_id": f"BURST-{n % 7}", "n": n})
+            for n in range(total)
+        ]
+        async with h.repo.engine.begin() as conn:
+            await changelog.append(conn, burst)
+        feed = h.app.feed
+        assert feed is not None
+        results = await asyncio.gather(*(next_events(s, total, timeout=60) for s in streams))
+        assert feed.held() <= buffer
+        in_log: list[str] = []
+        cursor = None
+        for _ in range(10):
+            page = await h.repo.read_changes(cursor, limit=1000, kinds=[ChangeKind.INSTANCE_HEALTH_CHANGED])
+            in_log += [c.event_id for c in page.changes if c.instance_id.startswith("BURST-")]
+            cursor = page.cursor
+        assert len(in_log) == total
+        assert all([e.id for e in got] == in_log for got in results)  # all, once, in log order
+        assert feed.cut_offs == 0
+        for stream in streams:
+            stream.cancel()
     finally:
         await stop_harness(h)
