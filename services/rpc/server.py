@@ -234,6 +234,8 @@ class App:
         await dispatcher.start()
         opened.append(dispatcher.aclose)
         register_outbound_metrics(telemetry, store, dispatcher)
+        telemetry.metrics.gauges["event_streams"] = lambda: [(float(len(feed.listeners)), {})]
+        telemetry.metrics.gauges["event_cut_offs"] = lambda: [(float(feed.cut_offs), {})]
         await recovery.start()
         opened.append(recovery.aclose)
 
@@ -295,8 +297,10 @@ class App:
         ]
         if settings.http_port >= 0:
             from services.http.bridge import start_bridge
+            from services.http.status_page import STATUS_PAGE_KEY
 
             runner, http_port = await start_bridge(settings, gateway, recovery, store)
+            runner.app[STATUS_PAGE_KEY].event_streams = lambda: (len(feed.listeners), feed.cut_offs)
             opened.append(runner.cleanup)
             app.http_port = http_port
             app.bridge_runner = runner

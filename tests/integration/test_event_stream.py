@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 import grpc
 import pytest
 from google.protobuf import json_format
@@ -274,7 +275,11 @@ async def test_slow_subscriber_is_cut_off_with_bounded_memory_and_resumes(
     bounded (the shared window), and it resumes without loss."""
     buffer = 10
     h = await start_harness(
-        database_url, event_subscriber_buffer=buffer, event_subscriber_timeout=0.5, event_progress_interval=0.3
+        database_url,
+        event_subscriber_buffer=buffer,
+        event_subscriber_timeout=0.5,
+        event_progress_interval=0.3,
+        http_port=0,
     )
     try:
         await h.register("INST-A")
@@ -314,6 +319,16 @@ async def test_slow_subscriber_is_cut_off_with_bounded_memory_and_resumes(
         cut = [r.getMessage() for r in caplog.records if "too slow" in r.getMessage()]
         assert len(cut) == 1
         assert "read nothing for" in cut[0]
+        # Operators see it: the status page's snapshot and /metrics.
+        base = f"http://127.0.0.1:{h.app.http_port}"
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{base}/status/api/snapshot?lang=en") as response:
+                snapshot = await response.json()
+            async with session.get(f"{base}/metrics") as response:
+                metrics = await response.text()
+        assert snapshot["event_streams"]["cut_off_too_slow"] == 1
+        (line,) = [x for x in metrics.splitlines() if x.startswith("wapiguard_events_subscribers_cut_off_total")]
+        assert line.endswith(" 1.0")
         resume = error.metadata["resume_cursor"]
         if received:
             assert resume == received[-1].cursor
