@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 from adapters.runtime import cancel_and_wait
-from statemachine.changes import ChangeCursor, ChangeKind, ChangeRecord
+from statemachine.changes import ChangeCursor, ChangeKind, ChangeRecord, CursorCodec
 from statemachine.ports import ChangeLog, ChangeWakeups
 
 log = logging.getLogger("wapi_guard.events")
@@ -64,6 +64,8 @@ class ChangeFeed:
         self._keys: list[ChangeCursor] = []
         self.listeners: set[Listener] = set()
         self.cut_offs = 0  # streams closed as too slow since start (metric, status page)
+        # How this log's cursors look to clients (its id and key are read at start).
+        self.cursors = CursorCodec(b"\0" * 8, b"")
         self.advanced = asyncio.Event()  # set on every advance; waiters clear their own copy
         self._watchers: set[asyncio.Event] = set()
         self._nudge = asyncio.Event()
@@ -71,6 +73,7 @@ class ChangeFeed:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
+        self.cursors = CursorCodec.from_hex(*await self.repo.change_log_identity())
         self.position = await self.repo.head_change_cursor()
         self.window_start = self.position
         self._tasks.append(asyncio.create_task(self._tail(), name="change-tail"))

@@ -17,9 +17,17 @@ from services.app.outbound import WebhookDispatcher, new_secret
 from services.app.principals import PermissionDenied, current_principal
 from services.observability.logs import register_secret
 from services.rpc.errors import abort, build_status, grpc_errors, locale_of, status_for
-from services.rpc.event_mapping import TYPE_FROM_PB, TYPE_TO_PB, event_pb
+from services.rpc.event_mapping import TYPE_FROM_PB, TYPE_TO_PB, event_pb, subscribe_response_bytes
 from services.rpc.mapping import ts
-from statemachine.changes import ChangeCursor, ChangeKind, InvalidCursor
+from statemachine.changes import (
+    START,
+    ChangeCursor,
+    ChangeKind,
+    CursorCodec,
+    ForeignCursor,
+    InvalidCursor,
+    TamperedCursor,
+)
 from statemachine.errors import InvalidRequest
 from statemachine.ports import (
     DELIVERY_STATES,
@@ -47,15 +55,20 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class CursorExpired(Exception):
-    def __init__(self, oldest: ChangeCursor) -> None:
-        super().__init__("cursor is older than the oldest retained event")
-        self.oldest = oldest
+class CursorRefused(Exception):
+    """A well-formed cursor this log cannot resume from; the answer carries the valid range."""
+
+    def __init__(
+        self, code: grpc.StatusCode, reason: str, message: str, field: str, oldest: ChangeCursor, head: ChangeCursor
+    ) -> None:
+        super().__init__(message)
+        self.code, self.reason, self.message, self.field = code, reason, message, field
+        self.oldest, self.head = oldest, head
 
 
-def _decode(field: str, text: str) -> ChangeCursor:
+def _decode(field: str, text: str, cursors: CursorCodec | None = None) -> ChangeCursor:
     try:
-        return ChangeCursor.decode(text)
+        return cursors.decode(text) if cursors is not None else ChangeCursor.decode(text)
     except InvalidCursor as error:
         raise InvalidRequest([Violation(field, str(error))]) from None
 
@@ -90,12 +103,20 @@ def scoped_instances(field: str, requested: Any) -> list[str] | None:
     return ids or sorted(scope)
 
 
-def _expired_status(error: CursorExpired) -> grpc.Status:
+def _refused_status(error: CursorRefused, cursors: CursorCodec) -> grpc.Status:
+    """OUT_OF_RANGE (expired, ahead of the head, another log) or INVALID_ARGUMENT (altered), with
+    the valid range in ErrorInfo.metadata: `oldest_cursor` and `head_cursor`."""
+    violations = [(error.field, error.message)] if error.code is grpc.StatusCode.INVALID_ARGUMENT else None
     return build_status(
-        grpc.StatusCode.OUT_OF_RANGE,
-        "cursor is older than the oldest retained event; resume from oldest_cursor",
-        "CURSOR_EXPIRED",
-        {"oldest_cursor": error.oldest.encode()},
+        error.code,
+        error.message,
+        error.reason,
+        {
+            "field": error.field,
+            "oldest_cursor": cursors.encode(error.oldest),
+            "head_cursor": cursors.encode(error.head),
+        },
+        violations=violations,
     )
 
 
@@ -108,12 +129,37 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
         self.progress_interval = progress_interval
         self.stall_timeout = stall_timeout
 
-    async def _checked(self, cursor: ChangeCursor) -> ChangeCursor:
-        """Expired when it stands before the oldest kept change and changes older than that one
-        existed (its seq is not the first): retention pruned something the caller never saw."""
+    async def _checked(self, field: str, text: str) -> ChangeCursor:
+        """A client's cursor, decoded (a malformed one is INVALID_ARGUMENT before any storage
+        call) and checked against this log: another log's, an altered one, one ahead of the head
+        and one before retained history are refused with the valid range. Expired means: before
+        the oldest kept change while older changes existed (its seq is not the first)."""
+        refused: tuple[grpc.StatusCode, str, str] | None = None
+        cursor = START
+        try:
+            cursor = self.feed.cursors.decode(text)
+        except ForeignCursor as error:
+            refused = (grpc.StatusCode.OUT_OF_RANGE, "CURSOR_OTHER_LOG", f"{error}; start again from oldest_cursor")
+        except TamperedCursor as error:
+            refused = (grpc.StatusCode.INVALID_ARGUMENT, "CURSOR_TAMPERED", str(error))
+        except InvalidCursor as error:
+            raise InvalidRequest([Violation(field, str(error))]) from None
         oldest = await self.repo.oldest_change_cursor()
-        if cursor < oldest and oldest.seq > 0:
-            raise CursorExpired(oldest)
+        head = await self.repo.head_change_cursor()
+        if refused is None and cursor > head:
+            refused = (
+                grpc.StatusCode.OUT_OF_RANGE,
+                "CURSOR_AHEAD",
+                "cursor is ahead of the newest event of this log (another or a restored database?)",
+            )
+        if refused is None and cursor < oldest and oldest.seq > 0:
+            refused = (
+                grpc.StatusCode.OUT_OF_RANGE,
+                "CURSOR_EXPIRED",
+                "cursor is older than the oldest retained event; resume from oldest_cursor",
+            )
+        if refused is not None:
+            raise CursorRefused(*refused, field, oldest, head)
         return cursor
 
     async def Subscribe(
@@ -125,7 +171,7 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
             kinds = _kinds("filter.types", request.filter.types)
             start = request.WhichOneof("start")
             if start == "cursor":
-                cursor = await self._checked(_decode("cursor", request.cursor))
+                cursor = await self._checked("cursor", request.cursor)
             elif start == "from_oldest":
                 cursor = await self.repo.oldest_change_cursor()
             else:
@@ -148,10 +194,11 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
             ):
                 cursor = item.cursor
                 if item.change is not None:
-                    yield events_pb2.SubscribeResponse(event=event_pb(item.change))
+                    # encoded once for all streams
+                    yield subscribe_response_bytes(item.change, self.feed.cursors)  # type: ignore[misc]
                 else:
                     yield events_pb2.SubscribeResponse(
-                        progress=events_pb2.Progress(cursor=item.cursor.encode(), at=ts(utcnow()))
+                        progress=events_pb2.Progress(cursor=self.feed.cursors.encode(item.cursor), at=ts(utcnow()))
                     )
         except SlowSubscriber as slow:
             self.feed.cut_offs += 1
@@ -160,13 +207,13 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
                 " it resumes from %s",
                 current_principal.get().name,
                 slow.stalled,
-                slow.cursor.encode(),
+                self.feed.cursors.encode(slow.cursor),
             )
             status = build_status(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 "subscriber too slow: resume from resume_cursor",
                 "SUBSCRIBER_TOO_SLOW",
-                {"resume_cursor": slow.cursor.encode()},
+                {"resume_cursor": self.feed.cursors.encode(slow.cursor)},
             )
             await abort(context, status)
         except Exception as error:
@@ -175,8 +222,8 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
             await self._fail(context, error)
 
     async def _fail(self, context: Ctx, error: Exception) -> None:
-        if isinstance(error, CursorExpired):
-            await abort(context, _expired_status(error))
+        if isinstance(error, CursorRefused):
+            await abort(context, _refused_status(error, self.feed.cursors))
         status = status_for(error, locale_of(context))
         if status is None:
             raise error
@@ -190,7 +237,7 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
                 raise InvalidRequest([Violation("page_size", f"must be between 0 and {MAX_PAGE}")])
             size = request.page_size or DEFAULT_PAGE
             if request.WhichOneof("start") == "after_cursor":
-                cursor = await self._checked(_decode("after_cursor", request.after_cursor))
+                cursor = await self._checked("after_cursor", request.after_cursor)
             else:
                 cursor = await self.repo.oldest_change_cursor()
             page = await self.repo.read_changes(cursor, limit=size, instance_ids=instance_ids, kinds=kinds)
@@ -198,8 +245,8 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
             await self._fail(context, error)
             raise
         return events_pb2.ListEventsResponse(
-            events=[event_pb(c) for c in page.changes],
-            next_cursor=page.cursor.encode(),
+            events=[event_pb(c, self.feed.cursors) for c in page.changes],
+            next_cursor=self.feed.cursors.encode(page.cursor),
             caught_up=len(page.changes) < size,
         )
 
@@ -209,7 +256,7 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
     ) -> events_pb2.EventCursors:
         head = await self.repo.head_change_cursor()
         oldest = await self.repo.oldest_change_cursor()
-        return events_pb2.EventCursors(head=head.encode(), oldest=oldest.encode())
+        return events_pb2.EventCursors(head=self.feed.cursors.encode(head), oldest=self.feed.cursors.encode(oldest))
 
 
 # --- webhook subscriptions -------------------------------------------------------------------
@@ -274,10 +321,17 @@ def delivery_pb(d: DeliveryRecord) -> events_pb2.WebhookDelivery:
 
 
 class WebhookSubscriptionServicer(events_pb2_grpc.WebhookSubscriptionServiceServicer):
-    def __init__(self, repo: ChangeLog, store: SubscriptionStore, dispatcher: WebhookDispatcher | None) -> None:
+    def __init__(
+        self,
+        repo: ChangeLog,
+        store: SubscriptionStore,
+        dispatcher: WebhookDispatcher | None,
+        cursors: CursorCodec | None = None,
+    ) -> None:
         self.repo = repo
         self.store = store
         self.dispatcher = dispatcher
+        self.cursors = cursors  # the event cursors clients hold (start_cursor)
 
     async def _owned(self, sub_id: str) -> SubscriptionRecord:
         sub = await self.store.get_subscription(sub_id.strip()) if sub_id.strip() else None
@@ -304,7 +358,7 @@ class WebhookSubscriptionServicer(events_pb2_grpc.WebhookSubscriptionServiceServ
         kinds = _kinds("types", request.types) or []
         instance_ids = scoped_instances("instance_ids", request.instance_ids) or []
         if request.start_cursor:
-            cursor = _decode("start_cursor", request.start_cursor)
+            cursor = _decode("start_cursor", request.start_cursor, self.cursors)
             oldest = await self.repo.oldest_change_cursor()
             if cursor < oldest:
                 raise InvalidRequest([Violation("start_cursor", "older than the oldest retained event")])

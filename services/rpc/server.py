@@ -229,7 +229,7 @@ class App:
             store,
             feed,
             outbound_config(settings),
-            render=event_dict,
+            render=lambda change: event_dict(change, feed.cursors),
         )
         await dispatcher.start()
         opened.append(dispatcher.aclose)
@@ -266,7 +266,7 @@ class App:
             target,
         )
         events_pb2_grpc.add_WebhookSubscriptionServiceServicer_to_server(
-            WebhookSubscriptionServicer(repo, store, dispatcher), target
+            WebhookSubscriptionServicer(repo, store, dispatcher, feed.cursors), target
         )
         health_servicer = health.aio.HealthServicer()
         # The servicer starts with the overall status SERVING: not until the database answers.
