@@ -380,3 +380,28 @@ async def test_a_burst_larger_than_the_buffer_never_cuts_off_subscribers_that_ke
             stream.cancel()
     finally:
         await stop_harness(h)
+
+
+async def test_an_event_is_encoded_once_for_all_its_streams(guard: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 21 item 8: five unfiltered streams, one change: one SubscribeResponse is built and
+    serialized for all of them (not one per stream); every stream gets the same bytes."""
+    built: list[str] = []
+    original = events_pb2.SubscribeResponse
+
+    def counting(**fields: Any) -> Any:
+        if "event" in fields:
+            built.append(fields["event"].id)
+        return original(**fields)
+
+    stub = events_stub(guard)  # the client's deserializer is bound here, before the count
+    monkeypatch.setattr(events_pb2, "SubscribeResponse", counting)
+    await guard.register("INST-E")
+    streams = [stub.Subscribe(events_pb2.SubscribeRequest(from_now=True)) for _ in range(5)]
+    for stream in streams:
+        await first_progress(stream)
+    await guard.connect("INST-E")
+    got = [await next_events(stream, 1) for stream in streams]
+    for stream in streams:
+        stream.cancel()
+    assert len({e[0].SerializeToString() for e in got}) == 1
+    assert built == [got[0][0].id]
