@@ -34,11 +34,12 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000 if ordered else float("nan")
 
 
-async def streams_process(address: str, count: int, seconds: float) -> None:
+async def streams_process(address: str, count: int, seconds: float, batch: int) -> None:
     """`count` unfiltered streams read until the parent closes stdin (or `seconds` pass)."""
     channel = grpc.aio.insecure_channel(address)
     stub = events_pb2_grpc.EventServiceStub(channel)
-    streams = [stub.Subscribe(events_pb2.SubscribeRequest(from_now=True)) for _ in range(count)]
+    request = events_pb2.SubscribeRequest(from_now=True, max_events_per_response=batch)
+    streams = [stub.Subscribe(request) for _ in range(count)]
     for stream in streams:
         await stream.read()  # the first progress message: subscribed
     print("READY", flush=True)
@@ -51,6 +52,8 @@ async def streams_process(address: str, count: int, seconds: float) -> None:
                 return
             if item.HasField("event"):
                 events[i] += 1
+            elif item.HasField("events"):
+                events[i] += len(item.events.events)
 
     async def until_stdin_closes() -> None:
         loop = asyncio.get_running_loop()
@@ -99,6 +102,8 @@ async def phase(h: Harness, streams: int, args: argparse.Namespace) -> tuple[flo
             f"127.0.0.1:{h.app.grpc_port}",
             "--streams",
             str(streams),
+            "--batch",
+            str(args.batch),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
         )
@@ -141,7 +146,8 @@ async def run(args: argparse.Namespace) -> None:
                     f"{p50_n:6.2f}/{p90_n:6.2f} ms with {args.streams}  ratio {p50_n / p50_0:5.2f}  {note}",
                     flush=True,
                 )
-            print(f"{name}: median p50 ratio ({args.streams} streams / none) {statistics.median(ratios):.2f}")
+            label = f"{args.streams} streams, {args.batch} events/message"
+            print(f"{name}: median p50 ratio ({label} / none) {statistics.median(ratios):.2f}")
         finally:
             await stop_harness(h)
     shutil.rmtree(tmp, ignore_errors=True)
@@ -155,11 +161,14 @@ def main() -> None:
     parser.add_argument("--in-flight", type=int, default=8, help="sends in flight")
     parser.add_argument("--streams", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--batch", type=int, default=1, help="the streams' max_events_per_response (1: one event per message)"
+    )
     parser.add_argument("--event-loop", default="uvloop", help="uvloop (as `serve` runs) or asyncio")
     parser.add_argument("--streams-only", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.streams_only:
-        run_loop(streams_process(args.streams_only, args.streams, 600), event_loop="uvloop")
+        run_loop(streams_process(args.streams_only, args.streams, 600, args.batch), event_loop="uvloop")
     else:
         run_loop(run(args), event_loop=args.event_loop)
 

@@ -183,8 +183,12 @@ class SlowSubscriber(Exception):
 
 @dataclass(frozen=True, slots=True)
 class StreamItem:
+    """One change, several consecutive ones (`batch`, when the stream asked for batches), or
+    progress (neither); `cursor` is the place to resume after it."""
+
     change: ChangeRecord | None
     cursor: ChangeCursor
+    batch: tuple[ChangeRecord, ...] = ()
 
 
 def change_filter(
@@ -209,6 +213,7 @@ async def follow(
     progress_interval: float,
     stall_timeout: float = 30.0,
     page_size: int = 500,
+    batch: int = 1,
 ) -> AsyncIterator[StreamItem]:
     """Every matching change after `start`, in log order, then progress items while idle.
 
@@ -218,7 +223,8 @@ async def follow(
     (xid, seq) order below the horizon, so switching has neither a gap nor a repeat, and memory
     per stream is one page. Too slow means not reading: when handing one item over (the gRPC
     write under flow control) took longer than `stall_timeout` while more changes wait for it,
-    SlowSubscriber is raised with the cursor of that item, the last one sent.
+    SlowSubscriber is raised with the cursor of that item, the last one sent. With `batch` > 1
+    the changes at hand are handed over up to `batch` at a time (one item, one gRPC message).
     """
     cursor = start
     accepts = change_filter(instance_ids, kinds)
@@ -240,10 +246,14 @@ async def follow(
                 changes, upto = page.changes, page.cursor
             else:
                 changes, upto = taken
-            for change in changes:
+            for first in range(0, len(changes), batch):
+                chunk = changes[first : first + batch]
                 handed = loop.time()
-                yield StreamItem(change, change.cursor)
-                cursor = change.cursor
+                if batch == 1:
+                    yield StreamItem(chunk[0], chunk[0].cursor)
+                else:
+                    yield StreamItem(None, chunk[-1].cursor, tuple(chunk))
+                cursor = chunk[-1].cursor
                 if loop.time() - handed > stall_timeout and lagging(cursor):
                     raise SlowSubscriber(cursor, loop.time() - handed)
             cursor = max(cursor, upto)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections import OrderedDict
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -154,6 +155,28 @@ def subscribe_response_bytes(change: ChangeRecord, cursors: CursorCodec) -> byte
     if encoded.wire is None:
         encoded.wire = events_pb2.SubscribeResponse(event=encoded.event).SerializeToString()
     return encoded.wire
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+_BATCH_TAG = b"\x1a"  # SubscribeResponse.events: field 3, length-delimited
+
+
+def batch_response_bytes(changes: Sequence[ChangeRecord], cursors: CursorCodec) -> bytes:
+    """The serialized `SubscribeResponse{events: EventBatch{events}}` from the once-encoded
+    events. `SubscribeResponse{event: e}` and one `EventBatch.events` entry are the same bytes
+    (both field 1, the Event length-delimited), and a repeated field is its entries one after
+    another (protobuf encoding guide), so a batch is a concatenation: no event is encoded again
+    per stream."""
+    body = b"".join(subscribe_response_bytes(change, cursors) for change in changes)
+    return _BATCH_TAG + _varint(len(body)) + body
 
 
 def _build_event(change: ChangeRecord, cursors: CursorCodec) -> events_pb2.Event:

@@ -17,7 +17,13 @@ from services.app.outbound import WebhookDispatcher, new_secret
 from services.app.principals import PermissionDenied, current_principal
 from services.observability.logs import register_secret
 from services.rpc.errors import abort, build_status, grpc_errors, locale_of, status_for
-from services.rpc.event_mapping import TYPE_FROM_PB, TYPE_TO_PB, event_pb, subscribe_response_bytes
+from services.rpc.event_mapping import (
+    TYPE_FROM_PB,
+    TYPE_TO_PB,
+    batch_response_bytes,
+    event_pb,
+    subscribe_response_bytes,
+)
 from services.rpc.mapping import ts
 from statemachine.changes import (
     START,
@@ -42,6 +48,7 @@ from statemachine.validation import Violation, validate_instance_filter
 Ctx: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 log = logging.getLogger("wapi_guard.events")
 MAX_PAGE = 1000
+MAX_BATCH = 500  # events per SubscribeResponse (one tail page)
 DEFAULT_PAGE = 100
 _STATE_TO_PB = {
     "pending": events_pb2.DELIVERY_STATE_PENDING,
@@ -191,9 +198,12 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
                 kinds=kinds,
                 progress_interval=interval,
                 stall_timeout=self.stall_timeout,
+                batch=min(max(request.max_events_per_response, 1), MAX_BATCH),
             ):
                 cursor = item.cursor
-                if item.change is not None:
+                if item.batch:
+                    yield batch_response_bytes(item.batch, self.feed.cursors)  # type: ignore[misc]
+                elif item.change is not None:
                     # encoded once for all streams
                     yield subscribe_response_bytes(item.change, self.feed.cursors)  # type: ignore[misc]
                 else:

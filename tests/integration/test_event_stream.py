@@ -405,3 +405,44 @@ async def test_an_event_is_encoded_once_for_all_its_streams(guard: Harness, monk
         stream.cancel()
     assert len({e[0].SerializeToString() for e in got}) == 1
     assert built == [got[0][0].id]
+
+
+async def test_a_stream_may_ask_for_several_events_per_response(guard: Harness) -> None:
+    """max_events_per_response: a burst arrives in few messages (as etcd's WatchResponse), the
+    same events in the same order as a one-per-message stream; every event keeps its cursor."""
+    stub = events_stub(guard)
+    single = stub.Subscribe(events_pb2.SubscribeRequest(from_now=True))
+    batched = stub.Subscribe(events_pb2.SubscribeRequest(from_now=True, max_events_per_response=50))
+    await first_progress(single)
+    await first_progress(batched)
+    at = datetime.now(UTC)
+    total = 120
+    async with guard.repo.engine.begin() as conn:
+        await changelog.append(
+            conn,
+            [
+                Change(ChangeKind.INSTANCE_HEALTH_CHANGED, "BATCH-1", at, {"instance_id": "BATCH-1"})
+                for _ in range(total)
+            ],
+        )
+    one_by_one = await next_events(single, total)
+    got: list[events_pb2.Event] = []
+    messages = 0
+
+    async def read() -> None:
+        nonlocal messages
+        while len(got) < total:
+            item: Any = await batched.read()
+            assert item is not grpc.aio.EOF
+            if item.HasField("events"):
+                messages += 1
+                assert 1 <= len(item.events.events) <= 50
+                got.extend(item.events.events)
+            assert not item.HasField("event")
+
+    await asyncio.wait_for(read(), TIMEOUT)
+    single.cancel()
+    batched.cancel()
+    assert [e.id for e in got] == [e.id for e in one_by_one]
+    assert [e.cursor for e in got] == [e.cursor for e in one_by_one]
+    assert messages < total / 10
