@@ -129,7 +129,16 @@ class Settings(BaseSettings):
         10.0, gt=0, le=3600, description="Seconds between progress (bookmark) messages on an idle event stream."
     )
     event_subscriber_buffer: int = Field(
-        1000, ge=10, le=100_000, description="Events queued per stream subscriber before it is cut off as too slow."
+        5000,
+        ge=10,
+        le=100_000,
+        description="Newest changes kept in memory for all event streams; a stream behind them reads the log itself.",
+    )
+    event_subscriber_timeout: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="Seconds a stream may read nothing while events wait for it; then it is cut off as too slow.",
     )
     event_poll_interval: float = Field(
         0.02, gt=0, le=10, description="Seconds between change-log reads when no LISTEN/NOTIFY wake-up is available."

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -30,6 +32,14 @@ class ChangeKind(StrEnum):
 
 class InvalidCursor(ValueError):
     """A cursor string this service did not issue (or one damaged on the way)."""
+
+
+class ForeignCursor(InvalidCursor):
+    """A well-formed cursor of another change log (another or a re-created database)."""
+
+
+class TamperedCursor(InvalidCursor):
+    """A cursor of this log whose signature does not match its position (edited by hand)."""
 
 
 _CURSOR_PREFIX = "c1."
@@ -70,6 +80,64 @@ class ChangeCursor:
 
 
 START = ChangeCursor(0, 0)
+
+_SIGNED_PREFIX = "c2."
+_LOG_ID_BYTES = 8
+_MAC_BYTES = 12  # 96 bits of HMAC-SHA256: guessing a valid cursor is out of reach
+_SIGNED_BYTES = _LOG_ID_BYTES + 8 + 8 + _MAC_BYTES
+
+
+@dataclass(frozen=True, slots=True)
+class CursorCodec:
+    """Cursors as clients see them: `c2.` + base64url(log id, xid, seq, HMAC-SHA256 truncated).
+
+    The log id (random, stored with the log) says which log a cursor belongs to; the HMAC, keyed
+    by a per-log secret stored with it, makes a hand-edited position invalid. `decode` raises
+    ForeignCursor for another log's cursor, TamperedCursor for a bad signature, InvalidCursor for
+    anything else it did not issue. Cursors of the previous version (`c1.`, unsigned, no log id)
+    are still accepted — see docs/events.md — and every cursor handed out is a `c2.` one.
+    """
+
+    log_id: bytes
+    key: bytes
+
+    @classmethod
+    def from_hex(cls, log_id: str, key: str) -> CursorCodec:
+        return cls(bytes.fromhex(log_id)[:_LOG_ID_BYTES].rjust(_LOG_ID_BYTES, b"\0"), bytes.fromhex(key))
+
+    def _mac(self, body: bytes) -> bytes:
+        return hmac.new(self.key, body, hashlib.sha256).digest()[:_MAC_BYTES]
+
+    def encode(self, cursor: ChangeCursor) -> str:
+        body = self.log_id + cursor.xid.to_bytes(8, "big") + cursor.seq.to_bytes(8, "big")
+        return _SIGNED_PREFIX + base64.urlsafe_b64encode(body + self._mac(body)).decode().rstrip("=")
+
+    @staticmethod
+    def is_legacy(text: str) -> bool:
+        return isinstance(text, str) and text.startswith(_CURSOR_PREFIX)
+
+    def decode(self, text: str) -> ChangeCursor:
+        if self.is_legacy(text):
+            return ChangeCursor.decode(text)
+        if not isinstance(text, str) or not text.startswith(_SIGNED_PREFIX) or len(text) > 64:
+            raise InvalidCursor("not a change cursor issued by this service")
+        body = text[len(_SIGNED_PREFIX) :]
+        try:
+            raw = base64.b64decode(body + "=" * (-len(body) % 4), altchars=b"-_", validate=True)
+        except (ValueError, binascii.Error):
+            raise InvalidCursor("not a change cursor issued by this service") from None
+        if len(raw) != _SIGNED_BYTES:
+            raise InvalidCursor("not a change cursor issued by this service")
+        signed, mac = raw[:-_MAC_BYTES], raw[-_MAC_BYTES:]
+        if signed[:_LOG_ID_BYTES] != self.log_id:
+            raise ForeignCursor("a cursor of another change log (another or a re-created database)")
+        if not hmac.compare_digest(mac, self._mac(signed)):
+            raise TamperedCursor("the cursor's signature does not match its position (altered)")
+        xid = int.from_bytes(signed[_LOG_ID_BYTES : _LOG_ID_BYTES + 8], "big")
+        seq = int.from_bytes(signed[_LOG_ID_BYTES + 8 :], "big")
+        if xid > _MAX_POSITION or seq > _MAX_POSITION:
+            raise InvalidCursor("change cursor out of range")
+        return ChangeCursor(xid, seq)
 
 
 @dataclass(frozen=True, slots=True)

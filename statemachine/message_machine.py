@@ -262,9 +262,11 @@ def status_change(current: MessageState, status: MessageState, source: str, at: 
 def apply_status(
     msg: MessageRecord, status: MessageState, *, source: str, at: datetime, now: datetime
 ) -> MessageRecord:
-    """The message after a provider status (applied or recorded as stale): the next version."""
+    """The message after a provider status: the next version when applied; a stale one is only
+    recorded in the history (the version moves with the change-log events, never without one)."""
     change = status_change(msg.state, status, source, at)
-    after = replace(msg, history=[*msg.history, change], updated_at=now, version=msg.version + 1)
+    version = msg.version + 1 if change.applied else msg.version
+    after = replace(msg, history=[*msg.history, change], updated_at=now, version=version)
     if change.applied:
         after.state = MessageState(change.to_state)
         if after.state is MessageState.FAILED:

@@ -95,6 +95,10 @@ class ChangeLog(Protocol):
         """Just before the oldest change still kept; a cursor below it has lost pruned rows."""
         ...
 
+    async def change_log_identity(self) -> tuple[str, str]:
+        """(log id, cursor key), hex: who this log is and the key that signs its cursors."""
+        ...
+
 
 WebhookParser: TypeAlias = Callable[[bytes], ProviderEvent]
 """The provider's webhook dialect: one raw body → one flat event. Never raises: a body it cannot

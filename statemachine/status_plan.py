@@ -138,10 +138,13 @@ def plan_status(
         return StatusStep(index, StatusOutcome.DEFER, message_id=facts.id)
     state = MessageState(change.to_state) if change.applied else facts.state
     failed = change.applied and state is MessageState.FAILED
+    # A stale status is recorded in the history but leaves the version alone: every version
+    # bump is a change-log event, so a consumer comparing GetMessage with the feed never sees a
+    # version no event carried.
     after = replace(
         facts,
         state=state,
-        version=facts.version + 1,
+        version=facts.version + 1 if change.applied else facts.version,
         failure_reason=Reason.PROVIDER_ERROR.value if failed else facts.failure_reason,
         failure_detail=STATUS_FAILED_DETAIL if failed else facts.failure_detail,
     )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -29,6 +30,7 @@ MAX_ID = 64
 MAX_IDEMPOTENCY_KEY = 128
 MAX_PROVIDER_ID = 128
 MAX_DELAY_SECONDS = 15
+MAX_INSTANCE_IDS = 1_000
 
 _PHONE_RE = re.compile(r"[0-9]{8,15}")
 _CHAT_RE = re.compile(r"[0-9A-Za-z._:-]{3,64}@(g\.us|lid|s\.whatsapp\.net|c\.us|newsletter)")
@@ -89,6 +91,21 @@ def validate_instance_id(instance_id: str, field: str = "instance_id") -> list[V
     if len(instance_id) > MAX_ID or not _ID_RE.fullmatch(instance_id):
         return [Violation(field, f"must be 1-{MAX_ID} letters, digits, '.', '_' or '-'")]
     return []
+
+
+def validate_instance_filter(field: str, instance_ids: Iterable[str]) -> list[Violation]:
+    """An instance filter of a request (event list, stream): at most MAX_INSTANCE_IDS ids, each a
+    valid instance id (blank entries are ignored). Reports the first few bad entries by index."""
+    ids = list(instance_ids)
+    if len(ids) > MAX_INSTANCE_IDS:
+        return [Violation(field, f"at most {MAX_INSTANCE_IDS} instance ids, got {len(ids)}")]
+    out: list[Violation] = []
+    for index, value in enumerate(ids):
+        if value.strip():
+            out.extend(validate_instance_id(value.strip(), f"{field}[{index}]"))
+        if len(out) >= 10:
+            break
+    return out
 
 
 def validate_send(req: SendRequest) -> list[Violation]:
@@ -155,8 +172,8 @@ def validate_send(req: SendRequest) -> list[Violation]:
 
 # --- outbound webhook subscriptions ------------------------------------------------------------
 
-# Bounds of every list a filter or a subscription request carries (INVALID_ARGUMENT past them).
-MAX_INSTANCE_IDS = 1_000
+# Bounds of every list a subscription request carries (INVALID_ARGUMENT past them; the instance
+# filter's bound is MAX_INSTANCE_IDS above).
 MAX_EVENT_TYPES = 32
 MAX_DELIVERY_IDS = 1_000
 MAX_SUBSCRIPTION_URL = 2000
@@ -165,16 +182,6 @@ MAX_SUBSCRIPTION_ID = 64
 MAX_PAGE_TOKEN = 2**63 - 1
 _CONTROL_RE = re.compile(r"[\x00-\x20\x7f]")
 _PAGE_TOKEN_RE = re.compile(r"[0-9]{1,19}")
-
-
-def validate_instance_filter(field: str, ids: list[str]) -> list[Violation]:
-    """A list of instance ids: at most MAX_INSTANCE_IDS, each a valid instance id."""
-    if len(ids) > MAX_INSTANCE_IDS:
-        return [Violation(field, f"at most {MAX_INSTANCE_IDS} instance ids (got {len(ids)})")]
-    for value in ids:
-        if value.strip() and (problems := validate_instance_id(value.strip(), field)):
-            return problems  # (blank entries are ignored, as they always were)
-    return []
 
 
 def validate_subscription_id(field: str, value: str) -> list[Violation]:

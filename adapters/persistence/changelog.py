@@ -12,16 +12,19 @@ time, so `seq` is commit order and `xid` is 0.
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import text
+from sqlalchemy import select, text
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 from ulid import ULID
 
-from adapters.persistence.schema import UTCDateTime, change_log
+from adapters.persistence.schema import UTCDateTime, change_log, change_log_identity
 from statemachine.changes import START, Change, ChangeCursor, ChangeKind, ChangePage, ChangeRecord
 
 MAX_PAGE = 1000
@@ -179,7 +182,13 @@ async def head(conn: AsyncConnection) -> ChangeCursor:
     if conn.dialect.name == "postgresql":
         xmin = (await conn.execute(text("SELECT pg_snapshot_xmin(pg_current_snapshot())::text"))).scalar_one()
         return ChangeCursor(int(xmin), 0)
-    return ChangeCursor(0, int((await conn.execute(text("SELECT coalesce(max(seq), 0) FROM change_log"))).scalar_one()))
+    # sqlite_sequence: the highest seq ever handed out, even when retention pruned the newest rows
+    # (a cursor issued before is never "ahead" of the head).
+    statement = (
+        "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'change_log'), 0),"
+        " coalesce((SELECT max(seq) FROM change_log), 0))"
+    )
+    return ChangeCursor(0, int((await conn.execute(text(statement))).scalar_one()))
 
 
 _OLDEST_PG = "SELECT xid::text AS x, seq FROM change_log ORDER BY xid, seq LIMIT 1"
@@ -193,3 +202,18 @@ async def oldest(conn: AsyncConnection) -> ChangeCursor:
     if row is None:
         return START
     return ChangeCursor(int(row.x), int(row.seq) - 1)
+
+
+async def identity(conn: AsyncConnection) -> tuple[str, str]:
+    """(log id, cursor key) of this database's log, written once (migration 0009; here too for a
+    database whose row went missing: the first writer wins, every replica reads the same)."""
+    statement = select(change_log_identity.c.log_id, change_log_identity.c.cursor_key).where(
+        change_log_identity.c.id == 1
+    )
+    row = (await conn.execute(statement)).first()
+    if row is None:
+        insert = postgresql_insert if conn.dialect.name == "postgresql" else sqlite_insert
+        values = {"id": 1, "log_id": secrets.token_hex(8), "cursor_key": secrets.token_hex(32)}
+        await conn.execute(insert(change_log_identity).values(**values).on_conflict_do_nothing())
+        row = (await conn.execute(statement)).one()
+    return str(row.log_id), str(row.cursor_key)

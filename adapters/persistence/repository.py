@@ -1403,6 +1403,10 @@ class Repository:
         async with self._auto.connect() as conn:
             return await changelog.oldest(conn)
 
+    async def change_log_identity(self) -> tuple[str, str]:
+        async with self.transaction() as conn:
+            return await changelog.identity(conn)
+
     # --- stuck messages ----------------------------------------------------------------------
 
     async def mark_stuck(self, cutoff: datetime, *, limit: int = 500) -> list[MessageRecord]:

@@ -307,6 +307,17 @@ change_log = Table(
 )
 
 
+# The change log's identity (migration 0009): one row, the log id a cursor names and the key of
+# its HMAC, so a cursor of another database or one edited by hand is refused.
+change_log_identity = Table(
+    "change_log_identity",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("log_id", String(32), nullable=False),
+    Column("cursor_key", String(128), nullable=False),
+)
+
+
 # Every operator recovery action (QR, pairing code, restart, disconnect, webhook set-up), who asked
 # and how it ended: the audit trail, and what the per-instance rate limit counts.
 recovery_actions = Table(

@@ -12,13 +12,14 @@ protobuf Events at the gRPC edge (services/rpc/event_mapping.py).
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 from adapters.runtime import cancel_and_wait
-from statemachine.changes import ChangeCursor, ChangeKind, ChangeRecord
+from statemachine.changes import ChangeCursor, ChangeKind, ChangeRecord, CursorCodec
 from statemachine.ports import ChangeLog, ChangeWakeups
 
 log = logging.getLogger("wapi_guard.events")
@@ -29,18 +30,15 @@ log = logging.getLogger("wapi_guard.events")
 
 @dataclass(eq=False)
 class Listener:
-    """One subscriber's bounded queue on the tail. `position`: every change at or before it that
-    matches the filter is already in the queue (or was sent)."""
+    """One stream attached to the tail: woken whenever the tail moves. It takes what it wants
+    from the shared window at its own pace (`ChangeFeed.take`); nothing is pushed to it."""
 
-    accepts: Callable[[ChangeRecord], bool]
-    queue: asyncio.Queue[ChangeRecord]
-    position: ChangeCursor
-    overflowed: bool = False
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class ChangeFeed:
-    """The process's one tail reader of the change log."""
+    """The process's one tail reader of the change log, and the shared window of the newest
+    changes it read (at most `window` of them, for every stream at once)."""
 
     def __init__(
         self,
@@ -50,14 +48,24 @@ class ChangeFeed:
         listen_fallback_interval: float = 1.0,
         wakeups: ChangeWakeups | None = None,
         page_size: int = 500,
+        window: int = 5000,
     ) -> None:
         self.repo = repo
         self.poll_interval = poll_interval
         self.listen_fallback_interval = listen_fallback_interval
         self.wakeups = wakeups
         self.page_size = page_size
+        self.window_size = max(1, window)
         self.position = ChangeCursor(0, 0)
+        # Every change after `window_start` up to `position` is in `_window` (cursor order);
+        # `_keys` holds their cursors, for bisect.
+        self.window_start = ChangeCursor(0, 0)
+        self._window: list[ChangeRecord] = []
+        self._keys: list[ChangeCursor] = []
         self.listeners: set[Listener] = set()
+        self.cut_offs = 0  # streams closed as too slow since start (metric, status page)
+        # How this log's cursors look to clients (its id and key are read at start).
+        self.cursors = CursorCodec(b"\0" * 8, b"")
         self.advanced = asyncio.Event()  # set on every advance; waiters clear their own copy
         self._watchers: set[asyncio.Event] = set()
         self._nudge = asyncio.Event()
@@ -65,7 +73,9 @@ class ChangeFeed:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
+        self.cursors = CursorCodec.from_hex(*await self.repo.change_log_identity())
         self.position = await self.repo.head_change_cursor()
+        self.window_start = self.position
         self._tasks.append(asyncio.create_task(self._tail(), name="change-tail"))
         if self.wakeups is not None:
             self._tasks.append(
@@ -86,14 +96,36 @@ class ChangeFeed:
         self._watchers.add(wake)
         return wake
 
-    def listen(self, accepts: Callable[[ChangeRecord], bool], maxsize: int) -> Listener:
-        listener = Listener(accepts, asyncio.Queue(maxsize=maxsize), self.position)
+    def listen(self) -> Listener:
+        listener = Listener()
         self.listeners.add(listener)
         self._nudge.set()  # the tail may have idled: catch up now
         return listener
 
     def unlisten(self, listener: Listener) -> None:
         self.listeners.discard(listener)
+
+    def take(
+        self, after: ChangeCursor, accepts: Callable[[ChangeRecord], bool], limit: int
+    ) -> tuple[list[ChangeRecord], ChangeCursor] | None:
+        """Up to `limit` accepted changes after `after` from the shared window, and the cursor to
+        go on from (past the filtered-out ones; the tail's position once the window is read to
+        its end). None when `after` is older than the window: the caller reads the log itself."""
+        if after < self.window_start:
+            return None
+        out: list[ChangeRecord] = []
+        start = bisect.bisect_right(self._keys, after)
+        for index in range(start, len(self._window)):
+            change = self._window[index]
+            if accepts(change):
+                out.append(change)
+                if len(out) >= limit:
+                    return out, change.cursor
+        return out, max(after, self.position)
+
+    def held(self) -> int:
+        """Changes held in memory for the streams (at most the window)."""
+        return len(self._window)
 
     def _set_listening(self, listening: bool) -> None:
         self._listening = listening
@@ -116,23 +148,22 @@ class ChangeFeed:
                 await asyncio.sleep(min(1.0, interval * 4))
 
     async def read_round(self) -> None:
-        """Reads every visible change past the tail's position and hands it to the listeners."""
+        """Reads every visible change past the tail's position into the window and wakes the
+        streams; a burst larger than the window only sends the streams behind it to the log."""
         for _ in range(1000):  # bounded; a round ends once a page is not full
             page = await self.repo.read_changes(self.position, limit=self.page_size)
             for change in page.changes:
-                for listener in list(self.listeners):
-                    if listener.overflowed or not listener.accepts(change):
-                        continue
-                    try:
-                        listener.queue.put_nowait(change)
-                    except asyncio.QueueFull:
-                        listener.overflowed = True  # cut off: it resumes from its own cursor
-                    listener.wake.set()
+                self._window.append(change)
+                self._keys.append(change.cursor)
+            if len(self._window) > self.window_size:
+                cut = len(self._window) - self.window_size
+                self.window_start = self._keys[cut - 1]
+                del self._window[:cut]
+                del self._keys[:cut]
             moved = page.cursor > self.position
             self.position = max(self.position, page.cursor)
-            for listener in self.listeners:
-                listener.position = max(listener.position, self.position)
-                if moved:
+            if moved:
+                for listener in self.listeners:
                     listener.wake.set()
             if page.changes:
                 for watcher in self._watchers:
@@ -142,15 +173,22 @@ class ChangeFeed:
 
 
 class SlowSubscriber(Exception):
-    def __init__(self, cursor: ChangeCursor) -> None:
-        super().__init__("subscriber fell behind")
+    """The subscriber did not read for `stalled` seconds while changes waited for it."""
+
+    def __init__(self, cursor: ChangeCursor, stalled: float) -> None:
+        super().__init__("subscriber stopped reading")
         self.cursor = cursor
+        self.stalled = stalled
 
 
 @dataclass(frozen=True, slots=True)
 class StreamItem:
+    """One change, several consecutive ones (`batch`, when the stream asked for batches), or
+    progress (neither); `cursor` is the place to resume after it."""
+
     change: ChangeRecord | None
     cursor: ChangeCursor
+    batch: tuple[ChangeRecord, ...] = ()
 
 
 def change_filter(
@@ -173,62 +211,67 @@ async def follow(
     instance_ids: Sequence[str] | None,
     kinds: Sequence[ChangeKind] | None,
     progress_interval: float,
-    buffer: int,
+    stall_timeout: float = 30.0,
     page_size: int = 500,
+    batch: int = 1,
 ) -> AsyncIterator[StreamItem]:
     """Every matching change after `start`, in log order, then progress items while idle.
 
-    Catch-up reads the database with the filters until it reaches the tail; then it follows the
-    tail's queue. The queue is joined before the last catch-up read, and a change it holds at or
-    before the subscriber's cursor is dropped, so the hand-over has neither a gap nor a repeat.
-    Raises SlowSubscriber (with the last cursor sent) when the queue overflows.
+    The stream pulls at its own pace: from the tail's shared window while its cursor is inside
+    it, from the log itself (with the filters, a page at a time) while it is behind — after a
+    burst larger than the window, or when it starts from an old cursor. Both give the same
+    (xid, seq) order below the horizon, so switching has neither a gap nor a repeat, and memory
+    per stream is one page. Too slow means not reading: when handing one item over (the gRPC
+    write under flow control) took longer than `stall_timeout` while more changes wait for it,
+    SlowSubscriber is raised with the cursor of that item, the last one sent. With `batch` > 1
+    the changes at hand are handed over up to `batch` at a time (one item, one gRPC message).
     """
     cursor = start
-    listener: Listener | None = None
-    joined_at = start
     accepts = change_filter(instance_ids, kinds)
+    listener = feed.listen()
+    loop = asyncio.get_running_loop()
+    announced = False  # the first progress item says "caught up"
+    last_progress = loop.time()
+
+    def lagging(at: ChangeCursor) -> bool:
+        taken = feed.take(at, accepts, 1)
+        return taken is None or bool(taken[0])
+
     try:
-        for _ in range(1_000_000):  # catch-up: bounded by the log's length
-            if listener is None and cursor >= feed.position:
-                listener = feed.listen(accepts, buffer)
-                joined_at = listener.position
-            page = await repo.read_changes(cursor, limit=page_size, instance_ids=instance_ids, kinds=kinds)
-            for change in page.changes:
-                yield StreamItem(change, change.cursor)
-                cursor = change.cursor
-            cursor = max(cursor, page.cursor)
-            if len(page.changes) < page_size:
-                if listener is None:
-                    listener = feed.listen(accepts, buffer)
-                    joined_at = listener.position
-                    continue  # one more read: up to where the tail was when we joined
-                if cursor >= joined_at:
-                    break  # the queue holds every change after joined_at
-                await asyncio.sleep(0.01)
-        assert listener is not None
-        last_progress = asyncio.get_running_loop().time()
-        yield StreamItem(None, cursor)
         while True:
-            if listener.overflowed:
-                raise SlowSubscriber(cursor)
-            while not listener.queue.empty():
-                change = listener.queue.get_nowait()
-                if change.cursor <= cursor:
-                    continue
-                yield StreamItem(change, change.cursor)
-                cursor = change.cursor
-                if listener.overflowed:
-                    raise SlowSubscriber(cursor)
-            now = asyncio.get_running_loop().time()
-            if now - last_progress >= progress_interval:
-                cursor = max(cursor, listener.position)
-                last_progress = now
-                yield StreamItem(None, cursor)
-                continue
             listener.wake.clear()
-            if listener.queue.empty() and not listener.overflowed:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(listener.wake.wait(), progress_interval - (now - last_progress))
+            taken = feed.take(cursor, accepts, page_size)
+            if taken is None:
+                page = await repo.read_changes(cursor, limit=page_size, instance_ids=instance_ids, kinds=kinds)
+                changes, upto = page.changes, page.cursor
+            else:
+                changes, upto = taken
+            for first in range(0, len(changes), batch):
+                chunk = changes[first : first + batch]
+                handed = loop.time()
+                if batch == 1:
+                    yield StreamItem(chunk[0], chunk[0].cursor)
+                else:
+                    yield StreamItem(None, chunk[-1].cursor, tuple(chunk))
+                cursor = chunk[-1].cursor
+                if loop.time() - handed > stall_timeout and lagging(cursor):
+                    raise SlowSubscriber(cursor, loop.time() - handed)
+            cursor = max(cursor, upto)
+            if changes:
+                last_progress = loop.time()
+                continue
+            if taken is None:
+                if cursor < feed.window_start:  # not expected (the horizon is past the window):
+                    await asyncio.sleep(feed.poll_interval)  # never spin on the database
+                continue  # read the log up to its horizon; now the window
+            now = loop.time()
+            if not announced or now - last_progress >= progress_interval:
+                announced, last_progress = True, now
+                yield StreamItem(None, cursor)
+                if loop.time() - now > stall_timeout and lagging(cursor):
+                    raise SlowSubscriber(cursor, loop.time() - now)
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(listener.wake.wait(), progress_interval - (now - last_progress))
     finally:
-        if listener is not None:
-            feed.unlisten(listener)
+        feed.unlisten(listener)

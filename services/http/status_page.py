@@ -26,7 +26,7 @@ import binascii
 import contextlib
 import json
 import logging
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from html import escape
@@ -108,6 +108,8 @@ class Snapshot:
     webhooks: list[tuple[SubscriptionRecord, SubscriptionStats | None]] = field(default_factory=list)
     # The viewer's CSRF token when the page offers actions (QR, pairing code, restart, retry).
     csrf: str = ""
+    # This process's event streams: (open now, closed as too slow since start); None: unknown.
+    event_streams: tuple[int, int] | None = None
 
 
 async def _webhooks(
@@ -259,6 +261,11 @@ def snapshot_json(snap: Snapshot, lang: str) -> dict[str, Any]:
             }
             for sub, stats in snap.webhooks
         ],
+        "event_streams": (
+            None
+            if snap.event_streams is None
+            else {"open": snap.event_streams[0], "cut_off_too_slow": snap.event_streams[1]}
+        ),
     }
 
 
@@ -268,9 +275,17 @@ def _lag(stats: SubscriptionStats | None, now: datetime) -> float:
     return round(max(0.0, (now - stats.oldest_pending_at).total_seconds()), 3)
 
 
+def render_event_streams(snap: Snapshot, lang: str) -> str:
+    if snap.event_streams is None:
+        return ""
+    opened, cut = snap.event_streams
+    text = _t(lang, "event_streams").format(open=opened, cut=cut)
+    return f'<p id="event-streams" class="{"warn" if cut else "muted"}">{_e(text)}</p>'
+
+
 def render_webhooks(snap: Snapshot, lang: str) -> str:
     if not snap.webhooks:
-        return f'<p class="empty">{_e(_t(lang, "no_webhooks"))}</p>'
+        return f'<p class="empty">{_e(_t(lang, "no_webhooks"))}</p>' + render_event_streams(snap, lang)
     keys = ("w_url", "w_enabled", "w_pending", "w_lag", "w_failures", "w_timeouts", "w_refused", "w_last_error")
     head = "".join(f"<th>{_e(_t(lang, k))}</th>" for k in keys)
     rows = []
@@ -285,7 +300,8 @@ def render_webhooks(snap: Snapshot, lang: str) -> str:
             f"<td>{sub.consecutive_failures}</td><td>{sub.timeouts}</td><td>{sub.refused}</td>"
             f"<td>{_e(sub.last_error or '—')}</td></tr>"
         )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    table = f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    return table + render_event_streams(snap, lang)
 
 
 def _summary(snap: Snapshot) -> dict[str, int]:
@@ -501,6 +517,8 @@ class StatusPage:
         self.csrf = Csrf(settings)
         self.tokens = parse_tokens(settings.api_tokens.get_secret_value()) if settings.api_tokens else []
         self.streams: set[_Stream] = set()
+        # (open event streams, cut off as too slow): set by the composition root.
+        self.event_streams: Callable[[], tuple[int, int]] | None = None
         self.static: dict[str, bytes] = {}
         folder = resources.files("services.http").joinpath("static")
         for name in STATIC_FILES:
@@ -545,6 +563,8 @@ class StatusPage:
             snap = await build_snapshot(self.gateway, principal, self.subscriptions)
             if self.recovery is not None and self.recovery.operations is not None:
                 snap.csrf = self.csrf.token(principal)
+            if self.event_streams is not None:
+                snap.event_streams = self.event_streams()
             return snap
         except Exception as error:
             if status_for(error) is None:

@@ -105,6 +105,17 @@ class Metrics:
             description="Failed outbound webhook attempts since the last success, per subscription",
         )
 
+        m.create_observable_gauge(
+            "wapiguard.events.streams",
+            [self._observe("event_streams")],
+            description="Event streams (Subscribe) open on this process",
+        )
+        m.create_observable_counter(
+            "wapiguard.events.subscribers_cut_off",
+            [self._observe("event_cut_offs")],
+            description="Event streams closed as too slow (not reading while events waited)",
+        )
+
     def _observe(self, name: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
         def callback(_options: CallbackOptions) -> Iterable[Observation]:
             source = self.gauges.get(name)

@@ -123,10 +123,22 @@ def _stream_request(behaviour: Any, method: str) -> Any:
     return unary
 
 
+def _bytes_or(serialize: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
+    """A response serializer that passes bytes through: a handler may hand over a message it
+    serialized once for many calls (the event stream's events)."""
+    if serialize is None:
+        return None
+
+    def serializer(message: Any) -> bytes:
+        return message if isinstance(message, bytes) else serialize(message)
+
+    return serializer
+
+
 def guard_handler(handler: grpc.RpcMethodHandler[Any, Any], method: str) -> grpc.RpcMethodHandler[Any, Any]:
     codec: dict[str, Any] = {
         "request_deserializer": _guard_deserializer(handler.request_deserializer),
-        "response_serializer": handler.response_serializer,
+        "response_serializer": _bytes_or(handler.response_serializer),
     }
     if codec["request_deserializer"] is None:
         return handler

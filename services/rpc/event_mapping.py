@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections import OrderedDict
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,7 +15,7 @@ from google.protobuf import json_format, struct_pb2
 from adapters.wapi.webhooks import normalize_inbound
 from services.api.wapiguard.v1 import common_pb2, events_pb2
 from services.rpc.mapping import ts
-from statemachine.changes import ChangeKind, ChangeRecord
+from statemachine.changes import ChangeKind, ChangeRecord, CursorCodec
 from statemachine.domain import InstanceState, MessageState
 
 TYPE_TO_PB: dict[ChangeKind, int] = {
@@ -115,28 +116,74 @@ def _inbound(change: ChangeRecord) -> events_pb2.InboundMessage:
     return out
 
 
-_EVENT_CACHE: OrderedDict[str, events_pb2.Event] = OrderedDict()
-_EVENT_CACHE_SIZE = 4096
+class _Encoded:
+    """One change as the stream sends it: the Event, and the SubscribeResponse's bytes once a
+    stream asked for them."""
+
+    __slots__ = ("event", "wire")
+
+    def __init__(self, event: events_pb2.Event) -> None:
+        self.event = event
+        self.wire: bytes | None = None
 
 
-def event_pb(change: ChangeRecord) -> events_pb2.Event:
-    """One change-log row as the versioned event; built once per change for all subscribers
-    (the tail hands the same change to each of them)."""
-    cached = _EVENT_CACHE.get(change.event_id)
+_EVENT_CACHE: OrderedDict[str, _Encoded] = OrderedDict()
+_EVENT_CACHE_SIZE = 8192  # above the shared window's default (5000): one encoding per change
+
+
+def _encoded(change: ChangeRecord, cursors: CursorCodec) -> _Encoded:
+    cached = _EVENT_CACHE.get(change.event_id)  # event ids are unique across logs
     if cached is not None:
         return cached
-    event = _build_event(change)
-    _EVENT_CACHE[change.event_id] = event
+    encoded = _Encoded(_build_event(change, cursors))
+    _EVENT_CACHE[change.event_id] = encoded
     if len(_EVENT_CACHE) > _EVENT_CACHE_SIZE:
         _EVENT_CACHE.popitem(last=False)
-    return event
+    return encoded
 
 
-def _build_event(change: ChangeRecord) -> events_pb2.Event:
+def event_pb(change: ChangeRecord, cursors: CursorCodec) -> events_pb2.Event:
+    """One change-log row as the versioned event; built once per change for all subscribers
+    (the tail hands the same change to each of them). Shared: do not modify it."""
+    return _encoded(change, cursors).event
+
+
+def subscribe_response_bytes(change: ChangeRecord, cursors: CursorCodec) -> bytes:
+    """The serialized `SubscribeResponse{event}` of a change, encoded once for every stream (the
+    Subscribe handler's serializer passes bytes through: services/rpc/decoding.py)."""
+    encoded = _encoded(change, cursors)
+    if encoded.wire is None:
+        encoded.wire = events_pb2.SubscribeResponse(event=encoded.event).SerializeToString()
+    return encoded.wire
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+_BATCH_TAG = b"\x1a"  # SubscribeResponse.events: field 3, length-delimited
+
+
+def batch_response_bytes(changes: Sequence[ChangeRecord], cursors: CursorCodec) -> bytes:
+    """The serialized `SubscribeResponse{events: EventBatch{events}}` from the once-encoded
+    events. `SubscribeResponse{event: e}` and one `EventBatch.events` entry are the same bytes
+    (both field 1, the Event length-delimited), and a repeated field is its entries one after
+    another (protobuf encoding guide), so a batch is a concatenation: no event is encoded again
+    per stream."""
+    body = b"".join(subscribe_response_bytes(change, cursors) for change in changes)
+    return _BATCH_TAG + _varint(len(body)) + body
+
+
+def _build_event(change: ChangeRecord, cursors: CursorCodec) -> events_pb2.Event:
     p = change.payload
     event = events_pb2.Event(
         id=change.event_id,
-        cursor=change.cursor.encode(),
+        cursor=cursors.encode(change.cursor),
         type=TYPE_TO_PB.get(change.kind, 0),  # type: ignore[arg-type]
         type_name=change.kind.value,
         instance_id=change.instance_id,
@@ -186,7 +233,7 @@ def _build_event(change: ChangeRecord) -> events_pb2.Event:
     return event
 
 
-def event_dict(change: ChangeRecord) -> dict[str, Any]:
+def event_dict(change: ChangeRecord, cursors: CursorCodec) -> dict[str, Any]:
     """The event in proto3 JSON with the .proto field names (the webhook body's `data`)."""
-    data: dict[str, Any] = json_format.MessageToDict(event_pb(change), preserving_proto_field_name=True)
+    data: dict[str, Any] = json_format.MessageToDict(event_pb(change, cursors), preserving_proto_field_name=True)
     return data

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -16,9 +17,23 @@ from services.app.principals import PermissionDenied, current_principal
 from services.app.subscriptions import check_resolved, check_url_target, creation_filter, display_url, visible
 from services.observability.logs import register_secret
 from services.rpc.errors import abort, build_status, grpc_errors, locale_of, status_for
-from services.rpc.event_mapping import TYPE_FROM_PB, TYPE_TO_PB, event_pb
+from services.rpc.event_mapping import (
+    TYPE_FROM_PB,
+    TYPE_TO_PB,
+    batch_response_bytes,
+    event_pb,
+    subscribe_response_bytes,
+)
 from services.rpc.mapping import ts
-from statemachine.changes import ChangeCursor, ChangeKind, InvalidCursor
+from statemachine.changes import (
+    START,
+    ChangeCursor,
+    ChangeKind,
+    CursorCodec,
+    ForeignCursor,
+    InvalidCursor,
+    TamperedCursor,
+)
 from statemachine.errors import InvalidRequest
 from statemachine.ports import (
     DELIVERY_STATES,
@@ -40,7 +55,9 @@ from statemachine.validation import (
 )
 
 Ctx: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+log = logging.getLogger("wapi_guard.events")
 MAX_PAGE = 1000
+MAX_BATCH = 500  # events per SubscribeResponse (one tail page)
 DEFAULT_PAGE = 100
 _STATE_TO_PB = {
     "pending": events_pb2.DELIVERY_STATE_PENDING,
@@ -54,27 +71,40 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class CursorExpired(Exception):
-    def __init__(self, oldest: ChangeCursor) -> None:
-        super().__init__("cursor is older than the oldest retained event")
-        self.oldest = oldest
+class CursorRefused(Exception):
+    """A well-formed cursor this log cannot resume from; the answer carries the valid range."""
+
+    def __init__(
+        self, code: grpc.StatusCode, reason: str, message: str, field: str, oldest: ChangeCursor, head: ChangeCursor
+    ) -> None:
+        super().__init__(message)
+        self.code, self.reason, self.message, self.field = code, reason, message, field
+        self.oldest, self.head = oldest, head
 
 
-def _decode(field: str, text: str) -> ChangeCursor:
+def _decode(field: str, text: str, cursors: CursorCodec | None = None) -> ChangeCursor:
     try:
-        return ChangeCursor.decode(text)
+        return cursors.decode(text) if cursors is not None else ChangeCursor.decode(text)
     except InvalidCursor as error:
         raise InvalidRequest([Violation(field, str(error))]) from None
 
 
 def _kinds(field: str, types: Any) -> list[ChangeKind] | None:
-    kinds = []
+    kinds: set[ChangeKind] = set()
     for value in types:
         kind = TYPE_FROM_PB.get(value)
         if kind is None:
             raise InvalidRequest([Violation(field, f"unknown event type {value}")])
-        kinds.append(kind)
-    return kinds or None
+        kinds.add(kind)
+    return sorted(kinds) or None
+
+
+def _filter_instances(field: str, requested: Any) -> list[str] | None:
+    """The request's instance filter, validated (count, each id) before any storage call, then
+    limited to the caller's scope."""
+    if violations := validate_instance_filter(field, requested):
+        raise InvalidRequest(violations)
+    return scoped_instances(field, requested)
 
 
 def scoped_instances(field: str, requested: Any) -> list[str] | None:
@@ -89,28 +119,63 @@ def scoped_instances(field: str, requested: Any) -> list[str] | None:
     return ids or sorted(scope)
 
 
-def _expired_status(error: CursorExpired) -> grpc.Status:
+def _refused_status(error: CursorRefused, cursors: CursorCodec) -> grpc.Status:
+    """OUT_OF_RANGE (expired, ahead of the head, another log) or INVALID_ARGUMENT (altered), with
+    the valid range in ErrorInfo.metadata: `oldest_cursor` and `head_cursor`."""
+    violations = [(error.field, error.message)] if error.code is grpc.StatusCode.INVALID_ARGUMENT else None
     return build_status(
-        grpc.StatusCode.OUT_OF_RANGE,
-        "cursor is older than the oldest retained event; resume from oldest_cursor",
-        "CURSOR_EXPIRED",
-        {"oldest_cursor": error.oldest.encode()},
+        error.code,
+        error.message,
+        error.reason,
+        {
+            "field": error.field,
+            "oldest_cursor": cursors.encode(error.oldest),
+            "head_cursor": cursors.encode(error.head),
+        },
+        violations=violations,
     )
 
 
 class EventServicer(events_pb2_grpc.EventServiceServicer):
-    def __init__(self, repo: ChangeLog, feed: ChangeFeed, *, progress_interval: float, buffer: int) -> None:
+    def __init__(
+        self, repo: ChangeLog, feed: ChangeFeed, *, progress_interval: float, stall_timeout: float = 30.0
+    ) -> None:
         self.repo = repo
         self.feed = feed
         self.progress_interval = progress_interval
-        self.buffer = buffer
+        self.stall_timeout = stall_timeout
 
-    async def _checked(self, cursor: ChangeCursor) -> ChangeCursor:
-        """Expired when it stands before the oldest kept change and changes older than that one
-        existed (its seq is not the first): retention pruned something the caller never saw."""
+    async def _checked(self, field: str, text: str) -> ChangeCursor:
+        """A client's cursor, decoded (a malformed one is INVALID_ARGUMENT before any storage
+        call) and checked against this log: another log's, an altered one, one ahead of the head
+        and one before retained history are refused with the valid range. Expired means: before
+        the oldest kept change while older changes existed (its seq is not the first)."""
+        refused: tuple[grpc.StatusCode, str, str] | None = None
+        cursor = START
+        try:
+            cursor = self.feed.cursors.decode(text)
+        except ForeignCursor as error:
+            refused = (grpc.StatusCode.OUT_OF_RANGE, "CURSOR_OTHER_LOG", f"{error}; start again from oldest_cursor")
+        except TamperedCursor as error:
+            refused = (grpc.StatusCode.INVALID_ARGUMENT, "CURSOR_TAMPERED", str(error))
+        except InvalidCursor as error:
+            raise InvalidRequest([Violation(field, str(error))]) from None
         oldest = await self.repo.oldest_change_cursor()
-        if cursor < oldest and oldest.seq > 0:
-            raise CursorExpired(oldest)
+        head = await self.repo.head_change_cursor()
+        if refused is None and cursor > head:
+            refused = (
+                grpc.StatusCode.OUT_OF_RANGE,
+                "CURSOR_AHEAD",
+                "cursor is ahead of the newest event of this log (another or a restored database?)",
+            )
+        if refused is None and cursor < oldest and oldest.seq > 0:
+            refused = (
+                grpc.StatusCode.OUT_OF_RANGE,
+                "CURSOR_EXPIRED",
+                "cursor is older than the oldest retained event; resume from oldest_cursor",
+            )
+        if refused is not None:
+            raise CursorRefused(*refused, field, oldest, head)
         return cursor
 
     async def Subscribe(
@@ -118,11 +183,11 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
     ) -> AsyncIterator[events_pb2.SubscribeResponse]:
         cursor = ChangeCursor(0, 0)
         try:
-            instance_ids = scoped_instances("filter.instance_ids", request.filter.instance_ids)
+            instance_ids = _filter_instances("filter.instance_ids", request.filter.instance_ids)
             kinds = _kinds("filter.types", request.filter.types)
             start = request.WhichOneof("start")
             if start == "cursor":
-                cursor = await self._checked(_decode("cursor", request.cursor))
+                cursor = await self._checked("cursor", request.cursor)
             elif start == "from_oldest":
                 cursor = await self.repo.oldest_change_cursor()
             else:
@@ -141,21 +206,33 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
                 instance_ids=instance_ids,
                 kinds=kinds,
                 progress_interval=interval,
-                buffer=self.buffer,
+                stall_timeout=self.stall_timeout,
+                batch=min(max(request.max_events_per_response, 1), MAX_BATCH),
             ):
                 cursor = item.cursor
-                if item.change is not None:
-                    yield events_pb2.SubscribeResponse(event=event_pb(item.change))
+                if item.batch:
+                    yield batch_response_bytes(item.batch, self.feed.cursors)  # type: ignore[misc]
+                elif item.change is not None:
+                    # encoded once for all streams
+                    yield subscribe_response_bytes(item.change, self.feed.cursors)  # type: ignore[misc]
                 else:
                     yield events_pb2.SubscribeResponse(
-                        progress=events_pb2.Progress(cursor=item.cursor.encode(), at=ts(utcnow()))
+                        progress=events_pb2.Progress(cursor=self.feed.cursors.encode(item.cursor), at=ts(utcnow()))
                     )
         except SlowSubscriber as slow:
+            self.feed.cut_offs += 1
+            log.warning(
+                "event stream of %s closed as too slow: it read nothing for %.1f s while events waited;"
+                " it resumes from %s",
+                current_principal.get().name,
+                slow.stalled,
+                self.feed.cursors.encode(slow.cursor),
+            )
             status = build_status(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 "subscriber too slow: resume from resume_cursor",
                 "SUBSCRIBER_TOO_SLOW",
-                {"resume_cursor": slow.cursor.encode()},
+                {"resume_cursor": self.feed.cursors.encode(slow.cursor)},
             )
             await abort(context, status)
         except Exception as error:
@@ -164,8 +241,8 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
             await self._fail(context, error)
 
     async def _fail(self, context: Ctx, error: Exception) -> None:
-        if isinstance(error, CursorExpired):
-            await abort(context, _expired_status(error))
+        if isinstance(error, CursorRefused):
+            await abort(context, _refused_status(error, self.feed.cursors))
         status = status_for(error, locale_of(context))
         if status is None:
             raise error
@@ -173,13 +250,13 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
 
     async def ListEvents(self, request: events_pb2.ListEventsRequest, context: Ctx) -> events_pb2.ListEventsResponse:
         try:
-            instance_ids = scoped_instances("filter.instance_ids", request.filter.instance_ids)
+            instance_ids = _filter_instances("filter.instance_ids", request.filter.instance_ids)
             kinds = _kinds("filter.types", request.filter.types)
             if request.page_size < 0 or request.page_size > MAX_PAGE:
                 raise InvalidRequest([Violation("page_size", f"must be between 0 and {MAX_PAGE}")])
             size = request.page_size or DEFAULT_PAGE
             if request.WhichOneof("start") == "after_cursor":
-                cursor = await self._checked(_decode("after_cursor", request.after_cursor))
+                cursor = await self._checked("after_cursor", request.after_cursor)
             else:
                 cursor = await self.repo.oldest_change_cursor()
             page = await self.repo.read_changes(cursor, limit=size, instance_ids=instance_ids, kinds=kinds)
@@ -187,8 +264,8 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
             await self._fail(context, error)
             raise
         return events_pb2.ListEventsResponse(
-            events=[event_pb(c) for c in page.changes],
-            next_cursor=page.cursor.encode(),
+            events=[event_pb(c, self.feed.cursors) for c in page.changes],
+            next_cursor=self.feed.cursors.encode(page.cursor),
             caught_up=len(page.changes) < size,
         )
 
@@ -198,7 +275,7 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
     ) -> events_pb2.EventCursors:
         head = await self.repo.head_change_cursor()
         oldest = await self.repo.oldest_change_cursor()
-        return events_pb2.EventCursors(head=head.encode(), oldest=oldest.encode())
+        return events_pb2.EventCursors(head=self.feed.cursors.encode(head), oldest=self.feed.cursors.encode(oldest))
 
 
 # --- webhook subscriptions -------------------------------------------------------------------
@@ -285,6 +362,7 @@ class WebhookSubscriptionServicer(events_pb2_grpc.WebhookSubscriptionServiceServ
         repo: ChangeLog,
         store: SubscriptionStore,
         dispatcher: WebhookDispatcher | None,
+        cursors: CursorCodec | None = None,
         *,
         allow_private: bool = False,
     ) -> None:
@@ -292,6 +370,7 @@ class WebhookSubscriptionServicer(events_pb2_grpc.WebhookSubscriptionServiceServ
         self.store = store
         self.dispatcher = dispatcher
         self.allow_private = allow_private
+        self.cursors = cursors  # the event cursors clients hold (start_cursor)
 
     async def _owned(self, sub_id: str, field: str = "id") -> SubscriptionRecord:
         sub = await self.store.get_subscription(_check_id(field, sub_id))
@@ -316,7 +395,7 @@ class WebhookSubscriptionServicer(events_pb2_grpc.WebhookSubscriptionServiceServ
         kinds = _kinds("types", request.types) or []
         instance_ids = creation_filter(request.instance_ids, current_principal.get())
         if request.start_cursor:
-            cursor = _decode("start_cursor", request.start_cursor)
+            cursor = _decode("start_cursor", request.start_cursor, self.cursors)
             oldest = await self.repo.oldest_change_cursor()
             if cursor < oldest:
                 raise InvalidRequest([Violation("start_cursor", "older than the oldest retained event")])

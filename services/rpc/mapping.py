@@ -101,6 +101,7 @@ def message_pb(msg: MessageRecord) -> common_pb2.Message:
         stuck=msg.stuck_at is not None and msg.state in (MessageState.SENT, MessageState.QUEUED),
         sent_at=ts(msg.sent_at),
         queue_id=msg.queue_id or "",
+        version=msg.version,
     )
 
 

@@ -221,6 +221,7 @@ class App:
             repo,
             poll_interval=settings.event_poll_interval,
             wakeups=change_listener(dsn) if (dsn := listen_dsn(settings.database_url)) else None,
+            window=settings.event_subscriber_buffer,
         )
         await step("change feed", url, settings.db_connect_timeout, feed.start())
         opened.append(feed.aclose)
@@ -230,7 +231,7 @@ class App:
             store,
             feed,
             outbound_config(settings),
-            render=event_dict,
+            render=lambda change: event_dict(change, feed.cursors),
             scopes=Scopes(
                 [p for p, _token in parse_tokens(settings.api_tokens.get_secret_value())]
                 if settings.api_tokens
@@ -241,6 +242,8 @@ class App:
         await dispatcher.start()
         opened.append(dispatcher.aclose)
         register_outbound_metrics(telemetry, store, dispatcher)
+        telemetry.metrics.gauges["event_streams"] = lambda: [(float(len(feed.listeners)), {})]
+        telemetry.metrics.gauges["event_cut_offs"] = lambda: [(float(feed.cut_offs), {})]
         await recovery.start()
         opened.append(recovery.aclose)
 
@@ -266,12 +269,15 @@ class App:
                 repo,
                 feed,
                 progress_interval=settings.event_progress_interval,
-                buffer=settings.event_subscriber_buffer,
+                stall_timeout=settings.event_subscriber_timeout,
             ),
             target,
         )
         events_pb2_grpc.add_WebhookSubscriptionServiceServicer_to_server(
-            WebhookSubscriptionServicer(repo, store, dispatcher, allow_private=settings.webhook_allow_private), target
+            WebhookSubscriptionServicer(
+                repo, store, dispatcher, feed.cursors, allow_private=settings.webhook_allow_private
+            ),
+            target,
         )
         health_servicer = health.aio.HealthServicer()
         # The servicer starts with the overall status SERVING: not until the database answers.
@@ -302,8 +308,10 @@ class App:
         ]
         if settings.http_port >= 0:
             from services.http.bridge import start_bridge
+            from services.http.status_page import STATUS_PAGE_KEY
 
             runner, http_port = await start_bridge(settings, gateway, recovery, store)
+            runner.app[STATUS_PAGE_KEY].event_streams = lambda: (len(feed.listeners), feed.cut_offs)
             opened.append(runner.cleanup)
             app.http_port = http_port
             app.bridge_runner = runner

@@ -93,6 +93,28 @@ async def test_a_message_story_is_in_the_log_in_order(guard: Harness) -> None:
     assert all(c.event_id.startswith("evt_") and c.instance_id == "cl-1" for c in changes)
 
 
+async def test_a_stale_status_leaves_the_version_the_last_event_carried(guard: Harness) -> None:
+    """Issue 21 item 9: a late DELIVERED after READ and a repeated "sent" are recorded in the
+    history but bump no version, so GetMessage's version equals the last event's."""
+    await guard.register("cl-v")
+    await guard.connect("cl-v")
+    start = await guard.repo.head_change_cursor()
+    sent = await send(guard, "cl-v", "kv")
+    pid = sent.provider_message_id
+    await guard.webhook(status("cl-v", pid, "read", moment=1_749_132_500))
+    await guard.webhook(status("cl-v", pid, "delivered", moment=1_749_132_501))  # late: stale
+    await guard.webhook(status("cl-v", pid, "sent", moment=1_749_132_502))  # stale
+    changes = await read_all(guard, start, expect=3)
+    assert kinds(changes) == [
+        ("message.state_changed", "PENDING"),
+        ("message.state_changed", "SENT"),
+        ("message.state_changed", "READ"),
+    ]
+    got = await guard.send.GetMessage(send_pb2.GetMessageRequest(message_id=sent.id))
+    assert [(h.applied, h.reason) for h in got.history][-2:] == [(False, "STALE_STATUS"), (False, "STALE_STATUS")]
+    assert got.version == changes[-1].payload["version"] == 3
+
+
 async def test_a_blocked_send_logs_its_failure(guard: Harness) -> None:
     await guard.register("cl-2")
     await guard.connect("cl-2", phone=None)  # SESSION_INCOMPLETE

@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 import grpc
 import pytest
 from google.protobuf import json_format
 from sqlalchemy import delete, select
 
+from adapters.persistence import changelog
 from adapters.persistence.schema import change_log
 from services.api.wapiguard.v1 import (
     common_pb2,
@@ -21,6 +24,7 @@ from services.api.wapiguard.v1 import (
     send_pb2,
     webhook_pb2,
 )
+from statemachine.changes import Change, ChangeKind
 from tests.integration.harness import Harness, rich_error, start_harness, stop_harness
 
 TIMEOUT = 10.0
@@ -263,9 +267,20 @@ async def test_scoped_token_sees_only_its_instances(database_url: str) -> None:
         await stop_harness(h)
 
 
-async def test_slow_subscriber_is_cut_off_with_bounded_memory_and_resumes(database_url: str) -> None:
+async def test_slow_subscriber_is_cut_off_with_bounded_memory_and_resumes(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A subscriber that stops reading (its transport window full) for longer than the timeout
+    while events wait for it is cut off, logged with its principal and counted; memory stays
+    bounded (the shared window), and it resumes without loss."""
     buffer = 10
-    h = await start_harness(database_url, event_subscriber_buffer=buffer, event_progress_interval=0.3)
+    h = await start_harness(
+        database_url,
+        event_subscriber_buffer=buffer,
+        event_subscriber_timeout=0.5,
+        event_progress_interval=0.3,
+        http_port=0,
+    )
     try:
         await h.register("INST-A")
         channel = grpc.aio.insecure_channel(
@@ -282,7 +297,7 @@ async def test_slow_subscriber_is_cut_off_with_bounded_memory_and_resumes(databa
             await h.webhook(body)
             feed = h.app.feed
             assert feed is not None
-            assert all(listener.queue.qsize() <= buffer for listener in feed.listeners)
+            assert feed.held() <= buffer
         received: list[events_pb2.Event] = []
 
         async def drain() -> None:
@@ -299,6 +314,21 @@ async def test_slow_subscriber_is_cut_off_with_bounded_memory_and_resumes(databa
         assert error.code is grpc.StatusCode.RESOURCE_EXHAUSTED
         assert error.reason == "SUBSCRIBER_TOO_SLOW"
         assert len(received) < total
+        assert h.app.feed is not None
+        assert h.app.feed.cut_offs == 1
+        cut = [r.getMessage() for r in caplog.records if "too slow" in r.getMessage()]
+        assert len(cut) == 1
+        assert "read nothing for" in cut[0]
+        # Operators see it: the status page's snapshot and /metrics.
+        base = f"http://127.0.0.1:{h.app.http_port}"
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{base}/status/api/snapshot?lang=en") as response:
+                snapshot = await response.json()
+            async with session.get(f"{base}/metrics") as response:
+                metrics = await response.text()
+        assert snapshot["event_streams"]["cut_off_too_slow"] == 1
+        (line,) = [x for x in metrics.splitlines() if x.startswith("wapiguard_events_subscribers_cut_off_total")]
+        assert line.endswith(" 1.0")
         resume = error.metadata["resume_cursor"]
         if received:
             assert resume == received[-1].cursor
@@ -313,3 +343,106 @@ async def test_slow_subscriber_is_cut_off_with_bounded_memory_and_resumes(databa
         assert ids == [f"3EB0SLOW{n:05d}" for n in range(total)]
     finally:
         await stop_harness(h)
+
+
+async def test_a_burst_larger_than_the_buffer_never_cuts_off_subscribers_that_keep_reading(database_url: str) -> None:
+    """Issue 21 item 4: 2,500 events committed at once (as when a long transaction releases the
+    horizon) with a shared window of 100: five subscribers reading continuously get every event,
+    in order, and none is closed as too slow; the process holds at most the window."""
+    buffer, total = 100, 2500
+    h = await start_harness(database_url, event_subscriber_buffer=buffer, event_progress_interval=0.3)
+    try:
+        stub = events_stub(h)
+        streams = [stub.Subscribe(events_pb2.SubscribeRequest(from_now=True)) for _ in range(5)]
+        for stream in streams:
+            await first_progress(stream)
+        at = datetime.now(UTC)
+        burst = [
+            Change(ChangeKind.INSTANCE_HEALTH_CHANGED, f"BURST-{n % 7}", at, {"instance_id": f"BURST-{n % 7}", "n": n})
+            for n in range(total)
+        ]
+        async with h.repo.engine.begin() as conn:
+            await changelog.append(conn, burst)
+        feed = h.app.feed
+        assert feed is not None
+        results = await asyncio.gather(*(next_events(s, total, timeout=60) for s in streams))
+        assert feed.held() <= buffer
+        in_log: list[str] = []
+        cursor = None
+        for _ in range(10):
+            page = await h.repo.read_changes(cursor, limit=1000, kinds=[ChangeKind.INSTANCE_HEALTH_CHANGED])
+            in_log += [c.event_id for c in page.changes if c.instance_id.startswith("BURST-")]
+            cursor = page.cursor
+        assert len(in_log) == total
+        assert all([e.id for e in got] == in_log for got in results)  # all, once, in log order
+        assert feed.cut_offs == 0
+        for stream in streams:
+            stream.cancel()
+    finally:
+        await stop_harness(h)
+
+
+async def test_an_event_is_encoded_once_for_all_its_streams(guard: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 21 item 8: five unfiltered streams, one change: one SubscribeResponse is built and
+    serialized for all of them (not one per stream); every stream gets the same bytes."""
+    built: list[str] = []
+    original = events_pb2.SubscribeResponse
+
+    def counting(**fields: Any) -> Any:
+        if "event" in fields:
+            built.append(fields["event"].id)
+        return original(**fields)
+
+    stub = events_stub(guard)  # the client's deserializer is bound here, before the count
+    monkeypatch.setattr(events_pb2, "SubscribeResponse", counting)
+    await guard.register("INST-E")
+    streams = [stub.Subscribe(events_pb2.SubscribeRequest(from_now=True)) for _ in range(5)]
+    for stream in streams:
+        await first_progress(stream)
+    await guard.connect("INST-E")
+    got = [await next_events(stream, 1) for stream in streams]
+    for stream in streams:
+        stream.cancel()
+    assert len({e[0].SerializeToString() for e in got}) == 1
+    assert built == [got[0][0].id]
+
+
+async def test_a_stream_may_ask_for_several_events_per_response(guard: Harness) -> None:
+    """max_events_per_response: a burst arrives in few messages (as etcd's WatchResponse), the
+    same events in the same order as a one-per-message stream; every event keeps its cursor."""
+    stub = events_stub(guard)
+    single = stub.Subscribe(events_pb2.SubscribeRequest(from_now=True))
+    batched = stub.Subscribe(events_pb2.SubscribeRequest(from_now=True, max_events_per_response=50))
+    await first_progress(single)
+    await first_progress(batched)
+    at = datetime.now(UTC)
+    total = 120
+    async with guard.repo.engine.begin() as conn:
+        await changelog.append(
+            conn,
+            [
+                Change(ChangeKind.INSTANCE_HEALTH_CHANGED, "BATCH-1", at, {"instance_id": "BATCH-1"})
+                for _ in range(total)
+            ],
+        )
+    one_by_one = await next_events(single, total)
+    got: list[events_pb2.Event] = []
+    messages = 0
+
+    async def read() -> None:
+        nonlocal messages
+        while len(got) < total:
+            item: Any = await batched.read()
+            assert item is not grpc.aio.EOF
+            if item.HasField("events"):
+                messages += 1
+                assert 1 <= len(item.events.events) <= 50
+                got.extend(item.events.events)
+            assert not item.HasField("event")
+
+    await asyncio.wait_for(read(), TIMEOUT)
+    single.cancel()
+    batched.cancel()
+    assert [e.id for e in got] == [e.id for e in one_by_one]
+    assert [e.cursor for e in got] == [e.cursor for e in one_by_one]
+    assert messages < total / 10

@@ -123,7 +123,7 @@ async def test_every_builder_stores_the_same_outcome_for_the_same_batch(database
 
         by_id = {m[0]: m for m in first["messages"]}
         assert by_id["m-1"][1:3] == ("READ", 4)  # delivered, then read: two writes
-        assert by_id["m-2"][1:3] == ("READ", 4)  # the stale delivered is recorded, not applied
+        assert by_id["m-2"][1:3] == ("READ", 3)  # the stale delivered is recorded, not applied, no bump
         assert [(h["to"], h["applied"]) for h in json.loads(by_id["m-2"][5])][-1] == ("DELIVERED", False)
         assert by_id["m-3"][1:4] == ("FAILED", 3, "PROVIDER_ERROR")
         assert [(e[1], e[2], e[4]) for e in first["events"] if "P-9" in e[0]] == [

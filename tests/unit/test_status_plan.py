@@ -74,6 +74,8 @@ def test_a_late_status_is_recorded_on_the_message_without_moving_it_or_logging()
         (S.DELIVERED, False, Reason.STALE_STATUS)
     ]
     assert step.log == ()
+    # No event, no version: the version moves only with the change-log events.
+    assert (step.update.from_version, step.update.to_version) == (2, 2)
 
 
 def test_a_failed_status_writes_the_failure_fields() -> None:

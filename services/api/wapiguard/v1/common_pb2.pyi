@@ -205,6 +205,7 @@ class Message(_message.Message):
     STUCK_FIELD_NUMBER: _builtins.int
     SENT_AT_FIELD_NUMBER: _builtins.int
     QUEUE_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     instance_id: _builtins.str
     to: _builtins.str
@@ -222,6 +223,11 @@ class Message(_message.Message):
     """True when the message stayed SENT longer than the stuck window."""
     queue_id: _builtins.str
     """W-API's queue handle (`insertedId`) while the message is QUEUED; not a provider message id."""
+    version: _builtins.int
+    """The row's version: the `version` of the last message event (message.state_changed /
+    message.failed) of this message. Compare it with the event feed: a stale provider status
+    changes neither the state nor the version.
+    """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -249,10 +255,11 @@ class Message(_message.Message):
         stuck: _builtins.bool = ...,
         sent_at: _timestamp_pb2.Timestamp | None = ...,
         queue_id: _builtins.str = ...,
+        version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "sent_at", b"sent_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "created_at", b"created_at", "failure_detail", b"failure_detail", "failure_reason", b"failure_reason", "history", b"history", "id", b"id", "idempotency_key", b"idempotency_key", "instance_id", b"instance_id", "kind", b"kind", "provider_message_id", b"provider_message_id", "queue_id", b"queue_id", "sent_at", b"sent_at", "state", b"state", "stuck", b"stuck", "to", b"to", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "created_at", b"created_at", "failure_detail", b"failure_detail", "failure_reason", b"failure_reason", "history", b"history", "id", b"id", "idempotency_key", b"idempotency_key", "instance_id", b"instance_id", "kind", b"kind", "provider_message_id", b"provider_message_id", "queue_id", b"queue_id", "sent_at", b"sent_at", "state", b"state", "stuck", b"stuck", "to", b"to", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

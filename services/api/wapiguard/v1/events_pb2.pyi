@@ -472,6 +472,7 @@ class SubscribeRequest(_message.Message):
     FROM_OLDEST_FIELD_NUMBER: _builtins.int
     FILTER_FIELD_NUMBER: _builtins.int
     PROGRESS_INTERVAL_SECONDS_FIELD_NUMBER: _builtins.int
+    MAX_EVENTS_PER_RESPONSE_FIELD_NUMBER: _builtins.int
     cursor: _builtins.str
     """Resume right after this cursor (an event's cursor or a progress cursor)."""
     from_now: _builtins.bool
@@ -480,6 +481,11 @@ class SubscribeRequest(_message.Message):
     """From the oldest retained event."""
     progress_interval_seconds: _builtins.int
     """Seconds between progress messages while idle; 0: the server's default."""
+    max_events_per_response: _builtins.int
+    """Up to this many consecutive events per response, in `events` (as etcd's WatchResponse carries
+    several): a busy stream costs the server far fewer messages. 0 or 1: one event per response,
+    in `event`. At most 500 (larger values are read as 500).
+    """
     @_builtins.property
     def filter(self) -> Global___EventFilter: ...
     def __init__(
@@ -490,16 +496,39 @@ class SubscribeRequest(_message.Message):
         from_oldest: _builtins.bool = ...,
         filter: Global___EventFilter | None = ...,
         progress_interval_seconds: _builtins.int = ...,
+        max_events_per_response: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "filter", b"filter", "from_now", b"from_now", "from_oldest", b"from_oldest", "start", b"start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "filter", b"filter", "from_now", b"from_now", "from_oldest", b"from_oldest", "progress_interval_seconds", b"progress_interval_seconds", "start", b"start"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "filter", b"filter", "from_now", b"from_now", "from_oldest", b"from_oldest", "max_events_per_response", b"max_events_per_response", "progress_interval_seconds", b"progress_interval_seconds", "start", b"start"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_start: _TypeAlias = _typing.Literal["cursor", "from_now", "from_oldest"]  # noqa: Y015
     _WhichOneofArgType_start: _TypeAlias = _typing.Literal["start", b"start"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_start) -> _WhichOneofReturnType_start | None: ...
 
 Global___SubscribeRequest: _TypeAlias = SubscribeRequest  # noqa: Y015
+
+@_typing.final
+class EventBatch(_message.Message):
+    """Consecutive events in log order; the last one's cursor is the place to resume from."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___Event]: ...
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___Event] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EventBatch: _TypeAlias = EventBatch  # noqa: Y015
 
 @_typing.final
 class Progress(_message.Message):
@@ -532,21 +561,27 @@ class SubscribeResponse(_message.Message):
 
     EVENT_FIELD_NUMBER: _builtins.int
     PROGRESS_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def event(self) -> Global___Event: ...
     @_builtins.property
     def progress(self) -> Global___Progress: ...
+    @_builtins.property
+    def events(self) -> Global___EventBatch:
+        """Only when the request set max_events_per_response above 1."""
+
     def __init__(
         self,
         *,
         event: Global___Event | None = ...,
         progress: Global___Progress | None = ...,
+        events: Global___EventBatch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "item", b"item", "progress", b"progress"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "events", b"events", "item", b"item", "progress", b"progress"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "item", b"item", "progress", b"progress"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "events", b"events", "item", b"item", "progress", b"progress"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_item: _TypeAlias = _typing.Literal["event", "progress"]  # noqa: Y015
+    _WhichOneofReturnType_item: _TypeAlias = _typing.Literal["event", "progress", "events"]  # noqa: Y015
     _WhichOneofArgType_item: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_item) -> _WhichOneofReturnType_item | None: ...
 
