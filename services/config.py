@@ -26,7 +26,9 @@ class Settings(BaseSettings):
         8080, ge=-1, le=65535, description="Webhook bridge HTTP port; 0 picks a free one, -1 disables it."
     )
     database_url: str = Field(
-        DEFAULT_DATABASE_URL, description="SQLAlchemy async URL (sqlite+aiosqlite or postgresql+asyncpg)."
+        DEFAULT_DATABASE_URL,
+        description="SQLAlchemy async URL (sqlite+aiosqlite or postgresql+asyncpg); postgresql://, postgres://, "
+        "postgresql+psycopg:// and sqlite:// are read as these.",
     )
     wapi_base_url: str = Field("https://api.w-api.app/v1", description="W-API REST base URL.")
     webhook_secret: SecretStr | None = Field(

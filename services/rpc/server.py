@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from sqlalchemy.engine import make_url
 
 from adapters.persistence.bounded import BoundedStore
-from adapters.persistence.db import create_engine
+from adapters.persistence.db import async_url, create_engine
 from adapters.persistence.listen import change_listener
 from adapters.persistence.migrate import upgrade_to_head
 from adapters.persistence.repository import Repository
@@ -177,7 +177,7 @@ class App:
         if settings.webhook_secret:
             register_secret(settings.webhook_secret.get_secret_value())
         telemetry = telemetry or Telemetry()
-        url = settings.database_url
+        url = async_url(settings.database_url)  # one line naming the accepted forms, or the async URL
         password = make_url(url).password
         register_secret(str(password) if password else None)
         if settings.migrate_on_start:
@@ -218,7 +218,7 @@ class App:
         feed = ChangeFeed(
             repo,
             poll_interval=settings.event_poll_interval,
-            wakeups=change_listener(dsn) if (dsn := listen_dsn(settings.database_url)) else None,
+            wakeups=change_listener(dsn) if (dsn := listen_dsn(url)) else None,
         )
         await step("change feed", url, settings.db_connect_timeout, feed.start())
         opened.append(feed.aclose)
