@@ -10,7 +10,7 @@ import types
 import typing
 from typing import Any
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Embedded SQLite next to the process (one process); production sets a postgresql+asyncpg:// URL.
@@ -158,6 +158,12 @@ class Settings(BaseSettings):
         5, ge=1, description="Recovery actions (QR, pairing code, restart, …) per instance per window."
     )
     recovery_window: float = Field(600.0, gt=0, description="Seconds of the recovery rate-limit window.")
+    default_phone_region: str = Field(
+        "BR",
+        pattern="^[A-Za-z]{2}$",
+        description="Region (ISO 3166 code) whose national numbers recipients and pairing phones may be typed in "
+        "(15 98112-1710 with BR); every phone is stored and sent as its E.164 digits.",
+    )
     migrate_on_start: bool = Field(
         True,
         description="Apply migrations at serve start.",
@@ -166,6 +172,16 @@ class Settings(BaseSettings):
             "help": "do not apply migrations at start [env WAPIGUARD_MIGRATE_ON_START]",
         },
     )
+
+    @field_validator("default_phone_region")
+    @classmethod
+    def _known_region(cls, region: str) -> str:
+        from statemachine.phone import supported_region
+
+        region = region.upper()
+        if not supported_region(region):
+            raise ValueError(f"{region} is not a region libphonenumber knows (e.g. BR, PT, US)")
+        return region
 
 
 ENV_PREFIX = "WAPIGUARD_"

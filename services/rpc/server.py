@@ -102,6 +102,7 @@ def gateway_config(settings: Settings) -> GatewayConfig:
             change_log=timedelta(days=settings.retention_change_log_days),
             batch=settings.retention_batch,
         ),
+        phone_region=settings.default_phone_region,
     )
 
 
@@ -114,6 +115,7 @@ def recovery_config(settings: Settings) -> RecoveryConfig:
         window=settings.recovery_window,
         reconcile_interval=settings.reconcile_interval,
         stuck_after=settings.stuck_after,
+        phone_region=settings.default_phone_region,
     )
 
 
