@@ -54,6 +54,15 @@ class Settings(BaseSettings):
             "help": "with auth on, serve /metrics without a token [env WAPIGUARD_METRICS_OPEN=true]",
         },
     )
+    insecure: bool = Field(
+        False,
+        description="Serve on a non-loopback address without API tokens or a webhook secret (refused otherwise).",
+        json_schema_extra={
+            "switch": "--insecure",
+            "help": "serve on a non-loopback address without --api-tokens / --webhook-secret "
+            "[env WAPIGUARD_INSECURE=true]",
+        },
+    )
     tls_cert_file: str | None = Field(None, description="PEM certificate chain: serve gRPC over TLS.")
     tls_key_file: str | None = Field(None, description="PEM private key for --tls-cert-file.")
     tls_client_ca_file: str | None = Field(None, description="PEM CA bundle: require client certificates (mTLS).")

@@ -47,6 +47,7 @@ from services.rpc.decoding import DecodingGuard
 from services.rpc.errors import treat_as_unavailable
 from services.rpc.event_mapping import event_dict
 from services.rpc.event_servicers import EventServicer, WebhookSubscriptionServicer
+from services.rpc.exposure import check_exposure
 from services.rpc.servicers import InstanceHealthServicer, SendServicer, WebhookServicer
 from services.rpc.startup import step
 from statemachine.ports import InstanceOperations, Provider, RetentionPolicy
@@ -176,6 +177,7 @@ class App:
         telemetry: Telemetry | None,
         opened: list[Callable[[], Awaitable[Any]]],
     ) -> App:
+        check_exposure(settings)  # before anything is opened: not open to the network by accident
         if settings.webhook_secret:
             register_secret(settings.webhook_secret.get_secret_value())
         telemetry = telemetry or Telemetry()
