@@ -326,7 +326,10 @@ def listen_dsn(url: str) -> str | None:
     parsed = make_url(url)
     if parsed.get_backend_name() != "postgresql":
         return None
-    return parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+    query = dict(parsed.query)
+    if "ssl" in query:  # SQLAlchemy's asyncpg dialect takes `ssl`; an asyncpg DSN reads `sslmode`
+        query["sslmode"] = query.pop("ssl")
+    return parsed.set(drivername="postgresql", query=query).render_as_string(hide_password=False)
 
 
 def register_outbound_metrics(telemetry: Telemetry, store: WebhookStore, dispatcher: WebhookDispatcher) -> None:

@@ -18,6 +18,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from adapters.persistence.db import DatabaseUrlError, async_url
+from services.rpc.server import listen_dsn
 
 ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "s3cr3t-db-pass-do-not-print"
@@ -96,6 +97,14 @@ def one_line(done: subprocess.CompletedProcess[str]) -> str:
 )
 def test_common_spellings_become_the_shipped_async_drivers(typed: str, expected: str) -> None:
     assert make_url(async_url(typed)).render_as_string(hide_password=False) == expected
+
+
+def test_the_listen_connection_keeps_the_ssl_mode() -> None:
+    """LISTEN connects with a plain asyncpg DSN, where the mode is `sslmode` (an unknown `ssl`
+    query parameter would be sent to the server as a setting and refused)."""
+    url = async_url("postgres://u@db/w?sslmode=verify-full")
+    assert listen_dsn(url) == "postgresql://u@db/w?sslmode=verify-full"
+    assert listen_dsn(async_url("sqlite:///x.db")) is None
 
 
 @pytest.mark.parametrize(
