@@ -157,7 +157,7 @@ def _expected(region: str) -> str:
     return f"expected {national} or an international one with its country code (+…)"
 
 
-@lru_cache(maxsize=65536)
+@lru_cache(maxsize=16384)  # ~4 MB when full (measured); a miss costs one parse (~100 µs)
 def canonical_phone(typed: str, region: str = DEFAULT_REGION) -> tuple[str, str]:
     """``(digits, "")``: the canonical E.164 digits (no ``+``) of a typed phone, or
     ``("", problem)`` when it is not a possible number.
