@@ -81,6 +81,11 @@ DEFAULT_REGION: Final = "BR"
 _TYPED = re.compile(r"\+?[ (]*[0-9][0-9 ().\-/]*")
 MAX_TYPED: Final = 40  # longer than any formatted number: refused before parsing (or caching)
 _TYPED_NOISE = re.compile(r"[ ().\-/]")
+# Copied from a web page or a document, a number often carries typographic spaces and dashes:
+# they are formatting like their ASCII forms. Non-ASCII digits stay refused.
+_TYPOGRAPHIC = str.maketrans(
+    dict.fromkeys("\u00a0\u2007\u2009\u202f", " ") | dict.fromkeys("\u2010\u2011\u2012\u2013\u2014\u2212", "-")
+)
 _BRAZIL: Final = 55
 
 
@@ -169,7 +174,7 @@ def canonical_phone(typed: str, region: str = DEFAULT_REGION) -> tuple[str, str]
     sent that form. Only ASCII digits and the usual formatting are accepted. Cached: the send path
     parses each distinct recipient once per process (a libphonenumber parse costs ~50 µs).
     """
-    text = typed.strip()
+    text = typed.translate(_TYPOGRAPHIC).strip()
     if not text:
         return "", "required"
     if len(text) > MAX_TYPED or not text.isascii() or not _TYPED.fullmatch(text):
@@ -177,4 +182,7 @@ def canonical_phone(typed: str, region: str = DEFAULT_REGION) -> tuple[str, str]
     number = _read(text, region)
     if isinstance(number, str):
         return "", number
-    return phonenumbers.format_number(number, PhoneNumberFormat.E164).removeprefix("+"), ""
+    digits = phonenumbers.format_number(number, PhoneNumberFormat.E164).removeprefix("+")
+    if len(digits) > MAX_DIGITS:  # libphonenumber's metadata allows a few longer (German) ones
+        return "", f"longer than {MAX_DIGITS} digits with the country code (E.164)"
+    return digits, ""

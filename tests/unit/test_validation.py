@@ -64,6 +64,8 @@ def test_valid_text_request_has_no_violation() -> None:
         ("15 98112-1710", "5515981121710"),
         ("(15) 98112-1710", "5515981121710"),
         ("015 98112-1710", "5515981121710"),  # with the national trunk prefix
+        ("(15)\u00a098112\u20111710", "5515981121710"),  # copied: a no-break space and hyphen
+        ("+55 15 98112\u20131710", "5515981121710"),  # an en dash
         ("(11) 3234-5678", "551132345678"),  # a landline
         # international digits without '+' (what callers have always sent) stay what they are
         ("12025550123", "12025550123"),
