@@ -10,7 +10,7 @@ import types
 import typing
 from typing import Any
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Embedded SQLite next to the process (one process); production sets a postgresql+asyncpg:// URL.
@@ -26,7 +26,9 @@ class Settings(BaseSettings):
         8080, ge=-1, le=65535, description="Webhook bridge HTTP port; 0 picks a free one, -1 disables it."
     )
     database_url: str = Field(
-        DEFAULT_DATABASE_URL, description="SQLAlchemy async URL (sqlite+aiosqlite or postgresql+asyncpg)."
+        DEFAULT_DATABASE_URL,
+        description="SQLAlchemy async URL (sqlite+aiosqlite or postgresql+asyncpg); postgresql://, postgres://, "
+        "postgresql+psycopg:// and sqlite:// are read as these.",
     )
     wapi_base_url: str = Field("https://api.w-api.app/v1", description="W-API REST base URL.")
     webhook_secret: SecretStr | None = Field(
@@ -50,6 +52,15 @@ class Settings(BaseSettings):
         json_schema_extra={
             "switch": "--open-metrics",
             "help": "with auth on, serve /metrics without a token [env WAPIGUARD_METRICS_OPEN=true]",
+        },
+    )
+    insecure: bool = Field(
+        False,
+        description="Serve on a non-loopback address without API tokens or a webhook secret (refused otherwise).",
+        json_schema_extra={
+            "switch": "--insecure",
+            "help": "serve on a non-loopback address without --api-tokens / --webhook-secret "
+            "[env WAPIGUARD_INSECURE=true]",
         },
     )
     tls_cert_file: str | None = Field(None, description="PEM certificate chain: serve gRPC over TLS.")
@@ -175,6 +186,12 @@ class Settings(BaseSettings):
         5, ge=1, description="Recovery actions (QR, pairing code, restart, …) per instance per window."
     )
     recovery_window: float = Field(600.0, gt=0, description="Seconds of the recovery rate-limit window.")
+    default_phone_region: str = Field(
+        "BR",
+        pattern="^[A-Za-z]{2}$",
+        description="Region (ISO 3166 code) whose national numbers recipients and pairing phones may be typed in "
+        "(15 98112-1710 with BR); every phone is stored and sent as its E.164 digits.",
+    )
     migrate_on_start: bool = Field(
         True,
         description="Apply migrations at serve start.",
@@ -183,6 +200,16 @@ class Settings(BaseSettings):
             "help": "do not apply migrations at start [env WAPIGUARD_MIGRATE_ON_START]",
         },
     )
+
+    @field_validator("default_phone_region")
+    @classmethod
+    def _known_region(cls, region: str) -> str:
+        from statemachine.phone import supported_region
+
+        region = region.upper()
+        if not supported_region(region):
+            raise ValueError(f"{region} is not a region libphonenumber knows (e.g. BR, PT, US)")
+        return region
 
 
 ENV_PREFIX = "WAPIGUARD_"

@@ -674,7 +674,7 @@ STATUS_ACTION_TEXTS: dict[str, dict[str, str]] = {
     "pt-BR": {
         "qr": "Mostrar QR code",
         "pair": "Código de pareamento",
-        "phone_placeholder": "55 + DDD + número",
+        "phone_placeholder": "DDD + número, ou +DDI …",
         "restart": "Reiniciar",
         "clear_stall": "Liberar envios (entrega verificada)",
         "clear_stall_title": "Bloqueio por falta de entregas de {name}",
@@ -697,7 +697,7 @@ STATUS_ACTION_TEXTS: dict[str, dict[str, str]] = {
     "en": {
         "qr": "Show QR code",
         "pair": "Pairing code",
-        "phone_placeholder": "country + area code + number",
+        "phone_placeholder": "area code + number, or +country …",
         "restart": "Restart",
         "clear_stall": "Resume sends (delivery checked)",
         "clear_stall_title": "Delivery stall of {name}",

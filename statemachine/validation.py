@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
 from statemachine.domain import (
@@ -21,6 +21,7 @@ from statemachine.domain import (
     Reaction,
     Text,
 )
+from statemachine.phone import DEFAULT_REGION, canonical_phone
 
 MAX_TEXT = 4096  # WhatsApp's practical text limit (Cloud API caps text bodies at 4096).
 MAX_CAPTION = 1024
@@ -32,11 +33,11 @@ MAX_PROVIDER_ID = 128
 MAX_DELAY_SECONDS = 15
 MAX_INSTANCE_IDS = 1_000
 
-_PHONE_RE = re.compile(r"[0-9]{8,15}")
 _CHAT_RE = re.compile(r"[0-9A-Za-z._:-]{3,64}@(g\.us|lid|s\.whatsapp\.net|c\.us|newsletter)")
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _PRINTABLE_RE = re.compile(r"[\x21-\x7e]+")
-_PHONE_PUNCTUATION = re.compile(r"[\s()+.-]")
+_PHONE_JID_DOMAINS = ("s.whatsapp.net", "c.us")
+_NOT_A_RECIPIENT = "must be a phone number (+55 15 98112-1710, or national) or a chat id like 1203…@g.us"
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,12 +57,27 @@ class SendRequest:
     delay_seconds: int = 0
 
 
-def normalize_recipient(to: str) -> str:
-    """'+55 (15) 98112-1710' → '5515981121710'; chat ids (…@g.us, …@lid) are kept as they are."""
-    to = to.strip()
-    if "@" in to:
-        return to
-    return _PHONE_PUNCTUATION.sub("", to)
+def canonical_recipient(to: str, region: str = DEFAULT_REGION) -> tuple[str, str]:
+    """``(recipient, "")`` in its canonical form, or ``("", problem)``.
+
+    A phone (``+55 (15) 98112-1710``, ``15 98112-1710`` with region ``BR``, ``5515981121710``)
+    becomes its E.164 digits, ``5515981121710`` (`statemachine.phone.canonical_phone`). A chat id
+    is kept as given: a group (``…@g.us``), a LID (``…@lid``), a newsletter (``…@newsletter``) or a
+    user JID (``…@s.whatsapp.net``, ``…@c.us``), whose digits must then be a valid international
+    number. Whitespace around either is dropped.
+    """
+    text = to.strip()
+    if not text:
+        return "", "required"
+    if "@" not in text:
+        return canonical_phone(text, region)
+    if not text.isascii() or not _CHAT_RE.fullmatch(text):
+        return "", _NOT_A_RECIPIENT
+    user, _, domain = text.partition("@")
+    number = user.partition(":")[0]
+    if domain in _PHONE_JID_DOMAINS and number.isdigit() and canonical_phone("+" + number, region)[0] != number:
+        return "", f"the number of this WhatsApp id is not a valid international number ({number})"
+    return text, ""
 
 
 def _check_url(field: str, url: str, out: list[Violation]) -> None:
@@ -108,12 +124,26 @@ def validate_instance_filter(field: str, instance_ids: Iterable[str]) -> list[Vi
     return out
 
 
-def validate_send(req: SendRequest) -> list[Violation]:
+def canonical_send(req: SendRequest, region: str = DEFAULT_REGION) -> tuple[SendRequest, list[Violation]]:
+    """The request with its recipient (and a contact card's phone) in canonical form, and every
+    problem found (none: it may be stored and sent as it is now)."""
+    to, to_problem = canonical_recipient(req.to, region)
+    content, contact_problem = req.content, ""
+    if isinstance(content, Contact):
+        phone, contact_problem = canonical_phone(content.phone, region)
+        content = replace(content, phone=phone or content.phone)
+    canonical = replace(req, to=to or req.to, content=content)
+    return canonical, _violations(canonical, to_problem, contact_problem)
+
+
+def validate_send(req: SendRequest, region: str = DEFAULT_REGION) -> list[Violation]:
+    return canonical_send(req, region)[1]
+
+
+def _violations(req: SendRequest, to_problem: str, contact_problem: str) -> list[Violation]:
     out = validate_instance_id(req.instance_id)
-    if not req.to:
-        out.append(Violation("to", "required"))
-    elif not (_PHONE_RE.fullmatch(req.to) or _CHAT_RE.fullmatch(req.to)):
-        out.append(Violation("to", "must be 8-15 digits with country code, or a chat id like 1203…@g.us"))
+    if to_problem:
+        out.append(Violation("to", to_problem))
     if req.idempotency_key and (
         len(req.idempotency_key) > MAX_IDEMPOTENCY_KEY or not _PRINTABLE_RE.fullmatch(req.idempotency_key)
     ):
@@ -154,12 +184,12 @@ def validate_send(req: SendRequest) -> list[Violation]:
                 out.append(Violation("location.longitude", "must be between -180 and 180"))
             _check_len("location.name", name, 256, out)
             _check_len("location.address", address, 512, out)
-        case Contact(name=name, phone=phone, business_description=desc):
+        case Contact(name=name, business_description=desc):
             if not name.strip():
                 out.append(Violation("contact.name", "required"))
             _check_len("contact.name", name, 256, out)
-            if not _PHONE_RE.fullmatch(normalize_recipient(phone)):
-                out.append(Violation("contact.phone", "must be 8-15 digits with country code"))
+            if contact_problem:
+                out.append(Violation("contact.phone", contact_problem))
             _check_len("contact.business_description", desc, 512, out)
         case Reaction(emoji=emoji, target_provider_message_id=target):
             if not emoji or len(emoji) > 16:

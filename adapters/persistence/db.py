@@ -10,10 +10,57 @@ from typing import Any
 
 import aiosqlite
 from sqlalchemy import event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 DEFAULT_URL = "sqlite+aiosqlite:///wapi-guard.db"
+
+ACCEPTED_URLS = (
+    "use postgresql+asyncpg://user:password@host:5432/database or sqlite+aiosqlite:///path/to/file.db "
+    "(postgresql://, postgres://, postgresql+psycopg:// and sqlite:// are read as these)"
+)
+# What the common spellings mean: SQLAlchemy's default (sync) drivers are not installed, the async
+# ones the project ships are. Only these drivers are rewritten; an unknown one is refused.
+_POSTGRES_SCHEMES = {"postgresql", "postgres"}
+_POSTGRES_DRIVERS = {"", "asyncpg", "psycopg", "psycopg2", "psycopg_async", "pg8000"}
+_SQLITE_DRIVERS = {"", "pysqlite", "aiosqlite"}
+
+
+class DatabaseUrlError(ValueError):
+    """A database URL the project cannot use; the message names the accepted forms, never the password."""
+
+
+def async_url(url: str) -> str:
+    """The URL on the async driver the project ships: `postgresql://`, `postgres://` and
+    `postgresql+psycopg://` become `postgresql+asyncpg://` (libpq's `sslmode` becomes asyncpg's
+    `ssl`), `sqlite://` becomes `sqlite+aiosqlite://`. Anything else raises DatabaseUrlError, one
+    line that names the scheme (never the rest of the URL: it may hold a password)."""
+    text = url.strip()
+    try:
+        parsed = make_url(text)
+    except (ArgumentError, ValueError):
+        raise DatabaseUrlError(f"the database URL is not a URL: {ACCEPTED_URLS}") from None
+    scheme, _, driver = parsed.drivername.partition("+")
+    if scheme in _POSTGRES_SCHEMES and driver in _POSTGRES_DRIVERS:
+        return _render(_libpq_ssl(parsed.set(drivername="postgresql+asyncpg")))
+    if scheme == "sqlite" and driver in _SQLITE_DRIVERS:
+        return _render(parsed.set(drivername="sqlite+aiosqlite"))
+    raise DatabaseUrlError(f"database URL scheme {parsed.drivername!r} is not supported: {ACCEPTED_URLS}")
+
+
+def _libpq_ssl(parsed: URL) -> URL:
+    """`?sslmode=require` (libpq, psycopg, Heroku-style URLs) is `?ssl=require` for asyncpg."""
+    if "sslmode" not in parsed.query:
+        return parsed
+    query = dict(parsed.query)
+    mode = query.pop("sslmode")
+    query.setdefault("ssl", mode)
+    return parsed.set(query=query)
+
+
+def _render(parsed: URL) -> str:
+    return parsed.render_as_string(hide_password=False)
 
 
 class _SqliteConnection(aiosqlite.Connection):
@@ -93,8 +140,9 @@ def create_engine(
     default is 60 s), `pool_timeout` waiting for a pooled one (PostgreSQL), `statement_timeout`
     (None: no limit; PostgreSQL only) every statement twice: on the server (`statement_timeout`,
     the backend stops working) and in asyncpg (`command_timeout`, for a server that does not
-    answer at all).
+    answer at all). `url` may be any spelling `async_url` accepts.
     """
+    url = async_url(url)
     if is_sqlite(url):
         # One connection for every user: background loops queue for it too, so its wait stays long.
         engine = create_async_engine(

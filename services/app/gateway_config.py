@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from statemachine.phone import DEFAULT_REGION
 from statemachine.ports import RetentionPolicy
 
 
@@ -38,6 +39,8 @@ class GatewayConfig:
     # Seconds between retention runs (0: never prune); what each table keeps.
     retention_interval: float = 3600.0
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)
+    # Region whose national numbers recipients may be typed in (statemachine.phone.canonical_phone).
+    phone_region: str = DEFAULT_REGION
 
     def pending_cutoff_seconds(self) -> float:
         """How long a PENDING message may wait for its answer before it is OUTCOME_UNKNOWN."""

@@ -15,7 +15,6 @@ import contextlib
 import json
 import logging
 import random
-import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -36,7 +35,7 @@ from statemachine.domain import (
 )
 from statemachine.errors import InstanceNotFound, InvalidRequest, RecoveryFailed, RecoveryRefused
 from statemachine.instance_machine import InstanceTrigger
-from statemachine.phone import e164_phone
+from statemachine.phone import DEFAULT_REGION, canonical_phone
 from statemachine.ports import InstanceOperations, RecoveryStore
 from statemachine.validation import Violation, validate_instance_id
 
@@ -50,20 +49,17 @@ NOT_STALLED = "NOT_STALLED"  # the detail of a clear that found no delivery stal
 LOG_PER_PAGE = 50
 LOG_MAX_PAGES = 40  # per instance and run: bounded even when the log is huge
 RECONCILE_START_DELAY = 1.0
-_PHONE_NOISE = re.compile(r"[\s().+-]")
 
 
-def pairing_phone_violations(phone: str) -> tuple[str, list[Violation]]:
-    """The phone a pairing code is requested for: the project's one phone rule
-    (`statemachine.phone`), with the country and area code (at least 10 digits); spaces, dots,
-    dashes, parentheses and a `+` are tolerated as formatting."""
-    digits = _PHONE_NOISE.sub("", phone.strip())
-    if not digits:
-        return "", [Violation("phone_number", "required: the phone to pair, e.g. 5515981121710")]
-    normalised = e164_phone(digits)
-    if normalised is None or len(normalised) < 10:
-        return digits, [Violation("phone_number", "digits only, with country and area code (10 to 15 digits)")]
-    return normalised, []
+def pairing_phone_violations(phone: str, region: str = DEFAULT_REGION) -> tuple[str, list[Violation]]:
+    """The phone a pairing code is requested for, as canonical E.164 digits: the same rule as a
+    recipient's (`statemachine.phone.canonical_phone`: international, or national in `region`)."""
+    if not phone.strip():
+        return "", [Violation("phone_number", "required: the phone to pair, e.g. +55 15 98112-1710")]
+    digits, problem = canonical_phone(phone, region)
+    if problem:
+        return "", [Violation("phone_number", problem)]
+    return digits, []
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +71,7 @@ class RecoveryConfig:
     window: float = 600.0
     reconcile_interval: float = 300.0
     stuck_after: float = 300.0
+    phone_region: str = DEFAULT_REGION
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +161,7 @@ class Recovery:
         return await self._run("qr_code", instance_id, act, locale)
 
     async def pairing_code(self, instance_id: str, phone: str, locale: str = "pt-BR") -> ActionResult:
-        digits, violations = pairing_phone_violations(phone)
+        digits, violations = pairing_phone_violations(phone, self.config.phone_region)
         violations = validate_instance_id(instance_id) + violations
         if violations:
             raise InvalidRequest(violations)

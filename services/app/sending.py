@@ -12,7 +12,6 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import replace
 
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
@@ -49,7 +48,7 @@ from statemachine.ids import time_ordered_id
 from statemachine.instance_machine import InstanceTrigger
 from statemachine.ports import ConcurrentUpdateError, InstanceChange, Provider, Store
 from statemachine.preflight import block_reason
-from statemachine.validation import SendRequest, Violation, normalize_recipient, validate_instance_id, validate_send
+from statemachine.validation import SendRequest, Violation, canonical_send, validate_instance_id
 
 log = logging.getLogger("wapi_guard.core")
 
@@ -103,8 +102,8 @@ class Sending:
 
     async def send(self, req: SendRequest, *, time_remaining: float | None = None) -> MessageRecord:
         """`time_remaining` is the caller's gRPC deadline budget: the provider call never outlives it."""
-        req = replace(req, to=normalize_recipient(req.to))
-        violations = validate_send(req)
+        # The recipient as stored and sent: canonical E.164 digits (or the chat id as given).
+        req, violations = canonical_send(req, self.config.phone_region)
         if violations:
             raise InvalidRequest(violations)
         assert req.kind is not None

@@ -125,11 +125,11 @@ def startup_message(error: BaseException) -> str:
 
 
 async def _migrate(settings: Settings) -> int:
-    from adapters.persistence.db import create_engine
+    from adapters.persistence.db import async_url, create_engine
     from adapters.persistence.migrate import upgrade_to_head
     from services.rpc.startup import step
 
-    url = settings.database_url
+    url = async_url(settings.database_url)
     engine = create_engine(url, pool_size=1, connect_timeout=settings.db_connect_timeout)
     try:
         await step("migrations", url, settings.db_connect_timeout, upgrade_to_head(engine))

@@ -160,7 +160,12 @@ def add_operator_commands(sub: argparse._SubParsersAction) -> None:  # type: ign
         **kwargs,
     )
     send.add_argument("--instance", required=True, help="instance id")
-    send.add_argument("--to", required=True, help="phone with country code (e.g. 5515981121710) or a chat id")
+    send.add_argument(
+        "--to",
+        required=True,
+        help="phone, international (+55 15 98112-1710) or national in the server's region (15 98112-1710), "
+        "or a chat id",
+    )
     send.add_argument("--text", required=True, help="message text")
     send.add_argument("--key", default="", help="idempotency key (same key → same message, no second send)")
 

@@ -57,7 +57,7 @@ def add_recovery_commands(sub: Any, kwargs: dict[str, Any]) -> None:
         **kwargs,
     )
     connect.add_argument("instance_id", metavar="INSTANCE")
-    connect.add_argument("--phone", default="", help="phone to pair, with country and area code (5515981121710)")
+    connect.add_argument("--phone", default="", help="phone to pair: +55 15 98112-1710, or national with its area code")
     connect.add_argument("--qr-file", default="", help="also save the QR code PNG to this file")
     for name, text in (("restart", "restart the instance at W-API"), ("disconnect", "log the instance out at W-API")):
         parser = sub.add_parser(name, help=f"{text} (operator)", description=text.capitalize() + ".", **kwargs)

@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from sqlalchemy.engine import make_url
 
 from adapters.persistence.bounded import BoundedStore
-from adapters.persistence.db import create_engine
+from adapters.persistence.db import async_url, create_engine
 from adapters.persistence.listen import change_listener
 from adapters.persistence.migrate import upgrade_to_head
 from adapters.persistence.repository import Repository
@@ -48,6 +48,7 @@ from services.rpc.decoding import DecodingGuard
 from services.rpc.errors import treat_as_unavailable
 from services.rpc.event_mapping import event_dict
 from services.rpc.event_servicers import EventServicer, WebhookSubscriptionServicer
+from services.rpc.exposure import check_exposure
 from services.rpc.servicers import InstanceHealthServicer, SendServicer, WebhookServicer
 from services.rpc.startup import step
 from statemachine.ports import InstanceOperations, Provider, RetentionPolicy
@@ -103,6 +104,7 @@ def gateway_config(settings: Settings) -> GatewayConfig:
             change_log=timedelta(days=settings.retention_change_log_days),
             batch=settings.retention_batch,
         ),
+        phone_region=settings.default_phone_region,
     )
 
 
@@ -115,6 +117,7 @@ def recovery_config(settings: Settings) -> RecoveryConfig:
         window=settings.recovery_window,
         reconcile_interval=settings.reconcile_interval,
         stuck_after=settings.stuck_after,
+        phone_region=settings.default_phone_region,
     )
 
 
@@ -176,10 +179,11 @@ class App:
         telemetry: Telemetry | None,
         opened: list[Callable[[], Awaitable[Any]]],
     ) -> App:
+        check_exposure(settings)  # before anything is opened: not open to the network by accident
         if settings.webhook_secret:
             register_secret(settings.webhook_secret.get_secret_value())
         telemetry = telemetry or Telemetry()
-        url = settings.database_url
+        url = async_url(settings.database_url)  # one line naming the accepted forms, or the async URL
         password = make_url(url).password
         register_secret(str(password) if password else None)
         if settings.migrate_on_start:
@@ -220,7 +224,7 @@ class App:
         feed = ChangeFeed(
             repo,
             poll_interval=settings.event_poll_interval,
-            wakeups=change_listener(dsn) if (dsn := listen_dsn(settings.database_url)) else None,
+            wakeups=change_listener(dsn) if (dsn := listen_dsn(url)) else None,
             window=settings.event_subscriber_buffer,
         )
         await step("change feed", url, settings.db_connect_timeout, feed.start())
@@ -338,7 +342,10 @@ def listen_dsn(url: str) -> str | None:
     parsed = make_url(url)
     if parsed.get_backend_name() != "postgresql":
         return None
-    return parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+    query = dict(parsed.query)
+    if "ssl" in query:  # SQLAlchemy's asyncpg dialect takes `ssl`; an asyncpg DSN reads `sslmode`
+        query["sslmode"] = query.pop("ssl")
+    return parsed.set(drivername="postgresql", query=query).render_as_string(hide_password=False)
 
 
 def register_outbound_metrics(telemetry: Telemetry, store: WebhookStore, dispatcher: WebhookDispatcher) -> None:

@@ -937,3 +937,53 @@ def test_annotation_scraped_pods_open_metrics_or_the_scraper_carries_a_token() -
         if run.argv[:1] != ["serve"] or str(effective(run, "metrics_open")).lower() == "true":
             continue
         assert "Authorization: Bearer" in COMPOSE.read_text(encoding="utf-8")
+
+
+# --- secure by default (serve refuses a non-loopback address without tokens and a secret) ------
+
+
+def _configured(run: Run, name: str) -> bool:
+    """Whether `serve` gets the setting: a flag, a non-empty literal or interpolated env value, or a
+    Kubernetes secretKeyRef that is not optional."""
+    for flag, (field_name, _kind) in SERVE_FLAGS.items():
+        if field_name == name and flag_value(run.argv, flag):
+            return True
+    value = run.env.get(ENV_PREFIX + name.upper())
+    if isinstance(value, dict):
+        ref = value.get("secretKeyRef") or {}
+        return bool(ref.get("name") and ref.get("key")) and not ref.get("optional", False)
+    return bool(value and str(value).strip())
+
+
+def _insecure(run: Run) -> bool:
+    return "--insecure" in run.argv or str(effective(run, "insecure")).lower() in ("1", "true", "yes", "on")
+
+
+def test_shipped_servers_start_closed_on_all_interfaces() -> None:
+    """Every compose and Kubernetes `serve` listens on all interfaces, so it must get API tokens and
+    (its bridge is on) a webhook secret, from secrets, and never be started with --insecure:
+    otherwise it refuses to start (services/rpc/exposure.py)."""
+    deployed = [r for r in serve_runs() if r.where != "Dockerfile CMD"]
+    assert deployed
+    for run in deployed:
+        assert effective(run, "host") in ALL_INTERFACES
+        assert not _insecure(run), f"{run.where}: a shipped deployment must not be --insecure"
+        assert _configured(run, "api_tokens"), f"{run.where}: serve would refuse to start without API tokens"
+        if int(effective(run, "http_port")) >= 0:
+            assert _configured(run, "webhook_secret"), f"{run.where}: serve would refuse to start without a secret"
+
+
+def test_the_image_alone_is_not_open() -> None:
+    """The image's CMD listens on 0.0.0.0 without secrets, so a bare `docker run` refuses to start
+    until they are passed; the image never turns --insecure on by itself, and the README's
+    `docker run` passes both."""
+    run = dockerfile_run()
+    assert not _insecure(run)
+    assert not _configured(run, "api_tokens"), "no token is baked into the image"
+    text = README.read_text(encoding="utf-8")
+    lines = text.replace("\\\n", " ").splitlines()  # shell continuations joined
+    runs = [line for line in lines if "docker run" in line and "wapi-guard:local" in line]
+    assert runs, "deploy/README.md shows no `docker run`"
+    for line in runs:
+        assert "WAPIGUARD_API_TOKENS" in line, line
+        assert "WAPIGUARD_WEBHOOK_SECRET" in line, line

@@ -81,6 +81,26 @@ async def test_actions_need_auth_a_csrf_token_and_the_same_origin(make_stack: St
             assert secret not in html
 
 
+@pytest.mark.parametrize("typed", ["15 98112-1710", "(15) 98112-1710"])
+async def test_the_pairing_form_sends_a_national_number_with_its_country_code(
+    make_stack: StackFactory, typed: str
+) -> None:
+    stack = await make_stack(api_tokens=API_TOKENS)
+    await stack.add(INCOMPLETE, "Loja LITE", behaviour="session_incomplete", plan=Plan.LITE)
+    url = f"{stack.http_url}/status/instances/{INCOMPLETE}/pairing-code"
+    headers = {**basic(ADMIN), "Origin": stack.http_url}
+    async with aiohttp.ClientSession() as session:
+        form = {"csrf": await csrf_of(session, stack), "phone": typed}
+        async with session.post(url, data=form, headers=headers) as response:
+            assert response.status == 200, await response.text()
+        refused = {**form, "phone": "0000000000000"}
+        async with session.post(url, data=refused, headers=headers) as response:
+            assert response.status == 400
+            assert "phone_number" in await response.text()
+    sent = [r.query["phoneNumber"] for r in stack.sim.requests if r.path == "/instance/pairing-code"]
+    assert sent == [PHONE]
+
+
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"needs Debian's chromium at {CHROMIUM}")
 async def test_status_page_drives_the_recovery_loop_in_chromium(make_stack: StackFactory, tmp_path: Path) -> None:
     stack = await make_stack(api_tokens=API_TOKENS)

@@ -20,7 +20,8 @@ from statemachine.domain import (
 from statemachine.validation import (
     SendRequest,
     Violation,
-    normalize_recipient,
+    canonical_recipient,
+    canonical_send,
     validate_instance_id,
     validate_send,
 )
@@ -56,17 +57,50 @@ def test_valid_text_request_has_no_violation() -> None:
         ("  5511999990000 ", "5511999990000"),
         ("55.15.98112.1710", "5515981121710"),
         ("5515981121710", "5515981121710"),
+        ("+5515981121710", "5515981121710"),
+        ("5515-98112-1710", "5515981121710"),
+        # national numbers of the default region (BR) get their country code
+        ("15981121710", "5515981121710"),
+        ("15 98112-1710", "5515981121710"),
+        ("(15) 98112-1710", "5515981121710"),
+        ("015 98112-1710", "5515981121710"),  # with the national trunk prefix
+        ("(15)\u00a098112\u20111710", "5515981121710"),  # copied: a no-break space and hyphen
+        ("+55 15 98112\u20131710", "5515981121710"),  # an en dash
+        ("(11) 3234-5678", "551132345678"),  # a landline
+        # international digits without '+' (what callers have always sent) stay what they are
+        ("12025550123", "12025550123"),
+        ("447911123456", "447911123456"),
+        ("6591234567", "6591234567"),  # Singapore, not a Brazilian number of area code 65
+        # Brazil's ninth mobile digit: kept as given, never added or dropped
+        ("553181121710", "553181121710"),
+        ("5531981121710", "5531981121710"),
+        ("559199999999", "559199999999"),
+        # chat ids are kept as given
         ("120363043051234567@g.us", "120363043051234567@g.us"),
         (" 176488829694091@lid ", "176488829694091@lid"),
-        ("", ""),
+        ("120363012345678901@newsletter", "120363012345678901@newsletter"),
+        ("5511999990000@s.whatsapp.net", "5511999990000@s.whatsapp.net"),
+        ("5511999990000:12@s.whatsapp.net", "5511999990000:12@s.whatsapp.net"),
+        ("5511999990000@c.us", "5511999990000@c.us"),
+        ("5511999990000\n", "5511999990000"),
+        ("120363043051234567@g.us\n", "120363043051234567@g.us"),
     ],
 )
-def test_normalize_recipient(raw: str, expected: str) -> None:
-    assert normalize_recipient(raw) == expected
+def test_canonical_recipient(raw: str, expected: str) -> None:
+    assert canonical_recipient(raw) == (expected, "")
+    canonical, violations = canonical_send(request(to=raw))
+    assert (canonical.to, violations) == (expected, [])
+
+
+def test_the_default_region_reads_national_numbers() -> None:
+    assert canonical_recipient("912 345 678", "PT") == ("351912345678", "")
+    assert canonical_recipient("(202) 555-0123", "US") == ("12025550123", "")
+    assert canonical_recipient("(15) 98112-1710", "PT")[0] == ""
 
 
 def test_empty_to_is_required() -> None:
     assert validate_send(request(to="")) == [Violation("to", "required")]
+    assert validate_send(request(to="  ")) == [Violation("to", "required")]
 
 
 @pytest.mark.parametrize(
@@ -74,64 +108,48 @@ def test_empty_to_is_required() -> None:
     [
         "1234567",  # 7 digits
         "1234567890123456",  # 16 digits
+        "12345678",  # 8 digits: a local number without its area code
+        "123456789012345",  # 15 digits, no such number
+        "0000000000000",
+        "1111111111",
+        "98112-1710",  # local: never read as +98 (Iran)
+        "+55 15 1234",
+        "+999 123456789",
+        "+0 15981121710",
         "abc",
-        "+5515981121710",  # must be normalised first
-        "+55 (15) 98112-1710",
-        "5515-98112-1710",
+        "55 15 98112-1710 ramal 2",
+        "5515981121710x",
+        "+55 (15) ９８１１２-１７１０",  # fullwidth digits
+        "٥٥١١٩٩٩٩٩٠٠٠٠",  # Arabic-Indic digits
+        "５５１１９９９９９００００",
+        "5" * 41,
         "@g.us",
         "ab@g.us",  # chat id part shorter than 3
         "1203 6304@g.us",
         "120363043051234567@example.com",
         "120363043051234567@",
+        "0000000000000@s.whatsapp.net",  # a user JID's digits are an international number
+        "12345678@c.us",
     ],
 )
 def test_bad_to_is_refused(to: str) -> None:
     violations = validate_send(request(to=to))
     assert fields(violations) == ["to"]
+    assert canonical_recipient(to)[0] == ""
 
 
-@pytest.mark.parametrize(
-    "to",
-    [
-        "12345678",  # 8 digits
-        "123456789012345",  # 15 digits
-        "559199999999",
-        "120363043051234567@g.us",
-        "176488829694091@lid",
-        "5511999990000@s.whatsapp.net",
-        "5511999990000@c.us",
-        "120363012345678901@newsletter",
-    ],
-)
-def test_phones_and_chat_ids_are_accepted(to: str) -> None:
-    assert validate_send(request(to=to)) == []
+def test_a_refusal_says_which_forms_are_accepted() -> None:
+    (violation,) = validate_send(request(to="0000000000000"))
+    assert "(11) 96123-4567" in violation.description
+    assert "country code" in violation.description
 
 
-def test_normalised_formatted_phone_is_accepted() -> None:
-    assert validate_send(request(to=normalize_recipient("+55 (15) 98112-1710"))) == []
-
-
-@pytest.mark.parametrize(
-    "to",
-    [
-        pytest.param("5511999990000\n", id="phone-trailing-newline"),
-        pytest.param("120363043051234567@g.us\n", id="group-trailing-newline"),
-        pytest.param(
-            "٥٥١١٩٩٩٩٩٠٠٠٠",
-            id="arabic-indic-digits",
-        ),
-        pytest.param(
-            "５５１１９９９９９００００",
-            id="fullwidth-digits",
-        ),
-    ],
-)
-def test_to_must_be_plain_ascii_digits_or_chat_id(to: str) -> None:
-    assert fields(validate_send(request(to=to))) == ["to"]
-
-
-def test_unicode_digits_survive_normalisation_and_are_refused() -> None:
-    assert fields(validate_send(request(to=normalize_recipient("+55 (15) ９８１１２-１７１０")))) == ["to"]
+def test_a_contact_cards_phone_is_canonical_too() -> None:
+    req = request(Contact("Ana", "(11) 98765-4321"), K.CONTACT)
+    canonical, violations = canonical_send(req)
+    assert violations == []
+    assert canonical.content == Contact("Ana", "5511987654321")
+    assert fields(validate_send(request(Contact("Ana", "0000000000000"), K.CONTACT))) == ["contact.phone"]
 
 
 # --- content ------------------------------------------------------------------------------------

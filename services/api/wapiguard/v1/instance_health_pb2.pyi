@@ -69,7 +69,9 @@ class RequestPairingCodeRequest(_message.Message):
     PHONE_NUMBER_FIELD_NUMBER: _builtins.int
     instance_id: _builtins.str
     phone_number: _builtins.str
-    """The phone to pair, digits with country and area code (e.g. 5515981121710)."""
+    """The phone to pair: international (+55 15 98112-1710) or national in the server's
+    --default-phone-region with the area code (15 98112-1710); sent as its E.164 digits.
+    """
     def __init__(
         self,
         *,

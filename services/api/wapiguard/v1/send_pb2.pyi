@@ -193,7 +193,11 @@ class SendMessageRequest(_message.Message):
     DELAY_SECONDS_FIELD_NUMBER: _builtins.int
     instance_id: _builtins.str
     to: _builtins.str
-    """Phone digits with country code (e.g. 5515981121710), or a chat id (…@g.us, …@lid)."""
+    """A phone, international (+55 15 98112-1710, 5515981121710) or national in the server's
+    --default-phone-region (15 98112-1710 with BR); stored and sent as its E.164 digits
+    (5515981121710, Message.to). Or a chat id, kept as given (…@g.us, …@lid, …@newsletter,
+    …@s.whatsapp.net). An impossible number is INVALID_ARGUMENT with a field violation on `to`.
+    """
     idempotency_key: _builtins.str
     """Same key on the same instance returns the same message, without a second provider call.
     Empty: the server makes one up (no de-duplication).
