@@ -701,6 +701,7 @@ def add_status_routes(
         add_action_routes(app, StatusActions(page, gateway, recovery, page.csrf))
     app.router.add_get("/status", page.index)
     app.router.add_get("/status/", page.redirect)
+    app.router.add_get("/", page.redirect)  # a browser pointed at the bridge lands on the page
     app.router.add_get("/status/api/snapshot", page.snapshot)
     app.router.add_get("/status/api/events", page.events)
     app.router.add_get("/status/static/{name}", page.asset)
