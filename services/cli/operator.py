@@ -818,6 +818,8 @@ def _describe(ctx: Context, failure: Failure) -> str:
     what = failure.metadata.get("instance_id") or failure.metadata.get("message_id") or failure.details
     name, _ = classify(failure)
     text = failure.message or reason_label(failure.reason, ctx.lang)
+    if text == failure.reason:  # a reason with no text of its own: the server's status message says more
+        text = failure.details or text
     if failure.code == "UNAUTHENTICATED":
         line = ctx.t("err_auth")
     elif failure.code == "PERMISSION_DENIED":

@@ -162,6 +162,12 @@ async def test_server_answers_each_read_in_their_own_words(answering: tuple[Answ
     assert "server error" in internal.stderr
     assert not unreachable_said(internal.stderr)
 
+    # A reason this CLI has no words for (a newer server): the server's own status message, not the code twice.
+    handler.status = build_status(grpc.StatusCode.FAILED_PRECONDITION, "needs a newer thing", "BRAND_NEW_REASON", {})
+    newer = await cli("status", AVENTURA, *server)
+    assert newer.returncode == 1
+    assert "recusado pelo servidor: needs a newer thing (BRAND_NEW_REASON)" in newer.stderr
+
     handler.status = build_status(grpc.StatusCode.ABORTED, "busy", "RECOVERY_IN_PROGRESS", {})
     busy = await cli("restart", AVENTURA, *server)
     assert busy.returncode == 6
