@@ -3,20 +3,29 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# The runtime alone (what `make demo` and `make serve` need); the dev tools (pytest, mypy, ruff,
+# py-spy…) come on top of it for `make test` and `make lint`.
+RUNTIME := $(VENV)/.installed-runtime
 PG_URL ?= postgresql+asyncpg://postgres@127.0.0.1:5432/test
 
 .PHONY: demo test test-postgres lint proto proto-check bench serve
 
-$(STAMP): pyproject.toml constraints.txt
+$(RUNTIME): pyproject.toml constraints.txt
+	@echo "==> first run: creating $(VENV) and installing wapi-guard's runtime dependencies (about a minute)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install --progress-bar on -c constraints.txt -e .
+	touch $(RUNTIME)
+
+$(STAMP): $(RUNTIME)
+	@echo "==> installing the development tools (pytest, mypy, ruff, …) into $(VENV)"
+	$(BIN)/pip install --progress-bar on -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+demo: $(RUNTIME)
 	$(BIN)/wapi-guard demo
 
-serve: $(STAMP)
+serve: $(RUNTIME)
 	$(BIN)/wapi-guard serve
 
 test: $(STAMP)

@@ -7,6 +7,7 @@ detail say the same thing in the same words. Pure tables and functions: no I/O.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import cast
@@ -421,8 +422,19 @@ CLI_TEXTS: dict[str, dict[str, str]] = {
             "não se sabe se a mensagem foi enviada. Repita com --key {key} (a mesma chave nunca envia duas "
             "vezes) ou consulte wapi-guard messages."
         ),
-        "err_unavailable": "servidor indisponível em {server} ({code})",
+        "err_unavailable": "servidor inacessível em {server} ({code}): nada foi respondido",
         "err_timeout": "o servidor não respondeu em {timeout:g} s ({server})",
+        "err_refused": "recusado pelo servidor",
+        "err_conflict": "conflito",
+        "err_aborted": "não feito agora (outra operação em andamento)",
+        "err_exhausted": "limite atingido",
+        "err_storage": "o armazenamento do servidor está indisponível ({server}); tente de novo em instantes",
+        "err_server_unavailable": "indisponível no momento",
+        "err_server_timeout": "sem resposta a tempo no servidor",
+        "err_unimplemented": "o servidor em {server} não conhece este comando (versão diferente?)",
+        "err_internal": "erro interno do servidor",
+        "err_cancelled": "chamada cancelada ({server})",
+        "retry_after": "tente de novo em {wait}",
         "err_auth": "não autenticado: token ausente ou inválido (use --token ou WAPIGUARD_TOKEN)",
         "err_denied": "permissão negada: este token não pode acessar {what}",
         "err_not_found": "não encontrado: {what}",
@@ -475,8 +487,19 @@ CLI_TEXTS: dict[str, dict[str, str]] = {
             "whether the message was sent is unknown. Repeat with --key {key} (the same key never sends "
             "twice) or check wapi-guard messages."
         ),
-        "err_unavailable": "server unavailable at {server} ({code})",
+        "err_unavailable": "server unreachable at {server} ({code}): nothing was answered",
         "err_timeout": "the server did not answer within {timeout:g} s ({server})",
+        "err_refused": "refused by the server",
+        "err_conflict": "conflict",
+        "err_aborted": "not done now (another operation in progress)",
+        "err_exhausted": "limit reached",
+        "err_storage": "the server's storage is unavailable ({server}); try again shortly",
+        "err_server_unavailable": "unavailable right now",
+        "err_server_timeout": "no answer in time at the server",
+        "err_unimplemented": "the server at {server} does not know this command (another version?)",
+        "err_internal": "server error",
+        "err_cancelled": "call cancelled ({server})",
+        "retry_after": "try again in {wait}",
         "err_auth": "unauthenticated: missing or invalid token (use --token or WAPIGUARD_TOKEN)",
         "err_denied": "permission denied: this token may not access {what}",
         "err_not_found": "not found: {what}",
@@ -716,5 +739,129 @@ STATUS_ACTION_TEXTS: dict[str, dict[str, str]] = {
         "failed_title": "The action was not done",
         "csrf": "Request refused: the form expired or came from another origin. Reload the dashboard and try again.",
         "retried": "Message sent again: {state}",
+    },
+}
+
+
+# --- field violations (google.rpc.BadRequest descriptions) ----------------------------------
+
+# The servers write violation descriptions in English (statemachine/validation.py, the services);
+# a pt-BR caller reads them through this table, so "pedido inválido: token: …" never mixes two
+# languages. Patterns are anchored; `{…}` groups carry numbers and names through unchanged.
+_VIOLATIONS_PT_BR: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+    (re.compile(pattern), text)
+    for pattern, text in (
+        (r"required", "obrigatório"),
+        (r"required on first registration", "obrigatório no primeiro registro"),
+        (r"required: the phone to pair, e\.g\. (\d+)", r"obrigatório: o telefone a parear, p. ex. \1"),
+        (
+            r"digits only, with country and area code \((\d+) to (\d+) digits\)",
+            r"só dígitos, com código do país e DDD (\1 a \2 dígitos)",
+        ),
+        (r"must not be empty", "não pode ser vazio"),
+        (r"must be one emoji", "deve ser um emoji"),
+        (r"longer than (\d+) characters", r"mais de \1 caracteres"),
+        (r"must be between (-?[\d.]+) and (-?[\d.]+)", r"deve estar entre \1 e \2"),
+        (r"must be an absolute http\(s\) URL", "deve ser uma URL http(s) absoluta"),
+        (r"not a valid URL", "não é uma URL válida"),
+        (r"must be 1-(\d+) letters, digits, '\.', '_' or '-'", r"deve ter de 1 a \1 letras, dígitos, '.', '_' ou '-'"),
+        (
+            r"must be (\d+)-(\d+) digits with country code, or a chat id like (\S+)",
+            r"deve ter de \1 a \2 dígitos com o código do país, ou ser um chat id como \3",
+        ),
+        (r"must be (\d+)-(\d+) digits with country code", r"deve ter de \1 a \2 dígitos com o código do país"),
+        (r"must be 1-(\d+) printable ASCII characters", r"deve ter de 1 a \1 caracteres ASCII imprimíveis"),
+        (
+            r"one of text, image, audio, video, document, location, contact, sticker or reaction is required",
+            "é preciso um de text, image, audio, video, document, location, contact, sticker ou reaction",
+        ),
+        (r"at most (\d+) events per batch", r"no máximo \1 eventos por lote"),
+        (r"unknown plan (\S+); use PLAN_PRO or PLAN_LITE", r"plano desconhecido \1; use PLAN_PRO ou PLAN_LITE"),
+        (r"unknown event type (\S+)", r"tipo de evento desconhecido \1"),
+        (r"no such webhook subscription", "assinatura de webhook inexistente"),
+        (r"older than the oldest retained event", "mais antigo que o evento mais antigo guardado"),
+        (r"cursor is older than the oldest retained event", "cursor mais antigo que o evento mais antigo guardado"),
+        (r"not a page token of this list", "não é um token de página desta lista"),
+        (r"not a token returned by ListMessages", "não é um token devolvido por ListMessages"),
+        (r"not a valid timestamp", "não é uma data/hora válida"),
+        (r"not a change cursor issued by this service", "não é um cursor emitido por este serviço"),
+        (r"change cursor out of range", "cursor fora do intervalo"),
+    )
+)
+
+
+def violation_text(description: str, locale: str = DEFAULT_LANG) -> str:
+    """A field violation's description in the caller's language (English as written otherwise)."""
+    if lang_of(locale) != "pt-BR":
+        return description
+    for pattern, text in _VIOLATIONS_PT_BR:
+        match = pattern.fullmatch(description)
+        if match:
+            return match.expand(text)
+    return description
+
+
+# --- `wapi-guard subscriptions` (outbound webhooks) -------------------------------------------
+
+SUBSCRIPTION_CLI_TEXTS: dict[str, dict[str, str]] = {
+    "pt-BR": {
+        "need_id": "subscriptions {action}: informe o id da assinatura",
+        "need_url": "subscriptions create: --url é obrigatório",
+        "secret": "segredo (mostrado só agora, guarde-o): {secret}",
+        "enabled": "{id}: ativada",
+        "disabled": "{id}: desativada",
+        "deleted": "{id}: removida",
+        "new_secret": "novo segredo (mostrado só agora): {secret}",
+        "replayed": "reenviadas: {n}",
+        "none": "Nenhuma assinatura de webhook.",
+        "no_deliveries": "Nenhuma entrega.",
+        "id": "ID",
+        "url": "DESTINO",
+        "on": "ATIVA",
+        "pending": "PENDENTES",
+        "lag": "ATRASO",
+        "failures": "FALHAS SEGUIDAS",
+        "timeouts": "TEMPO ESGOTADO",
+        "refused": "RECUSADAS",
+        "last_error": "ÚLTIMO ERRO",
+        "webhook_id": "WEBHOOK-ID",
+        "type": "TIPO",
+        "state": "ESTADO",
+        "attempts": "TENTATIVAS",
+        "yes": "sim",
+        "no": "não ({reason})",
+        "s_pending": "pendente",
+        "s_succeeded": "entregue",
+        "s_exhausted": "esgotada",
+    },
+    "en": {
+        "need_id": "subscriptions {action}: give the subscription id",
+        "need_url": "subscriptions create: --url is required",
+        "secret": "secret (shown once, keep it): {secret}",
+        "enabled": "{id}: enabled",
+        "disabled": "{id}: disabled",
+        "deleted": "{id}: deleted",
+        "new_secret": "new secret (shown once): {secret}",
+        "replayed": "replayed: {n}",
+        "none": "No webhook subscriptions.",
+        "no_deliveries": "No deliveries.",
+        "id": "ID",
+        "url": "URL",
+        "on": "ENABLED",
+        "pending": "PENDING",
+        "lag": "LAG",
+        "failures": "FAILURES IN A ROW",
+        "timeouts": "TIMED OUT",
+        "refused": "REFUSED",
+        "last_error": "LAST ERROR",
+        "webhook_id": "WEBHOOK-ID",
+        "type": "TYPE",
+        "state": "STATE",
+        "attempts": "ATTEMPTS",
+        "yes": "yes",
+        "no": "no ({reason})",
+        "s_pending": "pending",
+        "s_succeeded": "succeeded",
+        "s_exhausted": "exhausted",
     },
 }

@@ -12,6 +12,7 @@ import asyncio
 import json
 import secrets
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ from services.rpc.server import App
 
 AVENTURA = "3B6XIW-ZTS923-GEAY6V"
 INCOMPLETE = "LITE-4IW93E-MGVYDW"
-RECIPIENT = "15981121710"
+RECIPIENT = "5515981121710"  # canonical: country code 55, area 15, the ninth digit as given
 STATE = {v: k.removeprefix("MESSAGE_STATE_") for k, v in common_pb2.MessageState.items()}
 ISTATE = {v: k.removeprefix("INSTANCE_STATE_") for k, v in common_pb2.InstanceState.items()}
 
@@ -144,9 +145,44 @@ async def run_demo(*, keep: bool = False, as_json: bool = False) -> int:
         f"\n{len(report.outcomes) - len(failed)}/{len(report.outcomes)} expectations met; "
         f"false SENT reported for an instance that cannot deliver: {report.false_sent}"
     )
+    if not as_json:
+        _what_next()
     if as_json:
         print(json.dumps({"outcomes": [o.__dict__ for o in report.outcomes], "false_sent": report.false_sent}))
     return 0 if not failed and report.false_sent == 0 else 1
+
+
+def _command() -> str:
+    """How to call `wapi-guard` from here: the script next to this interpreter (`.venv/bin/wapi-guard`
+    after `make demo`), relative to the current folder when it is inside it."""
+    script = Path(sys.executable).parent / "wapi-guard"
+    if not script.exists():
+        return "wapi-guard"
+    try:
+        return str(script.relative_to(Path.cwd()))
+    except ValueError:
+        return str(script)
+
+
+def _what_next() -> None:
+    w = _command()
+    print(
+        f"""
+What next — run it yourself (three terminals; the flags are explained in README.md):
+  {w} simulator --port 8099 --instance DEMO-1:demo-token:healthy:5511987654321
+  {w} serve --wapi-base-url http://127.0.0.1:8099/v1 --webhook-secret s3cret --public-url http://127.0.0.1:8080
+  WAPIGUARD_WAPI_TOKEN=demo-token {w} instances add DEMO-1 --name Demo
+  {w} send --instance DEMO-1 --to {RECIPIENT} --text "Olá!"
+  {w} messages          # then: {w} --help for every command
+Status page: http://127.0.0.1:8080/status
+Docs: README.md (quick start, operator commands, exit codes), docs/architecture.md"""
+    )
+
+
+def short_id(message_id: str) -> str:
+    """The distinctive end of an id: message ids are time-ordered (UUIDv7-like), so ids made in the
+    same second share their first eight characters and differ in the last ones."""
+    return message_id.replace("-", "")[-8:]
 
 
 def _describe_event(event: events_pb2.Event) -> str:
@@ -154,12 +190,12 @@ def _describe_event(event: events_pb2.Event) -> str:
     which = event.WhichOneof("payload")
     if which == "message_state_changed":
         c = event.message_state_changed
-        return f"{name}: message {c.message_id[:8]} {STATE[c.from_state]} → {STATE[c.to_state]} (v{c.version})"
+        return f"{name}: message {short_id(c.message_id)} {STATE[c.from_state]} → {STATE[c.to_state]} (v{c.version})"
     if which == "message_failed":
         f = event.message_failed
-        return f"{name}: message {f.change.message_id[:8]} FAILED ({f.failure_reason})"
+        return f"{name}: message {short_id(f.change.message_id)} FAILED ({f.failure_reason})"
     if which == "message_stuck":
-        return f"{name}: ALERT message {event.message_stuck.message_id[:8]} stuck in SENT"
+        return f"{name}: ALERT message {short_id(event.message_stuck.message_id)} stuck in SENT"
     if which == "instance_health_changed":
         c2 = event.instance_health_changed
         return f"{name}: instance {ISTATE[c2.from_state]} → {ISTATE[c2.to_state]} ({c2.reason})"
@@ -245,7 +281,7 @@ async def _scenario(
             )
         )
 
-    print("\n2. Send a text to 15981121710 through each")
+    print(f"\n2. Send a text to {RECIPIENT} through each")
     text = send_pb2.TextContent(body="Olá! Seu pedido foi confirmado.")
     sent = await send.SendMessage(
         send_pb2.SendMessageRequest(instance_id=AVENTURA, to=RECIPIENT, idempotency_key="demo-1", text=text)

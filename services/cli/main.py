@@ -1,4 +1,4 @@
-"""`wapi-guard` command line: serve, migrate, simulator, demo."""
+"""`wapi-guard` command line: the server (serve, migrate, simulator, demo) and the operator commands."""
 
 from __future__ import annotations
 
@@ -47,8 +47,37 @@ def settings_from(args: argparse.Namespace) -> Settings:
     return Settings(**overrides)
 
 
+DESCRIPTION = """\
+wapi-guard: a delivery-truth gRPC gateway for W-API (WhatsApp) that never reports a fake "sent".
+
+server:    serve, migrate, simulator, demo
+operator:  instances, status, send, messages, retry, connect, restart, disconnect, clear-stall,
+           webhooks, reconcile, subscriptions (gRPC to a running serve; --server, WAPIGUARD_SERVER)"""
+
+EPILOG = """\
+quick start: `wapi-guard demo`; or `wapi-guard simulator --port 8099 --instance DEMO-1:tok:healthy`
+and `wapi-guard serve --wapi-base-url http://127.0.0.1:8099 --webhook-secret s3cret`, then the status
+page at http://127.0.0.1:8080/status. `wapi-guard COMMAND --help` for each command."""
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return f"wapi-guard {installed('wapi-guard')}"
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "wapi-guard (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="wapi-guard", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="wapi-guard",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=version())
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the gRPC server (and the webhook bridge)")
     from services.config import serve_flags, serve_switches
@@ -70,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv == ["--version"]:  # without the server's imports
+        print(version())
+        return 0
     if argv[:1] and argv[0] in OPERATOR_COMMANDS:
         # Operator commands only talk gRPC: skip the server's heavy imports (settings, SQLAlchemy).
         light = argparse.ArgumentParser(prog="wapi-guard")

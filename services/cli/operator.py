@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import sys
 import uuid
@@ -70,16 +71,20 @@ EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
 EXIT_NOT_FOUND = 4
 EXIT_AUTH = 5
+EXIT_TRY_LATER = 6
+EXIT_SERVER_ERROR = 7
 
 EXIT_CODES_HELP = """\
 exit codes:
   0  ok
-  1  send refused, blocked or failed (the message is stored as FAILED; the reason is printed);
-     an action that changed nothing (clear-stall without a stall, webhooks not configured)
+  1  refused by the server: send blocked or failed (stored as FAILED), an action the instance's
+     state does not allow (FAILED_PRECONDITION, ALREADY_EXISTS), or an action that changed nothing
   2  usage error (bad arguments, or rejected by the server as invalid)
-  3  server unreachable or unavailable, or no answer within --timeout
+  3  server unreachable, or no answer within --timeout (nothing was answered)
   4  instance or message not found
   5  unauthenticated or permission denied (check --token / WAPIGUARD_TOKEN)
+  6  try again later: rate limit, action in progress, the server's storage or W-API unavailable
+  7  server error or a server that does not know this command
 
 environment: WAPIGUARD_SERVER, WAPIGUARD_TOKEN (prefer it to --token: argv is visible to other
 users), WAPIGUARD_LANG. --json prints machine-readable output on stdout, errors included."""
@@ -189,7 +194,8 @@ def add_operator_commands(sub: argparse._SubParsersAction) -> None:  # type: ign
 
 @dataclass(frozen=True, slots=True)
 class Failure:
-    """A gRPC error as the operator needs it: code, machine reason, localized text, metadata."""
+    """A gRPC error as the operator needs it: code, machine reason, localized text, metadata, and
+    the wait of a google.rpc.RetryInfo when the server sent one."""
 
     code: str
     reason: str
@@ -197,6 +203,7 @@ class Failure:
     details: str
     metadata: dict[str, str]
     violations: dict[str, str]
+    retry_after: float | None = None
 
     @property
     def from_server(self) -> bool:
@@ -209,6 +216,7 @@ def decode_error(error: Any) -> Failure:
     from grpc_status import rpc_status
 
     reason, localized, metadata, violations = "", "", {}, {}
+    retry_after: float | None = None
     try:
         status = rpc_status.from_call(error)
     except Exception:  # a malformed trailer must not hide the code
@@ -217,6 +225,7 @@ def decode_error(error: Any) -> Failure:
         info = error_details_pb2.ErrorInfo()
         text = error_details_pb2.LocalizedMessage()
         bad = error_details_pb2.BadRequest()
+        retry = error_details_pb2.RetryInfo()
         if detail.Is(info.DESCRIPTOR):
             detail.Unpack(info)
             reason, metadata = info.reason, dict(info.metadata)
@@ -225,25 +234,57 @@ def decode_error(error: Any) -> Failure:
             localized = text.message
         elif detail.Is(bad.DESCRIPTOR):
             detail.Unpack(bad)
-            violations = {v.field: v.description for v in bad.field_violations}
-    return Failure(error.code().name, reason, localized, error.details() or "", metadata, violations)
+            # AIP-193: `description` is for developers; `localized_message` is the caller's language.
+            violations = {v.field: v.localized_message.message or v.description for v in bad.field_violations}
+        elif detail.Is(retry.DESCRIPTOR):
+            detail.Unpack(retry)
+            retry_after = max(0.0, retry.retry_delay.ToNanoseconds() / 1e9)
+    return Failure(error.code().name, reason, localized, error.details() or "", metadata, violations, retry_after)
 
 
 SEND_FAILURE_CODES = frozenset({"FAILED_PRECONDITION", "UNAVAILABLE", "DEADLINE_EXCEEDED", "ALREADY_EXISTS"})
+
+# gRPC status → (CLI text, exit code); README "Operator commands" documents this table. UNAVAILABLE
+# and DEADLINE_EXCEEDED mean "unreachable" only when no ErrorInfo came back (the transport's own
+# status); with one, the server answered and says what is unavailable (its storage, W-API).
+STATUS_TABLE: dict[str, tuple[str, int]] = {
+    "INVALID_ARGUMENT": ("err_invalid", EXIT_USAGE),
+    "OUT_OF_RANGE": ("err_invalid", EXIT_USAGE),
+    "NOT_FOUND": ("err_not_found", EXIT_NOT_FOUND),
+    "UNAUTHENTICATED": ("err_auth", EXIT_AUTH),
+    "PERMISSION_DENIED": ("err_denied", EXIT_AUTH),
+    "FAILED_PRECONDITION": ("err_refused", EXIT_FAILED),
+    "ALREADY_EXISTS": ("err_conflict", EXIT_FAILED),
+    "ABORTED": ("err_aborted", EXIT_TRY_LATER),
+    "RESOURCE_EXHAUSTED": ("err_exhausted", EXIT_TRY_LATER),
+    "UNAVAILABLE": ("err_unavailable", EXIT_UNAVAILABLE),
+    "DEADLINE_EXCEEDED": ("err_timeout", EXIT_UNAVAILABLE),
+    "UNIMPLEMENTED": ("err_unimplemented", EXIT_SERVER_ERROR),
+    "INTERNAL": ("err_internal", EXIT_SERVER_ERROR),
+    "UNKNOWN": ("err_internal", EXIT_SERVER_ERROR),
+    "DATA_LOSS": ("err_internal", EXIT_SERVER_ERROR),
+    "CANCELLED": ("err_cancelled", EXIT_SERVER_ERROR),
+}
+# The same two codes when the server answered them (ErrorInfo present).
+SERVER_STATUS_TABLE: dict[str, tuple[str, int]] = {
+    "UNAVAILABLE": ("err_server_unavailable", EXIT_TRY_LATER),
+    "DEADLINE_EXCEEDED": ("err_server_timeout", EXIT_TRY_LATER),
+}
+
+
+def classify(failure: Failure) -> tuple[str, int]:
+    """The CLI text name and exit code of a failure (see STATUS_TABLE)."""
+    if failure.reason == "STORAGE_UNAVAILABLE":
+        return "err_storage", EXIT_TRY_LATER
+    if failure.from_server and failure.code in SERVER_STATUS_TABLE:
+        return SERVER_STATUS_TABLE[failure.code]
+    return STATUS_TABLE.get(failure.code, ("err_internal", EXIT_SERVER_ERROR))
 
 
 def exit_code(failure: Failure, *, send: bool = False) -> int:
     if send and failure.from_server and failure.code in SEND_FAILURE_CODES and failure.reason != "STORAGE_UNAVAILABLE":
         return EXIT_FAILED
-    if failure.code == "NOT_FOUND":
-        return EXIT_NOT_FOUND
-    if failure.code in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
-        return EXIT_AUTH
-    if failure.code in ("INVALID_ARGUMENT", "OUT_OF_RANGE"):
-        return EXIT_USAGE
-    if failure.code == "FAILED_PRECONDITION":
-        return EXIT_FAILED
-    return EXIT_UNAVAILABLE
+    return classify(failure)[1]
 
 
 class UsageError(Exception):
@@ -634,7 +675,7 @@ async def cmd_send(ctx: Context) -> int:
     except grpc.aio.AioRpcError as error:
         failure = decode_error(error)
         code = exit_code(failure, send=True)
-        if code == EXIT_UNAVAILABLE:
+        if code == EXIT_UNAVAILABLE or failure.reason == "STORAGE_UNAVAILABLE":
             # No answer, a dropped connection or a store that failed after the provider call: the
             # message may have gone out. Say so, never guess; the key makes a retry safe.
             if ctx.json:
@@ -642,7 +683,7 @@ async def cmd_send(ctx: Context) -> int:
             else:
                 ctx.warn(_describe(ctx, failure))
                 ctx.warn(ctx.t("unknown_outcome", key=key))
-            return EXIT_UNAVAILABLE
+            return code
         if code != EXIT_FAILED:
             raise
         return _print_refusal(ctx, failure, key)
@@ -741,31 +782,82 @@ def _error_json(failure: Failure, ctx: Context, extra: dict[str, Any] | None = N
     }
     if failure.violations:
         error["violations"] = failure.violations
+        error["flags"] = {flag_of(ctx.args.command, k): v for k, v in failure.violations.items()}
+    if failure.retry_after is not None:
+        error["retry_after_seconds"] = failure.retry_after
     return {"ok": False, "error": error, **(extra or {})}
 
 
+# Proto field of a google.rpc.BadRequest violation → what the CLI user typed, per command.
+_COMMAND_FLAGS: dict[str, dict[str, str]] = {
+    "send": {"instance_id": "--instance", "to": "--to", "text.body": "--text", "idempotency_key": "--key"},
+    "connect": {"phone_number": "--phone"},
+    "instances": {"token": "--wapi-token", "name": "--name", "plan": "--plan"},
+    "messages": {"instance_id": "--instance", "page_size": "--limit"},
+    "subscriptions": {
+        "url": "--url",
+        "description": "--description",
+        "types": "--type",
+        "instance_ids": "--instance",
+        "id": "ID",
+        "subscription_id": "ID",
+        "page_size": "--limit",
+        "states": "--state",
+    },
+    "retry": {"message_id": "MESSAGE"},
+}
+
+
+def flag_of(command: str, field: str) -> str:
+    """The CLI flag (or positional argument) a proto field came from in `command`; the field itself
+    when the user did not type it."""
+    flags = _COMMAND_FLAGS.get(command, {})
+    if field in flags:
+        return flags[field]
+    return "INSTANCE" if field == "instance_id" else field
+
+
 def _describe(ctx: Context, failure: Failure) -> str:
+    """One line (two with a RetryInfo wait) in the CLI's language: what kind of refusal or failure
+    it is (see STATUS_TABLE), the server's LocalizedMessage and its ErrorInfo reason."""
     what = failure.metadata.get("instance_id") or failure.metadata.get("message_id") or failure.details
+    name, _ = classify(failure)
+    text = failure.message or reason_label(failure.reason, ctx.lang)
+    if text == failure.reason:  # a reason with no text of its own: the server's status message says more
+        text = failure.details or text
     if failure.code == "UNAUTHENTICATED":
-        return ctx.t("err_auth")
-    if failure.code == "PERMISSION_DENIED":
-        text = ctx.t("err_denied", what=what)
+        line = ctx.t("err_auth")
+    elif failure.code == "PERMISSION_DENIED":
+        line = ctx.t("err_denied", what=what)
         if ctx.args.command == "messages" and not getattr(ctx.args, "instance", ""):
-            text += f"\n  {ctx.t('hint_scope')}"
-        return text
-    if failure.code == "NOT_FOUND":
+            line += f"\n  {ctx.t('hint_scope')}"
+    elif failure.code == "NOT_FOUND":
         if failure.reason == "INSTANCE_NOT_FOUND" and "instance_id" in failure.metadata:
-            return ctx.t("err_no_instance", id=failure.metadata["instance_id"])
-        if failure.reason == "MESSAGE_NOT_FOUND" and "message_id" in failure.metadata:
-            return ctx.t("err_no_message", id=failure.metadata["message_id"])
-        return ctx.t("err_not_found", what=failure.message or what)
-    if failure.code in ("INVALID_ARGUMENT", "OUT_OF_RANGE"):
+            line = ctx.t("err_no_instance", id=failure.metadata["instance_id"])
+        elif failure.reason == "MESSAGE_NOT_FOUND" and "message_id" in failure.metadata:
+            line = ctx.t("err_no_message", id=failure.metadata["message_id"])
+        else:
+            line = ctx.t("err_not_found", what=failure.message or what)
+    elif name == "err_invalid":
         if failure.violations:
-            what = "; ".join(f"{k}: {v}" for k, v in failure.violations.items())
-        return ctx.t("err_invalid", what=what)
-    if failure.code == "DEADLINE_EXCEEDED" and not failure.from_server:
-        return ctx.t("err_timeout", timeout=ctx.timeout, server=ctx.server)
-    return ctx.t("err_unavailable", server=ctx.server, code=failure.message or failure.reason or failure.code)
+            what = "; ".join(f"{flag_of(ctx.args.command, k)}: {v}" for k, v in failure.violations.items())
+        else:
+            what = text or failure.details
+        line = ctx.t("err_invalid", what=what)
+    elif name == "err_unavailable":
+        line = ctx.t("err_unavailable", server=ctx.server, code=failure.code)
+    elif name == "err_timeout":
+        line = ctx.t("err_timeout", timeout=ctx.timeout, server=ctx.server)
+    elif name in ("err_storage", "err_unimplemented", "err_cancelled"):
+        line = ctx.t(name, server=ctx.server)
+    else:
+        line = f"{ctx.t(name)}: {text or failure.details or failure.code}"
+    if failure.reason and name not in ("err_auth", "err_denied", "err_not_found"):
+        line += f" ({failure.reason})"
+    if failure.retry_after is not None:
+        wait = duration(max(1, math.ceil(failure.retry_after)), ctx.lang)
+        line += f"\n  {ctx.t('retry_after', wait=wait)}"
+    return line
 
 
 async def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from services.cli.operator import Context, table
+from services.i18n import SUBSCRIPTION_CLI_TEXTS, lang_of
 
 EVENT_TYPES = {
     "message.state_changed": 1,
@@ -45,6 +46,11 @@ def add_webhook_commands(sub: argparse._SubParsersAction, kwargs: dict[str, Any]
     hooks.add_argument("--description", default="", help="free text (create)")
     hooks.add_argument("--state", action="append", default=[], choices=sorted(DELIVERY_STATES), help="deliveries")
     hooks.add_argument("--limit", type=int, default=20, help="deliveries: at most N [default 20]")
+
+
+def _t(ctx: Context, name: str, **values: Any) -> str:
+    text = SUBSCRIPTION_CLI_TEXTS[lang_of(ctx.lang)][name]
+    return text.format(**values) if values else text
 
 
 def _ago(ctx: Context | None, value: Any, field: str) -> str:
@@ -84,11 +90,11 @@ async def cmd_webhooks(ctx: Context) -> int:
     stub = events_pb2_grpc.WebhookSubscriptionServiceStub(ctx.channel())
     action = args.action
     if action not in ("list", "create") and not args.id:
-        ctx.warn(f"subscriptions {action}: give the subscription id")
+        ctx.warn(_t(ctx, "need_id", action=action))
         return 2
     if action == "create":
         if not args.url:
-            ctx.warn("subscriptions create: --url is required")
+            ctx.warn(_t(ctx, "need_url"))
             return 2
         created = await ctx.call(
             stub.CreateWebhookSubscription,
@@ -103,28 +109,32 @@ async def cmd_webhooks(ctx: Context) -> int:
             ctx.emit_json(subscription_dict(created))
         else:
             ctx.print(f"{created.id}  {created.url}")
-            ctx.print(f"secret (shown once, keep it): {created.secret}")
+            ctx.print(_t(ctx, "secret", secret=created.secret))
         return 0
     if action in ("enable", "disable"):
         updated = await ctx.call(
             stub.UpdateWebhookSubscription,
             events_pb2.UpdateWebhookSubscriptionRequest(id=args.id, enabled=action == "enable"),
         )
-        ctx.emit_json(subscription_dict(updated)) if ctx.json else ctx.print(f"{updated.id}: {action}d")
+        ctx.emit_json(subscription_dict(updated)) if ctx.json else ctx.print(_t(ctx, f"{action}d", id=updated.id))
         return 0
     if action == "delete":
         await ctx.call(stub.DeleteWebhookSubscription, events_pb2.DeleteWebhookSubscriptionRequest(id=args.id))
-        ctx.emit_json({"deleted": args.id}) if ctx.json else ctx.print(f"{args.id}: deleted")
+        ctx.emit_json({"deleted": args.id}) if ctx.json else ctx.print(_t(ctx, "deleted", id=args.id))
         return 0
     if action == "rotate-secret":
         rotated = await ctx.call(stub.RotateWebhookSecret, events_pb2.RotateWebhookSecretRequest(id=args.id))
-        ctx.emit_json(subscription_dict(rotated)) if ctx.json else ctx.print(f"new secret: {rotated.secret}")
+        ctx.emit_json(subscription_dict(rotated)) if ctx.json else ctx.print(
+            _t(ctx, "new_secret", secret=rotated.secret)
+        )
         return 0
     if action == "replay":
         replayed = await ctx.call(
             stub.ReplayWebhookDeliveries, events_pb2.ReplayWebhookDeliveriesRequest(subscription_id=args.id)
         )
-        ctx.emit_json({"replayed": replayed.replayed}) if ctx.json else ctx.print(f"replayed: {replayed.replayed}")
+        ctx.emit_json({"replayed": replayed.replayed}) if ctx.json else ctx.print(
+            _t(ctx, "replayed", n=replayed.replayed)
+        )
         return 0
     if action == "deliveries":
         page = await ctx.call(
@@ -151,11 +161,21 @@ async def cmd_webhooks(ctx: Context) -> int:
         if ctx.json:
             ctx.emit_json(rows)
         else:
-            headers = ["id", "webhook-id", "type", "state", "attempts", "last"]
+            headers = [_t(ctx, k) for k in ("id", "webhook_id", "type", "state", "attempts", "last_error")]
             cells = [
-                [str(r["id"]), r["webhook_id"], r["type"], r["state"], str(r["attempts"]), r["last_error"] or "-"]
+                [
+                    str(r["id"]),
+                    r["webhook_id"],
+                    r["type"],
+                    _t(ctx, f"s_{r['state']}") if r["state"] in DELIVERY_STATES else r["state"],
+                    str(r["attempts"]),
+                    r["last_error"] or "-",
+                ]
                 for r in rows
             ]
+            if not cells:
+                ctx.print(_t(ctx, "no_deliveries"))
+                return 0
             table(headers, cells, [None] * len(cells), ctx.out, color=ctx.color)
         return 0
     listed = await ctx.call(stub.ListWebhookSubscriptions, events_pb2.ListWebhookSubscriptionsRequest())
@@ -164,14 +184,16 @@ async def cmd_webhooks(ctx: Context) -> int:
         ctx.emit_json(subs)
         return 0
     if not subs:
-        ctx.print("no webhook subscriptions")
+        ctx.print(_t(ctx, "none"))
         return 0
-    headers = ["id", "url", "enabled", "pending", "lag", "failures", "timeouts", "refused", "last error"]
+    headers = [
+        _t(ctx, k) for k in ("id", "url", "on", "pending", "lag", "failures", "timeouts", "refused", "last_error")
+    ]
     cells = [
         [
             s["id"],
             s["url"],
-            "yes" if s["enabled"] else f"no ({s['disabled_reason']})",
+            _t(ctx, "yes") if s["enabled"] else _t(ctx, "no", reason=s["disabled_reason"] or "-"),
             str(s["pending"]),
             f"{s['lag_seconds']:.1f}s",
             str(s["consecutive_failures"]),

@@ -135,7 +135,27 @@ async def build_snapshot(
     messages = await _messages(gateway, ids)
     changes = await _changes(gateway, ids)
     names = {r.instance_id: r.name for r in records}
+    records = attention_first(records)
     return Snapshot(datetime.now(UTC), records, messages, changes, names, await _webhooks(subscriptions, principal))
+
+
+# Most urgent tone first: stalled, session incomplete, degraded, disconnected, unknown, online.
+_TONE_RANK = {"red": 0, "orange": 1, "yellow": 2, "grey": 3, "slate": 4, "green": 5}
+
+
+def needs_attention(record: InstanceRecord) -> bool:
+    return record.state.value != "CONNECTED" or record.stuck_messages > 0
+
+
+def attention_first(records: Sequence[InstanceRecord]) -> list[InstanceRecord]:
+    """Instances that need someone on top (the most urgent first, then those with stuck messages),
+    then the healthy ones; by name within each group, so the order is stable between refreshes."""
+
+    def key(r: InstanceRecord) -> tuple[bool, int, int, str, str]:
+        tone = state_view(r.state.value, r.reason).tone
+        return (not needs_attention(r), _TONE_RANK.get(tone, 4), -r.stuck_messages, r.name.casefold(), r.instance_id)
+
+    return sorted(records, key=key)
 
 
 def _newest_first(rows: Sequence[MessageRecord]) -> list[MessageRecord]:
@@ -288,17 +308,19 @@ def render_webhooks(snap: Snapshot, lang: str) -> str:
         return f'<p class="empty">{_e(_t(lang, "no_webhooks"))}</p>' + render_event_streams(snap, lang)
     keys = ("w_url", "w_enabled", "w_pending", "w_lag", "w_failures", "w_timeouts", "w_refused", "w_last_error")
     head = "".join(f"<th>{_e(_t(lang, k))}</th>" for k in keys)
+    label = _labels(lang, keys)
     rows = []
     for sub, stats in snap.webhooks:
         enabled = _t(lang, "w_yes") if sub.enabled else f"{_t(lang, 'w_no')} ({sub.disabled_reason})"
         tone = "green" if sub.enabled and not sub.consecutive_failures else ("red" if not sub.enabled else "yellow")
         rows.append(
             f'<tr data-subscription-id="{_e(sub.id)}">'
-            f"<td>{_e(display_url(sub.url))}</td><td>{_badge(enabled, tone)}</td>"
-            f"<td>{stats.pending if stats else 0}</td>"
-            f"<td>{_e(duration(_lag(stats, snap.generated_at), lang))}</td>"
-            f"<td>{sub.consecutive_failures}</td><td>{sub.timeouts}</td><td>{sub.refused}</td>"
-            f"<td>{_e(sub.last_error or '—')}</td></tr>"
+            f"<td{label['w_url']}>{_e(display_url(sub.url))}</td><td{label['w_enabled']}>{_badge(enabled, tone)}</td>"
+            f"<td{label['w_pending']}>{stats.pending if stats else 0}</td>"
+            f"<td{label['w_lag']}>{_e(duration(_lag(stats, snap.generated_at), lang))}</td>"
+            f"<td{label['w_failures']}>{sub.consecutive_failures}</td>"
+            f"<td{label['w_timeouts']}>{sub.timeouts}</td><td{label['w_refused']}>{sub.refused}</td>"
+            f"<td{label['w_last_error']}>{_e(sub.last_error or '—')}</td></tr>"
         )
     table = f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
     return table + render_event_streams(snap, lang)
@@ -328,6 +350,11 @@ def _time(at: datetime | None, now: datetime, lang: str, mode: str = "ago") -> s
     text = ago(at, now, lang) if mode == "ago" else duration((now - at).total_seconds(), lang)
     stamp = iso(at) or ""
     return f'<time datetime="{stamp}" data-rel="{mode}" title="{stamp}">{_e(text)}</time>'
+
+
+def _labels(lang: str, keys: Sequence[str]) -> dict[str, str]:
+    """` data-label="…"` per column: on a narrow screen each cell shows its column's name (status.css)."""
+    return {k: f' data-label="{_e(_t(lang, k))}"' for k in keys}
 
 
 def _badge(label: str, tone: str) -> str:
@@ -382,24 +409,27 @@ def render_messages(snap: Snapshot, lang: str) -> str:
     if not snap.messages:
         return f'<p class="empty">{_e(_t(lang, "no_messages"))}</p>'
     now = snap.generated_at
-    head = "".join(f"<th>{_e(_t(lang, k))}</th>" for k in ("instance", "to", "state", "reason", "age", "attempts"))
+    keys = ("instance", "to", "state", "reason", "age", "attempts")
+    head = "".join(f"<th>{_e(_t(lang, k))}</th>" for k in keys)
     head += "<th></th>"
+    label = _labels(lang, keys)
     rows = []
     for m in snap.messages:
         stuck = _is_stuck(m)
         reason = m.failure_reason or ("STUCK" if stuck else "")
         tone = MESSAGE_TONES.get("STUCK" if stuck else m.state.value, "slate")
         name = snap.names.get(m.instance_id, m.instance_id)
+        actions = message_actions(m.id, snap.csrf, lang) if snap.csrf and m.state.value == "FAILED" else ""
         rows.append(
             f'<tr data-message-id="{_e(m.id)}" data-instance-id="{_e(m.instance_id)}" '
             f'data-state="{_e(m.state.value)}" data-stuck="{"true" if stuck else "false"}">'
-            f'<td>{_e(name)}<br><span class="mono small">{_e(m.instance_id)}</span></td>'
-            f'<td class="mono" data-role="to">{_e(mask_recipient(m.to))}</td>'
-            f"<td>{_badge(message_label(m.state.value, stuck, lang), tone)}</td>"
-            f'<td title="{_e(reason)}">{_e(reason_label(reason, lang))}</td>'
-            f"<td>{_time(m.created_at, now, lang, 'age')}</td>"
-            f'<td class="num">{m.attempts}</td>'
-            f"<td>{message_actions(m.id, snap.csrf, lang) if snap.csrf and m.state.value == 'FAILED' else ''}</td></tr>"
+            f'<td{label["instance"]}>{_e(name)}<br><span class="mono small">{_e(m.instance_id)}</span></td>'
+            f'<td class="mono" data-role="to"{label["to"]}>{_e(mask_recipient(m.to))}</td>'
+            f"<td{label['state']}>{_badge(message_label(m.state.value, stuck, lang), tone)}</td>"
+            f'<td title="{_e(reason)}"{label["reason"]}>{_e(reason_label(reason, lang))}</td>'
+            f"<td{label['age']}>{_time(m.created_at, now, lang, 'age')}</td>"
+            f'<td class="num"{label["attempts"]}>{m.attempts}</td>'
+            f'<td class="{"actions-cell" if actions else "empty-cell"}">{actions}</td></tr>'
         )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
@@ -410,6 +440,7 @@ def render_changes(snap: Snapshot, lang: str) -> str:
     now = snap.generated_at
     keys = ("when", "instance", "from", "to_state", "reason", "source")
     head = "".join(f"<th>{_e(_t(lang, k))}</th>" for k in keys)
+    label = _labels(lang, keys)
     rows = []
     for row in snap.changes:
         c = row.change
@@ -420,11 +451,11 @@ def render_changes(snap: Snapshot, lang: str) -> str:
             from_cell = f'<span class="muted tone-text-{from_view.tone}">{_e(from_view.label)}</span>'
         rows.append(
             f'<tr data-instance-id="{_e(row.instance_id)}" data-to-state="{_e(c.to_state)}">'
-            f"<td>{_time(c.at, now, lang)}</td>"
-            f"<td>{_e(snap.names.get(row.instance_id, row.instance_id))}</td>"
-            f"<td>{from_cell}</td><td>{_badge(to_view.label, to_view.tone)}</td>"
-            f'<td title="{_e(c.reason)}">{_e(reason_label(c.reason, lang))}</td>'
-            f"<td>{_e(source_label(c.source, lang))}</td></tr>"
+            f"<td{label['when']}>{_time(c.at, now, lang)}</td>"
+            f"<td{label['instance']}>{_e(snap.names.get(row.instance_id, row.instance_id))}</td>"
+            f"<td{label['from']}>{from_cell}</td><td{label['to_state']}>{_badge(to_view.label, to_view.tone)}</td>"
+            f'<td title="{_e(c.reason)}"{label["reason"]}>{_e(reason_label(c.reason, lang))}</td>'
+            f"<td{label['source']}>{_e(source_label(c.source, lang))}</td></tr>"
         )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
@@ -724,6 +755,7 @@ def add_status_routes(
         add_action_routes(app, StatusActions(page, gateway, recovery, page.csrf))
     app.router.add_get("/status", page.index)
     app.router.add_get("/status/", page.redirect)
+    app.router.add_get("/", page.redirect)  # a browser pointed at the bridge lands on the page
     app.router.add_get("/status/api/snapshot", page.snapshot)
     app.router.add_get("/status/api/events", page.events)
     app.router.add_get("/status/static/{name}", page.asset)

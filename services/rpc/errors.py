@@ -18,7 +18,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from adapters.deadline import request_scope
-from services.i18n import reason_text, resolve_lang
+from services.i18n import reason_text, resolve_lang, violation_text
 from statemachine.domain import Reason
 from statemachine.errors import (
     GuardError,
@@ -120,7 +120,14 @@ def build_status(
             _pack(
                 error_details_pb2.BadRequest(
                     field_violations=[
-                        error_details_pb2.BadRequest.FieldViolation(field=f, description=d) for f, d in violations
+                        error_details_pb2.BadRequest.FieldViolation(
+                            field=f,
+                            description=d,
+                            localized_message=error_details_pb2.LocalizedMessage(
+                                locale=locale, message=violation_text(d, locale)
+                            ),
+                        )
+                        for f, d in violations
                     ]
                 )
             )

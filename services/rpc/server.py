@@ -389,6 +389,17 @@ def _async(fn: Any) -> Any:
     return run
 
 
+def status_page_url(host: str, port: int) -> str:
+    """The status page as a browser on this machine reaches it (a wildcard address is not one)."""
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}/status"
+
+
 async def serve(settings: Settings, *, provider: Provider | None = None) -> None:
     # Signal handlers first: a SIGTERM that lands while starting (or while the serving line is
     # being printed) still gets the graceful path, never the default kill.
@@ -398,7 +409,10 @@ async def serve(settings: Settings, *, provider: Provider | None = None) -> None
         loop.add_signal_handler(sig, stop.set)
     app = await App.start(settings, provider=provider)
     try:
-        bridge = f", webhook bridge on http://{settings.host}:{app.http_port}" if app.http_port is not None else ""
+        bridge = ""
+        if app.http_port is not None:
+            bridge = f", webhook bridge on http://{settings.host}:{app.http_port}"
+            bridge += f", status page {status_page_url(settings.host, app.http_port)}"
         print(f"wapi-guard serving gRPC on {settings.host}:{app.grpc_port}{bridge}", flush=True)
         log.info("serving", extra={"grpc_port": app.grpc_port, "http_port": app.http_port})
         await stop.wait()

@@ -987,3 +987,14 @@ def test_the_image_alone_is_not_open() -> None:
     for line in runs:
         assert "WAPIGUARD_API_TOKENS" in line, line
         assert "WAPIGUARD_WEBHOOK_SECRET" in line, line
+
+
+def test_compose_sets_the_public_url_and_says_it_needs_compose_v2() -> None:
+    env = compose_env(compose_service("wapi-guard"))
+    # Without a public URL the instance's webhooks point nowhere and no receipt ever arrives.
+    assert env.get("WAPIGUARD_PUBLIC_URL", "").startswith("${WAPIGUARD_PUBLIC_URL:?")
+    assert re.search(r"^WAPIGUARD_PUBLIC_URL=$", ENV_EXAMPLE.read_text(), re.M)
+    assert "name" in compose()  # the top-level `name:` needs Compose v2 …
+    readme = (DEPLOY / "README.md").read_text()
+    assert "Compose v2" in readme  # … and the README says so
+    assert "Compose v2" in COMPOSE.read_text()

@@ -39,3 +39,18 @@ def test_demo_exits_0_with_no_false_sent() -> None:
     assert int(accepted.group(1)) <= 15
     assert "ALERT message" not in out  # the stuck-run rule (stuck after 300 s by default) played no part
     assert "got CONNECTED → DEGRADED (DELIVERY_STALLED) → CONNECTED" in out
+    # Short ids are the distinctive end of each id: messages made in the same second differ.
+    created = re.findall(r"⇢ event stream: Aventura: message (\w+) UNSPECIFIED → PENDING", out)
+    assert len(created) >= 2, out
+    assert len(set(created)) == len(created), created
+    full = re.search(r"wapi-guard retry ([0-9a-f-]{36})", out)
+    assert full, out
+    assert f"message {full.group(1).replace('-', '')[-8:]} " in out
+    # Canonical E.164 digits (country code 55), never the national form.
+    assert "Send a text to 5515981121710 through each" in out
+    assert " 15981121710" not in out
+    # It ends with what to do next: serve + simulator, the status page, the docs.
+    after = out.split("What next")[1]
+    needed_all = (" simulator --port", " serve --wapi-base-url", "instances add", "send --instance", "/status")
+    for needed in (*needed_all, "README.md"):
+        assert needed in after, after

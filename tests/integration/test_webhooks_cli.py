@@ -52,6 +52,14 @@ async def test_create_list_disable_and_deliveries(database_url: str) -> None:
         assert sub["id"] in listed.stdout
         assert "HTTP 500" in listed.stdout  # the last error is shown
         assert sub["secret"] not in listed.stdout  # the secret only at creation
+        # Localized like the other operator commands: pt-BR by default, English with --lang en.
+        listed_en = await cli("subscriptions", *server, "--lang", "en")
+        assert listed.stdout.split()[:3] == ["ID", "DESTINO", "ATIVA"]
+        assert "  sim  " in listed.stdout
+        assert listed_en.stdout.split()[:3] == ["ID", "URL", "ENABLED"]
+        assert "  yes  " in listed_en.stdout
+        rotated = await cli("subscriptions", "rotate-secret", sub["id"], *server)
+        assert rotated.stdout.startswith("novo segredo (mostrado só agora): whsec_"), rotated.stdout
 
         deliveries = await cli("subscriptions", "deliveries", sub["id"], "--json", *server)
         rows = json.loads(deliveries.stdout)
@@ -61,6 +69,7 @@ async def test_create_list_disable_and_deliveries(database_url: str) -> None:
         assert json.loads(disabled.stdout)["enabled"] is False
         missing = await cli("subscriptions", "disable", *server)
         assert missing.returncode == 2
+        assert "informe o id da assinatura" in missing.stderr
     finally:
         await stop_harness(h)
         await runner.cleanup()

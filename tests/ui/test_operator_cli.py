@@ -152,9 +152,9 @@ async def test_unreachable_server_is_exit_3_and_help_documents_exit_codes() -> N
     assert helped.returncode == 0
     for line in (
         "0  ok",
-        "1  send refused, blocked or failed",
+        "1  refused by the server: send blocked or failed",
         "2  usage error",
-        "3  server unreachable or unavailable",
+        "3  server unreachable, or no answer within --timeout",
         "4  instance or message not found",
         "5  unauthenticated or permission denied",
     ):
