@@ -245,7 +245,7 @@ class App:
             for _principal, token in tokens:
                 register_secret(token.decode())
             interceptors.append(AuthInterceptor(tokens, open_health=settings.auth_open_health))
-        server = grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
+        server = grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", int(settings.reuse_port))])
         opened.append(lambda: server.stop(0))
         # Every service is registered through the decoding guard: undecodable bytes answer
         # INVALID_ARGUMENT/MALFORMED_REQUEST instead of UNKNOWN plus a traceback each.
