@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PG_URL ?= postgresql+asyncpg://postgres@127.0.0.1:5432/test
 
-.PHONY: demo test test-postgres lint proto proto-check bench serve
+.PHONY: demo test test-postgres lint proto proto-check bench bench-guard serve
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -39,3 +39,7 @@ proto-check: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# The hot paths' ratio to the no-op against bench/figures.json (CI; well under 2 minutes).
+bench-guard: $(STAMP)
+	$(BIN)/python -m bench.guard

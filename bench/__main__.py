@@ -68,10 +68,10 @@ class Result:
 class Process:
     """A child process whose first stdout line names its address."""
 
-    def __init__(self, args: list[str]) -> None:
+    def __init__(self, args: list[str], cwd: Path = ROOT) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, *args],
-            cwd=ROOT,
+            cwd=cwd,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -376,7 +376,10 @@ async def bench_database(
             "0",
             "--log-level",
             "ERROR",
-        ]
+        ],
+        # Another checkout's code (`-m` puts the working directory first on the path): the commit
+        # before, measured in the same run against the same no-op.
+        cwd=args.server_root or ROOT,
     )
     out: dict[str, Any] = {"results": []}
     try:
@@ -655,10 +658,18 @@ def main() -> int:
     parser.add_argument(
         "--keep-databases", action="store_true", help="with --dataset: keep the two bench databases afterwards"
     )
+    parser.add_argument(
+        "--server-root",
+        metavar="DIR",
+        help="run the wapi-guard server from this checkout (e.g. a `git worktree` of the commit before), "
+        "with this environment's packages",
+    )
     parser.add_argument("--profile", metavar="DIR", help="record py-spy samples of the server per scenario into DIR")
     args = parser.parse_args()
     if args.profile:
         Path(args.profile).mkdir(parents=True, exist_ok=True)
+    if args.server_root:
+        args.server_root = Path(args.server_root).resolve()
     return asyncio.run(main_async(args))
 
 
