@@ -828,7 +828,7 @@ class Repository:
         if after is None or after.state is not MessageState.SENT:
             return None
         params = _sent_params(msg, after)
-        updated, parked = await (self._sent_batcher.submit(params) if self._pg else self._mark_sent_alone(params))
+        updated, parked = await self._sent_batcher.submit(params)
         if not updated:
             return None
         if parked:
@@ -858,7 +858,11 @@ class Repository:
         return True
 
     async def _mark_sent_batch(self, items: list[dict[str, Any]]) -> list[tuple[bool, bool]]:
-        """The same for a batch, on Postgres: one UPDATE over arrays, then one parked lookup."""
+        """The same for a batch, on Postgres: one UPDATE over arrays, then one parked lookup.
+        On SQLite: one transaction (one commit) for the batch's compare-and-set UPDATEs and their
+        change-log rows, then one parked lookup after the commit, as alone."""
+        if not self._pg:
+            return await self._mark_sent_batch_sql(items)
         columns = [
             [item[name] for item in items]
             for name in ("b_id", "b_version", "provider_message_id", "sent_at", "entries")
@@ -869,6 +873,29 @@ class Repository:
             pids = sorted({item["provider_message_id"] for item in items if item["b_id"] in updated})
             parked = {(r[0], r[1]) for r in await driver.fetch(pg_fast.PARKED_FOR, pids)} if pids else set()
         return [(item["b_id"] in updated, (item["iid"], item["provider_message_id"]) in parked) for item in items]
+
+    async def _mark_sent_batch_sql(self, items: list[dict[str, Any]]) -> list[tuple[bool, bool]]:
+        updated: list[bool] = []
+        async with self.transaction() as conn:
+            for item in items:
+                updated.append((await conn.execute(self._mark_sent, item)).rowcount == 1)
+            await changelog.append_rows(
+                conn, [entry for item, moved in zip(items, updated, strict=True) if moved for entry in item["log"]]
+            )
+        pids = sorted({item["provider_message_id"] for item, moved in zip(items, updated, strict=True) if moved})
+        parked: set[tuple[str, str]] = set()
+        if pids:
+            async with self._auto.connect() as conn:
+                rows = await conn.execute(
+                    select(events.c.instance_id, events.c.provider_message_id).where(
+                        events.c.parked, events.c.provider_message_id.in_(pids)
+                    )
+                )
+                parked = {(r[0], r[1]) for r in rows}
+        return [
+            (moved, moved and (item["iid"], item["provider_message_id"]) in parked)
+            for item, moved in zip(items, updated, strict=True)
+        ]
 
     async def apply_parked(self, provider_message_id: str | None = None) -> int:
         """Applies parked statuses whose message now exists (all of them when no id is given).
