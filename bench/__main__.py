@@ -376,6 +376,7 @@ async def bench_database(
             "0",
             "--log-level",
             "ERROR",
+            *(["--workers", str(args.workers)] if getattr(args, "workers", 1) > 1 else []),
         ],
         # Another checkout's code (`-m` puts the working directory first on the path): the commit
         # before, measured in the same run against the same no-op.
@@ -657,6 +658,12 @@ def main() -> int:
     )
     parser.add_argument(
         "--keep-databases", action="store_true", help="with --dataset: keep the two bench databases afterwards"
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="serve --workers N (PostgreSQL; give --channels ≥ 4·N so the kernel spreads connections)",
     )
     parser.add_argument(
         "--server-root",
