@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 RUNTIME := $(VENV)/.installed-runtime
 PG_URL ?= postgresql+asyncpg://postgres@127.0.0.1:5432/test
 
-.PHONY: demo test test-postgres lint proto proto-check bench serve
+.PHONY: demo test test-postgres lint proto proto-check bench bench-guard serve
 
 $(RUNTIME): pyproject.toml constraints.txt
 	@echo "==> first run: creating $(VENV) and installing wapi-guard's runtime dependencies (about a minute)"
@@ -48,3 +48,7 @@ proto-check: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# The hot paths' ratio to the no-op against bench/figures.json (CI; well under 2 minutes).
+bench-guard: $(STAMP)
+	$(BIN)/python -m bench.guard

@@ -59,15 +59,19 @@ class Result:
     p99_ms: float
     ratio: float = 0.0
     baseline_rps: float = 0.0  # the no-op run of the same RPC measured just before this one
+    # Server CPU (user + system, from the server processes' own counters) per request, in ms,
+    # and the same for the no-op server over the same rounds.
+    cpu_ms: float = 0.0
+    baseline_cpu_ms: float = 0.0
 
 
 class Process:
     """A child process whose first stdout line names its address."""
 
-    def __init__(self, args: list[str]) -> None:
+    def __init__(self, args: list[str], cwd: Path = ROOT) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, *args],
-            cwd=ROOT,
+            cwd=cwd,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -82,6 +86,14 @@ class Process:
         match = PORT_RE.search(self.first_line)
         assert match, self.first_line
         return f"{match.group(1)}:{match.group(2)}"
+
+    def pids(self) -> list[int]:
+        """The process and its children (`serve --workers N` forks its workers)."""
+        return [self.proc.pid, *_children(self.proc.pid)]
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the process and its live children, from /proc (their own counters)."""
+        return sum(_cpu_seconds(pid) for pid in self.pids())
 
     def rss_mb(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
@@ -99,6 +111,26 @@ class Process:
             self.proc.kill()
 
 
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime (fields 14 and 15 of stat)
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        with suppress(OSError):
+            for child in task.read_text().split():
+                out += [int(child), *_children(int(child))]
+    return out
+
+
 @dataclass
 class Run:
     """One bounded burst of calls: what came back and how long each took."""
@@ -107,6 +139,7 @@ class Run:
     errors: int
     seconds: float
     latencies: list[float]
+    cpu_seconds: float = 0.0  # the server's CPU over the run (set by `measured`)
 
     @property
     def rps(self) -> float:
@@ -148,6 +181,19 @@ async def load(
     return Run(len(latencies), errors, time.perf_counter() - started, latencies)
 
 
+async def measured(server: Process, run: Awaitable[Run]) -> Run:
+    """`run`, with the server's CPU time over it."""
+    before = server.cpu_seconds()
+    result = await run
+    result.cpu_seconds = server.cpu_seconds() - before
+    return result
+
+
+def cpu_ms(runs: list[Run]) -> float:
+    done = sum(run.requests for run in runs)
+    return round(1000 * sum(run.cpu_seconds for run in runs) / done, 3) if done else 0.0
+
+
 def summarize(name: str, database: str, runs: list[Run]) -> Result:
     latencies = sorted(x for run in runs for x in run.latencies)
     done = len(latencies)
@@ -161,6 +207,7 @@ def summarize(name: str, database: str, runs: list[Run]) -> Result:
         round(done / seconds, 1),
         round(statistics.median(latencies) * 1000, 2),
         round(latencies[max(0, int(done * 0.99) - 1)] * 1000, 2),
+        cpu_ms=cpu_ms(runs),
     )
 
 
@@ -200,18 +247,22 @@ class Noop:
 
     async def measure(self, rpc: str, requests: int, max_seconds: float) -> Run:
         await warm(self.channels, self.calls[rpc])
-        return await load(
-            self.channels,
-            self.calls[rpc],
-            requests=requests,
-            concurrency=self.args.concurrency,
-            max_seconds=max_seconds,
+        return await measured(
+            self.server,
+            load(
+                self.channels,
+                self.calls[rpc],
+                requests=requests,
+                concurrency=self.args.concurrency,
+                max_seconds=max_seconds,
+            ),
         )
 
     async def headline(self, rpc: str) -> Result:
         result = summarize(f"noop {rpc}", "-", [await self.measure(rpc, self.args.requests, self.args.max_seconds)])
         result.ratio = 1.0
         result.baseline_rps = result.rps
+        result.baseline_cpu_ms = result.cpu_ms
         return result
 
     async def aclose(self) -> None:
@@ -242,6 +293,7 @@ async def reset_postgres() -> None:
 
 async def against(
     noop: Noop,
+    server: Process,
     rpc: str,
     name: str,
     database: str,
@@ -257,24 +309,28 @@ async def against(
     per_round = max(1, requests // rounds)
     seconds = args.max_seconds / rounds
     runs: list[Run] = []
+    bases: list[Run] = []
     ratios: list[float] = []
-    baselines: list[float] = []
     for k in range(rounds):
         base = await noop.measure(rpc, per_round, seconds)
-        run = await load(
-            channels,
-            call,
-            requests=per_round,
-            concurrency=args.concurrency,
-            max_seconds=seconds,
-            ok_codes=ok_codes,
-            start=k * per_round,
+        run = await measured(
+            server,
+            load(
+                channels,
+                call,
+                requests=per_round,
+                concurrency=args.concurrency,
+                max_seconds=seconds,
+                ok_codes=ok_codes,
+                start=k * per_round,
+            ),
         )
         runs.append(run)
-        baselines.append(base.rps)
+        bases.append(base)
         ratios.append(run.rps / base.rps if base.rps else 0.0)
     result = summarize(name, database, runs)
-    result.baseline_rps = round(statistics.median(baselines), 1)
+    result.baseline_rps = round(statistics.median(base.rps for base in bases), 1)
+    result.baseline_cpu_ms = cpu_ms(bases)
     result.ratio = round(statistics.median(ratios), 2)
     return result
 
@@ -320,7 +376,11 @@ async def bench_database(
             "0",
             "--log-level",
             "ERROR",
-        ]
+            *(["--workers", str(args.workers)] if getattr(args, "workers", 1) > 1 else []),
+        ],
+        # Another checkout's code (`-m` puts the working directory first on the path): the commit
+        # before, measured in the same run against the same no-op.
+        cwd=args.server_root or ROOT,
     )
     out: dict[str, Any] = {"results": []}
     try:
@@ -370,7 +430,7 @@ async def bench_database(
             if args.profile:
                 slug = re.sub(r"[^a-z]+", "-", name.lower()).strip("-")
                 profiler = Profiler(server.proc.pid, Path(args.profile) / f"{database}-{slug}.txt")
-            out["results"].append(await against(noop, rpc, name, database, channels, call, requests, ok_codes))
+            out["results"].append(await against(noop, server, rpc, name, database, channels, call, requests, ok_codes))
             if profiler is not None:
                 out.setdefault("profiles", []).append(await asyncio.to_thread(profiler.stop))
 
@@ -483,12 +543,13 @@ def rss_growth_100k() -> dict[str, float]:
 def table(results: list[Result]) -> str:
     header = (
         f"| {'scenario':<42} | {'db':<8} | {'req':>6} | {'err':>4} | {'req/s':>7} | {'p50 ms':>7} "
-        f"| {'p99 ms':>7} | {'noop req/s':>10} | {'ratio':>5} |"
+        f"| {'p99 ms':>7} | {'noop req/s':>10} | {'ratio':>5} | {'CPU ms/req':>10} | {'noop CPU':>8} |"
     )
     rule = "|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|"
     rows = [
         f"| {r.scenario:<42} | {r.database:<8} | {r.requests:>6} | {r.errors:>4} | {r.rps:>7.0f} | {r.p50_ms:>7.2f} "
-        f"| {r.p99_ms:>7.2f} | {r.baseline_rps:>10.0f} | {r.ratio:>5.2f} |"
+        f"| {r.p99_ms:>7.2f} | {r.baseline_rps:>10.0f} | {r.ratio:>5.2f} | {r.cpu_ms:>10.3f} "
+        f"| {r.baseline_cpu_ms:>8.3f} |"
         for r in results
     ]
     return "\n".join([header, rule, *rows])
@@ -598,10 +659,24 @@ def main() -> int:
     parser.add_argument(
         "--keep-databases", action="store_true", help="with --dataset: keep the two bench databases afterwards"
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="serve --workers N (PostgreSQL; give --channels ≥ 4·N so the kernel spreads connections)",
+    )
+    parser.add_argument(
+        "--server-root",
+        metavar="DIR",
+        help="run the wapi-guard server from this checkout (e.g. a `git worktree` of the commit before), "
+        "with this environment's packages",
+    )
     parser.add_argument("--profile", metavar="DIR", help="record py-spy samples of the server per scenario into DIR")
     args = parser.parse_args()
     if args.profile:
         Path(args.profile).mkdir(parents=True, exist_ok=True)
+    if args.server_root:
+        args.server_root = Path(args.server_root).resolve()
     return asyncio.run(main_async(args))
 
 

@@ -200,6 +200,22 @@ class Settings(BaseSettings):
             "help": "do not apply migrations at start [env WAPIGUARD_MIGRATE_ON_START]",
         },
     )
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Server processes sharing the gRPC and HTTP ports (SO_REUSEPORT), one database pool each; "
+        "PostgreSQL only.",
+    )
+    reuse_port: bool = Field(
+        False,
+        description="Bind the gRPC and HTTP ports with SO_REUSEPORT (set for each process by --workers).",
+        json_schema_extra={
+            "switch": "--reuse-port",
+            "help": "bind the ports with SO_REUSEPORT, to share them with other serve processes "
+            "[env WAPIGUARD_REUSE_PORT]",
+        },
+    )
 
     @field_validator("default_phone_region")
     @classmethod

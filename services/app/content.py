@@ -6,6 +6,8 @@ import hashlib
 import json
 from typing import Any
 
+import orjson
+
 from statemachine.domain import (
     Contact,
     Content,
@@ -51,5 +53,21 @@ def request_hash(message: OutboundMessage, content: dict[str, Any] | None = None
     `content` is `content_to_dict(message)` when the caller has it already.
     """
     content = content_to_dict(message) if content is None else content
-    blob = json.dumps([message.kind.value, message.to, content], sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()
+    value = [message.kind.value, message.to, content]
+    # The hash of the stdlib's text (sort_keys, compact, ASCII escapes): stored hashes stay valid.
+    # orjson writes the very same bytes when the text is ASCII without DEL and holds no float
+    # (it spells some floats differently, 1e-05 as 0.00001); anything else takes the stdlib.
+    blob = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    if not blob.isascii() or b"\x7f" in blob or _has_float(content):
+        blob = json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def _has_float(value: Any) -> bool:
+    if isinstance(value, float):
+        return True
+    if isinstance(value, dict):
+        return any(_has_float(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_has_float(v) for v in value)
+    return False

@@ -49,6 +49,7 @@ class ChangeFeed:
         wakeups: ChangeWakeups | None = None,
         page_size: int = 500,
         window: int = 5000,
+        idle_gather: float = 0.05,
     ) -> None:
         self.repo = repo
         self.poll_interval = poll_interval
@@ -56,6 +57,8 @@ class ChangeFeed:
         self.wakeups = wakeups
         self.page_size = page_size
         self.window_size = max(1, window)
+        # With no stream attached, what one read of the log may wait to gather (see _tail).
+        self.idle_gather = idle_gather
         self.position = ChangeCursor(0, 0)
         # Every change after `window_start` up to `position` is in `_window` (cursor order);
         # `_keys` holds their cursors, for bisect.
@@ -138,6 +141,12 @@ class ChangeFeed:
             interval = self.poll_interval if fast else self.listen_fallback_interval
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._nudge.wait(), interval)
+            if not self.listeners and self.idle_gather > 0:
+                # No stream attached: only the outbound fan-out follows the tail, to which a few
+                # milliseconds do not matter. Under load every group commit NOTIFYs; one read per
+                # window instead of one per commit (with the fan-out's subscription lookup behind
+                # it) was ~10 % of a blocked send's server CPU (docs/performance.md).
+                await asyncio.sleep(self.idle_gather)
             self._nudge.clear()
             try:
                 await self.read_round()

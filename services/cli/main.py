@@ -133,6 +133,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             if args.command == "migrate":
                 return run(_migrate(settings), event_loop=settings.event_loop)
+            if settings.workers > 1:
+                from services.rpc.workers import serve_workers
+
+                return serve_workers(settings, argv[1:])
             from services.rpc.server import serve
 
             run(serve(settings), event_loop=settings.event_loop)

@@ -130,7 +130,7 @@ async def start_bridge(
         build_app(settings, gateway, recovery, subscriptions), access_log=None, shutdown_timeout=settings.shutdown_grace
     )
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.http_port or 0)
+    site = web.TCPSite(runner, settings.host, settings.http_port or 0, reuse_port=settings.reuse_port or None)
     await site.start()
     server: Any = site._server
     port = int(server.sockets[0].getsockname()[1])

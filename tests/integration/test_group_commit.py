@@ -58,3 +58,61 @@ async def test_one_bad_row_does_not_fail_its_batch(database_url: str) -> None:
     finally:
         await repo.aclose()
         await engine.dispose()
+
+
+async def test_concurrent_sent_records_share_commits_and_each_is_stored_once(database_url: str) -> None:
+    """PENDING → SENT under load: one commit per batch on SQLite too (as PostgreSQL's fast lane),
+    every message SENT with its history entry and its change-log row, none twice."""
+    from sqlalchemy import event, func, select
+
+    from adapters.persistence.schema import change_log
+
+    engine = create_engine(database_url)
+    await upgrade_to_head(engine)
+    repo = Repository(engine, group_commit_window=0.005)
+    commits = 0
+
+    def count(_conn: object) -> None:
+        nonlocal commits
+        commits += 1
+
+    try:
+        pending = [
+            replace(
+                message_record(instance_id="gc-sent", at=NOW),
+                id=f"s-{i}",
+                idempotency_key=f"s-{i}",
+            )
+            for i in range(30)
+        ]
+        for record in pending:
+            assert (await repo.insert_message(record))[1]
+        event.listen(engine.sync_engine, "commit", count)
+        sent = await asyncio.gather(*(repo.record_sent(m, f"P-{m.id}", source="send") for m in pending))
+        event.remove(engine.sync_engine, "commit", count)
+        assert [m.state if m else None for m in sent] == [MessageState.SENT] * 30
+        for record in pending:
+            stored = await repo.get_message(record.id)
+            assert stored is not None
+            assert stored.state is MessageState.SENT
+            assert stored.provider_message_id == f"P-{record.id}"
+            assert [h.to_state for h in stored.history] == [MessageState.PENDING, MessageState.SENT]
+            assert stored.version == 2
+        async with engine.connect() as conn:
+            logged = (
+                await conn.execute(
+                    select(func.count()).where(
+                        change_log.c.instance_id == "gc-sent", change_log.c.payload.like('%"SENT"%')
+                    )
+                )
+            ).scalar_one()
+        assert logged == 30
+        # Again: the rows moved on, so nothing is written twice.
+        assert (
+            await asyncio.gather(*(repo.record_sent(m, f"P-{m.id}", source="send") for m in pending[:5])) == [None] * 5
+        )
+        if not POSTGRES_URL:  # PostgreSQL's lane writes over raw asyncpg (no SQLAlchemy commit events)
+            assert commits < 15, commits
+    finally:
+        await repo.aclose()
+        await engine.dispose()

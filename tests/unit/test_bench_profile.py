@@ -29,3 +29,20 @@ def test_an_empty_recording_has_no_summary(tmp_path: Path) -> None:
     raw = tmp_path / "empty.txt"
     raw.write_text("")
     assert summarize(raw) == ""
+
+
+def test_breakdown_gives_each_sample_to_the_first_matching_part(tmp_path: Path) -> None:
+    from bench.profile import OTHER, breakdown
+
+    raw = tmp_path / "p.txt"
+    raw.write_text(
+        "Runner.run (asyncio/runners.py:1);Sending.send (services/app/sending.py:1);"
+        "append_rows (adapters/persistence/changelog.py:85);execute (sqlalchemy/engine/base.py:1) 2\n"
+        "Runner.run (asyncio/runners.py:1);Sending.send (services/app/sending.py:1) 1\n"
+        "Runner.run (asyncio/runners.py:1) 1\n"
+    )
+    shares = breakdown(raw)
+    assert shares["change-log rows (build, append)"] == 0.5  # before storage in the order
+    assert shares["use case (sending/ingest), mapping"] == 0.25
+    assert shares[OTHER] == 0.25
+    assert abs(sum(shares.values()) - 1) < 1e-9

@@ -1,0 +1,116 @@
+"""`python -m bench.guard`: the CI step that keeps the hot paths' cost (well under 2 minutes).
+
+Runs the three hot paths on PostgreSQL against the no-op gRPC server, interleaved (no-op round,
+scenario round, five times each; the ratio is the median of the rounds' ratios) and compares
+each ratio with the figure recorded for this kind of machine in `bench/figures.json`. A ratio
+more than `tolerance` (35 %) below its figure fails the step; run-to-run noise here is about
+±20 %, a doubled cost per request halves the ratio. A scenario that falls below is measured once
+more and fails only if it is below again (a neighbour's burst of load does not fail CI; a real
+regression is below both times). Ratios only, never absolute times: the same figure holds on a
+faster or slower machine of the kind, as long as the no-op is measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from bench.__main__ import BLOCKED, HEALTHY, PG_URL, Noop, Process, bench_database, reset_postgres
+
+FIGURES = Path(__file__).resolve().parent / "figures.json"
+SHORT = {
+    "SendMessage blocked (SESSION_INCOMPLETE)": "blocked",
+    "SendMessage healthy (via simulator)": "healthy",
+    "IngestEvent status (dedupe + transition)": "status",
+}
+
+
+def verdict(measured: dict[str, float], recorded: dict[str, float], tolerance: float) -> list[str]:
+    """The scenarios whose ratio fell more than `tolerance` below the recorded figure."""
+    return [name for name, figure in recorded.items() if measured.get(name, 0.0) < figure * (1 - tolerance)]
+
+
+async def measure(args: argparse.Namespace, database: str) -> dict[str, float]:
+    sim = Process(
+        [
+            "-m",
+            "services.cli",
+            "simulator",
+            "--port",
+            "0",
+            "--instance",
+            f"{BLOCKED}:tok-{BLOCKED}:session_incomplete",
+            "--instance",
+            f"{HEALTHY}:tok-{HEALTHY}:healthy",
+        ]
+    )
+    noop = Noop(args)
+    try:
+        if database == "postgres":
+            await reset_postgres()
+            url = PG_URL
+        else:
+            url = f"sqlite+aiosqlite:///{tempfile.mkdtemp(prefix='wapi-guard-guard-')}/bench.db"
+        out = await bench_database(database, url, sim.first_line, args, noop)
+    finally:
+        await noop.aclose()
+        sim.stop()
+    for r in out["results"]:
+        print(
+            f"  {SHORT[r.scenario]:<8} ratio {r.ratio:.2f}  ({r.rps:.0f} req/s, no-op {r.baseline_rps:.0f} req/s; "
+            f"server CPU {r.cpu_ms:.3f} ms/req, no-op {r.baseline_cpu_ms:.3f})",
+            flush=True,
+        )
+    return {SHORT[r.scenario]: r.ratio for r in out["results"]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.guard", description=__doc__)
+    parser.add_argument("--figures", type=Path, default=FIGURES)
+    parser.add_argument("--server-root", type=Path, help="measure the server of this checkout instead")
+    options = parser.parse_args()
+    figures: dict[str, Any] = json.loads(options.figures.read_text())
+    recorded: dict[str, float] = figures["ratios"]
+    tolerance = float(figures["tolerance"])
+    database = str(figures.get("database", "postgres"))
+    args = argparse.Namespace(
+        requests=int(figures.get("requests", 2500)),
+        rounds=int(figures.get("rounds", 5)),
+        max_seconds=float(figures.get("max_seconds", 25)),
+        concurrency=50,
+        channels=2,
+        profile=None,
+        server_root=options.server_root.resolve() if options.server_root else None,
+    )
+    print(
+        f"bench guard: {database}, {os.cpu_count()} cores, {args.rounds} interleaved rounds; fails below "
+        f"{1 - tolerance:.0%} of the figures recorded for {figures['machine']!r}: "
+        + ", ".join(f"{k} {v:.2f}" for k, v in recorded.items()),
+        flush=True,
+    )
+    measured = asyncio.run(measure(args, database))
+    low = verdict(measured, recorded, tolerance)
+    if low:
+        print(f"below the line: {', '.join(low)}; measuring again", flush=True)
+        again = asyncio.run(measure(args, database))
+        low = [name for name in low if name in verdict(again, recorded, tolerance)]
+    if low:
+        for name in low:
+            print(
+                f"bench guard: FAIL {name}: ratio to the no-op below {1 - tolerance:.0%} of {recorded[name]:.2f} "
+                f"(the recorded figure, {options.figures.name}) in two runs",
+                file=sys.stderr,
+            )
+        return 1
+    print("bench guard: every hot path within its figure", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
