@@ -35,7 +35,7 @@ async def test_a_burst_of_wakeups_with_no_stream_costs_a_few_reads(database_url:
     await upgrade_to_head(engine)
     repo = Repository(engine)
     log = CountingLog(repo)
-    feed = ChangeFeed(log, listen_fallback_interval=30.0)  # type: ignore[arg-type]
+    feed = ChangeFeed(log, listen_fallback_interval=30.0)
     await feed.start()
     watched = feed.watch()
     try:
