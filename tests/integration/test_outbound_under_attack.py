@@ -391,8 +391,8 @@ async def test_a_private_target_is_refused_again_at_delivery(database_url: str, 
         (row,) = json.loads(listed.stdout)
         assert row["refused"] == 1
         assert row["last_error"].startswith("refused target")
-        table = await cli("subscriptions", "--server", f"127.0.0.1:{h.app.grpc_port}")
-        assert "refused" in table.stdout.splitlines()[0]
+        table = await cli("subscriptions", "--lang", "en", "--server", f"127.0.0.1:{h.app.grpc_port}")
+        assert "REFUSED" in table.stdout.splitlines()[0]
         base = f"http://127.0.0.1:{h.app.http_port}"
         async with aiohttp.ClientSession() as session:
             async with session.get(f"{base}/status/api/snapshot?lang=en") as response:
