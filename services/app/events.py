@@ -181,15 +181,6 @@ class ChangeFeed:
                 return
 
 
-class SlowSubscriber(Exception):
-    """The subscriber did not read for `stalled` seconds while changes waited for it."""
-
-    def __init__(self, cursor: ChangeCursor, stalled: float) -> None:
-        super().__init__("subscriber stopped reading")
-        self.cursor = cursor
-        self.stalled = stalled
-
-
 @dataclass(frozen=True, slots=True)
 class StreamItem:
     """One change, several consecutive ones (`batch`, when the stream asked for batches), or
@@ -220,7 +211,6 @@ async def follow(
     instance_ids: Sequence[str] | None,
     kinds: Sequence[ChangeKind] | None,
     progress_interval: float,
-    stall_timeout: float = 30.0,
     page_size: int = 500,
     batch: int = 1,
 ) -> AsyncIterator[StreamItem]:
@@ -230,10 +220,9 @@ async def follow(
     it, from the log itself (with the filters, a page at a time) while it is behind — after a
     burst larger than the window, or when it starts from an old cursor. Both give the same
     (xid, seq) order below the horizon, so switching has neither a gap nor a repeat, and memory
-    per stream is one page. Too slow means not reading: when handing one item over (the gRPC
-    write under flow control) took longer than `stall_timeout` while more changes wait for it,
-    SlowSubscriber is raised with the cursor of that item, the last one sent. With `batch` > 1
-    the changes at hand are handed over up to `batch` at a time (one item, one gRPC message).
+    per stream is one page: a stream that does not read only stops pulling (the gRPC edge closes
+    it as too slow, services/rpc/event_servicers.py). With `batch` > 1 the changes at hand are
+    handed over up to `batch` at a time (one item, one gRPC message).
     """
     cursor = start
     accepts = change_filter(instance_ids, kinds)
@@ -241,10 +230,6 @@ async def follow(
     loop = asyncio.get_running_loop()
     announced = False  # the first progress item says "caught up"
     last_progress = loop.time()
-
-    def lagging(at: ChangeCursor) -> bool:
-        taken = feed.take(at, accepts, 1)
-        return taken is None or bool(taken[0])
 
     try:
         while True:
@@ -257,14 +242,11 @@ async def follow(
                 changes, upto = taken
             for first in range(0, len(changes), batch):
                 chunk = changes[first : first + batch]
-                handed = loop.time()
                 if batch == 1:
                     yield StreamItem(chunk[0], chunk[0].cursor)
                 else:
                     yield StreamItem(None, chunk[-1].cursor, tuple(chunk))
                 cursor = chunk[-1].cursor
-                if loop.time() - handed > stall_timeout and lagging(cursor):
-                    raise SlowSubscriber(cursor, loop.time() - handed)
             cursor = max(cursor, upto)
             if changes:
                 last_progress = loop.time()
@@ -277,8 +259,6 @@ async def follow(
             if not announced or now - last_progress >= progress_interval:
                 announced, last_progress = True, now
                 yield StreamItem(None, cursor)
-                if loop.time() - now > stall_timeout and lagging(cursor):
-                    raise SlowSubscriber(cursor, loop.time() - now)
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(listener.wake.wait(), progress_interval - (now - last_progress))

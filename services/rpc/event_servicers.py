@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -11,7 +13,7 @@ from typing import Any, TypeAlias
 import grpc
 
 from services.api.wapiguard.v1 import events_pb2, events_pb2_grpc
-from services.app.events import ChangeFeed, SlowSubscriber, follow
+from services.app.events import ChangeFeed, follow
 from services.app.outbound import WebhookDispatcher, new_secret
 from services.app.principals import PermissionDenied, current_principal
 from services.app.subscriptions import check_resolved, check_url_target, creation_filter, display_url, visible
@@ -198,6 +200,11 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
             float(request.progress_interval_seconds) if request.progress_interval_seconds else self.progress_interval
         )
         interval = min(max(interval, 0.05), 3600.0)
+        loop = asyncio.get_running_loop()
+        # What is being handed to gRPC right now and since when: a write that stays pending means
+        # the client reads nothing (HTTP/2 flow control); the watchdog closes such a stream.
+        pending: list[Any] = [None, 0.0]
+        watchdog = asyncio.create_task(self._watch_stall(context, pending), name="event-stream-stall")
         try:
             async for item in follow(
                 self.repo,
@@ -206,10 +213,9 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
                 instance_ids=instance_ids,
                 kinds=kinds,
                 progress_interval=interval,
-                stall_timeout=self.stall_timeout,
                 batch=min(max(request.max_events_per_response, 1), MAX_BATCH),
             ):
-                cursor = item.cursor
+                pending[0], pending[1] = item.cursor, loop.time()
                 if item.batch:
                     yield batch_response_bytes(item.batch, self.feed.cursors)  # type: ignore[misc]
                 elif item.change is not None:
@@ -219,26 +225,43 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
                     yield events_pb2.SubscribeResponse(
                         progress=events_pb2.Progress(cursor=self.feed.cursors.encode(item.cursor), at=ts(utcnow()))
                     )
-        except SlowSubscriber as slow:
+                pending[0] = None
+        except Exception as error:
+            if isinstance(error, grpc.aio.AbortError):
+                raise
+            await self._fail(context, error)
+        finally:
+            watchdog.cancel()
+
+    async def _watch_stall(self, context: Ctx, pending: list[Any]) -> None:
+        """Too slow means not reading: one write pending longer than the timeout. The stream is
+        closed with the cursor of that pending item — it is queued ahead of the status, so a
+        client that sees the status has read it (and everything before)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(1.0, self.stall_timeout / 4))
+            cursor, since = pending
+            if cursor is None or loop.time() - since <= self.stall_timeout:
+                continue
             self.feed.cut_offs += 1
+            resume = self.feed.cursors.encode(cursor)
             log.warning(
                 "event stream of %s closed as too slow: it read nothing for %.1f s while events waited;"
                 " it resumes from %s",
                 current_principal.get().name,
-                slow.stalled,
-                self.feed.cursors.encode(slow.cursor),
+                loop.time() - since,
+                resume,
             )
             status = build_status(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 "subscriber too slow: resume from resume_cursor",
                 "SUBSCRIBER_TOO_SLOW",
-                {"resume_cursor": self.feed.cursors.encode(slow.cursor)},
+                {"resume_cursor": resume},
             )
-            await abort(context, status)
-        except Exception as error:
-            if isinstance(error, grpc.aio.AbortError):
-                raise
-            await self._fail(context, error)
+            # Completes once the client reads up to the status (or the connection ends).
+            with contextlib.suppress(Exception):
+                await context.abort(status.code, status.details, status.trailing_metadata)
+            return
 
     async def _fail(self, context: Ctx, error: Exception) -> None:
         if isinstance(error, CursorRefused):

@@ -298,6 +298,14 @@ async def test_slow_subscriber_is_cut_off_with_bounded_memory_and_resumes(
             feed = h.app.feed
             assert feed is not None
             assert feed.held() <= buffer
+        # Cut off (logged, counted) while it is still not reading: not only once it reads again.
+        feed = h.app.feed
+        assert feed is not None
+        for _ in range(100):
+            if feed.cut_offs:
+                break
+            await asyncio.sleep(0.05)
+        assert feed.cut_offs == 1
         received: list[events_pb2.Event] = []
 
         async def drain() -> None:
