@@ -588,6 +588,14 @@ async def main_async(args: argparse.Namespace) -> int:
             out = await bench_database(name, url, sim.first_line, args, noop)
             results += out["results"]
             extra[name] = {k: v for k, v in out.items() if k != "results"}
+        if args.scaling > 1 and args.db in ("postgres", "both"):
+            # The same scenarios against `serve --workers N`, right after the one-process run.
+            await reset_postgres()
+            # More connections than workers, or the kernel may hand them all to one worker.
+            channels = max(args.channels, 4 * args.scaling)
+            scaled = argparse.Namespace(**{**vars(args), "workers": args.scaling, "channels": channels})
+            out = await bench_database(f"pg x{args.scaling}", PG_URL, sim.first_line, scaled, noop)
+            results += out["results"]
     finally:
         await noop.aclose()
         sim.stop()
@@ -664,6 +672,13 @@ def main() -> int:
         type=int,
         default=1,
         help="serve --workers N (PostgreSQL; give --channels ≥ 4·N so the kernel spreads connections)",
+    )
+    parser.add_argument(
+        "--scaling",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also run the PostgreSQL scenarios against serve --workers N (worker scaling, in the same run)",
     )
     parser.add_argument(
         "--server-root",

@@ -1,13 +1,15 @@
 """`python -m bench.guard`: the CI step that keeps the hot paths' cost (well under 2 minutes).
 
 Runs the three hot paths on PostgreSQL against the no-op gRPC server, interleaved (no-op round,
-scenario round, five times each; the ratio is the median of the rounds' ratios) and compares
-each ratio with the figure recorded for this kind of machine in `bench/figures.json`. A ratio
-more than `tolerance` (35 %) below its figure fails the step; run-to-run noise here is about
-±20 %, a doubled cost per request halves the ratio. A scenario that falls below is measured once
-more and fails only if it is below again (a neighbour's burst of load does not fail CI; a real
-regression is below both times). Ratios only, never absolute times: the same figure holds on a
-faster or slower machine of the kind, as long as the no-op is measured in the same run.
+scenario round, five times each) and compares each one's ratio to the no-op with the figure
+recorded for this kind of machine in `bench/figures.json`. The ratio compared is the cost one:
+the no-op's server CPU per request over the scenario's, both from the servers' own counters over
+the same interleaved rounds (a doubled cost per request halves it). The throughput ratio is
+printed beside it but not judged: on two shared cores it also moves with the load generator and
+with whatever else runs (±50 % between runs here, where the CPU ratio stays within ±20 %). A ratio
+more than `tolerance` (35 %) below its figure fails the step; a scenario that falls below is
+measured once more and fails only if it is below again (a neighbour's burst of load does not fail
+CI; a real regression is below both times). Ratios only, never absolute times.
 """
 
 from __future__ import annotations
@@ -61,13 +63,16 @@ async def measure(args: argparse.Namespace, database: str) -> dict[str, float]:
     finally:
         await noop.aclose()
         sim.stop()
+    ratios: dict[str, float] = {}
     for r in out["results"]:
+        ratios[SHORT[r.scenario]] = round(r.baseline_cpu_ms / r.cpu_ms, 3) if r.cpu_ms else 0.0
         print(
-            f"  {SHORT[r.scenario]:<8} ratio {r.ratio:.2f}  ({r.rps:.0f} req/s, no-op {r.baseline_rps:.0f} req/s; "
-            f"server CPU {r.cpu_ms:.3f} ms/req, no-op {r.baseline_cpu_ms:.3f})",
+            f"  {SHORT[r.scenario]:<8} CPU ratio {ratios[SHORT[r.scenario]]:.2f} (server CPU {r.cpu_ms:.3f} ms/req, "
+            f"no-op {r.baseline_cpu_ms:.3f}); throughput ratio {r.ratio:.2f} ({r.rps:.0f} req/s, "
+            f"no-op {r.baseline_rps:.0f})",
             flush=True,
         )
-    return {SHORT[r.scenario]: r.ratio for r in out["results"]}
+    return ratios
 
 
 def main() -> int:
@@ -103,7 +108,7 @@ def main() -> int:
     if low:
         for name in low:
             print(
-                f"bench guard: FAIL {name}: ratio to the no-op below {1 - tolerance:.0%} of {recorded[name]:.2f} "
+                f"bench guard: FAIL {name}: CPU ratio to the no-op below {1 - tolerance:.0%} of {recorded[name]:.2f} "
                 f"(the recorded figure, {options.figures.name}) in two runs",
                 file=sys.stderr,
             )

@@ -18,7 +18,6 @@ SQLite is refused: one file has one writer, and its group commit batches within 
 from __future__ import annotations
 
 import contextlib
-import os
 import selectors
 import signal
 import socket
@@ -112,7 +111,6 @@ def serve_workers(settings: Settings, argv: Sequence[str]) -> int:
                     stdout=subprocess.PIPE,
                     stdin=subprocess.DEVNULL,
                     text=True,
-                    env={**os.environ, "WAPIGUARD_WORKER_INDEX": str(index)},
                     preexec_fn=_end_with_parent,
                 )
             )
