@@ -9,7 +9,7 @@ import httpcore
 import pytest
 
 from services.app import subscriptions
-from services.app.outbound import CheckedBackend
+from services.app.outbound import CheckedBackend, OutboundConfig, Throttle, short_error
 from services.app.principals import Principal
 from services.app.subscriptions import (
     RefusedTarget,
@@ -175,3 +175,27 @@ def test_limits_and_page_tokens() -> None:
 def test_display_url_never_shows_credentials() -> None:
     assert display_url("https://u:p@hooks.example.com/x") == "https://hooks.example.com/x"
     assert display_url("https://hooks.example.com/x") == "https://hooks.example.com/x"
+
+
+def test_the_lease_outlives_the_attempt_and_settings_are_checked() -> None:
+    for timeout in (0.3, 2.0, 10.0, 120.0):
+        assert OutboundConfig(timeout=timeout).lease >= 2 * timeout + 30
+    for bad in ({"timeout": 0.0}, {"timeout": float("nan")}, {"concurrency": 0}):
+        with pytest.raises(ValueError, match="webhook"):
+            OutboundConfig(**bad)
+
+
+def test_a_repeated_failure_is_logged_once_per_interval() -> None:
+    now = [0.0]
+    throttle = Throttle(60.0, clock=lambda: now[0])
+    assert throttle.allow("timeout", "whsub_a") == 0
+    assert throttle.allow("timeout", "whsub_a") is None
+    assert throttle.allow("timeout", "whsub_b") == 0  # per subscription
+    now[0] = 61.0
+    assert throttle.allow("timeout", "whsub_a") == 1  # with how many were held back
+
+
+def test_short_error_is_one_bounded_line() -> None:
+    text = short_error(RuntimeError("the number of query arguments cannot exceed 32767\n" + "$1, " * 40_000))
+    assert len(text) <= 330
+    assert "\n" not in text
