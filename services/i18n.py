@@ -422,6 +422,7 @@ CLI_TEXTS: dict[str, dict[str, str]] = {
             "vezes) ou consulte wapi-guard messages."
         ),
         "err_unavailable": "servidor indisponível em {server} ({code})",
+        "retry_in": "tente de novo em {seconds} s",
         "err_timeout": "o servidor não respondeu em {timeout:g} s ({server})",
         "err_auth": "não autenticado: token ausente ou inválido (use --token ou WAPIGUARD_TOKEN)",
         "err_denied": "permissão negada: este token não pode acessar {what}",
@@ -476,6 +477,7 @@ CLI_TEXTS: dict[str, dict[str, str]] = {
             "twice) or check wapi-guard messages."
         ),
         "err_unavailable": "server unavailable at {server} ({code})",
+        "retry_in": "try again in {seconds} s",
         "err_timeout": "the server did not answer within {timeout:g} s ({server})",
         "err_auth": "unauthenticated: missing or invalid token (use --token or WAPIGUARD_TOKEN)",
         "err_denied": "permission denied: this token may not access {what}",
@@ -685,6 +687,7 @@ STATUS_ACTION_TEXTS: dict[str, dict[str, str]] = {
         "state": "Estado agora",
         "next": "Próximo passo",
         "failed_title": "A ação não foi feita",
+        "retry_after": "Tente de novo em {seconds} s.",
         "csrf": "Pedido recusado: formulário expirado ou de outra origem. Recarregue o painel e tente de novo.",
         "retried": "Mensagem reenviada: {state}",
     },
@@ -708,6 +711,7 @@ STATUS_ACTION_TEXTS: dict[str, dict[str, str]] = {
         "state": "State now",
         "next": "Next step",
         "failed_title": "The action was not done",
+        "retry_after": "Try again in {seconds} s.",
         "csrf": "Request refused: the form expired or came from another origin. Reload the dashboard and try again.",
         "retried": "Message sent again: {state}",
     },

@@ -233,6 +233,12 @@ class WebhookLogPage:
     detail: str = ""
 
 
+# Who the service itself audits a webhook set-up as (registration, and every reconnection's
+# re-apply): automatic actions, never counted against the operator's per-instance recovery limit.
+AUTOMATIC_REQUESTERS = ("registration", "reconnection")
+RECOVERY_PENDING = "PENDING"  # the audit outcome of an action reserved but not finished yet
+
+
 @dataclass(frozen=True, slots=True)
 class RecoveryAction:
     instance_id: str

@@ -297,6 +297,15 @@ class Store(ChangeLog, Protocol):
     async def prune(self, policy: RetentionPolicy) -> PruneReport: ...
 
 
+@dataclass(frozen=True, slots=True)
+class RecoveryReservation:
+    """An operator action's place in the per-instance limit: its audit row (`action_id`), or None
+    with the seconds until the oldest counted action leaves the window (`retry_after`)."""
+
+    action_id: int | None
+    retry_after: float = 0.0
+
+
 @runtime_checkable
 class RecoveryStore(Store, Protocol):
     """What operator recovery adds to the store: its audit, the webhook configuration state and
@@ -304,6 +313,10 @@ class RecoveryStore(Store, Protocol):
 
     async def record_recovery_action(self, action: RecoveryAction) -> None: ...
     async def count_recovery_actions(self, instance_id: str, since: datetime) -> int: ...
+    async def reserve_recovery_action(
+        self, action: RecoveryAction, *, since: datetime, limit: int, window: float
+    ) -> RecoveryReservation | None: ...
+    async def finish_recovery_action(self, action_id: int, outcome: str, detail: str) -> None: ...
     async def list_recovery_actions(self, instance_id: str, limit: int = 50) -> list[RecoveryAction]: ...
     async def set_webhooks_state(self, instance_id: str, state: str, detail: str) -> InstanceRecord | None: ...
     async def event_stored(self, dedupe_key: str) -> bool: ...

@@ -45,6 +45,7 @@ from statemachine import changes as change_log
 from statemachine import stuck as stuck_rule
 from statemachine.changes import ChangeCursor, ChangeKind, ChangePage
 from statemachine.domain import (
+    AUTOMATIC_REQUESTERS,
     InstanceRecord,
     InstanceState,
     MessageKind,
@@ -73,6 +74,7 @@ from statemachine.ports import (
     MessageChange,
     PruneReport,
     ReceiptSample,
+    RecoveryReservation,
     RetentionPolicy,
     SendSample,
 )
@@ -688,16 +690,72 @@ class Repository:
                 )
             )
 
-    async def count_recovery_actions(self, instance_id: str, since: datetime) -> int:
-        """Actions on one instance since `since` that reached W-API (an operator's stall clear does
-        not; index on instance_id, at: cost bounded by the window)."""
-        query = select(func.count()).where(
+    @staticmethod
+    def _operator_actions(instance_id: str, since: datetime) -> Any:
+        """The actions the per-instance limit counts: an operator's that reach W-API (not a stall
+        clear, not the service's own webhook set-ups); index on instance_id, at: bounded by the window."""
+        return and_(
             recovery_actions.c.instance_id == instance_id,
             recovery_actions.c.at >= since,
             recovery_actions.c.action != "clear_stall",
+            recovery_actions.c.requested_by.not_in(AUTOMATIC_REQUESTERS),
         )
+
+    async def count_recovery_actions(self, instance_id: str, since: datetime) -> int:
+        query = select(func.count()).where(self._operator_actions(instance_id, since))
         async with self.engine.connect() as conn:
             return int((await conn.execute(query)).scalar_one())
+
+    async def reserve_recovery_action(
+        self, action: RecoveryAction, *, since: datetime, limit: int, window: float
+    ) -> RecoveryReservation | None:
+        """Counts and inserts the action's audit row (outcome PENDING) in one transaction that first
+        locks the instance's row, so replicas asked at once queue behind each other and never let
+        more than `limit` through: PostgreSQL by `SELECT … FOR UPDATE`, SQLite by its
+        `BEGIN IMMEDIATE` write lock (FOR UPDATE is dropped there). None: no such instance."""
+        async with self.transaction() as conn:
+            locked = await conn.execute(
+                select(instances.c.id).where(instances.c.id == action.instance_id).with_for_update()
+            )
+            if locked.first() is None:
+                return None
+            newest = (
+                (
+                    await conn.execute(
+                        select(recovery_actions.c.at)
+                        .where(self._operator_actions(action.instance_id, since))
+                        .order_by(recovery_actions.c.at.desc())
+                        .limit(limit)
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            if len(newest) >= limit:
+                # Free again when the oldest of the `limit` newest leaves the window.
+                wait = (newest[-1] + timedelta(seconds=window) - action.at).total_seconds()
+                return RecoveryReservation(None, max(0.0, wait))
+            inserted = await conn.execute(
+                recovery_actions.insert()
+                .values(
+                    instance_id=action.instance_id,
+                    action=action.action[:32],
+                    requested_by=action.requested_by[:96],
+                    at=action.at,
+                    outcome=action.outcome[:64],
+                    detail=action.detail[:1000],
+                )
+                .returning(recovery_actions.c.id)
+            )
+            return RecoveryReservation(int(inserted.scalar_one()))
+
+    async def finish_recovery_action(self, action_id: int, outcome: str, detail: str) -> None:
+        async with self.transaction() as conn:
+            await conn.execute(
+                update(recovery_actions)
+                .where(recovery_actions.c.id == action_id)
+                .values(outcome=outcome[:64], detail=detail[:1000])
+            )
 
     async def list_recovery_actions(self, instance_id: str, limit: int = 50) -> list[RecoveryAction]:
         query = (

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import random
 import re
 from collections.abc import Awaitable, Callable
@@ -25,6 +26,7 @@ from services.app.gateway import Gateway
 from services.app.principals import current_principal
 from services.i18n import next_step
 from statemachine.domain import (
+    RECOVERY_PENDING,
     ActionOutcome,
     Credentials,
     InstanceRecord,
@@ -198,7 +200,7 @@ class Recovery:
         if violations:
             raise InvalidRequest(violations)
         who = current_principal.get().name
-        async with self._exclusive(instance_id, limited=False):
+        async with self._exclusive(instance_id):
             change = await self.repo.apply_instance_trigger(
                 instance_id, InstanceTrigger.CLEAR_STALL, source=f"operator:{who}"
             )
@@ -227,12 +229,18 @@ class Recovery:
             raise InvalidRequest(violations)
         ops = self._ops(instance_id)
         who = current_principal.get().name
-        async with self._exclusive(instance_id, limited=True):
+        async with self._exclusive(instance_id):
             found = await self.repo.get_instance(instance_id)
             if found is None:
                 raise InstanceNotFound(instance_id)
-            outcome = await act(ops, Credentials(instance_id, found[1]))
-            await self._audit(instance_id, action, who, outcome)
+            action_id = await self._reserve(instance_id, action, who)
+            try:
+                outcome = await act(ops, Credentials(instance_id, found[1]))
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await self.repo.finish_recovery_action(action_id, Reason.PROVIDER_ERROR.value, "interrupted")
+                raise
+            await self._finish(action_id, instance_id, action, who, outcome)
             if not outcome.ok:
                 raise RecoveryFailed(outcome.failure or Reason.PROVIDER_ERROR, instance_id, action, outcome.detail)
             trigger = self._trigger_after(action, outcome)
@@ -286,23 +294,46 @@ class Recovery:
         return self.operations
 
     @contextlib.asynccontextmanager
-    async def _exclusive(self, instance_id: str, *, limited: bool):  # type: ignore[no-untyped-def]
-        """One recovery action per instance at a time (in this process), and the rate limit."""
+    async def _exclusive(self, instance_id: str):  # type: ignore[no-untyped-def]
+        """One recovery action per instance at a time (in this process)."""
         if instance_id in self._busy:
             raise RecoveryRefused(Reason.RECOVERY_IN_PROGRESS, instance_id)
         self._busy.add(instance_id)
         try:
-            if limited:
-                since = utcnow() - timedelta(seconds=self.config.window)
-                if await self.repo.count_recovery_actions(instance_id, since) >= self.config.limit:
-                    raise RecoveryRefused(
-                        Reason.RECOVERY_RATE_LIMITED,
-                        instance_id,
-                        f"at most {self.config.limit} per {self.config.window:g}s",
-                    )
             yield
         finally:
             self._busy.discard(instance_id)
+
+    async def _reserve(self, instance_id: str, action: str, who: str) -> int:
+        """The operator's per-instance limit, atomic across replicas: the audit row (PENDING) is
+        counted and inserted in one locked transaction before W-API is asked. A refusal says how
+        long to wait (google.rpc.RetryInfo)."""
+        now = utcnow()
+        reservation = await self.repo.reserve_recovery_action(
+            RecoveryAction(instance_id, action, who, now, RECOVERY_PENDING),
+            since=now - timedelta(seconds=self.config.window),
+            limit=self.config.limit,
+            window=self.config.window,
+        )
+        if reservation is None:
+            raise InstanceNotFound(instance_id)
+        if reservation.action_id is None:
+            wait = max(1.0, math.ceil(reservation.retry_after))
+            raise RecoveryRefused(
+                Reason.RECOVERY_RATE_LIMITED,
+                instance_id,
+                f"at most {self.config.limit} per {self.config.window:g}s; retry in {wait:g}s",
+                retry_after=wait,
+            )
+        return reservation.action_id
+
+    async def _finish(self, action_id: int, instance_id: str, action: str, who: str, outcome: ActionOutcome) -> None:
+        result = "OK" if outcome.ok else (outcome.failure or Reason.PROVIDER_ERROR).value
+        await self.repo.finish_recovery_action(action_id, result, outcome.detail or outcome.message)
+        log.info(
+            "recovery action",
+            extra={"instance_id": instance_id, "action": action, "requested_by": who, "outcome": result},
+        )
 
     async def _audit(self, instance_id: str, action: str, who: str, outcome: ActionOutcome) -> None:
         result = "OK" if outcome.ok else (outcome.failure or Reason.PROVIDER_ERROR).value

@@ -192,6 +192,8 @@ class Failure:
     details: str
     metadata: dict[str, str]
     violations: dict[str, str]
+    # google.rpc.RetryInfo: seconds until the server accepts the request again (a rate limit).
+    retry_after: float | None = None
 
     @property
     def from_server(self) -> bool:
@@ -204,6 +206,7 @@ def decode_error(error: Any) -> Failure:
     from grpc_status import rpc_status
 
     reason, localized, metadata, violations = "", "", {}, {}
+    retry_after: float | None = None
     try:
         status = rpc_status.from_call(error)
     except Exception:  # a malformed trailer must not hide the code
@@ -221,7 +224,11 @@ def decode_error(error: Any) -> Failure:
         elif detail.Is(bad.DESCRIPTOR):
             detail.Unpack(bad)
             violations = {v.field: v.description for v in bad.field_violations}
-    return Failure(error.code().name, reason, localized, error.details() or "", metadata, violations)
+        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            retry = error_details_pb2.RetryInfo()
+            detail.Unpack(retry)
+            retry_after = retry.retry_delay.ToNanoseconds() / 1e9
+    return Failure(error.code().name, reason, localized, error.details() or "", metadata, violations, retry_after)
 
 
 SEND_FAILURE_CODES = frozenset({"FAILED_PRECONDITION", "UNAVAILABLE", "DEADLINE_EXCEEDED", "ALREADY_EXISTS"})
@@ -736,6 +743,8 @@ def _error_json(failure: Failure, ctx: Context, extra: dict[str, Any] | None = N
     }
     if failure.violations:
         error["violations"] = failure.violations
+    if failure.retry_after is not None:
+        error["retry_after_seconds"] = failure.retry_after
     return {"ok": False, "error": error, **(extra or {})}
 
 
@@ -777,6 +786,8 @@ async def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             ctx.emit_json(_error_json(failure, ctx))
         else:
             ctx.warn(_describe(ctx, failure))
+            if failure.retry_after is not None:
+                ctx.warn(ctx.t("retry_in", seconds=f"{failure.retry_after:.0f}"))
         return exit_code(failure)
     finally:
         await ctx.close()

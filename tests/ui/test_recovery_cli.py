@@ -117,3 +117,37 @@ async def test_webhooks_and_reconcile_commands(make_stack: StackFactory) -> None
 
 def stack_plan() -> Plan:
     return Plan.PRO
+
+
+async def test_a_rate_limited_recovery_says_how_long_to_wait_in_the_cli_and_on_the_page(
+    make_stack: StackFactory,
+) -> None:
+    import aiohttp
+
+    from tests.ui.conftest import AVENTURA
+
+    stack = await make_stack(recovery_limit=1, recovery_window=300)
+    await stack.add(AVENTURA, "Aventura", behaviour="disconnected")
+    server = ("--server", stack.grpc_address)
+    first = await cli("restart", AVENTURA, *server)
+    assert first.returncode == 0, first.stderr
+    refused = await cli("restart", AVENTURA, *server)
+    assert refused.returncode != 0
+    wait = re.search(r"tente de novo em (\d+) s", refused.stderr)
+    assert wait, refused.stderr
+    assert 290 <= int(wait.group(1)) <= 300
+    as_json = await cli("restart", AVENTURA, *server, "--json")
+    error = json.loads(as_json.stdout)["error"]
+    assert error["reason"] == "RECOVERY_RATE_LIMITED"
+    assert 290 <= error["retry_after_seconds"] <= 300
+
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{stack.http_url}/status") as response:
+            token = re.search(r'name="csrf" value="([0-9a-f]{64})"', await response.text())
+        assert token
+        url = f"{stack.http_url}/status/instances/{AVENTURA}/restart"
+        async with session.post(url, data={"csrf": token.group(1)}, headers={"Origin": stack.http_url}) as response:
+            page = await response.text()
+            assert response.status == 429
+            assert 290 <= int(response.headers["Retry-After"]) <= 300
+    assert re.search(r'id="retry-after"[^>]*>[^<]*Tente de novo em \d+ s', page), page
