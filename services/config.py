@@ -156,6 +156,15 @@ class Settings(BaseSettings):
         5, ge=1, description="Recovery actions (QR, pairing code, restart, …) per instance per window."
     )
     recovery_window: float = Field(600.0, gt=0, description="Seconds of the recovery rate-limit window.")
+    recovery_probe_interval: float = Field(
+        2.5,
+        ge=0,
+        description="Seconds between the short probes right after a QR code, pairing code or restart, until the "
+        "session reconnects with a phone (0 disables).",
+    )
+    recovery_probe_for: float = Field(
+        120.0, gt=0, le=900, description="Seconds those short probes go on at most after one recovery action."
+    )
     migrate_on_start: bool = Field(
         True,
         description="Apply migrations at serve start.",

@@ -30,6 +30,7 @@ from statemachine.domain import (
     ActionOutcome,
     Credentials,
     InstanceRecord,
+    InstanceState,
     LoggedEvent,
     MessageRecord,
     MessageState,
@@ -37,7 +38,7 @@ from statemachine.domain import (
     RecoveryAction,
 )
 from statemachine.errors import InstanceNotFound, InvalidRequest, RecoveryFailed, RecoveryRefused
-from statemachine.instance_machine import InstanceTrigger
+from statemachine.instance_machine import RECOVERY_REASONS, InstanceTrigger
 from statemachine.phone import e164_phone
 from statemachine.ports import InstanceOperations, RecoveryStore
 from statemachine.validation import Violation, validate_instance_id
@@ -52,6 +53,8 @@ NOT_STALLED = "NOT_STALLED"  # the detail of a clear that found no delivery stal
 LOG_PER_PAGE = 50
 LOG_MAX_PAGES = 40  # per instance and run: bounded even when the log is huge
 RECONCILE_START_DELAY = 1.0
+# Actions after which the session comes back with a phone: followed by short probes.
+FOLLOWED_ACTIONS = frozenset({"qr_code", "pairing_code", "restart"})
 _PHONE_NOISE = re.compile(r"[\s().+-]")
 
 
@@ -77,6 +80,9 @@ class RecoveryConfig:
     window: float = 600.0
     reconcile_interval: float = 300.0
     stuck_after: float = 300.0
+    # Short probes after an action that waits for the phone (QR, pairing code, restart).
+    follow_interval: float = 2.5
+    follow_for: float = 120.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +132,7 @@ class Recovery:
         self._busy: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
+        self._followers: dict[str, asyncio.Task[None]] = {}
         gateway.on_reconnected = self._reapply_webhooks_later
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -136,13 +143,15 @@ class Recovery:
             self._tasks.append(asyncio.create_task(self._reconcile_forever(), name="webhook-log-reconciler"))
 
     async def aclose(self) -> None:
-        for task in [*self._tasks, *self._background]:
+        tasks = [*self._tasks, *self._background, *self._followers.values()]
+        for task in tasks:
             task.cancel()
-        for task in [*self._tasks, *self._background]:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
         self._background.clear()
+        self._followers.clear()
 
     # --- the bridge URL ----------------------------------------------------------------------
 
@@ -254,7 +263,55 @@ class Recovery:
                     raise InstanceNotFound(instance_id)
                 self.gateway.instances.after_change(change)
                 record = change.instance
+        if action in FOLLOWED_ACTIONS and record.state is not InstanceState.CONNECTED:
+            self._follow_later(instance_id)
         return ActionResult(record, outcome, self._next_after(action, outcome, record, locale))
+
+    def _follow_later(self, instance_id: str) -> None:
+        """Probes the instance at a short interval after an action that waits for the phone, so a
+        pairing shows as CONNECTED within seconds even when no connection webhook arrives (and
+        without waiting for the periodic probe). One follower per instance: a new action restarts it."""
+        if self.config.follow_interval <= 0:
+            return
+        previous = self._followers.pop(instance_id, None)
+        if previous is not None:
+            previous.cancel()
+        task = asyncio.get_running_loop().create_task(self._follow(instance_id), name=f"recovery-follow-{instance_id}")
+        self._followers[instance_id] = task
+        task.add_done_callback(
+            lambda done: self._followers.pop(instance_id, None) if self._followers.get(instance_id) is done else None
+        )
+
+    def _forget_follower(self, task: asyncio.Task[None]) -> None:
+        for instance_id, follower in list(self._followers.items()):
+            if follower is task:
+                del self._followers[instance_id]
+
+    async def _follow(self, instance_id: str) -> None:
+        """Bounded: at most `follow_for` seconds, one probe per `follow_interval` (≈ 48 probes with the
+        defaults, one request to W-API's status endpoint each); it stops at the first sign that the
+        wait is over: CONNECTED (by a connection event or a probe with a phone), or a reason that is
+        no longer a restart's or pairing's (disconnected by the operator, token refused, removed)."""
+        loop = asyncio.get_running_loop()
+        ends = loop.time() + self.config.follow_for
+        while loop.time() + self.config.follow_interval <= ends:
+            await asyncio.sleep(self.config.follow_interval)
+            try:
+                found = await self.repo.get_instance(instance_id)
+                if (
+                    found is None
+                    or found[0].state is InstanceState.CONNECTED
+                    or found[0].reason not in RECOVERY_REASONS
+                ):
+                    return
+                record = await self.gateway.instances.probe(instance_id, source="recovery_probe")
+            except InstanceNotFound:
+                return
+            except Exception:
+                log.warning("probe after a recovery action failed", extra={"instance_id": instance_id}, exc_info=True)
+                continue
+            if record.state is InstanceState.CONNECTED:
+                return
 
     @staticmethod
     def _trigger_after(action: str, outcome: ActionOutcome) -> str | None:

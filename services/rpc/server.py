@@ -112,6 +112,8 @@ def recovery_config(settings: Settings) -> RecoveryConfig:
         action_timeout=settings.probe_timeout,
         limit=settings.recovery_limit,
         window=settings.recovery_window,
+        follow_interval=settings.recovery_probe_interval,
+        follow_for=settings.recovery_probe_for,
         reconcile_interval=settings.reconcile_interval,
         stuck_after=settings.stuck_after,
     )

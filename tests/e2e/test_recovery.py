@@ -366,3 +366,48 @@ async def test_two_replicas_asked_at_once_never_pass_the_recovery_limit(make_sta
     assert len(restarts) == 5
     actions = await first.health.ListRecoveryActions(req(instance))
     assert len([a for a in actions.actions if a.action == "restart"]) == 5
+
+
+def status_probes(stack: Stack) -> int:
+    return len([r for r in stack.sim.requests if r.path == "/instance/status-instance"])
+
+
+async def test_after_a_pairing_the_instance_is_connected_without_waiting_for_the_periodic_probe(
+    stack: Stack,
+) -> None:
+    """No connection webhook reaches the bridge and the periodic probe is off: only the short
+    probes right after the recovery action can see the new session (default interval)."""
+    stack.sim.set_webhook_url(None)
+    instance = "FOLLOW-ZTS923-GEAY6V"
+    await stack.add_instance(instance, "session_incomplete")
+    answer = await stack.health.RequestPairingCode(
+        instance_health_pb2.RequestPairingCodeRequest(instance_id=instance, phone_number=PAIR_PHONE)
+    )
+    assert answer.health.reason == "PAIRING_IN_PROGRESS"
+    await stack.sim.type_pairing_code(instance, answer.pairing_code)
+
+    async def connected() -> common_pb2.InstanceHealth | None:
+        h = await stack.get_health(instance)  # stored health, no refresh
+        return h if h.state == CONNECTED else None
+
+    h = await eventually(connected, "connected by the follow-up probes", timeout=8)
+    assert (h.phone_number, h.can_send) == (PAIR_PHONE, True)
+    sources = await stack.rows(instance_transitions, instance_transitions.c.instance_id == instance)
+    assert sources[-1]["source"] == "recovery_probe"
+    probes = status_probes(stack)
+    await asyncio.sleep(0.5)
+    assert status_probes(stack) == probes  # connected: the follow-up stops
+
+
+async def test_follow_up_probes_are_bounded_when_the_phone_never_pairs(make_stack: StackFactory) -> None:
+    stack = await make_stack(recovery_probe_interval=0.1, recovery_probe_for=0.6)
+    instance = "FOLLOW-4IW93E-MGVYDW"
+    await stack.add_instance(instance, "disconnected")
+    before = status_probes(stack)
+    await stack.health.GetQrCode(req(instance))
+    await asyncio.sleep(1.2)
+    made = status_probes(stack) - before
+    assert 2 <= made <= 7
+    await asyncio.sleep(0.5)
+    assert status_probes(stack) - before == made  # the window ended: no more probes
+    assert (await stack.get_health(instance)).reason == "PAIRING_IN_PROGRESS"
