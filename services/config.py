@@ -165,6 +165,27 @@ class Settings(BaseSettings):
     recovery_probe_for: float = Field(
         120.0, gt=0, le=900, description="Seconds those short probes go on at most after one recovery action."
     )
+    require_webhooks: bool = Field(
+        False,
+        description="Block sends (WEBHOOKS_UNCONFIGURED) from an instance whose deliveries cannot be confirmed.",
+        json_schema_extra={
+            "switch": "--require-webhooks",
+            "help": "block sends from an instance whose W-API webhooks are not confirmed to reach this service "
+            "[env WAPIGUARD_REQUIRE_WEBHOOKS=true]",
+        },
+    )
+    webhook_evidence_window: float = Field(
+        86400.0,
+        gt=0,
+        description="Seconds a receipt from W-API proves an instance's webhooks reach this service, whatever was "
+        "configured.",
+    )
+    webhook_check_interval: float = Field(
+        900.0,
+        ge=0,
+        description="Seconds between read-backs of every instance's W-API webhook URLs (needs --public-url; "
+        "0 disables).",
+    )
     migrate_on_start: bool = Field(
         True,
         description="Apply migrations at serve start.",

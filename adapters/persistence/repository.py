@@ -193,6 +193,7 @@ def _instance(row: Row[Any] | Any) -> InstanceRecord:
         consecutive_gateway_failures=m["consecutive_gateway_failures"],
         webhooks_state=m["webhooks_state"],
         webhooks_detail=m["webhooks_detail"],
+        last_receipt_at=m["last_receipt_at"],
     )
 
 
@@ -244,7 +245,7 @@ class _InstanceSignal:
 _LIST_INSTANCES_PG = """
 SELECT i.id, i.name, i.plan, i.state, i.reason, i.phone_number, i.checked_at, i.last_event_at,
        i.state_changed_at, i.version, i.consecutive_gateway_failures, i.webhooks_state,
-       i.webhooks_detail, coalesce(c.stuck, 0)
+       i.webhooks_detail, coalesce(c.stuck, 0), i.last_receipt_at
 FROM instances i LEFT JOIN instance_stuck_counts c ON c.instance_id = i.id
 WHERE $1::text[] IS NULL OR i.state = ANY($1::text[])
 ORDER BY i.id
@@ -270,6 +271,7 @@ def _instance_from_driver(r: Any) -> InstanceRecord:
         stuck_messages=int(r[13]),
         webhooks_state=r[11],
         webhooks_detail=r[12],
+        last_receipt_at=r[14],
     )
 
 
@@ -633,20 +635,22 @@ class Repository:
             )
             return 0
 
-    async def touch_instances(self, last_event: dict[str, datetime]) -> None:
-        """Coalesced last_event_at updates (one UPDATE per instance per flush, never backwards)."""
-        if not last_event:
+    async def touch_instances(
+        self, last_event: dict[str, datetime], last_receipt: dict[str, datetime] | None = None
+    ) -> None:
+        """Coalesced last_event_at / last_receipt_at updates (one UPDATE per instance and column per
+        flush, never backwards)."""
+        if not last_event and not last_receipt:
             return
         async with self.transaction() as conn:
-            for instance_id, at in sorted(last_event.items()):
-                await conn.execute(
-                    update(instances)
-                    .where(
-                        instances.c.id == instance_id,
-                        or_(instances.c.last_event_at.is_(None), instances.c.last_event_at < at),
+            for column, batch in (("last_event_at", last_event), ("last_receipt_at", last_receipt or {})):
+                stored = instances.c[column]
+                for instance_id, at in sorted(batch.items()):
+                    await conn.execute(
+                        update(instances)
+                        .where(instances.c.id == instance_id, or_(stored.is_(None), stored < at))
+                        .values({column: at})
                     )
-                    .values(last_event_at=at)
-                )
 
     async def instance_changes_since(self, after_id: int, limit: int = 500) -> list[tuple[int, str, StateChange]]:
         query = (

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from statemachine.ports import RetentionPolicy
+from statemachine.preflight import WebhookPolicy
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +39,11 @@ class GatewayConfig:
     # Seconds between retention runs (0: never prune); what each table keeps.
     retention_interval: float = 3600.0
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)
+    # Webhooks in the instance's verdict (statemachine.preflight.health_verdict), and what the next
+    # step names: the bridge's public base URL (--public-url) and whether its path carries a secret.
+    webhooks: WebhookPolicy = field(default_factory=WebhookPolicy)
+    public_url: str | None = None
+    webhook_secret_set: bool = False
 
     def pending_cutoff_seconds(self) -> float:
         """How long a PENDING message may wait for its answer before it is OUTCOME_UNKNOWN."""

@@ -24,7 +24,6 @@ from datetime import datetime, timedelta
 from services.app.clock import utcnow
 from services.app.gateway import Gateway
 from services.app.principals import current_principal
-from services.i18n import next_step
 from statemachine.domain import (
     RECOVERY_PENDING,
     ActionOutcome,
@@ -83,6 +82,8 @@ class RecoveryConfig:
     # Short probes after an action that waits for the phone (QR, pairing code, restart).
     follow_interval: float = 2.5
     follow_for: float = 120.0
+    # Read-back of every instance's webhook URLs (one W-API request per instance; 0 disables).
+    webhook_check_interval: float = 900.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +142,8 @@ class Recovery:
         """Replays missed events once at start-up (after downtime), then on a schedule."""
         if self.operations is not None and self.config.reconcile_interval > 0:
             self._tasks.append(asyncio.create_task(self._reconcile_forever(), name="webhook-log-reconciler"))
+        if self.operations is not None and self.config.webhook_check_interval > 0:
+            self._tasks.append(asyncio.create_task(self._check_webhooks_forever(), name="webhook-check"))
 
     async def aclose(self) -> None:
         tasks = [*self._tasks, *self._background, *self._followers.values()]
@@ -224,7 +227,7 @@ class Recovery:
                     ok=True, detail=NOT_STALLED, message=f"not stalled ({record.state.value}/{record.reason})"
                 )
             await self._audit(instance_id, "clear_stall", who, outcome)
-        return ActionResult(record, outcome, next_step(record.state, record.reason, locale))
+        return ActionResult(record, outcome, self.gateway.instances.view(record, locale).next_step)
 
     async def _run(
         self,
@@ -326,8 +329,7 @@ class Recovery:
             return "request_disconnect"
         return None
 
-    @staticmethod
-    def _next_after(action: str, outcome: ActionOutcome, record: InstanceRecord, locale: str) -> str:
+    def _next_after(self, action: str, outcome: ActionOutcome, record: InstanceRecord, locale: str) -> str:
         en = locale.lower().startswith("en")
         if action == "pairing_code" and outcome.pairing_code:
             if en:
@@ -343,7 +345,7 @@ class Recovery:
             if en:
                 return "Scan the QR code in WhatsApp > Linked devices > Link a device (it expires in a minute)."
             return "Leia o QR code em WhatsApp > Aparelhos conectados > Conectar um aparelho (expira em 1 minuto)."
-        return next_step(record.state, record.reason, locale)
+        return self.gateway.instances.view(record, locale).next_step
 
     def _ops(self, instance_id: str) -> InstanceOperations:
         if self.operations is None:
@@ -475,6 +477,7 @@ class Recovery:
         record = await self.repo.set_webhooks_state(instance_id, state, detail)
         if record is None:
             raise InstanceNotFound(instance_id)
+        self.gateway.instances.remember(record)  # the preflight's cache (with --require-webhooks) at once
         record = await self.gateway.instances.with_stuck(record)
         en = locale.lower().startswith("en")
         if failed:
@@ -484,7 +487,7 @@ class Recovery:
                 else "Corrija o que a W-API recusou e rode: wapi-guard webhooks configure INSTÂNCIA"
             )
         else:
-            step = next_step(record.state, record.reason, locale)
+            step = self.gateway.instances.view(record, locale).next_step
         return WebhooksResult(record, results, not failed, self.masked_bridge_url(), step)
 
     def _mask(self, text: str) -> str:
@@ -513,6 +516,32 @@ class Recovery:
             await self.configure_webhooks(instance_id, who="reconnection")
         except Exception:
             log.warning("re-applying webhooks after a reconnection failed", extra={"instance_id": instance_id})
+
+    async def check_all_webhooks(self) -> int:
+        """Reads back every instance's webhook URLs (W-API's fetch-instance, one request per instance,
+        one instance at a time) and stores what it finds: CONFIGURED, or FAILED with what W-API has
+        (pointing elsewhere, unreadable). Needs --public-url (the URL to compare with). Never on the
+        send path; the verdict reads the stored result."""
+        if self.bridge_url() is None or self.operations is None:
+            return 0
+        checked = 0
+        for instance_id, _token in await self.repo.list_credentials():
+            try:
+                await self.check_webhooks(instance_id)
+                checked += 1
+            except InstanceNotFound:
+                continue
+            except Exception:
+                log.warning("webhook read-back failed", extra={"instance_id": instance_id}, exc_info=True)
+        return checked
+
+    async def _check_webhooks_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.webhook_check_interval * random.uniform(0.8, 1.2))
+            try:
+                await self.check_all_webhooks()
+            except Exception:
+                log.warning("webhook check round failed", exc_info=True)
 
     # --- reconciliation of missed events -----------------------------------------------------
 

@@ -179,11 +179,12 @@ class StatusActions:
         )
 
     def _state(self, record: Any, lang: str, next_step: str) -> str:
-        view = state_view(record.state.value, record.reason, lang)
+        reason = self.recovery.gateway.instances.view(record, lang).reason
+        view = state_view(record.state.value, reason, lang)
         html = (
             f'<p>{_e(_a(lang, "state"))}: <span class="badge tone-{view.tone}" id="state" '
-            f'data-state="{_e(record.state.value)}" data-reason="{_e(record.reason)}">{_e(view.label)}</span> '
-            f"{_e(reason_label(record.reason, lang))}</p>"
+            f'data-state="{_e(record.state.value)}" data-reason="{_e(reason)}">{_e(view.label)}</span> '
+            f"{_e(reason_label(reason, lang))}</p>"
         )
         if next_step:
             html += f'<p id="next-step"><strong>{_e(_a(lang, "next"))}:</strong> {_e(next_step)}</p>'

@@ -50,6 +50,7 @@ from services.rpc.event_servicers import EventServicer, WebhookSubscriptionServi
 from services.rpc.servicers import InstanceHealthServicer, SendServicer, WebhookServicer
 from services.rpc.startup import step
 from statemachine.ports import InstanceOperations, Provider, RetentionPolicy
+from statemachine.preflight import WebhookPolicy
 
 log = logging.getLogger("wapi_guard.server")
 
@@ -102,6 +103,9 @@ def gateway_config(settings: Settings) -> GatewayConfig:
             change_log=timedelta(days=settings.retention_change_log_days),
             batch=settings.retention_batch,
         ),
+        webhooks=WebhookPolicy(require=settings.require_webhooks, evidence_window=settings.webhook_evidence_window),
+        public_url=settings.public_url,
+        webhook_secret_set=settings.webhook_secret is not None,
     )
 
 
@@ -114,6 +118,7 @@ def recovery_config(settings: Settings) -> RecoveryConfig:
         window=settings.recovery_window,
         follow_interval=settings.recovery_probe_interval,
         follow_for=settings.recovery_probe_for,
+        webhook_check_interval=settings.webhook_check_interval,
         reconcile_interval=settings.reconcile_interval,
         stuck_after=settings.stuck_after,
     )

@@ -51,6 +51,8 @@ async def with_public_url(make_stack: StackFactory, **overrides: object) -> Stac
     recovery = stack.app.recovery
     assert recovery is not None
     recovery.config = dataclasses.replace(recovery.config, public_url=stack.bridge_url)
+    instances = stack.app.gateway.instances  # the next steps name that URL too
+    instances.config = dataclasses.replace(instances.config, public_url=stack.bridge_url)
     return stack
 
 

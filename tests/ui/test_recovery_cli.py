@@ -48,7 +48,7 @@ async def test_cli_drives_session_incomplete_to_sending_again(stack: UiStack) ->
 
     async def online() -> str | None:
         status = await cli("status", INCOMPLETE, *server)
-        return status.stdout if "Online (CONNECTED)" in status.stdout else None
+        return status.stdout if "(CONNECTED)" in status.stdout else None
 
     status = await polling.eventually(online, "instance Online after pairing", 10)
     assert "5515981121710" in status
@@ -151,3 +151,47 @@ async def test_a_rate_limited_recovery_says_how_long_to_wait_in_the_cli_and_on_t
             assert response.status == 429
             assert 290 <= int(response.headers["Retry-After"]) <= 300
     assert re.search(r'id="retry-after"[^>]*>[^<]*Tente de novo em \d+ s', page), page
+
+
+async def test_an_instance_without_confirmed_webhooks_is_not_shown_plainly_healthy_in_the_cli(
+    stack: UiStack,
+) -> None:
+    """The new user's path (no --public-url): connected, sends pass, but the CLI says delivery cannot
+    be confirmed and what to do; the first receipts prove the webhooks wired (evidence wins)."""
+    from tests.ui.conftest import AVENTURA
+
+    server = ("--server", stack.grpc_address)
+    stack.sim.add_instance(AVENTURA, WAPI_TOKENS[AVENTURA], behaviour="healthy")
+    added = await cli(
+        "instances", "add", AVENTURA, "--name", "Aventura", *server,
+        env={"WAPIGUARD_WAPI_TOKEN": WAPI_TOKENS[AVENTURA]},
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    assert "Online, entrega sem confirmação (CONNECTED)" in added.stdout
+    assert "Webhooks na W-API: UNCONFIGURED: a entrega NÃO pode ser confirmada" in added.stdout
+    assert f"wapi-guard webhooks configure {AVENTURA}" in added.stdout.split("Próximo passo:")[1]
+    assert "/webhooks/wapi/<WAPIGUARD_WEBHOOK_SECRET>" in added.stdout
+
+    status = await cli("status", AVENTURA, *server)
+    assert "Online, entrega sem confirmação (CONNECTED)" in status.stdout
+    assert "WEBHOOKS_UNCONFIGURED" in status.stdout
+    assert re.search(r"Pode enviar\s+sim", status.stdout), status.stdout
+    as_json = json.loads((await cli("status", AVENTURA, *server, "--json")).stdout)["instance"]
+    assert (as_json["reason"], as_json["can_send"], as_json["delivery_confirmable"]) == (
+        "WEBHOOKS_UNCONFIGURED",
+        True,
+        False,
+    )
+    assert "webhooks configure" in as_json["next_step"]
+
+    sent = await cli("send", "--instance", AVENTURA, "--to", RECIPIENT, "--text", "Olá!", *server)
+    assert sent.returncode == 0, sent.stdout + sent.stderr  # by default sends still pass
+
+    async def plainly_online() -> str | None:  # the simulator's receipts reach the bridge
+        run = await cli("status", AVENTURA, *server)
+        return run.stdout if "Online (CONNECTED)" in run.stdout else None
+
+    wired = await polling.eventually(plainly_online, "receipts prove the webhooks wired", 10)
+    assert "PHONE_CONFIRMED" in wired
+    assert "entregas confirmáveis" in wired
+    no_secret(stack, added.stdout, added.stderr, status.stdout, wired)
