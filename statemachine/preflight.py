@@ -94,9 +94,9 @@ def webhook_evidence(
     the newest receipt's time. Recent receipts win over whatever was (or was not) configured."""
     if last_receipt_at is not None and (now - last_receipt_at).total_seconds() <= policy.evidence_window:
         return WebhookEvidence.RECEIPTS
-    if webhooks_state == WebhookEvidence.CONFIGURED.value:
+    if webhooks_state == "CONFIGURED":
         return WebhookEvidence.CONFIGURED
-    if webhooks_state == WebhookEvidence.FAILED.value:
+    if webhooks_state == "FAILED":
         return WebhookEvidence.FAILED
     return WebhookEvidence.UNCONFIGURED
 
@@ -126,7 +126,7 @@ def health_verdict(
     evidence = webhook_evidence(webhooks_state, last_receipt_at, now, policy)
     confirmable = evidence in CONFIRMING
     if state is InstanceState.CONNECTED and not confirmable:
-        return HealthVerdict(Reason.WEBHOOKS_UNCONFIGURED.value, not policy.require, False, evidence)
+        return HealthVerdict("WEBHOOKS_UNCONFIGURED", not policy.require, False, evidence)
     return HealthVerdict(reason, state is InstanceState.CONNECTED, confirmable, evidence)
 
 

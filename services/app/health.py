@@ -24,7 +24,7 @@ from services.app.gateway_config import GatewayConfig
 from services.i18n import next_step, webhooks_next_step
 from services.observability.logs import register_secret
 from services.observability.telemetry import Telemetry
-from statemachine.domain import Credentials, InstanceRecord, InstanceState, Plan, Reason, StateChange
+from statemachine.domain import Credentials, InstanceRecord, InstanceState, Plan, StateChange
 from statemachine.errors import InstanceNotFound, InvalidRequest
 from statemachine.instance_machine import probe_trigger
 from statemachine.ports import InstanceChange, Provider, Store
@@ -58,7 +58,7 @@ def health_view(record: InstanceRecord, locale: str, config: GatewayConfig, now:
     verdict = health_verdict(
         record.state, record.reason, record.webhooks_state, record.last_receipt_at, now or utcnow(), config.webhooks
     )
-    if verdict.reason == Reason.WEBHOOKS_UNCONFIGURED:
+    if verdict.reason == "WEBHOOKS_UNCONFIGURED":
         step = webhooks_next_step(record.instance_id, config.public_url, config.webhook_secret_set, locale)
     else:
         step = next_step(record.state, record.reason, locale)
@@ -97,8 +97,8 @@ class Instances:
         # state: the recovery side re-applies W-API's webhooks then.
         self.on_reconnected: Callable[[str], None] | None = None
 
-    def view(self, record: InstanceRecord, locale: str = "pt-BR") -> HealthView:
-        return health_view(record, locale, self.config)
+    def view(self, record: InstanceRecord, locale: str = "pt-BR", now: datetime | None = None) -> HealthView:
+        return health_view(record, locale, self.config, now)
 
     def webhooks_block(self, record: InstanceRecord) -> bool:
         """The preflight's webhook rule on the cached record (no I/O; only with --require-webhooks)."""

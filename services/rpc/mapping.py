@@ -142,12 +142,16 @@ class InstanceHealthMemo:
         self._entries: dict[str, tuple[tuple[Any, ...], common_pb2.InstanceHealth]] = {}
 
     def many(
-        self, records: Iterable[InstanceRecord], locale: str, view: Callable[[InstanceRecord, str], HealthView]
+        self,
+        records: Iterable[InstanceRecord],
+        locale: str,
+        view: Callable[[InstanceRecord, str, datetime], HealthView],
     ) -> list[common_pb2.InstanceHealth]:
         out: list[common_pb2.InstanceHealth] = []
         entries = self._entries
+        now = datetime.now(UTC)  # one clock read for the whole list
         for r in records:
-            seen = view(r, locale)  # time-dependent (the receipt evidence ages): part of what is shown
+            seen = view(r, locale, now)  # time-dependent (the receipt evidence ages): part of what is shown
             shown = (
                 r.version,
                 r.state,

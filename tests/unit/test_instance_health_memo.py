@@ -13,7 +13,7 @@ from statemachine.domain import InstanceRecord, InstanceState, Plan
 NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
 
 
-def view(record: InstanceRecord, locale: str) -> HealthView:
+def view(record: InstanceRecord, locale: str, now: datetime | None = None) -> HealthView:
     return health_view(record, locale, GatewayConfig(), NOW)
 
 
@@ -87,5 +87,7 @@ def test_the_webhook_verdict_is_part_of_what_is_shown() -> None:
     memo = mapping.InstanceHealthMemo()
     wired = record("a", webhooks_state="UNCONFIGURED", last_receipt_at=NOW)
     assert memo.many([wired], "pt-BR", view)[0].reason == "PHONE_CONFIRMED"
-    later = memo.many([wired], "pt-BR", lambda r, loc: health_view(r, loc, GatewayConfig(), NOW + timedelta(days=2)))
+    later = memo.many(
+        [wired], "pt-BR", lambda r, loc, _now: health_view(r, loc, GatewayConfig(), NOW + timedelta(days=2))
+    )
     assert (later[0].reason, later[0].can_send, later[0].delivery_confirmable) == ("WEBHOOKS_UNCONFIGURED", True, False)
