@@ -156,7 +156,7 @@ async def test_an_instance_without_confirmed_webhooks_is_not_online_on_the_page(
     browser = await Chromium.launch(CHROMIUM, tmp_path / "profile")
     try:
         page, _challenges, problems = await open_status_page(browser, f"{stack.http_url}/status", ADMIN)
-        await page.wait_for(f"{CARD} !== null", 15, "the instance card")
+        await page.wait_for("document.getElementById('live')?.dataset.live === 'live'", 15, "the live event stream")
         assert await page.evaluate(LABEL) == "Online, entrega sem confirmação"
         assert await page.evaluate(STATE) == "CONNECTED"
         assert await page.evaluate(f"{CARD}.dataset.reason") == "WEBHOOKS_UNCONFIGURED"
