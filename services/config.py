@@ -192,6 +192,36 @@ class Settings(BaseSettings):
         description="Region (ISO 3166 code) whose national numbers recipients and pairing phones may be typed in "
         "(15 98112-1710 with BR); every phone is stored and sent as its E.164 digits.",
     )
+    recovery_probe_interval: float = Field(
+        2.5,
+        ge=0,
+        description="Seconds between the short probes right after a QR code, pairing code or restart, until the "
+        "session reconnects with a phone (0 disables).",
+    )
+    recovery_probe_for: float = Field(
+        120.0, gt=0, le=900, description="Seconds those short probes go on at most after one recovery action."
+    )
+    require_webhooks: bool = Field(
+        False,
+        description="Block sends (WEBHOOKS_UNCONFIGURED) from an instance whose deliveries cannot be confirmed.",
+        json_schema_extra={
+            "switch": "--require-webhooks",
+            "help": "block sends from an instance whose W-API webhooks are not confirmed to reach this service "
+            "[env WAPIGUARD_REQUIRE_WEBHOOKS=true]",
+        },
+    )
+    webhook_evidence_window: float = Field(
+        86400.0,
+        gt=0,
+        description="Seconds a receipt from W-API proves an instance's webhooks reach this service, whatever was "
+        "configured.",
+    )
+    webhook_check_interval: float = Field(
+        900.0,
+        ge=0,
+        description="Seconds between read-backs of every instance's W-API webhook URLs (needs --public-url; "
+        "0 disables).",
+    )
     migrate_on_start: bool = Field(
         True,
         description="Apply migrations at serve start.",

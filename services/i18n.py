@@ -81,6 +81,10 @@ REASON_TEXT_PT_BR: dict[Reason, str] = {
     Reason.OUTCOME_UNKNOWN: "Não foi possível confirmar se a mensagem foi enviada.",
     Reason.SEND_IN_PROGRESS: "Outro envio com esta chave ainda está em andamento. Tente de novo em instantes.",
     Reason.PHONE_CONFIRMED: "Conectada, com número confirmado.",
+    Reason.WEBHOOKS_UNCONFIGURED: (
+        "Conectada, mas a entrega não pode ser confirmada: os webhooks da W-API não apontam (comprovadamente) "
+        "para este serviço, e nenhum recibo chegou recentemente."
+    ),
     Reason.IDEMPOTENCY_KEY_REUSED: "Chave de idempotência já usada com outro conteúdo.",
     Reason.MESSAGE_NOT_RETRYABLE: "Só mensagens com falha podem ser reenviadas.",
     Reason.MESSAGE_NOT_FOUND: "Mensagem não encontrada.",
@@ -110,6 +114,10 @@ REASON_TEXT_EN: dict[Reason, str] = {
     Reason.OUTCOME_UNKNOWN: "Could not confirm whether the message was sent.",
     Reason.SEND_IN_PROGRESS: "Another attempt with this idempotency key is still running. Retry shortly.",
     Reason.PHONE_CONFIRMED: "Connected with a confirmed phone number.",
+    Reason.WEBHOOKS_UNCONFIGURED: (
+        "Connected, but delivery cannot be confirmed: W-API's webhooks are not known to point at this service, "
+        "and no receipt arrived lately."
+    ),
     Reason.RESTARTING: "Instance is restarting. Sends resume once the phone number is confirmed.",
     Reason.PAIRING_IN_PROGRESS: "Pairing in progress. Type the code in WhatsApp (Linked devices) or scan the QR code.",
     Reason.RECOVERY_IN_PROGRESS: "A recovery action for this instance is already running.",
@@ -172,6 +180,32 @@ _NEXT_EN: dict[str, str] = {
 }
 
 
+def webhooks_next_step(instance_id: str, public_url: str | None, secret_set: bool, locale: str = "pt-BR") -> str:
+    """What to do about an instance whose deliveries cannot be confirmed: configure W-API's webhooks
+    (the command when --public-url is set, otherwise the URL to paste at W-API). The webhook secret
+    is never shown: its place in the URL is named instead."""
+    en = locale.lower().startswith("en")
+    tail = "/webhooks/wapi/" + (("<WAPIGUARD_WEBHOOK_SECRET>") if secret_set else "")
+    if public_url:
+        url = public_url.rstrip("/") + tail.rstrip("/")
+        if en:
+            return f"Point W-API's webhooks at this service: wapi-guard webhooks configure {instance_id} (URL {url})."
+        return (
+            f"Aponte os webhooks da W-API para este serviço: wapi-guard webhooks configure {instance_id} (URL {url})."
+        )
+    url = "https://<public address of this service>" + tail.rstrip("/")
+    if en:
+        return (
+            f"At W-API, set the instance's webhooks (delivery, message status, connected, disconnected, received) "
+            f"to {url}; or start serve with --public-url and run: wapi-guard webhooks configure {instance_id}."
+        )
+    return (
+        f"Na W-API, aponte os webhooks da instância (entrega, status da mensagem, conectado, desconectado, recebida) "
+        f"para {url.replace('<public address of this service>', '<endereço público deste serviço>')}; ou inicie o "
+        f"serve com --public-url e rode: wapi-guard webhooks configure {instance_id}."
+    )
+
+
 def next_step(state: InstanceState, reason: str, locale: str = "pt-BR") -> str:
     """Empty for a healthy instance: guidance disappears once it is CONNECTED."""
     if state is InstanceState.CONNECTED:
@@ -203,6 +237,7 @@ class StateView:
 _STATE_LABELS: dict[str, dict[str, str]] = {
     "pt-BR": {
         "online": "Online",
+        "unconfirmed": "Online, entrega sem confirmação",
         "incomplete": "Sessão incompleta",
         "degraded": "Degradada (timeout/gateway)",
         "degraded_any": "Degradada",
@@ -212,6 +247,7 @@ _STATE_LABELS: dict[str, dict[str, str]] = {
     },
     "en": {
         "online": "Online",
+        "unconfirmed": "Online, delivery unconfirmed",
         "incomplete": "Session incomplete",
         "degraded": "Degraded (timeout/gateway)",
         "degraded_any": "Degraded",
@@ -222,6 +258,7 @@ _STATE_LABELS: dict[str, dict[str, str]] = {
 }
 _TONES = {
     "online": "green",
+    "unconfirmed": "orange",
     "incomplete": "orange",
     "degraded": "yellow",
     "degraded_any": "yellow",
@@ -235,7 +272,7 @@ def state_view(state: str, reason: str | None, lang: str = DEFAULT_LANG) -> Stat
     """`reason=None` means "not known" (e.g. the *from* side of an old change): a generic label."""
     state = state.removeprefix("INSTANCE_STATE_")
     if state == "CONNECTED":
-        key = "online"
+        key = "unconfirmed" if reason == Reason.WEBHOOKS_UNCONFIGURED else "online"
     elif state == "SESSION_INCOMPLETE":
         key = "incomplete"
     elif state == "DEGRADED":
@@ -454,6 +491,10 @@ CLI_TEXTS: dict[str, dict[str, str]] = {
         "f_changed": "Estado desde",
         "f_checked": "Verificada",
         "f_last_event": "Último evento",
+        "f_webhooks": "Webhooks",
+        "f_next": "Próximo passo",
+        "webhooks_ok": "{state}, entregas confirmáveis",
+        "webhooks_unconfirmed": "{state}: a entrega NÃO pode ser confirmada",
         "yes": "sim",
         "no": "não",
     },
@@ -519,6 +560,10 @@ CLI_TEXTS: dict[str, dict[str, str]] = {
         "f_changed": "State since",
         "f_checked": "Checked",
         "f_last_event": "Last event",
+        "f_webhooks": "Webhooks",
+        "f_next": "Next step",
+        "webhooks_ok": "{state}, deliveries confirmable",
+        "webhooks_unconfirmed": "{state}: delivery can NOT be confirmed",
         "yes": "yes",
         "no": "no",
     },
@@ -606,6 +651,8 @@ STATUS_PAGE_TEXTS: dict[str, dict[str, str]] = {
         "sends": "Envios",
         "sends_ok": "liberados",
         "sends_blocked": "bloqueados",
+        "sends_unconfirmed": "liberados, sem confirmação de entrega",
+        "next_step": "Próximo passo",
         "instance": "Instância",
         "to": "Destinatário",
         "state": "Estado",
@@ -662,6 +709,8 @@ STATUS_PAGE_TEXTS: dict[str, dict[str, str]] = {
         "sends": "Sends",
         "sends_ok": "allowed",
         "sends_blocked": "blocked",
+        "sends_unconfirmed": "allowed, delivery not confirmable",
+        "next_step": "Next step",
         "instance": "Instance",
         "to": "Recipient",
         "state": "State",
@@ -714,6 +763,7 @@ STATUS_ACTION_TEXTS: dict[str, dict[str, str]] = {
         "state": "Estado agora",
         "next": "Próximo passo",
         "failed_title": "A ação não foi feita",
+        "retry_after": "Tente de novo em {seconds} s.",
         "csrf": "Pedido recusado: formulário expirado ou de outra origem. Recarregue o painel e tente de novo.",
         "retried": "Mensagem reenviada: {state}",
     },
@@ -737,6 +787,7 @@ STATUS_ACTION_TEXTS: dict[str, dict[str, str]] = {
         "state": "State now",
         "next": "Next step",
         "failed_title": "The action was not done",
+        "retry_after": "Try again in {seconds} s.",
         "csrf": "Request refused: the form expired or came from another origin. Reload the dashboard and try again.",
         "retried": "Message sent again: {state}",
     },

@@ -58,6 +58,9 @@ class Reason(StrEnum):
     # Instance health (why it is fine).
     PHONE_CONFIRMED = "PHONE_CONFIRMED"
     REGISTERED = "REGISTERED"
+    # Connected, but the provider's webhooks are not known to reach us (unconfigured, unverified or
+    # pointing elsewhere, and no receipt lately): delivery cannot be confirmed.
+    WEBHOOKS_UNCONFIGURED = "WEBHOOKS_UNCONFIGURED"
     # Provider outcome of a send.
     PROVIDER_ERROR = "PROVIDER_ERROR"
     PROVIDER_TIMEOUT = "PROVIDER_TIMEOUT"
@@ -233,6 +236,12 @@ class WebhookLogPage:
     detail: str = ""
 
 
+# Who the service itself audits a webhook set-up as (registration, and every reconnection's
+# re-apply): automatic actions, never counted against the operator's per-instance recovery limit.
+AUTOMATIC_REQUESTERS = ("registration", "reconnection")
+RECOVERY_PENDING = "PENDING"  # the audit outcome of an action reserved but not finished yet
+
+
 @dataclass(frozen=True, slots=True)
 class RecoveryAction:
     instance_id: str
@@ -272,6 +281,8 @@ class InstanceRecord:
     stuck_messages: int = 0
     webhooks_state: str = "UNCONFIGURED"
     webhooks_detail: str = ""
+    # The newest receipt (a delivery/read status or a server ack) W-API posted for this instance.
+    last_receipt_at: datetime | None = None
 
 
 @dataclass(slots=True)

@@ -131,12 +131,14 @@ class InvalidPayload(GuardError):
 class RecoveryRefused(GuardError):
     """A recovery action was not started (one already running, rate limit, no public URL)."""
 
-    def __init__(self, reason: Reason, instance_id: str, detail: str = "") -> None:
+    def __init__(self, reason: Reason, instance_id: str, detail: str = "", *, retry_after: float | None = None) -> None:
         super().__init__(
             reason,
             f"recovery on instance {_short(instance_id)} refused: {reason.value}" + (f" ({detail})" if detail else ""),
             {"instance_id": _short(instance_id)},
         )
+        # Seconds until the action may be asked again (a rate limit: google.rpc.RetryInfo).
+        self.retry_after = retry_after
 
 
 class RecoveryFailed(GuardError):

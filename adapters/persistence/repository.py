@@ -46,6 +46,7 @@ from statemachine import changes as change_log
 from statemachine import stuck as stuck_rule
 from statemachine.changes import ChangeCursor, ChangeKind, ChangePage
 from statemachine.domain import (
+    AUTOMATIC_REQUESTERS,
     InstanceRecord,
     InstanceState,
     MessageKind,
@@ -74,6 +75,7 @@ from statemachine.ports import (
     MessageChange,
     PruneReport,
     ReceiptSample,
+    RecoveryReservation,
     RetentionPolicy,
     SendSample,
 )
@@ -202,6 +204,7 @@ def _instance(row: Row[Any] | Any) -> InstanceRecord:
         consecutive_gateway_failures=m["consecutive_gateway_failures"],
         webhooks_state=m["webhooks_state"],
         webhooks_detail=m["webhooks_detail"],
+        last_receipt_at=m["last_receipt_at"],
     )
 
 
@@ -253,7 +256,7 @@ class _InstanceSignal:
 _LIST_INSTANCES_PG = """
 SELECT i.id, i.name, i.plan, i.state, i.reason, i.phone_number, i.checked_at, i.last_event_at,
        i.state_changed_at, i.version, i.consecutive_gateway_failures, i.webhooks_state,
-       i.webhooks_detail, coalesce(c.stuck, 0)
+       i.webhooks_detail, coalesce(c.stuck, 0), i.last_receipt_at
 FROM instances i LEFT JOIN instance_stuck_counts c ON c.instance_id = i.id
 WHERE $1::text[] IS NULL OR i.state = ANY($1::text[])
 ORDER BY i.id
@@ -279,6 +282,7 @@ def _instance_from_driver(r: Any) -> InstanceRecord:
         stuck_messages=int(r[13]),
         webhooks_state=r[11],
         webhooks_detail=r[12],
+        last_receipt_at=r[14],
     )
 
 
@@ -642,20 +646,22 @@ class Repository:
             )
             return 0
 
-    async def touch_instances(self, last_event: dict[str, datetime]) -> None:
-        """Coalesced last_event_at updates (one UPDATE per instance per flush, never backwards)."""
-        if not last_event:
+    async def touch_instances(
+        self, last_event: dict[str, datetime], last_receipt: dict[str, datetime] | None = None
+    ) -> None:
+        """Coalesced last_event_at / last_receipt_at updates (one UPDATE per instance and column per
+        flush, never backwards)."""
+        if not last_event and not last_receipt:
             return
         async with self.transaction() as conn:
-            for instance_id, at in sorted(last_event.items()):
-                await conn.execute(
-                    update(instances)
-                    .where(
-                        instances.c.id == instance_id,
-                        or_(instances.c.last_event_at.is_(None), instances.c.last_event_at < at),
+            for column, batch in (("last_event_at", last_event), ("last_receipt_at", last_receipt or {})):
+                stored = instances.c[column]
+                for instance_id, at in sorted(batch.items()):
+                    await conn.execute(
+                        update(instances)
+                        .where(instances.c.id == instance_id, or_(stored.is_(None), stored < at))
+                        .values({column: at})
                     )
-                    .values(last_event_at=at)
-                )
 
     async def instance_changes_since(self, after_id: int, limit: int = 500) -> list[tuple[int, str, StateChange]]:
         query = (
@@ -699,16 +705,72 @@ class Repository:
                 )
             )
 
-    async def count_recovery_actions(self, instance_id: str, since: datetime) -> int:
-        """Actions on one instance since `since` that reached W-API (an operator's stall clear does
-        not; index on instance_id, at: cost bounded by the window)."""
-        query = select(func.count()).where(
+    @staticmethod
+    def _operator_actions(instance_id: str, since: datetime) -> Any:
+        """The actions the per-instance limit counts: an operator's that reach W-API (not a stall
+        clear, not the service's own webhook set-ups); index on instance_id, at: bounded by the window."""
+        return and_(
             recovery_actions.c.instance_id == instance_id,
             recovery_actions.c.at >= since,
             recovery_actions.c.action != "clear_stall",
+            recovery_actions.c.requested_by.not_in(AUTOMATIC_REQUESTERS),
         )
+
+    async def count_recovery_actions(self, instance_id: str, since: datetime) -> int:
+        query = select(func.count()).where(self._operator_actions(instance_id, since))
         async with self.engine.connect() as conn:
             return int((await conn.execute(query)).scalar_one())
+
+    async def reserve_recovery_action(
+        self, action: RecoveryAction, *, since: datetime, limit: int, window: float
+    ) -> RecoveryReservation | None:
+        """Counts and inserts the action's audit row (outcome PENDING) in one transaction that first
+        locks the instance's row, so replicas asked at once queue behind each other and never let
+        more than `limit` through: PostgreSQL by `SELECT … FOR UPDATE`, SQLite by its
+        `BEGIN IMMEDIATE` write lock (FOR UPDATE is dropped there). None: no such instance."""
+        async with self.transaction() as conn:
+            locked = await conn.execute(
+                select(instances.c.id).where(instances.c.id == action.instance_id).with_for_update()
+            )
+            if locked.first() is None:
+                return None
+            newest = (
+                (
+                    await conn.execute(
+                        select(recovery_actions.c.at)
+                        .where(self._operator_actions(action.instance_id, since))
+                        .order_by(recovery_actions.c.at.desc())
+                        .limit(limit)
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            if len(newest) >= limit:
+                # Free again when the oldest of the `limit` newest leaves the window.
+                wait = (newest[-1] + timedelta(seconds=window) - action.at).total_seconds()
+                return RecoveryReservation(None, max(0.0, wait))
+            inserted = await conn.execute(
+                recovery_actions.insert()
+                .values(
+                    instance_id=action.instance_id,
+                    action=action.action[:32],
+                    requested_by=action.requested_by[:96],
+                    at=action.at,
+                    outcome=action.outcome[:64],
+                    detail=action.detail[:1000],
+                )
+                .returning(recovery_actions.c.id)
+            )
+            return RecoveryReservation(int(inserted.scalar_one()))
+
+    async def finish_recovery_action(self, action_id: int, outcome: str, detail: str) -> None:
+        async with self.transaction() as conn:
+            await conn.execute(
+                update(recovery_actions)
+                .where(recovery_actions.c.id == action_id)
+                .values(outcome=outcome[:64], detail=detail[:1000])
+            )
 
     async def list_recovery_actions(self, instance_id: str, limit: int = 50) -> list[RecoveryAction]:
         query = (

@@ -78,6 +78,9 @@ instances = Table(
     # Whether W-API's webhook URLs point at this service: UNCONFIGURED, CONFIGURED, FAILED.
     Column("webhooks_state", String(24), nullable=False, server_default="UNCONFIGURED"),
     Column("webhooks_detail", Text, nullable=False, server_default=""),
+    # The newest receipt (delivery/read status or server ack) W-API posted for the instance: proof
+    # that its webhooks reach this service, whatever was configured (coalesced, never backwards).
+    Column("last_receipt_at", UTCDateTime()),
     Column("version", Integer, nullable=False, server_default="1"),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),

@@ -100,7 +100,7 @@ class Gateway:
         self._tasks.clear()
         await self.stall_watch.aclose()
         with contextlib.suppress(Exception):
-            await self.repo.touch_instances(self.instances.touched)
+            await self.instances.flush_touches_once()
         await self.repo.aclose()
 
     # --- instance health (services/app/health.py) --------------------------------------------

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from statemachine.phone import DEFAULT_REGION
 from statemachine.ports import RetentionPolicy
+from statemachine.preflight import WebhookPolicy
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +42,11 @@ class GatewayConfig:
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)
     # Region whose national numbers recipients may be typed in (statemachine.phone.canonical_phone).
     phone_region: str = DEFAULT_REGION
+    # Webhooks in the instance's verdict (statemachine.preflight.health_verdict), and what the next
+    # step names: the bridge's public base URL (--public-url) and whether its path carries a secret.
+    webhooks: WebhookPolicy = field(default_factory=WebhookPolicy)
+    public_url: str | None = None
+    webhook_secret_set: bool = False
 
     def pending_cutoff_seconds(self) -> float:
         """How long a PENDING message may wait for its answer before it is OUTCOME_UNKNOWN."""

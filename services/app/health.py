@@ -21,12 +21,14 @@ from opentelemetry import trace
 
 from services.app.clock import utcnow
 from services.app.gateway_config import GatewayConfig
+from services.i18n import next_step, webhooks_next_step
 from services.observability.logs import register_secret
 from services.observability.telemetry import Telemetry
 from statemachine.domain import Credentials, InstanceRecord, InstanceState, Plan, StateChange
 from statemachine.errors import InstanceNotFound, InvalidRequest
 from statemachine.instance_machine import probe_trigger
 from statemachine.ports import InstanceChange, Provider, Store
+from statemachine.preflight import health_verdict, webhooks_block_sends
 from statemachine.validation import Violation, validate_instance_id
 
 log = logging.getLogger("wapi_guard.core")
@@ -38,6 +40,29 @@ class InstanceEvent:
 
     instance: InstanceRecord
     change: StateChange | None
+
+
+@dataclass(frozen=True, slots=True)
+class HealthView:
+    """An instance's health as callers see it (InstanceHealth, the CLI, the status page): the
+    verdict of `statemachine.preflight.health_verdict` on the stored record, and the next step."""
+
+    reason: str
+    can_send: bool
+    delivery_confirmable: bool
+    webhooks: str  # the evidence: RECEIPTS, CONFIGURED, FAILED, UNCONFIGURED
+    next_step: str
+
+
+def health_view(record: InstanceRecord, locale: str, config: GatewayConfig, now: datetime | None = None) -> HealthView:
+    verdict = health_verdict(
+        record.state, record.reason, record.webhooks_state, record.last_receipt_at, now or utcnow(), config.webhooks
+    )
+    if verdict.reason == "WEBHOOKS_UNCONFIGURED":
+        step = webhooks_next_step(record.instance_id, config.public_url, config.webhook_secret_set, locale)
+    else:
+        step = next_step(record.state, record.reason, locale)
+    return HealthView(verdict.reason, verdict.can_send, verdict.delivery_confirmable, verdict.evidence.value, step)
 
 
 @dataclass(slots=True)
@@ -65,10 +90,22 @@ class Instances:
         self._last_change_id = 0
         # Newest webhook per instance, flushed to last_event_at in batches (flush_touches).
         self.touched: dict[str, datetime] = {}
+        # Newest receipt per instance, flushed to last_receipt_at the same way.
+        self.receipts: dict[str, datetime] = {}
         self._probe_gate = asyncio.Semaphore(self.config.probe_concurrency)
         # Called (not awaited) with the instance id when it becomes CONNECTED again from another
         # state: the recovery side re-applies W-API's webhooks then.
         self.on_reconnected: Callable[[str], None] | None = None
+
+    def view(self, record: InstanceRecord, locale: str = "pt-BR", now: datetime | None = None) -> HealthView:
+        return health_view(record, locale, self.config, now)
+
+    def webhooks_block(self, record: InstanceRecord) -> bool:
+        """The preflight's webhook rule on the cached record (no I/O; only with --require-webhooks)."""
+        policy = self.config.webhooks
+        if not policy.require:
+            return False
+        return webhooks_block_sends(record.webhooks_state, record.last_receipt_at, utcnow(), policy)
 
     async def start(self) -> None:
         self._last_change_id = await self.repo.last_instance_change_id()
@@ -87,6 +124,18 @@ class Instances:
         previous = self.touched.get(instance_id)
         if previous is None or previous < received_at:
             self.touched[instance_id] = received_at
+
+    def note_receipt(self, instance_id: str, received_at: datetime) -> None:
+        """A receipt reached the bridge: the instance's webhooks evidently reach us. This replica's
+        cached health sees it at once; the store (and other replicas) at the next flush."""
+        previous = self.receipts.get(instance_id)
+        if previous is None or previous < received_at:
+            self.receipts[instance_id] = received_at
+        cached = self._cache.get(instance_id)
+        if cached is not None and (
+            cached.record.last_receipt_at is None or cached.record.last_receipt_at < received_at
+        ):
+            cached.record = replace(cached.record, last_receipt_at=received_at)
 
     async def cached(self, instance_id: str) -> CachedInstance | None:
         cached = self._cache.get(instance_id)
@@ -314,12 +363,18 @@ class Instances:
     async def flush_touches(self) -> None:
         while True:
             await asyncio.sleep(self.config.touch_flush_interval)
-            if not self.touched:
-                continue
-            batch, self.touched = self.touched, {}
-            try:
-                await self.repo.touch_instances(batch)
-            except Exception:
-                log.warning("last_event_at flush failed; will retry", exc_info=True)
-                for key, value in batch.items():
-                    self.touched[key] = max(value, self.touched.get(key, value))
+            await self.flush_touches_once()
+
+    async def flush_touches_once(self) -> None:
+        if not self.touched and not self.receipts:
+            return
+        batch, self.touched = self.touched, {}
+        receipts, self.receipts = self.receipts, {}
+        try:
+            await self.repo.touch_instances(batch, receipts)
+        except Exception:
+            log.warning("last_event_at flush failed; will retry", exc_info=True)
+            for key, value in batch.items():
+                self.touched[key] = max(value, self.touched.get(key, value))
+            for key, value in receipts.items():
+                self.receipts[key] = max(value, self.receipts.get(key, value))

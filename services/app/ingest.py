@@ -23,6 +23,11 @@ from statemachine.ports import IngestResult, MessageChange, Store, WebhookParser
 SECRET_HEADERS = ("authorization", "cookie", "x-webhook-secret", "x-api-key", "proxy-authorization")
 
 
+# A status webhook (delivered, read, the server ack, a chat's status) or the ack of one of our sends
+# (`webhookDelivery` with fromApi): W-API's receipts reach the bridge.
+RECEIPT_ROUTES = frozenset({Route.MESSAGE_STATUS, Route.CHAT_STATUS})
+
+
 class Ingest:
     def __init__(self, repo: Store, parse_webhook: WebhookParser, telemetry: Telemetry, instances: Instances) -> None:
         self.repo = repo
@@ -63,6 +68,8 @@ class Ingest:
                 self.instances.forget(event.instance_id)
         if event.instance_id and not result.duplicate and event.route is not Route.UNROUTABLE:
             self.instances.note_event(event.instance_id, received_at)
+            if event.route in RECEIPT_ROUTES or (event.route is Route.DELIVERY and event.from_api):
+                self.instances.note_receipt(event.instance_id, received_at)
         if event.route is Route.UNROUTABLE and event.reason in (EventReason.MALFORMED_JSON, EventReason.NOT_AN_OBJECT):
             raise InvalidPayload(str(event.reason), result.event_id)
         return result

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -22,11 +23,12 @@ from datetime import datetime, timedelta
 from services.app.clock import utcnow
 from services.app.gateway import Gateway
 from services.app.principals import current_principal
-from services.i18n import next_step
 from statemachine.domain import (
+    RECOVERY_PENDING,
     ActionOutcome,
     Credentials,
     InstanceRecord,
+    InstanceState,
     LoggedEvent,
     MessageRecord,
     MessageState,
@@ -34,7 +36,7 @@ from statemachine.domain import (
     RecoveryAction,
 )
 from statemachine.errors import InstanceNotFound, InvalidRequest, RecoveryFailed, RecoveryRefused
-from statemachine.instance_machine import InstanceTrigger
+from statemachine.instance_machine import RECOVERY_REASONS, InstanceTrigger
 from statemachine.phone import DEFAULT_REGION, canonical_phone
 from statemachine.ports import InstanceOperations, RecoveryStore
 from statemachine.validation import Violation, validate_instance_id
@@ -49,6 +51,8 @@ NOT_STALLED = "NOT_STALLED"  # the detail of a clear that found no delivery stal
 LOG_PER_PAGE = 50
 LOG_MAX_PAGES = 40  # per instance and run: bounded even when the log is huge
 RECONCILE_START_DELAY = 1.0
+# Actions after which the session comes back with a phone: followed by short probes.
+FOLLOWED_ACTIONS = frozenset({"qr_code", "pairing_code", "restart"})
 
 
 def pairing_phone_violations(phone: str, region: str = DEFAULT_REGION) -> tuple[str, list[Violation]]:
@@ -72,6 +76,11 @@ class RecoveryConfig:
     reconcile_interval: float = 300.0
     stuck_after: float = 300.0
     phone_region: str = DEFAULT_REGION
+    # Short probes after an action that waits for the phone (QR, pairing code, restart).
+    follow_interval: float = 2.5
+    follow_for: float = 120.0
+    # Read-back of every instance's webhook URLs (one W-API request per instance; 0 disables).
+    webhook_check_interval: float = 900.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +130,7 @@ class Recovery:
         self._busy: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
+        self._followers: dict[str, asyncio.Task[None]] = {}
         gateway.on_reconnected = self._reapply_webhooks_later
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -129,15 +139,19 @@ class Recovery:
         """Replays missed events once at start-up (after downtime), then on a schedule."""
         if self.operations is not None and self.config.reconcile_interval > 0:
             self._tasks.append(asyncio.create_task(self._reconcile_forever(), name="webhook-log-reconciler"))
+        if self.operations is not None and self.config.webhook_check_interval > 0:
+            self._tasks.append(asyncio.create_task(self._check_webhooks_forever(), name="webhook-check"))
 
     async def aclose(self) -> None:
-        for task in [*self._tasks, *self._background]:
+        tasks = [*self._tasks, *self._background, *self._followers.values()]
+        for task in tasks:
             task.cancel()
-        for task in [*self._tasks, *self._background]:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
         self._background.clear()
+        self._followers.clear()
 
     # --- the bridge URL ----------------------------------------------------------------------
 
@@ -195,7 +209,7 @@ class Recovery:
         if violations:
             raise InvalidRequest(violations)
         who = current_principal.get().name
-        async with self._exclusive(instance_id, limited=False):
+        async with self._exclusive(instance_id):
             change = await self.repo.apply_instance_trigger(
                 instance_id, InstanceTrigger.CLEAR_STALL, source=f"operator:{who}"
             )
@@ -210,7 +224,7 @@ class Recovery:
                     ok=True, detail=NOT_STALLED, message=f"not stalled ({record.state.value}/{record.reason})"
                 )
             await self._audit(instance_id, "clear_stall", who, outcome)
-        return ActionResult(record, outcome, next_step(record.state, record.reason, locale))
+        return ActionResult(record, outcome, self.gateway.instances.view(record, locale).next_step)
 
     async def _run(
         self,
@@ -224,12 +238,18 @@ class Recovery:
             raise InvalidRequest(violations)
         ops = self._ops(instance_id)
         who = current_principal.get().name
-        async with self._exclusive(instance_id, limited=True):
+        async with self._exclusive(instance_id):
             found = await self.repo.get_instance(instance_id)
             if found is None:
                 raise InstanceNotFound(instance_id)
-            outcome = await act(ops, Credentials(instance_id, found[1]))
-            await self._audit(instance_id, action, who, outcome)
+            action_id = await self._reserve(instance_id, action, who)
+            try:
+                outcome = await act(ops, Credentials(instance_id, found[1]))
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await self.repo.finish_recovery_action(action_id, Reason.PROVIDER_ERROR.value, "interrupted")
+                raise
+            await self._finish(action_id, instance_id, action, who, outcome)
             if not outcome.ok:
                 raise RecoveryFailed(outcome.failure or Reason.PROVIDER_ERROR, instance_id, action, outcome.detail)
             trigger = self._trigger_after(action, outcome)
@@ -243,7 +263,55 @@ class Recovery:
                     raise InstanceNotFound(instance_id)
                 self.gateway.instances.after_change(change)
                 record = change.instance
+        if action in FOLLOWED_ACTIONS and record.state is not InstanceState.CONNECTED:
+            self._follow_later(instance_id)
         return ActionResult(record, outcome, self._next_after(action, outcome, record, locale))
+
+    def _follow_later(self, instance_id: str) -> None:
+        """Probes the instance at a short interval after an action that waits for the phone, so a
+        pairing shows as CONNECTED within seconds even when no connection webhook arrives (and
+        without waiting for the periodic probe). One follower per instance: a new action restarts it."""
+        if self.config.follow_interval <= 0:
+            return
+        previous = self._followers.pop(instance_id, None)
+        if previous is not None:
+            previous.cancel()
+        task = asyncio.get_running_loop().create_task(self._follow(instance_id), name=f"recovery-follow-{instance_id}")
+        self._followers[instance_id] = task
+        task.add_done_callback(
+            lambda done: self._followers.pop(instance_id, None) if self._followers.get(instance_id) is done else None
+        )
+
+    def _forget_follower(self, task: asyncio.Task[None]) -> None:
+        for instance_id, follower in list(self._followers.items()):
+            if follower is task:
+                del self._followers[instance_id]
+
+    async def _follow(self, instance_id: str) -> None:
+        """Bounded: at most `follow_for` seconds, one probe per `follow_interval` (≈ 48 probes with the
+        defaults, one request to W-API's status endpoint each); it stops at the first sign that the
+        wait is over: CONNECTED (by a connection event or a probe with a phone), or a reason that is
+        no longer a restart's or pairing's (disconnected by the operator, token refused, removed)."""
+        loop = asyncio.get_running_loop()
+        ends = loop.time() + self.config.follow_for
+        while loop.time() + self.config.follow_interval <= ends:
+            await asyncio.sleep(self.config.follow_interval)
+            try:
+                found = await self.repo.get_instance(instance_id)
+                if (
+                    found is None
+                    or found[0].state is InstanceState.CONNECTED
+                    or found[0].reason not in RECOVERY_REASONS
+                ):
+                    return
+                record = await self.gateway.instances.probe(instance_id, source="recovery_probe")
+            except InstanceNotFound:
+                return
+            except Exception:
+                log.warning("probe after a recovery action failed", extra={"instance_id": instance_id}, exc_info=True)
+                continue
+            if record.state is InstanceState.CONNECTED:
+                return
 
     @staticmethod
     def _trigger_after(action: str, outcome: ActionOutcome) -> str | None:
@@ -258,8 +326,7 @@ class Recovery:
             return "request_disconnect"
         return None
 
-    @staticmethod
-    def _next_after(action: str, outcome: ActionOutcome, record: InstanceRecord, locale: str) -> str:
+    def _next_after(self, action: str, outcome: ActionOutcome, record: InstanceRecord, locale: str) -> str:
         en = locale.lower().startswith("en")
         if action == "pairing_code" and outcome.pairing_code:
             if en:
@@ -275,7 +342,7 @@ class Recovery:
             if en:
                 return "Scan the QR code in WhatsApp > Linked devices > Link a device (it expires in a minute)."
             return "Leia o QR code em WhatsApp > Aparelhos conectados > Conectar um aparelho (expira em 1 minuto)."
-        return next_step(record.state, record.reason, locale)
+        return self.gateway.instances.view(record, locale).next_step
 
     def _ops(self, instance_id: str) -> InstanceOperations:
         if self.operations is None:
@@ -283,23 +350,46 @@ class Recovery:
         return self.operations
 
     @contextlib.asynccontextmanager
-    async def _exclusive(self, instance_id: str, *, limited: bool):  # type: ignore[no-untyped-def]
-        """One recovery action per instance at a time (in this process), and the rate limit."""
+    async def _exclusive(self, instance_id: str):  # type: ignore[no-untyped-def]
+        """One recovery action per instance at a time (in this process)."""
         if instance_id in self._busy:
             raise RecoveryRefused(Reason.RECOVERY_IN_PROGRESS, instance_id)
         self._busy.add(instance_id)
         try:
-            if limited:
-                since = utcnow() - timedelta(seconds=self.config.window)
-                if await self.repo.count_recovery_actions(instance_id, since) >= self.config.limit:
-                    raise RecoveryRefused(
-                        Reason.RECOVERY_RATE_LIMITED,
-                        instance_id,
-                        f"at most {self.config.limit} per {self.config.window:g}s",
-                    )
             yield
         finally:
             self._busy.discard(instance_id)
+
+    async def _reserve(self, instance_id: str, action: str, who: str) -> int:
+        """The operator's per-instance limit, atomic across replicas: the audit row (PENDING) is
+        counted and inserted in one locked transaction before W-API is asked. A refusal says how
+        long to wait (google.rpc.RetryInfo)."""
+        now = utcnow()
+        reservation = await self.repo.reserve_recovery_action(
+            RecoveryAction(instance_id, action, who, now, RECOVERY_PENDING),
+            since=now - timedelta(seconds=self.config.window),
+            limit=self.config.limit,
+            window=self.config.window,
+        )
+        if reservation is None:
+            raise InstanceNotFound(instance_id)
+        if reservation.action_id is None:
+            wait = max(1.0, math.ceil(reservation.retry_after))
+            raise RecoveryRefused(
+                Reason.RECOVERY_RATE_LIMITED,
+                instance_id,
+                f"at most {self.config.limit} per {self.config.window:g}s; retry in {wait:g}s",
+                retry_after=wait,
+            )
+        return reservation.action_id
+
+    async def _finish(self, action_id: int, instance_id: str, action: str, who: str, outcome: ActionOutcome) -> None:
+        result = "OK" if outcome.ok else (outcome.failure or Reason.PROVIDER_ERROR).value
+        await self.repo.finish_recovery_action(action_id, result, outcome.detail or outcome.message)
+        log.info(
+            "recovery action",
+            extra={"instance_id": instance_id, "action": action, "requested_by": who, "outcome": result},
+        )
 
     async def _audit(self, instance_id: str, action: str, who: str, outcome: ActionOutcome) -> None:
         result = "OK" if outcome.ok else (outcome.failure or Reason.PROVIDER_ERROR).value
@@ -384,6 +474,7 @@ class Recovery:
         record = await self.repo.set_webhooks_state(instance_id, state, detail)
         if record is None:
             raise InstanceNotFound(instance_id)
+        self.gateway.instances.remember(record)  # the preflight's cache (with --require-webhooks) at once
         record = await self.gateway.instances.with_stuck(record)
         en = locale.lower().startswith("en")
         if failed:
@@ -393,7 +484,7 @@ class Recovery:
                 else "Corrija o que a W-API recusou e rode: wapi-guard webhooks configure INSTÂNCIA"
             )
         else:
-            step = next_step(record.state, record.reason, locale)
+            step = self.gateway.instances.view(record, locale).next_step
         return WebhooksResult(record, results, not failed, self.masked_bridge_url(), step)
 
     def _mask(self, text: str) -> str:
@@ -422,6 +513,32 @@ class Recovery:
             await self.configure_webhooks(instance_id, who="reconnection")
         except Exception:
             log.warning("re-applying webhooks after a reconnection failed", extra={"instance_id": instance_id})
+
+    async def check_all_webhooks(self) -> int:
+        """Reads back every instance's webhook URLs (W-API's fetch-instance, one request per instance,
+        one instance at a time) and stores what it finds: CONFIGURED, or FAILED with what W-API has
+        (pointing elsewhere, unreadable). Needs --public-url (the URL to compare with). Never on the
+        send path; the verdict reads the stored result."""
+        if self.bridge_url() is None or self.operations is None:
+            return 0
+        checked = 0
+        for instance_id, _token in await self.repo.list_credentials():
+            try:
+                await self.check_webhooks(instance_id)
+                checked += 1
+            except InstanceNotFound:
+                continue
+            except Exception:
+                log.warning("webhook read-back failed", extra={"instance_id": instance_id}, exc_info=True)
+        return checked
+
+    async def _check_webhooks_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.webhook_check_interval * random.uniform(0.8, 1.2))
+            try:
+                await self.check_all_webhooks()
+            except Exception:
+                log.warning("webhook check round failed", exc_info=True)
 
     # --- reconciliation of missed events -----------------------------------------------------
 

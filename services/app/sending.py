@@ -119,7 +119,13 @@ class Sending:
                     if cached is None:
                         raise InstanceNotFound(req.instance_id)
                     health = cached.record
-                    blocked = block_reason(health.state, health.reason, health.plan, req.kind)
+                    blocked = block_reason(
+                        health.state,
+                        health.reason,
+                        health.plan,
+                        req.kind,
+                        webhooks_blocked=self.instances.webhooks_block(health),
+                    )
                     preflight.set_attribute("wapi.session_health", health.state.value)
                 span.set_attribute("wapi.session_health", health.state.value)
                 outbound = OutboundMessage(req.kind, req.to, req.content, req.reply_to, req.delay_seconds)
@@ -369,7 +375,13 @@ class Sending:
                 outbound = outbound_from_stored(msg.kind, msg.to, msg.content)
                 health = cached.record
                 span.set_attribute("wapi.session_health", health.state.value)
-                blocked = block_reason(health.state, health.reason, health.plan, msg.kind)
+                blocked = block_reason(
+                    health.state,
+                    health.reason,
+                    health.plan,
+                    msg.kind,
+                    webhooks_blocked=self.instances.webhooks_block(health),
+                )
                 if blocked:
                     stored, _ = await self.repo.record_send_outcome(
                         msg.id,

@@ -9,6 +9,7 @@ only when every expectation holds: delivered/read, or an explicit block — neve
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import secrets
 import shutil
@@ -112,6 +113,10 @@ async def run_demo(*, keep: bool = False, as_json: bool = False) -> int:
     )
     app = await App.start(settings)
     sim.set_webhook_url(f"http://127.0.0.1:{app.http_port}/webhooks/wapi/{secret}")
+    if app.recovery is not None:
+        # The bridge's public URL is known once it listens: registration then points each instance's
+        # W-API webhooks at it and verifies them (what --public-url does), so deliveries are confirmable.
+        app.recovery.config = dataclasses.replace(app.recovery.config, public_url=f"http://127.0.0.1:{app.http_port}")
     sim.add_instance(AVENTURA, "demo-token-aventura", behaviour="healthy", phone="5511987654321")
     sim.add_instance(INCOMPLETE, "demo-token-lite", behaviour="session_incomplete", plan="LITE")
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}")

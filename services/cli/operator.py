@@ -203,6 +203,7 @@ class Failure:
     details: str
     metadata: dict[str, str]
     violations: dict[str, str]
+    # google.rpc.RetryInfo: seconds until the server accepts the request again (a rate limit).
     retry_after: float | None = None
 
     @property
@@ -401,6 +402,14 @@ def _name(enum_value: int, enum_type: Any, prefix: str) -> str:
         return "UNSPECIFIED"
 
 
+def webhooks_line(ctx: Context, data: dict[str, Any]) -> str:
+    """W-API's webhook state and whether deliveries can be confirmed (receipts reach us)."""
+    state = data["webhooks_state"]
+    if data["delivery_confirmable"]:
+        return ctx.t("webhooks_ok", state=state)
+    return ctx.paint(ctx.t("webhooks_unconfirmed", state=state), "orange")
+
+
 def instance_dict(h: Any, lang: str) -> dict[str, Any]:
     from services.api.wapiguard.v1 import common_pb2
 
@@ -421,6 +430,11 @@ def instance_dict(h: Any, lang: str) -> dict[str, Any]:
         "checked_at": iso(_dt(h, "checked_at")),
         "last_event_at": iso(_dt(h, "last_event_at")),
         "state_changed_at": iso(_dt(h, "state_changed_at")),
+        "delivery_confirmable": h.delivery_confirmable,
+        "webhooks_state": h.webhooks_state or "UNCONFIGURED",
+        "webhooks_evidence": h.webhooks_evidence or None,
+        "last_receipt_at": iso(_dt(h, "last_receipt_at")),
+        "next_step": h.next_step,
     }
 
 
@@ -748,7 +762,10 @@ async def cmd_status(ctx: Context) -> int:
         ("f_changed", when("state_changed_at")),
         ("f_checked", when("checked_at")),
         ("f_last_event", when("last_event_at")),
+        ("f_webhooks", webhooks_line(ctx, data)),
     ]
+    if data["next_step"]:
+        fields.append(("f_next", data["next_step"]))
     width = max(len(ctx.t(k)) for k, _ in fields)
     for key, value in fields:
         ctx.print(f"{ctx.t(key).ljust(width)}  {value}")

@@ -19,6 +19,7 @@ from services.cli.operator import (
     UsageError,
     instance_dict,
     message_dict,
+    webhooks_line,
 )
 from services.i18n import RECOVERY_CLI_TEXTS, lang_of
 
@@ -141,7 +142,7 @@ async def cmd_instances_change(ctx: Context) -> int:
             _t(ctx, "added", id=data["instance_id"], label=data["state_label"], state=data["state"]), data["tone"]
         )
     )
-    ctx.print(_t(ctx, "webhooks_state", state=health.webhooks_state or "UNCONFIGURED"))
+    ctx.print(_t(ctx, "webhooks_state", state=webhooks_line(ctx, data)))
     _next(ctx, health.next_step)
     return EXIT_OK
 

@@ -14,6 +14,7 @@ import base64
 import hashlib
 import hmac
 import logging
+import math
 import secrets
 from html import escape
 from typing import TYPE_CHECKING, Any
@@ -27,7 +28,7 @@ from services.app.recovery import NOT_STALLED, Recovery
 from services.config import Settings
 from services.i18n import STATUS_ACTION_TEXTS, lang_of, reason_label, state_view
 from services.rpc.errors import status_for
-from statemachine.errors import GuardError, InvalidRequest
+from statemachine.errors import GuardError, InvalidRequest, RecoveryRefused
 
 if TYPE_CHECKING:
     from services.http.status_page import StatusPage
@@ -133,7 +134,9 @@ class StatusActions:
             return self._page(lang, _a(lang, "failed_title"), f"<p>{_e(_a(lang, 'csrf'))}</p>", status=403)
         return principal, lang, fields
 
-    def _page(self, lang: str, title: str, body: str, *, status: int = 200) -> web.Response:
+    def _page(
+        self, lang: str, title: str, body: str, *, status: int = 200, headers: dict[str, str] | None = None
+    ) -> web.Response:
         html = f"""<!doctype html>
 <html lang="{lang}"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <meta name="referrer" content="no-referrer"><link rel="icon" href="data:,"><title>{_e(title)} — wapi-guard</title>
@@ -141,7 +144,11 @@ class StatusActions:
 <body><main class="action-result"><h1>{_e(title)}</h1>{body}
 <p><a href="/status?lang={lang}" id="back">{_e(_a(lang, "back"))}</a></p></main></body></html>"""
         return web.Response(
-            text=html, status=status, content_type="text/html", charset="utf-8", headers=self.page.headers()
+            text=html,
+            status=status,
+            content_type="text/html",
+            charset="utf-8",
+            headers={**self.page.headers(), **(headers or {})},
         )
 
     def _failure(self, lang: str, error: Exception) -> web.Response:
@@ -156,20 +163,28 @@ class StatusActions:
         body = f'<p class="reason" data-reason="{_e(reason)}">{_e(reason_label(reason, lang))} ({_e(reason)})</p>'
         if detail:
             body += f"<p>{_e(detail)}</p>"
+        extra: dict[str, str] = {}
+        retry_after = getattr(error, "retry_after", None)
+        if isinstance(error, RecoveryRefused) and retry_after is not None:
+            seconds = f"{math.ceil(retry_after):d}"
+            extra["Retry-After"] = seconds
+            body += f'<p id="retry-after" data-seconds="{seconds}">{_e(_a(lang, "retry_after", seconds=seconds))}</p>'
         code = {"INVALID_ARGUMENT": 400, "NOT_FOUND": 404, "PERMISSION_DENIED": 403, "RESOURCE_EXHAUSTED": 429}
         return self._page(
             lang,
             _a(lang, "failed_title"),
             body,
             status=code.get(status.code.name, 409 if status.code.name in ("FAILED_PRECONDITION", "ABORTED") else 502),
+            headers=extra,
         )
 
     def _state(self, record: Any, lang: str, next_step: str) -> str:
-        view = state_view(record.state.value, record.reason, lang)
+        reason = self.recovery.gateway.instances.view(record, lang).reason
+        view = state_view(record.state.value, reason, lang)
         html = (
             f'<p>{_e(_a(lang, "state"))}: <span class="badge tone-{view.tone}" id="state" '
-            f'data-state="{_e(record.state.value)}" data-reason="{_e(record.reason)}">{_e(view.label)}</span> '
-            f"{_e(reason_label(record.reason, lang))}</p>"
+            f'data-state="{_e(record.state.value)}" data-reason="{_e(reason)}">{_e(view.label)}</span> '
+            f"{_e(reason_label(reason, lang))}</p>"
         )
         if next_step:
             html += f'<p id="next-step"><strong>{_e(_a(lang, "next"))}:</strong> {_e(next_step)}</p>'

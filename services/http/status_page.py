@@ -36,6 +36,8 @@ from typing import Any, cast
 from aiohttp import web
 
 from services.app.gateway import Gateway
+from services.app.gateway_config import GatewayConfig
+from services.app.health import HealthView, health_view
 from services.app.principals import ANONYMOUS, Principal, match_token, parse_tokens
 from services.app.recovery import Recovery
 from services.app.subscriptions import display_url, visible
@@ -110,6 +112,10 @@ class Snapshot:
     csrf: str = ""
     # This process's event streams: (open now, closed as too slow since start); None: unknown.
     event_streams: tuple[int, int] | None = None
+    # The verdict on each instance (webhooks included): Instances.view of the gateway that read it.
+    view: Callable[[InstanceRecord, str], HealthView] = field(
+        default=lambda record, lang: health_view(record, lang, GatewayConfig())
+    )
 
 
 async def _webhooks(
@@ -135,25 +141,44 @@ async def build_snapshot(
     messages = await _messages(gateway, ids)
     changes = await _changes(gateway, ids)
     names = {r.instance_id: r.name for r in records}
-    records = attention_first(records)
-    return Snapshot(datetime.now(UTC), records, messages, changes, names, await _webhooks(subscriptions, principal))
+    view = gateway.instances.view
+    records = attention_first(records, view)
+    return Snapshot(
+        datetime.now(UTC),
+        records,
+        messages,
+        changes,
+        names,
+        await _webhooks(subscriptions, principal),
+        view=view,
+    )
 
 
 # Most urgent tone first: stalled, session incomplete, degraded, disconnected, unknown, online.
 _TONE_RANK = {"red": 0, "orange": 1, "yellow": 2, "grey": 3, "slate": 4, "green": 5}
 
 
-def needs_attention(record: InstanceRecord) -> bool:
-    return record.state.value != "CONNECTED" or record.stuck_messages > 0
+def needs_attention(record: InstanceRecord, health: HealthView) -> bool:
+    """Not connected, stuck messages, or deliveries that cannot be confirmed (webhooks)."""
+    return record.state.value != "CONNECTED" or record.stuck_messages > 0 or not health.delivery_confirmable
 
 
-def attention_first(records: Sequence[InstanceRecord]) -> list[InstanceRecord]:
+def attention_first(
+    records: Sequence[InstanceRecord], view: Callable[[InstanceRecord, str], HealthView]
+) -> list[InstanceRecord]:
     """Instances that need someone on top (the most urgent first, then those with stuck messages),
     then the healthy ones; by name within each group, so the order is stable between refreshes."""
 
     def key(r: InstanceRecord) -> tuple[bool, int, int, str, str]:
-        tone = state_view(r.state.value, r.reason).tone
-        return (not needs_attention(r), _TONE_RANK.get(tone, 4), -r.stuck_messages, r.name.casefold(), r.instance_id)
+        health = view(r, "en")
+        tone = state_view(r.state.value, health.reason).tone
+        return (
+            not needs_attention(r, health),
+            _TONE_RANK.get(tone, 4),
+            -r.stuck_messages,
+            r.name.casefold(),
+            r.instance_id,
+        )
 
     return sorted(records, key=key)
 
@@ -195,7 +220,8 @@ def snapshot_json(snap: Snapshot, lang: str) -> dict[str, Any]:
     now = snap.generated_at
     instances = []
     for r in snap.instances:
-        view = state_view(r.state.value, r.reason, lang)
+        health = snap.view(r, lang)
+        view = state_view(r.state.value, health.reason, lang)
         instances.append(
             {
                 "instance_id": r.instance_id,
@@ -203,11 +229,14 @@ def snapshot_json(snap: Snapshot, lang: str) -> dict[str, Any]:
                 "phone_number": r.phone_number or None,
                 "plan": r.plan.value,
                 "state": r.state.value,
-                "reason": r.reason,
+                "reason": health.reason,
                 "label": view.label,
                 "tone": view.tone,
-                "reason_text": reason_label(r.reason, lang),
-                "can_send": r.state.value == "CONNECTED",
+                "reason_text": reason_label(health.reason, lang),
+                "can_send": health.can_send,
+                "delivery_confirmable": health.delivery_confirmable,
+                "webhooks": health.webhooks,
+                "next_step": health.next_step,
                 "state_changed_at": iso(r.state_changed_at),
                 "checked_at": iso(r.checked_at),
                 "last_event_at": iso(r.last_event_at),
@@ -327,7 +356,8 @@ def render_webhooks(snap: Snapshot, lang: str) -> str:
 
 
 def _summary(snap: Snapshot) -> dict[str, int]:
-    online = sum(1 for r in snap.instances if r.state.value == "CONNECTED")
+    # Online: sending with confirmable deliveries; anything else needs attention.
+    online = sum(1 for r in snap.instances if snap.view(r, "en").reason == "PHONE_CONFIRMED")
     return {
         "instances": len(snap.instances),
         "online": online,
@@ -382,15 +412,24 @@ def render_instances(snap: Snapshot, lang: str) -> str:
     now = snap.generated_at
     cards = []
     for r in snap.instances:
-        view = state_view(r.state.value, r.reason, lang)
-        can_send = r.state.value == "CONNECTED"
-        sends = _t(lang, "sends_ok" if can_send else "sends_blocked")
+        health = snap.view(r, lang)
+        view = state_view(r.state.value, health.reason, lang)
+        sends = _t(lang, "sends_ok" if health.can_send else "sends_blocked")
+        if health.can_send and not health.delivery_confirmable:
+            sends = _t(lang, "sends_unconfirmed")
         stuck_cls = ' class="alert"' if r.stuck_messages else ""
+        step = ""
+        if health.reason == "WEBHOOKS_UNCONFIGURED":
+            step = (
+                f'<p class="next-step" data-role="next-step"><strong>{_e(_t(lang, "next_step"))}:</strong> '
+                f"{_e(health.next_step)}</p>"
+            )
         cards.append(
             f'<article class="card tone-{view.tone}" data-instance-id="{_e(r.instance_id)}" '
-            f'data-state="{_e(r.state.value)}" data-reason="{_e(r.reason)}" data-label-key="{view.key}">'
+            f'data-state="{_e(r.state.value)}" data-reason="{_e(health.reason)}" data-label-key="{view.key}" '
+            f'data-webhooks="{_e(health.webhooks)}">'
             f'<header><h3 class="name">{_e(r.name)}</h3>{_badge(view.label, view.tone)}</header>'
-            f'<p class="reason" data-role="reason">{_e(reason_label(r.reason, lang))}</p>'
+            f'<p class="reason" data-role="reason">{_e(reason_label(health.reason, lang))}</p>{step}'
             "<dl>"
             f'<dt>{_e(_t(lang, "id"))}</dt><dd class="mono">{_e(r.instance_id)}</dd>'
             f'<dt>{_e(_t(lang, "phone"))}</dt><dd class="mono" data-role="phone">{_e(r.phone_number or "—")}</dd>'

@@ -153,7 +153,7 @@ def status_for(error: BaseException, locale: str = "pt-BR") -> grpc.Status | Non
     """The status to answer for an exception, or None when it is a bug (re-raised as INTERNAL)."""
     if isinstance(error, GuardError):
         violations = [(v.field, v.description) for v in error.violations] if isinstance(error, InvalidRequest) else None
-        retry_after = error.retry_after if isinstance(error, SendInProgress) else None
+        retry_after = error.retry_after if isinstance(error, (SendInProgress, RecoveryRefused)) else None
         return build_status(
             _code_for(error), str(error), error.reason.value, error.metadata, locale, violations, retry_after
         )

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.api.wapiguard.v1 import common_pb2, send_pb2, webhook_pb2
-from services.i18n import next_step, reason_text
+from services.app.health import HealthView
+from services.i18n import reason_text
 from statemachine.domain import (
     Contact,
     Content,
@@ -105,24 +106,28 @@ def message_pb(msg: MessageRecord) -> common_pb2.Message:
     )
 
 
-def instance_pb(record: InstanceRecord, locale: str = "pt-BR") -> common_pb2.InstanceHealth:
+def instance_pb(record: InstanceRecord, locale: str, view: HealthView) -> common_pb2.InstanceHealth:
+    """`view`: the verdict on the record (`Instances.view`): reason, can_send and next step as shown."""
     return common_pb2.InstanceHealth(
         instance_id=record.instance_id,
         name=record.name,
         state=INSTANCE_STATE_TO_PB[record.state],
-        reason=record.reason,
+        reason=view.reason,
         phone_number=record.phone_number or "",
         checked_at=ts(record.checked_at),
         last_event_at=ts(record.last_event_at),
         stuck_messages=record.stuck_messages,
         plan=PLAN_TO_PB[record.plan],
         state_changed_at=ts(record.state_changed_at),
-        can_send=record.state is InstanceState.CONNECTED,
-        reason_message=reason_text(record.reason, locale),
+        can_send=view.can_send,
+        reason_message=reason_text(view.reason, locale),
         webhooks_configured=record.webhooks_state == "CONFIGURED",
         webhooks_state=record.webhooks_state,
         webhooks_detail=record.webhooks_detail,
-        next_step=next_step(record.state, record.reason, locale),
+        next_step=view.next_step,
+        delivery_confirmable=view.delivery_confirmable,
+        webhooks_evidence=view.webhooks,
+        last_receipt_at=ts(record.last_receipt_at),
     )
 
 
@@ -137,10 +142,17 @@ class InstanceHealthMemo:
     def __init__(self) -> None:
         self._entries: dict[str, tuple[tuple[Any, ...], common_pb2.InstanceHealth]] = {}
 
-    def many(self, records: Iterable[InstanceRecord], locale: str) -> list[common_pb2.InstanceHealth]:
+    def many(
+        self,
+        records: Iterable[InstanceRecord],
+        locale: str,
+        view: Callable[[InstanceRecord, str, datetime], HealthView],
+    ) -> list[common_pb2.InstanceHealth]:
         out: list[common_pb2.InstanceHealth] = []
         entries = self._entries
+        now = datetime.now(UTC)  # one clock read for the whole list
         for r in records:
+            seen = view(r, locale, now)  # time-dependent (the receipt evidence ages): part of what is shown
             shown = (
                 r.version,
                 r.state,
@@ -154,11 +166,13 @@ class InstanceHealthMemo:
                 r.state_changed_at,
                 r.webhooks_state,
                 r.webhooks_detail,
+                r.last_receipt_at,
+                seen,
                 locale,
             )
             entry = entries.get(r.instance_id)
             if entry is None or entry[0] != shown:
-                entry = (shown, instance_pb(r, locale))
+                entry = (shown, instance_pb(r, locale, seen))
                 entries[r.instance_id] = entry
             out.append(entry[1])
         if len(entries) > 2 * max(1, len(out)):

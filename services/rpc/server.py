@@ -53,6 +53,7 @@ from services.rpc.exposure import check_exposure
 from services.rpc.servicers import InstanceHealthServicer, SendServicer, WebhookServicer
 from services.rpc.startup import step
 from statemachine.ports import InstanceOperations, Provider, RetentionPolicy
+from statemachine.preflight import WebhookPolicy
 
 log = logging.getLogger("wapi_guard.server")
 # Allocations between two young-generation collections (CPython's default is 700).
@@ -108,6 +109,9 @@ def gateway_config(settings: Settings) -> GatewayConfig:
             batch=settings.retention_batch,
         ),
         phone_region=settings.default_phone_region,
+        webhooks=WebhookPolicy(require=settings.require_webhooks, evidence_window=settings.webhook_evidence_window),
+        public_url=settings.public_url,
+        webhook_secret_set=settings.webhook_secret is not None,
     )
 
 
@@ -118,6 +122,9 @@ def recovery_config(settings: Settings) -> RecoveryConfig:
         action_timeout=settings.probe_timeout,
         limit=settings.recovery_limit,
         window=settings.recovery_window,
+        follow_interval=settings.recovery_probe_interval,
+        follow_for=settings.recovery_probe_for,
+        webhook_check_interval=settings.webhook_check_interval,
         reconcile_interval=settings.reconcile_interval,
         stuck_after=settings.stuck_after,
         phone_region=settings.default_phone_region,

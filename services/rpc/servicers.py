@@ -21,7 +21,7 @@ from services.app.principals import PermissionDenied, allowed, authorize, curren
 from services.app.recovery import NOT_STALLED, ActionResult, Recovery, WebhooksResult
 from services.rpc import mapping
 from services.rpc.errors import abort, grpc_errors, locale_of, status_for
-from statemachine.domain import MessageRecord, Plan
+from statemachine.domain import InstanceRecord, MessageRecord, Plan
 from statemachine.errors import InvalidPayload, InvalidRequest, MessageNotFound
 from statemachine.validation import Violation
 
@@ -127,6 +127,9 @@ class InstanceHealthServicer(instance_health_pb2_grpc.InstanceHealthServiceServi
         self.recovery = recovery or Recovery(gateway, None)
         self._listed = mapping.InstanceHealthMemo()
 
+    def _health_pb(self, record: InstanceRecord, locale: str) -> common_pb2.InstanceHealth:
+        return mapping.instance_pb(record, locale, self.gateway.instances.view(record, locale))
+
     # --- operator recovery -------------------------------------------------------------------
 
     @grpc_errors
@@ -145,7 +148,7 @@ class InstanceHealthServicer(instance_health_pb2_grpc.InstanceHealthServiceServi
         instance_id, locale = _authorized_instance(request, context)
         result = await self.recovery.qr_code(instance_id, locale)
         return instance_health_pb2.QrCodeResponse(
-            health=mapping.instance_pb(result.health, locale),
+            health=self._health_pb(result.health, locale),
             png=result.outcome.png,
             base64=result.outcome.qr_text,
             already_connected=result.outcome.connected,
@@ -159,7 +162,7 @@ class InstanceHealthServicer(instance_health_pb2_grpc.InstanceHealthServiceServi
         instance_id, locale = _authorized_instance(request, context)
         result = await self.recovery.pairing_code(instance_id, request.phone_number, locale)
         return instance_health_pb2.PairingCodeResponse(
-            health=mapping.instance_pb(result.health, locale),
+            health=self._health_pb(result.health, locale),
             pairing_code=result.outcome.pairing_code,
             already_connected=result.outcome.connected,
             next_step=result.next_step,
@@ -186,15 +189,14 @@ class InstanceHealthServicer(instance_health_pb2_grpc.InstanceHealthServiceServi
         instance_id, locale = _authorized_instance(request, context)
         result = await self.recovery.clear_stall(instance_id, locale)
         return instance_health_pb2.ClearStallResponse(
-            health=mapping.instance_pb(result.health, locale),
+            health=self._health_pb(result.health, locale),
             cleared=result.outcome.detail != NOT_STALLED,
             next_step=result.next_step,
         )
 
-    @staticmethod
-    def _recovery_pb(result: ActionResult, locale: str) -> instance_health_pb2.RecoveryResponse:
+    def _recovery_pb(self, result: ActionResult, locale: str) -> instance_health_pb2.RecoveryResponse:
         return instance_health_pb2.RecoveryResponse(
-            health=mapping.instance_pb(result.health, locale),
+            health=self._health_pb(result.health, locale),
             provider_message=result.outcome.message,
             next_step=result.next_step,
         )
@@ -213,10 +215,9 @@ class InstanceHealthServicer(instance_health_pb2_grpc.InstanceHealthServiceServi
         instance_id, locale = _authorized_instance(request, context)
         return self._webhooks_pb(await self.recovery.check_webhooks(instance_id, locale), locale)
 
-    @staticmethod
-    def _webhooks_pb(result: WebhooksResult, locale: str) -> instance_health_pb2.WebhooksResponse:
+    def _webhooks_pb(self, result: WebhooksResult, locale: str) -> instance_health_pb2.WebhooksResponse:
         return instance_health_pb2.WebhooksResponse(
-            health=mapping.instance_pb(result.health, locale),
+            health=self._health_pb(result.health, locale),
             kinds=[instance_health_pb2.WebhookKindResult(kind=k.kind, ok=k.ok, detail=k.detail) for k in result.kinds],
             configured=result.configured,
             url=result.url,
@@ -290,7 +291,7 @@ class InstanceHealthServicer(instance_health_pb2_grpc.InstanceHealthServiceServi
         if self.recovery.bridge_url() is not None:
             await self.recovery.after_registration(instance_id)
             record = await self.gateway.health(instance_id)
-        return mapping.instance_pb(record, locale_of(context))
+        return self._health_pb(record, locale_of(context))
 
     @grpc_errors
     async def GetInstanceHealth(
@@ -298,7 +299,7 @@ class InstanceHealthServicer(instance_health_pb2_grpc.InstanceHealthServiceServi
     ) -> common_pb2.InstanceHealth:
         authorize(request.instance_id.strip())
         record = await self.gateway.health(request.instance_id.strip(), refresh=request.refresh)
-        return mapping.instance_pb(record, locale_of(context))
+        return self._health_pb(record, locale_of(context))
 
     @grpc_errors
     async def ListInstances(
@@ -310,7 +311,9 @@ class InstanceHealthServicer(instance_health_pb2_grpc.InstanceHealthServiceServi
         visible = set(allowed(r.instance_id for r in records))  # once: per record it was O(n²)
         records = [r for r in records if r.instance_id in visible]
         response = instance_health_pb2.ListInstancesResponse()
-        response.instances.extend(self._listed.many(records, locale_of(context)))  # copies: the memo stays intact
+        response.instances.extend(
+            self._listed.many(records, locale_of(context), self.gateway.instances.view)
+        )  # copies: the memo stays intact
         return response
 
     async def WatchInstances(
@@ -325,7 +328,7 @@ class InstanceHealthServicer(instance_health_pb2_grpc.InstanceHealthServiceServi
                 if not wanted:
                     raise PermissionDenied("*")
             async for item in self.gateway.subscribe(wanted, include_current=request.include_current):
-                event = instance_health_pb2.InstanceHealthEvent(health=mapping.instance_pb(item.instance, locale))
+                event = instance_health_pb2.InstanceHealthEvent(health=self._health_pb(item.instance, locale))
                 if item.change is not None:
                     event.change.CopyFrom(mapping.instance_change_pb(item.instance.instance_id, item.change))
                 yield event

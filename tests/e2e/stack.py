@@ -35,7 +35,7 @@ from services.api.wapiguard.v1 import (
 )
 from services.rpc.server import App
 from tests import polling
-from tests.integration.harness import RichError, rich_error
+from tests.integration.harness import RichError, rich_error, wire_webhooks
 
 T = TypeVar("T")
 
@@ -152,12 +152,18 @@ class Stack:
         plan: str = "PRO",
         registered_token: str | None = None,
         probe: bool = True,
+        wired: bool = True,
     ) -> common_pb2.InstanceHealth:
-        """Creates the instance at the simulator and registers it through RegisterInstance."""
+        """Creates the instance at the simulator and registers it through RegisterInstance.
+
+        `wired`: the simulator posts this instance's webhooks to the bridge (`set_webhook_url`), so
+        the instance is recorded as `webhooks configure` leaves it (CONFIGURED) and the answer is its
+        health after that: a healthy instance is plainly healthy. False: as registered, webhooks
+        UNCONFIGURED (no --public-url)."""
         token = f"tok-{secrets.token_hex(16)}"
         self.tokens[instance_id] = token
         self.sim.add_instance(instance_id, token, behaviour=behaviour, phone=phone, plan=plan)
-        return await self.health.RegisterInstance(
+        answer = await self.health.RegisterInstance(
             instance_health_pb2.RegisterInstanceRequest(
                 instance_id=instance_id,
                 name=f"Loja {instance_id}",
@@ -166,6 +172,10 @@ class Stack:
                 skip_probe=not probe,
             )
         )
+        if not wired or answer.webhooks_state == "CONFIGURED":
+            return answer
+        await wire_webhooks(self.app, instance_id)
+        return await self.get_health(instance_id)
 
     async def get_health(self, instance_id: str, *, refresh: bool = False) -> common_pb2.InstanceHealth:
         return await self.health.GetInstanceHealth(

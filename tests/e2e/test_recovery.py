@@ -51,6 +51,8 @@ async def with_public_url(make_stack: StackFactory, **overrides: object) -> Stac
     recovery = stack.app.recovery
     assert recovery is not None
     recovery.config = dataclasses.replace(recovery.config, public_url=stack.bridge_url)
+    instances = stack.app.gateway.instances  # the next steps name that URL too
+    instances.config = dataclasses.replace(instances.config, public_url=stack.bridge_url)
     return stack
 
 
@@ -219,11 +221,13 @@ async def test_webhooks_set_on_registration_and_set_again_after_a_reconnection(m
         return urls if len(urls) == len(WEBHOOK_KINDS) else None
 
     assert await eventually(re_set, "webhooks re-applied") == dict.fromkeys(WEBHOOK_KINDS, stack.webhook_url)
-    actions = await stack.health.ListRecoveryActions(req(instance))
-    assert [a.requested_by for a in actions.actions if a.action == "configure_webhooks"] == [
-        "reconnection",
-        "registration",
-    ]
+
+    async def audited() -> list[str] | None:  # the audit row follows W-API's read-back
+        actions = await stack.health.ListRecoveryActions(req(instance))
+        who = [a.requested_by for a in actions.actions if a.action == "configure_webhooks"]
+        return who if len(who) == 2 else None
+
+    assert await eventually(audited, "re-apply audited") == ["reconnection", "registration"]
 
 
 async def test_configure_webhooks_without_public_url_is_refused(stack: Stack) -> None:
@@ -301,3 +305,111 @@ async def test_a_queued_answer_is_never_sent_and_gets_stuck(make_stack: StackFac
     assert [(m.id, m.state, m.stuck) for m in listed.messages] == [(msg.id, QUEUED, True)]
     stored = await stack.message(msg.id)
     assert stored.state not in (SENT, DELIVERED, READ, FAILED)
+
+
+def retry_delay(error: grpc.aio.AioRpcError) -> float | None:
+    """The google.rpc.RetryInfo wait of a refusal, as a client reads it."""
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    status = rpc_status.from_call(error)
+    assert status is not None
+    info = error_details_pb2.RetryInfo()
+    for detail in status.details:
+        if detail.Is(info.DESCRIPTOR):
+            detail.Unpack(info)
+            return info.retry_delay.ToNanoseconds() / 1e9
+    return None
+
+
+async def test_automatic_webhook_set_ups_do_not_use_up_the_operator_s_recovery_budget(
+    make_stack: StackFactory,
+) -> None:
+    stack = await with_public_url(make_stack, recovery_limit=1, recovery_window=600)
+    instance = "BUDGET-ZTS923-GEAY6V"
+    await stack.add_instance(instance, "disconnected")  # registration configures the webhooks
+    recovery = stack.app.recovery
+    assert recovery is not None
+    await recovery.configure_webhooks(instance, who="reconnection")  # what a reconnection does
+    actions = await stack.health.ListRecoveryActions(req(instance))
+    assert [a.requested_by for a in actions.actions] == ["reconnection", "registration"]
+
+    answer = await stack.health.GetQrCode(req(instance))  # the operator's one action of the window
+    assert answer.health.reason == "PAIRING_IN_PROGRESS"
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stack.health.GetQrCode(req(instance))
+    rich = rich_error(caught.value)
+    assert (rich.code, rich.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "RECOVERY_RATE_LIMITED")
+    wait = retry_delay(caught.value)
+    assert wait is not None
+    assert 590 < wait <= 600
+
+
+async def test_two_replicas_asked_at_once_never_pass_the_recovery_limit(make_stack: StackFactory) -> None:
+    first = await make_stack(recovery_limit=5)
+    # Another replica: the same database and the same W-API.
+    second = await make_stack(recovery_limit=5, wapi_base_url=first.sim.base_url)
+    instance = "RACE-ZTS923-GEAY6V"
+    await first.add_instance(instance, "healthy")
+    for _ in range(4):
+        await first.health.RestartInstance(req(instance))
+
+    async def restart(stack: Stack) -> str:
+        try:
+            await stack.health.RestartInstance(req(instance))
+        except grpc.aio.AioRpcError as error:
+            return rich_error(error).reason
+        return "OK"
+
+    for _trial in range(2):
+        outcomes = await asyncio.gather(restart(first), restart(second))
+        assert sorted(outcomes) in (["OK", "RECOVERY_RATE_LIMITED"], ["RECOVERY_RATE_LIMITED"] * 2)
+    restarts = [r for r in first.sim.requests if r.path == "/instance/restart"]
+    assert len(restarts) == 5
+    actions = await first.health.ListRecoveryActions(req(instance))
+    assert len([a for a in actions.actions if a.action == "restart"]) == 5
+
+
+def status_probes(stack: Stack) -> int:
+    return len([r for r in stack.sim.requests if r.path == "/instance/status-instance"])
+
+
+async def test_after_a_pairing_the_instance_is_connected_without_waiting_for_the_periodic_probe(
+    stack: Stack,
+) -> None:
+    """No connection webhook reaches the bridge and the periodic probe is off: only the short
+    probes right after the recovery action can see the new session (default interval)."""
+    stack.sim.set_webhook_url(None)
+    instance = "FOLLOW-ZTS923-GEAY6V"
+    await stack.add_instance(instance, "session_incomplete")
+    answer = await stack.health.RequestPairingCode(
+        instance_health_pb2.RequestPairingCodeRequest(instance_id=instance, phone_number=PAIR_PHONE)
+    )
+    assert answer.health.reason == "PAIRING_IN_PROGRESS"
+    await stack.sim.type_pairing_code(instance, answer.pairing_code)
+
+    async def connected() -> common_pb2.InstanceHealth | None:
+        h = await stack.get_health(instance)  # stored health, no refresh
+        return h if h.state == CONNECTED else None
+
+    h = await eventually(connected, "connected by the follow-up probes", timeout=8)
+    assert (h.phone_number, h.can_send) == (PAIR_PHONE, True)
+    sources = await stack.rows(instance_transitions, instance_transitions.c.instance_id == instance)
+    assert sources[-1]["source"] == "recovery_probe"
+    probes = status_probes(stack)
+    await asyncio.sleep(0.5)
+    assert status_probes(stack) == probes  # connected: the follow-up stops
+
+
+async def test_follow_up_probes_are_bounded_when_the_phone_never_pairs(make_stack: StackFactory) -> None:
+    stack = await make_stack(recovery_probe_interval=0.1, recovery_probe_for=0.6)
+    instance = "FOLLOW-4IW93E-MGVYDW"
+    await stack.add_instance(instance, "disconnected")
+    before = status_probes(stack)
+    await stack.health.GetQrCode(req(instance))
+    await asyncio.sleep(1.2)
+    made = status_probes(stack) - before
+    assert 2 <= made <= 7
+    await asyncio.sleep(0.5)
+    assert status_probes(stack) - before == made  # the window ended: no more probes
+    assert (await stack.get_health(instance)).reason == "PAIRING_IN_PROGRESS"

@@ -57,6 +57,14 @@ class ScriptedProvider:
         return None
 
 
+async def wire_webhooks(app: Any, instance_id: str) -> None:
+    """Records the instance's W-API webhooks as pointing at the bridge (what `webhooks configure`
+    stores once W-API's read-back matches) and drops the preflight's cached copy."""
+    repo = app.gateway.repo
+    await getattr(repo, "inner", repo).set_webhooks_state(instance_id, "CONFIGURED", "")
+    app.gateway.instances.forget(instance_id)
+
+
 @dataclass
 class Harness:
     app: App
@@ -76,9 +84,17 @@ class Harness:
         return self.app.gateway.repo
 
     async def register(
-        self, instance_id: str, *, token: str = "tok-secret-123456", plan: Any = 1, probe: bool = False
+        self,
+        instance_id: str,
+        *,
+        token: str = "tok-secret-123456",
+        plan: Any = 1,
+        probe: bool = False,
+        wired: bool = True,
     ) -> Any:
-        return await self.health.RegisterInstance(
+        """`wired`: this harness feeds the provider's webhooks straight in (IngestEvent), so the
+        instance is recorded as `webhooks configure` leaves it (CONFIGURED); False: UNCONFIGURED."""
+        answer = await self.health.RegisterInstance(
             instance_health_pb2.RegisterInstanceRequest(
                 instance_id=instance_id,
                 name=instance_id.title(),
@@ -86,6 +102,12 @@ class Harness:
                 plan=plan,
                 skip_probe=not probe,
             )
+        )
+        if not wired:
+            return answer
+        await wire_webhooks(self.app, instance_id)
+        return await self.health.GetInstanceHealth(
+            instance_health_pb2.GetInstanceHealthRequest(instance_id=instance_id)
         )
 
     async def webhook(self, body: dict[str, Any] | bytes) -> webhook_pb2.IngestEventResponse:

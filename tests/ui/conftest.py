@@ -22,6 +22,7 @@ from services.api.wapiguard.v1 import instance_health_pb2_grpc, send_pb2, send_p
 from services.config import Settings
 from services.rpc.server import App
 from statemachine.domain import InstanceRecord, Plan
+from tests.integration.harness import wire_webhooks
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
@@ -73,10 +74,16 @@ class UiStack:
         return [*WAPI_TOKENS.values(), ADMIN, SCOPED, self.secret]
 
     async def add(
-        self, instance_id: str, name: str, *, behaviour: str = "healthy", plan: Plan = Plan.PRO
+        self, instance_id: str, name: str, *, behaviour: str = "healthy", plan: Plan = Plan.PRO, wired: bool = True
     ) -> InstanceRecord:
+        """`wired`: the simulator posts to this bridge, recorded as `webhooks configure` leaves it
+        (see tests.e2e.stack.wire_webhooks); False: webhooks UNCONFIGURED, as with no --public-url."""
         self.sim.add_instance(instance_id, WAPI_TOKENS[instance_id], behaviour=behaviour, plan=plan.value)
-        return await self.app.gateway.register(instance_id, name, WAPI_TOKENS[instance_id], plan)
+        record = await self.app.gateway.register(instance_id, name, WAPI_TOKENS[instance_id], plan)
+        if not wired:
+            return record
+        await wire_webhooks(self.app, instance_id)
+        return await self.app.gateway.health(instance_id)
 
     async def add_both(self) -> None:
         await self.add(AVENTURA, "Aventura")

@@ -48,7 +48,7 @@ async def test_cli_drives_session_incomplete_to_sending_again(stack: UiStack) ->
 
     async def online() -> str | None:
         status = await cli("status", INCOMPLETE, *server)
-        return status.stdout if "Online (CONNECTED)" in status.stdout else None
+        return status.stdout if "(CONNECTED)" in status.stdout else None
 
     status = await polling.eventually(online, "instance Online after pairing", 10)
     assert "5515981121710" in status
@@ -117,3 +117,81 @@ async def test_webhooks_and_reconcile_commands(make_stack: StackFactory) -> None
 
 def stack_plan() -> Plan:
     return Plan.PRO
+
+
+async def test_a_rate_limited_recovery_says_how_long_to_wait_in_the_cli_and_on_the_page(
+    make_stack: StackFactory,
+) -> None:
+    import aiohttp
+
+    from tests.ui.conftest import AVENTURA
+
+    stack = await make_stack(recovery_limit=1, recovery_window=300)
+    await stack.add(AVENTURA, "Aventura", behaviour="disconnected")
+    server = ("--server", stack.grpc_address)
+    first = await cli("restart", AVENTURA, *server)
+    assert first.returncode == 0, first.stderr
+    refused = await cli("restart", AVENTURA, *server)
+    assert refused.returncode != 0
+    wait = re.search(r"tente de novo em (\d+) s", refused.stderr)
+    assert wait, refused.stderr
+    assert 290 <= int(wait.group(1)) <= 300
+    as_json = await cli("restart", AVENTURA, *server, "--json")
+    error = json.loads(as_json.stdout)["error"]
+    assert error["reason"] == "RECOVERY_RATE_LIMITED"
+    assert 290 <= error["retry_after_seconds"] <= 300
+
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{stack.http_url}/status") as response:
+            token = re.search(r'name="csrf" value="([0-9a-f]{64})"', await response.text())
+        assert token
+        url = f"{stack.http_url}/status/instances/{AVENTURA}/restart"
+        async with session.post(url, data={"csrf": token.group(1)}, headers={"Origin": stack.http_url}) as response:
+            page = await response.text()
+            assert response.status == 429
+            assert 290 <= int(response.headers["Retry-After"]) <= 300
+    assert re.search(r'id="retry-after"[^>]*>[^<]*Tente de novo em \d+ s', page), page
+
+
+async def test_an_instance_without_confirmed_webhooks_is_not_shown_plainly_healthy_in_the_cli(
+    stack: UiStack,
+) -> None:
+    """The new user's path (no --public-url): connected, sends pass, but the CLI says delivery cannot
+    be confirmed and what to do; the first receipts prove the webhooks wired (evidence wins)."""
+    from tests.ui.conftest import AVENTURA
+
+    server = ("--server", stack.grpc_address)
+    stack.sim.add_instance(AVENTURA, WAPI_TOKENS[AVENTURA], behaviour="healthy")
+    added = await cli(
+        "instances", "add", AVENTURA, "--name", "Aventura", *server,
+        env={"WAPIGUARD_WAPI_TOKEN": WAPI_TOKENS[AVENTURA]},
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    assert "Online, entrega sem confirmação (CONNECTED)" in added.stdout
+    assert "Webhooks na W-API: UNCONFIGURED: a entrega NÃO pode ser confirmada" in added.stdout
+    assert f"wapi-guard webhooks configure {AVENTURA}" in added.stdout.split("Próximo passo:")[1]
+    assert "/webhooks/wapi/<WAPIGUARD_WEBHOOK_SECRET>" in added.stdout
+
+    status = await cli("status", AVENTURA, *server)
+    assert "Online, entrega sem confirmação (CONNECTED)" in status.stdout
+    assert "WEBHOOKS_UNCONFIGURED" in status.stdout
+    assert re.search(r"Pode enviar\s+sim", status.stdout), status.stdout
+    as_json = json.loads((await cli("status", AVENTURA, *server, "--json")).stdout)["instance"]
+    assert (as_json["reason"], as_json["can_send"], as_json["delivery_confirmable"]) == (
+        "WEBHOOKS_UNCONFIGURED",
+        True,
+        False,
+    )
+    assert "webhooks configure" in as_json["next_step"]
+
+    sent = await cli("send", "--instance", AVENTURA, "--to", RECIPIENT, "--text", "Olá!", *server)
+    assert sent.returncode == 0, sent.stdout + sent.stderr  # by default sends still pass
+
+    async def plainly_online() -> str | None:  # the simulator's receipts reach the bridge
+        run = await cli("status", AVENTURA, *server)
+        return run.stdout if "Online (CONNECTED)" in run.stdout else None
+
+    wired = await polling.eventually(plainly_online, "receipts prove the webhooks wired", 10)
+    assert "PHONE_CONFIRMED" in wired
+    assert "entregas confirmáveis" in wired
+    no_secret(stack, added.stdout, added.stderr, status.stdout, wired)

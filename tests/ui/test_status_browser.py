@@ -143,3 +143,59 @@ async def test_status_page_follows_an_instance_live(make_stack: StackFactory, tm
         assert shot.stat().st_size > 10_000
     finally:
         await browser.close()
+
+
+async def test_an_instance_without_confirmed_webhooks_is_not_online_on_the_page(
+    make_stack: StackFactory, tmp_path: Path
+) -> None:
+    """Connected, but W-API's webhooks were never configured (no --public-url) and no receipt came:
+    not 'Online' but a badge saying delivery cannot be confirmed, with the next step; the first
+    receipts prove the webhooks wired and the card reads 'Online'."""
+    stack = await make_stack(api_tokens=API_TOKENS)
+    await stack.add(AVENTURA, "Aventura", wired=False)
+    browser = await Chromium.launch(CHROMIUM, tmp_path / "profile")
+    try:
+        page, _challenges, problems = await open_status_page(browser, f"{stack.http_url}/status", ADMIN)
+        await page.wait_for("document.getElementById('live')?.dataset.live === 'live'", 15, "the live event stream")
+        assert await page.evaluate(LABEL) == "Online, entrega sem confirmação"
+        assert await page.evaluate(STATE) == "CONNECTED"
+        assert await page.evaluate(f"{CARD}.dataset.reason") == "WEBHOOKS_UNCONFIGURED"
+        assert await page.evaluate(f"{CARD}.classList.contains('tone-orange')")
+        step = await page.evaluate(f"{CARD}.querySelector('[data-role=\"next-step\"]')?.textContent")
+        assert step is not None
+        assert f"wapi-guard webhooks configure {AVENTURA}" in step
+        assert "/webhooks/wapi/<WAPIGUARD_WEBHOOK_SECRET>" in step
+        sends = await page.evaluate(f"{CARD}.querySelector('[data-role=sends]').textContent")
+        assert sends == "liberados, sem confirmação de entrega"
+        count = "document.querySelector('[data-count=\"{}\"] strong').textContent"
+        assert (await page.evaluate(count.format("online")), await page.evaluate(count.format("attention"))) == (
+            "0",
+            "1",
+        )
+        assert stack.secret not in await page.evaluate("document.documentElement.outerHTML")
+        await page.screenshot(ARTIFACTS / "status-page-webhooks-unconfigured.png")
+
+        sent = await stack.send_text(AVENTURA, "first", ADMIN)  # sends pass by default
+        assert sent.provider_message_id
+        await stack.app.gateway.instances.flush_touches_once()
+
+        async def reloaded_label() -> str:
+            await page.send("Page.reload")
+            await page.wait_for(f"{CARD} !== null", 15, "the instance card after reload")
+            return str(await page.evaluate(LABEL))
+
+        for _ in range(20):  # the simulator's delivery receipt arrives within ~0.1 s
+            if await reloaded_label() == "Online":
+                break
+            await asyncio.sleep(0.25)
+            await stack.app.gateway.instances.flush_touches_once()
+        assert await page.evaluate(LABEL) == "Online"
+        assert await page.evaluate(f"{CARD}.dataset.webhooks") == "RECEIPTS"
+        assert await page.evaluate(f"{CARD}.querySelector('[data-role=\"next-step\"]')") is None
+        assert (await page.evaluate(count.format("online")), await page.evaluate(count.format("attention"))) == (
+            "1",
+            "0",
+        )
+        assert problems == []
+    finally:
+        await browser.close()

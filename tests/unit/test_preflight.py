@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
 
 from statemachine.domain import InstanceState, MessageKind, Plan, Reason
-from statemachine.preflight import block_reason, plan_allows
+from statemachine.preflight import (
+    WebhookEvidence,
+    WebhookPolicy,
+    block_reason,
+    health_verdict,
+    plan_allows,
+    webhooks_block_sends,
+)
 
 IS = InstanceState
 K = MessageKind
@@ -112,3 +121,42 @@ def test_lite_kinds_still_get_the_health_reason(
     state: InstanceState, stored: str, expected: Reason, kind: MessageKind
 ) -> None:
     assert block_reason(state, stored, Plan.LITE, kind) == expected
+
+
+# --- webhooks in the verdict ------------------------------------------------------------------
+
+NOW = datetime(2026, 12, 6, 21, 0, tzinfo=UTC)
+DEFAULT = WebhookPolicy()
+REQUIRED = WebhookPolicy(require=True, evidence_window=3600)
+
+
+@pytest.mark.parametrize("webhooks", ["UNCONFIGURED", "FAILED"])
+def test_a_connected_instance_without_confirmed_webhooks_is_not_plainly_healthy(webhooks: str) -> None:
+    verdict = health_verdict(IS.CONNECTED, Reason.PHONE_CONFIRMED, webhooks, None, NOW, DEFAULT)
+    assert (verdict.reason, verdict.can_send, verdict.delivery_confirmable) == ("WEBHOOKS_UNCONFIGURED", True, False)
+    assert verdict.evidence == WebhookEvidence(webhooks)
+    required = health_verdict(IS.CONNECTED, Reason.PHONE_CONFIRMED, webhooks, None, NOW, REQUIRED)
+    assert (required.reason, required.can_send) == ("WEBHOOKS_UNCONFIGURED", False)
+    assert webhooks_block_sends(webhooks, None, NOW, REQUIRED)
+    assert not webhooks_block_sends(webhooks, None, NOW, DEFAULT)
+    blocked = block_reason(IS.CONNECTED, Reason.PHONE_CONFIRMED, Plan.PRO, MessageKind.TEXT, webhooks_blocked=True)
+    assert blocked is Reason.WEBHOOKS_UNCONFIGURED
+
+
+def test_configured_webhooks_or_recent_receipts_make_it_plainly_healthy() -> None:
+    configured = health_verdict(IS.CONNECTED, Reason.PHONE_CONFIRMED, "CONFIGURED", None, NOW, REQUIRED)
+    assert (configured.reason, configured.can_send, configured.evidence) == ("PHONE_CONFIRMED", True, "CONFIGURED")
+    # Wired by hand (or pointing elsewhere by the last check), but receipts arrive: evidence wins.
+    recent = NOW - timedelta(minutes=59)
+    for stored in ("UNCONFIGURED", "FAILED"):
+        wired = health_verdict(IS.CONNECTED, Reason.PHONE_CONFIRMED, stored, recent, NOW, REQUIRED)
+        assert (wired.reason, wired.can_send, wired.evidence) == ("PHONE_CONFIRMED", True, "RECEIPTS")
+        assert not webhooks_block_sends(stored, recent, NOW, REQUIRED)
+    old = NOW - timedelta(minutes=61)
+    assert health_verdict(IS.CONNECTED, Reason.PHONE_CONFIRMED, "UNCONFIGURED", old, NOW, REQUIRED).can_send is False
+
+
+@pytest.mark.parametrize("state", [IS.DISCONNECTED, IS.SESSION_INCOMPLETE, IS.DEGRADED, IS.UNKNOWN])
+def test_other_states_keep_their_own_reason(state: IS) -> None:
+    verdict = health_verdict(state, "INSTANCE_DISCONNECTED", "UNCONFIGURED", None, NOW, REQUIRED)
+    assert (verdict.reason, verdict.can_send) == ("INSTANCE_DISCONNECTED", False)

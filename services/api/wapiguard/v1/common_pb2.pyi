@@ -285,6 +285,9 @@ class InstanceHealth(_message.Message):
     WEBHOOKS_STATE_FIELD_NUMBER: _builtins.int
     WEBHOOKS_DETAIL_FIELD_NUMBER: _builtins.int
     NEXT_STEP_FIELD_NUMBER: _builtins.int
+    DELIVERY_CONFIRMABLE_FIELD_NUMBER: _builtins.int
+    WEBHOOKS_EVIDENCE_FIELD_NUMBER: _builtins.int
+    LAST_RECEIPT_AT_FIELD_NUMBER: _builtins.int
     instance_id: _builtins.str
     name: _builtins.str
     state: Global___InstanceState.ValueType
@@ -304,7 +307,19 @@ class InstanceHealth(_message.Message):
     """UNCONFIGURED, CONFIGURED or FAILED (with webhooks_detail saying which kind and why)."""
     webhooks_detail: _builtins.str
     next_step: _builtins.str
-    """What the operator should do now (in the request's locale), empty when nothing is needed."""
+    """What the operator should do now (in the request's locale), empty when nothing is needed. With
+    reason WEBHOOKS_UNCONFIGURED: the `wapi-guard webhooks configure` command, or the URL to set at
+    W-API when the service has no --public-url.
+    """
+    delivery_confirmable: _builtins.bool
+    """W-API's receipts are known to reach this service: webhooks set and verified here, or a receipt
+    arrived within --webhook-evidence-window. False on a CONNECTED instance: reason
+    WEBHOOKS_UNCONFIGURED (sends pass unless --require-webhooks; their delivery cannot be confirmed).
+    """
+    webhooks_evidence: _builtins.str
+    """What says so: RECEIPTS (recent receipts), CONFIGURED (set and read back), FAILED (refused,
+    unreadable or pointing elsewhere) or UNCONFIGURED.
+    """
     @_builtins.property
     def checked_at(self) -> _timestamp_pb2.Timestamp:
         """Last time the provider was probed."""
@@ -315,6 +330,10 @@ class InstanceHealth(_message.Message):
 
     @_builtins.property
     def state_changed_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def last_receipt_at(self) -> _timestamp_pb2.Timestamp:
+        """The newest receipt (delivery/read status or server ack) W-API posted for this instance."""
+
     def __init__(
         self,
         *,
@@ -334,10 +353,13 @@ class InstanceHealth(_message.Message):
         webhooks_state: _builtins.str = ...,
         webhooks_detail: _builtins.str = ...,
         next_step: _builtins.str = ...,
+        delivery_confirmable: _builtins.bool = ...,
+        webhooks_evidence: _builtins.str = ...,
+        last_receipt_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["checked_at", b"checked_at", "last_event_at", b"last_event_at", "state_changed_at", b"state_changed_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["checked_at", b"checked_at", "last_event_at", b"last_event_at", "last_receipt_at", b"last_receipt_at", "state_changed_at", b"state_changed_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["can_send", b"can_send", "checked_at", b"checked_at", "instance_id", b"instance_id", "last_event_at", b"last_event_at", "name", b"name", "next_step", b"next_step", "phone_number", b"phone_number", "plan", b"plan", "reason", b"reason", "reason_message", b"reason_message", "state", b"state", "state_changed_at", b"state_changed_at", "stuck_messages", b"stuck_messages", "webhooks_configured", b"webhooks_configured", "webhooks_detail", b"webhooks_detail", "webhooks_state", b"webhooks_state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["can_send", b"can_send", "checked_at", b"checked_at", "delivery_confirmable", b"delivery_confirmable", "instance_id", b"instance_id", "last_event_at", b"last_event_at", "last_receipt_at", b"last_receipt_at", "name", b"name", "next_step", b"next_step", "phone_number", b"phone_number", "plan", b"plan", "reason", b"reason", "reason_message", b"reason_message", "state", b"state", "state_changed_at", b"state_changed_at", "stuck_messages", b"stuck_messages", "webhooks_configured", b"webhooks_configured", "webhooks_detail", b"webhooks_detail", "webhooks_evidence", b"webhooks_evidence", "webhooks_state", b"webhooks_state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
