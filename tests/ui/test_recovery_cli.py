@@ -133,9 +133,8 @@ async def test_a_rate_limited_recovery_says_how_long_to_wait_in_the_cli_and_on_t
     assert first.returncode == 0, first.stderr
     refused = await cli("restart", AVENTURA, *server)
     assert refused.returncode != 0
-    wait = re.search(r"tente de novo em (\d+) s", refused.stderr)
-    assert wait, refused.stderr
-    assert 290 <= int(wait.group(1)) <= 300
+    # The wait as a person reads it (seconds rounded up to a duration: 290-300 s is "5 min").
+    assert re.search(r"tente de novo em 5 min", refused.stderr), refused.stderr
     as_json = await cli("restart", AVENTURA, *server, "--json")
     error = json.loads(as_json.stdout)["error"]
     assert error["reason"] == "RECOVERY_RATE_LIMITED"
