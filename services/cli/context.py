@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO, TypeAlias, TypeVar
 
-from services.i18n import CLI_TEXTS, DEFAULT_LANG, LANGS, lang_of, normalize_lang
+from services.i18n import CLI_TEXTS, DEFAULT_LANG, LANGS, lookup, normalize_lang
 
 T = TypeVar("T")
 # The root parser's subcommands, where each command registers itself.
@@ -23,13 +23,12 @@ Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 Handler = Callable[["Context"], Awaitable[int]]
 
 
-def say(catalogue: Mapping[str, Mapping[str, str]], lang: str, name: str, **values: Any) -> str:
+def say(catalogue: Mapping[str, Mapping[str, str]], lang: str, name: str, /, **values: Any) -> str:
     """A text of one CLI catalogue (services/i18n) in `lang`, formatted with `values`."""
-    text = catalogue[lang_of(lang)][name]
-    return text.format(**values) if values else text
+    return lookup(catalogue, lang, name, **values)
 
 
-def _t(lang: str, name: str, **values: Any) -> str:
+def _t(lang: str, name: str, /, **values: Any) -> str:
     return say(CLI_TEXTS, lang, name, **values)
 
 
@@ -128,7 +127,7 @@ class Context:
         self.now = datetime.now(UTC)
         self._channel: Any = None
 
-    def t(self, name: str, **values: Any) -> str:
+    def t(self, name: str, /, **values: Any) -> str:
         return _t(self.lang, name, **values)
 
     def credentials(self) -> Any:

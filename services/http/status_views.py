@@ -21,7 +21,7 @@ from services.i18n import (
     ago,
     duration,
     iso,
-    lang_of,
+    lookup,
     mask_recipient,
     message_label,
     reason_label,
@@ -38,10 +38,9 @@ def text(lang: str, key: str) -> str:
     return STATUS_PAGE_TEXTS[lang][key]
 
 
-def action_text(lang: str, key: str, **values: str) -> str:
+def action_text(lang: str, key: str, /, **values: str) -> str:
     """A text of the status page's actions in `lang` (formatted with `values`)."""
-    found = STATUS_ACTION_TEXTS[lang_of(lang)][key]
-    return found.format(**values) if values else found
+    return lookup(STATUS_ACTION_TEXTS, lang, key, **values)
 
 
 def esc(value: object) -> str:

@@ -65,7 +65,6 @@ ALLOWED: dict[str, str] = {
     "services/cli/demo.py": _LATER,
     "services/cli/demo.py::_scenario": _LATER,
     "services/cli/demo.py::_stall": _LATER,
-    "services/i18n.py": _LATER,
     "services/rpc/event_servicers.py": _SPLIT,
     "services/rpc/server.py::App._start": _SPLIT,
     "statemachine/detection.py": _SPLIT,

@@ -23,7 +23,7 @@ from services.cli.texts import next_step
 from services.i18n import RECOVERY_CLI_TEXTS, ago
 
 
-def _t(ctx: Context, name: str, **values: Any) -> str:
+def _t(ctx: Context, name: str, /, **values: Any) -> str:
     return say(RECOVERY_CLI_TEXTS, ctx.lang, name, **values)
 
 

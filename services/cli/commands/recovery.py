@@ -13,7 +13,7 @@ from services.cli.texts import next_step
 from services.i18n import RECOVERY_CLI_TEXTS
 
 
-def _t(ctx: Context, name: str, **values: Any) -> str:
+def _t(ctx: Context, name: str, /, **values: Any) -> str:
     return say(RECOVERY_CLI_TEXTS, ctx.lang, name, **values)
 
 

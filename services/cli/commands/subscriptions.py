@@ -26,7 +26,7 @@ DELIVERY_STATES = {"pending": 1, "succeeded": 2, "exhausted": 3}
 STATE_NAMES = {v: k for k, v in DELIVERY_STATES.items()}
 
 
-def _t(ctx: Context, name: str, **values: Any) -> str:
+def _t(ctx: Context, name: str, /, **values: Any) -> str:
     return say(SUBSCRIPTION_CLI_TEXTS, ctx.lang, name, **values)
 
 
