@@ -44,8 +44,6 @@ ALLOWED: dict[str, str] = {
     "adapters/persistence/repository.py::Repository.__init__": _SPLIT,
     "adapters/persistence/repository.py::Repository._apply_instance_triggers": _SPLIT,
     "adapters/persistence/webhook_store.py::WebhookStore.claim_due": _SPLIT,
-    "adapters/simulator/app.py": _LATER,
-    "adapters/simulator/app.py::Simulator": _LATER,
     "adapters/wapi/client.py": _SPLIT,
     "adapters/wapi/contract.py": _SPLIT,
     "adapters/wapi/webhooks.py": _SPLIT,
