@@ -39,6 +39,8 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy .
 	$(BIN)/lint-imports
+	# No import cycle, no oversized module/class/function without a written reason (docs/architecture.md).
+	$(BIN)/pytest -q -p no:cacheprovider tests/unit/test_code_shape.py
 
 proto: $(STAMP)
 	$(BIN)/python proto/generate.py

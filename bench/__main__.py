@@ -31,6 +31,7 @@ import grpc
 import httpx
 
 from bench import dataset, volume
+from bench.dataset import PG_URL
 from bench.profile import Profiler
 from services.api.wapiguard.v1 import (
     instance_health_pb2,
@@ -42,7 +43,6 @@ from services.api.wapiguard.v1 import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-PG_URL = os.environ.get("WAPIGUARD_BENCH_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/wapi_guard_bench")
 BLOCKED, HEALTHY = "BENCH-INCOMPLETE", "BENCH-HEALTHY"
 PORT_RE = re.compile(r"on (\S+):(\d+)")
 

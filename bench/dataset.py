@@ -10,10 +10,14 @@ transaction grows large. The benchmark and the query-plan test use it at smaller
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 
 import asyncpg
+
+# The benchmarks' PostgreSQL (bench/__main__.py, bench/volume.py, bench/guard.py read it from here).
+PG_URL = os.environ.get("WAPIGUARD_BENCH_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/wapi_guard_bench")
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.__main__ import BLOCKED, HEALTHY, PG_URL, Noop, Process, bench_database, reset_postgres
+from bench.__main__ import BLOCKED, HEALTHY, Noop, Process, bench_database, reset_postgres
+from bench.dataset import PG_URL
 
 FIGURES = Path(__file__).resolve().parent / "figures.json"
 SHORT = {

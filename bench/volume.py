@@ -27,14 +27,12 @@ from typing import Any
 import asyncpg
 from sqlalchemy.engine import make_url
 
-from bench.dataset import SIZES, asyncpg_dsn, seed
+from bench.dataset import PG_URL, SIZES, asyncpg_dsn, seed
 
 __all__ = ["SIZES", "WalWindow", "run", "summary", "wal_lsn"]
 
 
 def _pg_url() -> str:
-    from bench.__main__ import PG_URL
-
     return PG_URL
 
 

@@ -23,6 +23,7 @@ from datetime import datetime, timedelta
 from services.app.clock import utcnow
 from services.app.gateway import Gateway
 from services.app.principals import current_principal
+from services.i18n import recovery_step
 from statemachine.domain import (
     RECOVERY_PENDING,
     ActionOutcome,
@@ -327,21 +328,10 @@ class Recovery:
         return None
 
     def _next_after(self, action: str, outcome: ActionOutcome, record: InstanceRecord, locale: str) -> str:
-        en = locale.lower().startswith("en")
         if action == "pairing_code" and outcome.pairing_code:
-            if en:
-                return (
-                    f"On the phone: WhatsApp > Linked devices > Link a device > Link with phone number, "
-                    f"type {outcome.pairing_code}. The instance is CONNECTED once its phone number is confirmed."
-                )
-            return (
-                f"No celular: WhatsApp > Aparelhos conectados > Conectar um aparelho > Conectar com número de "
-                f"telefone, digite {outcome.pairing_code}. Ela volta a CONNECTED quando o número for confirmado."
-            )
+            return recovery_step("pairing_code", locale, code=outcome.pairing_code)
         if action == "qr_code" and (outcome.png or outcome.qr_text):
-            if en:
-                return "Scan the QR code in WhatsApp > Linked devices > Link a device (it expires in a minute)."
-            return "Leia o QR code em WhatsApp > Aparelhos conectados > Conectar um aparelho (expira em 1 minuto)."
+            return recovery_step("qr_code", locale)
         return self.gateway.instances.view(record, locale).next_step
 
     def _ops(self, instance_id: str) -> InstanceOperations:
@@ -476,13 +466,8 @@ class Recovery:
             raise InstanceNotFound(instance_id)
         self.gateway.instances.remember(record)  # the preflight's cache (with --require-webhooks) at once
         record = await self.gateway.instances.with_stuck(record)
-        en = locale.lower().startswith("en")
         if failed:
-            step = (
-                "Fix what W-API refused and run: wapi-guard webhooks configure INSTANCE"
-                if en
-                else "Corrija o que a W-API recusou e rode: wapi-guard webhooks configure INSTÂNCIA"
-            )
+            step = recovery_step("webhooks_refused", locale)
         else:
             step = self.gateway.instances.view(record, locale).next_step
         return WebhooksResult(record, results, not failed, self.masked_bridge_url(), step)

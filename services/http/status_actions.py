@@ -11,108 +11,28 @@ protected by the page's auth (the same tokens, the same instance scopes) and by 
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import logging
 import math
-import secrets
-from html import escape
-from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from typing import Any
 
 from aiohttp import web
 
 from services.app.gateway import Gateway
 from services.app.principals import Principal
 from services.app.recovery import NOT_STALLED, Recovery
-from services.config import Settings
-from services.i18n import STATUS_ACTION_TEXTS, lang_of, reason_label, state_view
+from services.http.status_viewer import Csrf, Viewer
+from services.http.status_views import action_text as _a
+from services.http.status_views import esc as _e
+from services.i18n import reason_label, state_view
 from services.rpc.errors import status_for
 from statemachine.errors import GuardError, InvalidRequest, RecoveryRefused
-
-if TYPE_CHECKING:
-    from services.http.status_page import StatusPage
 
 log = logging.getLogger("wapi_guard.status")
 
 
-def _a(lang: str, key: str, **values: str) -> str:
-    text = STATUS_ACTION_TEXTS[lang_of(lang)][key]
-    return text.format(**values) if values else text
-
-
-def _e(value: object) -> str:
-    return escape(str(value), quote=True)
-
-
-class Csrf:
-    def __init__(self, settings: Settings) -> None:
-        material = b""
-        if settings.api_tokens:
-            material += settings.api_tokens.get_secret_value().encode()
-        if settings.webhook_secret:
-            material += settings.webhook_secret.get_secret_value().encode()
-        # Without configured secrets the key lives as long as the process (forms then expire on restart).
-        self._key = (
-            hashlib.sha256(b"wapi-guard status csrf\x00" + material).digest() if material else secrets.token_bytes(32)
-        )
-
-    def token(self, principal: Principal) -> str:
-        return hmac.new(self._key, principal.name.encode(), hashlib.sha256).hexdigest()
-
-    def valid(self, request: web.Request, principal: Principal, presented: str) -> bool:
-        if not hmac.compare_digest(presented.encode(), self.token(principal).encode()):
-            return False
-        # Browsers say where a request comes from: Sec-Fetch-Site first (the page's no-referrer
-        # policy makes a form post's Origin "null"), else Origin against our own host.
-        site = request.headers.get("Sec-Fetch-Site")
-        if site is not None:
-            return site in ("same-origin", "none")
-        origin = request.headers.get("Origin")
-        if origin is not None:
-            return origin != "null" and urlsplit(origin).netloc == request.host
-        return True
-
-
-def instance_actions(instance_id: str, state: str, csrf: str, lang: str, reason: str = "") -> str:
-    """The forms of one instance card (clearing a stall only on a stalled instance)."""
-    base = f"/status/instances/{_e(instance_id)}"
-    hidden = f'<input type="hidden" name="csrf" value="{_e(csrf)}"><input type="hidden" name="lang" value="{lang}">'
-    forms = []
-    if state != "CONNECTED":
-        forms.append(
-            f'<form method="post" action="{base}/qr" data-action="qr">{hidden}'
-            f'<button type="submit">{_e(_a(lang, "qr"))}</button></form>'
-        )
-        forms.append(
-            f'<form method="post" action="{base}/pairing-code" data-action="pairing-code">{hidden}'
-            f'<input name="phone" inputmode="tel" required aria-label="{_e(_a(lang, "pair"))}" '
-            f'placeholder="{_e(_a(lang, "phone_placeholder"))}">'
-            f'<button type="submit">{_e(_a(lang, "pair"))}</button></form>'
-        )
-    if state == "DEGRADED" and reason == "DELIVERY_STALLED":
-        forms.append(
-            f'<form method="post" action="{base}/clear-stall" data-action="clear-stall">{hidden}'
-            f'<button type="submit">{_e(_a(lang, "clear_stall"))}</button></form>'
-        )
-    forms.append(
-        f'<form method="post" action="{base}/restart" data-action="restart">{hidden}'
-        f'<button type="submit">{_e(_a(lang, "restart"))}</button></form>'
-    )
-    return f'<div class="actions">{"".join(forms)}</div>'
-
-
-def message_actions(message_id: str, csrf: str, lang: str) -> str:
-    return (
-        f'<form method="post" action="/status/messages/{_e(message_id)}/retry" data-action="retry">'
-        f'<input type="hidden" name="csrf" value="{_e(csrf)}"><input type="hidden" name="lang" value="{lang}">'
-        f'<button type="submit">{_e(_a(lang, "retry"))}</button></form>'
-    )
-
-
 class StatusActions:
-    def __init__(self, page: StatusPage, gateway: Gateway, recovery: Recovery, csrf: Csrf) -> None:
-        self.page = page  # StatusPage: auth, language, headers
+    def __init__(self, viewer: Viewer, gateway: Gateway, recovery: Recovery, csrf: Csrf) -> None:
+        self.viewer = viewer  # auth, language, headers
         self.gateway = gateway
         self.recovery = recovery
         self.csrf = csrf
@@ -123,12 +43,12 @@ class StatusActions:
             if request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data")
             else None
         )
-        lang = self.page._lang(request)
+        lang = self.viewer.lang(request)
         if form is not None and str(form.get("lang", "")) in ("en", "pt-BR"):
             lang = str(form["lang"])
-        principal = self.page.principal(request)
+        principal = self.viewer.principal(request)
         if principal is None:
-            return self.page._denied(lang, as_json=False)
+            return self.viewer.denied(lang, as_json=False)
         fields = {k: str(v) for k, v in (form or {}).items() if isinstance(v, str)}
         if form is None or not self.csrf.valid(request, principal, fields.get("csrf", "")):
             return self._page(lang, _a(lang, "failed_title"), f"<p>{_e(_a(lang, 'csrf'))}</p>", status=403)
@@ -148,7 +68,7 @@ class StatusActions:
             status=status,
             content_type="text/html",
             charset="utf-8",
-            headers={**self.page.headers(), **(headers or {})},
+            headers={**self.viewer.headers(), **(headers or {})},
         )
 
     def _failure(self, lang: str, error: Exception) -> web.Response:

@@ -1,53 +1,23 @@
-"""Operator commands of the recovery loop: `instances add|remove`, `connect`, `restart`,
-`disconnect`, `webhooks configure|check`, `retry`, `reconcile`. Same plumbing as services/cli/operator.py
-(gRPC, --json, exit codes, pt-BR by default)."""
+"""Operator commands of the recovery loop: `connect`, `restart`, `disconnect`, `clear-stall`,
+`webhooks configure|check`, `retry`, `reconcile` (`instances add|remove`: commands/instances.py)."""
 
 from __future__ import annotations
 
-import argparse
 import base64
-import os
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from services.cli.operator import (
-    EXIT_FAILED,
-    EXIT_OK,
-    EXIT_UNAVAILABLE,
-    Context,
-    UsageError,
-    instance_dict,
-    message_dict,
-    webhooks_line,
-)
-from services.i18n import RECOVERY_CLI_TEXTS, lang_of
-
-RECOVERY_COMMANDS_NAMES = frozenset(
-    {"connect", "restart", "disconnect", "clear-stall", "webhooks", "retry", "reconcile"}
-)
+from services.cli.context import EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, Context, Subparsers, say
+from services.cli.output import instance_dict, message_dict
+from services.cli.texts import next_step
+from services.i18n import RECOVERY_CLI_TEXTS
 
 
-def _t(ctx: Context, name: str, **values: Any) -> str:
-    text = RECOVERY_CLI_TEXTS[lang_of(ctx.lang)][name]
-    return text.format(**values) if values else text
+def _t(ctx: Context, name: str, /, **values: Any) -> str:
+    return say(RECOVERY_CLI_TEXTS, ctx.lang, name, **values)
 
 
-def add_recovery_arguments(instances: argparse.ArgumentParser) -> None:
-    """`instances [add|remove] [INSTANCE]` on the existing `instances` command."""
-    instances.add_argument("action", nargs="?", choices=("list", "add", "remove"), default="list")
-    instances.add_argument("instance_id", nargs="?", metavar="INSTANCE", default="")
-    instances.add_argument("--name", default="", help="add: display name")
-    instances.add_argument(
-        "--wapi-token",
-        default=None,
-        help="add: the instance's W-API token [env WAPIGUARD_WAPI_TOKEN; prefer the env: argv is visible]",
-    )
-    instances.add_argument("--plan", choices=("PRO", "LITE"), default="PRO", help="add: W-API plan [default PRO]")
-    instances.add_argument("--no-probe", action="store_true", help="add: do not probe the instance now")
-
-
-def add_recovery_commands(sub: Any, kwargs: dict[str, Any]) -> None:
+def register(sub: Subparsers, kwargs: dict[str, Any]) -> None:
     connect = sub.add_parser(
         "connect",
         help="reconnect an instance: pairing code (--phone) or the QR code drawn here (operator)",
@@ -60,9 +30,11 @@ def add_recovery_commands(sub: Any, kwargs: dict[str, Any]) -> None:
     connect.add_argument("instance_id", metavar="INSTANCE")
     connect.add_argument("--phone", default="", help="phone to pair: +55 15 98112-1710, or national with its area code")
     connect.add_argument("--qr-file", default="", help="also save the QR code PNG to this file")
+    connect.set_defaults(run=cmd_connect)
     for name, text in (("restart", "restart the instance at W-API"), ("disconnect", "log the instance out at W-API")):
         parser = sub.add_parser(name, help=f"{text} (operator)", description=text.capitalize() + ".", **kwargs)
         parser.add_argument("instance_id", metavar="INSTANCE")
+        parser.set_defaults(run=cmd_restart)
     clear = sub.add_parser(
         "clear-stall",
         help="lift a DELIVERY_STALLED block after checking the session by hand (operator)",
@@ -73,6 +45,7 @@ def add_recovery_commands(sub: Any, kwargs: dict[str, Any]) -> None:
         **kwargs,
     )
     clear.add_argument("instance_id", metavar="INSTANCE")
+    clear.set_defaults(run=cmd_clear_stall)
     webhooks = sub.add_parser(
         "webhooks",
         help="point W-API's six webhooks at this service, or check them (operator)",
@@ -82,6 +55,7 @@ def add_recovery_commands(sub: Any, kwargs: dict[str, Any]) -> None:
     )
     webhooks.add_argument("action", choices=("configure", "check"))
     webhooks.add_argument("instance_id", metavar="INSTANCE")
+    webhooks.set_defaults(run=cmd_webhooks)
     retry = sub.add_parser(
         "retry",
         help="send a FAILED message again (operator)",
@@ -89,6 +63,7 @@ def add_recovery_commands(sub: Any, kwargs: dict[str, Any]) -> None:
         **kwargs,
     )
     retry.add_argument("message_id", metavar="MESSAGE")
+    retry.set_defaults(run=cmd_retry)
     reconcile = sub.add_parser(
         "reconcile",
         help="replay W-API's webhook log: apply events missed while the bridge was down (operator)",
@@ -96,11 +71,7 @@ def add_recovery_commands(sub: Any, kwargs: dict[str, Any]) -> None:
         **kwargs,
     )
     reconcile.add_argument("instance_id", metavar="INSTANCE", nargs="?", default="")
-
-
-def _next(ctx: Context, text: str) -> None:
-    if text:
-        ctx.print(_t(ctx, "next", text=text))
+    reconcile.set_defaults(run=cmd_reconcile)
 
 
 def _state_line(ctx: Context, health: Any) -> str:
@@ -108,43 +79,6 @@ def _state_line(ctx: Context, health: Any) -> str:
     return ctx.paint(
         _t(ctx, "state", label=data["state_label"], state=data["state"], reason=data["reason"]), data["tone"]
     )
-
-
-async def cmd_instances_change(ctx: Context) -> int:
-    from services.api.wapiguard.v1 import common_pb2, instance_health_pb2
-
-    args = ctx.args
-    if not args.instance_id:
-        raise UsageError(_t(ctx, "need_id", action=args.action))
-    stub = ctx.health_stub()
-    if args.action == "remove":
-        answer = await ctx.call(stub.RemoveInstance, instance_health_pb2.InstanceRequest(instance_id=args.instance_id))
-        if ctx.json:
-            ctx.emit_json({"instance_id": answer.instance_id, "removed": answer.removed})
-        else:
-            ctx.print(_t(ctx, "removed", id=answer.instance_id))
-        return EXIT_OK
-    token = args.wapi_token if args.wapi_token is not None else os.environ.get("WAPIGUARD_WAPI_TOKEN", "")
-    request = instance_health_pb2.RegisterInstanceRequest(
-        instance_id=args.instance_id,
-        name=args.name,
-        token=token.strip(),
-        plan=common_pb2.PLAN_LITE if args.plan == "LITE" else common_pb2.PLAN_PRO,
-        skip_probe=args.no_probe,
-    )
-    health = await ctx.call(stub.RegisterInstance, request)
-    data = instance_dict(health, ctx.lang)
-    if ctx.json:
-        ctx.emit_json({"instance": data})
-        return EXIT_OK
-    ctx.print(
-        ctx.paint(
-            _t(ctx, "added", id=data["instance_id"], label=data["state_label"], state=data["state"]), data["tone"]
-        )
-    )
-    ctx.print(_t(ctx, "webhooks_state", state=webhooks_line(ctx, data)))
-    _next(ctx, health.next_step)
-    return EXIT_OK
 
 
 async def cmd_connect(ctx: Context) -> int:
@@ -172,7 +106,7 @@ async def cmd_connect(ctx: Context) -> int:
         else:
             ctx.print(ctx.paint(_t(ctx, "pairing_code", code=answer.pairing_code), "green"))
         ctx.print(_state_line(ctx, answer.health))
-        _next(ctx, answer.next_step)
+        next_step(ctx, answer.next_step)
         return EXIT_OK
     qr = await ctx.call(stub.GetQrCode, instance_health_pb2.InstanceRequest(instance_id=args.instance_id))
     if args.qr_file and qr.png:
@@ -201,7 +135,7 @@ async def cmd_connect(ctx: Context) -> int:
     if args.qr_file and qr.png:
         ctx.print(_t(ctx, "qr_saved", path=args.qr_file))
     ctx.print(_state_line(ctx, qr.health))
-    _next(ctx, qr.next_step)
+    next_step(ctx, qr.next_step)
     return EXIT_OK
 
 
@@ -224,7 +158,7 @@ async def cmd_restart(ctx: Context) -> int:
     template = "restarted" if ctx.args.command == "restart" else "disconnected"
     ctx.print(_t(ctx, template, message=answer.provider_message or "ok"))
     ctx.print(_state_line(ctx, answer.health))
-    _next(ctx, answer.next_step)
+    next_step(ctx, answer.next_step)
     return EXIT_OK
 
 
@@ -244,7 +178,7 @@ async def cmd_clear_stall(ctx: Context) -> int:
     else:
         ctx.print(_t(ctx, "stall_cleared" if answer.cleared else "not_stalled"))
         ctx.print(_state_line(ctx, answer.health))
-        _next(ctx, answer.next_step)
+        next_step(ctx, answer.next_step)
     return EXIT_OK if answer.cleared else EXIT_FAILED
 
 
@@ -271,7 +205,7 @@ async def cmd_webhooks(ctx: Context) -> int:
         mark = ctx.paint("✓", "green") if kind["ok"] else ctx.paint("✗", "red")
         ctx.print(f"  {mark} {kind['kind']}" + (f"  {kind['detail']}" if kind["detail"] else ""))
     if not answer.configured:
-        _next(ctx, answer.next_step)
+        next_step(ctx, answer.next_step)
     return EXIT_OK if answer.configured else EXIT_FAILED
 
 
@@ -334,14 +268,3 @@ async def cmd_reconcile(ctx: Context) -> int:
         else:
             ctx.print(_t(ctx, "no_stuck"))
     return EXIT_UNAVAILABLE if any(r["error"] for r in results) else EXIT_OK
-
-
-RECOVERY_COMMANDS: dict[str, Callable[[Context], Awaitable[int]]] = {
-    "connect": cmd_connect,
-    "restart": cmd_restart,
-    "disconnect": cmd_restart,
-    "clear-stall": cmd_clear_stall,
-    "webhooks": cmd_webhooks,
-    "retry": cmd_retry,
-    "reconcile": cmd_reconcile,
-}
