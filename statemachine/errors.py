@@ -150,3 +150,17 @@ class RecoveryFailed(GuardError):
             f"{action} on instance {_short(instance_id)} failed: {reason.value}",
             {"instance_id": _short(instance_id), "action": action, "detail": detail[:200]},
         )
+
+
+class SendPaced(GuardError):
+    """The instance's send policy refuses this send for now (statemachine/send_policy.py). Nothing
+    is stored and no idempotency key is spent: the same request may come back after `retry_after`."""
+
+    def __init__(self, reason: Reason, instance_id: str, retry_after: float, limit: int = 0) -> None:
+        metadata = {"instance_id": _short(instance_id), "retry_after_seconds": f"{retry_after:.3f}"}
+        if limit:
+            metadata["limit"] = str(limit)
+        super().__init__(
+            reason, f"send paced by the instance's send policy ({reason.value}); retry in {retry_after:.1f}s", metadata
+        )
+        self.retry_after = retry_after

@@ -335,3 +335,33 @@ recovery_actions = Table(
     Column("detail", Text, nullable=False, server_default=""),
     Index(None, "instance_id", "at"),
 )
+
+
+# --- send policy (statemachine/send_policy.py; adapters/persistence/send_policies.py) ---------
+
+# One row per instance with a policy: the policy (JSON), the warm-up anchor and the rule's counters.
+send_policies = Table(
+    "send_policies",
+    metadata,
+    Column("instance_id", String(64), primary_key=True),
+    Column("policy", Text, nullable=False),
+    Column("warmup_anchor", UTCDateTime(timezone=True), nullable=True),
+    Column("updated_at", UTCDateTime(timezone=True), nullable=False),
+    Column("updated_by", String(128), nullable=False, server_default=""),
+    Column("next_send_at", UTCDateTime(timezone=True), nullable=True),
+    Column("minute_start", UTCDateTime(timezone=True), nullable=True),
+    Column("minute_count", Integer, nullable=False, server_default="0"),
+    Column("hour_start", UTCDateTime(timezone=True), nullable=True),
+    Column("hour_new", Integer, nullable=False, server_default="0"),
+    Column("day_start", UTCDateTime(timezone=True), nullable=True),
+    Column("day_new", Integer, nullable=False, server_default="0"),
+)
+
+# Recipients an instance with a policy has messaged: a primary-key lookup says "new or not".
+policy_recipients = Table(
+    "policy_recipients",
+    metadata,
+    Column("instance_id", String(64), primary_key=True),
+    Column("recipient", String(128), primary_key=True),
+    Column("first_sent_at", UTCDateTime(timezone=True), nullable=False),
+)

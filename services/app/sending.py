@@ -20,6 +20,7 @@ from services.app.clock import utcnow
 from services.app.content import content_to_dict, outbound_from_stored, request_hash
 from services.app.gateway_config import GatewayConfig
 from services.app.health import CachedInstance, Instances
+from services.app.send_policy import SendPolicies
 from services.app.stall_watch import StallWatch
 from services.observability.telemetry import Telemetry, current_trace_ids, use_span
 from statemachine.domain import (
@@ -43,6 +44,7 @@ from statemachine.errors import (
     ProviderFailed,
     SendBlocked,
     SendInProgress,
+    SendPaced,
 )
 from statemachine.ids import time_ordered_id
 from statemachine.instance_machine import InstanceTrigger
@@ -99,6 +101,8 @@ class Sending:
         self.settle_pending = settle_pending
         # Provider calls whose answer is still being recorded (shutdown waits for them).
         self.inflight: set[asyncio.Task[MessageRecord]] = set()
+        # The per-instance send policy, wired by the composition root (None: no policy check).
+        self.policies: SendPolicies | None = None
 
     async def send(self, req: SendRequest, *, time_remaining: float | None = None) -> MessageRecord:
         """`time_remaining` is the caller's gRPC deadline budget: the provider call never outlives it."""
@@ -128,6 +132,10 @@ class Sending:
                     )
                     preflight.set_attribute("wapi.session_health", health.state.value)
                 span.set_attribute("wapi.session_health", health.state.value)
+                if blocked is None and self.policies is not None:
+                    replayed = await self._admit(req)  # the send policy (services/app/send_policy.py)
+                    if replayed is not None:
+                        return replayed
                 outbound = OutboundMessage(req.kind, req.to, req.content, req.reply_to, req.delay_seconds)
                 msg = self._new_message(req, outbound, blocked, health)
                 span.set_attribute("wapi.message_id", msg.id)
@@ -144,6 +152,25 @@ class Sending:
                 _end_with_error(span, error)
                 raise
         return await self._attempt_shielded(stored, outbound, cached, span, self._budget(time_remaining))
+
+    async def _admit(self, req: SendRequest) -> MessageRecord | None:
+        """The send policy's check. A refusal stores nothing; but a repeated key whose first
+        request was stored gets that outcome (idempotency first), not a pacing answer."""
+        assert self.policies is not None
+        try:
+            await self.policies.admit(req.instance_id, req.to)
+        except SendPaced as paced:
+            if req.idempotency_key:
+                stored_id = await self.policies.stored_message_id(req.instance_id, req.idempotency_key)
+                stored = await self.repo.get_message(stored_id) if stored_id else None
+                if stored is not None:
+                    assert req.kind is not None
+                    assert req.content is not None
+                    outbound = OutboundMessage(req.kind, req.to, req.content, req.reply_to, req.delay_seconds)
+                    return await self._replay(stored, request_hash(outbound, content_to_dict(outbound)))
+            self.metrics.sends.add(1, {"outcome": "paced", "reason": paced.reason.value})
+            raise
+        return None
 
     def _budget(self, time_remaining: float | None) -> float:
         if time_remaining is None:

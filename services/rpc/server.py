@@ -23,6 +23,7 @@ from adapters.persistence.db import async_url, create_engine
 from adapters.persistence.listen import change_listener
 from adapters.persistence.migrate import upgrade_to_head
 from adapters.persistence.repository import Repository
+from adapters.persistence.send_policies import SendPolicyRepository
 from adapters.persistence.webhook_store import WebhookStore
 from adapters.wapi.webhooks import parse_webhook
 from services.api.wapiguard.v1 import (
@@ -32,6 +33,8 @@ from services.api.wapiguard.v1 import (
     instance_health_pb2_grpc,
     send_pb2,
     send_pb2_grpc,
+    send_policy_pb2,
+    send_policy_pb2_grpc,
     webhook_pb2,
     webhook_pb2_grpc,
 )
@@ -40,6 +43,7 @@ from services.app.gateway import Gateway, GatewayConfig
 from services.app.outbound import OutboundConfig, WebhookDispatcher, parse_schedule
 from services.app.principals import parse_tokens
 from services.app.recovery import Recovery, RecoveryConfig
+from services.app.send_policy import SendPolicies
 from services.app.subscriptions import Scopes
 from services.config import Settings
 from services.observability.logs import register_secret
@@ -50,6 +54,7 @@ from services.rpc.errors import treat_as_unavailable
 from services.rpc.event_mapping import event_dict
 from services.rpc.event_servicers import EventServicer, WebhookSubscriptionServicer
 from services.rpc.exposure import check_exposure
+from services.rpc.send_policy_servicer import SendPolicyServicer
 from services.rpc.servicers import InstanceHealthServicer, SendServicer, WebhookServicer
 from services.rpc.startup import step
 from statemachine.ports import InstanceOperations, Provider, RetentionPolicy
@@ -65,6 +70,7 @@ SERVICE_NAMES = (
     instance_health_pb2.DESCRIPTOR.services_by_name["InstanceHealthService"].full_name,
     events_pb2.DESCRIPTOR.services_by_name["EventService"].full_name,
     events_pb2.DESCRIPTOR.services_by_name["WebhookSubscriptionService"].full_name,
+    send_policy_pb2.DESCRIPTOR.services_by_name["SendPolicyService"].full_name,
 )
 
 
@@ -221,6 +227,9 @@ class App:
         if telemetry.tracer_provider is not None and instrument is not None:
             instrument(telemetry.tracer_provider)
         gateway = Gateway(bounded, provider, gateway_config(settings), telemetry, parse_webhook=parse_webhook)
+        # The per-instance send policy (issue 26): its own store and use case, checked by the preflight.
+        send_policies = SendPolicies(SendPolicyRepository(engine))
+        gateway.sending.policies = send_policies
         recovery = Recovery(
             gateway, provider if isinstance(provider, InstanceOperations) else None, recovery_config(settings)
         )
@@ -292,6 +301,9 @@ class App:
                 repo, store, dispatcher, feed.cursors, allow_private=settings.webhook_allow_private
             ),
             target,
+        )
+        send_policy_pb2_grpc.add_SendPolicyServiceServicer_to_server(
+            SendPolicyServicer(send_policies, gateway.instances.cached), target
         )
         health_servicer = health.aio.HealthServicer()
         # The servicer starts with the overall status SERVING: not until the database answers.
