@@ -219,6 +219,10 @@ class SendPolicyStore(Protocol):
 
     async def get_policy(self, instance_id: str) -> PolicyRecord | None: ...
 
+    async def note_inbound(self, instance_id: str, sender: str, at: datetime) -> None:
+        """A message from `sender` arrived: it is not a new recipient for this instance."""
+        ...
+
     async def message_id_by_key(self, instance_id: str, idempotency_key: str) -> str | None:
         """The id of the message stored under this idempotency key, if any (a replay is answered first)."""
         ...

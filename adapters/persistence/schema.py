@@ -357,11 +357,12 @@ send_policies = Table(
     Column("day_new", Integer, nullable=False, server_default="0"),
 )
 
-# Recipients an instance with a policy has messaged: a primary-key lookup says "new or not".
+# Recipients an instance with a policy has messaged or heard from: a primary-key lookup says "new or not".
 policy_recipients = Table(
     "policy_recipients",
     metadata,
     Column("instance_id", String(64), primary_key=True),
     Column("recipient", String(128), primary_key=True),
-    Column("first_sent_at", UTCDateTime(timezone=True), nullable=False),
+    Column("first_sent_at", UTCDateTime(timezone=True), nullable=True),
+    Column("last_inbound_at", UTCDateTime(timezone=True), nullable=True),
 )

@@ -51,6 +51,14 @@ class SendPolicyRepository:
             rows = (await conn.execute(select(send_policies.c.instance_id, send_policies.c.policy))).all()
         return {r.instance_id for r in rows if policy_from_dict(json.loads(r.policy)).active}
 
+    async def note_inbound(self, instance_id: str, sender: str, at: datetime) -> None:
+        stmt = self._insert(policy_recipients).values(instance_id=instance_id, recipient=sender, last_inbound_at=at)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["instance_id", "recipient"], set_={"last_inbound_at": stmt.excluded.last_inbound_at}
+        )
+        async with self.engine.begin() as conn:
+            await conn.execute(stmt)
+
     async def message_id_by_key(self, instance_id: str, idempotency_key: str) -> str | None:
         async with self.engine.connect() as conn:
             row = (

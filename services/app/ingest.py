@@ -7,6 +7,7 @@ span is linked to the send attempt that sent the message.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 
 from opentelemetry.trace import Span, SpanContext, TraceFlags
@@ -35,6 +36,8 @@ class Ingest:
         self.tracer = telemetry.tracer
         self.metrics = telemetry.metrics
         self.instances = instances
+        # Told of each new inbound message (instance id, chat id, when): the send policy's contacts.
+        self.on_inbound: Callable[[str, str, datetime], Awaitable[None]] | None = None
 
     async def ingest(
         self, payload: bytes, headers: dict[str, str], received_at: datetime | None = None
@@ -70,6 +73,9 @@ class Ingest:
             self.instances.note_event(event.instance_id, received_at)
             if event.route in RECEIPT_ROUTES or (event.route is Route.DELIVERY and event.from_api):
                 self.instances.note_receipt(event.instance_id, received_at)
+        inbound = event.route is Route.RECEIVED and not result.duplicate
+        if self.on_inbound and inbound and event.instance_id and event.chat_id:
+            await self.on_inbound(event.instance_id, event.chat_id, received_at)
         if event.route is Route.UNROUTABLE and event.reason in (EventReason.MALFORMED_JSON, EventReason.NOT_AN_OBJECT):
             raise InvalidPayload(str(event.reason), result.event_id)
         return result

@@ -230,6 +230,7 @@ class App:
         # The per-instance send policy (issue 26): its own store and use case, checked by the preflight.
         send_policies = SendPolicies(SendPolicyRepository(engine))
         gateway.sending.policies = send_policies
+        gateway.ingestion.on_inbound = send_policies.note_inbound
         recovery = Recovery(
             gateway, provider if isinstance(provider, InstanceOperations) else None, recovery_config(settings)
         )

@@ -150,3 +150,17 @@ async def test_bad_policies_and_unknown_instances_are_refused_with_reasons(stack
     assert caught.value.code() is grpc.StatusCode.NOT_FOUND
     state = await policies(stack).GetSendPolicy(send_policy_pb2.GetSendPolicyRequest(instance_id=INSTANCE))
     assert not state.active  # the refused changes left nothing
+
+
+async def test_a_reply_to_someone_who_wrote_in_is_not_a_new_recipient(stack: Stack) -> None:
+    await stack.add_instance(INSTANCE, phone=PHONE)
+    await set_policy(stack, new_recipients_per_hour=1)
+    await stack.submit(text_request(INSTANCE, to=recipient(0)))
+    assert rich_error(await refused(stack, recipient(5))).reason == "NEW_RECIPIENTS_HOURLY"
+    # The customer writes in (W-API's webhookReceived through the bridge): answering them is a reply.
+    await stack.sim.emit(INSTANCE, "received", sender=recipient(5), text="Oi, quero saber do pedido")
+    reply = await stack.submit(text_request(INSTANCE, to=recipient(5), body="Claro! Seu pedido saiu hoje."))
+    assert reply.to == recipient(5)
+    # A group's message makes nobody a known contact, and strangers stay new.
+    await stack.sim.emit(INSTANCE, "received", sender="120363025555555555@g.us", text="oi grupo")
+    assert rich_error(await refused(stack, recipient(6))).reason == "NEW_RECIPIENTS_HOURLY"

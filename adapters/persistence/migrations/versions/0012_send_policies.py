@@ -40,7 +40,8 @@ def upgrade() -> None:
         "policy_recipients",
         sa.Column("instance_id", sa.String(64), nullable=False),
         sa.Column("recipient", sa.String(128), nullable=False),
-        sa.Column("first_sent_at", utc, nullable=False),
+        sa.Column("first_sent_at", utc, nullable=True),
+        sa.Column("last_inbound_at", utc, nullable=True),
         sa.PrimaryKeyConstraint("instance_id", "recipient", name=op.f("pk_policy_recipients")),
     )
 
