@@ -22,8 +22,11 @@ log = logging.getLogger("wapi_guard.send_policy")
 
 
 class SendPolicies:
-    def __init__(self, store: SendPolicyStore, *, refresh: float = 2.0) -> None:
+    def __init__(
+        self, store: SendPolicyStore, *, refresh: float = 2.0, new_number_policy: SendPolicy | None = None
+    ) -> None:
         self.store = store
+        self.new_number_policy = new_number_policy or SendPolicy()
         self.refresh = refresh
         self._active: set[str] = set()
         self._read_at = float("-inf")
@@ -51,6 +54,14 @@ class SendPolicies:
         if chat_id.endswith("@g.us") or not sender.isdigit() or instance_id not in await self._active_now():
             return
         await self.store.note_inbound(instance_id, sender, at)
+
+    async def declare_new_number(self, instance_id: str, *, by: str) -> PolicyRecord | None:
+        """A number registered as new gets the warm-up policy from now, unless it already has a
+        policy (an operator's choice is never overwritten)."""
+        current = await self.store.get_policy(instance_id)
+        if (current is not None and current.policy.active) or not self.new_number_policy.active:
+            return current
+        return await self.set(instance_id, self.new_number_policy, by=by, warmup_anchor=utcnow())
 
     async def stored_message_id(self, instance_id: str, idempotency_key: str) -> str | None:
         return await self.store.message_id_by_key(instance_id, idempotency_key)

@@ -59,6 +59,7 @@ from services.rpc.servicers import InstanceHealthServicer, SendServicer, Webhook
 from services.rpc.startup import step
 from statemachine.ports import InstanceOperations, Provider, RetentionPolicy
 from statemachine.preflight import WebhookPolicy
+from statemachine.send_policy import SendPolicy
 
 log = logging.getLogger("wapi_guard.server")
 # Allocations between two young-generation collections (CPython's default is 700).
@@ -118,6 +119,18 @@ def gateway_config(settings: Settings) -> GatewayConfig:
         webhooks=WebhookPolicy(require=settings.require_webhooks, evidence_window=settings.webhook_evidence_window),
         public_url=settings.public_url,
         webhook_secret_set=settings.webhook_secret is not None,
+    )
+
+
+def new_number_policy(settings: Settings) -> SendPolicy:
+    """The warm-up policy of a number registered with `new_number` (the --new-number-* settings)."""
+    return SendPolicy(
+        min_interval_seconds=settings.new_number_min_interval,
+        jitter_seconds=settings.new_number_jitter,
+        new_recipients_per_hour=settings.new_number_new_per_hour,
+        new_recipients_per_day=settings.new_number_warmup_target,
+        warmup_start_per_day=min(settings.new_number_warmup_start, settings.new_number_warmup_target),
+        warmup_days=settings.new_number_warmup_days,
     )
 
 
@@ -228,7 +241,7 @@ class App:
             instrument(telemetry.tracer_provider)
         gateway = Gateway(bounded, provider, gateway_config(settings), telemetry, parse_webhook=parse_webhook)
         # The per-instance send policy (issue 26): its own store and use case, checked by the preflight.
-        send_policies = SendPolicies(SendPolicyRepository(engine))
+        send_policies = SendPolicies(SendPolicyRepository(engine), new_number_policy=new_number_policy(settings))
         gateway.sending.policies = send_policies
         gateway.ingestion.on_inbound = send_policies.note_inbound
         recovery = Recovery(
@@ -286,7 +299,7 @@ class App:
         webhook_servicer = WebhookServicer(gateway)
         webhook_pb2_grpc.add_WebhookServiceServicer_to_server(webhook_servicer, target)
         instance_health_pb2_grpc.add_InstanceHealthServiceServicer_to_server(
-            InstanceHealthServicer(gateway, recovery), target
+            InstanceHealthServicer(gateway, recovery, send_policies), target
         )
         events_pb2_grpc.add_EventServiceServicer_to_server(
             EventServicer(

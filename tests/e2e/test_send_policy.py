@@ -16,7 +16,8 @@ from grpc_status import rpc_status
 from sqlalchemy import func, select
 
 from adapters.persistence.schema import messages
-from services.api.wapiguard.v1 import send_policy_pb2, send_policy_pb2_grpc
+from services.api.wapiguard.v1 import instance_health_pb2, send_policy_pb2, send_policy_pb2_grpc
+from tests.e2e.conftest import StackFactory
 from tests.e2e.stack import PHONE, Stack, text_request, unbounded
 from tests.integration.harness import rich_error
 
@@ -164,3 +165,42 @@ async def test_a_reply_to_someone_who_wrote_in_is_not_a_new_recipient(stack: Sta
     # A group's message makes nobody a known contact, and strangers stay new.
     await stack.sim.emit(INSTANCE, "received", sender="120363025555555555@g.us", text="oi grupo")
     assert rich_error(await refused(stack, recipient(6))).reason == "NEW_RECIPIENTS_HOURLY"
+
+
+async def declare_new(stack: Stack) -> None:
+    """RegisterInstance again with `new_number` (an empty token keeps the stored one)."""
+    await stack.health.RegisterInstance(
+        instance_health_pb2.RegisterInstanceRequest(instance_id=INSTANCE, new_number=True, skip_probe=True)
+    )
+
+
+async def test_a_number_registered_as_new_gets_the_warm_up_policy(make_stack: StackFactory) -> None:
+    stack = await make_stack(
+        new_number_min_interval=0, new_number_jitter=0, new_number_new_per_hour=0, new_number_warmup_start=3
+    )
+    await stack.add_instance(INSTANCE, phone=PHONE)
+    await declare_new(stack)
+    state = await policies(stack).GetSendPolicy(send_policy_pb2.GetSendPolicyRequest(instance_id=INSTANCE))
+    assert state.active
+    assert (state.new_recipients_today_budget, state.policy.new_recipients_per_day, state.policy.warmup_days) == (
+        3,
+        200,
+        14,
+    )
+    for i in range(3):
+        await stack.submit(text_request(INSTANCE, to=recipient(i)))
+    assert rich_error(await refused(stack, recipient(3))).reason == "NEW_RECIPIENTS_DAILY"
+    assert len(stack.sim.sends(INSTANCE)) == 3
+
+
+async def test_new_number_defaults_pace_with_jitter_and_never_overwrite_an_operator_policy(stack: Stack) -> None:
+    await stack.add_instance(INSTANCE, phone=PHONE)
+    await declare_new(stack)
+    await stack.submit(text_request(INSTANCE, to=recipient(0)))
+    error = await refused(stack, recipient(1))
+    assert rich_error(error).reason == "SEND_INTERVAL"
+    assert 1 < retry_delay(error) <= 8  # 3 s floor + up to 5 s jitter (defaults)
+    await set_policy(stack, max_per_minute=100)
+    await declare_new(stack)
+    state = await policies(stack).GetSendPolicy(send_policy_pb2.GetSendPolicyRequest(instance_id=INSTANCE))
+    assert (state.policy.max_per_minute, state.policy.warmup_days) == (100, 0)
