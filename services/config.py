@@ -241,6 +241,11 @@ class Settings(BaseSettings):
     new_number_warmup_days: int = Field(
         14, ge=0, le=365, description="Days a new number's daily new-recipient budget climbs from start to target."
     )
+    optout_keywords: str = Field(
+        "SAIR,PARAR,STOP,CANCELAR",
+        description="Comma-separated words that, as a customer's whole message (any case, accents, punctuation), "
+        "opt them out of the instance's messages.",
+    )
     migrate_on_start: bool = Field(
         True,
         description="Apply migrations at serve start.",

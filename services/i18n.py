@@ -86,6 +86,7 @@ REASON_TEXT_PT_BR: dict[Reason, str] = {
     Reason.SEND_RATE_PER_MINUTE: "Limite de envios por minuto desta instância atingido.",
     Reason.NEW_RECIPIENTS_HOURLY: "Limite de novos destinatários por hora desta instância atingido.",
     Reason.NEW_RECIPIENTS_DAILY: "Limite diário de novos destinatários (aquecimento) desta instância atingido.",
+    Reason.RECIPIENT_OPTED_OUT: "O destinatário pediu para não receber mensagens deste número.",
     Reason.PHONE_CONFIRMED: "Conectada, com número confirmado.",
     Reason.WEBHOOKS_UNCONFIGURED: (
         "Conectada, mas a entrega não pode ser confirmada: os webhooks da W-API não apontam (comprovadamente) "
@@ -125,6 +126,7 @@ REASON_TEXT_EN: dict[Reason, str] = {
     Reason.SEND_RATE_PER_MINUTE: "This instance's sends-per-minute limit is reached.",
     Reason.NEW_RECIPIENTS_HOURLY: "This instance's hourly budget of new recipients is used up.",
     Reason.NEW_RECIPIENTS_DAILY: "This instance's daily budget of new recipients (warm-up) is used up.",
+    Reason.RECIPIENT_OPTED_OUT: "The recipient asked not to receive messages from this number.",
     Reason.PHONE_CONFIRMED: "Connected with a confirmed phone number.",
     Reason.WEBHOOKS_UNCONFIGURED: (
         "Connected, but delivery cannot be confirmed: W-API's webhooks are not known to point at this service, "

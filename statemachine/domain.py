@@ -97,6 +97,8 @@ class Reason(StrEnum):
     SEND_RATE_PER_MINUTE = "SEND_RATE_PER_MINUTE"
     NEW_RECIPIENTS_HOURLY = "NEW_RECIPIENTS_HOURLY"
     NEW_RECIPIENTS_DAILY = "NEW_RECIPIENTS_DAILY"
+    # The recipient asked this instance to stop messaging them (statemachine/optout.py).
+    RECIPIENT_OPTED_OUT = "RECIPIENT_OPTED_OUT"
 
 
 # --- outbound content ------------------------------------------------------------------------

@@ -47,9 +47,14 @@ class SendBlocked(GuardError):
     """Preflight refused the send; the message is stored as FAILED with this reason."""
 
     def __init__(self, reason: Reason, message: MessageRecord, instance_state: InstanceState) -> None:
+        why = (
+            "the recipient opted out of this number"
+            if reason is Reason.RECIPIENT_OPTED_OUT
+            else f"instance {message.instance_id} is {instance_state.value}"
+        )
         super().__init__(
             reason,
-            f"send blocked: instance {message.instance_id} is {instance_state.value} ({reason.value})",
+            f"send blocked: {why} ({reason.value})",
             {
                 "instance_id": message.instance_id,
                 "message_id": message.id,

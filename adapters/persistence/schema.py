@@ -366,3 +366,33 @@ policy_recipients = Table(
     Column("first_sent_at", UTCDateTime(timezone=True), nullable=True),
     Column("last_inbound_at", UTCDateTime(timezone=True), nullable=True),
 )
+
+
+# --- opt-outs (statemachine/optout.py; adapters/persistence/optouts.py) ------------------------
+
+# The suppression list: a send to one of these recipients is refused before the provider.
+opt_outs = Table(
+    "opt_outs",
+    metadata,
+    Column("instance_id", String(64), primary_key=True),
+    Column("recipient", String(128), primary_key=True),
+    Column("source", String(16), nullable=False),
+    Column("detail", String(256), nullable=False, server_default=""),
+    Column("created_at", UTCDateTime(timezone=True), nullable=False),
+    Column("created_by", String(128), nullable=False, server_default=""),
+)
+
+# Every addition and removal, append-only (who, when, why).
+opt_out_audit = Table(
+    "opt_out_audit",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("instance_id", String(64), nullable=False),
+    Column("recipient", String(128), nullable=False),
+    Column("action", String(16), nullable=False),
+    Column("source", String(16), nullable=False),
+    Column("detail", String(256), nullable=False, server_default=""),
+    Column("at", UTCDateTime(timezone=True), nullable=False),
+    Column("by", String(128), nullable=False, server_default=""),
+    Index("ix_opt_out_audit_instance_id_recipient", "instance_id", "recipient"),
+)

@@ -47,13 +47,11 @@ class SendPolicies:
         if verdict.reason is not None:
             raise SendPaced(verdict.reason, instance_id, round(verdict.retry_after, 3), verdict.limit)
 
-    async def note_inbound(self, instance_id: str, chat_id: str, at: datetime) -> None:
-        """An inbound message from a person (not a group) makes them a known contact: replies to
-        them are not new recipients. Only instances with a policy keep this (others pay nothing)."""
-        sender = chat_id.split("@", 1)[0]
-        if chat_id.endswith("@g.us") or not sender.isdigit() or instance_id not in await self._active_now():
-            return
-        await self.store.note_inbound(instance_id, sender, at)
+    async def note_inbound(self, instance_id: str, sender: str, at: datetime) -> None:
+        """A customer's 1:1 message makes them a known contact: replies to them are not new
+        recipients. Only instances with a policy keep this (others pay nothing)."""
+        if sender.isdigit() and instance_id in await self._active_now():
+            await self.store.note_inbound(instance_id, sender, at)
 
     async def declare_new_number(self, instance_id: str, *, by: str) -> PolicyRecord | None:
         """A number registered as new gets the warm-up policy from now, unless it already has a

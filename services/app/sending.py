@@ -20,6 +20,7 @@ from services.app.clock import utcnow
 from services.app.content import content_to_dict, outbound_from_stored, request_hash
 from services.app.gateway_config import GatewayConfig
 from services.app.health import CachedInstance, Instances
+from services.app.optouts import OptOuts
 from services.app.send_policy import SendPolicies
 from services.app.stall_watch import StallWatch
 from services.observability.telemetry import Telemetry, current_trace_ids, use_span
@@ -69,6 +70,7 @@ PREFLIGHT_REASONS = frozenset(
         Reason.NOT_SUPPORTED_BY_PLAN,
         Reason.RESTARTING,
         Reason.PAIRING_IN_PROGRESS,
+        Reason.RECIPIENT_OPTED_OUT,
     }
 )
 # A send's answer that says something about the instance itself.
@@ -103,6 +105,8 @@ class Sending:
         self.inflight: set[asyncio.Task[MessageRecord]] = set()
         # The per-instance send policy, wired by the composition root (None: no policy check).
         self.policies: SendPolicies | None = None
+        # The suppression list, wired by the composition root (None: no opt-out check).
+        self.opt_outs: OptOuts | None = None
 
     async def send(self, req: SendRequest, *, time_remaining: float | None = None) -> MessageRecord:
         """`time_remaining` is the caller's gRPC deadline budget: the provider call never outlives it."""
@@ -130,6 +134,8 @@ class Sending:
                         req.kind,
                         webhooks_blocked=self.instances.webhooks_block(health),
                     )
+                    if blocked is None and await self._opted_out(req.instance_id, req.to):
+                        blocked = Reason.RECIPIENT_OPTED_OUT
                     preflight.set_attribute("wapi.session_health", health.state.value)
                 span.set_attribute("wapi.session_health", health.state.value)
                 if blocked is None and self.policies is not None:
@@ -152,6 +158,10 @@ class Sending:
                 _end_with_error(span, error)
                 raise
         return await self._attempt_shielded(stored, outbound, cached, span, self._budget(time_remaining))
+
+    async def _opted_out(self, instance_id: str, to: str) -> bool:
+        """The suppression list (services/app/optouts.py): refused before any provider call."""
+        return self.opt_outs is not None and await self.opt_outs.blocks(instance_id, to)
 
     async def _admit(self, req: SendRequest) -> MessageRecord | None:
         """The send policy's check. A refusal stores nothing; but a repeated key whose first
@@ -192,7 +202,7 @@ class Sending:
             kind=outbound.kind,
             state=initial,
             failure_reason=blocked.value if blocked else "",
-            failure_detail=f"instance {health.state.value}" if blocked else "",
+            failure_detail=_block_detail(blocked, health.state),
             provider_message_id=None,
             attempts=1,
             idempotency_key=req.idempotency_key or f"auto:{uuid.uuid4()}",
@@ -409,12 +419,14 @@ class Sending:
                     msg.kind,
                     webhooks_blocked=self.instances.webhooks_block(health),
                 )
+                if blocked is None and await self._opted_out(msg.instance_id, msg.to):
+                    blocked = Reason.RECIPIENT_OPTED_OUT
                 if blocked:
                     stored, _ = await self.repo.record_send_outcome(
                         msg.id,
                         provider_message_id=None,
                         failure=blocked,
-                        detail=f"instance {health.state.value}",
+                        detail=_block_detail(blocked, health.state),
                         source="preflight",
                     )
                     raise self._blocked(stored, health.state, blocked)
@@ -453,6 +465,12 @@ class Sending:
             )
         except ValueError:
             raise InvalidRequest([Violation("page_token", "not a token returned by ListMessages")]) from None
+
+
+def _block_detail(blocked: Reason | None, state: InstanceState) -> str:
+    if blocked is None:
+        return ""
+    return "recipient opted out" if blocked is Reason.RECIPIENT_OPTED_OUT else f"instance {state.value}"
 
 
 def _plausible_id(message_id: str) -> bool:

@@ -22,15 +22,18 @@ from adapters.persistence.bounded import BoundedStore
 from adapters.persistence.db import async_url, create_engine
 from adapters.persistence.listen import change_listener
 from adapters.persistence.migrate import upgrade_to_head
+from adapters.persistence.optouts import OptOutRepository
 from adapters.persistence.repository import Repository
 from adapters.persistence.send_policies import SendPolicyRepository
 from adapters.persistence.webhook_store import WebhookStore
-from adapters.wapi.webhooks import parse_webhook
+from adapters.wapi.webhooks import normalize_inbound, parse_webhook
 from services.api.wapiguard.v1 import (
     events_pb2,
     events_pb2_grpc,
     instance_health_pb2,
     instance_health_pb2_grpc,
+    optouts_pb2,
+    optouts_pb2_grpc,
     send_pb2,
     send_pb2_grpc,
     send_policy_pb2,
@@ -40,6 +43,7 @@ from services.api.wapiguard.v1 import (
 )
 from services.app.events import ChangeFeed
 from services.app.gateway import Gateway, GatewayConfig
+from services.app.optouts import OptOuts, inbound_listener
 from services.app.outbound import OutboundConfig, WebhookDispatcher, parse_schedule
 from services.app.principals import parse_tokens
 from services.app.recovery import Recovery, RecoveryConfig
@@ -54,6 +58,7 @@ from services.rpc.errors import treat_as_unavailable
 from services.rpc.event_mapping import event_dict
 from services.rpc.event_servicers import EventServicer, WebhookSubscriptionServicer
 from services.rpc.exposure import check_exposure
+from services.rpc.optout_servicer import OptOutServicer
 from services.rpc.send_policy_servicer import SendPolicyServicer
 from services.rpc.servicers import InstanceHealthServicer, SendServicer, WebhookServicer
 from services.rpc.startup import step
@@ -72,6 +77,7 @@ SERVICE_NAMES = (
     events_pb2.DESCRIPTOR.services_by_name["EventService"].full_name,
     events_pb2.DESCRIPTOR.services_by_name["WebhookSubscriptionService"].full_name,
     send_policy_pb2.DESCRIPTOR.services_by_name["SendPolicyService"].full_name,
+    optouts_pb2.DESCRIPTOR.services_by_name["OptOutService"].full_name,
 )
 
 
@@ -243,7 +249,13 @@ class App:
         # The per-instance send policy (issue 26): its own store and use case, checked by the preflight.
         send_policies = SendPolicies(SendPolicyRepository(engine), new_number_policy=new_number_policy(settings))
         gateway.sending.policies = send_policies
-        gateway.ingestion.on_inbound = send_policies.note_inbound
+        opt_outs = OptOuts(
+            OptOutRepository(engine),
+            keywords=[k for k in settings.optout_keywords.split(",") if k.strip()],
+            phone_region=settings.default_phone_region,
+        )
+        gateway.sending.opt_outs = opt_outs
+        gateway.ingestion.on_inbound = inbound_listener(normalize_inbound, send_policies, opt_outs)
         recovery = Recovery(
             gateway, provider if isinstance(provider, InstanceOperations) else None, recovery_config(settings)
         )
@@ -316,6 +328,7 @@ class App:
             ),
             target,
         )
+        optouts_pb2_grpc.add_OptOutServiceServicer_to_server(OptOutServicer(opt_outs), target)
         send_policy_pb2_grpc.add_SendPolicyServiceServicer_to_server(
             SendPolicyServicer(send_policies, gateway.instances.cached), target
         )

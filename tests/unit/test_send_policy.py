@@ -1,10 +1,12 @@
-"""The send policy's pure rule: pacing, per-minute cap, new-recipient budgets, warm-up, quiet hours."""
+"""The send side's pure rules: the send policy (pacing, per-minute cap, new-recipient budgets, warm-up,
+quiet hours) and the opt-out keyword match."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, time, timedelta
 
 from statemachine.domain import Reason
+from statemachine.optout import DEFAULT_KEYWORDS, is_opt_out, keyword_set
 from statemachine.send_policy import (
     PolicyCounters,
     SendPolicy,
@@ -90,3 +92,12 @@ def test_validation_names_the_bad_fields() -> None:
     fields = {field for field, _ in validate_policy(bad)}
     assert fields == {"min_interval_seconds", "warmup_days", "quiet_hours", "time_zone"}
     assert validate_policy(SendPolicy(new_recipients_per_day=50, warmup_start_per_day=10, warmup_days=7)) == []
+
+
+def test_opt_out_keywords_match_the_whole_message_without_case_accents_or_punctuation() -> None:
+    keywords = keyword_set(DEFAULT_KEYWORDS)
+    for text in ("SAIR", "sair", "Sáir!", "  PARAR. ", "stop", "Cancelar!!", "“sair”"):
+        assert is_opt_out(text, keywords), text
+    for other in ("quero sair daqui", "não pare", "", None, "sairr", "STOP STOP"):
+        assert not is_opt_out(other, keywords), other
+    assert is_opt_out("Descadastrar", keyword_set(["descadastrar", " "]))
