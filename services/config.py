@@ -246,6 +246,12 @@ class Settings(BaseSettings):
         description="Comma-separated words that, as a customer's whole message (any case, accents, punctuation), "
         "opt them out of the instance's messages.",
     )
+    recipient_check_ttl: float = Field(
+        2592000.0,
+        gt=0,
+        description="Seconds a number check's answer (on WhatsApp or not) is kept and trusted by sends and "
+        "CheckRecipients.",
+    )
     migrate_on_start: bool = Field(
         True,
         description="Apply migrations at serve start.",

@@ -87,6 +87,7 @@ REASON_TEXT_PT_BR: dict[Reason, str] = {
     Reason.NEW_RECIPIENTS_HOURLY: "Limite de novos destinatários por hora desta instância atingido.",
     Reason.NEW_RECIPIENTS_DAILY: "Limite diário de novos destinatários (aquecimento) desta instância atingido.",
     Reason.RECIPIENT_OPTED_OUT: "O destinatário pediu para não receber mensagens deste número.",
+    Reason.NOT_ON_WHATSAPP: "Este número não está no WhatsApp (verificado pelo provedor).",
     Reason.PHONE_CONFIRMED: "Conectada, com número confirmado.",
     Reason.WEBHOOKS_UNCONFIGURED: (
         "Conectada, mas a entrega não pode ser confirmada: os webhooks da W-API não apontam (comprovadamente) "
@@ -127,6 +128,7 @@ REASON_TEXT_EN: dict[Reason, str] = {
     Reason.NEW_RECIPIENTS_HOURLY: "This instance's hourly budget of new recipients is used up.",
     Reason.NEW_RECIPIENTS_DAILY: "This instance's daily budget of new recipients (warm-up) is used up.",
     Reason.RECIPIENT_OPTED_OUT: "The recipient asked not to receive messages from this number.",
+    Reason.NOT_ON_WHATSAPP: "This number is not on WhatsApp (checked with the provider).",
     Reason.PHONE_CONFIRMED: "Connected with a confirmed phone number.",
     Reason.WEBHOOKS_UNCONFIGURED: (
         "Connected, but delivery cannot be confirmed: W-API's webhooks are not known to point at this service, "
@@ -817,6 +819,21 @@ _VIOLATIONS_PT_BR: tuple[tuple[re.Pattern[str], str], ...] = tuple(
     (re.compile(pattern), text)
     for pattern, text in (
         (r"required", "obrigatório"),
+        (r"give 1 to (\d+) numbers per request", r"informe de 1 a \1 números por pedido"),
+        (r"must be between 0 and (\d+) seconds", r"deve estar entre 0 e \1 segundos"),
+        (r"must be between 0 and 1000000", "deve estar entre 0 e 1000000"),
+        (
+            r"a warm-up needs new_recipients_per_day \(its target\)",
+            "um aquecimento precisa de new_recipients_per_day (sua meta)",
+        ),
+        (r"must not exceed new_recipients_per_day", "não pode passar de new_recipients_per_day"),
+        (r"give both start and end, or neither", "informe início e fim, ou nenhum"),
+        (r"start and end must differ", "início e fim devem ser diferentes"),
+        (
+            r"not an IANA time zone \(e\.g\. America/Sao_Paulo\)",
+            "não é um fuso horário IANA (p. ex. America/Sao_Paulo)",
+        ),
+        (r"must be a local time HH:MM", "deve ser um horário local HH:MM"),
         (r"required on first registration", "obrigatório no primeiro registro"),
         (r"required: the phone to pair, e\.g\. (.+)", r"obrigatório: o telefone a parear, p. ex. \1"),
         (

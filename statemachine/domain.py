@@ -99,6 +99,8 @@ class Reason(StrEnum):
     NEW_RECIPIENTS_DAILY = "NEW_RECIPIENTS_DAILY"
     # The recipient asked this instance to stop messaging them (statemachine/optout.py).
     RECIPIENT_OPTED_OUT = "RECIPIENT_OPTED_OUT"
+    # The provider's number check said this recipient is not on WhatsApp (statemachine/recipients.py).
+    NOT_ON_WHATSAPP = "NOT_ON_WHATSAPP"
 
 
 # --- outbound content ------------------------------------------------------------------------

@@ -47,11 +47,10 @@ class SendBlocked(GuardError):
     """Preflight refused the send; the message is stored as FAILED with this reason."""
 
     def __init__(self, reason: Reason, message: MessageRecord, instance_state: InstanceState) -> None:
-        why = (
-            "the recipient opted out of this number"
-            if reason is Reason.RECIPIENT_OPTED_OUT
-            else f"instance {message.instance_id} is {instance_state.value}"
-        )
+        why = {
+            Reason.RECIPIENT_OPTED_OUT: "the recipient opted out of this number",
+            Reason.NOT_ON_WHATSAPP: "the recipient is not on WhatsApp",
+        }.get(reason, f"instance {message.instance_id} is {instance_state.value}")
         super().__init__(
             reason,
             f"send blocked: {why} ({reason.value})",

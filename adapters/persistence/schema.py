@@ -396,3 +396,18 @@ opt_out_audit = Table(
     Column("by", String(128), nullable=False, server_default=""),
     Index("ix_opt_out_audit_instance_id_recipient", "instance_id", "recipient"),
 )
+
+
+# --- number checks (statemachine/recipients.py; adapters/persistence/recipients.py) ------------
+
+# The provider's answer per recipient, cached with a TTL: the send path reads only this.
+recipient_checks = Table(
+    "recipient_checks",
+    metadata,
+    Column("instance_id", String(64), primary_key=True),
+    Column("recipient", String(128), primary_key=True),
+    Column("on_whatsapp", Boolean, nullable=False),
+    Column("canonical", String(128), nullable=False, server_default=""),
+    Column("lid", String(128), nullable=False, server_default=""),
+    Column("checked_at", UTCDateTime(timezone=True), nullable=False),
+)

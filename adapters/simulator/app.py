@@ -132,6 +132,8 @@ class Simulator:
         self.webhook_posts: list[JSONDict] = []  # {"url", "body", "status", "error"} per attempt
         self.webhook_errors = 0
         self._instances: dict[str, SimInstance] = {}
+        # Numbers W-API's number check (contacts/phone-exists) says are not on WhatsApp.
+        self.absent_numbers: set[str] = set()
         self._sends: dict[str, list[JSONDict]] = {}
         self._recipients: dict[str, SimRecipient] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -530,11 +532,25 @@ class Simulator:
             if method != "PUT":
                 return _json(payloads.error_body("method not allowed"), 405)
             return self._answer_update_webhook(instance, tail.removeprefix("webhook/update-webhook-"), body)
+        if tail == "contacts/phone-exists":
+            if method != "GET":
+                return _json(payloads.error_body("method not allowed"), 405)
+            return self._answer_phone_exists(query)
         if tail.startswith("instance/"):
             if method != "GET":
                 return _json(payloads.error_body("method not allowed"), 405)
             return self._answer_instance(instance, tail.removeprefix("instance/"), query)
         return _json(payloads.error_body(f"rota não encontrada: /{tail}"), 404)
+
+    def _answer_phone_exists(self, query: Mapping[str, str]) -> web.Response:
+        """W-API's number check, `GET /v1/contacts/phone-exists?instanceId=&phoneNumber=` →
+        `{exists, phoneNumber, lid}` (inferred from public client code; see docs/wapi-contract.md)."""
+        phone = "".join(ch for ch in query.get("phoneNumber", "") if ch.isdigit())
+        if not phone:
+            return _json(payloads.error_body("phoneNumber is required"), 400)
+        if phone in self.absent_numbers:
+            return _json({"exists": False, "phoneNumber": phone, "lid": None}, 200)
+        return _json({"exists": True, "phoneNumber": phone, "lid": f"{int(phone) % 10**14}@lid"}, 200)
 
     async def _hang(self) -> None:
         with contextlib.suppress(TimeoutError):

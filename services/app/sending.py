@@ -21,6 +21,7 @@ from services.app.content import content_to_dict, outbound_from_stored, request_
 from services.app.gateway_config import GatewayConfig
 from services.app.health import CachedInstance, Instances
 from services.app.optouts import OptOuts
+from services.app.recipients import Recipients
 from services.app.send_policy import SendPolicies
 from services.app.stall_watch import StallWatch
 from services.observability.telemetry import Telemetry, current_trace_ids, use_span
@@ -71,6 +72,7 @@ PREFLIGHT_REASONS = frozenset(
         Reason.RESTARTING,
         Reason.PAIRING_IN_PROGRESS,
         Reason.RECIPIENT_OPTED_OUT,
+        Reason.NOT_ON_WHATSAPP,
     }
 )
 # A send's answer that says something about the instance itself.
@@ -107,6 +109,8 @@ class Sending:
         self.policies: SendPolicies | None = None
         # The suppression list, wired by the composition root (None: no opt-out check).
         self.opt_outs: OptOuts | None = None
+        # The number-check cache, wired by the composition root (None: no NOT_ON_WHATSAPP check).
+        self.recipients: Recipients | None = None
 
     async def send(self, req: SendRequest, *, time_remaining: float | None = None) -> MessageRecord:
         """`time_remaining` is the caller's gRPC deadline budget: the provider call never outlives it."""
@@ -136,6 +140,8 @@ class Sending:
                     )
                     if blocked is None and await self._opted_out(req.instance_id, req.to):
                         blocked = Reason.RECIPIENT_OPTED_OUT
+                    if blocked is None and await self._known_absent(req.instance_id, req.to):
+                        blocked = Reason.NOT_ON_WHATSAPP
                     preflight.set_attribute("wapi.session_health", health.state.value)
                 span.set_attribute("wapi.session_health", health.state.value)
                 if blocked is None and self.policies is not None:
@@ -162,6 +168,10 @@ class Sending:
     async def _opted_out(self, instance_id: str, to: str) -> bool:
         """The suppression list (services/app/optouts.py): refused before any provider call."""
         return self.opt_outs is not None and await self.opt_outs.blocks(instance_id, to)
+
+    async def _known_absent(self, instance_id: str, to: str) -> bool:
+        """The number-check cache (services/app/recipients.py); never the provider."""
+        return self.recipients is not None and await self.recipients.absent(instance_id, to)
 
     async def _admit(self, req: SendRequest) -> MessageRecord | None:
         """The send policy's check. A refusal stores nothing; but a repeated key whose first
@@ -421,6 +431,8 @@ class Sending:
                 )
                 if blocked is None and await self._opted_out(msg.instance_id, msg.to):
                     blocked = Reason.RECIPIENT_OPTED_OUT
+                if blocked is None and await self._known_absent(msg.instance_id, msg.to):
+                    blocked = Reason.NOT_ON_WHATSAPP
                 if blocked:
                     stored, _ = await self.repo.record_send_outcome(
                         msg.id,
@@ -470,7 +482,11 @@ class Sending:
 def _block_detail(blocked: Reason | None, state: InstanceState) -> str:
     if blocked is None:
         return ""
-    return "recipient opted out" if blocked is Reason.RECIPIENT_OPTED_OUT else f"instance {state.value}"
+    if blocked is Reason.RECIPIENT_OPTED_OUT:
+        return "recipient opted out"
+    if blocked is Reason.NOT_ON_WHATSAPP:
+        return "recipient not on WhatsApp (number check)"
+    return f"instance {state.value}"
 
 
 def _plausible_id(message_id: str) -> bool:

@@ -23,6 +23,7 @@ from adapters.persistence.db import async_url, create_engine
 from adapters.persistence.listen import change_listener
 from adapters.persistence.migrate import upgrade_to_head
 from adapters.persistence.optouts import OptOutRepository
+from adapters.persistence.recipients import RecipientCheckRepository
 from adapters.persistence.repository import Repository
 from adapters.persistence.send_policies import SendPolicyRepository
 from adapters.persistence.webhook_store import WebhookStore
@@ -34,6 +35,8 @@ from services.api.wapiguard.v1 import (
     instance_health_pb2_grpc,
     optouts_pb2,
     optouts_pb2_grpc,
+    recipients_pb2,
+    recipients_pb2_grpc,
     send_pb2,
     send_pb2_grpc,
     send_policy_pb2,
@@ -46,6 +49,7 @@ from services.app.gateway import Gateway, GatewayConfig
 from services.app.optouts import OptOuts, inbound_listener
 from services.app.outbound import OutboundConfig, WebhookDispatcher, parse_schedule
 from services.app.principals import parse_tokens
+from services.app.recipients import Recipients
 from services.app.recovery import Recovery, RecoveryConfig
 from services.app.send_policy import SendPolicies
 from services.app.subscriptions import Scopes
@@ -59,6 +63,7 @@ from services.rpc.event_mapping import event_dict
 from services.rpc.event_servicers import EventServicer, WebhookSubscriptionServicer
 from services.rpc.exposure import check_exposure
 from services.rpc.optout_servicer import OptOutServicer
+from services.rpc.recipient_servicer import RecipientServicer
 from services.rpc.send_policy_servicer import SendPolicyServicer
 from services.rpc.servicers import InstanceHealthServicer, SendServicer, WebhookServicer
 from services.rpc.startup import step
@@ -78,6 +83,7 @@ SERVICE_NAMES = (
     events_pb2.DESCRIPTOR.services_by_name["WebhookSubscriptionService"].full_name,
     send_policy_pb2.DESCRIPTOR.services_by_name["SendPolicyService"].full_name,
     optouts_pb2.DESCRIPTOR.services_by_name["OptOutService"].full_name,
+    recipients_pb2.DESCRIPTOR.services_by_name["RecipientService"].full_name,
 )
 
 
@@ -255,6 +261,15 @@ class App:
             phone_region=settings.default_phone_region,
         )
         gateway.sending.opt_outs = opt_outs
+        recipients = Recipients(
+            RecipientCheckRepository(engine),
+            provider,
+            gateway.instances,
+            ttl_seconds=settings.recipient_check_ttl,
+            phone_region=settings.default_phone_region,
+            timeout=settings.probe_timeout,
+        )
+        gateway.sending.recipients = recipients
         gateway.ingestion.on_inbound = inbound_listener(normalize_inbound, send_policies, opt_outs)
         recovery = Recovery(
             gateway, provider if isinstance(provider, InstanceOperations) else None, recovery_config(settings)
@@ -329,6 +344,7 @@ class App:
             target,
         )
         optouts_pb2_grpc.add_OptOutServiceServicer_to_server(OptOutServicer(opt_outs), target)
+        recipients_pb2_grpc.add_RecipientServiceServicer_to_server(RecipientServicer(recipients), target)
         send_policy_pb2_grpc.add_SendPolicyServiceServicer_to_server(
             SendPolicyServicer(send_policies, gateway.instances.cached), target
         )
