@@ -414,6 +414,8 @@ class Sending:
                 cached = await self.instances.cached(msg.instance_id)
                 if cached is None:
                     raise InstanceNotFound(msg.instance_id)
+                if self.policies is not None:  # a retry is a send too: paced before it changes anything
+                    await self.policies.admit(msg.instance_id, msg.to)
                 try:
                     msg = await self.repo.reset_for_retry(message_id, source="retry", trace_ids=current_trace_ids())
                 except ValueError:

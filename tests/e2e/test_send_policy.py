@@ -16,7 +16,14 @@ from grpc_status import rpc_status
 from sqlalchemy import func, select
 
 from adapters.persistence.schema import messages
-from services.api.wapiguard.v1 import instance_health_pb2, send_policy_pb2, send_policy_pb2_grpc
+from services.api.wapiguard.v1 import (
+    instance_health_pb2,
+    optouts_pb2,
+    optouts_pb2_grpc,
+    send_pb2,
+    send_policy_pb2,
+    send_policy_pb2_grpc,
+)
 from tests.e2e.conftest import StackFactory
 from tests.e2e.stack import PHONE, Stack, text_request, unbounded
 from tests.integration.harness import rich_error
@@ -204,3 +211,22 @@ async def test_new_number_defaults_pace_with_jitter_and_never_overwrite_an_opera
     await declare_new(stack)
     state = await policies(stack).GetSendPolicy(send_policy_pb2.GetSendPolicyRequest(instance_id=INSTANCE))
     assert (state.policy.max_per_minute, state.policy.warmup_days) == (100, 0)
+
+
+async def test_a_retry_is_paced_like_a_send_and_stays_failed_when_refused(stack: Stack) -> None:
+    await stack.add_instance(INSTANCE, phone=PHONE)
+    await set_policy(stack, new_recipients_per_hour=1)
+    await stack.submit(text_request(INSTANCE, to=recipient(0)))
+    # A FAILED message to a new recipient (blocked by an opt-out that is then lifted).
+    optouts: optouts_pb2_grpc.OptOutServiceAsyncStub = optouts_pb2_grpc.OptOutServiceStub(stack.channel)
+    await optouts.AddOptOut(optouts_pb2.AddOptOutRequest(instance_id=INSTANCE, recipient=recipient(1)))
+    failed = rich_error(await refused(stack, recipient(1)))
+    assert failed.reason == "RECIPIENT_OPTED_OUT"
+    await optouts.RemoveOptOut(optouts_pb2.RemoveOptOutRequest(instance_id=INSTANCE, recipient=recipient(1)))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stack.send.RetryMessage(send_pb2.RetryMessageRequest(message_id=failed.metadata["message_id"]))
+    assert rich_error(caught.value).reason == "NEW_RECIPIENTS_HOURLY"
+    assert retry_delay(caught.value) > 0
+    stored = await stack.message(failed.metadata["message_id"])
+    assert (stored.failure_reason, stored.attempts) == ("RECIPIENT_OPTED_OUT", 1)
+    assert len(stack.sim.sends(INSTANCE)) == 1
