@@ -54,7 +54,9 @@ class OptOut:
 class OptOutStore(Protocol):
     """The suppression list's port (adapters/persistence/optouts.py). Every change is audited."""
 
-    async def instances_with_opt_outs(self) -> set[str]: ...
+    async def has_opt_outs(self, instance_id: str) -> bool:
+        """Whether the instance has any (one index probe)."""
+        ...
 
     async def is_suppressed(self, instance_id: str, recipient: str) -> bool: ...
 

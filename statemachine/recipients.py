@@ -45,7 +45,9 @@ class NumberChecker(Protocol):
 class RecipientCache(Protocol):
     """The number checks' cache (adapters/persistence/recipients.py)."""
 
-    async def instances_with_absent(self) -> set[str]: ...
+    async def has_absent(self, instance_id: str) -> bool:
+        """Whether any recipient of the instance is cached as absent (one index probe)."""
+        ...
 
     async def get(self, instance_id: str, recipient: str) -> NumberCheck | None: ...
 

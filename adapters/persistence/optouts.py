@@ -31,10 +31,10 @@ class OptOutRepository:
         self.engine = engine
         self._insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
 
-    async def instances_with_opt_outs(self) -> set[str]:
+    async def has_opt_outs(self, instance_id: str) -> bool:
+        query = select(opt_outs.c.recipient).where(opt_outs.c.instance_id == instance_id).limit(1)
         async with self.engine.connect() as conn:
-            rows = (await conn.execute(select(opt_outs.c.instance_id).distinct())).all()
-        return {r.instance_id for r in rows}
+            return (await conn.execute(query)).first() is not None
 
     async def is_suppressed(self, instance_id: str, recipient: str) -> bool:
         async with self.engine.connect() as conn:

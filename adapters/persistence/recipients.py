@@ -25,10 +25,14 @@ class RecipientCheckRepository:
         self.engine = engine
         self._insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
 
-    async def instances_with_absent(self) -> set[str]:
-        query = select(recipient_checks.c.instance_id).where(recipient_checks.c.on_whatsapp.is_(False)).distinct()
+    async def has_absent(self, instance_id: str) -> bool:
+        query = (
+            select(recipient_checks.c.recipient)
+            .where(recipient_checks.c.instance_id == instance_id, recipient_checks.c.on_whatsapp.is_(False))
+            .limit(1)
+        )
         async with self.engine.connect() as conn:
-            return {r.instance_id for r in (await conn.execute(query)).all()}
+            return (await conn.execute(query)).first() is not None
 
     async def get(self, instance_id: str, recipient: str) -> NumberCheck | None:
         query = select(recipient_checks).where(

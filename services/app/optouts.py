@@ -1,9 +1,9 @@
 """Opt-outs: the suppression list's use cases, and what inbound messages teach the send side.
 
-The preflight asks `blocks` for every send: instances with no opt-out cost a set lookup in memory
-(re-read every `refresh` seconds, at once on this replica when one is added here); others one
-primary-key read. A customer's message that is exactly an opt-out keyword (statemachine/optout.py)
-adds them; the API adds and removes, and every change is audited in the store.
+The preflight asks `blocks` for every send: whether the instance has any opt-out is one index
+probe remembered for `refresh` seconds (at once on this replica when one is added here); an instance
+with opt-outs pays one primary-key read. A customer's message that is exactly an opt-out keyword
+(statemachine/optout.py) adds them; the API adds and removes, and every change is audited in the store.
 """
 
 from __future__ import annotations
@@ -37,18 +37,25 @@ class OptOuts:
         self.keywords = keyword_set(keywords)
         self.phone_region = phone_region
         self.refresh = refresh
-        self._with_opt_outs: set[str] = set()
-        self._read_at = float("-inf")
+        # Per instance: whether it has any opt-out, and when that was read (one index probe per
+        # instance per `refresh` seconds, whatever the size of the list).
+        self._has_any: dict[str, tuple[bool, float]] = {}
 
-    async def _instances(self) -> set[str]:
-        if time.monotonic() - self._read_at >= self.refresh:
-            self._with_opt_outs = await self.store.instances_with_opt_outs()
-            self._read_at = time.monotonic()
-        return self._with_opt_outs
+    async def _any(self, instance_id: str) -> bool:
+        known = self._has_any.get(instance_id)
+        if known is None or time.monotonic() - known[1] >= self.refresh:
+            if len(self._has_any) >= 100_000:
+                self._has_any.clear()
+            known = (await self.store.has_opt_outs(instance_id), time.monotonic())
+            self._has_any[instance_id] = known
+        return known[0]
+
+    def _mark(self, instance_id: str) -> None:
+        self._has_any[instance_id] = (True, time.monotonic())
 
     async def blocks(self, instance_id: str, recipient: str) -> bool:
         """True when `recipient` (canonical, as stored and sent) opted out of this instance."""
-        if instance_id not in await self._instances():
+        if not await self._any(instance_id):
             return False
         return await self.store.is_suppressed(instance_id, recipient)
 
@@ -59,7 +66,7 @@ class OptOuts:
         added = await self.store.add(
             OptOut(instance_id, sender, OptOutSource.KEYWORD, (text or "").strip()[:64], at, "customer")
         )
-        self._with_opt_outs.add(instance_id)
+        self._mark(instance_id)
         if added:
             log.info("recipient opted out by keyword", extra={"instance_id": instance_id})
         return added
@@ -78,7 +85,7 @@ class OptOuts:
         self._check(instance_id)
         opt_out = OptOut(instance_id, self.canonical(recipient), OptOutSource.API, note[:256], utcnow(), by)
         added = await self.store.add(opt_out)
-        self._with_opt_outs.add(instance_id)
+        self._mark(instance_id)
         log.info("opt-out added", extra={"instance_id": instance_id, "by": by, "added": added})
         return opt_out, added
 

@@ -47,16 +47,19 @@ class Recipients:
         self.pace = pace
         self.max_batch = max_batch
         self.refresh = refresh
-        self._with_absent: set[str] = set()
-        self._read_at = float("-inf")
+        # Per instance: whether any recipient is cached absent, and when that was read.
+        self._has_absent: dict[str, tuple[bool, float]] = {}
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
     async def absent(self, instance_id: str, recipient: str) -> bool:
         """The preflight's question: does the cache say this recipient is not on WhatsApp?"""
-        if time.monotonic() - self._read_at >= self.refresh:
-            self._with_absent = await self.cache.instances_with_absent()
-            self._read_at = time.monotonic()
-        if instance_id not in self._with_absent:
+        known = self._has_absent.get(instance_id)
+        if known is None or time.monotonic() - known[1] >= self.refresh:
+            if len(self._has_absent) >= 100_000:
+                self._has_absent.clear()
+            known = (await self.cache.has_absent(instance_id), time.monotonic())
+            self._has_absent[instance_id] = known
+        if not known[0]:
             return False
         return known_absent(await self.cache.get(instance_id, recipient), utcnow(), self.ttl)
 
@@ -91,6 +94,6 @@ class Recipients:
                 answer = replace(answer, recipient=recipient, checked_at=utcnow())
                 await self.cache.put(instance_id, answer)
                 if answer.exists is False:
-                    self._with_absent.add(instance_id)
+                    self._has_absent[instance_id] = (True, time.monotonic())
                 out.append(answer)
         return out
