@@ -222,6 +222,36 @@ class Settings(BaseSettings):
         description="Seconds between read-backs of every instance's W-API webhook URLs (needs --public-url; "
         "0 disables).",
     )
+    # The warm-up policy a number declared new (RegisterInstance.new_number) gets (docs/send-policy.md).
+    new_number_min_interval: float = Field(
+        3.0, ge=0, le=3600, description="Seconds between two sends of a new number (plus the jitter)."
+    )
+    new_number_jitter: float = Field(
+        5.0, ge=0, le=3600, description="Random extra seconds, up to this, after each send of a new number."
+    )
+    new_number_new_per_hour: int = Field(
+        15, ge=0, description="New recipients per hour of a new number (0: no hourly budget)."
+    )
+    new_number_warmup_start: int = Field(
+        20, ge=0, description="New recipients per day of a new number on its first day of warm-up."
+    )
+    new_number_warmup_target: int = Field(
+        200, ge=1, description="New recipients per day of a new number at the end of its warm-up."
+    )
+    new_number_warmup_days: int = Field(
+        14, ge=0, le=365, description="Days a new number's daily new-recipient budget climbs from start to target."
+    )
+    optout_keywords: str = Field(
+        "SAIR,PARAR,STOP,CANCELAR",
+        description="Comma-separated words that, as a customer's whole message (any case, accents, punctuation), "
+        "opt them out of the instance's messages.",
+    )
+    recipient_check_ttl: float = Field(
+        2592000.0,
+        gt=0,
+        description="Seconds a number check's answer (on WhatsApp or not) is kept and trusted by sends and "
+        "CheckRecipients.",
+    )
     migrate_on_start: bool = Field(
         True,
         description="Apply migrations at serve start.",

@@ -91,6 +91,16 @@ class Reason(StrEnum):
     PUBLIC_URL_NOT_CONFIGURED = "PUBLIC_URL_NOT_CONFIGURED"
     # A send W-API only queued (an `insertedId`, no message id yet).
     PROVIDER_QUEUED = "PROVIDER_QUEUED"
+    # The instance's send policy (statemachine/send_policy.py) refused the send for now.
+    QUIET_HOURS = "QUIET_HOURS"
+    SEND_INTERVAL = "SEND_INTERVAL"
+    SEND_RATE_PER_MINUTE = "SEND_RATE_PER_MINUTE"
+    NEW_RECIPIENTS_HOURLY = "NEW_RECIPIENTS_HOURLY"
+    NEW_RECIPIENTS_DAILY = "NEW_RECIPIENTS_DAILY"
+    # The recipient asked this instance to stop messaging them (statemachine/optout.py).
+    RECIPIENT_OPTED_OUT = "RECIPIENT_OPTED_OUT"
+    # The provider's number check said this recipient is not on WhatsApp (statemachine/recipients.py).
+    NOT_ON_WHATSAPP = "NOT_ON_WHATSAPP"
 
 
 # --- outbound content ------------------------------------------------------------------------

@@ -47,9 +47,13 @@ class SendBlocked(GuardError):
     """Preflight refused the send; the message is stored as FAILED with this reason."""
 
     def __init__(self, reason: Reason, message: MessageRecord, instance_state: InstanceState) -> None:
+        why = {
+            Reason.RECIPIENT_OPTED_OUT: "the recipient opted out of this number",
+            Reason.NOT_ON_WHATSAPP: "the recipient is not on WhatsApp",
+        }.get(reason, f"instance {message.instance_id} is {instance_state.value}")
         super().__init__(
             reason,
-            f"send blocked: instance {message.instance_id} is {instance_state.value} ({reason.value})",
+            f"send blocked: {why} ({reason.value})",
             {
                 "instance_id": message.instance_id,
                 "message_id": message.id,
@@ -150,3 +154,17 @@ class RecoveryFailed(GuardError):
             f"{action} on instance {_short(instance_id)} failed: {reason.value}",
             {"instance_id": _short(instance_id), "action": action, "detail": detail[:200]},
         )
+
+
+class SendPaced(GuardError):
+    """The instance's send policy refuses this send for now (statemachine/send_policy.py). Nothing
+    is stored and no idempotency key is spent: the same request may come back after `retry_after`."""
+
+    def __init__(self, reason: Reason, instance_id: str, retry_after: float, limit: int = 0) -> None:
+        metadata = {"instance_id": _short(instance_id), "retry_after_seconds": f"{retry_after:.3f}"}
+        if limit:
+            metadata["limit"] = str(limit)
+        super().__init__(
+            reason, f"send paced by the instance's send policy ({reason.value}); retry in {retry_after:.1f}s", metadata
+        )
+        self.retry_after = retry_after

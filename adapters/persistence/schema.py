@@ -335,3 +335,79 @@ recovery_actions = Table(
     Column("detail", Text, nullable=False, server_default=""),
     Index(None, "instance_id", "at"),
 )
+
+
+# --- send policy (statemachine/send_policy.py; adapters/persistence/send_policies.py) ---------
+
+# One row per instance with a policy: the policy (JSON), the warm-up anchor and the rule's counters.
+send_policies = Table(
+    "send_policies",
+    metadata,
+    Column("instance_id", String(64), primary_key=True),
+    Column("policy", Text, nullable=False),
+    Column("warmup_anchor", UTCDateTime(timezone=True), nullable=True),
+    Column("updated_at", UTCDateTime(timezone=True), nullable=False),
+    Column("updated_by", String(128), nullable=False, server_default=""),
+    Column("next_send_at", UTCDateTime(timezone=True), nullable=True),
+    Column("minute_start", UTCDateTime(timezone=True), nullable=True),
+    Column("minute_count", Integer, nullable=False, server_default="0"),
+    Column("hour_start", UTCDateTime(timezone=True), nullable=True),
+    Column("hour_new", Integer, nullable=False, server_default="0"),
+    Column("day_start", UTCDateTime(timezone=True), nullable=True),
+    Column("day_new", Integer, nullable=False, server_default="0"),
+)
+
+# Recipients an instance with a policy has messaged or heard from: a primary-key lookup says "new or not".
+policy_recipients = Table(
+    "policy_recipients",
+    metadata,
+    Column("instance_id", String(64), primary_key=True),
+    Column("recipient", String(128), primary_key=True),
+    Column("first_sent_at", UTCDateTime(timezone=True), nullable=True),
+    Column("last_inbound_at", UTCDateTime(timezone=True), nullable=True),
+)
+
+
+# --- opt-outs (statemachine/optout.py; adapters/persistence/optouts.py) ------------------------
+
+# The suppression list: a send to one of these recipients is refused before the provider.
+opt_outs = Table(
+    "opt_outs",
+    metadata,
+    Column("instance_id", String(64), primary_key=True),
+    Column("recipient", String(128), primary_key=True),
+    Column("source", String(16), nullable=False),
+    Column("detail", String(256), nullable=False, server_default=""),
+    Column("created_at", UTCDateTime(timezone=True), nullable=False),
+    Column("created_by", String(128), nullable=False, server_default=""),
+)
+
+# Every addition and removal, append-only (who, when, why).
+opt_out_audit = Table(
+    "opt_out_audit",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("instance_id", String(64), nullable=False),
+    Column("recipient", String(128), nullable=False),
+    Column("action", String(16), nullable=False),
+    Column("source", String(16), nullable=False),
+    Column("detail", String(256), nullable=False, server_default=""),
+    Column("at", UTCDateTime(timezone=True), nullable=False),
+    Column("by", String(128), nullable=False, server_default=""),
+    Index("ix_opt_out_audit_instance_id_recipient", "instance_id", "recipient"),
+)
+
+
+# --- number checks (statemachine/recipients.py; adapters/persistence/recipients.py) ------------
+
+# The provider's answer per recipient, cached with a TTL: the send path reads only this.
+recipient_checks = Table(
+    "recipient_checks",
+    metadata,
+    Column("instance_id", String(64), primary_key=True),
+    Column("recipient", String(128), primary_key=True),
+    Column("on_whatsapp", Boolean, nullable=False),
+    Column("canonical", String(128), nullable=False, server_default=""),
+    Column("lid", String(128), nullable=False, server_default=""),
+    Column("checked_at", UTCDateTime(timezone=True), nullable=False),
+)

@@ -102,6 +102,8 @@ class SimState:
         self.webhook_errors = 0
         self._instances: dict[str, SimInstance] = {}
         self._sends: dict[str, list[JSONDict]] = {}
+        # Numbers W-API's number check (contacts/phone-exists) says are not on WhatsApp.
+        self.absent_numbers: set[str] = set()
         self._recipients: dict[str, SimRecipient] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()

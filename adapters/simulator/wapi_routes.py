@@ -102,6 +102,10 @@ class WapiRoutes(WapiPairing):
             if method != "PUT":
                 return _json(payloads.error_body("method not allowed"), 405)
             return self._answer_update_webhook(instance, tail.removeprefix("webhook/update-webhook-"), body)
+        if tail == "contacts/phone-exists":
+            if method != "GET":
+                return _json(payloads.error_body("method not allowed"), 405)
+            return self._answer_phone_exists(query)
         if tail.startswith("instance/"):
             if method != "GET":
                 return _json(payloads.error_body("method not allowed"), 405)
@@ -111,6 +115,16 @@ class WapiRoutes(WapiPairing):
     async def _hang(self) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), HANG_SECONDS)
+
+    def _answer_phone_exists(self, query: Mapping[str, str]) -> web.Response:
+        """W-API's number check, `GET /v1/contacts/phone-exists?instanceId=&phoneNumber=` →
+        `{exists, phoneNumber, lid}` (inferred from public client code; see docs/wapi-contract.md)."""
+        phone = "".join(ch for ch in query.get("phoneNumber", "") if ch.isdigit())
+        if not phone:
+            return _json(payloads.error_body("phoneNumber is required"), 400)
+        if phone in self.absent_numbers:
+            return _json({"exists": False, "phoneNumber": phone, "lid": None}, 200)
+        return _json({"exists": True, "phoneNumber": phone, "lid": f"{int(phone) % 10**14}@lid"}, 200)
 
     def _connected(self, instance: SimInstance) -> bool:
         return instance.behaviour != "disconnected"

@@ -55,6 +55,7 @@ from statemachine.domain import (
     SendOutcome,
     WebhookLogPage,
 )
+from statemachine.recipients import NumberCheck
 
 logger = logging.getLogger("wapi_guard.wapi")
 
@@ -365,6 +366,22 @@ class WapiProvider:
             return WebhookLogPage([], failure=outcome.failure or Reason.PROVIDER_ERROR, detail=outcome.detail)
         entries, pages = parse_webhook_logs(answer.payload)
         return WebhookLogPage([LoggedEvent(e.log_id, e.payload) for e in entries], total_pages=pages)
+
+    async def check_number(self, credentials: Credentials, phone: str, *, timeout: float) -> NumberCheck:
+        """W-API's number check (`GET contacts/phone-exists?phoneNumber=`; the field is
+        `phoneNumber`, not `phone`): whether `phone` is on WhatsApp, the form WhatsApp has it in
+        and its LID. Never retried; every outcome a value."""
+        outcome, answer = await self._call(
+            credentials, "GET", "contacts/phone-exists", {"phoneNumber": phone}, None, timeout=timeout
+        )
+        if answer is None or not outcome.ok or not isinstance(answer.payload, dict):
+            return NumberCheck(phone, None, failure=outcome.failure or Reason.PROVIDER_ERROR, detail=outcome.detail)
+        exists = answer.payload.get("exists")
+        if not isinstance(exists, bool):
+            return NumberCheck(phone, None, failure=Reason.PROVIDER_ERROR, detail="answer without 'exists'")
+        canonical = "".join(ch for ch in str(answer.payload.get("phoneNumber") or "") if ch.isdigit())
+        lid = answer.payload.get("lid")
+        return NumberCheck(phone, exists, canonical=canonical or phone, lid=lid if isinstance(lid, str) else "")
 
     async def _action(
         self, credentials: Credentials, name: str, values: dict[str, str], *, timeout: float

@@ -7,6 +7,7 @@ span is linked to the send attempt that sent the message.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 
 from opentelemetry.trace import Span, SpanContext, TraceFlags
@@ -16,7 +17,7 @@ from services.app.health import Instances
 from services.observability.telemetry import Telemetry
 from statemachine.domain import MessageState, Reason
 from statemachine.errors import InvalidPayload
-from statemachine.events import EventReason, Route
+from statemachine.events import EventReason, ProviderEvent, Route
 from statemachine.ports import IngestResult, MessageChange, Store, WebhookParser
 
 # Headers never stored with a raw event.
@@ -35,6 +36,9 @@ class Ingest:
         self.tracer = telemetry.tracer
         self.metrics = telemetry.metrics
         self.instances = instances
+        # Told of each new inbound message (the event, its body, when): the send policy's contacts
+        # and opt-outs (services/app/optouts.py, wired by the composition root).
+        self.on_inbound: Callable[[ProviderEvent, bytes, datetime], Awaitable[None]] | None = None
 
     async def ingest(
         self, payload: bytes, headers: dict[str, str], received_at: datetime | None = None
@@ -70,6 +74,8 @@ class Ingest:
             self.instances.note_event(event.instance_id, received_at)
             if event.route in RECEIPT_ROUTES or (event.route is Route.DELIVERY and event.from_api):
                 self.instances.note_receipt(event.instance_id, received_at)
+        if self.on_inbound and event.route is Route.RECEIVED and not result.duplicate:
+            await self.on_inbound(event, payload, received_at)
         if event.route is Route.UNROUTABLE and event.reason in (EventReason.MALFORMED_JSON, EventReason.NOT_AN_OBJECT):
             raise InvalidPayload(str(event.reason), result.event_id)
         return result

@@ -20,6 +20,9 @@ from services.app.clock import utcnow
 from services.app.content import content_to_dict, outbound_from_stored, request_hash
 from services.app.gateway_config import GatewayConfig
 from services.app.health import CachedInstance, Instances
+from services.app.optouts import OptOuts
+from services.app.recipients import Recipients
+from services.app.send_policy import SendPolicies
 from services.app.stall_watch import StallWatch
 from services.observability.telemetry import Telemetry, current_trace_ids, use_span
 from statemachine.domain import (
@@ -43,6 +46,7 @@ from statemachine.errors import (
     ProviderFailed,
     SendBlocked,
     SendInProgress,
+    SendPaced,
 )
 from statemachine.ids import time_ordered_id
 from statemachine.instance_machine import InstanceTrigger
@@ -67,6 +71,8 @@ PREFLIGHT_REASONS = frozenset(
         Reason.NOT_SUPPORTED_BY_PLAN,
         Reason.RESTARTING,
         Reason.PAIRING_IN_PROGRESS,
+        Reason.RECIPIENT_OPTED_OUT,
+        Reason.NOT_ON_WHATSAPP,
     }
 )
 # A send's answer that says something about the instance itself.
@@ -99,6 +105,12 @@ class Sending:
         self.settle_pending = settle_pending
         # Provider calls whose answer is still being recorded (shutdown waits for them).
         self.inflight: set[asyncio.Task[MessageRecord]] = set()
+        # The per-instance send policy, wired by the composition root (None: no policy check).
+        self.policies: SendPolicies | None = None
+        # The suppression list, wired by the composition root (None: no opt-out check).
+        self.opt_outs: OptOuts | None = None
+        # The number-check cache, wired by the composition root (None: no NOT_ON_WHATSAPP check).
+        self.recipients: Recipients | None = None
 
     async def send(self, req: SendRequest, *, time_remaining: float | None = None) -> MessageRecord:
         """`time_remaining` is the caller's gRPC deadline budget: the provider call never outlives it."""
@@ -126,8 +138,16 @@ class Sending:
                         req.kind,
                         webhooks_blocked=self.instances.webhooks_block(health),
                     )
+                    if blocked is None and await self._opted_out(req.instance_id, req.to):
+                        blocked = Reason.RECIPIENT_OPTED_OUT
+                    if blocked is None and await self._known_absent(req.instance_id, req.to):
+                        blocked = Reason.NOT_ON_WHATSAPP
                     preflight.set_attribute("wapi.session_health", health.state.value)
                 span.set_attribute("wapi.session_health", health.state.value)
+                if blocked is None and self.policies is not None:
+                    replayed = await self._admit(req)  # the send policy (services/app/send_policy.py)
+                    if replayed is not None:
+                        return replayed
                 outbound = OutboundMessage(req.kind, req.to, req.content, req.reply_to, req.delay_seconds)
                 msg = self._new_message(req, outbound, blocked, health)
                 span.set_attribute("wapi.message_id", msg.id)
@@ -144,6 +164,33 @@ class Sending:
                 _end_with_error(span, error)
                 raise
         return await self._attempt_shielded(stored, outbound, cached, span, self._budget(time_remaining))
+
+    async def _opted_out(self, instance_id: str, to: str) -> bool:
+        """The suppression list (services/app/optouts.py): refused before any provider call."""
+        return self.opt_outs is not None and await self.opt_outs.blocks(instance_id, to)
+
+    async def _known_absent(self, instance_id: str, to: str) -> bool:
+        """The number-check cache (services/app/recipients.py); never the provider."""
+        return self.recipients is not None and await self.recipients.absent(instance_id, to)
+
+    async def _admit(self, req: SendRequest) -> MessageRecord | None:
+        """The send policy's check. A refusal stores nothing; but a repeated key whose first
+        request was stored gets that outcome (idempotency first), not a pacing answer."""
+        assert self.policies is not None
+        try:
+            await self.policies.admit(req.instance_id, req.to)
+        except SendPaced as paced:
+            if req.idempotency_key:
+                stored_id = await self.policies.stored_message_id(req.instance_id, req.idempotency_key)
+                stored = await self.repo.get_message(stored_id) if stored_id else None
+                if stored is not None:
+                    assert req.kind is not None
+                    assert req.content is not None
+                    outbound = OutboundMessage(req.kind, req.to, req.content, req.reply_to, req.delay_seconds)
+                    return await self._replay(stored, request_hash(outbound, content_to_dict(outbound)))
+            self.metrics.sends.add(1, {"outcome": "paced", "reason": paced.reason.value})
+            raise
+        return None
 
     def _budget(self, time_remaining: float | None) -> float:
         if time_remaining is None:
@@ -165,7 +212,7 @@ class Sending:
             kind=outbound.kind,
             state=initial,
             failure_reason=blocked.value if blocked else "",
-            failure_detail=f"instance {health.state.value}" if blocked else "",
+            failure_detail=_block_detail(blocked, health.state),
             provider_message_id=None,
             attempts=1,
             idempotency_key=req.idempotency_key or f"auto:{uuid.uuid4()}",
@@ -367,6 +414,8 @@ class Sending:
                 cached = await self.instances.cached(msg.instance_id)
                 if cached is None:
                     raise InstanceNotFound(msg.instance_id)
+                if self.policies is not None:  # a retry is a send too: paced before it changes anything
+                    await self.policies.admit(msg.instance_id, msg.to)
                 try:
                     msg = await self.repo.reset_for_retry(message_id, source="retry", trace_ids=current_trace_ids())
                 except ValueError:
@@ -382,12 +431,16 @@ class Sending:
                     msg.kind,
                     webhooks_blocked=self.instances.webhooks_block(health),
                 )
+                if blocked is None and await self._opted_out(msg.instance_id, msg.to):
+                    blocked = Reason.RECIPIENT_OPTED_OUT
+                if blocked is None and await self._known_absent(msg.instance_id, msg.to):
+                    blocked = Reason.NOT_ON_WHATSAPP
                 if blocked:
                     stored, _ = await self.repo.record_send_outcome(
                         msg.id,
                         provider_message_id=None,
                         failure=blocked,
-                        detail=f"instance {health.state.value}",
+                        detail=_block_detail(blocked, health.state),
                         source="preflight",
                     )
                     raise self._blocked(stored, health.state, blocked)
@@ -426,6 +479,16 @@ class Sending:
             )
         except ValueError:
             raise InvalidRequest([Violation("page_token", "not a token returned by ListMessages")]) from None
+
+
+def _block_detail(blocked: Reason | None, state: InstanceState) -> str:
+    if blocked is None:
+        return ""
+    if blocked is Reason.RECIPIENT_OPTED_OUT:
+        return "recipient opted out"
+    if blocked is Reason.NOT_ON_WHATSAPP:
+        return "recipient not on WhatsApp (number check)"
+    return f"instance {state.value}"
 
 
 def _plausible_id(message_id: str) -> bool:

@@ -31,6 +31,14 @@ REASON_TEXT_PT_BR: dict[Reason, str] = {
     Reason.PROVIDER_NO_MESSAGE_ID: "A W-API respondeu sem identificador da mensagem; o envio não foi confirmado.",
     Reason.OUTCOME_UNKNOWN: "Não foi possível confirmar se a mensagem foi enviada.",
     Reason.SEND_IN_PROGRESS: "Outro envio com esta chave ainda está em andamento. Tente de novo em instantes.",
+    # Send policy (statemachine/send_policy.py).
+    Reason.QUIET_HOURS: "Fora do horário de envio desta instância. Tente de novo depois do horário silencioso.",
+    Reason.SEND_INTERVAL: "Intervalo mínimo entre envios desta instância. Tente de novo em instantes.",
+    Reason.SEND_RATE_PER_MINUTE: "Limite de envios por minuto desta instância atingido.",
+    Reason.NEW_RECIPIENTS_HOURLY: "Limite de novos destinatários por hora desta instância atingido.",
+    Reason.NEW_RECIPIENTS_DAILY: "Limite diário de novos destinatários (aquecimento) desta instância atingido.",
+    Reason.RECIPIENT_OPTED_OUT: "O destinatário pediu para não receber mensagens deste número.",
+    Reason.NOT_ON_WHATSAPP: "Este número não está no WhatsApp (verificado pelo provedor).",
     Reason.PHONE_CONFIRMED: "Conectada, com número confirmado.",
     Reason.WEBHOOKS_UNCONFIGURED: (
         "Conectada, mas a entrega não pode ser confirmada: os webhooks da W-API não apontam (comprovadamente) "
@@ -64,6 +72,14 @@ REASON_TEXT_EN: dict[Reason, str] = {
     Reason.PROVIDER_NO_MESSAGE_ID: "W-API answered without a message id; the send was not confirmed.",
     Reason.OUTCOME_UNKNOWN: "Could not confirm whether the message was sent.",
     Reason.SEND_IN_PROGRESS: "Another attempt with this idempotency key is still running. Retry shortly.",
+    # Send policy (statemachine/send_policy.py).
+    Reason.QUIET_HOURS: "Outside this instance's sending hours. Retry after its quiet hours.",
+    Reason.SEND_INTERVAL: "Minimum interval between this instance's sends. Retry shortly.",
+    Reason.SEND_RATE_PER_MINUTE: "This instance's sends-per-minute limit is reached.",
+    Reason.NEW_RECIPIENTS_HOURLY: "This instance's hourly budget of new recipients is used up.",
+    Reason.NEW_RECIPIENTS_DAILY: "This instance's daily budget of new recipients (warm-up) is used up.",
+    Reason.RECIPIENT_OPTED_OUT: "The recipient asked not to receive messages from this number.",
+    Reason.NOT_ON_WHATSAPP: "This number is not on WhatsApp (checked with the provider).",
     Reason.PHONE_CONFIRMED: "Connected with a confirmed phone number.",
     Reason.WEBHOOKS_UNCONFIGURED: (
         "Connected, but delivery cannot be confirmed: W-API's webhooks are not known to point at this service, "

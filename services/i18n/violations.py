@@ -13,6 +13,21 @@ _VIOLATIONS_PT_BR: tuple[tuple[re.Pattern[str], str], ...] = tuple(
     (re.compile(pattern), text)
     for pattern, text in (
         (r"required", "obrigatório"),
+        (r"give 1 to (\d+) numbers per request", r"informe de 1 a \1 números por pedido"),
+        (r"must be between 0 and (\d+) seconds", r"deve estar entre 0 e \1 segundos"),
+        (r"must be between 0 and 1000000", "deve estar entre 0 e 1000000"),
+        (
+            r"a warm-up needs new_recipients_per_day \(its target\)",
+            "um aquecimento precisa de new_recipients_per_day (sua meta)",
+        ),
+        (r"must not exceed new_recipients_per_day", "não pode passar de new_recipients_per_day"),
+        (r"give both start and end, or neither", "informe início e fim, ou nenhum"),
+        (r"start and end must differ", "início e fim devem ser diferentes"),
+        (
+            r"not an IANA time zone \(e\.g\. America/Sao_Paulo\)",
+            "não é um fuso horário IANA (p. ex. America/Sao_Paulo)",
+        ),
+        (r"must be a local time HH:MM", "deve ser um horário local HH:MM"),
         (r"required on first registration", "obrigatório no primeiro registro"),
         (r"required: the phone to pair, e\.g\. (.+)", r"obrigatório: o telefone a parear, p. ex. \1"),
         (

@@ -34,6 +34,7 @@ from statemachine.errors import (
     RecoveryRefused,
     SendBlocked,
     SendInProgress,
+    SendPaced,
 )
 from statemachine.ports import ConcurrentUpdateError
 
@@ -64,6 +65,8 @@ def _code_for(error: GuardError) -> grpc.StatusCode:
         return grpc.StatusCode.FAILED_PRECONDITION
     if isinstance(error, SendInProgress):
         return grpc.StatusCode.ABORTED
+    if isinstance(error, SendPaced):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
     if isinstance(error, RecoveryRefused):
         if error.reason is Reason.RECOVERY_RATE_LIMITED:
             return grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -153,7 +156,7 @@ def status_for(error: BaseException, locale: str = "pt-BR") -> grpc.Status | Non
     """The status to answer for an exception, or None when it is a bug (re-raised as INTERNAL)."""
     if isinstance(error, GuardError):
         violations = [(v.field, v.description) for v in error.violations] if isinstance(error, InvalidRequest) else None
-        retry_after = error.retry_after if isinstance(error, (SendInProgress, RecoveryRefused)) else None
+        retry_after = error.retry_after if isinstance(error, (SendInProgress, RecoveryRefused, SendPaced)) else None
         return build_status(
             _code_for(error), str(error), error.reason.value, error.metadata, locale, violations, retry_after
         )

@@ -22,24 +22,36 @@ from adapters.persistence.bounded import BoundedStore
 from adapters.persistence.db import async_url, create_engine
 from adapters.persistence.listen import change_listener
 from adapters.persistence.migrate import upgrade_to_head
+from adapters.persistence.optouts import OptOutRepository
+from adapters.persistence.recipients import RecipientCheckRepository
 from adapters.persistence.repository import Repository
+from adapters.persistence.send_policies import SendPolicyRepository
 from adapters.persistence.webhook_store import WebhookStore
-from adapters.wapi.webhooks import parse_webhook
+from adapters.wapi.webhooks import normalize_inbound, parse_webhook
 from services.api.wapiguard.v1 import (
     events_pb2,
     events_pb2_grpc,
     instance_health_pb2,
     instance_health_pb2_grpc,
+    optouts_pb2,
+    optouts_pb2_grpc,
+    recipients_pb2,
+    recipients_pb2_grpc,
     send_pb2,
     send_pb2_grpc,
+    send_policy_pb2,
+    send_policy_pb2_grpc,
     webhook_pb2,
     webhook_pb2_grpc,
 )
 from services.app.events import ChangeFeed
 from services.app.gateway import Gateway, GatewayConfig
+from services.app.optouts import OptOuts, inbound_listener
 from services.app.outbound import OutboundConfig, WebhookDispatcher, parse_schedule
 from services.app.principals import parse_tokens
+from services.app.recipients import Recipients
 from services.app.recovery import Recovery, RecoveryConfig
+from services.app.send_policy import SendPolicies
 from services.app.subscriptions import Scopes
 from services.config import Settings
 from services.observability.logs import register_secret
@@ -50,10 +62,14 @@ from services.rpc.errors import treat_as_unavailable
 from services.rpc.event_mapping import event_dict
 from services.rpc.event_servicers import EventServicer, WebhookSubscriptionServicer
 from services.rpc.exposure import check_exposure
+from services.rpc.optout_servicer import OptOutServicer
+from services.rpc.recipient_servicer import RecipientServicer
+from services.rpc.send_policy_servicer import SendPolicyServicer
 from services.rpc.servicers import InstanceHealthServicer, SendServicer, WebhookServicer
 from services.rpc.startup import step
 from statemachine.ports import InstanceOperations, Provider, RetentionPolicy
 from statemachine.preflight import WebhookPolicy
+from statemachine.send_policy import SendPolicy
 
 log = logging.getLogger("wapi_guard.server")
 # Allocations between two young-generation collections (CPython's default is 700).
@@ -65,6 +81,9 @@ SERVICE_NAMES = (
     instance_health_pb2.DESCRIPTOR.services_by_name["InstanceHealthService"].full_name,
     events_pb2.DESCRIPTOR.services_by_name["EventService"].full_name,
     events_pb2.DESCRIPTOR.services_by_name["WebhookSubscriptionService"].full_name,
+    send_policy_pb2.DESCRIPTOR.services_by_name["SendPolicyService"].full_name,
+    optouts_pb2.DESCRIPTOR.services_by_name["OptOutService"].full_name,
+    recipients_pb2.DESCRIPTOR.services_by_name["RecipientService"].full_name,
 )
 
 
@@ -112,6 +131,18 @@ def gateway_config(settings: Settings) -> GatewayConfig:
         webhooks=WebhookPolicy(require=settings.require_webhooks, evidence_window=settings.webhook_evidence_window),
         public_url=settings.public_url,
         webhook_secret_set=settings.webhook_secret is not None,
+    )
+
+
+def new_number_policy(settings: Settings) -> SendPolicy:
+    """The warm-up policy of a number registered with `new_number` (the --new-number-* settings)."""
+    return SendPolicy(
+        min_interval_seconds=settings.new_number_min_interval,
+        jitter_seconds=settings.new_number_jitter,
+        new_recipients_per_hour=settings.new_number_new_per_hour,
+        new_recipients_per_day=settings.new_number_warmup_target,
+        warmup_start_per_day=min(settings.new_number_warmup_start, settings.new_number_warmup_target),
+        warmup_days=settings.new_number_warmup_days,
     )
 
 
@@ -221,6 +252,25 @@ class App:
         if telemetry.tracer_provider is not None and instrument is not None:
             instrument(telemetry.tracer_provider)
         gateway = Gateway(bounded, provider, gateway_config(settings), telemetry, parse_webhook=parse_webhook)
+        # The per-instance send policy (issue 26): its own store and use case, checked by the preflight.
+        send_policies = SendPolicies(SendPolicyRepository(engine), new_number_policy=new_number_policy(settings))
+        gateway.sending.policies = send_policies
+        opt_outs = OptOuts(
+            OptOutRepository(engine),
+            keywords=[k for k in settings.optout_keywords.split(",") if k.strip()],
+            phone_region=settings.default_phone_region,
+        )
+        gateway.sending.opt_outs = opt_outs
+        recipients = Recipients(
+            RecipientCheckRepository(engine),
+            provider,
+            gateway.instances,
+            ttl_seconds=settings.recipient_check_ttl,
+            phone_region=settings.default_phone_region,
+            timeout=settings.probe_timeout,
+        )
+        gateway.sending.recipients = recipients
+        gateway.ingestion.on_inbound = inbound_listener(normalize_inbound, send_policies, opt_outs)
         recovery = Recovery(
             gateway, provider if isinstance(provider, InstanceOperations) else None, recovery_config(settings)
         )
@@ -276,7 +326,7 @@ class App:
         webhook_servicer = WebhookServicer(gateway)
         webhook_pb2_grpc.add_WebhookServiceServicer_to_server(webhook_servicer, target)
         instance_health_pb2_grpc.add_InstanceHealthServiceServicer_to_server(
-            InstanceHealthServicer(gateway, recovery), target
+            InstanceHealthServicer(gateway, recovery, send_policies), target
         )
         events_pb2_grpc.add_EventServiceServicer_to_server(
             EventServicer(
@@ -292,6 +342,11 @@ class App:
                 repo, store, dispatcher, feed.cursors, allow_private=settings.webhook_allow_private
             ),
             target,
+        )
+        optouts_pb2_grpc.add_OptOutServiceServicer_to_server(OptOutServicer(opt_outs), target)
+        recipients_pb2_grpc.add_RecipientServiceServicer_to_server(RecipientServicer(recipients), target)
+        send_policy_pb2_grpc.add_SendPolicyServiceServicer_to_server(
+            SendPolicyServicer(send_policies, gateway.instances.cached), target
         )
         health_servicer = health.aio.HealthServicer()
         # The servicer starts with the overall status SERVING: not until the database answers.

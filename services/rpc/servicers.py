@@ -19,6 +19,7 @@ from services.api.wapiguard.v1 import (
 from services.app.gateway import Gateway
 from services.app.principals import PermissionDenied, allowed, authorize, current_principal
 from services.app.recovery import NOT_STALLED, ActionResult, Recovery, WebhooksResult
+from services.app.send_policy import SendPolicies
 from services.rpc import mapping
 from services.rpc.errors import abort, grpc_errors, locale_of, status_for
 from statemachine.domain import InstanceRecord, MessageRecord, Plan
@@ -122,9 +123,12 @@ class WebhookServicer(webhook_pb2_grpc.WebhookServiceServicer):
 
 
 class InstanceHealthServicer(instance_health_pb2_grpc.InstanceHealthServiceServicer):
-    def __init__(self, gateway: Gateway, recovery: Recovery | None = None) -> None:
+    def __init__(
+        self, gateway: Gateway, recovery: Recovery | None = None, send_policies: SendPolicies | None = None
+    ) -> None:
         self.gateway = gateway
         self.recovery = recovery or Recovery(gateway, None)
+        self.send_policies = send_policies
         self._listed = mapping.InstanceHealthMemo()
 
     def _health_pb(self, record: InstanceRecord, locale: str) -> common_pb2.InstanceHealth:
@@ -288,6 +292,8 @@ class InstanceHealthServicer(instance_health_pb2_grpc.InstanceHealthServiceServi
         record = await self.gateway.register(
             instance_id, request.name, request.token, plan, probe=not request.skip_probe
         )
+        if request.new_number and self.send_policies is not None:
+            await self.send_policies.declare_new_number(instance_id, by=current_principal.get().name)
         if self.recovery.bridge_url() is not None:
             await self.recovery.after_registration(instance_id)
             record = await self.gateway.health(instance_id)

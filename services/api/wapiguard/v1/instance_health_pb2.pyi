@@ -417,6 +417,7 @@ class RegisterInstanceRequest(_message.Message):
     TOKEN_FIELD_NUMBER: _builtins.int
     PLAN_FIELD_NUMBER: _builtins.int
     SKIP_PROBE_FIELD_NUMBER: _builtins.int
+    NEW_NUMBER_FIELD_NUMBER: _builtins.int
     instance_id: _builtins.str
     name: _builtins.str
     token: _builtins.str
@@ -424,6 +425,10 @@ class RegisterInstanceRequest(_message.Message):
     plan: _common_pb2.Plan.ValueType
     skip_probe: _builtins.bool
     """Probe the provider now so the instance starts with a real state (default: probe)."""
+    new_number: _builtins.bool
+    """The number is new (just bought or never used for business): unless the instance already has a
+    send policy, it gets the warm-up policy of the --new-number-* settings (docs/send-policy.md).
+    """
     def __init__(
         self,
         *,
@@ -432,10 +437,11 @@ class RegisterInstanceRequest(_message.Message):
         token: _builtins.str = ...,
         plan: _common_pb2.Plan.ValueType = ...,
         skip_probe: _builtins.bool = ...,
+        new_number: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance_id", b"instance_id", "name", b"name", "plan", b"plan", "skip_probe", b"skip_probe", "token", b"token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance_id", b"instance_id", "name", b"name", "new_number", b"new_number", "plan", b"plan", "skip_probe", b"skip_probe", "token", b"token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,57 @@
+"""The number checks' cache: one row per (instance, recipient), primary-key reads only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from adapters.persistence.schema import recipient_checks
+from statemachine.recipients import NumberCheck
+
+
+def _check(row: Any) -> NumberCheck:
+    m = row._mapping
+    return NumberCheck(
+        m["recipient"], bool(m["on_whatsapp"]), canonical=m["canonical"], lid=m["lid"], checked_at=m["checked_at"]
+    )
+
+
+class RecipientCheckRepository:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
+
+    async def has_absent(self, instance_id: str) -> bool:
+        query = (
+            select(recipient_checks.c.recipient)
+            .where(recipient_checks.c.instance_id == instance_id, recipient_checks.c.on_whatsapp.is_(False))
+            .limit(1)
+        )
+        async with self.engine.connect() as conn:
+            return (await conn.execute(query)).first() is not None
+
+    async def get(self, instance_id: str, recipient: str) -> NumberCheck | None:
+        query = select(recipient_checks).where(
+            recipient_checks.c.instance_id == instance_id, recipient_checks.c.recipient == recipient
+        )
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return _check(row) if row is not None else None
+
+    async def put(self, instance_id: str, check: NumberCheck) -> None:
+        if check.exists is None or check.checked_at is None:
+            return
+        values = {
+            "on_whatsapp": check.exists,
+            "canonical": check.canonical[:128],
+            "lid": check.lid[:128],
+            "checked_at": check.checked_at,
+        }
+        stmt = self._insert(recipient_checks).values(instance_id=instance_id, recipient=check.recipient, **values)
+        stmt = stmt.on_conflict_do_update(index_elements=["instance_id", "recipient"], set_=values)
+        async with self.engine.begin() as conn:
+            await conn.execute(stmt)
