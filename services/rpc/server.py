@@ -22,7 +22,7 @@ from adapters.persistence.bounded import BoundedStore
 from adapters.persistence.db import async_url, create_engine
 from adapters.persistence.listen import change_listener
 from adapters.persistence.migrate import upgrade_to_head
-from adapters.persistence.repository import Repository
+from adapters.persistence.store import Repository
 from adapters.persistence.webhook_store import WebhookStore
 from adapters.wapi.webhooks import parse_webhook
 from services.api.wapiguard.v1 import (

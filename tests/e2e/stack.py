@@ -22,8 +22,8 @@ import grpc
 from sqlalchemy import Table, select
 
 from adapters.persistence.bounded import BoundedStore
-from adapters.persistence.repository import Repository
 from adapters.persistence.schema import events
+from adapters.persistence.store import Repository
 from adapters.simulator import Simulator
 from services.api.wapiguard.v1 import (
     common_pb2,

@@ -10,7 +10,7 @@ import pytest
 
 from adapters.persistence.db import create_engine
 from adapters.persistence.migrate import upgrade_to_head
-from adapters.persistence.repository import Repository
+from adapters.persistence.store import Repository
 from statemachine.domain import MessageState, StateChange
 from tests.conftest import POSTGRES_URL
 from tests.records import message_record
