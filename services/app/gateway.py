@@ -9,7 +9,7 @@ its parts, one module per use case:
 - services/app/jobs.py     background jobs: crash reconciliation, stuck sweep, retention
 - services/app/stall_watch.py  the learned stall test on sending instances
 
-The composition root (services/rpc/server.py) builds it with concrete adapters.
+The composition root (services/bootstrap.py) builds it with concrete adapters.
 """
 
 from __future__ import annotations

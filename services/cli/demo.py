@@ -34,8 +34,8 @@ from services.api.wapiguard.v1 import (
     send_pb2,
     send_pb2_grpc,
 )
+from services.bootstrap import App
 from services.config import Settings
-from services.rpc.server import App
 
 AVENTURA = "3B6XIW-ZTS923-GEAY6V"
 INCOMPLETE = "LITE-4IW93E-MGVYDW"

@@ -22,12 +22,12 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from services.app.errors import classify
 from services.app.gateway import Gateway
 from services.app.principals import Principal
 from services.app.recovery import NOT_STALLED, Recovery
 from services.config import Settings
 from services.i18n import STATUS_ACTION_TEXTS, lang_of, reason_label, state_view
-from services.rpc.errors import status_for
 from statemachine.errors import GuardError, InvalidRequest, RecoveryRefused
 
 if TYPE_CHECKING:
@@ -152,7 +152,7 @@ class StatusActions:
         )
 
     def _failure(self, lang: str, error: Exception) -> web.Response:
-        status = status_for(error, lang)
+        status = classify(error)
         if status is None:
             log.exception("status page action failed")
             return self._page(lang, _a(lang, "failed_title"), "<p>internal error</p>", status=500)
@@ -174,7 +174,9 @@ class StatusActions:
             lang,
             _a(lang, "failed_title"),
             body,
-            status=code.get(status.code.name, 409 if status.code.name in ("FAILED_PRECONDITION", "ABORTED") else 502),
+            status=code.get(
+                status.outcome.value, 409 if status.outcome.value in ("FAILED_PRECONDITION", "ABORTED") else 502
+            ),
             headers=extra,
         )
 

@@ -35,6 +35,7 @@ from typing import Any, cast
 
 from aiohttp import web
 
+from services.app.errors import classify
 from services.app.gateway import Gateway
 from services.app.gateway_config import GatewayConfig
 from services.app.health import HealthView, health_view
@@ -57,7 +58,6 @@ from services.i18n import (
     state_view,
     time_units,
 )
-from services.rpc.errors import status_for
 from statemachine.domain import InstanceRecord, MessageRecord, MessageState, StateChange
 from statemachine.ports import SubscriptionRecord, SubscriptionStats, SubscriptionStore
 
@@ -637,7 +637,7 @@ class StatusPage:
                 snap.event_streams = self.event_streams()
             return snap
         except Exception as error:
-            if status_for(error) is None:
+            if classify(error) is None:
                 log.exception("status snapshot failed")
             else:  # storage trouble: said on the page, no traceback every REFRESH_SECONDS per viewer
                 log.warning("status snapshot failed: %s", type(error).__name__)

@@ -33,7 +33,7 @@ from services.api.wapiguard.v1 import (
     send_pb2_grpc,
     webhook_pb2_grpc,
 )
-from services.rpc.server import App
+from services.bootstrap import App
 from tests import polling
 from tests.integration.harness import RichError, rich_error, wire_webhooks
 
