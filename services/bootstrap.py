@@ -164,8 +164,8 @@ class App:
     async def _start(
         cls, settings: Settings, provider: Provider | None, telemetry: Telemetry, stack: contextlib.AsyncExitStack
     ) -> App:
-        # ~70 lines on purpose: the order of the start-up is the one thing this function says, and
-        # each line is one step of it (its close goes on the exit stack right after it opens).
+        # Over 60 lines on purpose: the order of the start-up is the one thing this function says,
+        # and each line is one step of it (its close goes on the exit stack right after it opens).
         if settings.webhook_secret:
             register_secret(settings.webhook_secret.get_secret_value())
         url = async_url(settings.database_url)  # one line naming the accepted forms, or the async URL
@@ -210,20 +210,23 @@ class App:
         stack.push_async_callback(_quietly, dispatcher.aclose)
         await recovery.start()
         stack.push_async_callback(_quietly, recovery.aclose)
-        servers = Servers(gateway, recovery, repo, store, dispatcher, feed)
+        # Every gRPC method's storage is bounded by the caller's deadline, the event and
+        # subscription services' too (the feed and the dispatcher, background loops, use the stores
+        # as they are).
+        servers = Servers(
+            gateway,
+            recovery,
+            bounded,
+            cast(WebhookStore, BoundedStore(store, settings.db_timeout)),
+            dispatcher,
+            feed,
+        )
         server, health_servicer, port = await build_grpc_server(settings, telemetry, servers)
         stack.push_async_callback(_quietly, lambda: server.stop(0))
         app = cls(settings, gateway, server, health_servicer, port, stack, feed=feed, dispatcher=dispatcher)
         app.recovery = recovery
         if settings.http_port >= 0:
-            from services.http.bridge import start_bridge
-            from services.http.status_page import STATUS_PAGE_KEY
-
-            runner, http_port = await start_bridge(settings, gateway, recovery, store)
-            runner.app[STATUS_PAGE_KEY].event_streams = lambda: (len(feed.listeners), feed.cut_offs)
-            stack.push_async_callback(_quietly, runner.cleanup)
-            app.http_port = http_port
-            app.bridge_runner = runner
+            await start_http(app, store, feed)
         # Serving only once the database is migrated and reachable.
         await step("first query", url, settings.db_connect_timeout, repo.ping())
         for name in (*SERVICE_NAMES, health.OVERALL_HEALTH):
@@ -236,6 +239,19 @@ class App:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.shutdown_grace if grace is None else grace)
         await self.stack.aclose()
+
+
+async def start_http(app: App, store: WebhookStore, feed: ChangeFeed) -> None:
+    """The HTTP surface (webhook bridge, status page) on the app's exit stack."""
+    from services.http.bridge import start_bridge
+    from services.http.status_page import STATUS_PAGE_KEY
+
+    assert app.recovery is not None
+    runner, http_port = await start_bridge(app.settings, app.gateway, app.recovery, store)
+    runner.app[STATUS_PAGE_KEY].event_streams = lambda: (len(feed.listeners), feed.cut_offs)
+    app.stack.push_async_callback(_quietly, runner.cleanup)
+    app.http_port = http_port
+    app.bridge_runner = runner
 
 
 async def migrate(settings: Settings, url: str) -> None:

@@ -127,65 +127,33 @@ async def apply_instance_triggers(conn: AsyncConnection, signals: Sequence[Insta
     log: list[change_log.Change] = []
     out: list[InstanceChange] = []
     for row in rows:
-        signal = by_id[row.id]
-        record = instance_from_row(row)
-        decision = decide_instance(
-            record.state, record.reason, record.phone_number, signal.trigger, new_phone=signal.new_phone
-        )
-        updated = replace(
-            record,
-            version=record.version + 1,
-            checked_at=signal.checked_at if signal.checked_at is not None else record.checked_at,
-            last_event_at=signal.event_at if signal.event_at is not None else record.last_event_at,
-        )
-        stall_ended_at = row.stall_ended_at
-        if decision.applied:
-            updated.state, updated.reason, updated.phone_number = decision.to_state, decision.reason, decision.phone
-            if decision.to_state is InstanceState.CONNECTED:
-                updated.consecutive_gateway_failures = 0
+        change, values = _decide(row, by_id[row.id], now)
+        params.append(values)
+        out.append(change)
+        decision = change.decision
         if decision.changed:
-            updated.state_changed_at = now
-            if decision.ends_stall:
-                stall_ended_at = now
             transitions.append(
                 {
-                    "instance_id": record.instance_id,
+                    "instance_id": row.id,
                     "from_state": decision.from_state.value,
                     "to_state": decision.to_state.value,
                     "reason": decision.reason,
-                    "source": signal.source,
+                    "source": change.source,
                     "at": now,
                 }
             )
             log.append(
                 change_log.instance_health_changed(
-                    record.instance_id,
+                    row.id,
                     decision.from_state,
                     decision.from_reason,
                     decision.to_state,
                     decision.reason,
                     decision.phone,
-                    signal.source,
+                    change.source,
                     now,
                 )
             )
-        params.append(
-            {
-                "b_id": record.instance_id,
-                "b_version": record.version,
-                "state": updated.state.value,
-                "reason": updated.reason,
-                "phone_number": updated.phone_number,
-                "checked_at": updated.checked_at,
-                "last_event_at": updated.last_event_at,
-                "state_changed_at": updated.state_changed_at,
-                "stall_ended_at": stall_ended_at,
-                "consecutive_gateway_failures": updated.consecutive_gateway_failures,
-                "updated_at": now,
-                "version": updated.version,
-            }
-        )
-        out.append(InstanceChange(updated, decision, signal.source, now))
     if not params:
         return []
     result = await conn.execute(_CAS_INSTANCE, params if len(params) > 1 else params[0])
@@ -197,6 +165,45 @@ async def apply_instance_triggers(conn: AsyncConnection, signals: Sequence[Insta
         await conn.execute(instance_transitions.insert(), transitions)
         await changelog.append(conn, log)
     return out
+
+
+def _decide(row: Any, signal: InstanceSignal, now: datetime) -> tuple[InstanceChange, dict[str, Any]]:
+    """One locked row and its signal: the instance machine's decision, the record after it and the
+    compare-and-set parameters that store it."""
+    record = instance_from_row(row)
+    decision = decide_instance(
+        record.state, record.reason, record.phone_number, signal.trigger, new_phone=signal.new_phone
+    )
+    updated = replace(
+        record,
+        version=record.version + 1,
+        checked_at=signal.checked_at if signal.checked_at is not None else record.checked_at,
+        last_event_at=signal.event_at if signal.event_at is not None else record.last_event_at,
+    )
+    stall_ended_at = row.stall_ended_at
+    if decision.applied:
+        updated.state, updated.reason, updated.phone_number = decision.to_state, decision.reason, decision.phone
+        if decision.to_state is InstanceState.CONNECTED:
+            updated.consecutive_gateway_failures = 0
+    if decision.changed:
+        updated.state_changed_at = now
+        if decision.ends_stall:
+            stall_ended_at = now
+    values = {
+        "b_id": record.instance_id,
+        "b_version": record.version,
+        "state": updated.state.value,
+        "reason": updated.reason,
+        "phone_number": updated.phone_number,
+        "checked_at": updated.checked_at,
+        "last_event_at": updated.last_event_at,
+        "state_changed_at": updated.state_changed_at,
+        "stall_ended_at": stall_ended_at,
+        "consecutive_gateway_failures": updated.consecutive_gateway_failures,
+        "updated_at": now,
+        "version": updated.version,
+    }
+    return InstanceChange(updated, decision, signal.source, now), values
 
 
 async def apply_trigger_in(

@@ -182,11 +182,38 @@ class SendOutcomes(StoreBase):
             row = (await conn.execute(select(messages).where(messages.c.id == message_id))).first()
         return message_from_row(row) if row else None
 
-    async def record_sent(self, msg: MessageRecord, provider_message_id: str, *, source: str) -> MessageRecord | None:
+    async def record_outcome(
+        self,
+        msg: MessageRecord,
+        *,
+        provider_message_id: str | None,
+        failure: Reason | None,
+        detail: str,
+        source: str,
+        queue_id: str | None = None,
+    ) -> MessageRecord:
+        """The one call for a send's outcome. An accepted send of the row as this process inserted
+        it takes the batched PENDING → SENT lane; anything else (a failure, QUEUED, a row that
+        moved meanwhile: a reconciler, another replica) the locked path."""
+        if failure is None and provider_message_id:
+            fast = await self._record_sent(msg, provider_message_id, source=source)
+            if fast is not None:
+                return fast
+        stored, _changes = await self.record_send_outcome(
+            msg.id,
+            provider_message_id=provider_message_id if failure is None else None,
+            failure=failure,
+            detail=detail,
+            source=source,
+            queue_id=queue_id if failure is None else None,
+        )
+        return stored
+
+    async def _record_sent(self, msg: MessageRecord, provider_message_id: str, *, source: str) -> MessageRecord | None:
         """PENDING → SENT in one conditional UPDATE, from the row this process just inserted.
 
-        None when the row moved meanwhile (a reconciler, another replica): then the caller takes
-        the locked path. A status that beat this commit is applied right after (parked events).
+        None when the row moved meanwhile (a reconciler, another replica): then record_outcome
+        takes the locked path. A status that beat this commit is applied right after (parked events).
         """
         after = send_outcome(
             msg, provider_message_id=provider_message_id, failure=None, detail="", source=source, at=utcnow()

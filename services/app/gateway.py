@@ -30,7 +30,8 @@ from services.app.stall_watch import StallWatch
 from services.observability.telemetry import Telemetry
 from statemachine.detection import DetectionConfig, ProbePolicy
 from statemachine.domain import InstanceRecord, InstanceState, MessageRecord, MessageState, Plan, StateChange
-from statemachine.ports import IngestResult, MessageChange, Provider, PruneReport, Store, WebhookParser
+from statemachine.ports import IngestResult, MessageChange, Provider, PruneReport, WebhookParser
+from statemachine.store_ports import Store
 from statemachine.validation import SendRequest
 
 log = logging.getLogger("wapi_guard.core")
