@@ -12,6 +12,7 @@ from typing import Any, TypeAlias
 
 import grpc
 
+from adapters.deadline import request_scope
 from services.api.wapiguard.v1 import events_pb2, events_pb2_grpc
 from services.app.events import ChangeFeed, follow
 from services.app.outbound import WebhookDispatcher, new_secret
@@ -188,12 +189,13 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
             instance_ids = _filter_instances("filter.instance_ids", request.filter.instance_ids)
             kinds = _kinds("filter.types", request.filter.types)
             start = request.WhichOneof("start")
-            if start == "cursor":
-                cursor = await self._checked("cursor", request.cursor)
-            elif start == "from_oldest":
-                cursor = await self.repo.oldest_change_cursor()
-            else:
-                cursor = await self.repo.head_change_cursor()
+            with request_scope(context.time_remaining()):  # the start's reads are bounded as any call's
+                if start == "cursor":
+                    cursor = await self._checked("cursor", request.cursor)
+                elif start == "from_oldest":
+                    cursor = await self.repo.oldest_change_cursor()
+                else:
+                    cursor = await self.repo.head_change_cursor()
         except Exception as error:
             await self._fail(context, error)
         interval = (
@@ -278,11 +280,12 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
             if request.page_size < 0 or request.page_size > MAX_PAGE:
                 raise InvalidRequest([Violation("page_size", f"must be between 0 and {MAX_PAGE}")])
             size = request.page_size or DEFAULT_PAGE
-            if request.WhichOneof("start") == "after_cursor":
-                cursor = await self._checked("after_cursor", request.after_cursor)
-            else:
-                cursor = await self.repo.oldest_change_cursor()
-            page = await self.repo.read_changes(cursor, limit=size, instance_ids=instance_ids, kinds=kinds)
+            with request_scope(context.time_remaining()):  # bounded storage, as @grpc_errors does
+                if request.WhichOneof("start") == "after_cursor":
+                    cursor = await self._checked("after_cursor", request.after_cursor)
+                else:
+                    cursor = await self.repo.oldest_change_cursor()
+                page = await self.repo.read_changes(cursor, limit=size, instance_ids=instance_ids, kinds=kinds)
         except Exception as error:
             await self._fail(context, error)
             raise
