@@ -33,6 +33,7 @@ from services.app.outbound import OutboundConfig, WebhookDispatcher, parse_sched
 from services.app.principals import parse_tokens
 from services.app.recovery import Recovery, RecoveryConfig
 from services.app.subscriptions import Scopes
+from services.app.webhook_subscriptions import WebhookSubscriptions
 from services.config import Settings
 from services.observability.logs import register_secret
 from services.observability.telemetry import Telemetry
@@ -217,8 +218,12 @@ class App:
             gateway,
             recovery,
             bounded,
-            cast(WebhookStore, BoundedStore(store, settings.db_timeout)),
-            dispatcher,
+            WebhookSubscriptions(
+                cast(WebhookStore, BoundedStore(store, settings.db_timeout)),
+                bounded,
+                dispatcher,
+                allow_private=settings.webhook_allow_private,
+            ),
             feed,
         )
         server, health_servicer, port = await build_grpc_server(settings, telemetry, servers)

@@ -24,9 +24,9 @@ from services.api.wapiguard.v1 import (
 )
 from services.app.events import ChangeFeed
 from services.app.gateway import Gateway
-from services.app.outbound import WebhookDispatcher
 from services.app.principals import parse_tokens
 from services.app.recovery import Recovery
+from services.app.webhook_subscriptions import WebhookSubscriptions
 from services.config import Settings
 from services.observability.logs import register_secret
 from services.observability.telemetry import Telemetry
@@ -34,7 +34,7 @@ from services.rpc.auth import AuthInterceptor
 from services.rpc.decoding import DecodingGuard
 from services.rpc.event_servicers import EventServicer, WebhookSubscriptionServicer
 from services.rpc.servicers import InstanceHealthServicer, SendServicer, WebhookServicer
-from statemachine.ports import ChangeLog, SubscriptionStore
+from statemachine.ports import ChangeLog
 
 log = logging.getLogger("wapi_guard.server")
 # Allocations between two young-generation collections (CPython's default is 700).
@@ -72,8 +72,7 @@ class Servers:
     gateway: Gateway
     recovery: Recovery
     repo: ChangeLog
-    subscriptions: SubscriptionStore
-    dispatcher: WebhookDispatcher
+    subscriptions: WebhookSubscriptions
     feed: ChangeFeed
 
 
@@ -125,13 +124,7 @@ async def _register(server: grpc.aio.Server, settings: Settings, parts: Servers)
         target,
     )
     events_pb2_grpc.add_WebhookSubscriptionServiceServicer_to_server(
-        WebhookSubscriptionServicer(
-            parts.repo,
-            parts.subscriptions,
-            parts.dispatcher,
-            parts.feed.cursors,
-            allow_private=settings.webhook_allow_private,
-        ),
+        WebhookSubscriptionServicer(parts.subscriptions, parts.feed.cursors),
         target,
     )
     health_servicer = health.aio.HealthServicer()
