@@ -23,7 +23,7 @@ from bench.dataset import asyncpg_dsn
 
 async def _split(url: str, stuck_after: float, batch: int, backlog: bool) -> dict[str, Any]:
     from adapters.persistence.db import create_engine
-    from adapters.persistence.repository import Repository
+    from adapters.persistence.store import Repository
     from adapters.wapi.webhooks import parse_webhook
     from services.app.clock import utcnow
     from services.app.gateway import Gateway, GatewayConfig

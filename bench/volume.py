@@ -194,7 +194,7 @@ async def _sweeps(url: str) -> dict[str, Any]:
     """One sweep with whatever is due (the seeded backlog: SENT in the last 10 minutes, half of it
     past the 300 s window), a second one, and one with nothing new."""
     from adapters.persistence.db import create_engine
-    from adapters.persistence.repository import Repository
+    from adapters.persistence.store import Repository
     from adapters.wapi.webhooks import parse_webhook
     from services.app.gateway import Gateway, GatewayConfig
 

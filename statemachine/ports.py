@@ -12,20 +12,15 @@ from statemachine.domain import (
     ActionOutcome,
     Credentials,
     InstanceRecord,
-    InstanceState,
-    MessageRecord,
     MessageState,
     OutboundMessage,
-    Plan,
     ProbeOutcome,
-    Reason,
-    RecoveryAction,
     SendOutcome,
     StateChange,
     WebhookLogPage,
 )
 from statemachine.events import ProviderEvent, Route
-from statemachine.instance_machine import InstanceDecision, InstanceTrigger
+from statemachine.instance_machine import InstanceDecision
 
 
 class Provider(Protocol):
@@ -202,107 +197,6 @@ class PruneReport:
     complete: bool = True
 
 
-class Store(ChangeLog, Protocol):
-    """Persistence as the core sees it. Every write stores a decision of the machines
-    (statemachine/message_machine.py, statemachine/instance_machine.py) with compare-and-set (and
-    its change-log entries, in the same transaction); nothing here decides a transition on its own."""
-
-    transient_errors: tuple[type[Exception], ...]
-    """Its exceptions after which the same write may succeed when tried again (a connection blip)."""
-    unavailable_errors: tuple[type[Exception], ...]
-    """Its exceptions that mean "storage unavailable, nothing was done" (answered UNAVAILABLE)."""
-
-    async def ping(self) -> None: ...
-    async def aclose(self) -> None: ...
-
-    # instances
-    async def upsert_instance(
-        self, instance_id: str, name: str, token: str | None, plan: Plan
-    ) -> tuple[InstanceRecord, bool]: ...
-    async def get_instance(self, instance_id: str) -> tuple[InstanceRecord, str] | None: ...
-    async def delete_instance(self, instance_id: str) -> bool: ...
-    async def list_instances(self, states: Sequence[InstanceState] = ()) -> list[InstanceRecord]:
-        """Every instance (of these states), ordered by id, with its stuck count."""
-        ...
-
-    async def list_credentials(self) -> list[tuple[str, str]]: ...
-    async def stuck_counts(self, instance_ids: Sequence[str] | None = None) -> dict[str, int]: ...
-    async def apply_instance_trigger(
-        self,
-        instance_id: str,
-        trigger: InstanceTrigger,
-        *,
-        source: str,
-        new_phone: str | None = None,
-        checked_at: datetime | None = None,
-        event_at: datetime | None = None,
-    ) -> InstanceChange | None: ...
-    async def count_gateway_failure(self, instance_id: str, *, failed: bool) -> int: ...
-    async def touch_instances(
-        self, last_event: dict[str, datetime], last_receipt: dict[str, datetime] | None = None
-    ) -> None: ...
-    async def instance_changes_since(self, after_id: int, limit: int = 500) -> list[tuple[int, str, StateChange]]: ...
-    async def last_instance_change_id(self) -> int: ...
-    async def instance_history(self, instance_id: str, limit: int = 50) -> list[StateChange]: ...
-    # delivery history, bounded reads for the stall test
-    async def recent_sends(
-        self, instance_id: str, after: datetime, *, limit: int = 1000, newest: bool = False
-    ) -> list[SendSample]: ...
-    async def recent_receipts(
-        self, instance_id: str, after: datetime, *, limit: int = 1000, newest: bool = False
-    ) -> list[ReceiptSample]: ...
-    async def recent_acks(
-        self, instance_id: str, after: datetime, *, limit: int = 1000, newest: bool = False
-    ) -> list[AckSample]: ...
-    async def sending_instances(self, since: datetime, *, limit: int = 1000) -> list[str]: ...
-
-    # messages
-    async def insert_message(self, msg: MessageRecord) -> tuple[MessageRecord, bool]: ...
-    async def get_message(self, message_id: str) -> MessageRecord | None: ...
-    async def record_sent(
-        self, msg: MessageRecord, provider_message_id: str, *, source: str
-    ) -> MessageRecord | None: ...
-    async def record_send_outcome(
-        self,
-        message_id: str,
-        *,
-        provider_message_id: str | None,
-        failure: Reason | None,
-        detail: str,
-        source: str,
-        queue_id: str | None = None,
-    ) -> tuple[MessageRecord, list[MessageChange]]: ...
-    async def reset_for_retry(
-        self, message_id: str, *, source: str, trace_ids: tuple[str, str] = ("", "")
-    ) -> MessageRecord: ...
-    async def apply_parked(self, provider_message_id: str | None = None) -> int: ...
-    async def list_messages(
-        self,
-        *,
-        instance_id: str = "",
-        states: Sequence[MessageState] = (),
-        stuck_only: bool = False,
-        page_size: int = 50,
-        page_token: str = "",
-    ) -> tuple[list[MessageRecord], str]: ...
-
-    async def instance_state_counts(self) -> dict[InstanceState, int]: ...
-
-    # webhooks
-    async def ingest(
-        self, event: ProviderEvent, payload: bytes, headers: dict[str, str], received_at: datetime
-    ) -> IngestResult: ...
-
-    # sweeps
-    async def mark_stuck(self, cutoff: datetime, *, limit: int = 500) -> list[MessageRecord]: ...
-    async def reconcile_pending(self, cutoff: datetime, *, limit: int = 200) -> list[MessageRecord]: ...
-    async def stall_if_stuck_run(self, instance_id: str, threshold: int) -> InstanceChange | None: ...
-    async def stall_stuck_runs(self, instance_ids: Sequence[str], threshold: int) -> list[InstanceChange]: ...
-
-    # retention
-    async def prune(self, policy: RetentionPolicy) -> PruneReport: ...
-
-
 @dataclass(frozen=True, slots=True)
 class RecoveryReservation:
     """An operator action's place in the per-instance limit: its audit row (`action_id`), or None
@@ -310,23 +204,6 @@ class RecoveryReservation:
 
     action_id: int | None
     retry_after: float = 0.0
-
-
-@runtime_checkable
-class RecoveryStore(Store, Protocol):
-    """What operator recovery adds to the store: its audit, the webhook configuration state and
-    the lookups of W-API's webhook-log replay."""
-
-    async def record_recovery_action(self, action: RecoveryAction) -> None: ...
-    async def count_recovery_actions(self, instance_id: str, since: datetime) -> int: ...
-    async def reserve_recovery_action(
-        self, action: RecoveryAction, *, since: datetime, limit: int, window: float
-    ) -> RecoveryReservation | None: ...
-    async def finish_recovery_action(self, action_id: int, outcome: str, detail: str) -> None: ...
-    async def list_recovery_actions(self, instance_id: str, limit: int = 50) -> list[RecoveryAction]: ...
-    async def set_webhooks_state(self, instance_id: str, state: str, detail: str) -> InstanceRecord | None: ...
-    async def event_stored(self, dedupe_key: str) -> bool: ...
-    async def last_event_received_at(self, instance_id: str) -> datetime | None: ...
 
 
 # --- outbound webhook subscriptions ----------------------------------------------------------

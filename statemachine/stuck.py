@@ -1,10 +1,10 @@
 """The stuck rule and the stall it leads to: which messages become stuck, what is written, and when
-a run of stuck messages stalls an instance. Pure; the store executes it (`Repository.mark_stuck`,
-`Repository.stall_stuck_runs`).
+a run of stuck messages stalls an instance. Pure; the store executes it (`Sweeps.mark_stuck`,
+`Sweeps.stall_stuck_runs`).
 
 Where DELIVERY_STALLED is set and cleared — every time through the instance machine
 (statemachine/instance_machine.py), written by the store's one instance-transition writer
-(`Repository._apply_instance_triggers`):
+(`instances.apply_instance_triggers`):
 
 - set by REPORT_DELIVERY_STALLED: the sweep, when `stuck_run_stalls` (below) holds; and the learned
   stall test (statemachine/detection.py) through services/app/stall_watch.py;

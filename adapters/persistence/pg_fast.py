@@ -42,7 +42,7 @@ def _log_insert(first: int, written: str) -> str:
 
 
 # The messages row as the fast lane binds it: one array per column, in this order (the
-# repository builds its arrays from these names, so the two cannot drift apart).
+# message store (messages.py) builds its arrays from these names, so the two cannot drift apart).
 MESSAGE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("id", "text"),
     ("instance_id", "text"),

@@ -29,7 +29,7 @@ from adapters.persistence.schema import instances, messages
 from statemachine.domain import MessageState
 from statemachine.status_plan import MessageUpdate, StatusFacts, StatusPlan
 
-# Column order of pg_fast.APPLY_STATUSES' event arrays (the event row format: repository._event_row).
+# Column order of pg_fast.APPLY_STATUSES' event arrays (the event row format: webhook_events._event_row).
 EVENT_COLUMNS = (
     "id",
     "dedupe_key",

@@ -9,7 +9,7 @@ its parts, one module per use case:
 - services/app/jobs.py     background jobs: crash reconciliation, stuck sweep, retention
 - services/app/stall_watch.py  the learned stall test on sending instances
 
-The composition root (services/rpc/server.py) builds it with concrete adapters.
+The composition root (services/bootstrap.py) builds it with concrete adapters.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ from services.app.stall_watch import StallWatch
 from services.observability.telemetry import Telemetry
 from statemachine.detection import DetectionConfig, ProbePolicy
 from statemachine.domain import InstanceRecord, InstanceState, MessageRecord, MessageState, Plan, StateChange
-from statemachine.ports import IngestResult, MessageChange, Provider, PruneReport, Store, WebhookParser
+from statemachine.ports import IngestResult, MessageChange, Provider, PruneReport, WebhookParser
+from statemachine.store_ports import Store
 from statemachine.validation import SendRequest
 
 log = logging.getLogger("wapi_guard.core")

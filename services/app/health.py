@@ -27,8 +27,9 @@ from services.observability.telemetry import Telemetry
 from statemachine.domain import Credentials, InstanceRecord, InstanceState, Plan, StateChange
 from statemachine.errors import InstanceNotFound, InvalidRequest
 from statemachine.instance_machine import probe_trigger
-from statemachine.ports import InstanceChange, Provider, Store
+from statemachine.ports import InstanceChange, Provider
 from statemachine.preflight import health_verdict, webhooks_block_sends
+from statemachine.store_ports import HealthStore
 from statemachine.validation import Violation, validate_instance_id
 
 log = logging.getLogger("wapi_guard.core")
@@ -75,7 +76,7 @@ class CachedInstance:
 class Instances:
     """Every instance's health as this process sees it, and the operations that change it."""
 
-    def __init__(self, repo: Store, provider: Provider, config: GatewayConfig, telemetry: Telemetry) -> None:
+    def __init__(self, repo: HealthStore, provider: Provider, config: GatewayConfig, telemetry: Telemetry) -> None:
         self.repo = repo
         self.provider = provider
         self.config = config

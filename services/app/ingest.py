@@ -18,7 +18,8 @@ from services.observability.telemetry import Telemetry
 from statemachine.domain import MessageState, Reason
 from statemachine.errors import InvalidPayload
 from statemachine.events import EventReason, ProviderEvent, Route
-from statemachine.ports import IngestResult, MessageChange, Store, WebhookParser
+from statemachine.ports import IngestResult, MessageChange, WebhookParser
+from statemachine.store_ports import IngestStore
 
 # Headers never stored with a raw event.
 SECRET_HEADERS = ("authorization", "cookie", "x-webhook-secret", "x-api-key", "proxy-authorization")
@@ -30,7 +31,9 @@ RECEIPT_ROUTES = frozenset({Route.MESSAGE_STATUS, Route.CHAT_STATUS})
 
 
 class Ingest:
-    def __init__(self, repo: Store, parse_webhook: WebhookParser, telemetry: Telemetry, instances: Instances) -> None:
+    def __init__(
+        self, repo: IngestStore, parse_webhook: WebhookParser, telemetry: Telemetry, instances: Instances
+    ) -> None:
         self.repo = repo
         self.parse_webhook = parse_webhook
         self.tracer = telemetry.tracer

@@ -15,13 +15,14 @@ from services.app.gateway_config import GatewayConfig
 from services.app.health import Instances
 from services.observability.telemetry import Telemetry
 from statemachine.domain import MessageRecord, Reason
-from statemachine.ports import PruneReport, Store
+from statemachine.ports import PruneReport
+from statemachine.store_ports import JobsStore
 
 log = logging.getLogger("wapi_guard.core")
 
 
 class Jobs:
-    def __init__(self, repo: Store, config: GatewayConfig, telemetry: Telemetry, instances: Instances) -> None:
+    def __init__(self, repo: JobsStore, config: GatewayConfig, telemetry: Telemetry, instances: Instances) -> None:
         self.repo = repo
         self.config = config
         self.metrics = telemetry.metrics

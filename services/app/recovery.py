@@ -39,7 +39,8 @@ from statemachine.domain import (
 from statemachine.errors import InstanceNotFound, InvalidRequest, RecoveryFailed, RecoveryRefused
 from statemachine.instance_machine import RECOVERY_REASONS, InstanceTrigger
 from statemachine.phone import DEFAULT_REGION, canonical_phone
-from statemachine.ports import InstanceOperations, RecoveryStore
+from statemachine.ports import InstanceOperations
+from statemachine.store_ports import RecoveryStore
 from statemachine.validation import Violation, validate_instance_id
 
 log = logging.getLogger("wapi_guard.recovery")

@@ -50,8 +50,9 @@ from statemachine.errors import (
 )
 from statemachine.ids import time_ordered_id
 from statemachine.instance_machine import InstanceTrigger
-from statemachine.ports import ConcurrentUpdateError, InstanceChange, Provider, Store
+from statemachine.ports import ConcurrentUpdateError, InstanceChange, Provider
 from statemachine.preflight import block_reason
+from statemachine.store_ports import SendingStore
 from statemachine.validation import SendRequest, Violation, canonical_send, validate_instance_id
 
 log = logging.getLogger("wapi_guard.core")
@@ -86,7 +87,7 @@ RECORD_ATTEMPTS = 8  # ~10 s of backoff to store an answer the provider already 
 class Sending:
     def __init__(
         self,
-        repo: Store,
+        repo: SendingStore,
         provider: Provider,
         config: GatewayConfig,
         telemetry: Telemetry,
@@ -349,19 +350,14 @@ class Sending:
         )
         for attempt in range(RECORD_ATTEMPTS):
             try:
-                if failure is None and outcome.provider_message_id:
-                    fast = await self.repo.record_sent(msg, outcome.provider_message_id, source="send")
-                    if fast is not None:
-                        return fast
-                stored, _changes = await self.repo.record_send_outcome(
-                    msg.id,
-                    provider_message_id=outcome.provider_message_id if failure is None else None,
+                return await self.repo.record_outcome(
+                    msg,
+                    provider_message_id=outcome.provider_message_id,
                     failure=failure,
                     detail=outcome.detail,
                     source="send",
-                    queue_id=outcome.queue_id if failure is None else None,
+                    queue_id=outcome.queue_id,
                 )
-                return stored
             except retryable:
                 if attempt == RECORD_ATTEMPTS - 1:
                     raise

@@ -25,7 +25,8 @@ from services.app.clock import utcnow
 from statemachine.detection import Assessment, DeliveryModel, DetectionConfig, ProbePolicy, assess, probe_due
 from statemachine.domain import InstanceRecord, InstanceState, MessageState
 from statemachine.instance_machine import InstanceTrigger
-from statemachine.ports import AckSample, InstanceChange, ReceiptSample, SendSample, Store
+from statemachine.ports import AckSample, InstanceChange, ReceiptSample, SendSample
+from statemachine.store_ports import StallWatchStore
 
 log = logging.getLogger("wapi_guard.stall_watch")
 
@@ -68,7 +69,7 @@ def _remember(seen: OrderedDict[str, None], key: str) -> bool:
 class StallWatch:
     def __init__(
         self,
-        repo: Store,
+        repo: StallWatchStore,
         *,
         probe: Callable[[str], Awaitable[object]],
         apply_change: Callable[[InstanceChange | None], None],

@@ -27,9 +27,9 @@ from services.api.wapiguard.v1 import (
     instance_health_pb2_grpc,
     send_pb2_grpc,
 )
+from services.bootstrap import App
 from services.cli.demo_steps import AVENTURA, INCOMPLETE, ISTATE, RECIPIENT, STATE, Echo, Outcome, Report, scenario
 from services.config import Settings
-from services.rpc.server import App
 
 
 async def run_demo(*, keep: bool = False, as_json: bool = False) -> int:

@@ -137,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 from services.rpc.workers import serve_workers
 
                 return serve_workers(settings, argv[1:])
-            from services.rpc.server import serve
+            from services.bootstrap import serve
 
             run(serve(settings), event_loop=settings.event_loop)
         except (StartupError, OSError, ValueError) as error:

@@ -13,11 +13,11 @@ from typing import Any
 from aiohttp import web
 
 from adapters.deadline import request_scope
+from services.app.errors import classify
 from services.app.gateway import Gateway
 from services.app.recovery import Recovery
 from services.config import Settings
 from services.http.status_page import STATUS_PAGE_KEY, add_status_routes
-from services.rpc.errors import status_for
 from statemachine.errors import InvalidPayload
 from statemachine.ports import SubscriptionStore
 
@@ -63,7 +63,7 @@ async def receive(request: web.Request) -> web.Response:
             status=202,
         )
     except Exception as error:
-        if status_for(error) is None:
+        if classify(error) is None:
             log.exception("webhook ingest failed")
         else:
             log.warning("webhook not stored: %s", type(error).__name__)

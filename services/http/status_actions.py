@@ -17,6 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
+from services.app.errors import classify
 from services.app.gateway import Gateway
 from services.app.principals import Principal
 from services.app.recovery import NOT_STALLED, Recovery
@@ -24,7 +25,6 @@ from services.http.status_viewer import Csrf, Viewer
 from services.http.status_views import action_text as _a
 from services.http.status_views import esc as _e
 from services.i18n import reason_label, state_view
-from services.rpc.errors import status_for
 from statemachine.errors import GuardError, InvalidRequest, RecoveryRefused
 
 log = logging.getLogger("wapi_guard.status")
@@ -72,7 +72,7 @@ class StatusActions:
         )
 
     def _failure(self, lang: str, error: Exception) -> web.Response:
-        status = status_for(error, lang)
+        status = classify(error)
         if status is None:
             log.exception("status page action failed")
             return self._page(lang, _a(lang, "failed_title"), "<p>internal error</p>", status=500)
@@ -94,7 +94,9 @@ class StatusActions:
             lang,
             _a(lang, "failed_title"),
             body,
-            status=code.get(status.code.name, 409 if status.code.name in ("FAILED_PRECONDITION", "ABORTED") else 502),
+            status=code.get(
+                status.outcome.value, 409 if status.outcome.value in ("FAILED_PRECONDITION", "ABORTED") else 502
+            ),
             headers=extra,
         )
 

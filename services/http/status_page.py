@@ -31,6 +31,7 @@ from typing import Any, cast
 
 from aiohttp import web
 
+from services.app.errors import classify
 from services.app.gateway import Gateway
 from services.app.principals import Principal
 from services.app.recovery import Recovery
@@ -42,7 +43,6 @@ from services.http.status_viewer import security_headers as _headers
 from services.http.status_views import render_page, render_sections, snapshot_json
 from services.http.status_views import text as _t
 from services.i18n import iso
-from services.rpc.errors import status_for
 from statemachine.ports import SubscriptionStore
 
 log = logging.getLogger("wapi_guard.status_page")
@@ -98,7 +98,7 @@ class StatusPage:
                 snap.event_streams = self.event_streams()
             return snap
         except Exception as error:
-            if status_for(error) is None:
+            if classify(error) is None:
                 log.exception("status snapshot failed")
             else:  # storage trouble: said on the page, no traceback every REFRESH_SECONDS per viewer
                 log.warning("status snapshot failed: %s", type(error).__name__)

@@ -18,76 +18,16 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from adapters.deadline import request_scope
+from services.app.errors import classify
 from services.i18n import reason_text, resolve_lang, violation_text
-from statemachine.domain import Reason
 from statemachine.errors import (
     GuardError,
-    IdempotencyConflict,
-    InstanceNotFound,
-    InvalidPayload,
-    InvalidRequest,
-    MessageNotFound,
-    NotRetryable,
-    OutcomeUnknown,
-    ProviderFailed,
-    RecoveryFailed,
-    RecoveryRefused,
-    SendBlocked,
-    SendInProgress,
-    SendPaced,
 )
-from statemachine.ports import ConcurrentUpdateError
 
 DOMAIN = "wapiguard.v1"
 log = logging.getLogger("wapi_guard.grpc")
 
 T = TypeVar("T")
-
-# Exceptions that mean "storage unavailable": the wired store's own (`Store.unavailable_errors`,
-# added by the composition root) and the OS's.
-_unavailable: tuple[type[BaseException], ...] = (OSError, TimeoutError)
-
-
-def treat_as_unavailable(errors: tuple[type[BaseException], ...]) -> None:
-    """Answers the store's `errors` as STORAGE_UNAVAILABLE (called once when the store is wired)."""
-    global _unavailable
-    _unavailable = tuple(dict.fromkeys((*_unavailable, *errors)))
-
-
-def _code_for(error: GuardError) -> grpc.StatusCode:
-    if error.reason is Reason.PERMISSION_DENIED:
-        return grpc.StatusCode.PERMISSION_DENIED
-    if isinstance(error, (InvalidRequest, InvalidPayload)):
-        return grpc.StatusCode.INVALID_ARGUMENT
-    if isinstance(error, (InstanceNotFound, MessageNotFound)):
-        return grpc.StatusCode.NOT_FOUND
-    if isinstance(error, (SendBlocked, NotRetryable, OutcomeUnknown)):
-        return grpc.StatusCode.FAILED_PRECONDITION
-    if isinstance(error, SendInProgress):
-        return grpc.StatusCode.ABORTED
-    if isinstance(error, SendPaced):
-        return grpc.StatusCode.RESOURCE_EXHAUSTED
-    if isinstance(error, RecoveryRefused):
-        if error.reason is Reason.RECOVERY_RATE_LIMITED:
-            return grpc.StatusCode.RESOURCE_EXHAUSTED
-        if error.reason is Reason.RECOVERY_IN_PROGRESS:
-            return grpc.StatusCode.ABORTED
-        return grpc.StatusCode.FAILED_PRECONDITION
-    if isinstance(error, RecoveryFailed):
-        if error.reason is Reason.PROVIDER_TIMEOUT:
-            return grpc.StatusCode.DEADLINE_EXCEEDED
-        if error.reason in (Reason.TOKEN_INVALID, Reason.INSTANCE_NOT_FOUND):
-            return grpc.StatusCode.FAILED_PRECONDITION
-        return grpc.StatusCode.UNAVAILABLE
-    if isinstance(error, IdempotencyConflict):
-        return grpc.StatusCode.ALREADY_EXISTS
-    if isinstance(error, ProviderFailed):
-        if error.reason is Reason.PROVIDER_TIMEOUT:
-            return grpc.StatusCode.DEADLINE_EXCEEDED
-        if error.reason in (Reason.TOKEN_INVALID, Reason.INSTANCE_NOT_FOUND):
-            return grpc.StatusCode.FAILED_PRECONDITION
-        return grpc.StatusCode.UNAVAILABLE
-    return grpc.StatusCode.INTERNAL
 
 
 def _pack(message: Any) -> any_pb2.Any:
@@ -153,19 +93,13 @@ def locale_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:
 
 
 def status_for(error: BaseException, locale: str = "pt-BR") -> grpc.Status | None:
-    """The status to answer for an exception, or None when it is a bug (re-raised as INTERNAL)."""
-    if isinstance(error, GuardError):
-        violations = [(v.field, v.description) for v in error.violations] if isinstance(error, InvalidRequest) else None
-        retry_after = error.retry_after if isinstance(error, (SendInProgress, RecoveryRefused, SendPaced)) else None
-        return build_status(
-            _code_for(error), str(error), error.reason.value, error.metadata, locale, violations, retry_after
-        )
-    if isinstance(error, ConcurrentUpdateError):
-        return build_status(grpc.StatusCode.ABORTED, "concurrent update, retry", Reason.CONCURRENT_UPDATE.value, {})
-    if isinstance(error, _unavailable):
-        # Never a fake success: the caller is told the store is unavailable and may retry.
-        return build_status(grpc.StatusCode.UNAVAILABLE, "storage unavailable", "STORAGE_UNAVAILABLE", {})
-    return None
+    """The status to answer for an exception (services/app/errors.py classifies it), or None when
+    it is a bug (re-raised as INTERNAL)."""
+    found = classify(error)
+    if found is None:
+        return None
+    code = getattr(grpc.StatusCode, found.outcome.value)
+    return build_status(code, found.message, found.reason, found.metadata, locale, found.violations, found.retry_after)
 
 
 async def abort(context: grpc.aio.ServicerContext[Any, Any], status: grpc.Status) -> NoReturn:

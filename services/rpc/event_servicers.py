@@ -5,19 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any, TypeAlias
 
 import grpc
 
+from adapters.deadline import request_scope
 from services.api.wapiguard.v1 import events_pb2, events_pb2_grpc
 from services.app.events import ChangeFeed, follow
-from services.app.outbound import WebhookDispatcher, new_secret
 from services.app.principals import PermissionDenied, current_principal
-from services.app.subscriptions import check_resolved, check_url_target, creation_filter, display_url, visible
-from services.observability.logs import register_secret
+from services.app.subscriptions import display_url
+from services.app.webhook_subscriptions import WebhookSubscriptions
 from services.rpc.errors import abort, build_status, grpc_errors, locale_of, status_for
 from services.rpc.event_mapping import (
     TYPE_FROM_PB,
@@ -43,7 +42,6 @@ from statemachine.ports import (
     DeliveryRecord,
     SubscriptionRecord,
     SubscriptionStats,
-    SubscriptionStore,
 )
 from statemachine.validation import (
     MAX_DELIVERY_IDS,
@@ -53,7 +51,6 @@ from statemachine.validation import (
     validate_description,
     validate_instance_filter,
     validate_subscription_id,
-    validate_subscription_url,
 )
 
 Ctx: TypeAlias = grpc.aio.ServicerContext[Any, Any]
@@ -188,12 +185,13 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
             instance_ids = _filter_instances("filter.instance_ids", request.filter.instance_ids)
             kinds = _kinds("filter.types", request.filter.types)
             start = request.WhichOneof("start")
-            if start == "cursor":
-                cursor = await self._checked("cursor", request.cursor)
-            elif start == "from_oldest":
-                cursor = await self.repo.oldest_change_cursor()
-            else:
-                cursor = await self.repo.head_change_cursor()
+            with request_scope(context.time_remaining()):  # the start's reads are bounded as any call's
+                if start == "cursor":
+                    cursor = await self._checked("cursor", request.cursor)
+                elif start == "from_oldest":
+                    cursor = await self.repo.oldest_change_cursor()
+                else:
+                    cursor = await self.repo.head_change_cursor()
         except Exception as error:
             await self._fail(context, error)
         interval = (
@@ -278,11 +276,12 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
             if request.page_size < 0 or request.page_size > MAX_PAGE:
                 raise InvalidRequest([Violation("page_size", f"must be between 0 and {MAX_PAGE}")])
             size = request.page_size or DEFAULT_PAGE
-            if request.WhichOneof("start") == "after_cursor":
-                cursor = await self._checked("after_cursor", request.after_cursor)
-            else:
-                cursor = await self.repo.oldest_change_cursor()
-            page = await self.repo.read_changes(cursor, limit=size, instance_ids=instance_ids, kinds=kinds)
+            with request_scope(context.time_remaining()):  # bounded storage, as @grpc_errors does
+                if request.WhichOneof("start") == "after_cursor":
+                    cursor = await self._checked("after_cursor", request.after_cursor)
+                else:
+                    cursor = await self.repo.oldest_change_cursor()
+                page = await self.repo.read_changes(cursor, limit=size, instance_ids=instance_ids, kinds=kinds)
         except Exception as error:
             await self._fail(context, error)
             raise
@@ -302,16 +301,6 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
 
 
 # --- webhook subscriptions -------------------------------------------------------------------
-
-
-async def _check_url(url: str, *, allow_private: bool) -> None:
-    """Syntax, then (unless private targets are allowed) where the URL points, literally and as
-    its name resolves now. Raises InvalidRequest; the URL itself is never echoed back."""
-    violations = validate_subscription_url("url", url)
-    if not violations and not allow_private:
-        violations = check_url_target("url", url) or await check_resolved("url", url)
-    if violations:
-        raise InvalidRequest(violations)
 
 
 def _check_lists(instance_ids: Any, types: Any) -> None:
@@ -380,32 +369,11 @@ def delivery_pb(d: DeliveryRecord) -> events_pb2.WebhookDelivery:
 
 
 class WebhookSubscriptionServicer(events_pb2_grpc.WebhookSubscriptionServiceServicer):
-    def __init__(
-        self,
-        repo: ChangeLog,
-        store: SubscriptionStore,
-        dispatcher: WebhookDispatcher | None,
-        cursors: CursorCodec | None = None,
-        *,
-        allow_private: bool = False,
-    ) -> None:
-        self.repo = repo
-        self.store = store
-        self.dispatcher = dispatcher
-        self.allow_private = allow_private
+    """The request's form is checked here; the rules are the use case's (WebhookSubscriptions)."""
+
+    def __init__(self, subscriptions: WebhookSubscriptions, cursors: CursorCodec | None = None) -> None:
+        self.subs = subscriptions
         self.cursors = cursors  # the event cursors clients hold (start_cursor)
-
-    async def _owned(self, sub_id: str, field: str = "id") -> SubscriptionRecord:
-        sub = await self.store.get_subscription(_check_id(field, sub_id))
-        if sub is None or not visible(current_principal.get(), sub):
-            raise InvalidRequest([Violation(field, "no such webhook subscription")])
-        return sub
-
-    async def _with_stats(
-        self, sub: SubscriptionRecord, *, with_secret: bool = False
-    ) -> events_pb2.WebhookSubscription:
-        stats = (await self.store.stats([sub.id])).get(sub.id)
-        return subscription_pb(sub, stats, with_secret=with_secret)
 
     @grpc_errors
     async def CreateWebhookSubscription(
@@ -414,99 +382,73 @@ class WebhookSubscriptionServicer(events_pb2_grpc.WebhookSubscriptionServiceServ
         if violations := validate_description("description", request.description):
             raise InvalidRequest(violations)
         _check_lists(request.instance_ids, request.types)
-        await _check_url(request.url, allow_private=self.allow_private)
+        await self.subs.check_url(request.url)
         kinds = _kinds("types", request.types) or []
-        instance_ids = creation_filter(request.instance_ids, current_principal.get())
-        if request.start_cursor:
-            cursor = _decode("start_cursor", request.start_cursor, self.cursors)
-            oldest = await self.repo.oldest_change_cursor()
-            if cursor < oldest:
-                raise InvalidRequest([Violation("start_cursor", "older than the oldest retained event")])
-        else:
-            cursor = await self.repo.head_change_cursor()
-        sub = await self.store.create_subscription(
-            f"whsub_{uuid.uuid4().hex}",
-            url=request.url.strip(),
-            secret=new_secret(),
-            event_types=[k.value for k in kinds],
-            instance_ids=instance_ids,
-            owner=current_principal.get().name,
+        start = request.start_cursor
+        shown = await self.subs.create(
+            url=request.url,
+            kinds=kinds,
+            instance_ids=list(request.instance_ids),
             description=request.description,
             enabled=not request.disabled,
-            cursor=cursor.encode(),
+            start=(lambda: _decode("start_cursor", start, self.cursors)) if start else None,
         )
-        register_secret(sub.secret)
-        return await self._with_stats(sub, with_secret=True)
+        return subscription_pb(*shown, with_secret=True)
 
     @grpc_errors
     async def GetWebhookSubscription(
         self, request: events_pb2.GetWebhookSubscriptionRequest, context: Ctx
     ) -> events_pb2.WebhookSubscription:
-        return await self._with_stats(await self._owned(request.id))
+        return subscription_pb(*await self.subs.shown(await self.subs.owned(_check_id("id", request.id))))
 
     @grpc_errors
     async def ListWebhookSubscriptions(
         self, request: events_pb2.ListWebhookSubscriptionsRequest, context: Ctx
     ) -> events_pb2.ListWebhookSubscriptionsResponse:
-        principal = current_principal.get()
-        subs = [s for s in await self.store.list_subscriptions() if visible(principal, s)]
-        stats = await self.store.stats([s.id for s in subs])
         return events_pb2.ListWebhookSubscriptionsResponse(
-            subscriptions=[subscription_pb(s, stats.get(s.id)) for s in subs]
+            subscriptions=[subscription_pb(sub, stats) for sub, stats in await self.subs.listed()]
         )
 
     @grpc_errors
     async def UpdateWebhookSubscription(
         self, request: events_pb2.UpdateWebhookSubscriptionRequest, context: Ctx
     ) -> events_pb2.WebhookSubscription:
-        _check_id("id", request.id)
+        sub_id = _check_id("id", request.id)
         _check_lists(request.instance_ids, request.types)
         if request.HasField("description") and (violations := validate_description("description", request.description)):
             raise InvalidRequest(violations)
         changes: dict[str, Any] = {}
         if request.HasField("url"):
-            await _check_url(request.url, allow_private=self.allow_private)
+            await self.subs.check_url(request.url)
             changes["url"] = request.url
         if request.set_types:
             changes["event_types"] = [k.value for k in (_kinds("types", request.types) or [])]
         if request.set_instance_ids:
-            changes["instance_ids"] = creation_filter(request.instance_ids, current_principal.get())
+            changes["instance_ids"] = list(request.instance_ids)
         if request.HasField("enabled"):
             changes["enabled"] = request.enabled
         if request.HasField("description"):
             changes["description"] = request.description
-        sub = await self._owned(request.id)
-        updated = await self.store.update_subscription(sub.id, **changes)
-        if updated is None:
-            raise InvalidRequest([Violation("id", "no such webhook subscription")])
-        if self.dispatcher is not None:
-            self.dispatcher.wake()
-        return await self._with_stats(updated)
+        return subscription_pb(*await self.subs.update(sub_id, changes))
 
     @grpc_errors
     async def DeleteWebhookSubscription(
         self, request: events_pb2.DeleteWebhookSubscriptionRequest, context: Ctx
     ) -> events_pb2.DeleteWebhookSubscriptionResponse:
-        sub = await self._owned(request.id)
-        await self.store.delete_subscription(sub.id)
+        await self.subs.delete(_check_id("id", request.id))
         return events_pb2.DeleteWebhookSubscriptionResponse()
 
     @grpc_errors
     async def RotateWebhookSecret(
         self, request: events_pb2.RotateWebhookSecretRequest, context: Ctx
     ) -> events_pb2.WebhookSubscription:
-        sub = await self._owned(request.id)
-        secret = new_secret()
-        register_secret(secret)
-        updated = await self.store.update_subscription(sub.id, secret=secret)
-        assert updated is not None
-        return await self._with_stats(updated, with_secret=True)
+        return subscription_pb(*await self.subs.rotate_secret(_check_id("id", request.id)), with_secret=True)
 
     @grpc_errors
     async def ListWebhookDeliveries(
         self, request: events_pb2.ListWebhookDeliveriesRequest, context: Ctx
     ) -> events_pb2.ListWebhookDeliveriesResponse:
-        _check_id("subscription_id", request.subscription_id)
+        sub_id = _check_id("subscription_id", request.subscription_id)
         if request.page_size < 0 or request.page_size > MAX_PAGE:
             raise InvalidRequest([Violation("page_size", f"must be between 0 and {MAX_PAGE}")])
         size = request.page_size or DEFAULT_PAGE
@@ -517,8 +459,7 @@ class WebhookSubscriptionServicer(events_pb2_grpc.WebhookSubscriptionServiceServ
             before = parse_page_token("page_token", request.page_token)
         except ValueError:
             raise InvalidRequest([Violation("page_token", "not a page token of this list")]) from None
-        sub = await self._owned(request.subscription_id, "subscription_id")
-        rows = await self.store.list_deliveries(sub.id, states=states or DELIVERY_STATES, limit=size, before_id=before)
+        rows = await self.subs.deliveries(sub_id, states=states or DELIVERY_STATES, limit=size, before_id=before)
         token = str(rows[-1].id) if len(rows) == size else ""
         return events_pb2.ListWebhookDeliveriesResponse(
             deliveries=[delivery_pb(d) for d in rows], next_page_token=token
@@ -528,14 +469,10 @@ class WebhookSubscriptionServicer(events_pb2_grpc.WebhookSubscriptionServiceServ
     async def ReplayWebhookDeliveries(
         self, request: events_pb2.ReplayWebhookDeliveriesRequest, context: Ctx
     ) -> events_pb2.ReplayWebhookDeliveriesResponse:
-        _check_id("subscription_id", request.subscription_id)
+        sub_id = _check_id("subscription_id", request.subscription_id)
         if len(request.delivery_ids) > MAX_DELIVERY_IDS:
             got = len(request.delivery_ids)
             raise InvalidRequest([Violation("delivery_ids", f"at most {MAX_DELIVERY_IDS} ids per call (got {got})")])
         if any(i <= 0 for i in request.delivery_ids):
             raise InvalidRequest([Violation("delivery_ids", "delivery ids are positive numbers")])
-        sub = await self._owned(request.subscription_id, "subscription_id")
-        replayed = await self.store.replay(sub.id, list(request.delivery_ids))
-        if self.dispatcher is not None:
-            self.dispatcher.wake()
-        return events_pb2.ReplayWebhookDeliveriesResponse(replayed=replayed)
+        return events_pb2.ReplayWebhookDeliveriesResponse(replayed=await self.subs.replay(sub_id, request.delivery_ids))

@@ -10,8 +10,8 @@ import grpc
 import pytest
 
 from adapters.simulator import Simulator
+from services.bootstrap import App
 from services.config import Settings
-from services.rpc.server import App
 from tests.e2e.stack import Stack
 
 StackFactory = Callable[..., Awaitable[Stack]]

@@ -22,8 +22,8 @@ import grpc
 from sqlalchemy import Table, select
 
 from adapters.persistence.bounded import BoundedStore
-from adapters.persistence.repository import Repository
 from adapters.persistence.schema import events
+from adapters.persistence.store import Repository
 from adapters.simulator import Simulator
 from services.api.wapiguard.v1 import (
     common_pb2,
@@ -33,7 +33,7 @@ from services.api.wapiguard.v1 import (
     send_pb2_grpc,
     webhook_pb2_grpc,
 )
-from services.rpc.server import App
+from services.bootstrap import App
 from tests import polling
 from tests.integration.harness import RichError, rich_error, wire_webhooks
 

@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from adapters.persistence.db import DatabaseUrlError, async_url
-from services.rpc.server import listen_dsn
+from services.bootstrap import listen_dsn
 
 ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "s3cr3t-db-pass-do-not-print"

@@ -263,7 +263,7 @@ async def test_missed_events_are_replayed_from_the_webhook_log_exactly_once(stac
     # The bridge comes back (a new port); nothing arrives by itself for what was missed.
     runner, port = await start_bridge(stack.app.settings, stack.app.gateway, stack.app.recovery)
     stack.app.bridge_runner = runner
-    stack.app._cleanup.insert(0, runner.cleanup)
+    stack.app.stack.push_async_callback(runner.cleanup)
     stack.app.http_port = port
     stack.sim.set_webhook_url(stack.webhook_url)
 

@@ -21,8 +21,8 @@ from services.api.wapiguard.v1 import (
     webhook_pb2,
     webhook_pb2_grpc,
 )
+from services.bootstrap import App
 from services.config import Settings
-from services.rpc.server import App
 from statemachine.domain import Credentials, OutboundMessage, ProbeOutcome, SendOutcome
 
 _ids = itertools.count(1)

@@ -9,7 +9,7 @@ from typing import Any
 
 from adapters.persistence.db import create_engine
 from adapters.persistence.migrate import upgrade_to_head
-from adapters.persistence.repository import Repository
+from adapters.persistence.store import Repository
 from services.app.events import ChangeFeed
 from statemachine.changes import ChangeCursor, ChangePage
 from tests.records import message_record

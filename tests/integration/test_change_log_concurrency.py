@@ -11,8 +11,8 @@ from sqlalchemy import select
 
 from adapters.persistence.db import create_engine
 from adapters.persistence.migrate import upgrade_to_head
-from adapters.persistence.repository import Repository
 from adapters.persistence.schema import change_log
+from adapters.persistence.store import Repository
 from statemachine.changes import ChangeCursor, ChangeRecord
 from statemachine.domain import Plan
 from statemachine.instance_machine import InstanceTrigger

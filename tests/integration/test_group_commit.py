@@ -10,8 +10,8 @@ import pytest
 
 from adapters.persistence.db import create_engine
 from adapters.persistence.migrate import upgrade_to_head
-from adapters.persistence.repository import Repository
-from statemachine.domain import MessageState, StateChange
+from adapters.persistence.store import Repository
+from statemachine.domain import MessageRecord, MessageState, StateChange
 from tests.conftest import POSTGRES_URL
 from tests.records import message_record
 
@@ -60,6 +60,10 @@ async def test_one_bad_row_does_not_fail_its_batch(database_url: str) -> None:
         await engine.dispose()
 
 
+async def _sent(repo: Repository, msg: MessageRecord) -> MessageRecord:
+    return await repo.record_outcome(msg, provider_message_id=f"P-{msg.id}", failure=None, detail="", source="send")
+
+
 async def test_concurrent_sent_records_share_commits_and_each_is_stored_once(database_url: str) -> None:
     """PENDING → SENT under load: one commit per batch on SQLite too (as PostgreSQL's fast lane),
     every message SENT with its history entry and its change-log row, none twice."""
@@ -88,7 +92,7 @@ async def test_concurrent_sent_records_share_commits_and_each_is_stored_once(dat
         for record in pending:
             assert (await repo.insert_message(record))[1]
         event.listen(engine.sync_engine, "commit", count)
-        sent = await asyncio.gather(*(repo.record_sent(m, f"P-{m.id}", source="send") for m in pending))
+        sent = await asyncio.gather(*(_sent(repo, m) for m in pending))
         event.remove(engine.sync_engine, "commit", count)
         assert [m.state if m else None for m in sent] == [MessageState.SENT] * 30
         for record in pending:
@@ -107,10 +111,18 @@ async def test_concurrent_sent_records_share_commits_and_each_is_stored_once(dat
                 )
             ).scalar_one()
         assert logged == 30
-        # Again: the rows moved on, so nothing is written twice.
-        assert (
-            await asyncio.gather(*(repo.record_sent(m, f"P-{m.id}", source="send") for m in pending[:5])) == [None] * 5
-        )
+        # Again: the rows moved on, so nothing is written twice (the stored SENT stands).
+        again = await asyncio.gather(*(_sent(repo, m) for m in pending[:5]))
+        assert [(m.state, m.version) for m in again] == [(MessageState.SENT, 2)] * 5
+        async with engine.connect() as conn:
+            logged_again = (
+                await conn.execute(
+                    select(func.count()).where(
+                        change_log.c.instance_id == "gc-sent", change_log.c.payload.like('%"SENT"%')
+                    )
+                )
+            ).scalar_one()
+        assert logged_again == 30
         if not POSTGRES_URL:  # PostgreSQL's lane writes over raw asyncpg (no SQLAlchemy commit events)
             assert commits < 15, commits
     finally:

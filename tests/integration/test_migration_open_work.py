@@ -18,8 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from adapters.persistence.db import create_engine
 from adapters.persistence.migrate import alembic_config, upgrade_to_head
-from adapters.persistence.repository import Repository
 from adapters.persistence.schema import events, instances, messages, metadata, open_messages
+from adapters.persistence.store import Repository
 from adapters.wapi.webhooks import parse_webhook
 from statemachine.domain import MessageState
 

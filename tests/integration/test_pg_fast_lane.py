@@ -19,8 +19,8 @@ from sqlalchemy.pool import QueuePool
 from adapters.persistence import pg_fast
 from adapters.persistence.db import create_engine
 from adapters.persistence.migrate import upgrade_to_head
-from adapters.persistence.repository import Repository
 from adapters.persistence.schema import events
+from adapters.persistence.store import Repository
 from adapters.wapi.webhooks import parse_webhook
 from statemachine.domain import MessageState, Plan, StateChange
 from statemachine.events import EventReason

@@ -14,9 +14,9 @@ import asyncpg
 import pytest
 from sqlalchemy import event
 
-from adapters.persistence import pg_fast, repository
+from adapters.persistence import instances, pg_fast
 from adapters.persistence.db import create_engine
-from adapters.persistence.repository import Repository
+from adapters.persistence.store import Repository
 from bench.dataset import Size, asyncpg_dsn, seed
 from statemachine.ports import RetentionPolicy
 from tests.conftest import POSTGRES_URL
@@ -110,7 +110,7 @@ async def test_hot_queries_read_open_work_not_history(database_url: str) -> None
             "reconcile_pending": repo.reconcile_pending(now - timedelta(seconds=60)),
             "stall_stuck_runs": repo.stall_stuck_runs([f"BENCH-{i:04d}" for i in range(SIZE.instances)], 3),
             "instance_state_counts": repo.instance_state_counts(),
-            "stall_if_stuck_run": repo.stall_if_stuck_run(instance, 3),
+            "stall_stuck_runs(one)": repo.stall_stuck_runs([instance], 3),
             "apply_parked(sweep)": repo.apply_parked(),
             "apply_parked(one)": repo.apply_parked(pid),
             "list_messages(stuck)": repo.list_messages(stuck_only=True),
@@ -149,8 +149,8 @@ async def test_hot_queries_read_open_work_not_history(database_url: str) -> None
         assert set(calls) - {"apply_parked(one)", "list_instances"} <= names, set(calls) - names
         pids = [m.provider_message_id for m in stuck_page[:20]]
         captured += [
-            ("list_instances", repository._LIST_INSTANCES_PG, (None,)),
-            ("list_instances(states)", repository._LIST_INSTANCES_PG, (["CONNECTED"],)),
+            ("list_instances", instances._LIST_INSTANCES_PG, (None,)),
+            ("list_instances(states)", instances._LIST_INSTANCES_PG, (["CONNECTED"],)),
             ("fast lane: status read", pg_fast.READ_FOR_STATUS, (pids,)),
             ("fast lane: parked after SENT", pg_fast.PARKED_FOR, (pids,)),
         ]

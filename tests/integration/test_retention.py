@@ -15,8 +15,8 @@ from adapters.persistence.db import create_engine
 from adapters.persistence.migrate import upgrade_to_head
 from adapters.persistence.retention import PRUNE_LOCK_KEY, Pruner
 from adapters.persistence.schema import change_log, chat_statuses, events, instance_transitions, messages, open_messages
+from services.bootstrap import gateway_config
 from services.config import Settings
-from services.rpc.server import gateway_config
 from statemachine.domain import MessageState
 from statemachine.ports import RetentionPolicy
 from tests.conftest import POSTGRES_URL

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 from adapters.persistence.db import create_engine
 from adapters.persistence.migrate import upgrade_to_head
-from adapters.persistence.repository import Repository
+from adapters.persistence.store import Repository
 from adapters.wapi.webhooks import parse_webhook
 from statemachine.domain import InstanceState, MessageState, Plan, Reason, StateChange
 from statemachine.instance_machine import InstanceTrigger

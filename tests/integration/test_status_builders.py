@@ -17,9 +17,9 @@ from sqlalchemy import delete, func, select
 
 from adapters.persistence.db import create_engine
 from adapters.persistence.migrate import upgrade_to_head
-from adapters.persistence.repository import Repository
 from adapters.persistence.schema import change_log, events, messages
 from adapters.persistence.status_lane import PgStatusStatements, SqlStatusStatements
+from adapters.persistence.store import Repository
 from adapters.wapi.webhooks import parse_webhook
 from statemachine.domain import MessageState, Plan, StateChange
 from statemachine.events import EventReason

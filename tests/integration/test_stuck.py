@@ -123,7 +123,7 @@ async def test_messages_left_pending_by_a_crash_are_reconciled_as_outcome_unknow
     from dataclasses import replace
     from datetime import timedelta
 
-    from adapters.persistence.repository import utcnow
+    from adapters.persistence.rows import utcnow
     from tests.records import message_record
 
     await guard.register("cr-1")

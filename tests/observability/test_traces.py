@@ -21,9 +21,9 @@ from services.api.wapiguard.v1 import (
     send_pb2,
     send_pb2_grpc,
 )
+from services.bootstrap import App
 from services.config import Settings
 from services.observability.telemetry import Telemetry
-from services.rpc.server import App
 from tests.observability.otlp_receiver import OtlpReceiver
 
 HEALTHY, INCOMPLETE = "3B6XIW-ZTS923-GEAY6V", "LITE-4IW93E-MGVYDW"

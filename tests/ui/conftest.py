@@ -19,8 +19,8 @@ import pytest
 
 from adapters.simulator import Simulator
 from services.api.wapiguard.v1 import instance_health_pb2_grpc, send_pb2, send_pb2_grpc
+from services.bootstrap import App
 from services.config import Settings
-from services.rpc.server import App
 from statemachine.domain import InstanceRecord, Plan
 from tests.integration.harness import wire_webhooks
 

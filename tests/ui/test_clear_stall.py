@@ -8,8 +8,8 @@ import json
 
 import aiohttp
 
-from adapters.persistence.repository import Repository
 from adapters.persistence.schema import instance_transitions
+from adapters.persistence.store import Repository
 from statemachine.instance_machine import InstanceTrigger
 from tests.ui.conftest import ADMIN, API_TOKENS, AVENTURA, SCOPED, StackFactory, UiStack, cli
 from tests.ui.test_status_actions import basic, csrf_of

@@ -109,7 +109,7 @@ def test_fast_counter_exports_cumulative_totals_per_attribute_set() -> None:
 
 def test_the_fast_lane_binds_every_messages_column_once_by_name() -> None:
     from adapters.persistence import pg_fast
-    from adapters.persistence.repository import _message_values
+    from adapters.persistence.rows import message_values as _message_values
     from adapters.persistence.schema import messages
     from tests.records import message_record
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from adapters.persistence import history
-from adapters.persistence.repository import _content_json
+from adapters.persistence.rows import content_json as _content_json
 from services.app.content import content_to_dict, request_hash
 from statemachine.domain import Location, MessageKind, MessageState, OutboundMessage, Reason, StateChange, Text
 
