@@ -207,7 +207,7 @@ class App:
         return app
 
     @classmethod
-    async def _start(
+    async def _start(  # size: the start-up order, one step per line, each close pushed right after it opens
         cls, settings: Settings, provider: Provider | None, telemetry: Telemetry, stack: contextlib.AsyncExitStack
     ) -> App:
         # Over 60 lines on purpose: the order of the start-up is the one thing this function says,

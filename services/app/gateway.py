@@ -25,6 +25,7 @@ from services.app.gateway_config import GatewayConfig
 from services.app.health import InstanceEvent, Instances
 from services.app.ingest import Ingest
 from services.app.jobs import Jobs
+from services.app.message_queries import MessageQueries
 from services.app.sending import Sending
 from services.app.stall_watch import StallWatch
 from services.observability.telemetry import Telemetry
@@ -68,6 +69,7 @@ class Gateway:
             repo, provider, self.config, self.telemetry, self.instances, self.stall_watch, self.jobs.reconcile_once
         )
         self.ingestion = Ingest(repo, parse_webhook, self.telemetry, self.instances)
+        self.messages = MessageQueries(repo)
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
@@ -150,7 +152,7 @@ class Gateway:
         return await self.sending.retry(message_id, time_remaining=time_remaining)
 
     async def get_message(self, message_id: str) -> MessageRecord:
-        return await self.sending.get_message(message_id)
+        return await self.messages.get_message(message_id)
 
     async def list_messages(
         self,
@@ -161,7 +163,7 @@ class Gateway:
         page_size: int = 50,
         page_token: str = "",
     ) -> tuple[list[MessageRecord], str]:
-        return await self.sending.list_messages(
+        return await self.messages.list_messages(
             instance_id=instance_id, states=states, stuck_only=stuck_only, page_size=page_size, page_token=page_token
         )
 

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
@@ -20,9 +20,11 @@ from services.app.clock import utcnow
 from services.app.content import content_to_dict, outbound_from_stored, request_hash
 from services.app.gateway_config import GatewayConfig
 from services.app.health import CachedInstance, Instances
+from services.app.message_queries import plausible_id
 from services.app.optouts import OptOuts
 from services.app.recipients import Recipients
 from services.app.send_policy import SendPolicies
+from services.app.send_protection import block_detail, recipient_block
 from services.app.stall_watch import StallWatch
 from services.observability.telemetry import Telemetry, current_trace_ids, use_span
 from statemachine.domain import (
@@ -53,7 +55,7 @@ from statemachine.instance_machine import InstanceTrigger
 from statemachine.ports import ConcurrentUpdateError, InstanceChange, Provider
 from statemachine.preflight import block_reason
 from statemachine.store_ports import SendingStore
-from statemachine.validation import SendRequest, Violation, canonical_send, validate_instance_id
+from statemachine.validation import SendRequest, canonical_send
 
 log = logging.getLogger("wapi_guard.core")
 
@@ -139,10 +141,8 @@ class Sending:
                         req.kind,
                         webhooks_blocked=self.instances.webhooks_block(health),
                     )
-                    if blocked is None and await self._opted_out(req.instance_id, req.to):
-                        blocked = Reason.RECIPIENT_OPTED_OUT
-                    if blocked is None and await self._known_absent(req.instance_id, req.to):
-                        blocked = Reason.NOT_ON_WHATSAPP
+                    if blocked is None:
+                        blocked = await recipient_block(self.opt_outs, self.recipients, req.instance_id, req.to)
                     preflight.set_attribute("wapi.session_health", health.state.value)
                 span.set_attribute("wapi.session_health", health.state.value)
                 if blocked is None and self.policies is not None:
@@ -165,14 +165,6 @@ class Sending:
                 _end_with_error(span, error)
                 raise
         return await self._attempt_shielded(stored, outbound, cached, span, self._budget(time_remaining))
-
-    async def _opted_out(self, instance_id: str, to: str) -> bool:
-        """The suppression list (services/app/optouts.py): refused before any provider call."""
-        return self.opt_outs is not None and await self.opt_outs.blocks(instance_id, to)
-
-    async def _known_absent(self, instance_id: str, to: str) -> bool:
-        """The number-check cache (services/app/recipients.py); never the provider."""
-        return self.recipients is not None and await self.recipients.absent(instance_id, to)
 
     async def _admit(self, req: SendRequest) -> MessageRecord | None:
         """The send policy's check. A refusal stores nothing; but a repeated key whose first
@@ -213,7 +205,7 @@ class Sending:
             kind=outbound.kind,
             state=initial,
             failure_reason=blocked.value if blocked else "",
-            failure_detail=_block_detail(blocked, health.state),
+            failure_detail=block_detail(blocked, health.state),
             provider_message_id=None,
             attempts=1,
             idempotency_key=req.idempotency_key or f"auto:{uuid.uuid4()}",
@@ -390,7 +382,7 @@ class Sending:
         self.instances.after_change(change)
 
     async def retry(self, message_id: str, *, time_remaining: float | None = None) -> MessageRecord:
-        msg = await self.repo.get_message(message_id) if _plausible_id(message_id) else None
+        msg = await self.repo.get_message(message_id) if plausible_id(message_id) else None
         if msg is None:
             raise MessageNotFound(message_id)
         if msg.state is not MessageState.FAILED:
@@ -427,16 +419,14 @@ class Sending:
                     msg.kind,
                     webhooks_blocked=self.instances.webhooks_block(health),
                 )
-                if blocked is None and await self._opted_out(msg.instance_id, msg.to):
-                    blocked = Reason.RECIPIENT_OPTED_OUT
-                if blocked is None and await self._known_absent(msg.instance_id, msg.to):
-                    blocked = Reason.NOT_ON_WHATSAPP
+                if blocked is None:
+                    blocked = await recipient_block(self.opt_outs, self.recipients, msg.instance_id, msg.to)
                 if blocked:
                     stored, _ = await self.repo.record_send_outcome(
                         msg.id,
                         provider_message_id=None,
                         failure=blocked,
-                        detail=_block_detail(blocked, health.state),
+                        detail=block_detail(blocked, health.state),
                         source="preflight",
                     )
                     raise self._blocked(stored, health.state, blocked)
@@ -444,51 +434,6 @@ class Sending:
                 _end_with_error(span, error)
                 raise
         return await self._attempt_shielded(msg, outbound, cached, span, self._budget(time_remaining))
-
-    async def get_message(self, message_id: str) -> MessageRecord:
-        # Ids we issue are UUIDs: anything else cannot exist (and is never sent to the database).
-        msg = await self.repo.get_message(message_id) if _plausible_id(message_id) else None
-        if msg is None:
-            raise MessageNotFound(message_id)
-        return msg
-
-    async def list_messages(
-        self,
-        *,
-        instance_id: str = "",
-        states: Sequence[MessageState] = (),
-        stuck_only: bool = False,
-        page_size: int = 50,
-        page_token: str = "",
-    ) -> tuple[list[MessageRecord], str]:
-        if page_size < 0 or page_size > 500:
-            raise InvalidRequest([Violation("page_size", "must be between 0 and 500")])
-        if instance_id and validate_instance_id(instance_id):
-            raise InvalidRequest(validate_instance_id(instance_id))
-        try:
-            return await self.repo.list_messages(
-                instance_id=instance_id,
-                states=states,
-                stuck_only=stuck_only,
-                page_size=page_size or 50,
-                page_token=page_token,
-            )
-        except ValueError:
-            raise InvalidRequest([Violation("page_token", "not a token returned by ListMessages")]) from None
-
-
-def _block_detail(blocked: Reason | None, state: InstanceState) -> str:
-    if blocked is None:
-        return ""
-    if blocked is Reason.RECIPIENT_OPTED_OUT:
-        return "recipient opted out"
-    if blocked is Reason.NOT_ON_WHATSAPP:
-        return "recipient not on WhatsApp (number check)"
-    return f"instance {state.value}"
-
-
-def _plausible_id(message_id: str) -> bool:
-    return 0 < len(message_id) <= 64 and message_id.isprintable() and message_id.isascii()
 
 
 def _end_with_error(span: Span, error: BaseException, *, end: bool = True) -> None:

@@ -31,39 +31,36 @@ MAX_MODULE_LINES = 450
 MAX_METHODS = 30
 MAX_FUNCTION_LINES = 60
 
-_SPLIT = "being split (issue 23, persistence/composition root)"
+# Over the limits before the restructuring of issue 23 and not split yet: each is a next step
+# (docs/architecture.md, "Not done yet").
+_SPLIT = "not split yet (docs/architecture.md: Not done yet)"
+# Benchmark scripts: one scenario, read top to bottom.
+_BENCH = "a benchmark scenario, read top to bottom"
 
 # "path" for a module, "path::Class" for a class, "path::Class.method" / "path::function" for a
 # function, each with the reason it may be over its limit. An entry that is no longer over its limit
 # fails the test, so the list only shrinks.
 ALLOWED: dict[str, str] = {
     "adapters/persistence/db.py::create_engine": _SPLIT,
-    "adapters/persistence/repository.py": _SPLIT,
-    "adapters/persistence/repository.py::Repository": _SPLIT,
-    "adapters/persistence/repository.py::Repository.__init__": _SPLIT,
-    "adapters/persistence/repository.py::Repository._apply_instance_triggers": _SPLIT,
     "adapters/persistence/webhook_store.py::WebhookStore.claim_due": _SPLIT,
     "adapters/wapi/client.py": _SPLIT,
     "adapters/wapi/contract.py": _SPLIT,
     "adapters/wapi/webhooks.py": _SPLIT,
     "adapters/wapi/webhooks.py::normalize_inbound": _SPLIT,
     "adapters/wapi/webhooks.py::parse_webhook": _SPLIT,
-    "bench/__main__.py": _SPLIT,
-    "bench/__main__.py::bench_database": _SPLIT,
-    "bench/detection.py": _SPLIT,
-    "bench/detection.py::main": _SPLIT,
-    "bench/detection.py::run_shape": _SPLIT,
-    "bench/sweep_split.py::_split": _SPLIT,
+    "bench/__main__.py": _BENCH,
+    "bench/__main__.py::bench_database": _BENCH,
+    "bench/detection.py": _BENCH,
+    "bench/detection.py::main": _BENCH,
+    "bench/detection.py::run_shape": _BENCH,
+    "bench/sweep_split.py::_split": _BENCH,
     "services/app/events.py::follow": _SPLIT,
     "services/app/outbound.py": _SPLIT,
     "services/app/outbound.py::WebhookDispatcher.deliver": _SPLIT,
     "services/app/recovery.py": _SPLIT,
     "services/app/recovery.py::Recovery": _SPLIT,
     "services/rpc/event_servicers.py": _SPLIT,
-    "services/rpc/server.py::App._start": _SPLIT,
     "statemachine/detection.py": _SPLIT,
-    "statemachine/ports.py": _SPLIT,
-    "statemachine/ports.py::Store": _SPLIT,
 }
 
 _REASON = re.compile(r"#\s*size:\s*\S")
