@@ -804,6 +804,16 @@ _VIOLATIONS_PT_BR: tuple[tuple[re.Pattern[str], str], ...] = tuple(
     for pattern, text in (
         (r"required", "obrigatório"),
         (r"required on first registration", "obrigatório no primeiro registro"),
+        # Provider per instance (services/app/providers.py).
+        (r"this server speaks W-API only", "este servidor fala apenas com a W-API"),
+        (r"unknown provider (.+)", r"provedor desconhecido \1"),
+        (r"must be an http\(s\) URL without credentials", "deve ser uma URL http(s) sem credenciais"),
+        (r"longer than 512 characters", "mais de 512 caracteres"),
+        (
+            r"required for EVOLUTION \(the server the instance runs on\)",
+            "obrigatório para EVOLUTION (o servidor onde a instância roda)",
+        ),
+        (r"only Z-API takes a client token", "só a Z-API aceita client token"),
         (r"required: the phone to pair, e\.g\. (.+)", r"obrigatório: o telefone a parear, p. ex. \1"),
         (
             r"digits only, with country and area code \((\d+) to (\d+) digits\)",
@@ -986,3 +996,47 @@ SUBSCRIPTION_CLI_TEXTS: dict[str, dict[str, str]] = {
         "s_exhausted": "exhausted",
     },
 }
+
+
+# --- provider-specific reasons (issue 24: Z-API, Evolution API) -------------------------------
+
+REASON_TEXT_PT_BR.update(
+    {
+        Reason.SESSION_NEEDS_RESTORE: 'A Z-API pede para restaurar a sessão ("You need to restore the session.").',
+        Reason.LOGGED_OUT: "Sessão encerrada no WhatsApp (logout); o provedor não reconecta sozinho.",
+        Reason.QR_REFUSED: "Limite de QR codes atingido sem leitura; a conexão foi recusada.",
+        Reason.PHONE_OFFLINE: "Conectada, mas o celular está offline; o provedor segura os envios.",
+        Reason.NOT_ON_WHATSAPP: "O número não está no WhatsApp.",
+        Reason.SEND_REJECTED: "O WhatsApp ou o provedor recusou/restringiu este envio.",
+        Reason.INVALID_MEDIA: "A mídia não pôde ser enviada (URL inválida, formato não suportado).",
+        Reason.PROVIDER_UNCERTAIN: "O provedor expirou o envio; a mensagem ainda pode sair. Confira antes de reenviar.",
+    }
+)
+REASON_TEXT_EN.update(
+    {
+        Reason.SESSION_NEEDS_RESTORE: 'Z-API asks to restore the session ("You need to restore the session.").',
+        Reason.LOGGED_OUT: "The WhatsApp session was logged out; the provider will not reconnect by itself.",
+        Reason.QR_REFUSED: "QR code limit reached without a scan; the connection was refused.",
+        Reason.PHONE_OFFLINE: "Connected, but the phone is offline; the provider holds the sends.",
+        Reason.NOT_ON_WHATSAPP: "The number is not on WhatsApp.",
+        Reason.SEND_REJECTED: "WhatsApp or the provider refused or restricted this send.",
+        Reason.INVALID_MEDIA: "The media could not be sent (invalid URL, unsupported format).",
+        Reason.PROVIDER_UNCERTAIN: "The provider timed out the send; it may still go out. Check before retrying.",
+    }
+)
+_NEXT_PT_BR.update(
+    {
+        Reason.SESSION_NEEDS_RESTORE: "Restaure a sessão: wapi-guard restart INSTÂNCIA (restore-session da Z-API).",
+        Reason.LOGGED_OUT: "Pareie de novo: wapi-guard connect INSTÂNCIA (QR code) ou --phone NÚMERO.",
+        Reason.QR_REFUSED: "Peça um novo QR code (wapi-guard connect INSTÂNCIA) e leia-o a tempo.",
+        Reason.PHONE_OFFLINE: "Ligue o celular e conecte-o à internet; os envios seguem quando ele voltar.",
+    }
+)
+_NEXT_EN.update(
+    {
+        Reason.SESSION_NEEDS_RESTORE: "Restore the session: wapi-guard restart INSTANCE (Z-API restore-session).",
+        Reason.LOGGED_OUT: "Pair again: wapi-guard connect INSTANCE (QR code) or --phone NUMBER.",
+        Reason.QR_REFUSED: "Ask for a new QR code (wapi-guard connect INSTANCE) and scan it in time.",
+        Reason.PHONE_OFFLINE: "Turn the phone on and online; sends go out once it is back.",
+    }
+)

@@ -59,7 +59,7 @@ from statemachine.domain import (
 )
 from statemachine.events import EventReason, ProviderEvent, Route
 from statemachine.ids import time_ordered_id
-from statemachine.instance_machine import InstanceTrigger, decide_instance
+from statemachine.instance_machine import InstanceTrigger, connection_event_trigger, decide_instance
 from statemachine.message_machine import (
     DELIVERED_OR_LATER,
     MessageTrigger,
@@ -205,10 +205,11 @@ def _instance(row: Row[Any] | Any) -> InstanceRecord:
         webhooks_state=m["webhooks_state"],
         webhooks_detail=m["webhooks_detail"],
         last_receipt_at=m["last_receipt_at"],
+        provider=m.get("provider") or "WAPI",
     )
 
 
-_INSTANCE_COLUMNS = [c for c in instances.c if c.name not in ("token", "stall_ended_at")]
+_INSTANCE_COLUMNS = [c for c in instances.c if c.name not in ("token", "stall_ended_at", "client_token")]
 
 # An event about a message this service sent: the same provider id on the same instance.
 _EVENT_OF_OUR_SEND = and_(
@@ -256,7 +257,7 @@ class _InstanceSignal:
 _LIST_INSTANCES_PG = """
 SELECT i.id, i.name, i.plan, i.state, i.reason, i.phone_number, i.checked_at, i.last_event_at,
        i.state_changed_at, i.version, i.consecutive_gateway_failures, i.webhooks_state,
-       i.webhooks_detail, coalesce(c.stuck, 0), i.last_receipt_at
+       i.webhooks_detail, coalesce(c.stuck, 0), i.last_receipt_at, i.provider
 FROM instances i LEFT JOIN instance_stuck_counts c ON c.instance_id = i.id
 WHERE $1::text[] IS NULL OR i.state = ANY($1::text[])
 ORDER BY i.id
@@ -283,6 +284,7 @@ def _instance_from_driver(r: Any) -> InstanceRecord:
         webhooks_state=r[11],
         webhooks_detail=r[12],
         last_receipt_at=r[14],
+        provider=r[15],
     )
 
 
@@ -1032,7 +1034,7 @@ class Repository:
                 await self._save_message(conn, msg, after)  # FAILED or QUEUED
             elif not await self._write_sent(conn, _sent_params(msg, after)):
                 raise ConcurrentUpdateError(msg.id)  # the row is locked: cannot happen
-            if after.state is MessageState.SENT:
+            if after.state is MessageState.SENT or after.provider_message_id:  # also QUEUED with an id
                 late = await self._apply_parked(conn, after)
                 if late:
                     changes += late
@@ -1378,7 +1380,7 @@ class Repository:
         if event.instance_id is None:
             return
         if event.route in (Route.CONNECTION, Route.DISCONNECTION):
-            trigger = InstanceTrigger.REPORT_RECONNECTED if event.connected else InstanceTrigger.REPORT_DISCONNECTED
+            trigger = connection_event_trigger(event.connected, event.failure_reason)
             instance_change = await self._apply_instance_trigger(
                 conn, event.instance_id, trigger, "webhook", event.phone, None, received_at
             )
@@ -1767,7 +1769,14 @@ def _status_event(item: _StatusItem) -> StatusEvent:
     assert event.instance_id is not None
     assert event.provider_message_id is not None
     assert event.status is not None
-    return StatusEvent(event.instance_id, event.provider_message_id, event.status, event.moment or received_at)
+    return StatusEvent(
+        event.instance_id,
+        event.provider_message_id,
+        event.status,
+        event.moment or received_at,
+        failure_reason=event.failure_reason,
+        failure_detail=event.failure_detail,
+    )
 
 
 _StatusItem = tuple[ProviderEvent, bytes, dict[str, str], datetime]

@@ -302,7 +302,7 @@ class Sending:
         )
         for attempt in range(RECORD_ATTEMPTS):
             try:
-                if failure is None and outcome.provider_message_id:
+                if failure is None and outcome.provider_message_id and not outcome.queue_id:
                     fast = await self.repo.record_sent(msg, outcome.provider_message_id, source="send")
                     if fast is not None:
                         return fast

@@ -44,6 +44,7 @@ from services.app.subscriptions import Scopes
 from services.config import Settings
 from services.observability.logs import register_secret
 from services.observability.telemetry import Telemetry
+from services.provider_wiring import build_registry
 from services.rpc.auth import AuthInterceptor
 from services.rpc.decoding import DecodingGuard
 from services.rpc.errors import treat_as_unavailable
@@ -216,14 +217,17 @@ class App:
         # What the request paths reach the store through: bounded per call (bounded.py).
         bounded = cast(Repository, BoundedStore(repo, settings.db_timeout))
         provider = provider or default_provider(settings)
+        # Per-instance provider (issue 24): W-API's client plus Z-API and Evolution, routed by
+        # the instance's stored provider; recovery stays offered only when W-API's client has it.
+        operations = isinstance(provider, InstanceOperations)
+        provider = build_registry(provider, engine, zapi_base_url=settings.zapi_base_url)
+        await provider.load()
         opened.append(provider.aclose)
         instrument = getattr(provider, "instrument", None)
         if telemetry.tracer_provider is not None and instrument is not None:
             instrument(telemetry.tracer_provider)
         gateway = Gateway(bounded, provider, gateway_config(settings), telemetry, parse_webhook=parse_webhook)
-        recovery = Recovery(
-            gateway, provider if isinstance(provider, InstanceOperations) else None, recovery_config(settings)
-        )
+        recovery = Recovery(gateway, provider if operations else None, recovery_config(settings))
         await step(
             "loading instances",
             url,

@@ -285,8 +285,17 @@ class InstanceHealthServicer(instance_health_pb2_grpc.InstanceHealthServiceServi
         else:
             raise InvalidRequest([Violation("plan", f"unknown plan {request.plan}; use PLAN_PRO or PLAN_LITE")])
         instance_id = request.instance_id.strip()
+        if request.provider not in (common_pb2.PROVIDER_UNSPECIFIED, *mapping.PROVIDER_FROM_PB):
+            raise InvalidRequest([Violation("provider", f"unknown provider {request.provider}")])
         record = await self.gateway.register(
-            instance_id, request.name, request.token, plan, probe=not request.skip_probe
+            instance_id,
+            request.name,
+            request.token,
+            plan,
+            probe=not request.skip_probe,
+            provider=mapping.PROVIDER_FROM_PB.get(request.provider),
+            base_url=request.base_url,
+            client_token=request.client_token,
         )
         if self.recovery.bridge_url() is not None:
             await self.recovery.after_registration(instance_id)
