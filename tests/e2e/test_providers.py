@@ -9,6 +9,7 @@ provider's own acks; a failure becomes FAILED with the normalized reason.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -80,33 +81,55 @@ class ProviderStack:
         return await polling.eventually(check, f"message {message_id} in state {state}", 5.0)
 
 
-@pytest.fixture(params=[ZAPI, EVOLUTION])
-async def pstack(request: pytest.FixtureRequest, database_url: str) -> AsyncIterator[ProviderStack]:
+async def start_stack(provider: str, database_url: str, **overrides: Any) -> ProviderStack:
     sim = DialectSimulator()
     await sim.start()
     secret = secrets.token_urlsafe(16)
-    settings = Settings(
-        grpc_port=0,
-        http_port=0,
-        database_url=database_url,
-        wapi_base_url=sim.root_url + "/v1",
-        zapi_base_url=sim.root_url,
-        webhook_secret=secret,
-        probe_interval=0,
-        sweep_interval=0,
-        send_timeout=1.0,
-        probe_timeout=1.0,
-        shutdown_grace=0.5,
-        log_format="text",
-    )
-    app = await App.start(settings)
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}")
+    values: dict[str, Any] = {
+        "grpc_port": 0,
+        "http_port": 0,
+        "database_url": database_url,
+        "wapi_base_url": sim.root_url + "/v1",
+        "zapi_base_url": sim.root_url,
+        "webhook_secret": secret,
+        "probe_interval": 0,
+        "sweep_interval": 0,
+        "send_timeout": 1.0,
+        "probe_timeout": 1.0,
+        "shutdown_grace": 0.5,
+        "log_format": "text",
+    } | overrides
     try:
-        yield ProviderStack(app, sim, secret, channel, request.param)
-    finally:
-        await channel.close()
-        await app.stop()
+        app = await App.start(Settings(**values))
+    except BaseException:
         await sim.stop()
+        raise
+    return ProviderStack(app, sim, secret, grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}"), provider)
+
+
+async def stop_stack(stack: ProviderStack) -> None:
+    await stack.channel.close()
+    await stack.app.stop()
+    await stack.sim.stop()
+
+
+@pytest.fixture(params=[ZAPI, EVOLUTION])
+async def pstack(request: pytest.FixtureRequest, database_url: str) -> AsyncIterator[ProviderStack]:
+    stack = await start_stack(request.param, database_url)
+    try:
+        yield stack
+    finally:
+        await stop_stack(stack)
+
+
+@pytest.fixture(params=[ZAPI, EVOLUTION])
+async def stall_stack(request: pytest.FixtureRequest, database_url: str) -> AsyncIterator[ProviderStack]:
+    """Stuck after half a second, a stall after two stuck messages (sweeps run by the test)."""
+    stack = await start_stack(request.param, database_url, stuck_after=0.5, stall_threshold=2)
+    try:
+        yield stack
+    finally:
+        await stop_stack(stack)
 
 
 def text(instance_id: str, key: str, to: str = RECIPIENT) -> send_pb2.SendMessageRequest:
@@ -249,3 +272,25 @@ async def test_provider_specific_session_reasons(pstack: ProviderStack) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as failed:
         await pstack.health.RestartInstance(instance_health_pb2.InstanceRequest(instance_id="inst-gone"))
     assert failed.value.code() != grpc.StatusCode.OK
+
+
+async def test_silent_stall_is_blocked(stall_stack: ProviderStack) -> None:
+    """The provider takes every send (QUEUED) and never acks: stuck, then the instance stalls and
+    stops accepting sends, although its session probes healthy."""
+    h = await stall_stack.add("inst-stall", "silent_stall")
+    assert h.state == common_pb2.INSTANCE_STATE_CONNECTED
+    sent = [await stall_stack.send.SendMessage(text("inst-stall", f"s{i}")) for i in range(2)]
+    assert {m.state for m in sent} == {STATE.Value("MESSAGE_STATE_QUEUED")}
+    await asyncio.sleep(0.7)
+    await stall_stack.app.gateway.sweep_once()
+
+    async def stalled() -> common_pb2.InstanceHealth | None:
+        found = await stall_stack.state_of("inst-stall")
+        return found if found.reason == "DELIVERY_STALLED" else None
+
+    found = await polling.eventually(stalled, "DELIVERY_STALLED", 5.0)
+    assert (found.state, found.can_send) == (common_pb2.INSTANCE_STATE_DEGRADED, False)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stall_stack.send.SendMessage(text("inst-stall", "s9"))
+    assert rich_error(refused.value).reason == "DELIVERY_STALLED"
+    assert len(stall_stack.sim.instances["inst-stall"].sends) == 2  # the third never left
