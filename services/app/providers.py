@@ -32,6 +32,7 @@ from statemachine.providers import ProviderConfig, ProviderKind
 from statemachine.validation import Violation
 
 log = logging.getLogger("wapi_guard.providers")
+WAPI_PATH = "/webhooks/wapi"
 
 
 class ProviderConfigStore(Protocol):
@@ -180,17 +181,45 @@ class ProviderRegistry:
     async def disconnect(self, credentials: Credentials, *, timeout: float) -> ActionOutcome:
         return await self._action("disconnect", credentials, timeout=timeout)
 
+    # Webhook configuration. Recovery (services/app/recovery.py) computes one bridge URL, on W-API's
+    # path, and walks W-API's kinds; for another provider the registry points that provider's own
+    # kinds at the bridge path of that provider (/webhooks/zapi/..., /webhooks/evolution/...) and
+    # reads them back in the same terms, so the drift check compares like with like.
+
+    @staticmethod
+    def _provider_url(url: str, kind: ProviderKind) -> str:
+        return url.replace(WAPI_PATH, f"/webhooks/{kind.path_name}", 1)
+
+    @staticmethod
+    def _wapi_url(url: str, kind: ProviderKind) -> str:
+        return url.replace(f"/webhooks/{kind.path_name}", WAPI_PATH, 1)
+
     async def set_webhook(self, credentials: Credentials, kind: str, url: str, *, timeout: float) -> ActionOutcome:
+        config = self.config(credentials.instance_id)
+        if config.kind is ProviderKind.WAPI:
+            return await self._action("set_webhook", credentials, kind, url, timeout=timeout)
         client, _creds = self._route(credentials)
         kinds = tuple(getattr(client, "webhook_kinds", ()))
+        target = self._provider_url(url, config.kind)
+        if config.kind is ProviderKind.EVOLUTION:
+            # One webhook with the event list: set once, with the first kind recovery walks.
+            if self.webhook_kinds and kind != self.webhook_kinds[0]:
+                return ActionOutcome(ok=True, detail="set with the instance's one Evolution webhook")
+            return await self._action("set_webhook", credentials, kinds[0] if kinds else kind, target, timeout=timeout)
         if kind not in kinds:
-            # Recovery names W-API's kinds; another provider's are configured once, all at the
-            # bridge path of that provider (see configure_provider_webhooks).
             return ActionOutcome(ok=True, detail=f"{kind} is not a webhook kind of this provider")
-        return await self._action("set_webhook", credentials, kind, url, timeout=timeout)
+        return await self._action("set_webhook", credentials, kind, target, timeout=timeout)
 
     async def webhook_urls(self, credentials: Credentials, *, timeout: float) -> ActionOutcome:
-        return await self._action("webhook_urls", credentials, timeout=timeout)
+        read = await self._action("webhook_urls", credentials, timeout=timeout)
+        kind = self.config(credentials.instance_id).kind
+        if kind is ProviderKind.WAPI or not read.ok:
+            return read
+        urls = {k: self._wapi_url(v, kind) for k, v in read.webhook_urls.items()}
+        if kind is ProviderKind.EVOLUTION:
+            one = next(iter(urls.values()), None)
+            urls = dict.fromkeys(self.webhook_kinds, one) if one else {}
+        return replace(read, webhook_urls=urls)
 
     async def webhook_logs(
         self, credentials: Credentials, *, page: int, per_page: int, timeout: float

@@ -10,6 +10,7 @@ provider's own acks; a failure becomes FAILED with the normalized reason.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -50,10 +51,19 @@ class ProviderStack:
     def webhook_url(self) -> str:
         return f"http://127.0.0.1:{self.app.http_port}/webhooks/{self.provider}/{self.secret}"
 
-    async def add(self, instance_id: str, behaviour: str, **kw: Any) -> common_pb2.InstanceHealth:
+    async def add(
+        self, instance_id: str, behaviour: str, *, hooked: bool = True, **kw: Any
+    ) -> common_pb2.InstanceHealth:
+        """Registers a simulated instance; `hooked`: its webhooks already point at the bridge."""
         token = secrets.token_urlsafe(12)
         self.sim.add_instance(
-            self.provider, instance_id, token, behaviour=behaviour, phone=PHONE, webhook_url=self.webhook_url(), **kw
+            self.provider,
+            instance_id,
+            token,
+            behaviour=behaviour,
+            phone=PHONE,
+            webhook_url=self.webhook_url() if hooked else "",
+            **kw,
         )
         request = instance_health_pb2.RegisterInstanceRequest(
             instance_id=instance_id,
@@ -294,3 +304,31 @@ async def test_silent_stall_is_blocked(stall_stack: ProviderStack) -> None:
         await stall_stack.send.SendMessage(text("inst-stall", "s9"))
     assert rich_error(refused.value).reason == "DELIVERY_STALLED"
     assert len(stall_stack.sim.instances["inst-stall"].sends) == 2  # the third never left
+
+
+async def test_webhooks_are_configured_at_the_providers_own_bridge_path(pstack: ProviderStack) -> None:
+    """With --public-url, registration points the provider's webhooks at /webhooks/<provider>/<secret>
+    through its own API (Z-API update-webhook-*, Evolution webhook/set) and reads them back."""
+    bridge = f"http://127.0.0.1:{pstack.app.http_port}"
+    recovery = pstack.app.recovery
+    assert recovery is not None
+    recovery.config = dataclasses.replace(recovery.config, public_url=bridge)
+    h = await pstack.add("inst-hooks", "healthy", hooked=False)
+    sim_instance = pstack.sim.instances["inst-hooks"]
+    expected = f"{bridge}/webhooks/{pstack.provider}/{pstack.secret}"
+    assert set(sim_instance.configured.values()) == {expected}
+    assert sim_instance.webhook_url == expected  # the simulator posts where wapi-guard configured
+    assert h.webhooks_state == "CONFIGURED"
+    checked = await pstack.health.CheckWebhooks(instance_health_pb2.InstanceRequest(instance_id="inst-hooks"))
+    assert checked.configured
+    assert pstack.secret not in checked.url
+    # Drift: the provider now points elsewhere; the check says so.
+    for kind in sim_instance.configured:
+        sim_instance.configured[kind] = "https://elsewhere.example/hook"
+    drifted = await pstack.health.CheckWebhooks(instance_health_pb2.InstanceRequest(instance_id="inst-hooks"))
+    assert not drifted.configured
+    # And the configured path carries the provider's statuses end to end.
+    for kind in sim_instance.configured:
+        sim_instance.configured[kind] = expected
+    sent = await pstack.send.SendMessage(text("inst-hooks", "k1"))
+    await pstack.wait_message(sent.id, STATE.Value("MESSAGE_STATE_READ"))
