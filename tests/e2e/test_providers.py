@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -332,3 +333,40 @@ async def test_webhooks_are_configured_at_the_providers_own_bridge_path(pstack: 
         sim_instance.configured[kind] = expected
     sent = await pstack.send.SendMessage(text("inst-hooks", "k1"))
     await pstack.wait_message(sent.id, STATE.Value("MESSAGE_STATE_READ"))
+
+
+async def test_cli_adds_a_zapi_and_an_evolution_instance(database_url: str) -> None:
+    """`wapi-guard instances add … --provider zapi|evolution`: the provider shows in the answer;
+    the instance token and Z-API's client token come from the environment and are never echoed."""
+    from tests.ui.conftest import cli
+
+    stack = await start_stack(ZAPI, database_url)
+    try:
+        server = ("--server", f"127.0.0.1:{stack.app.grpc_port}")
+        zapi_token, client_token, evo_token = "zt-SECRET-123", "ct-SECRET-456", "ek-SECRET-789"
+        stack.sim.add_instance(ZAPI, "ZAPI-1", zapi_token, client_token=client_token, phone=PHONE)
+        stack.sim.add_instance(EVOLUTION, "evo-1", evo_token, behaviour="session_incomplete")
+        added = await cli(
+            "instances", "add", "ZAPI-1", "--provider", "zapi", "--json", *server,
+            env={"WAPIGUARD_WAPI_TOKEN": zapi_token, "WAPIGUARD_CLIENT_TOKEN": client_token},
+        )  # fmt: skip
+        assert added.returncode == 0, added.stderr
+        assert json.loads(added.stdout)["instance"]["state"] == "CONNECTED"
+        evo = await cli(
+            "instances", "add", "evo-1", "--provider", "evolution", "--base-url", stack.sim.root_url, "--json", *server,
+            env={"WAPIGUARD_WAPI_TOKEN": evo_token},
+        )  # fmt: skip
+        assert evo.returncode == 0, evo.stderr
+        assert json.loads(evo.stdout)["instance"]["state"] == "SESSION_INCOMPLETE"
+        missing = await cli(
+            "instances", "add", "evo-2", "--provider", "evolution", *server, env={"WAPIGUARD_WAPI_TOKEN": evo_token}
+        )
+        assert missing.returncode != 0
+        assert "--base-url" in missing.stdout + missing.stderr
+        health = await stack.state_of("ZAPI-1")
+        assert health.provider == common_pb2.PROVIDER_ZAPI
+        for output in (added, evo, missing):
+            for secret in (zapi_token, client_token, evo_token):
+                assert secret not in output.stdout + output.stderr
+    finally:
+        await stop_stack(stack)
