@@ -22,6 +22,7 @@ from typing import Any, Final, NamedTuple
 from aiohttp import ClientSession, ClientTimeout, web
 
 from adapters.simulator import payloads, recovery
+from adapters.simulator.dialects import DialectSimulator
 from adapters.simulator.payloads import JSONDict
 
 logger = logging.getLogger("wapi_guard.simulator")
@@ -141,6 +142,8 @@ class Simulator:
         self._session: ClientSession | None = None
         self._host = "127.0.0.1"
         self._port: int | None = None
+        # Z-API and Evolution dialects on the same port (adapters/simulator/dialects.py).
+        self.dialects = DialectSimulator(ack_after=acked_after, delivered_after=delivered_after, read_after=read_after)
 
     def __repr__(self) -> str:
         return f"Simulator(base_url={self.base_url if self._port else None!r}, instances={len(self._instances)})"
@@ -160,6 +163,7 @@ class Simulator:
             raise
         self._host = host
         self._port = int(sock.getsockname()[1])
+        self.dialects.bound_to(self._port)
         self._session = ClientSession(timeout=ClientTimeout(total=WEBHOOK_POST_TIMEOUT))
         runner = web.AppRunner(
             build_app(self), handler_cancellation=True, shutdown_timeout=SHUTDOWN_TIMEOUT, access_log=None
@@ -755,4 +759,5 @@ def build_app(sim: Simulator) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY_BYTES)  # base64 media bodies are large
     app.router.add_route("*", API_PREFIX + "/{tail:.*}", sim.handle_api)
     app.router.add_route("*", "/_sim/{tail:.*}", sim.handle_control)
+    sim.dialects.attach(app)  # Z-API and Evolution (issue 24)
     return app

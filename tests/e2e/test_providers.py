@@ -370,3 +370,81 @@ async def test_cli_adds_a_zapi_and_an_evolution_instance(database_url: str) -> N
                 assert secret not in output.stdout + output.stderr
     finally:
         await stop_stack(stack)
+
+
+async def test_one_simulator_speaks_all_three_dialects_and_every_incomplete_session_is_blocked(
+    database_url: str,
+) -> None:
+    """`wapi-guard simulator` serves W-API, Z-API and Evolution on one port; its control API adds
+    dialect instances; an incomplete session (each provider's own shape) blocks sends on all three."""
+    import aiohttp
+
+    from adapters.simulator import Simulator
+
+    sim = Simulator()
+    await sim.start()
+    secret = secrets.token_urlsafe(16)
+    app = await App.start(
+        Settings(
+            grpc_port=0,
+            http_port=0,
+            database_url=database_url,
+            wapi_base_url=sim.base_url,
+            zapi_base_url=sim.root_url,
+            webhook_secret=secret,
+            probe_interval=0,
+            sweep_interval=0,
+            send_timeout=1.0,
+            probe_timeout=1.0,
+            shutdown_grace=0.5,
+            log_format="text",
+        )
+    )
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}")
+    try:
+        sim.add_instance("WAPI-INCOMPLETE", "wapi-token", "session_incomplete")
+        async with aiohttp.ClientSession() as http:
+            for provider, instance_id in ((ZAPI, "ZAPI-INCOMPLETE"), (EVOLUTION, "evo-incomplete")):
+                body = {"provider": provider, "instance_id": instance_id, "token": f"{provider}-token"}
+                async with http.post(
+                    f"{sim.root_url}/_dialects/instances", json=body | {"behaviour": "session_incomplete"}
+                ) as r:
+                    assert r.status == 200, await r.text()
+        health = instance_health_pb2_grpc.InstanceHealthServiceStub(channel)
+        send = send_pb2_grpc.SendServiceStub(channel)
+        registrations: list[tuple[str, str, common_pb2.Provider.ValueType, str]] = [
+            ("WAPI-INCOMPLETE", "wapi-token", common_pb2.PROVIDER_UNSPECIFIED, ""),
+            ("ZAPI-INCOMPLETE", "zapi-token", common_pb2.PROVIDER_ZAPI, ""),
+            ("evo-incomplete", "evolution-token", common_pb2.PROVIDER_EVOLUTION, sim.root_url),
+        ]
+        for instance_id, token, kind, base_url in registrations:
+            h = await health.RegisterInstance(
+                instance_health_pb2.RegisterInstanceRequest(
+                    instance_id=instance_id, token=token, provider=kind, base_url=base_url
+                )
+            )
+            assert h.state == common_pb2.INSTANCE_STATE_SESSION_INCOMPLETE, instance_id
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await send.SendMessage(text(instance_id, "k"))
+            assert rich_error(refused.value).reason == "SESSION_INCOMPLETE", instance_id
+        assert sim.sends("WAPI-INCOMPLETE") == []
+        assert sim.dialects.instances["ZAPI-INCOMPLETE"].sends == []
+        assert sim.dialects.instances["evo-incomplete"].sends == []
+    finally:
+        await channel.close()
+        await app.stop()
+        await sim.stop()
+
+
+def test_simulator_command_line_takes_dialect_instances() -> None:
+    from adapters.simulator.cli import build_parser
+
+    args = build_parser().parse_args(
+        ["--provider-instance", "zapi:Z1:tok:healthy", "--provider-instance", "evolution:e1:key:pairing:5511987654321"]
+    )
+    assert [(p, s.instance_id, s.behaviour, s.phone) for p, s in args.provider_instance] == [
+        ("zapi", "Z1", "healthy", None),
+        ("evolution", "e1", "pairing", "5511987654321"),
+    ]
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--provider-instance", "waha:Z1:tok:healthy"])
