@@ -133,12 +133,13 @@ class NumberCheck(Protocol):
 
 @runtime_checkable
 class StatusReconciliation(Protocol):
-    """Pulls the statuses of one sent message where the provider keeps them (Evolution's
-    chat/findStatusMessage): the words it reports, newest last; None when it could not be asked."""
+    """Pulls the statuses the provider stored for one sent message (Evolution's
+    chat/findStatusMessage), as bodies of the provider's own webhook dialect, so they go through
+    the normal ingest path (dedupe, forward-only). None when the provider could not be asked."""
 
-    async def message_statuses(
-        self, credentials: Credentials, remote_jid: str, provider_message_id: str, *, timeout: float
-    ) -> list[MessageState] | None: ...
+    async def missed_statuses(
+        self, credentials: Credentials, recipient: str, provider_message_id: str, *, timeout: float
+    ) -> list[bytes] | None: ...
 
 
 class ChangeLog(Protocol):

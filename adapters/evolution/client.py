@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from typing import Any, Final
 
 from adapters.provider_http import Answer, JsonHttp, error_text
@@ -38,6 +39,13 @@ from statemachine.domain import (
 from statemachine.providers import EVOLUTION_STATUS, evolution_logged_out, evolution_owner, evolution_session
 
 WEBHOOK_KINDS: Final = ("evolution",)
+_RANK: Final = {
+    MessageState.SENT: 1,
+    MessageState.DELIVERED: 2,
+    MessageState.READ: 3,
+    MessageState.PLAYED: 4,
+    MessageState.FAILED: 5,
+}
 WEBHOOK_EVENTS: Final = (
     "CONNECTION_UPDATE",
     "QRCODE_UPDATED",
@@ -282,22 +290,38 @@ class EvolutionProvider:
             return None
         return bool(rows[0]["exists"])
 
-    async def message_statuses(
-        self, credentials: Credentials, remote_jid: str, provider_message_id: str, *, timeout: float
-    ) -> list[MessageState] | None:
-        """chat/findStatusMessage: the statuses Evolution stored for one message (reconciliation)."""
-        body = {"where": {"remoteJid": remote_jid, "id": provider_message_id}, "offset": 50, "page": 1}
+    async def missed_statuses(
+        self, credentials: Credentials, recipient: str, provider_message_id: str, *, timeout: float
+    ) -> list[bytes] | None:
+        """chat/findStatusMessage: the statuses Evolution stored for one message (it may have
+        dropped their webhooks), as `messages.update` bodies for the ingest path."""
+        jid = recipient if "@" in recipient else f"{recipient}@s.whatsapp.net"
+        body = {"where": {"remoteJid": jid, "id": provider_message_id}, "offset": 50, "page": 1}
         answer = await self._call(credentials, "chat/findStatusMessage", "POST", timeout=timeout, body=body)
         if not answer.ok:
             return None
         payload = answer.payload
         rows = payload.get("records", payload.get("messages", [])) if isinstance(payload, dict) else payload
-        found: list[MessageState] = []
-        for row in rows if isinstance(rows, list) else []:
-            state = EVOLUTION_STATUS.get(str(row.get("status", "")).upper()) if isinstance(row, dict) else None
-            if state is not None:
-                found.append(state)
-        return found
+        words = sorted(
+            {
+                str(row.get("status", "")).upper()
+                for row in (rows if isinstance(rows, list) else [])
+                if isinstance(row, dict) and str(row.get("status", "")).upper() in EVOLUTION_STATUS
+            },
+            key=lambda word: _RANK.get(EVOLUTION_STATUS[word], 9),
+        )
+        return [
+            json.dumps(
+                {
+                    "event": "messages.update",
+                    "instance": credentials.instance_id,
+                    "data": {"keyId": provider_message_id, "remoteJid": jid, "fromMe": True, "status": word},
+                    "source": "findStatusMessage",
+                },
+                separators=(",", ":"),
+            ).encode()
+            for word in words
+        ]
 
     # --- recovery ---------------------------------------------------------------------------
 

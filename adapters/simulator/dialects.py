@@ -7,8 +7,10 @@ One aiohttp app answers both dialects:
 
 Behaviours (per instance): `healthy` (connected with a phone; server ack, delivery, read),
 `session_incomplete` (connected without a phone: Z-API `/device` empty, Evolution `open` without
-`ownerJid`), `silent_stall` (sends accepted, nothing ever acked), `acking_stall` (server ack only,
-never delivered), `pairing` (disconnected until the pairing code is typed), `restore` (Z-API:
+`ownerJid`), `dropped_webhooks` (acked and delivered, but the status webhooks never posted: only
+Evolution's findStatusMessage tells), `silent_stall` (sends accepted, nothing ever acked),
+`acking_stall` (server ack only, never delivered), `pairing` (disconnected until the pairing
+code is typed), `restore` (Z-API:
 "You need to restore the session."), `disconnected`. Quirks kept on purpose: Evolution answers
 `restart` of a closed instance with HTTP 200 `{"error": true}`, and a send to a number not on
 WhatsApp with 400 `exists: false`; Z-API posts its status webhook with an `ids[]` array and
@@ -40,6 +42,7 @@ BEHAVIOURS: Final = (
     "pairing",
     "restore",
     "disconnected",
+    "dropped_webhooks",
 )
 ZAPI: Final = "zapi"
 EVOLUTION: Final = "evolution"
@@ -268,6 +271,8 @@ class DialectSimulator:
             word = {ZAPI: {"sent": "SENT", "delivered": "RECEIVED", "read": "READ"}, EVOLUTION: {}}[instance.provider]
             evo = {"sent": "SERVER_ACK", "delivered": "DELIVERY_ACK", "read": "READ"}[step]
             self._record(instance, message_id, evo)
+            if behaviour == "dropped_webhooks":
+                continue  # stored at the provider, never posted (Evolution's "original message not found")
             if instance.provider == ZAPI:
                 if step == "sent":
                     body = _zapi_webhook(instance, "delivery", message_id=message_id, to=to)

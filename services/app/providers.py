@@ -109,6 +109,14 @@ class ProviderRegistry:
             return found
         return self._configs.get(instance_id)
 
+    def instances_on(self, kinds: tuple[ProviderKind, ...]) -> list[tuple[str, ProviderKind]]:
+        """The instances known to live on one of `kinds`."""
+        return sorted((iid, c.kind) for iid, c in self._configs.items() if c.kind in kinds)
+
+    def credentials(self, credentials: Credentials) -> Credentials:
+        """The credentials with the instance's provider, base URL and client token filled in."""
+        return self._route(credentials)[1]
+
     def forget(self, instance_id: str) -> None:
         self._configs.pop(instance_id, None)
 

@@ -44,7 +44,7 @@ from services.app.subscriptions import Scopes
 from services.config import Settings
 from services.observability.logs import register_secret
 from services.observability.telemetry import Telemetry
-from services.provider_wiring import build_registry
+from services.provider_wiring import build_registry, status_puller
 from services.rpc.auth import AuthInterceptor
 from services.rpc.decoding import DecodingGuard
 from services.rpc.errors import treat_as_unavailable
@@ -228,6 +228,7 @@ class App:
             instrument(telemetry.tracer_provider)
         gateway = Gateway(bounded, provider, gateway_config(settings), telemetry, parse_webhook=parse_webhook)
         recovery = Recovery(gateway, provider if operations else None, recovery_config(settings))
+        recovery.pull_statuses = status_puller(bounded, provider, gateway.ingest, timeout=settings.probe_timeout).pull
         await step(
             "loading instances",
             url,

@@ -15,13 +15,14 @@ import json
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import pytest
 
 from adapters.simulator.dialects import EVOLUTION, ZAPI, DialectSimulator
 from services.api.wapiguard.v1 import common_pb2, instance_health_pb2, instance_health_pb2_grpc, send_pb2, send_pb2_grpc
+from services.app.provider_reconcile import PulledStatuses
 from services.config import Settings
 from services.rpc.server import App
 from tests import polling
@@ -448,3 +449,28 @@ def test_simulator_command_line_takes_dialect_instances() -> None:
     ]
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--provider-instance", "waha:Z1:tok:healthy"])
+
+
+async def test_evolution_statuses_it_never_posted_are_reconciled(database_url: str) -> None:
+    """Evolution stored the acks but dropped their webhooks: ReconcileEvents pulls them from
+    chat/findStatusMessage for the messages stuck past the window, through the normal ingest."""
+    stack = await start_stack(EVOLUTION, database_url, stuck_after=0.3)
+    try:
+        await stack.add("evo-drop", "dropped_webhooks")
+        sent = await stack.send.SendMessage(text("evo-drop", "k1"))
+        await asyncio.sleep(0.5)
+        assert (await stack.message(sent.id)).state == STATE.Value("MESSAGE_STATE_QUEUED")  # nothing was posted
+        await stack.app.gateway.sweep_once()  # past the window: stuck
+        await stack.health.ReconcileEvents(instance_health_pb2.ReconcileEventsRequest(instance_id="evo-drop"))
+        done = await stack.message(sent.id)
+        path = [STATE.Name(h.to_state).removeprefix("MESSAGE_STATE_") for h in done.history if h.applied]
+        assert path == ["PENDING", "QUEUED", "SENT", "DELIVERED", "READ"]
+        # A second round finds nothing new: the pulled statuses are deduplicated.
+        recovery = stack.app.recovery
+        assert recovery is not None
+        assert recovery.pull_statuses is not None
+        again = cast("list[PulledStatuses]", await recovery.pull_statuses("evo-drop"))
+        assert [(r.instance_id, r.applied) for r in again] == [("evo-drop", 0)]
+        assert (await stack.message(sent.id)).version == done.version
+    finally:
+        await stop_stack(stack)
