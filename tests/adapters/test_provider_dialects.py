@@ -245,3 +245,71 @@ async def test_credentials_never_appear_in_details_when_the_provider_is_down() -
     finally:
         await zapi.aclose()
         await evolution.aclose()
+
+
+# --- inbound messages in one shape (the event feed) -----------------------------------------------
+
+
+def test_inbound_bodies_of_every_provider_normalize_alike() -> None:
+    from adapters.inbound import normalize_inbound
+
+    zapi = {
+        "type": "ReceivedCallback",
+        "instanceId": "3C0E",
+        "messageId": "Z1",
+        "phone": "5544999999999",
+        "fromMe": False,
+        "momment": 1632228638000,
+        "senderName": "Ana",
+        "connectedPhone": PHONE,
+        "isGroup": False,
+        "text": {"message": "oi"},
+    }
+    z = normalize_inbound(raw(zapi))
+    assert z is not None
+    assert (z.provider_message_id, z.chat_id, z.sender_phone, z.push_name, z.kind, z.text, z.connected_phone) == (
+        "Z1",
+        "5544999999999",
+        "5544999999999",
+        "Ana",
+        "text",
+        "oi",
+        PHONE,
+    )
+    image = normalize_inbound(
+        zapi | {"text": None, "image": {"imageUrl": "https://x/i.jpg", "caption": "c", "mimeType": "image/jpeg"}}
+    )
+    assert image is not None
+    assert (image.kind, image.text) == ("image", "c")
+    assert image.media is not None
+    assert image.media.url == "https://x/i.jpg"
+    evolution = envelope(
+        "messages.upsert",
+        {
+            "key": {"remoteJid": "5544999999999@s.whatsapp.net", "fromMe": False, "id": "E1"},
+            "pushName": "Bia",
+            "message": {"conversation": "olá"},
+            "messageType": "conversation",
+            "messageTimestamp": 1782601516,
+        },
+    )
+    e = normalize_inbound(raw(evolution))
+    assert e is not None
+    assert (e.provider_message_id, e.chat_id, e.push_name, e.kind, e.text, e.from_me) == (
+        "E1",
+        "5544999999999@s.whatsapp.net",
+        "Bia",
+        "text",
+        "olá",
+        False,
+    )
+    wapi = {
+        "event": "webhookReceived",
+        "instanceId": "W",
+        "messageId": "W1",
+        "chat": {"id": "5544@s.whatsapp.net"},
+        "msgContent": {"conversation": "x"},
+    }
+    w = normalize_inbound(raw(wapi))
+    assert w is not None
+    assert (w.kind, w.text) == ("text", "x")
