@@ -426,6 +426,7 @@ def instance_dict(h: Any, lang: str) -> dict[str, Any]:
         "can_send": h.can_send,
         "phone_number": h.phone_number or None,
         "plan": _name(h.plan, common_pb2.Plan, "PLAN_"),
+        "provider": _name(h.provider, common_pb2.Provider, "PROVIDER_") if h.provider else "WAPI",
         "stuck_messages": h.stuck_messages,
         "checked_at": iso(_dt(h, "checked_at")),
         "last_event_at": iso(_dt(h, "last_event_at")),

@@ -195,7 +195,13 @@ async def test_healthy_send_is_queued_then_follows_the_providers_acks(pstack: Pr
     assert sent.provider_message_id == pstack.sim.instances["inst-ok"].sends[0]["messageId"]
     done = await pstack.wait_message(sent.id, STATE.Value("MESSAGE_STATE_READ"))
     path = [STATE.Name(h.to_state).removeprefix("MESSAGE_STATE_") for h in done.history if h.applied]
-    assert path == ["PENDING", "QUEUED", "SENT", "DELIVERED", "READ"]
+    # The provider's webhooks may overtake each other (no ordering promise): forward-only means a
+    # late SENT/DELIVERED after READ is recorded, not applied. Each status is in the history once.
+    assert path[:2] == ["PENDING", "QUEUED"]
+    assert path[-1] == "READ"
+    assert path == sorted(path, key=["PENDING", "QUEUED", "SENT", "DELIVERED", "READ"].index)
+    reported = [STATE.Name(h.to_state).removeprefix("MESSAGE_STATE_") for h in done.history[2:]]
+    assert sorted(reported) == ["DELIVERED", "READ", "SENT"]
 
 
 async def test_acking_stall_stops_at_sent(pstack: ProviderStack) -> None:
@@ -353,6 +359,7 @@ async def test_cli_adds_a_zapi_and_an_evolution_instance(database_url: str) -> N
         )  # fmt: skip
         assert added.returncode == 0, added.stderr
         assert json.loads(added.stdout)["instance"]["state"] == "CONNECTED"
+        assert json.loads(added.stdout)["instance"]["provider"] == "ZAPI"
         evo = await cli(
             "instances", "add", "evo-1", "--provider", "evolution", "--base-url", stack.sim.root_url, "--json", *server,
             env={"WAPIGUARD_WAPI_TOKEN": evo_token},
