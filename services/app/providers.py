@@ -97,6 +97,17 @@ class ProviderRegistry:
             await self.store.save(instance_id, config)
         self._configs[instance_id] = config
 
+    async def _ensure(self, instance_id: str) -> None:
+        """An instance this replica has not seen yet (registered through another replica): its
+        provider is read once from the store and cached, W-API included (one primary-key read per
+        instance and process, never per call)."""
+        if instance_id in self._configs or self.store is None:
+            return
+        found = await self.store.load(instance_id)
+        if found is not None:
+            register_secret(found.client_token or None)
+            self._configs[instance_id] = found
+
     def config(self, instance_id: str) -> ProviderConfig:
         return self._configs.get(instance_id) or ProviderConfig()
 
@@ -135,6 +146,7 @@ class ProviderRegistry:
     # --- Provider ---------------------------------------------------------------------------
 
     async def send(self, credentials: Credentials, message: OutboundMessage, *, timeout: float) -> SendOutcome:
+        await self._ensure(credentials.instance_id)
         client, creds = self._route(credentials)
         if client is None:
             return SendOutcome(failure=Reason.PROVIDER_UNAVAILABLE, detail=f"no {creds.provider} client configured")
@@ -142,6 +154,7 @@ class ProviderRegistry:
         return outcome
 
     async def probe(self, credentials: Credentials, *, timeout: float) -> ProbeOutcome:
+        await self._ensure(credentials.instance_id)
         client, creds = self._route(credentials)
         if client is None:
             return ProbeOutcome(connected=None, failure=Reason.TIMEOUT_OR_GATEWAY, detail="no client for the provider")
@@ -164,6 +177,7 @@ class ProviderRegistry:
     # --- InstanceOperations -----------------------------------------------------------------
 
     async def _action(self, name: str, credentials: Credentials, *args: Any, timeout: float) -> ActionOutcome:
+        await self._ensure(credentials.instance_id)
         client, creds = self._route(credentials)
         method = getattr(client, name, None) if client is not None else None
         if method is None:
@@ -179,6 +193,7 @@ class ProviderRegistry:
 
     async def restart(self, credentials: Credentials, *, timeout: float) -> ActionOutcome:
         """Z-API's gentler remedy first when the session only needs a restore."""
+        await self._ensure(credentials.instance_id)
         client, _creds = self._route(credentials)
         if isinstance(client, SessionRestore) and self.config(credentials.instance_id).kind is ProviderKind.ZAPI:
             restored = await self._action("restore_session", credentials, timeout=timeout)
@@ -203,6 +218,7 @@ class ProviderRegistry:
         return url.replace(f"/webhooks/{kind.path_name}", WAPI_PATH, 1)
 
     async def set_webhook(self, credentials: Credentials, kind: str, url: str, *, timeout: float) -> ActionOutcome:
+        await self._ensure(credentials.instance_id)
         config = self.config(credentials.instance_id)
         if config.kind is ProviderKind.WAPI:
             return await self._action("set_webhook", credentials, kind, url, timeout=timeout)
@@ -219,6 +235,7 @@ class ProviderRegistry:
         return await self._action("set_webhook", credentials, kind, target, timeout=timeout)
 
     async def webhook_urls(self, credentials: Credentials, *, timeout: float) -> ActionOutcome:
+        await self._ensure(credentials.instance_id)
         read = await self._action("webhook_urls", credentials, timeout=timeout)
         kind = self.config(credentials.instance_id).kind
         if kind is ProviderKind.WAPI or not read.ok:
@@ -232,6 +249,7 @@ class ProviderRegistry:
     async def webhook_logs(
         self, credentials: Credentials, *, page: int, per_page: int, timeout: float
     ) -> WebhookLogPage:
+        await self._ensure(credentials.instance_id)
         client, creds = self._route(credentials)
         if client is None or not hasattr(client, "webhook_logs"):
             return WebhookLogPage([], failure=Reason.NOT_SUPPORTED_BY_PLAN, detail="no webhook log")

@@ -481,3 +481,24 @@ async def test_evolution_statuses_it_never_posted_are_reconciled(database_url: s
         assert (await stack.message(sent.id)).version == done.version
     finally:
         await stop_stack(stack)
+
+
+async def test_another_replica_routes_an_instance_it_did_not_register(database_url: str) -> None:
+    """Replica B never saw the registration made through replica A: it reads the instance's
+    provider from the store on first use, and sends to Z-API, not W-API."""
+    a = await start_stack(ZAPI, database_url)
+    b_app: App | None = None
+    try:
+        b_app = await App.start(a.app.settings)  # up before the registration: nothing to load at start
+        await a.add("ZAPI-SHARED", "healthy")
+        b = ProviderStack(b_app, a.sim, a.secret, grpc.aio.insecure_channel(f"127.0.0.1:{b_app.grpc_port}"), ZAPI)
+        try:
+            sent = await b.send.SendMessage(text("ZAPI-SHARED", "via-b"))
+            assert sent.state == STATE.Value("MESSAGE_STATE_QUEUED")
+            assert [s["messageId"] for s in a.sim.instances["ZAPI-SHARED"].sends] == [sent.provider_message_id]
+        finally:
+            await b.channel.close()
+    finally:
+        if b_app is not None:
+            await b_app.stop()
+        await stop_stack(a)
