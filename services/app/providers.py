@@ -137,8 +137,8 @@ class ProviderRegistry:
     def _route(self, credentials: Credentials) -> tuple[Any, Credentials]:
         config = self.config(credentials.instance_id)
         client = self.clients.get(config.kind)
-        if client is None:
-            return None, credentials
+        if client is None or config.kind is ProviderKind.WAPI:
+            return client, credentials  # W-API: the credentials as they are (the hot path allocates nothing)
         return client, replace(
             credentials, provider=config.kind.value, base_url=config.base_url, client_token=config.client_token
         )
