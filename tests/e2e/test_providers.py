@@ -159,6 +159,10 @@ async def test_incomplete_session_blocks_sends(pstack: ProviderStack) -> None:
         False,
     )
     assert h.provider == PROVIDER_PB[pstack.provider]
+    listed = await pstack.health.ListInstances(instance_health_pb2.ListInstancesRequest())
+    assert [(i.instance_id, i.provider) for i in listed.instances] == [
+        ("inst-incomplete", PROVIDER_PB[pstack.provider])
+    ]
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await pstack.send.SendMessage(text("inst-incomplete", "k1"))
     rich = rich_error(refused.value)
