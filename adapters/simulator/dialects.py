@@ -76,6 +76,9 @@ class DialectSimulator:
         self.instances: dict[str, DialectInstance] = {}
         self.not_on_whatsapp: set[str] = set()
         self.failures: dict[str, str] = {}  # recipient → Z-API send-webhook error text
+        # fetchInstances row shape: "v2" (flat Instance rows, `ownerJid`) or "v1" (wrapped in
+        # `instance`, `instanceName`/`owner`/`status`), both seen in client code.
+        self.fetch_style = "v2"
         self._ids = itertools.count(1)
         self._runner: web.AppRunner | None = None
         self._port = 0
@@ -391,6 +394,10 @@ class DialectSimulator:
             return found
         state = self._evolution_state(found)
         owner = f"{found.phone}@s.whatsapp.net" if state == "open" and found.behaviour != "session_incomplete" else None
+        if self.fetch_style == "v1":
+            return web.json_response(
+                [{"instance": {"instanceName": found.instance_id, "owner": owner, "status": state}}]
+            )
         return web.json_response(
             [
                 {

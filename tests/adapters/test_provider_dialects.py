@@ -313,3 +313,17 @@ def test_inbound_bodies_of_every_provider_normalize_alike() -> None:
     w = normalize_inbound(raw(wapi))
     assert w is not None
     assert (w.kind, w.text) == ("text", "x")
+
+
+async def test_evolution_fetch_instances_v1_rows_are_read_too(sim: DialectSimulator) -> None:
+    sim.fetch_style = "v1"  # [{"instance": {"instanceName", "owner", "status"}}]
+    sim.add_instance(EVOLUTION, "evo", TOKEN, phone=PHONE)
+    sim.add_instance(EVOLUTION, "evo-new", TOKEN, behaviour="session_incomplete")
+    provider = EvolutionProvider()
+    try:
+        found = await provider.probe(Credentials("evo", TOKEN, base_url=sim.root_url), timeout=2)
+        assert (found.connected, found.phone) == (True, PHONE)
+        incomplete = await provider.probe(Credentials("evo-new", TOKEN, base_url=sim.root_url), timeout=2)
+        assert (incomplete.connected, incomplete.phone) == (True, None)
+    finally:
+        await provider.aclose()
