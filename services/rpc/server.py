@@ -221,7 +221,7 @@ class App:
         # the instance's stored provider; recovery stays offered only when W-API's client has it.
         operations = isinstance(provider, InstanceOperations)
         provider = build_registry(provider, engine, zapi_base_url=settings.zapi_base_url)
-        await provider.load()
+        await step("loading providers", url, settings.db_connect_timeout, provider.load())
         opened.append(provider.aclose)
         instrument = getattr(provider, "instrument", None)
         if telemetry.tracer_provider is not None and instrument is not None:
