@@ -43,6 +43,7 @@ from services.app.webhook_subscriptions import WebhookSubscriptions
 from services.config import Settings
 from services.observability.logs import register_secret
 from services.observability.telemetry import Telemetry
+from services.provider_wiring import build_registry, status_puller
 from services.rpc.event_mapping import event_dict
 from services.rpc.exposure import check_exposure
 from services.rpc.server import SERVICE_NAMES, Servers, build_grpc_server
@@ -232,15 +233,19 @@ class App:
         # What the request paths reach the store through: bounded per call (bounded.py).
         bounded = cast(Repository, BoundedStore(repo, settings.db_timeout))
         provider = provider or default_provider(settings)
+        # Per-instance provider (docs/providers.md): W-API's client plus Z-API and Evolution, routed
+        # by the instance's stored provider; recovery stays offered only when W-API's client has it.
+        operations = isinstance(provider, InstanceOperations)
+        provider = build_registry(provider, engine, zapi_base_url=settings.zapi_base_url)
+        await step("loading providers", url, settings.db_connect_timeout, provider.load())
         stack.push_async_callback(_quietly, provider.aclose)
         instrument = getattr(provider, "instrument", None)
         if telemetry.tracer_provider is not None and instrument is not None:
             instrument(telemetry.tracer_provider)
         gateway = Gateway(bounded, provider, gateway_config(settings), telemetry, parse_webhook=parse_webhook)
         protection = protect_the_number(settings, engine, gateway, provider)
-        recovery = Recovery(
-            gateway, provider if isinstance(provider, InstanceOperations) else None, recovery_config(settings)
-        )
+        recovery = Recovery(gateway, provider if operations else None, recovery_config(settings))
+        recovery.pull_statuses = status_puller(bounded, provider, gateway.ingest, timeout=settings.probe_timeout).pull
         starting = gateway.start(background_probes=settings.probe_interval > 0)
         await step("loading instances", url, settings.db_connect_timeout, starting)
         stack.push_async_callback(_quietly, gateway.aclose)

@@ -31,6 +31,9 @@ class Settings(BaseSettings):
         "postgresql+psycopg:// and sqlite:// are read as these.",
     )
     wapi_base_url: str = Field("https://api.w-api.app/v1", description="W-API REST base URL.")
+    zapi_base_url: str = Field(
+        "https://api.z-api.io", description="Z-API REST base URL (an instance's own base_url wins)."
+    )
     webhook_secret: SecretStr | None = Field(
         None, description="Secret W-API must put in the webhook URL path (/webhooks/wapi/<secret>)."
     )

@@ -101,6 +101,14 @@ class Reason(StrEnum):
     RECIPIENT_OPTED_OUT = "RECIPIENT_OPTED_OUT"
     # The provider's number check said this recipient is not on WhatsApp (statemachine/recipients.py).
     NOT_ON_WHATSAPP = "NOT_ON_WHATSAPP"
+    # Provider-specific session reasons and normalized send failures (statemachine/providers.py).
+    SESSION_NEEDS_RESTORE = "SESSION_NEEDS_RESTORE"  # Z-API: "You need to restore the session."
+    LOGGED_OUT = "LOGGED_OUT"  # Evolution: closed with 401/402/403/406, no automatic reconnect
+    QR_REFUSED = "QR_REFUSED"  # Evolution: QR code limit reached (state "refused")
+    PHONE_OFFLINE = "PHONE_OFFLINE"  # Z-API: connected, smartphoneConnected false
+    SEND_REJECTED = "SEND_REJECTED"  # refused/restricted by WhatsApp or the provider
+    INVALID_MEDIA = "INVALID_MEDIA"
+    PROVIDER_UNCERTAIN = "PROVIDER_UNCERTAIN"  # a provider timeout: the message may still go out
 
 
 # --- outbound content ------------------------------------------------------------------------
@@ -171,6 +179,10 @@ class OutboundMessage:
 class Credentials:
     instance_id: str
     token: str = field(repr=False)
+    # Which provider and where (services/app/providers.py fills them in per instance).
+    provider: str = "WAPI"
+    base_url: str = ""
+    client_token: str = field(default="", repr=False)
 
     def __str__(self) -> str:  # never print the token, even by accident
         return f"Credentials(instance_id={self.instance_id!r}, token=***)"
@@ -293,6 +305,7 @@ class InstanceRecord:
     webhooks_detail: str = ""
     # The newest receipt (a delivery/read status or a server ack) W-API posted for this instance.
     last_receipt_at: datetime | None = None
+    provider: str = "WAPI"  # statemachine.providers.ProviderKind
 
 
 @dataclass(slots=True)

@@ -53,3 +53,7 @@ class ProviderEvent:
     chat_id: str | None = None
     moment: datetime | None = None
     from_api: bool = False
+    # A failure status's normalized reason and the provider's own words (Z-API's send webhook
+    # `error`, Evolution's ERROR): what FAILED stores instead of a bare PROVIDER_ERROR.
+    failure_reason: str = ""
+    failure_detail: str = ""

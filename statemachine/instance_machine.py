@@ -33,6 +33,11 @@ class InstanceTrigger(StrEnum):
     BEGIN_RESTART = "begin_restart"  # an operator restarted the session at W-API
     BEGIN_PAIRING = "begin_pairing"  # an operator asked for a QR code or a pairing code
     CLEAR_STALL = "clear_stall"  # an operator vouches that the stalled session delivers again
+    # Provider-specific session signals (statemachine/providers.py).
+    REPORT_NEEDS_RESTORE = "report_needs_restore"  # Z-API: "You need to restore the session."
+    REPORT_LOGGED_OUT = "report_logged_out"  # Evolution: closed 401/402/403/406, no reconnect
+    REPORT_QR_REFUSED = "report_qr_refused"  # Evolution: QR code limit reached
+    REPORT_PHONE_OFFLINE = "report_phone_offline"  # Z-API: connected, the smartphone is offline
 
 
 class _InstanceModel:
@@ -192,6 +197,42 @@ INSTANCE_TRANSITIONS: list[dict[str, object]] = [
         "conditions": _is_stalled,
         "after": _set(Reason.PHONE_CONFIRMED),
     },
+    # Provider-specific session signals: each its own reason (and remedy), never CONNECTED.
+    {
+        "trigger": T.REPORT_NEEDS_RESTORE,
+        "source": ANY,
+        "dest": IS.DISCONNECTED,
+        "unless": _is_recovering,
+        "after": _set(Reason.SESSION_NEEDS_RESTORE),
+    },
+    {
+        "trigger": T.REPORT_LOGGED_OUT,
+        "source": ANY,
+        "dest": IS.DISCONNECTED,
+        "after": _set(Reason.LOGGED_OUT, phone="clear"),
+    },
+    {
+        "trigger": T.REPORT_QR_REFUSED,
+        "source": ANY,
+        "dest": IS.DISCONNECTED,
+        "after": _set(Reason.QR_REFUSED),
+    },
+    # Connected with a phone whose smartphone is offline: degraded (the provider holds sends).
+    {
+        "trigger": T.REPORT_PHONE_OFFLINE,
+        "source": ANY,
+        "dest": IS.DEGRADED,
+        "conditions": _has_phone,
+        "unless": _is_stalled,
+        "after": _set(Reason.PHONE_OFFLINE, phone="take"),
+    },
+    {
+        "trigger": T.REPORT_PHONE_OFFLINE,
+        "source": ANY,
+        "dest": IS.SESSION_INCOMPLETE,
+        "unless": [_has_phone, _is_recovering],
+        "after": _set(Reason.SESSION_INCOMPLETE, phone="clear"),
+    },
 ]
 
 INSTANCE_MACHINE = Machine(
@@ -270,6 +311,25 @@ def probe_trigger(outcome: ProbeOutcome) -> InstanceTrigger:
         return T.REPORT_TOKEN_INVALID
     if outcome.failure is Reason.INSTANCE_NOT_FOUND:
         return T.REPORT_NOT_FOUND
+    if outcome.failure in _PROVIDER_SESSION_TRIGGERS:
+        return _PROVIDER_SESSION_TRIGGERS[outcome.failure]
     if outcome.failure is not None or outcome.connected is None:
         return T.REPORT_GATEWAY_FAILURE
     return T.REPORT_CONNECTED if outcome.connected else T.REPORT_DISCONNECTED
+
+
+_PROVIDER_SESSION_TRIGGERS: dict[Reason | None, InstanceTrigger] = {
+    Reason.SESSION_NEEDS_RESTORE: T.REPORT_NEEDS_RESTORE,
+    Reason.LOGGED_OUT: T.REPORT_LOGGED_OUT,
+    Reason.QR_REFUSED: T.REPORT_QR_REFUSED,
+    Reason.PHONE_OFFLINE: T.REPORT_PHONE_OFFLINE,
+}
+
+
+def connection_event_trigger(connected: bool | None, reason: str = "") -> InstanceTrigger:
+    """A connection webhook → its trigger: a provider's own session reason (logged out, QR
+    refused, needs restore) when it named one, else reconnected / disconnected."""
+    special = _PROVIDER_SESSION_TRIGGERS.get(Reason(reason)) if reason in Reason.__members__ else None
+    if special is not None:
+        return special
+    return T.REPORT_RECONNECTED if connected else T.REPORT_DISCONNECTED

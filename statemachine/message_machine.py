@@ -59,6 +59,12 @@ MESSAGE_TRANSITIONS: list[dict[str, object]] = [
     # without the real id (the delivery webhook that names both).
     {"trigger": M.QUEUE, "source": S.PENDING, "dest": S.QUEUED},
     {"trigger": M.LEAVE_QUEUE, "source": S.QUEUED, "dest": S.SENT},
+    # Queued WITH the provider's id (Z-API's 200, Evolution's PENDING answer): the provider's own
+    # acks and statuses move it on; nothing else does.
+    {"trigger": M.CONFIRM_SENT, "source": S.QUEUED, "dest": S.SENT},
+    {"trigger": M.DELIVER, "source": S.QUEUED, "dest": S.DELIVERED},
+    {"trigger": M.READ, "source": S.QUEUED, "dest": S.READ},
+    {"trigger": M.PLAY, "source": S.QUEUED, "dest": S.PLAYED},
     # Blocked by preflight, refused or timed out at the provider, outcome unknown after a crash
     # mid-send; or a provider "failed" status.
     {"trigger": M.FAIL, "source": [S.PENDING, S.QUEUED, S.SENT], "dest": S.FAILED},
@@ -166,7 +172,9 @@ def transition_message(
         after.sent_at = at
     elif trigger is MessageTrigger.QUEUE:
         if not queue_id:
-            return None  # queued only with W-API's queue handle
+            return None  # queued only with a queue handle
+        if provider_message_id:  # queued with the provider's id: its acks will find it
+            after.provider_message_id = provider_message_id
         # Queued is not sent: no provider id; sent_at is when W-API took it, so a message that
         # never leaves the queue becomes stuck like a SENT one.
         after.queue_id = queue_id[:128]
@@ -202,6 +210,19 @@ def send_outcome(
     stands)."""
     if msg.state is not MessageState.PENDING:
         return None
+    if failure is None and provider_message_id and queue_id:
+        # The provider took it into its queue and named it (Z-API, Evolution's PENDING): QUEUED
+        # until its server ack, never SENT on the HTTP answer alone.
+        return transition_message(
+            msg,
+            MessageTrigger.QUEUE,
+            reason=Reason.PROVIDER_QUEUED,
+            source=source,
+            at=at,
+            queue_id=queue_id,
+            provider_message_id=provider_message_id,
+            failure_detail=detail,
+        )
     if failure is None and provider_message_id:
         return transition_message(
             msg,

@@ -62,6 +62,81 @@ class InstanceOperations(Protocol):
     ) -> WebhookLogPage: ...
 
 
+# --- the provider port family (issue 24): what every provider offers, W-API one of three -----
+
+
+class SessionProbe(Protocol):
+    """Reads the provider's session and returns it before judgement (statemachine/providers.py
+    holds each provider's truth rule; the instance machine applies the one phone rule)."""
+
+    async def probe(self, credentials: Credentials, *, timeout: float) -> ProbeOutcome: ...
+
+
+class Sender(Protocol):
+    """Sends one message by kind: exactly one request, never retried. A provider that only queues
+    (Z-API's 200, Evolution's PENDING) answers with its id AND a queue handle: stored QUEUED."""
+
+    async def send(self, credentials: Credentials, message: OutboundMessage, *, timeout: float) -> SendOutcome: ...
+
+
+class WebhookDialect(Protocol):
+    """A provider's webhook bodies → the domain's events. `split` cuts a body that reports several
+    messages (Z-API's `ids[]`) into one body per event; `parse` never raises."""
+
+    name: str
+
+    def split(self, raw: bytes) -> list[bytes]: ...
+
+    def parse(self, raw: bytes) -> ProviderEvent: ...
+
+
+class RecoveryActions(Protocol):
+    """QR, pairing code, restart, disconnect: values, never exceptions."""
+
+    async def qr_code(self, credentials: Credentials, *, timeout: float) -> ActionOutcome: ...
+
+    async def pairing_code(self, credentials: Credentials, phone: str, *, timeout: float) -> ActionOutcome: ...
+
+    async def restart(self, credentials: Credentials, *, timeout: float) -> ActionOutcome: ...
+
+    async def disconnect(self, credentials: Credentials, *, timeout: float) -> ActionOutcome: ...
+
+
+class WebhookConfiguration(Protocol):
+    """Points the provider's webhooks at the bridge and reads them back (drift check)."""
+
+    webhook_kinds: tuple[str, ...]
+
+    async def set_webhook(self, credentials: Credentials, kind: str, url: str, *, timeout: float) -> ActionOutcome: ...
+
+    async def webhook_urls(self, credentials: Credentials, *, timeout: float) -> ActionOutcome: ...
+
+
+@runtime_checkable
+class SessionRestore(Protocol):
+    """A gentler remedy than a QR where the provider offers one (Z-API's restore-session)."""
+
+    async def restore_session(self, credentials: Credentials, *, timeout: float) -> ActionOutcome: ...
+
+
+@runtime_checkable
+class NumberCheck(Protocol):
+    """Whether a number is on WhatsApp, where the provider offers it (not on the send path)."""
+
+    async def number_exists(self, credentials: Credentials, phone: str, *, timeout: float) -> bool | None: ...
+
+
+@runtime_checkable
+class StatusReconciliation(Protocol):
+    """Pulls the statuses the provider stored for one sent message (Evolution's
+    chat/findStatusMessage), as bodies of the provider's own webhook dialect, so they go through
+    the normal ingest path (dedupe, forward-only). None when the provider could not be asked."""
+
+    async def missed_statuses(
+        self, credentials: Credentials, recipient: str, provider_message_id: str, *, timeout: float
+    ) -> list[bytes] | None: ...
+
+
 class ChangeLog(Protocol):
     """The store's transactional change log, read side (docs/change-log.md).
 

@@ -64,6 +64,8 @@ class StatusEvent:
     status: MessageState
     at: datetime
     source: str = "webhook"
+    failure_reason: str = ""  # a FAILED status's normalized reason (empty: PROVIDER_ERROR)
+    failure_detail: str = ""
 
     @property
     def key(self) -> tuple[str, str]:
@@ -145,8 +147,8 @@ def plan_status(
         facts,
         state=state,
         version=facts.version + 1 if change.applied else facts.version,
-        failure_reason=Reason.PROVIDER_ERROR.value if failed else facts.failure_reason,
-        failure_detail=STATUS_FAILED_DETAIL if failed else facts.failure_detail,
+        failure_reason=(event.failure_reason or Reason.PROVIDER_ERROR.value) if failed else facts.failure_reason,
+        failure_detail=(event.failure_detail or STATUS_FAILED_DETAIL)[:1000] if failed else facts.failure_detail,
     )
     update = MessageUpdate(
         facts.id, facts.version, state, after.failure_reason, after.failure_detail, (change,), now, after.version

@@ -73,7 +73,7 @@ class InstanceSignal:
 _LIST_INSTANCES_PG = """
 SELECT i.id, i.name, i.plan, i.state, i.reason, i.phone_number, i.checked_at, i.last_event_at,
        i.state_changed_at, i.version, i.consecutive_gateway_failures, i.webhooks_state,
-       i.webhooks_detail, coalesce(c.stuck, 0), i.last_receipt_at
+       i.webhooks_detail, coalesce(c.stuck, 0), i.last_receipt_at, i.provider
 FROM instances i LEFT JOIN instance_stuck_counts c ON c.instance_id = i.id
 WHERE $1::text[] IS NULL OR i.state = ANY($1::text[])
 ORDER BY i.id
@@ -104,6 +104,7 @@ def _instance_from_driver(r: Any) -> InstanceRecord:
         webhooks_state=r[11],
         webhooks_detail=r[12],
         last_receipt_at=r[14],
+        provider=r[15],
     )
 
 

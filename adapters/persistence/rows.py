@@ -136,10 +136,11 @@ def instance_from_row(row: Row[Any] | Any) -> InstanceRecord:
         webhooks_state=m["webhooks_state"],
         webhooks_detail=m["webhooks_detail"],
         last_receipt_at=m["last_receipt_at"],
+        provider=m.get("provider") or "WAPI",
     )
 
 
-INSTANCE_COLUMNS = [c for c in instances.c if c.name not in ("token", "stall_ended_at")]
+INSTANCE_COLUMNS = [c for c in instances.c if c.name not in ("token", "stall_ended_at", "client_token")]
 
 
 def encode_page_token(created_at: datetime, message_id: str) -> str:

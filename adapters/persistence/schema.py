@@ -81,6 +81,11 @@ instances = Table(
     # The newest receipt (delivery/read status or server ack) W-API posted for the instance: proof
     # that its webhooks reach this service, whatever was configured (coalesced, never backwards).
     Column("last_receipt_at", UTCDateTime()),
+    # Which provider API the instance lives on (WAPI, ZAPI, EVOLUTION), its base URL where it is
+    # per instance (Evolution: self-hosted) and Z-API's optional account token (a secret).
+    Column("provider", String(16), nullable=False, server_default="WAPI"),
+    Column("base_url", String(512), nullable=False, server_default=""),
+    Column("client_token", Text, nullable=False, server_default=""),
     Column("version", Integer, nullable=False, server_default="1"),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),

@@ -195,7 +195,7 @@ class SendOutcomes(StoreBase):
         """The one call for a send's outcome. An accepted send of the row as this process inserted
         it takes the batched PENDING → SENT lane; anything else (a failure, QUEUED, a row that
         moved meanwhile: a reconciler, another replica) the locked path."""
-        if failure is None and provider_message_id:
+        if failure is None and provider_message_id and not queue_id:  # a queued send waits for its ack
             fast = await self._record_sent(msg, provider_message_id, source=source)
             if fast is not None:
                 return fast
@@ -352,7 +352,7 @@ class SendOutcomes(StoreBase):
                 await save_message(conn, msg, after)  # FAILED or QUEUED
             elif not await write_sent(conn, _sent_params(msg, after)):
                 raise ConcurrentUpdateError(msg.id)  # the row is locked: cannot happen
-            if after.state is MessageState.SENT:
+            if after.state is MessageState.SENT or after.provider_message_id:  # also QUEUED with an id
                 late = await apply_parked_in(conn, after)
                 if late:
                     changes += late

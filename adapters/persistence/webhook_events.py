@@ -29,7 +29,7 @@ from statemachine import changes as change_log
 from statemachine.changes import ChangeKind
 from statemachine.events import EventReason, ProviderEvent, Route
 from statemachine.ids import time_ordered_id
-from statemachine.instance_machine import InstanceTrigger
+from statemachine.instance_machine import connection_event_trigger
 from statemachine.ports import (
     ConcurrentUpdateError,
     IngestResult,
@@ -114,7 +114,14 @@ def _status_event(item: _StatusItem) -> StatusEvent:
     assert event.instance_id is not None
     assert event.provider_message_id is not None
     assert event.status is not None
-    return StatusEvent(event.instance_id, event.provider_message_id, event.status, event.moment or received_at)
+    return StatusEvent(
+        event.instance_id,
+        event.provider_message_id,
+        event.status,
+        event.moment or received_at,
+        failure_reason=event.failure_reason,
+        failure_detail=event.failure_detail,
+    )
 
 
 class EventStore(StoreBase):
@@ -348,7 +355,7 @@ class EventStore(StoreBase):
         if event.instance_id is None:
             return
         if event.route in (Route.CONNECTION, Route.DISCONNECTION):
-            trigger = InstanceTrigger.REPORT_RECONNECTED if event.connected else InstanceTrigger.REPORT_DISCONNECTED
+            trigger = connection_event_trigger(event.connected, event.failure_reason)
             instance_change = await apply_trigger_in(
                 conn, event.instance_id, trigger, "webhook", event.phone, None, received_at
             )

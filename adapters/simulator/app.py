@@ -52,6 +52,7 @@ class Simulator(ControlApi):
             raise
         self._host = host
         self._port = int(sock.getsockname()[1])
+        self.dialects.bound_to(self._port)
         self._session = ClientSession(timeout=ClientTimeout(total=WEBHOOK_POST_TIMEOUT))
         runner = web.AppRunner(
             build_app(self), handler_cancellation=True, shutdown_timeout=SHUTDOWN_TIMEOUT, access_log=None
@@ -90,4 +91,5 @@ def build_app(sim: Simulator) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY_BYTES)  # base64 media bodies are large
     app.router.add_route("*", API_PREFIX + "/{tail:.*}", sim.handle_api)
     app.router.add_route("*", "/_sim/{tail:.*}", sim.handle_control)
+    sim.dialects.attach(app)  # Z-API and Evolution (adapters/simulator/dialects.py)
     return app

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from adapters.runtime import run
 from adapters.simulator.app import Simulator
+from adapters.simulator.dialects import BEHAVIOURS as DIALECT_BEHAVIOURS
 from adapters.simulator.payloads import BEHAVIOURS, STATUS_STYLES
 
 
@@ -35,6 +36,19 @@ def parse_instance_spec(text: str) -> InstanceSpec:
     return InstanceSpec(parts[0], parts[1], parts[2], parts[3] if len(parts) == 4 else None)
 
 
+def parse_provider_instance(text: str) -> tuple[str, InstanceSpec]:
+    """'zapi|evolution:ID:TOKEN:BEHAVIOUR[:PHONE]'."""
+    provider, _sep, rest = text.partition(":")
+    if provider not in ("zapi", "evolution"):
+        raise argparse.ArgumentTypeError(f"expected zapi: or evolution: first, got {provider!r}")
+    parts = rest.split(":")
+    if len(parts) not in (3, 4) or not all(parts):
+        raise argparse.ArgumentTypeError("expected PROVIDER:ID:TOKEN:BEHAVIOUR[:PHONE]")
+    if parts[2] not in DIALECT_BEHAVIOURS:
+        raise argparse.ArgumentTypeError(f"unknown behaviour {parts[2]!r}; one of {', '.join(DIALECT_BEHAVIOURS)}")
+    return provider, InstanceSpec(parts[0], parts[1], parts[2], parts[3] if len(parts) == 4 else None)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wapi-simulator", description="W-API simulator (loopback only)")
     parser.add_argument("--host", default="127.0.0.1")
@@ -47,6 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="ID:TOKEN:BEHAVIOUR[:PHONE]",
         help="repeatable",
+    )
+    parser.add_argument(
+        "--provider-instance",
+        action="append",
+        type=parse_provider_instance,
+        default=[],
+        metavar="zapi|evolution:ID:TOKEN:BEHAVIOUR[:PHONE]",
+        help="repeatable: an instance speaking Z-API's or Evolution's dialect on the same port",
     )
     parser.add_argument("--status-style", choices=STATUS_STYLES, default="phone")
     parser.add_argument("--delivered-after", type=float, default=0.05)
@@ -62,6 +84,11 @@ async def _serve(args: argparse.Namespace) -> int:
         else:
             sim.add_instance(spec.instance_id, spec.token, spec.behaviour)
         sim.set_status_style(spec.instance_id, args.status_style)
+    for provider, spec in args.provider_instance:
+        extra = {"phone": spec.phone} if spec.phone else {}
+        sim.dialects.add_instance(
+            provider, spec.instance_id, spec.token, behaviour=spec.behaviour, webhook_url="", **extra
+        )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -15,6 +15,7 @@ from typing import Any, Final, NamedTuple
 from aiohttp import ClientSession, web
 
 from adapters.simulator import payloads, recovery
+from adapters.simulator.dialects import DialectSimulator
 from adapters.simulator.payloads import JSONDict
 
 API_PREFIX: Final = "/v1"
@@ -112,6 +113,8 @@ class SimState:
         self._session: ClientSession | None = None
         self._host = "127.0.0.1"
         self._port: int | None = None
+        # Z-API and Evolution dialects on the same port (adapters/simulator/dialects.py).
+        self.dialects = DialectSimulator(ack_after=acked_after, delivered_after=delivered_after, read_after=read_after)
 
     @property
     def port(self) -> int:

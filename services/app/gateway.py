@@ -19,6 +19,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
+from typing import Any
 
 from adapters.runtime import cancel_and_wait
 from services.app.gateway_config import GatewayConfig
@@ -109,9 +110,10 @@ class Gateway:
     # --- instance health (services/app/health.py) --------------------------------------------
 
     async def register(
-        self, instance_id: str, name: str, token: str, plan: Plan, *, probe: bool = True
+        self, instance_id: str, name: str, token: str, plan: Plan, *, probe: bool = True, **provider: Any
     ) -> InstanceRecord:
-        return await self.instances.register(instance_id, name, token, plan, probe=probe)
+        """`provider`: provider, base_url, client_token (services/app/health.py register)."""
+        return await self.instances.register(instance_id, name, token, plan, probe=probe, **provider)
 
     async def remove(self, instance_id: str) -> bool:
         return await self.instances.remove(instance_id)
@@ -170,9 +172,14 @@ class Gateway:
     # --- webhooks (services/app/ingest.py) ---------------------------------------------------
 
     async def ingest(
-        self, payload: bytes, headers: dict[str, str], received_at: datetime | None = None
+        self,
+        payload: bytes,
+        headers: dict[str, str],
+        received_at: datetime | None = None,
+        *,
+        parse: WebhookParser | None = None,
     ) -> IngestResult:
-        return await self.ingestion.ingest(payload, headers, received_at)
+        return await self.ingestion.ingest(payload, headers, received_at, parse=parse)
 
     # --- background jobs (services/app/jobs.py) ----------------------------------------------
 

@@ -21,6 +21,7 @@ from opentelemetry import trace
 
 from services.app.clock import utcnow
 from services.app.gateway_config import GatewayConfig
+from services.app.providers import ProviderRegistry, provider_config
 from services.i18n import next_step, webhooks_next_step
 from services.observability.logs import register_secret
 from services.observability.telemetry import Telemetry
@@ -29,6 +30,7 @@ from statemachine.errors import InstanceNotFound, InvalidRequest
 from statemachine.instance_machine import probe_trigger
 from statemachine.ports import InstanceChange, Provider
 from statemachine.preflight import health_verdict, webhooks_block_sends
+from statemachine.providers import ProviderKind
 from statemachine.store_ports import HealthStore
 from statemachine.validation import Violation, validate_instance_id
 
@@ -193,7 +195,16 @@ class Instances:
                 self.on_reconnected(change.instance.instance_id)
 
     async def register(
-        self, instance_id: str, name: str, token: str, plan: Plan, *, probe: bool = True
+        self,
+        instance_id: str,
+        name: str,
+        token: str,
+        plan: Plan,
+        *,
+        probe: bool = True,
+        provider: ProviderKind | None = None,
+        base_url: str = "",
+        client_token: str = "",
     ) -> InstanceRecord:
         violations = validate_instance_id(instance_id)
         if len(name) > 200:
@@ -203,10 +214,21 @@ class Instances:
         if violations:
             raise InvalidRequest(violations)
         register_secret(token)
+        register_secret(client_token or None)
+        # The provider (services/app/providers.py), checked before anything is stored.
+        registry = self.provider if isinstance(self.provider, ProviderRegistry) else None
+        config = None
+        if registry is not None:
+            config = provider_config(provider, base_url, client_token, await registry.current(instance_id))
+        elif provider not in (None, ProviderKind.WAPI) or base_url or client_token:
+            raise InvalidRequest([Violation("provider", "this server speaks W-API only")])
         try:
             record, _created = await self.repo.upsert_instance(instance_id, name, token or None, plan)
         except ValueError:
             raise InvalidRequest([Violation("token", "required on first registration")]) from None
+        if registry is not None and config is not None:
+            await registry.bind(instance_id, config)
+            record = replace(record, provider=config.kind.value)
         self.forget(instance_id)
         if probe:
             return await self.probe(instance_id, source="registration")

@@ -44,11 +44,17 @@ class Ingest:
         self.on_inbound: Callable[[ProviderEvent, bytes, datetime], Awaitable[None]] | None = None
 
     async def ingest(
-        self, payload: bytes, headers: dict[str, str], received_at: datetime | None = None
+        self,
+        payload: bytes,
+        headers: dict[str, str],
+        received_at: datetime | None = None,
+        *,
+        parse: WebhookParser | None = None,
     ) -> IngestResult:
-        """Stores and applies one provider event. A body we cannot use is stored, then refused."""
+        """Stores and applies one provider event. A body we cannot use is stored, then refused.
+        `parse` is the provider's dialect (default: W-API's)."""
         received_at = received_at or utcnow()
-        event = self.parse_webhook(payload)
+        event = (parse or self.parse_webhook)(payload)
         clean = {k.lower(): v[:512] for k, v in list(headers.items())[:64] if k.lower() not in SECRET_HEADERS}
         with self.tracer.start_as_current_span(
             "wapi.webhook", attributes={"wapi.route": event.route.value, "wapi.instance_id": event.instance_id or ""}

@@ -133,6 +133,8 @@ class Recovery:
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
         self._followers: dict[str, asyncio.Task[None]] = {}
+        # Providers that keep statuses (Evolution): pulled in the same round (provider_reconcile.py).
+        self.pull_statuses: Callable[[str], Awaitable[object]] | None = None
         gateway.on_reconnected = self._reapply_webhooks_later
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -542,6 +544,8 @@ class Recovery:
         else:
             targets = await self.repo.list_credentials()
         results = [await self._reconcile_one(i, token) for i, token in targets]
+        if self.pull_statuses is not None:
+            await self.pull_statuses(instance_id)
         await self.gateway.sweep_once()
         stuck, _token = await self.gateway.list_messages(instance_id=instance_id, stuck_only=True, page_size=200)
         return results, stuck

@@ -140,7 +140,14 @@ def error_json(failure: Failure, ctx: Context, extra: dict[str, Any] | None = No
 COMMAND_FLAGS: dict[str, dict[str, str]] = {
     "send": {"instance_id": "--instance", "to": "--to", "text.body": "--text", "idempotency_key": "--key"},
     "connect": {"phone_number": "--phone"},
-    "instances": {"token": "--wapi-token", "name": "--name", "plan": "--plan"},
+    "instances": {
+        "token": "--wapi-token",
+        "name": "--name",
+        "plan": "--plan",
+        "provider": "--provider",
+        "base_url": "--base-url",
+        "client_token": "--client-token",
+    },
     "messages": {"instance_id": "--instance", "page_size": "--limit"},
     "subscriptions": {
         "url": "--url",

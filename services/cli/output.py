@@ -54,6 +54,7 @@ def instance_dict(h: Any, lang: str) -> dict[str, Any]:
         "can_send": h.can_send,
         "phone_number": h.phone_number or None,
         "plan": enum_name(h.plan, common_pb2.Plan, "PLAN_"),
+        "provider": enum_name(h.provider, common_pb2.Provider, "PROVIDER_") if h.provider else "WAPI",
         "stuck_messages": h.stuck_messages,
         "checked_at": iso(proto_time(h, "checked_at")),
         "last_event_at": iso(proto_time(h, "last_event_at")),

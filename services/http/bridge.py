@@ -113,6 +113,9 @@ def build_app(
     app[METRICS_OPEN_KEY] = settings.metrics_open
     app.router.add_post("/webhooks/wapi/{secret}", receive)
     app.router.add_post("/webhooks/wapi", receive)
+    from services.http.provider_webhooks import add_provider_routes  # Z-API, Evolution (issue 24)
+
+    add_provider_routes(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     add_status_routes(app, settings, gateway, recovery, subscriptions)

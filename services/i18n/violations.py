@@ -29,6 +29,16 @@ _VIOLATIONS_PT_BR: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         ),
         (r"must be a local time HH:MM", "deve ser um horário local HH:MM"),
         (r"required on first registration", "obrigatório no primeiro registro"),
+        # Provider per instance (services/app/providers.py).
+        (r"this server speaks W-API only", "este servidor fala apenas com a W-API"),
+        (r"unknown provider (.+)", r"provedor desconhecido \1"),
+        (r"must be an http\(s\) URL without credentials", "deve ser uma URL http(s) sem credenciais"),
+        (r"longer than 512 characters", "mais de 512 caracteres"),
+        (
+            r"required for EVOLUTION \(the server the instance runs on\)",
+            "obrigatório para EVOLUTION (o servidor onde a instância roda)",
+        ),
+        (r"only Z-API takes a client token", "só a Z-API aceita client token"),
         (r"required: the phone to pair, e\.g\. (.+)", r"obrigatório: o telefone a parear, p. ex. \1"),
         (
             r"digits only, with country and area code \((\d+) to (\d+) digits\)",

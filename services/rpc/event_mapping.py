@@ -12,7 +12,7 @@ from typing import Any
 
 from google.protobuf import json_format, struct_pb2
 
-from adapters.wapi.webhooks import normalize_inbound
+from adapters.inbound import normalize_inbound
 from services.api.wapiguard.v1 import common_pb2, events_pb2
 from services.rpc.mapping import ts
 from statemachine.changes import ChangeKind, ChangeRecord, CursorCodec

@@ -29,6 +29,7 @@ from statemachine.domain import (
 )
 from statemachine.errors import InvalidRequest
 from statemachine.ports import IngestResult, InstanceChange, MessageChange
+from statemachine.providers import ProviderKind
 from statemachine.validation import SendRequest, Violation
 
 INSTANCE_STATE_TO_PB = {s: common_pb2.InstanceState.Value(f"INSTANCE_STATE_{s.value}") for s in InstanceState}
@@ -38,6 +39,8 @@ MESSAGE_STATE_FROM_PB = {v: k for k, v in MESSAGE_STATE_TO_PB.items()}
 KIND_TO_PB = {k: common_pb2.MessageKind.Value(f"MESSAGE_KIND_{k.value}") for k in MessageKind}
 PLAN_TO_PB = {p: common_pb2.Plan.Value(f"PLAN_{p.value}") for p in Plan}
 PLAN_FROM_PB = {v: k for k, v in PLAN_TO_PB.items()}
+PROVIDER_TO_PB = {k: common_pb2.Provider.Value(f"PROVIDER_{k.value}") for k in ProviderKind}
+PROVIDER_FROM_PB = {v: k for k, v in PROVIDER_TO_PB.items()}
 ROUTE_TO_PB = {
     name: webhook_pb2.EventRoute.Value(f"EVENT_ROUTE_{name}")
     for name in (
@@ -128,6 +131,7 @@ def instance_pb(record: InstanceRecord, locale: str, view: HealthView) -> common
         delivery_confirmable=view.delivery_confirmable,
         webhooks_evidence=view.webhooks,
         last_receipt_at=ts(record.last_receipt_at),
+        provider=PROVIDER_TO_PB.get(ProviderKind(record.provider), common_pb2.PROVIDER_WAPI),
     )
 
 

@@ -289,8 +289,17 @@ class InstanceHealthServicer(instance_health_pb2_grpc.InstanceHealthServiceServi
         else:
             raise InvalidRequest([Violation("plan", f"unknown plan {request.plan}; use PLAN_PRO or PLAN_LITE")])
         instance_id = request.instance_id.strip()
+        if request.provider not in (common_pb2.PROVIDER_UNSPECIFIED, *mapping.PROVIDER_FROM_PB):
+            raise InvalidRequest([Violation("provider", f"unknown provider {request.provider}")])
         record = await self.gateway.register(
-            instance_id, request.name, request.token, plan, probe=not request.skip_probe
+            instance_id,
+            request.name,
+            request.token,
+            plan,
+            probe=not request.skip_probe,
+            provider=mapping.PROVIDER_FROM_PB.get(request.provider),
+            base_url=request.base_url,
+            client_token=request.client_token,
         )
         if request.new_number and self.send_policies is not None:
             await self.send_policies.declare_new_number(instance_id, by=current_principal.get().name)

@@ -21,6 +21,11 @@ ALLOWED: dict[tuple[MessageState, str], MessageState] = {
     (S.PENDING, "queue"): S.QUEUED,  # W-API answered only a queue handle: not SENT
     (S.QUEUED, "leave_queue"): S.SENT,  # the delivery webhook named its real id
     (S.QUEUED, "fail"): S.FAILED,
+    # Queued WITH the provider's id (Z-API's 200, Evolution's PENDING): its acks move it on.
+    (S.QUEUED, "confirm_sent"): S.SENT,
+    (S.QUEUED, "deliver"): S.DELIVERED,
+    (S.QUEUED, "read"): S.READ,
+    (S.QUEUED, "play"): S.PLAYED,
     (S.SENT, "fail"): S.FAILED,
     (S.SENT, "confirm_sent"): S.SENT,  # a provider "sent" on a SENT message: applied, nothing moves
     (S.SENT, "deliver"): S.DELIVERED,
@@ -157,6 +162,11 @@ PROVIDER_STATUSES = (S.SENT, S.DELIVERED, S.READ, S.PLAYED, S.FAILED)
 STATUS_ALLOWED: dict[tuple[MessageState, MessageState], MessageState] = {
     (S.PENDING, S.FAILED): S.FAILED,
     (S.QUEUED, S.FAILED): S.FAILED,  # a queued message W-API reports failed
+    # Queued with the provider's id (Z-API, Evolution PENDING): moved on only by its own statuses.
+    (S.QUEUED, S.SENT): S.SENT,
+    (S.QUEUED, S.DELIVERED): S.DELIVERED,
+    (S.QUEUED, S.READ): S.READ,
+    (S.QUEUED, S.PLAYED): S.PLAYED,
     (S.SENT, S.SENT): S.SENT,
     (S.SENT, S.DELIVERED): S.DELIVERED,
     (S.SENT, S.READ): S.READ,

@@ -57,6 +57,16 @@ def register(sub: Subparsers, kwargs: dict[str, Any]) -> None:
     )
     instances.add_argument("--plan", choices=("PRO", "LITE"), default="PRO", help="add: W-API plan [default PRO]")
     instances.add_argument("--no-probe", action="store_true", help="add: do not probe the instance now")
+    # Provider per instance (docs/providers.md): W-API by default.
+    instances.add_argument(
+        "--provider", choices=("wapi", "zapi", "evolution"), default=None, help="add: provider API [default wapi]"
+    )
+    instances.add_argument("--base-url", default="", help="add: the provider's base URL (required for evolution)")
+    instances.add_argument(
+        "--client-token",
+        default=None,
+        help="add: Z-API account Client-Token [env WAPIGUARD_CLIENT_TOKEN; prefer the env: argv is visible]",
+    )
     instances.set_defaults(run=cmd_instances)
 
 
@@ -158,6 +168,11 @@ async def cmd_instances_change(ctx: Context) -> int:
         token=token.strip(),
         plan=common_pb2.PLAN_LITE if args.plan == "LITE" else common_pb2.PLAN_PRO,
         skip_probe=args.no_probe,
+        provider=common_pb2.Provider.Value(f"PROVIDER_{(args.provider or 'unspecified').upper()}"),
+        base_url=args.base_url,
+        client_token=(
+            args.client_token if args.client_token is not None else os.environ.get("WAPIGUARD_CLIENT_TOKEN", "")
+        ).strip(),
     )
     health = await ctx.call(stub.RegisterInstance, request)
     data = instance_dict(health, ctx.lang)

@@ -145,6 +145,32 @@ PLAN_PRO: Plan.ValueType  # 1
 PLAN_LITE: Plan.ValueType  # 2
 Global___Plan: _TypeAlias = Plan  # noqa: Y015
 
+class _Provider:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ProviderEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Provider.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PROVIDER_UNSPECIFIED: _Provider.ValueType  # 0
+    """On registration: W-API for a new instance, the stored provider for an existing one."""
+    PROVIDER_WAPI: _Provider.ValueType  # 1
+    PROVIDER_ZAPI: _Provider.ValueType  # 2
+    """Z-API (hosted): instance id and token in the path, optional account Client-Token."""
+    PROVIDER_EVOLUTION: _Provider.ValueType  # 3
+    """Evolution API v2 (self-hosted): the instance name, an apikey and the server's base_url."""
+
+class Provider(_Provider, metaclass=_ProviderEnumTypeWrapper):
+    """The provider API an instance lives on (chosen per instance at registration)."""
+
+PROVIDER_UNSPECIFIED: Provider.ValueType  # 0
+"""On registration: W-API for a new instance, the stored provider for an existing one."""
+PROVIDER_WAPI: Provider.ValueType  # 1
+PROVIDER_ZAPI: Provider.ValueType  # 2
+"""Z-API (hosted): instance id and token in the path, optional account Client-Token."""
+PROVIDER_EVOLUTION: Provider.ValueType  # 3
+"""Evolution API v2 (self-hosted): the instance name, an apikey and the server's base_url."""
+Global___Provider: _TypeAlias = Provider  # noqa: Y015
+
 @_typing.final
 class MessageStateChange(_message.Message):
     """One recorded state change of a message."""
@@ -288,6 +314,7 @@ class InstanceHealth(_message.Message):
     DELIVERY_CONFIRMABLE_FIELD_NUMBER: _builtins.int
     WEBHOOKS_EVIDENCE_FIELD_NUMBER: _builtins.int
     LAST_RECEIPT_AT_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
     instance_id: _builtins.str
     name: _builtins.str
     state: Global___InstanceState.ValueType
@@ -320,6 +347,8 @@ class InstanceHealth(_message.Message):
     """What says so: RECEIPTS (recent receipts), CONFIGURED (set and read back), FAILED (refused,
     unreadable or pointing elsewhere) or UNCONFIGURED.
     """
+    provider: Global___Provider.ValueType
+    """Which provider API the instance lives on."""
     @_builtins.property
     def checked_at(self) -> _timestamp_pb2.Timestamp:
         """Last time the provider was probed."""
@@ -356,10 +385,11 @@ class InstanceHealth(_message.Message):
         delivery_confirmable: _builtins.bool = ...,
         webhooks_evidence: _builtins.str = ...,
         last_receipt_at: _timestamp_pb2.Timestamp | None = ...,
+        provider: Global___Provider.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["checked_at", b"checked_at", "last_event_at", b"last_event_at", "last_receipt_at", b"last_receipt_at", "state_changed_at", b"state_changed_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["can_send", b"can_send", "checked_at", b"checked_at", "delivery_confirmable", b"delivery_confirmable", "instance_id", b"instance_id", "last_event_at", b"last_event_at", "last_receipt_at", b"last_receipt_at", "name", b"name", "next_step", b"next_step", "phone_number", b"phone_number", "plan", b"plan", "reason", b"reason", "reason_message", b"reason_message", "state", b"state", "state_changed_at", b"state_changed_at", "stuck_messages", b"stuck_messages", "webhooks_configured", b"webhooks_configured", "webhooks_detail", b"webhooks_detail", "webhooks_evidence", b"webhooks_evidence", "webhooks_state", b"webhooks_state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["can_send", b"can_send", "checked_at", b"checked_at", "delivery_confirmable", b"delivery_confirmable", "instance_id", b"instance_id", "last_event_at", b"last_event_at", "last_receipt_at", b"last_receipt_at", "name", b"name", "next_step", b"next_step", "phone_number", b"phone_number", "plan", b"plan", "provider", b"provider", "reason", b"reason", "reason_message", b"reason_message", "state", b"state", "state_changed_at", b"state_changed_at", "stuck_messages", b"stuck_messages", "webhooks_configured", b"webhooks_configured", "webhooks_detail", b"webhooks_detail", "webhooks_evidence", b"webhooks_evidence", "webhooks_state", b"webhooks_state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

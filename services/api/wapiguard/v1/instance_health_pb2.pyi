@@ -418,6 +418,9 @@ class RegisterInstanceRequest(_message.Message):
     PLAN_FIELD_NUMBER: _builtins.int
     SKIP_PROBE_FIELD_NUMBER: _builtins.int
     NEW_NUMBER_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    BASE_URL_FIELD_NUMBER: _builtins.int
+    CLIENT_TOKEN_FIELD_NUMBER: _builtins.int
     instance_id: _builtins.str
     name: _builtins.str
     token: _builtins.str
@@ -429,6 +432,17 @@ class RegisterInstanceRequest(_message.Message):
     """The number is new (just bought or never used for business): unless the instance already has a
     send policy, it gets the warm-up policy of the --new-number-* settings (docs/send-policy.md).
     """
+    provider: _common_pb2.Provider.ValueType
+    """The provider API (default: W-API for a new instance, the stored one on re-registration).
+    With PROVIDER_ZAPI the instance_id is Z-API's instance id and `token` its instance token;
+    with PROVIDER_EVOLUTION the instance_id is the instance name and `token` the apikey.
+    """
+    base_url: _builtins.str
+    """The provider's base URL: required for Evolution (self-hosted); optional for Z-API."""
+    client_token: _builtins.str
+    """Z-API's account security token (the Client-Token header), when the account requires it.
+    A secret like `token`: never logged or echoed; empty keeps the stored one.
+    """
     def __init__(
         self,
         *,
@@ -438,10 +452,13 @@ class RegisterInstanceRequest(_message.Message):
         plan: _common_pb2.Plan.ValueType = ...,
         skip_probe: _builtins.bool = ...,
         new_number: _builtins.bool = ...,
+        provider: _common_pb2.Provider.ValueType = ...,
+        base_url: _builtins.str = ...,
+        client_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance_id", b"instance_id", "name", b"name", "new_number", b"new_number", "plan", b"plan", "skip_probe", b"skip_probe", "token", b"token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_url", b"base_url", "client_token", b"client_token", "instance_id", b"instance_id", "name", b"name", "new_number", b"new_number", "plan", b"plan", "provider", b"provider", "skip_probe", b"skip_probe", "token", b"token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

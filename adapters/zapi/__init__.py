@@ -1,0 +1,1 @@
+"""Z-API (hosted, https://developer.z-api.io): client and webhook dialect."""
