@@ -29,6 +29,7 @@ from statemachine.domain import (
 from statemachine.errors import InvalidRequest
 from statemachine.ports import SessionRestore
 from statemachine.providers import ProviderConfig, ProviderKind
+from statemachine.recipients import NumberCheck
 from statemachine.validation import Violation
 
 log = logging.getLogger("wapi_guard.providers")
@@ -152,6 +153,21 @@ class ProviderRegistry:
             return SendOutcome(failure=Reason.PROVIDER_UNAVAILABLE, detail=f"no {creds.provider} client configured")
         outcome: SendOutcome = await client.send(creds, message, timeout=timeout)
         return outcome
+
+    async def check_number(self, credentials: Credentials, phone: str, *, timeout: float) -> NumberCheck:
+        """The instance's provider's number check (services/app/recipients.py): W-API's answer as it
+        is; Z-API's and Evolution's yes/no/unknown as the same record."""
+        await self._ensure(credentials.instance_id)
+        client, creds = self._route(credentials)
+        if client is not None and hasattr(client, "check_number"):
+            answer: NumberCheck = await client.check_number(creds, phone, timeout=timeout)
+            return answer
+        if client is not None and hasattr(client, "number_exists"):
+            exists = await client.number_exists(creds, phone, timeout=timeout)
+            if exists is not None:
+                return NumberCheck(phone, exists, canonical=phone)
+            return NumberCheck(phone, None, failure=Reason.PROVIDER_ERROR, detail="the provider did not say")
+        return NumberCheck(phone, None, failure=Reason.PROVIDER_ERROR, detail="no number check")
 
     async def probe(self, credentials: Credentials, *, timeout: float) -> ProbeOutcome:
         await self._ensure(credentials.instance_id)

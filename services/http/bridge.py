@@ -6,7 +6,6 @@ stored (W-API then has no reason to retry) and 503 when it could not be stored (
 
 from __future__ import annotations
 
-import hmac
 import logging
 from typing import Any
 
@@ -17,27 +16,18 @@ from services.app.errors import classify
 from services.app.gateway import Gateway
 from services.app.recovery import Recovery
 from services.config import Settings
+from services.http.provider_webhooks import add_provider_routes
 from services.http.status_page import STATUS_PAGE_KEY, add_status_routes
+from services.http.webhook_keys import GATEWAY_KEY, MAX_BODY, SECRET_KEY, authorized
 from statemachine.errors import InvalidPayload
 from statemachine.ports import SubscriptionStore
 
 log = logging.getLogger("wapi_guard.bridge")
-MAX_BODY = 256 * 1024
-GATEWAY_KEY = web.AppKey("gateway", Gateway)
-SECRET_KEY = web.AppKey("secret", str)
 METRICS_OPEN_KEY = web.AppKey("metrics_open", bool)
 
 
-def _authorized(request: web.Request) -> bool:
-    expected = request.app[SECRET_KEY]
-    if not expected:
-        return True
-    given = request.match_info.get("secret") or request.headers.get("X-Webhook-Secret") or ""
-    return hmac.compare_digest(given.encode(), expected.encode())
-
-
 async def receive(request: web.Request) -> web.Response:
-    if not _authorized(request):
+    if not authorized(request):
         return web.json_response({"error": "not found"}, status=404)
     if request.content_length is not None and request.content_length > MAX_BODY:
         return web.json_response({"error": "payload too large", "reason": "PAYLOAD_TOO_LARGE"}, status=413)
@@ -113,8 +103,6 @@ def build_app(
     app[METRICS_OPEN_KEY] = settings.metrics_open
     app.router.add_post("/webhooks/wapi/{secret}", receive)
     app.router.add_post("/webhooks/wapi", receive)
-    from services.http.provider_webhooks import add_provider_routes  # Z-API, Evolution (issue 24)
-
     add_provider_routes(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)

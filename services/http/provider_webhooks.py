@@ -16,7 +16,7 @@ from aiohttp import web
 from adapters.evolution import webhooks as evolution
 from adapters.zapi import webhooks as zapi
 from services.app.errors import classify
-from services.http.bridge import GATEWAY_KEY, MAX_BODY, _authorized
+from services.http.webhook_keys import GATEWAY_KEY, MAX_BODY, authorized
 from statemachine.errors import InvalidPayload
 from statemachine.ports import WebhookParser
 
@@ -29,7 +29,7 @@ DIALECTS: Final[dict[str, tuple[Any, WebhookParser]]] = {
 
 
 async def receive_provider(request: web.Request) -> web.Response:
-    if not _authorized(request):
+    if not authorized(request):
         return web.json_response({"error": "not found"}, status=404)
     dialect = DIALECTS.get(request.match_info.get("provider", ""))
     if dialect is None:
