@@ -8,6 +8,8 @@ Evolution its apikey in a header) never reach a detail, a log line or an excepti
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import re
 from dataclasses import dataclass
@@ -126,3 +128,12 @@ def error_text(payload: Any, *secrets: str) -> str:
             if isinstance(message, str):
                 return scrub(message, *secrets)
     return ""
+
+
+def png_of_data_url(data_url: str) -> bytes:
+    """The PNG bytes of a QR code answered as a data URL (or bare base64); empty when unreadable."""
+    _head, _sep, tail = data_url.partition("base64,")
+    try:
+        return base64.b64decode(tail or data_url, validate=False)
+    except (binascii.Error, ValueError):
+        return b""

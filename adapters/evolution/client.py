@@ -12,12 +12,10 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 from typing import Any, Final
 
-from adapters.provider_http import Answer, JsonHttp, error_text
+from adapters.provider_http import Answer, JsonHttp, error_text, png_of_data_url
 from adapters.webhook_common import as_dict
 from statemachine.domain import (
     ActionOutcome,
@@ -170,14 +168,6 @@ def action_answer(answer: Answer, what: str, *secrets: str) -> ActionOutcome:
         detail = words if words and words != "[object Object]" else f"Evolution {what} failed"
         return ActionOutcome(ok=False, failure=Reason.PROVIDER_ERROR, detail=detail, message=words)
     return ActionOutcome(ok=True, message=words)
-
-
-def _png(data_url: str) -> bytes:
-    _head, _sep, tail = data_url.partition("base64,")
-    try:
-        return base64.b64decode(tail or data_url, validate=False)
-    except (binascii.Error, ValueError):
-        return b""
 
 
 class EvolutionProvider:
@@ -344,7 +334,9 @@ class EvolutionProvider:
         if not isinstance(image, str) or not image:
             # The reported failure mode: {"count": 0} and no code. Distinct, never a spin.
             return ActionOutcome(ok=False, failure=Reason.PROVIDER_ERROR, detail="Evolution produced no QR code")
-        return ActionOutcome(ok=True, qr_text=code if isinstance(code, str) and code else image, png=_png(image))
+        return ActionOutcome(
+            ok=True, qr_text=code if isinstance(code, str) and code else image, png=png_of_data_url(image)
+        )
 
     async def pairing_code(self, credentials: Credentials, phone: str, *, timeout: float) -> ActionOutcome:
         outcome, payload = await self._connect(credentials, {"number": phone}, timeout=timeout)

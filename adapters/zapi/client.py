@@ -12,11 +12,9 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 from typing import Any, Final
 
-from adapters.provider_http import Answer, JsonHttp, error_text, scrub
+from adapters.provider_http import Answer, JsonHttp, error_text, png_of_data_url, scrub
 from statemachine.domain import (
     ActionOutcome,
     Contact,
@@ -149,14 +147,6 @@ def _action_answer(answer: Answer, what: str, *secrets: str) -> ActionOutcome:
     return ActionOutcome(ok=True, message=words)
 
 
-def _png(data_url: str) -> bytes:
-    _head, _sep, tail = data_url.partition("base64,")
-    try:
-        return base64.b64decode(tail or data_url, validate=False)
-    except (binascii.Error, ValueError):
-        return b""
-
-
 class ZapiProvider:
     """Z-API, for every instance registered with provider ZAPI (one client, shared)."""
 
@@ -250,7 +240,7 @@ class ZapiProvider:
         if not isinstance(value, str) or not value:
             return ActionOutcome(ok=False, failure=Reason.PROVIDER_ERROR, detail="qr-code answer without a QR code")
         text = value if value.startswith("data:") else "data:image/png;base64," + value
-        return ActionOutcome(ok=True, qr_text=text, png=_png(value))
+        return ActionOutcome(ok=True, qr_text=text, png=png_of_data_url(value))
 
     async def pairing_code(self, credentials: Credentials, phone: str, *, timeout: float) -> ActionOutcome:
         answer = await self._call(credentials, f"phone-code/{phone}", timeout=timeout)

@@ -31,6 +31,7 @@ from statemachine.domain import (
     Credentials,
     InstanceRecord,
     InstanceState,
+    MessageKind,
     MessageRecord,
     MessageState,
     OutboundMessage,
@@ -134,15 +135,7 @@ class Sending:
                     if cached is None:
                         raise InstanceNotFound(req.instance_id)
                     health = cached.record
-                    blocked = block_reason(
-                        health.state,
-                        health.reason,
-                        health.plan,
-                        req.kind,
-                        webhooks_blocked=self.instances.webhooks_block(health),
-                    )
-                    if blocked is None:
-                        blocked = await recipient_block(self.opt_outs, self.recipients, req.instance_id, req.to)
+                    blocked = await self._block(health, req.kind, req.to)
                     preflight.set_attribute("wapi.session_health", health.state.value)
                 span.set_attribute("wapi.session_health", health.state.value)
                 if blocked is None and self.policies is not None:
@@ -165,6 +158,16 @@ class Sending:
                 _end_with_error(span, error)
                 raise
         return await self._attempt_shielded(stored, outbound, cached, span, self._budget(time_remaining))
+
+    async def _block(self, health: InstanceRecord, kind: MessageKind, to: str) -> Reason | None:
+        """The preflight's verdict for a send or a retry: the instance's health (cached, never the
+        provider), then the recipient (opt-outs, known absence)."""
+        blocked = block_reason(
+            health.state, health.reason, health.plan, kind, webhooks_blocked=self.instances.webhooks_block(health)
+        )
+        if blocked is None:
+            blocked = await recipient_block(self.opt_outs, self.recipients, health.instance_id, to)
+        return blocked
 
     async def _admit(self, req: SendRequest) -> MessageRecord | None:
         """The send policy's check. A refusal stores nothing; but a repeated key whose first
@@ -412,15 +415,7 @@ class Sending:
                 outbound = outbound_from_stored(msg.kind, msg.to, msg.content)
                 health = cached.record
                 span.set_attribute("wapi.session_health", health.state.value)
-                blocked = block_reason(
-                    health.state,
-                    health.reason,
-                    health.plan,
-                    msg.kind,
-                    webhooks_blocked=self.instances.webhooks_block(health),
-                )
-                if blocked is None:
-                    blocked = await recipient_block(self.opt_outs, self.recipients, msg.instance_id, msg.to)
+                blocked = await self._block(health, msg.kind, msg.to)
                 if blocked:
                     stored, _ = await self.repo.record_send_outcome(
                         msg.id,
