@@ -4,6 +4,7 @@ against a venv path that does not exist: exactly what a first run would execute.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -16,9 +17,13 @@ ROOT = Path(__file__).resolve().parent.parent
 def first_run(target: str, tmp_path: Path) -> list[str]:
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
+    # Run as a top-level make even when the suite itself runs under `make test` (CI): a sub-make
+    # prints "Entering/Leaving directory" lines around its output.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
     done = subprocess.run(
-        ["make", "-n", target, f"VENV={tmp_path / 'fresh-venv'}"],
+        ["make", "--no-print-directory", "-n", target, f"VENV={tmp_path / 'fresh-venv'}"],
         cwd=ROOT,
+        env=env,
         capture_output=True,
         text=True,
         timeout=30,

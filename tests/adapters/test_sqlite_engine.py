@@ -12,8 +12,9 @@ from sqlalchemy import text
 
 from adapters.persistence.db import create_engine
 
-# Long enough to be cancelled mid-statement (~0.5 s here), short enough for the suite.
-SLOW_READ = "WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM c WHERE n < 1000000) SELECT count(*) FROM c"
+# Long enough to be cancelled mid-statement (~1 s on an idle core; a million rows took 0.24 s, so a
+# quiet machine finished it before the first cancellation at 0.2 s), short enough for the suite.
+SLOW_READ = "WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM c WHERE n < 5000000) SELECT count(*) FROM c"
 
 
 async def test_a_statement_cancelled_twice_leaves_no_task_pending(tmp_path: Path) -> None:
