@@ -15,6 +15,7 @@ import json
 import os
 import re
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -289,6 +290,21 @@ async def reset_postgres() -> None:
     finally:
         await admin.close()
     await reset(PG_URL)
+
+
+async def drop_postgres() -> None:
+    """The benchmark's own database goes when the run ends (it is re-created by the next run)."""
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    url = make_url(PG_URL)
+    admin = await asyncpg.connect(
+        host=url.host, port=url.port or 5432, user=url.username, password=url.password, database="postgres"
+    )
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)')
+    finally:
+        await admin.close()
 
 
 async def against(
@@ -572,6 +588,7 @@ async def main_async(args: argparse.Namespace) -> int:
     results: list[Result] = []
     extra: dict[str, Any] = {}
     noop = Noop(args)
+    temporary: list[str] = []
     try:
         results += [await noop.headline("SendMessage"), await noop.headline("IngestEvent")]
         if args.dataset:
@@ -580,6 +597,7 @@ async def main_async(args: argparse.Namespace) -> int:
         databases = []
         if args.db in ("sqlite", "both"):
             tmp = tempfile.mkdtemp(prefix="wapi-guard-bench-")
+            temporary.append(tmp)
             databases.append(("sqlite", f"sqlite+aiosqlite:///{tmp}/bench.db"))
         if args.db in ("postgres", "both"):
             await reset_postgres()
@@ -599,6 +617,11 @@ async def main_async(args: argparse.Namespace) -> int:
     finally:
         await noop.aclose()
         sim.stop()
+        for tmp in temporary:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if not args.dataset and args.db in ("postgres", "both"):
+            with suppress(Exception):  # the server is down by now; a failed drop leaves it for the next run
+                await drop_postgres()
     return _report(args, results, extra)
 
 

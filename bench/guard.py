@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.__main__ import BLOCKED, HEALTHY, Noop, Process, bench_database, reset_postgres
+from bench.__main__ import BLOCKED, HEALTHY, Noop, Process, bench_database, drop_postgres, reset_postgres
 from bench.dataset import PG_URL
 
 FIGURES = Path(__file__).resolve().parent / "figures.json"
@@ -54,16 +56,21 @@ async def measure(args: argparse.Namespace, database: str) -> dict[str, float]:
         ]
     )
     noop = Noop(args)
+    tmp = tempfile.mkdtemp(prefix="wapi-guard-guard-")
     try:
         if database == "postgres":
             await reset_postgres()
             url = PG_URL
         else:
-            url = f"sqlite+aiosqlite:///{tempfile.mkdtemp(prefix='wapi-guard-guard-')}/bench.db"
+            url = f"sqlite+aiosqlite:///{tmp}/bench.db"
         out = await bench_database(database, url, sim.first_line, args, noop)
     finally:
         await noop.aclose()
         sim.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+        if database == "postgres":
+            with contextlib.suppress(Exception):  # a failed drop leaves it for the next run to reset
+                await drop_postgres()
     ratios: dict[str, float] = {}
     for r in out["results"]:
         ratios[SHORT[r.scenario]] = round(r.baseline_cpu_ms / r.cpu_ms, 3) if r.cpu_ms else 0.0
