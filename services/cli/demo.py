@@ -1,7 +1,8 @@
 """`wapi-guard demo`: the whole promise, end to end, on the embedded default.
 
 SQLite in a temporary folder, the W-API simulator on loopback, a real `serve` (gRPC + webhook
-bridge), two instances: "Aventura" (healthy) and LITE-4IW93E-MGVYDW (connected, no phone).
+bridge), two instances: "Aventura" (healthy) and LITE-4IW93E-MGVYDW (connected, no phone), then
+one Z-API and one Evolution API instance (the simulator's dialects, same port), both without a phone.
 Everything goes through the public gRPC API, as an internal service would use it. Exits 0
 only when every expectation holds: delivered/read, or an explicit block — never a false sent.
 """
@@ -28,7 +29,18 @@ from services.api.wapiguard.v1 import (
     send_pb2_grpc,
 )
 from services.bootstrap import App
-from services.cli.demo_steps import AVENTURA, INCOMPLETE, ISTATE, RECIPIENT, STATE, Echo, Outcome, Report, scenario
+from services.cli.demo_steps import (
+    AVENTURA,
+    INCOMPLETE,
+    ISTATE,
+    OTHER_PROVIDERS,
+    RECIPIENT,
+    STATE,
+    Echo,
+    Outcome,
+    Report,
+    scenario,
+)
 from services.config import Settings
 
 
@@ -42,6 +54,7 @@ async def run_demo(*, keep: bool = False, as_json: bool = False) -> int:
         http_port=0,
         database_url=f"sqlite+aiosqlite:///{workdir / 'demo.db'}",
         wapi_base_url=sim.base_url,
+        zapi_base_url=sim.dialects.root_url,
         webhook_secret=secret,
         probe_interval=0,
         log_level="WARNING",
@@ -126,7 +139,8 @@ def short_id(message_id: str) -> str:
 
 
 def _describe_event(event: events_pb2.Event) -> str:
-    name = {AVENTURA: "Aventura", INCOMPLETE: "LITE-4IW93E-MGVYDW"}.get(event.instance_id, event.instance_id)
+    names = {AVENTURA: "Aventura", INCOMPLETE: "LITE-4IW93E-MGVYDW"} | {p[3]: p[2] for p in OTHER_PROVIDERS}
+    name = names.get(event.instance_id, event.instance_id)
     which = event.WhichOneof("payload")
     if which == "message_state_changed":
         c = event.message_state_changed

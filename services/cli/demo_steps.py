@@ -1,5 +1,6 @@
 """The numbered steps of `wapi-guard demo` (services/cli/demo.py runs them): register both
-instances, send through each, the learned stall test and its clear, the pairing-code recovery. Each
+instances, send through each, the same incomplete-session block on Z-API and Evolution API, the
+learned stall test and its clear, the pairing-code recovery. Each
 step talks to the running `serve` over the public gRPC API and records what it expected and got."""
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from adapters.simulator import Simulator
+from adapters.simulator.dialects import EVOLUTION, ZAPI
 from services.api.wapiguard.v1 import (
     common_pb2,
     events_pb2,
@@ -25,6 +27,13 @@ from services.api.wapiguard.v1 import (
 
 AVENTURA = "3B6XIW-ZTS923-GEAY6V"
 INCOMPLETE = "LITE-4IW93E-MGVYDW"
+ZAPI_INCOMPLETE = "3C1F0A9E2B7D4E61A5B8C0D2E4F6A8B1"  # a Z-API instance id (hex, as Z-API issues them)
+EVOLUTION_INCOMPLETE = "loja-norte"  # an Evolution instance name (self-hosted: the operator picks it)
+# Per provider: the simulator's dialect, the gRPC enum, the label, the instance and its Client-Token.
+OTHER_PROVIDERS = (
+    (ZAPI, common_pb2.PROVIDER_ZAPI, "Z-API", ZAPI_INCOMPLETE, "demo-client-token"),
+    (EVOLUTION, common_pb2.PROVIDER_EVOLUTION, "Evolution", EVOLUTION_INCOMPLETE, ""),
+)
 RECIPIENT = "5515981121710"  # canonical: country code 55, area 15, the ninth digit as given
 STATE = {v: k.removeprefix("MESSAGE_STATE_") for k, v in common_pb2.MessageState.items()}
 ISTATE = {v: k.removeprefix("INSTANCE_STATE_") for k, v in common_pb2.InstanceState.items()}
@@ -106,6 +115,7 @@ async def scenario(
     """The demo's numbered steps, in order (each adds its outcomes to the report)."""
     await _register(health, report)
     await _send_both(send, sim, report)
+    await _incomplete_elsewhere(send, health, sim, report)
     await _stall(send, health, sim, report, echo)
     await _recovery(send, health, sim, report)
 
@@ -179,6 +189,61 @@ async def _send_both(send: send_pb2_grpc.SendServiceAsyncStub, sim: Simulator, r
                 f"provider calls for it: {len(sim.sends(INCOMPLETE))}",
             )
         )
+
+
+async def _incomplete_elsewhere(
+    send: send_pb2_grpc.SendServiceAsyncStub,
+    health: instance_health_pb2_grpc.InstanceHealthServiceAsyncStub,
+    sim: Simulator,
+    report: Report,
+) -> None:
+    """The same block on Z-API and Evolution API: each connected without a phone in its own shape
+    (Z-API `/status` connected with an empty `/device`; Evolution `open` without `ownerJid`)."""
+    print("\n2b. The same incomplete session on Z-API and on Evolution API (provider chosen per instance)")
+    text = send_pb2.TextContent(body="Olá! Seu pedido foi confirmado.")
+    for dialect, provider, label, instance_id, client_token in OTHER_PROVIDERS:
+        token = f"demo-token-{dialect}"
+        sim.dialects.add_instance(
+            dialect, instance_id, token, behaviour="session_incomplete", client_token=client_token
+        )
+        h = await health.RegisterInstance(
+            instance_health_pb2.RegisterInstanceRequest(
+                instance_id=instance_id,
+                name=f"Loja {label}",
+                token=token,
+                provider=provider,
+                base_url=sim.dialects.root_url if dialect == EVOLUTION else "",
+                client_token=client_token,
+            )
+        )
+        report.add(
+            Outcome(
+                "register",
+                label,
+                "SESSION_INCOMPLETE",
+                ISTATE[h.state],
+                f"provider={common_pb2.Provider.Name(h.provider)} phone_number={h.phone_number or 'null'}",
+            )
+        )
+        try:
+            blocked = await send.SendMessage(
+                send_pb2.SendMessageRequest(
+                    instance_id=instance_id, to=RECIPIENT, idempotency_key=f"demo-{dialect}", text=text
+                )
+            )
+            report.false_sent += 1  # accepted (SENT or QUEUED) for an instance that cannot deliver
+            report.add(Outcome("send", label, "blocked: SESSION_INCOMPLETE", STATE[blocked.state]))
+        except grpc.aio.AioRpcError as error:
+            reason, _, _ = _error(error)
+            report.add(
+                Outcome(
+                    "send",
+                    label,
+                    "blocked: SESSION_INCOMPLETE",
+                    f"blocked: {reason}",
+                    f"{error.code().name}; provider calls for it: {len(sim.dialects.instances[instance_id].sends)}",
+                )
+            )
 
 
 TRAFFIC = [f"551198765{i:04d}" for i in range(8)]  # Aventura's usual recipients

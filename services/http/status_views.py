@@ -24,6 +24,7 @@ from services.i18n import (
     lookup,
     mask_recipient,
     message_label,
+    provider_label,
     reason_label,
     source_label,
     state_view,
@@ -79,6 +80,8 @@ def _instance_json(snap: Snapshot, r: InstanceRecord, lang: str) -> dict[str, An
         "name": r.name,
         "phone_number": r.phone_number or None,
         "plan": r.plan.value,
+        "provider": r.provider,
+        "provider_label": provider_label(r.provider),
         "state": r.state.value,
         "reason": health.reason,
         "label": view.label,
@@ -247,11 +250,12 @@ def render_instances(snap: Snapshot, lang: str) -> str:
         cards.append(
             f'<article class="card tone-{view.tone}" data-instance-id="{_e(r.instance_id)}" '
             f'data-state="{_e(r.state.value)}" data-reason="{_e(health.reason)}" data-label-key="{view.key}" '
-            f'data-webhooks="{_e(health.webhooks)}">'
+            f'data-webhooks="{_e(health.webhooks)}" data-provider="{_e(r.provider)}">'
             f'<header><h3 class="name">{_e(r.name)}</h3>{_badge(view.label, view.tone)}</header>'
             f'<p class="reason" data-role="reason">{_e(reason_label(health.reason, lang))}</p>{step}'
             "<dl>"
             f'<dt>{_e(_t(lang, "id"))}</dt><dd class="mono">{_e(r.instance_id)}</dd>'
+            f'<dt>{_e(_t(lang, "provider"))}</dt><dd data-role="provider">{_e(provider_label(r.provider))}</dd>'
             f'<dt>{_e(_t(lang, "phone"))}</dt><dd class="mono" data-role="phone">{_e(r.phone_number or "—")}</dd>'
             f'<dt>{_e(_t(lang, "sends"))}</dt><dd data-role="sends">{_e(sends)}</dd>'
             f"<dt>{_e(_t(lang, 'changed'))}</dt><dd>{_time(r.state_changed_at, now, lang)}</dd>"

@@ -135,6 +135,15 @@ def source_label(source: str, lang: str = DEFAULT_LANG) -> str:
     return _SOURCE_LABELS[lang_of(lang)].get(source, source)
 
 
+# Provider names as each provider writes its own (the same in every language).
+_PROVIDER_LABELS = {"WAPI": "W-API", "ZAPI": "Z-API", "EVOLUTION": "Evolution API"}
+
+
+def provider_label(provider: str) -> str:
+    """The provider's own name for an instance's provider code (statemachine.providers.ProviderKind)."""
+    return _PROVIDER_LABELS.get(provider, provider)
+
+
 # Reasons statemachine.domain has no operator text for (it returns the code itself).
 _EXTRA_REASONS: dict[str, dict[str, str]] = {
     "pt-BR": {

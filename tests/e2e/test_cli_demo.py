@@ -29,6 +29,15 @@ def test_demo_exits_0_with_no_false_sent() -> None:
     assert "PENDING → SENT → DELIVERED → READ" in out
     assert "blocked: SESSION_INCOMPLETE" in out
     assert "blocked: DELIVERY_STALLED" in out
+    # The incomplete-session block on all three providers: W-API, then Z-API and Evolution API.
+    for label in ("LITE-4IW93E-MGVYDW", "Z-API", "Evolution"):
+        blocked = re.search(rf"\[ok \] {re.escape(label)} +expected blocked: SESSION_INCOMPLETE +got (.+)", out)
+        assert blocked, out
+        assert blocked.group(1) == "blocked: SESSION_INCOMPLETE", out
+    assert out.count("provider calls for it: 0") == 3, out  # none of the three reached its provider
+    assert "provider=PROVIDER_ZAPI phone_number=null" in out
+    assert "provider=PROVIDER_EVOLUTION phone_number=null" in out
+    assert "18/18 expectations met" in out
     # A consumer of the event stream saw the story as it happened, without polling.
     assert "⇢ event stream: Aventura: message" in out
     assert "DELIVERED → READ" in out

@@ -12,7 +12,9 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
+from adapters.simulator.dialects import ZAPI
 from statemachine.domain import Plan
+from statemachine.providers import ProviderKind
 from tests.ui.conftest import (
     ADMIN,
     API_TOKENS,
@@ -289,3 +291,35 @@ async def test_database_trouble_is_said_not_hidden(stack: UiStack, monkeypatch: 
             async for name, data in events:
                 if name == "snapshot" and 'data-state="CONNECTED"' in data["html"].get("instances", ""):
                     break
+
+
+async def test_each_instance_shows_its_provider(make_stack: StackFactory) -> None:
+    """A Z-API instance next to a W-API one: the card and the JSON snapshot say which API each
+    lives on, in the provider's own name (the operator's first question when a session breaks)."""
+    stack = await make_stack()
+    await stack.add(AVENTURA, "Aventura")
+    zapi_id = "3C1F0A9E2B7D4E61A5B8C0D2E4F6A8B1"
+    stack.sim.dialects.add_instance(ZAPI, zapi_id, "zapi-instance-token-0003", phone="5511987654321")
+    await stack.app.gateway.register(
+        zapi_id,
+        "Loja Z-API",
+        "zapi-instance-token-0003",
+        Plan.PRO,
+        provider=ProviderKind.ZAPI,
+        base_url=stack.sim.dialects.root_url,  # the Z-API dialect answers on the simulator's port
+    )
+    async with httpx.AsyncClient(base_url=stack.http_url, timeout=5) as client:
+        snap = (await client.get("/status/api/snapshot")).json()
+        html = (await client.get("/status")).text
+        english = (await client.get("/status?lang=en")).text
+
+    instances = {i["instance_id"]: i for i in snap["instances"]}
+    assert (instances[zapi_id]["provider"], instances[zapi_id]["provider_label"]) == ("ZAPI", "Z-API")
+    assert (instances[AVENTURA]["provider"], instances[AVENTURA]["provider_label"]) == ("WAPI", "W-API")
+    zapi_card = html.split(f'data-instance-id="{zapi_id}"')[1].split("</article>")[0]
+    aventura_card = html.split(f'data-instance-id="{AVENTURA}"')[1].split("</article>")[0]
+    assert 'data-provider="ZAPI"' in zapi_card
+    assert '<dt>Provedor</dt><dd data-role="provider">Z-API</dd>' in zapi_card
+    assert '<dd data-role="provider">W-API</dd>' in aventura_card
+    assert '<dt>Provider</dt><dd data-role="provider">Z-API</dd>' in english
+    assert "zapi-instance-token-0003" not in html + json.dumps(snap)
