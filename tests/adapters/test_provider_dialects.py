@@ -92,6 +92,17 @@ def test_zapi_inbound_and_phone_sent() -> None:
     assert (mine.route, mine.from_api) == (Route.DELIVERY, False)
 
 
+def test_zapi_waiting_message_is_a_session_signal_on_the_inbound_event() -> None:
+    """`waitingMessage: true` (the phone could not decrypt it) stays an inbound message and carries
+    WAITING_FOR_MESSAGE; a normal inbound one, or the flag false/absent/not a bool, carries nothing."""
+    inbound = {"type": "ReceivedCallback", "instanceId": "I", "messageId": "M1", "phone": "5511", "fromMe": False}
+    waiting = zapi_hooks.parse(raw(inbound | {"waitingMessage": True}))
+    assert (waiting.route, waiting.failure_reason) == (Route.RECEIVED, Reason.WAITING_FOR_MESSAGE.value)
+    for flag in (False, "true", None, 1):
+        assert zapi_hooks.parse(raw(inbound | {"waitingMessage": flag})).failure_reason == "", flag
+    assert zapi_hooks.parse(raw(inbound)).failure_reason == ""
+
+
 def test_zapi_bad_bodies_are_unroutable_with_a_reason() -> None:
     assert zapi_hooks.parse(b"{not json").reason == EventReason.MALFORMED_JSON
     assert zapi_hooks.parse(b"[1]").reason == EventReason.NOT_AN_OBJECT
