@@ -92,6 +92,7 @@ def _inbound_change(
         moment=event.moment,
         received_at=received_at,
         body=body,
+        message=event.inbound,
     )
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 from typing import Any, Final
 
+from adapters.inbound import normalize_zapi
+from adapters.wapi.webhooks import inbound_record
 from adapters.webhook_common import body_key, digest, instance_id, load, message_id, moment, status_key, text
 from statemachine.domain import MessageState, Reason
 from statemachine.events import EventReason, ProviderEvent, Route
@@ -85,6 +87,7 @@ def parse(raw: bytes) -> ProviderEvent:
             moment=at,
             from_api=False,
             failure_reason=Reason.WAITING_FOR_MESSAGE.value if waiting else "",
+            inbound=inbound_record(normalize_zapi(body)),
         )
     return ProviderEvent(route, EventReason.RECORDED, key, iid, moment=at)
 
