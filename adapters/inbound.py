@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from adapters.wapi.webhooks import InboundMessage, MediaReference
+from adapters.wapi.webhooks import InboundMessage, MediaReference, inbound_record
 from adapters.wapi.webhooks import normalize_inbound as normalize_wapi
 from adapters.webhook_common import as_dict, instance_id, message_id, moment, text
 from statemachine.phone import e164_phone
@@ -95,6 +95,14 @@ def normalize_evolution(body: dict[str, Any]) -> InboundMessage | None:
         "isGroup": isinstance(chat, str) and chat.endswith("@g.us"),
     }
     return normalize_wapi(reshaped)
+
+
+def with_message(payload: dict[str, Any]) -> dict[str, Any]:
+    """An inbound change's payload with its normalized `message`: rows written before the parsers
+    stored it carry only the provider's body, normalized here on read (once, in the adapters)."""
+    if "message" in payload or not isinstance(payload.get("body"), dict):
+        return payload
+    return payload | {"message": inbound_record(normalize_inbound(payload["body"]))}
 
 
 def normalize_inbound(raw: bytes | dict[str, Any]) -> InboundMessage | None:

@@ -285,9 +285,11 @@ def provider_message(
     moment: datetime | None,
     received_at: datetime,
     body: Any,
+    message: dict[str, Any] | None = None,
 ) -> Change:
     """`message.received` (a customer wrote) or `message.from_phone` (sent from the phone itself,
-    not through the API): the raw body plus the ids the parser found."""
+    not through the API): the raw body plus the ids the parser found, and `message`, the inbound
+    message the provider's parser normalized (absent on rows written before it existed)."""
     payload = {
         "instance_id": instance_id,
         "webhook_event_id": event_id,
@@ -298,6 +300,8 @@ def provider_message(
         "received_at": received_at,
         "body": body,
     }
+    if message is not None:
+        payload["message"] = message
     # Logged at the time it reached wapi-guard: retention prunes the log by this column, and a
     # sender's clock (W-API's `moment`, often minutes off, sometimes 1970 or 2099) must neither
     # prune a change before subscribers saw it nor keep one forever. The moment is in the payload.

@@ -106,6 +106,9 @@ class Reason(StrEnum):
     LOGGED_OUT = "LOGGED_OUT"  # Evolution: closed with 401/402/403/406, no automatic reconnect
     QR_REFUSED = "QR_REFUSED"  # Evolution: QR code limit reached (state "refused")
     PHONE_OFFLINE = "PHONE_OFFLINE"  # Z-API: connected, smartphoneConnected false
+    # Z-API: an inbound message arrived as `waitingMessage: true` ("Aguardando mensagem"): the phone
+    # could not decrypt it, the session's keys are broken (DEGRADED until a connection with a phone).
+    WAITING_FOR_MESSAGE = "WAITING_FOR_MESSAGE"
     SEND_REJECTED = "SEND_REJECTED"  # refused/restricted by WhatsApp or the provider
     INVALID_MEDIA = "INVALID_MEDIA"
     PROVIDER_UNCERTAIN = "PROVIDER_UNCERTAIN"  # a provider timeout: the message may still go out

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 from statemachine.domain import MessageState
 
@@ -57,3 +58,7 @@ class ProviderEvent:
     # `error`, Evolution's ERROR): what FAILED stores instead of a bare PROVIDER_ERROR.
     failure_reason: str = ""
     failure_detail: str = ""
+    # An inbound message (a customer's, or one sent from the phone), normalized once by the
+    # provider's parser into the feed's one shape (JSON-ready: kind, text, sender, media, ...):
+    # stored with the change, so nothing past the adapters reads a provider's body.
+    inbound: dict[str, Any] | None = field(default=None, compare=False)

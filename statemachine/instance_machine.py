@@ -38,6 +38,7 @@ class InstanceTrigger(StrEnum):
     REPORT_LOGGED_OUT = "report_logged_out"  # Evolution: closed 401/402/403/406, no reconnect
     REPORT_QR_REFUSED = "report_qr_refused"  # Evolution: QR code limit reached
     REPORT_PHONE_OFFLINE = "report_phone_offline"  # Z-API: connected, the smartphone is offline
+    REPORT_WAITING_MESSAGE = "report_waiting_message"  # Z-API: an inbound message it could not decrypt
 
 
 class _InstanceModel:
@@ -233,6 +234,17 @@ INSTANCE_TRANSITIONS: list[dict[str, object]] = [
         "unless": [_has_phone, _is_recovering],
         "after": _set(Reason.SESSION_INCOMPLETE, phone="clear"),
     },
+    # Z-API's inbound `waitingMessage: true`: the phone received a message it could not decrypt
+    # ("Aguardando mensagem"), direct evidence of a broken session on an instance that still says
+    # connected. DEGRADED with its own reason, phone kept; a connection event or probe with a phone
+    # brings it back. It says nothing about an instance already down, under recovery or stalled.
+    {
+        "trigger": T.REPORT_WAITING_MESSAGE,
+        "source": [IS.CONNECTED, IS.DEGRADED],
+        "dest": IS.DEGRADED,
+        "unless": [_is_stalled, _is_recovering],
+        "after": _set(Reason.WAITING_FOR_MESSAGE),
+    },
 ]
 
 INSTANCE_MACHINE = Machine(
@@ -324,6 +336,12 @@ _PROVIDER_SESSION_TRIGGERS: dict[Reason | None, InstanceTrigger] = {
     Reason.QR_REFUSED: T.REPORT_QR_REFUSED,
     Reason.PHONE_OFFLINE: T.REPORT_PHONE_OFFLINE,
 }
+
+
+def inbound_event_trigger(reason: str) -> InstanceTrigger | None:
+    """An inbound message's session signal (the event's reason) → its trigger, or None: most
+    inbound messages say nothing about the session."""
+    return T.REPORT_WAITING_MESSAGE if reason == Reason.WAITING_FOR_MESSAGE else None
 
 
 def connection_event_trigger(connected: bool | None, reason: str = "") -> InstanceTrigger:

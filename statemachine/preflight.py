@@ -37,6 +37,7 @@ _SPECIFIC = frozenset(
         Reason.INSTANCE_NOT_FOUND,
         Reason.RESTARTING,
         Reason.PAIRING_IN_PROGRESS,
+        Reason.WAITING_FOR_MESSAGE,
     }
 )
 

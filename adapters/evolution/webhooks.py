@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 from typing import Any, Final
 
+from adapters.inbound import normalize_evolution
+from adapters.wapi.webhooks import inbound_record
 from adapters.webhook_common import as_dict, body_key, digest, instance_id, load, message_id, moment, status_key, text
 from statemachine.domain import Reason
 from statemachine.events import EventReason, ProviderEvent, Route
@@ -90,6 +92,7 @@ def parse(raw: bytes) -> ProviderEvent:
             chat_id=text(msg_key.get("remoteJid"), 128),
             moment=moment(data.get("messageTimestamp")),
             from_api=False,
+            inbound=inbound_record(normalize_evolution(body)),
         )
     # send.message (our own send echoed, PENDING), qrcode.updated, presence: kept, not applied.
     return ProviderEvent(Route.PRESENCE, EventReason.RECORDED, key, iid)

@@ -24,6 +24,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 from ulid import ULID
 
+from adapters.inbound import with_message
 from adapters.persistence.schema import UTCDateTime, change_log, change_log_identity
 from statemachine.changes import START, Change, ChangeCursor, ChangeKind, ChangePage, ChangeRecord
 
@@ -86,6 +87,14 @@ async def append(conn: AsyncConnection, changes: Iterable[Change]) -> None:
 async def append_rows(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
     if rows:
         await conn.execute(change_log.insert(), list(rows))
+
+
+_INBOUND_KINDS = frozenset({ChangeKind.MESSAGE_RECEIVED.value, ChangeKind.MESSAGE_FROM_PHONE.value})
+
+
+def _payload(kind: str, raw: str) -> dict[str, Any]:
+    payload: dict[str, Any] = json.loads(raw)
+    return with_message(payload) if kind in _INBOUND_KINDS else payload
 
 
 def _filters(instance_ids: Sequence[str] | None, kinds: Sequence[ChangeKind] | None) -> tuple[str, dict[str, Any]]:
@@ -157,7 +166,7 @@ async def read(
             instance_id=r.instance_id,
             message_id=r.message_id,
             occurred_at=_aware(occurred.process_result_value(r.occurred_at, dialect)),
-            payload=json.loads(r.payload),
+            payload=_payload(r.kind, r.payload),
         )
         for r in rows
         if r.seq is not None

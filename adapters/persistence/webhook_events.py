@@ -29,7 +29,7 @@ from statemachine import changes as change_log
 from statemachine.changes import ChangeKind
 from statemachine.events import EventReason, ProviderEvent, Route
 from statemachine.ids import time_ordered_id
-from statemachine.instance_machine import connection_event_trigger
+from statemachine.instance_machine import connection_event_trigger, inbound_event_trigger
 from statemachine.ports import (
     ConcurrentUpdateError,
     IngestResult,
@@ -92,6 +92,7 @@ def _inbound_change(
         moment=event.moment,
         received_at=received_at,
         body=body,
+        message=event.inbound,
     )
 
 
@@ -354,8 +355,12 @@ class EventStore(StoreBase):
         """Applies a connection event to its instance (statuses go through the status plan)."""
         if event.instance_id is None:
             return
+        trigger = None
         if event.route in (Route.CONNECTION, Route.DISCONNECTION):
             trigger = connection_event_trigger(event.connected, event.failure_reason)
+        elif event.route is Route.RECEIVED:
+            trigger = inbound_event_trigger(event.failure_reason)
+        if trigger is not None:
             instance_change = await apply_trigger_in(
                 conn, event.instance_id, trigger, "webhook", event.phone, None, received_at
             )

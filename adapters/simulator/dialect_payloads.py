@@ -64,6 +64,21 @@ def zapi_webhook(instance: DialectInstance, kind: str, **kw: Any) -> JSONDict:
             "zaapId": "Z" + kw["message_id"],
             "error": kw.get("error", "Phone number does not exist"),
         }
+    if kind in ("received", "received_waiting"):
+        # A customer's message; `received_waiting`: one the phone could not decrypt ("Aguardando
+        # mensagem"): Z-API posts it with `waitingMessage: true` and no content.
+        waiting = kind == "received_waiting"
+        body = base | {
+            "type": "ReceivedCallback",
+            "messageId": kw.get("message_id", f"3EB0IN{int(time.time() * 1e6):X}"),
+            "phone": kw.get("to", "5515981121710"),
+            "connectedPhone": instance.phone,
+            "fromMe": False,
+            "waitingMessage": waiting,
+            "isGroup": False,
+            "status": "RECEIVED",
+        }
+        return body if waiting else body | {"text": {"message": kw.get("text", "Oi")}}
     if kind == "status":
         return base | {
             "type": "MessageStatusCallback",

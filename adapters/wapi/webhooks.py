@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -272,6 +272,7 @@ def parse_webhook(raw: bytes) -> ProviderEvent:
         moment=moment,
         from_api=from_api,
         raw_status=_status(_field(body, "status"))[1],
+        inbound=inbound_record(normalize_inbound(body)) if route in (Route.RECEIVED, Route.DELIVERY) else None,
     )
 
 
@@ -367,6 +368,15 @@ class InboundMessage:
     reference_message_id: str | None = None
     latitude: float | None = None
     longitude: float | None = None
+
+
+def inbound_record(msg: InboundMessage | None) -> dict[str, Any] | None:
+    """An InboundMessage as stored in the change log (JSON-ready; the moment in ISO 8601)."""
+    if msg is None:
+        return None
+    record = asdict(msg)
+    record["moment"] = msg.moment.isoformat() if msg.moment else None
+    return record
 
 
 def _dict(value: Any) -> dict[str, Any]:

@@ -3,7 +3,9 @@
 Kinds (developer.z-api.io, webhooks/*): ConnectedCallback, DisconnectedCallback, DeliveryCallback
 (the send webhook: no `error` = the server took it; `error` = failed, with Z-API's words),
 MessageStatusCallback (`status` SENT/RECEIVED/READ/PLAYED/READ_BY_ME for every id in `ids[]`),
-ReceivedCallback (inbound; `fromMe` = sent from the phone), PresenceChatCallback.
+ReceivedCallback (inbound; `fromMe` = sent from the phone; `waitingMessage: true` = the phone could
+not decrypt it, "Waiting for this message": a broken session, the event's failure_reason
+WAITING_FOR_MESSAGE), PresenceChatCallback.
 """
 
 from __future__ import annotations
@@ -11,8 +13,10 @@ from __future__ import annotations
 import json
 from typing import Any, Final
 
+from adapters.inbound import normalize_zapi
+from adapters.wapi.webhooks import inbound_record
 from adapters.webhook_common import body_key, digest, instance_id, load, message_id, moment, status_key, text
-from statemachine.domain import MessageState
+from statemachine.domain import MessageState, Reason
 from statemachine.events import EventReason, ProviderEvent, Route
 from statemachine.phone import e164_phone
 from statemachine.providers import ZAPI_IGNORED_STATUS, ZAPI_STATUS, normalize_failure
@@ -71,6 +75,7 @@ def parse(raw: bytes) -> ProviderEvent:
     if route is Route.RECEIVED:
         mid = message_id(body.get("messageId"))
         from_me = body.get("fromMe") is True
+        waiting = not from_me and body.get("waitingMessage") is True
         return ProviderEvent(
             Route.DELIVERY if from_me else Route.RECEIVED,
             EventReason.RECORDED,
@@ -81,6 +86,8 @@ def parse(raw: bytes) -> ProviderEvent:
             chat_id=text(body.get("phone"), 128),
             moment=at,
             from_api=False,
+            failure_reason=Reason.WAITING_FOR_MESSAGE.value if waiting else "",
+            inbound=inbound_record(normalize_zapi(body)),
         )
     return ProviderEvent(route, EventReason.RECORDED, key, iid, moment=at)
 

@@ -77,6 +77,7 @@ PREFLIGHT_REASONS = frozenset(
         Reason.PAIRING_IN_PROGRESS,
         Reason.RECIPIENT_OPTED_OUT,
         Reason.NOT_ON_WHATSAPP,
+        Reason.WAITING_FOR_MESSAGE,
     }
 )
 # A send's answer that says something about the instance itself.

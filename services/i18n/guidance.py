@@ -225,6 +225,7 @@ REASON_TEXT_PT_BR.update(
         Reason.LOGGED_OUT: "Sessão encerrada no WhatsApp (logout); o provedor não reconecta sozinho.",
         Reason.QR_REFUSED: "Limite de QR codes atingido sem leitura; a conexão foi recusada.",
         Reason.PHONE_OFFLINE: "Conectada, mas o celular está offline; o provedor segura os envios.",
+        Reason.WAITING_FOR_MESSAGE: 'Mensagem recebida que o celular não decifrou ("Aguardando mensagem").',
         Reason.SEND_REJECTED: "O WhatsApp ou o provedor recusou/restringiu este envio.",
         Reason.INVALID_MEDIA: "A mídia não pôde ser enviada (URL inválida, formato não suportado).",
         Reason.PROVIDER_UNCERTAIN: "O provedor expirou o envio; a mensagem ainda pode sair. Confira antes de reenviar.",
@@ -236,6 +237,7 @@ REASON_TEXT_EN.update(
         Reason.LOGGED_OUT: "The WhatsApp session was logged out; the provider will not reconnect by itself.",
         Reason.QR_REFUSED: "QR code limit reached without a scan; the connection was refused.",
         Reason.PHONE_OFFLINE: "Connected, but the phone is offline; the provider holds the sends.",
+        Reason.WAITING_FOR_MESSAGE: 'A message arrived that the phone could not decrypt ("Waiting for message").',
         Reason.SEND_REJECTED: "WhatsApp or the provider refused or restricted this send.",
         Reason.INVALID_MEDIA: "The media could not be sent (invalid URL, unsupported format).",
         Reason.PROVIDER_UNCERTAIN: "The provider timed out the send; it may still go out. Check before retrying.",
@@ -247,6 +249,7 @@ _NEXT_PT_BR.update(
         Reason.LOGGED_OUT: "Pareie de novo: wapi-guard connect INSTÂNCIA (QR code) ou --phone NÚMERO.",
         Reason.QR_REFUSED: "Peça um novo QR code (wapi-guard connect INSTÂNCIA) e leia-o a tempo.",
         Reason.PHONE_OFFLINE: "Ligue o celular e conecte-o à internet; os envios seguem quando ele voltar.",
+        Reason.WAITING_FOR_MESSAGE: "Reinicie a sessão (wapi-guard restart INSTÂNCIA); se persistir, pareie de novo.",
     }
 )
 _NEXT_EN.update(
@@ -255,5 +258,6 @@ _NEXT_EN.update(
         Reason.LOGGED_OUT: "Pair again: wapi-guard connect INSTANCE (QR code) or --phone NUMBER.",
         Reason.QR_REFUSED: "Ask for a new QR code (wapi-guard connect INSTANCE) and scan it in time.",
         Reason.PHONE_OFFLINE: "Turn the phone on and online; sends go out once it is back.",
+        Reason.WAITING_FOR_MESSAGE: "Restart the session (wapi-guard restart INSTANCE); if it persists, pair again.",
     }
 )

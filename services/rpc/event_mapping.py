@@ -12,7 +12,6 @@ from typing import Any
 
 from google.protobuf import json_format, struct_pb2
 
-from adapters.inbound import normalize_inbound
 from services.api.wapiguard.v1 import common_pb2, events_pb2
 from services.rpc.mapping import ts
 from statemachine.changes import ChangeKind, ChangeRecord, CursorCodec
@@ -65,6 +64,40 @@ def _state_changed(p: dict[str, Any]) -> events_pb2.MessageStateChanged:
     )
 
 
+def _normalized(out: events_pb2.InboundMessage, msg: dict[str, Any]) -> None:
+    """The inbound message as the provider's parser normalized it (stored with the change)."""
+    out.provider_message_id = out.provider_message_id or _str(msg.get("provider_message_id"))
+    out.chat_id = out.chat_id or _str(msg.get("chat_id"))
+    out.sender_id = _str(msg.get("sender_id"))
+    out.sender_phone = _str(msg.get("sender_phone"))
+    out.push_name = _str(msg.get("push_name"))
+    out.kind = _str(msg.get("kind"))
+    out.text = _str(msg.get("text"))
+    out.is_group = msg.get("is_group") is True
+    out.from_me = msg.get("from_me") is True
+    out.reference_message_id = _str(msg.get("reference_message_id"))
+    out.connected_phone = out.connected_phone or _str(msg.get("connected_phone"))
+    for name in ("latitude", "longitude"):
+        value = msg.get(name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            setattr(out, name, float(value))
+    media = msg.get("media")
+    if isinstance(media, dict):
+        length = media.get("file_length")
+        out.media.CopyFrom(
+            events_pb2.MediaReference(
+                url=_str(media.get("url")),
+                mimetype=_str(media.get("mimetype")),
+                file_name=_str(media.get("file_name")),
+                file_length=length if isinstance(length, int) and not isinstance(length, bool) and length >= 0 else 0,
+                direct_path=_str(media.get("direct_path")),
+            )
+        )
+    moment = _at(msg.get("moment"))
+    if moment is not None and not out.HasField("moment"):
+        out.moment.CopyFrom(moment)
+
+
 def _inbound(change: ChangeRecord) -> events_pb2.InboundMessage:
     p = change.payload
     body = p.get("body")
@@ -81,36 +114,9 @@ def _inbound(change: ChangeRecord) -> events_pb2.InboundMessage:
         with contextlib.suppress(ValueError, TypeError):
             raw.update(body)
             out.raw.CopyFrom(raw)
-        msg = normalize_inbound(body)
-        if msg is not None:
-            out.provider_message_id = out.provider_message_id or _str(msg.provider_message_id)
-            out.chat_id = out.chat_id or _str(msg.chat_id)
-            out.sender_id = _str(msg.sender_id)
-            out.sender_phone = _str(msg.sender_phone)
-            out.push_name = _str(msg.push_name)
-            out.kind = msg.kind
-            out.text = _str(msg.text)
-            out.is_group = msg.is_group
-            out.from_me = msg.from_me
-            out.reference_message_id = _str(msg.reference_message_id)
-            out.connected_phone = out.connected_phone or _str(msg.connected_phone)
-            if msg.latitude is not None and math.isfinite(msg.latitude):
-                out.latitude = msg.latitude
-            if msg.longitude is not None and math.isfinite(msg.longitude):
-                out.longitude = msg.longitude
-            if msg.media is not None:
-                out.media.CopyFrom(
-                    events_pb2.MediaReference(
-                        url=_str(msg.media.url),
-                        mimetype=_str(msg.media.mimetype),
-                        file_name=_str(msg.media.file_name),
-                        file_length=msg.media.file_length or 0,
-                        direct_path=_str(msg.media.direct_path),
-                    )
-                )
-            moment = ts(msg.moment)
-            if moment is not None and not out.HasField("moment"):
-                out.moment.CopyFrom(moment)
+    msg = p.get("message")
+    if isinstance(msg, dict):
+        _normalized(out, msg)
     if not out.kind:
         out.kind = "unknown"
     return out

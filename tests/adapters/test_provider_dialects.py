@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import pytest
 
@@ -90,6 +91,17 @@ def test_zapi_inbound_and_phone_sent() -> None:
     assert zapi_hooks.parse(raw(inbound)).route is Route.RECEIVED
     mine = zapi_hooks.parse(raw(inbound | {"fromMe": True}))
     assert (mine.route, mine.from_api) == (Route.DELIVERY, False)
+
+
+def test_zapi_waiting_message_is_a_session_signal_on_the_inbound_event() -> None:
+    """`waitingMessage: true` (the phone could not decrypt it) stays an inbound message and carries
+    WAITING_FOR_MESSAGE; a normal inbound one, or the flag false/absent/not a bool, carries nothing."""
+    inbound = {"type": "ReceivedCallback", "instanceId": "I", "messageId": "M1", "phone": "5511", "fromMe": False}
+    waiting = zapi_hooks.parse(raw(inbound | {"waitingMessage": True}))
+    assert (waiting.route, waiting.failure_reason) == (Route.RECEIVED, Reason.WAITING_FOR_MESSAGE.value)
+    for flag in (False, "true", None, 1):
+        assert zapi_hooks.parse(raw(inbound | {"waitingMessage": flag})).failure_reason == "", flag
+    assert zapi_hooks.parse(raw(inbound)).failure_reason == ""
 
 
 def test_zapi_bad_bodies_are_unroutable_with_a_reason() -> None:
@@ -327,3 +339,72 @@ async def test_evolution_fetch_instances_v1_rows_are_read_too(sim: DialectSimula
         assert (incomplete.connected, incomplete.phone) == (True, None)
     finally:
         await provider.aclose()
+
+
+def test_each_providers_parser_normalizes_the_inbound_message_once() -> None:
+    """The parser hands the normalized message to the store (the change's `message`); the feed's
+    edge maps that dict and no longer reads the provider's body."""
+    from adapters.wapi.webhooks import parse_webhook
+    from services.rpc.event_mapping import _inbound
+    from statemachine.changes import ChangeKind, ChangeRecord
+
+    zapi = {"type": "ReceivedCallback", "instanceId": "Z", "messageId": "Z1", "phone": "5544999999999"}
+    evolution = envelope(
+        "messages.upsert",
+        {
+            "key": {"remoteJid": "5544999999999@s.whatsapp.net", "fromMe": False, "id": "E1"},
+            "message": {"conversation": "b"},
+        },
+    )
+    wapi = {"event": "webhookReceived", "instanceId": "W", "messageId": "W1", "chat": {"id": "5544@s.whatsapp.net"}}
+    events = [
+        zapi_hooks.parse(raw(zapi | {"text": {"message": "a"}})),
+        evo_hooks.parse(raw(evolution)),
+        parse_webhook(raw(wapi | {"msgContent": {"conversation": "c"}})),
+    ]
+    for event, (mid, text) in zip(events, [("Z1", "a"), ("E1", "b"), ("W1", "c")], strict=True):
+        assert event.inbound is not None
+        assert (event.inbound["provider_message_id"], event.inbound["kind"], event.inbound["text"]) == (
+            mid,
+            "text",
+            text,
+        )
+        # Only the stored `message` is read: the body is kept as raw, never re-parsed at the edge.
+        payload = {
+            "instance_id": "i",
+            "provider_message_id": mid,
+            "body": {"unrelated": True},
+            "message": event.inbound,
+        }
+        record = ChangeRecord(
+            1, 1, "e", ChangeKind.MESSAGE_RECEIVED, "i", None, datetime.now(UTC), json.loads(json.dumps(payload))
+        )
+        mapped = _inbound(record)
+        assert (mapped.provider_message_id, mapped.kind, mapped.text) == (mid, "text", text)
+
+
+def test_inbound_rows_stored_before_the_normalized_form_still_render() -> None:
+    from adapters.persistence.changelog import _payload
+    from services.rpc.event_mapping import _inbound
+    from statemachine.changes import ChangeKind, ChangeRecord
+
+    body = {
+        "type": "ReceivedCallback",
+        "instanceId": "Z",
+        "messageId": "Z1",
+        "phone": "5544999999999",
+        "image": {"imageUrl": "https://x/i.jpg", "caption": "c", "mimeType": "image/jpeg"},
+    }
+    legacy = json.dumps({"instance_id": "Z", "provider_message_id": "Z1", "body": body})
+    payload = _payload(ChangeKind.MESSAGE_RECEIVED.value, legacy)
+    record = ChangeRecord(1, 1, "e", ChangeKind.MESSAGE_RECEIVED, "Z", None, datetime.now(UTC), payload)
+    mapped = _inbound(record)
+    assert (mapped.kind, mapped.text, mapped.media.url, mapped.sender_phone) == (
+        "image",
+        "c",
+        "https://x/i.jpg",
+        "5544999999999",
+    )
+    assert mapped.raw["messageId"] == "Z1"
+    # Other kinds are read as stored.
+    assert "message" not in _payload(ChangeKind.MESSAGE_STATE_CHANGED.value, legacy)

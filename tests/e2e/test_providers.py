@@ -296,6 +296,37 @@ async def test_provider_specific_session_reasons(pstack: ProviderStack) -> None:
     assert failed.value.code() != grpc.StatusCode.OK
 
 
+async def test_zapi_waiting_message_blocks_sends_until_the_session_reconnects(pstack: ProviderStack) -> None:
+    """Z-API's inbound `waitingMessage: true` (a message the phone could not decrypt) degrades the
+    instance: sends are refused with WAITING_FOR_MESSAGE until a connection webhook with the phone."""
+    if pstack.provider != ZAPI:
+        pytest.skip("waitingMessage is Z-API's own inbound flag")
+    await pstack.add("inst-wait", "healthy")
+    await pstack.sim.emit("inst-wait", "received")  # an ordinary inbound message changes nothing
+    assert (await pstack.state_of("inst-wait")).state == common_pb2.INSTANCE_STATE_CONNECTED
+    await pstack.sim.emit("inst-wait", "received_waiting")
+
+    async def degraded() -> common_pb2.InstanceHealth | None:
+        found = await pstack.state_of("inst-wait")
+        return found if found.reason == "WAITING_FOR_MESSAGE" else None
+
+    found = await polling.eventually(degraded, "DEGRADED after a waiting message", 5.0)
+    assert (found.state, found.can_send, found.phone_number) == (common_pb2.INSTANCE_STATE_DEGRADED, False, PHONE)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await pstack.send.SendMessage(text("inst-wait", "k1"))
+    rich = rich_error(refused.value)
+    assert (rich.code, rich.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "WAITING_FOR_MESSAGE")
+    assert pstack.sim.instances["inst-wait"].sends == []
+    await pstack.sim.emit("inst-wait", "connected")
+
+    async def connected() -> common_pb2.InstanceHealth | None:
+        found = await pstack.state_of("inst-wait")
+        return found if found.state == common_pb2.INSTANCE_STATE_CONNECTED else None
+
+    await polling.eventually(connected, "CONNECTED after the session reconnected", 5.0)
+    assert (await pstack.send.SendMessage(text("inst-wait", "k2"))).state == STATE.Value("MESSAGE_STATE_QUEUED")
+
+
 async def test_silent_stall_is_blocked(stall_stack: ProviderStack) -> None:
     """The provider takes every send (QUEUED) and never acks: stuck, then the instance stalls and
     stops accepting sends, although its session probes healthy."""

@@ -6,7 +6,13 @@ from __future__ import annotations
 import pytest
 
 from statemachine.domain import InstanceState, MessageState, ProbeOutcome, Reason
-from statemachine.instance_machine import connection_event_trigger, decide_instance, probe_trigger
+from statemachine.instance_machine import (
+    InstanceTrigger,
+    connection_event_trigger,
+    decide_instance,
+    inbound_event_trigger,
+    probe_trigger,
+)
 from statemachine.providers import (
     EVOLUTION_STATUS,
     ZAPI_STATUS,
@@ -81,6 +87,28 @@ def test_connection_events_never_connect_without_a_phone_on_any_provider() -> No
     logged_out = connection_event_trigger(False, Reason.LOGGED_OUT.value)
     d = decide_instance(InstanceState.CONNECTED, "PHONE_CONFIRMED", PHONE, logged_out)
     assert (d.to_state, d.reason, d.phone) == (InstanceState.DISCONNECTED, "LOGGED_OUT", None)
+
+
+def test_zapi_waiting_message_degrades_a_connected_instance_until_a_connection_with_a_phone() -> None:
+    trigger = inbound_event_trigger(Reason.WAITING_FOR_MESSAGE.value)
+    assert trigger is InstanceTrigger.REPORT_WAITING_MESSAGE
+    assert inbound_event_trigger("") is None
+    d = decide_instance(InstanceState.CONNECTED, "PHONE_CONFIRMED", PHONE, trigger)
+    assert (d.to_state, d.reason, d.phone, d.changed) == (InstanceState.DEGRADED, "WAITING_FOR_MESSAGE", PHONE, True)
+    # A stall keeps its reason; a recovery under way, or an instance already down, is not touched.
+    for state, reason in (
+        (InstanceState.DEGRADED, "DELIVERY_STALLED"),
+        (InstanceState.DISCONNECTED, "RESTARTING"),
+        (InstanceState.DISCONNECTED, "INSTANCE_DISCONNECTED"),
+        (InstanceState.SESSION_INCOMPLETE, "SESSION_INCOMPLETE"),
+    ):
+        assert not decide_instance(state, reason, PHONE, trigger).changed, (state, reason)
+    # A probe or a connection event with the phone ends it; without one it never connects.
+    for back in (probe_trigger(ProbeOutcome(connected=True, phone=PHONE)), connection_event_trigger(True)):
+        d = decide_instance(InstanceState.DEGRADED, "WAITING_FOR_MESSAGE", PHONE, back, new_phone=PHONE)
+        assert (d.to_state, d.reason) == (InstanceState.CONNECTED, "PHONE_CONFIRMED")
+        d = decide_instance(InstanceState.DEGRADED, "WAITING_FOR_MESSAGE", PHONE, back, new_phone=None)
+        assert d.to_state is InstanceState.SESSION_INCOMPLETE
 
 
 def test_status_vocabularies() -> None:
