@@ -19,6 +19,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2
 from sqlalchemy.engine import make_url
 
+from adapters.inbound import normalize_inbound
 from adapters.persistence.bounded import BoundedStore
 from adapters.persistence.db import async_url, create_engine
 from adapters.persistence.listen import change_listener
@@ -28,7 +29,7 @@ from adapters.persistence.recipients import RecipientCheckRepository
 from adapters.persistence.send_policies import SendPolicyRepository
 from adapters.persistence.store import Repository
 from adapters.persistence.webhook_store import WebhookStore
-from adapters.wapi.webhooks import normalize_inbound, parse_webhook
+from adapters.wapi.webhooks import parse_webhook
 from services.app.errors import treat_as_unavailable
 from services.app.events import ChangeFeed
 from services.app.gateway import Gateway, GatewayConfig

@@ -38,6 +38,11 @@ _SPECIFIC = frozenset(
         Reason.RESTARTING,
         Reason.PAIRING_IN_PROGRESS,
         Reason.WAITING_FOR_MESSAGE,
+        # The providers' own session reasons (statemachine/providers.py): each has its own remedy.
+        Reason.SESSION_NEEDS_RESTORE,
+        Reason.LOGGED_OUT,
+        Reason.QR_REFUSED,
+        Reason.PHONE_OFFLINE,
     }
 )
 

@@ -78,6 +78,10 @@ PREFLIGHT_REASONS = frozenset(
         Reason.RECIPIENT_OPTED_OUT,
         Reason.NOT_ON_WHATSAPP,
         Reason.WAITING_FOR_MESSAGE,
+        Reason.SESSION_NEEDS_RESTORE,
+        Reason.LOGGED_OUT,
+        Reason.QR_REFUSED,
+        Reason.PHONE_OFFLINE,
     }
 )
 # A send's answer that says something about the instance itself.

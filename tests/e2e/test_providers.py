@@ -327,6 +327,20 @@ async def test_zapi_waiting_message_blocks_sends_until_the_session_reconnects(ps
     assert (await pstack.send.SendMessage(text("inst-wait", "k2"))).state == STATE.Value("MESSAGE_STATE_QUEUED")
 
 
+async def test_a_zapi_customer_who_writes_sair_is_opted_out(pstack: ProviderStack) -> None:
+    """The opt-out keyword is read from each provider's own inbound shape, not only W-API's: a Z-API
+    customer who answers "Sair" is refused at the next send (RECIPIENT_OPTED_OUT), no provider call."""
+    if pstack.provider != ZAPI:
+        pytest.skip("the simulator posts customers' messages in Z-API's dialect")
+    await pstack.add("inst-optout", "healthy")
+    await pstack.sim.emit("inst-optout", "received", to=RECIPIENT, text="Sair")  # answered once stored
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await pstack.send.SendMessage(text("inst-optout", "after-sair"))
+    rich = rich_error(refused.value)
+    assert (rich.code, rich.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "RECIPIENT_OPTED_OUT")
+    assert pstack.sim.instances["inst-optout"].sends == []
+
+
 async def test_silent_stall_is_blocked(stall_stack: ProviderStack) -> None:
     """The provider takes every send (QUEUED) and never acks: stuck, then the instance stalls and
     stops accepting sends, although its session probes healthy."""

@@ -78,6 +78,21 @@ def test_session_incomplete_is_blocked_even_with_a_healthy_looking_reason(kind: 
     assert block_reason(IS.SESSION_INCOMPLETE, Reason.PHONE_CONFIRMED, Plan.PRO, kind) == (Reason.SESSION_INCOMPLETE)
 
 
+@pytest.mark.parametrize(
+    ("state", "stored"),
+    [
+        (IS.DISCONNECTED, Reason.SESSION_NEEDS_RESTORE),
+        (IS.DISCONNECTED, Reason.LOGGED_OUT),
+        (IS.DISCONNECTED, Reason.QR_REFUSED),
+        (IS.DEGRADED, Reason.PHONE_OFFLINE),
+    ],
+)
+def test_a_providers_own_session_reason_is_the_block_reason(state: InstanceState, stored: Reason) -> None:
+    """Z-API's restore-session, Evolution's logout and QR limit, a phone offline: the caller is told
+    which, since each has its own remedy, not the state's generic reason."""
+    assert block_reason(state, stored.value, Plan.PRO, K.TEXT) is stored
+
+
 def test_block_reason_returns_a_reason_enum() -> None:
     result = block_reason(IS.DISCONNECTED, "TOKEN_INVALID", Plan.PRO, K.TEXT)
     assert isinstance(result, Reason)
