@@ -198,6 +198,13 @@ def parse_webhook(raw: bytes) -> ProviderEvent:
         body = json.loads(raw)
     except (ValueError, RecursionError):
         return ProviderEvent(Route.UNROUTABLE, EventReason.MALFORMED_JSON, _digest(raw))
+    try:
+        return _parse_body(raw, body)
+    except RecursionError:  # nested deeper than re-encoding it for its dedupe key can go
+        return ProviderEvent(Route.UNROUTABLE, EventReason.MALFORMED_JSON, _digest(raw))
+
+
+def _parse_body(raw: bytes, body: Any) -> ProviderEvent:
     if not isinstance(body, dict):
         return ProviderEvent(Route.UNROUTABLE, EventReason.NOT_AN_OBJECT, _body_key(body))
 

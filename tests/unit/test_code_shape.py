@@ -47,7 +47,7 @@ ALLOWED: dict[str, str] = {
     "adapters/wapi/contract.py": _SPLIT,
     "adapters/wapi/webhooks.py": _SPLIT,
     "adapters/wapi/webhooks.py::normalize_inbound": _SPLIT,
-    "adapters/wapi/webhooks.py::parse_webhook": _SPLIT,
+    "adapters/wapi/webhooks.py::_parse_body": _SPLIT,
     "bench/__main__.py": _BENCH,
     "bench/__main__.py::bench_database": _BENCH,
     "bench/detection.py": _BENCH,
