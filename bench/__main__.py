@@ -292,6 +292,23 @@ async def reset_postgres() -> None:
     await reset(PG_URL)
 
 
+def start_simulator() -> Process:
+    """The W-API simulator every hot-path run sends through: one incomplete session, one healthy."""
+    return Process(
+        [
+            "-m",
+            "services.cli",
+            "simulator",
+            "--port",
+            "0",
+            "--instance",
+            f"{BLOCKED}:tok-{BLOCKED}:session_incomplete",
+            "--instance",
+            f"{HEALTHY}:tok-{HEALTHY}:healthy",
+        ]
+    )
+
+
 async def drop_postgres() -> None:
     """The benchmark's own database goes when the run ends (it is re-created by the next run)."""
     import asyncpg
@@ -572,19 +589,7 @@ def table(results: list[Result]) -> str:
 
 
 async def main_async(args: argparse.Namespace) -> int:
-    sim = Process(
-        [
-            "-m",
-            "services.cli",
-            "simulator",
-            "--port",
-            "0",
-            "--instance",
-            f"{BLOCKED}:tok-{BLOCKED}:session_incomplete",
-            "--instance",
-            f"{HEALTHY}:tok-{HEALTHY}:healthy",
-        ]
-    )
+    sim = start_simulator()
     results: list[Result] = []
     extra: dict[str, Any] = {}
     noop = Noop(args)

@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.__main__ import BLOCKED, HEALTHY, Noop, Process, bench_database, drop_postgres, reset_postgres
+from bench.__main__ import Noop, bench_database, drop_postgres, reset_postgres, start_simulator
 from bench.dataset import PG_URL
 
 FIGURES = Path(__file__).resolve().parent / "figures.json"
@@ -42,19 +42,7 @@ def verdict(measured: dict[str, float], recorded: dict[str, float], tolerance: f
 
 
 async def measure(args: argparse.Namespace, database: str) -> dict[str, float]:
-    sim = Process(
-        [
-            "-m",
-            "services.cli",
-            "simulator",
-            "--port",
-            "0",
-            "--instance",
-            f"{BLOCKED}:tok-{BLOCKED}:session_incomplete",
-            "--instance",
-            f"{HEALTHY}:tok-{HEALTHY}:healthy",
-        ]
-    )
+    sim = start_simulator()
     noop = Noop(args)
     tmp = tempfile.mkdtemp(prefix="wapi-guard-guard-")
     try:
