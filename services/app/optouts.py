@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from services.app.clock import utcnow
 from services.app.send_policy import SendPolicies
@@ -120,6 +121,25 @@ class InboundFacts(Protocol):
     def from_me(self) -> bool: ...
 
 
+@dataclass(frozen=True, slots=True)
+class _StoredFacts:
+    """InboundFacts read from the normalized message a provider's parser attached to its event."""
+
+    sender_phone: str | None
+    text: str | None
+    is_group: bool
+    from_me: bool
+
+    @classmethod
+    def of(cls, record: dict[str, Any]) -> _StoredFacts:
+        return cls(
+            record.get("sender_phone"),
+            record.get("text"),
+            record.get("is_group") is True,
+            record.get("from_me") is True,
+        )
+
+
 def inbound_listener(
     parse: Callable[[bytes], InboundFacts | None], policies: SendPolicies | None, opt_outs: OptOuts | None
 ) -> Callable[[ProviderEvent, bytes, datetime], Awaitable[None]]:
@@ -129,7 +149,9 @@ def inbound_listener(
     async def on_inbound(event: ProviderEvent, payload: bytes, at: datetime) -> None:
         if event.route is not Route.RECEIVED or not event.instance_id:
             return
-        message = parse(payload)
+        # The parser already normalized it (ProviderEvent.inbound); the body is re-read only for an
+        # event without that form.
+        message = _StoredFacts.of(event.inbound) if event.inbound is not None else parse(payload)
         if message is None or message.from_me or message.is_group or not message.sender_phone:
             return
         if policies is not None:
