@@ -24,9 +24,11 @@ from bench.dataset import asyncpg_dsn
 async def _split(url: str, stuck_after: float, batch: int, backlog: bool) -> dict[str, Any]:
     from adapters.persistence.db import create_engine
     from adapters.persistence.store import Repository
-    from adapters.wapi.webhooks import parse_webhook
     from services.app.clock import utcnow
-    from services.app.gateway import Gateway, GatewayConfig
+    from services.app.gateway_config import GatewayConfig
+    from services.app.health import Instances
+    from services.app.jobs import Jobs
+    from services.observability.telemetry import Telemetry
 
     quiet = logging.getLogger("wapi_guard")
     quiet.propagate = False  # alert lines are part of a sweep's cost in production, not here
@@ -40,8 +42,9 @@ async def _split(url: str, stuck_after: float, batch: int, backlog: bool) -> dic
         config = GatewayConfig(stuck_after=stuck_after, sweep_interval=0)
         if batch > 0:
             config = replace(config, sweep_batch=batch)
-        gateway = Gateway(repo, None, config, parse_webhook=parse_webhook)  # type: ignore[arg-type]
-        jobs, instances = gateway.jobs, gateway.instances
+        telemetry = Telemetry({})
+        instances = Instances(repo, None, config, telemetry)  # type: ignore[arg-type]
+        jobs = Jobs(repo, config, telemetry, instances)
         steps: dict[str, float] = {}
 
         async def timed(name: str, call: Any) -> Any:

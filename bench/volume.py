@@ -195,8 +195,10 @@ async def _sweeps(url: str) -> dict[str, Any]:
     past the 300 s window), a second one, and one with nothing new."""
     from adapters.persistence.db import create_engine
     from adapters.persistence.store import Repository
-    from adapters.wapi.webhooks import parse_webhook
-    from services.app.gateway import Gateway, GatewayConfig
+    from services.app.gateway_config import GatewayConfig
+    from services.app.health import Instances
+    from services.app.jobs import Jobs
+    from services.observability.telemetry import Telemetry
 
     quiet = logging.getLogger("wapi_guard")
     quiet.propagate = False  # 500 alert lines per sweep are part of its cost, not of the report
@@ -206,14 +208,11 @@ async def _sweeps(url: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     try:
         for label, stuck_after in (("backlog", 300.0), ("backlog, next", 300.0), ("nothing new", 10.0**7)):
-            gateway = Gateway(
-                repo,
-                None,  # type: ignore[arg-type]
-                GatewayConfig(stuck_after=stuck_after, sweep_interval=0),
-                parse_webhook=parse_webhook,
-            )
+            config = GatewayConfig(stuck_after=stuck_after, sweep_interval=0)
+            telemetry = Telemetry({})
+            jobs = Jobs(repo, config, telemetry, Instances(repo, None, config, telemetry))  # type: ignore[arg-type]
             started = time.perf_counter()
-            marked = await gateway.sweep_once()
+            marked = await jobs.sweep_once()
             out[label] = {"ms": round((time.perf_counter() - started) * 1000, 1), "marked": len(marked)}
     finally:
         await repo.aclose()

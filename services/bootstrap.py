@@ -11,9 +11,9 @@ import gc
 import logging
 import signal
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 from grpc_health.v1 import health, health_pb2
@@ -32,7 +32,6 @@ from adapters.persistence.webhook_store import WebhookStore
 from adapters.wapi.webhooks import parse_webhook
 from services.app.errors import treat_as_unavailable
 from services.app.events import ChangeFeed
-from services.app.gateway import Gateway, GatewayConfig
 from services.app.optouts import OptOuts, inbound_listener
 from services.app.outbound import OutboundConfig, WebhookDispatcher, parse_schedule
 from services.app.principals import parse_tokens
@@ -42,6 +41,7 @@ from services.app.send_policy import SendPolicies
 from services.app.subscriptions import Scopes
 from services.app.webhook_subscriptions import WebhookSubscriptions
 from services.config import Settings
+from services.core_wiring import UseCases, build_use_cases, gateway_config, start_use_cases
 from services.observability.logs import register_secret
 from services.observability.telemetry import Telemetry
 from services.provider_wiring import build_registry, status_puller
@@ -49,44 +49,15 @@ from services.rpc.event_mapping import event_dict
 from services.rpc.exposure import check_exposure
 from services.rpc.server import SERVICE_NAMES, Servers, build_grpc_server
 from services.rpc.startup import step
-from statemachine.ports import InstanceOperations, Provider, RetentionPolicy
-from statemachine.preflight import WebhookPolicy
+from statemachine.ports import InstanceOperations, Provider
 from statemachine.send_policy import SendPolicy
+
+if TYPE_CHECKING:
+    from services.http.bridge import Surface
 
 log = logging.getLogger("wapi_guard.server")
 # Allocations between two young-generation collections (CPython's default is 700).
 GC_YOUNG_THRESHOLD = 7000
-
-
-def gateway_config(settings: Settings) -> GatewayConfig:
-    return GatewayConfig(
-        send_timeout=settings.send_timeout,
-        probe_timeout=settings.probe_timeout,
-        health_cache_ttl=settings.health_cache_ttl,
-        gateway_failure_threshold=settings.gateway_failure_threshold,
-        probe_interval=settings.probe_interval,
-        probe_concurrency=settings.probe_concurrency,
-        stuck_after=settings.stuck_after,
-        stall_threshold=settings.stall_threshold,
-        sweep_interval=settings.sweep_interval,
-        stall_false_alarm_per_day=settings.stall_false_alarm_per_day,
-        detect_interval=settings.detect_interval,
-        active_probe_max_age=settings.active_probe_max_age,
-        pending_grace=settings.pending_grace,
-        retention_interval=settings.retention_interval,
-        retention=RetentionPolicy(
-            events=timedelta(days=settings.retention_events_days),
-            chat_statuses=timedelta(days=settings.retention_chat_statuses_days),
-            instance_transitions=timedelta(days=settings.retention_transitions_days),
-            messages=timedelta(days=settings.retention_messages_days),
-            change_log=timedelta(days=settings.retention_change_log_days),
-            batch=settings.retention_batch,
-        ),
-        phone_region=settings.default_phone_region,
-        webhooks=WebhookPolicy(require=settings.require_webhooks, evidence_window=settings.webhook_evidence_window),
-        public_url=settings.public_url,
-        webhook_secret_set=settings.webhook_secret is not None,
-    )
 
 
 def new_number_policy(settings: Settings) -> SendPolicy:
@@ -102,7 +73,7 @@ def new_number_policy(settings: Settings) -> SendPolicy:
 
 
 def protect_the_number(
-    settings: Settings, engine: Any, gateway: Gateway, provider: Provider
+    settings: Settings, engine: Any, core: UseCases, provider: Provider
 ) -> tuple[SendPolicies, OptOuts, Recipients]:
     """The per-instance send policy, opt-outs and number checks (docs/send-policy.md): their own
     stores and use cases, consulted by the send preflight and fed by inbound messages."""
@@ -115,15 +86,15 @@ def protect_the_number(
     recipients = Recipients(
         RecipientCheckRepository(engine),
         provider,
-        gateway.instances,
+        core.instances,
         ttl_seconds=settings.recipient_check_ttl,
         phone_region=settings.default_phone_region,
         timeout=settings.probe_timeout,
     )
-    gateway.sending.policies = send_policies
-    gateway.sending.opt_outs = opt_outs
-    gateway.sending.recipients = recipients
-    gateway.ingestion.on_inbound = inbound_listener(normalize_inbound, send_policies, opt_outs)
+    core.sending.policies = send_policies
+    core.sending.opt_outs = opt_outs
+    core.sending.recipients = recipients
+    core.ingest.on_inbound = inbound_listener(normalize_inbound, send_policies, opt_outs)
     return send_policies, opt_outs, recipients
 
 
@@ -167,11 +138,11 @@ async def _quietly(close: Callable[[], Awaitable[Any]]) -> None:
 
 
 @dataclass
-class App:
-    """A running wapi-guard: gRPC server, HTTP bridge (optional) and the core's background tasks."""
+class App(UseCases):
+    """A running wapi-guard: its use cases (with their background tasks), the gRPC server and the
+    HTTP bridge (optional)."""
 
     settings: Settings
-    gateway: Gateway
     server: grpc.aio.Server
     health: health.aio.HealthServicer
     grpc_port: int
@@ -230,6 +201,7 @@ class App:
         )
         stack.push_async_callback(_quietly, engine.dispose)
         repo = Repository(engine, group_commit_window=settings.group_commit_window)
+        stack.push_async_callback(_quietly, repo.aclose)
         treat_as_unavailable(repo.unavailable_errors)
         # What the request paths reach the store through: bounded per call (bounded.py).
         bounded = cast(Repository, BoundedStore(repo, settings.db_timeout))
@@ -243,13 +215,23 @@ class App:
         instrument = getattr(provider, "instrument", None)
         if telemetry.tracer_provider is not None and instrument is not None:
             instrument(telemetry.tracer_provider)
-        gateway = Gateway(bounded, provider, gateway_config(settings), telemetry, parse_webhook=parse_webhook)
-        protection = protect_the_number(settings, engine, gateway, provider)
-        recovery = Recovery(gateway, provider if operations else None, recovery_config(settings))
-        recovery.pull_statuses = status_puller(bounded, provider, gateway.ingest, timeout=settings.probe_timeout).pull
-        starting = gateway.start(background_probes=settings.probe_interval > 0)
+        config = gateway_config(settings)
+        core = build_use_cases(bounded, provider, config, telemetry, parse_webhook=parse_webhook)
+        protection = protect_the_number(settings, engine, core, provider)
+        recovery = Recovery(
+            bounded,
+            core.instances,
+            provider if operations else None,
+            recovery_config(settings),
+            jobs=core.jobs,
+            messages=core.messages,
+            ingest=core.ingest,
+        )
+        recovery.pull_statuses = status_puller(
+            bounded, provider, core.ingest.ingest, timeout=settings.probe_timeout
+        ).pull
+        starting = start_use_cases(core, config, stack, _quietly, background_probes=settings.probe_interval > 0)
         await step("loading instances", url, settings.db_connect_timeout, starting)
-        stack.push_async_callback(_quietly, gateway.aclose)
         feed = ChangeFeed(
             repo,
             poll_interval=settings.event_poll_interval,
@@ -267,7 +249,10 @@ class App:
         # subscription services' too (the feed and the dispatcher, background loops, use the stores
         # as they are).
         servers = Servers(
-            gateway,
+            core.instances,
+            core.sending,
+            core.messages,
+            core.ingest,
             recovery,
             bounded,
             WebhookSubscriptions(
@@ -281,8 +266,9 @@ class App:
         )
         server, health_servicer, port = await build_grpc_server(settings, telemetry, servers)
         stack.push_async_callback(_quietly, lambda: server.stop(0))
-        app = cls(settings, gateway, server, health_servicer, port, stack, feed=feed, dispatcher=dispatcher)
-        app.recovery = recovery
+        parts = {f.name: getattr(core, f.name) for f in fields(UseCases)}
+        app = cls(**parts, settings=settings, server=server, health=health_servicer, grpc_port=port, stack=stack)
+        app.feed, app.dispatcher, app.recovery = feed, dispatcher, recovery
         if settings.http_port >= 0:
             await start_http(app, store, feed)
         # Serving only once the database is migrated and reachable.
@@ -304,12 +290,21 @@ async def start_http(app: App, store: WebhookStore, feed: ChangeFeed) -> None:
     from services.http.bridge import start_bridge
     from services.http.status_page import STATUS_PAGE_KEY
 
-    assert app.recovery is not None
-    runner, http_port = await start_bridge(app.settings, app.gateway, app.recovery, store)
+    runner, http_port = await start_bridge(app.settings, http_surface(app, store))
     runner.app[STATUS_PAGE_KEY].event_streams = lambda: (len(feed.listeners), feed.cut_offs)
     app.stack.push_async_callback(_quietly, runner.cleanup)
     app.http_port = http_port
     app.bridge_runner = runner
+
+
+def http_surface(app: App, subscriptions: WebhookStore | None = None) -> Surface:
+    """What the HTTP surface calls: the webhook ingest, the metrics, the status page's reads and
+    actions (the use cases themselves, no facade)."""
+    from services.http.bridge import Surface
+    from services.http.status_snapshot import StatusReads
+
+    reads = StatusReads(app.instances, app.messages)
+    return Surface(app.ingest, app.telemetry, reads, app.sending, app.recovery, subscriptions)
 
 
 async def migrate(settings: Settings, url: str) -> None:

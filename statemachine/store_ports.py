@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 from statemachine.domain import (
     InstanceRecord,
@@ -187,14 +187,12 @@ class Store(ChangeLog, HealthStore, SendingStore, StallWatchStore, IngestStore, 
     async def aclose(self) -> None: ...
 
 
-@runtime_checkable
-class RecoveryStore(Store, Protocol):
-    # Still the whole Store: Recovery reaches the other use cases through the gateway today.
-    """What operator recovery adds to the store: its audit, the webhook configuration state and
-    the lookups of W-API's webhook-log replay."""
+class RecoveryStore(InstanceReads, InstanceTransitions, Protocol):
+    """services/app/recovery.py: the instance's reads and transitions, the recovery audit, the
+    webhook configuration state and the lookups of W-API's webhook-log replay (the replay itself
+    goes through the ingest use case, the sweep through the jobs use case)."""
 
     async def record_recovery_action(self, action: RecoveryAction) -> None: ...
-    async def count_recovery_actions(self, instance_id: str, since: datetime) -> int: ...
     async def reserve_recovery_action(
         self, action: RecoveryAction, *, since: datetime, limit: int, window: float
     ) -> RecoveryReservation | None: ...

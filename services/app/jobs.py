@@ -1,6 +1,6 @@
 """Background jobs: crash reconciliation of PENDING sends, the stuck-message sweep with its stall
 backstop, and retention. Each `*_once` is one bounded run (safe on several replicas); the
-`*_forever` loops are started by the Gateway.
+`*_forever` loops are started by the composition root (services/core_wiring.py).
 """
 
 from __future__ import annotations

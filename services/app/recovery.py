@@ -21,7 +21,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from services.app.clock import utcnow
-from services.app.gateway import Gateway
+from services.app.health import Instances
+from services.app.ingest import Ingest
+from services.app.jobs import Jobs
+from services.app.message_queries import MessageQueries
 from services.app.principals import current_principal
 from services.i18n import recovery_step
 from statemachine.domain import (
@@ -121,12 +124,24 @@ class Reconciliation:
 
 class Recovery:
     def __init__(
-        self, gateway: Gateway, operations: InstanceOperations | None, config: RecoveryConfig | None = None
+        self,
+        repo: RecoveryStore,
+        instances: Instances,
+        operations: InstanceOperations | None,
+        config: RecoveryConfig | None = None,
+        *,
+        jobs: Jobs,
+        messages: MessageQueries,
+        ingest: Ingest,
     ) -> None:
-        self.gateway = gateway
-        # The recovery audit, webhook state and log replay need the store's recovery part.
-        assert isinstance(gateway.repo, RecoveryStore), "recovery needs a store with the recovery audit"
-        self.repo: RecoveryStore = gateway.repo
+        # The recovery audit, the webhook state and the log replay's reads (store_ports.RecoveryStore);
+        # the health cache and views (instances); the sweep and the stuck list before a replay
+        # (jobs, messages); the replay itself goes through the normal webhook path (ingest).
+        self.repo = repo
+        self.instances = instances
+        self.jobs = jobs
+        self.messages = messages
+        self.ingest = ingest
         self.operations = operations
         self.config = config or RecoveryConfig()
         self._busy: set[str] = set()
@@ -135,7 +150,7 @@ class Recovery:
         self._followers: dict[str, asyncio.Task[None]] = {}
         # Providers that keep statuses (Evolution): pulled in the same round (provider_reconcile.py).
         self.pull_statuses: Callable[[str], Awaitable[object]] | None = None
-        gateway.on_reconnected = self._reapply_webhooks_later
+        instances.on_reconnected = self._reapply_webhooks_later
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -222,13 +237,13 @@ class Recovery:
             record = change.instance
             if change.decision.changed:
                 outcome = ActionOutcome(ok=True, message="delivery stall cleared")
-                self.gateway.instances.after_change(change)
+                self.instances.after_change(change)
             else:
                 outcome = ActionOutcome(
                     ok=True, detail=NOT_STALLED, message=f"not stalled ({record.state.value}/{record.reason})"
                 )
             await self._audit(instance_id, "clear_stall", who, outcome)
-        return ActionResult(record, outcome, self.gateway.instances.view(record, locale).next_step)
+        return ActionResult(record, outcome, self.instances.view(record, locale).next_step)
 
     async def _run(
         self,
@@ -265,7 +280,7 @@ class Recovery:
                 )
                 if change is None:
                     raise InstanceNotFound(instance_id)
-                self.gateway.instances.after_change(change)
+                self.instances.after_change(change)
                 record = change.instance
         if action in FOLLOWED_ACTIONS and record.state is not InstanceState.CONNECTED:
             self._follow_later(instance_id)
@@ -308,7 +323,7 @@ class Recovery:
                     or found[0].reason not in RECOVERY_REASONS
                 ):
                     return
-                record = await self.gateway.instances.probe(instance_id, source="recovery_probe")
+                record = await self.instances.probe(instance_id, source="recovery_probe")
             except InstanceNotFound:
                 return
             except Exception:
@@ -335,7 +350,7 @@ class Recovery:
             return recovery_step("pairing_code", locale, code=outcome.pairing_code)
         if action == "qr_code" and (outcome.png or outcome.qr_text):
             return recovery_step("qr_code", locale)
-        return self.gateway.instances.view(record, locale).next_step
+        return self.instances.view(record, locale).next_step
 
     def _ops(self, instance_id: str) -> InstanceOperations:
         if self.operations is None:
@@ -467,12 +482,9 @@ class Recovery:
         record = await self.repo.set_webhooks_state(instance_id, state, detail)
         if record is None:
             raise InstanceNotFound(instance_id)
-        self.gateway.instances.remember(record)  # the preflight's cache (with --require-webhooks) at once
-        record = await self.gateway.instances.with_stuck(record)
-        if failed:
-            step = recovery_step("webhooks_refused", locale)
-        else:
-            step = self.gateway.instances.view(record, locale).next_step
+        self.instances.remember(record)  # the preflight's cache (with --require-webhooks) at once
+        record = await self.instances.with_stuck(record)
+        step = recovery_step("webhooks_refused", locale) if failed else self.instances.view(record, locale).next_step
         return WebhooksResult(record, results, not failed, self.masked_bridge_url(), step)
 
     def _mask(self, text: str) -> str:
@@ -546,8 +558,8 @@ class Recovery:
         results = [await self._reconcile_one(i, token) for i, token in targets]
         if self.pull_statuses is not None:
             await self.pull_statuses(instance_id)
-        await self.gateway.sweep_once()
-        stuck, _token = await self.gateway.list_messages(instance_id=instance_id, stuck_only=True, page_size=200)
+        await self.jobs.sweep_once()
+        stuck, _token = await self.messages.list_messages(instance_id=instance_id, stuck_only=True, page_size=200)
         return results, stuck
 
     async def _reconcile_one(self, instance_id: str, token: str) -> Reconciliation:
@@ -578,11 +590,11 @@ class Recovery:
         for entry in reversed(entries):
             result.fetched += 1
             # Already stored: skip it here, so a replay never counts as the provider re-posting it.
-            if await self.repo.event_stored(self.gateway.parse_webhook(entry.payload).dedupe_key):
+            if await self.repo.event_stored(self.ingest.parse_webhook(entry.payload).dedupe_key):
                 result.duplicates += 1
                 continue
             try:
-                ingested = await self.gateway.ingest(entry.payload, {"x-wapiguard-replay": entry.log_id or "log"})
+                ingested = await self.ingest.ingest(entry.payload, {"x-wapiguard-replay": entry.log_id or "log"})
             except Exception:
                 result.failed += 1
                 continue

@@ -7,23 +7,41 @@ stored (W-API then has no reason to retry) and 503 when it could not be stored (
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
 from adapters.deadline import request_scope
 from services.app.errors import classify
-from services.app.gateway import Gateway
+from services.app.ingest import Ingest
 from services.app.recovery import Recovery
+from services.app.sending import Sending
 from services.config import Settings
 from services.http.provider_webhooks import add_provider_routes
 from services.http.status_page import STATUS_PAGE_KEY, add_status_routes
-from services.http.webhook_keys import GATEWAY_KEY, MAX_BODY, SECRET_KEY, authorized
+from services.http.status_snapshot import StatusReads
+from services.http.webhook_keys import INGEST_KEY, MAX_BODY, SECRET_KEY, authorized
+from services.observability.telemetry import Telemetry
 from statemachine.errors import InvalidPayload
 from statemachine.ports import SubscriptionStore
 
 log = logging.getLogger("wapi_guard.bridge")
 METRICS_OPEN_KEY = web.AppKey("metrics_open", bool)
+TELEMETRY_KEY = web.AppKey("telemetry", Telemetry)
+
+
+@dataclass(frozen=True)
+class Surface:
+    """What the HTTP surface is built over (the composition root, services/bootstrap.py, builds it):
+    the webhook ingest, the metrics, the status page's reads, and its actions (retry, recovery)."""
+
+    ingest: Ingest
+    telemetry: Telemetry
+    reads: StatusReads
+    sending: Sending
+    recovery: Recovery | None = None
+    subscriptions: SubscriptionStore | None = None
 
 
 async def receive(request: web.Request) -> web.Response:
@@ -45,7 +63,7 @@ async def receive(request: web.Request) -> web.Response:
     headers = {k: v for k, v in request.headers.items()}
     try:
         with request_scope(None):  # bounded by --db-timeout: W-API gets a 503 and retries
-            result = await request.app[GATEWAY_KEY].ingest(body, headers)
+            result = await request.app[INGEST_KEY].ingest(body, headers)
     except InvalidPayload as bad:
         # Stored with its reason; a retry of the same bytes cannot help.
         return web.json_response(
@@ -87,18 +105,14 @@ async def metrics(request: web.Request) -> web.Response:
             )
         if principal.instances is not None:
             return web.json_response({"error": "permission denied", "reason": "PERMISSION_DENIED"}, status=403)
-    body = request.app[GATEWAY_KEY].telemetry.prometheus_text()
+    body = request.app[TELEMETRY_KEY].prometheus_text()
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
-def build_app(
-    settings: Settings,
-    gateway: Gateway,
-    recovery: Recovery | None = None,
-    subscriptions: SubscriptionStore | None = None,
-) -> web.Application:
+def build_app(settings: Settings, parts: Surface) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY)
-    app[GATEWAY_KEY] = gateway
+    app[INGEST_KEY] = parts.ingest
+    app[TELEMETRY_KEY] = parts.telemetry
     app[SECRET_KEY] = settings.webhook_secret.get_secret_value() if settings.webhook_secret else ""
     app[METRICS_OPEN_KEY] = settings.metrics_open
     app.router.add_post("/webhooks/wapi/{secret}", receive)
@@ -106,20 +120,13 @@ def build_app(
     add_provider_routes(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
-    add_status_routes(app, settings, gateway, recovery, subscriptions)
+    add_status_routes(app, settings, parts.reads, parts.sending, parts.recovery, parts.subscriptions)
     return app
 
 
-async def start_bridge(
-    settings: Settings,
-    gateway: Gateway,
-    recovery: Recovery | None = None,
-    subscriptions: SubscriptionStore | None = None,
-) -> tuple[web.AppRunner, int]:
+async def start_bridge(settings: Settings, parts: Surface) -> tuple[web.AppRunner, int]:
     # Bounded by the same grace as gRPC: a stuck webhook post cannot hold a shutdown for 60 s.
-    runner = web.AppRunner(
-        build_app(settings, gateway, recovery, subscriptions), access_log=None, shutdown_timeout=settings.shutdown_grace
-    )
+    runner = web.AppRunner(build_app(settings, parts), access_log=None, shutdown_timeout=settings.shutdown_grace)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.http_port or 0, reuse_port=settings.reuse_port or None)
     await site.start()

@@ -16,7 +16,7 @@ from aiohttp import web
 from adapters.evolution import webhooks as evolution
 from adapters.zapi import webhooks as zapi
 from services.app.errors import classify
-from services.http.webhook_keys import GATEWAY_KEY, MAX_BODY, authorized
+from services.http.webhook_keys import INGEST_KEY, MAX_BODY, authorized
 from statemachine.errors import InvalidPayload
 from statemachine.ports import WebhookParser
 
@@ -49,11 +49,11 @@ async def receive_provider(request: web.Request) -> web.Response:
     except Exception:
         return web.json_response({"error": "could not read body"}, status=400)
     headers = {k: v for k, v in request.headers.items() if k.lower() not in ("apikey", "authorization")}
-    gateway = request.app[GATEWAY_KEY]
+    ingest = request.app[INGEST_KEY]
     results: list[dict[str, Any]] = []
     for part in split(body):
         try:
-            result = await gateway.ingest(part, headers, parse=parse)
+            result = await ingest.ingest(part, headers, parse=parse)
         except InvalidPayload as bad:
             results.append({"event_id": bad.event_id, "route": "UNROUTABLE", "reason": bad.event_reason})
             continue

@@ -18,9 +18,10 @@ from typing import Any
 from aiohttp import web
 
 from services.app.errors import classify
-from services.app.gateway import Gateway
 from services.app.principals import Principal
 from services.app.recovery import NOT_STALLED, Recovery
+from services.app.sending import Sending
+from services.http.status_snapshot import StatusReads
 from services.http.status_viewer import Csrf, Viewer
 from services.http.status_views import action_text as _a
 from services.http.status_views import esc as _e
@@ -31,9 +32,10 @@ log = logging.getLogger("wapi_guard.status")
 
 
 class StatusActions:
-    def __init__(self, viewer: Viewer, gateway: Gateway, recovery: Recovery, csrf: Csrf) -> None:
+    def __init__(self, viewer: Viewer, reads: StatusReads, sending: Sending, recovery: Recovery, csrf: Csrf) -> None:
         self.viewer = viewer  # auth, language, headers
-        self.gateway = gateway
+        self.reads = reads
+        self.sending = sending
         self.recovery = recovery
         self.csrf = csrf
 
@@ -101,7 +103,7 @@ class StatusActions:
         )
 
     def _state(self, record: Any, lang: str, next_step: str) -> str:
-        reason = self.recovery.gateway.instances.view(record, lang).reason
+        reason = self.reads.instances.view(record, lang).reason
         view = state_view(record.state.value, reason, lang)
         html = (
             f'<p>{_e(_a(lang, "state"))}: <span class="badge tone-{view.tone}" id="state" '
@@ -182,10 +184,10 @@ class StatusActions:
         principal, lang, _fields = guarded
         message_id = request.match_info["message_id"]
         try:
-            msg = await self.gateway.get_message(message_id)
+            msg = await self.reads.messages.get_message(message_id)
             if not principal.may_use(msg.instance_id):
                 return self._page(lang, _a(lang, "failed_title"), "<p>PERMISSION_DENIED</p>", status=403)
-            msg = await self.gateway.retry(message_id)
+            msg = await self.sending.retry(message_id)
         except Exception as error:
             return self._failure(lang, error)
         body = (

@@ -8,14 +8,14 @@ status_actions.py the per-instance actions).
                                  rendered here), `ping` (nothing changed) and `unavailable` events
     GET /status/static/<file>    the page's CSS and JavaScript (public: they hold no data)
 
-Live updates: each event stream subscribes to `Gateway.subscribe(include_current=True)` (instance
+Live updates: each event stream subscribes to `Instances.subscribe(include_current=True)` (instance
 changes from any replica) and re-reads the snapshot on every change and every REFRESH_SECONDS (stuck
 and failed messages have no change feed). All text is rendered and escaped in status_views.py.
 
 Auth: when `api_tokens` is set, every route but the static files needs a token — HTTP Basic (any
 user name, the password is an API token: a browser prompts for it) or `Authorization: Bearer`. A
 scoped token sees only its instances. Instance W-API tokens are never read here: every query goes
-through Gateway.list_instances / list_messages / the transition log, none of which selects them.
+through Instances.list_instances / MessageQueries.list_messages / the transition log, none of which selects them.
 """
 
 from __future__ import annotations
@@ -32,12 +32,12 @@ from typing import Any, cast
 from aiohttp import web
 
 from services.app.errors import classify
-from services.app.gateway import Gateway
 from services.app.principals import Principal
 from services.app.recovery import Recovery
+from services.app.sending import Sending
 from services.config import Settings
 from services.http.status_actions import StatusActions, add_action_routes
-from services.http.status_snapshot import REFRESH_SECONDS, Snapshot, build_snapshot
+from services.http.status_snapshot import REFRESH_SECONDS, Snapshot, StatusReads, build_snapshot
 from services.http.status_viewer import SECURITY_HEADERS, Csrf, Viewer
 from services.http.status_viewer import security_headers as _headers
 from services.http.status_views import render_page, render_sections, snapshot_json
@@ -63,11 +63,11 @@ class StatusPage:
     def __init__(
         self,
         settings: Settings,
-        gateway: Gateway,
+        reads: StatusReads,
         recovery: Recovery | None = None,
         subscriptions: SubscriptionStore | None = None,
     ) -> None:
-        self.gateway = gateway
+        self.reads = reads
         self.recovery = recovery
         self.subscriptions = subscriptions
         self.viewer = Viewer(settings)
@@ -91,7 +91,7 @@ class StatusPage:
 
     async def _snapshot(self, principal: Principal) -> Snapshot | None:
         try:
-            snap = await build_snapshot(self.gateway, principal, self.subscriptions)
+            snap = await build_snapshot(self.reads, principal, self.subscriptions)
             if self.recovery is not None and self.recovery.operations is not None:
                 snap.csrf = self.csrf.token(principal)
             if self.event_streams is not None:
@@ -192,7 +192,9 @@ class StatusPage:
         ids = sorted(scope) if scope is not None else []
         while not stream.closing:
             try:
-                subscription = cast(AsyncGenerator[Any, None], self.gateway.subscribe(ids, include_current=True))
+                subscription = cast(
+                    AsyncGenerator[Any, None], self.reads.instances.subscribe(ids, include_current=True)
+                )
                 async with contextlib.aclosing(subscription) as events:
                     async for _event in events:
                         stream.wake.set()
@@ -244,15 +246,16 @@ STATUS_PAGE_KEY = web.AppKey("status_page", StatusPage)
 def add_status_routes(
     app: web.Application,
     settings: Settings,
-    gateway: Gateway,
+    reads: StatusReads,
+    sending: Sending,
     recovery: Recovery | None = None,
     subscriptions: SubscriptionStore | None = None,
 ) -> None:
     """Adds the status page routes to the bridge's aiohttp application."""
-    page = StatusPage(settings, gateway, recovery, subscriptions)
+    page = StatusPage(settings, reads, recovery, subscriptions)
     app[STATUS_PAGE_KEY] = page
     if recovery is not None:
-        add_action_routes(app, StatusActions(page.viewer, gateway, recovery, page.csrf))
+        add_action_routes(app, StatusActions(page.viewer, reads, sending, recovery, page.csrf))
     app.router.add_get("/status", page.index)
     app.router.add_get("/status/", page.redirect)
     app.router.add_get("/", page.redirect)  # a browser pointed at the bridge lands on the page

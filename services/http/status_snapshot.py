@@ -1,6 +1,6 @@
 """What one viewer of the status page may see, read fresh: instances (the most urgent first), stuck
 and failed messages, the latest state changes and the webhook subscriptions. No HTML here
-(status_views.py renders it); every query goes through the gateway's reads, none of which selects
+(status_views.py renders it); every query goes through the health and message use cases' reads, none of which selects
 an instance's W-API token.
 """
 
@@ -10,9 +10,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from services.app.gateway import Gateway
 from services.app.gateway_config import GatewayConfig
-from services.app.health import HealthView, health_view
+from services.app.health import HealthView, Instances, health_view
+from services.app.message_queries import MessageQueries
 from services.app.principals import ANONYMOUS, Principal
 from services.app.subscriptions import visible
 from services.i18n import state_view
@@ -24,6 +24,14 @@ STUCK_SHOWN = 100
 FAILED_SHOWN = 50
 CHANGES_SHOWN = 20
 CHANGE_WINDOW = 200  # newest transitions read to find the latest CHANGES_SHOWN visible ones
+
+
+@dataclass(frozen=True, slots=True)
+class StatusReads:
+    """What the status page reads: the instances' health (and its live changes) and the messages."""
+
+    instances: Instances
+    messages: MessageQueries
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +53,7 @@ class Snapshot:
     csrf: str = ""
     # This process's event streams: (open now, closed as too slow since start); None: unknown.
     event_streams: tuple[int, int] | None = None
-    # The verdict on each instance (webhooks included): Instances.view of the gateway that read it.
+    # The verdict on each instance (webhooks included): Instances.view of the use case that read it.
     view: Callable[[InstanceRecord, str], HealthView] = field(
         default=lambda record, lang: health_view(record, lang, GatewayConfig())
     )
@@ -63,18 +71,18 @@ async def _webhooks(
 
 
 async def build_snapshot(
-    gateway: Gateway, principal: Principal = ANONYMOUS, subscriptions: SubscriptionStore | None = None
+    reads: StatusReads, principal: Principal = ANONYMOUS, subscriptions: SubscriptionStore | None = None
 ) -> Snapshot:
     """What one viewer may see, read fresh. Never selects an instance token."""
     scope = principal.instances
-    records = await gateway.list_instances()
+    records = await reads.instances.list_instances()
     if scope is not None:
         records = [r for r in records if r.instance_id in scope]
     ids = None if scope is None else [r.instance_id for r in records]
-    messages = await _messages(gateway, ids)
-    changes = await _changes(gateway, ids)
+    messages = await _messages(reads.messages, ids)
+    changes = await _changes(reads.instances, ids)
     names = {r.instance_id: r.name for r in records}
-    view = gateway.instances.view
+    view = reads.instances.view
     records = attention_first(records, view)
     return Snapshot(
         datetime.now(UTC),
@@ -120,13 +128,13 @@ def _newest_first(rows: Sequence[MessageRecord]) -> list[MessageRecord]:
     return sorted(rows, key=lambda m: (m.created_at, m.id), reverse=True)
 
 
-async def _messages(gateway: Gateway, ids: list[str] | None) -> list[MessageRecord]:
+async def _messages(queries: MessageQueries, ids: list[str] | None) -> list[MessageRecord]:
     stuck: list[MessageRecord] = []
     failed: list[MessageRecord] = []
     for instance_id in [""] if ids is None else ids:
-        rows, _ = await gateway.list_messages(instance_id=instance_id, stuck_only=True, page_size=STUCK_SHOWN)
+        rows, _ = await queries.list_messages(instance_id=instance_id, stuck_only=True, page_size=STUCK_SHOWN)
         stuck += rows
-        rows, _ = await gateway.list_messages(
+        rows, _ = await queries.list_messages(
             instance_id=instance_id, states=[MessageState.FAILED], page_size=FAILED_SHOWN
         )
         failed += rows
@@ -134,8 +142,8 @@ async def _messages(gateway: Gateway, ids: list[str] | None) -> list[MessageReco
     return _newest_first(stuck)[:STUCK_SHOWN] + _newest_first(failed)[:FAILED_SHOWN]
 
 
-async def _changes(gateway: Gateway, ids: list[str] | None) -> list[ChangeRow]:
-    ordered = await gateway.instance_changes(ids, window=CHANGE_WINDOW, per_instance=CHANGES_SHOWN + 1)
+async def _changes(instances: Instances, ids: list[str] | None) -> list[ChangeRow]:
+    ordered = await instances.instance_changes(ids, window=CHANGE_WINDOW, per_instance=CHANGES_SHOWN + 1)
     previous: dict[str, str] = {}
     out: list[ChangeRow] = []
     for instance_id, change in ordered:

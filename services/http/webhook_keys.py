@@ -7,10 +7,10 @@ import hmac
 
 from aiohttp import web
 
-from services.app.gateway import Gateway
+from services.app.ingest import Ingest
 
 MAX_BODY = 256 * 1024
-GATEWAY_KEY = web.AppKey("gateway", Gateway)
+INGEST_KEY = web.AppKey("ingest", Ingest)
 SECRET_KEY = web.AppKey("secret", str)
 
 

@@ -29,12 +29,15 @@ from services.api.wapiguard.v1 import (
     webhook_pb2_grpc,
 )
 from services.app.events import ChangeFeed
-from services.app.gateway import Gateway
+from services.app.health import Instances
+from services.app.ingest import Ingest
+from services.app.message_queries import MessageQueries
 from services.app.optouts import OptOuts
 from services.app.principals import parse_tokens
 from services.app.recipients import Recipients
 from services.app.recovery import Recovery
 from services.app.send_policy import SendPolicies
+from services.app.sending import Sending
 from services.app.webhook_subscriptions import WebhookSubscriptions
 from services.config import Settings
 from services.observability.logs import register_secret
@@ -84,7 +87,10 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
 class Servers:
     """What the servicers are built over (the composition root, services/bootstrap.py, builds it)."""
 
-    gateway: Gateway
+    instances: Instances
+    sending: Sending
+    messages: MessageQueries
+    ingest: Ingest
     recovery: Recovery
     repo: ChangeLog
     subscriptions: WebhookSubscriptions
@@ -128,10 +134,10 @@ async def _register(server: grpc.aio.Server, settings: Settings, parts: Servers)
     # Every service is registered through the decoding guard: undecodable bytes answer
     # INVALID_ARGUMENT/MALFORMED_REQUEST instead of UNKNOWN plus a traceback each.
     target = cast(grpc.aio.Server, DecodingGuard(server))
-    send_pb2_grpc.add_SendServiceServicer_to_server(SendServicer(parts.gateway), target)
-    webhook_pb2_grpc.add_WebhookServiceServicer_to_server(WebhookServicer(parts.gateway), target)
+    send_pb2_grpc.add_SendServiceServicer_to_server(SendServicer(parts.sending, parts.messages), target)
+    webhook_pb2_grpc.add_WebhookServiceServicer_to_server(WebhookServicer(parts.ingest), target)
     instance_health_pb2_grpc.add_InstanceHealthServiceServicer_to_server(
-        InstanceHealthServicer(parts.gateway, parts.recovery, parts.send_policies), target
+        InstanceHealthServicer(parts.instances, parts.recovery, parts.send_policies), target
     )
     events_pb2_grpc.add_EventServiceServicer_to_server(
         EventServicer(
@@ -149,7 +155,7 @@ async def _register(server: grpc.aio.Server, settings: Settings, parts: Servers)
     optouts_pb2_grpc.add_OptOutServiceServicer_to_server(OptOutServicer(parts.opt_outs), target)
     recipients_pb2_grpc.add_RecipientServiceServicer_to_server(RecipientServicer(parts.recipients), target)
     send_policy_pb2_grpc.add_SendPolicyServiceServicer_to_server(
-        SendPolicyServicer(parts.send_policies, parts.gateway.instances.cached), target
+        SendPolicyServicer(parts.send_policies, parts.instances.cached), target
     )
     health_servicer = health.aio.HealthServicer()
     # The servicer starts with the overall status SERVING: not until the database answers.

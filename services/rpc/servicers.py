@@ -1,4 +1,4 @@
-"""Thin gRPC servicers: proto → domain, call the core, domain → proto."""
+"""Thin gRPC servicers: proto → domain, call the use case, domain → proto."""
 
 from __future__ import annotations
 
@@ -16,10 +16,13 @@ from services.api.wapiguard.v1 import (
     webhook_pb2,
     webhook_pb2_grpc,
 )
-from services.app.gateway import Gateway
+from services.app.health import Instances
+from services.app.ingest import Ingest
+from services.app.message_queries import MessageQueries
 from services.app.principals import PermissionDenied, allowed, authorize, current_principal
 from services.app.recovery import NOT_STALLED, ActionResult, Recovery, WebhooksResult
 from services.app.send_policy import SendPolicies
+from services.app.sending import Sending
 from services.rpc import mapping
 from services.rpc.errors import abort, grpc_errors, locale_of, status_for
 from statemachine.domain import InstanceRecord, MessageRecord, Plan
@@ -31,18 +34,19 @@ MAX_BATCH = 500
 
 
 class SendServicer(send_pb2_grpc.SendServiceServicer):
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
+    def __init__(self, sending: Sending, messages: MessageQueries) -> None:
+        self.sending = sending
+        self.messages = messages
 
     @grpc_errors
     async def SendMessage(self, request: send_pb2.SendMessageRequest, context: Ctx) -> common_pb2.Message:
         authorize(request.instance_id.strip())
         send = mapping.send_request(request)
-        return mapping.message_pb(await self.gateway.send(send, time_remaining=context.time_remaining()))
+        return mapping.message_pb(await self.sending.send(send, time_remaining=context.time_remaining()))
 
     async def _own_message(self, message_id: str) -> MessageRecord:
         """Another instance's message is answered like an unknown one, so ids and owners do not leak."""
-        msg = await self.gateway.get_message(message_id)
+        msg = await self.messages.get_message(message_id)
         if not current_principal.get().may_use(msg.instance_id):
             raise MessageNotFound(message_id)
         return msg
@@ -60,7 +64,7 @@ class SendServicer(send_pb2_grpc.SendServiceServicer):
                 raise PermissionDenied("*")
             request.instance_id = next(iter(scope))
         authorize(request.instance_id)
-        rows, token = await self.gateway.list_messages(
+        rows, token = await self.messages.list_messages(
             instance_id=request.instance_id,
             states=states,
             stuck_only=request.stuck_only,
@@ -72,12 +76,12 @@ class SendServicer(send_pb2_grpc.SendServiceServicer):
     @grpc_errors
     async def RetryMessage(self, request: send_pb2.RetryMessageRequest, context: Ctx) -> common_pb2.Message:
         await self._own_message(request.message_id)
-        return mapping.message_pb(await self.gateway.retry(request.message_id, time_remaining=context.time_remaining()))
+        return mapping.message_pb(await self.sending.retry(request.message_id, time_remaining=context.time_remaining()))
 
 
 class WebhookServicer(webhook_pb2_grpc.WebhookServiceServicer):
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
+    def __init__(self, ingest: Ingest) -> None:
+        self.ingest = ingest
 
     @staticmethod
     def _only_unscoped() -> None:
@@ -90,7 +94,7 @@ class WebhookServicer(webhook_pb2_grpc.WebhookServiceServicer):
     ) -> webhook_pb2.IngestEventResponse:
         self._only_unscoped()
         received = mapping.received_at(request)
-        return mapping.ingest_pb(await self.gateway.ingest(request.payload, dict(request.headers), received))
+        return mapping.ingest_pb(await self.ingest.ingest(request.payload, dict(request.headers), received))
 
     @grpc_errors
     async def IngestEvents(
@@ -103,7 +107,7 @@ class WebhookServicer(webhook_pb2_grpc.WebhookServiceServicer):
         for item in request.events:
             try:
                 received = mapping.received_at(item)
-                results.append(mapping.ingest_pb(await self.gateway.ingest(item.payload, dict(item.headers), received)))
+                results.append(mapping.ingest_pb(await self.ingest.ingest(item.payload, dict(item.headers), received)))
             except InvalidPayload as bad:
                 results.append(
                     webhook_pb2.IngestEventResponse(
@@ -123,16 +127,14 @@ class WebhookServicer(webhook_pb2_grpc.WebhookServiceServicer):
 
 
 class InstanceHealthServicer(instance_health_pb2_grpc.InstanceHealthServiceServicer):
-    def __init__(
-        self, gateway: Gateway, recovery: Recovery | None = None, send_policies: SendPolicies | None = None
-    ) -> None:
-        self.gateway = gateway
-        self.recovery = recovery or Recovery(gateway, None)
+    def __init__(self, instances: Instances, recovery: Recovery, send_policies: SendPolicies | None = None) -> None:
+        self.instances = instances
+        self.recovery = recovery
         self.send_policies = send_policies
         self._listed = mapping.InstanceHealthMemo()
 
     def _health_pb(self, record: InstanceRecord, locale: str) -> common_pb2.InstanceHealth:
-        return mapping.instance_pb(record, locale, self.gateway.instances.view(record, locale))
+        return mapping.instance_pb(record, locale, self.instances.view(record, locale))
 
     # --- operator recovery -------------------------------------------------------------------
 
@@ -142,7 +144,7 @@ class InstanceHealthServicer(instance_health_pb2_grpc.InstanceHealthServiceServi
     ) -> instance_health_pb2.RemoveInstanceResponse:
         instance_id = request.instance_id.strip()
         authorize(instance_id)
-        removed = await self.gateway.remove(instance_id)
+        removed = await self.instances.remove(instance_id)
         return instance_health_pb2.RemoveInstanceResponse(instance_id=instance_id, removed=removed)
 
     @grpc_errors
@@ -291,7 +293,7 @@ class InstanceHealthServicer(instance_health_pb2_grpc.InstanceHealthServiceServi
         instance_id = request.instance_id.strip()
         if request.provider not in (common_pb2.PROVIDER_UNSPECIFIED, *mapping.PROVIDER_FROM_PB):
             raise InvalidRequest([Violation("provider", f"unknown provider {request.provider}")])
-        record = await self.gateway.register(
+        record = await self.instances.register(
             instance_id,
             request.name,
             request.token,
@@ -305,7 +307,7 @@ class InstanceHealthServicer(instance_health_pb2_grpc.InstanceHealthServiceServi
             await self.send_policies.declare_new_number(instance_id, by=current_principal.get().name)
         if self.recovery.bridge_url() is not None:
             await self.recovery.after_registration(instance_id)
-            record = await self.gateway.health(instance_id)
+            record = await self.instances.health(instance_id)
         return self._health_pb(record, locale_of(context))
 
     @grpc_errors
@@ -313,7 +315,7 @@ class InstanceHealthServicer(instance_health_pb2_grpc.InstanceHealthServiceServi
         self, request: instance_health_pb2.GetInstanceHealthRequest, context: Ctx
     ) -> common_pb2.InstanceHealth:
         authorize(request.instance_id.strip())
-        record = await self.gateway.health(request.instance_id.strip(), refresh=request.refresh)
+        record = await self.instances.health(request.instance_id.strip(), refresh=request.refresh)
         return self._health_pb(record, locale_of(context))
 
     @grpc_errors
@@ -322,12 +324,12 @@ class InstanceHealthServicer(instance_health_pb2_grpc.InstanceHealthServiceServi
     ) -> instance_health_pb2.ListInstancesResponse:
         states = [mapping.INSTANCE_STATE_FROM_PB[s] for s in request.states if s in mapping.INSTANCE_STATE_FROM_PB]
         scope = current_principal.get().instances
-        records = await self.gateway.list_instances(refresh=request.refresh and scope is None, states=states)
+        records = await self.instances.list_instances(refresh=request.refresh and scope is None, states=states)
         visible = set(allowed(r.instance_id for r in records))  # once: per record it was O(n²)
         records = [r for r in records if r.instance_id in visible]
         response = instance_health_pb2.ListInstancesResponse()
         response.instances.extend(
-            self._listed.many(records, locale_of(context), self.gateway.instances.view)
+            self._listed.many(records, locale_of(context), self.instances.view)
         )  # copies: the memo stays intact
         return response
 
@@ -342,7 +344,7 @@ class InstanceHealthServicer(instance_health_pb2_grpc.InstanceHealthServiceServi
                 wanted = [i for i in wanted if i in scope] if wanted else sorted(scope)
                 if not wanted:
                     raise PermissionDenied("*")
-            async for item in self.gateway.subscribe(wanted, include_current=request.include_current):
+            async for item in self.instances.subscribe(wanted, include_current=request.include_current):
                 event = instance_health_pb2.InstanceHealthEvent(health=self._health_pb(item.instance, locale))
                 if item.change is not None:
                     event.change.CopyFrom(mapping.instance_change_pb(item.instance.instance_id, item.change))

@@ -259,7 +259,7 @@ class Stack:
     # --- database ----------------------------------------------------------------------------
 
     async def rows(self, table: Table, *where: Any) -> list[dict[str, Any]]:
-        repo = unbounded(self.app.gateway.repo)
+        repo = unbounded(self.app.store)
         async with repo.engine.connect() as conn:
             result = await conn.execute(select(table).where(*where))
             return [dict(r._mapping) for r in result]

@@ -157,13 +157,13 @@ async def test_silent_stall_is_detected_from_stuck_messages_and_blocks_sends(mak
     assert [m.state for m in sent] == [SENT] * 3
     assert all(m.provider_message_id for m in sent)
     # A sweep never marks a message younger than the window (on a quiet machine: none of them yet).
-    stuck = await stack.app.gateway.sweep_once()
+    stuck = await stack.app.jobs.sweep_once()
     swept_at = datetime.now(UTC)  # read after: the sweep's own clock is at most this
     assert all(m.sent_at is not None and (swept_at - m.sent_at).total_seconds() >= window for m in stuck)
 
     await asyncio.sleep(window + 0.15)
     # This sweep or the one that follows the connection's missed-event recovery marks them.
-    await stack.app.gateway.sweep_once()
+    await stack.app.jobs.sweep_once()
 
     listed = await stack.send.ListMessages(send_pb2.ListMessagesRequest(instance_id=instance, stuck_only=True))
     assert sorted(m.id for m in listed.messages) == sorted(m.id for m in sent)

@@ -40,7 +40,7 @@ async def _stalled_after(stack: Stack, acks: str, stall: str) -> int:
     await asyncio.sleep(2.5)  # several assessments of the healthy history
     h = await stack.get_health(INSTANCE)
     assert (h.state, h.can_send) == (CONNECTED, True), "false block during the healthy phase"
-    acked = await unbounded(stack.app.gateway.repo).recent_acks(INSTANCE, datetime.now(UTC) - timedelta(hours=1))
+    acked = await unbounded(stack.app.store).recent_acks(INSTANCE, datetime.now(UTC) - timedelta(hours=1))
     assert len({a.message_id for a in acked}) == (0 if acks == "none" else 48)  # every send, offline recipients too
 
     stack.sim.set_behaviour(INSTANCE, stall)
@@ -132,7 +132,7 @@ async def test_a_restarted_replica_rebuilds_the_ack_model_from_the_stored_events
         await asyncio.sleep(0.05)
     await asyncio.sleep(1.0)  # the last receipts and acks are stored
 
-    fresh = StallWatch(stack.app.gateway.repo, probe=lambda _instance: asyncio.sleep(0), apply_change=lambda _c: None)
+    fresh = StallWatch(stack.app.store, probe=lambda _instance: asyncio.sleep(0), apply_change=lambda _c: None)
     for instance in (INSTANCE, quiet):
         await fresh.check(instance)
     acking, silent = fresh.model(INSTANCE), fresh.model(quiet)

@@ -349,7 +349,7 @@ async def test_silent_stall_is_blocked(stall_stack: ProviderStack) -> None:
     sent = [await stall_stack.send.SendMessage(text("inst-stall", f"s{i}")) for i in range(2)]
     assert {m.state for m in sent} == {STATE.Value("MESSAGE_STATE_QUEUED")}
     await asyncio.sleep(0.7)
-    await stall_stack.app.gateway.sweep_once()
+    await stall_stack.app.jobs.sweep_once()
 
     async def stalled() -> common_pb2.InstanceHealth | None:
         found = await stall_stack.state_of("inst-stall")
@@ -516,7 +516,7 @@ async def test_evolution_statuses_it_never_posted_are_reconciled(database_url: s
         sent = await stack.send.SendMessage(text("evo-drop", "k1"))
         await asyncio.sleep(0.5)
         assert (await stack.message(sent.id)).state == STATE.Value("MESSAGE_STATE_QUEUED")  # nothing was posted
-        await stack.app.gateway.sweep_once()  # past the window: stuck
+        await stack.app.jobs.sweep_once()  # past the window: stuck
         await stack.health.ReconcileEvents(instance_health_pb2.ReconcileEventsRequest(instance_id="evo-drop"))
         done = await stack.message(sent.id)
         path = [STATE.Name(h.to_state).removeprefix("MESSAGE_STATE_") for h in done.history if h.applied]

@@ -20,7 +20,7 @@ CANONICAL = "5515981121710"
 
 
 async def count_messages(stack: Stack) -> int:
-    async with unbounded(stack.app.gateway.repo).engine.connect() as conn:
+    async with unbounded(stack.app.store).engine.connect() as conn:
         return int((await conn.execute(select(func.count()).select_from(messages))).scalar_one())
 
 

@@ -19,6 +19,7 @@ from sqlalchemy import func, select
 from adapters.persistence.schema import events, instance_transitions
 from adapters.wapi.contract import WEBHOOK_KINDS
 from services.api.wapiguard.v1 import common_pb2, instance_health_pb2, send_pb2
+from services.bootstrap import http_surface
 from services.http.bridge import start_bridge
 from tests.e2e.conftest import StackFactory
 from tests.e2e.stack import (
@@ -51,7 +52,7 @@ async def with_public_url(make_stack: StackFactory, **overrides: object) -> Stac
     recovery = stack.app.recovery
     assert recovery is not None
     recovery.config = dataclasses.replace(recovery.config, public_url=stack.bridge_url)
-    instances = stack.app.gateway.instances  # the next steps name that URL too
+    instances = stack.app.instances  # the next steps name that URL too
     instances.config = dataclasses.replace(instances.config, public_url=stack.bridge_url)
     return stack
 
@@ -128,7 +129,7 @@ async def test_restart_is_visible_and_clears_a_stall_once_reconnected(make_stack
     for i in range(2):
         await stack.submit(text_request(instance, body=f"#{i}", key=f"s-{i}"))
     await asyncio.sleep(0.3)
-    await stack.app.gateway.sweep_once()
+    await stack.app.jobs.sweep_once()
     assert (await stack.get_health(instance)).reason == "DELIVERY_STALLED"
 
     stack.sim.restart_after = 0.3
@@ -149,7 +150,7 @@ async def test_an_operator_clears_a_stall_audited_and_the_stall_s_own_stuck_mess
     for i in range(2):
         await stack.submit(text_request(instance, body=f"#{i}", key=f"s-{i}"))
     await asyncio.sleep(0.3)
-    await stack.app.gateway.sweep_once()
+    await stack.app.jobs.sweep_once()
     assert (await stack.get_health(instance)).reason == "DELIVERY_STALLED"
     # A probe that merely says "connected" never clears it.
     h = await stack.get_health(instance, refresh=True)
@@ -159,7 +160,7 @@ async def test_an_operator_clears_a_stall_audited_and_the_stall_s_own_stuck_mess
     answer = await stack.health.ClearStall(req(instance))
     assert answer.cleared
     assert (answer.health.state, answer.health.reason, answer.health.can_send) == (CONNECTED, "PHONE_CONFIRMED", True)
-    await stack.app.gateway.sweep_once()  # the two messages stuck during the stall are not a new run
+    await stack.app.jobs.sweep_once()  # the two messages stuck during the stall are not a new run
     assert (await stack.get_health(instance)).state == CONNECTED
     sent = await stack.submit(text_request(instance, key="after"))
     await stack.wait_state(sent.id, READ)
@@ -261,7 +262,7 @@ async def test_missed_events_are_replayed_from_the_webhook_log_exactly_once(stac
     assert all(m.state == SENT for m in [await stack.message(m.id) for m in missed])
 
     # The bridge comes back (a new port); nothing arrives by itself for what was missed.
-    runner, port = await start_bridge(stack.app.settings, stack.app.gateway, stack.app.recovery)
+    runner, port = await start_bridge(stack.app.settings, http_surface(stack.app))
     stack.app.bridge_runner = runner
     stack.app.stack.push_async_callback(runner.cleanup)
     stack.app.http_port = port
@@ -280,7 +281,7 @@ async def test_missed_events_are_replayed_from_the_webhook_log_exactly_once(stac
 
     again = await stack.health.ReconcileEvents(instance_health_pb2.ReconcileEventsRequest(instance_id=instance))
     assert (again.instances[0].applied, again.instances[0].duplicates) == (0, result.fetched)
-    repo = unbounded(stack.app.gateway.repo)
+    repo = unbounded(stack.app.store)
     async with repo.engine.connect() as conn:
         stored = (
             await conn.execute(select(func.count()).select_from(events).where(events.c.instance_id == instance))
@@ -299,7 +300,7 @@ async def test_a_queued_answer_is_never_sent_and_gets_stuck(make_stack: StackFac
     assert msg.queue_id
     assert [h.to_state for h in msg.history if h.applied][-1] == QUEUED
     await asyncio.sleep(0.3)
-    stuck = await stack.app.gateway.sweep_once()
+    stuck = await stack.app.jobs.sweep_once()
     assert [m.id for m in stuck] == [msg.id]
     listed = await stack.send.ListMessages(send_pb2.ListMessagesRequest(instance_id=instance, stuck_only=True))
     assert [(m.id, m.state, m.stuck) for m in listed.messages] == [(msg.id, QUEUED, True)]

@@ -47,7 +47,7 @@ def retry_delay(error: grpc.aio.AioRpcError) -> float:
 
 
 async def count_messages(stack: Stack) -> int:
-    async with unbounded(stack.app.gateway.repo).engine.connect() as conn:
+    async with unbounded(stack.app.store).engine.connect() as conn:
         return int((await conn.execute(select(func.count()).select_from(messages))).scalar_one())
 
 

@@ -60,9 +60,9 @@ class ScriptedProvider:
 async def wire_webhooks(app: Any, instance_id: str) -> None:
     """Records the instance's W-API webhooks as pointing at the bridge (what `webhooks configure`
     stores once W-API's read-back matches) and drops the preflight's cached copy."""
-    repo = app.gateway.repo
+    repo = app.store
     await getattr(repo, "inner", repo).set_webhooks_state(instance_id, "CONFIGURED", "")
-    app.gateway.instances.forget(instance_id)
+    app.instances.forget(instance_id)
 
 
 @dataclass
@@ -81,7 +81,7 @@ class Harness:
 
     @property
     def repo(self) -> Any:
-        return self.app.gateway.repo
+        return self.app.store
 
     async def register(
         self,

@@ -171,7 +171,7 @@ async def test_instance_health_changes_and_stuck_alerts_are_logged(guard: Harnes
     await guard.connect("cl-4")  # the same health again: no entry
     sent = [await send(guard, "cl-4", f"s{i}") for i in range(2)]
     await asyncio.sleep(0.1)
-    await guard.app.gateway.sweep_once()
+    await guard.app.jobs.sweep_once()
 
     health = await read_all(guard, start, expect=2, kinds=[ChangeKind.INSTANCE_HEALTH_CHANGED])
     assert [(c.payload["from_state"], c.payload["to_state"], c.payload["reason"]) for c in health] == [
@@ -182,7 +182,7 @@ async def test_instance_health_changes_and_stuck_alerts_are_logged(guard: Harnes
     assert health[1].payload["source"] == "sweeper"
     stuck = await read_all(guard, start, expect=2, kinds=[ChangeKind.MESSAGE_STUCK])
     assert sorted(c.message_id or "" for c in stuck) == sorted(m.id for m in sent)
-    await guard.app.gateway.sweep_once()
+    await guard.app.jobs.sweep_once()
     assert len(await read_all(guard, start, expect=2, kinds=[ChangeKind.MESSAGE_STUCK])) == 2  # once each
 
 
@@ -272,7 +272,7 @@ async def test_concurrent_statuses_lift_a_stall_once_and_log_each_change_once(gu
     stalled = [await send(guard, "cl-s1", f"s{i}") for i in range(2)]
     other = await send(guard, "cl-s2", "o")
     await asyncio.sleep(0.1)
-    await guard.app.gateway.sweep_once()
+    await guard.app.jobs.sweep_once()
     start = await guard.repo.head_change_cursor()
     # Sent together so they share group-commit batches: the stalled instance's statuses take the
     # one-event path, which alone lifts the stall.

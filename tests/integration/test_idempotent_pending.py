@@ -84,7 +84,7 @@ async def test_replay_after_the_attempt_died_answers_outcome_unknown_naming_retr
     first = asyncio.ensure_future(guard.send.SendMessage(text("idem-2", "order-2"), timeout=10))
     await asyncio.sleep(0.2)
     # The attempt dies between calling the provider and storing its answer (as in a crash).
-    for task in list(guard.app.gateway.sending.inflight):
+    for task in list(guard.app.sending.inflight):
         task.cancel()
     with pytest.raises(grpc.aio.AioRpcError):
         await first
@@ -118,12 +118,12 @@ async def test_replay_of_a_reconciled_message_is_a_precondition_failure_not_unav
     guard.provider.send_gate = asyncio.Event()
     first = asyncio.ensure_future(guard.send.SendMessage(text("idem-3", "order-3"), timeout=10))
     await asyncio.sleep(0.2)
-    for task in list(guard.app.gateway.sending.inflight):
+    for task in list(guard.app.sending.inflight):
         task.cancel()
     with pytest.raises(grpc.aio.AioRpcError):
         await first
     await asyncio.sleep(0.4)
-    assert [m.instance_id for m in await guard.app.gateway.reconcile_once()] == ["idem-3"]
+    assert [m.instance_id for m in await guard.app.jobs.reconcile_once()] == ["idem-3"]
 
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await guard.send.SendMessage(text("idem-3", "order-3"), timeout=5)

@@ -15,8 +15,8 @@ from adapters.persistence.db import create_engine
 from adapters.persistence.migrate import upgrade_to_head
 from adapters.persistence.retention import PRUNE_LOCK_KEY, Pruner
 from adapters.persistence.schema import change_log, chat_statuses, events, instance_transitions, messages, open_messages
-from services.bootstrap import gateway_config
 from services.config import Settings
+from services.core_wiring import gateway_config
 from statemachine.domain import MessageState
 from statemachine.ports import RetentionPolicy
 from tests.conftest import POSTGRES_URL
@@ -157,9 +157,9 @@ async def test_retention_runs_are_measured(database_url: str) -> None:
     try:
         async with harness.repo.engine.begin() as conn:
             await _seed(conn)
-        report = await harness.app.gateway.prune_once()
+        report = await harness.app.jobs.prune_once()
         assert report.ran
-        metrics = harness.app.gateway.telemetry.prometheus_text().decode()
+        metrics = harness.app.telemetry.prometheus_text().decode()
         pruned = {
             m.group(1): float(m.group(2))
             for m in re.finditer(r'^wapiguard_retention_pruned_total\{.*table="(\w+)"\} (\S+)$', metrics, re.M)

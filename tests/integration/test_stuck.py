@@ -50,9 +50,9 @@ async def test_stuck_messages_alert_once_and_stall_the_instance(
     sent = [await send(guard, "st-1", f"m{i}") for i in range(3)]
     await asyncio.sleep(0.1)
 
-    stuck = await guard.app.gateway.sweep_once()
+    stuck = await guard.app.jobs.sweep_once()
     assert sorted(m.id for m in stuck) == sorted(m.id for m in sent)
-    assert await guard.app.gateway.sweep_once() == []  # alert once per message
+    assert await guard.app.jobs.sweep_once() == []  # alert once per message
     assert len(alerts(caplog, "MESSAGE_STUCK")) == 3
     assert len(alerts(caplog, "DELIVERY_STALLED")) == 1
 
@@ -94,13 +94,13 @@ async def test_a_delivery_between_stuck_messages_resets_the_run(guard: Harness) 
     await guard.connect("st-2")
     first = [await send(guard, "st-2", f"a{i}") for i in range(2)]
     await asyncio.sleep(0.1)
-    await guard.app.gateway.sweep_once()
+    await guard.app.jobs.sweep_once()
     await guard.webhook(
         {"event": "webhookStatus", "instanceId": "st-2", "messageId": first[0].provider_message_id, "status": "read"}
     )
     [await send(guard, "st-2", f"b{i}") for i in range(2)]
     await asyncio.sleep(0.1)
-    await guard.app.gateway.sweep_once()
+    await guard.app.jobs.sweep_once()
     h = await health(guard, "st-2")
     assert h.state == common_pb2.INSTANCE_STATE_CONNECTED  # 2 stuck, a read, 2 stuck: never 3 in a row
     assert h.stuck_messages == 3
@@ -112,7 +112,7 @@ async def test_reconnection_event_clears_a_stall(guard: Harness) -> None:
     for i in range(3):
         await send(guard, "st-3", f"c{i}")
     await asyncio.sleep(0.1)
-    await guard.app.gateway.sweep_once()
+    await guard.app.jobs.sweep_once()
     assert (await health(guard, "st-3")).reason == "DELIVERY_STALLED"
     await guard.connect("st-3", phone="5511999990000")
     h = await health(guard, "st-3")
@@ -137,14 +137,14 @@ async def test_messages_left_pending_by_a_crash_are_reconciled_as_outcome_unknow
     fresh = utcnow()
     await guard.repo.insert_message(replace(template, id="in-flight", idempotency_key="k2", updated_at=fresh))
 
-    reconciled = await guard.app.gateway.reconcile_once()
+    reconciled = await guard.app.jobs.reconcile_once()
     assert [m.id for m in reconciled] == ["crashed"]
     crashed = await guard.send.GetMessage(send_pb2.GetMessageRequest(message_id="crashed"))
     assert (crashed.state, crashed.failure_reason) == (common_pb2.MESSAGE_STATE_FAILED, "OUTCOME_UNKNOWN")
     assert crashed.history[-1].source == "reconciler"
     in_flight = await guard.send.GetMessage(send_pb2.GetMessageRequest(message_id="in-flight"))
     assert in_flight.state == common_pb2.MESSAGE_STATE_PENDING
-    assert await guard.app.gateway.reconcile_once() == []
+    assert await guard.app.jobs.reconcile_once() == []
 
 
 @pytest.mark.skipif(not POSTGRES_URL, reason="two sweepers race only on a shared PostgreSQL")
@@ -156,7 +156,7 @@ async def test_two_sweepers_on_one_postgres_alert_once_per_message(database_url:
         await first.connect("two-1")
         sent = {(await send(first, "two-1", f"t{i}")).id for i in range(40)}
         await asyncio.sleep(0.1)
-        results = await asyncio.gather(*(h.app.gateway.sweep_once() for h in (first, second, first, second)))
+        results = await asyncio.gather(*(h.app.jobs.sweep_once() for h in (first, second, first, second)))
         swept = [m.id for batch in results for m in batch]
         assert sorted(swept) == sorted(sent)  # every message once, none twice
         h = await health(first, "two-1")
@@ -197,7 +197,7 @@ async def test_stuck_counts_follow_every_way_in_and_out_of_stuck(guard: Harness)
         await guard.connect(instance)
     sent = {i: [await send(guard, i, f"{i}-{n}") for n in range(4)] for i in ("cnt-a", "cnt-b")}
     await asyncio.sleep(0.1)
-    await guard.app.gateway.sweep_once()
+    await guard.app.jobs.sweep_once()
     assert await guard.repo.stuck_counts() == {"cnt-a": 4, "cnt-b": 4} == await counted_from_rows()
 
     late = sent["cnt-a"]
@@ -215,14 +215,14 @@ async def test_a_backlog_is_swept_in_short_batches_back_to_back(
     guard: Harness, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="wapi_guard.core")
-    jobs = guard.app.gateway.jobs
+    jobs = guard.app.jobs
     jobs.config = replace(jobs.config, sweep_batch=2)
     await guard.register("st-b")
     await guard.connect("st-b")
     sent = [await send(guard, "st-b", f"b{i}") for i in range(5)]
     await asyncio.sleep(0.1)
 
-    first = await guard.app.gateway.sweep_once()
+    first = await guard.app.jobs.sweep_once()
     assert len(first) == 2  # one sweep marks one batch, the oldest first
     assert await jobs.sweep_backlog() == 3  # the rest, in sweeps that follow at once
     assert await jobs.sweep_backlog() == 0

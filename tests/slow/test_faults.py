@@ -881,6 +881,6 @@ async def test_client_deadline_bounds_the_handler_even_with_a_30s_send_timeout(
 
 def _no_inflight(guard: Harness) -> Callable[[], Awaitable[bool]]:
     async def check() -> bool:
-        return not guard.app.gateway.sending.inflight
+        return not guard.app.sending.inflight
 
     return check

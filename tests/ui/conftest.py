@@ -79,11 +79,11 @@ class UiStack:
         """`wired`: the simulator posts to this bridge, recorded as `webhooks configure` leaves it
         (see tests.e2e.stack.wire_webhooks); False: webhooks UNCONFIGURED, as with no --public-url."""
         self.sim.add_instance(instance_id, WAPI_TOKENS[instance_id], behaviour=behaviour, plan=plan.value)
-        record = await self.app.gateway.register(instance_id, name, WAPI_TOKENS[instance_id], plan)
+        record = await self.app.instances.register(instance_id, name, WAPI_TOKENS[instance_id], plan)
         if not wired:
             return record
         await wire_webhooks(self.app, instance_id)
-        return await self.app.gateway.health(instance_id)
+        return await self.app.instances.health(instance_id)
 
     async def add_both(self) -> None:
         await self.add(AVENTURA, "Aventura")

@@ -16,16 +16,16 @@ from tests.ui.test_status_actions import basic, csrf_of
 
 
 async def stall(stack: UiStack) -> None:
-    change = await stack.app.gateway.repo.apply_instance_trigger(
+    change = await stack.app.store.apply_instance_trigger(
         AVENTURA, InstanceTrigger.REPORT_DELIVERY_STALLED, source="detector"
     )
     assert change is not None
     assert change.decision.changed
-    stack.app.gateway.instances.after_change(change)
+    stack.app.instances.after_change(change)
 
 
 def repository(stack: UiStack) -> Repository:
-    repo = stack.app.gateway.repo
+    repo = stack.app.store
     repo = getattr(repo, "inner", repo)  # the gateway's store is bounded per request
     assert isinstance(repo, Repository)
     return repo
@@ -80,7 +80,7 @@ async def test_clear_stall_from_the_status_page_only_on_a_stalled_instance(make_
         token = await csrf_of(session, stack)
         async with session.post(url, data={"csrf": "0" * 64}, headers={**basic(ADMIN), **origin}) as response:
             assert response.status == 403
-        assert (await stack.app.gateway.repo.get_instance(AVENTURA))[0].reason == "DELIVERY_STALLED"  # type: ignore[index]
+        assert (await stack.app.store.get_instance(AVENTURA))[0].reason == "DELIVERY_STALLED"  # type: ignore[index]
 
         async with session.post(url, data={"csrf": token}, headers={**basic(ADMIN), **origin}) as response:
             assert response.status == 200

@@ -72,7 +72,7 @@ async def test_connect_draws_the_qr_code_that_w_api_gave(stack: UiStack, tmp_pat
     assert isinstance(tmp_path, Path)
     instance = "3B6XIW-ZTS923-GEAY6V"
     stack.sim.add_instance(instance, WAPI_TOKENS[instance], behaviour="disconnected")
-    await stack.app.gateway.register(instance, "Aventura", WAPI_TOKENS[instance], stack_plan())
+    await stack.app.instances.register(instance, "Aventura", WAPI_TOKENS[instance], stack_plan())
     saved = tmp_path / "qr.png"
     run = await cli("connect", instance, "--qr-file", str(saved), "--server", stack.grpc_address)
     assert run.returncode == 0, run.stderr
@@ -91,7 +91,7 @@ async def test_webhooks_and_reconcile_commands(make_stack: StackFactory) -> None
     server = ("--server", stack.grpc_address)
     instance = "3B6XIW-ZTS923-GEAY6V"
     stack.sim.add_instance(instance, WAPI_TOKENS[instance])
-    await stack.app.gateway.register(instance, "Aventura", WAPI_TOKENS[instance], stack_plan())
+    await stack.app.instances.register(instance, "Aventura", WAPI_TOKENS[instance], stack_plan())
     refused = await cli("webhooks", "configure", instance, *server, "--json")
     assert refused.returncode == 1
     assert json.loads(refused.stdout)["error"]["reason"] == "PUBLIC_URL_NOT_CONFIGURED"

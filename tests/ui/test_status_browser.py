@@ -113,7 +113,7 @@ async def test_status_page_follows_an_instance_live(make_stack: StackFactory, tm
         for i in range(3):
             await stack.send_text(AVENTURA, f"stall-{i}", ADMIN)
         await asyncio.sleep(0.3)
-        assert len(await stack.app.gateway.sweep_once()) == 3
+        assert len(await stack.app.jobs.sweep_once()) == 3
         await page.wait_for(f"{LABEL} === 'Entrega parada'", what="'Entrega parada'")
         assert await page.evaluate(STATE) == "DEGRADED"
         assert await page.evaluate(f"{CARD}.classList.contains('tone-red')")
@@ -177,7 +177,7 @@ async def test_an_instance_without_confirmed_webhooks_is_not_online_on_the_page(
 
         sent = await stack.send_text(AVENTURA, "first", ADMIN)  # sends pass by default
         assert sent.provider_message_id
-        await stack.app.gateway.instances.flush_touches_once()
+        await stack.app.instances.flush_touches_once()
 
         async def reloaded_label() -> str:
             await page.send("Page.reload")
@@ -188,7 +188,7 @@ async def test_an_instance_without_confirmed_webhooks_is_not_online_on_the_page(
             if await reloaded_label() == "Online":
                 break
             await asyncio.sleep(0.25)
-            await stack.app.gateway.instances.flush_touches_once()
+            await stack.app.instances.flush_touches_once()
         assert await page.evaluate(LABEL) == "Online"
         assert await page.evaluate(f"{CARD}.dataset.webhooks") == "RECEIPTS"
         assert await page.evaluate(f"{CARD}.querySelector('[data-role=\"next-step\"]')") is None

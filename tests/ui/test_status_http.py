@@ -73,8 +73,8 @@ async def stalled_stack(make_stack: StackFactory, **settings) -> UiStack:
         await stack.send_text(INCOMPLETE, "blocked-1", token)
     await asyncio.sleep(0.3)
     # This sweep or the one that follows the connection's missed-event recovery marks them.
-    await stack.app.gateway.sweep_once()
-    stuck, _next = await stack.app.gateway.list_messages(instance_id=AVENTURA, stuck_only=True)
+    await stack.app.jobs.sweep_once()
+    stuck, _next = await stack.app.messages.list_messages(instance_id=AVENTURA, stuck_only=True)
     assert len(stuck) == 3
     return stack
 
@@ -162,7 +162,7 @@ async def test_labels_for_every_state(make_stack: StackFactory) -> None:
     stack = await make_stack(probe_timeout=0.3)
     await stack.add(AVENTURA, "Aventura", behaviour="timeout")  # probe times out → DEGRADED/TIMEOUT_OR_GATEWAY
     await stack.add(INCOMPLETE, "Loja", behaviour="token_invalid")  # → DISCONNECTED/TOKEN_INVALID
-    await stack.app.gateway.register("NEVER-PROBED-1", "Nova", "wapi-instance-token-new-0003", Plan.PRO, probe=False)
+    await stack.app.instances.register("NEVER-PROBED-1", "Nova", "wapi-instance-token-new-0003", Plan.PRO, probe=False)
     async with httpx.AsyncClient(base_url=stack.http_url, timeout=5) as client:
         pt = {i["instance_id"]: i for i in (await client.get("/status/api/snapshot")).json()["instances"]}
         en = {i["instance_id"]: i for i in (await client.get("/status/api/snapshot?lang=en")).json()["instances"]}
@@ -260,8 +260,8 @@ async def test_event_stream_is_live_and_shutdown_does_not_wait_for_it(make_stack
 
 async def test_database_trouble_is_said_not_hidden(stack: UiStack, monkeypatch: pytest.MonkeyPatch) -> None:
     await stack.add(AVENTURA, "Aventura")
-    gateway = stack.app.gateway
-    healthy = gateway.list_instances
+    instances = stack.app.instances
+    healthy = instances.list_instances
 
     async def broken(**_kw):
         raise OSError("database unreachable")
@@ -274,7 +274,7 @@ async def test_database_trouble_is_said_not_hidden(stack: UiStack, monkeypatch: 
         async with asyncio.timeout(10):
             name, _ = await anext(events)
             assert name == "snapshot"
-            monkeypatch.setattr(gateway, "list_instances", broken)
+            monkeypatch.setattr(instances, "list_instances", broken)
             await stack.sim.emit(AVENTURA, "connected_without_phone")  # a change wakes the stream now
             async for name, data in events:
                 if name == "unavailable":
@@ -286,7 +286,7 @@ async def test_database_trouble_is_said_not_hidden(stack: UiStack, monkeypatch: 
             assert "banco de dados inacessível" in page.text
             assert snap.status_code == 503
             assert snap.json()["error"] == "unavailable"
-            monkeypatch.setattr(gateway, "list_instances", healthy)
+            monkeypatch.setattr(instances, "list_instances", healthy)
             await stack.sim.emit(AVENTURA, "connected")
             async for name, data in events:
                 if name == "snapshot" and 'data-state="CONNECTED"' in data["html"].get("instances", ""):
@@ -300,7 +300,7 @@ async def test_each_instance_shows_its_provider(make_stack: StackFactory) -> Non
     await stack.add(AVENTURA, "Aventura")
     zapi_id = "3C1F0A9E2B7D4E61A5B8C0D2E4F6A8B1"
     stack.sim.dialects.add_instance(ZAPI, zapi_id, "zapi-instance-token-0003", phone="5511987654321")
-    await stack.app.gateway.register(
+    await stack.app.instances.register(
         zapi_id,
         "Loja Z-API",
         "zapi-instance-token-0003",

@@ -9,12 +9,13 @@ from typing import Any
 
 import pytest
 
-from services.app.gateway import GatewayConfig
+from services.app.gateway_config import GatewayConfig
 from services.app.outbound import OutboundConfig
 from services.app.recovery import RecoveryConfig
-from services.bootstrap import gateway_config, outbound_config, recovery_config
+from services.bootstrap import outbound_config, recovery_config
 from services.cli.main import build_parser, settings_from
 from services.config import Settings
+from services.core_wiring import gateway_config
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 ROW = re.compile(r"^\| `(--[a-z0-9-]+)` \| `(WAPIGUARD_[A-Z0-9_]+)` \| ([^|]+) \|", re.MULTILINE)
