@@ -23,7 +23,6 @@ from adapters.inbound import normalize_inbound
 from adapters.persistence.bounded import BoundedStore
 from adapters.persistence.db import async_url, create_engine
 from adapters.persistence.listen import change_listener
-from adapters.persistence.migrate import upgrade_to_head
 from adapters.persistence.optouts import OptOutRepository
 from adapters.persistence.recipients import RecipientCheckRepository
 from adapters.persistence.send_policies import SendPolicyRepository
@@ -42,6 +41,7 @@ from services.app.subscriptions import Scopes
 from services.app.webhook_subscriptions import WebhookSubscriptions
 from services.config import Settings
 from services.core_wiring import UseCases, build_use_cases, gateway_config, start_use_cases
+from services.migration import migrate
 from services.observability.logs import register_secret
 from services.observability.telemetry import Telemetry
 from services.provider_wiring import build_registry, status_puller
@@ -305,15 +305,6 @@ def http_surface(app: App, subscriptions: WebhookStore | None = None) -> Surface
 
     reads = StatusReads(app.instances, app.messages)
     return Surface(app.ingest, app.telemetry, reads, app.sending, app.recovery, subscriptions)
-
-
-async def migrate(settings: Settings, url: str) -> None:
-    """Own engine, no statement timeout: a migration's DDL may legitimately take long."""
-    migrations = create_engine(url, pool_size=1, connect_timeout=settings.db_connect_timeout)
-    try:
-        await step("migrations", url, settings.db_connect_timeout, upgrade_to_head(migrations))
-    finally:
-        await migrations.dispose()
 
 
 async def start_dispatcher(

@@ -134,9 +134,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.command == "migrate":
                 return run(_migrate(settings), event_loop=settings.event_loop)
             if settings.workers > 1:
+                from services.migration import migrate
                 from services.rpc.workers import serve_workers
 
-                return serve_workers(settings, argv[1:])
+                return serve_workers(settings, argv[1:], migrate=migrate)
             from services.bootstrap import serve
 
             run(serve(settings), event_loop=settings.event_loop)
@@ -161,16 +162,9 @@ def startup_message(error: BaseException) -> str:
 
 
 async def _migrate(settings: Settings) -> int:
-    from adapters.persistence.db import async_url, create_engine
-    from adapters.persistence.migrate import upgrade_to_head
-    from services.rpc.startup import step
+    from services.migration import migrate
 
-    url = async_url(settings.database_url)
-    engine = create_engine(url, pool_size=1, connect_timeout=settings.db_connect_timeout)
-    try:
-        await step("migrations", url, settings.db_connect_timeout, upgrade_to_head(engine))
-    finally:
-        await engine.dispose()
+    await migrate(settings)
     print("database is at the latest schema")
     return 0
 

@@ -24,15 +24,13 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
 from sqlalchemy.engine import make_url
 
-from adapters.persistence.db import create_engine
-from adapters.persistence.migrate import upgrade_to_head
 from adapters.runtime import run
 from services.config import Settings
-from services.rpc.startup import step
 
 # Worker 0's periodic jobs; the other workers get these flags (the last flag given wins).
 SINGLE_WORKER_JOBS = ("--probe-interval", "--sweep-interval", "--retention-interval", "--reconcile-interval")
@@ -85,11 +83,14 @@ def worker_argv(argv: Sequence[str], index: int, grpc_port: int, http_port: int)
     return args
 
 
-def serve_workers(settings: Settings, argv: Sequence[str]) -> int:
-    """Runs `settings.workers` workers until SIGTERM/SIGINT; `argv` is the parent's `serve` line."""
+def serve_workers(
+    settings: Settings, argv: Sequence[str], *, migrate: Callable[[Settings], Coroutine[Any, Any, None]]
+) -> int:
+    """Runs `settings.workers` workers until SIGTERM/SIGINT; `argv` is the parent's `serve` line;
+    `migrate` is the composition root's (services/migration.py), run once here when asked."""
     check(settings)
     if settings.migrate_on_start:
-        run(_migrate(settings), event_loop=settings.event_loop)
+        run(migrate(settings), event_loop=settings.event_loop)
     held = [_hold_port(settings.host, settings.grpc_port)]
     grpc_port = held[0].getsockname()[1]
     http_port = settings.http_port
@@ -139,16 +140,6 @@ def serve_workers(settings: Settings, argv: Sequence[str]) -> int:
                 p.kill()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-async def _migrate(settings: Settings) -> None:
-    """Once, before the workers start (each then starts with --no-migrate)."""
-    url = settings.database_url
-    engine = create_engine(url, pool_size=1, connect_timeout=settings.db_connect_timeout)
-    try:
-        await step("migrations", url, settings.db_connect_timeout, upgrade_to_head(engine))
-    finally:
-        await engine.dispose()
 
 
 def _wait_ready(procs: list[subprocess.Popen[str]], stop: dict[str, int]) -> bool:
