@@ -27,7 +27,7 @@ async def _split(url: str, stuck_after: float, batch: int, backlog: bool) -> dic
     from services.app.clock import utcnow
     from services.app.gateway_config import GatewayConfig
     from services.app.health import Instances
-    from services.app.jobs import Jobs
+    from services.app.jobs import Jobs, stall_stuck_runs
     from services.observability.telemetry import Telemetry
 
     quiet = logging.getLogger("wapi_guard")
@@ -65,7 +65,7 @@ async def _split(url: str, stuck_after: float, batch: int, backlog: bool) -> dic
         await timed("apply_parked", repo.apply_parked())
         stuck = await timed("mark_stuck", repo.mark_stuck(cutoff, limit=config.sweep_batch))
         ids = sorted({m.instance_id for m in stuck})
-        changes = await timed("stall_stuck_runs", repo.stall_stuck_runs(ids, config.stall_threshold))
+        changes = await timed("stall_stuck_runs", stall_stuck_runs(repo, ids, config.stall_threshold))
         candidates, stalled = ids, len(changes)
         await timed("refresh_gauges", instances.refresh_gauges())
         await timed("reconcile_pending", repo.reconcile_pending(utcnow() - timedelta(seconds=60)))

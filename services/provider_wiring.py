@@ -12,7 +12,7 @@ from services.app.provider_reconcile import Ingest, StatusPuller
 from services.app.providers import ProviderRegistry
 from statemachine.ports import Provider
 from statemachine.providers import ProviderKind
-from statemachine.store_ports import Store
+from statemachine.store_ports import StatusPullStore
 
 
 def build_registry(wapi: Provider, engine: AsyncEngine | None, *, zapi_base_url: str = "") -> ProviderRegistry:
@@ -23,6 +23,6 @@ def build_registry(wapi: Provider, engine: AsyncEngine | None, *, zapi_base_url:
     return ProviderRegistry(clients, InstanceProviders(engine) if engine is not None else None)
 
 
-def status_puller(repo: Store, registry: ProviderRegistry, ingest: Ingest, *, timeout: float) -> StatusPuller:
+def status_puller(repo: StatusPullStore, registry: ProviderRegistry, ingest: Ingest, *, timeout: float) -> StatusPuller:
     """Missed-status reconciliation for the providers that keep statuses (Evolution)."""
     return StatusPuller(repo, registry, ingest, {ProviderKind.EVOLUTION: evolution_webhooks.parse}, timeout=timeout)

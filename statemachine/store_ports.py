@@ -6,9 +6,10 @@ result types are in ports.py."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from statemachine.domain import (
     InstanceRecord,
@@ -34,6 +35,8 @@ from statemachine.ports import (
     RetentionPolicy,
     SendSample,
 )
+
+T = TypeVar("T")
 
 
 class StoreErrors(Protocol):
@@ -101,9 +104,21 @@ class Parked(Protocol):
         ...
 
 
-class Messages(Parked, Protocol):
-    async def insert_message(self, msg: MessageRecord) -> tuple[MessageRecord, bool]: ...
+class MessageReads(Protocol):
     async def get_message(self, message_id: str) -> MessageRecord | None: ...
+    async def list_messages(
+        self,
+        *,
+        instance_id: str = "",
+        states: Sequence[MessageState] = (),
+        stuck_only: bool = False,
+        page_size: int = 50,
+        page_token: str = "",
+    ) -> tuple[list[MessageRecord], str]: ...
+
+
+class Messages(MessageReads, Parked, Protocol):
+    async def insert_message(self, msg: MessageRecord) -> tuple[MessageRecord, bool]: ...
     async def record_outcome(
         self,
         msg: MessageRecord,
@@ -131,15 +146,6 @@ class Messages(Parked, Protocol):
     async def reset_for_retry(
         self, message_id: str, *, source: str, trace_ids: tuple[str, str] = ("", "")
     ) -> MessageRecord: ...
-    async def list_messages(
-        self,
-        *,
-        instance_id: str = "",
-        states: Sequence[MessageState] = (),
-        stuck_only: bool = False,
-        page_size: int = 50,
-        page_token: str = "",
-    ) -> tuple[list[MessageRecord], str]: ...
 
 
 class WebhookEvents(Parked, Protocol):
@@ -151,8 +157,67 @@ class WebhookEvents(Parked, Protocol):
 class Sweeps(Parked, Protocol):
     async def mark_stuck(self, cutoff: datetime, *, limit: int = 500) -> list[MessageRecord]: ...
     async def reconcile_pending(self, cutoff: datetime, *, limit: int = 200) -> list[MessageRecord]: ...
-    async def stall_stuck_runs(self, instance_ids: Sequence[str], threshold: int) -> list[InstanceChange]: ...
     async def prune(self, policy: RetentionPolicy) -> PruneReport: ...
+
+
+# --- one transaction over several aggregates: the unit of work ----------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceSignal:
+    """One instance trigger to run, with what comes with it."""
+
+    instance_id: str
+    trigger: InstanceTrigger
+    source: str
+    new_phone: str | None = None
+    checked_at: datetime | None = None
+    event_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StuckRun:
+    """An instance's newest stuck sends (after its latest stall ended) and its latest delivery
+    status after the oldest of them: what statemachine/stuck.py `stalls` decides on."""
+
+    sent: list[datetime]
+    last_delivery: datetime | None
+
+
+class InstancesInTransaction(Protocol):
+    async def apply_triggers(self, signals: Sequence[InstanceSignal]) -> list[InstanceChange]:
+        """The one writer of instance transitions (the instance machine on the locked rows)."""
+        ...
+
+    async def lift_stall(self, instance_id: str, changes: list[InstanceChange]) -> None: ...
+
+
+class MessagesInTransaction(Protocol):
+    async def locked(self, message_id: str) -> MessageRecord | None: ...
+    async def save(self, before: MessageRecord, after: MessageRecord) -> None:
+        """The version compare-and-set of a message the machine moved, with its change-log rows."""
+        ...
+
+
+class StuckRunsInTransaction(Protocol):
+    async def read(self, instance_ids: Sequence[str], threshold: int) -> dict[str, StuckRun]: ...
+
+
+class Transaction(Protocol):
+    """One open transaction and the aggregates' stores inside it."""
+
+    @property
+    def instances(self) -> InstancesInTransaction: ...
+    @property
+    def messages(self) -> MessagesInTransaction: ...
+    @property
+    def stuck_runs(self) -> StuckRunsInTransaction: ...
+
+
+class UnitOfWork(Protocol):
+    async def atomically(self, work: Callable[[Transaction], Awaitable[T]]) -> T:
+        """Runs `work` in one transaction: committed when it returns, rolled back when it raises."""
+        ...
 
 
 # --- by consumer ------------------------------------------------------------------------------
@@ -168,6 +233,10 @@ class SendingStore(StoreErrors, InstanceTransitions, Messages, Protocol):
     async def count_gateway_failure(self, instance_id: str, *, failed: bool) -> int: ...
 
 
+class StatusPullStore(InstanceReads, MessageReads, Protocol):
+    """services/app/provider_reconcile.py: the instances and stuck messages a status pull asks about."""
+
+
 class StallWatchStore(InstanceReads, InstanceTransitions, DeliveryHistory, Protocol):
     """services/app/stall_watch.py: the learned stall test."""
 
@@ -176,8 +245,9 @@ class IngestStore(WebhookEvents, Protocol):
     """services/app/ingest.py: webhooks."""
 
 
-class JobsStore(Sweeps, Protocol):
-    """services/app/jobs.py: reconciliation, the stuck sweep, retention."""
+class JobsStore(Sweeps, UnitOfWork, Protocol):
+    """services/app/jobs.py: reconciliation, the stuck sweep (its stall of stuck runs through the
+    unit of work), retention."""
 
 
 class Store(ChangeLog, HealthStore, SendingStore, StallWatchStore, IngestStore, JobsStore, Protocol):

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -32,6 +32,7 @@ from statemachine.ports import (
     ConcurrentUpdateError,
     InstanceChange,
 )
+from statemachine.store_ports import InstanceSignal
 
 # The compare-and-set update of an instance transition (apply_instance_triggers, below).
 _CAS_INSTANCE = (
@@ -55,18 +56,6 @@ _CAS_INSTANCE = (
         }
     )
 )
-
-
-@dataclass(frozen=True, slots=True)
-class InstanceSignal:
-    """One instance trigger to run, with what comes with it."""
-
-    instance_id: str
-    trigger: InstanceTrigger
-    source: str
-    new_phone: str | None = None
-    checked_at: datetime | None = None
-    event_at: datetime | None = None
 
 
 # The columns _instance_from_driver reads, by position; the stuck count joined from its counter row.

@@ -1,5 +1,6 @@
-"""The periodic jobs' writes: stuck marking, crash reconciliation of PENDING sends, stuck runs
-that stall instances (statemachine/stuck.py decides), retention."""
+"""The periodic jobs' writes: stuck marking, crash reconciliation of PENDING sends, retention; and
+the read of the stuck runs that stall instances (statemachine/stuck.py decides, in the jobs' unit
+of work: services/app/jobs.py)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import and_, func, literal_column, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from adapters.persistence import changelog
-from adapters.persistence.instances import InstanceSignal, apply_instance_triggers
 from adapters.persistence.messages import save_message
 from adapters.persistence.retention import Pruner
 from adapters.persistence.rows import DELIVERY_STATUSES, HANDED_OVER, PENDING, STUCK, UNSTUCK, message_from_row, utcnow
@@ -26,15 +26,14 @@ from statemachine import stuck as stuck_rule
 from statemachine.domain import (
     MessageRecord,
 )
-from statemachine.instance_machine import InstanceTrigger
 from statemachine.message_machine import (
     outcome_unknown,
 )
 from statemachine.ports import (
-    InstanceChange,
     PruneReport,
     RetentionPolicy,
 )
+from statemachine.store_ports import StuckRun
 
 
 def _aware(value: Any) -> datetime | None:
@@ -135,60 +134,54 @@ class Sweeps(StoreBase):
         """One retention run (see retention.py); skipped while another replica prunes."""
         return await self._pruner.run_once(policy)
 
-    async def stall_stuck_runs(self, instance_ids: Sequence[str], threshold: int) -> list[InstanceChange]:
-        """Stalls every CONNECTED instance of these whose last `threshold` sends are all stuck:
-        one read for all of them and one transaction for their transitions.
 
-        The run is derived from the data, never counted on the hot path (the rule:
-        statemachine/stuck.py `stalls`): per instance its `threshold` newest stuck messages sent
-        after its latest stall ended (open-work index; `instances.stall_ended_at`: after an
-        operator's clear or a reconnection the messages stuck during the stall must not stall it
-        again at once), and its latest delivery status after the oldest of them (one ordered look
-        at its events). Read in proportion to the open work of these instances.
-        """
-        if not instance_ids:
-            return []
-        om = open_messages.c
-        since_stall = or_(instances.c.stall_ended_at.is_(None), om.sent_at > instances.c.stall_ended_at)
-        ranked = (
-            select(
-                om.instance_id,
-                om.sent_at,
-                func.row_number().over(partition_by=om.instance_id, order_by=om.sent_at.desc()).label("rank"),
-            )
-            .select_from(open_messages.join(instances, instances.c.id == om.instance_id))
-            .where(STUCK, om.instance_id.in_(sorted(set(instance_ids))), since_stall)
-            .subquery()
+async def stuck_runs_in(conn: AsyncConnection, instance_ids: Sequence[str], threshold: int) -> dict[str, StuckRun]:
+    """The stuck runs of these instances, one read for all of them (the jobs' unit of work,
+    services/app/jobs.py `stall_stuck_runs`, decides with statemachine/stuck.py and stalls the
+    due ones in the same transaction).
+
+    The run is derived from the data, never counted on the hot path (the rule:
+    statemachine/stuck.py `stalls`): per instance its `threshold` newest stuck messages sent
+    after its latest stall ended (open-work index; `instances.stall_ended_at`: after an
+    operator's clear or a reconnection the messages stuck during the stall must not stall it
+    again at once), and its latest delivery status after the oldest of them (one ordered look
+    at its events). Read in proportion to the open work of these instances.
+    """
+    if not instance_ids:
+        return {}
+    om = open_messages.c
+    since_stall = or_(instances.c.stall_ended_at.is_(None), om.sent_at > instances.c.stall_ended_at)
+    ranked = (
+        select(
+            om.instance_id,
+            om.sent_at,
+            func.row_number().over(partition_by=om.instance_id, order_by=om.sent_at.desc()).label("rank"),
         )
-        newest = select(ranked).where(ranked.c.rank <= threshold).cte("newest")
-        oldest = newest.alias("oldest")
-        last_delivery = (
-            select(events.c.received_at)
-            .where(
-                events.c.instance_id == oldest.c.instance_id,
-                events.c.received_at > oldest.c.sent_at,
-                events.c.route == literal_column("'MESSAGE_STATUS'"),
-                events.c.status.in_(DELIVERY_STATUSES),
-            )
-            .order_by(events.c.received_at.desc())
-            .limit(1)
-            .scalar_subquery()
+        .select_from(open_messages.join(instances, instances.c.id == om.instance_id))
+        .where(STUCK, om.instance_id.in_(sorted(set(instance_ids))), since_stall)
+        .subquery()
+    )
+    newest = select(ranked).where(ranked.c.rank <= threshold).cte("newest")
+    oldest = newest.alias("oldest")
+    last_delivery = (
+        select(events.c.received_at)
+        .where(
+            events.c.instance_id == oldest.c.instance_id,
+            events.c.received_at > oldest.c.sent_at,
+            events.c.route == literal_column("'MESSAGE_STATUS'"),
+            events.c.status.in_(DELIVERY_STATUSES),
         )
-        query = (
-            select(newest.c.instance_id, newest.c.sent_at, last_delivery.label("last_delivery"))
-            .join(oldest, and_(oldest.c.instance_id == newest.c.instance_id, oldest.c.rank == threshold))
-            .order_by(newest.c.instance_id)
-        )
-        async with self.transaction() as conn:
-            runs: dict[str, tuple[list[datetime], datetime | None]] = {}
-            for r in await conn.execute(query):
-                sent, _ = runs.setdefault(r.instance_id, ([], _aware(r.last_delivery)))
-                sent.append(r.sent_at)
-            due = [i for i, (sent, delivered) in runs.items() if stuck_rule.stalls(sent, delivered, threshold)]
-            if not due:
-                return []
-            # The sweep's one call site of the stall.
-            changes = await apply_instance_triggers(
-                conn, [InstanceSignal(i, InstanceTrigger.REPORT_DELIVERY_STALLED, "sweeper") for i in due]
-            )
-            return [c for c in changes if c.decision.changed]
+        .order_by(events.c.received_at.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    query = (
+        select(newest.c.instance_id, newest.c.sent_at, last_delivery.label("last_delivery"))
+        .join(oldest, and_(oldest.c.instance_id == newest.c.instance_id, oldest.c.rank == threshold))
+        .order_by(newest.c.instance_id)
+    )
+    runs: dict[str, StuckRun] = {}
+    for r in await conn.execute(query):
+        run = runs.setdefault(r.instance_id, StuckRun([], _aware(r.last_delivery)))
+        run.sent.append(r.sent_at)
+    return runs

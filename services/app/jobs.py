@@ -8,15 +8,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Sequence
 from datetime import timedelta
 
 from services.app.clock import utcnow
 from services.app.gateway_config import GatewayConfig
 from services.app.health import Instances
 from services.observability.telemetry import Telemetry
+from statemachine import stuck as stuck_rule
 from statemachine.domain import MessageRecord, Reason
-from statemachine.ports import PruneReport
-from statemachine.store_ports import JobsStore
+from statemachine.instance_machine import InstanceTrigger
+from statemachine.ports import InstanceChange, PruneReport
+from statemachine.store_ports import InstanceSignal, JobsStore, Transaction, UnitOfWork
 
 log = logging.getLogger("wapi_guard.core")
 
@@ -65,7 +68,7 @@ class Jobs:
                     "sent_seconds_ago": round(age, 1),
                 },
             )
-        for change in await self.repo.stall_stuck_runs(sorted(per_instance), self.config.stall_threshold):
+        for change in await stall_stuck_runs(self.repo, sorted(per_instance), self.config.stall_threshold):
             log.warning(
                 "ALERT instance delivery stalled: sends blocked",
                 extra={"alert": "DELIVERY_STALLED", "instance_id": change.instance.instance_id},
@@ -127,3 +130,22 @@ class Jobs:
             await asyncio.sleep(
                 min(5.0, self.config.retention_interval) if incomplete else self.config.retention_interval
             )
+
+
+async def stall_stuck_runs(uow: UnitOfWork, instance_ids: Sequence[str], threshold: int) -> list[InstanceChange]:
+    """Stalls every CONNECTED instance of these whose last `threshold` sends are all stuck, in one
+    transaction: read their stuck runs (one read for all of them), decide (statemachine/stuck.py
+    `stalls`), write the stall through the instance machine's one writer (its compare-and-set
+    refuses an instance that is not CONNECTED any more). The sweep's one call site of the stall."""
+    if not instance_ids:
+        return []
+
+    async def work(tx: Transaction) -> list[InstanceChange]:
+        runs = await tx.stuck_runs.read(instance_ids, threshold)
+        due = [i for i, run in runs.items() if stuck_rule.stalls(run.sent, run.last_delivery, threshold)]
+        if not due:
+            return []
+        signals = [InstanceSignal(i, InstanceTrigger.REPORT_DELIVERY_STALLED, "sweeper") for i in due]
+        return [c for c in await tx.instances.apply_triggers(signals) if c.decision.changed]
+
+    return await uow.atomically(work)

@@ -7,12 +7,12 @@ from collections.abc import Sequence
 
 from statemachine.domain import MessageRecord, MessageState
 from statemachine.errors import InvalidRequest, MessageNotFound
-from statemachine.store_ports import Messages
+from statemachine.store_ports import MessageReads
 from statemachine.validation import Violation, validate_instance_id
 
 
 class MessageQueries:
-    def __init__(self, repo: Messages) -> None:
+    def __init__(self, repo: MessageReads) -> None:
         self.repo = repo
 
     async def get_message(self, message_id: str) -> MessageRecord:

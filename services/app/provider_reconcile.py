@@ -15,7 +15,7 @@ from services.app.providers import ProviderRegistry
 from statemachine.domain import Credentials, MessageState
 from statemachine.ports import IngestResult, StatusReconciliation, WebhookParser
 from statemachine.providers import ProviderKind
-from statemachine.store_ports import Store
+from statemachine.store_ports import StatusPullStore
 
 log = logging.getLogger("wapi_guard.reconcile")
 
@@ -36,7 +36,7 @@ class StatusPuller:
 
     def __init__(
         self,
-        repo: Store,
+        repo: StatusPullStore,
         registry: ProviderRegistry,
         ingest: Ingest,
         parsers: Mapping[ProviderKind, WebhookParser],

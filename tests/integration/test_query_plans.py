@@ -18,6 +18,7 @@ from adapters.persistence import instances, pg_fast
 from adapters.persistence.db import create_engine
 from adapters.persistence.store import Repository
 from bench.dataset import Size, asyncpg_dsn, seed
+from services.app.jobs import stall_stuck_runs
 from statemachine.ports import RetentionPolicy
 from tests.conftest import POSTGRES_URL
 
@@ -108,9 +109,9 @@ async def test_hot_queries_read_open_work_not_history(database_url: str) -> None
             "list_instances": repo.list_instances(),
             "mark_stuck": repo.mark_stuck(now - timedelta(seconds=300)),
             "reconcile_pending": repo.reconcile_pending(now - timedelta(seconds=60)),
-            "stall_stuck_runs": repo.stall_stuck_runs([f"BENCH-{i:04d}" for i in range(SIZE.instances)], 3),
+            "stall_stuck_runs": stall_stuck_runs(repo, [f"BENCH-{i:04d}" for i in range(SIZE.instances)], 3),
             "instance_state_counts": repo.instance_state_counts(),
-            "stall_stuck_runs(one)": repo.stall_stuck_runs([instance], 3),
+            "stall_stuck_runs(one)": stall_stuck_runs(repo, [instance], 3),
             "apply_parked(sweep)": repo.apply_parked(),
             "apply_parked(one)": repo.apply_parked(pid),
             "list_messages(stuck)": repo.list_messages(stuck_only=True),

@@ -11,6 +11,7 @@ from adapters.persistence.db import create_engine
 from adapters.persistence.migrate import upgrade_to_head
 from adapters.persistence.store import Repository
 from adapters.wapi.webhooks import parse_webhook
+from services.app.jobs import stall_stuck_runs
 from statemachine.domain import InstanceState, MessageState, Plan, Reason, StateChange
 from statemachine.instance_machine import InstanceTrigger
 from tests.records import message_record
@@ -58,11 +59,11 @@ async def test_one_check_stalls_exactly_the_instances_with_a_stuck_run(database_
 
         assert len(await repo.mark_stuck(datetime.now(UTC) - timedelta(minutes=5))) == 9
 
-        changes = await repo.stall_stuck_runs(["I-A", "I-B", "I-C"], 3)
+        changes = await stall_stuck_runs(repo, ["I-A", "I-B", "I-C"], 3)
         assert [(c.instance.instance_id, c.decision.to_state, c.decision.reason) for c in changes] == [
             ("I-A", InstanceState.DEGRADED, Reason.DELIVERY_STALLED.value)
         ]
-        assert await repo.stall_stuck_runs(["I-A", "I-B", "I-C"], 3) == []  # already stalled: no new change
+        assert await stall_stuck_runs(repo, ["I-A", "I-B", "I-C"], 3) == []  # already stalled: no new change
         states = {i.instance_id: (i.state, i.reason) for i in await repo.list_instances()}
         assert states["I-A"] == (InstanceState.DEGRADED, Reason.DELIVERY_STALLED.value)
         assert states["I-B"][0] is InstanceState.CONNECTED
