@@ -1,36 +1,28 @@
 """A send's outcome on its message: PENDING → SENT (the batched fast path, its SQLAlchemy and
-asyncpg spellings side by side) or the locked path for every outcome, and the parked statuses
-that beat a SENT commit, applied right after it (the one place of that rule)."""
+asyncpg spellings side by side) or the locked path for every outcome; the parked statuses that
+beat a SENT commit are applied right after it, by the rule's one owner (parked.py)."""
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from adapters.persistence import changelog, history, pg_fast
 from adapters.persistence.batching import Batcher
-from adapters.persistence.instances import lift_stall
 from adapters.persistence.messages import locked_message, save_message
-from adapters.persistence.rows import PENDING, message_from_row, message_log_rows, utcnow
+from adapters.persistence.parked import PARKED_EXISTS, ParkedStatuses, apply_parked_in
+from adapters.persistence.rows import message_from_row, message_log_rows, utcnow
 from adapters.persistence.schema import (
     events,
-    instances,
     messages,
 )
-from adapters.persistence.status_lane import (
-    CAS_STATUS,
-    cas_params,
-)
-from adapters.persistence.store_base import StoreBase
 from statemachine.domain import (
     MessageRecord,
     MessageState,
     Reason,
 )
-from statemachine.events import EventReason
 from statemachine.message_machine import (
     send_outcome,
 )
@@ -38,17 +30,6 @@ from statemachine.ports import (
     ConcurrentUpdateError,
     MessageChange,
 )
-from statemachine.status_plan import (
-    StatusEvent,
-    StatusFacts,
-    merge,
-    plan_chain,
-)
-
-# How far back the sweep looks for parked statuses whose message has appeared meanwhile: a
-# status is parked only while its send's SENT commit is in flight (seconds); older parked rows
-# belong to messages this service never sent (e.g. typed on the phone) and stay parked.
-PARKED_HORIZON = timedelta(hours=1)
 
 # PENDING → SENT as the message machine decided it: the SQLAlchemy spelling (pg_fast.MARK_SENT is
 # the same write over arrays, on the leased asyncpg connection).
@@ -68,15 +49,6 @@ MARK_SENT = (
         version=bindparam("version"),
     )
 )
-_PARKED_EXISTS = (
-    select(events.c.id)
-    .where(
-        events.c.provider_message_id == bindparam("pid"),
-        events.c.instance_id == bindparam("iid"),
-        events.c.parked,
-    )
-    .limit(1)
-)
 
 
 def _sent_params(msg: MessageRecord, after: MessageRecord) -> dict[str, Any]:
@@ -94,25 +66,6 @@ def _sent_params(msg: MessageRecord, after: MessageRecord) -> dict[str, Any]:
     }
 
 
-def _status_facts(msg: MessageRecord, instance_reason: str) -> StatusFacts:
-    return StatusFacts(
-        id=msg.id,
-        instance_id=msg.instance_id,
-        to=msg.to,
-        provider_message_id=msg.provider_message_id,
-        state=msg.state,
-        attempts=msg.attempts,
-        version=msg.version,
-        created_at=msg.created_at,
-        sent_at=msg.sent_at,
-        failure_reason=msg.failure_reason,
-        failure_detail=msg.failure_detail,
-        trace_id=msg.trace_id,
-        span_id=msg.span_id,
-        instance_reason=instance_reason,
-    )
-
-
 async def write_sent(conn: AsyncConnection, params: dict[str, Any]) -> bool:
     """PENDING → SENT as the message machine decided it (send_outcome), compare-and-set on
     version and state: the SQLAlchemy spelling of the one SENT write, for record_sent on SQLite
@@ -123,47 +76,7 @@ async def write_sent(conn: AsyncConnection, params: dict[str, Any]) -> bool:
     return True
 
 
-async def apply_parked_in(conn: AsyncConnection, msg: MessageRecord) -> list[MessageChange]:
-    """Parked statuses of `msg` (as stored), through the status plan in rank order, written as
-    one compare-and-set update; a delivery among them lifts a stall like any other."""
-    rows = (
-        await conn.execute(
-            select(events.c.id, events.c.status, events.c.received_at).where(
-                events.c.provider_message_id == msg.provider_message_id,
-                events.c.instance_id == msg.instance_id,  # another instance's status never applies
-                events.c.parked,
-            )
-        )
-    ).all()
-    if not rows or msg.provider_message_id is None:
-        return []
-    reason = (await conn.execute(select(instances.c.reason).where(instances.c.id == msg.instance_id))).scalar()
-    facts = _status_facts(msg, str(reason or ""))
-    steps = plan_chain(
-        facts,
-        [StatusEvent(msg.instance_id, msg.provider_message_id, MessageState(r.status), r.received_at) for r in rows],
-        now=utcnow(),
-    )
-    merged = merge(steps)
-    assert merged is not None
-    if (await conn.execute(CAS_STATUS, cas_params(merged))).rowcount != 1:
-        raise ConcurrentUpdateError(msg.id)
-    await changelog.append_rows(conn, [changelog.change_row(c) for step in steps for c in step.log])
-    await conn.execute(
-        update(events)
-        .where(events.c.id.in_([r.id for r in rows]))
-        .values(parked=False, reason=EventReason.APPLIED.value + ":LATE")
-    )
-    out: list[MessageChange] = []
-    for step in steps:
-        if step.message_change is not None:
-            out.append(step.message_change)
-    if any(step.lifts_stall for step in steps):
-        await lift_stall(conn, msg.instance_id, [])
-    return out
-
-
-class SendOutcomes(StoreBase):
+class SendOutcomes(ParkedStatuses):
     """Records what the provider answered to a send."""
 
     def __init__(self, engine: AsyncEngine, *, group_commit_window: float = 0.0) -> None:
@@ -236,7 +149,7 @@ class SendOutcomes(StoreBase):
             if not await write_sent(conn, params):
                 return False, False
         async with self._auto.connect() as conn:
-            parked = await conn.execute(_PARKED_EXISTS, {"pid": params["provider_message_id"], "iid": params["iid"]})
+            parked = await conn.execute(PARKED_EXISTS, {"pid": params["provider_message_id"], "iid": params["iid"]})
             return True, parked.first() is not None
 
     async def _mark_sent_batch(self, items: list[dict[str, Any]]) -> list[tuple[bool, bool]]:
@@ -278,44 +191,6 @@ class SendOutcomes(StoreBase):
             (moved, moved and (item["iid"], item["provider_message_id"]) in parked)
             for item, moved in zip(items, updated, strict=True)
         ]
-
-    async def apply_parked(self, provider_message_id: str | None = None) -> int:
-        """Applies parked statuses whose message now exists (all of them when no id is given).
-
-        Closes the race where a status is parked while the SENT update commits: the send path
-        calls it for its own id, the sweeper for any left over.
-        """
-        waiting = select(events.c.provider_message_id, events.c.instance_id).where(events.c.parked)
-        if provider_message_id is not None:
-            waiting = waiting.where(events.c.provider_message_id == provider_message_id)
-        else:
-            waiting = waiting.where(events.c.received_at > utcnow() - PARKED_HORIZON)
-        # The parked rows first (a partial index), then their messages by provider id: a generic
-        # plan must not start from the messages.
-        parked = waiting.limit(1000).cte("parked").prefix_with("MATERIALIZED", dialect="postgresql")
-        query = (
-            select(messages.c.id)
-            .join(
-                parked,
-                and_(
-                    parked.c.provider_message_id == messages.c.provider_message_id,
-                    parked.c.instance_id == messages.c.instance_id,
-                ),
-            )
-            .where(messages.c.state != PENDING)
-            .distinct()
-            .limit(200)
-        )
-        async with self._auto.connect() as conn:
-            ids = [r.id for r in await conn.execute(query)]
-        applied = 0
-        for message_id in ids:
-            async with self.transaction() as conn:
-                msg = await locked_message(conn, message_id)
-                if msg is None:
-                    continue
-                applied += len(await apply_parked_in(conn, msg))
-        return applied
 
     async def record_send_outcome(
         self,
