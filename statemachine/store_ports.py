@@ -100,7 +100,9 @@ class DeliveryHistory(Protocol):
 
 class Parked(Protocol):
     async def apply_parked(self, provider_message_id: str | None = None) -> int:
-        """Applies parked statuses whose message now exists (all recent ones when no id is given)."""
+        """Applies parked statuses whose message now exists (all recent ones when no id is given).
+        The store re-checks after each of the two commits that can race (the SENT write, the
+        parking write); the sweep calls it as the backstop (adapters/persistence/parked.py)."""
         ...
 
 
@@ -117,7 +119,7 @@ class MessageReads(Protocol):
     ) -> tuple[list[MessageRecord], str]: ...
 
 
-class Messages(MessageReads, Parked, Protocol):
+class Messages(MessageReads, Protocol):
     async def insert_message(self, msg: MessageRecord) -> tuple[MessageRecord, bool]: ...
     async def record_outcome(
         self,
@@ -148,7 +150,7 @@ class Messages(MessageReads, Parked, Protocol):
     ) -> MessageRecord: ...
 
 
-class WebhookEvents(Parked, Protocol):
+class WebhookEvents(Protocol):
     async def ingest(
         self, event: ProviderEvent, payload: bytes, headers: dict[str, str], received_at: datetime
     ) -> IngestResult: ...

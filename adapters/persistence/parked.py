@@ -1,9 +1,12 @@
-"""Parked statuses, moved here from send_outcomes.py: a provider's status can arrive before its
-send's PENDING → SENT commit (the provider is fast); it is then stored parked (the event row says
-so, webhook_events.py). Whichever of the two commits comes second must apply it: the sender calls
-`apply_parked` after its SENT commit (send_outcomes.py), the ingest use case after a parked status
-commits (services/app/ingest.py); the locked send path applies them inside its own transaction
-(`apply_parked_in`), and the sweep (services/app/jobs.py) applies any left over."""
+"""Parked statuses: the one owner of the rule. A provider's status can arrive before its send's
+PENDING → SENT commit (the provider is fast); it is then stored parked (the event row says so,
+webhook_events.py). Whichever of the two commits comes second must apply it, so each of the two
+writes re-checks with `apply_parked` right after its own commit: the SENT write
+(send_outcomes.py, when its batch saw a parked row waiting) and the parking write
+(webhook_events.py `ingest`); one of the two always sees the other. The locked send path applies
+them inside its own transaction (`apply_parked_in`). The sweep (services/app/jobs.py) is the
+backstop for a process that stopped between a commit and its re-check: `apply_parked()` with no
+id, every recent parked row whose message exists. No use case decides when to re-check."""
 
 from __future__ import annotations
 

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from adapters.persistence import changelog, pg_fast
 from adapters.persistence.batching import Batcher
 from adapters.persistence.instances import apply_trigger_in, lift_stall
+from adapters.persistence.parked import ParkedStatuses
 from adapters.persistence.rows import utcnow
 from adapters.persistence.schema import (
     chat_statuses,
@@ -24,7 +25,6 @@ from adapters.persistence.status_lane import (
     SqlStatusStatements,
     StatusStatements,
 )
-from adapters.persistence.store_base import StoreBase
 from statemachine import changes as change_log
 from statemachine.changes import ChangeKind
 from statemachine.events import EventReason, ProviderEvent, Route
@@ -125,7 +125,7 @@ def _status_event(item: _StatusItem) -> StatusEvent:
     )
 
 
-class EventStore(StoreBase):
+class EventStore(ParkedStatuses):
     """The `events` rows and what they apply."""
 
     def __init__(self, engine: AsyncEngine, *, group_commit_window: float = 0.0) -> None:
@@ -168,8 +168,14 @@ class EventStore(StoreBase):
         Postgres a concurrent twin waits on the row lock / unique index, so it is applied once.
         """
         if _is_status(event):
-            return await self._status_batcher.submit((event, payload, headers, received_at))
-        return await self._ingest_one(event, payload, headers, received_at)
+            result = await self._status_batcher.submit((event, payload, headers, received_at))
+        else:
+            result = await self._ingest_one(event, payload, headers, received_at)
+        if result.reason == EventReason.UNKNOWN_MESSAGE and event.provider_message_id and not result.duplicate:
+            # Parked: its message may have turned SENT while we looked. Re-checked after our commit;
+            # the sender re-checks after its own, so one of the two always applies it (parked.py).
+            await self.apply_parked(event.provider_message_id)
+        return result
 
     async def _ingest_one(
         self, event: ProviderEvent, payload: bytes, headers: dict[str, str], received_at: datetime

@@ -59,11 +59,9 @@ class Ingest:
         with self.tracer.start_as_current_span(
             "wapi.webhook", attributes={"wapi.route": event.route.value, "wapi.instance_id": event.instance_id or ""}
         ) as span:
+            # A status that beat its send's SENT commit is parked and re-checked by the store after
+            # its commit (adapters/persistence/parked.py, the rule's one owner).
             result = await self.repo.ingest(event, payload, clean, received_at)
-            if result.reason == EventReason.UNKNOWN_MESSAGE and event.provider_message_id and not result.duplicate:
-                # Parked: its message may have turned SENT while we looked. Re-check after our commit;
-                # the sender checks after its own, so one of the two always applies it.
-                await self.repo.apply_parked(event.provider_message_id)
             span.set_attribute("wapi.duplicate", result.duplicate)
             span.set_attribute("wapi.event_reason", str(result.reason))
             for change in result.instance_changes:
