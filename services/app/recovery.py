@@ -12,20 +12,35 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
-import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from services.app.clock import utcnow
 from services.app.health import Instances
 from services.app.ingest import Ingest
 from services.app.jobs import Jobs
+from services.app.log_replay import LogReplay
 from services.app.message_queries import MessageQueries
 from services.app.principals import current_principal
+from services.app.recovery_types import (
+    FOLLOWED_ACTIONS,
+    LOG_MAX_PAGES,
+    LOG_PER_PAGE,
+    NOT_STALLED,
+    RECONCILE_START_DELAY,
+    WEBHOOKS_CONFIGURED,
+    WEBHOOKS_FAILED,
+    WEBHOOKS_UNCONFIGURED,
+    ActionResult,
+    Reconciliation,
+    RecoveryConfig,
+    WebhookKindResult,
+    WebhooksResult,
+    pairing_phone_violations,
+)
+from services.app.recovery_webhooks import WebhookSetup
 from services.i18n import recovery_step
 from statemachine.domain import (
     RECOVERY_PENDING,
@@ -33,96 +48,20 @@ from statemachine.domain import (
     Credentials,
     InstanceRecord,
     InstanceState,
-    LoggedEvent,
-    MessageRecord,
     MessageState,
     Reason,
     RecoveryAction,
 )
 from statemachine.errors import InstanceNotFound, InvalidRequest, RecoveryFailed, RecoveryRefused
 from statemachine.instance_machine import RECOVERY_REASONS, InstanceTrigger
-from statemachine.phone import DEFAULT_REGION, canonical_phone
 from statemachine.ports import InstanceOperations
 from statemachine.store_ports import RecoveryStore
-from statemachine.validation import Violation, validate_instance_id
+from statemachine.validation import validate_instance_id
 
 log = logging.getLogger("wapi_guard.recovery")
 
 
-WEBHOOKS_CONFIGURED = "CONFIGURED"
-WEBHOOKS_FAILED = "FAILED"
-WEBHOOKS_UNCONFIGURED = "UNCONFIGURED"
-NOT_STALLED = "NOT_STALLED"  # the detail of a clear that found no delivery stall to lift
-LOG_PER_PAGE = 50
-LOG_MAX_PAGES = 40  # per instance and run: bounded even when the log is huge
-RECONCILE_START_DELAY = 1.0
-# Actions after which the session comes back with a phone: followed by short probes.
-FOLLOWED_ACTIONS = frozenset({"qr_code", "pairing_code", "restart"})
-
-
-def pairing_phone_violations(phone: str, region: str = DEFAULT_REGION) -> tuple[str, list[Violation]]:
-    """The phone a pairing code is requested for, as canonical E.164 digits: the same rule as a
-    recipient's (`statemachine.phone.canonical_phone`: international, or national in `region`)."""
-    if not phone.strip():
-        return "", [Violation("phone_number", "required: the phone to pair, e.g. +55 15 98112-1710")]
-    digits, problem = canonical_phone(phone, region)
-    if problem:
-        return "", [Violation("phone_number", problem)]
-    return digits, []
-
-
-@dataclass(frozen=True, slots=True)
-class RecoveryConfig:
-    public_url: str | None = None
-    webhook_secret: str | None = field(default=None, repr=False)
-    action_timeout: float = 10.0
-    limit: int = 5
-    window: float = 600.0
-    reconcile_interval: float = 300.0
-    stuck_after: float = 300.0
-    phone_region: str = DEFAULT_REGION
-    # Short probes after an action that waits for the phone (QR, pairing code, restart).
-    follow_interval: float = 2.5
-    follow_for: float = 120.0
-    # Read-back of every instance's webhook URLs (one W-API request per instance; 0 disables).
-    webhook_check_interval: float = 900.0
-
-
-@dataclass(frozen=True, slots=True)
-class ActionResult:
-    health: InstanceRecord
-    outcome: ActionOutcome
-    next_step: str
-
-
-@dataclass(frozen=True, slots=True)
-class WebhookKindResult:
-    kind: str
-    ok: bool
-    detail: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class WebhooksResult:
-    health: InstanceRecord
-    kinds: list[WebhookKindResult]
-    configured: bool
-    url: str
-    next_step: str
-
-
-@dataclass(slots=True)
-class Reconciliation:
-    instance_id: str
-    fetched: int = 0
-    applied: int = 0
-    duplicates: int = 0
-    failed: int = 0
-    pages: int = 0
-    error: str = ""
-
-
-class Recovery:
+class Recovery(WebhookSetup, LogReplay):
     def __init__(
         self,
         repo: RecoveryStore,
@@ -171,19 +110,6 @@ class Recovery:
         self._tasks.clear()
         self._background.clear()
         self._followers.clear()
-
-    # --- the bridge URL ----------------------------------------------------------------------
-
-    def bridge_url(self) -> str | None:
-        if not self.config.public_url:
-            return None
-        base = self.config.public_url.rstrip("/") + "/webhooks/wapi"
-        return f"{base}/{self.config.webhook_secret}" if self.config.webhook_secret else base
-
-    def masked_bridge_url(self) -> str:
-        url = self.bridge_url() or ""
-        secret = self.config.webhook_secret
-        return url.replace(secret, "***") if secret else url
 
     # --- actions -----------------------------------------------------------------------------
 
@@ -352,11 +278,6 @@ class Recovery:
             return recovery_step("qr_code", locale)
         return self.instances.view(record, locale).next_step
 
-    def _ops(self, instance_id: str) -> InstanceOperations:
-        if self.operations is None:
-            raise RecoveryRefused(Reason.PROVIDER_UNAVAILABLE, instance_id, "the provider has no instance operations")
-        return self.operations
-
     @contextlib.asynccontextmanager
     async def _exclusive(self, instance_id: str):  # type: ignore[no-untyped-def]
         """One recovery action per instance at a time (in this process)."""
@@ -399,236 +320,25 @@ class Recovery:
             extra={"instance_id": instance_id, "action": action, "requested_by": who, "outcome": result},
         )
 
-    async def _audit(self, instance_id: str, action: str, who: str, outcome: ActionOutcome) -> None:
-        result = "OK" if outcome.ok else (outcome.failure or Reason.PROVIDER_ERROR).value
-        detail = outcome.detail or outcome.message
-        await self.repo.record_recovery_action(RecoveryAction(instance_id, action, who, utcnow(), result, detail))
-        log.info(
-            "recovery action",
-            extra={"instance_id": instance_id, "action": action, "requested_by": who, "outcome": result},
-        )
-
     async def actions(self, instance_id: str) -> list[RecoveryAction]:
         return await self.repo.list_recovery_actions(instance_id)
 
-    # --- webhook configuration ---------------------------------------------------------------
 
-    async def configure_webhooks(
-        self, instance_id: str, locale: str = "pt-BR", *, who: str | None = None
-    ) -> WebhooksResult:
-        """Sets all six kinds to the bridge URL, then reads back what W-API kept."""
-        url = self.bridge_url()
-        if url is None:
-            raise RecoveryRefused(Reason.PUBLIC_URL_NOT_CONFIGURED, instance_id)
-        ops = self._ops(instance_id)
-        who = who or current_principal.get().name
-        found = await self.repo.get_instance(instance_id)
-        if found is None:
-            raise InstanceNotFound(instance_id)
-        creds = Credentials(instance_id, found[1])
-        results: list[WebhookKindResult] = []
-        for kind in ops.webhook_kinds:
-            outcome = await ops.set_webhook(creds, kind, url, timeout=self.config.action_timeout)
-            results.append(WebhookKindResult(kind, outcome.ok, "" if outcome.ok else self._mask(outcome.detail)))
-        failed = [r for r in results if not r.ok]
-        if not failed:
-            results = await self._verify(ops, creds, url, results)
-            failed = [r for r in results if not r.ok]
-        await self._audit(
-            instance_id,
-            "configure_webhooks",
-            who,
-            ActionOutcome(
-                ok=not failed,
-                failure=Reason.PROVIDER_ERROR if failed else None,
-                detail="; ".join(f"{r.kind}: {r.detail}" for r in failed),
-            ),
-        )
-        return await self._webhooks_result(instance_id, results, locale)
-
-    async def check_webhooks(self, instance_id: str, locale: str = "pt-BR") -> WebhooksResult:
-        url = self.bridge_url()
-        if url is None:
-            raise RecoveryRefused(Reason.PUBLIC_URL_NOT_CONFIGURED, instance_id)
-        ops = self._ops(instance_id)
-        found = await self.repo.get_instance(instance_id)
-        if found is None:
-            raise InstanceNotFound(instance_id)
-        results = [WebhookKindResult(kind, True) for kind in ops.webhook_kinds]
-        results = await self._verify(ops, Credentials(instance_id, found[1]), url, results)
-        return await self._webhooks_result(instance_id, results, locale)
-
-    async def _verify(
-        self, ops: InstanceOperations, creds: Credentials, url: str, results: list[WebhookKindResult]
-    ) -> list[WebhookKindResult]:
-        read = await ops.webhook_urls(creds, timeout=self.config.action_timeout)
-        if not read.ok:
-            return [WebhookKindResult(r.kind, False, f"cannot read back: {self._mask(read.detail)}") for r in results]
-        checked = []
-        for result in results:
-            seen = read.webhook_urls.get(result.kind)
-            if seen is None:
-                checked.append(result)  # W-API does not show this kind: its own answer to the update stands
-            elif seen != url:
-                checked.append(WebhookKindResult(result.kind, False, f"W-API has {self._mask(seen)}"))
-            else:
-                checked.append(result)
-        return checked
-
-    async def _webhooks_result(self, instance_id: str, results: list[WebhookKindResult], locale: str) -> WebhooksResult:
-        failed = [r for r in results if not r.ok]
-        state = WEBHOOKS_FAILED if failed else WEBHOOKS_CONFIGURED
-        detail = "; ".join(f"{r.kind}: {r.detail}" for r in failed)
-        record = await self.repo.set_webhooks_state(instance_id, state, detail)
-        if record is None:
-            raise InstanceNotFound(instance_id)
-        self.instances.remember(record)  # the preflight's cache (with --require-webhooks) at once
-        record = await self.instances.with_stuck(record)
-        step = recovery_step("webhooks_refused", locale) if failed else self.instances.view(record, locale).next_step
-        return WebhooksResult(record, results, not failed, self.masked_bridge_url(), step)
-
-    def _mask(self, text: str) -> str:
-        secret = self.config.webhook_secret
-        return text.replace(secret, "***") if secret else text
-
-    async def after_registration(self, instance_id: str) -> None:
-        """Registration points W-API's webhooks at the bridge when a public URL is configured."""
-        if self.bridge_url() is None or self.operations is None:
-            return
-        try:
-            await self.configure_webhooks(instance_id, who="registration")
-        except Exception:
-            log.warning("webhook set-up after registration failed", extra={"instance_id": instance_id}, exc_info=True)
-
-    def _reapply_webhooks_later(self, instance_id: str) -> None:
-        """A reconnection may have dropped W-API's webhook URLs: set them again."""
-        if self.bridge_url() is None or self.operations is None:
-            return
-        task = asyncio.get_running_loop().create_task(self._reapply(instance_id))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _reapply(self, instance_id: str) -> None:
-        try:
-            await self.configure_webhooks(instance_id, who="reconnection")
-        except Exception:
-            log.warning("re-applying webhooks after a reconnection failed", extra={"instance_id": instance_id})
-
-    async def check_all_webhooks(self) -> int:
-        """Reads back every instance's webhook URLs (W-API's fetch-instance, one request per instance,
-        one instance at a time) and stores what it finds: CONFIGURED, or FAILED with what W-API has
-        (pointing elsewhere, unreadable). Needs --public-url (the URL to compare with). Never on the
-        send path; the verdict reads the stored result."""
-        if self.bridge_url() is None or self.operations is None:
-            return 0
-        checked = 0
-        for instance_id, _token in await self.repo.list_credentials():
-            try:
-                await self.check_webhooks(instance_id)
-                checked += 1
-            except InstanceNotFound:
-                continue
-            except Exception:
-                log.warning("webhook read-back failed", extra={"instance_id": instance_id}, exc_info=True)
-        return checked
-
-    async def _check_webhooks_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.webhook_check_interval * random.uniform(0.8, 1.2))
-            try:
-                await self.check_all_webhooks()
-            except Exception:
-                log.warning("webhook check round failed", exc_info=True)
-
-    # --- reconciliation of missed events -----------------------------------------------------
-
-    async def reconcile(self, instance_id: str = "") -> tuple[list[Reconciliation], list[MessageRecord]]:
-        """Replays W-API's webhook log since the last stored event, through the normal ingest path:
-        dedupe makes it idempotent, and out-of-order statuses are already safe."""
-        if instance_id:
-            violations = validate_instance_id(instance_id)
-            if violations:
-                raise InvalidRequest(violations)
-            found = await self.repo.get_instance(instance_id)
-            if found is None:
-                raise InstanceNotFound(instance_id)
-            targets = [(instance_id, found[1])]
-        else:
-            targets = await self.repo.list_credentials()
-        results = [await self._reconcile_one(i, token) for i, token in targets]
-        if self.pull_statuses is not None:
-            await self.pull_statuses(instance_id)
-        await self.jobs.sweep_once()
-        stuck, _token = await self.messages.list_messages(instance_id=instance_id, stuck_only=True, page_size=200)
-        return results, stuck
-
-    async def _reconcile_one(self, instance_id: str, token: str) -> Reconciliation:
-        result = Reconciliation(instance_id)
-        if self.operations is None:
-            result.error = "the provider has no webhook log"
-            return result
-        since = await self.repo.last_event_received_at(instance_id)
-        creds = Credentials(instance_id, token)
-        # Newest first: read pages until one holds only events older than the last stored one
-        # (with a margin for clock skew) or the log ends. Dedupe drops what is already stored.
-        margin = timedelta(minutes=5)
-        entries = []
-        for page in range(1, LOG_MAX_PAGES + 1):
-            got = await self.operations.webhook_logs(
-                creds, page=page, per_page=LOG_PER_PAGE, timeout=self.config.action_timeout
-            )
-            if got.failure is not None:
-                result.error = f"{got.failure.value}: {got.detail}"
-                break
-            result.pages = page
-            entries.extend(got.entries)
-            if not got.entries or (got.total_pages is not None and page >= got.total_pages):
-                break
-            if since is not None and _all_older(got.entries, since - margin):
-                break
-        # Oldest first, as W-API posted them.
-        for entry in reversed(entries):
-            result.fetched += 1
-            # Already stored: skip it here, so a replay never counts as the provider re-posting it.
-            if await self.repo.event_stored(self.ingest.parse_webhook(entry.payload).dedupe_key):
-                result.duplicates += 1
-                continue
-            try:
-                ingested = await self.ingest.ingest(entry.payload, {"x-wapiguard-replay": entry.log_id or "log"})
-            except Exception:
-                result.failed += 1
-                continue
-            if ingested.duplicate:
-                result.duplicates += 1
-            else:
-                result.applied += 1
-        if result.applied:
-            log.info(
-                "missed events replayed from the webhook log",
-                extra={"instance_id": instance_id, "applied": result.applied, "duplicates": result.duplicates},
-            )
-        return result
-
-    async def _reconcile_forever(self) -> None:
-        await asyncio.sleep(RECONCILE_START_DELAY)
-        while True:
-            try:
-                await self.reconcile()
-            except Exception:
-                log.warning("webhook log reconciliation failed", exc_info=True)
-            await asyncio.sleep(self.config.reconcile_interval * random.uniform(0.8, 1.2))
-
-
-def _all_older(entries: list[LoggedEvent], cutoff: datetime) -> bool:
-    """Whether every entry of a page was posted before `cutoff` (by its `moment`, when it has one)."""
-    for entry in entries:
-        try:
-            moment = json.loads(entry.payload).get("moment")
-        except (ValueError, AttributeError):
-            return False
-        if not isinstance(moment, int | float) or moment >= cutoff.timestamp():
-            return False
-    return True
-
-
-__all__ = ["MessageState", "Reconciliation", "Recovery", "RecoveryConfig"]
+__all__ = [
+    "FOLLOWED_ACTIONS",
+    "LOG_MAX_PAGES",
+    "LOG_PER_PAGE",
+    "NOT_STALLED",
+    "RECONCILE_START_DELAY",
+    "WEBHOOKS_CONFIGURED",
+    "WEBHOOKS_FAILED",
+    "WEBHOOKS_UNCONFIGURED",
+    "ActionResult",
+    "MessageState",
+    "Reconciliation",
+    "Recovery",
+    "RecoveryConfig",
+    "WebhookKindResult",
+    "WebhooksResult",
+    "pairing_phone_violations",
+]

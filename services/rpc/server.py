@@ -44,11 +44,12 @@ from services.observability.logs import register_secret
 from services.observability.telemetry import Telemetry
 from services.rpc.auth import AuthInterceptor
 from services.rpc.decoding import DecodingGuard
-from services.rpc.event_servicers import EventServicer, WebhookSubscriptionServicer
+from services.rpc.event_servicers import EventServicer
 from services.rpc.optout_servicer import OptOutServicer
 from services.rpc.recipient_servicer import RecipientServicer
 from services.rpc.send_policy_servicer import SendPolicyServicer
 from services.rpc.servicers import InstanceHealthServicer, SendServicer, WebhookServicer
+from services.rpc.subscription_servicer import WebhookSubscriptionServicer
 from statemachine.ports import ChangeLog
 
 log = logging.getLogger("wapi_guard.server")

@@ -57,9 +57,6 @@ ALLOWED: dict[str, str] = {
     "services/app/events.py::follow": _SPLIT,
     "services/app/outbound.py": _SPLIT,
     "services/app/outbound.py::WebhookDispatcher.deliver": _SPLIT,
-    "services/app/recovery.py": _SPLIT,
-    "services/app/recovery.py::Recovery": _SPLIT,
-    "services/rpc/event_servicers.py": _SPLIT,
     "statemachine/detection.py": _SPLIT,
 }
 
