@@ -144,31 +144,7 @@ def create_engine(
     """
     url = async_url(url)
     if is_sqlite(url):
-        # One connection for every user: background loops queue for it too, so its wait stays long.
-        engine = create_async_engine(
-            url, echo=echo, pool_size=1, max_overflow=0, pool_timeout=30, async_creator=_sqlite_creator(url)
-        )
-
-        @event.listens_for(engine.sync_engine, "connect")
-        def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
-            # Let us emit BEGIN ourselves; pysqlite's implicit BEGIN is deferred (lock upgrades fail).
-            dbapi_conn.isolation_level = None
-            cursor = dbapi_conn.cursor()
-            for pragma in (
-                "PRAGMA journal_mode=WAL",
-                "PRAGMA synchronous=NORMAL",
-                "PRAGMA busy_timeout=10000",
-                "PRAGMA foreign_keys=ON",
-            ):
-                cursor.execute(pragma)
-            cursor.close()
-
-        @event.listens_for(engine.sync_engine, "begin")
-        def _sqlite_begin(conn: Any) -> None:
-            if conn.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-        return engine
+        return _sqlite_engine(url, echo=echo)
     server_settings = {"jit": "off", "application_name": "wapi-guard"}
     connect_args: dict[str, Any] = {"timeout": connect_timeout, "server_settings": server_settings}
     if statement_timeout:
@@ -186,3 +162,32 @@ def create_engine(
         pool_recycle=1800,
         connect_args=connect_args,
     )
+
+
+def _sqlite_engine(url: str, *, echo: bool) -> AsyncEngine:
+    """One connection, BEGIN IMMEDIATE for every transaction, WAL (see create_engine)."""
+    # One connection for every user: background loops queue for it too, so its wait stays long.
+    engine = create_async_engine(
+        url, echo=echo, pool_size=1, max_overflow=0, pool_timeout=30, async_creator=_sqlite_creator(url)
+    )
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let us emit BEGIN ourselves; pysqlite's implicit BEGIN is deferred (lock upgrades fail).
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        for pragma in (
+            "PRAGMA journal_mode=WAL",
+            "PRAGMA synchronous=NORMAL",
+            "PRAGMA busy_timeout=10000",
+            "PRAGMA foreign_keys=ON",
+        ):
+            cursor.execute(pragma)
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _sqlite_begin(conn: Any) -> None:
+        if conn.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine

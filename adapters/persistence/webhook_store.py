@@ -272,16 +272,7 @@ class WebhookStore:
         if self._postgres:
             due = due.with_for_update(of=webhook_deliveries, skip_locked=True)
         async with self.engine.begin() as conn:
-            candidates = (await conn.execute(due)).all()
-            taken: Counter[str] = Counter(busy)
-            picked: list[int] = []
-            for row in candidates:
-                if len(picked) >= limit:
-                    break
-                if per_subscription is not None and taken[row.subscription_id] >= per_subscription:
-                    continue
-                taken[row.subscription_id] += 1
-                picked.append(row.id)
+            picked = _fair_share((await conn.execute(due)).all(), limit, per_subscription, busy)
             if not picked:
                 return []
             claimed = (
@@ -431,3 +422,20 @@ class WebhookStore:
                 .values(state=PENDING, attempts=0, next_attempt_at=utcnow(), delivered_at=None)
             )
         return int(result.rowcount)
+
+
+def _fair_share(
+    candidates: Sequence[Any], limit: int, per_subscription: int | None, busy: Mapping[str, int]
+) -> list[int]:
+    """The due deliveries claim_due takes, oldest first: at most `limit`, and with
+    `per_subscription` no subscription above that many in flight (its `busy` ones included)."""
+    taken: Counter[str] = Counter(busy)
+    picked: list[int] = []
+    for row in candidates:
+        if len(picked) >= limit:
+            break
+        if per_subscription is not None and taken[row.subscription_id] >= per_subscription:
+            continue
+        taken[row.subscription_id] += 1
+        picked.append(row.id)
+    return picked

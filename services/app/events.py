@@ -230,7 +230,6 @@ async def follow(
     loop = asyncio.get_running_loop()
     announced = False  # the first progress item says "caught up"
     last_progress = loop.time()
-
     try:
         while True:
             listener.wake.clear()
