@@ -52,7 +52,6 @@ ALLOWED: dict[str, str] = {
     "bench/detection.py::main": _BENCH,
     "bench/detection.py::run_shape": _BENCH,
     "bench/sweep_split.py::_split": _BENCH,
-    "statemachine/detection.py": _SPLIT,
 }
 
 _REASON = re.compile(r"#\s*size:\s*\S")
