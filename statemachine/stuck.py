@@ -1,6 +1,6 @@
 """The stuck rule and the stall it leads to: which messages become stuck, what is written, and when
-a run of stuck messages stalls an instance. Pure; the store executes it (`Sweeps.mark_stuck`,
-`Sweeps.stall_stuck_runs`).
+a run of stuck messages stalls an instance. Pure; the store executes it (`Sweeps.mark_stuck`;
+the stall of stuck runs through the jobs' unit of work, services/app/jobs.py `stall_stuck_runs`).
 
 Where DELIVERY_STALLED is set and cleared — every time through the instance machine
 (statemachine/instance_machine.py), written by the store's one instance-transition writer
