@@ -77,7 +77,7 @@ async def eventually(check: Callable[[], Awaitable[T | None]], what: str, timeou
 
 
 def unbounded(store: Any) -> Repository:
-    """The repository behind the gateway's request-bounded store (adapters/persistence/bounded.py)."""
+    """The repository behind the use cases' request-bounded store (adapters/persistence/bounded.py)."""
     repo = store.inner if isinstance(store, BoundedStore) else store
     assert isinstance(repo, Repository)
     return repo

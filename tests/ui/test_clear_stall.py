@@ -26,7 +26,7 @@ async def stall(stack: UiStack) -> None:
 
 def repository(stack: UiStack) -> Repository:
     repo = stack.app.store
-    repo = getattr(repo, "inner", repo)  # the gateway's store is bounded per request
+    repo = getattr(repo, "inner", repo)  # the use cases' store is bounded per request
     assert isinstance(repo, Repository)
     return repo
 
