@@ -42,6 +42,7 @@ from services.app.send_policy import SendPolicies
 from services.app.subscriptions import Scopes
 from services.app.webhook_subscriptions import WebhookSubscriptions
 from services.config import Settings
+from services.hold_wiring import start_holds, stop_holds
 from services.observability.logs import register_secret
 from services.observability.telemetry import Telemetry
 from services.provider_wiring import build_registry, status_puller
@@ -263,6 +264,8 @@ class App:
         stack.push_async_callback(_quietly, dispatcher.aclose)
         await recovery.start()
         stack.push_async_callback(_quietly, recovery.aclose)
+        holds, hold_watch = await start_holds(settings, engine, gateway)
+        stack.push_async_callback(_quietly, lambda: stop_holds(holds, hold_watch))
         # Every gRPC method's storage is bounded by the caller's deadline, the event and
         # subscription services' too (the feed and the dispatcher, background loops, use the stores
         # as they are).
@@ -278,6 +281,7 @@ class App:
             ),
             feed,
             *protection,
+            holds=holds,
         )
         server, health_servicer, port = await build_grpc_server(settings, telemetry, servers)
         stack.push_async_callback(_quietly, lambda: server.stop(0))

@@ -1,0 +1,319 @@
+"""Holds: a send that may wait is stored HELD instead of refused, and a dispatcher in every
+replica sends it when it can (statemachine/hold.py has the rules, docs/holds.md the story).
+
+- `hold_or_admit` is the send path's part: called only for a request with hold_for / send_at.
+- `dispatch_once` claims due holds (bounded batch; each claimed by one replica only), re-runs the
+  whole preflight (health, opt-out, recipient cache, send policy) and sends through the normal
+  send path, or holds again with the new reason and due time, or fails an expired hold.
+- `wake` (an instance CONNECTED again) makes its health holds due now, unless its policy asks for
+  the operator's `release_held`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import Counter
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from services.app.clock import utcnow
+from services.app.content import content_to_dict, outbound_from_stored, request_hash
+from services.app.send_protection import block_detail, recipient_block
+from services.app.sending import Sending
+from statemachine import hold as rules
+from statemachine.domain import (
+    InstanceRecord,
+    InstanceState,
+    MessageRecord,
+    MessageState,
+    OutboundMessage,
+    Reason,
+    StateChange,
+)
+from statemachine.errors import GuardError, InvalidRequest, MessageNotFound, NotHeld, SendPaced
+from statemachine.hold import Hold
+from statemachine.ids import time_ordered_id
+from statemachine.validation import SendRequest, Violation
+
+log = logging.getLogger("wapi_guard.holds")
+
+
+class HoldStore(Protocol):
+    async def insert_held(self, msg: MessageRecord, hold: Hold) -> tuple[MessageRecord, bool]: ...
+    async def due(self, now: datetime, limit: int) -> list[Hold]: ...
+    async def postpone(self, holds: list[Hold]) -> None: ...
+    async def claim(
+        self, message_ids: list[str], now: datetime
+    ) -> tuple[list[tuple[MessageRecord, Hold]], list[MessageRecord]]: ...
+    async def hold_again(self, msg: MessageRecord, hold: Hold, now: datetime) -> MessageRecord | None: ...
+    async def cancel(self, message_id: str, by: str, now: datetime) -> tuple[MessageRecord | None, bool]: ...
+    async def release_instance(self, instance_id: str, now: datetime) -> int: ...
+    async def wake(self, instance_id: str, now: datetime) -> int: ...
+    async def counts(self, instance_id: str) -> Counter[str]: ...
+
+
+class Holds:
+    def __init__(
+        self,
+        store: HoldStore,
+        sending: Sending,
+        *,
+        batch: int = 100,
+        interval: float = 0.5,
+        recheck: timedelta = rules.DEFAULT_RECHECK,
+    ) -> None:
+        self.store = store
+        self.sending = sending
+        self.metrics = sending.metrics
+        self.batch = batch
+        self.interval = interval
+        self.recheck = recheck
+        self._nudge = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    # --- the send path -------------------------------------------------------------------------
+
+    @staticmethod
+    def wanted(req: SendRequest) -> bool:
+        """The request asks for a hold; bad values are INVALID_ARGUMENT (with the field)."""
+        if req.hold is None:
+            return False
+        problems = rules.validate_hold(req.hold, utcnow())
+        if problems:
+            raise InvalidRequest([Violation(field, text) for field, text in problems])
+        return req.hold.wanted
+
+    async def hold_or_admit(
+        self, req: SendRequest, blocked: Reason | None, health: InstanceRecord
+    ) -> MessageRecord | Reason | None:
+        """The held message (new, or the stored one of a repeated key); or the reason to refuse it
+        with instead of the instance's (the recipient's block, which waiting cannot clear); or None:
+        the send goes on as without a hold (refused when the block cannot clear by waiting; sent
+        when the policy admitted it, already counted)."""
+        assert req.hold is not None
+        now = utcnow()
+        if blocked is not None and not rules.holdable(blocked):
+            return None
+        s = self.sending
+        if blocked is not None:  # the preflight stopped at the instance: the recipient's side too
+            permanent = await recipient_block(s.opt_outs, s.recipients, req.instance_id, req.to)
+            if permanent is not None:
+                return permanent
+        scheduled = req.hold.send_at is not None and req.hold.send_at > now
+        if scheduled:
+            return await self._hold_new(req, Reason.SCHEDULED, paced=False, health=health)
+        if blocked is not None:
+            return await self._hold_new(req, blocked, paced=False, health=health)
+        if self.sending.policies is not None:
+            try:
+                await self.sending.policies.admit(req.instance_id, req.to)
+            except SendPaced as paced:
+                return await self._hold_new(req, paced.reason, paced=True, health=health, retry_after=paced.retry_after)
+        return None
+
+    async def _hold_new(
+        self, req: SendRequest, reason: Reason, *, paced: bool, health: InstanceRecord, retry_after: float = 0.0
+    ) -> MessageRecord:
+        assert req.hold is not None
+        assert req.kind is not None
+        assert req.content is not None
+        now = utcnow()
+        outbound = OutboundMessage(req.kind, req.to, req.content, req.reply_to, req.delay_seconds)
+        content = content_to_dict(outbound)
+        msg = MessageRecord(
+            id=time_ordered_id(),
+            instance_id=req.instance_id,
+            to=req.to,
+            kind=req.kind,
+            state=MessageState.HELD,
+            failure_reason="",
+            failure_detail="",
+            provider_message_id=None,
+            attempts=1,
+            idempotency_key=req.idempotency_key or f"auto:{time_ordered_id()}",
+            request_hash=request_hash(outbound, content),
+            content=content,
+            created_at=now,
+            updated_at=now,
+            sent_at=None,
+            stuck_at=None,
+            history=[StateChange("", MessageState.HELD, reason, "hold", now)],
+            version=1,
+        )
+        hold = rules.new_hold(
+            msg,
+            reason,
+            paced=paced,
+            now=now,
+            expires_at=rules.expiry(req.hold, now),
+            not_before=req.hold.send_at,
+            retry_after=retry_after,
+            recheck=self.recheck,
+            confirm_release=await self._confirm_release(req.instance_id, reason, paced),
+        )
+        stored, created = await self.store.insert_held(msg, hold)
+        if not created:
+            return await self.sending._replay(stored, msg.request_hash)
+        self.metrics.holds.add(1, {"event": "held", "reason": reason.value})
+        log.info(
+            "send held",
+            extra={
+                "instance_id": msg.instance_id,
+                "message_id": msg.id,
+                "reason": reason.value,
+                "health": health.state.value,
+            },
+        )
+        self._nudge.set()
+        return stored
+
+    async def _confirm_release(self, instance_id: str, reason: Reason, paced: bool) -> bool:
+        if paced or reason not in rules.HEALTH_REASONS or self.sending.policies is None:
+            return False
+        record = await self.sending.policies.get(instance_id)
+        return bool(record and record.policy.release_requires_confirmation)
+
+    # --- cancel and release ----------------------------------------------------------------------
+
+    async def cancel(self, message_id: str, *, by: str) -> MessageRecord:
+        msg, cancelled = await self.store.cancel(message_id, by, utcnow())
+        if msg is None:
+            raise MessageNotFound(message_id)
+        if not cancelled:
+            raise NotHeld(msg)
+        self.metrics.holds.add(1, {"event": "cancelled", "reason": Reason.CANCELLED.value})
+        return msg
+
+    async def release_held(self, instance_id: str) -> int:
+        released = await self.store.release_instance(instance_id, utcnow())
+        self._nudge.set()
+        return released
+
+    def wake(self, instance_id: str) -> None:
+        """An instance is CONNECTED again (any replica saw it): its health holds are due now."""
+        task = asyncio.get_running_loop().create_task(self._wake(instance_id))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def _wake(self, instance_id: str) -> None:
+        if await self.store.wake(instance_id, utcnow()):
+            self._nudge.set()
+
+    async def counts(self, instance_id: str) -> Counter[str]:
+        return await self.store.counts(instance_id)
+
+    # --- the dispatcher --------------------------------------------------------------------------
+
+    async def dispatch_once(self) -> int:
+        """One bounded batch: holds due now are postponed (their instance still unhealthy, or
+        waiting for the operator), or claimed and dispatched. Returns how many were claimed."""
+        now = utcnow()
+        due = await self.store.due(now, self.batch)
+        if not due:
+            return 0
+        waiting: list[Hold] = []
+        ready: list[str] = []
+        for hold in due:
+            if not rules.expired(hold, now) and await self._still_waiting(hold):
+                waiting.append(rules.postponed(hold, now, self.recheck))
+            else:
+                ready.append(hold.message_id)
+        await self.store.postpone(waiting)
+        released, expired = await self.store.claim(ready, now)
+        for msg in expired:
+            self.metrics.holds.add(1, {"event": "expired", "reason": msg.failure_reason})
+        await asyncio.gather(*(self._dispatch(msg, hold) for msg, hold in released))
+        return len(released) + len(expired)
+
+    async def _still_waiting(self, hold: Hold) -> bool:
+        """A health hold stays put while the instance is still unhealthy (no claim, no event)."""
+        if hold.needs_release:
+            return True
+        if hold.waits_for is not rules.WaitsFor.HEALTH:
+            return False
+        cached = await self.sending.instances.cached(hold.instance_id)
+        return cached is not None and cached.record.state is not InstanceState.CONNECTED
+
+    async def _dispatch(self, msg: MessageRecord, hold: Hold) -> None:
+        """The released (PENDING) message through the whole preflight, then the normal send."""
+        try:
+            await self._preflight_and_send(msg, hold)
+        except GuardError as error:  # the provider's refusal or failure: stored FAILED, evented
+            self.metrics.holds.add(1, {"event": "released", "reason": error.reason.value})
+        except Exception:
+            log.warning("dispatching a held message failed", extra={"message_id": msg.id}, exc_info=True)
+
+    async def _preflight_and_send(self, msg: MessageRecord, hold: Hold) -> None:
+        s = self.sending
+        cached = await s.instances.cached(msg.instance_id)
+        blocked = Reason.INSTANCE_NOT_FOUND if cached is None else await s._block(cached.record, msg.kind, msg.to)
+        if blocked is not None and (cached is None or not rules.holdable(blocked)):
+            state = cached.record.state if cached else InstanceState.UNKNOWN
+            await s.repo.record_send_outcome(
+                msg.id,
+                provider_message_id=None,
+                failure=blocked,
+                detail=block_detail(blocked, state),
+                source="preflight",
+            )
+            self.metrics.holds.add(1, {"event": "refused", "reason": blocked.value})
+            return
+        if blocked is not None:
+            await self._again(msg, hold, blocked, paced=False, retry_after=0.0)
+            return
+        assert cached is not None
+        if s.policies is not None:
+            try:
+                await s.policies.admit(msg.instance_id, msg.to)
+            except SendPaced as paced:
+                await self._again(msg, hold, paced.reason, paced=True, retry_after=paced.retry_after)
+                return
+        outbound = outbound_from_stored(msg.kind, msg.to, msg.content)
+        span = s.tracer.start_span(
+            "wapi.send_attempt",
+            attributes={"wapi.instance_id": msg.instance_id, "wapi.message_id": msg.id, "wapi.held": True},
+        )
+        sent = await s._attempt_shielded(msg, outbound, cached, span, s._budget(None))
+        self.metrics.holds.add(1, {"event": "released", "reason": sent.state.value})
+
+    async def _again(self, msg: MessageRecord, hold: Hold, reason: Reason, *, paced: bool, retry_after: float) -> None:
+        """Blocked again at dispatch: back to HELD with the new reason and due time (or FAILED
+        with that reason when the hold has expired)."""
+        now = utcnow()
+        again = rules.new_hold(
+            msg,
+            reason,
+            paced=paced,
+            now=now,
+            expires_at=hold.expires_at,
+            retry_after=retry_after,
+            recheck=self.recheck,
+            confirm_release=hold.needs_release or await self._confirm_release(msg.instance_id, reason, paced),
+        )
+        after = await self.store.hold_again(msg, again, now)
+        if after is not None and after.state is MessageState.FAILED:
+            self.metrics.holds.add(1, {"event": "expired", "reason": after.failure_reason})
+
+    async def run_forever(self) -> None:
+        while True:
+            try:
+                claimed = await self.dispatch_once()
+            except Exception:
+                log.warning("hold dispatch failed", exc_info=True)
+                claimed = 0
+            if claimed >= self.batch:
+                await asyncio.sleep(0)
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._nudge.wait(), self.interval)
+            self._nudge.clear()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.run_forever(), name="hold-dispatcher")
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
