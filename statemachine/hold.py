@@ -70,6 +70,7 @@ class Hold:
 
     message_id: str
     instance_id: str
+    recipient: str
     reason: Reason
     waits_for: WaitsFor
     due_at: datetime
@@ -142,7 +143,7 @@ def new_hold(
     if due is None:
         due = next_due(waits, now, expires_at, retry_after=retry_after, recheck=recheck)
     needs_release = confirm_release and waits is WaitsFor.HEALTH
-    return Hold(msg.id, msg.instance_id, reason, waits, due, expires_at, now, needs_release)
+    return Hold(msg.id, msg.instance_id, msg.to, reason, waits, due, expires_at, now, needs_release)
 
 
 def expired(hold: Hold, now: datetime) -> bool:
@@ -154,6 +155,12 @@ def postponed(hold: Hold, now: datetime, recheck: timedelta = DEFAULT_RECHECK) -
     again later, without a state change (no event)."""
     due = hold.expires_at if hold.needs_release else min(now + recheck, hold.expires_at)
     return replace(hold, due_at=due)
+
+
+def paced_until(hold: Hold, now: datetime, retry_after: float) -> Hold:
+    """A policy hold the policy still paces (checked before any claim): looked at again when its
+    RetryInfo says, without a state change (no event); at its expiry at the latest."""
+    return replace(hold, due_at=min(now + timedelta(seconds=retry_after), hold.expires_at))
 
 
 def release(msg: MessageRecord, now: datetime) -> MessageRecord | None:

@@ -34,6 +34,7 @@ def _hold_values(hold: Hold) -> dict[str, Any]:
     return {
         "message_id": hold.message_id,
         "instance_id": hold.instance_id,
+        "recipient": hold.recipient,
         "reason": hold.reason.value,
         "waits_for": hold.waits_for.value,
         "due_at": hold.due_at,
@@ -49,6 +50,7 @@ def _hold(row: Any) -> Hold:
     return Hold(
         m["message_id"],
         m["instance_id"],
+        m["recipient"],
         reason,
         WaitsFor(m["waits_for"]),
         m["due_at"],
@@ -85,8 +87,9 @@ class HoldRepository(StoreBase):
         return message_from_row(row), False
 
     async def due(self, now: datetime, limit: int) -> list[Hold]:
-        """Up to `limit` holds due now, the oldest due first (the due-time index; no lock)."""
-        query = select(message_holds).where(h.due_at <= now).order_by(h.due_at).limit(limit)
+        """Up to `limit` holds due now, the oldest due first, then the oldest message (ids are
+        time-ordered: a paced backlog goes out in the order it was sent); the index; no lock."""
+        query = select(message_holds).where(h.due_at <= now).order_by(h.due_at, h.message_id).limit(limit)
         async with self._auto.connect() as conn:
             return [_hold(r) for r in await conn.execute(query)]
 

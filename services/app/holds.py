@@ -206,24 +206,39 @@ class Holds:
     # --- the dispatcher --------------------------------------------------------------------------
 
     async def dispatch_once(self) -> int:
-        """One bounded batch: holds due now are postponed (their instance still unhealthy, or
-        waiting for the operator), or claimed and dispatched. Returns how many were claimed."""
+        """One bounded batch of due holds. Those still waiting are postponed without a state
+        change (no event): a health hold whose instance is still unhealthy or that waits for the
+        operator; a policy hold the policy still paces (asked before any claim, so a paced backlog
+        never churns through PENDING; once paced, the instance's other due holds wait with it).
+        The others are claimed and dispatched. Returns how many were claimed."""
         now = utcnow()
         due = await self.store.due(now, self.batch)
         if not due:
             return 0
         waiting: list[Hold] = []
         ready: list[str] = []
+        admitted: set[str] = set()
+        paced: dict[str, float] = {}  # instance → the policy's retry_after in this batch
         for hold in due:
-            if not rules.expired(hold, now) and await self._still_waiting(hold):
-                waiting.append(rules.postponed(hold, now, self.recheck))
-            else:
+            if rules.expired(hold, now):
                 ready.append(hold.message_id)
+            elif await self._still_waiting(hold):
+                waiting.append(rules.postponed(hold, now, self.recheck))
+            elif hold.instance_id in paced:
+                waiting.append(rules.paced_until(hold, now, paced[hold.instance_id]))
+            else:
+                retry_after = await self._admit(hold)
+                if retry_after is None:
+                    ready.append(hold.message_id)
+                    admitted.add(hold.message_id)
+                else:
+                    paced[hold.instance_id] = retry_after
+                    waiting.append(rules.paced_until(hold, now, retry_after))
         await self.store.postpone(waiting)
         released, expired = await self.store.claim(ready, now)
         for msg in expired:
             self.metrics.holds.add(1, {"event": "expired", "reason": msg.failure_reason})
-        await asyncio.gather(*(self._dispatch(msg, hold) for msg, hold in released))
+        await asyncio.gather(*(self._dispatch(msg, hold, msg.id in admitted) for msg, hold in released))
         return len(released) + len(expired)
 
     async def _still_waiting(self, hold: Hold) -> bool:
@@ -235,16 +250,27 @@ class Holds:
         cached = await self.sending.instances.cached(hold.instance_id)
         return cached is not None and cached.record.state is not InstanceState.CONNECTED
 
-    async def _dispatch(self, msg: MessageRecord, hold: Hold) -> None:
+    async def _admit(self, hold: Hold) -> float | None:
+        """The send policy's check for a due hold before it is claimed: None when it may go now
+        (counted), else the policy's retry_after."""
+        if self.sending.policies is None:
+            return None
+        try:
+            await self.sending.policies.admit(hold.instance_id, hold.recipient)
+        except SendPaced as refusal:
+            return max(refusal.retry_after, 0.001)
+        return None
+
+    async def _dispatch(self, msg: MessageRecord, hold: Hold, admitted: bool) -> None:
         """The released (PENDING) message through the whole preflight, then the normal send."""
         try:
-            await self._preflight_and_send(msg, hold)
+            await self._preflight_and_send(msg, hold, admitted)
         except GuardError as error:  # the provider's refusal or failure: stored FAILED, evented
             self.metrics.holds.add(1, {"event": "released", "reason": error.reason.value})
         except Exception:
             log.warning("dispatching a held message failed", extra={"message_id": msg.id}, exc_info=True)
 
-    async def _preflight_and_send(self, msg: MessageRecord, hold: Hold) -> None:
+    async def _preflight_and_send(self, msg: MessageRecord, hold: Hold, admitted: bool) -> None:
         s = self.sending
         cached = await s.instances.cached(msg.instance_id)
         blocked = Reason.INSTANCE_NOT_FOUND if cached is None else await s._block(cached.record, msg.kind, msg.to)
@@ -263,7 +289,7 @@ class Holds:
             await self._again(msg, hold, blocked, paced=False, retry_after=0.0)
             return
         assert cached is not None
-        if s.policies is not None:
+        if s.policies is not None and not admitted:
             try:
                 await s.policies.admit(msg.instance_id, msg.to)
             except SendPaced as paced:

@@ -62,13 +62,23 @@ async def feed_states(stack: Stack, message_id: str) -> list[str]:
     return [json.loads(r["payload"])["to_state"] for r in sorted(rows, key=lambda r: r["seq"])]
 
 
+async def wait_sent(stack: Stack, message_id: str) -> common_pb2.Message:
+    """SENT or further (the simulator's receipts follow within milliseconds)."""
+
+    async def check() -> common_pb2.Message | None:
+        msg = await stack.message(message_id)
+        return msg if msg.state in GONE else None
+
+    return await eventually(check, f"message {message_id} sent")
+
+
 async def test_a_paced_burst_with_a_hold_goes_out_over_time_each_exactly_once(make_stack: StackFactory) -> None:
     stack = await make_stack(hold_interval=0.05)
     await stack.add_instance(INSTANCE, phone=PHONE)
-    await set_policy(stack, min_interval_seconds=0.15)
+    await set_policy(stack, min_interval_seconds=0.3)
     burst = [await stack.send.SendMessage(held_request(recipient(i), key=f"k{i}")) for i in range(8)]
     states = Counter(m.state for m in burst)
-    assert states[HELD] >= 6  # the first may go at once; the rest are paced and held, not refused
+    assert states[HELD] >= 4  # some may go at once; the others are paced and held, not refused
     held = [m for m in burst if m.state == HELD]
     assert all(m.history[-1].reason == "SEND_INTERVAL" for m in held)
     # The same key again answers the held message (the last of the burst: still waiting), no second one.
@@ -84,7 +94,7 @@ async def test_a_paced_burst_with_a_hold_goes_out_over_time_each_exactly_once(ma
     phones = sorted(str(s["body"]["phone"]) for s in sends)
     assert phones == sorted(recipient(i) for i in range(8))  # each exactly once
     times = sorted([(await stack.message(m.id)).sent_at.ToDatetime(tzinfo=UTC) for m in burst])
-    assert times[-1] - times[0] >= timedelta(seconds=0.15 * 6)  # paced, not a burst
+    assert times[-1] - times[0] >= timedelta(seconds=0.3 * 7 - 0.01)  # paced, not a burst
     for m in held:  # each held message: HELD, maybe held again at dispatch, then out once
         path = await feed_states(stack, m.id)
         assert path[0] == "HELD"
@@ -108,7 +118,7 @@ async def test_a_hold_on_an_incomplete_session_is_released_after_pairing(stack: 
     )
     await stack.sim.type_pairing_code(INSTANCE, answer.pairing_code)
     await stack.wait_health(INSTANCE, lambda h: h.state == CONNECTED, "connected after pairing")
-    sent = await stack.wait_state(msg.id, SENT) if (await stack.message(msg.id)).state != SENT else msg
+    sent = await wait_sent(stack, msg.id)
     assert len(stack.sim.sends(INSTANCE)) == 1
     assert (await feed_states(stack, sent.id))[:3] == ["HELD", "PENDING", "SENT"]
     assert (await stack.get_health(INSTANCE)).held_messages == 0
@@ -162,7 +172,7 @@ async def test_send_at_schedules_and_release_requires_confirmation(make_stack: S
     at = datetime.now(UTC) + timedelta(seconds=0.6)
     msg = await stack.send.SendMessage(held_request(recipient(7), seconds=0, send_at=at))
     assert (msg.state, msg.history[-1].reason) == (HELD, "SCHEDULED")
-    sent = await stack.wait_state(msg.id, SENT)
+    sent = await wait_sent(stack, msg.id)
     assert sent.sent_at.ToDatetime(tzinfo=UTC) >= at
 
     # With release_requires_confirmation, held messages wait for ReleaseHeld after a recovery.
@@ -187,5 +197,5 @@ async def test_send_at_schedules_and_release_requires_confirmation(make_stack: S
     assert (await stack.message(waiting.id)).state == HELD  # not without the operator
     released = await stack.send.ReleaseHeld(send_pb2.ReleaseHeldRequest(instance_id=other))
     assert released.released == 1
-    await stack.wait_state(waiting.id, SENT)
+    await wait_sent(stack, waiting.id)
     assert len(stack.sim.sends(other)) == 1

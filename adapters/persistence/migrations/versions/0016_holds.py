@@ -24,6 +24,7 @@ def upgrade() -> None:
         "message_holds",
         sa.Column("message_id", sa.String(36), nullable=False),
         sa.Column("instance_id", sa.String(64), nullable=False),
+        sa.Column("recipient", sa.String(80), nullable=False),
         sa.Column("reason", sa.String(64), nullable=False),
         sa.Column("waits_for", sa.String(16), nullable=False),
         sa.Column("due_at", when, nullable=False),
@@ -32,7 +33,7 @@ def upgrade() -> None:
         sa.Column("needs_release", sa.Boolean(), nullable=False, server_default="0"),
         sa.PrimaryKeyConstraint("message_id", name=op.f("pk_message_holds")),
     )
-    op.create_index("ix_message_holds_due_at", "message_holds", ["due_at"])
+    op.create_index("ix_message_holds_due_at_message_id", "message_holds", ["due_at", "message_id"])
     op.create_index("ix_message_holds_instance_id_reason", "message_holds", ["instance_id", "reason"])
 
 
