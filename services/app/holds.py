@@ -71,6 +71,7 @@ class Holds:
         self.interval = interval
         self.recheck = recheck
         self._nudge = asyncio.Event()
+        self._next_due: datetime | None = None  # the earliest due time the last batch postponed to
         self._task: asyncio.Task[None] | None = None
 
     # --- the send path -------------------------------------------------------------------------
@@ -219,13 +220,15 @@ class Holds:
         ready: list[str] = []
         admitted: set[str] = set()
         paced: dict[str, float] = {}  # instance → the policy's retry_after in this batch
+        places: Counter[str] = Counter()  # instance → its paced holds so far in this batch
         for hold in due:
             if rules.expired(hold, now):
                 ready.append(hold.message_id)
             elif await self._still_waiting(hold):
                 waiting.append(rules.postponed(hold, now, self.recheck))
             elif hold.instance_id in paced:
-                waiting.append(rules.paced_until(hold, now, paced[hold.instance_id]))
+                places[hold.instance_id] += 1
+                waiting.append(rules.paced_until(hold, now, paced[hold.instance_id], places[hold.instance_id]))
             else:
                 retry_after = await self._admit(hold)
                 if retry_after is None:
@@ -235,6 +238,7 @@ class Holds:
                     paced[hold.instance_id] = retry_after
                     waiting.append(rules.paced_until(hold, now, retry_after))
         await self.store.postpone(waiting)
+        self._next_due = min((h.due_at for h in waiting), default=None)
         released, expired = await self.store.claim(ready, now)
         for msg in expired:
             self.metrics.holds.add(1, {"event": "expired", "reason": msg.failure_reason})
@@ -331,8 +335,11 @@ class Holds:
             if claimed >= self.batch:
                 await asyncio.sleep(0)
                 continue
+            wait = self.interval
+            if self._next_due is not None:  # a paced backlog: back when its next one is due
+                wait = min(wait, max(0.0, (self._next_due - utcnow()).total_seconds()))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._nudge.wait(), self.interval)
+                await asyncio.wait_for(self._nudge.wait(), wait)
             self._nudge.clear()
 
     def start(self) -> None:
