@@ -157,15 +157,6 @@ def postponed(hold: Hold, now: datetime, recheck: timedelta = DEFAULT_RECHECK) -
     return replace(hold, due_at=due)
 
 
-def paced_until(hold: Hold, now: datetime, retry_after: float, place: int = 0) -> Hold:
-    """A policy hold the policy still paces (checked before any claim): looked at again when its
-    RetryInfo says, without a state change (no event); at its expiry at the latest. `place`: its
-    rank among the instance's paced holds of one batch; each waits one more retry_after, so a
-    backlog is spread over the pace instead of all coming due again together (and the next
-    batch reaches other instances' holds instead of re-reading one instance's backlog)."""
-    return replace(hold, due_at=min(now + timedelta(seconds=retry_after * (place + 1)), hold.expires_at))
-
-
 def release(msg: MessageRecord, now: datetime) -> MessageRecord | None:
     """HELD → PENDING: the dispatcher claimed it and runs the send path."""
     return transition_message(msg, MessageTrigger.RELEASE, reason=Reason.HOLD_RELEASED, source="dispatcher", at=now)

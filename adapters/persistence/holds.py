@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import bindparam, delete, func, select, update
 
 from adapters.persistence import changelog
 from adapters.persistence.messages import locked_message, save_message
@@ -86,10 +86,13 @@ class HoldRepository(StoreBase):
             ).one()
         return message_from_row(row), False
 
-    async def due(self, now: datetime, limit: int) -> list[Hold]:
+    async def due(self, now: datetime, limit: int, *, exclude: Sequence[str] = ()) -> list[Hold]:
         """Up to `limit` holds due now, the oldest due first, then the oldest message (ids are
         time-ordered: a paced backlog goes out in the order it was sent); the index; no lock."""
-        query = select(message_holds).where(h.due_at <= now).order_by(h.due_at, h.message_id).limit(limit)
+        query = select(message_holds).where(h.due_at <= now)
+        if exclude:  # instances the send policy paces right now (their holds wait as they are)
+            query = query.where(h.instance_id.not_in(list(exclude)))
+        query = query.order_by(h.due_at, h.message_id).limit(limit)
         async with self._auto.connect() as conn:
             return [_hold(r) for r in await conn.execute(query)]
 
@@ -97,11 +100,9 @@ class HoldRepository(StoreBase):
         """New due times for holds still waiting (no state change, no event)."""
         if not holds:
             return
+        statement = update(message_holds).where(h.message_id == bindparam("b_id")).values(due_at=bindparam("b_due"))
         async with self.transaction() as conn:
-            for hold in holds:
-                await conn.execute(
-                    update(message_holds).where(h.message_id == hold.message_id).values(due_at=hold.due_at)
-                )
+            await conn.execute(statement, [{"b_id": x.message_id, "b_due": x.due_at} for x in holds])
 
     async def claim(
         self, message_ids: Sequence[str], now: datetime

@@ -42,7 +42,7 @@ log = logging.getLogger("wapi_guard.holds")
 
 class HoldStore(Protocol):
     async def insert_held(self, msg: MessageRecord, hold: Hold) -> tuple[MessageRecord, bool]: ...
-    async def due(self, now: datetime, limit: int) -> list[Hold]: ...
+    async def due(self, now: datetime, limit: int, *, exclude: list[str]) -> list[Hold]: ...
     async def postpone(self, holds: list[Hold]) -> None: ...
     async def claim(
         self, message_ids: list[str], now: datetime
@@ -72,6 +72,8 @@ class Holds:
         self.recheck = recheck
         self._nudge = asyncio.Event()
         self._next_due: datetime | None = None  # the earliest due time the last batch postponed to
+        self._paced: dict[str, datetime] = {}  # instance → until when its policy paces it
+        self._inflight: set[asyncio.Task[None]] = set()  # dispatched sends (their provider calls)
         self._task: asyncio.Task[None] | None = None
 
     # --- the send path -------------------------------------------------------------------------
@@ -207,42 +209,40 @@ class Holds:
     # --- the dispatcher --------------------------------------------------------------------------
 
     async def dispatch_once(self) -> int:
-        """One bounded batch of due holds. Those still waiting are postponed without a state
-        change (no event): a health hold whose instance is still unhealthy or that waits for the
-        operator; a policy hold the policy still paces (asked before any claim, so a paced backlog
-        never churns through PENDING; once paced, the instance's other due holds wait with it).
-        The others are claimed and dispatched. Returns how many were claimed."""
+        """One bounded batch of due holds. Those still waiting stay HELD without a state change
+        (no event): a health hold whose instance is still unhealthy or that waits for the
+        operator is postponed; a policy hold is offered to the send policy before any claim, and
+        once the policy paces an instance, its holds are left as they are and the instance is left
+        out of the next batches until its RetryInfo time (no PENDING churn, no row updates, and
+        the batches reach other instances' holds meanwhile). The others are claimed and
+        dispatched in the background. Returns how many were claimed."""
         now = utcnow()
-        due = await self.store.due(now, self.batch)
-        if not due:
-            return 0
+        self._paced = {i: t for i, t in self._paced.items() if t > now}
+        due = await self.store.due(now, self.batch, exclude=sorted(self._paced))
         waiting: list[Hold] = []
         ready: list[str] = []
         admitted: set[str] = set()
-        paced: dict[str, float] = {}  # instance → the policy's retry_after in this batch
-        places: Counter[str] = Counter()  # instance → its paced holds so far in this batch
         for hold in due:
             if rules.expired(hold, now):
                 ready.append(hold.message_id)
             elif await self._still_waiting(hold):
                 waiting.append(rules.postponed(hold, now, self.recheck))
-            elif hold.instance_id in paced:
-                places[hold.instance_id] += 1
-                waiting.append(rules.paced_until(hold, now, paced[hold.instance_id], places[hold.instance_id]))
-            else:
+            elif hold.instance_id not in self._paced:
                 retry_after = await self._admit(hold)
                 if retry_after is None:
                     ready.append(hold.message_id)
                     admitted.add(hold.message_id)
                 else:
-                    paced[hold.instance_id] = retry_after
-                    waiting.append(rules.paced_until(hold, now, retry_after))
+                    self._paced[hold.instance_id] = now + timedelta(seconds=retry_after)
         await self.store.postpone(waiting)
-        self._next_due = min((h.due_at for h in waiting), default=None)
+        self._next_due = min([*(h.due_at for h in waiting), *self._paced.values()], default=None)
         released, expired = await self.store.claim(ready, now)
         for msg in expired:
             self.metrics.holds.add(1, {"event": "expired", "reason": msg.failure_reason})
-        await asyncio.gather(*(self._dispatch(msg, hold, msg.id in admitted) for msg, hold in released))
+        for msg, hold in released:
+            task = asyncio.create_task(self._dispatch(msg, hold, msg.id in admitted))
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
         return len(released) + len(expired)
 
     async def _still_waiting(self, hold: Hold) -> bool:
@@ -327,6 +327,8 @@ class Holds:
 
     async def run_forever(self) -> None:
         while True:
+            while len(self._inflight) >= self.batch:  # at most one batch of provider calls in flight
+                await asyncio.wait(set(self._inflight), return_when=asyncio.FIRST_COMPLETED)
             try:
                 claimed = await self.dispatch_once()
             except Exception:
@@ -345,8 +347,15 @@ class Holds:
     def start(self) -> None:
         self._task = asyncio.create_task(self.run_forever(), name="hold-dispatcher")
 
+    async def settle(self) -> None:
+        """Waits for the sends dispatched so far (tests, shutdown)."""
+        while self._inflight:
+            await asyncio.gather(*self._inflight, return_exceptions=True)
+
     async def aclose(self) -> None:
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        with contextlib.suppress(TimeoutError):  # the provider calls themselves are shielded
+            await asyncio.wait_for(self.settle(), 30)
