@@ -156,31 +156,38 @@ async def run(count: int, interval: float) -> dict[str, Any]:
             drained = time.perf_counter() - recovered
             sends = (await http.get(f"{control}/instances/{INSTANCE}/sends")).json()["sends"]
         await channel.close()
-        per_message = Counter(str(s["body"]["phone"]) for s in sends)
-        final = await counts()
-        reasons = await query("SELECT failure_reason, count(*) AS n FROM messages WHERE state = 'FAILED' GROUP BY 1")
-        span = await query(
-            "SELECT extract(epoch FROM max(sent_at) - min(sent_at)) AS s, count(*) AS n FROM messages "
-            "WHERE sent_at IS NOT NULL"
-        )
-        sent, seconds = int(span[0]["n"]), float(span[0]["s"] or 0.0)
-        return {
-            "messages": count,
-            "configured_pace_per_s": round(1 / interval, 1),
-            "release_rate_per_s": round((sent - 1) / seconds, 1) if seconds else None,
-            "hold_backlog_seconds": round(hold_seconds, 1),
-            "replica_killed_after_s": round(killed_at, 1) if killed_at is not None else None,
-            "time_to_drain_s": round(drained, 1),
-            "provider_sends": len(sends),
-            "messages_sent_once": sum(1 for n in per_message.values() if n == 1),
-            "messages_sent_twice_or_more": sum(1 for n in per_message.values() if n > 1),
-            "final_states": final,
-            "failed_reasons": {r["failure_reason"]: int(r["n"]) for r in reasons},
-        }
+        return await summarize(count, interval, sends, hold_seconds, killed_at, drained)
     finally:
         for process in (a, b, sim):
             process.stop()
         await admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def summarize(
+    count: int, interval: float, sends: list[Any], hold_seconds: float, killed_at: float | None, drained: float
+) -> dict[str, Any]:
+    """The run's numbers: the simulator's record of sends against the messages' stored outcomes."""
+    per_message = Counter(str(s["body"]["phone"]) for s in sends)
+    final = await counts()
+    reasons = await query("SELECT failure_reason, count(*) AS n FROM messages WHERE state = 'FAILED' GROUP BY 1")
+    span = await query(
+        "SELECT extract(epoch FROM max(sent_at) - min(sent_at)) AS s, count(*) AS n FROM messages "
+        "WHERE sent_at IS NOT NULL"
+    )
+    sent, seconds = int(span[0]["n"]), float(span[0]["s"] or 0.0)
+    return {
+        "messages": count,
+        "configured_pace_per_s": round(1 / interval, 1),
+        "release_rate_per_s": round((sent - 1) / seconds, 1) if seconds else None,
+        "hold_backlog_seconds": round(hold_seconds, 1),
+        "replica_killed_after_s": round(killed_at, 1) if killed_at is not None else None,
+        "time_to_drain_s": round(drained, 1),
+        "provider_sends": len(sends),
+        "messages_sent_once": sum(1 for n in per_message.values() if n == 1),
+        "messages_sent_twice_or_more": sum(1 for n in per_message.values() if n > 1),
+        "final_states": final,
+        "failed_reasons": {r["failure_reason"]: int(r["n"]) for r in reasons},
+    }
 
 
 def main() -> None:
