@@ -251,8 +251,11 @@ class Holds:
             return True
         if hold.waits_for is not rules.WaitsFor.HEALTH:
             return False
-        cached = await self.sending.instances.cached(hold.instance_id)
-        return cached is not None and cached.record.state is not InstanceState.CONNECTED
+        instances = self.sending.instances
+        cached = await instances.cached(hold.instance_id)
+        if cached is None:
+            return False  # removed: claimed, and failed INSTANCE_NOT_FOUND by the preflight
+        return cached.record.state is not InstanceState.CONNECTED or instances.webhooks_block(cached.record)
 
     async def _admit(self, hold: Hold) -> float | None:
         """The send policy's check for a due hold before it is claimed: None when it may go now

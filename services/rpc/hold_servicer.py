@@ -64,6 +64,7 @@ class HoldingInstanceHealthServicer(InstanceHealthServicer):
         super().__init__(gateway, recovery, send_policies)
         self.holds = holds
 
+    @grpc_errors
     async def GetInstanceHealth(
         self, request: instance_health_pb2.GetInstanceHealthRequest, context: Ctx
     ) -> common_pb2.InstanceHealth:
