@@ -78,6 +78,9 @@ def replica(url: str, simulator: str) -> Process:
             *("-m", "services.cli", "serve", "--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "-1"),
             *("--database-url", url, "--wapi-base-url", simulator, "--probe-interval", "0"),
             *("--sweep-interval", "1", "--pending-grace", "2", "--hold-interval", "0.2", "--log-format", "json"),
+            # No webhook bridge here, so no delivery receipts: stall detection would rightly stop the
+            # instance after a while (DELIVERY_STALLED). Off for this run; it measures the release.
+            *("--detect-interval", "0", "--stuck-after", "86400"),
         ]
     )
 
