@@ -41,6 +41,10 @@ PREFLIGHT_REASONS = frozenset(
         Reason.LOGGED_OUT,
         Reason.QR_REFUSED,
         Reason.PHONE_OFFLINE,
+        # A held message cancelled, or a scheduled one expired (statemachine/hold.py): the same key
+        # again answers FAILED_PRECONDITION with that reason, as a blocked send.
+        Reason.CANCELLED,
+        Reason.HOLD_EXPIRED,
     }
 )
 

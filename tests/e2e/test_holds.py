@@ -141,9 +141,11 @@ async def test_an_expired_hold_ends_failed_with_the_last_reason(make_stack: Stac
 
 async def test_cancel_a_held_message_and_refusals_a_wait_cannot_clear(stack: Stack) -> None:
     await stack.add_instance(INSTANCE, "session_incomplete")
-    msg = await stack.send.SendMessage(held_request(recipient(3)))
+    msg = await stack.send.SendMessage(held_request(recipient(3), key="to-cancel"))
     cancelled = await stack.send.CancelMessage(send_pb2.CancelMessageRequest(message_id=msg.id))
     assert (cancelled.state, cancelled.failure_reason) == (FAILED, "CANCELLED")
+    replayed = await stack.refused(held_request(recipient(3), key="to-cancel"))  # the key answers the outcome
+    assert (replayed.code, replayed.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "CANCELLED")
     assert await feed_states(stack, msg.id) == ["HELD", "FAILED"]
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stack.send.CancelMessage(send_pb2.CancelMessageRequest(message_id=msg.id))
