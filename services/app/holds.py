@@ -74,6 +74,7 @@ class Holds:
         self._next_due: datetime | None = None  # the earliest due time the last batch postponed to
         self._paced: dict[str, datetime] = {}  # instance → until when its policy paces it
         self._inflight: set[asyncio.Task[None]] = set()  # dispatched sends (their provider calls)
+        self._stopping = False
         self._task: asyncio.Task[None] | None = None
 
     # --- the send path -------------------------------------------------------------------------
@@ -196,7 +197,11 @@ class Holds:
 
     def wake(self, instance_id: str) -> None:
         """An instance is CONNECTED again (any replica saw it): its health holds are due now."""
+        if self._stopping:
+            return
         task = asyncio.get_running_loop().create_task(self._wake(instance_id))
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     async def _wake(self, instance_id: str) -> None:
@@ -329,7 +334,7 @@ class Holds:
             self.metrics.holds.add(1, {"event": "expired", "reason": after.failure_reason})
 
     async def run_forever(self) -> None:
-        while True:
+        while not self._stopping:
             while len(self._inflight) >= self.batch:  # at most one batch of provider calls in flight
                 await asyncio.wait(set(self._inflight), return_when=asyncio.FIRST_COMPLETED)
             try:
@@ -356,9 +361,16 @@ class Holds:
             await asyncio.gather(*self._inflight, return_exceptions=True)
 
     async def aclose(self) -> None:
+        """The loop ends after its current batch (a batch cancelled mid-query could strand a pooled
+        connection); cancelled only if that takes more than a few seconds."""
+        self._stopping = True
+        self._nudge.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), 5)
+            except TimeoutError:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
         with contextlib.suppress(TimeoutError):  # the provider calls themselves are shielded
             await asyncio.wait_for(self.settle(), 30)

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
+import httpx
 import pytest
 from google.protobuf.duration_pb2 import Duration
 
@@ -54,6 +55,14 @@ async def set_policy(stack: Stack, **fields: Any) -> None:
     await stub.SetSendPolicy(
         send_policy_pb2.SetSendPolicyRequest(instance_id=INSTANCE, policy=send_policy_pb2.SendPolicy(**fields))
     )
+
+
+async def holds_metric(stack: Stack, event: str) -> float:
+    """`wapiguard_sends_holds_total{event=…}` summed over reasons, as /metrics exports it."""
+    async with httpx.AsyncClient() as client:
+        body = (await client.get(f"http://127.0.0.1:{stack.app.http_port}/metrics")).text
+    lines = [line for line in body.splitlines() if line.startswith("wapiguard_sends_holds_total{")]
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines if f'event="{event}"' in line)
 
 
 async def feed_states(stack: Stack, message_id: str) -> list[str]:
@@ -146,6 +155,7 @@ async def test_cancel_a_held_message_and_refusals_a_wait_cannot_clear(stack: Sta
     assert (cancelled.state, cancelled.failure_reason) == (FAILED, "CANCELLED")
     replayed = await stack.refused(held_request(recipient(3), key="to-cancel"))  # the key answers the outcome
     assert (replayed.code, replayed.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "CANCELLED")
+    assert (await holds_metric(stack, "held"), await holds_metric(stack, "cancelled")) == (1.0, 1.0)
     assert await feed_states(stack, msg.id) == ["HELD", "FAILED"]
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stack.send.CancelMessage(send_pb2.CancelMessageRequest(message_id=msg.id))
