@@ -214,3 +214,18 @@ async def test_send_at_schedules_and_release_requires_confirmation(make_stack: S
     assert released.released == 1
     await wait_sent(stack, waiting.id)
     assert len(stack.sim.sends(other)) == 1
+
+
+async def test_a_block_that_arrives_while_held_ends_it_failed_at_dispatch(stack: Stack) -> None:
+    await stack.add_instance(INSTANCE, "session_incomplete")
+    msg = await stack.send.SendMessage(held_request(recipient(9)))
+    assert msg.state == HELD
+    # The customer opts out while the message waits: the dispatcher's preflight refuses it then.
+    optouts: optouts_pb2_grpc.OptOutServiceAsyncStub = optouts_pb2_grpc.OptOutServiceStub(stack.channel)
+    await optouts.AddOptOut(optouts_pb2.AddOptOutRequest(instance_id=INSTANCE, recipient=recipient(9)))
+    stack.sim.set_behaviour(INSTANCE, "healthy")
+    assert (await stack.get_health(INSTANCE, refresh=True)).state == CONNECTED
+    failed = await stack.wait_state(msg.id, FAILED)
+    assert failed.failure_reason == "RECIPIENT_OPTED_OUT"
+    assert await feed_states(stack, msg.id) == ["HELD", "PENDING", "FAILED"]
+    assert stack.sim.sends(INSTANCE) == []
