@@ -21,10 +21,13 @@ class NoopSend(send_pb2_grpc.SendServiceServicer):
     async def SendMessage(self, request: Any, context: Any) -> common_pb2.Message:
         return _MESSAGE
 
-    GetMessage = RetryMessage = SendMessage
+    GetMessage = RetryMessage = CancelMessage = SendMessage
 
     async def ListMessages(self, request: Any, context: Any) -> Any:
         return send_pb2.ListMessagesResponse()
+
+    async def ReleaseHeld(self, request: Any, context: Any) -> Any:
+        return send_pb2.ReleaseHeldResponse()
 
 
 class NoopWebhook(webhook_pb2_grpc.WebhookServiceServicer):

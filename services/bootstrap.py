@@ -41,6 +41,7 @@ from services.app.subscriptions import Scopes
 from services.app.webhook_subscriptions import WebhookSubscriptions
 from services.config import Settings
 from services.core_wiring import UseCases, build_use_cases, gateway_config, start_use_cases
+from services.hold_wiring import start_holds, stop_holds
 from services.migration import migrate
 from services.observability.logs import register_secret
 from services.observability.telemetry import Telemetry
@@ -245,6 +246,8 @@ class App(UseCases):
         stack.push_async_callback(_quietly, dispatcher.aclose)
         await recovery.start()
         stack.push_async_callback(_quietly, recovery.aclose)
+        holds, hold_watch = await start_holds(settings, engine, core.sending, core.instances)
+        stack.push_async_callback(_quietly, lambda: stop_holds(holds, hold_watch))
         # Every gRPC method's storage is bounded by the caller's deadline, the event and
         # subscription services' too (the feed and the dispatcher, background loops, use the stores
         # as they are).
@@ -263,6 +266,7 @@ class App(UseCases):
             ),
             feed,
             *protection,
+            holds=holds,
         )
         server, health_servicer, port = await build_grpc_server(settings, telemetry, servers)
         stack.push_async_callback(_quietly, lambda: server.stop(0))

@@ -255,6 +255,17 @@ class Settings(BaseSettings):
         description="Seconds a number check's answer (on WhatsApp or not) is kept and trusted by sends and "
         "CheckRecipients.",
     )
+    hold_interval: float = Field(
+        0.5, gt=0, le=60, description="Seconds between two looks of the hold dispatcher for due held messages."
+    )
+    hold_batch: int = Field(100, ge=1, le=10000, description="Held messages claimed per dispatcher batch.")
+    hold_recheck: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="Seconds before a message held for an unhealthy instance is looked at again (a "
+        "reconnection wakes it sooner).",
+    )
     migrate_on_start: bool = Field(
         True,
         description="Apply migrations at serve start.",

@@ -24,6 +24,9 @@ class MessageState(StrEnum):
     READ = "READ"
     PLAYED = "PLAYED"
     FAILED = "FAILED"
+    # Blocked for now (send policy, unhealthy instance) or scheduled, with a hold: waits for the
+    # dispatcher (statemachine/hold.py). Not sent; leaves for PENDING (released) or FAILED.
+    HELD = "HELD"
 
 
 class MessageKind(StrEnum):
@@ -112,6 +115,14 @@ class Reason(StrEnum):
     SEND_REJECTED = "SEND_REJECTED"  # refused/restricted by WhatsApp or the provider
     INVALID_MEDIA = "INVALID_MEDIA"
     PROVIDER_UNCERTAIN = "PROVIDER_UNCERTAIN"  # a provider timeout: the message may still go out
+    # Holds (statemachine/hold.py): a send with `send_at` in the future waits for it; a held
+    # message released to the send path; cancelled by the caller; a cancel of a message not held;
+    # the operator's release is pending (the instance's policy asks for it).
+    SCHEDULED = "SCHEDULED"
+    HOLD_RELEASED = "HOLD_RELEASED"
+    CANCELLED = "CANCELLED"
+    MESSAGE_NOT_HELD = "MESSAGE_NOT_HELD"
+    HOLD_EXPIRED = "HOLD_EXPIRED"
 
 
 # --- outbound content ------------------------------------------------------------------------

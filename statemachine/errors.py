@@ -119,6 +119,17 @@ class NotRetryable(GuardError):
         )
 
 
+class NotHeld(GuardError):
+    """CancelMessage on a message that is not HELD (already released, sent, failed or cancelled)."""
+
+    def __init__(self, message: MessageRecord) -> None:
+        super().__init__(
+            Reason.MESSAGE_NOT_HELD,
+            f"message {message.id} is {message.state.value}; only HELD messages can be cancelled",
+            {"message_id": message.id, "message_state": message.state.value},
+        )
+
+
 class InvalidPayload(GuardError):
     """A webhook body that could not be used; it is stored anyway, with this reason."""
 

@@ -30,11 +30,15 @@ class MessageTrigger(StrEnum):
     RETRY = "retry"  # RetryMessage
     QUEUE = "queue"  # W-API answered only a queue handle (insertedId): QUEUED, not SENT
     LEAVE_QUEUE = "leave_queue"  # the real message id of a queued message became known
+    HOLD = "hold"  # the dispatcher's re-run preflight is blocked again: back to HELD (statemachine/hold.py)
+    RELEASE = "release"  # the dispatcher claimed a due held message: to the send path
+    DROP = "drop"  # a held message expired or was cancelled (never a provider status)
 
 
 MESSAGE_RANK: dict[MessageState, int] = {
     MessageState.PENDING: 0,
     MessageState.QUEUED: 0,
+    MessageState.HELD: 0,
     MessageState.SENT: 1,
     MessageState.DELIVERED: 2,
     MessageState.READ: 3,
@@ -68,6 +72,11 @@ MESSAGE_TRANSITIONS: list[dict[str, object]] = [
     # Blocked by preflight, refused or timed out at the provider, outcome unknown after a crash
     # mid-send; or a provider "failed" status.
     {"trigger": M.FAIL, "source": [S.PENDING, S.QUEUED, S.SENT], "dest": S.FAILED},
+    # Holds: claimed by the dispatcher (→ PENDING, then the normal send), blocked again at
+    # dispatch (→ HELD), expired or cancelled (→ FAILED with the last reason, or CANCELLED).
+    {"trigger": M.RELEASE, "source": S.HELD, "dest": S.PENDING},
+    {"trigger": M.HOLD, "source": S.PENDING, "dest": S.HELD},
+    {"trigger": M.DROP, "source": S.HELD, "dest": S.FAILED},
     # A provider "sent" (server ack) status on a message already SENT: nothing to move.
     {"trigger": M.CONFIRM_SENT, "source": S.SENT, "dest": None},
     {"trigger": M.DELIVER, "source": S.SENT, "dest": S.DELIVERED},
@@ -180,7 +189,7 @@ def transition_message(
         after.queue_id = queue_id[:128]
         after.sent_at = at
         after.failure_detail = failure_detail[:MAX_FAILURE_DETAIL]
-    elif trigger is MessageTrigger.FAIL:
+    elif trigger is MessageTrigger.FAIL or trigger is MessageTrigger.DROP:
         after.failure_reason = reason.value
         after.failure_detail = failure_detail[:MAX_FAILURE_DETAIL]
     elif trigger is MessageTrigger.RETRY:

@@ -35,10 +35,13 @@ class SendPolicy:
     quiet_start: time | None = None  # local time (time_zone) the quiet hours start; None: none
     quiet_end: time | None = None
     time_zone: str = "UTC"
+    # Messages held for the instance's health wait for the operator's ReleaseHeld after a recovery
+    # (statemachine/hold.py); not a limit: it does not make the policy active.
+    release_requires_confirmation: bool = False
 
     @property
     def active(self) -> bool:
-        return self != SendPolicy(time_zone=self.time_zone)
+        return replace(self, release_requires_confirmation=False) != SendPolicy(time_zone=self.time_zone)
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,6 +251,7 @@ def policy_to_dict(policy: SendPolicy) -> dict[str, object]:
         "quiet_start": policy.quiet_start.strftime("%H:%M") if policy.quiet_start else "",
         "quiet_end": policy.quiet_end.strftime("%H:%M") if policy.quiet_end else "",
         "time_zone": policy.time_zone,
+        "release_requires_confirmation": policy.release_requires_confirmation,
     }
 
 
@@ -266,4 +270,5 @@ def policy_from_dict(data: dict[str, object]) -> SendPolicy:
         quiet_start=clock(data.get("quiet_start")),
         quiet_end=clock(data.get("quiet_end")),
         time_zone=str(data.get("time_zone") or "UTC"),
+        release_requires_confirmation=bool(data.get("release_requires_confirmation", False)),
     )

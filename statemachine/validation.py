@@ -21,6 +21,7 @@ from statemachine.domain import (
     Reaction,
     Text,
 )
+from statemachine.hold import HoldWish
 from statemachine.phone import DEFAULT_REGION, canonical_phone
 
 MAX_TEXT = 4096  # WhatsApp's practical text limit (Cloud API caps text bodies at 4096).
@@ -55,6 +56,8 @@ class SendRequest:
     content: Content | None
     reply_to: str = ""
     delay_seconds: int = 0
+    # hold_for / send_at (statemachine/hold.py); None: refused at once when blocked, as always.
+    hold: HoldWish | None = None
 
 
 def canonical_recipient(to: str, region: str = DEFAULT_REGION) -> tuple[str, str]:

@@ -416,3 +416,25 @@ recipient_checks = Table(
     Column("lid", String(128), nullable=False, server_default=""),
     Column("checked_at", UTCDateTime(timezone=True), nullable=False),
 )
+
+
+# --- holds (statemachine/hold.py; adapters/persistence/holds.py) -------------------------------
+
+# One row per HELD message, and only while it is held: the dispatcher's due-time index covers
+# the held messages alone (never the history), the claim deletes the row in the transaction that
+# moves the message HELD → PENDING.
+message_holds = Table(
+    "message_holds",
+    metadata,
+    Column("message_id", String(36), primary_key=True),
+    Column("instance_id", String(64), nullable=False),
+    Column("recipient", String(80), nullable=False),
+    Column("reason", String(64), nullable=False),
+    Column("waits_for", String(16), nullable=False),
+    Column("due_at", UTCDateTime(timezone=True), nullable=False),
+    Column("expires_at", UTCDateTime(timezone=True), nullable=False),
+    Column("held_at", UTCDateTime(timezone=True), nullable=False),
+    Column("needs_release", Boolean, nullable=False, server_default="0"),
+    Index("ix_message_holds_due_at_message_id", "due_at", "message_id"),
+    Index("ix_message_holds_instance_id_reason", "instance_id", "reason"),
+)

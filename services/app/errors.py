@@ -15,6 +15,7 @@ from statemachine.errors import (
     InvalidPayload,
     InvalidRequest,
     MessageNotFound,
+    NotHeld,
     NotRetryable,
     OutcomeUnknown,
     ProviderFailed,
@@ -79,7 +80,7 @@ def outcome_of(error: GuardError) -> Outcome:
         return Outcome.INVALID_ARGUMENT
     if isinstance(error, (InstanceNotFound, MessageNotFound)):
         return Outcome.NOT_FOUND
-    if isinstance(error, (SendBlocked, NotRetryable, OutcomeUnknown)):
+    if isinstance(error, (SendBlocked, NotRetryable, OutcomeUnknown, NotHeld)):
         return Outcome.FAILED_PRECONDITION
     if isinstance(error, SendInProgress):
         return Outcome.ABORTED

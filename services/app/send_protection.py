@@ -3,9 +3,50 @@ number-check cache, read before any provider call (never the provider itself).""
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from services.app.optouts import OptOuts
 from services.app.recipients import Recipients
-from statemachine.domain import InstanceState, Reason
+from statemachine.domain import InstanceRecord, InstanceState, MessageRecord, Reason
+from statemachine.validation import SendRequest
+
+
+class HoldPath(Protocol):
+    """The send path's view of the hold (services/app/holds.py): hold_for / send_at."""
+
+    def wanted(self, req: SendRequest) -> bool: ...
+
+    async def hold_or_admit(
+        self, req: SendRequest, blocked: Reason | None, health: InstanceRecord
+    ) -> MessageRecord | Reason | None: ...
+
+
+# The reasons a preflight block is stored with (a replayed key's FAILED message answers SendBlocked).
+PREFLIGHT_REASONS = frozenset(
+    {
+        Reason.SESSION_INCOMPLETE,
+        Reason.TIMEOUT_OR_GATEWAY,
+        Reason.INSTANCE_DISCONNECTED,
+        Reason.HEALTH_UNKNOWN,
+        Reason.TOKEN_INVALID,
+        Reason.INSTANCE_NOT_FOUND,
+        Reason.DELIVERY_STALLED,
+        Reason.NOT_SUPPORTED_BY_PLAN,
+        Reason.RESTARTING,
+        Reason.PAIRING_IN_PROGRESS,
+        Reason.RECIPIENT_OPTED_OUT,
+        Reason.NOT_ON_WHATSAPP,
+        Reason.WAITING_FOR_MESSAGE,
+        Reason.SESSION_NEEDS_RESTORE,
+        Reason.LOGGED_OUT,
+        Reason.QR_REFUSED,
+        Reason.PHONE_OFFLINE,
+        # A held message cancelled, or a scheduled one expired (statemachine/hold.py): the same key
+        # again answers FAILED_PRECONDITION with that reason, as a blocked send.
+        Reason.CANCELLED,
+        Reason.HOLD_EXPIRED,
+    }
+)
 
 
 async def recipient_block(

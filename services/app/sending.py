@@ -24,7 +24,7 @@ from services.app.message_queries import plausible_id
 from services.app.optouts import OptOuts
 from services.app.recipients import Recipients
 from services.app.send_policy import SendPolicies
-from services.app.send_protection import block_detail, recipient_block
+from services.app.send_protection import PREFLIGHT_REASONS, HoldPath, block_detail, recipient_block
 from services.app.stall_watch import StallWatch
 from services.observability.telemetry import Telemetry, current_trace_ids, use_span
 from statemachine.domain import (
@@ -63,27 +63,6 @@ log = logging.getLogger("wapi_guard.core")
 
 # Provider outcomes that say "the provider/gateway is in trouble", not "this message is bad".
 GATEWAY_FAILURES = frozenset({Reason.PROVIDER_UNAVAILABLE, Reason.PROVIDER_TIMEOUT})
-PREFLIGHT_REASONS = frozenset(
-    {
-        Reason.SESSION_INCOMPLETE,
-        Reason.TIMEOUT_OR_GATEWAY,
-        Reason.INSTANCE_DISCONNECTED,
-        Reason.HEALTH_UNKNOWN,
-        Reason.TOKEN_INVALID,
-        Reason.INSTANCE_NOT_FOUND,
-        Reason.DELIVERY_STALLED,
-        Reason.NOT_SUPPORTED_BY_PLAN,
-        Reason.RESTARTING,
-        Reason.PAIRING_IN_PROGRESS,
-        Reason.RECIPIENT_OPTED_OUT,
-        Reason.NOT_ON_WHATSAPP,
-        Reason.WAITING_FOR_MESSAGE,
-        Reason.SESSION_NEEDS_RESTORE,
-        Reason.LOGGED_OUT,
-        Reason.QR_REFUSED,
-        Reason.PHONE_OFFLINE,
-    }
-)
 # A send's answer that says something about the instance itself.
 SEND_FAILURE_TRIGGERS = {
     Reason.TOKEN_INVALID: InstanceTrigger.REPORT_TOKEN_INVALID,
@@ -120,6 +99,8 @@ class Sending:
         self.opt_outs: OptOuts | None = None
         # The number-check cache, wired by the composition root (None: no NOT_ON_WHATSAPP check).
         self.recipients: Recipients | None = None
+        # Holds (services/app/holds.py), wired by the composition root: hold_for / send_at.
+        self.holds: HoldPath | None = None
 
     async def send(self, req: SendRequest, *, time_remaining: float | None = None) -> MessageRecord:
         """`time_remaining` is the caller's gRPC deadline budget: the provider call never outlives it."""
@@ -143,7 +124,13 @@ class Sending:
                     blocked = await self._block(health, req.kind, req.to)
                     preflight.set_attribute("wapi.session_health", health.state.value)
                 span.set_attribute("wapi.session_health", health.state.value)
-                if blocked is None and self.policies is not None:
+                if self.holds is not None and self.holds.wanted(req):
+                    held = await self.holds.hold_or_admit(req, blocked, health)  # admitted: counted there
+                    if isinstance(held, MessageRecord):
+                        span.end()
+                        return held
+                    blocked = held or blocked  # a block waiting cannot clear (the recipient's): refused
+                elif blocked is None and self.policies is not None:
                     replayed = await self._admit(req)  # the send policy (services/app/send_policy.py)
                     if replayed is not None:
                         return replayed

@@ -166,6 +166,8 @@ def summary(snap: Snapshot) -> dict[str, int]:
         "attention": len(snap.instances) - online,
         "stuck": sum(1 for m in snap.messages if is_stuck(m)),
         "failed": sum(1 for m in snap.messages if m.state is MessageState.FAILED),
+        # Recent messages waiting with a hold (hold_for / send_at; docs/holds.md).
+        "held": sum(1 for m in snap.messages if m.state is MessageState.HELD),
     }
 
 

@@ -222,6 +222,7 @@ def render_summary(snap: Snapshot, lang: str) -> str:
         ("attention", s["attention"], "s_attention", "tone-red" if s["attention"] else ""),
         ("stuck", s["stuck"], "s_stuck", "tone-red" if s["stuck"] else ""),
         ("failed", s["failed"], "s_failed", "tone-yellow" if s["failed"] else ""),
+        ("held", s["held"], "s_held", "tone-yellow" if s["held"] else ""),
     ]
     return "".join(
         f'<span class="chip {cls}" data-count="{key}">{_e(_t(lang, label))}: <strong>{n}</strong></span>'

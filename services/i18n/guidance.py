@@ -55,6 +55,12 @@ REASON_TEXT_PT_BR: dict[Reason, str] = {
     Reason.RECOVERY_RATE_LIMITED: "Muitas ações de recuperação seguidas. Aguarde antes de tentar de novo.",
     Reason.PUBLIC_URL_NOT_CONFIGURED: "URL pública não configurada (--public-url): sem destino para os webhooks.",
     Reason.PROVIDER_QUEUED: "A W-API colocou a mensagem na fila; ainda não foi enviada.",
+    # Holds (statemachine/hold.py).
+    Reason.SCHEDULED: "Mensagem agendada: aguarda o horário pedido (send_at) para ser enviada.",
+    Reason.HOLD_RELEASED: "Mensagem em espera liberada para envio.",
+    Reason.CANCELLED: "Mensagem em espera cancelada; não foi enviada.",
+    Reason.MESSAGE_NOT_HELD: "Só mensagens em espera (HELD) podem ser canceladas.",
+    Reason.HOLD_EXPIRED: "O prazo de espera da mensagem acabou antes que ela pudesse ser enviada.",
 }
 
 REASON_TEXT_EN: dict[Reason, str] = {
@@ -91,6 +97,12 @@ REASON_TEXT_EN: dict[Reason, str] = {
     Reason.RECOVERY_RATE_LIMITED: "Too many recovery actions in a row. Wait before trying again.",
     Reason.PUBLIC_URL_NOT_CONFIGURED: "No public URL configured (--public-url): nowhere to point the webhooks at.",
     Reason.PROVIDER_QUEUED: "W-API queued the message; it has not been sent yet.",
+    # Holds (statemachine/hold.py).
+    Reason.SCHEDULED: "Scheduled: the message waits for the requested time (send_at).",
+    Reason.HOLD_RELEASED: "The held message was released to be sent.",
+    Reason.CANCELLED: "The held message was cancelled; it was not sent.",
+    Reason.MESSAGE_NOT_HELD: "Only held (HELD) messages can be cancelled.",
+    Reason.HOLD_EXPIRED: "The message's hold ran out before it could be sent.",
 }
 
 

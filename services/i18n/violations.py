@@ -28,6 +28,13 @@ _VIOLATIONS_PT_BR: tuple[tuple[re.Pattern[str], str], ...] = tuple(
             "não é um fuso horário IANA (p. ex. America/Sao_Paulo)",
         ),
         (r"must be a local time HH:MM", "deve ser um horário local HH:MM"),
+        # Holds (statemachine/hold.py, services/rpc/mapping.py).
+        (r"must not be negative", "não pode ser negativo"),
+        (r"at most (\d+) days", r"no máximo \1 dias"),
+        (r"at most (\d+) days ahead", r"no máximo \1 dias à frente"),
+        (r"not a usable duration", "não é uma duração utilizável"),
+        (r"not a usable time", "não é um horário utilizável"),
+        (r"holds are not enabled on this server", "este servidor não aceita envios em espera"),
         (r"required on first registration", "obrigatório no primeiro registro"),
         # Provider per instance (services/app/providers.py).
         (r"this server speaks W-API only", "este servidor fala apenas com a W-API"),

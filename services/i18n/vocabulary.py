@@ -79,6 +79,8 @@ _MESSAGE_LABELS: dict[str, dict[str, str]] = {
         "READ": "Lida",
         "PLAYED": "Reproduzida",
         "FAILED": "Falhou",
+        "HELD": "Em espera",
+        "QUEUED": "Na fila",
     },
     "en": {
         "PENDING": "Pending",
@@ -88,6 +90,8 @@ _MESSAGE_LABELS: dict[str, dict[str, str]] = {
         "READ": "Read",
         "PLAYED": "Played",
         "FAILED": "Failed",
+        "HELD": "Held",
+        "QUEUED": "Queued",
     },
 }
 MESSAGE_TONES = {
@@ -98,6 +102,7 @@ MESSAGE_TONES = {
     "READ": "green",
     "PLAYED": "green",
     "FAILED": "red",
+    "HELD": "yellow",
 }
 
 

@@ -54,12 +54,14 @@ class Metrics:
     webhook_refused: FastCounter = field(init=False)
     webhook_fan_out_failures: FastCounter = field(init=False)
     prune_duration: Histogram = field(init=False)
+    holds: FastCounter = field(init=False)
     gauges: dict[str, Callable[[], Iterable[tuple[float, dict[str, str]]]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         m = self.meter
         self.sends = FastCounter(m, "wapiguard.sends", "Send attempts by outcome and reason")
         self.blocked = FastCounter(m, "wapiguard.sends.blocked", "Sends blocked before the provider")
+        self.holds = FastCounter(m, "wapiguard.sends.holds", "Held sends: held/released/expired/cancelled")
         self.provider_latency = m.create_histogram(
             "wapiguard.provider.duration", unit="s", description="W-API call latency by operation and outcome"
         )

@@ -28,6 +28,7 @@ from statemachine.domain import (
     Text,
 )
 from statemachine.errors import InvalidRequest
+from statemachine.hold import HoldWish
 from statemachine.ports import IngestResult, InstanceChange, MessageChange
 from statemachine.providers import ProviderKind
 from statemachine.validation import SendRequest, Violation
@@ -269,4 +270,20 @@ def send_request(pb: send_pb2.SendMessageRequest) -> SendRequest:
         content=content,
         reply_to=pb.reply_to_provider_message_id,
         delay_seconds=pb.delay_seconds,
+        hold=hold_wish(pb),
     )
+
+
+def hold_wish(pb: send_pb2.SendMessageRequest) -> HoldWish | None:
+    """hold_for / send_at as given (statemachine/hold.py validates them), None when neither is set."""
+    if not pb.HasField("hold_for") and not pb.HasField("send_at"):
+        return None
+    try:
+        hold_for = pb.hold_for.ToTimedelta() if pb.HasField("hold_for") else None
+    except (OverflowError, ValueError):
+        raise InvalidRequest([Violation("hold_for", "not a usable duration")]) from None
+    try:
+        send_at = pb.send_at.ToDatetime(tzinfo=UTC) if pb.HasField("send_at") else None
+    except (OverflowError, ValueError):
+        raise InvalidRequest([Violation("send_at", "not a usable time")]) from None
+    return HoldWish(hold_for, send_at)

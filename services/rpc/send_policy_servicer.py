@@ -42,6 +42,7 @@ def policy_from_pb(pb: send_policy_pb2.SendPolicy) -> SendPolicy:
         quiet_start=_clock("quiet_start", pb.quiet_start),
         quiet_end=_clock("quiet_end", pb.quiet_end),
         time_zone=pb.time_zone or "UTC",
+        release_requires_confirmation=pb.release_requires_confirmation,
     )
 
 
@@ -57,6 +58,7 @@ def policy_pb(policy: SendPolicy) -> send_policy_pb2.SendPolicy:
         quiet_start=policy.quiet_start.strftime("%H:%M") if policy.quiet_start else "",
         quiet_end=policy.quiet_end.strftime("%H:%M") if policy.quiet_end else "",
         time_zone=policy.time_zone,
+        release_requires_confirmation=policy.release_requires_confirmation,
     )
 
 

@@ -30,6 +30,7 @@ from services.api.wapiguard.v1 import (
 )
 from services.app.events import ChangeFeed
 from services.app.health import Instances
+from services.app.holds import Holds
 from services.app.ingest import Ingest
 from services.app.message_queries import MessageQueries
 from services.app.optouts import OptOuts
@@ -45,10 +46,11 @@ from services.observability.telemetry import Telemetry
 from services.rpc.auth import AuthInterceptor
 from services.rpc.decoding import DecodingGuard
 from services.rpc.event_servicers import EventServicer
+from services.rpc.hold_servicer import HoldingInstanceHealthServicer, HoldingSendServicer
 from services.rpc.optout_servicer import OptOutServicer
 from services.rpc.recipient_servicer import RecipientServicer
 from services.rpc.send_policy_servicer import SendPolicyServicer
-from services.rpc.servicers import InstanceHealthServicer, SendServicer, WebhookServicer
+from services.rpc.servicers import WebhookServicer
 from services.rpc.subscription_servicer import WebhookSubscriptionServicer
 from statemachine.ports import ChangeLog
 
@@ -100,6 +102,8 @@ class Servers:
     send_policies: SendPolicies
     opt_outs: OptOuts
     recipients: Recipients
+    # Holds (docs/holds.md): CancelMessage, ReleaseHeld and the held counts.
+    holds: Holds | None = None
 
 
 async def build_grpc_server(
@@ -135,10 +139,12 @@ async def _register(server: grpc.aio.Server, settings: Settings, parts: Servers)
     # Every service is registered through the decoding guard: undecodable bytes answer
     # INVALID_ARGUMENT/MALFORMED_REQUEST instead of UNKNOWN plus a traceback each.
     target = cast(grpc.aio.Server, DecodingGuard(server))
-    send_pb2_grpc.add_SendServiceServicer_to_server(SendServicer(parts.sending, parts.messages), target)
+    send_pb2_grpc.add_SendServiceServicer_to_server(
+        HoldingSendServicer(parts.sending, parts.messages, parts.holds), target
+    )
     webhook_pb2_grpc.add_WebhookServiceServicer_to_server(WebhookServicer(parts.ingest), target)
     instance_health_pb2_grpc.add_InstanceHealthServiceServicer_to_server(
-        InstanceHealthServicer(parts.instances, parts.recovery, parts.send_policies), target
+        HoldingInstanceHealthServicer(parts.instances, parts.recovery, parts.send_policies, parts.holds), target
     )
     events_pb2_grpc.add_EventServiceServicer_to_server(
         EventServicer(

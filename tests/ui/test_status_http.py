@@ -107,7 +107,7 @@ async def test_snapshot_page_and_languages(make_stack: StackFactory) -> None:
     assert aventura["checked_at"]
     assert aventura["state_changed_at"]
     assert (lite["label"], lite["tone"], lite["phone_number"]) == ("Sessão incompleta", "orange", None)
-    assert snap["summary"] == {"instances": 2, "online": 0, "attention": 2, "stuck": 3, "failed": 1}
+    assert snap["summary"] == {"instances": 2, "online": 0, "attention": 2, "stuck": 3, "failed": 1, "held": 0}
 
     messages = snap["messages"]
     assert [m["stuck"] for m in messages] == [True, True, True, False]  # stuck first, then failures

@@ -12,7 +12,20 @@ from statemachine.domain import MessageState
 from statemachine.message_machine import MessageTrigger, can_message, decide_message, decide_status
 
 S = MessageState
-TRIGGERS = ("accept", "queue", "leave_queue", "fail", "confirm_sent", "deliver", "read", "play", "retry")
+TRIGGERS = (
+    "accept",
+    "queue",
+    "leave_queue",
+    "fail",
+    "confirm_sent",
+    "deliver",
+    "read",
+    "play",
+    "retry",
+    "hold",
+    "release",
+    "drop",
+)
 
 # (state, trigger) → state after the trigger. Pairs not listed are refused (message stays put).
 ALLOWED: dict[tuple[MessageState, str], MessageState] = {
@@ -35,13 +48,17 @@ ALLOWED: dict[tuple[MessageState, str], MessageState] = {
     (S.DELIVERED, "play"): S.PLAYED,
     (S.READ, "play"): S.PLAYED,
     (S.FAILED, "retry"): S.PENDING,
+    # Holds: claimed by the dispatcher, blocked again at dispatch, expired or cancelled.
+    (S.HELD, "release"): S.PENDING,
+    (S.PENDING, "hold"): S.HELD,
+    (S.HELD, "drop"): S.FAILED,
 }
 
 MATRIX = [(state, trigger) for state in MessageState for trigger in TRIGGERS]
 
 
 def test_matrix_covers_every_state_and_trigger() -> None:
-    assert len(MATRIX) == 7 * 9
+    assert len(MATRIX) == 8 * 12
     assert {s for s, _ in ALLOWED} <= set(MessageState)
     assert {t for _, t in ALLOWED} <= set(TRIGGERS)
 

@@ -18,6 +18,7 @@ def register(sub: Subparsers, kwargs: dict[str, Any]) -> None:
     )
     messages.add_argument("--stuck", action="store_true", help="only messages stuck in SENT (no delivery receipt)")
     messages.add_argument("--failed", action="store_true", help="only FAILED messages (with --stuck: both)")
+    messages.add_argument("--held", action="store_true", help="only HELD messages (waiting: hold_for / send_at)")
     messages.add_argument("--instance", default="", help="only this instance")
     messages.add_argument("--limit", type=int, default=20, help="at most N messages [default 20]")
     messages.set_defaults(run=cmd_messages)
@@ -35,6 +36,8 @@ async def cmd_messages(ctx: Context) -> int:
         queries.append({"stuck_only": True})
     if args.failed:
         queries.append({"states": [common_pb2.MESSAGE_STATE_FAILED]})
+    if args.held:
+        queries.append({"states": [common_pb2.MESSAGE_STATE_HELD]})
     if not queries:
         queries.append({})
     found: dict[str, Any] = {}

@@ -75,6 +75,12 @@ class _MessageStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MessageS
     """W-API only queued it (a queue handle, no message id): NOT sent. Leaves the queue (SENT) only
     with a delivery webhook carrying its real id; stuck like a SENT one if it never leaves.
     """
+    MESSAGE_STATE_HELD: _MessageState.ValueType  # 8
+    """Waiting, not sent: a send with a hold (hold_for / send_at) that the send policy paced or an
+    unhealthy instance blocked, or scheduled for later. Its history's last entry says why. Leaves
+    for PENDING (released by the dispatcher), or FAILED (expired with the last blocking reason,
+    or CANCELLED by CancelMessage). See docs/holds.md.
+    """
 
 class MessageState(_MessageState, metaclass=_MessageStateEnumTypeWrapper):
     """Delivery state of one message. Forward-only, except FAILED -> PENDING through RetryMessage."""
@@ -93,6 +99,12 @@ MESSAGE_STATE_FAILED: MessageState.ValueType  # 6
 MESSAGE_STATE_QUEUED: MessageState.ValueType  # 7
 """W-API only queued it (a queue handle, no message id): NOT sent. Leaves the queue (SENT) only
 with a delivery webhook carrying its real id; stuck like a SENT one if it never leaves.
+"""
+MESSAGE_STATE_HELD: MessageState.ValueType  # 8
+"""Waiting, not sent: a send with a hold (hold_for / send_at) that the send policy paced or an
+unhealthy instance blocked, or scheduled for later. Its history's last entry says why. Leaves
+for PENDING (released by the dispatcher), or FAILED (expired with the last blocking reason,
+or CANCELLED by CancelMessage). See docs/holds.md.
 """
 Global___MessageState: _TypeAlias = MessageState  # noqa: Y015
 
@@ -315,6 +327,8 @@ class InstanceHealth(_message.Message):
     WEBHOOKS_EVIDENCE_FIELD_NUMBER: _builtins.int
     LAST_RECEIPT_AT_FIELD_NUMBER: _builtins.int
     PROVIDER_FIELD_NUMBER: _builtins.int
+    HELD_MESSAGES_FIELD_NUMBER: _builtins.int
+    HELD_REASONS_FIELD_NUMBER: _builtins.int
     instance_id: _builtins.str
     name: _builtins.str
     state: Global___InstanceState.ValueType
@@ -349,6 +363,10 @@ class InstanceHealth(_message.Message):
     """
     provider: Global___Provider.ValueType
     """Which provider API the instance lives on."""
+    held_messages: _builtins.int
+    """Messages HELD for this instance now (sends with a hold that wait), and how many per reason,
+    the largest first (at most 5).
+    """
     @_builtins.property
     def checked_at(self) -> _timestamp_pb2.Timestamp:
         """Last time the provider was probed."""
@@ -363,6 +381,8 @@ class InstanceHealth(_message.Message):
     def last_receipt_at(self) -> _timestamp_pb2.Timestamp:
         """The newest receipt (delivery/read status or server ack) W-API posted for this instance."""
 
+    @_builtins.property
+    def held_reasons(self) -> _containers.RepeatedCompositeFieldContainer[Global___HeldReason]: ...
     def __init__(
         self,
         *,
@@ -386,14 +406,38 @@ class InstanceHealth(_message.Message):
         webhooks_evidence: _builtins.str = ...,
         last_receipt_at: _timestamp_pb2.Timestamp | None = ...,
         provider: Global___Provider.ValueType = ...,
+        held_messages: _builtins.int = ...,
+        held_reasons: _abc.Iterable[Global___HeldReason] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["checked_at", b"checked_at", "last_event_at", b"last_event_at", "last_receipt_at", b"last_receipt_at", "state_changed_at", b"state_changed_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["can_send", b"can_send", "checked_at", b"checked_at", "delivery_confirmable", b"delivery_confirmable", "instance_id", b"instance_id", "last_event_at", b"last_event_at", "last_receipt_at", b"last_receipt_at", "name", b"name", "next_step", b"next_step", "phone_number", b"phone_number", "plan", b"plan", "provider", b"provider", "reason", b"reason", "reason_message", b"reason_message", "state", b"state", "state_changed_at", b"state_changed_at", "stuck_messages", b"stuck_messages", "webhooks_configured", b"webhooks_configured", "webhooks_detail", b"webhooks_detail", "webhooks_evidence", b"webhooks_evidence", "webhooks_state", b"webhooks_state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["can_send", b"can_send", "checked_at", b"checked_at", "delivery_confirmable", b"delivery_confirmable", "held_messages", b"held_messages", "held_reasons", b"held_reasons", "instance_id", b"instance_id", "last_event_at", b"last_event_at", "last_receipt_at", b"last_receipt_at", "name", b"name", "next_step", b"next_step", "phone_number", b"phone_number", "plan", b"plan", "provider", b"provider", "reason", b"reason", "reason_message", b"reason_message", "state", b"state", "state_changed_at", b"state_changed_at", "stuck_messages", b"stuck_messages", "webhooks_configured", b"webhooks_configured", "webhooks_detail", b"webhooks_detail", "webhooks_evidence", b"webhooks_evidence", "webhooks_state", b"webhooks_state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___InstanceHealth: _TypeAlias = InstanceHealth  # noqa: Y015
+
+@_typing.final
+class HeldReason(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    count: _builtins.int
+    def __init__(
+        self,
+        *,
+        reason: _builtins.str = ...,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HeldReason: _TypeAlias = HeldReason  # noqa: Y015
 
 @_typing.final
 class InstanceStateChange(_message.Message):

@@ -22,38 +22,46 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from services.api.wapiguard.v1 import common_pb2 as wapiguard_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17wapiguard/v1/send.proto\x12\x0cwapiguard.v1\x1a\x19wapiguard/v1/common.proto\"\x1b\n\x0bTextContent\x12\x0c\n\x04\x62ody\x18\x01 \x01(\t\">\n\x0cMediaContent\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61ption\x18\x02 \x01(\t\x12\x10\n\x08mimetype\x18\x03 \x01(\t\"g\n\x0f\x44ocumentContent\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x11\n\tfile_name\x18\x02 \x01(\t\x12\x0f\n\x07\x63\x61ption\x18\x03 \x01(\t\x12\x10\n\x08mimetype\x18\x04 \x01(\t\x12\x11\n\textension\x18\x05 \x01(\t\"U\n\x0fLocationContent\x12\x10\n\x08latitude\x18\x01 \x01(\x01\x12\x11\n\tlongitude\x18\x02 \x01(\x01\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\"K\n\x0e\x43ontactContent\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05phone\x18\x02 \x01(\t\x12\x1c\n\x14\x62usiness_description\x18\x03 \x01(\t\"D\n\x0fReactionContent\x12\r\n\x05\x65moji\x18\x01 \x01(\t\x12\"\n\x1atarget_provider_message_id\x18\x02 \x01(\t\"\xc1\x04\n\x12SendMessageRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\n\n\x02to\x18\x02 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12)\n\x04text\x18\n \x01(\x0b\x32\x19.wapiguard.v1.TextContentH\x00\x12+\n\x05image\x18\x0b \x01(\x0b\x32\x1a.wapiguard.v1.MediaContentH\x00\x12+\n\x05\x61udio\x18\x0c \x01(\x0b\x32\x1a.wapiguard.v1.MediaContentH\x00\x12+\n\x05video\x18\r \x01(\x0b\x32\x1a.wapiguard.v1.MediaContentH\x00\x12\x31\n\x08\x64ocument\x18\x0e \x01(\x0b\x32\x1d.wapiguard.v1.DocumentContentH\x00\x12\x31\n\x08location\x18\x0f \x01(\x0b\x32\x1d.wapiguard.v1.LocationContentH\x00\x12/\n\x07\x63ontact\x18\x10 \x01(\x0b\x32\x1c.wapiguard.v1.ContactContentH\x00\x12-\n\x07sticker\x18\x11 \x01(\x0b\x32\x1a.wapiguard.v1.MediaContentH\x00\x12\x31\n\x08reaction\x18\x12 \x01(\x0b\x32\x1d.wapiguard.v1.ReactionContentH\x00\x12$\n\x1creply_to_provider_message_id\x18\x14 \x01(\t\x12\x15\n\rdelay_seconds\x18\x15 \x01(\x05\x42\t\n\x07\x63ontent\"\'\n\x11GetMessageRequest\x12\x12\n\nmessage_id\x18\x01 \x01(\t\"\x91\x01\n\x13ListMessagesRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12*\n\x06states\x18\x02 \x03(\x0e\x32\x1a.wapiguard.v1.MessageState\x12\x12\n\nstuck_only\x18\x03 \x01(\x08\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"X\n\x14ListMessagesResponse\x12\'\n\x08messages\x18\x01 \x03(\x0b\x32\x15.wapiguard.v1.Message\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\")\n\x13RetryMessageRequest\x12\x12\n\nmessage_id\x18\x01 \x01(\t2\xbc\x02\n\x0bSendService\x12\x46\n\x0bSendMessage\x12 .wapiguard.v1.SendMessageRequest\x1a\x15.wapiguard.v1.Message\x12\x44\n\nGetMessage\x12\x1f.wapiguard.v1.GetMessageRequest\x1a\x15.wapiguard.v1.Message\x12U\n\x0cListMessages\x12!.wapiguard.v1.ListMessagesRequest\x1a\".wapiguard.v1.ListMessagesResponse\x12H\n\x0cRetryMessage\x12!.wapiguard.v1.RetryMessageRequest\x1a\x15.wapiguard.v1.Messageb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17wapiguard/v1/send.proto\x12\x0cwapiguard.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19wapiguard/v1/common.proto\"\x1b\n\x0bTextContent\x12\x0c\n\x04\x62ody\x18\x01 \x01(\t\">\n\x0cMediaContent\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61ption\x18\x02 \x01(\t\x12\x10\n\x08mimetype\x18\x03 \x01(\t\"g\n\x0f\x44ocumentContent\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x11\n\tfile_name\x18\x02 \x01(\t\x12\x0f\n\x07\x63\x61ption\x18\x03 \x01(\t\x12\x10\n\x08mimetype\x18\x04 \x01(\t\x12\x11\n\textension\x18\x05 \x01(\t\"U\n\x0fLocationContent\x12\x10\n\x08latitude\x18\x01 \x01(\x01\x12\x11\n\tlongitude\x18\x02 \x01(\x01\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\"K\n\x0e\x43ontactContent\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05phone\x18\x02 \x01(\t\x12\x1c\n\x14\x62usiness_description\x18\x03 \x01(\t\"D\n\x0fReactionContent\x12\r\n\x05\x65moji\x18\x01 \x01(\t\x12\"\n\x1atarget_provider_message_id\x18\x02 \x01(\t\"\x9b\x05\n\x12SendMessageRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\n\n\x02to\x18\x02 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12)\n\x04text\x18\n \x01(\x0b\x32\x19.wapiguard.v1.TextContentH\x00\x12+\n\x05image\x18\x0b \x01(\x0b\x32\x1a.wapiguard.v1.MediaContentH\x00\x12+\n\x05\x61udio\x18\x0c \x01(\x0b\x32\x1a.wapiguard.v1.MediaContentH\x00\x12+\n\x05video\x18\r \x01(\x0b\x32\x1a.wapiguard.v1.MediaContentH\x00\x12\x31\n\x08\x64ocument\x18\x0e \x01(\x0b\x32\x1d.wapiguard.v1.DocumentContentH\x00\x12\x31\n\x08location\x18\x0f \x01(\x0b\x32\x1d.wapiguard.v1.LocationContentH\x00\x12/\n\x07\x63ontact\x18\x10 \x01(\x0b\x32\x1c.wapiguard.v1.ContactContentH\x00\x12-\n\x07sticker\x18\x11 \x01(\x0b\x32\x1a.wapiguard.v1.MediaContentH\x00\x12\x31\n\x08reaction\x18\x12 \x01(\x0b\x32\x1d.wapiguard.v1.ReactionContentH\x00\x12$\n\x1creply_to_provider_message_id\x18\x14 \x01(\t\x12\x15\n\rdelay_seconds\x18\x15 \x01(\x05\x12+\n\x08hold_for\x18\x16 \x01(\x0b\x32\x19.google.protobuf.Duration\x12+\n\x07send_at\x18\x17 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\t\n\x07\x63ontent\"*\n\x14\x43\x61ncelMessageRequest\x12\x12\n\nmessage_id\x18\x01 \x01(\t\")\n\x12ReleaseHeldRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\"\'\n\x13ReleaseHeldResponse\x12\x10\n\x08released\x18\x01 \x01(\x05\"\'\n\x11GetMessageRequest\x12\x12\n\nmessage_id\x18\x01 \x01(\t\"\x91\x01\n\x13ListMessagesRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12*\n\x06states\x18\x02 \x03(\x0e\x32\x1a.wapiguard.v1.MessageState\x12\x12\n\nstuck_only\x18\x03 \x01(\x08\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"X\n\x14ListMessagesResponse\x12\'\n\x08messages\x18\x01 \x03(\x0b\x32\x15.wapiguard.v1.Message\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\")\n\x13RetryMessageRequest\x12\x12\n\nmessage_id\x18\x01 \x01(\t2\xdc\x03\n\x0bSendService\x12\x46\n\x0bSendMessage\x12 .wapiguard.v1.SendMessageRequest\x1a\x15.wapiguard.v1.Message\x12\x44\n\nGetMessage\x12\x1f.wapiguard.v1.GetMessageRequest\x1a\x15.wapiguard.v1.Message\x12U\n\x0cListMessages\x12!.wapiguard.v1.ListMessagesRequest\x1a\".wapiguard.v1.ListMessagesResponse\x12H\n\x0cRetryMessage\x12!.wapiguard.v1.RetryMessageRequest\x1a\x15.wapiguard.v1.Message\x12J\n\rCancelMessage\x12\".wapiguard.v1.CancelMessageRequest\x1a\x15.wapiguard.v1.Message\x12R\n\x0bReleaseHeld\x12 .wapiguard.v1.ReleaseHeldRequest\x1a!.wapiguard.v1.ReleaseHeldResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'wapiguard.v1.send_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TEXTCONTENT']._serialized_start=68
-  _globals['_TEXTCONTENT']._serialized_end=95
-  _globals['_MEDIACONTENT']._serialized_start=97
-  _globals['_MEDIACONTENT']._serialized_end=159
-  _globals['_DOCUMENTCONTENT']._serialized_start=161
-  _globals['_DOCUMENTCONTENT']._serialized_end=264
-  _globals['_LOCATIONCONTENT']._serialized_start=266
-  _globals['_LOCATIONCONTENT']._serialized_end=351
-  _globals['_CONTACTCONTENT']._serialized_start=353
-  _globals['_CONTACTCONTENT']._serialized_end=428
-  _globals['_REACTIONCONTENT']._serialized_start=430
-  _globals['_REACTIONCONTENT']._serialized_end=498
-  _globals['_SENDMESSAGEREQUEST']._serialized_start=501
-  _globals['_SENDMESSAGEREQUEST']._serialized_end=1078
-  _globals['_GETMESSAGEREQUEST']._serialized_start=1080
-  _globals['_GETMESSAGEREQUEST']._serialized_end=1119
-  _globals['_LISTMESSAGESREQUEST']._serialized_start=1122
-  _globals['_LISTMESSAGESREQUEST']._serialized_end=1267
-  _globals['_LISTMESSAGESRESPONSE']._serialized_start=1269
-  _globals['_LISTMESSAGESRESPONSE']._serialized_end=1357
-  _globals['_RETRYMESSAGEREQUEST']._serialized_start=1359
-  _globals['_RETRYMESSAGEREQUEST']._serialized_end=1400
-  _globals['_SENDSERVICE']._serialized_start=1403
-  _globals['_SENDSERVICE']._serialized_end=1719
+  _globals['_TEXTCONTENT']._serialized_start=133
+  _globals['_TEXTCONTENT']._serialized_end=160
+  _globals['_MEDIACONTENT']._serialized_start=162
+  _globals['_MEDIACONTENT']._serialized_end=224
+  _globals['_DOCUMENTCONTENT']._serialized_start=226
+  _globals['_DOCUMENTCONTENT']._serialized_end=329
+  _globals['_LOCATIONCONTENT']._serialized_start=331
+  _globals['_LOCATIONCONTENT']._serialized_end=416
+  _globals['_CONTACTCONTENT']._serialized_start=418
+  _globals['_CONTACTCONTENT']._serialized_end=493
+  _globals['_REACTIONCONTENT']._serialized_start=495
+  _globals['_REACTIONCONTENT']._serialized_end=563
+  _globals['_SENDMESSAGEREQUEST']._serialized_start=566
+  _globals['_SENDMESSAGEREQUEST']._serialized_end=1233
+  _globals['_CANCELMESSAGEREQUEST']._serialized_start=1235
+  _globals['_CANCELMESSAGEREQUEST']._serialized_end=1277
+  _globals['_RELEASEHELDREQUEST']._serialized_start=1279
+  _globals['_RELEASEHELDREQUEST']._serialized_end=1320
+  _globals['_RELEASEHELDRESPONSE']._serialized_start=1322
+  _globals['_RELEASEHELDRESPONSE']._serialized_end=1361
+  _globals['_GETMESSAGEREQUEST']._serialized_start=1363
+  _globals['_GETMESSAGEREQUEST']._serialized_end=1402
+  _globals['_LISTMESSAGESREQUEST']._serialized_start=1405
+  _globals['_LISTMESSAGESREQUEST']._serialized_end=1550
+  _globals['_LISTMESSAGESRESPONSE']._serialized_start=1552
+  _globals['_LISTMESSAGESRESPONSE']._serialized_end=1640
+  _globals['_RETRYMESSAGEREQUEST']._serialized_start=1642
+  _globals['_RETRYMESSAGEREQUEST']._serialized_end=1683
+  _globals['_SENDSERVICE']._serialized_start=1686
+  _globals['_SENDSERVICE']._serialized_end=2162
 # @@protoc_insertion_point(module_scope)

@@ -5,7 +5,9 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from services.api.wapiguard.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
@@ -191,6 +193,8 @@ class SendMessageRequest(_message.Message):
     REACTION_FIELD_NUMBER: _builtins.int
     REPLY_TO_PROVIDER_MESSAGE_ID_FIELD_NUMBER: _builtins.int
     DELAY_SECONDS_FIELD_NUMBER: _builtins.int
+    HOLD_FOR_FIELD_NUMBER: _builtins.int
+    SEND_AT_FIELD_NUMBER: _builtins.int
     instance_id: _builtins.str
     to: _builtins.str
     """A phone, international (+55 15 98112-1710, 5515981121710) or national in the server's
@@ -224,6 +228,21 @@ class SendMessageRequest(_message.Message):
     def sticker(self) -> Global___MediaContent: ...
     @_builtins.property
     def reaction(self) -> Global___ReactionContent: ...
+    @_builtins.property
+    def hold_for(self) -> _duration_pb2.Duration:
+        """How long the send may wait (at most 30 days). Unset (and no send_at): a send the policy paces
+        or an unhealthy instance blocks is refused at once, as always. Set: it is stored HELD instead
+        and the answer is that message (state HELD); it goes out when it can, or ends FAILED with the
+        last blocking reason once the hold expires. Blocks a wait cannot clear (opt-out,
+        NOT_ON_WHATSAPP, the plan, an unknown instance) are refused at once either way.
+        """
+
+    @_builtins.property
+    def send_at(self) -> _timestamp_pb2.Timestamp:
+        """Not before this time (at most 30 days ahead): the send is stored HELD (reason SCHEDULED) until
+        then. Without hold_for it may wait 1 hour after send_at.
+        """
+
     def __init__(
         self,
         *,
@@ -241,16 +260,76 @@ class SendMessageRequest(_message.Message):
         reaction: Global___ReactionContent | None = ...,
         reply_to_provider_message_id: _builtins.str = ...,
         delay_seconds: _builtins.int = ...,
+        hold_for: _duration_pb2.Duration | None = ...,
+        send_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "contact", b"contact", "content", b"content", "document", b"document", "image", b"image", "location", b"location", "reaction", b"reaction", "sticker", b"sticker", "text", b"text", "video", b"video"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "contact", b"contact", "content", b"content", "document", b"document", "hold_for", b"hold_for", "image", b"image", "location", b"location", "reaction", b"reaction", "send_at", b"send_at", "sticker", b"sticker", "text", b"text", "video", b"video"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "contact", b"contact", "content", b"content", "delay_seconds", b"delay_seconds", "document", b"document", "idempotency_key", b"idempotency_key", "image", b"image", "instance_id", b"instance_id", "location", b"location", "reaction", b"reaction", "reply_to_provider_message_id", b"reply_to_provider_message_id", "sticker", b"sticker", "text", b"text", "to", b"to", "video", b"video"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "contact", b"contact", "content", b"content", "delay_seconds", b"delay_seconds", "document", b"document", "hold_for", b"hold_for", "idempotency_key", b"idempotency_key", "image", b"image", "instance_id", b"instance_id", "location", b"location", "reaction", b"reaction", "reply_to_provider_message_id", b"reply_to_provider_message_id", "send_at", b"send_at", "sticker", b"sticker", "text", b"text", "to", b"to", "video", b"video"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_content: _TypeAlias = _typing.Literal["text", "image", "audio", "video", "document", "location", "contact", "sticker", "reaction"]  # noqa: Y015
     _WhichOneofArgType_content: _TypeAlias = _typing.Literal["content", b"content"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_content) -> _WhichOneofReturnType_content | None: ...
 
 Global___SendMessageRequest: _TypeAlias = SendMessageRequest  # noqa: Y015
+
+@_typing.final
+class CancelMessageRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        message_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message_id", b"message_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelMessageRequest: _TypeAlias = CancelMessageRequest  # noqa: Y015
+
+@_typing.final
+class ReleaseHeldRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    instance_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        instance_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance_id", b"instance_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseHeldRequest: _TypeAlias = ReleaseHeldRequest  # noqa: Y015
+
+@_typing.final
+class ReleaseHeldResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RELEASED_FIELD_NUMBER: _builtins.int
+    released: _builtins.int
+    """Held messages made due now."""
+    def __init__(
+        self,
+        *,
+        released: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["released", b"released"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseHeldResponse: _TypeAlias = ReleaseHeldResponse  # noqa: Y015
 
 @_typing.final
 class GetMessageRequest(_message.Message):

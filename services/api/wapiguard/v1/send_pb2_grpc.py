@@ -58,6 +58,16 @@ class SendServiceStub:
                 request_serializer=wapiguard_dot_v1_dot_send__pb2.RetryMessageRequest.SerializeToString,
                 response_deserializer=wapiguard_dot_v1_dot_common__pb2.Message.FromString,
                 _registered_method=True)
+        self.CancelMessage = channel.unary_unary(
+                '/wapiguard.v1.SendService/CancelMessage',
+                request_serializer=wapiguard_dot_v1_dot_send__pb2.CancelMessageRequest.SerializeToString,
+                response_deserializer=wapiguard_dot_v1_dot_common__pb2.Message.FromString,
+                _registered_method=True)
+        self.ReleaseHeld = channel.unary_unary(
+                '/wapiguard.v1.SendService/ReleaseHeld',
+                request_serializer=wapiguard_dot_v1_dot_send__pb2.ReleaseHeldRequest.SerializeToString,
+                response_deserializer=wapiguard_dot_v1_dot_send__pb2.ReleaseHeldResponse.FromString,
+                _registered_method=True)
 
 
 class SendServiceServicer:
@@ -91,6 +101,22 @@ class SendServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CancelMessage(self, request, context):
+        """Cancels a HELD message: it ends FAILED with failure_reason CANCELLED (terminal, on the feed).
+        A message that is not HELD: FAILED_PRECONDITION, reason MESSAGE_NOT_HELD.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseHeld(self, request, context):
+        """Releases the instance's messages held for its health now (they go out at the send policy's
+        pace): what an instance whose policy says release_requires_confirmation waits for.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SendServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -113,6 +139,16 @@ def add_SendServiceServicer_to_server(servicer, server):
                     servicer.RetryMessage,
                     request_deserializer=wapiguard_dot_v1_dot_send__pb2.RetryMessageRequest.FromString,
                     response_serializer=wapiguard_dot_v1_dot_common__pb2.Message.SerializeToString,
+            ),
+            'CancelMessage': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelMessage,
+                    request_deserializer=wapiguard_dot_v1_dot_send__pb2.CancelMessageRequest.FromString,
+                    response_serializer=wapiguard_dot_v1_dot_common__pb2.Message.SerializeToString,
+            ),
+            'ReleaseHeld': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseHeld,
+                    request_deserializer=wapiguard_dot_v1_dot_send__pb2.ReleaseHeldRequest.FromString,
+                    response_serializer=wapiguard_dot_v1_dot_send__pb2.ReleaseHeldResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -226,6 +262,60 @@ class SendService:
             '/wapiguard.v1.SendService/RetryMessage',
             wapiguard_dot_v1_dot_send__pb2.RetryMessageRequest.SerializeToString,
             wapiguard_dot_v1_dot_common__pb2.Message.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelMessage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wapiguard.v1.SendService/CancelMessage',
+            wapiguard_dot_v1_dot_send__pb2.CancelMessageRequest.SerializeToString,
+            wapiguard_dot_v1_dot_common__pb2.Message.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseHeld(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wapiguard.v1.SendService/ReleaseHeld',
+            wapiguard_dot_v1_dot_send__pb2.ReleaseHeldRequest.SerializeToString,
+            wapiguard_dot_v1_dot_send__pb2.ReleaseHeldResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -42,6 +42,14 @@ class SendServiceStub:
     ListMessages: _grpc.UnaryUnaryMultiCallable[_send_pb2.ListMessagesRequest, _send_pb2.ListMessagesResponse]
     RetryMessage: _grpc.UnaryUnaryMultiCallable[_send_pb2.RetryMessageRequest, _common_pb2.Message]
     """Re-runs preflight and send for a FAILED message; attempts grows."""
+    CancelMessage: _grpc.UnaryUnaryMultiCallable[_send_pb2.CancelMessageRequest, _common_pb2.Message]
+    """Cancels a HELD message: it ends FAILED with failure_reason CANCELLED (terminal, on the feed).
+    A message that is not HELD: FAILED_PRECONDITION, reason MESSAGE_NOT_HELD.
+    """
+    ReleaseHeld: _grpc.UnaryUnaryMultiCallable[_send_pb2.ReleaseHeldRequest, _send_pb2.ReleaseHeldResponse]
+    """Releases the instance's messages held for its health now (they go out at the send policy's
+    pace): what an instance whose policy says release_requires_confirmation waits for.
+    """
 
 @_typing.type_check_only
 class SendServiceAsyncStub(SendServiceStub):
@@ -56,6 +64,14 @@ class SendServiceAsyncStub(SendServiceStub):
     ListMessages: _aio.UnaryUnaryMultiCallable[_send_pb2.ListMessagesRequest, _send_pb2.ListMessagesResponse]  # type: ignore[assignment]
     RetryMessage: _aio.UnaryUnaryMultiCallable[_send_pb2.RetryMessageRequest, _common_pb2.Message]  # type: ignore[assignment]
     """Re-runs preflight and send for a FAILED message; attempts grows."""
+    CancelMessage: _aio.UnaryUnaryMultiCallable[_send_pb2.CancelMessageRequest, _common_pb2.Message]  # type: ignore[assignment]
+    """Cancels a HELD message: it ends FAILED with failure_reason CANCELLED (terminal, on the feed).
+    A message that is not HELD: FAILED_PRECONDITION, reason MESSAGE_NOT_HELD.
+    """
+    ReleaseHeld: _aio.UnaryUnaryMultiCallable[_send_pb2.ReleaseHeldRequest, _send_pb2.ReleaseHeldResponse]  # type: ignore[assignment]
+    """Releases the instance's messages held for its health now (they go out at the send policy's
+    pace): what an instance whose policy says release_requires_confirmation waits for.
+    """
 
 class SendServiceServicer(metaclass=_abc_1.ABCMeta):
     """Sends WhatsApp messages through W-API, after a session-health preflight.
@@ -91,5 +107,25 @@ class SendServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_common_pb2.Message, _abc.Awaitable[_common_pb2.Message]]:
         """Re-runs preflight and send for a FAILED message; attempts grows."""
+
+    @_abc_1.abstractmethod
+    def CancelMessage(
+        self,
+        request: _send_pb2.CancelMessageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_common_pb2.Message, _abc.Awaitable[_common_pb2.Message]]:
+        """Cancels a HELD message: it ends FAILED with failure_reason CANCELLED (terminal, on the feed).
+        A message that is not HELD: FAILED_PRECONDITION, reason MESSAGE_NOT_HELD.
+        """
+
+    @_abc_1.abstractmethod
+    def ReleaseHeld(
+        self,
+        request: _send_pb2.ReleaseHeldRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_send_pb2.ReleaseHeldResponse, _abc.Awaitable[_send_pb2.ReleaseHeldResponse]]:
+        """Releases the instance's messages held for its health now (they go out at the send policy's
+        pace): what an instance whose policy says release_requires_confirmation waits for.
+        """
 
 def add_SendServiceServicer_to_server(servicer: SendServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ewapiguard/v1/send_policy.proto\x12\x0cwapiguard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x89\x02\n\nSendPolicy\x12\x1c\n\x14min_interval_seconds\x18\x01 \x01(\x01\x12\x16\n\x0ejitter_seconds\x18\x02 \x01(\x01\x12\x16\n\x0emax_per_minute\x18\x03 \x01(\r\x12\x1f\n\x17new_recipients_per_hour\x18\x04 \x01(\r\x12\x1e\n\x16new_recipients_per_day\x18\x05 \x01(\r\x12\x1c\n\x14warmup_start_per_day\x18\x06 \x01(\r\x12\x13\n\x0bwarmup_days\x18\x07 \x01(\r\x12\x13\n\x0bquiet_start\x18\x08 \x01(\t\x12\x11\n\tquiet_end\x18\t \x01(\t\x12\x11\n\ttime_zone\x18\n \x01(\t\"\x88\x01\n\x14SetSendPolicyRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12(\n\x06policy\x18\x02 \x01(\x0b\x32\x18.wapiguard.v1.SendPolicy\x12\x31\n\rwarmup_anchor\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"+\n\x14GetSendPolicyRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\"\x89\x03\n\x0fSendPolicyState\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12(\n\x06policy\x18\x02 \x01(\x0b\x32\x18.wapiguard.v1.SendPolicy\x12\x0e\n\x06\x61\x63tive\x18\x03 \x01(\x08\x12\x31\n\rwarmup_anchor\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12#\n\x1bnew_recipients_today_budget\x18\x05 \x01(\r\x12\x1c\n\x14new_recipients_today\x18\x06 \x01(\r\x12 \n\x18new_recipients_this_hour\x18\x07 \x01(\r\x12\x19\n\x11sends_this_minute\x18\x08 \x01(\r\x12\x30\n\x0cnext_send_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nupdated_by\x18\x0b \x01(\t2\xbb\x01\n\x11SendPolicyService\x12R\n\rSetSendPolicy\x12\".wapiguard.v1.SetSendPolicyRequest\x1a\x1d.wapiguard.v1.SendPolicyState\x12R\n\rGetSendPolicy\x12\".wapiguard.v1.GetSendPolicyRequest\x1a\x1d.wapiguard.v1.SendPolicyStateb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ewapiguard/v1/send_policy.proto\x12\x0cwapiguard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb0\x02\n\nSendPolicy\x12\x1c\n\x14min_interval_seconds\x18\x01 \x01(\x01\x12\x16\n\x0ejitter_seconds\x18\x02 \x01(\x01\x12\x16\n\x0emax_per_minute\x18\x03 \x01(\r\x12\x1f\n\x17new_recipients_per_hour\x18\x04 \x01(\r\x12\x1e\n\x16new_recipients_per_day\x18\x05 \x01(\r\x12\x1c\n\x14warmup_start_per_day\x18\x06 \x01(\r\x12\x13\n\x0bwarmup_days\x18\x07 \x01(\r\x12\x13\n\x0bquiet_start\x18\x08 \x01(\t\x12\x11\n\tquiet_end\x18\t \x01(\t\x12\x11\n\ttime_zone\x18\n \x01(\t\x12%\n\x1drelease_requires_confirmation\x18( \x01(\x08\"\x88\x01\n\x14SetSendPolicyRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12(\n\x06policy\x18\x02 \x01(\x0b\x32\x18.wapiguard.v1.SendPolicy\x12\x31\n\rwarmup_anchor\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"+\n\x14GetSendPolicyRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\"\x89\x03\n\x0fSendPolicyState\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12(\n\x06policy\x18\x02 \x01(\x0b\x32\x18.wapiguard.v1.SendPolicy\x12\x0e\n\x06\x61\x63tive\x18\x03 \x01(\x08\x12\x31\n\rwarmup_anchor\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12#\n\x1bnew_recipients_today_budget\x18\x05 \x01(\r\x12\x1c\n\x14new_recipients_today\x18\x06 \x01(\r\x12 \n\x18new_recipients_this_hour\x18\x07 \x01(\r\x12\x19\n\x11sends_this_minute\x18\x08 \x01(\r\x12\x30\n\x0cnext_send_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nupdated_by\x18\x0b \x01(\t2\xbb\x01\n\x11SendPolicyService\x12R\n\rSetSendPolicy\x12\".wapiguard.v1.SetSendPolicyRequest\x1a\x1d.wapiguard.v1.SendPolicyState\x12R\n\rGetSendPolicy\x12\".wapiguard.v1.GetSendPolicyRequest\x1a\x1d.wapiguard.v1.SendPolicyStateb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,13 +33,13 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'wapiguard.v1.send_policy_pb
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SENDPOLICY']._serialized_start=82
-  _globals['_SENDPOLICY']._serialized_end=347
-  _globals['_SETSENDPOLICYREQUEST']._serialized_start=350
-  _globals['_SETSENDPOLICYREQUEST']._serialized_end=486
-  _globals['_GETSENDPOLICYREQUEST']._serialized_start=488
-  _globals['_GETSENDPOLICYREQUEST']._serialized_end=531
-  _globals['_SENDPOLICYSTATE']._serialized_start=534
-  _globals['_SENDPOLICYSTATE']._serialized_end=927
-  _globals['_SENDPOLICYSERVICE']._serialized_start=930
-  _globals['_SENDPOLICYSERVICE']._serialized_end=1117
+  _globals['_SENDPOLICY']._serialized_end=386
+  _globals['_SETSENDPOLICYREQUEST']._serialized_start=389
+  _globals['_SETSENDPOLICYREQUEST']._serialized_end=525
+  _globals['_GETSENDPOLICYREQUEST']._serialized_start=527
+  _globals['_GETSENDPOLICYREQUEST']._serialized_end=570
+  _globals['_SENDPOLICYSTATE']._serialized_start=573
+  _globals['_SENDPOLICYSTATE']._serialized_end=966
+  _globals['_SENDPOLICYSERVICE']._serialized_start=969
+  _globals['_SENDPOLICYSERVICE']._serialized_end=1156
 # @@protoc_insertion_point(module_scope)

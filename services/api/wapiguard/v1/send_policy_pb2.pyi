@@ -33,6 +33,7 @@ class SendPolicy(_message.Message):
     QUIET_START_FIELD_NUMBER: _builtins.int
     QUIET_END_FIELD_NUMBER: _builtins.int
     TIME_ZONE_FIELD_NUMBER: _builtins.int
+    RELEASE_REQUIRES_CONFIRMATION_FIELD_NUMBER: _builtins.int
     min_interval_seconds: _builtins.float
     jitter_seconds: _builtins.float
     """A random extra in [0, jitter_seconds) is added to the interval after each send."""
@@ -48,6 +49,10 @@ class SendPolicy(_message.Message):
     quiet_end: _builtins.str
     time_zone: _builtins.str
     """IANA name, e.g. "America/Sao_Paulo"; empty: UTC."""
+    release_requires_confirmation: _builtins.bool
+    """After a recovery, messages held for the instance's health wait for the operator's
+    SendService.ReleaseHeld instead of going out on their own (docs/holds.md). Not a limit.
+    """
     def __init__(
         self,
         *,
@@ -61,10 +66,11 @@ class SendPolicy(_message.Message):
         quiet_start: _builtins.str = ...,
         quiet_end: _builtins.str = ...,
         time_zone: _builtins.str = ...,
+        release_requires_confirmation: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["jitter_seconds", b"jitter_seconds", "max_per_minute", b"max_per_minute", "min_interval_seconds", b"min_interval_seconds", "new_recipients_per_day", b"new_recipients_per_day", "new_recipients_per_hour", b"new_recipients_per_hour", "quiet_end", b"quiet_end", "quiet_start", b"quiet_start", "time_zone", b"time_zone", "warmup_days", b"warmup_days", "warmup_start_per_day", b"warmup_start_per_day"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["jitter_seconds", b"jitter_seconds", "max_per_minute", b"max_per_minute", "min_interval_seconds", b"min_interval_seconds", "new_recipients_per_day", b"new_recipients_per_day", "new_recipients_per_hour", b"new_recipients_per_hour", "quiet_end", b"quiet_end", "quiet_start", b"quiet_start", "release_requires_confirmation", b"release_requires_confirmation", "time_zone", b"time_zone", "warmup_days", b"warmup_days", "warmup_start_per_day", b"warmup_start_per_day"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
