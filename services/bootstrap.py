@@ -121,6 +121,7 @@ def protect_the_number(
         timeout=settings.probe_timeout,
     )
     gateway.sending.policies = send_policies
+    gateway.instances.on_connected_phone = send_policies.connected_later
     gateway.sending.opt_outs = opt_outs
     gateway.sending.recipients = recipients
     gateway.ingestion.on_inbound = inbound_listener(normalize_inbound, send_policies, opt_outs)
@@ -245,6 +246,7 @@ class App:
             instrument(telemetry.tracer_provider)
         gateway = Gateway(bounded, provider, gateway_config(settings), telemetry, parse_webhook=parse_webhook)
         protection = protect_the_number(settings, engine, gateway, provider)
+        stack.push_async_callback(_quietly, protection[0].aclose)  # unspent per-minute slices go back
         recovery = Recovery(gateway, provider if operations else None, recovery_config(settings))
         recovery.pull_statuses = status_puller(bounded, provider, gateway.ingest, timeout=settings.probe_timeout).pull
         starting = gateway.start(background_probes=settings.probe_interval > 0)

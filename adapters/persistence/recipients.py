@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -33,6 +34,25 @@ class RecipientCheckRepository:
         )
         async with self.engine.connect() as conn:
             return (await conn.execute(query)).first() is not None
+
+    async def absent_of(self, instance_id: str) -> dict[str, datetime]:
+        """recipient -> checked_at of every recipient of the instance cached as absent."""
+        query = select(recipient_checks.c.recipient, recipient_checks.c.checked_at).where(
+            recipient_checks.c.instance_id == instance_id, recipient_checks.c.on_whatsapp.is_(False)
+        )
+        async with self.engine.connect() as conn:
+            return {r.recipient: r.checked_at for r in (await conn.execute(query)).all()}
+
+    async def checked_since(self, since: datetime, limit: int) -> list[tuple[str, NumberCheck]]:
+        """(instance id, answer) of every answer stored at or after `since`, oldest first."""
+        query = (
+            select(recipient_checks)
+            .where(recipient_checks.c.checked_at >= since)
+            .order_by(recipient_checks.c.checked_at)
+            .limit(limit)
+        )
+        async with self.engine.connect() as conn:
+            return [(r.instance_id, _check(r)) for r in (await conn.execute(query)).all()]
 
     async def get(self, instance_id: str, recipient: str) -> NumberCheck | None:
         query = select(recipient_checks).where(

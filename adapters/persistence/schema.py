@@ -360,6 +360,24 @@ send_policies = Table(
     Column("hour_new", Integer, nullable=False, server_default="0"),
     Column("day_start", UTCDateTime(timezone=True), nullable=True),
     Column("day_new", Integer, nullable=False, server_default="0"),
+    # The phone identity the warm-up ramp was anchored on: a new phone restarts the ramp.
+    Column("warmup_phone", String(64), nullable=True),
+    # The suppression list the instance shares (None: its own list, keyed by its id).
+    Column("optout_list", String(64), nullable=True),
+)
+
+# Every change of a policy, append-only: who, when, the policy before and after (JSON).
+send_policy_audit = Table(
+    "send_policy_audit",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("instance_id", String(64), nullable=False),
+    Column("at", UTCDateTime(timezone=True), nullable=False),
+    Column("by", String(128), nullable=False, server_default=""),
+    Column("change", String(32), nullable=False),
+    Column("before", Text, nullable=False, server_default=""),
+    Column("after", Text, nullable=False, server_default=""),
+    Index(None, "instance_id", "id"),
 )
 
 # Recipients an instance with a policy has messaged or heard from: a primary-key lookup says "new or not".
@@ -415,4 +433,5 @@ recipient_checks = Table(
     Column("canonical", String(128), nullable=False, server_default=""),
     Column("lid", String(128), nullable=False, server_default=""),
     Column("checked_at", UTCDateTime(timezone=True), nullable=False),
+    Index(None, "checked_at"),
 )

@@ -1,32 +1,43 @@
-"""The send policy's store: one row per instance (policy, warm-up anchor, counters) and the
-recipients it has messaged. `admit` decides and counts in one short transaction (the row locked
-on PostgreSQL), so replicas share the budgets; every read is a primary-key lookup."""
+"""The send policy's store: one row per instance (policy, warm-up anchor, counters), the recipients
+it has messaged or heard from, and the audit of every policy change.
+
+The counters are shared by the replicas and every reservation is one short statement (or one
+transaction of two for a new recipient), so the limits hold across replicas: a replica reserves a
+slice of the per-minute cap at a time (`reserve_sends`), moves the interval floor only when it has
+passed (`reserve_interval`), and learns-and-counts a new recipient only within the hour's and the
+day's budgets (`count_new`). Every read is a primary-key lookup."""
 
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, case, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from adapters.persistence.schema import messages, policy_recipients, send_policies
+from adapters.persistence.schema import messages, policy_recipients, send_policies, send_policy_audit
 from statemachine.send_policy import (
-    ALLOW,
+    DAY,
+    HOUR,
+    NewRecipient,
+    PolicyChange,
     PolicyCounters,
     PolicyRecord,
-    PolicyVerdict,
     SendPolicy,
-    consume,
-    decide,
     policy_from_dict,
     policy_to_dict,
+    window_start,
 )
 
 _COUNTERS = ("next_send_at", "minute_start", "minute_count", "hour_start", "hour_new", "day_start", "day_new")
+_NO_LIMIT = 2**31 - 1
+
+
+class _Spent(Exception):
+    """The new-recipient budget is spent: the transaction that learned the recipient rolls back."""
 
 
 def _record(row: Any) -> PolicyRecord:
@@ -38,7 +49,24 @@ def _record(row: Any) -> PolicyRecord:
         counters=PolicyCounters(**{name: m[name] for name in _COUNTERS}),
         updated_at=m["updated_at"],
         updated_by=m["updated_by"],
+        warmup_phone=m["warmup_phone"],
+        optout_list=m["optout_list"],
     )
+
+
+def _in_window(start: Any, count: Any, window: datetime) -> Any:
+    """SQL: the stored count when it belongs to this window, else 0."""
+    return case((start == window, count), else_=0)
+
+
+def _state(record: PolicyRecord | None) -> dict[str, object] | None:
+    if record is None:
+        return None
+    return policy_to_dict(record.policy) | {
+        "warmup_anchor": record.warmup_anchor.isoformat() if record.warmup_anchor else "",
+        "warmup_phone": record.warmup_phone or "",
+        "optout_list": record.optout_list or "",
+    }
 
 
 class SendPolicyRepository:
@@ -46,10 +74,10 @@ class SendPolicyRepository:
         self.engine = engine
         self._insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
 
-    async def active_instances(self) -> set[str]:
+    async def policies(self) -> dict[str, PolicyRecord]:
         async with self.engine.connect() as conn:
-            rows = (await conn.execute(select(send_policies.c.instance_id, send_policies.c.policy))).all()
-        return {r.instance_id for r in rows if policy_from_dict(json.loads(r.policy)).active}
+            rows = (await conn.execute(select(send_policies))).all()
+        return {r.instance_id: _record(r) for r in rows}
 
     async def note_inbound(self, instance_id: str, sender: str, at: datetime) -> None:
         stmt = self._insert(policy_recipients).values(instance_id=instance_id, recipient=sender, last_inbound_at=at)
@@ -58,6 +86,13 @@ class SendPolicyRepository:
         )
         async with self.engine.begin() as conn:
             await conn.execute(stmt)
+
+    async def known(self, instance_id: str, recipient: str) -> bool:
+        query = select(policy_recipients.c.recipient).where(
+            policy_recipients.c.instance_id == instance_id, policy_recipients.c.recipient == recipient
+        )
+        async with self.engine.connect() as conn:
+            return (await conn.execute(query)).first() is not None
 
     async def message_id_by_key(self, instance_id: str, idempotency_key: str) -> str | None:
         async with self.engine.connect() as conn:
@@ -76,54 +111,119 @@ class SendPolicyRepository:
         return _record(row) if row is not None else None
 
     async def set_policy(
-        self, instance_id: str, policy: SendPolicy, *, warmup_anchor: datetime | None, by: str, now: datetime
+        self,
+        instance_id: str,
+        policy: SendPolicy,
+        *,
+        warmup_anchor: datetime | None,
+        by: str,
+        now: datetime,
+        change: str = "SET",
+        warmup_phone: str | None = None,
+        optout_list: str | None = None,
     ) -> PolicyRecord:
         values = {
             "policy": json.dumps(policy_to_dict(policy), sort_keys=True),
             "warmup_anchor": warmup_anchor,
+            "warmup_phone": warmup_phone,
+            "optout_list": optout_list,
             "updated_at": now,
             "updated_by": by[:128],
         }
         stmt = self._insert(send_policies).values(instance_id=instance_id, **values)
         stmt = stmt.on_conflict_do_update(index_elements=["instance_id"], set_=values)
+        pick = select(send_policies).where(send_policies.c.instance_id == instance_id)
+        async with self.engine.begin() as conn:
+            before = (await conn.execute(pick.with_for_update())).first()
+            await conn.execute(stmt)
+            after = _record((await conn.execute(pick)).one())
+            await conn.execute(
+                send_policy_audit.insert().values(
+                    instance_id=instance_id,
+                    at=now,
+                    by=by[:128],
+                    change=change[:32],
+                    before=json.dumps(_state(_record(before)) if before is not None else None, sort_keys=True),
+                    after=json.dumps(_state(after), sort_keys=True),
+                )
+            )
+        return after
+
+    async def history(self, instance_id: str, *, limit: int, before_id: int) -> list[tuple[int, PolicyChange]]:
+        query = select(send_policy_audit).where(send_policy_audit.c.instance_id == instance_id)
+        if before_id:
+            query = query.where(send_policy_audit.c.id < before_id)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query.order_by(send_policy_audit.c.id.desc()).limit(limit))).all()
+        return [
+            (
+                int(r.id),
+                PolicyChange(r.instance_id, r.at, r.by, r.change, json.loads(r.before), json.loads(r.after)),
+            )
+            for r in rows
+        ]
+
+    async def reserve_sends(self, instance_id: str, minute: datetime, want: int, limit: int) -> bool:
+        current = _in_window(send_policies.c.minute_start, send_policies.c.minute_count, minute)
+        stmt = (
+            update(send_policies)
+            .where(send_policies.c.instance_id == instance_id, current + want <= limit)
+            .values(minute_start=minute, minute_count=current + want)
+        )
+        async with self.engine.begin() as conn:
+            return bool((await conn.execute(stmt)).rowcount)
+
+    async def release_sends(self, instance_id: str, minute: datetime, count: int) -> None:
+        stmt = (
+            update(send_policies)
+            .where(
+                send_policies.c.instance_id == instance_id,
+                send_policies.c.minute_start == minute,
+                send_policies.c.minute_count >= count,
+            )
+            .values(minute_count=send_policies.c.minute_count - count)
+        )
         async with self.engine.begin() as conn:
             await conn.execute(stmt)
-            row = (await conn.execute(select(send_policies).where(send_policies.c.instance_id == instance_id))).one()
-        return _record(row)
 
-    async def admit(self, instance_id: str, recipient: str, now: datetime, jitter_fraction: float) -> PolicyVerdict:
+    async def reserve_interval(self, instance_id: str, now: datetime, next_at: datetime) -> datetime | None:
+        floor = send_policies.c.next_send_at
+        stmt = (
+            update(send_policies)
+            .where(send_policies.c.instance_id == instance_id, or_(floor.is_(None), floor <= now))
+            .values(next_send_at=next_at)
+        )
         async with self.engine.begin() as conn:
-            row = (
-                await conn.execute(
-                    select(send_policies).where(send_policies.c.instance_id == instance_id).with_for_update()
-                )
-            ).first()
-            if row is None:
-                return ALLOW
-            record = _record(row)
-            if not record.policy.active:
-                return ALLOW
-            known = (
-                await conn.execute(
-                    select(policy_recipients.c.recipient).where(
-                        policy_recipients.c.instance_id == instance_id, policy_recipients.c.recipient == recipient
-                    )
-                )
-            ).first()
-            new = known is None
-            verdict = decide(record.policy, record.counters, now, new_recipient=new, warmup_anchor=record.warmup_anchor)
-            if not verdict.allowed:
-                return verdict
-            after = consume(record.policy, record.counters, now, new_recipient=new, jitter_fraction=jitter_fraction)
-            await conn.execute(
-                send_policies.update()
-                .where(send_policies.c.instance_id == instance_id)
-                .values(**{name: getattr(after, name) for name in _COUNTERS})
+            if (await conn.execute(stmt)).rowcount:
+                return None
+            row = (await conn.execute(select(floor).where(send_policies.c.instance_id == instance_id))).first()
+        return row.next_send_at if row is not None and row.next_send_at is not None else now + timedelta(seconds=1)
+
+    async def count_new(
+        self, instance_id: str, recipient: str, now: datetime, *, per_hour: int, per_day: int
+    ) -> NewRecipient:
+        hour, day = window_start(now, HOUR), window_start(now, DAY)
+        hour_new = _in_window(send_policies.c.hour_start, send_policies.c.hour_new, hour)
+        day_new = _in_window(send_policies.c.day_start, send_policies.c.day_new, day)
+        learn = (
+            self._insert(policy_recipients)
+            .values(instance_id=instance_id, recipient=recipient, first_sent_at=now)
+            .on_conflict_do_nothing()
+        )
+        count = (
+            update(send_policies)
+            .where(
+                send_policies.c.instance_id == instance_id,
+                and_(hour_new < (per_hour or _NO_LIMIT), day_new < (per_day or _NO_LIMIT)),
             )
-            if new:
-                await conn.execute(
-                    self._insert(policy_recipients)
-                    .values(instance_id=instance_id, recipient=recipient, first_sent_at=now)
-                    .on_conflict_do_nothing()
-                )
-            return verdict
+            .values(hour_start=hour, hour_new=hour_new + 1, day_start=day, day_new=day_new + 1)
+        )
+        try:
+            async with self.engine.begin() as conn:
+                if not (await conn.execute(learn)).rowcount:
+                    return NewRecipient.KNOWN
+                if (await conn.execute(count)).rowcount:
+                    return NewRecipient.COUNTED
+                raise _Spent  # rolls the recipient back: it stays new
+        except _Spent:
+            return NewRecipient.REFUSED
