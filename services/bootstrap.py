@@ -39,6 +39,7 @@ from services.app.principals import parse_tokens
 from services.app.recipients import Recipients
 from services.app.recovery import Recovery, RecoveryConfig
 from services.app.send_policy import SendPolicies
+from services.app.send_protection import absence_listener
 from services.app.subscriptions import Scopes
 from services.app.webhook_subscriptions import WebhookSubscriptions
 from services.config import Settings
@@ -125,6 +126,8 @@ def protect_the_number(
     gateway.sending.opt_outs = opt_outs
     gateway.sending.recipients = recipients
     gateway.ingestion.on_inbound = inbound_listener(normalize_inbound, send_policies, opt_outs)
+    gateway.ingestion.on_absent = absence_listener(recipients, gateway.sending.repo.get_message)
+    gateway.stall_watch.absent = recipients.known_absent_here
     return send_policies, opt_outs, recipients
 
 

@@ -55,6 +55,7 @@ from statemachine.domain import (
     SendOutcome,
     WebhookLogPage,
 )
+from statemachine.providers import normalize_failure
 from statemachine.recipients import NumberCheck
 
 logger = logging.getLogger("wapi_guard.wapi")
@@ -497,6 +498,13 @@ class WapiProvider:
             return _classify(response.status_code, response.headers.get("content-type", ""), raw)
 
 
+def _refusal(message: str) -> Reason:
+    """A send error's reason: NOT_ON_WHATSAPP when its words say the number does not exist (the
+    words shared by the providers, statemachine/providers.py), else PROVIDER_ERROR."""
+    reason = normalize_failure(message)
+    return reason if reason is Reason.NOT_ON_WHATSAPP else Reason.PROVIDER_ERROR
+
+
 def _send_outcome(answer: _Answer, scrub: _Scrubber) -> SendOutcome:
     status = answer.status
     if answer.is_html:
@@ -508,7 +516,8 @@ def _send_outcome(answer: _Answer, scrub: _Scrubber) -> SendOutcome:
     if status == 429 or status >= 500 or status < 200 or 300 <= status < 400:
         return SendOutcome(failure=Reason.PROVIDER_UNAVAILABLE, detail=_http_detail(answer, scrub), http_status=status)
     if status >= 400:
-        return SendOutcome(failure=Reason.PROVIDER_ERROR, detail=_http_detail(answer, scrub), http_status=status)
+        detail = _http_detail(answer, scrub)
+        return SendOutcome(failure=_refusal(detail), detail=detail, http_status=status)
     # 2xx
     if not answer.is_json:
         return SendOutcome(
@@ -519,7 +528,7 @@ def _send_outcome(answer: _Answer, scrub: _Scrubber) -> SendOutcome:
     if is_error_body(answer.payload):
         # An error flag wins over an id: reporting "sent" for an errored answer is the fake "sent".
         message = error_message(answer.payload) or "W-API flagged an error"
-        return SendOutcome(failure=Reason.PROVIDER_ERROR, detail=scrub(message), http_status=status)
+        return SendOutcome(failure=_refusal(message), detail=scrub(message), http_status=status)
     message_id = extract_message_id(answer.payload)
     if message_id is None and (queue_id := extract_queue_id(answer.payload)):
         return SendOutcome(queue_id=queue_id, detail="queued by W-API (insertedId)", http_status=status)

@@ -94,6 +94,12 @@ class Recipients:
         checked_at = absent.get(recipient)
         return checked_at is not None and utcnow() - checked_at < self.ttl
 
+    def known_absent_here(self, instance_id: str, recipient: str) -> bool:
+        """This replica's copy only (no I/O): for the stall watch, which must not count a send to a
+        recipient known not to be on WhatsApp as evidence against the session."""
+        checked_at = self._absent.get(instance_id, {}).get(recipient)
+        return checked_at is not None and utcnow() - checked_at < self.ttl
+
     async def learn_absent(self, instance_id: str, recipient: str) -> None:
         """A send's failure said the recipient is not on WhatsApp: the next send is refused at once."""
         now = utcnow()

@@ -3,9 +3,11 @@ number-check cache, read before any provider call (never the provider itself).""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from services.app.optouts import OptOuts
 from services.app.recipients import Recipients
-from statemachine.domain import InstanceState, Reason
+from statemachine.domain import InstanceState, MessageRecord, Reason
 
 
 async def recipient_block(
@@ -28,3 +30,25 @@ def block_detail(blocked: Reason | None, state: InstanceState) -> str:
     if blocked is Reason.NOT_ON_WHATSAPP:
         return "recipient not on WhatsApp (number check)"
     return f"instance {state.value}"
+
+
+async def learn_absence(recipients: Recipients | None, msg: MessageRecord, failure: Reason | None) -> None:
+    """A send the provider failed because the recipient is not on WhatsApp (Evolution's 400
+    `exists: false`, W-API's or Z-API's "phone number does not exist") teaches the number-check
+    cache: the next send to them is refused before any provider call."""
+    if recipients is not None and failure is Reason.NOT_ON_WHATSAPP and msg.to.isdigit():
+        await recipients.learn_absent(msg.instance_id, msg.to)
+
+
+def absence_listener(
+    recipients: Recipients, get_message: Callable[[str], Awaitable[MessageRecord | None]]
+) -> Callable[[str], Awaitable[None]]:
+    """Ingest's hook for a message a provider's status webhook failed with NOT_ON_WHATSAPP (Z-API
+    reports a send's failure by webhook): the same lesson as a failed send's answer."""
+
+    async def on_absent(message_id: str) -> None:
+        msg = await get_message(message_id)
+        if msg is not None:
+            await learn_absence(recipients, msg, Reason.NOT_ON_WHATSAPP)
+
+    return on_absent
