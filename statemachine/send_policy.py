@@ -214,6 +214,51 @@ def new_recipient_refusal(
     return verdict
 
 
+@dataclass(frozen=True, slots=True)
+class Budgets:
+    """What is used and left of each budget at `now` (a limit of 0: none; left is 0 then too)."""
+
+    active: bool = False
+    sends_this_minute: int = 0
+    max_per_minute: int = 0
+    new_this_hour: int = 0
+    new_per_hour: int = 0
+    new_today: int = 0
+    today_budget: int = 0
+    warmup_day: int = 0
+    warmup_days: int = 0
+
+    @property
+    def sends_left(self) -> int:
+        return max(0, self.max_per_minute - self.sends_this_minute) if self.max_per_minute else 0
+
+    @property
+    def new_left_this_hour(self) -> int:
+        return max(0, self.new_per_hour - self.new_this_hour) if self.new_per_hour else 0
+
+    @property
+    def new_left_today(self) -> int:
+        return max(0, self.today_budget - self.new_today) if self.today_budget else 0
+
+
+def budgets(policy: SendPolicy, counters: PolicyCounters, now: datetime, warmup_anchor: datetime | None) -> Budgets:
+    """The counters read against the policy at `now` (a count from a past window is 0)."""
+    if not policy.active:
+        return Budgets()
+    day = max(0, (now - warmup_anchor) // DAY) if warmup_anchor is not None and policy.warmup_days else 0
+    return Budgets(
+        active=True,
+        sends_this_minute=_count(counters.minute_start, counters.minute_count, window_start(now, MINUTE)),
+        max_per_minute=policy.max_per_minute,
+        new_this_hour=_count(counters.hour_start, counters.hour_new, window_start(now, HOUR)),
+        new_per_hour=policy.new_recipients_per_hour,
+        new_today=_count(counters.day_start, counters.day_new, window_start(now, DAY)),
+        today_budget=daily_new_budget(policy, now, warmup_anchor) if policy.new_recipients_per_day else 0,
+        warmup_day=min(day, policy.warmup_days),
+        warmup_days=policy.warmup_days,
+    )
+
+
 def consume(
     policy: SendPolicy, counters: PolicyCounters, now: datetime, *, new_recipient: bool, jitter_fraction: float
 ) -> PolicyCounters:

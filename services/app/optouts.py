@@ -82,6 +82,10 @@ class OptOuts:
         if len(changes) == _CHANGES_PER_READ:
             self._read_at = float("-inf")  # more to read: the next send reads on
 
+    def lists_changed(self) -> None:
+        """An instance named another list here: re-read which list is whose on the next use."""
+        self._read_at = float("-inf")
+
     def key(self, instance_id: str) -> str:
         """The list an instance's opt-outs go to and are read from."""
         return list_key(instance_id, self._shared.get(instance_id))
@@ -113,6 +117,15 @@ class OptOuts:
         if added:
             log.info("recipient opted out by keyword", extra={"instance_id": instance_id})
         return added
+
+    async def warm(self, instance_id: str) -> None:
+        """Reads the instance's list into this replica's copy (if not yet) and follows changes."""
+        await self._refresh()
+        await self._list(self.key(instance_id))
+
+    def size_here(self, instance_id: str) -> int:
+        """How many recipients are on the instance's list, in this replica's copy (0: not read yet)."""
+        return len(self._members.get(self.key(instance_id), ()))
 
     async def size(self, instance_id: str) -> int:
         """How many recipients are on the instance's list."""

@@ -28,12 +28,14 @@ from statemachine.domain import Reason
 from statemachine.errors import InvalidRequest, SendPaced
 from statemachine.send_policy import (
     MINUTE,
+    Budgets,
     NewRecipient,
     PolicyChange,
     PolicyRecord,
     PolicyVerdict,
     SendPolicy,
     SendPolicyStore,
+    budgets,
     daily_new_budget,
     lease_size,
     new_recipient_refusal,
@@ -79,6 +81,21 @@ class SendPolicies:
             self._read_at = time.monotonic()
         record = self._records.get(instance_id)
         return record if record is not None and record.policy.active else None
+
+    async def view(self, instance_id: str | None = None) -> None:
+        """Brings this replica's copy of the policies and counters up to date (if `refresh` old);
+        one instance's at once when named (one primary-key read)."""
+        await self._policy("")
+        if instance_id and (record := await self.store.get_policy(instance_id)) is not None:
+            self._records[instance_id] = record
+
+    def budgets_here(self, instance_id: str) -> tuple[Budgets, str]:
+        """The instance's budgets used and left and its shared opt-out list, from this replica's
+        copy (no I/O; reserved slices count as used)."""
+        record = self._records.get(instance_id)
+        if record is None:
+            return Budgets(), ""
+        return budgets(record.policy, record.counters, utcnow(), record.warmup_anchor), record.optout_list or ""
 
     def _remember(self, instance_id: str, recipient: str) -> None:
         if self._known_count >= _KNOWN_MAX:
@@ -193,7 +210,8 @@ class SendPolicies:
             by=by,
             warmup_anchor=utcnow(),
             change="NEW_NUMBER",
-            warmup_phone=AWAITING_PHONE,
+            # Already seen connected: the ramp runs from now on that phone; else from its first connection.
+            warmup_phone=current.warmup_phone if current is not None and current.warmup_phone else AWAITING_PHONE,
         )
 
     async def connected(self, instance_id: str, phone: str, *, paired_here: bool = False) -> PolicyRecord | None:

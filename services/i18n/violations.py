@@ -28,6 +28,9 @@ _VIOLATIONS_PT_BR: tuple[tuple[re.Pattern[str], str], ...] = tuple(
             "não é um fuso horário IANA (p. ex. America/Sao_Paulo)",
         ),
         (r"must be a local time HH:MM", "deve ser um horário local HH:MM"),
+        # A shared opt-out list's name (statemachine/optout.py list_name_problem).
+        (r"at most (\d+) characters", r"no máximo \1 caracteres"),
+        (r"letters, digits, '-', '_' and '\.' only", "apenas letras, dígitos, '-', '_' e '.'"),
         (r"required on first registration", "obrigatório no primeiro registro"),
         # Provider per instance (services/app/providers.py).
         (r"this server speaks W-API only", "este servidor fala apenas com a W-API"),
