@@ -83,10 +83,13 @@ class SendPolicies:
         return record if record is not None and record.policy.active else None
 
     async def view(self, instance_id: str | None = None) -> None:
-        """Brings this replica's copy of the policies and counters up to date (if `refresh` old);
-        one instance's at once when named (one primary-key read)."""
-        await self._policy("")
-        if instance_id and (record := await self.store.get_policy(instance_id)) is not None:
+        """Brings this replica's copy of the policies and counters up to date for an operator's
+        read: one instance's (one primary-key read), or all of them (one query, like the list of
+        instances it goes with)."""
+        if instance_id is None:
+            self._read_at = float("-inf")
+            await self._policy("")
+        elif (record := await self.store.get_policy(instance_id)) is not None:
             self._records[instance_id] = record
 
     def budgets_here(self, instance_id: str) -> tuple[Budgets, str]:
