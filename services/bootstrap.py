@@ -39,7 +39,7 @@ from services.app.principals import parse_tokens
 from services.app.recipients import Recipients
 from services.app.recovery import Recovery, RecoveryConfig
 from services.app.send_policy import SendPolicies
-from services.app.send_protection import absence_listener
+from services.app.send_protection import absence_listener, protection_reader
 from services.app.subscriptions import Scopes
 from services.app.webhook_subscriptions import WebhookSubscriptions
 from services.config import Settings
@@ -185,6 +185,8 @@ class App:
     dispatcher: WebhookDispatcher | None = None
     recovery: Recovery | None = None
     bridge_runner: Any = None
+    # The send policy, opt-outs and number checks (protect_the_number).
+    protection: tuple[SendPolicies, OptOuts, Recipients] | None = None
 
     @classmethod
     async def start(
@@ -288,6 +290,7 @@ class App:
         stack.push_async_callback(_quietly, lambda: server.stop(0))
         app = cls(settings, gateway, server, health_servicer, port, stack, feed=feed, dispatcher=dispatcher)
         app.recovery = recovery
+        app.protection = protection
         if settings.http_port >= 0:
             await start_http(app, store, feed)
         # Serving only once the database is migrated and reachable.
@@ -312,6 +315,8 @@ async def start_http(app: App, store: WebhookStore, feed: ChangeFeed) -> None:
     assert app.recovery is not None
     runner, http_port = await start_bridge(app.settings, app.gateway, app.recovery, store)
     runner.app[STATUS_PAGE_KEY].event_streams = lambda: (len(feed.listeners), feed.cut_offs)
+    if app.protection is not None:
+        runner.app[STATUS_PAGE_KEY].protection = protection_reader(app.protection[0], app.protection[1])
     app.stack.push_async_callback(_quietly, runner.cleanup)
     app.http_port = http_port
     app.bridge_runner = runner

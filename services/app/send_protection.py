@@ -3,11 +3,14 @@ number-check cache, read before any provider call (never the provider itself).""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 
 from services.app.optouts import OptOuts
 from services.app.recipients import Recipients
+from services.app.send_policy import SendPolicies
 from statemachine.domain import InstanceState, MessageRecord, Reason
+from statemachine.send_policy import Budgets
 
 
 async def recipient_block(
@@ -52,3 +55,30 @@ def absence_listener(
             await learn_absence(recipients, msg, Reason.NOT_ON_WHATSAPP)
 
     return on_absent
+
+
+@dataclass(frozen=True, slots=True)
+class Protection:
+    """What protects an instance's number now, for the operator's surfaces (status page)."""
+
+    budgets: Budgets = field(default_factory=Budgets)
+    opt_outs: int = 0
+    optout_list: str = ""  # the shared list named ("" = its own)
+
+
+def protection_reader(
+    policies: SendPolicies, opt_outs: OptOuts
+) -> Callable[[Sequence[str]], Awaitable[dict[str, Protection]]]:
+    """The status page's read: the policies re-read once, each instance's opt-out list from the
+    replica's copy (read once, then followed)."""
+
+    async def read(instance_ids: Sequence[str]) -> dict[str, Protection]:
+        await policies.view()
+        out: dict[str, Protection] = {}
+        for instance_id in instance_ids:
+            await opt_outs.warm(instance_id)
+            budgets, optout_list = policies.budgets_here(instance_id)
+            out[instance_id] = Protection(budgets, opt_outs.size_here(instance_id), optout_list)
+        return out
+
+    return read

@@ -188,7 +188,7 @@ class Sending:
                     assert req.content is not None
                     outbound = OutboundMessage(req.kind, req.to, req.content, req.reply_to, req.delay_seconds)
                     return await self._replay(stored, request_hash(outbound, content_to_dict(outbound)))
-            self.metrics.sends.add(1, {"outcome": "paced", "reason": paced.reason.value})
+            self.metrics.note_paced(paced.reason.value)
             raise
         return None
 
@@ -247,7 +247,7 @@ class Sending:
         """The preflight refused the attempt (stored FAILED with `reason`): logged, counted, raised."""
         self._log_attempt(stored, health, reason.value, "blocked")
         self.metrics.sends.add(1, {"outcome": "blocked", "reason": reason.value})
-        self.metrics.blocked.add(1, {"reason": reason.value})
+        self.metrics.note_blocked(reason.value)
         return SendBlocked(reason, stored, health)
 
     async def _replay(self, stored: MessageRecord, wanted_hash: str) -> MessageRecord:

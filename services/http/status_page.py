@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, cast
@@ -35,6 +35,7 @@ from services.app.errors import classify
 from services.app.gateway import Gateway
 from services.app.principals import Principal
 from services.app.recovery import Recovery
+from services.app.send_protection import Protection
 from services.config import Settings
 from services.http.status_actions import StatusActions, add_action_routes
 from services.http.status_snapshot import REFRESH_SECONDS, Snapshot, build_snapshot
@@ -70,6 +71,8 @@ class StatusPage:
         self.gateway = gateway
         self.recovery = recovery
         self.subscriptions = subscriptions
+        # The send policy's budgets and opt-outs per instance (set by the composition root).
+        self.protection: Callable[[Sequence[str]], Awaitable[dict[str, Protection]]] | None = None
         self.viewer = Viewer(settings)
         self.csrf = Csrf(settings)
         self.streams: set[_Stream] = set()
@@ -91,7 +94,7 @@ class StatusPage:
 
     async def _snapshot(self, principal: Principal) -> Snapshot | None:
         try:
-            snap = await build_snapshot(self.gateway, principal, self.subscriptions)
+            snap = await build_snapshot(self.gateway, principal, self.subscriptions, self.protection)
             if self.recovery is not None and self.recovery.operations is not None:
                 snap.csrf = self.csrf.token(principal)
             if self.event_streams is not None:

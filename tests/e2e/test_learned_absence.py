@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import grpc
+import httpx
 import pytest
 
 from adapters.simulator.dialects import EVOLUTION, ZAPI
@@ -76,6 +77,11 @@ async def test_a_w_api_send_error_teaches_the_cache(stack: Stack) -> None:
     assert second.stored is not None
     stored = second.stored
     assert (stored.state, stored.failure_reason) == (common_pb2.MESSAGE_STATE_FAILED, "NOT_ON_WHATSAPP")
+    # Counted as suppressed (the refusal before the provider), not the provider's failure.
+    async with httpx.AsyncClient() as client:
+        body = (await client.get(f"http://127.0.0.1:{stack.app.http_port}/metrics")).text
+    suppressed = [line for line in body.splitlines() if line.startswith("wapiguard_sends_suppressed_total{")]
+    assert [line.rsplit(" ", 1)[1] for line in suppressed if 'reason="NOT_ON_WHATSAPP"' in line] == ["1.0"]
 
 
 async def test_a_send_to_a_recipient_learned_absent_is_no_stall_evidence(stack: Stack) -> None:
