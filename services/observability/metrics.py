@@ -73,14 +73,8 @@ class Metrics:
         m = self.meter
         self.sends = FastCounter(m, "wapiguard.sends", "Send attempts by outcome and reason")
         self.blocked = FastCounter(m, "wapiguard.sends.blocked", "Sends blocked before the provider")
-        self.paced = FastCounter(
-            m, "wapiguard.sends.paced", "Sends the instance's send policy refused for now, by reason (RetryInfo given)"
-        )
-        self.suppressed = FastCounter(
-            m,
-            "wapiguard.sends.suppressed",
-            "Sends refused for their recipient: opted out (RECIPIENT_OPTED_OUT) or not on WhatsApp (NOT_ON_WHATSAPP)",
-        )
+        self.paced = FastCounter(m, "wapiguard.sends.paced", "Sends the send policy refused for now, by reason")
+        self.suppressed = FastCounter(m, "wapiguard.sends.suppressed", "Sends refused: opted out / not on WhatsApp")
         self.provider_latency = m.create_histogram(
             "wapiguard.provider.duration", unit="s", description="W-API call latency by operation and outcome"
         )
