@@ -58,6 +58,10 @@ class Metrics:
     suppressed: FastCounter = field(init=False)
     gauges: dict[str, Callable[[], Iterable[tuple[float, dict[str, str]]]]] = field(default_factory=dict)
 
+    def _protection_counters(self, m: Meter) -> None:
+        self.paced = FastCounter(m, "wapiguard.sends.paced", "Sends the send policy refused for now, by reason")
+        self.suppressed = FastCounter(m, "wapiguard.sends.suppressed", "Sends refused: opted out / not on WhatsApp")
+
     def note_blocked(self, reason: str) -> None:
         """A send the preflight refused: blocked, and suppressed when its recipient is the reason."""
         self.blocked.add(1, {"reason": reason})
@@ -73,8 +77,7 @@ class Metrics:
         m = self.meter
         self.sends = FastCounter(m, "wapiguard.sends", "Send attempts by outcome and reason")
         self.blocked = FastCounter(m, "wapiguard.sends.blocked", "Sends blocked before the provider")
-        self.paced = FastCounter(m, "wapiguard.sends.paced", "Sends the send policy refused for now, by reason")
-        self.suppressed = FastCounter(m, "wapiguard.sends.suppressed", "Sends refused: opted out / not on WhatsApp")
+        self._protection_counters(m)
         self.provider_latency = m.create_histogram(
             "wapiguard.provider.duration", unit="s", description="W-API call latency by operation and outcome"
         )
