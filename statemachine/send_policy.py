@@ -332,6 +332,10 @@ class SendPolicyStore(Protocol):
         """Whether the number has messaged or heard from this recipient (a primary-key read)."""
         ...
 
+    async def had_session(self, instance_id: str) -> bool:
+        """Whether the instance was ever seen with a WhatsApp session (then a pairing is not its first)."""
+        ...
+
     async def message_id_by_key(self, instance_id: str, idempotency_key: str) -> str | None:
         """The id of the message stored under this idempotency key, if any (a replay is answered first)."""
         ...

@@ -13,12 +13,18 @@ import json
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, case, or_, select, update
+from sqlalchemy import and_, case, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from adapters.persistence.schema import messages, policy_recipients, send_policies, send_policy_audit
+from adapters.persistence.schema import (
+    instance_transitions,
+    messages,
+    policy_recipients,
+    send_policies,
+    send_policy_audit,
+)
 from statemachine.send_policy import (
     DAY,
     HOUR,
@@ -90,6 +96,28 @@ class SendPolicyRepository:
     async def known(self, instance_id: str, recipient: str) -> bool:
         query = select(policy_recipients.c.recipient).where(
             policy_recipients.c.instance_id == instance_id, policy_recipients.c.recipient == recipient
+        )
+        async with self.engine.connect() as conn:
+            return (await conn.execute(query)).first() is not None
+
+    async def had_session(self, instance_id: str) -> bool:
+        """Whether the instance was seen with a WhatsApp session (connected, even without a phone,
+        or degraded) before its latest pairing began: then that pairing is not its first. Read once
+        per completed pairing."""
+        t = instance_transitions.c
+        began = (
+            select(func.max(t.id))
+            .where(t.instance_id == instance_id, t.reason == "PAIRING_IN_PROGRESS")
+            .scalar_subquery()
+        )
+        query = (
+            select(t.id)
+            .where(
+                t.instance_id == instance_id,
+                t.to_state.in_(("CONNECTED", "SESSION_INCOMPLETE", "DEGRADED")),
+                t.id < func.coalesce(began, 0),
+            )
+            .limit(1)
         )
         async with self.engine.connect() as conn:
             return (await conn.execute(query)).first() is not None

@@ -220,8 +220,8 @@ class SendPolicies:
     async def connected(self, instance_id: str, phone: str, *, paired_here: bool = False) -> PolicyRecord | None:
         """The instance is connected with `phone` (its phone identity). The warm-up ramp runs from the
         number's first connection through wapi-guard: a number registered as new is re-anchored on
-        its first phone; an instance never seen connected that wapi-guard paired (`paired_here`: a QR
-        or pairing code asked for here) gets the new-number policy; a phone other than the one the
+        its first phone; an instance never seen with a session that wapi-guard paired (`paired_here`:
+        a QR or pairing code asked for here) gets the new-number policy; a phone other than the one the
         ramp was anchored on is a new number on the instance: its ramp restarts from now. The first
         connection of an established number (seen connected, not paired here) only records its
         phone: its traffic stays unchanged."""
@@ -232,7 +232,10 @@ class SendPolicies:
         if current is not None and current.warmup_phone == phone:
             return current
         if current is None or (not current.policy.active and current.warmup_phone is None):
-            if paired_here and self.new_number_policy.active:
+            # A first pairing: paired here, and never seen with a session before (a broken session
+            # paired again is an established number coming back, not a new one).
+            first = paired_here and current is None and not await self.store.had_session(instance_id)
+            if first and self.new_number_policy.active:
                 return await self._anchor(instance_id, self.new_number_policy, phone, "FIRST_PAIRING")
             policy = current.policy if current is not None else SendPolicy()
             return await self._anchor(instance_id, policy, phone, "PHONE_SEEN", keep_anchor=True)

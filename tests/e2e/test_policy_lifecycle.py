@@ -182,3 +182,25 @@ async def test_instance_health_shows_budgets_used_and_left(stack: Stack) -> None
     assert (b.max_per_minute, b.sends_this_minute, b.sends_left_this_minute) == (40, 5, 35)
     listed = await stack.health.ListInstances(instance_health_pb2.ListInstancesRequest())
     assert [i.send_budgets.new_recipients_today for i in listed.instances] == [3]
+
+
+async def test_a_first_pairing_through_wapi_guard_gets_the_warm_up_ramp(stack: Stack) -> None:
+    """An instance never seen with a session, paired with a code asked for here: a new number,
+    so it gets the new-number policy anchored on its phone. (A broken session paired again is an
+    established number coming back: test_recovery's pairing loop sends unpaced.)"""
+    stack.sim.add_instance(INSTANCE, "tok-1", behaviour="disconnected", phone=PHONE)
+    await stack.health.RegisterInstance(
+        instance_health_pb2.RegisterInstanceRequest(instance_id=INSTANCE, token="tok-1")
+    )
+    assert not (await state(stack)).active
+    answer = await stack.health.RequestPairingCode(
+        instance_health_pb2.RequestPairingCodeRequest(instance_id=INSTANCE, phone_number=PHONE)
+    )
+    await stack.sim.type_pairing_code(INSTANCE, answer.pairing_code)
+    paired = await eventually(lambda: _phone_is(stack, PHONE), "the ramp anchored on the paired phone")
+    assert paired.active
+    assert (paired.budgets.warmup_day, paired.budgets.warmup_days) == (0, paired.policy.warmup_days)
+    assert paired.policy.warmup_days > 0
+    assert [c.change for c in await changes(stack)] == ["FIRST_PAIRING"]
+    await stack.submit(text_request(INSTANCE, to=recipient(0)))
+    assert rich_error(await refused(stack, recipient(1))).reason == "SEND_INTERVAL"  # the default pacing
