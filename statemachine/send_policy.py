@@ -355,6 +355,22 @@ class SendPolicyStore(Protocol):
         """Stores the policy and its audit row (before/after) in one transaction."""
         ...
 
+    async def anchor_warmup(
+        self,
+        instance_id: str,
+        *,
+        phone: str | None,
+        restart: bool,
+        policy_if_inactive: SendPolicy | None,
+        change: str,
+        now: datetime,
+        by: str = "connection",
+    ) -> PolicyRecord:
+        """One transaction: the ramp's phone identity (None: kept, or "" = awaiting the first phone;
+        and, `restart`, its anchor now); the stored policy kept when active, else
+        `policy_if_inactive` when given. Audited."""
+        ...
+
     async def history(self, instance_id: str, *, limit: int, before_id: int) -> list[tuple[int, PolicyChange]]:
         """The audited changes, newest first."""
         ...

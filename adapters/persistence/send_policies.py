@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import and_, case, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from adapters.persistence.schema import (
     instance_transitions,
@@ -155,26 +155,73 @@ class SendPolicyRepository:
             "warmup_anchor": warmup_anchor,
             "warmup_phone": warmup_phone,
             "optout_list": optout_list,
-            "updated_at": now,
-            "updated_by": by[:128],
         }
-        stmt = self._insert(send_policies).values(instance_id=instance_id, **values)
-        stmt = stmt.on_conflict_do_update(index_elements=["instance_id"], set_=values)
-        pick = select(send_policies).where(send_policies.c.instance_id == instance_id)
         async with self.engine.begin() as conn:
-            before = (await conn.execute(pick.with_for_update())).first()
-            await conn.execute(stmt)
-            after = _record((await conn.execute(pick)).one())
-            await conn.execute(
-                send_policy_audit.insert().values(
-                    instance_id=instance_id,
-                    at=now,
-                    by=by[:128],
-                    change=change[:32],
-                    before=json.dumps(_state(_record(before)) if before is not None else None, sort_keys=True),
-                    after=json.dumps(_state(after), sort_keys=True),
-                )
+            before = await self._locked(conn, instance_id)
+            return await self._write(conn, instance_id, before, values, by=by, now=now, change=change)
+
+    async def anchor_warmup(
+        self,
+        instance_id: str,
+        *,
+        phone: str | None,
+        restart: bool,
+        policy_if_inactive: SendPolicy | None,
+        change: str,
+        now: datetime,
+        by: str = "connection",
+    ) -> PolicyRecord:
+        """One transaction: record the phone identity the ramp is anchored on (None: keep the stored
+        one, or "" = awaiting the first phone); `restart`: the ramp starts now. The stored policy is
+        kept when active (read under the row lock, so a change made meanwhile is never lost), else
+        `policy_if_inactive` when given."""
+        async with self.engine.begin() as conn:
+            before = await self._locked(conn, instance_id)
+            stored = before.policy if before is not None else SendPolicy()
+            policy = stored if stored.active or policy_if_inactive is None else policy_if_inactive
+            anchor = now if restart else (before.warmup_anchor if before is not None else None)
+            if anchor is None and policy.warmup_days:
+                anchor = now
+            values = {
+                "policy": json.dumps(policy_to_dict(policy), sort_keys=True),
+                "warmup_anchor": anchor,
+                "warmup_phone": phone if phone is not None else (before.warmup_phone if before else None) or "",
+                "optout_list": before.optout_list if before is not None else None,
+            }
+            return await self._write(conn, instance_id, before, values, by=by, now=now, change=change)
+
+    async def _locked(self, conn: AsyncConnection, instance_id: str) -> PolicyRecord | None:
+        pick = select(send_policies).where(send_policies.c.instance_id == instance_id)
+        row = (await conn.execute(pick.with_for_update())).first()
+        return _record(row) if row is not None else None
+
+    async def _write(
+        self,
+        conn: AsyncConnection,
+        instance_id: str,
+        before: PolicyRecord | None,
+        values: dict[str, Any],
+        *,
+        by: str,
+        now: datetime,
+        change: str,
+    ) -> PolicyRecord:
+        """Upserts the policy row and appends its audit row (before/after), in the caller's transaction."""
+        values = values | {"updated_at": now, "updated_by": by[:128]}
+        stmt = self._insert(send_policies).values(instance_id=instance_id, **values)
+        await conn.execute(stmt.on_conflict_do_update(index_elements=["instance_id"], set_=values))
+        pick = select(send_policies).where(send_policies.c.instance_id == instance_id)
+        after = _record((await conn.execute(pick)).one())
+        await conn.execute(
+            send_policy_audit.insert().values(
+                instance_id=instance_id,
+                at=now,
+                by=by[:128],
+                change=change[:32],
+                before=json.dumps(_state(before), sort_keys=True),
+                after=json.dumps(_state(after), sort_keys=True),
             )
+        )
         return after
 
     async def history(self, instance_id: str, *, limit: int, before_id: int) -> list[tuple[int, PolicyChange]]:

@@ -203,19 +203,22 @@ class SendPolicies:
 
     async def declare_new_number(self, instance_id: str, *, by: str) -> PolicyRecord | None:
         """A number registered as new gets the warm-up policy from now, unless it already has a
-        policy (an operator's choice is never overwritten)."""
+        policy (an operator's choice is never overwritten). Already seen connected: the ramp runs
+        from now on that phone; else from its first connection."""
         current = await self.store.get_policy(instance_id)
         if (current is not None and current.policy.active) or not self.new_number_policy.active:
             return current
-        return await self.set(
+        record = await self.store.anchor_warmup(
             instance_id,
-            self.new_number_policy,
-            by=by,
-            warmup_anchor=utcnow(),
+            phone=None,
+            restart=True,
+            policy_if_inactive=self.new_number_policy,
             change="NEW_NUMBER",
-            # Already seen connected: the ramp runs from now on that phone; else from its first connection.
-            warmup_phone=current.warmup_phone if current is not None and current.warmup_phone else AWAITING_PHONE,
+            now=utcnow(),
+            by=by,
         )
+        self._read_at = float("-inf")
+        return record
 
     async def connected(self, instance_id: str, phone: str, *, paired_here: bool = False) -> PolicyRecord | None:
         """The instance is connected with `phone` (its phone identity). The warm-up ramp runs from the
@@ -236,16 +239,14 @@ class SendPolicies:
             # paired again is an established number coming back, not a new one).
             first = paired_here and current is None and not await self.store.had_session(instance_id)
             if first and self.new_number_policy.active:
-                return await self._anchor(instance_id, self.new_number_policy, phone, "FIRST_PAIRING")
-            policy = current.policy if current is not None else SendPolicy()
-            return await self._anchor(instance_id, policy, phone, "PHONE_SEEN", keep_anchor=True)
+                return await self._anchor(instance_id, phone, "FIRST_PAIRING", restart=True, new=True)
+            return await self._anchor(instance_id, phone, "PHONE_SEEN", restart=False, new=False)
         if current.warmup_phone == AWAITING_PHONE:  # registered as new: the ramp starts now
-            return await self._anchor(instance_id, current.policy, phone, "FIRST_CONNECTION")
+            return await self._anchor(instance_id, phone, "FIRST_CONNECTION", restart=True, new=False)
         if current.warmup_phone is None:  # an operator's policy: its anchor stays
-            return await self._anchor(instance_id, current.policy, phone, "PHONE_SEEN", keep_anchor=True)
-        policy = current.policy if current.policy.active else self.new_number_policy
+            return await self._anchor(instance_id, phone, "PHONE_SEEN", restart=False, new=False)
         log.info("new phone identity: the warm-up ramp restarts", extra={"instance_id": instance_id})
-        return await self._anchor(instance_id, policy, phone, "WARMUP_RESTART")
+        return await self._anchor(instance_id, phone, "WARMUP_RESTART", restart=True, new=True)
 
     def connected_later(self, instance_id: str, phone: str, paired_here: bool) -> None:
         """`connected` from the instance cache's synchronous change hook: run in the background
@@ -262,16 +263,18 @@ class SendPolicies:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _anchor(
-        self, instance_id: str, policy: SendPolicy, phone: str, change: str, *, keep_anchor: bool = False
-    ) -> PolicyRecord:
-        current = await self.store.get_policy(instance_id)
-        anchor = current.warmup_anchor if keep_anchor and current is not None else utcnow()
-        if keep_anchor and anchor is None and policy.warmup_days:
-            anchor = utcnow()
-        return await self.set(
-            instance_id, policy, by="connection", warmup_anchor=anchor, change=change, warmup_phone=phone
+    async def _anchor(self, instance_id: str, phone: str, change: str, *, restart: bool, new: bool) -> PolicyRecord:
+        """`new`: an instance without an active policy gets the new-number policy."""
+        record = await self.store.anchor_warmup(
+            instance_id,
+            phone=phone,
+            restart=restart,
+            policy_if_inactive=self.new_number_policy if new else None,
+            change=change,
+            now=utcnow(),
         )
+        self._read_at = float("-inf")
+        return record
 
     async def stored_message_id(self, instance_id: str, idempotency_key: str) -> str | None:
         return await self.store.message_id_by_key(instance_id, idempotency_key)
