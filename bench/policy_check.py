@@ -8,6 +8,8 @@ dropped here; skipped when no server answers). Prints p50/p99 in microseconds fo
 - no policy: an instance whose number has no policy (an established number after an upgrade);
 - policy, known contacts: a policy with a per-minute cap and new-recipient budgets, sends to
   recipients the number already talks to (the common case of a CRM's traffic);
+- policy, new recipients: the same policy, every send to someone the number never messaged (learned
+  and counted against the hour's and the day's budgets: one read and one short transaction each);
 - policy + interval: the same with a minimum interval between sends (which must be decided
   across replicas on every send: one statement).
 
@@ -42,12 +44,12 @@ from statemachine.recipients import NumberCheck
 from statemachine.send_policy import SendPolicy
 
 PG_ADMIN = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
-BUDGETS = SendPolicy(max_per_minute=1_000_000, new_recipients_per_hour=1_000, new_recipients_per_day=5_000)
+BUDGETS = SendPolicy(max_per_minute=1_000_000, new_recipients_per_hour=100_000, new_recipients_per_day=500_000)
 INTERVAL = SendPolicy(
     min_interval_seconds=0.000_001,
     max_per_minute=1_000_000,
-    new_recipients_per_hour=1_000,
-    new_recipients_per_day=5_000,
+    new_recipients_per_hour=100_000,
+    new_recipients_per_day=500_000,
 )
 CONTACTS = 200
 
@@ -66,23 +68,26 @@ async def _scenario(url: str, n: int) -> dict[str, tuple[float, float]]:
         opt_outs = OptOuts(OptOutRepository(engine))
         recipients = Recipients(RecipientCheckRepository(engine), None, cast(Any, None))
         # Every list has something in it, so no check is skipped for being empty.
-        for instance in ("BENCH-NONE", "BENCH-BUDGETS", "BENCH-INTERVAL"):
+        for instance in ("BENCH-NONE", "BENCH-BUDGETS", "BENCH-NEW", "BENCH-INTERVAL"):
             await opt_outs.store.add(OptOut(instance, "5511900000001", OptOutSource.API, "", now, "bench"))
             await recipients.cache.put(instance, NumberCheck("5511900000002", False, checked_at=now))
         await policies.set("BENCH-BUDGETS", BUDGETS, by="bench")
+        await policies.set("BENCH-NEW", BUDGETS, by="bench")
         await policies.set("BENCH-INTERVAL", INTERVAL, by="bench")
         contacts = [f"55159812{i:05d}" for i in range(CONTACTS)]
         out: dict[str, tuple[float, float]] = {}
         for label, instance in (
             ("no policy", "BENCH-NONE"),
             ("policy, known contacts", "BENCH-BUDGETS"),
+            ("policy, new recipients", "BENCH-NEW"),
             ("policy + interval", "BENCH-INTERVAL"),
         ):
-            for to in contacts:  # first contact with each: they become known (not measured)
+            fresh = instance == "BENCH-NEW"
+            for to in [] if fresh else contacts:  # first contact with each: they become known (not measured)
                 await policies.admit(instance, to)
             samples: list[float] = []
             for i in range(n):
-                to = contacts[i % CONTACTS]
+                to = f"55159813{i:05d}" if fresh else contacts[i % CONTACTS]
                 started = time.perf_counter()
                 await policies.admit(instance, to)
                 await recipient_block(opt_outs, recipients, instance, to)
