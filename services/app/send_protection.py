@@ -3,6 +3,7 @@ number-check cache, read before any provider call (never the provider itself).""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -11,6 +12,8 @@ from services.app.recipients import Recipients
 from services.app.send_policy import SendPolicies
 from statemachine.domain import InstanceState, MessageRecord, Reason
 from statemachine.send_policy import Budgets
+
+log = logging.getLogger("wapi_guard.send_protection")
 
 
 async def recipient_block(
@@ -39,8 +42,12 @@ async def learn_absence(recipients: Recipients | None, msg: MessageRecord, failu
     """A send the provider failed because the recipient is not on WhatsApp (Evolution's 400
     `exists: false`, W-API's or Z-API's "phone number does not exist") teaches the number-check
     cache: the next send to them is refused before any provider call."""
-    if recipients is not None and failure is Reason.NOT_ON_WHATSAPP and msg.to.isdigit():
+    if recipients is None or failure is not Reason.NOT_ON_WHATSAPP or not msg.to.isdigit():
+        return
+    try:
         await recipients.learn_absent(msg.instance_id, msg.to)
+    except Exception:  # the lesson is a bonus: the send's own outcome is already stored and answered
+        log.warning("learning a recipient not on WhatsApp failed", extra={"message_id": msg.id}, exc_info=True)
 
 
 def absence_listener(
