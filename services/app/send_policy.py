@@ -227,7 +227,8 @@ class SendPolicies:
         a QR or pairing code asked for here) gets the new-number policy; a phone other than the one the
         ramp was anchored on is a new number on the instance: its ramp restarts from now. The first
         connection of an established number (seen connected, not paired here) only records its
-        phone: its traffic stays unchanged."""
+        phone, and so does a new phone on an instance without a ramp: its traffic stays unchanged
+        (an operator who wants the ramp declares it new)."""
         if not phone or self._phones.get(instance_id) == phone:
             return None
         current = await self.store.get_policy(instance_id)
@@ -245,8 +246,10 @@ class SendPolicies:
             return await self._anchor(instance_id, phone, "FIRST_CONNECTION", restart=True, new=False)
         if current.warmup_phone is None:  # an operator's policy: its anchor stays
             return await self._anchor(instance_id, phone, "PHONE_SEEN", restart=False, new=False)
+        if not current.policy.warmup_days:  # no ramp to restart: the new phone is recorded
+            return await self._anchor(instance_id, phone, "PHONE_SEEN", restart=False, new=False)
         log.info("new phone identity: the warm-up ramp restarts", extra={"instance_id": instance_id})
-        return await self._anchor(instance_id, phone, "WARMUP_RESTART", restart=True, new=True)
+        return await self._anchor(instance_id, phone, "WARMUP_RESTART", restart=True, new=False)
 
     def connected_later(self, instance_id: str, phone: str, paired_here: bool) -> None:
         """`connected` from the instance cache's synchronous change hook: run in the background
