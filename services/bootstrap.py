@@ -126,7 +126,7 @@ def protect_the_number(
     gateway.sending.opt_outs = opt_outs
     gateway.sending.recipients = recipients
     gateway.ingestion.on_inbound = inbound_listener(normalize_inbound, send_policies, opt_outs)
-    gateway.ingestion.on_absent = absence_listener(recipients, gateway.sending.repo.get_message)
+    gateway.ingestion.on_absent = absence_listener(recipients)
     gateway.stall_watch.absent = recipients.known_absent_here
     return send_policies, opt_outs, recipients
 

@@ -10,7 +10,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from adapters.persistence.schema import recipient_checks
+from adapters.persistence.schema import messages, recipient_checks
 from statemachine.recipients import NumberCheck
 
 
@@ -53,6 +53,15 @@ class RecipientCheckRepository:
         )
         async with self.engine.connect() as conn:
             return [(r.instance_id, _check(r)) for r in (await conn.execute(query)).all()]
+
+    async def recipient_of(self, instance_id: str, provider_message_id: str) -> str | None:
+        """The recipient of the instance's message with this provider id (its provider-id index)."""
+        query = select(messages.c.recipient).where(
+            messages.c.provider_message_id == provider_message_id, messages.c.instance_id == instance_id
+        )
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(query.limit(1))).first()
+        return str(row.recipient) if row is not None else None
 
     async def get(self, instance_id: str, recipient: str) -> NumberCheck | None:
         query = select(recipient_checks).where(

@@ -100,6 +100,12 @@ class Recipients:
         checked_at = self._absent.get(instance_id, {}).get(recipient)
         return checked_at is not None and utcnow() - checked_at < self.ttl
 
+    async def learn_absent_by_provider_id(self, instance_id: str, provider_message_id: str) -> None:
+        """A provider's failure webhook for one of its message ids said "not on WhatsApp"."""
+        recipient = await self.cache.recipient_of(instance_id, provider_message_id)
+        if recipient is not None and recipient.isdigit():
+            await self.learn_absent(instance_id, recipient)
+
     async def learn_absent(self, instance_id: str, recipient: str) -> None:
         """A send's failure said the recipient is not on WhatsApp: the next send is refused at once."""
         now = utcnow()

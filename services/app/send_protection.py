@@ -40,9 +40,11 @@ def block_detail(blocked: Reason | None, state: InstanceState) -> str:
 
 async def learn_absence(recipients: Recipients | None, msg: MessageRecord, failure: Reason | None) -> None:
     """A send the provider failed because the recipient is not on WhatsApp (Evolution's 400
-    `exists: false`, W-API's or Z-API's "phone number does not exist") teaches the number-check
-    cache: the next send to them is refused before any provider call."""
-    if recipients is None or failure is not Reason.NOT_ON_WHATSAPP or not msg.to.isdigit():
+    `exists: false`, W-API's or Z-API's "phone number does not exist"; also a failure webhook that
+    overtook the send's answer and was applied with it) teaches the number-check cache: the next
+    send to them is refused before any provider call."""
+    absent = failure is Reason.NOT_ON_WHATSAPP or msg.failure_reason == Reason.NOT_ON_WHATSAPP.value
+    if recipients is None or not absent or not msg.to.isdigit():
         return
     try:
         await recipients.learn_absent(msg.instance_id, msg.to)
@@ -50,16 +52,18 @@ async def learn_absence(recipients: Recipients | None, msg: MessageRecord, failu
         log.warning("learning a recipient not on WhatsApp failed", extra={"message_id": msg.id}, exc_info=True)
 
 
-def absence_listener(
-    recipients: Recipients, get_message: Callable[[str], Awaitable[MessageRecord | None]]
-) -> Callable[[str], Awaitable[None]]:
-    """Ingest's hook for a message a provider's status webhook failed with NOT_ON_WHATSAPP (Z-API
-    reports a send's failure by webhook): the same lesson as a failed send's answer."""
+def absence_listener(recipients: Recipients) -> Callable[[str, str], Awaitable[None]]:
+    """Ingest's hook for a status webhook that failed a message as NOT_ON_WHATSAPP (Z-API reports a
+    send's failure by webhook), by (instance id, provider message id): the same lesson as a failed
+    send's answer, whether the webhook applied at once or waited for the send's answer (parked)."""
 
-    async def on_absent(message_id: str) -> None:
-        msg = await get_message(message_id)
-        if msg is not None:
-            await learn_absence(recipients, msg, Reason.NOT_ON_WHATSAPP)
+    async def on_absent(instance_id: str, provider_message_id: str) -> None:
+        try:
+            await recipients.learn_absent_by_provider_id(instance_id, provider_message_id)
+        except Exception:
+            log.warning(
+                "learning a recipient not on WhatsApp failed", extra={"instance_id": instance_id}, exc_info=True
+            )
 
     return on_absent
 
