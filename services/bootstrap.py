@@ -37,6 +37,7 @@ from services.app.principals import parse_tokens
 from services.app.recipients import Recipients
 from services.app.recovery import Recovery, RecoveryConfig
 from services.app.send_policy import SendPolicies
+from services.app.send_protection import absence_listener, protection_reader
 from services.app.subscriptions import Scopes
 from services.app.webhook_subscriptions import WebhookSubscriptions
 from services.config import Settings
@@ -93,9 +94,12 @@ def protect_the_number(
         timeout=settings.probe_timeout,
     )
     core.sending.policies = send_policies
+    core.instances.on_connected_phone = send_policies.connected_later
     core.sending.opt_outs = opt_outs
     core.sending.recipients = recipients
     core.ingest.on_inbound = inbound_listener(normalize_inbound, send_policies, opt_outs)
+    core.ingest.on_absent = absence_listener(recipients)
+    core.stall_watch.absent = recipients.known_absent_here
     return send_policies, opt_outs, recipients
 
 
@@ -153,6 +157,8 @@ class App(UseCases):
     dispatcher: WebhookDispatcher | None = None
     recovery: Recovery | None = None
     bridge_runner: Any = None
+    # The send policy, opt-outs and number checks (protect_the_number).
+    protection: tuple[SendPolicies, OptOuts, Recipients] | None = None
 
     @classmethod
     async def start(
@@ -219,6 +225,7 @@ class App(UseCases):
         config = gateway_config(settings)
         core = build_use_cases(bounded, provider, config, telemetry, parse_webhook=parse_webhook)
         protection = protect_the_number(settings, engine, core, provider)
+        stack.push_async_callback(_quietly, protection[0].aclose)  # unspent per-minute slices go back
         recovery = Recovery(
             bounded,
             core.instances,
@@ -273,6 +280,7 @@ class App(UseCases):
         parts = {f.name: getattr(core, f.name) for f in fields(UseCases)}
         app = cls(**parts, settings=settings, server=server, health=health_servicer, grpc_port=port, stack=stack)
         app.feed, app.dispatcher, app.recovery = feed, dispatcher, recovery
+        app.protection = protection
         if settings.http_port >= 0:
             await start_http(app, store, feed)
         # Serving only once the database is migrated and reachable.
@@ -296,6 +304,8 @@ async def start_http(app: App, store: WebhookStore, feed: ChangeFeed) -> None:
 
     runner, http_port = await start_bridge(app.settings, http_surface(app, store))
     runner.app[STATUS_PAGE_KEY].event_streams = lambda: (len(feed.listeners), feed.cut_offs)
+    if app.protection is not None:
+        runner.app[STATUS_PAGE_KEY].protection = protection_reader(app.protection[0], app.protection[1])
     app.stack.push_async_callback(_quietly, runner.cleanup)
     app.http_port = http_port
     app.bridge_runner = runner

@@ -36,6 +36,23 @@ def is_opt_out(text: str | None, keywords: frozenset[str]) -> bool:
     return fold(text) in keywords
 
 
+SHARED_PREFIX = "list:"  # the key of a shared list in the store (an instance's own list: its id)
+
+
+def list_key(instance_id: str, shared: str | None) -> str:
+    """Where an instance's opt-outs live: the shared list it names, else its own."""
+    return f"{SHARED_PREFIX}{shared}" if shared else instance_id
+
+
+def list_name_problem(name: str) -> str:
+    """Why `name` cannot name a shared list ('' when it can)."""
+    if len(name) > 58:
+        return "at most 58 characters"
+    if name and not all(ch.isalnum() or ch in "-_." for ch in name):
+        return "letters, digits, '-', '_' and '.' only"
+    return ""
+
+
 class OptOutSource(StrEnum):
     KEYWORD = "KEYWORD"  # the customer's own message matched a keyword
     API = "API"  # added over gRPC (a CRM's own opt-out, a complaint…)
@@ -59,6 +76,24 @@ class OptOutStore(Protocol):
         ...
 
     async def is_suppressed(self, instance_id: str, recipient: str) -> bool: ...
+
+    async def members(self, key: str) -> set[str]:
+        """Every recipient of one list (`key`: an instance id, or `list_key(name)` of a shared list)."""
+        ...
+
+    async def last_change(self) -> int:
+        """The newest audit id (0: none)."""
+        ...
+
+    async def changes_since(self, after_id: int, limit: int) -> list[tuple[int, str, str]]: ...
+
+    async def present(self, pairs: list[tuple[str, str]]) -> set[tuple[str, str]]: ...
+
+    async def shared_lists(self) -> dict[str, str]:
+        """instance id -> the shared list it names."""
+        ...
+
+    async def count(self, key: str) -> int: ...
 
     async def add(self, opt_out: OptOut) -> bool:
         """True when it was not there yet (an audit row is written either way only when added)."""

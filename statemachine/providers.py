@@ -146,7 +146,10 @@ EVOLUTION_IGNORED_STATUS: Final = frozenset({"PENDING", "DELETED"})
 # --- failure reasons -------------------------------------------------------------------------
 
 _ZAPI_FAILURES: Final[tuple[tuple[tuple[str, ...], Reason], ...]] = (
-    (("phone number does not exist", "invalid phone number", "got invalid phone"), Reason.NOT_ON_WHATSAPP),
+    (
+        ("phone number does not exist", "invalid phone number", "got invalid phone", "not on whatsapp"),
+        Reason.NOT_ON_WHATSAPP,
+    ),
     (("timeout on send message", "error on send message"), Reason.PROVIDER_UNCERTAIN),
     (
         ("invalid media", "404 error", "not a valid url", "unsupported sticker", "media format"),

@@ -51,4 +51,16 @@ class RecipientCache(Protocol):
 
     async def get(self, instance_id: str, recipient: str) -> NumberCheck | None: ...
 
+    async def absent_of(self, instance_id: str) -> dict[str, datetime]:
+        """recipient -> checked_at of the instance's recipients cached as absent (a replica's first read)."""
+        ...
+
+    async def recipient_of(self, instance_id: str, provider_message_id: str) -> str | None:
+        """The recipient of a message by the provider's id (a failure webhook names only that)."""
+        ...
+
+    async def checked_since(self, since: datetime, limit: int) -> list[tuple[str, NumberCheck]]:
+        """Answers stored at or after `since` (indexed on checked_at), oldest first."""
+        ...
+
     async def put(self, instance_id: str, check: NumberCheck) -> None: ...

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from datetime import datetime, time, timedelta
+from enum import Enum
 from typing import Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -118,15 +119,32 @@ def daily_new_budget(policy: SendPolicy, now: datetime, warmup_anchor: datetime 
 
 def _window(start: datetime | None, now: datetime, size: timedelta) -> datetime:
     """The start of the fixed window holding `now` (aligned on the epoch, so every replica agrees)."""
+    return window_start(now, size)
+
+
+def window_start(now: datetime, size: timedelta) -> datetime:
     epoch = datetime(1970, 1, 1, tzinfo=now.tzinfo)
     return epoch + ((now - epoch) // size) * size
+
+
+def lease_size(limit: int) -> int:
+    """How many sends of a per-minute cap one replica reserves at a time (a slice it then spends in
+    memory): an eighth of the cap, 1 to 256. Reservations are counted in the shared row, so replicas
+    never exceed the cap together; a slice a replica does not spend is lost until the minute ends
+    (at most replicas x slice - 1 sends under the cap in a minute of uneven traffic)."""
+    return max(1, min(limit // 8, 256))
+
+
+def paces(policy: SendPolicy) -> bool:
+    """Whether the policy spaces every send (an interval or a jitter): decided per send across replicas."""
+    return policy.min_interval_seconds > 0 or policy.jitter_seconds > 0
 
 
 def _count(start: datetime | None, count: int, window_start: datetime) -> int:
     return count if start == window_start else 0
 
 
-def _quiet_wait(policy: SendPolicy, now: datetime) -> float:
+def quiet_wait(policy: SendPolicy, now: datetime) -> float:
     """Seconds until the quiet hours end (0 outside them)."""
     if policy.quiet_start is None or policy.quiet_end is None:
         return 0.0
@@ -154,7 +172,7 @@ def decide(
     in the last 24 h (a reply in an open conversation is not new)."""
     if not policy.active:
         return ALLOW
-    quiet = _quiet_wait(policy, now)
+    quiet = quiet_wait(policy, now)
     if quiet:
         return PolicyVerdict(Reason.QUIET_HOURS, quiet)
     if counters.next_send_at is not None and now < counters.next_send_at:
@@ -178,6 +196,70 @@ def decide(
             if _count(counters.day_start, counters.day_new, day) >= budget:
                 return PolicyVerdict(Reason.NEW_RECIPIENTS_DAILY, (day + DAY - now).total_seconds(), budget)
     return ALLOW
+
+
+def new_recipient_refusal(
+    policy: SendPolicy, counters: PolicyCounters, now: datetime, warmup_anchor: datetime | None
+) -> PolicyVerdict:
+    """Why the store refused to count a new recipient: the hour's budget, else the day's (also when
+    another replica filled it between the store's answer and these counters)."""
+    budgets = replace(
+        policy, min_interval_seconds=0.0, jitter_seconds=0.0, max_per_minute=0, quiet_start=None, quiet_end=None
+    )
+    verdict = decide(
+        budgets, replace(counters, next_send_at=None), now, new_recipient=True, warmup_anchor=warmup_anchor
+    )
+    if verdict.allowed:
+        day = window_start(now, DAY)
+        return PolicyVerdict(
+            Reason.NEW_RECIPIENTS_DAILY, (day + DAY - now).total_seconds(), daily_new_budget(policy, now, warmup_anchor)
+        )
+    return verdict
+
+
+@dataclass(frozen=True, slots=True)
+class Budgets:
+    """What is used and left of each budget at `now` (a limit of 0: none; left is 0 then too)."""
+
+    active: bool = False
+    sends_this_minute: int = 0
+    max_per_minute: int = 0
+    new_this_hour: int = 0
+    new_per_hour: int = 0
+    new_today: int = 0
+    today_budget: int = 0
+    warmup_day: int = 0
+    warmup_days: int = 0
+
+    @property
+    def sends_left(self) -> int:
+        return max(0, self.max_per_minute - self.sends_this_minute) if self.max_per_minute else 0
+
+    @property
+    def new_left_this_hour(self) -> int:
+        return max(0, self.new_per_hour - self.new_this_hour) if self.new_per_hour else 0
+
+    @property
+    def new_left_today(self) -> int:
+        return max(0, self.today_budget - self.new_today) if self.today_budget else 0
+
+
+def budgets(policy: SendPolicy, counters: PolicyCounters, now: datetime, warmup_anchor: datetime | None) -> Budgets:
+    """The counters read against the policy at `now` (a count from a past window is 0)."""
+    if not policy.active:
+        return Budgets()
+    day = max(0, (now - warmup_anchor) // DAY) if warmup_anchor is not None and policy.warmup_days else 0
+    return Budgets(
+        active=True,
+        sends_this_minute=_count(counters.minute_start, counters.minute_count, window_start(now, MINUTE)),
+        max_per_minute=policy.max_per_minute,
+        new_this_hour=_count(counters.hour_start, counters.hour_new, window_start(now, HOUR)),
+        new_per_hour=policy.new_recipients_per_hour,
+        new_today=_count(counters.day_start, counters.day_new, window_start(now, DAY)),
+        today_budget=daily_new_budget(policy, now, warmup_anchor) if policy.new_recipients_per_day else 0,
+        warmup_day=min(day, policy.warmup_days),
+        warmup_days=policy.warmup_days,
+    )
 
 
 def consume(
@@ -211,13 +293,36 @@ class PolicyRecord:
     counters: PolicyCounters
     updated_at: datetime
     updated_by: str
+    warmup_phone: str | None = None  # the phone identity the ramp was anchored on
+    optout_list: str | None = None  # the shared suppression list named (None: its own)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyChange:
+    """One audited change of an instance's policy (the store's send_policy_audit)."""
+
+    instance_id: str
+    at: datetime
+    by: str
+    change: str  # SET, NEW_NUMBER, WARMUP_RESTART, OPTOUT_LIST
+    before: dict[str, object] | None
+    after: dict[str, object]
+
+
+class NewRecipient(Enum):
+    """The store's answer to "count this recipient as new": it was known already, it is counted now
+    (and known from now on), or the hour's or the day's budget is spent."""
+
+    KNOWN = "KNOWN"
+    COUNTED = "COUNTED"
+    REFUSED = "REFUSED"
 
 
 class SendPolicyStore(Protocol):
     """The port the send policy's use cases store through (adapters/persistence/send_policies.py)."""
 
-    async def active_instances(self) -> set[str]:
-        """Instances whose stored policy is active (the preflight's cheap "is there a rule?")."""
+    async def policies(self) -> dict[str, PolicyRecord]:
+        """Every stored policy (a replica's periodic refresh; the send path reads its copy)."""
         ...
 
     async def get_policy(self, instance_id: str) -> PolicyRecord | None: ...
@@ -226,16 +331,70 @@ class SendPolicyStore(Protocol):
         """A message from `sender` arrived: it is not a new recipient for this instance."""
         ...
 
+    async def known(self, instance_id: str, recipient: str) -> bool:
+        """Whether the number has messaged or heard from this recipient (a primary-key read)."""
+        ...
+
+    async def had_session(self, instance_id: str) -> bool:
+        """Whether the instance was ever seen with a WhatsApp session (then a pairing is not its first)."""
+        ...
+
     async def message_id_by_key(self, instance_id: str, idempotency_key: str) -> str | None:
         """The id of the message stored under this idempotency key, if any (a replay is answered first)."""
         ...
 
     async def set_policy(
-        self, instance_id: str, policy: SendPolicy, *, warmup_anchor: datetime | None, by: str, now: datetime
-    ) -> PolicyRecord: ...
+        self,
+        instance_id: str,
+        policy: SendPolicy,
+        *,
+        warmup_anchor: datetime | None,
+        by: str,
+        now: datetime,
+        change: str = "SET",
+        warmup_phone: str | None = None,
+        optout_list: str | None = None,
+    ) -> PolicyRecord:
+        """Stores the policy and its audit row (before/after) in one transaction."""
+        ...
 
-    async def admit(self, instance_id: str, recipient: str, now: datetime, jitter_fraction: float) -> PolicyVerdict:
-        """Atomically: decide for this send and, when it may go, count it (and learn the recipient)."""
+    async def anchor_warmup(
+        self,
+        instance_id: str,
+        *,
+        phone: str | None,
+        restart: bool,
+        policy_if_inactive: SendPolicy | None,
+        change: str,
+        now: datetime,
+        by: str = "connection",
+    ) -> PolicyRecord:
+        """One transaction: the ramp's phone identity (None: kept, or "" = awaiting the first phone;
+        and, `restart`, its anchor now); the stored policy kept when active, else
+        `policy_if_inactive` when given. Audited."""
+        ...
+
+    async def history(self, instance_id: str, *, limit: int, before_id: int) -> list[tuple[int, PolicyChange]]:
+        """The audited changes, newest first."""
+        ...
+
+    async def reserve_sends(self, instance_id: str, minute: datetime, want: int, limit: int) -> bool:
+        """One statement: count `want` sends in this minute if the cap allows them all."""
+        ...
+
+    async def release_sends(self, instance_id: str, minute: datetime, count: int) -> None:
+        """Gives back reserved sends this replica did not spend (the minute still running)."""
+        ...
+
+    async def reserve_interval(self, instance_id: str, now: datetime, next_at: datetime) -> datetime | None:
+        """One statement: when the floor has passed, move it to `next_at` (None); else the floor."""
+        ...
+
+    async def count_new(
+        self, instance_id: str, recipient: str, now: datetime, *, per_hour: int, per_day: int
+    ) -> NewRecipient:
+        """One transaction: learn the recipient and count it against the hour's and the day's
+        budgets (0: none), or answer KNOWN / REFUSED and change nothing."""
         ...
 
 

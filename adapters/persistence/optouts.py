@@ -5,12 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from adapters.persistence.schema import opt_out_audit, opt_outs
+from adapters.persistence.schema import opt_out_audit, opt_outs, send_policies
 from statemachine.optout import OptOut, OptOutSource
 
 
@@ -35,6 +35,50 @@ class OptOutRepository:
         query = select(opt_outs.c.recipient).where(opt_outs.c.instance_id == instance_id).limit(1)
         async with self.engine.connect() as conn:
             return (await conn.execute(query)).first() is not None
+
+    async def members(self, key: str) -> set[str]:
+        """Every recipient of one list (a replica's first read of it; then `changes_since`)."""
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(opt_outs.c.recipient).where(opt_outs.c.instance_id == key))).all()
+        return {r.recipient for r in rows}
+
+    async def last_change(self) -> int:
+        async with self.engine.connect() as conn:
+            return int((await conn.execute(select(func.max(opt_out_audit.c.id)))).scalar() or 0)
+
+    async def changes_since(self, after_id: int, limit: int) -> list[tuple[int, str, str]]:
+        """(audit id, list, recipient) of the additions and removals after `after_id`, oldest first."""
+        query = (
+            select(opt_out_audit.c.id, opt_out_audit.c.instance_id, opt_out_audit.c.recipient)
+            .where(opt_out_audit.c.id > after_id)
+            .order_by(opt_out_audit.c.id)
+            .limit(limit)
+        )
+        async with self.engine.connect() as conn:
+            return [(int(r.id), r.instance_id, r.recipient) for r in (await conn.execute(query)).all()]
+
+    async def present(self, pairs: list[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which of these (list, recipient) pairs are on their list now."""
+        if not pairs:
+            return set()
+        query = select(opt_outs.c.instance_id, opt_outs.c.recipient).where(
+            tuple_(opt_outs.c.instance_id, opt_outs.c.recipient).in_(pairs)
+        )
+        async with self.engine.connect() as conn:
+            return {(r.instance_id, r.recipient) for r in (await conn.execute(query)).all()}
+
+    async def shared_lists(self) -> dict[str, str]:
+        """instance id -> the shared list it names (instances on their own list are not listed)."""
+        query = select(send_policies.c.instance_id, send_policies.c.optout_list).where(
+            send_policies.c.optout_list.is_not(None), send_policies.c.optout_list != ""
+        )
+        async with self.engine.connect() as conn:
+            return {r.instance_id: r.optout_list for r in (await conn.execute(query)).all()}
+
+    async def count(self, key: str) -> int:
+        query = select(func.count()).select_from(opt_outs).where(opt_outs.c.instance_id == key)
+        async with self.engine.connect() as conn:
+            return int((await conn.execute(query)).scalar() or 0)
 
     async def is_suppressed(self, instance_id: str, recipient: str) -> bool:
         async with self.engine.connect() as conn:

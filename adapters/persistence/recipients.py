@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -9,7 +10,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from adapters.persistence.schema import recipient_checks
+from adapters.persistence.schema import messages, recipient_checks
 from statemachine.recipients import NumberCheck
 
 
@@ -33,6 +34,34 @@ class RecipientCheckRepository:
         )
         async with self.engine.connect() as conn:
             return (await conn.execute(query)).first() is not None
+
+    async def absent_of(self, instance_id: str) -> dict[str, datetime]:
+        """recipient -> checked_at of every recipient of the instance cached as absent."""
+        query = select(recipient_checks.c.recipient, recipient_checks.c.checked_at).where(
+            recipient_checks.c.instance_id == instance_id, recipient_checks.c.on_whatsapp.is_(False)
+        )
+        async with self.engine.connect() as conn:
+            return {r.recipient: r.checked_at for r in (await conn.execute(query)).all()}
+
+    async def checked_since(self, since: datetime, limit: int) -> list[tuple[str, NumberCheck]]:
+        """(instance id, answer) of every answer stored at or after `since`, oldest first."""
+        query = (
+            select(recipient_checks)
+            .where(recipient_checks.c.checked_at >= since)
+            .order_by(recipient_checks.c.checked_at)
+            .limit(limit)
+        )
+        async with self.engine.connect() as conn:
+            return [(r.instance_id, _check(r)) for r in (await conn.execute(query)).all()]
+
+    async def recipient_of(self, instance_id: str, provider_message_id: str) -> str | None:
+        """The recipient of the instance's message with this provider id (its provider-id index)."""
+        query = select(messages.c.recipient).where(
+            messages.c.provider_message_id == provider_message_id, messages.c.instance_id == instance_id
+        )
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(query.limit(1))).first()
+        return str(row.recipient) if row is not None else None
 
     async def get(self, instance_id: str, recipient: str) -> NumberCheck | None:
         query = select(recipient_checks).where(

@@ -2,60 +2,22 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Any
-
 from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
-    Dialect,
     Index,
     Integer,
     LargeBinary,
-    MetaData,
     String,
     Table,
     Text,
     UniqueConstraint,
-    text,
-)
-from sqlalchemy.types import DateTime, TypeDecorator, UserDefinedType
-
-metadata = MetaData(
-    naming_convention={
-        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
-        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
-        "ck": "ck_%(table_name)s_%(constraint_name)s",
-        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-        "pk": "pk_%(table_name)s",
-    }
 )
 
-
-class UTCDateTime(TypeDecorator[datetime]):
-    """Aware UTC datetimes on every dialect (SQLite keeps no time zone)."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime")
-        value = value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
-
-    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        parsed: datetime = datetime.fromisoformat(value) if isinstance(value, str) else value
-        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
-
-
-# SQLite autoincrement needs INTEGER PRIMARY KEY; Postgres gets BIGINT identity.
-BigId = BigInteger().with_variant(Integer(), "sqlite")
+from adapters.persistence.column_types import BigId, Xid, partial_index
+from adapters.persistence.column_types import UTCDateTime as UTCDateTime
+from adapters.persistence.column_types import metadata as metadata
 
 instances = Table(
     "instances",
@@ -142,12 +104,6 @@ messages = Table(
 )
 
 
-def _partial(predicate: str, sqlite_predicate: str | None = None) -> dict[str, Any]:
-    """A partial-index predicate on both dialects. Queries spell it with literals, never
-    parameters: a generic (prepared) plan can only use a partial index it can prove applies."""
-    return {"postgresql_where": text(predicate), "sqlite_where": text(sqlite_predicate or predicate)}
-
-
 # The non-terminal messages (PENDING, SENT), kept by database triggers on `messages` on every
 # write path (see migration 0004): the sweeps, stuck counts and stall checks read this narrow
 # table, so their cost follows the open work, never the history.
@@ -162,13 +118,13 @@ open_messages = Table(
     Column("created_at", UTCDateTime(), nullable=False),
     Column("sent_at", UTCDateTime()),
     Column("stuck_at", UTCDateTime()),
-    Index("ix_open_messages_pending", "since", **_partial("state = 'PENDING'")),
-    Index("ix_open_messages_unstuck", "sent_at", **_partial("state IN ('SENT', 'QUEUED') AND stuck_at IS NULL")),
+    Index("ix_open_messages_pending", "since", **partial_index("state = 'PENDING'")),
+    Index("ix_open_messages_unstuck", "sent_at", **partial_index("state IN ('SENT', 'QUEUED') AND stuck_at IS NULL")),
     Index(
         "ix_open_messages_stuck",
         "instance_id",
         "created_at",
-        **_partial("state IN ('SENT', 'QUEUED') AND stuck_at IS NOT NULL"),
+        **partial_index("state IN ('SENT', 'QUEUED') AND stuck_at IS NOT NULL"),
     ),
 )
 
@@ -199,8 +155,8 @@ events = Table(
     Column("headers", Text, nullable=False, server_default="{}"),
     Column("duplicates", Integer, nullable=False, server_default="0"),
     # Parked statuses only (a small, short-lived minority): the lookups and the sweep.
-    Index("ix_events_parked_provider_message_id", "provider_message_id", **_partial("parked", "parked = 1")),
-    Index("ix_events_parked_received_at", "received_at", **_partial("parked", "parked = 1")),
+    Index("ix_events_parked_provider_message_id", "provider_message_id", **partial_index("parked", "parked = 1")),
+    Index("ix_events_parked_received_at", "received_at", **partial_index("parked", "parked = 1")),
     Index(None, "instance_id", "received_at"),
     Index(None, "route", "received_at"),
 )
@@ -281,20 +237,6 @@ webhook_deliveries = Table(
 )
 
 
-class _Xid8(UserDefinedType[int]):
-    """PostgreSQL's 64-bit transaction id (`xid8`): the writing transaction of a change-log row."""
-
-    cache_ok = True
-
-    def get_col_spec(self, **_kw: Any) -> str:
-        return "xid8"
-
-
-# PostgreSQL: xid8 DEFAULT pg_current_xact_id(); SQLite: DEFAULT 0 (one writer, seq alone
-# orders). Both defaults are dialect-specific, so migration 0003 sets them; rows are always
-# inserted without this column.
-Xid = Integer().with_variant(_Xid8(), "postgresql")
-
 # The transactional change log: one row per state change, written in the transaction that made
 # the change, read in (xid, seq) order below the oldest running transaction (see changelog.py).
 change_log = Table(
@@ -360,6 +302,24 @@ send_policies = Table(
     Column("hour_new", Integer, nullable=False, server_default="0"),
     Column("day_start", UTCDateTime(timezone=True), nullable=True),
     Column("day_new", Integer, nullable=False, server_default="0"),
+    # The phone identity the warm-up ramp was anchored on: a new phone restarts the ramp.
+    Column("warmup_phone", String(64), nullable=True),
+    # The suppression list the instance shares (None: its own list, keyed by its id).
+    Column("optout_list", String(64), nullable=True),
+)
+
+# Every change of a policy, append-only: who, when, the policy before and after (JSON).
+send_policy_audit = Table(
+    "send_policy_audit",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("instance_id", String(64), nullable=False),
+    Column("at", UTCDateTime(timezone=True), nullable=False),
+    Column("by", String(128), nullable=False, server_default=""),
+    Column("change", String(32), nullable=False),
+    Column("before", Text, nullable=False, server_default=""),
+    Column("after", Text, nullable=False, server_default=""),
+    Index(None, "instance_id", "id"),
 )
 
 # Recipients an instance with a policy has messaged or heard from: a primary-key lookup says "new or not".
@@ -415,6 +375,7 @@ recipient_checks = Table(
     Column("canonical", String(128), nullable=False, server_default=""),
     Column("lid", String(128), nullable=False, server_default=""),
     Column("checked_at", UTCDateTime(timezone=True), nullable=False),
+    Index(None, "checked_at"),
 )
 
 

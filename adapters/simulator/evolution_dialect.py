@@ -141,6 +141,7 @@ class EvolutionDialect(DialectState):
                 {"status": 400, "error": "Bad Request", "response": {"message": ["number required"]}}, status=400
             )
         if number in self.not_on_whatsapp:
+            instance.sends.append({"endpoint": action, "body": body, "messageId": None})  # seen, refused
             return web.json_response(
                 {
                     "status": 400,

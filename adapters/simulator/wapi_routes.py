@@ -138,6 +138,10 @@ class WapiRoutes(WapiPairing):
             return _json(payloads.error_body("instance not connected"), 400)  # (guess) status code
         if behaviour == "accepted_with_error":
             return _json(payloads.error_body("Falha ao enviar mensagem"))
+        if isinstance(body, dict) and str(body.get("phone")) in self.absent_numbers:
+            # (inferred: W-API's words for an absent number are not documented; the in-band error
+            # form is its usual one) -- the number check's `exists: false` numbers fail their sends.
+            return _json(payloads.error_body("Phone number does not exist on WhatsApp"))
         if behaviour == "accepted_without_id":
             return _json(payloads.send_accepted_without_id())
         if behaviour == "accepted_queued":

@@ -27,6 +27,7 @@ from statemachine.domain import (
     Reason,
     SendOutcome,
 )
+from statemachine.providers import normalize_failure
 
 logger = logging.getLogger("wapi_guard.wapi")
 
@@ -84,6 +85,13 @@ class _Scrubber:
         return truncate(_BEARER.sub(r"\1***", text))
 
 
+def _refusal(message: str) -> Reason:
+    """A send error's reason: NOT_ON_WHATSAPP when its words say the number does not exist (the
+    words shared by the providers, statemachine/providers.py), else PROVIDER_ERROR."""
+    reason = normalize_failure(message)
+    return reason if reason is Reason.NOT_ON_WHATSAPP else Reason.PROVIDER_ERROR
+
+
 def _send_outcome(answer: _Answer, scrub: _Scrubber) -> SendOutcome:
     status = answer.status
     if answer.is_html:
@@ -95,7 +103,8 @@ def _send_outcome(answer: _Answer, scrub: _Scrubber) -> SendOutcome:
     if status == 429 or status >= 500 or status < 200 or 300 <= status < 400:
         return SendOutcome(failure=Reason.PROVIDER_UNAVAILABLE, detail=_http_detail(answer, scrub), http_status=status)
     if status >= 400:
-        return SendOutcome(failure=Reason.PROVIDER_ERROR, detail=_http_detail(answer, scrub), http_status=status)
+        detail = _http_detail(answer, scrub)
+        return SendOutcome(failure=_refusal(detail), detail=detail, http_status=status)
     # 2xx
     if not answer.is_json:
         return SendOutcome(
@@ -106,7 +115,7 @@ def _send_outcome(answer: _Answer, scrub: _Scrubber) -> SendOutcome:
     if is_error_body(answer.payload):
         # An error flag wins over an id: reporting "sent" for an errored answer is the fake "sent".
         message = error_message(answer.payload) or "W-API flagged an error"
-        return SendOutcome(failure=Reason.PROVIDER_ERROR, detail=scrub(message), http_status=status)
+        return SendOutcome(failure=_refusal(message), detail=scrub(message), http_status=status)
     message_id = extract_message_id(answer.payload)
     if message_id is None and (queue_id := extract_queue_id(answer.payload)):
         return SendOutcome(queue_id=queue_id, detail="queued by W-API (insertedId)", http_status=status)

@@ -25,7 +25,7 @@ from services.app.providers import ProviderRegistry, provider_config
 from services.i18n import next_step, webhooks_next_step
 from services.observability.logs import register_secret
 from services.observability.telemetry import Telemetry
-from statemachine.domain import Credentials, InstanceRecord, InstanceState, Plan, StateChange
+from statemachine.domain import Credentials, InstanceRecord, InstanceState, Plan, Reason, StateChange
 from statemachine.errors import InstanceNotFound, InvalidRequest
 from statemachine.instance_machine import probe_trigger
 from statemachine.ports import InstanceChange, Provider
@@ -99,6 +99,9 @@ class Instances:
         # Called (not awaited) with the instance id when it becomes CONNECTED again from another
         # state: the recovery side re-applies W-API's webhooks then.
         self.on_reconnected: Callable[[str], None] | None = None
+        # Called with (instance id, phone, paired here) on a change to CONNECTED with a phone (the
+        # send policy's warm-up anchor; wired by the composition root).
+        self.on_connected_phone: Callable[[str, str, bool], None] | None = None
 
     def view(self, record: InstanceRecord, locale: str = "pt-BR", now: datetime | None = None) -> HealthView:
         return health_view(record, locale, self.config, now)
@@ -164,6 +167,11 @@ class Instances:
         if change is None:
             return
         self.remember(change.instance)
+        decision = change.decision
+        connected = decision.applied and decision.to_state is InstanceState.CONNECTED
+        if connected and decision.phone and self.on_connected_phone is not None:
+            paired_here = decision.from_reason == Reason.PAIRING_IN_PROGRESS.value
+            self.on_connected_phone(change.instance.instance_id, decision.phone, paired_here)
         if change.decision.changed:
             attributes = {
                 "wapi.instance_id": change.instance.instance_id,

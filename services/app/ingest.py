@@ -42,6 +42,11 @@ class Ingest:
         # Told of each new inbound message (the event, its body, when): the send policy's contacts
         # and opt-outs (services/app/optouts.py, wired by the composition root).
         self.on_inbound: Callable[[ProviderEvent, bytes, datetime], Awaitable[None]] | None = None
+        # Told of each status webhook that fails a message as NOT_ON_WHATSAPP (instance, provider
+        # message id): the number-check cache learns the recipient (services/app/send_protection.py,
+        # wired by the composition root). A webhook parked before the send's answer is learned by
+        # the send path when it applies it.
+        self.on_absent: Callable[[str, str], Awaitable[None]] | None = None
 
     async def ingest(
         self,
@@ -83,6 +88,9 @@ class Ingest:
                 self.instances.note_receipt(event.instance_id, received_at)
         if self.on_inbound and event.route is Route.RECEIVED and not result.duplicate:
             await self.on_inbound(event, payload, received_at)
+        absent = event.failure_reason == Reason.NOT_ON_WHATSAPP.value and not result.duplicate
+        if self.on_absent and absent and event.instance_id and event.provider_message_id:
+            await self.on_absent(event.instance_id, event.provider_message_id)
         if event.route is Route.UNROUTABLE and event.reason in (EventReason.MALFORMED_JSON, EventReason.NOT_AN_OBJECT):
             raise InvalidPayload(str(event.reason), result.event_id)
         return result

@@ -13,15 +13,18 @@ import asyncio
 import time
 from collections import defaultdict
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from services.app.clock import utcnow
 from services.app.health import Instances
 from statemachine.domain import Credentials, Reason
 from statemachine.errors import InstanceNotFound, InvalidRequest
-from statemachine.recipients import NumberCheck, NumberChecker, RecipientCache, fresh, known_absent
+from statemachine.recipients import NumberCheck, NumberChecker, RecipientCache, fresh
 from statemachine.validation import Violation, canonical_recipient, validate_instance_id
+
+_LAG = timedelta(seconds=5)  # how far back each refresh re-reads (writes that commit late)
+_ROWS_PER_READ = 5_000
 
 
 class Recipients:
@@ -47,21 +50,68 @@ class Recipients:
         self.pace = pace
         self.max_batch = max_batch
         self.refresh = refresh
-        # Per instance: whether any recipient is cached absent, and when that was read.
-        self._has_absent: dict[str, tuple[bool, float]] = {}
+        # This replica's copy of the recipients known absent (instance -> recipient -> checked at),
+        # for the instances it was asked about; answers stored since the last read are read every
+        # `refresh` seconds (one indexed query for all instances), answers learned here at once.
+        self._absent: dict[str, dict[str, datetime]] = {}
+        self._since: datetime | None = None
+        self._read_at = float("-inf")
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
+    async def _refresh(self) -> None:
+        if time.monotonic() - self._read_at < self.refresh:
+            return
+        self._read_at = time.monotonic()
+        started = utcnow()
+        if self._since is None or not self._absent:
+            self._since = started - _LAG
+            return
+        rows = await self.cache.checked_since(self._since, _ROWS_PER_READ)
+        for instance_id, answer in rows:
+            absent = self._absent.get(instance_id)
+            if absent is None or answer.checked_at is None:
+                continue
+            if answer.exists is False:
+                absent[answer.recipient] = answer.checked_at
+            else:
+                absent.pop(answer.recipient, None)
+        if len(rows) == _ROWS_PER_READ and rows[-1][1].checked_at is not None:
+            self._since = rows[-1][1].checked_at
+            self._read_at = float("-inf")
+        else:
+            # Re-read a little of the past: a concurrent write may commit an older timestamp later.
+            self._since = started - _LAG
+
     async def absent(self, instance_id: str, recipient: str) -> bool:
-        """The preflight's question: does the cache say this recipient is not on WhatsApp?"""
-        known = self._has_absent.get(instance_id)
-        if known is None or time.monotonic() - known[1] >= self.refresh:
-            if len(self._has_absent) >= 100_000:
-                self._has_absent.clear()
-            known = (await self.cache.has_absent(instance_id), time.monotonic())
-            self._has_absent[instance_id] = known
-        if not known[0]:
-            return False
-        return known_absent(await self.cache.get(instance_id, recipient), utcnow(), self.ttl)
+        """The preflight's question: does the cache say this recipient is not on WhatsApp? In memory;
+        at most `refresh` seconds behind what other replicas learn."""
+        await self._refresh()
+        absent = self._absent.get(instance_id)
+        if absent is None:
+            if not self._absent:
+                self._since = utcnow() - _LAG  # before the read: nothing is missed
+            absent = self._absent[instance_id] = await self.cache.absent_of(instance_id)
+        checked_at = absent.get(recipient)
+        return checked_at is not None and utcnow() - checked_at < self.ttl
+
+    def known_absent_here(self, instance_id: str, recipient: str) -> bool:
+        """This replica's copy only (no I/O): for the stall watch, which must not count a send to a
+        recipient known not to be on WhatsApp as evidence against the session."""
+        checked_at = self._absent.get(instance_id, {}).get(recipient)
+        return checked_at is not None and utcnow() - checked_at < self.ttl
+
+    async def learn_absent_by_provider_id(self, instance_id: str, provider_message_id: str) -> None:
+        """A provider's failure webhook for one of its message ids said "not on WhatsApp"."""
+        recipient = await self.cache.recipient_of(instance_id, provider_message_id)
+        if recipient is not None and recipient.isdigit():
+            await self.learn_absent(instance_id, recipient)
+
+    async def learn_absent(self, instance_id: str, recipient: str) -> None:
+        """A send's failure said the recipient is not on WhatsApp: the next send is refused at once."""
+        now = utcnow()
+        await self.cache.put(instance_id, NumberCheck(recipient, False, checked_at=now))
+        if instance_id in self._absent:
+            self._absent[instance_id][recipient] = now
 
     async def check(self, instance_id: str, phones: list[str]) -> list[NumberCheck]:
         if problems := validate_instance_id(instance_id):
@@ -93,7 +143,10 @@ class Recipients:
                 answer = await self.checker.check_number(credentials, recipient, timeout=self.timeout)
                 answer = replace(answer, recipient=recipient, checked_at=utcnow())
                 await self.cache.put(instance_id, answer)
-                if answer.exists is False:
-                    self._has_absent[instance_id] = (True, time.monotonic())
+                if instance_id in self._absent and answer.checked_at is not None:
+                    if answer.exists is False:
+                        self._absent[instance_id][recipient] = answer.checked_at
+                    else:
+                        self._absent[instance_id].pop(recipient, None)
                 out.append(answer)
         return out

@@ -24,7 +24,7 @@ from services.app.message_queries import plausible_id
 from services.app.optouts import OptOuts
 from services.app.recipients import Recipients
 from services.app.send_policy import SendPolicies
-from services.app.send_protection import PREFLIGHT_REASONS, HoldPath, block_detail, recipient_block
+from services.app.send_protection import PREFLIGHT_REASONS, HoldPath, block_detail, learn_absence, recipient_block
 from services.app.stall_watch import StallWatch
 from services.observability.telemetry import Telemetry, current_trace_ids, use_span
 from statemachine.domain import (
@@ -93,11 +93,10 @@ class Sending:
         self.settle_pending = settle_pending
         # Provider calls whose answer is still being recorded (shutdown waits for them).
         self.inflight: set[asyncio.Task[MessageRecord]] = set()
-        # The per-instance send policy, wired by the composition root (None: no policy check).
+        # The send policy, the suppression list and the number-check cache, wired by the
+        # composition root (None: no such check).
         self.policies: SendPolicies | None = None
-        # The suppression list, wired by the composition root (None: no opt-out check).
         self.opt_outs: OptOuts | None = None
-        # The number-check cache, wired by the composition root (None: no NOT_ON_WHATSAPP check).
         self.recipients: Recipients | None = None
         # Holds (services/app/holds.py), wired by the composition root: hold_for / send_at.
         self.holds: HoldPath | None = None
@@ -176,7 +175,7 @@ class Sending:
                     assert req.content is not None
                     outbound = OutboundMessage(req.kind, req.to, req.content, req.reply_to, req.delay_seconds)
                     return await self._replay(stored, request_hash(outbound, content_to_dict(outbound)))
-            self.metrics.sends.add(1, {"outcome": "paced", "reason": paced.reason.value})
+            self.metrics.note_paced(paced.reason.value)
             raise
         return None
 
@@ -235,7 +234,7 @@ class Sending:
         """The preflight refused the attempt (stored FAILED with `reason`): logged, counted, raised."""
         self._log_attempt(stored, health, reason.value, "blocked")
         self.metrics.sends.add(1, {"outcome": "blocked", "reason": reason.value})
-        self.metrics.blocked.add(1, {"reason": reason.value})
+        self.metrics.note_blocked(reason.value)
         return SendBlocked(reason, stored, health)
 
     async def _replay(self, stored: MessageRecord, wanted_hash: str) -> MessageRecord:
@@ -312,6 +311,7 @@ class Sending:
                 with self.tracer.start_as_current_span("wapi.persist", attributes={"db.operation": "update"}):
                     stored = await self._record_outcome(msg, outcome, failure)
                 await self._feed_health(msg.instance_id, failure, cached)
+                await learn_absence(self.recipients, stored, failure)  # NOT_ON_WHATSAPP: refused next time
                 if stored.state is MessageState.SENT:
                     self.stall_watch.note_send(msg.instance_id)
                 span.set_attribute("wapi.provider_message_id", stored.provider_message_id or "")

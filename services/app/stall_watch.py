@@ -85,6 +85,9 @@ class StallWatch:
         self._apply_change = apply_change
         self._watched: dict[str, _Watched] = {}
         self._local_sends: dict[str, float] = {}
+        # Whether a recipient is known not to be on WhatsApp (the number-check cache, wired by the
+        # composition root): a send to them is no evidence against the session either way.
+        self.absent: Callable[[str, str], bool] | None = None
 
     def note_send(self, instance_id: str) -> None:
         """This replica accepted a send: watch the instance from the next tick (an O(1) note)."""
@@ -146,6 +149,10 @@ class StallWatch:
             self._watched[instance_id] = watched
         else:
             await self._refresh(instance_id, watched)
+        if self.absent is not None:
+            absent = [m for m, sent in watched.model.open.items() if self.absent(instance_id, sent.recipient)]
+            for message_id in absent:
+                watched.model.on_closed(message_id)
         now = time.time()
         since = record.state_changed_at.timestamp() if record.state_changed_at else None
         verdict = assess(watched.model, now, since=since)

@@ -19,12 +19,12 @@ import os
 import sys
 from typing import TextIO
 
-from services.cli.commands import holds, instances, messages, recovery, send, status, subscriptions
+from services.cli.commands import holds, instances, messages, optouts, policy, recovery, send, status, subscriptions
 from services.cli.context import EXIT_OK, EXIT_USAGE, Context, Subparsers, UsageError, command_kwargs
 from services.cli.failures import decode_error, describe, error_json, exit_code
 
 # In the order of `wapi-guard --help`.
-MODULES = (instances, messages, send, status, subscriptions, recovery, holds)
+MODULES = (instances, messages, send, status, policy, optouts, subscriptions, recovery, holds)
 
 OPERATOR_COMMANDS: frozenset[str] = frozenset(
     {
@@ -38,6 +38,8 @@ OPERATOR_COMMANDS: frozenset[str] = frozenset(
         "clear-stall",
         "webhooks",
         "subscriptions",
+        "policy",
+        "optouts",
         "retry",
         "reconcile",
         "held",

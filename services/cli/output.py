@@ -64,7 +64,48 @@ def instance_dict(h: Any, lang: str) -> dict[str, Any]:
         "webhooks_evidence": h.webhooks_evidence or None,
         "last_receipt_at": iso(proto_time(h, "last_receipt_at")),
         "next_step": h.next_step,
+        "send_budgets": budgets_dict(h.send_budgets),
+        "opt_outs": h.opt_outs,
+        "optout_list": h.optout_list,
     }
+
+
+def budgets_dict(b: Any) -> dict[str, Any]:
+    """A SendBudgets message as JSON (InstanceHealth.send_budgets, SendPolicyState.budgets)."""
+    names = (
+        "policy_active",
+        "sends_this_minute",
+        "max_per_minute",
+        "sends_left_this_minute",
+        "new_recipients_this_hour",
+        "new_recipients_per_hour",
+        "new_recipients_left_this_hour",
+        "new_recipients_today",
+        "new_recipients_today_budget",
+        "new_recipients_left_today",
+        "warmup_day",
+        "warmup_days",
+    )
+    return {name: getattr(b, name) for name in names}
+
+
+def budgets_cell(data: dict[str, Any]) -> str:
+    """One compact cell: used/limit per minute, new recipients per hour and today; opt-outs."""
+    b = data["send_budgets"]
+    parts = []
+    if b["policy_active"]:
+        for label, used, limit in (
+            ("min", "sends_this_minute", "max_per_minute"),
+            ("h", "new_recipients_this_hour", "new_recipients_per_hour"),
+            ("d", "new_recipients_today", "new_recipients_today_budget"),
+        ):
+            if b[limit]:
+                parts.append(f"{label}:{b[used]}/{b[limit]}")
+        if b["warmup_days"]:
+            parts.append(f"warmup:{b['warmup_day']}/{b['warmup_days']}")
+    if data["opt_outs"]:
+        parts.append(f"opt-out:{data['opt_outs']}")
+    return ",".join(parts) or "—"
 
 
 def message_dict(m: Any, lang: str) -> dict[str, Any]:

@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, cast
@@ -34,6 +34,7 @@ from aiohttp import web
 from services.app.errors import classify
 from services.app.principals import Principal
 from services.app.recovery import Recovery
+from services.app.send_protection import Protection
 from services.app.sending import Sending
 from services.config import Settings
 from services.http.status_actions import StatusActions, add_action_routes
@@ -70,6 +71,8 @@ class StatusPage:
         self.reads = reads
         self.recovery = recovery
         self.subscriptions = subscriptions
+        # The send policy's budgets and opt-outs per instance (set by the composition root).
+        self.protection: Callable[[Sequence[str]], Awaitable[dict[str, Protection]]] | None = None
         self.viewer = Viewer(settings)
         self.csrf = Csrf(settings)
         self.streams: set[_Stream] = set()
@@ -91,7 +94,7 @@ class StatusPage:
 
     async def _snapshot(self, principal: Principal) -> Snapshot | None:
         try:
-            snap = await build_snapshot(self.reads, principal, self.subscriptions)
+            snap = await build_snapshot(self.reads, principal, self.subscriptions, self.protection)
             if self.recovery is not None and self.recovery.operations is not None:
                 snap.csrf = self.csrf.token(principal)
             if self.event_streams is not None:

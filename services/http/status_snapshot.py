@@ -6,7 +6,7 @@ an instance's W-API token.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -14,6 +14,7 @@ from services.app.gateway_config import GatewayConfig
 from services.app.health import HealthView, Instances, health_view
 from services.app.message_queries import MessageQueries
 from services.app.principals import ANONYMOUS, Principal
+from services.app.send_protection import Protection
 from services.app.subscriptions import visible
 from services.i18n import state_view
 from statemachine.domain import InstanceRecord, MessageRecord, MessageState, StateChange
@@ -57,6 +58,8 @@ class Snapshot:
     view: Callable[[InstanceRecord, str], HealthView] = field(
         default=lambda record, lang: health_view(record, lang, GatewayConfig())
     )
+    # The send policy's budgets and the opt-outs per instance (empty: not wired).
+    protection: dict[str, Protection] = field(default_factory=dict)
 
 
 async def _webhooks(
@@ -71,7 +74,10 @@ async def _webhooks(
 
 
 async def build_snapshot(
-    reads: StatusReads, principal: Principal = ANONYMOUS, subscriptions: SubscriptionStore | None = None
+    reads: StatusReads,
+    principal: Principal = ANONYMOUS,
+    subscriptions: SubscriptionStore | None = None,
+    protection: Callable[[Sequence[str]], Awaitable[dict[str, Protection]]] | None = None,
 ) -> Snapshot:
     """What one viewer may see, read fresh. Never selects an instance token."""
     scope = principal.instances
@@ -92,6 +98,7 @@ async def build_snapshot(
         names,
         await _webhooks(subscriptions, principal),
         view=view,
+        protection=await protection([r.instance_id for r in records]) if protection is not None else {},
     )
 
 

@@ -13,6 +13,7 @@ from html import escape
 from typing import Any
 
 from services.app.subscriptions import display_url
+from services.http.status_protection import protection_json, protection_text
 from services.http.status_snapshot import REFRESH_SECONDS, ChangeRow, Snapshot, is_stuck, summary
 from services.i18n import (
     MESSAGE_TONES,
@@ -95,6 +96,7 @@ def _instance_json(snap: Snapshot, r: InstanceRecord, lang: str) -> dict[str, An
         "checked_at": iso(r.checked_at),
         "last_event_at": iso(r.last_event_at),
         "stuck_messages": r.stuck_messages,
+        "protection": protection_json(snap.protection.get(r.instance_id)),
     }
 
 
@@ -242,6 +244,12 @@ def render_instances(snap: Snapshot, lang: str) -> str:
         if health.can_send and not health.delivery_confirmable:
             sends = _t(lang, "sends_unconfirmed")
         stuck_cls = ' class="alert"' if r.stuck_messages else ""
+        shield = snap.protection.get(r.instance_id)
+        protection = (
+            f'<dt>{_e(_t(lang, "protection"))}</dt><dd data-role="protection">{_e(protection_text(shield, lang))}</dd>'
+            if shield is not None
+            else ""
+        )
         step = ""
         if health.reason == "WEBHOOKS_UNCONFIGURED":
             step = (
@@ -262,6 +270,7 @@ def render_instances(snap: Snapshot, lang: str) -> str:
             f"<dt>{_e(_t(lang, 'changed'))}</dt><dd>{_time(r.state_changed_at, now, lang)}</dd>"
             f"<dt>{_e(_t(lang, 'checked'))}</dt><dd>{_time(r.checked_at, now, lang)}</dd>"
             f'<dt>{_e(_t(lang, "stuck"))}</dt><dd data-role="stuck"{stuck_cls}>{r.stuck_messages}</dd>'
+            f"{protection}"
             "</dl>"
             f"{instance_actions(r.instance_id, r.state.value, snap.csrf, lang, r.reason) if snap.csrf else ''}"
             "</article>"

@@ -31,6 +31,9 @@ from services.i18n.guidance import (
     recovery_step,
     webhooks_next_step,
 )
+from services.i18n.protection_cli import (
+    PROTECTION_CLI_TEXTS,
+)
 from services.i18n.resolver import (
     DEFAULT_LANG,
     LANGS,
@@ -71,6 +74,7 @@ __all__ = [
     "LANGS",
     "MASK",
     "MESSAGE_TONES",
+    "PROTECTION_CLI_TEXTS",
     "REASON_TEXT_EN",
     "REASON_TEXT_PT_BR",
     "RECOVERY_CLI_TEXTS",

@@ -35,6 +35,9 @@ _VIOLATIONS_PT_BR: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         (r"not a usable duration", "não é uma duração utilizável"),
         (r"not a usable time", "não é um horário utilizável"),
         (r"holds are not enabled on this server", "este servidor não aceita envios em espera"),
+        # A shared opt-out list's name (statemachine/optout.py list_name_problem).
+        (r"at most (\d+) characters", r"no máximo \1 caracteres"),
+        (r"letters, digits, '-', '_' and '\.' only", "apenas letras, dígitos, '-', '_' e '.'"),
         (r"required on first registration", "obrigatório no primeiro registro"),
         # Provider per instance (services/app/providers.py).
         (r"this server speaks W-API only", "este servidor fala apenas com a W-API"),

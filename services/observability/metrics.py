@@ -55,13 +55,31 @@ class Metrics:
     webhook_fan_out_failures: FastCounter = field(init=False)
     prune_duration: Histogram = field(init=False)
     holds: FastCounter = field(init=False)
+    paced: FastCounter = field(init=False)
+    suppressed: FastCounter = field(init=False)
     gauges: dict[str, Callable[[], Iterable[tuple[float, dict[str, str]]]]] = field(default_factory=dict)
+
+    def _protection_counters(self, m: Meter) -> None:
+        self.paced = FastCounter(m, "wapiguard.sends.paced", "Sends the send policy refused for now, by reason")
+        self.suppressed = FastCounter(m, "wapiguard.sends.suppressed", "Sends refused: opted out / not on WhatsApp")
+        self.holds = FastCounter(m, "wapiguard.sends.holds", "Held sends: held/released/expired/cancelled")
+
+    def note_blocked(self, reason: str) -> None:
+        """A send the preflight refused: blocked, and suppressed when its recipient is the reason."""
+        self.blocked.add(1, {"reason": reason})
+        if reason in ("RECIPIENT_OPTED_OUT", "NOT_ON_WHATSAPP"):
+            self.suppressed.add(1, {"reason": reason})
+
+    def note_paced(self, reason: str) -> None:
+        """A send the instance's send policy refused for now."""
+        self.sends.add(1, {"outcome": "paced", "reason": reason})
+        self.paced.add(1, {"reason": reason})
 
     def __post_init__(self) -> None:
         m = self.meter
         self.sends = FastCounter(m, "wapiguard.sends", "Send attempts by outcome and reason")
         self.blocked = FastCounter(m, "wapiguard.sends.blocked", "Sends blocked before the provider")
-        self.holds = FastCounter(m, "wapiguard.sends.holds", "Held sends: held/released/expired/cancelled")
+        self._protection_counters(m)
         self.provider_latency = m.create_histogram(
             "wapiguard.provider.duration", unit="s", description="W-API call latency by operation and outcome"
         )

@@ -9,6 +9,7 @@ from services.api.wapiguard.v1 import common_pb2, instance_health_pb2, send_pb2
 from services.app.health import Instances
 from services.app.holds import Holds
 from services.app.message_queries import MessageQueries
+from services.app.optouts import OptOuts
 from services.app.principals import authorize, current_principal
 from services.app.recovery import Recovery
 from services.app.send_policy import SendPolicies
@@ -63,9 +64,14 @@ class HoldingInstanceHealthServicer(InstanceHealthServicer):
     grouped count over its held rows only; ListInstances stays as it is)."""
 
     def __init__(
-        self, instances: Instances, recovery: Recovery, send_policies: SendPolicies, holds: Holds | None
+        self,
+        instances: Instances,
+        recovery: Recovery,
+        send_policies: SendPolicies,
+        holds: Holds | None,
+        opt_outs: OptOuts | None = None,
     ) -> None:
-        super().__init__(instances, recovery, send_policies)
+        super().__init__(instances, recovery, send_policies, opt_outs)
         self.holds = holds
 
     @grpc_errors

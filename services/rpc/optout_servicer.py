@@ -16,9 +16,10 @@ from statemachine.optout import OptOut
 Ctx: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
 
-def opt_out_pb(row: OptOut) -> optouts_pb2.OptOut:
+def opt_out_pb(row: OptOut, instance_id: str) -> optouts_pb2.OptOut:
+    """`instance_id`: the instance asked about (the row's own key may be a shared list's)."""
     return optouts_pb2.OptOut(
-        instance_id=row.instance_id,
+        instance_id=instance_id,
         recipient=row.recipient,
         source=row.source.value,
         detail=row.detail,
@@ -55,4 +56,6 @@ class OptOutServicer(optouts_pb2_grpc.OptOutServiceServicer):
         instance_id = request.instance_id.strip()
         authorize(instance_id)
         rows, token = await self.opt_outs.list(instance_id, page_size=request.page_size, page_token=request.page_token)
-        return optouts_pb2.ListOptOutsResponse(opt_outs=[opt_out_pb(r) for r in rows], next_page_token=token)
+        return optouts_pb2.ListOptOutsResponse(
+            opt_outs=[opt_out_pb(r, instance_id) for r in rows], next_page_token=token
+        )

@@ -144,7 +144,10 @@ async def _register(server: grpc.aio.Server, settings: Settings, parts: Servers)
     )
     webhook_pb2_grpc.add_WebhookServiceServicer_to_server(WebhookServicer(parts.ingest), target)
     instance_health_pb2_grpc.add_InstanceHealthServiceServicer_to_server(
-        HoldingInstanceHealthServicer(parts.instances, parts.recovery, parts.send_policies, parts.holds), target
+        HoldingInstanceHealthServicer(
+            parts.instances, parts.recovery, parts.send_policies, parts.holds, parts.opt_outs
+        ),
+        target,
     )
     events_pb2_grpc.add_EventServiceServicer_to_server(
         EventServicer(
@@ -162,7 +165,7 @@ async def _register(server: grpc.aio.Server, settings: Settings, parts: Servers)
     optouts_pb2_grpc.add_OptOutServiceServicer_to_server(OptOutServicer(parts.opt_outs), target)
     recipients_pb2_grpc.add_RecipientServiceServicer_to_server(RecipientServicer(parts.recipients), target)
     send_policy_pb2_grpc.add_SendPolicyServiceServicer_to_server(
-        SendPolicyServicer(parts.send_policies, parts.instances.cached), target
+        SendPolicyServicer(parts.send_policies, parts.instances.cached, parts.opt_outs.lists_changed), target
     )
     health_servicer = health.aio.HealthServicer()
     # The servicer starts with the overall status SERVING: not until the database answers.

@@ -19,12 +19,14 @@ from services.api.wapiguard.v1 import (
 from services.app.health import Instances
 from services.app.ingest import Ingest
 from services.app.message_queries import MessageQueries
+from services.app.optouts import OptOuts
 from services.app.principals import PermissionDenied, allowed, authorize, current_principal
 from services.app.recovery import NOT_STALLED, ActionResult, Recovery, WebhooksResult
 from services.app.send_policy import SendPolicies
 from services.app.sending import Sending
 from services.rpc import mapping
 from services.rpc.errors import abort, grpc_errors, locale_of, status_for
+from services.rpc.send_policy_servicer import budgets_pb
 from statemachine.domain import InstanceRecord, MessageRecord, Plan
 from statemachine.errors import InvalidPayload, InvalidRequest, MessageNotFound
 from statemachine.validation import Violation
@@ -127,14 +129,37 @@ class WebhookServicer(webhook_pb2_grpc.WebhookServiceServicer):
 
 
 class InstanceHealthServicer(instance_health_pb2_grpc.InstanceHealthServiceServicer):
-    def __init__(self, instances: Instances, recovery: Recovery, send_policies: SendPolicies | None = None) -> None:
+    def __init__(
+        self,
+        instances: Instances,
+        recovery: Recovery,
+        send_policies: SendPolicies | None = None,
+        opt_outs: OptOuts | None = None,
+    ) -> None:
         self.instances = instances
         self.recovery = recovery
         self.send_policies = send_policies
+        self.opt_outs = opt_outs
         self._listed = mapping.InstanceHealthMemo()
 
     def _health_pb(self, record: InstanceRecord, locale: str) -> common_pb2.InstanceHealth:
-        return mapping.instance_pb(record, locale, self.instances.view(record, locale))
+        return self._protection(mapping.instance_pb(record, locale, self.instances.view(record, locale)))
+
+    def _protection(self, pb: common_pb2.InstanceHealth) -> common_pb2.InstanceHealth:
+        """The send policy's budgets and the opt-out count, from this replica's copies."""
+        if self.send_policies is not None:
+            budgets, optout_list = self.send_policies.budgets_here(pb.instance_id)
+            pb.send_budgets.CopyFrom(budgets_pb(budgets))
+            pb.optout_list = optout_list
+        if self.opt_outs is not None:
+            pb.opt_outs = self.opt_outs.size_here(pb.instance_id)
+        return pb
+
+    async def _fresh_protection(self, instance_id: str | None) -> None:
+        if self.send_policies is not None:
+            await self.send_policies.view(instance_id)
+        if self.opt_outs is not None and instance_id:
+            await self.opt_outs.warm(instance_id)
 
     # --- operator recovery -------------------------------------------------------------------
 
@@ -316,6 +341,7 @@ class InstanceHealthServicer(instance_health_pb2_grpc.InstanceHealthServiceServi
     ) -> common_pb2.InstanceHealth:
         authorize(request.instance_id.strip())
         record = await self.instances.health(request.instance_id.strip(), refresh=request.refresh)
+        await self._fresh_protection(record.instance_id)
         return self._health_pb(record, locale_of(context))
 
     @grpc_errors
@@ -328,9 +354,9 @@ class InstanceHealthServicer(instance_health_pb2_grpc.InstanceHealthServiceServi
         visible = set(allowed(r.instance_id for r in records))  # once: per record it was O(n²)
         records = [r for r in records if r.instance_id in visible]
         response = instance_health_pb2.ListInstancesResponse()
-        response.instances.extend(
-            self._listed.many(records, locale_of(context), self.instances.view)
-        )  # copies: the memo stays intact
+        await self._fresh_protection(None)
+        listed = self._listed.many(records, locale_of(context), self.instances.view)
+        response.instances.extend(self._protection(pb) for pb in listed)  # copies: the memo stays intact
         return response
 
     async def WatchInstances(

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
+import httpx
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
@@ -93,6 +94,10 @@ async def test_new_recipient_budget_refuses_with_retry_info_and_stores_nothing(s
     assert rich.localized  # a pt-BR text, like every refusal
     assert len(stack.sim.sends(INSTANCE)) == 3  # the provider never saw it
     assert await count_messages(stack) == stored  # nothing stored, the key is not spent
+    async with httpx.AsyncClient() as client:
+        body = (await client.get(f"http://127.0.0.1:{stack.app.http_port}/metrics")).text
+    paced = [line for line in body.splitlines() if line.startswith("wapiguard_sends_paced_total{")]
+    assert [line.rsplit(" ", 1)[1] for line in paced if 'reason="NEW_RECIPIENTS_HOURLY"' in line] == ["1.0"]
 
     # A recipient already messaged is not new: it passes. A repeated key replays its outcome.
     again = await stack.submit(text_request(INSTANCE, to=recipient(1), body="segunda"))

@@ -323,3 +323,39 @@ async def test_each_instance_shows_its_provider(make_stack: StackFactory) -> Non
     assert '<dd data-role="provider">W-API</dd>' in aventura_card
     assert '<dt>Provider</dt><dd data-role="provider">Z-API</dd>' in english
     assert "zapi-instance-token-0003" not in html + json.dumps(snap)
+
+
+async def test_each_card_shows_what_protects_its_number(make_stack: StackFactory) -> None:
+    """A row per instance card and an object in the JSON: the send policy's budgets used of their
+    limits, the warm-up day and the opt-out count (pt-BR and en)."""
+    from statemachine.send_policy import SendPolicy
+
+    stack = await make_stack()
+    await stack.add_both()
+    assert stack.app.protection is not None
+    policies, opt_outs, _ = stack.app.protection
+    await policies.set(
+        AVENTURA,
+        SendPolicy(max_per_minute=40, new_recipients_per_day=200, warmup_start_per_day=20, warmup_days=14),
+        by="test",
+    )
+    await stack.send_text(AVENTURA, "protected-1")
+    await opt_outs.add(AVENTURA, "5515981121799", note="pediu", by="test")
+    async with httpx.AsyncClient(base_url=stack.http_url, timeout=5) as client:
+        snap = (await client.get("/status/api/snapshot")).json()
+        html = (await client.get("/status")).text
+        english = (await client.get("/status?lang=en")).text
+    shield = {i["instance_id"]: i["protection"] for i in snap["instances"]}
+    assert shield[AVENTURA]["policy_active"]
+    assert (shield[AVENTURA]["new_recipients_today"], shield[AVENTURA]["new_recipients_today_budget"]) == (1, 20)
+    assert (shield[AVENTURA]["warmup_day"], shield[AVENTURA]["warmup_days"], shield[AVENTURA]["opt_outs"]) == (0, 14, 1)
+    assert (shield[INCOMPLETE]["policy_active"], shield[INCOMPLETE]["opt_outs"]) == (False, 0)
+    card = html.split(f'data-instance-id="{AVENTURA}"')[1].split("</article>")[0]
+    assert (
+        '<dt>Proteção do número</dt><dd data-role="protection">5/40 envios no minuto · 1/20 novos hoje · '
+        "aquecimento dia 0/14 · 1 descadastrados</dd>"
+    ) in card
+    other = html.split(f'data-instance-id="{INCOMPLETE}"')[1].split("</article>")[0]
+    assert '<dd data-role="protection">sem política de envio · 0 descadastrados</dd>' in other
+    assert "<dt>Number protection</dt>" in english
+    assert "1/20 new today · warm-up day 0/14 · 1 opted out" in english

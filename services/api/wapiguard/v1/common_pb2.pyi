@@ -329,6 +329,9 @@ class InstanceHealth(_message.Message):
     PROVIDER_FIELD_NUMBER: _builtins.int
     HELD_MESSAGES_FIELD_NUMBER: _builtins.int
     HELD_REASONS_FIELD_NUMBER: _builtins.int
+    SEND_BUDGETS_FIELD_NUMBER: _builtins.int
+    OPT_OUTS_FIELD_NUMBER: _builtins.int
+    OPTOUT_LIST_FIELD_NUMBER: _builtins.int
     instance_id: _builtins.str
     name: _builtins.str
     state: Global___InstanceState.ValueType
@@ -367,6 +370,9 @@ class InstanceHealth(_message.Message):
     """Messages HELD for this instance now (sends with a hold that wait), and how many per reason,
     the largest first (at most 5).
     """
+    opt_outs: _builtins.int
+    optout_list: _builtins.str
+    """The shared suppression list the instance uses ("" = its own)."""
     @_builtins.property
     def checked_at(self) -> _timestamp_pb2.Timestamp:
         """Last time the provider was probed."""
@@ -383,6 +389,12 @@ class InstanceHealth(_message.Message):
 
     @_builtins.property
     def held_reasons(self) -> _containers.RepeatedCompositeFieldContainer[Global___HeldReason]: ...
+    @_builtins.property
+    def send_budgets(self) -> Global___SendBudgets:
+        """Protecting the number (docs/send-policy.md), from this replica's copy (at most a couple of
+        seconds old): the send policy's budgets used and left, and the suppression list's size.
+        """
+
     def __init__(
         self,
         *,
@@ -408,10 +420,13 @@ class InstanceHealth(_message.Message):
         provider: Global___Provider.ValueType = ...,
         held_messages: _builtins.int = ...,
         held_reasons: _abc.Iterable[Global___HeldReason] | None = ...,
+        send_budgets: Global___SendBudgets | None = ...,
+        opt_outs: _builtins.int = ...,
+        optout_list: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["checked_at", b"checked_at", "last_event_at", b"last_event_at", "last_receipt_at", b"last_receipt_at", "state_changed_at", b"state_changed_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["checked_at", b"checked_at", "last_event_at", b"last_event_at", "last_receipt_at", b"last_receipt_at", "send_budgets", b"send_budgets", "state_changed_at", b"state_changed_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["can_send", b"can_send", "checked_at", b"checked_at", "delivery_confirmable", b"delivery_confirmable", "held_messages", b"held_messages", "held_reasons", b"held_reasons", "instance_id", b"instance_id", "last_event_at", b"last_event_at", "last_receipt_at", b"last_receipt_at", "name", b"name", "next_step", b"next_step", "phone_number", b"phone_number", "plan", b"plan", "provider", b"provider", "reason", b"reason", "reason_message", b"reason_message", "state", b"state", "state_changed_at", b"state_changed_at", "stuck_messages", b"stuck_messages", "webhooks_configured", b"webhooks_configured", "webhooks_detail", b"webhooks_detail", "webhooks_evidence", b"webhooks_evidence", "webhooks_state", b"webhooks_state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["can_send", b"can_send", "checked_at", b"checked_at", "delivery_confirmable", b"delivery_confirmable", "held_messages", b"held_messages", "held_reasons", b"held_reasons", "instance_id", b"instance_id", "last_event_at", b"last_event_at", "last_receipt_at", b"last_receipt_at", "name", b"name", "next_step", b"next_step", "opt_outs", b"opt_outs", "optout_list", b"optout_list", "phone_number", b"phone_number", "plan", b"plan", "provider", b"provider", "reason", b"reason", "reason_message", b"reason_message", "send_budgets", b"send_budgets", "state", b"state", "state_changed_at", b"state_changed_at", "stuck_messages", b"stuck_messages", "webhooks_configured", b"webhooks_configured", "webhooks_detail", b"webhooks_detail", "webhooks_evidence", b"webhooks_evidence", "webhooks_state", b"webhooks_state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -476,3 +491,59 @@ class InstanceStateChange(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___InstanceStateChange: _TypeAlias = InstanceStateChange  # noqa: Y015
+
+@_typing.final
+class SendBudgets(_message.Message):
+    """The budgets of a send policy, used and left, at one moment (also InstanceHealth.send_budgets)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POLICY_ACTIVE_FIELD_NUMBER: _builtins.int
+    SENDS_THIS_MINUTE_FIELD_NUMBER: _builtins.int
+    MAX_PER_MINUTE_FIELD_NUMBER: _builtins.int
+    SENDS_LEFT_THIS_MINUTE_FIELD_NUMBER: _builtins.int
+    NEW_RECIPIENTS_THIS_HOUR_FIELD_NUMBER: _builtins.int
+    NEW_RECIPIENTS_PER_HOUR_FIELD_NUMBER: _builtins.int
+    NEW_RECIPIENTS_LEFT_THIS_HOUR_FIELD_NUMBER: _builtins.int
+    NEW_RECIPIENTS_TODAY_FIELD_NUMBER: _builtins.int
+    NEW_RECIPIENTS_TODAY_BUDGET_FIELD_NUMBER: _builtins.int
+    NEW_RECIPIENTS_LEFT_TODAY_FIELD_NUMBER: _builtins.int
+    WARMUP_DAY_FIELD_NUMBER: _builtins.int
+    WARMUP_DAYS_FIELD_NUMBER: _builtins.int
+    policy_active: _builtins.bool
+    sends_this_minute: _builtins.int
+    max_per_minute: _builtins.int
+    sends_left_this_minute: _builtins.int
+    new_recipients_this_hour: _builtins.int
+    new_recipients_per_hour: _builtins.int
+    new_recipients_left_this_hour: _builtins.int
+    new_recipients_today: _builtins.int
+    new_recipients_today_budget: _builtins.int
+    """Today's new-recipient budget: the warm-up ramp's value on warmup_day, or the daily target."""
+    new_recipients_left_today: _builtins.int
+    warmup_day: _builtins.int
+    """The ramp's day (0 = its first day) and its length; warmup_days 0: no ramp."""
+    warmup_days: _builtins.int
+    def __init__(
+        self,
+        *,
+        policy_active: _builtins.bool = ...,
+        sends_this_minute: _builtins.int = ...,
+        max_per_minute: _builtins.int = ...,
+        sends_left_this_minute: _builtins.int = ...,
+        new_recipients_this_hour: _builtins.int = ...,
+        new_recipients_per_hour: _builtins.int = ...,
+        new_recipients_left_this_hour: _builtins.int = ...,
+        new_recipients_today: _builtins.int = ...,
+        new_recipients_today_budget: _builtins.int = ...,
+        new_recipients_left_today: _builtins.int = ...,
+        warmup_day: _builtins.int = ...,
+        warmup_days: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_per_minute", b"max_per_minute", "new_recipients_left_this_hour", b"new_recipients_left_this_hour", "new_recipients_left_today", b"new_recipients_left_today", "new_recipients_per_hour", b"new_recipients_per_hour", "new_recipients_this_hour", b"new_recipients_this_hour", "new_recipients_today", b"new_recipients_today", "new_recipients_today_budget", b"new_recipients_today_budget", "policy_active", b"policy_active", "sends_left_this_minute", b"sends_left_this_minute", "sends_this_minute", b"sends_this_minute", "warmup_day", b"warmup_day", "warmup_days", b"warmup_days"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SendBudgets: _TypeAlias = SendBudgets  # noqa: Y015

@@ -23,23 +23,30 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from services.api.wapiguard.v1 import common_pb2 as wapiguard_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ewapiguard/v1/send_policy.proto\x12\x0cwapiguard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb0\x02\n\nSendPolicy\x12\x1c\n\x14min_interval_seconds\x18\x01 \x01(\x01\x12\x16\n\x0ejitter_seconds\x18\x02 \x01(\x01\x12\x16\n\x0emax_per_minute\x18\x03 \x01(\r\x12\x1f\n\x17new_recipients_per_hour\x18\x04 \x01(\r\x12\x1e\n\x16new_recipients_per_day\x18\x05 \x01(\r\x12\x1c\n\x14warmup_start_per_day\x18\x06 \x01(\r\x12\x13\n\x0bwarmup_days\x18\x07 \x01(\r\x12\x13\n\x0bquiet_start\x18\x08 \x01(\t\x12\x11\n\tquiet_end\x18\t \x01(\t\x12\x11\n\ttime_zone\x18\n \x01(\t\x12%\n\x1drelease_requires_confirmation\x18( \x01(\x08\"\x88\x01\n\x14SetSendPolicyRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12(\n\x06policy\x18\x02 \x01(\x0b\x32\x18.wapiguard.v1.SendPolicy\x12\x31\n\rwarmup_anchor\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"+\n\x14GetSendPolicyRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\"\x89\x03\n\x0fSendPolicyState\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12(\n\x06policy\x18\x02 \x01(\x0b\x32\x18.wapiguard.v1.SendPolicy\x12\x0e\n\x06\x61\x63tive\x18\x03 \x01(\x08\x12\x31\n\rwarmup_anchor\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12#\n\x1bnew_recipients_today_budget\x18\x05 \x01(\r\x12\x1c\n\x14new_recipients_today\x18\x06 \x01(\r\x12 \n\x18new_recipients_this_hour\x18\x07 \x01(\r\x12\x19\n\x11sends_this_minute\x18\x08 \x01(\r\x12\x30\n\x0cnext_send_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nupdated_by\x18\x0b \x01(\t2\xbb\x01\n\x11SendPolicyService\x12R\n\rSetSendPolicy\x12\".wapiguard.v1.SetSendPolicyRequest\x1a\x1d.wapiguard.v1.SendPolicyState\x12R\n\rGetSendPolicy\x12\".wapiguard.v1.GetSendPolicyRequest\x1a\x1d.wapiguard.v1.SendPolicyStateb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ewapiguard/v1/send_policy.proto\x12\x0cwapiguard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19wapiguard/v1/common.proto\"\xb0\x02\n\nSendPolicy\x12\x1c\n\x14min_interval_seconds\x18\x01 \x01(\x01\x12\x16\n\x0ejitter_seconds\x18\x02 \x01(\x01\x12\x16\n\x0emax_per_minute\x18\x03 \x01(\r\x12\x1f\n\x17new_recipients_per_hour\x18\x04 \x01(\r\x12\x1e\n\x16new_recipients_per_day\x18\x05 \x01(\r\x12\x1c\n\x14warmup_start_per_day\x18\x06 \x01(\r\x12\x13\n\x0bwarmup_days\x18\x07 \x01(\r\x12\x13\n\x0bquiet_start\x18\x08 \x01(\t\x12\x11\n\tquiet_end\x18\t \x01(\t\x12\x11\n\ttime_zone\x18\n \x01(\t\x12%\n\x1drelease_requires_confirmation\x18( \x01(\x08\"\xb2\x01\n\x14SetSendPolicyRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12(\n\x06policy\x18\x02 \x01(\x0b\x32\x18.wapiguard.v1.SendPolicy\x12\x31\n\rwarmup_anchor\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x0boptout_list\x18\x04 \x01(\tH\x00\x88\x01\x01\x42\x0e\n\x0c_optout_list\"+\n\x14GetSendPolicyRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\"\xe0\x03\n\x0fSendPolicyState\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12(\n\x06policy\x18\x02 \x01(\x0b\x32\x18.wapiguard.v1.SendPolicy\x12\x0e\n\x06\x61\x63tive\x18\x03 \x01(\x08\x12\x31\n\rwarmup_anchor\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12#\n\x1bnew_recipients_today_budget\x18\x05 \x01(\r\x12\x1c\n\x14new_recipients_today\x18\x06 \x01(\r\x12 \n\x18new_recipients_this_hour\x18\x07 \x01(\r\x12\x19\n\x11sends_this_minute\x18\x08 \x01(\r\x12\x30\n\x0cnext_send_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nupdated_by\x18\x0b \x01(\t\x12\x13\n\x0boptout_list\x18\x0c \x01(\t\x12\x14\n\x0cwarmup_phone\x18\r \x01(\t\x12*\n\x07\x62udgets\x18\x0e \x01(\x0b\x32\x19.wapiguard.v1.SendBudgets\"Z\n\x1cListSendPolicyChangesRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"\x94\x01\n\x10SendPolicyChange\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12&\n\x02\x61t\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\n\n\x02\x62y\x18\x03 \x01(\t\x12\x0e\n\x06\x63hange\x18\x04 \x01(\t\x12\x13\n\x0b\x62\x65\x66ore_json\x18\x05 \x01(\t\x12\x12\n\nafter_json\x18\x06 \x01(\t\"i\n\x1dListSendPolicyChangesResponse\x12/\n\x07\x63hanges\x18\x01 \x03(\x0b\x32\x1e.wapiguard.v1.SendPolicyChange\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xad\x02\n\x11SendPolicyService\x12R\n\rSetSendPolicy\x12\".wapiguard.v1.SetSendPolicyRequest\x1a\x1d.wapiguard.v1.SendPolicyState\x12R\n\rGetSendPolicy\x12\".wapiguard.v1.GetSendPolicyRequest\x1a\x1d.wapiguard.v1.SendPolicyState\x12p\n\x15ListSendPolicyChanges\x12*.wapiguard.v1.ListSendPolicyChangesRequest\x1a+.wapiguard.v1.ListSendPolicyChangesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'wapiguard.v1.send_policy_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SENDPOLICY']._serialized_start=82
-  _globals['_SENDPOLICY']._serialized_end=386
-  _globals['_SETSENDPOLICYREQUEST']._serialized_start=389
-  _globals['_SETSENDPOLICYREQUEST']._serialized_end=525
-  _globals['_GETSENDPOLICYREQUEST']._serialized_start=527
-  _globals['_GETSENDPOLICYREQUEST']._serialized_end=570
-  _globals['_SENDPOLICYSTATE']._serialized_start=573
-  _globals['_SENDPOLICYSTATE']._serialized_end=966
-  _globals['_SENDPOLICYSERVICE']._serialized_start=969
-  _globals['_SENDPOLICYSERVICE']._serialized_end=1156
+  _globals['_SENDPOLICY']._serialized_start=109
+  _globals['_SENDPOLICY']._serialized_end=413
+  _globals['_SETSENDPOLICYREQUEST']._serialized_start=416
+  _globals['_SETSENDPOLICYREQUEST']._serialized_end=594
+  _globals['_GETSENDPOLICYREQUEST']._serialized_start=596
+  _globals['_GETSENDPOLICYREQUEST']._serialized_end=639
+  _globals['_SENDPOLICYSTATE']._serialized_start=642
+  _globals['_SENDPOLICYSTATE']._serialized_end=1122
+  _globals['_LISTSENDPOLICYCHANGESREQUEST']._serialized_start=1124
+  _globals['_LISTSENDPOLICYCHANGESREQUEST']._serialized_end=1214
+  _globals['_SENDPOLICYCHANGE']._serialized_start=1217
+  _globals['_SENDPOLICYCHANGE']._serialized_end=1365
+  _globals['_LISTSENDPOLICYCHANGESRESPONSE']._serialized_start=1367
+  _globals['_LISTSENDPOLICYCHANGESRESPONSE']._serialized_end=1472
+  _globals['_SENDPOLICYSERVICE']._serialized_start=1475
+  _globals['_SENDPOLICYSERVICE']._serialized_end=1776
 # @@protoc_insertion_point(module_scope)

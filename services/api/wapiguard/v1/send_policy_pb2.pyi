@@ -3,9 +3,12 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from services.api.wapiguard.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -83,7 +86,13 @@ class SetSendPolicyRequest(_message.Message):
     INSTANCE_ID_FIELD_NUMBER: _builtins.int
     POLICY_FIELD_NUMBER: _builtins.int
     WARMUP_ANCHOR_FIELD_NUMBER: _builtins.int
+    OPTOUT_LIST_FIELD_NUMBER: _builtins.int
     instance_id: _builtins.str
+    optout_list: _builtins.str
+    """The shared suppression list the instance uses (OptOutService): opt-outs of any instance naming
+    the same list suppress the recipient for all of them. Unset: kept; "": the instance's own list.
+    Letters, digits, '-', '_', '.'; at most 58 characters.
+    """
     @_builtins.property
     def policy(self) -> Global___SendPolicy: ...
     @_builtins.property
@@ -96,12 +105,15 @@ class SetSendPolicyRequest(_message.Message):
         instance_id: _builtins.str = ...,
         policy: Global___SendPolicy | None = ...,
         warmup_anchor: _timestamp_pb2.Timestamp | None = ...,
+        optout_list: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy", "warmup_anchor", b"warmup_anchor"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_optout_list", b"_optout_list", "optout_list", b"optout_list", "policy", b"policy", "warmup_anchor", b"warmup_anchor"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance_id", b"instance_id", "policy", b"policy", "warmup_anchor", b"warmup_anchor"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_optout_list", b"_optout_list", "instance_id", b"instance_id", "optout_list", b"optout_list", "policy", b"policy", "warmup_anchor", b"warmup_anchor"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__optout_list: _TypeAlias = _typing.Literal["optout_list"]  # noqa: Y015
+    _WhichOneofArgType__optout_list: _TypeAlias = _typing.Literal["_optout_list", b"_optout_list"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__optout_list) -> _WhichOneofReturnType__optout_list | None: ...
 
 Global___SetSendPolicyRequest: _TypeAlias = SetSendPolicyRequest  # noqa: Y015
 
@@ -139,6 +151,9 @@ class SendPolicyState(_message.Message):
     NEXT_SEND_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_BY_FIELD_NUMBER: _builtins.int
+    OPTOUT_LIST_FIELD_NUMBER: _builtins.int
+    WARMUP_PHONE_FIELD_NUMBER: _builtins.int
+    BUDGETS_FIELD_NUMBER: _builtins.int
     instance_id: _builtins.str
     active: _builtins.bool
     new_recipients_today_budget: _builtins.int
@@ -147,6 +162,10 @@ class SendPolicyState(_message.Message):
     new_recipients_this_hour: _builtins.int
     sends_this_minute: _builtins.int
     updated_by: _builtins.str
+    optout_list: _builtins.str
+    """The shared suppression list named ("" = its own list)."""
+    warmup_phone: _builtins.str
+    """The phone identity the warm-up ramp is anchored on (a different phone restarts it)."""
     @_builtins.property
     def policy(self) -> Global___SendPolicy: ...
     @_builtins.property
@@ -155,6 +174,10 @@ class SendPolicyState(_message.Message):
     def next_send_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def budgets(self) -> _common_pb2.SendBudgets:
+        """What is used and left of each budget now (0 limit: none)."""
+
     def __init__(
         self,
         *,
@@ -169,11 +192,102 @@ class SendPolicyState(_message.Message):
         next_send_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         updated_by: _builtins.str = ...,
+        optout_list: _builtins.str = ...,
+        warmup_phone: _builtins.str = ...,
+        budgets: _common_pb2.SendBudgets | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["next_send_at", b"next_send_at", "policy", b"policy", "updated_at", b"updated_at", "warmup_anchor", b"warmup_anchor"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["budgets", b"budgets", "next_send_at", b"next_send_at", "policy", b"policy", "updated_at", b"updated_at", "warmup_anchor", b"warmup_anchor"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "instance_id", b"instance_id", "new_recipients_this_hour", b"new_recipients_this_hour", "new_recipients_today", b"new_recipients_today", "new_recipients_today_budget", b"new_recipients_today_budget", "next_send_at", b"next_send_at", "policy", b"policy", "sends_this_minute", b"sends_this_minute", "updated_at", b"updated_at", "updated_by", b"updated_by", "warmup_anchor", b"warmup_anchor"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "budgets", b"budgets", "instance_id", b"instance_id", "new_recipients_this_hour", b"new_recipients_this_hour", "new_recipients_today", b"new_recipients_today", "new_recipients_today_budget", b"new_recipients_today_budget", "next_send_at", b"next_send_at", "optout_list", b"optout_list", "policy", b"policy", "sends_this_minute", b"sends_this_minute", "updated_at", b"updated_at", "updated_by", b"updated_by", "warmup_anchor", b"warmup_anchor", "warmup_phone", b"warmup_phone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SendPolicyState: _TypeAlias = SendPolicyState  # noqa: Y015
+
+@_typing.final
+class ListSendPolicyChangesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    instance_id: _builtins.str
+    page_size: _builtins.int
+    """1..500 (0: 50)."""
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        instance_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance_id", b"instance_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSendPolicyChangesRequest: _TypeAlias = ListSendPolicyChangesRequest  # noqa: Y015
+
+@_typing.final
+class SendPolicyChange(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    BY_FIELD_NUMBER: _builtins.int
+    CHANGE_FIELD_NUMBER: _builtins.int
+    BEFORE_JSON_FIELD_NUMBER: _builtins.int
+    AFTER_JSON_FIELD_NUMBER: _builtins.int
+    instance_id: _builtins.str
+    by: _builtins.str
+    change: _builtins.str
+    """SET (an operator), NEW_NUMBER (registered as new), FIRST_PAIRING, FIRST_CONNECTION,
+    PHONE_SEEN, WARMUP_RESTART (a new phone identity).
+    """
+    before_json: _builtins.str
+    """The policy, warm-up anchor/phone and opt-out list before (empty: none) and after, as JSON."""
+    after_json: _builtins.str
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        instance_id: _builtins.str = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+        by: _builtins.str = ...,
+        change: _builtins.str = ...,
+        before_json: _builtins.str = ...,
+        after_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_json", b"after_json", "at", b"at", "before_json", b"before_json", "by", b"by", "change", b"change", "instance_id", b"instance_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SendPolicyChange: _TypeAlias = SendPolicyChange  # noqa: Y015
+
+@_typing.final
+class ListSendPolicyChangesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANGES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___SendPolicyChange]: ...
+    def __init__(
+        self,
+        *,
+        changes: _abc.Iterable[Global___SendPolicyChange] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSendPolicyChangesResponse: _TypeAlias = ListSendPolicyChangesResponse  # noqa: Y015

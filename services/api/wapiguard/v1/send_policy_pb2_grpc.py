@@ -49,6 +49,11 @@ class SendPolicyServiceStub:
                 request_serializer=wapiguard_dot_v1_dot_send__policy__pb2.GetSendPolicyRequest.SerializeToString,
                 response_deserializer=wapiguard_dot_v1_dot_send__policy__pb2.SendPolicyState.FromString,
                 _registered_method=True)
+        self.ListSendPolicyChanges = channel.unary_unary(
+                '/wapiguard.v1.SendPolicyService/ListSendPolicyChanges',
+                request_serializer=wapiguard_dot_v1_dot_send__policy__pb2.ListSendPolicyChangesRequest.SerializeToString,
+                response_deserializer=wapiguard_dot_v1_dot_send__policy__pb2.ListSendPolicyChangesResponse.FromString,
+                _registered_method=True)
 
 
 class SendPolicyServiceServicer:
@@ -72,6 +77,14 @@ class SendPolicyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListSendPolicyChanges(self, request, context):
+        """The audit of the instance's policy, newest first: who changed it, when, before and after
+        (operators' changes, a number registered as new, a first pairing, a new phone identity).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SendPolicyServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -84,6 +97,11 @@ def add_SendPolicyServiceServicer_to_server(servicer, server):
                     servicer.GetSendPolicy,
                     request_deserializer=wapiguard_dot_v1_dot_send__policy__pb2.GetSendPolicyRequest.FromString,
                     response_serializer=wapiguard_dot_v1_dot_send__policy__pb2.SendPolicyState.SerializeToString,
+            ),
+            'ListSendPolicyChanges': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSendPolicyChanges,
+                    request_deserializer=wapiguard_dot_v1_dot_send__policy__pb2.ListSendPolicyChangesRequest.FromString,
+                    response_serializer=wapiguard_dot_v1_dot_send__policy__pb2.ListSendPolicyChangesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -145,6 +163,33 @@ class SendPolicyService:
             '/wapiguard.v1.SendPolicyService/GetSendPolicy',
             wapiguard_dot_v1_dot_send__policy__pb2.GetSendPolicyRequest.SerializeToString,
             wapiguard_dot_v1_dot_send__policy__pb2.SendPolicyState.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSendPolicyChanges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wapiguard.v1.SendPolicyService/ListSendPolicyChanges',
+            wapiguard_dot_v1_dot_send__policy__pb2.ListSendPolicyChangesRequest.SerializeToString,
+            wapiguard_dot_v1_dot_send__policy__pb2.ListSendPolicyChangesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -41,6 +41,10 @@ class SendPolicyServiceStub:
     SetSendPolicy: _grpc.UnaryUnaryMultiCallable[_send_policy_pb2.SetSendPolicyRequest, _send_policy_pb2.SendPolicyState]
     """Replaces the instance's policy (every field; all zero/empty: no policy). Audited (who, when)."""
     GetSendPolicy: _grpc.UnaryUnaryMultiCallable[_send_policy_pb2.GetSendPolicyRequest, _send_policy_pb2.SendPolicyState]
+    ListSendPolicyChanges: _grpc.UnaryUnaryMultiCallable[_send_policy_pb2.ListSendPolicyChangesRequest, _send_policy_pb2.ListSendPolicyChangesResponse]
+    """The audit of the instance's policy, newest first: who changed it, when, before and after
+    (operators' changes, a number registered as new, a first pairing, a new phone identity).
+    """
 
 @_typing.type_check_only
 class SendPolicyServiceAsyncStub(SendPolicyServiceStub):
@@ -55,6 +59,10 @@ class SendPolicyServiceAsyncStub(SendPolicyServiceStub):
     SetSendPolicy: _aio.UnaryUnaryMultiCallable[_send_policy_pb2.SetSendPolicyRequest, _send_policy_pb2.SendPolicyState]  # type: ignore[assignment]
     """Replaces the instance's policy (every field; all zero/empty: no policy). Audited (who, when)."""
     GetSendPolicy: _aio.UnaryUnaryMultiCallable[_send_policy_pb2.GetSendPolicyRequest, _send_policy_pb2.SendPolicyState]  # type: ignore[assignment]
+    ListSendPolicyChanges: _aio.UnaryUnaryMultiCallable[_send_policy_pb2.ListSendPolicyChangesRequest, _send_policy_pb2.ListSendPolicyChangesResponse]  # type: ignore[assignment]
+    """The audit of the instance's policy, newest first: who changed it, when, before and after
+    (operators' changes, a number registered as new, a first pairing, a new phone identity).
+    """
 
 class SendPolicyServiceServicer(metaclass=_abc_1.ABCMeta):
     """The send policy of an instance: pacing, new-recipient budgets, warm-up and quiet hours
@@ -78,5 +86,15 @@ class SendPolicyServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _send_policy_pb2.GetSendPolicyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_send_policy_pb2.SendPolicyState, _abc.Awaitable[_send_policy_pb2.SendPolicyState]]: ...
+
+    @_abc_1.abstractmethod
+    def ListSendPolicyChanges(
+        self,
+        request: _send_policy_pb2.ListSendPolicyChangesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_send_policy_pb2.ListSendPolicyChangesResponse, _abc.Awaitable[_send_policy_pb2.ListSendPolicyChangesResponse]]:
+        """The audit of the instance's policy, newest first: who changed it, when, before and after
+        (operators' changes, a number registered as new, a first pairing, a new phone identity).
+        """
 
 def add_SendPolicyServiceServicer_to_server(servicer: SendPolicyServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
