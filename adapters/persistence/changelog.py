@@ -118,7 +118,10 @@ def _filters(instance_ids: Sequence[str] | None, kinds: Sequence[ChangeKind] | N
     return sql, params
 
 
-_COLUMNS = "c.seq, c.xid_text, c.event_id, c.kind, c.instance_id, c.message_id, c.occurred_at, c.payload"
+_COLUMNS = (
+    "c.seq, c.xid_text, c.event_id, c.kind, c.instance_id, c.message_id, c.occurred_at, c.payload,"
+    " (SELECT i.provider FROM instances i WHERE i.id = c.instance_id) AS provider"
+)
 
 # The horizon of a snapshot: its oldest in-progress transaction id, leaving out those running in
 # another database right now (they cannot write here); its xmax when none is left.
@@ -184,6 +187,7 @@ async def read(
             message_id=r.message_id,
             occurred_at=_aware(occurred.process_result_value(r.occurred_at, dialect)),
             payload=_payload(r.kind, r.payload),
+            provider=r.provider or "",
         )
         for r in rows
         if r.seq is not None
