@@ -96,8 +96,9 @@ class DeliveryHistory(Protocol):
 
 
 class Parked(Protocol):
-    async def apply_parked(self, provider_message_id: str | None = None) -> int:
-        """Applies parked statuses whose message now exists (all recent ones when no id is given)."""
+    async def apply_parked(self, provider_message_id: str | None = None) -> list[MessageChange]:
+        """Applies parked statuses whose message now exists (all recent ones when no id is given);
+        returns the changes, each with its send attempt's span."""
         ...
 
 

@@ -279,8 +279,9 @@ class SendOutcomes(StoreBase):
             for item, moved in zip(items, updated, strict=True)
         ]
 
-    async def apply_parked(self, provider_message_id: str | None = None) -> int:
-        """Applies parked statuses whose message now exists (all of them when no id is given).
+    async def apply_parked(self, provider_message_id: str | None = None) -> list[MessageChange]:
+        """Applies parked statuses whose message now exists (all of them when no id is given);
+        returns the changes (each with its send attempt's span, for a link).
 
         Closes the race where a status is parked while the SENT update commits: the send path
         calls it for its own id, the sweeper for any left over.
@@ -308,13 +309,13 @@ class SendOutcomes(StoreBase):
         )
         async with self._auto.connect() as conn:
             ids = [r.id for r in await conn.execute(query)]
-        applied = 0
+        applied: list[MessageChange] = []
         for message_id in ids:
             async with self.transaction() as conn:
                 msg = await locked_message(conn, message_id)
                 if msg is None:
                     continue
-                applied += len(await apply_parked_in(conn, msg))
+                applied += await apply_parked_in(conn, msg)
         return applied
 
     async def record_send_outcome(

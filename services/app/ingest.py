@@ -63,7 +63,8 @@ class Ingest:
             if result.reason == EventReason.UNKNOWN_MESSAGE and event.provider_message_id and not result.duplicate:
                 # Parked: its message may have turned SENT while we looked. Re-check after our commit;
                 # the sender checks after its own, so one of the two always applies it.
-                await self.repo.apply_parked(event.provider_message_id)
+                # Applied here (the SENT committed meanwhile): linked to its send attempt like any status.
+                result.message_changes.extend(await self.repo.apply_parked(event.provider_message_id))
             span.set_attribute("wapi.duplicate", result.duplicate)
             span.set_attribute("wapi.event_reason", str(result.reason))
             for change in result.instance_changes:

@@ -10,12 +10,14 @@ import logging
 import random
 from datetime import timedelta
 
+from opentelemetry.trace import Link, SpanContext, TraceFlags
+
 from services.app.clock import utcnow
 from services.app.gateway_config import GatewayConfig
 from services.app.health import Instances
 from services.observability.telemetry import Telemetry
 from statemachine.domain import MessageRecord, Reason
-from statemachine.ports import PruneReport
+from statemachine.ports import MessageChange, PruneReport
 from statemachine.store_ports import JobsStore
 
 log = logging.getLogger("wapi_guard.core")
@@ -26,6 +28,7 @@ class Jobs:
         self.repo = repo
         self.config = config
         self.metrics = telemetry.metrics
+        self.tracer = telemetry.tracer
         self.instances = instances
 
     async def reconcile_once(self) -> list[MessageRecord]:
@@ -48,7 +51,8 @@ class Jobs:
         the run, and the gauges, unless it is the last of the run."""
         cutoff = utcnow() - timedelta(seconds=self.config.stuck_after)
         if not continuation:
-            await self.repo.apply_parked()  # statuses that lost the race with their SENT update
+            # Statuses that lost the race with their SENT update.
+            self._late_spans(await self.repo.apply_parked())
         stuck = await self.repo.mark_stuck(cutoff, limit=self.config.sweep_batch)
         per_instance: dict[str, int] = {}
         for msg in stuck:
@@ -86,6 +90,20 @@ class Jobs:
                 await self.sweep_backlog()
             except Exception:
                 log.warning("stuck sweep failed", exc_info=True)
+
+    def _late_spans(self, changes: list[MessageChange]) -> None:
+        """One `wapi.status.late` span per parked status the sweeper applied, linked to its send
+        attempt: the attempt's story stays whole when its status beat the SENT commit."""
+        for change in changes:
+            links = []
+            if change.trace_id and change.span_id:
+                context = SpanContext(
+                    int(change.trace_id, 16), int(change.span_id, 16), True, TraceFlags(TraceFlags.SAMPLED)
+                )
+                links.append(Link(context, {"wapi.message_id": change.message_id}))
+            attributes = {"wapi.message_id": change.message_id, "wapi.status": str(change.change.to_state)}
+            with self.tracer.start_as_current_span("wapi.status.late", links=links, attributes=attributes):
+                pass
 
     async def sweep_backlog(self) -> int:
         """Sweeps back to back while a backlog remains (each sweep a short, bounded batch); returns
