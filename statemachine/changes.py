@@ -164,6 +164,9 @@ class ChangeRecord:
     message_id: str | None
     occurred_at: datetime
     payload: dict[str, Any]
+    # The instance's provider (WAPI, ZAPI, EVOLUTION) as stored with the instance when the entry
+    # is read (joined in the same read); empty when the instance is gone.
+    provider: str = ""
 
     @property
     def cursor(self) -> ChangeCursor:

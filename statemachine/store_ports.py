@@ -99,10 +99,11 @@ class DeliveryHistory(Protocol):
 
 
 class Parked(Protocol):
-    async def apply_parked(self, provider_message_id: str | None = None) -> int:
-        """Applies parked statuses whose message now exists (all recent ones when no id is given).
-        The store re-checks after each of the two commits that can race (the SENT write, the
-        parking write); the sweep calls it as the backstop (adapters/persistence/parked.py)."""
+    async def apply_parked(self, provider_message_id: str | None = None) -> list[MessageChange]:
+        """Applies parked statuses whose message now exists (all recent ones when no id is given);
+        returns the changes, each with its send attempt's span. The store re-checks after each of
+        the two commits that can race (the SENT write, the parking write); the sweep calls it as the
+        backstop (adapters/persistence/parked.py)."""
         ...
 
 

@@ -284,9 +284,13 @@ class EvolutionProvider:
         self, credentials: Credentials, recipient: str, provider_message_id: str, *, timeout: float
     ) -> list[bytes] | None:
         """chat/findStatusMessage: the statuses Evolution stored for one message (it may have
-        dropped their webhooks), as `messages.update` bodies for the ingest path."""
+        dropped their webhooks), as `messages.update` bodies for the ingest path.
+
+        Asked by the message id alone (channel.service.ts fetchStatusMessage filters `keyId`, and
+        `remoteJid` only when given): the chat's JID is WhatsApp's, not our recipient: a Brazilian
+        mobile known without its ninth digit, or a LID chat, would match nothing."""
         jid = recipient if "@" in recipient else f"{recipient}@s.whatsapp.net"
-        body = {"where": {"remoteJid": jid, "id": provider_message_id}, "offset": 50, "page": 1}
+        body = {"where": {"id": provider_message_id}, "offset": 50, "page": 1}
         answer = await self._call(credentials, "chat/findStatusMessage", "POST", timeout=timeout, body=body)
         if not answer.ok:
             return None
@@ -296,7 +300,9 @@ class EvolutionProvider:
             {
                 str(row.get("status", "")).upper()
                 for row in (rows if isinstance(rows, list) else [])
-                if isinstance(row, dict) and str(row.get("status", "")).upper() in EVOLUTION_STATUS
+                if isinstance(row, dict)
+                and str(row.get("status", "")).upper() in EVOLUTION_STATUS
+                and row.get("keyId", provider_message_id) == provider_message_id  # another message's: never
             },
             key=lambda word: _RANK.get(EVOLUTION_STATUS[word], 9),
         )

@@ -4,8 +4,12 @@ Envelope: {"event": "messages.update" | "MESSAGES_UPDATE" | …, "instance": "<n
 "date_time", "sender", "server_url", "apikey"} (evolution-api src/api/integrations/event/webhook).
 The `apikey` in the envelope is a secret: it is never copied into an event.
 - connection.update: `state` open (with `wuid` = the owner), connecting, close, refused (QR limit);
+  v2.3 posts `close` only when it will not reconnect, with the code as `statusReason`
+  (401/402/403/406 = logged out; whatsapp.baileys.service.ts connectionUpdate);
 - status.instance: `status` closed with `disconnectionReasonCode` (401/402/403/406 = logged out);
 - messages.update: `keyId` + `status` SERVER_ACK/DELIVERY_ACK/READ/PLAYED/ERROR (no timestamp);
+  `fromMe: false` is a receipt of a message the instance *received* (read on the phone), never
+  a status of one of our sends;
 - messages.upsert: inbound (`key.fromMe` false) or sent from the phone; send.message: our own send
   echoed (PENDING: not an ack).
 """
@@ -110,7 +114,15 @@ def _connection(data: dict[str, Any], iid: str, key: str) -> ProviderEvent:
             Route.DISCONNECTION, EventReason.RECORDED, key, iid, connected=False, failure_reason=Reason.QR_REFUSED.value
         )
     if state in ("close", "connecting"):
-        return ProviderEvent(Route.DISCONNECTION, EventReason.RECORDED, key, iid, connected=False)
+        logged_out = state == "close" and evolution_logged_out(data.get("statusReason"))
+        return ProviderEvent(
+            Route.DISCONNECTION,
+            EventReason.RECORDED,
+            key,
+            iid,
+            connected=False,
+            failure_reason=Reason.LOGGED_OUT.value if logged_out else "",
+        )
     return ProviderEvent(Route.UNROUTABLE, EventReason.UNKNOWN_STATUS, key, iid, raw_status=text(state, 32))
 
 
@@ -118,7 +130,10 @@ def _status(data: dict[str, Any], iid: str, key: str) -> ProviderEvent:
     msg_key = as_dict(data.get("key"))
     mid = message_id(data.get("keyId")) or message_id(msg_key.get("id"))
     raw = text(data.get("status"), 32)
-    if raw is not None and raw.upper() in EVOLUTION_IGNORED_STATUS:
+    from_me = data.get("fromMe", msg_key.get("fromMe"))
+    if from_me is False or (raw is not None and raw.upper() in EVOLUTION_IGNORED_STATUS):
+        # Kept, not applied: a received message's receipt must not count as a delivery of ours
+        # (it would park forever, and the stall rule would read it as a delivery).
         return ProviderEvent(Route.PRESENCE, EventReason.RECORDED, key, iid, provider_message_id=mid, raw_status=raw)
     if mid is None:
         return ProviderEvent(Route.MESSAGE_STATUS, EventReason.MISSING_MESSAGE_ID, key, iid)

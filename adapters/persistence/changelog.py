@@ -3,10 +3,18 @@
 Why the read is shaped like this: `seq` is handed out when a row is inserted, not when its
 transaction commits, so on PostgreSQL a reader that simply followed `seq` would skip a row whose
 long transaction committed after a later one. Every row carries the writing transaction's id
-(`xid8`) and readers only look below `pg_snapshot_xmin(pg_current_snapshot())`, the oldest
-transaction still running: everything below it has committed or rolled back for good, so the
-(xid, seq) order below the horizon never gains a row behind a reader. SQLite has one writer at a
-time, so `seq` is commit order and `xid` is 0.
+(`xid8`) and readers only look below the horizon: the oldest transaction still running in
+*this* database (`_HORIZON_PG`): everything below it has committed or rolled back for good, or
+belongs to another database and cannot have written here, so the (xid, seq) order below the
+horizon never gains a row behind a reader. SQLite has one writer at a time, so `seq` is commit
+order and `xid` is 0.
+
+Why not plain `pg_snapshot_xmin`: transaction ids are cluster-wide, so another database's open
+writing transaction (a colleague's test, a bulk load) held every reader of this log back until it
+ended — a feed follower saw changes 8-30 s late, and a test waiting 30 s saw 3 of 4. An in-progress
+id of the snapshot is skipped only while `pg_stat_activity` shows it running in another database
+(a backend never changes database); one that ended meanwhile, or whose database cannot be seen
+(another role's session without pg_read_all_stats), still holds the horizon: never a skip.
 """
 
 from __future__ import annotations
@@ -110,21 +118,33 @@ def _filters(instance_ids: Sequence[str] | None, kinds: Sequence[ChangeKind] | N
     return sql, params
 
 
-_COLUMNS = "c.seq, c.xid_text, c.event_id, c.kind, c.instance_id, c.message_id, c.occurred_at, c.payload"
+_COLUMNS = (
+    "c.seq, c.xid_text, c.event_id, c.kind, c.instance_id, c.message_id, c.occurred_at, c.payload,"
+    " (SELECT i.provider FROM instances i WHERE i.id = c.instance_id) AS provider"
+)
+
+# The horizon of a snapshot: its oldest in-progress transaction id, leaving out those running in
+# another database right now (they cannot write here); its xmax when none is left.
+_HORIZON_PG = """coalesce(
+    (SELECT min(x) FROM pg_snapshot_xip(s.snap) AS x
+     WHERE NOT EXISTS (SELECT 1 FROM pg_stat_activity a
+                       WHERE a.backend_xid = x::xid AND a.datname <> current_database())),
+    pg_snapshot_xmax(s.snap))"""
 
 # One statement: the horizon and the page come from the same snapshot. The LEFT JOIN keeps the
 # horizon row when no change is visible.
-_READ_PG = """
-SELECT pg_snapshot_xmin(h.snap)::text AS horizon, {columns}
-FROM (SELECT pg_current_snapshot() AS snap) h
+_READ_PG = f"""
+WITH h AS MATERIALIZED (SELECT {_HORIZON_PG} AS horizon FROM (SELECT pg_current_snapshot() AS snap) s)
+SELECT h.horizon::text AS horizon, {{columns}}
+FROM h
 LEFT JOIN LATERAL (
   SELECT seq, xid::text AS xid_text, event_id, kind, instance_id, message_id, occurred_at, payload
   FROM change_log
-  WHERE (xid, seq) > (CAST(:xid AS text)::xid8, :seq) AND xid < pg_snapshot_xmin(h.snap){filters}
+  WHERE (xid, seq) > (CAST(:xid AS text)::xid8, :seq) AND xid < h.horizon{{filters}}
   ORDER BY xid, seq
   LIMIT :limit
 ) c ON true
-"""
+"""  # noqa: S608 - composed at import from constants
 
 _READ_SQLITE = """
 SELECT h.head AS horizon, {columns}
@@ -167,6 +187,7 @@ async def read(
             message_id=r.message_id,
             occurred_at=_aware(occurred.process_result_value(r.occurred_at, dialect)),
             payload=_payload(r.kind, r.payload),
+            provider=r.provider or "",
         )
         for r in rows
         if r.seq is not None
@@ -189,8 +210,8 @@ async def head(conn: AsyncConnection) -> ChangeCursor:
     """ "Now": a reader starting here sees every change that commits from now on (on PostgreSQL
     also the few that committed while an older transaction was still running — never fewer)."""
     if conn.dialect.name == "postgresql":
-        xmin = (await conn.execute(text("SELECT pg_snapshot_xmin(pg_current_snapshot())::text"))).scalar_one()
-        return ChangeCursor(int(xmin), 0)
+        statement = f"SELECT ({_HORIZON_PG})::text FROM (SELECT pg_current_snapshot() AS snap) s"  # noqa: S608
+        return ChangeCursor(int((await conn.execute(text(statement))).scalar_one()), 0)
     # sqlite_sequence: the highest seq ever handed out, even when retention pruned the newest rows
     # (a cursor issued before is never "ahead" of the head).
     statement = (

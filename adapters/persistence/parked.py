@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from adapters.persistence import changelog
 from adapters.persistence.instances import lift_stall
 from adapters.persistence.messages import locked_message
+from adapters.persistence.parked_failures import parked_failure
 from adapters.persistence.rows import PENDING, utcnow
 from adapters.persistence.schema import (
     events,
@@ -85,7 +86,7 @@ async def apply_parked_in(conn: AsyncConnection, msg: MessageRecord) -> list[Mes
     one compare-and-set update; a delivery among them lifts a stall like any other."""
     rows = (
         await conn.execute(
-            select(events.c.id, events.c.status, events.c.received_at).where(
+            select(events.c.id, events.c.status, events.c.received_at, events.c.payload).where(
                 events.c.provider_message_id == msg.provider_message_id,
                 events.c.instance_id == msg.instance_id,  # another instance's status never applies
                 events.c.parked,
@@ -94,13 +95,22 @@ async def apply_parked_in(conn: AsyncConnection, msg: MessageRecord) -> list[Mes
     ).all()
     if not rows or msg.provider_message_id is None:
         return []
-    reason = (await conn.execute(select(instances.c.reason).where(instances.c.id == msg.instance_id))).scalar()
-    facts = _status_facts(msg, str(reason or ""))
-    steps = plan_chain(
-        facts,
-        [StatusEvent(msg.instance_id, msg.provider_message_id, MessageState(r.status), r.received_at) for r in rows],
-        now=utcnow(),
-    )
+    instance = (
+        await conn.execute(select(instances.c.reason, instances.c.provider).where(instances.c.id == msg.instance_id))
+    ).first()
+    facts = _status_facts(msg, str(instance.reason or "") if instance else "")
+    pid = msg.provider_message_id
+    late: list[StatusEvent] = []
+    for r in rows:
+        state = MessageState(r.status)
+        # A FAILED keeps its normalized reason: read again from its body (the columns lack it).
+        failure = (
+            parked_failure(instance.provider if instance else None, r.payload, pid)
+            if state is MessageState.FAILED
+            else ("", "")
+        )
+        late.append(StatusEvent(msg.instance_id, pid, state, r.received_at, "webhook", *failure))
+    steps = plan_chain(facts, late, now=utcnow())
     merged = merge(steps)
     assert merged is not None
     if (await conn.execute(CAS_STATUS, cas_params(merged))).rowcount != 1:
@@ -123,8 +133,9 @@ async def apply_parked_in(conn: AsyncConnection, msg: MessageRecord) -> list[Mes
 class ParkedStatuses(StoreBase):
     """`apply_parked`: the re-check after a commit that may have lost the race (see the module)."""
 
-    async def apply_parked(self, provider_message_id: str | None = None) -> int:
-        """Applies parked statuses whose message now exists (all of them when no id is given).
+    async def apply_parked(self, provider_message_id: str | None = None) -> list[MessageChange]:
+        """Applies parked statuses whose message now exists (all of them when no id is given);
+        returns the changes (each with its send attempt's span, for a link).
 
         Closes the race where a status is parked while the SENT update commits: the send path
         calls it for its own id, the sweeper for any left over.
@@ -152,11 +163,11 @@ class ParkedStatuses(StoreBase):
         )
         async with self._auto.connect() as conn:
             ids = [r.id for r in await conn.execute(query)]
-        applied = 0
+        applied: list[MessageChange] = []
         for message_id in ids:
             async with self.transaction() as conn:
                 msg = await locked_message(conn, message_id)
                 if msg is None:
                     continue
-                applied += len(await apply_parked_in(conn, msg))
+                applied += await apply_parked_in(conn, msg)
         return applied

@@ -174,7 +174,8 @@ class EventStore(ParkedStatuses):
         if result.reason == EventReason.UNKNOWN_MESSAGE and event.provider_message_id and not result.duplicate:
             # Parked: its message may have turned SENT while we looked. Re-checked after our commit;
             # the sender re-checks after its own, so one of the two always applies it (parked.py).
-            await self.apply_parked(event.provider_message_id)
+            # Applied here: the changes go with the webhook's, linked to their send attempt.
+            result.message_changes.extend(await self.apply_parked(event.provider_message_id))
         return result
 
     async def _ingest_one(

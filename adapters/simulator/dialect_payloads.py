@@ -119,6 +119,11 @@ def evolution_webhook(instance: DialectInstance, kind: str, **kw: Any) -> JSONDi
             "event": "connection.update",
             "data": {"instance": name, "state": "close", "statusReason": 428},
         }
+    if kind == "logged_out_close":  # v2.3: `close` is posted only when it will not reconnect
+        return envelope | {
+            "event": "connection.update",
+            "data": {"instance": name, "state": "close", "statusReason": kw.get("code", 401)},
+        }
     if kind == "qr_refused":
         return envelope | {
             "event": "connection.update",
@@ -131,8 +136,8 @@ def evolution_webhook(instance: DialectInstance, kind: str, **kw: Any) -> JSONDi
         (mid,) = kw["message_ids"]
         data = {
             "keyId": mid,
-            "remoteJid": f"{kw.get('to', '')}@s.whatsapp.net",
-            "fromMe": True,
+            "remoteJid": kw.get("remote_jid") or f"{kw.get('to', '')}@s.whatsapp.net",
+            "fromMe": kw.get("from_me", True),  # False: a receipt of a message the instance received
             "participant": None,
             "status": kw.get("status", "DELIVERY_ACK"),
             "instanceId": "6f63" + name,

@@ -34,6 +34,10 @@ class DialectState:
         self.instances: dict[str, DialectInstance] = {}
         self.not_on_whatsapp: set[str] = set()
         self.failures: dict[str, str] = {}  # recipient → Z-API send-webhook error text
+        # recipient → the JID WhatsApp knows it by, when it is not `<number>@s.whatsapp.net` (a
+        # Brazilian mobile registered before the ninth digit): Evolution stores and posts that one.
+        self.jids: dict[str, str] = {}
+        self.message_jids: dict[str, str] = {}  # Evolution message id → its chat's JID
         # fetchInstances row shape: "v2" (flat Instance rows, `ownerJid`) or "v1" (wrapped in
         # `instance`, `instanceName`/`owner`/`status`), both seen in client code.
         self.fetch_style = "v2"
@@ -90,6 +94,9 @@ class DialectState:
         await self._post(instance, body)
         return body
 
+    def jid(self, number: str) -> str:
+        return self.jids.get(number, f"{number}@s.whatsapp.net")
+
     # --- webhooks ---------------------------------------------------------------------------
 
     async def _post(self, instance: DialectInstance, body: JSONDict) -> None:
@@ -136,7 +143,9 @@ class DialectState:
                 else:
                     body = zapi_webhook(instance, "status", message_ids=[message_id], status=word[step])
             else:
-                body = evolution_webhook(instance, "status", message_ids=[message_id], status=evo, to=to)
+                body = evolution_webhook(
+                    instance, "status", message_ids=[message_id], status=evo, remote_jid=self.jid(to)
+                )
             self._later(delay, instance, body)
 
 

@@ -119,16 +119,19 @@ class EvolutionDialect(DialectState):
             url = instance.configured.get("evolution", "")
             return web.json_response({"enabled": bool(url), "url": url, "events": []})
         if group == "chat" and action == "findStatusMessage":
+            # channel.service.ts fetchStatusMessage: MessageUpdate rows where keyId = where.id and,
+            # only when given, remoteJid = where.remoteJid (the JID as WhatsApp knows the chat).
             where = body.get("where", {}) if isinstance(body, dict) else {}
             mid = where.get("id", "")
-            rows = [
-                {"keyId": mid, "status": s, "remoteJid": where.get("remoteJid")} for s in instance.statuses.get(mid, [])
-            ]
+            jid = self.message_jids.get(mid, "")
+            if where.get("remoteJid") not in (None, jid):
+                return web.json_response([])
+            rows = [{"keyId": mid, "status": s, "remoteJid": jid} for s in instance.statuses.get(mid, [])]
             return web.json_response(rows)
         if group == "chat" and action == "whatsappNumbers":
             numbers = body.get("numbers", []) if isinstance(body, dict) else []
             return web.json_response(
-                [{"jid": f"{n}@s.whatsapp.net", "exists": n not in self.not_on_whatsapp, "number": n} for n in numbers]
+                [{"jid": self.jid(n), "exists": n not in self.not_on_whatsapp, "number": n} for n in numbers]
             )
         return web.json_response(
             {"status": 404, "error": "Not Found", "response": {"message": ["Cannot route"]}}, status=404
@@ -146,7 +149,7 @@ class EvolutionDialect(DialectState):
                 {
                     "status": 400,
                     "error": "Bad Request",
-                    "response": {"message": [{"jid": f"{number}@s.whatsapp.net", "exists": False, "number": number}]},
+                    "response": {"message": [{"jid": self.jid(number), "exists": False, "number": number}]},
                 },
                 status=400,
             )
@@ -157,10 +160,11 @@ class EvolutionDialect(DialectState):
             )
         message_id = f"3EB0{next(self._ids):016X}"
         instance.sends.append({"endpoint": action, "body": body, "messageId": message_id})
+        self.message_jids[message_id] = self.jid(number)
         self._schedule_acks(instance, message_id, number)
         return web.json_response(
             {
-                "key": {"remoteJid": f"{number}@s.whatsapp.net", "fromMe": True, "id": message_id},
+                "key": {"remoteJid": self.jid(number), "fromMe": True, "id": message_id},
                 "pushName": "Você",
                 "status": "PENDING",
                 "message": {"conversation": body.get("text", "")},

@@ -153,9 +153,16 @@ class Instances:
             self._cache.pop(instance_id, None)
             return None
         register_secret(found[1])
+        self._observe(found[0])
         cached = CachedInstance(found[0], found[1], now + self.config.health_cache_ttl)
         self._cache[instance_id] = cached
         return cached
+
+    def _observe(self, record: InstanceRecord) -> None:
+        """The provider registry learns the row's version: a newer one (a re-registration through
+        another replica, perhaps onto another provider) makes it read the provider again."""
+        if isinstance(self.provider, ProviderRegistry):
+            self.provider.observe(record.instance_id, record.version)
 
     def remember(self, record: InstanceRecord) -> None:
         cached = self._cache.get(record.instance_id)
@@ -258,8 +265,9 @@ class Instances:
         found = await self.repo.get_instance(instance_id)
         if found is None:
             raise InstanceNotFound(instance_id)
-        _record, token = found
+        record, token = found
         register_secret(token)
+        self._observe(record)
         async with self._probe_gate:
             outcome = await self.provider.probe(Credentials(instance_id, token), timeout=self.config.probe_timeout)
         change = await self.repo.apply_instance_trigger(

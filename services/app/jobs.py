@@ -11,6 +11,8 @@ import random
 from collections.abc import Sequence
 from datetime import timedelta
 
+from opentelemetry.trace import Link, SpanContext, TraceFlags
+
 from services.app.clock import utcnow
 from services.app.gateway_config import GatewayConfig
 from services.app.health import Instances
@@ -18,7 +20,7 @@ from services.observability.telemetry import Telemetry
 from statemachine import stuck as stuck_rule
 from statemachine.domain import MessageRecord, Reason
 from statemachine.instance_machine import InstanceTrigger
-from statemachine.ports import InstanceChange, PruneReport
+from statemachine.ports import InstanceChange, MessageChange, PruneReport
 from statemachine.store_ports import InstanceSignal, JobsStore, Transaction, UnitOfWork
 
 log = logging.getLogger("wapi_guard.core")
@@ -29,6 +31,7 @@ class Jobs:
         self.repo = repo
         self.config = config
         self.metrics = telemetry.metrics
+        self.tracer = telemetry.tracer
         self.instances = instances
 
     async def reconcile_once(self) -> list[MessageRecord]:
@@ -51,7 +54,8 @@ class Jobs:
         the run, and the gauges, unless it is the last of the run."""
         cutoff = utcnow() - timedelta(seconds=self.config.stuck_after)
         if not continuation:
-            await self.repo.apply_parked()  # statuses that lost the race with their SENT update
+            # Statuses that lost the race with their SENT update.
+            self._late_spans(await self.repo.apply_parked())
         stuck = await self.repo.mark_stuck(cutoff, limit=self.config.sweep_batch)
         per_instance: dict[str, int] = {}
         for msg in stuck:
@@ -89,6 +93,20 @@ class Jobs:
                 await self.sweep_backlog()
             except Exception:
                 log.warning("stuck sweep failed", exc_info=True)
+
+    def _late_spans(self, changes: list[MessageChange]) -> None:
+        """One `wapi.status.late` span per parked status the sweeper applied, linked to its send
+        attempt: the attempt's story stays whole when its status beat the SENT commit."""
+        for change in changes:
+            links = []
+            if change.trace_id and change.span_id:
+                context = SpanContext(
+                    int(change.trace_id, 16), int(change.span_id, 16), True, TraceFlags(TraceFlags.SAMPLED)
+                )
+                links.append(Link(context, {"wapi.message_id": change.message_id}))
+            attributes = {"wapi.message_id": change.message_id, "wapi.status": str(change.change.to_state)}
+            with self.tracer.start_as_current_span("wapi.status.late", links=links, attributes=attributes):
+                pass
 
     async def sweep_backlog(self) -> int:
         """Sweeps back to back while a backlog remains (each sweep a short, bounded batch); returns

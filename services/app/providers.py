@@ -37,9 +37,11 @@ WAPI_PATH = "/webhooks/wapi"
 
 
 class ProviderConfigStore(Protocol):
-    async def load(self, instance_id: str) -> ProviderConfig | None: ...
-    async def load_all(self) -> dict[str, ProviderConfig]: ...
-    async def save(self, instance_id: str, config: ProviderConfig) -> bool: ...
+    """Each configuration with the instance row's version it was read at (or written as)."""
+
+    async def load(self, instance_id: str) -> tuple[ProviderConfig, int] | None: ...
+    async def load_all(self) -> dict[str, tuple[ProviderConfig, int]]: ...
+    async def save(self, instance_id: str, config: ProviderConfig) -> int | None: ...
 
 
 def provider_config(
@@ -79,6 +81,8 @@ class ProviderRegistry:
         self.clients = dict(clients)
         self.store = store
         self._configs: dict[str, ProviderConfig] = {}
+        # The instance row's version each entry was read at (0: unknown); see `observe`.
+        self._versions: dict[str, int] = {}
         wapi = self.clients[ProviderKind.WAPI]
         # The W-API kinds stay what recovery configures by default (today's behaviour).
         self.webhook_kinds: tuple[str, ...] = tuple(getattr(wapi, "webhook_kinds", ()))
@@ -87,16 +91,27 @@ class ProviderRegistry:
         """Every non-W-API instance's configuration (at start)."""
         if self.store is None:
             return
-        self._configs = await self.store.load_all()
+        loaded = await self.store.load_all()
+        self._configs = {instance_id: config for instance_id, (config, _v) in loaded.items()}
+        self._versions = {instance_id: version for instance_id, (_c, version) in loaded.items()}
         for config in self._configs.values():
             register_secret(config.client_token or None)
 
     async def bind(self, instance_id: str, config: ProviderConfig) -> None:
-        """Stores and remembers the instance's provider (registration)."""
+        """Stores and remembers the instance's provider (registration). The store bumps the
+        instance row's version: the other replicas see it and read the new provider (`observe`)."""
         register_secret(config.client_token or None)
-        if self.store is not None:
-            await self.store.save(instance_id, config)
+        version = await self.store.save(instance_id, config) if self.store is not None else None
         self._configs[instance_id] = config
+        self._versions[instance_id] = version or 0
+
+    def observe(self, instance_id: str, version: int) -> None:
+        """The core read the instance's row (the preflight's cache, a probe) at `version`. Newer
+        than the row this replica's entry was read from: the row changed since, perhaps a
+        re-registration through another replica onto another provider, base URL or client token;
+        the entry is read again on next use (one primary-key read; no I/O here)."""
+        if instance_id in self._configs and version > self._versions.get(instance_id, 0):
+            self.forget(instance_id)
 
     async def _ensure(self, instance_id: str) -> None:
         """An instance this replica has not seen yet (registered through another replica): its
@@ -106,8 +121,12 @@ class ProviderRegistry:
             return
         found = await self.store.load(instance_id)
         if found is not None:
-            register_secret(found.client_token or None)
-            self._configs[instance_id] = found
+            self._remember(instance_id, *found)
+
+    def _remember(self, instance_id: str, config: ProviderConfig, version: int) -> None:
+        register_secret(config.client_token or None)
+        self._configs[instance_id] = config
+        self._versions[instance_id] = version
 
     def config(self, instance_id: str) -> ProviderConfig:
         return self._configs.get(instance_id) or ProviderConfig()
@@ -117,8 +136,9 @@ class ProviderRegistry:
         if self.store is not None:
             found = await self.store.load(instance_id)
             if found is not None:
-                self._configs[instance_id] = found
-            return found
+                self._remember(instance_id, *found)
+                return found[0]
+            return None
         return self._configs.get(instance_id)
 
     def instances_on(self, kinds: tuple[ProviderKind, ...]) -> list[tuple[str, ProviderKind]]:
@@ -131,6 +151,7 @@ class ProviderRegistry:
 
     def forget(self, instance_id: str) -> None:
         self._configs.pop(instance_id, None)
+        self._versions.pop(instance_id, None)
 
     def kind(self, instance_id: str) -> ProviderKind:
         return self.config(instance_id).kind

@@ -13,9 +13,10 @@ from typing import Any
 from google.protobuf import json_format, struct_pb2
 
 from services.api.wapiguard.v1 import common_pb2, events_pb2
-from services.rpc.mapping import ts
+from services.rpc.mapping import PROVIDER_TO_PB, ts
 from statemachine.changes import ChangeKind, ChangeRecord, CursorCodec
 from statemachine.domain import InstanceState, MessageState
+from statemachine.providers import ProviderKind
 
 TYPE_TO_PB: dict[ChangeKind, int] = {
     ChangeKind.MESSAGE_STATE_CHANGED: events_pb2.EVENT_TYPE_MESSAGE_STATE_CHANGED,
@@ -27,6 +28,7 @@ TYPE_TO_PB: dict[ChangeKind, int] = {
 }
 TYPE_FROM_PB: dict[int, ChangeKind] = {v: k for k, v in TYPE_TO_PB.items()}
 _MSG_STATE: dict[str, int] = {s.value: common_pb2.MessageState.Value(f"MESSAGE_STATE_{s.value}") for s in MessageState}
+_PROVIDER: dict[str, int] = {kind.value: PROVIDER_TO_PB[kind] for kind in ProviderKind}
 _INST_STATE: dict[str, int] = {
     s.value: common_pb2.InstanceState.Value(f"INSTANCE_STATE_{s.value}") for s in InstanceState
 }
@@ -195,6 +197,7 @@ def _build_event(change: ChangeRecord, cursors: CursorCodec) -> events_pb2.Event
         instance_id=change.instance_id,
         message_id=change.message_id or "",
         occurred_at=ts(change.occurred_at),
+        provider=_PROVIDER.get(change.provider, 0),  # type: ignore[arg-type]
     )
     if change.kind is ChangeKind.MESSAGE_STATE_CHANGED:
         event.message_state_changed.CopyFrom(_state_changed(p))

@@ -289,3 +289,33 @@ async def test_concurrent_statuses_lift_a_stall_once_and_log_each_change_once(gu
     ]
     moved = sorted((c.message_id or "", c.payload["to_state"]) for c in changes if c.message_id)
     assert moved == sorted([(stalled[0].id, "DELIVERED"), (stalled[1].id, "READ"), (other.id, "DELIVERED")])
+
+
+@pytest.mark.skipif(not POSTGRES_URL, reason="transaction ids are PostgreSQL's")
+async def test_another_databases_open_transaction_does_not_hold_the_feed_back(guard: Harness) -> None:
+    """Transaction ids are cluster-wide: a writing transaction left open in another database of the
+    same server (a colleague's test, a bulk load) held every reader below its id until it ended
+    (a full suite saw 3 of 4 changes within 30 s). Only this database's transactions hold the
+    horizon now; one of this database still does (test_change_log_concurrency)."""
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    url = make_url(POSTGRES_URL).set(drivername="postgresql", database="postgres")
+    other = await asyncpg.connect(url.render_as_string(hide_password=False))
+    try:
+        async with other.transaction():
+            await other.execute("SELECT pg_current_xact_id()")  # it now holds a transaction id
+            start = await guard.repo.head_change_cursor()
+            await guard.register("cl-f1")
+            await guard.connect("cl-f1")
+            seen: list[ChangeRecord] = []
+            for _ in range(100):  # bounded (~5 s) while the other database's transaction stays open
+                seen += (await guard.repo.read_changes(start, limit=50, instance_ids=["cl-f1"])).changes
+                if seen:
+                    break
+                await asyncio.sleep(0.05)
+            assert [(c.kind, c.payload["to_state"]) for c in seen] == [
+                (ChangeKind.INSTANCE_HEALTH_CHANGED, "CONNECTED")
+            ]
+    finally:
+        await other.close()

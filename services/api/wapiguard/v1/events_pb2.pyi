@@ -95,6 +95,7 @@ class Event(_message.Message):
     INSTANCE_ID_FIELD_NUMBER: _builtins.int
     MESSAGE_ID_FIELD_NUMBER: _builtins.int
     OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
     MESSAGE_STATE_CHANGED_FIELD_NUMBER: _builtins.int
     MESSAGE_STUCK_FIELD_NUMBER: _builtins.int
     MESSAGE_FAILED_FIELD_NUMBER: _builtins.int
@@ -111,6 +112,11 @@ class Event(_message.Message):
     instance_id: _builtins.str
     message_id: _builtins.str
     """Empty for instance and inbound events."""
+    provider: _common_pb2.Provider.ValueType
+    """The provider API the instance lives on (as stored with the instance when the event is read:
+    after a re-registration onto another provider, older events read later show the new one);
+    PROVIDER_UNSPECIFIED when the instance was removed. Also in the webhook body's `data`.
+    """
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp:
         """When wapi-guard recorded the change (the log is ordered and pruned by it); an inbound
@@ -139,6 +145,7 @@ class Event(_message.Message):
         instance_id: _builtins.str = ...,
         message_id: _builtins.str = ...,
         occurred_at: _timestamp_pb2.Timestamp | None = ...,
+        provider: _common_pb2.Provider.ValueType = ...,
         message_state_changed: Global___MessageStateChanged | None = ...,
         message_stuck: Global___MessageStuck | None = ...,
         message_failed: Global___MessageFailed | None = ...,
@@ -148,7 +155,7 @@ class Event(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["instance_health_changed", b"instance_health_changed", "message_failed", b"message_failed", "message_from_phone", b"message_from_phone", "message_received", b"message_received", "message_state_changed", b"message_state_changed", "message_stuck", b"message_stuck", "occurred_at", b"occurred_at", "payload", b"payload"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "id", b"id", "instance_health_changed", b"instance_health_changed", "instance_id", b"instance_id", "message_failed", b"message_failed", "message_from_phone", b"message_from_phone", "message_id", b"message_id", "message_received", b"message_received", "message_state_changed", b"message_state_changed", "message_stuck", b"message_stuck", "occurred_at", b"occurred_at", "payload", b"payload", "type", b"type", "type_name", b"type_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "id", b"id", "instance_health_changed", b"instance_health_changed", "instance_id", b"instance_id", "message_failed", b"message_failed", "message_from_phone", b"message_from_phone", "message_id", b"message_id", "message_received", b"message_received", "message_state_changed", b"message_state_changed", "message_stuck", b"message_stuck", "occurred_at", b"occurred_at", "payload", b"payload", "provider", b"provider", "type", b"type", "type_name", b"type_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["message_state_changed", "message_stuck", "message_failed", "instance_health_changed", "message_received", "message_from_phone"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
