@@ -204,6 +204,10 @@ class MessagesInTransaction(Protocol):
 
 class StuckRunsInTransaction(Protocol):
     async def read(self, instance_ids: Sequence[str], threshold: int) -> dict[str, StuckRun]: ...
+    async def stalls_with_deliveries(self) -> dict[str, tuple[datetime, datetime | None]]:
+        """Each stalled instance: when its stall began, its newest delivery status since a little
+        before (statemachine/stuck.py `contradicts`)."""
+        ...
 
 
 class Transaction(Protocol):

@@ -9,7 +9,9 @@ Where DELIVERY_STALLED is set and cleared — every time through the instance ma
 - set by REPORT_DELIVERY_STALLED: the sweep, when `stuck_run_stalls` (below) holds; and the learned
   stall test (statemachine/detection.py) through services/app/stall_watch.py;
 - cleared by REPORT_DELIVERY_RESUMED when a delivery status arrives (`lifts_stall` in
-  message_machine.py, planned by status_plan.py, run next to the status write), by CLEAR_STALL
+  message_machine.py, planned by status_plan.py, run next to the status write); by the sweep when
+  a delivery raced the stall (`contradicts`, below: the delivery committed while the stall's
+  transaction was open, so neither saw the other); by CLEAR_STALL
   (the operator's ClearStall), by REPORT_RECONNECTED (a connection event), and replaced by
   BEGIN_RESTART / BEGIN_PAIRING.
 """
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from statemachine import changes as change_log
 from statemachine.domain import MessageState
@@ -54,3 +56,15 @@ def stuck_run(newest_stuck: Sequence[datetime], last_delivery: datetime | None) 
 
 def stalls(newest_stuck: Sequence[datetime], last_delivery: datetime | None, threshold: int) -> bool:
     return stuck_run_stalls(stuck_run(newest_stuck, last_delivery), threshold)
+
+
+# How long a stall's decision can take from its read to its commit (the sweep's one transaction,
+# the stall watch's check), with room to spare: a delivery received within it may have been
+# written while the stall was being decided, and then neither side saw the other.
+STALL_RACE_WINDOW = timedelta(seconds=30)
+
+
+def contradicts(stalled_at: datetime, delivered_at: datetime | None) -> bool:
+    """A delivery received after the stall's decision began contradicts it: had it come after the
+    commit, it would have lifted the stall itself (`lifts_stall`); the sweep lifts it instead."""
+    return delivered_at is not None and delivered_at > stalled_at - STALL_RACE_WINDOW

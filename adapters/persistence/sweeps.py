@@ -25,6 +25,7 @@ from adapters.persistence.store_base import StoreBase
 from statemachine import stuck as stuck_rule
 from statemachine.domain import (
     MessageRecord,
+    Reason,
 )
 from statemachine.message_machine import (
     outcome_unknown,
@@ -185,3 +186,32 @@ async def stuck_runs_in(conn: AsyncConnection, instance_ids: Sequence[str], thre
         run = runs.setdefault(r.instance_id, StuckRun([], _aware(r.last_delivery)))
         run.sent.append(r.sent_at)
     return runs
+
+
+async def stalls_with_deliveries_in(conn: AsyncConnection) -> dict[str, tuple[datetime, datetime | None]]:
+    """Each stalled instance: when its stall began and its newest delivery status since a little
+    before (statemachine/stuck.py `contradicts` decides). Stalled instances are few; one ordered
+    look at each one's events (ix_events_instance_id_received_at)."""
+    stalled = (
+        await conn.execute(
+            select(instances.c.id, instances.c.state_changed_at).where(
+                instances.c.reason == Reason.DELIVERY_STALLED.value, instances.c.state_changed_at.is_not(None)
+            )
+        )
+    ).all()
+    found: dict[str, tuple[datetime, datetime | None]] = {}
+    for row in stalled:
+        stalled_at = _aware(row.state_changed_at)
+        assert stalled_at is not None
+        delivered = (
+            await conn.execute(
+                select(func.max(events.c.received_at)).where(
+                    events.c.instance_id == row.id,
+                    events.c.received_at > stalled_at - stuck_rule.STALL_RACE_WINDOW,
+                    events.c.route == literal_column("'MESSAGE_STATUS'"),
+                    events.c.status.in_(DELIVERY_STATUSES),
+                )
+            )
+        ).scalar()
+        found[row.id] = (stalled_at, _aware(delivered))
+    return found

@@ -17,6 +17,7 @@ send_outcomes.py, status_lane.py); docs/architecture.md lists which flows use it
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
 from typing import TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -66,6 +67,9 @@ class _StuckRuns:
 
     async def read(self, instance_ids: Sequence[str], threshold: int) -> dict[str, StuckRun]:
         return await sweep_rows.stuck_runs_in(self._conn, instance_ids, threshold)
+
+    async def stalls_with_deliveries(self) -> dict[str, tuple[datetime, datetime | None]]:
+        return await sweep_rows.stalls_with_deliveries_in(self._conn)
 
 
 class SqlTransaction:

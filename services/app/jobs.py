@@ -78,6 +78,13 @@ class Jobs:
                 extra={"alert": "DELIVERY_STALLED", "instance_id": change.instance.instance_id},
             )
             self.instances.after_change(change)
+        if not continuation:
+            for change in await lift_contradicted_stalls(self.repo):
+                log.warning(
+                    "a delivery raced the stall of an instance: stall lifted",
+                    extra={"instance_id": change.instance.instance_id},
+                )
+                self.instances.after_change(change)
         if not continuation or len(stuck) < self.config.sweep_batch:
             await self.instances.refresh_gauges()  # a sweep on its own, or the last of a run
         return stuck
@@ -165,5 +172,19 @@ async def stall_stuck_runs(uow: UnitOfWork, instance_ids: Sequence[str], thresho
             return []
         signals = [InstanceSignal(i, InstanceTrigger.REPORT_DELIVERY_STALLED, "sweeper") for i in due]
         return [c for c in await tx.instances.apply_triggers(signals) if c.decision.changed]
+
+    return await uow.atomically(work)
+
+
+async def lift_contradicted_stalls(uow: UnitOfWork) -> list[InstanceChange]:
+    """Lifts each stall a delivery raced (statemachine/stuck.py `contradicts`): the delivery was
+    written while the stall was being decided, so it saw no stall to lift and the stall did not
+    see it. Without this the instance stayed blocked until an operator cleared it."""
+
+    async def work(tx: Transaction) -> list[InstanceChange]:
+        found = await tx.stuck_runs.stalls_with_deliveries()
+        due = [i for i, (stalled_at, delivered_at) in found.items() if stuck_rule.contradicts(stalled_at, delivered_at)]
+        signals = [InstanceSignal(i, InstanceTrigger.REPORT_DELIVERY_RESUMED, "sweeper") for i in due]
+        return [c for c in await tx.instances.apply_triggers(signals) if c.decision.changed] if signals else []
 
     return await uow.atomically(work)
