@@ -283,6 +283,11 @@ async def test_a_hold_the_policy_cannot_clear_before_its_expiry_is_refused_at_on
     assert retry_delay(caught.value) > 120
     listed = await stack.send.ListMessages(send_pb2.ListMessagesRequest(instance_id=INSTANCE))
     assert len(listed.messages) == 5
+    # A repeated key whose first request was stored replays that message's outcome, not a refusal.
+    with pytest.raises(grpc.aio.AioRpcError) as replayed:
+        await stack.send.SendMessage(held_request(failed[0].to, seconds=120, key=failed[0].idempotency_key))
+    assert replayed.value.code() != grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert failed[0].id in (replayed.value.details() or "")
     # A hold that outlasts the budget's reset is held for it.
     await asyncio.sleep(0.6)
     long = await stack.send.SendMessage(held_request(recipient(9), seconds=2 * 86400, key="late"))
