@@ -150,6 +150,23 @@ def expired(hold: Hold, now: datetime) -> bool:
     return now >= hold.expires_at
 
 
+def outlasts(retry_after: float, now: datetime, expires_at: datetime) -> bool:
+    """The send policy allows the send only after the hold's expiry (its RetryInfo time is later):
+    waiting cannot succeed. The send is then refused at once (RESOURCE_EXHAUSTED + RetryInfo, as
+    without a hold), or a held one ends FAILED now, instead of being held only to expire."""
+    return now + timedelta(seconds=retry_after) > expires_at
+
+
+def give_up(
+    msg: MessageRecord, reason: Reason, retry_at: datetime, expires_at: datetime, now: datetime
+) -> MessageRecord | None:
+    """HELD (or PENDING at dispatch) → FAILED with the policy's reason, before the expiry: the
+    policy allows the send only after it (`outlasts`)."""
+    detail = f"the send policy allows it at {retry_at.isoformat()}, after the hold's expiry at {expires_at.isoformat()}"
+    trigger = MessageTrigger.DROP if msg.state is MessageState.HELD else MessageTrigger.FAIL
+    return transition_message(msg, trigger, reason=reason, source="dispatcher", at=now, failure_detail=detail)
+
+
 def postponed(hold: Hold, now: datetime, recheck: timedelta = DEFAULT_RECHECK) -> Hold:
     """A health hold whose instance is still unhealthy, or that waits for the operator: looked at
     again later, without a state change (no event)."""

@@ -12,11 +12,11 @@ after that commit leaves a PENDING message without a hold: the PENDING reconcili
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, select, update
+from sqlalchemy import bindparam, delete, func, or_, select, update
 
 from adapters.persistence import changelog
 from adapters.persistence.messages import locked_message, save_message
@@ -90,8 +90,9 @@ class HoldRepository(StoreBase):
         """Up to `limit` holds due now, the oldest due first, then the oldest message (ids are
         time-ordered: a paced backlog goes out in the order it was sent); the index; no lock."""
         query = select(message_holds).where(h.due_at <= now)
-        if exclude:  # instances the send policy paces right now (their holds wait as they are)
-            query = query.where(h.instance_id.not_in(list(exclude)))
+        if exclude:  # instances the send policy paces right now (their holds wait as they are,
+            # but not past their expiry: an expired one is ended whatever paces its instance)
+            query = query.where(or_(h.instance_id.not_in(list(exclude)), h.expires_at <= now))
         query = query.order_by(h.due_at, h.message_id).limit(limit)
         async with self._auto.connect() as conn:
             return [_hold(r) for r in await conn.execute(query)]
@@ -105,11 +106,18 @@ class HoldRepository(StoreBase):
             await conn.execute(statement, [{"b_id": x.message_id, "b_due": x.due_at} for x in holds])
 
     async def claim(
-        self, message_ids: Sequence[str], now: datetime
+        self,
+        message_ids: Sequence[str],
+        now: datetime,
+        *,
+        give_up: Mapping[str, tuple[Reason, datetime]] | None = None,
     ) -> tuple[list[tuple[MessageRecord, Hold]], list[MessageRecord]]:
         """Claims the due holds among `message_ids` that no other replica holds: each message moves
-        HELD → PENDING (released) or, past its expiry, HELD → FAILED (expired), and its hold row
-        is deleted, in one transaction. Returns (released with their holds, expired)."""
+        HELD → PENDING (released) or, past its expiry, HELD → FAILED (expired), or, named in
+        `give_up` (the policy's reason and the time it allows the send, past the expiry),
+        HELD → FAILED with that reason; and its hold row is deleted, in one transaction. Returns
+        (released with their holds, ended)."""
+        give_up = give_up or {}
         if not message_ids:
             return [], []
         query = select(message_holds).where(h.message_id.in_(list(message_ids)), h.due_at <= now)
@@ -126,7 +134,10 @@ class HoldRepository(StoreBase):
                 msg = await locked_message(conn, hold.message_id)
                 if msg is None or msg.state is not MessageState.HELD:
                     continue  # an orphan row (the message moved on): deleted above
-                if rules.expired(hold, now):
+                if hold.message_id in give_up:
+                    reason, retry_at = give_up[hold.message_id]
+                    after = rules.give_up(msg, reason, retry_at, hold.expires_at, now)
+                elif rules.expired(hold, now):
                     after = rules.expire(msg, hold.reason, hold.expires_at, now)
                 else:
                     after = rules.release(msg, now)
@@ -139,14 +150,21 @@ class HoldRepository(StoreBase):
                     ended.append(after)
         return released, ended
 
-    async def hold_again(self, msg: MessageRecord, hold: Hold, now: datetime) -> MessageRecord | None:
+    async def hold_again(
+        self, msg: MessageRecord, hold: Hold, now: datetime, *, give_up: tuple[Reason, datetime] | None = None
+    ) -> MessageRecord | None:
         """A released message blocked again at dispatch: PENDING → HELD with its new hold, or
-        → FAILED when the hold has expired. None when it is no longer PENDING (the reconciler got it)."""
+        → FAILED when the hold has expired, or with `give_up`'s reason when the policy allows it
+        only past the expiry. None when it is no longer PENDING (the reconciler got it)."""
         async with self.transaction() as conn:
             current = await locked_message(conn, msg.id)
             if current is None or current.state is not MessageState.PENDING:
                 return None
-            if rules.expired(hold, now):
+            if give_up is not None:
+                after = rules.give_up(current, give_up[0], give_up[1], hold.expires_at, now)
+                if after is None:
+                    return None
+            elif rules.expired(hold, now):
                 after = rules.expire(current, hold.reason, hold.expires_at, now)
                 if after is None:
                     return None

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Protocol
 
@@ -45,9 +46,11 @@ class HoldStore(Protocol):
     async def due(self, now: datetime, limit: int, *, exclude: list[str]) -> list[Hold]: ...
     async def postpone(self, holds: list[Hold]) -> None: ...
     async def claim(
-        self, message_ids: list[str], now: datetime
+        self, message_ids: list[str], now: datetime, *, give_up: Mapping[str, tuple[Reason, datetime]] = ...
     ) -> tuple[list[tuple[MessageRecord, Hold]], list[MessageRecord]]: ...
-    async def hold_again(self, msg: MessageRecord, hold: Hold, now: datetime) -> MessageRecord | None: ...
+    async def hold_again(
+        self, msg: MessageRecord, hold: Hold, now: datetime, *, give_up: tuple[Reason, datetime] | None = None
+    ) -> MessageRecord | None: ...
     async def cancel(self, message_id: str, by: str, now: datetime) -> tuple[MessageRecord | None, bool]: ...
     async def release_instance(self, instance_id: str, now: datetime) -> int: ...
     async def wake(self, instance_id: str, now: datetime) -> int: ...
@@ -73,6 +76,7 @@ class Holds:
         self._nudge = asyncio.Event()
         self._next_due: datetime | None = None  # the earliest due time the last batch postponed to
         self._paced: dict[str, datetime] = {}  # instance → until when its policy paces it
+        self._pace_reason: dict[str, Reason] = {}  # instance → the reason its policy paces it
         self._inflight: set[asyncio.Task[None]] = set()  # dispatched sends (their provider calls)
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
@@ -114,6 +118,10 @@ class Holds:
             try:
                 await self.sending.policies.admit(req.instance_id, req.to)
             except SendPaced as paced:
+                if rules.outlasts(paced.retry_after, now, rules.expiry(req.hold, now)):
+                    # Waiting cannot succeed: refused at once, as without a hold (a repeated key
+                    # whose first request was stored still gets that outcome).
+                    return await self.sending._replay_or_refuse(req, paced)
                 return await self._hold_new(req, paced.reason, paced=True, health=health, retry_after=paced.retry_after)
         return None
 
@@ -223,25 +231,33 @@ class Holds:
         dispatched in the background. Returns how many were claimed."""
         now = utcnow()
         self._paced = {i: t for i, t in self._paced.items() if t > now}
+        self._pace_reason = {i: r for i, r in self._pace_reason.items() if i in self._paced}
         due = await self.store.due(now, self.batch, exclude=sorted(self._paced))
         waiting: list[Hold] = []
         ready: list[str] = []
         admitted: set[str] = set()
+        hopeless: dict[str, tuple[Reason, datetime]] = {}  # the policy allows them only past their expiry
         for hold in due:
             if rules.expired(hold, now):
                 ready.append(hold.message_id)
             elif await self._still_waiting(hold):
                 waiting.append(rules.postponed(hold, now, self.recheck))
-            elif hold.instance_id not in self._paced:
-                retry_after = await self._admit(hold)
-                if retry_after is None:
+            else:
+                if hold.instance_id not in self._paced:
+                    refusal = await self._admit(hold)
+                    if refusal is None:
+                        ready.append(hold.message_id)
+                        admitted.add(hold.message_id)
+                        continue
+                    self._paced[hold.instance_id] = now + timedelta(seconds=refusal[1])
+                    self._pace_reason[hold.instance_id] = refusal[0]
+                until = self._paced[hold.instance_id]
+                if until > hold.expires_at:
+                    hopeless[hold.message_id] = (self._pace_reason[hold.instance_id], until)
                     ready.append(hold.message_id)
-                    admitted.add(hold.message_id)
-                else:
-                    self._paced[hold.instance_id] = now + timedelta(seconds=retry_after)
         await self.store.postpone(waiting)
         self._next_due = min([*(h.due_at for h in waiting), *self._paced.values()], default=None)
-        released, expired = await self.store.claim(ready, now)
+        released, expired = await self.store.claim(ready, now, give_up=hopeless)
         for msg in expired:
             self.metrics.holds.add(1, {"event": "expired", "reason": msg.failure_reason})
         for msg, hold in released:
@@ -262,15 +278,15 @@ class Holds:
             return False  # removed: claimed, and failed INSTANCE_NOT_FOUND by the preflight
         return cached.record.state is not InstanceState.CONNECTED or instances.webhooks_block(cached.record)
 
-    async def _admit(self, hold: Hold) -> float | None:
+    async def _admit(self, hold: Hold) -> tuple[Reason, float] | None:
         """The send policy's check for a due hold before it is claimed: None when it may go now
-        (counted), else the policy's retry_after."""
+        (counted), else the policy's reason and retry_after."""
         if self.sending.policies is None:
             return None
         try:
             await self.sending.policies.admit(hold.instance_id, hold.recipient)
         except SendPaced as refusal:
-            return max(refusal.retry_after, 0.001)
+            return refusal.reason, max(refusal.retry_after, 0.001)
         return None
 
     async def _dispatch(self, msg: MessageRecord, hold: Hold, admitted: bool) -> None:
@@ -319,6 +335,12 @@ class Holds:
         """Blocked again at dispatch: back to HELD with the new reason and due time (or FAILED
         with that reason when the hold has expired)."""
         now = utcnow()
+        retry_at = now + timedelta(seconds=retry_after)
+        if paced and rules.outlasts(retry_after, now, hold.expires_at):  # waiting cannot succeed
+            ended = await self.store.hold_again(msg, hold, now, give_up=(reason, retry_at))
+            if ended is not None:
+                self.metrics.holds.add(1, {"event": "expired", "reason": ended.failure_reason})
+            return
         again = rules.new_hold(
             msg,
             reason,

@@ -167,17 +167,22 @@ class Sending:
         try:
             await self.policies.admit(req.instance_id, req.to)
         except SendPaced as paced:
-            if req.idempotency_key:
-                stored_id = await self.policies.stored_message_id(req.instance_id, req.idempotency_key)
-                stored = await self.repo.get_message(stored_id) if stored_id else None
-                if stored is not None:
-                    assert req.kind is not None
-                    assert req.content is not None
-                    outbound = OutboundMessage(req.kind, req.to, req.content, req.reply_to, req.delay_seconds)
-                    return await self._replay(stored, request_hash(outbound, content_to_dict(outbound)))
-            self.metrics.note_paced(paced.reason.value)
-            raise
+            return await self._replay_or_refuse(req, paced)
         return None
+
+    async def _replay_or_refuse(self, req: SendRequest, paced: SendPaced) -> MessageRecord:
+        """A paced send: the stored outcome of a repeated key, else the refusal (`paced`)."""
+        assert self.policies is not None
+        if req.idempotency_key:
+            stored_id = await self.policies.stored_message_id(req.instance_id, req.idempotency_key)
+            stored = await self.repo.get_message(stored_id) if stored_id else None
+            if stored is not None:
+                assert req.kind is not None
+                assert req.content is not None
+                outbound = OutboundMessage(req.kind, req.to, req.content, req.reply_to, req.delay_seconds)
+                return await self._replay(stored, request_hash(outbound, content_to_dict(outbound)))
+        self.metrics.note_paced(paced.reason.value)
+        raise paced
 
     def _budget(self, time_remaining: float | None) -> float:
         if time_remaining is None:

@@ -8,6 +8,7 @@ cancelled; blocks that waiting cannot clear are refused as always.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -30,6 +31,7 @@ from services.api.wapiguard.v1 import (
 )
 from tests.e2e.conftest import StackFactory
 from tests.e2e.stack import CONNECTED, FAILED, PHONE, SENT, Stack, eventually, text_request
+from tests.e2e.test_send_policy import retry_delay
 from tests.integration.harness import rich_error
 
 HELD = common_pb2.MESSAGE_STATE_HELD
@@ -238,3 +240,55 @@ async def test_a_block_that_arrives_while_held_ends_it_failed_at_dispatch(stack:
     assert failed.failure_reason == "RECIPIENT_OPTED_OUT"
     assert await feed_states(stack, msg.id) == ["HELD", "PENDING", "FAILED"]
     assert stack.sim.sends(INSTANCE) == []
+
+
+async def test_a_hold_the_policy_cannot_clear_before_its_expiry_is_refused_at_once(make_stack: StackFactory) -> None:
+    # Day 0 of the warm-up allows 3 new recipients; a 4th cannot go before the next UTC day, long
+    # after a 2-minute hold: waiting cannot succeed, so it is not held only to expire.
+    stack = await make_stack(
+        hold_interval=0.05,
+        new_number_min_interval=0.5,
+        new_number_jitter=0,
+        new_number_new_per_hour=0,
+        new_number_warmup_start=3,
+        new_number_warmup_target=50,
+        new_number_warmup_days=5,
+    )
+    await stack.add_instance(INSTANCE, phone=PHONE)
+    await stack.health.RegisterInstance(
+        instance_health_pb2.RegisterInstanceRequest(instance_id=INSTANCE, new_number=True, skip_probe=True)
+    )
+    burst = [await stack.send.SendMessage(held_request(recipient(i), seconds=120, key=f"d{i}")) for i in range(5)]
+
+    async def settled() -> list[common_pb2.Message] | None:
+        got = [await stack.message(m.id) for m in burst]
+        return got if all(m.state not in (HELD, common_pb2.MESSAGE_STATE_PENDING) for m in got) else None
+
+    final = await eventually(settled, "the held burst settled", timeout=15.0)  # not after 2 minutes
+    phones = sorted(str(s["body"]["phone"]) for s in stack.sim.sends(INSTANCE))
+    failed = [m for m in final if m.state == FAILED]
+    assert phones == sorted(m.to for m in final if m.state != FAILED)  # each sent one once
+    assert len(phones) == 3  # the day's budget
+    assert [m.failure_reason for m in failed] == ["NEW_RECIPIENTS_DAILY"] * 2
+    assert all("after the hold's expiry" in m.failure_detail for m in failed)
+    for m in failed:
+        assert await feed_states(stack, m.id) == ["HELD", "FAILED"]  # never PENDING, never sent
+    # A new send with the same 2-minute hold: refused at once, as without a hold, nothing stored
+    # (after the interval: the policy checks it first, docs/send-policy.md).
+    await asyncio.sleep(0.6)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stack.send.SendMessage(held_request(recipient(9), seconds=120, key="late"))
+    refusal = rich_error(caught.value)
+    assert (refusal.code, refusal.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "NEW_RECIPIENTS_DAILY")
+    assert retry_delay(caught.value) > 120
+    listed = await stack.send.ListMessages(send_pb2.ListMessagesRequest(instance_id=INSTANCE))
+    assert len(listed.messages) == 5
+    # A repeated key whose first request was stored replays that message's outcome, not a refusal.
+    with pytest.raises(grpc.aio.AioRpcError) as replayed:
+        await stack.send.SendMessage(held_request(failed[0].to, seconds=120, key=failed[0].idempotency_key))
+    assert replayed.value.code() != grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert failed[0].id in (replayed.value.details() or "")
+    # A hold that outlasts the budget's reset is held for it.
+    await asyncio.sleep(0.6)
+    long = await stack.send.SendMessage(held_request(recipient(9), seconds=2 * 86400, key="late"))
+    assert (long.state, long.history[-1].reason) == (HELD, "NEW_RECIPIENTS_DAILY")

@@ -82,3 +82,15 @@ def test_expired_and_cancelled_end_failed_with_their_reasons() -> None:
     again = rules.hold_again(released, Reason.SESSION_INCOMPLETE, NOW)
     assert again is not None
     assert again.state is MessageState.HELD
+
+
+def test_a_policy_wait_past_the_hold_expiry_is_not_held_but_ends_at_once() -> None:
+    end = NOW + timedelta(minutes=2)
+    assert not rules.outlasts(120, NOW, end)  # allowed right at the expiry: worth waiting
+    assert rules.outlasts(120.001, NOW, end)
+    midnight = datetime(2026, 12, 8, tzinfo=UTC)  # the day's new-recipient budget is spent
+    assert rules.outlasts((midnight - NOW).total_seconds(), NOW, end)
+    failed = rules.give_up(held(), Reason.NEW_RECIPIENTS_DAILY, midnight, end, NOW)
+    assert failed is not None
+    assert (failed.state, failed.failure_reason) == (MessageState.FAILED, Reason.NEW_RECIPIENTS_DAILY.value)
+    assert "after the hold's expiry" in failed.failure_detail
