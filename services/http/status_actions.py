@@ -1,5 +1,6 @@
 """Per-instance actions on the status page: show the QR code, ask for a pairing code, restart an
-instance, clear a delivery stall, retry a failed message. Plain HTML forms (they work without JavaScript), each a POST
+instance, clear a delivery stall, retry a failed message (and, through these checks, set the send
+policy: status_policy.py). Plain HTML forms (they work without JavaScript), each a POST
 protected by the page's auth (the same tokens, the same instance scopes) and by CSRF checks:
 
 - a token in every form, HMAC of the viewer's identity under a key only the server knows (stable

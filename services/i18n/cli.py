@@ -12,7 +12,7 @@ CLI_TEXTS: dict[str, dict[str, str]] = {
         "reason": "MOTIVO",
         "budgets": "ORÇAMENTO",
         "stuck": "PARADAS",
-        "held_col": "EM ESPERA",
+        "held_col": "ESPERA",
         "checked": "VERIFICADA",
         "instance": "INSTÂNCIA",
         "to": "DESTINO",
