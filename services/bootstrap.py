@@ -31,6 +31,7 @@ from adapters.persistence.webhook_store import WebhookStore
 from adapters.wapi.webhooks import parse_webhook
 from services.app.errors import treat_as_unavailable
 from services.app.events import ChangeFeed
+from services.app.held_counts import HeldCounts
 from services.app.optouts import OptOuts, inbound_listener
 from services.app.outbound import OutboundConfig, WebhookDispatcher, parse_schedule
 from services.app.principals import parse_tokens
@@ -42,7 +43,7 @@ from services.app.subscriptions import Scopes
 from services.app.webhook_subscriptions import WebhookSubscriptions
 from services.config import Settings
 from services.core_wiring import UseCases, build_use_cases, gateway_config, start_use_cases
-from services.hold_wiring import start_holds, stop_holds
+from services.hold_wiring import held_counts, start_holds, stop_holds
 from services.migration import migrate
 from services.observability.logs import register_secret
 from services.observability.telemetry import Telemetry
@@ -159,6 +160,7 @@ class App(UseCases):
     bridge_runner: Any = None
     # The send policy, opt-outs and number checks (protect_the_number).
     protection: tuple[SendPolicies, OptOuts, Recipients] | None = None
+    held: HeldCounts | None = None  # held messages per instance (the lists)
 
     @classmethod
     async def start(
@@ -274,6 +276,7 @@ class App(UseCases):
             feed,
             *protection,
             holds=holds,
+            held=held_counts(engine),
         )
         server, health_servicer, port = await build_grpc_server(settings, telemetry, servers)
         stack.push_async_callback(_quietly, lambda: server.stop(0))
@@ -281,6 +284,7 @@ class App(UseCases):
         app = cls(**parts, settings=settings, server=server, health=health_servicer, grpc_port=port, stack=stack)
         app.feed, app.dispatcher, app.recovery = feed, dispatcher, recovery
         app.protection = protection
+        app.held = servers.held
         if settings.http_port >= 0:
             await start_http(app, store, feed)
         # Serving only once the database is migrated and reachable.
@@ -306,6 +310,8 @@ async def start_http(app: App, store: WebhookStore, feed: ChangeFeed) -> None:
     runner.app[STATUS_PAGE_KEY].event_streams = lambda: (len(feed.listeners), feed.cut_offs)
     if app.protection is not None:
         runner.app[STATUS_PAGE_KEY].protection = protection_reader(app.protection[0], app.protection[1])
+    if app.held is not None:
+        runner.app[STATUS_PAGE_KEY].held = app.held.of
     app.stack.push_async_callback(_quietly, runner.cleanup)
     app.http_port = http_port
     app.bridge_runner = runner
@@ -318,7 +324,9 @@ def http_surface(app: App, subscriptions: WebhookStore | None = None) -> Surface
     from services.http.status_snapshot import StatusReads
 
     reads = StatusReads(app.instances, app.messages)
-    return Surface(app.ingest, app.telemetry, reads, app.sending, app.recovery, subscriptions)
+    # The send policy's form on the page: the use case, and the opt-outs' "lists changed" hook.
+    policies, lists_changed = (app.protection[0], app.protection[1].lists_changed) if app.protection else (None, None)
+    return Surface(app.ingest, app.telemetry, reads, app.sending, app.recovery, subscriptions, policies, lists_changed)
 
 
 async def start_dispatcher(

@@ -11,6 +11,7 @@ from typing import Any
 
 from adapters.persistence.holds import HoldRepository
 from services.app.health import Instances
+from services.app.held_counts import HeldCounts
 from services.app.holds import Holds
 from services.app.sending import Sending
 from services.config import Settings
@@ -34,6 +35,11 @@ async def start_holds(
     holds.start()
     watcher = asyncio.create_task(_watch_reconnections(instances, holds), name="hold-wake")
     return holds, watcher
+
+
+def held_counts(engine: Any) -> HeldCounts:
+    """The held counts of the lists (ListInstances, the status page): the hold's own table."""
+    return HeldCounts(HoldRepository(engine))
 
 
 async def _watch_reconnections(instances: Instances, holds: Holds) -> None:

@@ -223,6 +223,21 @@ class HoldRepository(StoreBase):
         async with self._auto.connect() as conn:
             return Counter({r[0]: int(r[1]) for r in await conn.execute(query)})
 
+    async def counts_by_instance(self, instance_ids: Sequence[str] | None) -> dict[str, Counter[str]]:
+        """Held messages by instance and reason, for many instances in one grouped query (None: every
+        instance). Reads the held rows only (message_holds keeps no history), through the
+        (instance_id, reason) index."""
+        query = select(h.instance_id, h.reason, func.count()).group_by(h.instance_id, h.reason)
+        if instance_ids is not None:
+            if not instance_ids:
+                return {}
+            query = query.where(h.instance_id.in_(list(instance_ids)))
+        out: dict[str, Counter[str]] = {}
+        async with self._auto.connect() as conn:
+            for instance_id, reason, count in await conn.execute(query):
+                out.setdefault(instance_id, Counter())[reason] = int(count)
+        return out
+
     async def total(self) -> int:
         async with self._auto.connect() as conn:
             return int((await conn.execute(select(func.count()).select_from(message_holds))).scalar_one())

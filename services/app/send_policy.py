@@ -100,6 +100,11 @@ class SendPolicies:
             return Budgets(), ""
         return budgets(record.policy, record.counters, utcnow(), record.warmup_anchor), record.optout_list or ""
 
+    def policy_here(self, instance_id: str) -> SendPolicy:
+        """The instance's policy in this replica's copy (no I/O; all limits 0: none set)."""
+        record = self._records.get(instance_id)
+        return record.policy if record is not None else SendPolicy()
+
     def _remember(self, instance_id: str, recipient: str) -> None:
         if self._known_count >= _KNOWN_MAX:
             self._known.clear()

@@ -12,7 +12,7 @@ from services.app.optouts import OptOuts
 from services.app.recipients import Recipients
 from services.app.send_policy import SendPolicies
 from statemachine.domain import InstanceRecord, InstanceState, MessageRecord, Reason
-from statemachine.send_policy import Budgets
+from statemachine.send_policy import Budgets, SendPolicy
 from statemachine.validation import SendRequest
 
 log = logging.getLogger("wapi_guard.send_protection")
@@ -115,6 +115,7 @@ class Protection:
     budgets: Budgets = field(default_factory=Budgets)
     opt_outs: int = 0
     optout_list: str = ""  # the shared list named ("" = its own)
+    policy: SendPolicy = field(default_factory=SendPolicy)  # the policy set now (all 0: none)
 
 
 def protection_reader(
@@ -129,7 +130,8 @@ def protection_reader(
         for instance_id in instance_ids:
             await opt_outs.warm(instance_id)
             budgets, optout_list = policies.budgets_here(instance_id)
-            out[instance_id] = Protection(budgets, opt_outs.size_here(instance_id), optout_list)
+            policy = policies.policy_here(instance_id)
+            out[instance_id] = Protection(budgets, opt_outs.size_here(instance_id), optout_list, policy)
         return out
 
     return read

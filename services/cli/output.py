@@ -67,7 +67,17 @@ def instance_dict(h: Any, lang: str) -> dict[str, Any]:
         "send_budgets": budgets_dict(h.send_budgets),
         "opt_outs": h.opt_outs,
         "optout_list": h.optout_list,
+        # Held messages (docs/holds.md): how many wait, and why (most first).
+        "held_messages": h.held_messages,
+        "held_reasons": [{"reason": r.reason, "count": r.count} for r in h.held_reasons],
     }
+
+
+def held_cell(row: dict[str, Any]) -> str:
+    """The `instances` table's held column: the count, and the reason most of them wait for."""
+    n = row["held_messages"]
+    reasons = row["held_reasons"]
+    return f"{n} {reasons[0]['reason']}" if n and reasons else str(n)
 
 
 def budgets_dict(b: Any) -> dict[str, Any]:

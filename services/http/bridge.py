@@ -7,6 +7,7 @@ stored (W-API then has no reason to retry) and 503 when it could not be stored (
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,7 @@ from adapters.deadline import request_scope
 from services.app.errors import classify
 from services.app.ingest import Ingest
 from services.app.recovery import Recovery
+from services.app.send_policy import SendPolicies
 from services.app.sending import Sending
 from services.config import Settings
 from services.http.provider_webhooks import add_provider_routes
@@ -42,6 +44,9 @@ class Surface:
     sending: Sending
     recovery: Recovery | None = None
     subscriptions: SubscriptionStore | None = None
+    # The send policy's form on the page (SendPolicies, and the opt-outs' "lists changed" hook).
+    policies: SendPolicies | None = None
+    lists_changed: Callable[[], None] | None = None
 
 
 async def receive(request: web.Request) -> web.Response:
@@ -120,7 +125,15 @@ def build_app(settings: Settings, parts: Surface) -> web.Application:
     add_provider_routes(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
-    add_status_routes(app, settings, parts.reads, parts.sending, parts.recovery, parts.subscriptions)
+    add_status_routes(
+        app,
+        settings,
+        parts.reads,
+        parts.sending,
+        parts.recovery,
+        parts.subscriptions,
+        policies=(parts.policies, parts.lists_changed) if parts.policies is not None else None,
+    )
     return app
 
 

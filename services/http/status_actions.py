@@ -1,5 +1,6 @@
 """Per-instance actions on the status page: show the QR code, ask for a pairing code, restart an
-instance, clear a delivery stall, retry a failed message. Plain HTML forms (they work without JavaScript), each a POST
+instance, clear a delivery stall, retry a failed message (and, through these checks, set the send
+policy: status_policy.py). Plain HTML forms (they work without JavaScript), each a POST
 protected by the page's auth (the same tokens, the same instance scopes) and by CSRF checks:
 
 - a token in every form, HMAC of the viewer's identity under a key only the server knows (stable
@@ -25,7 +26,7 @@ from services.http.status_snapshot import StatusReads
 from services.http.status_viewer import Csrf, Viewer
 from services.http.status_views import action_text as _a
 from services.http.status_views import esc as _e
-from services.i18n import reason_label, state_view
+from services.i18n import reason_label, state_view, violation_text
 from statemachine.errors import GuardError, InvalidRequest, RecoveryRefused
 
 log = logging.getLogger("wapi_guard.status")
@@ -81,10 +82,13 @@ class StatusActions:
         reason = error.reason.value if isinstance(error, GuardError) else "STORAGE_UNAVAILABLE"
         detail = ""
         if isinstance(error, InvalidRequest):
-            detail = "; ".join(f"{v.field}: {v.description}" for v in error.violations)
+            detail = "".join(
+                f'<li data-field="{_e(v.field)}">{_e(v.field)}: {_e(violation_text(v.description, lang))}</li>'
+                for v in error.violations
+            )
         body = f'<p class="reason" data-reason="{_e(reason)}">{_e(reason_label(reason, lang))} ({_e(reason)})</p>'
         if detail:
-            body += f"<p>{_e(detail)}</p>"
+            body += f'<ul id="violations">{detail}</ul>'
         extra: dict[str, str] = {}
         retry_after = getattr(error, "retry_after", None)
         if isinstance(error, RecoveryRefused) and retry_after is not None:

@@ -32,12 +32,15 @@ from typing import Any, cast
 from aiohttp import web
 
 from services.app.errors import classify
+from services.app.held_counts import Held
 from services.app.principals import Principal
 from services.app.recovery import Recovery
+from services.app.send_policy import SendPolicies
 from services.app.send_protection import Protection
 from services.app.sending import Sending
 from services.config import Settings
 from services.http.status_actions import StatusActions, add_action_routes
+from services.http.status_policy import PolicyAction
 from services.http.status_snapshot import REFRESH_SECONDS, Snapshot, StatusReads, build_snapshot
 from services.http.status_viewer import SECURITY_HEADERS, Csrf, Viewer
 from services.http.status_viewer import security_headers as _headers
@@ -73,11 +76,14 @@ class StatusPage:
         self.subscriptions = subscriptions
         # The send policy's budgets and opt-outs per instance (set by the composition root).
         self.protection: Callable[[Sequence[str]], Awaitable[dict[str, Protection]]] | None = None
+        # Held messages per instance (one grouped count; set by the composition root).
+        self.held: Callable[[Sequence[str] | None], Awaitable[dict[str, Held]]] | None = None
         self.viewer = Viewer(settings)
         self.csrf = Csrf(settings)
         self.streams: set[_Stream] = set()
         # (open event streams, cut off as too slow): set by the composition root.
         self.event_streams: Callable[[], tuple[int, int]] | None = None
+        self.policy_form = False  # the send policy's form on the cards (its route is wired)
         self.static: dict[str, bytes] = {}
         folder = resources.files("services.http").joinpath("static")
         for name in STATIC_FILES:
@@ -94,9 +100,10 @@ class StatusPage:
 
     async def _snapshot(self, principal: Principal) -> Snapshot | None:
         try:
-            snap = await build_snapshot(self.reads, principal, self.subscriptions, self.protection)
+            snap = await build_snapshot(self.reads, principal, self.subscriptions, self.protection, self.held)
             if self.recovery is not None and self.recovery.operations is not None:
                 snap.csrf = self.csrf.token(principal)
+                snap.policy_form = self.policy_form
             if self.event_streams is not None:
                 snap.event_streams = self.event_streams()
             return snap
@@ -253,12 +260,20 @@ def add_status_routes(
     sending: Sending,
     recovery: Recovery | None = None,
     subscriptions: SubscriptionStore | None = None,
+    *,
+    policies: tuple[SendPolicies, Callable[[], None] | None] | None = None,
 ) -> None:
-    """Adds the status page routes to the bridge's aiohttp application."""
+    """Adds the status page routes to the bridge's aiohttp application (`policies`: the send
+    policy's form and its route, status_policy.py)."""
     page = StatusPage(settings, reads, recovery, subscriptions)
     app[STATUS_PAGE_KEY] = page
     if recovery is not None:
-        add_action_routes(app, StatusActions(page.viewer, reads, sending, recovery, page.csrf))
+        actions = StatusActions(page.viewer, reads, sending, recovery, page.csrf)
+        add_action_routes(app, actions)
+        if policies is not None:
+            action = PolicyAction(actions, *policies)
+            app.router.add_post("/status/instances/{instance_id}/send-policy", action.set_policy)
+            page.policy_form = True
     app.router.add_get("/status", page.index)
     app.router.add_get("/status/", page.redirect)
     app.router.add_get("/", page.redirect)  # a browser pointed at the bridge lands on the page

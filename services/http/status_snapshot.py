@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 from services.app.gateway_config import GatewayConfig
 from services.app.health import HealthView, Instances, health_view
+from services.app.held_counts import Held
 from services.app.message_queries import MessageQueries
 from services.app.principals import ANONYMOUS, Principal
 from services.app.send_protection import Protection
@@ -60,6 +61,10 @@ class Snapshot:
     )
     # The send policy's budgets and the opt-outs per instance (empty: not wired).
     protection: dict[str, Protection] = field(default_factory=dict)
+    # Held messages per instance from the hold's table (None: not wired; absent: none held).
+    held: dict[str, Held] | None = None
+    # The send policy's form on each card (its route is wired: status_policy.py).
+    policy_form: bool = False
 
 
 async def _webhooks(
@@ -78,6 +83,7 @@ async def build_snapshot(
     principal: Principal = ANONYMOUS,
     subscriptions: SubscriptionStore | None = None,
     protection: Callable[[Sequence[str]], Awaitable[dict[str, Protection]]] | None = None,
+    held: Callable[[Sequence[str] | None], Awaitable[dict[str, Held]]] | None = None,
 ) -> Snapshot:
     """What one viewer may see, read fresh. Never selects an instance token."""
     scope = principal.instances
@@ -99,6 +105,7 @@ async def build_snapshot(
         await _webhooks(subscriptions, principal),
         view=view,
         protection=await protection([r.instance_id for r in records]) if protection is not None else {},
+        held=await held(ids) if held is not None else None,
     )
 
 
@@ -173,8 +180,13 @@ def summary(snap: Snapshot) -> dict[str, int]:
         "attention": len(snap.instances) - online,
         "stuck": sum(1 for m in snap.messages if is_stuck(m)),
         "failed": sum(1 for m in snap.messages if m.state is MessageState.FAILED),
-        # Recent messages waiting with a hold (hold_for / send_at; docs/holds.md).
-        "held": sum(1 for m in snap.messages if m.state is MessageState.HELD),
+        # Messages waiting with a hold (hold_for / send_at; docs/holds.md): every held one, from
+        # the hold's table (else only the recent messages listed).
+        "held": (
+            sum(h.count for h in snap.held.values())
+            if snap.held is not None
+            else sum(1 for m in snap.messages if m.state is MessageState.HELD)
+        ),
     }
 
 

@@ -13,7 +13,7 @@ from html import escape
 from typing import Any
 
 from services.app.subscriptions import display_url
-from services.http.status_protection import protection_json, protection_text
+from services.http.status_protection import held_json, held_row, policy_form, protection_json, protection_text
 from services.http.status_snapshot import REFRESH_SECONDS, ChangeRow, Snapshot, is_stuck, summary
 from services.i18n import (
     MESSAGE_TONES,
@@ -97,6 +97,7 @@ def _instance_json(snap: Snapshot, r: InstanceRecord, lang: str) -> dict[str, An
         "last_event_at": iso(r.last_event_at),
         "stuck_messages": r.stuck_messages,
         "protection": protection_json(snap.protection.get(r.instance_id)),
+        "held": held_json(snap.held, r.instance_id, lang),
     }
 
 
@@ -270,9 +271,10 @@ def render_instances(snap: Snapshot, lang: str) -> str:
             f"<dt>{_e(_t(lang, 'changed'))}</dt><dd>{_time(r.state_changed_at, now, lang)}</dd>"
             f"<dt>{_e(_t(lang, 'checked'))}</dt><dd>{_time(r.checked_at, now, lang)}</dd>"
             f'<dt>{_e(_t(lang, "stuck"))}</dt><dd data-role="stuck"{stuck_cls}>{r.stuck_messages}</dd>'
-            f"{protection}"
+            f"{protection}{held_row(snap.held, r.instance_id, lang, _e)}"
             "</dl>"
             f"{instance_actions(r.instance_id, r.state.value, snap.csrf, lang, r.reason) if snap.csrf else ''}"
+            f"{policy_form(r.instance_id, shield, snap.csrf, lang) if shield and snap.policy_form else ''}"
             "</article>"
         )
     return "".join(cards)

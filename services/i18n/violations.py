@@ -28,6 +28,9 @@ _VIOLATIONS_PT_BR: tuple[tuple[re.Pattern[str], str], ...] = tuple(
             "não é um fuso horário IANA (p. ex. America/Sao_Paulo)",
         ),
         (r"must be a local time HH:MM", "deve ser um horário local HH:MM"),
+        # The send policy's form on the status page (services/http/status_policy.py).
+        (r"must be a whole number", "deve ser um número inteiro"),
+        (r"must be a number", "deve ser um número"),
         # Holds (statemachine/hold.py, services/rpc/mapping.py).
         (r"must not be negative", "não pode ser negativo"),
         (r"at most (\d+) days", r"no máximo \1 dias"),

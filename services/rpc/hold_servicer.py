@@ -7,6 +7,7 @@ from collections import Counter
 
 from services.api.wapiguard.v1 import common_pb2, instance_health_pb2, send_pb2
 from services.app.health import Instances
+from services.app.held_counts import Held, HeldCounts
 from services.app.holds import Holds
 from services.app.message_queries import MessageQueries
 from services.app.optouts import OptOuts
@@ -50,6 +51,13 @@ class HoldingSendServicer(SendServicer):
         return send_pb2.ReleaseHeldResponse(released=await self._holds().release_held(instance_id))
 
 
+def add_held_of(health: common_pb2.InstanceHealth, held: Held) -> common_pb2.InstanceHealth:
+    """InstanceHealth with the held messages of a list's grouped count (services/app/held_counts.py)."""
+    health.held_messages = held.count
+    health.held_reasons.extend(common_pb2.HeldReason(reason=r, count=n) for r, n in held.reasons)
+    return health
+
+
 def add_held(health: common_pb2.InstanceHealth, counts: Counter[str]) -> common_pb2.InstanceHealth:
     """InstanceHealth with its held count and top reasons."""
     health.held_messages = sum(counts.values())
@@ -61,7 +69,8 @@ def add_held(health: common_pb2.InstanceHealth, counts: Counter[str]) -> common_
 
 class HoldingInstanceHealthServicer(InstanceHealthServicer):
     """InstanceHealthService whose GetInstanceHealth carries the instance's held messages (one
-    grouped count over its held rows only; ListInstances stays as it is)."""
+    grouped count over its held rows only), and ListInstances every listed instance's (one grouped
+    count over the held rows of all of them, never one query per instance)."""
 
     def __init__(
         self,
@@ -70,9 +79,25 @@ class HoldingInstanceHealthServicer(InstanceHealthServicer):
         send_policies: SendPolicies,
         holds: Holds | None,
         opt_outs: OptOuts | None = None,
+        held: HeldCounts | None = None,
     ) -> None:
         super().__init__(instances, recovery, send_policies, opt_outs)
         self.holds = holds
+        self.held = held
+
+    @grpc_errors
+    async def ListInstances(
+        self, request: instance_health_pb2.ListInstancesRequest, context: Ctx
+    ) -> instance_health_pb2.ListInstancesResponse:
+        response = await super().ListInstances(request, context)
+        if self.held is not None and response.instances:
+            scope = current_principal.get().instances
+            ids = None if scope is None else [h.instance_id for h in response.instances]
+            held = await self.held.of(ids)
+            for health in response.instances:
+                if (found := held.get(health.instance_id)) is not None:
+                    add_held_of(health, found)
+        return response
 
     @grpc_errors
     async def GetInstanceHealth(

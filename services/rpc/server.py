@@ -30,6 +30,7 @@ from services.api.wapiguard.v1 import (
 )
 from services.app.events import ChangeFeed
 from services.app.health import Instances
+from services.app.held_counts import HeldCounts
 from services.app.holds import Holds
 from services.app.ingest import Ingest
 from services.app.message_queries import MessageQueries
@@ -104,6 +105,7 @@ class Servers:
     recipients: Recipients
     # Holds (docs/holds.md): CancelMessage, ReleaseHeld and the held counts.
     holds: Holds | None = None
+    held: HeldCounts | None = None  # ListInstances' held counts (one grouped query)
 
 
 async def build_grpc_server(
@@ -145,7 +147,7 @@ async def _register(server: grpc.aio.Server, settings: Settings, parts: Servers)
     webhook_pb2_grpc.add_WebhookServiceServicer_to_server(WebhookServicer(parts.ingest), target)
     instance_health_pb2_grpc.add_InstanceHealthServiceServicer_to_server(
         HoldingInstanceHealthServicer(
-            parts.instances, parts.recovery, parts.send_policies, parts.holds, parts.opt_outs
+            parts.instances, parts.recovery, parts.send_policies, parts.holds, parts.opt_outs, parts.held
         ),
         target,
     )

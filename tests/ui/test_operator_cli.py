@@ -48,7 +48,8 @@ async def test_instances_table_json_and_refresh(stack: UiStack) -> None:
     )
     assert table.returncode == 0, table.stderr
     lines = table.stdout.splitlines()
-    assert lines[0].split() == ["ID", "NOME", "ESTADO", "TELEFONE", "PARADAS", "VERIFICADA", "ORÇAMENTO", "MOTIVO"]
+    header = ["ID", "NOME", "ESTADO", "TELEFONE", "PARADAS", "ESPERA", "VERIFICADA", "ORÇAMENTO", "MOTIVO"]
+    assert lines[0].split() == header
     aventura = next(line for line in lines if line.startswith(AVENTURA))
     incomplete = next(line for line in lines if line.startswith(INCOMPLETE))
     assert "Aventura" in aventura

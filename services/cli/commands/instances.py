@@ -18,7 +18,7 @@ from services.cli.context import (
     say,
 )
 from services.cli.failures import decode_error
-from services.cli.output import Progress, budgets_cell, instance_dict, parse_time, table, webhooks_line
+from services.cli.output import Progress, budgets_cell, held_cell, instance_dict, parse_time, table, webhooks_line
 from services.cli.texts import next_step
 from services.i18n import RECOVERY_CLI_TEXTS, ago
 
@@ -96,7 +96,7 @@ async def cmd_instances(ctx: Context) -> int:
     if not rows:
         ctx.print(ctx.t("no_instances"))
         return code
-    headers = [ctx.t(k) for k in ("id", "name", "state", "phone", "stuck", "checked", "budgets", "reason")]
+    headers = [ctx.t(k) for k in ("id", "name", "state", "phone", "stuck", "held_col", "checked", "budgets", "reason")]
     cells = [
         [
             r["instance_id"],
@@ -104,6 +104,7 @@ async def cmd_instances(ctx: Context) -> int:
             r["state_label"],
             r["phone_number"] or "—",
             str(r["stuck_messages"]),
+            held_cell(r),
             ago(parse_time(r["checked_at"]), ctx.now, ctx.lang),
             budgets_cell(r),
             r["reason_message"],

@@ -105,6 +105,8 @@
     for (var id in html) {
       if (!Object.prototype.hasOwnProperty.call(html, id)) continue;
       var target = document.getElementById(id);
+      // An open send policy form is being edited: its card waits (the next snapshot brings it).
+      if (target && target.querySelector("details[data-role=policy-form][open]")) continue;
       if (target) target.innerHTML = html[id];
     }
     setLive("live");
