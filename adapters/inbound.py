@@ -7,12 +7,11 @@ into adapters.wapi.webhooks.InboundMessage, so the feed reads the same fields on
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from adapters.wapi.webhooks import InboundMessage, MediaReference, inbound_record
 from adapters.wapi.webhooks import normalize_inbound as normalize_wapi
-from adapters.webhook_common import as_dict, instance_id, message_id, moment, text
+from adapters.webhook_common import as_dict, instance_id, json_object, message_id, moment, text
 from statemachine.phone import e164_phone
 
 _ZAPI_MEDIA = {
@@ -107,13 +106,8 @@ def with_message(payload: dict[str, Any]) -> dict[str, Any]:
 
 def normalize_inbound(raw: bytes | dict[str, Any]) -> InboundMessage | None:
     """Any provider's inbound body → InboundMessage; None when it is not a JSON object."""
-    body: Any = raw
-    if not isinstance(raw, dict):
-        try:
-            body = json.loads(raw)
-        except (ValueError, RecursionError):
-            return None
-    if not isinstance(body, dict):
+    body = json_object(raw)
+    if body is None:
         return None
     if body.get("type") == "ReceivedCallback":
         return normalize_zapi(body)

@@ -66,6 +66,16 @@ def load(raw: bytes) -> tuple[Any, str | None]:
         return None, "MALFORMED_JSON"
 
 
+def json_object(raw: bytes | dict[str, Any]) -> dict[str, Any] | None:
+    """A body as a JSON object (parsed when given as bytes); None when it is not one."""
+    body: Any = raw
+    if not isinstance(raw, dict):
+        body, problem = load(raw)
+        if problem is not None:
+            return None
+    return body if isinstance(body, dict) else None
+
+
 def as_dict(value: Any) -> dict[str, Any]:
     """`value` when it is a JSON object, else an empty one."""
     return value if isinstance(value, dict) else {}

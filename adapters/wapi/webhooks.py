@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from adapters.webhook_common import json_object
 from statemachine.domain import MessageState
 from statemachine.events import EventReason, ProviderEvent, Route
 from statemachine.phone import e164_phone
@@ -427,14 +428,8 @@ def normalize_inbound(raw: bytes | dict[str, Any]) -> InboundMessage | None:
     Accepts the documented shape (`chat`, `sender`, `msgContent`) and the variants seen in clients:
     fields under `data`, `chat`/`sender` as plain ids, `text`/`body` at the top level, `pushName`
     beside `sender`, Baileys wrappers (ephemeral, view-once)."""
-    if isinstance(raw, dict):
-        body = raw
-    else:
-        try:
-            body = json.loads(raw)
-        except (ValueError, RecursionError):
-            return None
-    if not isinstance(body, dict):
+    body = json_object(raw)
+    if body is None:
         return None
     instance_text = _text(_field(body, "instanceId", "instance_id"))
     sender_value = _field(body, "sender", "from", "author")
