@@ -15,10 +15,14 @@ from statemachine.domain import (
     Location,
     Media,
     MessageKind,
+    MessageRecord,
+    MessageState,
     OutboundMessage,
     Reaction,
+    StateChange,
     Text,
 )
+from statemachine.ids import time_ordered_id
 
 _CLASS_BY_KIND: dict[MessageKind, type[Any]] = {
     MessageKind.TEXT: Text,
@@ -71,3 +75,42 @@ def _has_float(value: Any) -> bool:
     if isinstance(value, (list, tuple)):
         return any(_has_float(v) for v in value)
     return False
+
+
+def new_message(
+    instance_id: str,
+    outbound: OutboundMessage,
+    idempotency_key: str,
+    state: MessageState,
+    first: StateChange,
+    *,
+    failure_reason: str = "",
+    failure_detail: str = "",
+    trace_id: str = "",
+    span_id: str = "",
+) -> MessageRecord:
+    """A request's message as first stored (a send's PENDING or blocked FAILED, a hold's HELD):
+    its content, its request hash for the idempotency key, its first state change."""
+    content = content_to_dict(outbound)
+    return MessageRecord(
+        id=time_ordered_id(),
+        instance_id=instance_id,
+        to=outbound.to,
+        kind=outbound.kind,
+        state=state,
+        failure_reason=failure_reason,
+        failure_detail=failure_detail,
+        provider_message_id=None,
+        attempts=1,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash(outbound, content),
+        content=content,
+        created_at=first.at,
+        updated_at=first.at,
+        sent_at=None,
+        stuck_at=None,
+        history=[first],
+        version=1,
+        trace_id=trace_id,
+        span_id=span_id,
+    )

@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from services.app.clock import utcnow
-from services.app.content import content_to_dict, outbound_from_stored, request_hash
+from services.app.content import new_message, outbound_from_stored
 from services.app.send_protection import block_detail, recipient_block
 from services.app.sending import Sending
 from statemachine import hold as rules
@@ -133,26 +133,12 @@ class Holds:
         assert req.content is not None
         now = utcnow()
         outbound = OutboundMessage(req.kind, req.to, req.content, req.reply_to, req.delay_seconds)
-        content = content_to_dict(outbound)
-        msg = MessageRecord(
-            id=time_ordered_id(),
-            instance_id=req.instance_id,
-            to=req.to,
-            kind=req.kind,
-            state=MessageState.HELD,
-            failure_reason="",
-            failure_detail="",
-            provider_message_id=None,
-            attempts=1,
-            idempotency_key=req.idempotency_key or f"auto:{time_ordered_id()}",
-            request_hash=request_hash(outbound, content),
-            content=content,
-            created_at=now,
-            updated_at=now,
-            sent_at=None,
-            stuck_at=None,
-            history=[StateChange("", MessageState.HELD, reason, "hold", now)],
-            version=1,
+        msg = new_message(
+            req.instance_id,
+            outbound,
+            req.idempotency_key or f"auto:{time_ordered_id()}",
+            MessageState.HELD,
+            StateChange("", MessageState.HELD, reason, "hold", now),
         )
         hold = rules.new_hold(
             msg,

@@ -17,7 +17,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from adapters.deadline import beyond_caller
 from services.app.clock import utcnow
-from services.app.content import content_to_dict, outbound_from_stored, request_hash
+from services.app.content import content_to_dict, new_message, outbound_from_stored, request_hash
 from services.app.gateway_config import GatewayConfig
 from services.app.health import CachedInstance, Instances
 from services.app.message_queries import plausible_id
@@ -51,7 +51,6 @@ from statemachine.errors import (
     SendInProgress,
     SendPaced,
 )
-from statemachine.ids import time_ordered_id
 from statemachine.instance_machine import InstanceTrigger
 from statemachine.ports import ConcurrentUpdateError, InstanceChange, Provider
 from statemachine.preflight import block_reason
@@ -193,29 +192,17 @@ class Sending:
     def _new_message(
         self, req: SendRequest, outbound: OutboundMessage, blocked: Reason | None, health: InstanceRecord
     ) -> MessageRecord:
-        now = utcnow()
-        content = content_to_dict(outbound)
         initial = MessageState.FAILED if blocked else MessageState.PENDING
         trace_id, span_id = current_trace_ids()
-        return MessageRecord(
-            id=time_ordered_id(),
-            instance_id=req.instance_id,
-            to=req.to,
-            kind=outbound.kind,
-            state=initial,
+        first = StateChange("", initial, blocked or Reason.CREATED, "preflight" if blocked else "send", utcnow())
+        return new_message(
+            req.instance_id,
+            outbound,
+            req.idempotency_key or f"auto:{uuid.uuid4()}",
+            initial,
+            first,
             failure_reason=blocked.value if blocked else "",
             failure_detail=block_detail(blocked, health.state),
-            provider_message_id=None,
-            attempts=1,
-            idempotency_key=req.idempotency_key or f"auto:{uuid.uuid4()}",
-            request_hash=request_hash(outbound, content),
-            content=content,
-            created_at=now,
-            updated_at=now,
-            sent_at=None,
-            stuck_at=None,
-            history=[StateChange("", initial, blocked or Reason.CREATED, "preflight" if blocked else "send", now)],
-            version=1,
             trace_id=trace_id,
             span_id=span_id,
         )
