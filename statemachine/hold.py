@@ -15,6 +15,7 @@ from enum import StrEnum
 
 from statemachine.domain import MessageRecord, MessageState, Reason
 from statemachine.message_machine import MessageTrigger, transition_message
+from statemachine.preflight import INSTANCE_BLOCKS
 
 MAX_HOLD = timedelta(days=30)  # the longest hold_for, and how far ahead send_at may be
 # How long a send with only `send_at` may wait after it (blocked at that time).
@@ -31,25 +32,9 @@ class WaitsFor(StrEnum):
     SCHEDULE = "SCHEDULE"  # the caller's send_at
 
 
-# Instance-health blocks a wait can clear (the instance reconnects, is paired, is restored).
-HEALTH_REASONS = frozenset(
-    {
-        Reason.SESSION_INCOMPLETE,
-        Reason.TIMEOUT_OR_GATEWAY,
-        Reason.INSTANCE_DISCONNECTED,
-        Reason.HEALTH_UNKNOWN,
-        Reason.TOKEN_INVALID,
-        Reason.DELIVERY_STALLED,
-        Reason.RESTARTING,
-        Reason.PAIRING_IN_PROGRESS,
-        Reason.WAITING_FOR_MESSAGE,
-        Reason.SESSION_NEEDS_RESTORE,
-        Reason.LOGGED_OUT,
-        Reason.QR_REFUSED,
-        Reason.PHONE_OFFLINE,
-        Reason.WEBHOOKS_UNCONFIGURED,
-    }
-)
+# Instance-health blocks a wait can clear (the instance reconnects, is paired, is restored):
+# all the preflight's instance blocks but an instance the provider does not know.
+HEALTH_REASONS = INSTANCE_BLOCKS - {Reason.INSTANCE_NOT_FOUND}
 
 
 @dataclass(frozen=True, slots=True)

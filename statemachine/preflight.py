@@ -47,6 +47,12 @@ _SPECIFIC = frozenset(
 )
 
 
+# Every reason `block_reason` can give for the instance (its state, its specific reason, its
+# webhooks), and the plan's: the one list the stores of blocked sends and the hold read from.
+INSTANCE_BLOCKS = frozenset(_BLOCK_REASON_BY_STATE.values()) | _SPECIFIC | {Reason.WEBHOOKS_UNCONFIGURED}
+BLOCK_REASONS = INSTANCE_BLOCKS | {Reason.NOT_SUPPORTED_BY_PLAN}
+
+
 def plan_allows(plan: Plan, kind: MessageKind) -> bool:
     return plan is Plan.PRO or kind in LITE_KINDS
 
