@@ -12,6 +12,7 @@ from services.app.optouts import OptOuts
 from services.app.recipients import Recipients
 from services.app.send_policy import SendPolicies
 from statemachine.domain import InstanceRecord, InstanceState, MessageRecord, Reason
+from statemachine.preflight import BLOCK_REASONS
 from statemachine.send_policy import Budgets, SendPolicy
 from statemachine.validation import SendRequest
 
@@ -28,32 +29,16 @@ class HoldPath(Protocol):
     ) -> MessageRecord | Reason | None: ...
 
 
-# The reasons a preflight block is stored with (a replayed key's FAILED message answers SendBlocked).
-PREFLIGHT_REASONS = frozenset(
-    {
-        Reason.SESSION_INCOMPLETE,
-        Reason.TIMEOUT_OR_GATEWAY,
-        Reason.INSTANCE_DISCONNECTED,
-        Reason.HEALTH_UNKNOWN,
-        Reason.TOKEN_INVALID,
-        Reason.INSTANCE_NOT_FOUND,
-        Reason.DELIVERY_STALLED,
-        Reason.NOT_SUPPORTED_BY_PLAN,
-        Reason.RESTARTING,
-        Reason.PAIRING_IN_PROGRESS,
-        Reason.RECIPIENT_OPTED_OUT,
-        Reason.NOT_ON_WHATSAPP,
-        Reason.WAITING_FOR_MESSAGE,
-        Reason.SESSION_NEEDS_RESTORE,
-        Reason.LOGGED_OUT,
-        Reason.QR_REFUSED,
-        Reason.PHONE_OFFLINE,
-        # A held message cancelled, or a scheduled one expired (statemachine/hold.py): the same key
-        # again answers FAILED_PRECONDITION with that reason, as a blocked send.
-        Reason.CANCELLED,
-        Reason.HOLD_EXPIRED,
-    }
-)
+# The reasons a preflight block is stored with (a replayed key's FAILED message answers SendBlocked):
+# every block the preflight's rule can give (statemachine/preflight.py, one list: a hand-kept copy
+# here had missed WEBHOOKS_UNCONFIGURED, whose replay answered UNAVAILABLE), the recipient's, and a
+# held message cancelled or a scheduled one expired (statemachine/hold.py).
+PREFLIGHT_REASONS = BLOCK_REASONS | {
+    Reason.RECIPIENT_OPTED_OUT,
+    Reason.NOT_ON_WHATSAPP,
+    Reason.CANCELLED,
+    Reason.HOLD_EXPIRED,
+}
 
 
 async def recipient_block(

@@ -91,6 +91,11 @@ async def test_require_webhooks_blocks_sends_until_they_are_configured(make_stac
     assert refused.stored is not None
     assert (refused.stored.state, refused.stored.failure_reason) == (FAILED, "WEBHOOKS_UNCONFIGURED")
     assert not [r for r in stack.sim.requests if r.path.startswith("/message/")]  # nothing reached W-API
+    # The same key again replays that refusal as it was: blocked here, never "the provider failed".
+    replayed = await stack.refused(text_request(INSTANCE, key="blocked"))
+    assert (replayed.code, replayed.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "WEBHOOKS_UNCONFIGURED")
+    assert replayed.stored is not None
+    assert replayed.stored.id == refused.stored.id
 
     configured = await stack.health.ConfigureWebhooks(req())
     assert configured.configured
